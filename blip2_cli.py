@@ -1,0 +1,97 @@
+"""Command-line BLIP-2: caption images and answer a question about them.
+
+    python blip2_cli.py baseline_images/pic_01.jpg
+    python blip2_cli.py baseline_images/ --question "What is in the image?" --json
+    python blip2_cli.py photo.jpg --question "How many people are there?" --adapter outputs/lora_adapter
+    # offline CPU smoke run with the tiny random model:
+    python blip2_cli.py baseline_images/pic_01.jpg --model_id outputs/tiny-blip2 --quantization none
+
+Without --question only captions are made. Exit code 0 on success; on failure one line on
+stderr saying why, and exit code 2.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from src.errors import UserError, run_main
+from src.modeling import DEFAULT_MODEL_ID, QUANTIZATIONS
+from src.prompts import DECODING, DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, PROMPTS
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other failure
+        raise UserError(f"{message} (see python blip2_cli.py --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="blip2_cli.py", description="Caption images with BLIP-2 and answer a question about them.")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--question", "-q", default=None, help="question to ask about every image (omit for captions only)")
+    p.add_argument("--model_id", default=DEFAULT_MODEL_ID, help=f"hub id or local folder (default {DEFAULT_MODEL_ID})")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder from finetune_vqav2_lora.py")
+    p.add_argument("--quantization", default="4bit", choices=QUANTIZATIONS, help="weights: 4bit (NF4), 8bit (GPU), none")
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--vqa_prompt", default="vqa_opt", choices=[k for k, v in PROMPTS.items() if "{}" in v])
+    p.add_argument("--vqa_decoding", default=DEFAULT_VQA_DECODING, choices=list(DECODING))
+    p.add_argument("--caption_decoding", default=DEFAULT_CAPTION_DECODING, choices=list(DECODING))
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def collect_images(items: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            paths += found
+        else:
+            paths.append(p)
+    return paths
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from src.images import load_image
+    from src.inference import caption_and_answer
+    from src.modeling import load_blip2
+    from src.prompts import check_question, generation_record
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    question = check_question(args.question) if args.question is not None else None
+    paths = collect_images(args.images)
+    images = [load_image(p) for p in paths]  # fail before the (slow) model load
+    model, processor = load_blip2(args.model_id, args.quantization, adapter=args.adapter, device=args.device)
+    outs = caption_and_answer(model, processor, images, question, vqa_prompt=args.vqa_prompt,
+                              vqa_decoding=args.vqa_decoding, caption_prompt="caption",
+                              caption_decoding=args.caption_decoding, batch_size=args.batch_size)
+    rows = []
+    for p, out in zip(paths, outs):
+        row = {"image_path": str(p), "caption": out["caption"]}
+        if question is not None:
+            row.update(question=question, answer=out["answer"])
+        row.update(model_id=args.model_id, adapter=args.adapter)
+        if question is not None:
+            row.update(generation_record(args.vqa_prompt, args.vqa_decoding))
+        row["caption_decoding"] = generation_record("caption", args.caption_decoding)["decoding"]
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['image_path']}\n  caption: {row['caption']}")
+            if question is not None:
+                print(f"  Q: {question}\n  A: {row['answer']}")
+
+
+if __name__ == "__main__":
+    run_main(main, debug="--debug" in sys.argv[1:])

@@ -1,0 +1,86 @@
+"""Caption the ten demo images in baseline_images/ and answer one question about each.
+
+    python create_baseline.py                                        # base model -> outputs/baseline.jsonl
+    python create_baseline.py --adapter=outputs/lora_adapter         # fine-tuned -> outputs/baseline_finetuned.jsonl
+    # offline CPU smoke run with the tiny random model:
+    python -m src.tiny_model outputs/tiny-blip2 && python create_baseline.py --model_id=outputs/tiny-blip2 --quantization=none
+
+One JSON row per image: image_path, caption, question, answer, model_id, adapter, prompt and
+decoding settings (an unreadable image becomes a row with an "error" and the rest completes).
+The resolved config goes to <output file>.config.json.
+"""
+
+import os
+from pathlib import Path
+
+from src.config import apply_overrides, write_config
+from src.errors import UserError, run_main
+
+# -----------------------------------------------------------------------------
+IMAGES_DIR = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
+QUESTION = "What is in the image?"  # asked about every image
+MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
+QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER = ""  # LoRA adapter folder ("" = base model)
+OUTPUT_DIR = "outputs"
+OUTPUT_FILE = ""  # "" = baseline.jsonl, or baseline_finetuned.jsonl when ADAPTER is set
+BATCH_SIZE = 10
+VQA_PROMPT = "vqa_opt"
+VQA_DECODING = "vqa_beam5"
+CAPTION_PROMPT = "caption"
+CAPTION_DECODING = "caption_beam5"
+DEVICE = ""  # "" = cuda if available, else cpu
+DEBUG = False
+# -----------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def main():
+    config = apply_overrides(globals())
+    from src.images import load_image
+    from src.inference import caption_and_answer
+    from src.io import atomic_write_text
+    from src.modeling import load_blip2
+    from src.prompts import check_question, generation_record
+    import json
+
+    question = check_question(QUESTION)
+    if not os.path.isdir(IMAGES_DIR):
+        raise UserError(f"image folder not found: {IMAGES_DIR} (set --images_dir=<folder with the demo pictures>)")
+    paths = sorted(p for p in Path(IMAGES_DIR).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {IMAGES_DIR}")
+    out_path = Path(OUTPUT_DIR) / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if ADAPTER else "baseline.jsonl"))
+
+    images, errors = {}, {}
+    for p in paths:
+        try:
+            images[p] = load_image(p)
+        except UserError as e:
+            errors[p] = str(e)
+    model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
+    good = [p for p in paths if p in images]
+    print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
+          + (f" + {ADAPTER}" if ADAPTER else ""))
+    outs = caption_and_answer(model, processor, [images[p] for p in good], question, vqa_prompt=VQA_PROMPT,
+                              vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                              caption_decoding=CAPTION_DECODING, batch_size=BATCH_SIZE)
+    by_path = dict(zip(good, outs))
+    record = {"model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
+              "caption_prompt": CAPTION_PROMPT,
+              "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
+    rows = []
+    for p in paths:
+        out = by_path.get(p, {"caption": None, "answer": None})
+        rows.append({"image_path": p.as_posix(), "caption": out["caption"], "question": question,
+                     "answer": out["answer"], **record, "error": errors.get(p)})
+        print(f"{p.name}: {out['caption']!r} | {question} -> {out['answer']!r}" if p in by_path
+              else f"{p.name}: ERROR {errors[p]}")
+    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_config(config, str(out_path) + ".config.json")
+    print(f"wrote {len(rows)} rows to {out_path}" + (f" ({len(errors)} unreadable images)" if errors else ""))
+
+
+if __name__ == "__main__":
+    run_main(main)

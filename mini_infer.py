@@ -1,0 +1,58 @@
+"""Caption one image and answer one question about it: the quickest first look at BLIP-2.
+
+    python mini_infer.py                                   # baseline_images/pic_01.jpg, Salesforce/blip2-opt-2.7b
+    python mini_infer.py --image=data/picture_02.jpg --question="What animal is this?"
+    # offline CPU smoke run with the tiny random model (answers are gibberish by design):
+    python -m src.tiny_model outputs/tiny-blip2 && python mini_infer.py --model_id=outputs/tiny-blip2 --quantization=none
+
+Prints the caption and the answer and writes them, with the resolved config, to
+<output_dir>/mini_infer.json.
+"""
+
+import json
+import os
+
+from src.config import apply_overrides
+from src.errors import run_main
+
+# -----------------------------------------------------------------------------
+IMAGE = "baseline_images/pic_01.jpg"  # the picture to describe
+QUESTION = "What is in the image?"  # asked with the VQA prompt
+MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
+QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER = ""  # LoRA adapter folder, e.g. outputs/lora_adapter ("" = base model)
+VQA_PROMPT = "vqa_opt"  # name in src/prompts.py
+VQA_DECODING = "vqa_beam5"  # BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
+CAPTION_PROMPT = "caption"
+CAPTION_DECODING = "caption_beam5"
+DEVICE = ""  # "" = cuda if available, else cpu
+OUTPUT_DIR = "outputs"  # where mini_infer.json goes
+DEBUG = False  # show tracebacks
+# -----------------------------------------------------------------------------
+
+
+def main():
+    config = apply_overrides(globals())
+    from src.images import load_image
+    from src.inference import caption_and_answer
+    from src.io import write_json
+    from src.modeling import load_blip2
+    from src.prompts import check_question, generation_record
+
+    question = check_question(QUESTION)
+    image = load_image(IMAGE)
+    model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
+    out = caption_and_answer(model, processor, [image], question, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
+                             caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING)[0]
+    result = {"image_path": IMAGE, "caption": out["caption"], "question": question, "answer": out["answer"],
+              "model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
+              "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
+    print(f"image:    {IMAGE}")
+    print(f"caption:  {out['caption']}")
+    print(f"question: {question}")
+    print(f"answer:   {out['answer']}")
+    write_json(os.path.join(OUTPUT_DIR, "mini_infer.json"), {"result": result, "config": config})
+
+
+if __name__ == "__main__":
+    run_main(main)

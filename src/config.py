@@ -1,0 +1,84 @@
+"""Command-line overrides for a script's module-level constants (after nanoGPT's configurator).
+
+A script keeps its knobs as UPPERCASE constants at the top and calls
+
+    config = apply_overrides(globals())
+
+which reads `--name=value` arguments (name case-insensitive, value parsed with
+`ast.literal_eval`, falling back to the raw string), checks the type against the
+constant's current value and assigns it. Unknown names and wrong types raise UserError.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def config_keys(namespace: dict) -> list[str]:
+    """The script's knobs: UPPERCASE module-level constants of plain types."""
+    plain = (bool, int, float, str, list, tuple, dict, type(None))
+    return [k for k, v in namespace.items() if k.isupper() and not k.startswith("_") and isinstance(v, plain)]
+
+
+def _parse(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # a bare string such as --model_id=Salesforce/blip2-opt-2.7b
+
+
+def _coerce(name: str, raw: str, current: Any) -> Any:
+    value = _parse(raw)
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise UserError(f"--{name.lower()}={raw}: expected True or False")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, str):
+        # a str constant takes the text as written, e.g. --prompt=1 stays "1"
+        return raw if not isinstance(value, str) else value
+    if isinstance(current, (list, tuple)) and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(current, list) and isinstance(value, tuple):
+        value = list(value)
+    if type(value) is not type(current):
+        raise UserError(
+            f"--{name.lower()}={raw}: expected {type(current).__name__} (like {current!r}), got {type(value).__name__}"
+        )
+    return value
+
+
+def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
+    """Apply `--name=value` overrides to `namespace` (a script's globals); return the resolved config."""
+    argv = sys.argv[1:] if argv is None else argv
+    keys = config_keys(namespace)
+    by_lower = {k.lower(): k for k in keys}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise UserError(f"argument {arg!r}: use --name=value, e.g. --max_samples=100 (valid names: {', '.join(sorted(by_lower))})")
+        name, raw = arg[2:].split("=", 1)
+        key = by_lower.get(name.lower().replace("-", "_"))
+        if key is None:
+            raise UserError(f"unknown setting --{name}; valid settings: {', '.join('--' + k for k in sorted(by_lower))}")
+        namespace[key] = _coerce(key, raw, namespace[key])
+    return {k.lower(): namespace[k] for k in keys}
+
+
+def write_config(config: dict, path: str | Path) -> None:
+    """Write the resolved config as JSON next to a script's output."""
+    from .io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -1,0 +1,32 @@
+"""One way for every script to fail: a single line saying what, where and how to fix.
+
+Scripts raise `UserError` for anything the user can fix (bad path, bad constant, missing
+model). `run_main` turns it into one line on stderr and exit code 2; with `debug=True`
+(every script accepts `--debug=True`) the full traceback is shown instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+
+class UserError(Exception):
+    """An error the user can fix; its message is the whole report."""
+
+
+def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
+    """Run a script's `main`, reporting UserError (and Ctrl-C) as one line, no traceback."""
+    if debug is None:
+        debug = any(a.lower() in ("--debug=true", "--debug=1") for a in sys.argv[1:])
+    try:
+        main()
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished rows are kept, rerun to resume", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,63 @@
+"""Opening user images safely: one clear message for anything that is not a usable picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+# Largest image we decode (pixels). 30000x30000 = 9e8 would need ~2.7 GB as RGB.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale to 8 bit instead of clipping everything above 255 to white
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        return Image.fromarray((arr * scale).clip(0, 255).astype("uint8"), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file as RGB, EXIF orientation applied, first frame of animations.
+
+    Raises UserError naming the file for: missing file, empty file, not an image,
+    truncated/corrupt data, or an image larger than `max_pixels` (checked from the
+    header, before decoding)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"image not found: {path} (check the path; relative paths are from the current directory)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise UserError(f"image file is empty (0 bytes): {path}")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise UserError(
+                    f"image too large: {path} is {w}x{h} pixels (limit {max_pixels:,}); resize it first"
+                )
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except UserError:
+        raise
+    except UnidentifiedImageError:
+        raise UserError(f"not an image (or an unsupported format): {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot decode image {path}: {e} (the file may be truncated or corrupt)") from None

@@ -1,0 +1,113 @@
+"""Batched caption and VQA generation with left padding.
+
+Built from the model's public pieces (`get_image_features`, `get_input_embeddings`,
+`language_model.generate`) so that an image shared by several questions in a batch is
+encoded (vision encoder + Q-Former) once. The token layout is exactly the processor's:
+`num_query_tokens` image tokens, then left padding, then the prompt; the answers equal
+`Blip2ForConditionalGeneration.generate` run one input at a time (tests/test_inference.py).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .modeling import blip2_core
+from .prompts import clean_answer
+
+
+def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype pixel values must go (the vision tower's patch embedding)."""
+    weight = blip2_core(model).vision_model.embeddings.patch_embedding.weight
+    return weight.device, weight.dtype
+
+
+def preprocess_images(processor, images: Sequence) -> torch.Tensor:
+    return processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+
+
+@torch.no_grad()
+def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Vision encoder + Q-Former + projection: (n_images, num_query_tokens, lm_hidden)."""
+    core = blip2_core(model)
+    device, dtype = model_device_dtype(model)
+    out = core.get_image_features(pixel_values=pixel_values.to(device, dtype), return_dict=True)
+    return out.pooler_output
+
+
+def tokenize_prompts(processor, prompts: Sequence[str], image_token_id: int, max_prompt_tokens: int | None = None):
+    """Prompt ids with the processor's layout: image tokens, left padding, text."""
+    tok = processor.tokenizer
+    kwargs = {"truncation": True, "max_length": max_prompt_tokens} if max_prompt_tokens else {}
+    enc = tok(list(prompts), padding=True, return_tensors="pt", **kwargs)
+    n = len(prompts)
+    image_ids = torch.full((n, processor.num_query_tokens), image_token_id, dtype=torch.long)
+    input_ids = torch.cat([image_ids, enc["input_ids"]], dim=1)
+    attention_mask = torch.cat([torch.ones_like(image_ids), enc["attention_mask"]], dim=1)
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def generate_from_features(model, processor, image_features: torch.Tensor, prompts: Sequence[str], decoding: dict,
+                           max_prompt_tokens: int | None = None) -> list[str]:
+    """Generate one answer per prompt; row i uses image_features[i]."""
+    core = blip2_core(model)
+    input_ids, attention_mask = tokenize_prompts(processor, prompts, core.config.image_token_id, max_prompt_tokens)
+    device = core.get_input_embeddings().weight.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    embeds = core.get_input_embeddings()(input_ids)
+    image_mask = (input_ids == core.config.image_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(image_mask, image_features.to(embeds.device, embeds.dtype))
+    out = core.language_model.generate(
+        inputs_embeds=embeds, attention_mask=attention_mask, input_ids=input_ids,
+        pad_token_id=processor.tokenizer.pad_token_id, **decoding,
+    )
+    new_tokens = out[:, input_ids.shape[1]:]
+    return [clean_answer(t) for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequence[str], decoding: dict,
+                   image_index: Sequence[int] | None = None, max_prompt_tokens: int | None = None) -> list[str]:
+    """Answers for one batch. pixel_values holds the batch's distinct images; prompt i uses
+    image image_index[i] (default: image i), so a shared image is encoded once."""
+    features = encode_images(model, pixel_values)
+    if image_index is not None:
+        features = features[torch.as_tensor(list(image_index), dtype=torch.long, device=features.device)]
+    return generate_from_features(model, processor, features, prompts, decoding, max_prompt_tokens)
+
+
+def generate_for_images(model, processor, images: Sequence, prompts: Sequence[str], decoding: dict,
+                        batch_size: int = 8) -> list[str]:
+    """Convenience for PIL images: batches of `batch_size`, identical image objects encoded once."""
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        imgs, texts = images[start:start + batch_size], prompts[start:start + batch_size]
+        distinct: list = []
+        index = []
+        for img in imgs:
+            for j, seen in enumerate(distinct):
+                if seen is img:
+                    index.append(j)
+                    break
+            else:
+                index.append(len(distinct))
+                distinct.append(img)
+        answers += generate_batch(model, processor, preprocess_images(processor, distinct), texts, decoding, index)
+    return answers
+
+
+def caption_and_answer(model, processor, images: Sequence, question: str | None, *, vqa_prompt: str,
+                       vqa_decoding: str, caption_prompt: str, caption_decoding: str,
+                       batch_size: int = 8) -> list[dict]:
+    """Caption every image and, when a question is given, answer it: [{"caption", "answer"}]."""
+    from .prompts import format_prompt, get_decoding
+
+    captions = generate_for_images(model, processor, images, [format_prompt(caption_prompt)] * len(images),
+                                   get_decoding(caption_decoding), batch_size)
+    answers = [None] * len(images)
+    if question is not None:
+        answers = generate_for_images(model, processor, images, [format_prompt(vqa_prompt, question)] * len(images),
+                                      get_decoding(vqa_decoding), batch_size)
+    return [{"caption": c, "answer": a} for c, a in zip(captions, answers)]

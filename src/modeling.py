@@ -1,0 +1,162 @@
+"""The one place that loads BLIP-2: `load_blip2(model_id, quantization, adapter, ...)`.
+
+Every script gets its model and processor from here, so the real model
+(`Salesforce/blip2-opt-2.7b`) and the tiny test model (`python -m src.tiny_model DIR`)
+go through the same `from_pretrained` calls.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+QUANTIZATIONS = ("4bit", "8bit", "none")
+DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(device: str):
+    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def check_quantization(quantization: str, device: str) -> None:
+    """Fail early, in one line, when the requested quantisation can't run here."""
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)} (e.g. --quantization=none)")
+    if quantization == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # ImportError, or a broken CUDA setup raising at import time
+        raise UserError(
+            f"--quantization={quantization} needs bitsandbytes, which failed to import ({type(e).__name__}: {e}); "
+            "install it with `pip install bitsandbytes` or run with --quantization=none"
+        ) from None
+    if quantization == "8bit" and not str(device).startswith("cuda"):
+        raise UserError("--quantization=8bit needs a CUDA GPU; on CPU use --quantization=4bit or --quantization=none")
+
+
+def _disable_cpu_repacking(model) -> int:
+    """bitsandbytes repacks CPU 4-bit weights for inference on the first eval forward, after
+    which backward fails ('a view of a leaf Variable that requires grad ...'). Keep the
+    trainable layout by switching that path off on every Linear4bit."""
+    import bitsandbytes as bnb
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def _is_local(model_id: str) -> bool:
+    return os.path.exists(model_id) or model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1
+
+
+def _fetch_error(model_id: str, err: Exception) -> UserError:
+    if _is_local(model_id) and not os.path.isdir(model_id):
+        return UserError(f"model folder not found: {model_id}; pass --model_id=<local dir> of a saved model, "
+                         "or a Hugging Face Hub id such as Salesforce/blip2-opt-2.7b")
+    where = f"the folder {model_id}" if _is_local(model_id) else f"the Hugging Face Hub id {model_id!r}"
+    return UserError(
+        f"could not load BLIP-2 from {where} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        "Without internet, or with a wrong id, pass a local copy: --model_id=<local dir> "
+        "(a folder saved with save_pretrained, e.g. one made by `python -m src.tiny_model outputs/tiny-blip2`)"
+    )
+
+
+def load_processor(model_id: str):
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+    except (OSError, ValueError) as e:
+        raise _fetch_error(model_id, e) from None
+    # image tokens come first, then left padding, then the prompt: batched generation
+    # continues every row from its last real token
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_blip2(
+    model_id: str = DEFAULT_MODEL_ID,
+    quantization: str = "4bit",
+    adapter: str | None = None,
+    device: str | None = None,
+    trainable_adapter: bool = False,
+):
+    """Load (model, processor).
+
+    quantization: "4bit" (NF4, double quantisation, compute dtype bf16 on GPU / fp32 on CPU),
+    "8bit" (LLM.int8, GPU only) or "none" (bf16/fp16 on GPU, fp32 on CPU).
+    adapter: a LoRA adapter folder (safetensors) to apply; `trainable_adapter` keeps it trainable.
+    device: "cuda", "cuda:1", "cpu"; default: cuda when available.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
+
+    device = device or default_device()
+    check_quantization(quantization, device)
+    dtype = compute_dtype(device)
+    kwargs = {"dtype": dtype}
+    if quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    elif quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if quantization != "none":
+        kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
+
+    processor = load_processor(model_id)
+    try:
+        model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _fetch_error(model_id, e) from None
+    if quantization == "none":
+        model.to(device)
+    elif quantization == "4bit" and not str(device).startswith("cuda"):
+        _disable_cpu_repacking(model)
+
+    if adapter:
+        model = apply_adapter(model, adapter, trainable=trainable_adapter)
+    if not trainable_adapter:
+        model.eval()
+    return model, processor
+
+
+def apply_adapter(model, adapter: str | Path, trainable: bool = False):
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").exists():
+        raise UserError(
+            f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
+            "`python finetune_vqav2_lora.py` or pass --adapter=<folder with adapter_config.json>"
+        )
+    if not (adapter / "adapter_model.safetensors").exists():
+        raise UserError(f"{adapter} has no adapter_model.safetensors; only safetensors adapters are loaded")
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+
+
+def blip2_core(model):
+    """The Blip2ForConditionalGeneration inside a PeftModel (LoRA layers are injected in place)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model

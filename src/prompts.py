@@ -1,0 +1,70 @@
+"""The one prompt registry and the decoding presets every script uses.
+
+BLIP-2's OPT models were evaluated zero-shot on VQAv2 with the prompt "Question: {} Answer:",
+beam search of width 5, length penalty -1 and at most 10 new tokens (BLIP-2 paper, sec. 4.1;
+LAVIS blip2_opt.predict_answers). Captions use an empty text prompt.
+"""
+
+from __future__ import annotations
+
+PROMPTS = {
+    "vqa_opt": "Question: {} Answer:",
+    "caption": "",
+}
+
+DECODING = {
+    # BLIP-2 paper zero-shot VQA decoding
+    "vqa_beam5": {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
+    "greedy": {"num_beams": 1, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
+    "caption_beam5": {"num_beams": 5, "length_penalty": 1.0, "max_new_tokens": 30, "min_new_tokens": 1, "do_sample": False},
+}
+
+DEFAULT_VQA_PROMPT = "vqa_opt"
+DEFAULT_VQA_DECODING = "vqa_beam5"
+DEFAULT_CAPTION_PROMPT = "caption"
+DEFAULT_CAPTION_DECODING = "caption_beam5"
+
+
+def get_prompt(name: str) -> str:
+    from .errors import UserError
+
+    if name not in PROMPTS:
+        raise UserError(f"unknown prompt {name!r}; known prompts: {', '.join(PROMPTS)}")
+    return PROMPTS[name]
+
+
+def get_decoding(name: str) -> dict:
+    from .errors import UserError
+
+    if name not in DECODING:
+        raise UserError(f"unknown decoding preset {name!r}; known presets: {', '.join(DECODING)}")
+    return dict(DECODING[name])
+
+
+def format_prompt(name: str, question: str | None = None) -> str:
+    template = get_prompt(name)
+    return template.format(question) if "{}" in template else template
+
+
+def clean_answer(text: str) -> str:
+    """The model's continuation cut at the first newline, surrounding white space removed."""
+    return text.split("\n", 1)[0].strip()
+
+
+def generation_record(prompt_name: str, decoding_name: str) -> dict:
+    """What every output row records about how its text was produced."""
+    return {
+        "prompt": prompt_name,
+        "prompt_template": get_prompt(prompt_name),
+        "decoding": {"preset": decoding_name, **get_decoding(decoding_name)},
+    }
+
+
+def check_question(question: str) -> str:
+    """A question must have text; returns it stripped."""
+    from .errors import UserError
+
+    q = (question or "").strip()
+    if not q:
+        raise UserError("the question is empty; type a question, e.g. --question=\"What is in the image?\"")
+    return q

@@ -1,0 +1,56 @@
+"""4-bit NF4 on CPU: the tiny model loads, generates, and can still be trained with LoRA afterwards."""
+
+import pytest
+import torch
+from PIL import Image
+
+from src.inference import generate_for_images
+from src.prompts import format_prompt, get_decoding
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+def lora_step_after_generation(model_dir, disable_repacking=True):
+    import src.modeling as modeling
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    original = modeling._disable_cpu_repacking
+    if not disable_repacking:
+        modeling._disable_cpu_repacking = lambda m: 0
+    try:
+        model, processor = modeling.load_blip2(model_dir, quantization="4bit", device="cpu")
+    finally:
+        modeling._disable_cpu_repacking = original
+    n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    answer = generate_for_images(model, processor, [image], [format_prompt("vqa_opt", "what color?")],
+                                 get_decoding("vqa_beam5"))[0]
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)$"))
+    model.train()
+    enc = processor(images=[image], text=["Question: what color? Answer: red"], return_tensors="pt")
+    loss = model(**enc, labels=enc["input_ids"].clone()).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    return n4, answer, loss, grads
+
+
+def test_4bit_loads_generates_then_trains(tiny_model_dir):
+    n4, answer, loss, grads = lora_step_after_generation(tiny_model_dir)
+    assert n4 > 0, "no layer was quantised to 4 bit"
+    assert answer
+    assert torch.isfinite(loss)
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_without_the_fix_the_cpu_repacking_trap_bites(tiny_model_dir):
+    """Proves the test above covers the trap: on CPUs where bitsandbytes repacks 4-bit weights for
+    inference (AVX512-BF16), training after an eval forward fails unless load_blip2 switches it off."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16, so bitsandbytes never repacks (the trap cannot occur here)")
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        lora_step_after_generation(tiny_model_dir, disable_repacking=False)

@@ -1,0 +1,107 @@
+"""README steps 1-2 and the CLI, run as a user would, on the tiny model."""
+
+import json
+
+from PIL import Image
+
+from conftest import REPO, assert_one_line_error, run_script
+
+
+def test_mini_infer(tiny_model_dir, tmp_path):
+    proc = run_script("mini_infer.py", f"--model_id={tiny_model_dir}", "--quantization=none", f"--output_dir={tmp_path}",
+                      check=True)
+    lines = dict(l.split(":", 1) for l in proc.stdout.splitlines() if ":" in l)
+    assert lines["image"].strip() == "baseline_images/pic_01.jpg"
+    assert lines["caption"].strip() and lines["answer"].strip()
+    saved = json.loads((tmp_path / "mini_infer.json").read_text())
+    assert saved["result"]["caption"] == lines["caption"].strip()
+    assert saved["result"]["answer"] == lines["answer"].strip()
+    assert saved["config"]["model_id"] == tiny_model_dir and saved["config"]["quantization"] == "none"
+    assert saved["result"]["decoding"]["num_beams"] == 5 and saved["result"]["prompt"] == "vqa_opt"
+
+
+def test_create_baseline_and_finetuned_name(tiny_model_dir, tmp_path):
+    run_script("create_baseline.py", f"--model_id={tiny_model_dir}", "--quantization=none", f"--output_dir={tmp_path}",
+               check=True)
+    rows = [json.loads(l) for l in (tmp_path / "baseline.jsonl").read_text().splitlines()]
+    assert [r["image_path"] for r in rows] == [f"baseline_images/pic_{i:02d}.jpg" for i in range(1, 11)]
+    for r in rows:
+        assert r["caption"].strip() and r["answer"].strip() and r["question"] == "What is in the image?"
+        assert r["model_id"] == tiny_model_dir and r["adapter"] is None and r["error"] is None
+        assert r["prompt"] == "vqa_opt" and r["decoding"] == {"preset": "vqa_beam5", "num_beams": 5, "length_penalty": -1.0,
+                                                            "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False}
+    cfg = json.loads((tmp_path / "baseline.jsonl.config.json").read_text())
+    assert cfg["images_dir"] == "baseline_images"
+
+
+def test_blip2_cli_json_and_folder(tiny_model_dir):
+    proc = run_script("blip2_cli.py", "baseline_images", "--question", "What is in the image?", "--model_id",
+                      tiny_model_dir, "--quantization", "none", "--json", check=True)
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 10 and all(r["caption"] and r["answer"] for r in rows)
+    assert rows[0]["image_path"].endswith("pic_01.jpg")
+    proc = run_script("blip2_cli.py", "baseline_images/pic_02.jpg", "--model_id", tiny_model_dir, "--quantization", "none",
+                      check=True)
+    assert "caption:" in proc.stdout and "A:" not in proc.stdout  # captions only without a question
+
+
+def test_cli_help():
+    proc = run_script("blip2_cli.py", "--help", check=True)
+    for flag in ("--question", "--model_id", "--adapter", "--quantization", "--json"):
+        assert flag in proc.stdout
+
+
+def test_odd_but_valid_images_work(tiny_model_dir, tmp_path):
+    src = Image.open(REPO / "baseline_images/pic_03.jpg").convert("RGB").resize((80, 60))
+    src.convert("L").save(tmp_path / "gray.png")
+    rgba = src.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "rgba.png")
+    src.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    src.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    proc = run_script("blip2_cli.py", tmp_path, "-q", "what is this?", "--model_id", tiny_model_dir,
+                      "--quantization", "none", "--json", check=True)
+    rows = json.loads(proc.stdout)
+    assert sorted(r["image_path"].rsplit("/", 1)[-1] for r in rows) == ["cmyk.jpg", "gray.png", "palette.png", "rgba.png"]
+    assert all(r["answer"] for r in rows)
+
+
+def test_missing_image(tiny_model_dir):
+    proc = run_script("blip2_cli.py", "no/such.jpg", "--model_id", tiny_model_dir)
+    assert_one_line_error(proc, "image not found", "no/such.jpg")
+    proc = run_script("mini_infer.py", f"--model_id={tiny_model_dir}", "--image=no/such.jpg")
+    assert_one_line_error(proc, "image not found", "no/such.jpg")
+
+
+def test_not_an_image(tiny_model_dir, tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is text, not a picture\n")
+    proc = run_script("blip2_cli.py", fake, "--model_id", tiny_model_dir)
+    assert_one_line_error(proc, "not an image", "notes.jpg")
+
+
+def test_unknown_setting(tiny_model_dir):
+    for script in ("mini_infer.py", "create_baseline.py"):
+        proc = run_script(script, f"--model_id={tiny_model_dir}", "--max_smaples=3")
+        assert_one_line_error(proc, "unknown setting --max_smaples", "--model_id")
+    proc = run_script("blip2_cli.py", "baseline_images/pic_01.jpg", "--bogus", "1")
+    assert_one_line_error(proc, "--bogus")
+
+
+def test_wrong_type(tiny_model_dir):
+    proc = run_script("create_baseline.py", f"--model_id={tiny_model_dir}", "--batch_size=many")
+    assert_one_line_error(proc, "--batch_size=many", "expected int")
+
+
+def test_empty_question(tiny_model_dir):
+    for q in ("", "   "):
+        proc = run_script("blip2_cli.py", "baseline_images/pic_01.jpg", "--question", q, "--model_id", tiny_model_dir)
+        assert_one_line_error(proc, "question is empty")
+
+
+def test_model_that_cannot_be_fetched(tmp_path):
+    proc = run_script("mini_infer.py", f"--model_id={tmp_path}/missing-model")
+    assert_one_line_error(proc, "--model_id=<local dir>")
+    proc = run_script("blip2_cli.py", "baseline_images/pic_01.jpg", "--model_id", "no-such-org/no-such-model",
+                      env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(proc, "no-such-org/no-such-model", "--model_id=<local dir>")
