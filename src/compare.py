@@ -1,0 +1,184 @@
+"""Baseline vs fine-tuned on the same VQAv2 questions: join on question_id, per-question outcome,
+and the paired bootstrap interval of the change. Used by compare_baseline_finetuned.py and
+evaluate_vqav2_finetuned.py so both report the same numbers.
+
+Every score comes from src.vqa_eval (the project's one scorer); nothing here re-implements it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .vqa_eval import score_batch, score_rows
+
+# one bootstrap chunk holds at most this many drawn indices (~80 MB of int64), so a full
+# VQAv2 val2014 run (214k questions x 1000 resamples) never needs gigabytes at once
+_BOOTSTRAP_CHUNK = 10_000_000
+# per-question scores differing by less than this are "the same" (scores are multiples of 1/30)
+_SAME_TOLERANCE = 1e-9
+
+
+def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float],
+                     n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean change ft - base and its 95% percentile interval, in percentage points.
+
+    `base_scores[i]` and `ft_scores[i]` are one question's scores in [0, 1] under the two models.
+    Each resample draws n question indices with replacement (the same indices for both models,
+    which is what makes it paired) from `np.random.default_rng(seed).integers(0, n, (n_resamples, n))`
+    and takes the mean of the per-question differences; the interval is the 2.5th and 97.5th
+    percentiles (numpy's default linear interpolation) of those means, times 100."""
+    base = np.asarray(base_scores, dtype=np.float64)
+    ft = np.asarray(ft_scores, dtype=np.float64)
+    if base.ndim != 1 or base.shape != ft.shape:
+        raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists, got {base.shape} and {ft.shape}")
+    n = base.size
+    if n == 0:
+        raise ValueError("paired_bootstrap needs at least one question")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    diff = ft - base
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples, dtype=np.float64)
+    per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
+    # drawing row blocks one after another yields exactly the stream of a single (n_resamples, n) draw
+    for start in range(0, n_resamples, per_chunk):
+        stop = min(n_resamples, start + per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = diff[idx].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(100 * diff.mean()), float(100 * low), float(100 * high)
+
+
+def is_scorable(row: dict) -> bool:
+    """A row that holds a prediction: no error recorded and a string answer."""
+    return not row.get("error") and isinstance(row.get("answer"), str)
+
+
+def index_by_question_id(rows: Sequence[dict], source: str) -> dict:
+    """{question_id: row}; a row without question_id or an id seen twice is an error naming `source`."""
+    by_id: dict = {}
+    for i, row in enumerate(rows):
+        qid = row.get("question_id")
+        if qid is None:
+            raise UserError(f"{source}, row {i + 1}: no question_id (rows are joined on question_id)")
+        if qid in by_id:
+            raise UserError(f"{source}: question_id {qid} occurs twice; each question must have one row "
+                            f"(delete the duplicate or rerun the script that wrote it)")
+        by_id[qid] = row
+    return by_id
+
+
+def coverage(base_rows: Sequence[dict], ft_rows: Sequence[dict]) -> dict:
+    """How far two result files cover the same question ids (error rows count: they were asked)."""
+    base_ids = {r.get("question_id") for r in base_rows}
+    ft_ids = {r.get("question_id") for r in ft_rows}
+    return {"baseline_questions": len(base_ids), "finetuned_questions": len(ft_ids),
+            "common": len(base_ids & ft_ids), "only_baseline": len(base_ids - ft_ids),
+            "only_finetuned": len(ft_ids - base_ids)}
+
+
+def _outcome(base: float, ft: float) -> str:
+    if ft > base + _SAME_TOLERANCE:
+        return "better"
+    if ft < base - _SAME_TOLERANCE:
+        return "worse"
+    return "same"
+
+
+def _metrics(scored: dict) -> dict:
+    return {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
+            "per_answer_type": scored["per_answer_type"]}
+
+
+def _change(pairs: list[dict], n_resamples: int, seed: int) -> dict:
+    out = {}
+    for metric, key in (("vqa_accuracy", "vqa"), ("exact_match", "em")):
+        diff, low, high = paired_bootstrap([p[f"baseline_{key}"] for p in pairs],
+                                           [p[f"finetuned_{key}"] for p in pairs], n_resamples, seed)
+        out[metric] = {"diff": round(diff, 2), "low": round(low, 2), "high": round(high, 2)}
+    return out
+
+
+def _counts(pairs: list[dict]) -> dict:
+    counts = {"better": 0, "worse": 0, "same": 0}
+    for p in pairs:
+        counts[p["outcome"]] += 1
+    counts["answer_changed"] = sum(p["baseline_answer"].strip().lower() != p["finetuned_answer"].strip().lower()
+                                   for p in pairs)
+    return counts
+
+
+def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
+                 n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Compare two result files question by question, joined on question_id (never row order).
+
+    Questions in only one file, and questions whose row in either file is an error, are left out
+    and counted. Scores are recomputed with src.vqa_eval from `answer` and `gt_answers`. Returns
+
+        {"n": compared questions,
+         "coverage": coverage(...),
+         "errors": {"baseline": error rows, "finetuned": error rows, "excluded": common ids left out},
+         "mismatched": {"n": ..., "question_ids": first 20}  # same id, different question or answers
+         "baseline" / "finetuned": {"vqa_accuracy": %, "exact_match": %, "n", "per_answer_type"},
+         "change": {"vqa_accuracy": {"diff", "low", "high"}, "exact_match": {...},   # points, 95% CI
+                    "per_answer_type": {type: {"n", "vqa_accuracy": {...}, "exact_match": {...}}}},
+         "outcomes": {"better", "worse", "same", "answer_changed", "per_answer_type": {type: {...}}},
+         "pairs": [one dict per compared question, by question_id: question_id, image_id, image_path,
+                   question, gt_answers, answer_type, question_type, baseline_answer, finetuned_answer,
+                   baseline_vqa, finetuned_vqa, baseline_em, finetuned_em (0-1), outcome]}
+
+    A question is "better" when its VQA accuracy rose, "worse" when it fell, else "same";
+    "answer_changed" counts answers that differ beyond case and surrounding spaces."""
+    base_by_id = index_by_question_id(base_rows, "baseline rows")
+    ft_by_id = index_by_question_id(ft_rows, "fine-tuned rows")
+    common = sorted(set(base_by_id) & set(ft_by_id), key=lambda q: (str(type(q)), q))
+    kept, excluded, mismatched = [], 0, []
+    for qid in common:
+        b, f = base_by_id[qid], ft_by_id[qid]
+        if not (is_scorable(b) and is_scorable(f)):
+            excluded += 1
+            continue
+        if b.get("question") != f.get("question") or list(b.get("gt_answers") or []) != list(f.get("gt_answers") or []):
+            mismatched.append(qid)
+            continue
+        kept.append((b, f))
+    result = {
+        "n": len(kept),
+        "coverage": coverage(base_rows, ft_rows),
+        "errors": {"baseline": sum(not is_scorable(r) for r in base_rows),
+                   "finetuned": sum(not is_scorable(r) for r in ft_rows), "excluded": excluded},
+        "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]},
+    }
+    if not kept:
+        return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None, "pairs": []}
+
+    base_list = [b for b, _ in kept]
+    ft_list = [{**f, "answer_type": b.get("answer_type"), "question_type": b.get("question_type")} for b, f in kept]
+    gts = [b["gt_answers"] for b in base_list]
+    base_vqa, base_em = score_batch([b["answer"] for b in base_list], gts)
+    ft_vqa, ft_em = score_batch([f["answer"] for f in ft_list], gts)
+    pairs = []
+    for i, (b, f) in enumerate(kept):
+        pairs.append({
+            "question_id": b["question_id"], "image_id": b.get("image_id"), "image_path": b.get("image_path"),
+            "question": b.get("question"), "gt_answers": b["gt_answers"],
+            "answer_type": b.get("answer_type"), "question_type": b.get("question_type"),
+            "baseline_answer": b["answer"], "finetuned_answer": f["answer"],
+            "baseline_vqa": float(base_vqa[i]), "finetuned_vqa": float(ft_vqa[i]),
+            "baseline_em": float(base_em[i]), "finetuned_em": float(ft_em[i]),
+            "outcome": _outcome(float(base_vqa[i]), float(ft_vqa[i])),
+        })
+
+    change = _change(pairs, n_resamples, seed)
+    outcomes = _counts(pairs)
+    by_type: dict = {}
+    for p in pairs:
+        if p["answer_type"] is not None:
+            by_type.setdefault(p["answer_type"], []).append(p)
+    change["per_answer_type"] = {t: {"n": len(ps), **_change(ps, n_resamples, seed)} for t, ps in sorted(by_type.items())}
+    outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
+    return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
+            "change": change, "outcomes": outcomes, "pairs": pairs}

@@ -1,0 +1,423 @@
+"""compare_baseline_finetuned.py run as a subprocess on small, realistic result files, and the
+paired bootstrap / join of src/compare.py. Expected numbers are computed here, question by question,
+with src.vqa_eval.vqa_accuracy / exact_match, not with the code under test."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from src.compare import compare_rows, paired_bootstrap  # noqa: E402
+from src.vqa_eval import exact_match, vqa_accuracy  # noqa: E402
+
+SCRIPT = "compare_baseline_finetuned.py"
+MODEL_ID = "Salesforce/blip2-opt-2.7b"
+DECODING = {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False}
+SCRIPT_ANSWER = "<script>alert(1)</script>"
+MARKUP_QUESTION = "Is this <b>bold</b> & \"quoted\" 'text'?"
+CHINESE_QUESTION = "杯子是什么颜色？"
+ERROR_QID, SCRIPT_QID, MARKUP_QID, MISSING_IMAGE_QID = 9001, 9003, 9004, 9005
+
+
+def _gt(*counts) -> list[str]:
+    """Ten annotator answers from (answer, count) pairs."""
+    out = [a for a, n in counts for _ in range(n)]
+    assert len(out) == 10
+    return out
+
+
+# two questions per demo image, written from baseline_images/README.md's description of each picture
+DEMO_QUESTIONS = [
+    ("baseline_images/pic_01.jpg", "What color is the suit?", "other", "what color is the", _gt(("orange", 8), ("orange ", 1), ("red", 1))),
+    ("baseline_images/pic_01.jpg", "Is there a flag?", "yes/no", "is there a", _gt(("yes", 10))),
+    ("baseline_images/pic_02.jpg", "What is in the cup?", "other", "what is in the", _gt(("coffee", 7), ("espresso", 3))),
+    ("baseline_images/pic_02.jpg", "Is there a spoon?", "yes/no", "is there a", _gt(("yes", 10))),
+    ("baseline_images/pic_03.jpg", "What animal is this?", "other", "what animal is", _gt(("cat", 8), ("kitten", 1), ("tabby cat", 1))),
+    ("baseline_images/pic_03.jpg", "What color are the eyes?", "other", "what color are the", _gt(("green", 8), ("yellow", 2))),
+    ("baseline_images/pic_04.jpg", "Is it daytime?", "yes/no", "is it", _gt(("no", 9), ("yes", 1))),
+    ("baseline_images/pic_04.jpg", "What is on the launch pad?", "other", "what is on the", _gt(("rocket", 8), ("spacex rocket", 1), ("falcon 9", 1))),
+    ("baseline_images/pic_05.jpg", "Is this photo in color?", "yes/no", "is this", _gt(("no", 10))),
+    ("baseline_images/pic_05.jpg", "What is the man looking through?", "other", "what is the man", _gt(("camera", 8), ("video camera", 2))),
+    ("baseline_images/pic_06.jpg", "How many rows of coins are there?", "number", "how many", _gt(("4", 8), ("four", 1), ("3", 1))),
+    ("baseline_images/pic_06.jpg", "What are these?", "other", "what are", _gt(("coins", 9), ("money", 1))),
+    ("baseline_images/pic_07.jpg", "What is shown in the sky?", "other", "what is", _gt(("galaxies", 6), ("stars", 4))),
+    ("baseline_images/pic_07.jpg", "Is the background black?", "yes/no", "is the", _gt(("yes", 10))),
+    ("baseline_images/pic_08.jpg", "What body part is this?", "other", "what", _gt(("eye", 7), ("retina", 3))),
+    ("baseline_images/pic_08.jpg", "How many eyes are shown?", "number", "how many", _gt(("1", 9), ("one", 1))),
+    ("baseline_images/pic_09.jpg", "What color is the stain?", "other", "what color is the", _gt(("brown", 6), ("blue", 4))),
+    ("baseline_images/pic_09.jpg", "Is this a microscope image?", "yes/no", "is this a", _gt(("yes", 9), ("no", 1))),
+    ("baseline_images/pic_10.jpg", "What is the wall made of?", "other", "what is the", _gt(("brick", 6), ("bricks", 4))),
+    ("baseline_images/pic_10.jpg", "How many windows are there?", "number", "how many", _gt(("0", 9), ("none", 1))),
+]
+STRATEGIES = ["improve", "same_right", "worsen", "improve", "same_wrong", "improve_partial", "same_right"]
+WRONG = {"yes/no": None, "number": "7", "other": "purple"}
+
+
+def _majority(gts):
+    return max(gts, key=lambda a: sum(g.strip().lower() == a.strip().lower() for g in gts)).strip().lower()
+
+
+def _minority(gts):
+    maj = _majority(gts)
+    rest = [g.strip().lower() for g in gts if g.strip().lower() != maj]
+    return rest[0] if rest else maj
+
+
+def _verbose(answer, answer_type):
+    if answer_type == "yes/no":
+        return f"{answer}, it is"
+    if answer_type == "number":
+        return f"there are {answer} of them"
+    return f"a {answer} in the picture"
+
+
+def _answers(strategy, gts, answer_type):
+    maj = _majority(gts)
+    wrong = ("no" if maj == "yes" else "yes") if answer_type == "yes/no" else WRONG[answer_type]
+    return {
+        "improve": (_verbose(maj, answer_type), maj),
+        "improve_partial": (_verbose(maj, answer_type), _minority(gts)),
+        "worsen": (maj, wrong),
+        "same_right": (maj, maj),
+        "same_wrong": (_verbose(maj, answer_type), wrong),
+    }[strategy]
+
+
+def _row(qid, image_path, question, answer_type, question_type, gts, answer, adapter, error=None):
+    row = {"question_id": qid, "image_id": qid // 1000, "image_path": image_path, "question": question,
+           "answer": answer, "gt_answers": gts, "answer_type": answer_type, "question_type": question_type,
+           "model_id": MODEL_ID, "adapter": adapter, "prompt": "vqa_opt", "decoding": DECODING, "error": error}
+    if answer is not None:
+        row["vqa_accuracy"], row["exact_match"] = vqa_accuracy(answer, gts), exact_match(answer, gts)
+    else:
+        row["vqa_accuracy"] = row["exact_match"] = None
+    return row
+
+
+def make_rows() -> tuple[list[dict], list[dict]]:
+    """41 questions: the 16 of data/tiny.jsonl, 20 about the demo images, and five special ones."""
+    tiny = [json.loads(line) for line in (REPO / "data" / "tiny.jsonl").read_text().splitlines() if line.strip()]
+    questions = [(t["question_id"], t["image_path"], t["question"], t["answer_type"], t["question_type"], t["answers"])
+                 for t in tiny]
+    questions += [(20000 + i, *q) for i, q in enumerate(DEMO_QUESTIONS)]
+    adapter = "outputs/lora_adapter"
+    base, ft = [], []
+    for i, (qid, path, question, atype, qtype, gts) in enumerate(questions):
+        b, f = _answers(STRATEGIES[i % len(STRATEGIES)], gts, atype)
+        base.append(_row(qid, path, question, atype, qtype, gts, b, None))
+        ft.append(_row(qid, path, question, atype, qtype, gts, f, adapter))
+    red = tiny[0]["answers"]
+    coffee = tiny[2]["answers"]
+    sky = tiny[10]["answers"]
+    special = [  # (qid, path, question, type, qtype, gts, base answer, ft answer, base error)
+        (ERROR_QID, "data/picture_01.jpg", "Is the cup full?", "yes/no", "is the", _gt(("yes", 10)), None, "yes", "cannot identify image file"),
+        (9002, "data/picture_01.jpg", CHINESE_QUESTION, "other", "what color is the", red, "红色的杯子", "red", None),
+        (SCRIPT_QID, "data/picture_01.jpg", "What is in the cup?", "other", "what is in the", coffee, "coffee", SCRIPT_ANSWER, None),
+        (MARKUP_QID, "data/picture_06.jpg", MARKUP_QUESTION, "yes/no", "is this", _gt(("yes", 10)), "yes", "yes", None),
+        (MISSING_IMAGE_QID, "data/images/val2014/COCO_val2014_000000000042.jpg", "What color is the sky?", "other",
+         "what color is the", sky, "the sky is blue", "blue", None),
+    ]
+    for qid, path, question, atype, qtype, gts, b, f, err in special:
+        base.append(_row(qid, path, question, atype, qtype, gts, b, None, error=err))
+        ft.append(_row(qid, path, question, atype, qtype, gts, f, adapter))
+    random.Random(1).shuffle(ft)  # the script must join on question_id, not row order
+    return base, ft
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def write_demo(out: Path) -> None:
+    captions = ["an astronaut in an orange suit posing in front of a flag", "a cup of coffee on a saucer with a spoon",
+                "a close up of a cat with green eyes", "a rocket on a launch pad at night",
+                "a black and white photo of a man with a camera on a tripod", "a bunch of old coins on a table",
+                "a picture of the night sky with many galaxies", "an image of the inside of an eye",
+                "a microscope image of a tissue sample", "a black and white photo of a brick wall"]
+    short = ["astronaut", "coffee", "cat", "rocket", "camera", "coins", "galaxies", "eye", "tissue", "brick wall"]
+    base, ft = [], []
+    for i, (cap, ans) in enumerate(zip(captions, short), 1):
+        common = {"image_path": f"baseline_images/pic_{i:02d}.jpg", "question": "What is in the image?",
+                  "model_id": MODEL_ID, "prompt": "vqa_opt", "decoding": DECODING}
+        base.append({**common, "caption": cap, "answer": cap[0].upper() + cap[1:], "adapter": None})
+        ft.append({**common, "caption": cap if i != 3 else "<img src=x onerror=alert(2)>", "answer": ans,
+                   "adapter": "outputs/lora_adapter"})
+    write_jsonl(out / "baseline.jsonl", base)
+    write_jsonl(out / "baseline_finetuned.jsonl", ft)
+
+
+def run(output_dir: Path, report_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, f"--output_dir={output_dir}", f"--report_dir={report_dir}", *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def expected(base: list[dict], ft: list[dict]) -> dict:
+    """The numbers the report must show, question by question with the scorer's per-question functions."""
+    ft_by_id = {r["question_id"]: r for r in ft}
+    per = []
+    for b in sorted(base, key=lambda r: r["question_id"]):  # the documented order of the bootstrap's input
+        f = ft_by_id.get(b["question_id"])
+        if f is None or b["error"] or f["error"]:
+            continue
+        per.append((b["answer_type"], vqa_accuracy(b["answer"], b["gt_answers"]), vqa_accuracy(f["answer"], b["gt_answers"]),
+                    exact_match(b["answer"], b["gt_answers"]), exact_match(f["answer"], b["gt_answers"])))
+
+    def stats(items):
+        a = np.array([p[1:] for p in items])
+        return {"n": len(items), "base_vqa": 100 * a[:, 0].mean(), "ft_vqa": 100 * a[:, 1].mean(),
+                "base_em": 100 * a[:, 2].mean(), "ft_em": 100 * a[:, 3].mean(),
+                "better": int((a[:, 1] > a[:, 0]).sum()), "worse": int((a[:, 1] < a[:, 0]).sum()),
+                "same": int((a[:, 1] == a[:, 0]).sum()), "vqa_diffs": a[:, 1] - a[:, 0]}
+
+    out = {"overall": stats(per)}
+    for t in ("yes/no", "number", "other"):
+        out[t] = stats([p for p in per if p[0] == t])
+    return out
+
+
+class ReportParser(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.rows, self.text, self.srcs = [], [], [], []
+        self._in_questions = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "table" and "questions" in (attrs.get("class") or ""):
+            self._in_questions = True
+        if tag == "tr" and self._in_questions and "data-qid" in attrs:
+            self.rows.append((int(attrs["data-qid"]), attrs.get("class")))
+        for key in ("src", "href"):
+            if key in attrs:
+                self.srcs.append(attrs[key])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_questions = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    out, report = tmp / "outputs", tmp / "report"
+    out.mkdir()
+    base, ft = make_rows()
+    write_jsonl(out / "vqav2_baseline.jsonl", base)
+    write_jsonl(out / "vqav2_finetuned.jsonl", ft)
+    write_demo(out)
+    proc = run(out, report)
+    assert proc.returncode == 0, proc.stderr
+    return {"report": report, "base": base, "ft": ft, "proc": proc}
+
+
+def test_every_artefact_exists_and_pngs_are_images(full_run):
+    report = full_run["report"]
+    for name in ("summary.txt", "comparison.json", "report.html", "config.json", "accuracy.png",
+                 "answer_length.png", "demo_images.png", "contact_sheet.png"):
+        assert (report / name).is_file(), name
+    data = json.loads((report / "comparison.json").read_text())
+    cases = sorted((report / "cases").glob("case_*.png"))
+    assert len(cases) == 12 == len(data["artefacts"]["cases"])  # 4 improved, 4 worsened, 4 unchanged
+    for png in [*cases, *(report.glob("*.png"))]:
+        with Image.open(png) as img:
+            img.verify()
+        with Image.open(png) as img:
+            assert img.format == "PNG" and 300 <= img.width <= 4000 and 200 <= img.height <= 4000, (png, img.size)
+    config = json.loads((report / "config.json").read_text())
+    assert config["cases_per_group"] == 4 and config["report_dir"] == str(report)
+
+
+def test_numbers_equal_an_independent_computation(full_run):
+    report, exp = full_run["report"], expected(full_run["base"], full_run["ft"])
+    data = json.loads((report / "comparison.json").read_text())
+    assert data["mode"] == "comparison" and data["partial"] is False
+    assert data["n"] == exp["overall"]["n"] == 40
+    assert data["errors"]["excluded"] == 1 and data["errors"]["baseline"] == 1
+    o = exp["overall"]
+    assert data["baseline"]["vqa_accuracy"] == pytest.approx(o["base_vqa"], abs=0.006)
+    assert data["finetuned"]["vqa_accuracy"] == pytest.approx(o["ft_vqa"], abs=0.006)
+    assert data["baseline"]["exact_match"] == pytest.approx(o["base_em"], abs=0.006)
+    assert data["finetuned"]["exact_match"] == pytest.approx(o["ft_em"], abs=0.006)
+    assert data["change"]["vqa_accuracy"]["diff"] == pytest.approx(o["ft_vqa"] - o["base_vqa"], abs=0.006)
+    assert data["change"]["vqa_accuracy"]["low"] <= data["change"]["vqa_accuracy"]["diff"] <= data["change"]["vqa_accuracy"]["high"]
+    assert {k: data["outcomes"][k] for k in ("better", "worse", "same")} == {k: o[k] for k in ("better", "worse", "same")}
+    assert o["better"] > 0 and o["worse"] > 0 and o["same"] > 0
+    for t in ("yes/no", "number", "other"):
+        e = exp[t]
+        assert data["baseline"]["per_answer_type"][t]["n"] == e["n"]
+        assert data["baseline"]["per_answer_type"][t]["vqa_accuracy"] == pytest.approx(e["base_vqa"], abs=0.006)
+        assert data["finetuned"]["per_answer_type"][t]["vqa_accuracy"] == pytest.approx(e["ft_vqa"], abs=0.006)
+        assert data["finetuned"]["per_answer_type"][t]["exact_match"] == pytest.approx(e["ft_em"], abs=0.006)
+        assert {k: data["outcomes"]["per_answer_type"][t][k] for k in ("better", "worse", "same")} == \
+            {k: e[k] for k in ("better", "worse", "same")}
+    # the fine-tuned answers are shorter
+    assert data["answer_length"]["finetuned"]["mean_words"] < data["answer_length"]["baseline"]["mean_words"]
+
+    summary = (report / "summary.txt").read_text()
+    m = re.search(r"^VQA accuracy\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", summary, re.M)
+    assert m, summary
+    assert float(m[1]) == pytest.approx(o["base_vqa"], abs=0.006)
+    assert float(m[2]) == pytest.approx(o["ft_vqa"], abs=0.006)
+    assert float(m[3]) == pytest.approx(o["ft_vqa"] - o["base_vqa"], abs=0.006)
+    m = re.search(r"^exact match\s+([\d.]+)\s+([\d.]+)", summary, re.M)
+    assert float(m[1]) == pytest.approx(o["base_em"], abs=0.006) and float(m[2]) == pytest.approx(o["ft_em"], abs=0.006)
+    m = re.search(r"better (\d+), worse (\d+), same (\d+)", summary)
+    assert (int(m[1]), int(m[2]), int(m[3])) == (o["better"], o["worse"], o["same"])
+    assert "questions compared: 40" in summary
+    for t in ("yes/no", "number", "other"):
+        m = re.search(rf"^\s+{re.escape(t)}\s+n=(\d+)\s+VQA\s+([\d.]+) ->\s+([\d.]+).*better (\d+) / worse (\d+) / same (\d+)",
+                      summary, re.M)
+        e = exp[t]
+        assert int(m[1]) == e["n"]
+        assert float(m[2]) == pytest.approx(e["base_vqa"], abs=0.006) and float(m[3]) == pytest.approx(e["ft_vqa"], abs=0.006)
+        assert (int(m[4]), int(m[5]), int(m[6])) == (e["better"], e["worse"], e["same"])
+
+    # the interval is the documented paired percentile bootstrap, recomputed here with numpy
+    d = exp["overall"]["vqa_diffs"]
+    idx = np.random.default_rng(0).integers(0, len(d), size=(1000, len(d)))
+    low, high = np.percentile(d[idx].mean(axis=1), [2.5, 97.5]) * 100
+    assert data["change"]["vqa_accuracy"]["low"] == pytest.approx(low, abs=0.006)
+    assert data["change"]["vqa_accuracy"]["high"] == pytest.approx(high, abs=0.006)
+
+
+def test_report_html_is_complete_escaped_and_offline(full_run):
+    raw = (full_run["report"] / "report.html").read_text(encoding="utf-8")
+    parser = ReportParser()
+    parser.feed(raw)
+    parser.close()
+    qids = [q for q, _ in parser.rows]
+    assert sorted(qids) == sorted(r["question_id"] for r in full_run["base"] if r["error"] is None)
+    assert ERROR_QID not in qids
+    classes = {cls for _, cls in parser.rows}
+    assert classes == {"better", "worse", "same"}
+    # injected markup is text, never markup
+    assert "<script>alert(1)" not in raw and "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
+    assert "<img src=x" not in raw and "&lt;img src=x onerror=alert(2)&gt;" in raw
+    assert "script" not in parser.tags and "b" not in parser.tags
+    text = "".join(parser.text)
+    assert MARKUP_QUESTION in text and SCRIPT_ANSWER in text and CHINESE_QUESTION in text
+    # self-contained: every image inline, nothing fetched from the network
+    assert parser.srcs and all(s.startswith("data:image/") for s in parser.srcs)
+    urls = re.findall(r"url\(([^)]*)\)", raw)
+    assert urls and all(u.startswith("data:image/") for u in urls)
+    assert "http://" not in raw and "https://" not in raw and "<link" not in raw
+    # filters exist for improved / worsened / all
+    assert 'id="f-better"' in raw and 'id="f-worse"' in raw and 'id="f-all"' in raw
+    # the missing COCO image shows its path instead of a thumbnail
+    assert "COCO_val2014_000000000042.jpg" in text
+
+
+def test_baseline_only_report(tmp_path):
+    out, report = tmp_path / "outputs", tmp_path / "report"
+    out.mkdir()
+    base, _ = make_rows()
+    write_jsonl(out / "vqav2_baseline.jsonl", base)
+    proc = run(out, report)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((report / "comparison.json").read_text())
+    assert data["mode"] == "baseline_only" and data["finetuned"] is None and data["n"] == 40
+    valid = [r for r in base if r["error"] is None]
+    expect = 100 * np.mean([vqa_accuracy(r["answer"], r["gt_answers"]) for r in valid])
+    assert data["baseline"]["vqa_accuracy"] == pytest.approx(expect, abs=0.006)
+    summary = (report / "summary.txt").read_text()
+    assert "MISSING" in summary and "python evaluate_vqav2_finetuned.py" in summary
+    raw = (report / "report.html").read_text(encoding="utf-8")
+    assert "python evaluate_vqav2_finetuned.py" in raw and "baseline-only" in raw
+    parser = ReportParser()
+    parser.feed(raw)
+    assert len(parser.rows) == 40
+    assert (report / "accuracy.png").is_file() and not (report / "demo_images.png").exists()
+
+
+def test_different_question_ids_fail_with_counts(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    base, ft = make_rows()
+    write_jsonl(out / "vqav2_baseline.jsonl", base)
+    write_jsonl(out / "vqav2_finetuned.jsonl", [r for r in ft if r["question_id"] not in (1000, 1001, 1002)])
+    proc = run(out, tmp_path / "report")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "41" in lines[0] and "38" in lines[0] and "3 only in baseline" in lines[0] and "--allow_partial=True" in lines[0]
+    assert not (tmp_path / "report" / "report.html").exists()
+
+
+def test_allow_partial_compares_the_intersection(tmp_path):
+    out, report = tmp_path / "outputs", tmp_path / "report"
+    out.mkdir()
+    base, ft = make_rows()
+    ft = [r for r in ft if r["question_id"] not in (1000, 1001, 1002)]
+    write_jsonl(out / "vqav2_baseline.jsonl", base)
+    write_jsonl(out / "vqav2_finetuned.jsonl", ft)
+    # many cases per group: every example is drawn, the missing COCO image included
+    proc = run(out, report, "--allow_partial=True", "--cases_per_group=40")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((report / "comparison.json").read_text())
+    exp = expected(base, ft)["overall"]
+    assert data["partial"] is True and data["n"] == exp["n"] == 37
+    assert data["coverage"]["only_baseline"] == 3 and data["coverage"]["only_finetuned"] == 0
+    assert data["finetuned"]["vqa_accuracy"] == pytest.approx(exp["ft_vqa"], abs=0.006)
+    assert "PARTIAL COMPARISON" in (report / "summary.txt").read_text()
+    assert "Partial comparison" in (report / "report.html").read_text(encoding="utf-8")
+    assert MISSING_IMAGE_QID in data["cases"]["improved"]
+    assert sum(map(len, data["cases"].values())) == 37 == len(list((report / "cases").glob("case_*.png")))
+
+
+def test_missing_baseline_is_a_clear_error(tmp_path):
+    proc = run(tmp_path, tmp_path / "report")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "vqav2_baseline.jsonl" in proc.stderr and "python create_vqav2_baseline.py" in proc.stderr
+
+
+# --- src/compare.py ------------------------------------------------------------------------------
+
+def test_paired_bootstrap_matches_numpy_and_is_deterministic():
+    rng = np.random.default_rng(123)
+    base = rng.integers(0, 4, 57) / 3
+    ft = np.clip(base + rng.choice([-1 / 3, 0, 1 / 3, 2 / 3], 57), 0, 1)
+    mean, low, high = paired_bootstrap(base, ft, n_resamples=500, seed=7)
+    assert (mean, low, high) == paired_bootstrap(list(base), list(ft), n_resamples=500, seed=7)
+    assert paired_bootstrap(base, ft, n_resamples=500, seed=8) != (mean, low, high)
+    d = ft - base
+    idx = np.random.default_rng(7).integers(0, len(d), size=(500, len(d)))
+    ref_low, ref_high = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    assert mean == pytest.approx(100 * d.mean())
+    assert low == pytest.approx(100 * ref_low) and high == pytest.approx(100 * ref_high)
+    assert low <= mean <= high and low < high
+
+
+def test_paired_bootstrap_zero_width_when_all_differences_equal():
+    mean, low, high = paired_bootstrap([0.0, 1 / 3, 0.5, 0.0], [0.25, 7 / 12, 0.75, 0.25], n_resamples=200, seed=0)
+    assert mean == pytest.approx(25.0) and low == pytest.approx(25.0) and high == pytest.approx(25.0)
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 0.0])
+
+
+def test_compare_rows_joins_on_question_id():
+    base, ft = make_rows()
+    result = compare_rows(base, list(reversed(ft)), n_resamples=50, seed=0)
+    assert result["n"] == 40 and result["errors"]["excluded"] == 1
+    by_id = {p["question_id"]: p for p in result["pairs"]}
+    assert by_id[SCRIPT_QID]["finetuned_answer"] == SCRIPT_ANSWER and by_id[SCRIPT_QID]["outcome"] == "worse"
+    assert by_id[MARKUP_QID]["outcome"] == "same"
+    for r in ft:
+        if r["question_id"] in by_id:
+            assert by_id[r["question_id"]]["finetuned_vqa"] == r["vqa_accuracy"]
+    assert set(result["outcomes"]["per_answer_type"]) == {"yes/no", "number", "other"}
