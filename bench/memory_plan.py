@@ -1,0 +1,322 @@
+"""Weight memory of Salesforce/blip2-opt-2.7b per precision, against the model card's memory table.
+
+Prints `src.memory_plan`'s plan for the real architecture (meta device, no weights, no GPU),
+reproduces the model card's table ("float16/bfloat16 7.21 GB, int8 3.61 GB, int4 1.8 GB",
+largest layer 490.94 MB) the way `accelerate estimate-memory` computes it, explains the
+difference line by line with numbers that add up exactly, and replaces this script's section
+of bench/RESULTS.md.
+
+    python bench/memory_plan.py                        # about 15 s on CPU, no download
+    python bench/memory_plan.py --write_results=False  # print only
+    python bench/memory_plan.py --gpu_check=True       # on a CUDA machine: also load a 2-layers-per-tower model with
+                                                       # the real shapes in bf16 / 8-bit / 4-bit and measure it
+
+A GPU check's figures go to outputs/bench_memory_plan/gpu_check.json; later runs add them to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from src.config import apply_overrides  # noqa: E402
+from src.errors import UserError, run_main  # noqa: E402
+
+# -----------------------------------------------------------------------------
+LORA_R = 16  # LoRA rank of the plan (the fine-tuning default)
+COMPUTE_DTYPE = "bfloat16"  # dtype of what bitsandbytes leaves unquantised (load_blip2 on a bf16 GPU)
+GPU_CHECK = False  # on CUDA: load a BLIP-2 with the real layer shapes (2 layers per tower) and measure it
+GPU_CHECK_DIR = "outputs/bench_memory_plan"  # the GPU check's sample model and gpu_check.json (read back by CPU runs)
+WRITE_RESULTS = True  # replace this script's section of bench/RESULTS.md
+DEBUG = False  # show tracebacks instead of one-line errors
+# -----------------------------------------------------------------------------
+
+_RESULTS_MD = REPO / "bench" / "RESULTS.md"
+_START, _END = "<!-- memory_plan:start -->", "<!-- memory_plan:end -->"
+
+# The "Memory requirements" table of the Salesforce/blip2-opt-2.7b model card (made with `accelerate estimate-memory`)
+MODEL_CARD = {  # dtype: (largest layer or residual group, total size, training using Adam)
+    "float32": ("490.94 MB", "14.43 GB", "57.72 GB"),
+    "float16/bfloat16": ("245.47 MB", "7.21 GB", "28.86 GB"),
+    "int8": ("122.73 MB", "3.61 GB", "14.43 GB"),
+    "int4": ("61.37 MB", "1.8 GB", "7.21 GB"),
+}
+_CARD_DIVISOR = {"float32": 1, "float16/bfloat16": 2, "int8": 4, "int4": 8}  # accelerate's gather_data
+_CARD_VS_PLAN = {"float32": "fp32", "float16/bfloat16": "bf16", "int8": "int8", "int4": "nf4"}
+OPT_DEFAULT_VOCAB = 50272  # OPTConfig's default, what the Hub config meant before it listed vocab_size 50304
+GIB = 1024**3
+
+
+def accelerate_estimate(config) -> dict:
+    """What `accelerate estimate-memory` measures, minus the Hub: AutoModel.from_config in fp32 under
+    accelerate's init_empty_weights, then calculate_maximum_sizes (accelerate/commands/estimate.py)."""
+    import torch
+    from accelerate import init_empty_weights
+    from accelerate.utils import calculate_maximum_sizes
+    from transformers import AutoModel
+
+    with init_empty_weights():
+        model = AutoModel.from_config(config, dtype=torch.float32)
+    total, (largest, largest_names) = calculate_maximum_sizes(model)
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    return {
+        "model": type(model).__name__,
+        "fp32_bytes": total,
+        "params_counted": total // 4,
+        "largest_bytes": largest,
+        "largest_names": largest_names,
+        "still_tied": head is not None and head.weight is embed,
+        "embedding_params": embed.numel(),
+    }
+
+
+def card_row(estimate: dict, card_dtype: str) -> tuple[str, str, str]:
+    """The card's three strings, as accelerate formats them (convert_bytes: 1024-based 'MB'/'GB')."""
+    from accelerate.utils import convert_bytes
+
+    d = _CARD_DIVISOR[card_dtype]
+    total = estimate["fp32_bytes"] / d
+    return convert_bytes(estimate["largest_bytes"] / d), convert_bytes(total), convert_bytes(4 * total)
+
+
+def difference_terms(plan: dict, card: dict, card_dtype: str) -> list[tuple[str, float]]:
+    """card bytes - plan bytes, split into causes that add up exactly."""
+    precision = _CARD_VS_PLAN[card_dtype]
+    rate = 4 / _CARD_DIVISOR[card_dtype]  # bytes per parameter the card assumes for every parameter
+    vocab_rows = plan["parts"]["language_model.embed_tokens"]["params"] - card["embedding_params"]
+    terms = [
+        (f"tied embedding counted a second time ({card['embedding_params']:,} params)", card["embedding_params"] * rate),
+        (f"card's vocabulary {OPT_DEFAULT_VOCAB:,} vs 50,304 today ({vocab_rows:,} params fewer)", -vocab_rows * rate),
+    ]
+    p = plan["precisions"][precision]
+    if precision in ("int8", "nf4"):
+        quantized = plan["bnb"]["quantized_params"]
+        kept = p["unquantized_params_by_dtype"]
+        sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+        kept_cost = sum(n * (sizes[d] - rate) for d, n in kept.items())
+        stats = p["bytes"] - quantized * rate - sum(n * sizes[d] for d, n in kept.items())
+        terms.append((f"{sum(kept.values()):,} params transformers keeps unquantised ({', '.join(kept)}) instead of {rate:g} B",
+                      -kept_cost))
+        what = "fp32 row scales" if precision == "int8" else "absmax, second-level absmax and lookup tables"
+        terms.append((f"quantisation statistics: {what}", -stats))
+    return terms
+
+
+def build_sample_model(outdir: Path, layers: int = 2) -> Path:
+    """Salesforce/blip2-opt-2.7b's architecture with `layers` layers per tower (every tensor shape of the real
+    model, full vocabulary), random bf16 weights and the tiny model's processor, so load_blip2 can load it."""
+    import tempfile
+
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from src.memory_plan import load_blip2_config
+    from src.tiny_model import build_tiny_blip2
+
+    config = load_blip2_config(None)
+    for sub in (config.vision_config, config.qformer_config, config.text_config):
+        sub.num_hidden_layers = layers
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(outdir)
+    with tempfile.TemporaryDirectory() as tiny:
+        build_tiny_blip2(tiny)
+        Blip2Processor.from_pretrained(tiny).save_pretrained(outdir)
+    return outdir
+
+
+def gpu_check(workdir: Path) -> dict:
+    """Load the sample model with load_blip2 in bf16, 8-bit and 4-bit; compare the GPU memory it takes with the plan."""
+    import gc
+
+    import torch
+
+    from src.memory_plan import held_bytes, plan_memory
+    from src.modeling import load_blip2
+
+    if not torch.cuda.is_available():
+        raise UserError("--gpu_check=True needs a CUDA GPU; run without it for the plan and the model-card comparison")
+    sample = build_sample_model(workdir / "sample-blip2")
+    rows = []
+    for quantization in ("none", "8bit", "4bit"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        model, _ = load_blip2(str(sample), quantization=quantization, device="cuda")
+        torch.cuda.synchronize()
+        dtype = str(model.dtype).removeprefix("torch.")
+        plan = plan_memory(sample, compute_dtype=dtype)
+        column = {"none": {"bfloat16": "bf16", "float16": "fp16"}[dtype], "8bit": "int8", "4bit": "nf4"}[quantization]
+        rows.append({
+            "quantization": quantization,
+            "dtype": dtype,
+            "params": plan["total_params"],
+            "planned_bytes": plan["precisions"][column]["bytes"],
+            "tensor_bytes": held_bytes(model),
+            "allocated_bytes": torch.cuda.memory_allocated() - before,
+            "peak_allocated_bytes": torch.cuda.max_memory_allocated() - before,
+        })
+        del model
+    import bitsandbytes
+    import transformers
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(0),
+        "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}",
+        "command": "python bench/memory_plan.py --gpu_check=True",
+        "model": "blip2-opt-2.7b architecture, 2 layers per tower, random bf16 weights",
+        "rows": rows,
+    }
+
+
+def gpu_check_lines(check: dict) -> list[str]:
+    lines = [
+        f"Measured on {check['device']} ({check['date']}; {check['versions']}; `{check['command']}`): {check['model']}, loaded with "
+        "`load_blip2`; planned = `plan_memory` for the same config, tensors = every parameter, buffer and bitsandbytes "
+        "statistic the loaded model holds, allocated = `torch.cuda.memory_allocated()` growth.",
+        "",
+        "| load | params | planned MiB | tensors MiB | allocated MiB | peak during load MiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in check["rows"]:
+        mib = 1024**2
+        lines.append(f"| {r['quantization']} ({r['dtype']}) | {r['params']:,} | {r['planned_bytes'] / mib:.2f} | "
+                     f"{r['tensor_bytes'] / mib:.2f} | {r['allocated_bytes'] / mib:.2f} | {r['peak_allocated_bytes'] / mib:.2f} |")
+    return lines
+
+
+def write_section(text: str) -> None:
+    """Replace this script's marked section of bench/RESULTS.md (or add it), leaving the others alone."""
+    from src.io import atomic_write_text
+
+    block = f"{_START}\n{text.rstrip()}\n{_END}\n"
+    old = _RESULTS_MD.read_text(encoding="utf-8") if _RESULTS_MD.exists() else "# Benchmark results\n\n"
+    if _START in old and _END in old:
+        head, rest = old.split(_START, 1)
+        new = head + block + rest.split(_END, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    atomic_write_text(_RESULTS_MD, new)
+
+
+def main() -> None:
+    defaults = {k.lower(): v for k, v in globals().items() if k.isupper() and not k.startswith("_")}
+    config = apply_overrides(globals())
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from src.io import read_json, write_json
+    from src.memory_plan import format_plan, load_blip2_config, plan_memory
+
+    check_json = REPO / GPU_CHECK_DIR / "gpu_check.json"
+    if GPU_CHECK:
+        check = gpu_check(REPO / GPU_CHECK_DIR)
+        write_json(check_json, check)
+        print("\n".join(gpu_check_lines(check)) + f"\nwrote {check_json.relative_to(REPO)}\n")
+
+    plan = plan_memory(None, lora_r=LORA_R, compute_dtype=COMPUTE_DTYPE)
+    table = format_plan(plan)
+    print(table)
+
+    today = load_blip2_config(None)
+    card_era = load_blip2_config(None)
+    card_era.text_config.vocab_size = OPT_DEFAULT_VOCAB
+    estimates = {"50,304 (today)": accelerate_estimate(today), f"{OPT_DEFAULT_VOCAB:,} (card)": accelerate_estimate(card_era)}
+    card = estimates[f"{OPT_DEFAULT_VOCAB:,} (card)"]
+    if card["still_tied"]:
+        raise UserError("accelerate's init_empty_weights kept lm_head tied here; the double-counting explanation no longer holds")
+
+    rows = ["| dtype | model card | accelerate method, vocab 50,272 | accelerate method, vocab 50,304 | this plan (what transformers loads) |",
+            "| --- | --- | --- | --- | --- |"]
+    reproduced = True
+    for dtype, (largest, total, train) in MODEL_CARD.items():
+        old = card_row(card, dtype)
+        new = card_row(estimates["50,304 (today)"], dtype)
+        reproduced &= old == (largest, total, train)
+        ours = plan["precisions"][_CARD_VS_PLAN[dtype]]["bytes"]
+        rows.append(f"| {dtype} | {total} (largest {largest}, Adam {train}) | {old[1]} (largest {old[0]}, Adam {old[2]}) "
+                    f"| {new[1]} (largest {new[0]}) | {ours / GIB:.3f} GiB ({_CARD_VS_PLAN[dtype]}"
+                    f"{'+' + COMPUTE_DTYPE if _CARD_VS_PLAN[dtype] in ('int8', 'nf4') else ''}) |")
+
+    explain = []
+    for dtype in MODEL_CARD:
+        card_bytes = card["fp32_bytes"] / _CARD_DIVISOR[dtype]
+        ours = plan["precisions"][_CARD_VS_PLAN[dtype]]["bytes"]
+        terms = difference_terms(plan, card, dtype)
+        assert abs(sum(v for _, v in terms) - (card_bytes - ours)) < 1, (dtype, terms)
+        explain.append(f"- **{dtype}**: card {card_bytes / GIB:.3f} GiB - plan {ours / GIB:.3f} GiB = "
+                       f"{(card_bytes - ours) / GIB:+.3f} GiB = "
+                       + " ".join(f"{v / GIB:+.4f} ({label})" for label, v in terms))
+
+    n = plan["total_params"]
+    counted = card["params_counted"]
+    notes = [
+        f"- `accelerate estimate-memory` builds `AutoModel.from_config` = `{card['model']}` in fp32 under accelerate's "
+        "`init_empty_weights`, which re-wraps every parameter as it is registered, so tying `lm_head.weight = "
+        f"embed_tokens.weight` leaves two Parameter objects (still tied there: {card['still_tied']}); "
+        "`calculate_maximum_sizes` then counts both: "
+        f"{counted:,} params = {n - (plan['parts']['language_model.embed_tokens']['params'] - card['embedding_params']):,} "
+        f"+ {card['embedding_params']:,} (embedding again) at the card's vocabulary.",
+        f"- Card reproduced exactly (every string of its table) with vocabulary {OPT_DEFAULT_VOCAB:,}: {reproduced}. With "
+        f"today's 50,304 the same method gives {card_row(estimates['50,304 (today)'], 'float16/bfloat16')[1]} in 16 bit "
+        f"and a largest layer of {card_row(estimates['50,304 (today)'], 'float32')[0]}; the card's 490.94 MB is {OPT_DEFAULT_VOCAB:,} x 2560 x 4 B "
+        "(the embedding), so the table predates the config's `vocab_size: 50304` / `image_token_index: 50265`.",
+        "- accelerate's 'MB'/'GB' are MiB/GiB (divides by 1024). Its int8/int4 rows are the fp32 size / 4 and / 8: every "
+        "parameter at 1 or 0.5 byte, no scales. transformers (get_modules_to_not_convert + replace_with_bnb_linear) "
+        "quantises only `nn.Linear` weights outside the skip list "
+        f"({', '.join(plan['bnb']['modules_to_not_convert'])}), so the Q-Former, query tokens, token and position "
+        f"embeddings, the tied lm_head, layer norms, biases and the patch conv stay in {COMPUTE_DTYPE} (fp32 for the "
+        "Q-Former and query tokens when loading in float16), and bitsandbytes adds its statistics.",
+        f"- The card's 'Training using Adam' is 4 x the row's size, i.e. full fine-tuning; QLoRA trains "
+        f"{plan['lora']['params']:,} LoRA parameters: {plan['qlora_training']['total_bytes'] / GIB:.3f} GiB of weights "
+        "and optimiser state before activations, "
+        f"{plan['qlora_training']['total_bytes_after_prepare_model_for_kbit_training'] / GIB:.3f} GiB once peft's "
+        "prepare_model_for_kbit_training has cast the non-4-bit parameters to fp32 (as src.training.add_lora does).",
+    ]
+    print("\nModel card vs this plan:\n" + "\n".join(rows) + "\n\nWhy they differ (card - plan, in GiB):\n"
+          + "\n".join(explain) + "\n" + "\n".join(notes))
+    if not reproduced:
+        raise UserError("the accelerate method no longer reproduces the model card's table; see the rows above")
+
+    if WRITE_RESULTS:
+        command = "python bench/memory_plan.py" + "".join(f" --{k}={v}" for k, v in config.items() if v != defaults[k])
+        lines = [
+            "## memory_plan: weight memory of Salesforce/blip2-opt-2.7b vs its model card",
+            "",
+            f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores "
+            f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, peft {peft.__version__}; "
+            "meta device, no weights, no GPU",
+            f"- command: `{command}`",
+            "",
+            "```",
+            table,
+            "```",
+            "",
+            *rows,
+            "",
+            "Why they differ (card - plan, GiB; the terms add up exactly):",
+            "",
+            *explain,
+            "",
+            *notes,
+        ]
+        if check_json.exists():
+            lines += ["", *gpu_check_lines(read_json(check_json, "GPU check"))]
+        write_section("\n".join(lines))
+        print(f"wrote the memory_plan section of {_RESULTS_MD.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

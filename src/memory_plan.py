@@ -1,0 +1,411 @@
+"""How much memory BLIP-2's weights take at each precision, and what QLoRA adds, without loading a weight.
+
+    python -m src.memory_plan                                   # Salesforce/blip2-opt-2.7b (shipped architecture)
+    python -m src.memory_plan --config outputs/tiny-blip2       # any Blip2Config: a config.json or a model folder
+    python -m src.memory_plan --lora_r 8 --compute_dtype float16
+
+`plan_memory` builds Blip2ForConditionalGeneration on the meta device (shapes only), counts
+parameters per part (a tied lm_head counted once, with the input embedding) and prices every
+parameter at fp32, bf16, fp16, LLM.int8 and NF4 with double quantisation. Which modules stay
+unquantised, and in which dtype, is asked of the installed transformers itself: its bitsandbytes
+quantizers' `get_modules_to_not_convert` (tied weights, the output embedding, the last parameter,
+`_keep_in_fp32_modules`), the `should_convert_module` rule and "only `nn.Linear` is replaced"
+from `replace_with_bnb_linear`, and the model's `_get_dtype_plan` for the fp32 upcast.
+`format_plan` turns the result into the table the fine-tuning script prints before loading.
+
+The architecture of Salesforce/blip2-opt-2.7b ships as `blip2_opt_2.7b_architecture.json`
+(no download). Checked against a public copy of the Hub config.json (transformers 4.47
+revision, image_token_index 50265, text vocab_size 50304, eos 50118, ffn 10240, 2560 hidden,
+32 layers / 32 heads) and its printed module tree (vision 1408 / 6144, qkv bias, eps 1e-6,
+257 positions = 224/14 patches + CLS; Q-Former 768 / 3072, cross-attention every 2nd layer,
+keys from 1408; OPT positions 2050 = 2048 + 2, padding_idx 1). The Hub config leaves the rest
+to the config classes' defaults, copied here: vision 39 layers / 16 heads, Q-Former 12 layers /
+12 heads (its vocab_size 30522 and max_position_embeddings 512 create no parameters in
+Blip2ForConditionalGeneration), OPT bos 2 and tie_word_embeddings true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, run_main
+
+ARCHITECTURE_JSON = Path(__file__).with_name("blip2_opt_2.7b_architecture.json")
+# Hub ids whose architecture ships with the repo, so a plan never needs the network
+KNOWN_ARCHITECTURES = {"Salesforce/blip2-opt-2.7b": ARCHITECTURE_JSON}
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+DEFAULT_LORA_SCOPE = "language_model"
+
+# bitsandbytes 4-bit storage (bnb.functional.quantize_4bit, Linear4bit's defaults)
+NF4_BLOCKSIZE = 64  # weights per absmax
+NF4_NESTED_BLOCKSIZE = 256  # absmax values per second-level fp32 absmax (double quantisation)
+NF4_CODE_BYTES = 16 * 4  # the NF4 lookup table, fp32, stored with every layer
+NESTED_CODE_BYTES = 256 * 4  # the 8-bit dynamic map for the absmax, fp32, stored with every layer
+NESTED_OFFSET_BYTES = 4  # mean subtracted from the absmax before quantising them, one fp32
+# training state per trainable (LoRA) parameter: peft keeps adapters in fp32
+LORA_PARAM_BYTES = 4
+LORA_GRAD_BYTES = 4
+ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq, fp32
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+GIB = 1024**3
+
+
+def nf4_weight_bytes(numel: int, double_quant: bool = True, blocksize: int = NF4_BLOCKSIZE) -> int:
+    """Bytes bitsandbytes holds for one NF4 weight: packed 4-bit codes plus its quant_state.
+
+    Double quantisation stores one uint8 absmax per block of 64 weights and one fp32 absmax per
+    256 blocks (about 0.5 + 1/64 + 4/16384 bytes per weight), plus the two small lookup tables.
+    """
+    packed = (numel + 1) // 2
+    blocks = math.ceil(numel / blocksize)
+    if not double_quant:
+        return packed + 4 * blocks + NF4_CODE_BYTES
+    nested_blocks = math.ceil(blocks / NF4_NESTED_BLOCKSIZE)
+    return packed + blocks + 4 * nested_blocks + NESTED_OFFSET_BYTES + NESTED_CODE_BYTES + NF4_CODE_BYTES
+
+
+def int8_weight_bytes(out_features: int, in_features: int) -> int:
+    """LLM.int8 (Linear8bitLt, has_fp16_weights=False): int8 weight plus one fp32 scale (SCB) per output row."""
+    return out_features * in_features + 4 * out_features
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in COMPUTE_DTYPES:
+        raise UserError(f"unknown compute dtype {name!r}; use one of {', '.join(COMPUTE_DTYPES)}")
+    return getattr(torch, name)
+
+
+def load_blip2_config(config: Any = None):
+    """A Blip2Config from: None (the shipped blip2-opt-2.7b architecture), a Blip2Config, a dict,
+    a config.json path, a model folder, or a Hub id (known ids use the shipped architecture)."""
+    from transformers import Blip2Config
+
+    if config is None:
+        config = ARCHITECTURE_JSON
+    if isinstance(config, Blip2Config):
+        return config
+    if isinstance(config, dict):
+        return Blip2Config(**config)
+    if str(config) in KNOWN_ARCHITECTURES and not Path(str(config)).exists():
+        config = KNOWN_ARCHITECTURES[str(config)]
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        if raw.get("model_type") != "blip-2":
+            raise UserError(f"{path} is not a BLIP-2 config (model_type {raw.get('model_type')!r}, expected 'blip-2')")
+        return Blip2Config(**raw)
+    try:
+        return Blip2Config.from_pretrained(str(config))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"no BLIP-2 config at {config!r} ({type(e).__name__}); pass a config.json, a model folder "
+            f"or one of {', '.join(KNOWN_ARCHITECTURES)}"
+        ) from None
+
+
+def build_meta_model(config):
+    """Blip2ForConditionalGeneration with every tensor on the meta device: shapes, no memory."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration
+
+    with torch.device("meta"):
+        return Blip2ForConditionalGeneration(config)
+
+
+def bnb_modules_to_not_convert(model) -> list[str]:
+    """What transformers' bitsandbytes quantizers (4- and 8-bit) pass to `replace_with_bnb_linear`
+    as modules_to_not_convert, with `llm_int8_skip_modules` left unset as `load_blip2` does."""
+    from transformers.quantizers.base import HfQuantizer
+
+    return sorted(HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules))
+
+
+def bnb_quantized_linears(model, modules_to_not_convert: list[str]) -> dict[str, Any]:
+    """The modules `replace_with_bnb_linear` turns into Linear4bit / Linear8bitLt (same rule, no replacing)."""
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if should_convert_module(name, modules_to_not_convert) and (isinstance(module, Conv1D) or type(module) is nn.Linear)
+    }
+
+
+def fp32_patterns(model, dtype) -> list[str]:
+    """Parameter-name patterns transformers loads in fp32 when asked for `dtype` (its `_keep_in_fp32_modules`
+    apply for fp16 only; `_keep_in_fp32_modules_strict` for fp16 and bf16)."""
+    import torch
+
+    return sorted(k for k, v in model._get_dtype_plan(dtype).items() if v == torch.float32)
+
+
+def _part_of(name: str, param, embed_weight, lm_head_weight) -> str:
+    if param is embed_weight:
+        return "language_model.embed_tokens"
+    if param is lm_head_weight:
+        return "language_model.lm_head"  # only reached when the output embedding is not tied
+    head = name.split(".", 1)[0]
+    if head != "language_model":
+        return head
+    if ".layers." in name:
+        return "language_model.layers"
+    if "embed_positions" in name:
+        return "language_model.embed_positions"
+    return "language_model.final_norm_etc"
+
+
+PART_LABELS = {
+    "vision_model": "vision_model",
+    "query_tokens": "query_tokens",
+    "qformer": "qformer",
+    "language_projection": "language_projection",
+    "language_model.embed_tokens": "LM embed_tokens (= tied lm_head, once)",
+    "language_model.lm_head": "LM lm_head (untied)",
+    "language_model.embed_positions": "LM embed_positions",
+    "language_model.layers": "LM decoder layers",
+    "language_model.final_norm_etc": "LM final norm etc.",
+}
+
+
+def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]:
+    """Linear modules peft would wrap. A str is a peft regex (re.fullmatch); names are restricted to `lora_scope`."""
+    import torch.nn as nn
+
+    from .training import lora_target_regex  # the regex the fine-tuning script hands to peft
+
+    if isinstance(lora_targets, str):
+        regex = lora_targets
+    else:
+        regex = lora_target_regex(tuple(lora_targets), lora_scope)
+    matched = {name: m for name, m in model.named_modules() if name and re.fullmatch(regex, name)}
+    not_linear = [n for n, m in matched.items() if not isinstance(m, nn.Linear)]
+    if not_linear:
+        raise UserError(f"LoRA targets match modules that are not Linear layers: {', '.join(not_linear[:5])}")
+    return regex, matched
+
+
+def plan_memory(
+    config: Any = None,
+    lora_r: int = 16,
+    lora_targets: tuple[str, ...] | list[str] | str = DEFAULT_LORA_TARGETS,
+    lora_scope: str | None = DEFAULT_LORA_SCOPE,
+    compute_dtype: str = "bfloat16",
+) -> dict:
+    """Parameters and weight bytes of BLIP-2 per part and precision, plus LoRA and its training state.
+
+    config: see `load_blip2_config` (default: the shipped Salesforce/blip2-opt-2.7b architecture).
+    lora_targets: module names (restricted to modules under `lora_scope`) or a peft regex string.
+    compute_dtype: dtype of everything bitsandbytes leaves unquantised in the int8 / nf4 columns
+    (`load_blip2` uses bfloat16 on GPUs that have it, float16 on older ones).
+    """
+    import torch
+    import transformers
+
+    if lora_r < 1:
+        raise UserError(f"lora_r must be >= 1, got {lora_r}")
+    cfg = load_blip2_config(config)
+    model = build_meta_model(cfg)
+    compute = _torch_dtype(compute_dtype)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
+
+    not_convert = bnb_modules_to_not_convert(model)
+    quantized = bnb_quantized_linears(model, not_convert)
+    quantized_weights = {f"{name}.weight": module for name, module in quantized.items()}
+    upcast = {p: [re.compile(k.replace("*", ".*")) for k in fp32_patterns(model, d)] for p, d in dtypes.items()}
+
+    embed_weight = model.get_input_embeddings().weight
+    lm_head = model.get_output_embeddings()
+    lm_head_weight = lm_head.weight if lm_head is not None else None
+
+    parts: dict[str, dict] = {}
+    unquantized_by_dtype = {p: {} for p in ("int8", "nf4")}
+    for name, param in model.named_parameters():  # shared (tied) parameters come once
+        part = parts.setdefault(
+            _part_of(name, param, embed_weight, lm_head_weight),
+            {"params": 0, "quantized_params": 0, "bytes": dict.fromkeys(PRECISIONS, 0)},
+        )
+        n = param.numel()
+        part["params"] += n
+        module = quantized_weights.get(name)
+        if module is not None:
+            part["quantized_params"] += n
+        for precision in PRECISIONS:
+            if module is not None and precision == "int8":
+                part["bytes"][precision] += int8_weight_bytes(module.out_features, module.in_features)
+            elif module is not None and precision == "nf4":
+                part["bytes"][precision] += nf4_weight_bytes(n)
+            else:
+                dtype = torch.float32 if any(p.search(name) for p in upcast[precision]) else dtypes[precision]
+                part["bytes"][precision] += n * dtype.itemsize
+                if precision in unquantized_by_dtype:
+                    key = str(dtype).removeprefix("torch.")
+                    unquantized_by_dtype[precision][key] = unquantized_by_dtype[precision].get(key, 0) + n
+    buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
+    if buffers:
+        parts["buffers"] = {"params": 0, "quantized_params": 0, "bytes": dict.fromkeys(PRECISIONS, buffers)}
+
+    order = list(PART_LABELS) + ["buffers"]
+    parts = dict(sorted(parts.items(), key=lambda kv: order.index(kv[0])))
+    total_params = sum(p["params"] for p in parts.values())
+    precisions = {}
+    for precision in PRECISIONS:
+        total = sum(p["bytes"][precision] for p in parts.values())
+        precisions[precision] = {"dtype": str(dtypes[precision]).removeprefix("torch."), "bytes": total, "gib": total / GIB}
+    for precision in ("int8", "nf4"):
+        precisions[precision]["unquantized_params_by_dtype"] = unquantized_by_dtype[precision]
+
+    regex, lora_modules = _lora_modules(model, lora_targets, lora_scope)
+    lora_params = sum(lora_r * (m.in_features + m.out_features) for m in lora_modules.values())
+    lora = {
+        "r": lora_r,
+        "targets": lora_targets if isinstance(lora_targets, str) else list(lora_targets),
+        "scope": lora_scope,
+        "regex": regex,
+        "modules": len(lora_modules),
+        "params": lora_params,
+        "param_bytes": lora_params * LORA_PARAM_BYTES,
+        "grad_bytes": lora_params * LORA_GRAD_BYTES,
+        "adamw_bytes": lora_params * ADAMW_STATE_BYTES,
+    }
+    lora["total_bytes"] = lora["param_bytes"] + lora["grad_bytes"] + lora["adamw_bytes"]
+
+    # peft's prepare_model_for_kbit_training casts every non-4-bit fp16/bf16 parameter to fp32
+    nf4_rest_fp32 = sum(
+        nf4_weight_bytes(p.numel()) if name in quantized_weights else p.numel() * 4 for name, p in model.named_parameters()
+    ) + buffers
+    qlora = {
+        "weights_bytes": precisions["nf4"]["bytes"],
+        "lora_bytes": lora["total_bytes"],
+        "total_bytes": precisions["nf4"]["bytes"] + lora["total_bytes"],
+        "weights_bytes_after_prepare_model_for_kbit_training": nf4_rest_fp32,
+        "total_bytes_after_prepare_model_for_kbit_training": nf4_rest_fp32 + lora["total_bytes"],
+        "activations": "not estimated",
+    }
+
+    tied = getattr(model, "all_tied_weights_keys", {}) or {}
+    return {
+        "model": type(model).__name__,
+        "transformers_version": transformers.__version__,
+        "compute_dtype": compute_dtype,
+        "language_model_layers": cfg.text_config.num_hidden_layers,
+        "total_params": total_params,
+        "parts": parts,
+        "tied_weights": dict(tied),
+        "tied_params_counted_once": sum(model.get_parameter(k).numel() for k in tied),
+        "bnb": {
+            "modules_to_not_convert": not_convert,
+            "quantized_linears": sorted(quantized),
+            "quantized_linear_count": len(quantized),
+            "quantized_params": sum(p["quantized_params"] for p in parts.values()),
+            "fp32_patterns": {p: fp32_patterns(model, dtypes[p]) for p in PRECISIONS},
+        },
+        "precisions": precisions,
+        "lora": lora,
+        "qlora_training": qlora,
+    }
+
+
+def held_bytes(model) -> int:
+    """Bytes of every tensor a loaded model holds: parameters and buffers (shared ones once), plus what
+    bitsandbytes keeps beside them: the 4-bit quant_state and the int8 row scales (SCB)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        kind = type(weight).__name__  # class names, so this runs without importing bitsandbytes
+        if kind == "Params4bit" and weight.quant_state is not None:
+            s = weight.quant_state
+            stats = [s.absmax, s.code] + ([s.offset, s.state2.absmax, s.state2.code] if s.nested else [])
+            total += sum(t.numel() * t.element_size() for t in stats)
+        elif kind == "Int8Params" and weight.SCB is not None:
+            total += weight.SCB.numel() * weight.SCB.element_size()
+    return total
+
+
+def _gib(nbytes: float, unit: int = GIB) -> str:
+    return f"{nbytes / unit:.3f}"
+
+
+def format_plan(plan: dict) -> str:
+    """A compact table (params, GiB per precision) and the notes that make the numbers readable."""
+    compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[plan["compute_dtype"]]
+    heads = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": f"int8+{compute}", "nf4": f"nf4+{compute}"}
+    # the tiny test model would print as zeros in GiB
+    unit, unit_name = (GIB, "GiB") if plan["precisions"]["fp32"]["bytes"] >= GIB else (1024**2, "MiB")
+    width = max(len(PART_LABELS.get(k, k)) for k in plan["parts"]) + 6
+    lines = [
+        f"***** BLIP-2 weight memory plan ({plan['model']}, transformers {plan['transformers_version']}, {unit_name}) *****",
+        f"{'part':<{width}}{'params':>15}" + "".join(f"{heads[p]:>11}" for p in PRECISIONS),
+    ]
+    for key, part in plan["parts"].items():
+        label = PART_LABELS.get(key, key)
+        if key == "language_model.layers":
+            label += f" ({plan['language_model_layers']})"
+        row = f"{label:<{width}}{part['params']:>15,}"
+        lines.append(row + "".join(f"{_gib(part['bytes'][p], unit):>11}" for p in PRECISIONS))
+    lines.append(
+        f"{'total':<{width}}{plan['total_params']:>15,}" + "".join(f"{_gib(plan['precisions'][p]['bytes'], unit):>11}" for p in PRECISIONS)
+    )
+    bnb = plan["bnb"]
+    share = bnb["quantized_params"] / plan["total_params"]
+    lines.append(
+        f"int8/nf4 quantise {bnb['quantized_linear_count']} Linear weights ({bnb['quantized_params']:,} params, {share:.1%}); "
+        f"kept in {compute}: embeddings, norms, biases, conv patch embedding and {', '.join(bnb['modules_to_not_convert'])}"
+    )
+    per_weight = nf4_weight_bytes(NF4_BLOCKSIZE * NF4_NESTED_BLOCKSIZE * 1024) / (NF4_BLOCKSIZE * NF4_NESTED_BLOCKSIZE * 1024)
+    lines.append(
+        "int8 = 1 B/weight + fp32 scale per output row; nf4 (double quant) = 4-bit codes + uint8 absmax per 64 "
+        f"+ fp32 absmax per 16384 = {per_weight:.4f} B/weight, + 1.1 KB of lookup tables per layer"
+    )
+    fp16_up = ", ".join(bnb["fp32_patterns"]["fp16"]) or "nothing"
+    lines.append(f"fp32 upcast (transformers _keep_in_fp32_modules, fp16 loads only): {fp16_up}")
+    if plan["tied_weights"]:
+        lines.append(f"tied, counted once: {', '.join(f'{k} = {v}' for k, v in plan['tied_weights'].items())}")
+    lora = plan["lora"]
+    lines.append(
+        f"LoRA r={lora['r']} on {lora['modules']} Linear modules ({lora['regex']}): {lora['params']:,} params; "
+        f"fp32 params + grads + AdamW moments = {_gib(lora['total_bytes'], unit)} {unit_name}"
+    )
+    q = plan["qlora_training"]
+    lines.append(
+        f"QLoRA training, weights + LoRA state: nf4 {_gib(q['weights_bytes'], unit)} + {_gib(q['lora_bytes'], unit)} = "
+        f"{_gib(q['total_bytes'], unit)} {unit_name}; after peft's prepare_model_for_kbit_training (all non-4-bit params "
+        f"to fp32, as src.training.add_lora does for 4-bit): {_gib(q['weights_bytes_after_prepare_model_for_kbit_training'], unit)}"
+        f" + {_gib(q['lora_bytes'], unit)} = {_gib(q['total_bytes_after_prepare_model_for_kbit_training'], unit)} {unit_name}"
+    )
+    lines.append("Activations, CUDA context and allocator overhead are not estimated.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.memory_plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="config.json, model folder or known Hub id (default: the shipped blip2-opt-2.7b architecture)")
+    parser.add_argument("--lora_r", type=int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument("--compute_dtype", default="bfloat16", choices=COMPUTE_DTYPES, help="dtype of the unquantised rest in int8/nf4")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
+    parser.add_argument("--debug", default="False", help="True: show tracebacks (read by run_main)")
+    args = parser.parse_args(argv)
+    plan = plan_memory(args.config, lora_r=args.lora_r, compute_dtype=args.compute_dtype)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        print(format_plan(plan))
+
+
+if __name__ == "__main__":
+    run_main(main)
