@@ -1,0 +1,50 @@
+"""Zero-shot BLIP-2 on a frozen random sample of the VQAv2 validation questions (README step 3).
+
+    python create_vqav2_baseline.py                                  # 1000 questions of VQAv2 val2014
+    python create_vqav2_baseline.py --max_samples=5000 --eval_batch=64
+    accelerate launch --multi_gpu --num_processes 2 create_vqav2_baseline.py   # several GPUs
+    # offline CPU smoke run: tiny random model on easy-VQA (pip install easy-vqa)
+    python -m src.tiny_model outputs/tiny-blip2
+    python create_vqav2_baseline.py --model_id=outputs/tiny-blip2 --quantization=none --dataset=easy_vqa --max_samples=50
+
+Draws MAX_SAMPLES question ids with SEED and freezes them in <output_dir>/vqav2_sample_ids.json
+(evaluate_vqav2_finetuned.py reuses exactly these), answers them with the BLIP-2 paper's VQA
+prompt and decoding, and writes <output_dir>/vqav2_baseline.jsonl (one row per question),
+vqav2_baseline_metrics.json and the official results file vqav2_baseline_results.json.
+Killed? Run the same command again: finished rows are kept and only the rest is answered.
+"""
+
+from src.config import apply_overrides
+from src.errors import run_main
+
+# -----------------------------------------------------------------------------
+DATASET = "vqav2"  # "vqav2" (data/vqa + data/images), "easy_vqa" (pip package) or "tiny" (data/tiny.jsonl)
+SPLIT = "val"  # evaluation split
+DATA_DIR = "data"
+MAX_SAMPLES = 1000  # questions in the frozen sample (0 = the whole split)
+SEED = 42  # draws the sample
+MODEL_ID = "Salesforce/blip2-opt-2.7b"
+QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER = ""  # evaluate_vqav2_finetuned.py sets this; "" = base model
+EVAL_BATCH = 32  # questions per generate() call
+NUM_WORKERS = 2  # DataLoader workers decoding images while the model generates
+VQA_PROMPT = "vqa_opt"  # "Question: {} Answer:"
+VQA_DECODING = "vqa_beam5"  # beam 5, length penalty -1, max 10 new tokens
+OUTPUT_DIR = "outputs"
+RUN_NAME = "vqav2_baseline"  # file prefix: <run_name>.jsonl, _metrics.json, _results.json
+DEBUG = False
+# -----------------------------------------------------------------------------
+
+
+def main():
+    config = apply_overrides(globals())
+    from src.evaluation import evaluate_sample
+
+    evaluate_sample(dataset=DATASET, split=SPLIT, data_dir=DATA_DIR, max_samples=MAX_SAMPLES, seed=SEED,
+                    model_id=MODEL_ID, quantization=QUANTIZATION, adapter=ADAPTER, eval_batch=EVAL_BATCH,
+                    num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
+                    output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=True, config=config)
+
+
+if __name__ == "__main__":
+    run_main(main)

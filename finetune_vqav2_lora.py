@@ -1,0 +1,264 @@
+"""QLoRA fine-tuning of BLIP-2 on VQAv2 train (README step 4): 4-bit NF4 base + LoRA adapters.
+
+    python finetune_vqav2_lora.py                                   # 1000 steps on VQAv2 train2014
+    python finetune_vqav2_lora.py --train_steps=2000 --per_device_batch=8 --lr=1e-4
+    accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
+    # offline CPU smoke run: tiny random model on easy-VQA (pip install easy-vqa)
+    python -m src.tiny_model outputs/tiny-blip2
+    python finetune_vqav2_lora.py --model_id=outputs/tiny-blip2 --dataset=easy_vqa --train_steps=20 --lr=3e-3
+
+The input is the evaluation prompt "Question: {q} Answer:" followed by " {answer}" and the end
+token; the loss covers only the answer tokens (image, prompt and padding are masked). The answer
+is the most frequent of the ten human answers. Every SAVE_EVERY steps a checkpoint (adapter,
+optimizer, scheduler, step, RNG, config) goes to <output_dir>/lora_adapter_checkpoints/; a rerun of
+the same command resumes from the newest one. The final adapter (safetensors), processor,
+resolved config, train_log.jsonl and loss_curve.png go to <output_dir>/lora_adapter/.
+"""
+
+from src.config import apply_overrides
+from src.errors import run_main
+
+# -----------------------------------------------------------------------------
+DATASET = "vqav2"  # "vqav2", "easy_vqa" or "tiny"
+DATA_DIR = "data"
+MAX_SAMPLES = 0  # training questions to draw with SEED (0 = the whole train split)
+MODEL_ID = "Salesforce/blip2-opt-2.7b"
+USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
+LORA_R = 16
+LORA_ALPHA = 32
+LORA_DROPOUT = 0.05
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # Linear layers to adapt ...
+LORA_SCOPE = "language_model"  # ... inside this part of the model (the OPT decoder)
+TRAIN_STEPS = 1000  # optimizer steps
+PER_DEVICE_BATCH = 4  # questions per process per micro-batch
+GRAD_ACCUM = 4  # micro-batches per optimizer step
+LR = 1e-4  # peak learning rate (AdamW)
+WARMUP_STEPS = 50  # linear warmup, then cosine decay to 0
+WEIGHT_DECAY = 0.0
+MAX_GRAD_NORM = 1.0
+GRADIENT_CHECKPOINTING = True
+SAVE_EVERY = 200  # steps between checkpoints
+KEEP_CHECKPOINTS = 2  # newest checkpoints kept
+NUM_WORKERS = 2  # DataLoader workers decoding images
+SEED = 42
+VQA_PROMPT = "vqa_opt"  # the same prompt the evaluation uses
+PREVIEW_SAMPLES = 8  # after training, answer this many held-out (val) questions with the trained model
+PREVIEW_DECODING = "vqa_beam5"  # decoding of that preview (the evaluation's)
+OUTPUT_DIR = "outputs"
+DEBUG = False
+# -----------------------------------------------------------------------------
+
+# settings a resumed run must share with the checkpoint it resumes from
+RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r", "lora_alpha", "lora_dropout",
+                     "target_modules", "lora_scope", "train_steps", "per_device_batch", "grad_accum", "lr",
+                     "warmup_steps", "weight_decay", "seed", "vqa_prompt", "world_size")
+
+
+def main():
+    config = apply_overrides(globals())
+    import json
+    import math
+    import shutil
+    import time
+    from pathlib import Path
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from src.data import load_samples, sample_question_ids, select
+    from src.errors import UserError
+    from src.evaluation import check_output_dir, check_positive
+    from src.io import JsonlAppender, read_jsonl, write_json
+    from src.modeling import check_quantization, compute_dtype, load_blip2, load_processor
+    from src.prompts import format_prompt
+    from src import training as T
+
+    check_positive(train_steps=TRAIN_STEPS, per_device_batch=PER_DEVICE_BATCH, grad_accum=GRAD_ACCUM,
+                   save_every=SAVE_EVERY, lora_r=LORA_R)
+    if not LR > 0 or not math.isfinite(LR):
+        raise UserError(f"--lr={LR}: must be a positive number")
+    if not 0 <= LORA_DROPOUT < 1:
+        raise UserError(f"--lora_dropout={LORA_DROPOUT}: must be in [0, 1)")
+    if WARMUP_STEPS < 0 or MAX_SAMPLES < 0 or NUM_WORKERS < 0 or KEEP_CHECKPOINTS < 1:
+        raise UserError("--warmup_steps, --max_samples and --num_workers must be >= 0 and --keep_checkpoints >= 1")
+    format_prompt(VQA_PROMPT, "?")
+
+    on_gpu = torch.cuda.is_available()
+    mixed = "bf16" if on_gpu and compute_dtype("cuda") == torch.bfloat16 else ("fp16" if on_gpu else "no")
+    accelerator = Accelerator(mixed_precision=mixed)
+    main_proc = accelerator.is_main_process
+    config["world_size"] = accelerator.num_processes
+    check_quantization("4bit" if USE_4BIT else "none", str(accelerator.device))
+    out_dir = check_output_dir(OUTPUT_DIR)
+    adapter_dir = out_dir / "lora_adapter"
+    ckpt_root = out_dir / "lora_adapter_checkpoints"
+    log_path = ckpt_root / "train_log.jsonl"
+
+    samples = load_samples(DATASET, "train", DATA_DIR)
+    if MAX_SAMPLES:
+        samples = select(samples, sample_question_ids(samples, MAX_SAMPLES, SEED), f"{DATASET} train")
+    set_seed(SEED)
+
+    if main_proc:
+        from src.memory_plan import format_plan, plan_memory
+
+        try:  # the architecture of MODEL_ID (shipped for Salesforce/blip2-opt-2.7b, else its config.json)
+            plan = plan_memory(MODEL_ID, lora_r=LORA_R, lora_targets=tuple(TARGET_MODULES), lora_scope=LORA_SCOPE,
+                               compute_dtype=str(compute_dtype(str(accelerator.device))).replace("torch.", ""))
+            print(format_plan(plan), flush=True)
+        except UserError as e:
+            print(f"(no memory estimate: {e})")
+
+    model, processor = load_blip2(MODEL_ID, "4bit" if USE_4BIT else "none", device=str(accelerator.device))
+    image_token_id = model.config.image_token_id
+    model = T.add_lora(model, r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=TARGET_MODULES,
+                       scope=LORA_SCOPE, use_4bit=USE_4BIT, gradient_checkpointing=GRADIENT_CHECKPOINTING)
+    model.train()
+    trainable, total, wrapped = T.lora_summary(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, WARMUP_STEPS, TRAIN_STEPS)
+
+    start_step = 0
+    ckpt, skipped = T.latest_checkpoint(ckpt_root)
+    for note in skipped:
+        if main_proc:
+            print(f"warning: {note}")
+    if ckpt is not None:
+        saved = T.read_config(ckpt)
+        diffs = [k for k in RESUME_MUST_MATCH if saved.get(k) != config.get(k)]
+        if diffs:
+            raise UserError(
+                f"{ckpt} was made with different settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diffs)}; "
+                f"now {', '.join(f'{k}={config.get(k)!r}' for k in diffs)}); use the same settings to resume, "
+                f"or delete {ckpt_root} (or use another --output_dir) to start over")
+        start_step = T.load_checkpoint(ckpt, model, optimizer, scheduler)
+    if main_proc:
+        # the log keeps exactly the steps the checkpoint contains
+        kept = [r for r in read_jsonl(log_path, allow_torn_tail=True) if r["step"] <= start_step] if log_path.exists() else []
+        from src.io import atomic_write_text
+
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_total = TRAIN_STEPS * GRAD_ACCUM
+    data = T.TrainBatches(samples, processor, image_token_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
+                          first=start_step * GRAD_ACCUM, count=micro_total - start_step * GRAD_ACCUM,
+                          world_size=world, rank=rank)
+    # own generator: creating the loader must not consume the global RNG (resume == uninterrupted)
+    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=NUM_WORKERS,
+                        generator=torch.Generator().manual_seed(SEED))
+
+    if main_proc:
+        print("***** Running QLoRA fine-tuning *****")
+        print(f"  examples: {len(samples)} ({DATASET} train)   steps: {TRAIN_STEPS} (from {start_step})   "
+              f"batch: {PER_DEVICE_BATCH} x {GRAD_ACCUM} accum x {world} process(es) = "
+              f"{PER_DEVICE_BATCH * GRAD_ACCUM * world} per step")
+        print(f"  base: {MODEL_ID} ({'4-bit NF4' if USE_4BIT else 'full precision'})   mixed precision: {mixed}")
+        print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+        print(f"  LoRA r={LORA_R} alpha={LORA_ALPHA} dropout={LORA_DROPOUT} on {len(wrapped)} modules: "
+              f"{T.describe_wrapped(wrapped)}")
+        if ckpt is not None:
+            print(f"  resumed from {ckpt}")
+    bar = tqdm(total=TRAIN_STEPS, initial=start_step, desc="train", unit="step", disable=not main_proc,
+               dynamic_ncols=True)
+    it = iter(loader)
+    t0 = time.perf_counter()
+    log = JsonlAppender(log_path) if main_proc else None
+    for step in range(start_step + 1, TRAIN_STEPS + 1):
+        step_loss = torch.zeros((), device=accelerator.device)
+        for a in range(GRAD_ACCUM):
+            batch = {k: v.to(accelerator.device) for k, v in next(it).items()}
+            sync = a == GRAD_ACCUM - 1
+            with accelerator.no_sync(model) if not sync and world > 1 else _nullcontext():
+                with accelerator.autocast():
+                    loss = model(**batch).loss / GRAD_ACCUM
+                accelerator.backward(loss)
+            step_loss += loss.detach()
+        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        if not math.isfinite(mean_loss):
+            last = T.checkpoint_dirs(ckpt_root)
+            raise UserError(f"the training loss became {mean_loss} at step {step}; stopped without saving it. "
+                            f"The last good checkpoint is {last[-1] if last else 'none (no checkpoint yet)'}. "
+                            f"Lower --lr (now {LR}) or check the data, then rerun to resume from there")
+        grad_norm = accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if main_proc:
+            elapsed = time.perf_counter() - t0
+            log.write([{"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm), "elapsed_s": round(elapsed, 2),
+                        "samples_per_s": round((step - start_step) * PER_DEVICE_BATCH * GRAD_ACCUM * world / elapsed, 2)}])
+        if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
+            accelerator.wait_for_everyone()
+            if main_proc:
+                T.save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler,
+                                  config, KEEP_CHECKPOINTS)
+            accelerator.wait_for_everyone()
+    bar.close()
+    if log:
+        log.close()
+    accelerator.wait_for_everyone()
+    if main_proc:
+        rows = read_jsonl(log_path)
+        T.save_final_adapter(adapter_dir, accelerator.unwrap_model(model), processor, config, log_path,
+                             plot_title=f"QLoRA on {DATASET}: {MODEL_ID}")
+        preview(accelerator.unwrap_model(model), processor, adapter_dir)
+        first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
+        print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
+        print(f"next: python evaluate_vqav2_finetuned.py --adapter_dir={adapter_dir}"
+              + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
+    accelerator.end_training()
+
+
+def preview(model, processor, adapter_dir):
+    """Answer PREVIEW_SAMPLES held-out questions with the in-memory model; saved in preview.jsonl so
+    the reloaded adapter can be checked against them (tests/test_pipeline.py)."""
+    if PREVIEW_SAMPLES <= 0:
+        return
+    import json
+
+    from src.data import load_samples, sample_question_ids, select
+    from src.errors import UserError
+    from src.images import load_image
+    from src.inference import generate_for_images
+    from src.io import atomic_write_text
+    from src.prompts import format_prompt, get_decoding
+
+    try:
+        val = load_samples(DATASET, "val", DATA_DIR)
+    except UserError as e:
+        print(f"(no preview: {e})")
+        return
+    chosen = select(val, sample_question_ids(val, PREVIEW_SAMPLES, SEED), f"{DATASET} val")
+    model.eval()
+    images = [load_image(s.image_path) for s in chosen]
+    answers = generate_for_images(model, processor, images, [format_prompt(VQA_PROMPT, s.question) for s in chosen],
+                                  get_decoding(PREVIEW_DECODING))
+    rows = [{"question_id": s.question_id, "question": s.question, "answer": a, "gt_answers": s.answers,
+             "decoding": PREVIEW_DECODING} for s, a in zip(chosen, answers)]
+    atomic_write_text(adapter_dir / "preview.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"preview on {len(rows)} held-out {DATASET} questions (in-memory model):")
+    for r in rows:
+        print(f"  {r['question']!r} -> {r['answer']!r} (truth {r['gt_answers'][0]!r})")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,277 @@
+"""Zero-shot / fine-tuned VQA over a frozen sample: batched, resumable, data-parallel.
+
+Used by create_vqav2_baseline.py and evaluate_vqav2_finetuned.py, so both runs share the
+prompt, decoding, batching and scorer. Rows are appended (flushed, fsynced) as batches finish;
+a rerun skips question ids already written, so a killed run resumes where it stopped. Under
+`accelerate launch` / `torchrun` each process takes every world_size-th batch and appends to its
+own part file; the main process merges the parts at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data import VQASample
+from .errors import UserError
+from .images import load_image
+from .inference import generate_batch
+from .io import JsonlAppender, iter_chunks, read_jsonl, write_json
+from .prompts import format_prompt, get_decoding
+from .vqa_eval import exact_match, score_rows, vqa_accuracy
+
+# settings that must not change between a run and its resumption
+RESUME_KEYS = ("model_id", "adapter", "prompt", "decoding")
+
+
+class _BatchImages(Dataset):
+    """Batch i -> its distinct images decoded and preprocessed (in DataLoader workers)."""
+
+    def __init__(self, batches: list[list[VQASample]], image_processor):
+        self.batches = batches
+        self.image_processor = image_processor
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        batch = self.batches[i]
+        paths: list[str] = []
+        for s in batch:
+            if s.image_path not in paths:
+                paths.append(s.image_path)
+        images, errors = {}, {}
+        for p in paths:
+            try:
+                images[p] = load_image(p)
+            except UserError as e:
+                errors[p] = str(e)
+        good = [p for p in paths if p in images]
+        pixel_values = (self.image_processor([images[p] for p in good], return_tensors="pt")["pixel_values"]
+                        if good else None)
+        return {"index": i, "paths": good, "pixel_values": pixel_values, "errors": errors}
+
+
+def part_path(out_path: Path, rank: int) -> Path:
+    return out_path.with_name(f"{out_path.name}.rank{rank}.part")
+
+
+def read_rows(out_path: Path) -> dict[int, dict]:
+    """Rows written so far (main file and any per-process parts), by question_id, first one wins."""
+    rows: dict[int, dict] = {}
+    for path in [out_path, *sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))]:
+        if path.exists():
+            for row in read_jsonl(path, allow_torn_tail=True):
+                rows.setdefault(int(row["question_id"]), row)
+    return rows
+
+
+def _check_resumable(done: dict[int, dict], record: dict, out_path: Path) -> None:
+    for row in done.values():
+        for key in RESUME_KEYS:
+            if row.get(key) != record.get(key):
+                raise UserError(
+                    f"{out_path} already holds rows made with {key}={row.get(key)!r}, but this run uses "
+                    f"{key}={record.get(key)!r}; delete that file to start over, or use another --output_dir")
+        return  # one row is enough: every row of a file was written with the same record
+
+
+def sample_row(s: VQASample) -> dict:
+    return {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path,
+            "question": s.question}
+
+
+def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
+            prompt: str, decoding: str, batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
+    """Answer every sample not yet in `out_path`; appends rows with prediction and scores."""
+    from tqdm.auto import tqdm
+
+    out_path = Path(out_path)
+    done = read_rows(out_path)
+    _check_resumable(done, record, out_path)
+    todo = [s for s in samples if s.question_id not in done]
+    # questions on the same image sit in the same batch, so the image is encoded once
+    todo.sort(key=lambda s: (s.image_path, s.question_id))
+    batches = list(iter_chunks(todo, batch_size))
+    mine = batches[accelerator.process_index::accelerator.num_processes]
+    if accelerator.is_main_process:
+        print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go, "
+              f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
+    decoding_kwargs = get_decoding(decoding)
+    writer_path = out_path if accelerator.num_processes == 1 else part_path(out_path, accelerator.process_index)
+    loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers,
+                        collate_fn=lambda x: x)
+    n_mine = sum(len(b) for b in mine)
+    bar = tqdm(total=n_mine, desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    start, n_answered, n_errors = time.perf_counter(), 0, 0
+    with JsonlAppender(writer_path) as writer:
+        for item in loader:
+            batch = mine[item["index"]]
+            answerable = [s for s in batch if s.image_path not in item["errors"]]
+            answers = []
+            if answerable:
+                image_index = [item["paths"].index(s.image_path) for s in answerable]
+                answers = generate_batch(model, processor, item["pixel_values"],
+                                         [format_prompt(prompt, s.question) for s in answerable],
+                                         decoding_kwargs, image_index=image_index)
+            by_id = {s.question_id: a for s, a in zip(answerable, answers)}
+            rows = []
+            for s in batch:
+                row = sample_row(s)
+                if s.question_id in by_id:
+                    a = by_id[s.question_id]
+                    row.update(answer=a, gt_answers=s.answers, answer_type=s.answer_type,
+                               question_type=s.question_type, vqa_accuracy=vqa_accuracy(a, s.answers),
+                               exact_match=exact_match(a, s.answers), error=None)
+                else:
+                    n_errors += 1
+                    row.update(answer=None, gt_answers=s.answers, answer_type=s.answer_type,
+                               question_type=s.question_type, vqa_accuracy=None, exact_match=None,
+                               error=item["errors"][s.image_path])
+                row.update(record)
+                rows.append(row)
+            writer.write(rows)
+            n_answered += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(samples_per_s=f"{n_answered / (time.perf_counter() - start):.1f}", errors=n_errors)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and accelerator.num_processes > 1:
+        merge_parts(out_path)
+    accelerator.wait_for_everyone()
+
+
+def merge_parts(out_path: Path) -> None:
+    """Append the per-process parts' rows that the main file lacks, then delete the parts."""
+    parts = sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))
+    have = {int(r["question_id"]) for r in read_jsonl(out_path, allow_torn_tail=True)} if out_path.exists() else set()
+    with JsonlAppender(out_path) as writer:
+        for part in parts:
+            rows = [r for r in read_jsonl(part, allow_torn_tail=True) if int(r["question_id"]) not in have]
+            have.update(int(r["question_id"]) for r in rows)
+            writer.write(rows)
+    for part in parts:
+        part.unlink()
+
+
+def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: str | Path,
+             results_path: str | Path, extra: dict | None = None) -> tuple[list[dict], dict]:
+    """Order the rows like the sample, check each id is there once, write metrics and the official
+    results file ([{"question_id", "answer"}]); return (rows, metrics)."""
+    out_path = Path(out_path)
+    by_id = read_rows(out_path)
+    missing = [s.question_id for s in samples if s.question_id not in by_id]
+    if missing:
+        raise UserError(f"{out_path} lacks {len(missing)} of the {len(samples)} questions (e.g. {missing[:5]}); "
+                        "rerun the same command to finish them")
+    rows = [by_id[s.question_id] for s in samples]
+    # rewrite the file in sample order without stray rows (e.g. from a larger earlier sample)
+    from .io import atomic_write_text
+    import json
+
+    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    scorable = [r for r in rows if not r.get("error")]
+    errors = [r for r in rows if r.get("error")]
+    if not scorable:
+        raise UserError(f"no question in {out_path} could be answered: every image failed to load "
+                        f"(first error: {errors[0]['error']})")
+    scored = score_rows(scorable)
+    metrics = {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
+               "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
+               "per_question_type": scored["per_question_type"], **(extra or {})}
+    write_json(metrics_path, metrics)
+    write_json(results_path, [{"question_id": r["question_id"], "answer": r["answer"]} for r in scorable])
+    return rows, metrics
+
+
+def print_metrics(title: str, metrics: dict) -> None:
+    print(f"{title}: VQA accuracy {metrics['vqa_accuracy']:.2f}  exact match {metrics['exact_match']:.2f}  "
+          f"(n={metrics['n']}" + (f", {metrics['n_errors']} error rows" if metrics.get("n_errors") else "") + ")")
+    for t, m in sorted(metrics["per_answer_type"].items()):
+        print(f"  {t:<8} VQA {m['vqa_accuracy']:6.2f}  EM {m['exact_match']:6.2f}  (n={m['n']})")
+
+
+def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        print(f"{len(errors)} question(s) could not be answered (kept as error rows, left out of the metrics):")
+        for r in errors[:limit]:
+            print(f"  question {r['question_id']}: {r['error']}")
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Create the output folder and make sure we can write there, before any long work."""
+    import tempfile
+
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out} ({e.strerror}); choose another with --output_dir=") from None
+    return out
+
+
+def check_positive(**values) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise UserError(f"--{name}={value}: must be at least 1")
+
+
+def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int, seed: int, model_id: str,
+                    quantization: str, adapter: str, eval_batch: int, num_workers: int, vqa_prompt: str,
+                    vqa_decoding: str, output_dir: str, run_name: str, draw_sample: bool, config: dict,
+                    sample_file: str = "vqav2_sample_ids.json"):
+    """The shared body of create_vqav2_baseline.py (draw_sample=True) and evaluate_vqav2_finetuned.py:
+    load the frozen sample, answer it (resumably, data-parallel), write rows, metrics, results.
+    Returns (rows, metrics) on the main process, (None, None) elsewhere."""
+    from accelerate import Accelerator
+
+    from .config import write_config
+    from .data import freeze_sample, load_samples, read_sample_ids, select
+    from .modeling import check_quantization, load_blip2
+    from .prompts import generation_record
+
+    check_positive(eval_batch=eval_batch)
+    if max_samples < 0:
+        raise UserError(f"--max_samples={max_samples}: must be 0 (whole split) or more")
+    if num_workers < 0:
+        raise UserError(f"--num_workers={num_workers}: must be 0 or more")
+    get_decoding(vqa_decoding)
+    format_prompt(vqa_prompt, "?")
+    accelerator = Accelerator()
+    check_quantization(quantization, str(accelerator.device))
+    out_dir = check_output_dir(output_dir)
+    samples = load_samples(dataset, split, data_dir)
+    sample_path = out_dir / sample_file
+    if draw_sample:
+        if accelerator.is_main_process:
+            freeze_sample(sample_path, dataset, split, samples, max_samples, seed)
+        accelerator.wait_for_everyone()
+    ids = read_sample_ids(sample_path, dataset, split)
+    chosen = select(samples, ids, str(sample_path))
+    if adapter:
+        from .modeling import apply_adapter  # noqa: F401  (fail on a missing adapter before the model load)
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
+                            "`python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>")
+    model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
+    record = {"model_id": model_id, "adapter": adapter or None, **generation_record(vqa_prompt, vqa_decoding)}
+    out_path = out_dir / f"{run_name}.jsonl"
+    run_vqa(chosen, out_path, model=model, processor=processor, accelerator=accelerator, record=record,
+            prompt=vqa_prompt, decoding=vqa_decoding, batch_size=eval_batch, num_workers=num_workers,
+            desc=run_name)
+    if not accelerator.is_main_process:
+        return None, None
+    rows, metrics = finalize(chosen, out_path, out_dir / f"{run_name}_metrics.json", out_dir / f"{run_name}_results.json",
+                             extra={"dataset": dataset, "split": split, "model_id": model_id, "adapter": adapter or None})
+    write_config(config, out_dir / f"{run_name}_config.json")
+    report_errors(rows)
+    print_metrics(f"{run_name} ({dataset} {split})", metrics)
+    print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
+    return rows, metrics

@@ -1,0 +1,279 @@
+"""QLoRA fine-tuning pieces: training examples, a deterministic resumable data order, LoRA setup,
+and self-describing checkpoints (saved to a temporary folder and renamed into place).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .data import VQASample, training_answer
+from .errors import UserError
+from .images import load_image
+from .io import write_json
+from .prompts import format_prompt
+
+IGNORE_INDEX = -100
+CHECKPOINT_PREFIX = "step-"
+TRAINING_STATE = "training_state.pt"
+
+
+# --- examples ------------------------------------------------------------------------------------
+
+def encode_example(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of `prompt + " " + answer + eos` and labels that score only the answer and eos.
+
+    The prompt is tokenized on its own, exactly as at evaluation time, so the model learns to
+    continue the very token sequence it will see when answering."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+
+
+def collate_examples(tokenizer, num_query_tokens: int, image_token_id: int, encoded: Sequence[tuple[list[int], list[int]]]):
+    """Left-pad to one length and put the image tokens first, as the processor does at inference."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids, attention, labels = [], [], []
+    for ids, labs in encoded:
+        pad = width - len(ids)
+        input_ids.append([image_token_id] * num_query_tokens + [tokenizer.pad_token_id] * pad + ids)
+        attention.append([1] * num_query_tokens + [0] * pad + [1] * len(ids))
+        labels.append([IGNORE_INDEX] * (num_query_tokens + pad) + labs)
+    return (torch.tensor(input_ids), torch.tensor(attention), torch.tensor(labels))
+
+
+def micro_batch_indices(n_samples: int, seed: int, micro_batch: int, index: int, world_size: int, rank: int) -> list[int]:
+    """Sample indices of micro-batch `index` for process `rank`: the global batch (micro_batch x
+    world_size) comes from a seeded permutation per epoch, so any step can be recomputed on resume."""
+    global_batch = micro_batch * world_size
+    per_epoch = n_samples // global_batch
+    if per_epoch == 0:
+        raise UserError(f"only {n_samples} training samples for a global batch of {global_batch}; "
+                        "lower --per_device_batch or use more data")
+    epoch, pos = divmod(index, per_epoch)
+    perm = torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed + epoch))
+    start = pos * global_batch + rank * micro_batch
+    return perm[start:start + micro_batch].tolist()
+
+
+class TrainBatches(Dataset):
+    """Micro-batch k (from `first`) of this process: pixel values, input ids, attention mask, labels.
+    Runs in DataLoader workers; an unreadable image stops training with its path."""
+
+    def __init__(self, samples: list[VQASample], processor, image_token_id: int, prompt: str, seed: int,
+                 micro_batch: int, first: int, count: int, world_size: int, rank: int):
+        self.samples, self.processor, self.prompt, self.seed = samples, processor, prompt, seed
+        self.image_token_id = image_token_id
+        self.micro_batch, self.first, self.count = micro_batch, first, count
+        self.world_size, self.rank = world_size, rank
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, k):
+        idx = micro_batch_indices(len(self.samples), self.seed, self.micro_batch, self.first + k, self.world_size, self.rank)
+        batch = [self.samples[i] for i in idx]
+        images = [load_image(s.image_path) for s in batch]
+        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        tok = self.processor.tokenizer
+        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s)) for s in batch]
+        input_ids, attention_mask, labels = collate_examples(tok, self.processor.num_query_tokens, self.image_token_id, encoded)
+        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# --- LoRA ----------------------------------------------------------------------------------------
+
+def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
+    """peft target regex: the named Linear layers inside `scope` only (OPT's fc1/fc2 share names
+    with the vision tower's MLP)."""
+    names = "|".join(re.escape(m) for m in target_modules)
+    return rf".*{re.escape(scope)}\..*\.({names})$" if scope else rf".*\.({names})$"
+
+
+def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str], scope: str,
+             use_4bit: bool, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if use_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=lora_target_regex(target_modules, scope))
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"LoRA found no layer to adapt for TARGET_MODULES={list(target_modules)} inside "
+                        f"{scope!r} ({str(e).splitlines()[0][:160]}); use names of Linear layers such as q_proj, v_proj") from None
+    return model
+
+
+def lora_summary(model) -> tuple[int, int, list[str]]:
+    """(trainable parameters, all parameters, wrapped module names)."""
+    from peft.tuners.lora import LoraLayer
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    return trainable, total, wrapped
+
+
+def describe_wrapped(wrapped: list[str]) -> str:
+    """'q_proj x32, v_proj x32 (language_model.model.decoder.layers.*)'"""
+    counts: dict[str, int] = {}
+    for name in wrapped:
+        leaf = name.rsplit(".", 1)[-1]
+        counts[leaf] = counts.get(leaf, 0) + 1
+    common = os.path.commonprefix(wrapped).rsplit(".", 1)[0] if wrapped else ""
+    common = common.replace("base_model.model.", "")
+    return ", ".join(f"{k} x{v}" for k, v in counts.items()) + (f" (under {common}.*)" if common else "")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a temporary or half-written one is never listed)."""
+    if not ckpt_root.exists():
+        return []
+    found = []
+    for d in ckpt_root.iterdir():
+        if d.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", d.name):
+            found.append(d)
+    return sorted(found, key=lambda d: int(d.name[len(CHECKPOINT_PREFIX):]))
+
+
+def checkpoint_problem(d: Path) -> str | None:
+    for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json"):
+        if not (d / name).exists():
+            return f"{name} missing"
+    return None
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
+                    processor=None) -> Path:
+    """adapter + optimizer + scheduler + step + RNG + config, written to a temporary folder and
+    renamed into place: a kill leaves the previous checkpoints and at most a stray temp folder."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = ckpt_root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python_rng": list(random.getstate()[1]),
+    }
+    torch.save(state, tmp / TRAINING_STATE)
+    write_json(tmp / "config.json", {**config, "step": step})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(ckpt_root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint, and a note for each newer one that had to be skipped."""
+    skipped = []
+    for d in reversed(checkpoint_dirs(ckpt_root)):
+        problem = checkpoint_problem(d)
+        if problem is None:
+            try:
+                torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
+                return d, skipped
+            except Exception as e:  # a truncated file: fall back to the one before
+                problem = f"{TRAINING_STATE} unreadable ({type(e).__name__})"
+        skipped.append(f"{d} is incomplete ({problem}); falling back to an earlier checkpoint")
+    return None, skipped
+
+
+def load_checkpoint(d: Path, model, optimizer, scheduler) -> int:
+    """Restore adapter weights, optimizer, scheduler and RNG from checkpoint `d`; returns its step."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    problem = checkpoint_problem(d)
+    if problem:
+        raise UserError(f"checkpoint {d} is incomplete ({problem}); delete it to resume from the one before")
+    adapter = load_file(str(d / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, adapter)
+    state = torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate((3, tuple(state["python_rng"]), None))
+    return int(state["step"])
+
+
+def read_config(d: Path) -> dict:
+    with open(d / "config.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def plot_loss(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    ax.plot(steps, losses, lw=1, alpha=0.4, label="loss per step")
+    if len(losses) >= 10:
+        k = max(5, len(losses) // 25)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=2, label=f"moving average ({k} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_path: Path, plot_title: str) -> None:
+    """adapter (safetensors) + processor + resolved config + train_log.jsonl + loss_curve.png, built in
+    a temporary folder and swapped in, so <adapter_dir> is always either the old or the new adapter."""
+    from .io import read_jsonl
+
+    tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    write_json(tmp / "training_config.json", config)
+    rows = read_jsonl(log_path) if log_path.exists() else []
+    shutil.copyfile(log_path, tmp / "train_log.jsonl")
+    if rows:
+        plot_loss(rows, tmp / "loss_curve.png", plot_title)
+    old = adapter_dir.with_name(f".old-{adapter_dir.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if adapter_dir.exists():
+        os.replace(adapter_dir, old)
+    os.replace(tmp, adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
