@@ -63,7 +63,6 @@ def main():
     from pathlib import Path
 
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -71,7 +70,7 @@ def main():
 
     from src.data import load_samples, sample_question_ids, select
     from src.errors import UserError
-    from src.evaluation import check_output_dir, check_positive
+    from src.runtime import check_output_dir, check_positive, make_accelerator
     from src.io import JsonlAppender, read_jsonl, write_json
     from src.modeling import check_quantization, compute_dtype, load_blip2, load_processor
     from src.prompts import format_prompt
@@ -89,7 +88,7 @@ def main():
 
     on_gpu = torch.cuda.is_available()
     mixed = "bf16" if on_gpu and compute_dtype("cuda") == torch.bfloat16 else ("fp16" if on_gpu else "no")
-    accelerator = Accelerator(mixed_precision=mixed)
+    accelerator = make_accelerator(mixed_precision=mixed)
     main_proc = accelerator.is_main_process
     config["world_size"] = accelerator.num_processes
     check_quantization("4bit" if USE_4BIT else "none", str(accelerator.device))
@@ -207,7 +206,7 @@ def main():
     bar.close()
     if log:
         log.close()
-    accelerator.wait_for_everyone()
+    check_replicas_agree(accelerator, model)
     if main_proc:
         rows = read_jsonl(log_path)
         T.save_final_adapter(adapter_dir, accelerator.unwrap_model(model), processor, config, log_path,
@@ -218,6 +217,26 @@ def main():
         print(f"next: python evaluate_vqav2_finetuned.py --adapter_dir={adapter_dir}"
               + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
     accelerator.end_training()
+
+
+def check_replicas_agree(accelerator, model):
+    """Under data parallelism every process must end with the same LoRA weights; say so (or fail)."""
+    import torch
+    from accelerate.utils import gather_object
+
+    from src.errors import UserError
+
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        total = sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in model.parameters() if p.requires_grad)
+    sums = gather_object([(accelerator.process_index, total)])
+    values = [v for _, v in sorted(sums)]
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+        raise UserError(f"LoRA weights differ between processes after training (checksums {values}); "
+                        "the data-parallel run went out of sync")
+    if accelerator.is_main_process:
+        print(f"LoRA weights identical on all {len(values)} processes (checksum {values[0]:.6f})")
 
 
 def preview(model, processor, adapter_dir):

@@ -92,6 +92,7 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
 
     out_path = Path(out_path)
     done = read_rows(out_path)
+    accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
     _check_resumable(done, record, out_path)
     todo = [s for s in samples if s.question_id not in done]
     # questions on the same image sit in the same batch, so the image is encoded once
@@ -139,9 +140,13 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
             bar.update(len(batch))
             bar.set_postfix(samples_per_s=f"{n_answered / (time.perf_counter() - start):.1f}", errors=n_errors)
     bar.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and accelerator.num_processes > 1:
-        merge_parts(out_path)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        counts = [n for _, n in sorted(gather_object([(accelerator.process_index, n_answered)]))]
+        if accelerator.is_main_process:
+            print(f"questions answered per process: {counts}")
+            merge_parts(out_path)
     accelerator.wait_for_everyone()
 
 
@@ -203,26 +208,6 @@ def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
             print(f"  question {r['question_id']}: {r['error']}")
 
 
-def check_output_dir(output_dir: str | Path) -> Path:
-    """Create the output folder and make sure we can write there, before any long work."""
-    import tempfile
-
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out} ({e.strerror}); choose another with --output_dir=") from None
-    return out
-
-
-def check_positive(**values) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise UserError(f"--{name}={value}: must be at least 1")
-
-
 def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int, seed: int, model_id: str,
                     quantization: str, adapter: str, eval_batch: int, num_workers: int, vqa_prompt: str,
                     vqa_decoding: str, output_dir: str, run_name: str, draw_sample: bool, config: dict,
@@ -230,9 +215,8 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     """The shared body of create_vqav2_baseline.py (draw_sample=True) and evaluate_vqav2_finetuned.py:
     load the frozen sample, answer it (resumably, data-parallel), write rows, metrics, results.
     Returns (rows, metrics) on the main process, (None, None) elsewhere."""
-    from accelerate import Accelerator
-
     from .config import write_config
+    from .runtime import check_output_dir, check_positive, make_accelerator
     from .data import freeze_sample, load_samples, read_sample_ids, select
     from .modeling import check_quantization, load_blip2
     from .prompts import generation_record
@@ -244,7 +228,7 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
         raise UserError(f"--num_workers={num_workers}: must be 0 or more")
     get_decoding(vqa_decoding)
     format_prompt(vqa_prompt, "?")
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     check_quantization(quantization, str(accelerator.device))
     out_dir = check_output_dir(output_dir)
     samples = load_samples(dataset, split, data_dir)

@@ -1,0 +1,259 @@
+"""README steps 3-5 on the tiny model and easy-VQA: baseline -> QLoRA fine-tuning -> evaluation on
+the same questions, resume after SIGKILL, data parallelism with two processes, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import REPO, assert_one_line_error, run_script
+from src.vqa_eval import exact_match, score_rows, vqa_accuracy
+
+EVAL_N = 200
+TRAIN = ["--dataset=easy_vqa", "--train_steps=600", "--per_device_batch=16", "--grad_accum=1", "--lr=3e-3",
+         "--warmup_steps=30", "--save_every=300"]
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chain")
+    common = [f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", f"--output_dir={out}"]
+    base = run_script("create_vqav2_baseline.py", *common, f"--max_samples={EVAL_N}", check=True)
+    train = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", f"--output_dir={out}", *TRAIN,
+                       check=True)
+    ev = run_script("evaluate_vqav2_finetuned.py", *common, check=True)
+    return {"out": out, "baseline_stdout": base.stdout, "train_stdout": train.stdout, "eval_stdout": ev.stdout,
+            "model": tiny_model_dir}
+
+
+def test_both_runs_cover_exactly_the_frozen_sample(chain):
+    out = chain["out"]
+    frozen = json.loads((out / "vqav2_sample_ids.json").read_text())
+    assert frozen["dataset"] == "easy_vqa" and frozen["split"] == "val" and len(frozen["question_ids"]) == EVAL_N
+    for run in ("vqav2_baseline", "vqav2_finetuned"):
+        ids = [r["question_id"] for r in rows_of(out / f"{run}.jsonl")]
+        assert ids == frozen["question_ids"], run  # each id once, in sample order
+
+
+def test_metrics_files_equal_the_scorer(chain):
+    out = chain["out"]
+    for run in ("vqav2_baseline", "vqav2_finetuned"):
+        rows = rows_of(out / f"{run}.jsonl")
+        for r in rows:
+            assert r["vqa_accuracy"] == vqa_accuracy(r["answer"], r["gt_answers"])
+            assert r["exact_match"] == exact_match(r["answer"], r["gt_answers"])
+            assert len(r["gt_answers"]) == 10 and r["prompt"] == "vqa_opt" and r["decoding"]["num_beams"] == 5
+        metrics = json.loads((out / f"{run}_metrics.json").read_text())
+        expected = score_rows(rows)
+        assert metrics["vqa_accuracy"] == expected["vqa_accuracy"]
+        assert metrics["exact_match"] == expected["exact_match"]
+        assert metrics["n"] == EVAL_N and metrics["n_errors"] == 0
+        assert metrics["per_answer_type"] == expected["per_answer_type"]
+        # independent mean of the per-row scores
+        assert metrics["vqa_accuracy"] == round(100 * sum(r["vqa_accuracy"] for r in rows) / len(rows), 2)
+        results = json.loads((out / f"{run}_results.json").read_text())
+        assert results == [{"question_id": r["question_id"], "answer": r["answer"]} for r in rows]
+    assert rows_of(out / "vqav2_finetuned.jsonl")[0]["adapter"].endswith("lora_adapter")
+
+
+def test_fine_tuning_learns(chain):
+    out = chain["out"]
+    base = json.loads((out / "vqav2_baseline_metrics.json").read_text())
+    ft = json.loads((out / "vqav2_finetuned_metrics.json").read_text())
+    assert ft["vqa_accuracy"] >= base["vqa_accuracy"] + 30, (base["vqa_accuracy"], ft["vqa_accuracy"])
+    assert ft["per_answer_type"]["other"]["vqa_accuracy"] > 0, "learned only to say yes/no"
+    log = rows_of(out / "lora_adapter" / "train_log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, 601))
+    first = sum(r["loss"] for r in log[:50]) / 50
+    last = sum(r["loss"] for r in log[-50:]) / 50
+    assert last < first - 0.2, (first, last)  # the tiny model's logits are flat: the loss falls slowly
+    # the evaluation printed the comparison
+    s = chain["eval_stdout"]
+    assert "baseline vs fine-tuned on the same 200 questions" in s and "95% interval" in s
+    assert "better" in s and "worse" in s and "random cases" in s
+
+
+def test_adapter_folder_is_complete(chain):
+    adapter = chain["out"] / "lora_adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json", "tokenizer.json",
+                 "training_config.json", "train_log.jsonl", "loss_curve.png", "preview.jsonl"):
+        assert (adapter / name).exists(), name
+    with Image.open(adapter / "loss_curve.png") as im:
+        im.verify()
+    cfg = json.loads((adapter / "training_config.json").read_text())
+    assert cfg["train_steps"] == 600 and cfg["use_4bit"] is True and cfg["world_size"] == 1
+    s = chain["train_stdout"]
+    assert "trainable parameters:" in s and "q_proj x2" in s and "fc2 x2" in s
+    assert "QLoRA" in s and "nf4" in s.lower()  # the memory estimate before loading
+    assert sorted(p.name for p in (chain["out"] / "lora_adapter_checkpoints").iterdir() if p.is_dir()) == \
+        ["step-000300", "step-000600"]
+
+
+def test_reloaded_adapter_reproduces_in_memory_predictions(chain):
+    from src.data import load_samples
+    from src.images import load_image
+    from src.inference import generate_for_images
+    from src.modeling import load_blip2
+    from src.prompts import format_prompt, get_decoding
+
+    preview = rows_of(chain["out"] / "lora_adapter" / "preview.jsonl")
+    assert len(preview) == 8
+    by_id = {s.question_id: s for s in load_samples("easy_vqa", "val")}
+    model, processor = load_blip2(chain["model"], "4bit", adapter=str(chain["out"] / "lora_adapter"))
+    samples = [by_id[r["question_id"]] for r in preview]
+    answers = generate_for_images(model, processor, [load_image(s.image_path) for s in samples],
+                                  [format_prompt("vqa_opt", s.question) for s in samples], get_decoding("vqa_beam5"))
+    assert answers == [r["answer"] for r in preview]
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+def _start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout=240) -> bool:
+    """SIGKILL `proc` as soon as ready() holds; False if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out waiting for the run to make progress")
+
+
+def _n_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_inference_killed_and_rerun_equals_uninterrupted(tiny_model_dir, tmp_path):
+    args = [f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--max_samples=96", "--eval_batch=8", "--num_workers=1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_script("create_vqav2_baseline.py", *args, f"--output_dir={full}", check=True)
+    out = killed / "vqav2_baseline.jsonl"
+    proc = _start("create_vqav2_baseline.py", *args, f"--output_dir={killed}")
+    assert _kill_when(proc, lambda: _n_lines(out) >= 24), "the run finished before it could be killed"
+    done_before = _n_lines(out)
+    assert 24 <= done_before < 96
+    with open(out, "ab") as f:  # what a kill in the middle of a write leaves
+        f.write(b'{"question_id": 12345, "answer": "half a li')
+    proc = run_script("create_vqav2_baseline.py", *args, f"--output_dir={killed}", check=True)
+    assert f"{done_before} already done" in proc.stdout
+    assert out.read_text() == (full / "vqav2_baseline.jsonl").read_text()
+    assert (killed / "vqav2_baseline_metrics.json").read_text() == (full / "vqav2_baseline_metrics.json").read_text()
+
+
+def test_training_killed_after_checkpoint_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
+    args = [f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--train_steps=160", "--per_device_batch=8",
+            "--grad_accum=2", "--lr=3e-3", "--warmup_steps=5", "--save_every=20", "--keep_checkpoints=10",
+            "--preview_samples=0"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_script("finetune_vqav2_lora.py", *args, f"--output_dir={full}", check=True)
+    ckpts = killed / "lora_adapter_checkpoints"
+    proc = _start("finetune_vqav2_lora.py", *args, f"--output_dir={killed}")
+    assert _kill_when(proc, lambda: (ckpts / "step-000040").exists()), "training finished before the kill"
+    steps = sorted(int(p.name[5:]) for p in ckpts.glob("step-*"))
+    assert steps and steps[-1] < 160
+    rerun = run_script("finetune_vqav2_lora.py", *args, f"--output_dir={killed}", check=True)
+    assert f"resumed from {ckpts / f'step-{steps[-1]:06d}'}" in rerun.stdout
+    assert f"steps: 160 (from {steps[-1]})" in rerun.stdout
+    a = load_file(str(full / "lora_adapter" / "adapter_model.safetensors"))
+    b = load_file(str(killed / "lora_adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    log_a = rows_of(full / "lora_adapter" / "train_log.jsonl")
+    log_b = rows_of(killed / "lora_adapter" / "train_log.jsonl")
+    assert [r["step"] for r in log_b] == list(range(1, 161))
+    assert [round(r["loss"], 5) for r in log_a] == [round(r["loss"], 5) for r in log_b]
+
+
+# --- data parallel ----------------------------------------------------------------------------------
+
+def test_two_processes_train_and_evaluate_data_parallel(tiny_model_dir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    common = [f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", f"--output_dir={tmp_path}", "--num_workers=0"]
+
+    def launch(*args):
+        proc = subprocess.run(torchrun + list(args), cwd=REPO, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    log = launch("create_vqav2_baseline.py", *common, "--max_samples=40", "--eval_batch=4")
+    assert "batch 4 x 2 process(es)" in log
+    counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 40
+    log = launch("finetune_vqav2_lora.py", *common, "--train_steps=12", "--per_device_batch=4", "--grad_accum=2",
+                 "--save_every=6", "--lr=3e-3", "--warmup_steps=2", "--preview_samples=0")
+    assert "x 2 process(es) = 16 per step" in log
+    assert "LoRA weights identical on all 2 processes" in log
+    log = launch("evaluate_vqav2_finetuned.py", *common, "--eval_batch=4")
+    counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 40
+    frozen = json.loads((tmp_path / "vqav2_sample_ids.json").read_text())["question_ids"]
+    for run in ("vqav2_baseline", "vqav2_finetuned"):
+        assert [r["question_id"] for r in rows_of(tmp_path / f"{run}.jsonl")] == frozen
+        assert not list(tmp_path.glob(f"{run}.jsonl.rank*.part"))
+    assert json.loads((tmp_path / "lora_adapter" / "training_config.json").read_text())["world_size"] == 2
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+def test_missing_and_corrupt_images_become_error_rows(tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = rows_of(REPO / "data" / "tiny.jsonl")
+    (data / "broken.jpg").write_bytes(Image.open(REPO / "data/picture_01.jpg").tobytes()[:500])  # not a JPEG
+    for r in rows:
+        r["image_path"] = str(REPO / r["image_path"])
+    rows[0]["image_path"] = str(data / "missing.jpg")
+    rows[1]["image_path"] = str(data / "broken.jpg")
+    (data / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
+                      f"--data_dir={data}", "--max_samples=0", f"--output_dir={tmp_path / 'out'}", check=True)
+    out_rows = rows_of(tmp_path / "out" / "vqav2_baseline.jsonl")
+    assert len(out_rows) == len(rows)
+    errors = {r["question_id"]: r["error"] for r in out_rows if r["error"]}
+    assert set(errors) == {rows[0]["question_id"], rows[1]["question_id"]}
+    assert "image not found" in errors[rows[0]["question_id"]] and "not an image" in errors[rows[1]["question_id"]]
+    metrics = json.loads((tmp_path / "out" / "vqav2_baseline_metrics.json").read_text())
+    assert metrics["n"] == len(rows) - 2 and metrics["n_errors"] == 2
+    assert "2 question(s) could not be answered" in proc.stdout
+
+
+def test_missing_dataset_files_name_the_path_and_the_readme(tiny_model_dir, tmp_path):
+    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", f"--data_dir={tmp_path}",
+                      f"--output_dir={tmp_path / 'out'}")
+    assert_one_line_error(proc, "v2_OpenEnded_mscoco_val2014_questions.json", "data/vqa/README.md")
+
+
+def test_sample_ids_from_another_dataset_are_refused(tiny_model_dir, tmp_path):
+    run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=4",
+               f"--output_dir={tmp_path}", check=True)
+    proc = run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa",
+                      f"--output_dir={tmp_path}")
+    assert_one_line_error(proc, "vqav2_sample_ids.json", "dataset=tiny", "dataset=easy_vqa")
+    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=5",
+                      f"--output_dir={tmp_path}")
+    assert_one_line_error(proc, "max_samples=4", "--max_samples=5")
