@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import VQASample
 from .errors import UserError
 from .images import load_image
-from .inference import generate_batch
+from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json
 from .prompts import format_prompt, get_decoding
 from .vqa_eval import exact_match, score_rows, vqa_accuracy
@@ -103,6 +103,7 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
         print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go, "
               f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
     decoding_kwargs = get_decoding(decoding)
+    budget = question_token_budget(model, processor, prompt, decoding_kwargs)
     writer_path = out_path if accelerator.num_processes == 1 else part_path(out_path, accelerator.process_index)
     loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers,
                         collate_fn=lambda x: x)
@@ -113,11 +114,19 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
         for item in loader:
             batch = mine[item["index"]]
             answerable = [s for s in batch if s.image_path not in item["errors"]]
-            answers = []
+            answers, cut = [], set()
             if answerable:
                 image_index = [item["paths"].index(s.image_path) for s in answerable]
+                questions = []
+                for s in answerable:
+                    q, was_cut = fit_question(processor, s.question, budget)
+                    questions.append(q)
+                    if was_cut:
+                        cut.add(s.question_id)
+                        bar.write(f"warning: question {s.question_id} is longer than the model reads; "
+                                  f"cut to {budget} tokens")
                 answers = generate_batch(model, processor, item["pixel_values"],
-                                         [format_prompt(prompt, s.question) for s in answerable],
+                                         [format_prompt(prompt, q) for q in questions],
                                          decoding_kwargs, image_index=image_index)
             by_id = {s.question_id: a for s, a in zip(answerable, answers)}
             rows = []
@@ -128,6 +137,8 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
                     row.update(answer=a, gt_answers=s.answers, answer_type=s.answer_type,
                                question_type=s.question_type, vqa_accuracy=vqa_accuracy(a, s.answers),
                                exact_match=exact_match(a, s.answers), error=None)
+                    if s.question_id in cut:
+                        row["question_truncated"] = True
                 else:
                     n_errors += 1
                     row.update(answer=None, gt_answers=s.answers, answer_type=s.answer_type,

@@ -57,7 +57,10 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
             return _to_rgb(img)
     except UserError:
         raise
+    except Image.DecompressionBombError:  # PIL's own header check, beyond twice its default limit
+        raise UserError(f"image too large: {path} declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels "
+                        f"(limit {max_pixels:,}); resize it first") from None
     except UnidentifiedImageError:
         raise UserError(f"not an image (or an unsupported format): {path}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise UserError(f"cannot decode image {path}: {e} (the file may be truncated or corrupt)") from None

@@ -78,6 +78,26 @@ def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequen
     return generate_from_features(model, processor, features, prompts, decoding, max_prompt_tokens)
 
 
+def question_token_budget(model, processor, prompt_name: str, decoding: dict) -> int:
+    """How many question tokens fit: the language model's positions minus the image tokens, the
+    prompt's own tokens and the tokens to generate."""
+    from .prompts import format_prompt
+
+    core = blip2_core(model)
+    positions = core.config.text_config.max_position_embeddings
+    prompt_tokens = len(processor.tokenizer(format_prompt(prompt_name, ""))["input_ids"])
+    return positions - processor.num_query_tokens - prompt_tokens - int(decoding.get("max_new_tokens", 20)) - 1
+
+
+def fit_question(processor, question: str, budget: int) -> tuple[str, bool]:
+    """The question cut to `budget` tokens (and whether it was cut), so that it still ends in the
+    prompt's "Answer:" instead of losing it to truncation."""
+    ids = processor.tokenizer(question, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return question, False
+    return processor.tokenizer.decode(ids[:max(budget, 1)]), True
+
+
 def generate_for_images(model, processor, images: Sequence, prompts: Sequence[str], decoding: dict,
                         batch_size: int = 8) -> list[str]:
     """Convenience for PIL images: batches of `batch_size`, identical image objects encoded once."""
@@ -108,6 +128,13 @@ def caption_and_answer(model, processor, images: Sequence, question: str | None,
                                    get_decoding(caption_decoding), batch_size)
     answers = [None] * len(images)
     if question is not None:
-        answers = generate_for_images(model, processor, images, [format_prompt(vqa_prompt, question)] * len(images),
-                                      get_decoding(vqa_decoding), batch_size)
+        import sys
+
+        decoding = get_decoding(vqa_decoding)
+        fitted, cut = fit_question(processor, question, question_token_budget(model, processor, vqa_prompt, decoding))
+        if cut:
+            print(f"warning: the question is too long for the model and was cut to its first "
+                  f"{question_token_budget(model, processor, vqa_prompt, decoding)} tokens", file=sys.stderr)
+        answers = generate_for_images(model, processor, images, [format_prompt(vqa_prompt, fitted)] * len(images),
+                                      decoding, batch_size)
     return [{"caption": c, "answer": a} for c, a in zip(captions, answers)]

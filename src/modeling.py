@@ -111,7 +111,7 @@ def load_blip2(
     device = device or default_device()
     check_quantization(quantization, device)
     dtype = compute_dtype(device)
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle downloaded weights
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
