@@ -1,0 +1,150 @@
+"""Gradio demo (README step 7): upload a picture, ask a question, see BLIP-2's caption and answer.
+
+    python inference_demo.py                                  # http://127.0.0.1:7860
+    python inference_demo.py --adapter_dir=runs/a/lora_adapter --port=8080
+    python inference_demo.py --run_comparison=True            # rebuild assets/comparisons/ first, then serve
+    python inference_demo.py --host=0.0.0.0                   # reachable from other machines (prints a warning)
+    # offline CPU smoke run with the tiny random model (answers are gibberish by design; --adapter_dir= serves
+    # the base model only, leave it out to use an adapter from the tiny-model smoke run of finetune_vqav2_lora.py):
+    python -m src.tiny_model outputs/tiny-blip2
+    python inference_demo.py --model_id=outputs/tiny-blip2 --quantization=none --adapter_dir=
+
+Tab "Ask": upload an image (or click one of baseline_images/), type a question, press Ask. When a LoRA
+adapter exists in ADAPTER_DIR (from `python finetune_vqav2_lora.py`), the base model (adapter switched
+off) and the fine-tuned model (adapter on) answer side by side, from the one model in memory.
+Tab "Comparison": the numbers, charts and example cases that `python compare_baseline_finetuned.py`
+wrote to COMPARISONS_DIR, re-read on every page load and on Reload.
+
+Requests wait in a queue (at most MAX_QUEUE) and generation runs one request at a time. Files that are
+not images, larger than MAX_UPLOAD_MB or with more pixels than src/images.py allows are refused with a
+message in the page. The Gradio API is `/ask` (image file, question) -> caption, base answer,
+fine-tuned caption, fine-tuned answer, status; e.g. with gradio_client:
+    from gradio_client import Client, handle_file
+    Client("http://127.0.0.1:7860/").predict(handle_file("baseline_images/pic_01.jpg"), "What is in the image?",
+                                             api_name="/ask")
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from src.config import apply_overrides
+from src.errors import UserError, run_main
+
+# -----------------------------------------------------------------------------
+MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
+QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER_DIR = "outputs/lora_adapter"  # LoRA adapter from finetune_vqav2_lora.py; "" or missing = base model only
+QUESTION = "What is in the image?"  # the question the page starts with
+VQA_PROMPT = "vqa_opt"  # name in src/prompts.py
+VQA_DECODING = "vqa_beam5"  # BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
+CAPTION_PROMPT = "caption"
+CAPTION_DECODING = "caption_beam5"
+DEVICE = ""  # "" = cuda if available, else cpu
+HOST = "127.0.0.1"  # address to serve on; "0.0.0.0" makes the demo reachable from other machines
+PORT = 7860
+SHARE = False  # True: also create a public *.gradio.live link (needs internet)
+MAX_QUEUE = 20  # requests allowed to wait for the model; more are refused with "queue is full"
+MAX_UPLOAD_MB = 10.0  # largest upload accepted, in megabytes (pixels are limited by src/images.py)
+EXAMPLES_DIR = "baseline_images"  # pictures offered as clickable examples
+COMPARISONS_DIR = "assets/comparisons"  # what compare_baseline_finetuned.py wrote, shown in tab "Comparison"
+RUN_COMPARISON = False  # True: run compare_baseline_finetuned.py once before serving (the README's old behaviour)
+OUTPUT_DIR = "outputs"  # where that comparison reads the baseline / fine-tuned result files
+DEBUG = False  # show tracebacks
+# -----------------------------------------------------------------------------
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the (slow) model load when the port is taken."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port={port}: use a port between 1 and 65535, e.g. --port=7860")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot serve on {host}:{port} ({e.strerror or e}); another program (maybe another demo) "
+                            f"uses it: pass a free port, e.g. --port={port + 1}") from None
+
+
+def adapter_base_model(adapter_dir: str) -> str | None:
+    """The base model an adapter was trained on, as peft recorded it in adapter_config.json."""
+    try:
+        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def run_comparison(output_dir: str, report_dir: str) -> bool:
+    """Run compare_baseline_finetuned.py once (its output goes to this terminal); True if it worked."""
+    script = Path(__file__).resolve().parent / "compare_baseline_finetuned.py"
+    print(f"running the comparison: python {script.name} --output_dir={output_dir} --report_dir={report_dir}",
+          flush=True)
+    proc = subprocess.run([sys.executable, str(script), f"--output_dir={output_dir}", f"--report_dir={report_dir}"])
+    if proc.returncode != 0:
+        print(f"warning: the comparison failed (exit code {proc.returncode}, see above); serving anyway, the "
+              f"Comparison tab says what is missing", flush=True)
+    return proc.returncode == 0
+
+
+def main():
+    config = apply_overrides(globals())
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from src.prompts import get_decoding, get_prompt
+
+    if "{}" not in get_prompt(VQA_PROMPT):
+        raise UserError(f"--vqa_prompt={VQA_PROMPT} has no place for the question ({{}}); "
+                        f"use e.g. --vqa_prompt=vqa_opt")
+    get_prompt(CAPTION_PROMPT)  # unknown names fail here, before the model load
+    get_decoding(VQA_DECODING)
+    get_decoding(CAPTION_DECODING)
+    if not MAX_UPLOAD_MB > 0:
+        raise UserError(f"--max_upload_mb must be positive, got {MAX_UPLOAD_MB}")
+    if MAX_QUEUE < 1:
+        raise UserError(f"--max_queue must be at least 1, got {MAX_QUEUE}")
+    check_port_free(HOST, PORT)
+    if HOST not in _LOCAL_HOSTS:
+        print(f"warning: serving on {HOST}:{PORT}, so the demo is reachable from other machines on the network "
+              f"(use --host=127.0.0.1 to keep it local)", flush=True)
+    if SHARE:
+        print("warning: SHARE=True publishes the demo on a public gradio.live link that anyone with the address "
+              "can use", flush=True)
+
+    if RUN_COMPARISON:
+        run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
+
+    adapter = None
+    if ADAPTER_DIR and (Path(ADAPTER_DIR) / "adapter_config.json").is_file():
+        adapter = ADAPTER_DIR
+        trained_on = adapter_base_model(ADAPTER_DIR)
+        if trained_on and os.path.normpath(trained_on) != os.path.normpath(MODEL_ID):
+            print(f"warning: the adapter in {ADAPTER_DIR} was trained on {trained_on}, not on --model_id={MODEL_ID}; "
+                  f"if they are different models, loading it fails", flush=True)
+    elif ADAPTER_DIR:
+        print(f"no LoRA adapter in {ADAPTER_DIR} (adapter_config.json missing): only the base model answers; "
+              f"train one with `python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>", flush=True)
+
+    from src.demo_app import build_demo, demo_css
+    from src.modeling import load_blip2
+
+    print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
+          f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
+    model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+    demo = build_demo(model, processor, adapter_available=adapter is not None, comparisons_dir=COMPARISONS_DIR,
+                      examples_dir=EXAMPLES_DIR, default_question=QUESTION, vqa_prompt=VQA_PROMPT,
+                      vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING,
+                      max_upload_mb=MAX_UPLOAD_MB, max_queue=MAX_QUEUE, model_label=MODEL_ID,
+                      adapter_label=adapter or ADAPTER_DIR, config=config)
+    allowed = [p for p in (COMPARISONS_DIR, EXAMPLES_DIR) if p]
+    demo.launch(server_name=HOST, server_port=PORT, share=SHARE, max_file_size=int(MAX_UPLOAD_MB * 2**20),
+                allowed_paths=allowed, show_error=True, css=demo_css())
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,399 @@
+"""inference_demo.py: the answer handler in-process, then the real script in a real browser.
+
+The server is started once for the module as a user would (`python inference_demo.py --model_id=<tiny>
+--quantization=none --port=<free> --adapter_dir=<LoRA made here>`) and driven with Debian's chromium
+through Playwright, and with gradio_client for concurrent API calls. Screenshots of the answered page and
+of the comparison tab go to tests/artifacts/ (git-ignored): demo_answered.png, demo_comparison.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, assert_one_line_error, run_script
+from PIL import Image
+
+from src.demo_app import comparison_view, make_answer_fn
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "tests" / "artifacts"
+PICTURE = REPO / "baseline_images" / "pic_01.jpg"
+QUESTION = "What is in the image?"
+GENERATION = dict(vqa_prompt="vqa_opt", vqa_decoding="vqa_beam5", caption_prompt="caption",
+                  caption_decoding="caption_beam5")
+MAX_UPLOAD_MB = 1  # the server's limit, small so that a too-large file is cheap to make
+LORA_TARGETS = r".*language_model.*\.(q_proj|v_proj)$"
+NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+needs_browser = pytest.mark.skipif(not CHROMIUM.exists(),
+                                   reason=f"{CHROMIUM} missing (apt-get install chromium); .ci/run installs it")
+
+
+# --- the tiny model, with and without a LoRA adapter ---------------------------------------------
+
+def reference(model, processor, path=PICTURE, question=QUESTION) -> dict:
+    from src.images import load_image
+    from src.inference import caption_and_answer
+
+    return caption_and_answer(model, processor, [load_image(path)], question, **GENERATION)[0]
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter for the tiny model with random, non-zero weights (so it changes the outputs),
+    saved with save_pretrained like finetune_vqav2_lora.py's."""
+    from peft import LoraConfig, get_peft_model
+
+    from src.modeling import load_blip2
+
+    model, _ = load_blip2(tiny_model_dir, "none", device="cpu")
+    tuned = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False))
+    out = tmp_path_factory.mktemp("demo") / "lora_adapter"
+    tuned.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, lora_adapter, demo_process):
+    """The plain tiny model, a second copy with the adapter loaded (the server's way: load_blip2(adapter=)),
+    and the answers of both computed directly with src.inference. (demo_process is requested so that the
+    server loads in the background while the in-process tests run.)"""
+    import torch
+
+    from src.modeling import load_blip2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model gains nothing from threads; on 2 shared cores they cost 10x
+    plain, processor = load_blip2(tiny_model_dir, "none", device="cpu")
+    tuned, _ = load_blip2(tiny_model_dir, "none", adapter=str(lora_adapter), device="cpu")
+    ref_base, ref_tuned = reference(plain, processor), reference(tuned, processor)
+    assert ref_base != ref_tuned, "the random adapter should change the outputs"
+    yield {"plain": plain, "tuned": tuned, "processor": processor, "ref_base": ref_base, "ref_tuned": ref_tuned}
+    torch.set_num_threads(threads)
+
+
+def answer_fn(model, processor, adapter_available, max_upload_mb=10, **kw):
+    return make_answer_fn(model, processor, adapter_available=adapter_available, **GENERATION,
+                          max_upload_mb=max_upload_mb, **kw)
+
+
+def test_base_model_alone_answers_like_src_inference(tiny):
+    caption, answer, caption_ft, answer_ft, status = answer_fn(tiny["plain"], tiny["processor"], False)(
+        str(PICTURE), f"  {QUESTION} ")
+    assert (caption, answer) == (tiny["ref_base"]["caption"], tiny["ref_base"]["answer"])
+    assert caption and answer and caption_ft == answer_ft == ""
+    assert status.startswith("Answered by the base model")
+
+
+def test_adapter_is_switched_off_for_the_base_answer(tiny):
+    """One PeftModel in memory: inside disable_adapter() it answers exactly like the plain model."""
+    from peft.tuners.lora import LoraLayer
+
+    out = answer_fn(tiny["tuned"], tiny["processor"], True)(str(PICTURE), QUESTION)
+    assert out[:2] == (tiny["ref_base"]["caption"], tiny["ref_base"]["answer"])
+    assert out[2:4] == (tiny["ref_tuned"]["caption"], tiny["ref_tuned"]["answer"])
+    assert "fine-tuned" in out[4]
+    lora_layers = [m for m in tiny["tuned"].modules() if isinstance(m, LoraLayer)]
+    assert lora_layers and not any(m.disable_adapters for m in lora_layers)  # the adapter is on again afterwards
+
+
+def test_user_mistakes_come_back_as_status_text(tiny, tmp_path):
+    fn = answer_fn(tiny["plain"], tiny["processor"], False, max_upload_mb=0.05, max_pixels=100_000)
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("not a picture")
+    small = tmp_path / "small.png"
+    Image.new("RGB", (400, 300), "red").save(small)  # 120,000 pixels, a few hundred bytes
+    cases = {
+        (None, QUESTION): "Upload an image first",
+        (str(fake), QUESTION): "not an image",
+        (str(PICTURE), QUESTION): "too large: 0.1 MB",  # 66 KB > 0.05 MB
+        (str(small), QUESTION): "400x300 pixels",
+        (str(small), "   "): "The question is empty",
+        (str(small), "why " * 200): "too long (799 characters",
+    }
+    for (path, question), fragment in cases.items():
+        out = fn(path, question)
+        assert out[:4] == ("", "", "", ""), (path, out)
+        assert out[4].startswith("**Cannot answer:**") and fragment in out[4], (fragment, out[4])
+        assert str(tmp_path) not in out[4]  # files are named by their own name, not the server's temp path
+
+
+def test_model_calls_are_queued_one_at_a_time(tiny):
+    """Gradio 6 does not publish concurrency limits in /config, so check the built app itself."""
+    from src.demo_app import build_demo
+
+    demo = build_demo(tiny["plain"], tiny["processor"], adapter_available=False, comparisons_dir="none", max_queue=7)
+    model_fns = [fn for fn in demo.fns.values() if fn.concurrency_id == "model"]
+    assert {fn.api_name for fn in model_fns} >= {"ask"}  # the button and Enter in the question box
+    assert len(model_fns) == 2 and all(fn.concurrency_limit == 1 for fn in model_fns)
+    assert demo._queue.max_size == 7
+
+
+def test_comparison_view_without_or_with_broken_results(tmp_path):
+    text, charts, cases, report = comparison_view(tmp_path)
+    assert "python compare_baseline_finetuned.py" in text and (charts, cases, report) == ([], [], None)
+    (tmp_path / "comparison.json").write_text("{not json")
+    text, *_ = comparison_view(tmp_path)
+    assert "Cannot read" in text and "python compare_baseline_finetuned.py" in text
+
+
+# --- the script's start-up checks (no model is loaded) ------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_busy_port_is_one_line_error_before_the_model_load():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_script("inference_demo.py", f"--port={port}", "--model_id=/nonexistent/blip2", timeout=120)
+    assert_one_line_error(proc, f"127.0.0.1:{port}", f"--port={port + 1}")
+
+
+def test_public_host_warns_and_run_comparison_runs_before_serving(tmp_path):
+    """--host=0.0.0.0 prints the warning; --run_comparison=True runs the compare script first (here it finds
+    no results and says so) and goes on; then the missing model stops it with one line."""
+    proc = run_script("inference_demo.py", "--host=0.0.0.0", f"--port={free_port()}", "--run_comparison=True",
+                      f"--output_dir={tmp_path / 'outputs'}", f"--comparisons_dir={tmp_path / 'comparisons'}",
+                      f"--model_id={tmp_path / 'no-model'}", "--quantization=none", "--adapter_dir=", timeout=180)
+    warnings = [line for line in proc.stdout.splitlines() if "reachable from other machines" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:"), proc.stdout
+    assert "running the comparison" in proc.stdout and "the comparison failed" in proc.stdout, proc.stdout
+    assert "create_vqav2_baseline.py" in proc.stderr  # the compare script's own one-line reason
+    assert proc.stdout.index("the comparison failed") < proc.stdout.index("***** BLIP-2 demo")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model folder not found"), proc.stderr
+
+
+# --- the script, in a browser --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_process(lora_adapter, tiny_model_dir, tmp_path_factory):
+    """`python inference_demo.py` with the tiny model and the adapter, started once for the module; stopped
+    at the end, when its log must hold no traceback."""
+    tmp = tmp_path_factory.mktemp("demo-server")
+    comparisons = tmp / "comparisons"
+    comparisons.mkdir()  # empty: the Comparison tab must say how to make it
+    port = free_port()
+    log_path = tmp / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **NO_PROXY}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "inference_demo.py", f"--model_id={tiny_model_dir}", "--quantization=none",
+             f"--port={port}", f"--adapter_dir={lora_adapter}", f"--comparisons_dir={comparisons}",
+             f"--max_upload_mb={MAX_UPLOAD_MB}", "--device=cpu"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield {"url": f"http://127.0.0.1:{port}/", "comparisons": comparisons, "tmp": tmp, "log": log_path,
+                   "proc": proc}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def server(demo_process):
+    """The demo once it answers HTTP."""
+    proc, url, log = demo_process["proc"], demo_process["url"], demo_process["log"]
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.time() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"inference_demo.py exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if opener.open(url, timeout=2).status == 200:
+                return demo_process
+        except OSError:
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"inference_demo.py did not serve {url} within 120 s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(30_000)
+    pg.goto(server["url"])
+    pg.wait_for_selector("#ask")
+    yield pg
+    pg.close()
+
+
+def value(page, elem_id: str) -> str:
+    return page.eval_on_selector(f"#{elem_id} textarea", "e => e.value")
+
+
+def wait_for_status(page, fragment: str, timeout=30_000):
+    page.wait_for_function("([f]) => document.querySelector('#status').innerText.includes(f)", arg=[fragment],
+                           timeout=timeout)
+    return page.inner_text("#status")
+
+
+def upload(page, path):
+    if page.is_visible("#image button[aria-label='Clear']"):  # a file is shown: remove it first
+        page.click("#image button[aria-label='Clear']")
+    page.set_input_files("#image input[type=file]", str(path))
+
+
+def toasts(page, fragment: str) -> str:
+    page.wait_for_function("([f]) => document.body.innerText.includes(f)", arg=[fragment])
+    return page.inner_text("body")
+
+
+@needs_browser
+def test_browser_answers_base_and_finetuned_side_by_side(page, tiny):
+    upload(page, PICTURE)
+    wait_for_status(page, "pic_01.jpg")  # the preview accepted the upload
+    page.wait_for_selector("#preview img")
+    page.fill("#question textarea", QUESTION)
+    page.click("#ask")
+    status = wait_for_status(page, "Answered", timeout=60_000)
+    assert "fine-tuned" in status
+    got = {k: value(page, k) for k in ("caption", "answer_base", "caption_finetuned", "answer_finetuned")}
+    assert all(v.strip() for v in got.values()), got
+    assert page.is_visible("#finetuned_column")
+    # the server's one PeftModel, adapter off / on, answers like the plain / adapted model made here
+    assert (got["caption"], got["answer_base"]) == (tiny["ref_base"]["caption"], tiny["ref_base"]["answer"])
+    assert (got["caption_finetuned"], got["answer_finetuned"]) == (tiny["ref_tuned"]["caption"],
+                                                                   tiny["ref_tuned"]["answer"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo_answered.png"), full_page=True)
+
+
+@needs_browser
+def test_browser_example_and_empty_question(page):
+    page.click("#examples button:has-text('pic_03.jpg')")
+    wait_for_status(page, "pic_03.jpg")
+    page.fill("#question textarea", "   ")
+    page.click("#ask")
+    status = wait_for_status(page, "question is empty")
+    assert "Cannot answer" in status and value(page, "answer_base") == ""
+
+
+@needs_browser
+def test_browser_refuses_files_that_are_not_usable_images(page, server):
+    fake = server["tmp"] / "holiday.jpg"  # an image name, text inside: reaches src/images.load_image
+    fake.write_text("this is not a picture\n")
+    upload(page, fake)
+    assert "not an image" in wait_for_status(page, "holiday.jpg")
+    page.click("#ask")
+    assert "Cannot answer" in wait_for_status(page, "Cannot answer")
+    assert "not an image" in page.inner_text("#status") and value(page, "answer_base") == ""
+
+    notes = server["tmp"] / "notes.txt"
+    notes.write_text("hello")
+    upload(page, notes)
+    assert "not an image" in wait_for_status(page, "notes.txt")
+
+    big = server["tmp"] / "big.png"  # over MAX_UPLOAD_MB: refused before it is stored
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(int(1.2 * MAX_UPLOAD_MB * 2**20)))
+    upload(page, big)
+    assert "exceed the maximum allowed size" in toasts(page, "big.png")
+
+
+def test_five_concurrent_api_requests_are_all_answered(server, monkeypatch):
+    """gradio_client, five jobs at once: the queue serialises them (concurrency limit 1), none is lost."""
+    for key, val in NO_PROXY.items():
+        monkeypatch.setenv(key, val)
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"], verbose=False, download_files=False)
+    pictures = [REPO / "baseline_images" / f"pic_{i:02d}.jpg" for i in range(1, 6)]
+    jobs = [client.submit(handle_file(str(p)), QUESTION, api_name="/ask") for p in pictures]
+    results = [job.result(timeout=120) for job in jobs]
+    for p, (caption, answer, caption_ft, answer_ft, status) in zip(pictures, results):
+        assert caption.strip() and answer.strip() and caption_ft.strip() and answer_ft.strip(), (p, caption, answer)
+        assert status.startswith("Answered"), status
+    # a non-image through the API (no browser-side file-type check) gets the message, not an exception
+    notes = server["tmp"] / "api_notes.txt"
+    notes.write_text("hello")
+    out = client.predict(handle_file(str(notes)), QUESTION, api_name="/ask")
+    assert out[4].startswith("**Cannot answer:**") and "not an image" in out[4] and "api_notes.txt" in out[4]
+
+
+def write_result_files(out: Path) -> None:
+    """Six questions on the demo pictures; the fine-tuned rows are right more often."""
+    decoding = {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False}
+    questions = [  # (picture, question, type, ten annotator answers, baseline answer, fine-tuned answer)
+        (1, "What color is the suit?", "other", ["orange"] * 9 + ["red"], "an orange suit", "orange"),
+        (1, "Is there a flag?", "yes/no", ["yes"] * 10, "yes", "yes"),
+        (2, "What is in the cup?", "other", ["coffee"] * 8 + ["espresso"] * 2, "tea", "coffee"),
+        (3, "What animal is this?", "other", ["cat"] * 10, "cat", "dog"),
+        (4, "Is it daytime?", "yes/no", ["no"] * 10, "yes", "no"),
+        (6, "How many rows of coins are there?", "number", ["4"] * 10, "there are four", "4"),
+    ]
+    base, tuned = [], []
+    for i, (pic, q, atype, gts, a_base, a_ft) in enumerate(questions):
+        common = {"question_id": 100 + i, "image_id": pic, "image_path": f"baseline_images/pic_{pic:02d}.jpg",
+                  "question": q, "gt_answers": gts, "answer_type": atype, "question_type": q.split()[0].lower(),
+                  "model_id": "Salesforce/blip2-opt-2.7b", "prompt": "vqa_opt", "decoding": decoding, "error": None}
+        base.append({**common, "answer": a_base, "adapter": None})
+        tuned.append({**common, "answer": a_ft, "adapter": "outputs/lora_adapter"})
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("vqav2_baseline.jsonl", base), ("vqav2_finetuned.jsonl", tuned)):
+        (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@needs_browser
+def test_browser_comparison_tab_before_and_after_the_compare_script(page, server):
+    import inference_demo
+
+    page.click("button[role=tab]:has-text('Comparison')")
+    page.wait_for_function("document.querySelector('#comparison_summary')?.innerText.includes('compare_baseline')")
+    text = page.inner_text("#comparison_summary")
+    assert "No comparison results" in text and "python compare_baseline_finetuned.py" in text
+    assert not page.is_visible("#chart_accuracy") and not page.is_visible("#comparison_cases")
+
+    # the RUN_COMPARISON path writes the files; Reload shows them without restarting the demo
+    outputs = server["tmp"] / "outputs"
+    write_result_files(outputs)
+    assert inference_demo.run_comparison(str(outputs), str(server["comparisons"]))
+    result = json.loads((server["comparisons"] / "comparison.json").read_text())
+    page.click("#comparison_reload")
+    page.wait_for_function("document.querySelector('#comparison_summary').innerText.includes('VQA accuracy')")
+    text = page.inner_text("#comparison_summary")
+    for number in (result["baseline"]["vqa_accuracy"], result["finetuned"]["vqa_accuracy"]):
+        assert f"{number:.2f}" in text, (number, text)
+    assert f"{result['change']['vqa_accuracy']['diff']:+.2f}" in text
+    assert f"Questions compared: {result['n']}" in text
+    for chart in ("accuracy", "answer_length", "contact_sheet"):  # no demo_images.png: no demo-image rows
+        page.wait_for_selector(f"#chart_{chart} img")
+    assert not page.is_visible("#chart_demo_images")
+    page.wait_for_selector("#comparison_cases img")
+    assert page.locator("#comparison_cases img").count() == len(result["artefacts"]["cases"]) > 0
+    assert page.is_visible("#comparison_report")
+    page.screenshot(path=str(ARTIFACTS / "demo_comparison.png"), full_page=True)
