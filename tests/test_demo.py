@@ -345,6 +345,28 @@ def test_five_concurrent_api_requests_are_all_answered(server, monkeypatch):
     assert out[4].startswith("**Cannot answer:**") and "not an image" in out[4] and "api_notes.txt" in out[4]
 
 
+def test_twenty_concurrent_requests_none_fails_and_memory_stays_flat(server, monkeypatch):
+    """A class hitting the demo at once: 20 jobs through gradio_client, all answered, and the server's
+    resident memory after the burst within 10% of before (nothing accumulates per request)."""
+    import psutil
+
+    for key, val in NO_PROXY.items():
+        monkeypatch.setenv(key, val)
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"], verbose=False, download_files=False)
+    pictures = [REPO / "baseline_images" / f"pic_{i % 10 + 1:02d}.jpg" for i in range(20)]
+    proc = psutil.Process(server["proc"].pid)
+    for job in [client.submit(handle_file(str(p)), QUESTION, api_name="/ask") for p in pictures[:4]]:
+        job.result(timeout=120)  # warm-up: first-call allocations are not a leak
+    before = proc.memory_info().rss
+    jobs = [client.submit(handle_file(str(p)), f"{QUESTION} ({i})", api_name="/ask") for i, p in enumerate(pictures)]
+    results = [job.result(timeout=300) for job in jobs]
+    after = proc.memory_info().rss
+    assert all(r[4].startswith("Answered") and r[1].strip() and r[3].strip() for r in results), results
+    assert after <= 1.10 * before, (before / 2**20, after / 2**20)
+
+
 def write_result_files(out: Path) -> None:
     """Six questions on the demo pictures; the fine-tuned rows are right more often."""
     decoding = {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False}
