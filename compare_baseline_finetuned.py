@@ -15,7 +15,7 @@ question_id, rescores both with src.vqa_eval and writes to REPORT_DIR:
 
     python compare_baseline_finetuned.py                                   # outputs/ -> assets/comparisons/
     python compare_baseline_finetuned.py --allow_partial=True              # compare the questions both files have
-    python compare_baseline_finetuned.py --output_dir=runs/a --report_dir=runs/a/comparisons
+    python compare_baseline_finetuned.py --output_dir=runs/a            # runs/a -> runs/a/comparisons/
 
 Inputs (in OUTPUT_DIR): vqav2_baseline.jsonl from `python create_vqav2_baseline.py`, vqav2_finetuned.jsonl
 from `python evaluate_vqav2_finetuned.py`; optionally baseline.jsonl / baseline_finetuned.jsonl (the ten
@@ -47,7 +47,7 @@ from src.vqa_eval import score_batch, score_rows
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR = "outputs"  # folder holding the result files below
-REPORT_DIR = "assets/comparisons"  # folder the report, charts and summary are written to
+REPORT_DIR = ""  # where the report goes; "" = assets/comparisons, or <output_dir>/comparisons with --output_dir
 BASELINE_FILE = "vqav2_baseline.jsonl"  # zero-shot rows in OUTPUT_DIR (create_vqav2_baseline.py)
 FINETUNED_FILE = "vqav2_finetuned.jsonl"  # fine-tuned rows for the same questions (evaluate_vqav2_finetuned.py)
 DEMO_BASELINE_FILE = "baseline.jsonl"  # the ten demo images, base model (create_baseline.py); optional
@@ -710,7 +710,8 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
 def main() -> None:
     config = apply_overrides(globals())
     started = time.perf_counter()
-    output_dir, report_dir = Path(OUTPUT_DIR), Path(REPORT_DIR)
+    default_report = "assets/comparisons" if Path(OUTPUT_DIR) == Path("outputs") else str(Path(OUTPUT_DIR) / "comparisons")
+    output_dir, report_dir = Path(OUTPUT_DIR), Path(REPORT_DIR or default_report)
     base_path, ft_path = output_dir / BASELINE_FILE, output_dir / FINETUNED_FILE
     demo_base_path, demo_ft_path = output_dir / DEMO_BASELINE_FILE, output_dir / DEMO_FINETUNED_FILE
     for name in ("CASES_PER_GROUP", "BOOTSTRAP_RESAMPLES", "THUMB_SIZE"):

@@ -421,3 +421,14 @@ def test_compare_rows_joins_on_question_id():
         if r["question_id"] in by_id:
             assert by_id[r["question_id"]]["finetuned_vqa"] == r["vqa_accuracy"]
     assert set(result["outcomes"]["per_answer_type"]) == {"yes/no", "number", "other"}
+
+
+def test_report_goes_under_the_output_dir_when_one_is_given(tmp_path):
+    base, ft = make_rows()
+    write_jsonl(tmp_path / "vqav2_baseline.jsonl", base)
+    write_jsonl(tmp_path / "vqav2_finetuned.jsonl", ft)
+    proc = subprocess.run([sys.executable, "compare_baseline_finetuned.py", f"--output_dir={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("summary.txt", "comparison.json", "report.html", "accuracy.png"):
+        assert (tmp_path / "comparisons" / name).exists(), name

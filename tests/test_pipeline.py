@@ -257,3 +257,29 @@ def test_sample_ids_from_another_dataset_are_refused(tiny_model_dir, tmp_path):
     proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=5",
                       f"--output_dir={tmp_path}")
     assert_one_line_error(proc, "max_samples=4", "--max_samples=5")
+
+
+def test_compare_on_the_pipeline_files(chain):
+    """README step 6 on what steps 3-5 wrote: the numbers equal the scorer's, every artefact is there."""
+    from html.parser import HTMLParser
+
+    out = chain["out"]
+    proc = run_script("compare_baseline_finetuned.py", f"--output_dir={out}", check=True)
+    report = out / "comparisons"
+    data = json.loads((report / "comparison.json").read_text())
+    base, ft = rows_of(out / "vqav2_baseline.jsonl"), rows_of(out / "vqav2_finetuned.jsonl")
+    assert data["n"] == EVAL_N and data["mode"] == "comparison"
+    for key, rows in (("baseline", base), ("finetuned", ft)):
+        scored = score_rows(rows)
+        assert data[key]["vqa_accuracy"] == scored["vqa_accuracy"] and data[key]["exact_match"] == scored["exact_match"]
+    better = sum(f["vqa_accuracy"] > b["vqa_accuracy"] for b, f in zip(base, ft))
+    worse = sum(f["vqa_accuracy"] < b["vqa_accuracy"] for b, f in zip(base, ft))
+    assert (data["outcomes"]["better"], data["outcomes"]["worse"], data["outcomes"]["same"]) == \
+        (better, worse, EVAL_N - better - worse)
+    summary = (report / "summary.txt").read_text()
+    assert f"{data['baseline']['vqa_accuracy']:.2f}" in summary and f"{data['finetuned']['vqa_accuracy']:.2f}" in summary
+    HTMLParser().feed((report / "report.html").read_text(encoding="utf-8"))
+    for png in report.rglob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+    assert len(list((report / "cases").glob("case_*.png"))) >= 4
