@@ -182,6 +182,7 @@ def main():
             step_loss += loss.detach()
         mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
         if not math.isfinite(mean_loss):
+            bar.close()
             last = T.checkpoint_dirs(ckpt_root)
             raise UserError(f"the training loss became {mean_loss} at step {step}; stopped without saving it. "
                             f"The last good checkpoint is {last[-1] if last else 'none (no checkpoint yet)'}. "

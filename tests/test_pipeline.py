@@ -283,3 +283,16 @@ def test_compare_on_the_pipeline_files(chain):
         with Image.open(png) as im:
             im.verify()
     assert len(list((report / "cases").glob("case_*.png"))) >= 4
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa",
+                      "--train_steps=20", "--lr=1e12", "--max_grad_norm=1e30", "--warmup_steps=0", "--save_every=1",
+                      "--per_device_batch=4", "--grad_accum=1", f"--output_dir={tmp_path}")
+    ckpts = tmp_path / "lora_adapter_checkpoints"
+    line = assert_one_line_error(proc, "training loss became nan at step 2", str(ckpts / "step-000001"), "--lr")
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000001"]
+    from src.training import checkpoint_problem
+
+    assert checkpoint_problem(ckpts / "step-000001") is None
+    assert not (tmp_path / "lora_adapter").exists(), line
