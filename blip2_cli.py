@@ -16,11 +16,9 @@ import sys
 from pathlib import Path
 
 from src.errors import UserError, run_main
+from src.images import list_images
 from src.modeling import DEFAULT_MODEL_ID, QUANTIZATIONS
 from src.prompts import DECODING, DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, PROMPTS
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other failure
@@ -49,10 +47,7 @@ def collect_images(items: list[str]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
-            paths += found
+            paths += list_images(p)
         else:
             paths.append(p)
     return paths

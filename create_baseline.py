@@ -10,11 +10,10 @@ decoding settings (an unreadable image becomes a row with an "error" and the res
 The resolved config goes to <output file>.config.json.
 """
 
-import os
 from pathlib import Path
 
 from src.config import apply_overrides, write_config
-from src.errors import UserError, run_main
+from src.errors import run_main
 
 # -----------------------------------------------------------------------------
 IMAGES_DIR = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
@@ -33,12 +32,9 @@ DEVICE = ""  # "" = cuda if available, else cpu
 DEBUG = False
 # -----------------------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
 def main():
     config = apply_overrides(globals())
-    from src.images import load_image
+    from src.images import list_images, load_images
     from src.inference import caption_and_answer
     from src.io import atomic_write_text
     from src.modeling import load_blip2
@@ -46,19 +42,10 @@ def main():
     import json
 
     question = check_question(QUESTION)
-    if not os.path.isdir(IMAGES_DIR):
-        raise UserError(f"image folder not found: {IMAGES_DIR} (set --images_dir=<folder with the demo pictures>)")
-    paths = sorted(p for p in Path(IMAGES_DIR).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {IMAGES_DIR}")
+    paths = list_images(IMAGES_DIR)
     out_path = Path(OUTPUT_DIR) / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if ADAPTER else "baseline.jsonl"))
 
-    images, errors = {}, {}
-    for p in paths:
-        try:
-            images[p] = load_image(p)
-        except UserError as e:
-            errors[p] = str(e)
+    images, errors = load_images(paths)
     model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
     good = [p for p in paths if p in images]
     print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"

@@ -56,11 +56,10 @@ RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r",
 
 def main():
     config = apply_overrides(globals())
+    import contextlib
     import json
     import math
-    import shutil
     import time
-    from pathlib import Path
 
     import torch
     from accelerate.utils import set_seed
@@ -71,8 +70,8 @@ def main():
     from src.data import load_samples, sample_question_ids, select
     from src.errors import UserError
     from src.runtime import check_output_dir, check_positive, make_accelerator
-    from src.io import JsonlAppender, read_jsonl, write_json
-    from src.modeling import check_quantization, compute_dtype, load_blip2, load_processor
+    from src.io import JsonlAppender, read_jsonl
+    from src.modeling import check_quantization, compute_dtype, load_blip2
     from src.prompts import format_prompt
     from src import training as T
 
@@ -175,7 +174,7 @@ def main():
         for a in range(GRAD_ACCUM):
             batch = {k: v.to(accelerator.device) for k, v in next(it).items()}
             sync = a == GRAD_ACCUM - 1
-            with accelerator.no_sync(model) if not sync and world > 1 else _nullcontext():
+            with accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
                 with accelerator.autocast():
                     loss = model(**batch).loss / GRAD_ACCUM
                 accelerator.backward(loss)
@@ -270,14 +269,6 @@ def preview(model, processor, adapter_dir):
     print(f"preview on {len(rows)} held-out {DATASET} questions (in-memory model):")
     for r in rows:
         print(f"  {r['question']!r} -> {r['answer']!r} (truth {r['gt_answers'][0]!r})")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":

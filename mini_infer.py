@@ -9,7 +9,6 @@ Prints the caption and the answer and writes them, with the resolved config, to
 <output_dir>/mini_infer.json.
 """
 
-import json
 import os
 
 from src.config import apply_overrides

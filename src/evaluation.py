@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data import VQASample
 from .errors import UserError
-from .images import load_image
+from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json
 from .prompts import format_prompt, get_decoding
@@ -40,17 +39,8 @@ class _BatchImages(Dataset):
 
     def __getitem__(self, i):
         batch = self.batches[i]
-        paths: list[str] = []
-        for s in batch:
-            if s.image_path not in paths:
-                paths.append(s.image_path)
-        images, errors = {}, {}
-        for p in paths:
-            try:
-                images[p] = load_image(p)
-            except UserError as e:
-                errors[p] = str(e)
-        good = [p for p in paths if p in images]
+        images, errors = load_images(s.image_path for s in batch)
+        good = list(images)
         pixel_values = (self.image_processor([images[p] for p in good], return_tensors="pt")["pixel_values"]
                         if good else None)
         return {"index": i, "paths": good, "pixel_values": pixel_values, "errors": errors}

@@ -64,3 +64,29 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
         raise UserError(f"not an image (or an unsupported format): {path}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise UserError(f"cannot decode image {path}: {e} (the file may be truncated or corrupt)") from None
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name; an error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
+    return paths
+
+
+def load_images(paths) -> tuple[dict, dict]:
+    """Open each distinct path once: ({path: RGB image}, {path: error message}) — a bad file
+    becomes an error entry instead of stopping a batch run."""
+    images, errors = {}, {}
+    for p in dict.fromkeys(paths):
+        try:
+            images[p] = load_image(p)
+        except UserError as e:
+            errors[p] = str(e)
+    return images, errors

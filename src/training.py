@@ -5,7 +5,6 @@ and self-describing checkpoints (saved to a temporary folder and renamed into pl
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re

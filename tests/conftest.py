@@ -41,3 +41,27 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     return lines[0]
+
+
+def start_script(*args, env=None) -> subprocess.Popen:
+    """Start `python <args...>` from the repo root in the background (output discarded)."""
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL `proc` as soon as ready() holds; False if it finished first."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no progress within {timeout} s")

@@ -9,9 +9,6 @@ import os
 import random
 import signal
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import REPO, assert_one_line_error, kill_when, run_script, start_script
 from src.errors import UserError
 from src.images import load_image
 
@@ -220,25 +217,6 @@ def test_debug_shows_the_traceback(tiny_model_dir):
 
 # --- kills ------------------------------------------------------------------------------------------------
 
-def _start(args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-
-
-def _kill_after(proc, ready, timeout=300) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("no progress")
-
-
 def _assert_nothing_half_written(out: Path) -> None:
     """Every JSON parses, every JSONL line but a torn last one parses, every listed checkpoint is whole."""
     from src.training import checkpoint_dirs, checkpoint_problem
@@ -266,8 +244,8 @@ def test_inference_survives_kills_at_five_random_points(tiny_model_dir, tmp_path
     rows = out / "vqav2_baseline.jsonl"
     rng = random.Random(7)
     for target in sorted(rng.sample(range(4, 76), 5)):
-        proc = _start(args + [f"--output_dir={out}"])
-        _kill_after(proc, lambda: rows.exists() and rows.read_bytes().count(b"\n") >= target)
+        proc = start_script(*args, f"--output_dir={out}")
+        assert kill_when(proc, lambda: rows.exists() and rows.read_bytes().count(b"\n") >= target)
         _assert_nothing_half_written(out)
     run_script(*args, f"--output_dir={out}", check=True)
     assert rows.read_text() == (tmp_path / "full" / "vqav2_baseline.jsonl").read_text()
@@ -309,15 +287,15 @@ def test_training_survives_kills_including_one_inside_a_checkpoint_save(tiny_mod
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_IN_SAVE)
-    proc = _start(args + [f"--output_dir={out}"], env={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "KILL_IN_SAVE_AT": "30"})
+    proc = start_script(*args, f"--output_dir={out}", env={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "KILL_IN_SAVE_AT": "30"})
     assert proc.wait(timeout=300) == -signal.SIGKILL
     assert (ckpts / ".tmp-step-000030").exists() and not (ckpts / "step-000030").exists()
     _assert_nothing_half_written(out)
     # 2, 3: kills at random steps of the resumed runs
     rng = random.Random(3)
     for target in sorted(rng.sample(range(35, 110), 2)):
-        proc = _start(args + [f"--output_dir={out}"])
-        _kill_after(proc, step_reached(target))
+        proc = start_script(*args, f"--output_dir={out}")
+        assert kill_when(proc, step_reached(target))
         _assert_nothing_half_written(out)
     # a checkpoint torn in place (e.g. a disk filled up) is skipped with a warning
     newest = sorted(ckpts.glob("step-*"))[-1]

@@ -1,7 +1,6 @@
 """Batched generation (left padding, shared image features) equals one-at-a-time `model.generate`."""
 
 import pytest
-import torch
 
 from conftest import REPO
 from src.images import load_image

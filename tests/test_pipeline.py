@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import REPO, assert_one_line_error, kill_when, run_script, start_script
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 EVAL_N = 200
@@ -122,26 +120,6 @@ def test_reloaded_adapter_reproduces_in_memory_predictions(chain):
 
 # --- resume -----------------------------------------------------------------------------------------
 
-def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout=240) -> bool:
-    """SIGKILL `proc` as soon as ready() holds; False if it finished first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("timed out waiting for the run to make progress")
-
-
 def _n_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -151,8 +129,8 @@ def test_inference_killed_and_rerun_equals_uninterrupted(tiny_model_dir, tmp_pat
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_script("create_vqav2_baseline.py", *args, f"--output_dir={full}", check=True)
     out = killed / "vqav2_baseline.jsonl"
-    proc = _start("create_vqav2_baseline.py", *args, f"--output_dir={killed}")
-    assert _kill_when(proc, lambda: _n_lines(out) >= 24), "the run finished before it could be killed"
+    proc = start_script("create_vqav2_baseline.py", *args, f"--output_dir={killed}")
+    assert kill_when(proc, lambda: _n_lines(out) >= 24), "the run finished before it could be killed"
     done_before = _n_lines(out)
     assert 24 <= done_before < 96
     with open(out, "ab") as f:  # what a kill in the middle of a write leaves
@@ -170,8 +148,8 @@ def test_training_killed_after_checkpoint_resumes_to_the_same_adapter(tiny_model
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_script("finetune_vqav2_lora.py", *args, f"--output_dir={full}", check=True)
     ckpts = killed / "lora_adapter_checkpoints"
-    proc = _start("finetune_vqav2_lora.py", *args, f"--output_dir={killed}")
-    assert _kill_when(proc, lambda: (ckpts / "step-000040").exists()), "training finished before the kill"
+    proc = start_script("finetune_vqav2_lora.py", *args, f"--output_dir={killed}")
+    assert kill_when(proc, lambda: (ckpts / "step-000040").exists()), "training finished before the kill"
     steps = sorted(int(p.name[5:]) for p in ckpts.glob("step-*"))
     assert steps and steps[-1] < 160
     rerun = run_script("finetune_vqav2_lora.py", *args, f"--output_dir={killed}", check=True)
@@ -264,7 +242,7 @@ def test_compare_on_the_pipeline_files(chain):
     from html.parser import HTMLParser
 
     out = chain["out"]
-    proc = run_script("compare_baseline_finetuned.py", f"--output_dir={out}", check=True)
+    run_script("compare_baseline_finetuned.py", f"--output_dir={out}", check=True)
     report = out / "comparisons"
     data = json.loads((report / "comparison.json").read_text())
     base, ft = rows_of(out / "vqav2_baseline.jsonl"), rows_of(out / "vqav2_finetuned.jsonl")
