@@ -36,10 +36,9 @@ def main():
     config = apply_overrides(globals())
     from src.images import list_images, load_images
     from src.inference import caption_and_answer
-    from src.io import atomic_write_text
+    from src.io import write_jsonl
     from src.modeling import load_blip2
     from src.prompts import check_question, generation_record
-    import json
 
     question = check_question(QUESTION)
     paths = list_images(IMAGES_DIR)
@@ -64,7 +63,7 @@ def main():
                      "answer": out["answer"], **record, "error": errors.get(p)})
         print(f"{p.name}: {out['caption']!r} | {question} -> {out['answer']!r}" if p in by_path
               else f"{p.name}: ERROR {errors[p]}")
-    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(out_path, rows)
     write_config(config, str(out_path) + ".config.json")
     print(f"wrote {len(rows)} rows to {out_path}" + (f" ({len(errors)} unreadable images)" if errors else ""))
 

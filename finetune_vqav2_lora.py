@@ -57,7 +57,6 @@ RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r",
 def main():
     config = apply_overrides(globals())
     import contextlib
-    import json
     import math
     import time
 
@@ -70,7 +69,7 @@ def main():
     from src.data import load_samples, sample_question_ids, select
     from src.errors import UserError
     from src.runtime import check_output_dir, check_positive, make_accelerator
-    from src.io import JsonlAppender, read_jsonl
+    from src.io import JsonlAppender, read_jsonl, write_jsonl
     from src.modeling import check_quantization, compute_dtype, load_blip2
     from src.prompts import format_prompt
     from src import training as T
@@ -138,10 +137,7 @@ def main():
     if main_proc:
         # the log keeps exactly the steps the checkpoint contains
         kept = [r for r in read_jsonl(log_path, allow_torn_tail=True) if r["step"] <= start_step] if log_path.exists() else []
-        from src.io import atomic_write_text
-
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_jsonl(log_path, kept)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -244,13 +240,12 @@ def preview(model, processor, adapter_dir):
     the reloaded adapter can be checked against them (tests/test_pipeline.py)."""
     if PREVIEW_SAMPLES <= 0:
         return
-    import json
 
     from src.data import load_samples, sample_question_ids, select
     from src.errors import UserError
     from src.images import load_image
     from src.inference import generate_for_images
-    from src.io import atomic_write_text
+    from src.io import write_jsonl
     from src.prompts import format_prompt, get_decoding
 
     try:
@@ -265,7 +260,7 @@ def preview(model, processor, adapter_dir):
                                   get_decoding(PREVIEW_DECODING))
     rows = [{"question_id": s.question_id, "question": s.question, "answer": a, "gt_answers": s.answers,
              "decoding": PREVIEW_DECODING} for s, a in zip(chosen, answers)]
-    atomic_write_text(adapter_dir / "preview.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(adapter_dir / "preview.jsonl", rows)
     print(f"preview on {len(rows)} held-out {DATASET} questions (in-memory model):")
     for r in rows:
         print(f"  {r['question']!r} -> {r['answer']!r} (truth {r['gt_answers'][0]!r})")

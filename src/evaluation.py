@@ -19,7 +19,7 @@ from .data import VQASample
 from .errors import UserError
 from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
-from .io import JsonlAppender, iter_chunks, read_jsonl, write_json
+from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
 from .prompts import format_prompt, get_decoding
 from .vqa_eval import exact_match, score_rows, vqa_accuracy
 
@@ -175,11 +175,7 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
         raise UserError(f"{out_path} lacks {len(missing)} of the {len(samples)} questions (e.g. {missing[:5]}); "
                         "rerun the same command to finish them")
     rows = [by_id[s.question_id] for s in samples]
-    # rewrite the file in sample order without stray rows (e.g. from a larger earlier sample)
-    from .io import atomic_write_text
-    import json
-
-    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(out_path, rows)  # in sample order, without stray rows (e.g. from a larger earlier sample)
     scorable = [r for r in rows if not r.get("error")]
     errors = [r for r in rows if r.get("error")]
     if not scorable:

@@ -31,6 +31,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def jsonl_text(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Replace a JSONL file atomically (appending goes through JsonlAppender)."""
+    atomic_write_text(path, jsonl_text(rows))
+
+
 def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
@@ -93,7 +102,7 @@ class JsonlAppender:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, rows: Iterable[dict]) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        text = jsonl_text(rows)
         if text:
             self._f.write(text)
             self._f.flush()
