@@ -90,16 +90,19 @@ def build_tiny_blip2(outdir: str | Path) -> Path:
         vision_config=dict(
             hidden_size=hidden, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             image_size=IMAGE_SIZE, patch_size=8, qkv_bias=True,
+            initializer_range=0.02,  # the vision config's default (1e-10) would make every image look alike
         ),
         qformer_config=dict(
             hidden_size=hidden, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             encoder_hidden_size=hidden, cross_attention_frequency=1, vocab_size=vocab, max_position_embeddings=64,
+            initializer_range=0.2,  # large enough that different images give different query outputs
         ),
         text_config=dict(
             model_type="opt", vocab_size=vocab, hidden_size=hidden, word_embed_proj_dim=hidden, ffn_dim=128,
             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             tie_word_embeddings=True,
+            init_std=0.1,  # a sharper random language model: its continuations depend on the image
         ),
         num_query_tokens=NUM_QUERY_TOKENS,
         image_token_index=image_token_index,

@@ -34,6 +34,11 @@ def test_batched_equals_single_on_the_ten_images(model_and_processor, decoding_n
     batched = generate_for_images(model, processor, images, prompts, decoding, batch_size=10)
     assert batched == single
     assert len(set(single)) > 1, "the tiny model should not answer everything identically"
+    # the image matters: one question on the ten pictures gets several different answers, so equal
+    # batched and single answers also show that every question met its own image
+    same_question = [one_at_a_time(model, processor, img, prompts[0], decoding) for img in images]
+    assert len(set(same_question)) >= 3, same_question
+    assert generate_for_images(model, processor, images, [prompts[0]] * 10, decoding, batch_size=10) == same_question
     # shared images: every prompt on image 0, encoded once
     shared = generate_for_images(model, processor, [images[0]] * 10, prompts, decoding, batch_size=10)
     assert shared == [one_at_a_time(model, processor, images[0], p, decoding) for p in prompts]

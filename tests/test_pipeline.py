@@ -78,7 +78,7 @@ def test_fine_tuning_learns(chain):
     assert [r["step"] for r in log] == list(range(1, 601))
     first = sum(r["loss"] for r in log[:50]) / 50
     last = sum(r["loss"] for r in log[-50:]) / 50
-    assert last < first - 0.2, (first, last)  # the tiny model's logits are flat: the loss falls slowly
+    assert last < 0.6 * first, (first, last)
     # the evaluation printed the comparison
     s = chain["eval_stdout"]
     assert "baseline vs fine-tuned on the same 200 questions" in s and "95% interval" in s
