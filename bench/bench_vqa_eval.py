@@ -43,7 +43,7 @@ DEBUG = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 _RESULTS_MD = REPO / "bench" / "RESULTS.md"
-_SECTION = "bench_vqa_eval.py"  # the marked section of RESULTS.md this script owns
+_SECTION = "bench_vqa_eval"  # the marked section of RESULTS.md this script owns
 
 # --- the synthetic set --------------------------------------------------------------------------
 
@@ -229,16 +229,9 @@ def reference_evaluate(questions_path: Path, annotations_path: Path, results_pat
 # --- the run ----------------------------------------------------------------------------------------
 
 def write_section(text: str) -> None:
-    """Replace this script's marked section of bench/RESULTS.md (or add it), leaving the others alone."""
-    start, end = f"<!-- {_SECTION}: start -->", f"<!-- {_SECTION}: end -->"
-    block = f"{start}\n{text.rstrip()}\n{end}\n"
-    old = _RESULTS_MD.read_text(encoding="utf-8") if _RESULTS_MD.exists() else "# Benchmark results\n\n"
-    if start in old and end in old:
-        rest = old[old.index(end) + len(end):].lstrip("\n")
-        new = old[: old.index(start)] + block + ("\n" + rest if rest else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    _RESULTS_MD.write_text(new, encoding="utf-8")
+    from results_md import write_section as write
+
+    write(_SECTION, text, _RESULTS_MD)
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ DEBUG = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 _RESULTS_MD = REPO / "bench" / "RESULTS.md"
-_START, _END = "<!-- memory_plan:start -->", "<!-- memory_plan:end -->"
 
 # The "Memory requirements" table of the Salesforce/blip2-opt-2.7b model card (made with `accelerate estimate-memory`)
 MODEL_CARD = {  # dtype: (largest layer or residual group, total size, training using Adam)
@@ -195,17 +194,9 @@ def gpu_check_lines(check: dict) -> list[str]:
 
 
 def write_section(text: str) -> None:
-    """Replace this script's marked section of bench/RESULTS.md (or add it), leaving the others alone."""
-    from src.io import atomic_write_text
+    from results_md import write_section as write
 
-    block = f"{_START}\n{text.rstrip()}\n{_END}\n"
-    old = _RESULTS_MD.read_text(encoding="utf-8") if _RESULTS_MD.exists() else "# Benchmark results\n\n"
-    if _START in old and _END in old:
-        head, rest = old.split(_START, 1)
-        new = head + block + rest.split(_END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    atomic_write_text(_RESULTS_MD, new)
+    write("memory_plan", text, _RESULTS_MD)
 
 
 def main() -> None:

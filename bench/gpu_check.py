@@ -1,0 +1,484 @@
+"""GPU check of the full-size blip2-opt-2.7b: 4-bit load memory, QLoRA step time and memory, and
+evaluation throughput at batch 1 vs 32 (4-bit and bf16), all through the project's own code.
+
+No weights can be downloaded on the GPU machine, and their values change neither speed nor memory,
+so the script builds the architecture shipped in src/blip2_opt_2.7b_architecture.json with random
+weights directly on the GPU in bf16, saves it (with a processor: the tiny model's tokenizer, 32 query
+tokens, 224x224 images) to a temporary folder and loads it back through `src.modeling.load_blip2`:
+
+  load     `load_blip2(dir, "4bit")`: peak and resident GPU memory
+  train    `src.training.add_lora` with finetune_vqav2_lora.py's LoRA settings (r, alpha, dropout,
+           targets, scope, lr), gradient checkpointing, bf16 autocast, AdamW, gradient clipping;
+           per-device batch TRAIN_BATCHES; image + PROMPT_TOKENS + ANSWER_TOKENS + eos per sequence
+           laid out by `src.training.collate_examples`; a few warm-up steps, then the mean step time
+  eval     `src.inference.generate_batch` (the evaluation's path) with the vqa_beam5 preset forced to
+           exactly NEW_TOKENS new tokens (random weights would stop anywhere), batch 1 vs 32, one image
+           per question, for the 4-bit model and the bf16 one (`load_blip2(dir, "none")`)
+
+Each section stops when its time budget is spent and reports what it measured. Results: JSON and a
+markdown table on stdout, OUTPUT_DIR/gpu_check.json, the gpu_check section of bench/RESULTS.md and,
+when the variable OUT is set (the device tool), $OUT/gpu_results.md and $OUT/gpu_check.json.
+
+    bash bench/gpu_check.sh                       # on a CUDA machine (how to run it there: see gpu_check.sh)
+    bash bench/gpu_check.sh --smoke               # CPU, shrunken architecture, about a minute: proves the script
+    python bench/gpu_check.py --smoke=True        # the same without the wrapper
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from src.config import apply_overrides, config_keys  # noqa: E402
+from src.errors import UserError, run_main  # noqa: E402
+
+# -----------------------------------------------------------------------------
+SMOKE = False  # CPU run on a shrunken architecture (2 layers per tower, width 64), 4-bit via bitsandbytes' CPU backend
+WORK_DIR = ""  # where the random model is saved (empty: a temporary folder, removed at the end)
+TRAIN_BATCHES = [4, 8]  # per-device batch sizes of the QLoRA step
+PROMPT_TOKENS = 16  # text tokens before the answer ("</s>Question: ... Answer:")
+ANSWER_TOKENS = 3  # answer tokens (eos comes on top)
+TRAIN_WARMUP_STEPS = 2  # untimed steps per batch size
+TRAIN_TIMED_STEPS = 5  # timed steps per batch size
+EVAL_BATCHES = [1, 32]  # evaluation batch sizes (questions per generate call)
+EVAL_QUESTIONS = 96  # questions timed per batch size of 32 and more (after one warm-up batch)
+EVAL_QUESTIONS_BATCH1 = 12  # questions timed at batch sizes below 32
+EVAL_QUANTIZATIONS = ["4bit", "none"]  # load_blip2 quantization settings timed in the eval section
+NEW_TOKENS = 10  # forced answer length (min_new_tokens = max_new_tokens)
+SECTION_BUDGET_S = 75.0  # a timed loop stops starting new work after this many seconds
+TOTAL_BUDGET_S = 420.0  # sections not yet started are skipped after this many seconds (7 min)
+SEED = 0  # random weights and inputs
+OUTPUT_DIR = "outputs/bench_gpu_check"  # gpu_check.json and config.json
+WRITE_RESULTS = True  # replace the gpu_check section of bench/RESULTS.md (GPU runs only)
+DEBUG = False  # show tracebacks instead of one-line errors
+# -----------------------------------------------------------------------------
+
+_SECTION = "gpu_check"
+_GOAL_TRAIN_PEAK_BYTES = 10e9  # QLoRA at batch 4 in at most 10 GB
+_GOAL_EVAL_SPEEDUP = 10.0  # batched evaluation at least 10x batch 1
+_QUESTIONS = ["what is the man holding?", "what color is the bus?", "how many people are in the picture?",
+             "is this a kitchen?", "what sport is being played?", "where is the cat sitting?",
+             "what is on the table?", "is it raining?"]
+_START = time.perf_counter()
+
+
+def elapsed() -> float:
+    return time.perf_counter() - _START
+
+
+def gib(nbytes) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / 2**30:.2f}"
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+def architecture(smoke: bool):
+    """The shipped blip2-opt-2.7b config; with smoke, 2 layers per tower and width 64 (vocabulary kept)."""
+    from src.memory_plan import load_blip2_config
+
+    config = load_blip2_config(None)
+    if smoke:
+        for sub in (config.vision_config, config.qformer_config, config.text_config):
+            sub.num_hidden_layers = 2
+            sub.num_attention_heads = 4
+        config.vision_config.hidden_size, config.vision_config.intermediate_size = 64, 128
+        config.qformer_config.hidden_size, config.qformer_config.intermediate_size = 64, 128
+        config.qformer_config.encoder_hidden_size = 64
+        config.text_config.hidden_size = config.text_config.word_embed_proj_dim = 64
+        config.text_config.ffn_dim = 128
+    return config
+
+
+def save_random_model(outdir: Path, device: str, smoke: bool) -> dict:
+    """Random weights of the architecture, made on `device` in bf16 (fp32 on CPU), saved with a processor."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from src.modeling import compute_dtype
+    from src.tiny_model import IMAGE_TOKEN, build_tiny_blip2
+
+    with tempfile.TemporaryDirectory() as tiny:
+        build_tiny_blip2(tiny)
+        processor = Blip2Processor.from_pretrained(tiny)
+    config = architecture(smoke)
+    size = config.vision_config.image_size
+    processor.num_query_tokens = config.num_query_tokens
+    processor.image_processor.size = {"height": size, "width": size}
+    tok = processor.tokenizer
+    # the prompt's image tokens are the tokenizer's <image>; every other id it makes is < 640 < vocab
+    config.image_token_index = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config.text_config, key, getattr(tok, key))
+    dtype = compute_dtype(device)
+    torch.manual_seed(SEED)
+    t = time.perf_counter()
+    with torch.device(device):
+        model = Blip2ForConditionalGeneration._from_config(config, dtype=dtype)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, key, getattr(tok, key))
+    n_params = sum(p.numel() for p in model.parameters())
+    build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    model.save_pretrained(outdir)
+    processor.save_pretrained(outdir)
+    save_s = time.perf_counter() - t
+    del model
+    free_memory(device)
+    size_bytes = sum(f.stat().st_size for f in outdir.glob("*.safetensors"))
+    return {"params": n_params, "dtype": str(dtype).removeprefix("torch."), "build_s": build_s, "save_s": save_s,
+            "saved_bytes": size_bytes}
+
+
+def free_memory(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak(device: str) -> dict:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {"peak_allocated": None, "peak_reserved": None, "allocated": None}
+    torch.cuda.synchronize()
+    return {"peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved(),
+            "allocated": torch.cuda.memory_allocated()}
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# --- the sections ------------------------------------------------------------------------------------
+
+def load(model_dir: Path, quantization: str, device: str) -> tuple:
+    from src.modeling import load_blip2
+
+    free_memory(device)
+    before = peak(device)["allocated"]  # what an earlier section left on the GPU (should be ~0)
+    reset_peak(device)
+    t = time.perf_counter()
+    model, processor = load_blip2(str(model_dir), quantization, device=device)
+    sync(device)
+    row = {"quantization": quantization, "seconds": time.perf_counter() - t, "allocated_before": before, **peak(device)}
+    print(f"load {quantization}: {row['seconds']:.1f} s, peak {gib(row['peak_allocated'])} GiB, "
+          f"resident {gib(row['allocated'])} GiB", flush=True)
+    return model, processor, row
+
+
+def eval_throughput(model, processor, quantization: str, device: str) -> list[dict]:
+    """Questions per second through generate_batch at each EVAL_BATCHES size, one random image per question."""
+    import torch
+
+    from src.inference import generate_batch
+    from src.prompts import format_prompt, get_decoding
+
+    decoding = {**get_decoding("vqa_beam5"), "min_new_tokens": NEW_TOKENS, "max_new_tokens": NEW_TOKENS}
+    size = processor.image_processor.size["height"]
+    rows = []
+    for batch in EVAL_BATCHES:
+        if elapsed() > TOTAL_BUDGET_S:
+            print(f"eval {quantization} batch {batch}: skipped (total budget spent)")
+            continue
+        prompts = [format_prompt("vqa_opt", _QUESTIONS[i % len(_QUESTIONS)]) for i in range(batch)]
+        pixel_values = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(SEED))
+        target = EVAL_QUESTIONS if batch >= 32 else EVAL_QUESTIONS_BATCH1
+        generate_batch(model, processor, pixel_values, prompts, decoding)  # warm-up
+        reset_peak(device)
+        done, seconds = 0, 0.0
+        while done < target and seconds < SECTION_BUDGET_S:
+            sync(device)
+            t = time.perf_counter()
+            answers = generate_batch(model, processor, pixel_values, prompts, decoding)
+            sync(device)
+            seconds += time.perf_counter() - t
+            done += len(answers)
+        row = {"quantization": quantization, "batch": batch, "questions": done, "seconds": seconds,
+               "samples_per_s": done / seconds, "new_tokens": NEW_TOKENS, **peak(device)}
+        rows.append(row)
+        print(f"eval {quantization} batch {batch}: {done} questions in {seconds:.2f} s = "
+              f"{row['samples_per_s']:.2f} samples/s, peak {gib(row['peak_allocated'])} GiB", flush=True)
+    base = next((r["samples_per_s"] for r in rows if r["batch"] == min(EVAL_BATCHES)), None)
+    for r in rows:
+        r["speedup_vs_smallest_batch"] = r["samples_per_s"] / base if base else None
+    return rows
+
+
+def train_batch(processor, image_token_id: int, batch: int, size: int, device: str) -> dict:
+    """A micro-batch laid out as the fine-tuning script lays it out, with random token ids."""
+    import torch
+
+    from src.training import IGNORE_INDEX, collate_examples
+
+    g = torch.Generator().manual_seed(SEED + batch)
+    tok = processor.tokenizer
+    low, high = 4, tok.convert_tokens_to_ids("<image>")  # ordinary tokens: above the specials, below <image>
+    encoded = []
+    for _ in range(batch):
+        prompt = [tok.bos_token_id] + torch.randint(low, high, (PROMPT_TOKENS - 1,), generator=g).tolist()
+        answer = torch.randint(low, high, (ANSWER_TOKENS,), generator=g).tolist() + [tok.eos_token_id]
+        encoded.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
+    input_ids, attention_mask, labels = collate_examples(tok, processor.num_query_tokens, image_token_id, encoded)
+    pixel_values = torch.randn(batch, 3, size, size, generator=g)
+    return {k: v.to(device) for k, v in {"pixel_values": pixel_values, "input_ids": input_ids,
+                                         "attention_mask": attention_mask, "labels": labels}.items()}
+
+
+def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
+    """Steps of the fine-tuning loop (one micro-batch per step) at each TRAIN_BATCHES size."""
+    import torch
+
+    import finetune_vqav2_lora as finetune
+    from src.training import add_lora, lora_summary
+
+    image_token_id = model.config.image_token_id
+    model = add_lora(model, r=finetune.LORA_R, alpha=finetune.LORA_ALPHA, dropout=finetune.LORA_DROPOUT,
+                     target_modules=finetune.TARGET_MODULES, scope=finetune.LORA_SCOPE, use_4bit=True,
+                     gradient_checkpointing=finetune.GRADIENT_CHECKPOINTING)
+    model.train()
+    trainable, total, wrapped = lora_summary(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=finetune.LR, weight_decay=finetune.WEIGHT_DECAY)
+    lora = {"r": finetune.LORA_R, "alpha": finetune.LORA_ALPHA, "dropout": finetune.LORA_DROPOUT,
+            "targets": list(finetune.TARGET_MODULES), "scope": finetune.LORA_SCOPE, "lr": finetune.LR,
+            "gradient_checkpointing": finetune.GRADIENT_CHECKPOINTING, "trainable_params": trainable,
+            "all_params": total, "wrapped_modules": len(wrapped)}
+    print(f"LoRA: {trainable:,} trainable of {total:,} parameters on {len(wrapped)} modules", flush=True)
+    size = processor.image_processor.size["height"]
+    rows = []
+    for batch in TRAIN_BATCHES:
+        if elapsed() > TOTAL_BUDGET_S:
+            print(f"train batch {batch}: skipped (total budget spent)")
+            continue
+        inputs = train_batch(processor, image_token_id, batch, size, device)
+        free_memory(device)
+        reset_peak(device)
+        times, losses = [], []
+        start = time.perf_counter()
+        for step in range(TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS):
+            if step >= TRAIN_WARMUP_STEPS + 1 and time.perf_counter() - start > SECTION_BUDGET_S:
+                break
+            sync(device)
+            t = time.perf_counter()
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                loss = model(**inputs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, finetune.MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            losses.append(loss.item())
+            if step >= TRAIN_WARMUP_STEPS:
+                times.append(time.perf_counter() - t)
+        if not all(math.isfinite(x) for x in losses):
+            raise UserError(f"the QLoRA loss at batch {batch} was not finite: {losses}")
+        step_s = sum(times) / len(times) if times else float("nan")
+        row = {"per_device_batch": batch, "seq_len": int(inputs["input_ids"].shape[1]), "timed_steps": len(times),
+               "step_s": step_s, "samples_per_s": batch / step_s, "loss_first_last": [losses[0], losses[-1]],
+               **peak(device)}
+        rows.append(row)
+        print(f"train batch {batch}: {row['seq_len']} tokens, {step_s:.3f} s/step over {len(times)} steps, "
+              f"peak {gib(row['peak_allocated'])} GiB allocated / {gib(row['peak_reserved'])} GiB reserved, "
+              f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    del optimizer, model
+    return rows, lora
+
+
+# --- reporting ---------------------------------------------------------------------------------------
+
+def versions() -> dict:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    try:
+        import bitsandbytes
+        bnb = bitsandbytes.__version__
+    except ImportError:
+        bnb = None
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+            "bitsandbytes": bnb, "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+def markdown(results: dict) -> str:
+    v = results["versions"]
+    m = results["model"]
+    lines = [
+        "## gpu_check: full-size blip2-opt-2.7b (random weights): 4-bit load, QLoRA step, batched evaluation",
+        "",
+        f"- date: {results['date']}; device: {results['device']}; Python {v['python']}, torch {v['torch']}, "
+        f"transformers {v['transformers']}, bitsandbytes {v['bitsandbytes']}, peft {v['peft']}, "
+        f"accelerate {v['accelerate']}",
+        f"- command: `{results['command']}`" + (" (SMOKE: shrunken architecture on CPU; the figures mean nothing)"
+                                                  if results["smoke"] else ""),
+        f"- model: {m['architecture']}, {m['params']:,} parameters, random {m['dtype']} weights built on the device "
+        f"in {m['build_s']:.1f} s, saved ({m['saved_bytes'] / 2**30:.2f} GiB) in {m['save_s']:.1f} s, then loaded "
+        "with `src.modeling.load_blip2`; GiB = 2^30 bytes, from torch.cuda.max_memory_allocated / max_memory_reserved",
+        "",
+        "| load_blip2 | seconds | peak allocated GiB | resident GiB | allocated before GiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["load"]:
+        lines.append(f"| {r['quantization']} | {r['seconds']:.1f} | {gib(r['peak_allocated'])} | {gib(r['allocated'])} | "
+                     f"{gib(r['allocated_before'])} |")
+    lora = results.get("lora") or {}
+    if results["train"]:
+        lines += [
+            "",
+            f"QLoRA step (4-bit base; LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} "
+            f"on {', '.join(lora.get('targets', []))} in {lora.get('scope')}, {lora.get('trainable_params', 0):,} trainable; "
+            f"gradient checkpointing {lora.get('gradient_checkpointing')}, bf16 autocast, AdamW, clip 1.0; sequence = "
+            f"image tokens + {PROMPT_TOKENS} prompt + {ANSWER_TOKENS} answer + eos):",
+            "",
+            "| per-device batch | tokens | s/step | samples/s | peak allocated GiB | peak reserved GiB | goal: batch 4 <= 10 GB |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in results["train"]:
+            goal = ""
+            if r["per_device_batch"] == 4 and r["peak_allocated"] is not None:
+                goal = "met" if r["peak_allocated"] <= _GOAL_TRAIN_PEAK_BYTES else "**missed**"
+            lines.append(f"| {r['per_device_batch']} | {r['seq_len']} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
+                         f"{gib(r['peak_allocated'])} | {gib(r['peak_reserved'])} | {goal} |")
+    if results["eval"]:
+        lines += [
+            "",
+            f"Evaluation through `src.inference.generate_batch`, vqa_beam5 (5 beams, length penalty -1) forced to "
+            f"{NEW_TOKENS} new tokens, one random 224x224 image per question (image preprocessing not timed):",
+            "",
+            "| quantization | batch | questions | seconds | samples/s | x batch 1 | peak allocated GiB | goal: >= 10x |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in results["eval"]:
+            x = r.get("speedup_vs_smallest_batch")
+            goal = "" if r["batch"] == min(EVAL_BATCHES) or x is None else ("met" if x >= _GOAL_EVAL_SPEEDUP else "**missed**")
+            lines.append(f"| {r['quantization']} | {r['batch']} | {r['questions']} | {r['seconds']:.2f} | "
+                         f"{r['samples_per_s']:.2f} | {'n/a' if x is None else f'{x:.1f}'} | {gib(r['peak_allocated'])} | {goal} |")
+    if results.get("skipped"):
+        lines += ["", f"- not measured (time budget): {', '.join(results['skipped'])}"]
+    lines += ["", f"- total wall time {results['total_s']:.0f} s"]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict, out_dir: Path) -> None:
+    """JSON and markdown, rewritten after every section: a killed run keeps what it measured."""
+    from src.io import write_json
+
+    targets = [out_dir] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    results["total_s"] = elapsed()
+    for d in targets:
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / "gpu_check.json", results)
+        (d / "gpu_results.md").write_text(markdown(results) + "\n", encoding="utf-8")
+
+
+def command_value(value) -> str:
+    """How to write a setting on the command line: a list of words as a,b; of numbers as [4,8]."""
+    if isinstance(value, list):
+        if all(isinstance(x, str) for x in value):
+            return ",".join(value)
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value)
+
+
+def main() -> None:
+    import torch
+
+    config = apply_overrides(globals())
+    device = "cpu" if SMOKE else "cuda"
+    if not SMOKE and not torch.cuda.is_available():
+        raise UserError("no CUDA GPU here; run the CPU smoke test with --smoke=True (or bash bench/gpu_check.sh --smoke)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("bitsandbytes is not installed; carry its wheel (see bench/gpu_check.sh) or pip install it") from None
+    command = "bash bench/gpu_check.sh" + (" --smoke" if SMOKE else "") + "".join(
+        f" --{k}={command_value(v)}" for k, v in config.items() if k != "smoke" and v != _DEFAULTS[k])
+    if SMOKE:  # seconds, not minutes, on a CPU (unless set on the command line)
+        for key, value in (("EVAL_QUESTIONS", 32), ("EVAL_QUESTIONS_BATCH1", 2), ("TRAIN_TIMED_STEPS", 2)):
+            if config[key.lower()] == _DEFAULTS[key.lower()]:
+                globals()[key] = config[key.lower()] = value
+    from src.config import write_config
+
+    out_dir = REPO / OUTPUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, out_dir / "config.json")
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "versions": versions(), "smoke": SMOKE,
+        "command": command,
+        "config": config, "load": [], "train": [], "eval": [], "skipped": [],
+    }
+    print(f"***** gpu_check on {results['device']}: {json.dumps(results['versions'])} *****", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_", dir=WORK_DIR or None) as tmp:
+        model_dir = Path(tmp) / "blip2-random"
+        info = save_random_model(model_dir, device, SMOKE)
+        info["architecture"] = "blip2-opt-2.7b" + (" shrunken for the smoke test (2 layers per tower, width 64)"
+                                                   if SMOKE else " (src/blip2_opt_2.7b_architecture.json)")
+        results["model"] = info
+        print(f"random model: {info['params']:,} parameters, {info['saved_bytes'] / 2**30:.2f} GiB saved; "
+              f"built {info['build_s']:.1f} s, saved {info['save_s']:.1f} s", flush=True)
+        write_outputs(results, out_dir)
+
+        for quantization in EVAL_QUANTIZATIONS:
+            if elapsed() > TOTAL_BUDGET_S:
+                results["skipped"].append(f"{quantization} load and evaluation")
+                continue
+            model, processor, row = load(model_dir, quantization, device)
+            results["load"].append(row)
+            results["eval"] += eval_throughput(model, processor, quantization, device)
+            write_outputs(results, out_dir)
+            if quantization == "4bit":  # train on the loaded 4-bit model, as the fine-tuning script does
+                if elapsed() > TOTAL_BUDGET_S:
+                    results["skipped"].append("QLoRA training")
+                else:
+                    results["train"], results["lora"] = qlora_training(model, processor, device)
+                    write_outputs(results, out_dir)
+            del model
+            free_memory(device)
+        if "4bit" not in EVAL_QUANTIZATIONS:
+            results["skipped"].append("QLoRA training (needs 4bit in EVAL_QUANTIZATIONS)")
+
+    write_outputs(results, out_dir)
+    text = markdown(results)
+    print("\n" + json.dumps({k: results[k] for k in ("load", "train", "eval")}, indent=1))
+    print("\n" + text)
+    if WRITE_RESULTS and not SMOKE:
+        from results_md import write_section
+
+        write_section(_SECTION, text)
+        print(f"wrote the {_SECTION} section of bench/RESULTS.md")
+    if os.environ.get("OUT"):
+        print(f"wrote {os.environ['OUT']}/gpu_results.md and gpu_check.json")
+
+
+_DEFAULTS = {k.lower(): v for k, v in globals().items() if k in config_keys(globals())}
+
+if __name__ == "__main__":
+    run_main(main)
