@@ -52,12 +52,18 @@ def reference(model, processor, path=PICTURE, question=QUESTION) -> dict:
 def lora_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter for the tiny model with random, non-zero weights (so it changes the outputs),
     saved with save_pretrained like finetune_vqav2_lora.py's."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     from src.modeling import load_blip2
 
     model, _ = load_blip2(tiny_model_dir, "none", device="cpu")
+    torch.manual_seed(0)
     tuned = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False))
+    with torch.no_grad():  # large enough to change what the (sharp) random language model says
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
     out = tmp_path_factory.mktemp("demo") / "lora_adapter"
     tuned.save_pretrained(out)
     return out
