@@ -215,7 +215,7 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     from .config import write_config
     from .runtime import check_output_dir, check_positive, make_accelerator
     from .data import freeze_sample, load_samples, read_sample_ids, select
-    from .modeling import check_quantization, load_blip2
+    from .modeling import check_adapter_dir, check_quantization, load_blip2
     from .prompts import generation_record
 
     check_positive(eval_batch=eval_batch)
@@ -237,10 +237,7 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     ids = read_sample_ids(sample_path, dataset, split)
     chosen = select(samples, ids, str(sample_path))
     if adapter:
-        from .modeling import apply_adapter  # noqa: F401  (fail on a missing adapter before the model load)
-        if not (Path(adapter) / "adapter_config.json").exists():
-            raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
-                            "`python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>")
+        check_adapter_dir(adapter)  # before the slow model load
     model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
     record = {"model_id": model_id, "adapter": adapter or None, **generation_record(vqa_prompt, vqa_decoding)}
     out_path = out_dir / f"{run_name}.jsonl"

@@ -131,10 +131,11 @@ def caption_and_answer(model, processor, images: Sequence, question: str | None,
         import sys
 
         decoding = get_decoding(vqa_decoding)
-        fitted, cut = fit_question(processor, question, question_token_budget(model, processor, vqa_prompt, decoding))
+        budget = question_token_budget(model, processor, vqa_prompt, decoding)
+        fitted, cut = fit_question(processor, question, budget)
         if cut:
-            print(f"warning: the question is too long for the model and was cut to its first "
-                  f"{question_token_budget(model, processor, vqa_prompt, decoding)} tokens", file=sys.stderr)
+            print(f"warning: the question is too long for the model and was cut to its first {budget} tokens",
+                  file=sys.stderr)
         answers = generate_for_images(model, processor, images, [format_prompt(vqa_prompt, fitted)] * len(images),
                                       decoding, batch_size)
     return [{"caption": c, "answer": a} for c, a in zip(captions, answers)]

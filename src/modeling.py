@@ -144,15 +144,20 @@ def load_blip2(
 def apply_adapter(model, adapter: str | Path, trainable: bool = False):
     from peft import PeftModel
 
+    check_adapter_dir(adapter)
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+
+
+def check_adapter_dir(adapter: str | Path) -> None:
+    """A LoRA adapter folder with its config and safetensors weights (checked before a slow model load)."""
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").exists():
         raise UserError(
             f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
-            "`python finetune_vqav2_lora.py` or pass --adapter=<folder with adapter_config.json>"
+            "`python finetune_vqav2_lora.py` or pass the folder that holds adapter_config.json"
         )
     if not (adapter / "adapter_model.safetensors").exists():
         raise UserError(f"{adapter} has no adapter_model.safetensors; only safetensors adapters are loaded")
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
 
 
 def blip2_core(model):

@@ -235,6 +235,9 @@ def test_sample_ids_from_another_dataset_are_refused(tiny_model_dir, tmp_path):
     proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=5",
                       f"--output_dir={tmp_path}")
     assert_one_line_error(proc, "max_samples=4", "--max_samples=5")
+    proc = run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
+                      f"--output_dir={tmp_path}")  # nothing trained yet
+    assert_one_line_error(proc, f"no LoRA adapter in {tmp_path / 'lora_adapter'}", "finetune_vqav2_lora.py")
 
 
 def test_compare_on_the_pipeline_files(chain):
