@@ -22,7 +22,7 @@ SPLIT = "val"
 DATA_DIR = "data"
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
 QUANTIZATION = "4bit"  # keep it equal to the baseline's for a fair comparison
-ADAPTER_DIR = "outputs/lora_adapter"  # written by finetune_vqav2_lora.py
+ADAPTER_DIR = ""  # the adapter finetune_vqav2_lora.py wrote; "" = <output_dir>/lora_adapter
 EVAL_BATCH = 32
 NUM_WORKERS = 2
 VQA_PROMPT = "vqa_opt"
@@ -47,9 +47,7 @@ def main():
     from src.evaluation import evaluate_sample
     from src.io import read_jsonl
 
-    adapter = ADAPTER_DIR
-    if OUTPUT_DIR != "outputs" and ADAPTER_DIR == "outputs/lora_adapter":
-        adapter = os.path.join(OUTPUT_DIR, "lora_adapter")  # follow --output_dir unless told otherwise
+    adapter = ADAPTER_DIR or os.path.join(OUTPUT_DIR, "lora_adapter")
     baseline_path = os.path.join(OUTPUT_DIR, f"{BASELINE_RUN}.jsonl")
     if not os.path.exists(baseline_path):
         raise UserError(f"baseline results not found: {baseline_path}; run `python create_vqav2_baseline.py` "

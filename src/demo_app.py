@@ -19,10 +19,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import UserError
-from .images import MAX_IMAGE_PIXELS, load_image
+from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 COMPARE_COMMAND = "python compare_baseline_finetuned.py"
 READY_MESSAGE = "Upload an image or click an example, then press Ask."
 MAX_QUESTION_CHARS = 500  # VQAv2 questions are ~6 words; this keeps the prompt far below OPT's 2048 positions
@@ -126,10 +125,10 @@ def preview_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX
 
 
 def example_images(examples_dir: str | Path) -> list[Path]:
-    d = Path(examples_dir)
-    if not d.is_dir():
+    try:
+        return list_images(examples_dir)
+    except UserError:  # no examples folder (or an empty one): the demo works without examples
         return []
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 # --- the comparison tab -------------------------------------------------------------------------

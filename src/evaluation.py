@@ -61,13 +61,12 @@ def read_rows(out_path: Path) -> dict[int, dict]:
 
 
 def _check_resumable(done: dict[int, dict], record: dict, out_path: Path) -> None:
-    for row in done.values():
-        for key in RESUME_KEYS:
-            if row.get(key) != record.get(key):
-                raise UserError(
-                    f"{out_path} already holds rows made with {key}={row.get(key)!r}, but this run uses "
-                    f"{key}={record.get(key)!r}; delete that file to start over, or use another --output_dir")
-        return  # one row is enough: every row of a file was written with the same record
+    row = next(iter(done.values()), None)  # one row is enough: a file's rows share one record
+    for key in RESUME_KEYS if row is not None else ():
+        if row.get(key) != record.get(key):
+            raise UserError(
+                f"{out_path} already holds rows made with {key}={row.get(key)!r}, but this run uses "
+                f"{key}={record.get(key)!r}; delete that file to start over, or use another --output_dir")
 
 
 def sample_row(s: VQASample) -> dict:
