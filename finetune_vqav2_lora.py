@@ -70,7 +70,7 @@ def main():
     from src.errors import UserError
     from src.runtime import check_output_dir, check_positive, make_accelerator
     from src.io import JsonlAppender, read_jsonl, write_jsonl
-    from src.modeling import check_quantization, compute_dtype, load_blip2
+    from src.modeling import check_quantization, compute_dtype, end_token_id, load_blip2, mixed_precision
     from src.prompts import format_prompt
     from src import training as T
 
@@ -84,8 +84,8 @@ def main():
         raise UserError("--warmup_steps, --max_samples and --num_workers must be >= 0 and --keep_checkpoints >= 1")
     format_prompt(VQA_PROMPT, "?")
 
-    on_gpu = torch.cuda.is_available()
-    mixed = "bf16" if on_gpu and compute_dtype("cuda") == torch.bfloat16 else ("fp16" if on_gpu else "no")
+    # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100), fp32 on CPU
+    mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu")
     accelerator = make_accelerator(mixed_precision=mixed)
     main_proc = accelerator.is_main_process
     config["world_size"] = accelerator.num_processes
@@ -111,10 +111,10 @@ def main():
             print(f"(no memory estimate: {e})")
 
     model, processor = load_blip2(MODEL_ID, "4bit" if USE_4BIT else "none", device=str(accelerator.device))
-    image_token_id = model.config.image_token_id
+    model_config, end_id = model.config, end_token_id(model)
     model = T.add_lora(model, r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=TARGET_MODULES,
-                       scope=LORA_SCOPE, use_4bit=USE_4BIT, gradient_checkpointing=GRADIENT_CHECKPOINTING)
-    model.train()
+                       scope=LORA_SCOPE, gradient_checkpointing=GRADIENT_CHECKPOINTING)
+    T.set_train_mode(model)
     trainable, total, wrapped = T.lora_summary(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
@@ -142,7 +142,7 @@ def main():
     model, optimizer = accelerator.prepare(model, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_total = TRAIN_STEPS * GRAD_ACCUM
-    data = T.TrainBatches(samples, processor, image_token_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
+    data = T.TrainBatches(samples, processor, model_config, end_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
                           first=start_step * GRAD_ACCUM, count=micro_total - start_step * GRAD_ACCUM,
                           world_size=world, rank=rank)
     # own generator: creating the loader must not consume the global RNG (resume == uninterrupted)
@@ -172,7 +172,7 @@ def main():
             sync = a == GRAD_ACCUM - 1
             with accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
                 with accelerator.autocast():
-                    loss = model(**batch).loss / GRAD_ACCUM
+                    loss = T.training_loss(model, batch) / GRAD_ACCUM
                 accelerator.backward(loss)
             step_loss += loss.detach()
         mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
@@ -212,6 +212,8 @@ def main():
         print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
         print(f"next: python evaluate_vqav2_finetuned.py --adapter_dir={adapter_dir}"
               + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
+    # every rank waits for the main process to finish saving before the process group goes away
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 

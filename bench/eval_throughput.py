@@ -98,7 +98,7 @@ def one_at_a_time(model, processor, samples, prompt: str, decoding: dict) -> dic
 
     from src.images import load_image
     from src.inference import model_device_dtype
-    from src.prompts import clean_answer, format_prompt
+    from src.prompts import first_line, format_prompt
 
     device, dtype = model_device_dtype(model)
     answers = {}
@@ -108,7 +108,7 @@ def one_at_a_time(model, processor, samples, prompt: str, decoding: dict) -> dic
                             return_tensors="pt").to(device)
             enc["pixel_values"] = enc["pixel_values"].to(dtype)
             out = model.generate(**enc, **decoding)
-            answers[s.question_id] = clean_answer(
+            answers[s.question_id] = first_line(
                 processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     return answers
 

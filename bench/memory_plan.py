@@ -266,14 +266,13 @@ def main() -> None:
         "- accelerate's 'MB'/'GB' are MiB/GiB (divides by 1024). Its int8/int4 rows are the fp32 size / 4 and / 8: every "
         "parameter at 1 or 0.5 byte, no scales. transformers (get_modules_to_not_convert + replace_with_bnb_linear) "
         "quantises only `nn.Linear` weights outside the skip list "
-        f"({', '.join(plan['bnb']['modules_to_not_convert'])}), so the Q-Former, query tokens, token and position "
-        f"embeddings, the tied lm_head, layer norms, biases and the patch conv stay in {COMPUTE_DTYPE} (fp32 for the "
-        "Q-Former and query tokens when loading in float16), and bitsandbytes adds its statistics.",
+        f"({', '.join(plan['bnb']['modules_to_not_convert'])}): `load_blip2` quantises only the language model, so the "
+        f"ViT-g, Q-Former, query tokens, projection, token and position embeddings, the tied lm_head, layer norms and "
+        f"biases stay in {COMPUTE_DTYPE} (fp32 for the Q-Former and query tokens when loading in float16), and "
+        "bitsandbytes adds its statistics.",
         f"- The card's 'Training using Adam' is 4 x the row's size, i.e. full fine-tuning; QLoRA trains "
         f"{plan['lora']['params']:,} LoRA parameters: {plan['qlora_training']['total_bytes'] / GIB:.3f} GiB of weights "
-        "and optimiser state before activations, "
-        f"{plan['qlora_training']['total_bytes_after_prepare_model_for_kbit_training'] / GIB:.3f} GiB once peft's "
-        "prepare_model_for_kbit_training has cast the non-4-bit parameters to fp32 (as src.training.add_lora does).",
+        "and optimiser state before activations (src.training.freeze_base casts no frozen weight to fp32).",
     ]
     print("\nModel card vs this plan:\n" + "\n".join(rows) + "\n\nWhy they differ (card - plan, in GiB):\n"
           + "\n".join(explain) + "\n" + "\n".join(notes))

@@ -21,10 +21,12 @@ from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
 from .prompts import format_prompt, get_decoding
-from .vqa_eval import exact_match, score_rows, vqa_accuracy
+from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 
 # settings that must not change between a run and its resumption
-RESUME_KEYS = ("model_id", "adapter", "prompt", "decoding")
+# every row carries these; a resumed run keeps a row only if all of them equal this run's
+RESUME_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization", "dataset", "answer_processing")
+ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
 
 
 class _BatchImages(Dataset):
@@ -50,23 +52,36 @@ def part_path(out_path: Path, rank: int) -> Path:
     return out_path.with_name(f"{out_path.name}.rank{rank}.part")
 
 
-def read_rows(out_path: Path) -> dict[int, dict]:
-    """Rows written so far (main file and any per-process parts), by question_id, first one wins."""
+def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
+    """Rows written so far (main file and any per-process parts), by question_id, first one wins.
+    `where`, when given, receives "file:line" of each kept row."""
     rows: dict[int, dict] = {}
     for path in [out_path, *sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))]:
         if path.exists():
-            for row in read_jsonl(path, allow_torn_tail=True):
-                rows.setdefault(int(row["question_id"]), row)
+            for line, row in enumerate(read_jsonl(path, allow_torn_tail=True), 1):
+                if not isinstance(row, dict) or "question_id" not in row:
+                    raise UserError(f"{path}, line {line}: a result row without question_id; this file was not "
+                                    "written by these scripts (or was edited): delete it to start over")
+                try:
+                    qid = int(row["question_id"])
+                except (TypeError, ValueError):
+                    raise UserError(f"{path}, line {line}: question_id {row['question_id']!r} is not a number; "
+                                    "delete the file to start over") from None
+                if qid not in rows and where is not None:
+                    where[qid] = f"{path}, line {line}"
+                rows.setdefault(qid, row)
     return rows
 
 
-def _check_resumable(done: dict[int, dict], record: dict, out_path: Path) -> None:
-    row = next(iter(done.values()), None)  # one row is enough: a file's rows share one record
-    for key in RESUME_KEYS if row is not None else ():
-        if row.get(key) != record.get(key):
-            raise UserError(
-                f"{out_path} already holds rows made with {key}={row.get(key)!r}, but this run uses "
-                f"{key}={record.get(key)!r}; delete that file to start over, or use another --output_dir")
+def check_rows_match(done: dict[int, dict], record: dict, where: dict[int, str]) -> None:
+    """Every row kept on resume must come from this run's settings; one that doesn't is never counted."""
+    for qid, row in done.items():
+        for key in RESUME_KEYS:
+            if row.get(key) != record.get(key):
+                raise UserError(
+                    f"{where.get(qid, 'a result file')} (question {qid}) was made with {key}={row.get(key)!r}, but "
+                    f"this run uses {key}={record.get(key)!r}; delete that file to start over, or use another "
+                    "--output_dir")
 
 
 def sample_row(s: VQASample) -> dict:
@@ -80,9 +95,10 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     from tqdm.auto import tqdm
 
     out_path = Path(out_path)
-    done = read_rows(out_path)
+    where: dict[int, str] = {}
+    done = read_rows(out_path, where)
     accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
-    _check_resumable(done, record, out_path)
+    check_rows_match(done, record, where)
     todo = [s for s in samples if s.question_id not in done]
     # questions on the same image sit in the same batch, so the image is encoded once
     todo.sort(key=lambda s: (s.image_path, s.question_id))
@@ -122,15 +138,18 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
             for s in batch:
                 row = sample_row(s)
                 if s.question_id in by_id:
-                    a = by_id[s.question_id]
-                    row.update(answer=a, gt_answers=s.answers, answer_type=s.answer_type,
+                    raw = by_id[s.question_id]
+                    # scored and submitted after the official answer processing, as every published
+                    # BLIP-2 VQAv2 number is (LAVIS, LLaVA, lmms-eval); the model's text stays as raw_answer
+                    a = normalize_answer(raw)
+                    row.update(raw_answer=raw, answer=a, gt_answers=s.answers, answer_type=s.answer_type,
                                question_type=s.question_type, vqa_accuracy=vqa_accuracy(a, s.answers),
                                exact_match=exact_match(a, s.answers), error=None)
                     if s.question_id in cut:
                         row["question_truncated"] = True
                 else:
                     n_errors += 1
-                    row.update(answer=None, gt_answers=s.answers, answer_type=s.answer_type,
+                    row.update(raw_answer=None, answer=None, gt_answers=s.answers, answer_type=s.answer_type,
                                question_type=s.question_type, vqa_accuracy=None, exact_match=None,
                                error=item["errors"][s.image_path])
                 row.update(record)
@@ -182,16 +201,24 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
                         f"(first error: {errors[0]['error']})")
     scored = score_rows(scorable)
     metrics = {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
-               "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
+               "n_errors": len(errors), "answers_changed_by_processing": answers_changed(scorable), "per_answer_type": scored["per_answer_type"],
                "per_question_type": scored["per_question_type"], **(extra or {})}
     write_json(metrics_path, metrics)
     write_json(results_path, [{"question_id": r["question_id"], "answer": r["answer"]} for r in scorable])
     return rows, metrics
 
 
+def answers_changed(rows: Sequence[dict]) -> int:
+    """How many answers the official answer processing changed (rows without raw_answer: unchanged)."""
+    return sum(1 for r in rows if r.get("raw_answer") is not None and r["raw_answer"] != r["answer"])
+
+
 def print_metrics(title: str, metrics: dict) -> None:
     print(f"{title}: VQA accuracy {metrics['vqa_accuracy']:.2f}  exact match {metrics['exact_match']:.2f}  "
           f"(n={metrics['n']}" + (f", {metrics['n_errors']} error rows" if metrics.get("n_errors") else "") + ")")
+    if "answers_changed_by_processing" in metrics:
+        print(f"  the official answer processing (punctuation, number words, articles) changed "
+              f"{metrics['answers_changed_by_processing']} of {metrics['n']} answers before scoring")
     for t, m in sorted(metrics["per_answer_type"].items()):
         print(f"  {t:<8} VQA {m['vqa_accuracy']:6.2f}  EM {m['exact_match']:6.2f}  (n={m['n']})")
 
@@ -238,7 +265,8 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     if adapter:
         check_adapter_dir(adapter)  # before the slow model load
     model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
-    record = {"model_id": model_id, "adapter": adapter or None, **generation_record(vqa_prompt, vqa_decoding)}
+    record = {"model_id": model_id, "adapter": adapter or None, "quantization": quantization, "dataset": dataset,
+              "answer_processing": ANSWER_PROCESSING, **generation_record(vqa_prompt, vqa_decoding)}
     out_path = out_dir / f"{run_name}.jsonl"
     run_vqa(chosen, out_path, model=model, processor=processor, accelerator=accelerator, record=record,
             prompt=vqa_prompt, decoding=vqa_decoding, batch_size=eval_batch, num_workers=num_workers,

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from .modeling import blip2_core
-from .prompts import clean_answer
+from .prompts import first_line
 
 
 def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
@@ -36,13 +36,14 @@ def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.pooler_output
 
 
-def tokenize_prompts(processor, prompts: Sequence[str], image_token_id: int, max_prompt_tokens: int | None = None):
+def tokenize_prompts(processor, prompts: Sequence[str], image_token_id: int, num_query_tokens: int,
+                     max_prompt_tokens: int | None = None):
     """Prompt ids with the processor's layout: image tokens, left padding, text."""
     tok = processor.tokenizer
     kwargs = {"truncation": True, "max_length": max_prompt_tokens} if max_prompt_tokens else {}
     enc = tok(list(prompts), padding=True, return_tensors="pt", **kwargs)
     n = len(prompts)
-    image_ids = torch.full((n, processor.num_query_tokens), image_token_id, dtype=torch.long)
+    image_ids = torch.full((n, num_query_tokens), image_token_id, dtype=torch.long)
     input_ids = torch.cat([image_ids, enc["input_ids"]], dim=1)
     attention_mask = torch.cat([torch.ones_like(image_ids), enc["attention_mask"]], dim=1)
     return input_ids, attention_mask
@@ -53,7 +54,8 @@ def generate_from_features(model, processor, image_features: torch.Tensor, promp
                            max_prompt_tokens: int | None = None) -> list[str]:
     """Generate one answer per prompt; row i uses image_features[i]."""
     core = blip2_core(model)
-    input_ids, attention_mask = tokenize_prompts(processor, prompts, core.config.image_token_id, max_prompt_tokens)
+    input_ids, attention_mask = tokenize_prompts(processor, prompts, core.config.image_token_id,
+                                                 core.config.num_query_tokens, max_prompt_tokens)
     device = core.get_input_embeddings().weight.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     embeds = core.get_input_embeddings()(input_ids)
@@ -64,7 +66,7 @@ def generate_from_features(model, processor, image_features: torch.Tensor, promp
         pad_token_id=processor.tokenizer.pad_token_id, **decoding,
     )
     new_tokens = out[:, input_ids.shape[1]:]
-    return [clean_answer(t) for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return [first_line(t) for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 @torch.no_grad()
@@ -86,7 +88,7 @@ def question_token_budget(model, processor, prompt_name: str, decoding: dict) ->
     core = blip2_core(model)
     positions = core.config.text_config.max_position_embeddings
     prompt_tokens = len(processor.tokenizer(format_prompt(prompt_name, ""))["input_ids"])
-    return positions - processor.num_query_tokens - prompt_tokens - int(decoding.get("max_new_tokens", 20)) - 1
+    return positions - core.config.num_query_tokens - prompt_tokens - int(decoding.get("max_new_tokens", 20)) - 1
 
 
 def fit_question(processor, question: str, budget: int) -> tuple[str, bool]:

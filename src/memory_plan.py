@@ -127,10 +127,13 @@ def build_meta_model(config):
 
 def bnb_modules_to_not_convert(model) -> list[str]:
     """What transformers' bitsandbytes quantizers (4- and 8-bit) pass to `replace_with_bnb_linear`
-    as modules_to_not_convert, with `llm_int8_skip_modules` left unset as `load_blip2` does."""
+    as modules_to_not_convert, with `llm_int8_skip_modules` set as `load_blip2` sets it."""
     from transformers.quantizers.base import HfQuantizer
 
-    return sorted(HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules))
+    from .modeling import QUANTIZATION_SKIP_MODULES
+
+    return sorted(HfQuantizer.get_modules_to_not_convert(model, list(QUANTIZATION_SKIP_MODULES),
+                                                         model._keep_in_fp32_modules))
 
 
 def bnb_quantized_linears(model, modules_to_not_convert: list[str]) -> dict[str, Any]:
@@ -284,16 +287,11 @@ def plan_memory(
     }
     lora["total_bytes"] = lora["param_bytes"] + lora["grad_bytes"] + lora["adamw_bytes"]
 
-    # peft's prepare_model_for_kbit_training casts every non-4-bit fp16/bf16 parameter to fp32
-    nf4_rest_fp32 = sum(
-        nf4_weight_bytes(p.numel()) if name in quantized_weights else p.numel() * 4 for name, p in model.named_parameters()
-    ) + buffers
+    # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
     qlora = {
         "weights_bytes": precisions["nf4"]["bytes"],
         "lora_bytes": lora["total_bytes"],
         "total_bytes": precisions["nf4"]["bytes"] + lora["total_bytes"],
-        "weights_bytes_after_prepare_model_for_kbit_training": nf4_rest_fp32,
-        "total_bytes_after_prepare_model_for_kbit_training": nf4_rest_fp32 + lora["total_bytes"],
         "activations": "not estimated",
     }
 
@@ -365,7 +363,8 @@ def format_plan(plan: dict) -> str:
     share = bnb["quantized_params"] / plan["total_params"]
     lines.append(
         f"int8/nf4 quantise {bnb['quantized_linear_count']} Linear weights ({bnb['quantized_params']:,} params, {share:.1%}); "
-        f"kept in {compute}: embeddings, norms, biases, conv patch embedding and {', '.join(bnb['modules_to_not_convert'])}"
+        f"only the language model's Linear layers are quantised; kept in {compute}: embeddings, norms, biases and "
+        f"{', '.join(bnb['modules_to_not_convert'])}"
     )
     per_weight = nf4_weight_bytes(NF4_BLOCKSIZE * NF4_NESTED_BLOCKSIZE * 1024) / (NF4_BLOCKSIZE * NF4_NESTED_BLOCKSIZE * 1024)
     lines.append(
@@ -383,10 +382,9 @@ def format_plan(plan: dict) -> str:
     )
     q = plan["qlora_training"]
     lines.append(
-        f"QLoRA training, weights + LoRA state: nf4 {_gib(q['weights_bytes'], unit)} + {_gib(q['lora_bytes'], unit)} = "
-        f"{_gib(q['total_bytes'], unit)} {unit_name}; after peft's prepare_model_for_kbit_training (all non-4-bit params "
-        f"to fp32, as src.training.add_lora does for 4-bit): {_gib(q['weights_bytes_after_prepare_model_for_kbit_training'], unit)}"
-        f" + {_gib(q['lora_bytes'], unit)} = {_gib(q['total_bytes_after_prepare_model_for_kbit_training'], unit)} {unit_name}"
+        f"QLoRA training, weights + LoRA state: nf4 language model + {compute} rest {_gib(q['weights_bytes'], unit)} + "
+        f"{_gib(q['lora_bytes'], unit)} = {_gib(q['total_bytes'], unit)} {unit_name} (src.training.freeze_base casts "
+        "nothing to fp32)"
     )
     lines.append("Activations, CUDA context and allocator overhead are not estimated.")
     return "\n".join(lines)

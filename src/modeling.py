@@ -14,6 +14,10 @@ from .errors import UserError
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
+# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. This list
+# replaces bitsandbytes' default skip list, so it names lm_head too; the Q-Former stays in fp32 anyway
+# (Blip2's _keep_in_fp32_modules are always added to it).
+QUANTIZATION_SKIP_MODULES = ["vision_model", "language_projection", "lm_head"]
 
 
 def default_device() -> str:
@@ -23,12 +27,23 @@ def default_device() -> str:
 
 
 def compute_dtype(device: str):
-    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, A10, L4, RTX 30/40, H100), fp16 on
+    older ones (T4, V100, RTX 20), fp32 on CPU. torch counts emulated bf16 as supported by default; on a
+    T4 that is slow and breaks bitsandbytes kernels, so emulation does not count here."""
     import torch
 
     if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
+
+
+def mixed_precision(device: str) -> str:
+    """accelerate's mixed_precision for training on `device`: "bf16", "fp16" (with loss scaling) or "no"."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return "no"
+    return "bf16" if compute_dtype(device) == torch.bfloat16 else "fp16"
 
 
 def check_quantization(quantization: str, device: str) -> None:
@@ -118,9 +133,10 @@ def load_blip2(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
         )
     elif quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
     if quantization != "none":
         kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
 
@@ -129,6 +145,7 @@ def load_blip2(
         model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
+    check_image_tokens(model, processor, model_id)
     if quantization == "none":
         model.to(device)
     elif quantization == "4bit" and not str(device).startswith("cuda"):
@@ -139,6 +156,32 @@ def load_blip2(
     if not trainable_adapter:
         model.eval()
     return model, processor
+
+
+def check_image_tokens(model, processor, model_id: str) -> None:
+    """The image-token settings a BLIP-2 checkpoint needs. Hub revisions from before the Nov 2024
+    processor update lack them: the query count then comes from the model config; a missing image
+    token cannot be made up."""
+    config = model.config
+    token = getattr(config, "image_token_index", None)
+    if token is None or token >= len(processor.tokenizer):
+        raise UserError(
+            f"{model_id}: the model files have no image token (image_token_index is "
+            f"{'missing' if token is None else f'{token}, beyond the tokenizer'} in config.json); they predate the "
+            "Nov 2024 BLIP-2 processor update. Update the cached copy: `huggingface-cli download "
+            f"{model_id}` (or delete its folder under ~/.cache/huggingface/hub and run again)")
+    # the processor's count, when an old processor_config.json lacks it, comes from the model
+    processor.num_query_tokens = config.num_query_tokens
+
+
+def end_token_id(model) -> int:
+    """The token generation stops on: the language model's eos (the newline, 50118, for OPT-based
+    BLIP-2), which the fine-tuning target must end with. Not the tokenizer's `</s>`."""
+    core = blip2_core(model)
+    eos = core.language_model.generation_config.eos_token_id
+    if eos is None:
+        eos = core.config.text_config.eos_token_id
+    return eos[0] if isinstance(eos, (list, tuple)) else int(eos)
 
 
 def apply_adapter(model, adapter: str | Path, trainable: bool = False):

@@ -1,17 +1,32 @@
-"""Build a tiny, randomly initialised BLIP-2 (OPT) with its own tokenizer and processor.
+"""Build the offline twin of blip2-opt-2.7b: a tiny BLIP-2 (OPT) with its own tokenizer and processor,
+configured like the real model in everything but size, and pre-trained as a captioner on easy-VQA.
 
-    python -m src.tiny_model outputs/tiny-blip2
+    python -m src.tiny_model outputs/tiny-blip2            # about a minute on 2 CPU cores
+    python -m src.tiny_model outputs/tiny-random --pretrain_steps=0   # random weights (see below)
 
-The result is saved with `save_pretrained` and loads through exactly the same
-`load_blip2(model_id=...)` path as `Salesforce/blip2-opt-2.7b`, so the tests and the
-offline quick start run every script end to end without downloading anything. It knows
-nothing (random weights); it exists to exercise the code, and it can learn easy-VQA.
-Deterministic: the same command builds byte-identical weights and tokenizer.
+The folder is written with `save_pretrained` and loads through exactly the same `load_blip2(model_id=...)`
+path as `Salesforce/blip2-opt-2.7b`. Like the real model it
+ - takes the config keys of src/blip2_opt_2.7b_architecture.json (sizes aside): OPT's BOS `</s>` (id 2)
+   prepended to every text, pad id 1, `<image>` as the last token of the vocabulary (`image_token_index`),
+   `num_query_tokens` in the config and the processor, and `text_config.eos_token_id` = the newline token,
+   which generation stops on (50118 in the real model);
+ - is a captioner before it is a question answerer: stage 1 in miniature trains all weights on captions
+   "a {colour} {shape}" of easy-VQA *train* images, each ending with the newline end token, as LAVIS
+   trains BLIP-2's OPT. It then answers VQA questions poorly zero-shot and learns them from QLoRA, which
+   can only reach high colour accuracy by reading the image.
+
+Deterministic: the same command gives identical weights on one machine. A folder that already holds a
+twin built with the same recipe (card.json) is reused, so the README's quick start and the test suite
+build it once. `--pretrain_steps=0` gives the random-weight model; nothing in the project needs it, it
+is kept for users who want to see what the untrained architecture answers.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
+import time
 from pathlib import Path
 
 SEED = 1234
@@ -19,17 +34,36 @@ NUM_QUERY_TOKENS = 8
 IMAGE_SIZE = 64
 VOCAB_SIZE = 640  # byte-level BPE: 256 bytes + merges + special tokens
 IMAGE_TOKEN = "<image>"
+ARCHITECTURE_JSON = Path(__file__).with_name("blip2_opt_2.7b_architecture.json")
+# the sizes of the twin; every other config value is the real model's
+SIZES = {
+    "num_query_tokens": NUM_QUERY_TOKENS,
+    "image_text_hidden_size": 32,
+    "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                      "image_size": IMAGE_SIZE, "patch_size": 8},
+    "qformer_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                       "encoder_hidden_size": 64, "max_position_embeddings": 64},
+    "text_config": {"hidden_size": 64, "word_embed_proj_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "ffn_dim": 128, "max_position_embeddings": 256},
+}
+# stage 1 in miniature: all weights trained on easy-VQA train captions
+PRETRAIN_STEPS = 600
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 1e-3
+CAPTION_EVAL_IMAGES = 300  # val (easy-VQA test) images the caption accuracy is measured on
 
 # Text the tokenizer is trained on: the prompt words, VQA-style questions and answers,
 # easy-VQA's vocabulary and the course set. Fixed, so the tokenizer is deterministic.
 _CORPUS = """
-Question: Answer: what is in the image? what is the color of the shape? what color is the shape?
+Question: Answer: Short answer: what is in the image? what is the color of the shape? what color is the shape?
 what shape is in the image? what shape does the image contain? is there a circle in the image?
 is there a rectangle? is there a triangle? is there not a circle? does the image contain a triangle?
 is there a blue shape? is there a red shape in the image? is no green shape present?
 is a gray shape present? is there a yellow shape? is there a teal shape? is there a brown shape?
 what is the shape? what is the color of the rectangle? what color is the triangle? what color is the circle?
 circle rectangle triangle red green blue black gray teal brown yellow yes no
+a red circle. a green rectangle. a blue triangle. a black circle. a gray rectangle. a teal triangle.
+a brown circle. a yellow rectangle. a red triangle. a green circle. a blue rectangle.
 how many people are there? how many cats? what is the man holding? is it sunny? what sport is this?
 a photo of a cat on a couch. an astronaut in a space suit. a cup of coffee on a table. a rocket on a launch pad.
 a man with a camera. coins on a table. a motorcycle parked on the street. the moon in the sky. a red fox in the snow.
@@ -37,6 +71,20 @@ one two three four five six seven eight nine ten zero none 0 1 2 3 4 5 6 7 8 9 1
 the a an of in on at with and or is are was were this that there what which who where when why how
 white orange pink purple silver gold dark light small large big round square left right top bottom
 """
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+
+
+def recipe() -> dict:
+    """Everything that determines the twin's weights (its card records it; a match means reuse)."""
+    import hashlib
+
+    import torch
+    import transformers
+
+    return {"source_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16],
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "pretrain_steps": PRETRAIN_STEPS}
 
 
 def _train_tokenizer():
@@ -47,77 +95,212 @@ def _train_tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],  # OPT's ids: pad=1, bos=eos=2
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],  # OPT's ids: pad=1, bos=2
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     lines = [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
-    tok.train_from_iterator(lines * 4, trainer=trainer)
-    tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+    tok.train_from_iterator(lines * 4, trainer=trainer)  # no line holds "\n": it stays one byte token
+    tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])  # last id, as 50265
     bos = tok.token_to_id("</s>")
     # OPT prepends </s> (its BOS) to every text
     tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", bos)])
     return tok
 
 
-def build_tiny_blip2(outdir: str | Path) -> Path:
+def _merge(base: dict, sizes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in sizes.items():
+        if isinstance(value, dict):
+            out[key] = _merge(out.get(key, {}), value)
+        else:
+            out[key] = value
+    return out
+
+
+def twin_config(tokenizer):
+    """blip2-opt-2.7b's config with the twin's sizes and its own tokenizer's ids."""
+    from transformers import Blip2Config
+
+    arch = json.loads(ARCHITECTURE_JSON.read_text(encoding="utf-8"))
+    cfg = _merge(arch, SIZES)
+    newline = tokenizer.convert_tokens_to_ids("Ċ")  # byte-level "\n", as "Ċ" = 50118 in OPT's vocabulary
+    image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if newline == tokenizer.unk_token_id or image_token_index != len(tokenizer) - 1:
+        raise RuntimeError("tiny tokenizer: no newline token, or <image> is not the last token")
+    text = cfg["text_config"]
+    text.update(vocab_size=-(-len(tokenizer) // 8) * 8,  # padded like OPT's 50304 > 50266 tokens
+                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id, eos_token_id=newline)
+    cfg["qformer_config"]["vocab_size"] = len(tokenizer)
+    cfg["image_token_index"] = image_token_index
+    cfg["vision_config"]["initializer_range"] = 0.02  # HF's vision default (1e-10) makes every image alike
+    cfg.pop("architectures", None)
+    cfg.pop("model_type", None)
+    text.pop("architectures", None)
+    return Blip2Config(**cfg)
+
+
+def easy_vqa_captions(split: str) -> tuple[list[str], list[str]]:
+    """(image paths, captions "a {colour} {shape}") of easy-VQA train ("train") or test ("val") images,
+    read off the answers to their questions."""
+    try:
+        import easy_vqa
+    except ImportError:
+        raise SystemExit("the tiny model is pre-trained on easy-VQA: pip install easy-vqa") from None
+    get_q, get_paths = ((easy_vqa.get_train_questions, easy_vqa.get_train_image_paths) if split == "train"
+                        else (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths))
+    color: dict[int, str] = {}
+    shape: dict[int, str] = {}
+    for question, answer, image_id in zip(*get_q()):
+        words = question.rstrip("?").split()
+        # a word a question names is true of the image when the question asks "what ..." about it, or
+        # when a yes/no question is answered yes (no, for a negated one: "is there not a red shape?")
+        true = answer in COLORS + SHAPES or (answer == "yes") != ("not" in words or "no" in words)
+        for w in words + [answer]:
+            if w in COLORS and true:
+                color[image_id] = w
+            elif w in SHAPES and true:
+                shape[image_id] = w
+    paths = get_paths()
+    ids = sorted(i for i in paths if i in color and i in shape)
+    return [paths[i] for i in ids], [f"a {color[i]} {shape[i]}" for i in ids]
+
+
+def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_token_id: int, eos_id: int):
+    """Image tokens, left padding, </s> caption, newline; the loss covers the caption and the newline."""
     import torch
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-        GPT2TokenizerFast,
-    )
+
+    encoded = [tokenizer(c)["input_ids"] + [eos_id] for c in captions]
+    width = max(len(e) for e in encoded)
+    ids, mask, labels = [], [], []
+    for e in encoded:
+        pad = width - len(e)
+        ids.append([image_token_id] * num_query_tokens + [tokenizer.pad_token_id] * pad + e)
+        mask.append([1] * num_query_tokens + [0] * pad + [1] * len(e))
+        labels.append([-100] * (num_query_tokens + pad + 1) + e[1:])  # BOS is given, not predicted
+    return torch.tensor(ids), torch.tensor(mask), torch.tensor(labels)
+
+
+def _text_batch(tokenizer, eos_id: int) -> dict:
+    """The tokenizer corpus as plain text, one line a sequence ending with the end token."""
+    import torch
+
+    lines = [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
+    encoded = [tokenizer(line)["input_ids"] + [eos_id] for line in lines]
+    width = max(len(e) for e in encoded)
+    ids = [[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded]
+    mask = [[0] * (width - len(e)) + [1] * len(e) for e in encoded]
+    labels = [[-100] * (width - len(e) + 1) + e[1:] for e in encoded]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+
+
+def _pixel_values(processor, paths: list[str]):
+    from PIL import Image
+
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            images.append(im.convert("RGB"))
+    return processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def pretrain(model, processor, steps: int = PRETRAIN_STEPS, batch: int = PRETRAIN_BATCH, lr: float = PRETRAIN_LR):
+    """Train every weight on train-image captions; returns the number of training images."""
+    import torch
+    from tqdm.auto import tqdm
+
+    paths, captions = easy_vqa_captions("train")
+    pixels = _pixel_values(processor, paths)
+    cfg = model.config
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / steps))
+    gen = torch.Generator().manual_seed(SEED)
+    order = torch.cat([torch.randperm(len(paths), generator=gen) for _ in range(steps * batch // len(paths) + 1)])
+    # the language model also reads plain text (OPT was a language model before BLIP-2 met it): without
+    # it, every token that no caption uses (question words, "yes", "no") keeps its tiny random embedding
+    text = _text_batch(processor.tokenizer, cfg.text_config.eos_token_id)
+    model.train()
+    bar = tqdm(range(steps), desc="pre-training the tiny twin on easy-VQA captions", unit="step", dynamic_ncols=True)
+    for step in bar:
+        idx = order[step * batch:(step + 1) * batch].tolist()
+        ids, mask, labels = _caption_batch(processor.tokenizer, [captions[i] for i in idx], cfg.num_query_tokens,
+                                           cfg.image_token_index, cfg.text_config.eos_token_id)
+        loss = model(pixel_values=pixels[idx], input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        loss = loss + model.language_model(**text, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 20 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return len(paths)
+
+
+def caption_accuracy(model, processor, n: int = CAPTION_EVAL_IMAGES) -> float:
+    """Share of val images whose greedy caption is exactly "a {colour} {shape}" (in %)."""
+    from .inference import generate_batch
+
+    paths, captions = easy_vqa_captions("val")
+    paths, captions = paths[:n], captions[:n]
+    decoding = {"num_beams": 1, "max_new_tokens": 8, "do_sample": False}
+    said: list[str] = []
+    for start in range(0, len(paths), 100):
+        chunk = paths[start:start + 100]
+        said += generate_batch(model, processor, _pixel_values(processor, chunk), [""] * len(chunk), decoding)
+    return round(100 * sum(s == c for s, c in zip(said, captions)) / len(captions), 1)
+
+
+def read_card(outdir: str | Path) -> dict | None:
+    path = Path(outdir) / "card.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
+    """Build (or reuse) the twin in `outdir`; returns the folder."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, GPT2TokenizerFast
 
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    raw = _train_tokenizer()
+    wanted = {**recipe(), "pretrain_steps": pretrain_steps}
+    card = read_card(outdir)
+    if card is not None and card.get("recipe") == wanted and (outdir / "model.safetensors").exists():
+        print(f"the tiny BLIP-2 twin in {outdir} is already built with this recipe "
+              f"(caption accuracy {card.get('caption_accuracy')}%); reusing it")
+        return outdir
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    # the twin's matrices (hidden size 64) are too small to split: one thread is as fast when the machine
+    # is idle and many times faster when it is busy, and the result does not depend on the core count
+    torch.set_num_threads(1)
+    try:
+        return _build(outdir, pretrain_steps, wanted, start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Path:
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, GPT2TokenizerFast
+
+    torch.manual_seed(SEED)
     tokenizer = GPT2TokenizerFast(
-        tokenizer_object=raw,
-        bos_token="</s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        model_max_length=256 - NUM_QUERY_TOKENS,
+        tokenizer_object=_train_tokenizer(), bos_token="</s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", model_max_length=256 - NUM_QUERY_TOKENS,
     )
     tokenizer.padding_side = "left"
-    image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vocab = len(tokenizer)
-
-    hidden = 64
-    config = Blip2Config(
-        vision_config=dict(
-            hidden_size=hidden, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=8, qkv_bias=True,
-            initializer_range=0.02,  # the vision config's default (1e-10) would make every image look alike
-        ),
-        qformer_config=dict(
-            hidden_size=hidden, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            encoder_hidden_size=hidden, cross_attention_frequency=1, vocab_size=vocab, max_position_embeddings=64,
-            initializer_range=0.2,  # large enough that different images give different query outputs
-        ),
-        text_config=dict(
-            model_type="opt", vocab_size=vocab, hidden_size=hidden, word_embed_proj_dim=hidden, ffn_dim=128,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True,
-            init_std=0.1,  # a sharper random language model: its continuations depend on the image
-        ),
-        num_query_tokens=NUM_QUERY_TOKENS,
-        image_token_index=image_token_index,
-    )
-    torch.manual_seed(SEED)
+    config = twin_config(tokenizer)
     model = Blip2ForConditionalGeneration(config)
-    with torch.no_grad():
-        # HF initialises query_tokens to zeros; the pretrained model's are not, and all-equal
-        # queries would make every image look the same to the language model.
-        model.query_tokens.normal_(0.0, 0.5)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(outdir)
-
+    with torch.no_grad():  # as BLIP-2 initialises them (HF's zeros make every query alike)
+        model.query_tokens.normal_(0.0, config.initializer_range)
+    # what from_pretrained gives for the real model: generation stops on the newline
+    model.generation_config.bos_token_id = config.text_config.bos_token_id
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
     image_processor = BlipImageProcessor(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
@@ -125,14 +308,43 @@ def build_tiny_blip2(outdir: str | Path) -> Path:
         do_convert_rgb=True,
     )
     processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+
+    n_images = pretrain(model, processor, steps=pretrain_steps) if pretrain_steps > 0 else 0
+    accuracy = caption_accuracy(model, processor) if pretrain_steps > 0 else None
+    outdir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(outdir)
     processor.save_pretrained(outdir)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"tiny BLIP-2 with {n_params:,} parameters, vocab {vocab}, saved to {outdir}")
+    card = {
+        "what": "offline twin of Salesforce/blip2-opt-2.7b: same config keys and special tokens, tiny sizes",
+        "parameters": n_params,
+        "pretraining_data": (f"captions 'a {{colour}} {{shape}}' of {n_images} easy-VQA train images, each ending "
+                             "with the newline end token" if pretrain_steps else "none (random weights)"),
+        "steps": pretrain_steps, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
+        "seconds": round(time.perf_counter() - start, 1),
+        "caption_accuracy": accuracy,
+        "caption_accuracy_on": f"{CAPTION_EVAL_IMAGES} easy-VQA val (test) images, greedy, exact caption",
+        "recipe": wanted,
+    }
+    (outdir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    msg = f"tiny BLIP-2 twin with {n_params:,} parameters saved to {outdir} in {card['seconds']} s"
+    if accuracy is not None:
+        msg += f"; caption accuracy on {CAPTION_EVAL_IMAGES} easy-VQA val images: {accuracy}%"
+    print(msg)
     return outdir
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m src.tiny_model OUTDIR", file=sys.stderr)
+def main(argv: list[str]) -> None:
+    steps = PRETRAIN_STEPS
+    args = [a for a in argv if not a.startswith("--pretrain_steps=")]
+    for a in argv:
+        if a.startswith("--pretrain_steps="):
+            steps = int(a.split("=", 1)[1])
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m src.tiny_model OUTDIR [--pretrain_steps=N]", file=sys.stderr)
         sys.exit(2)
-    build_tiny_blip2(sys.argv[1])
+    build_tiny_blip2(args[0], pretrain_steps=steps)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -28,13 +28,14 @@ TRAINING_STATE = "training_state.pt"
 
 # --- examples ------------------------------------------------------------------------------------
 
-def encode_example(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-    """Token ids of `prompt + " " + answer + eos` and labels that score only the answer and eos.
+def encode_example(tokenizer, prompt: str, answer: str, end_id: int) -> tuple[list[int], list[int]]:
+    """Token ids of `prompt + " " + answer + end` and labels that score only the answer and the end token.
 
     The prompt is tokenized on its own, exactly as at evaluation time, so the model learns to
-    continue the very token sequence it will see when answering."""
+    continue the very token sequence it will see when answering. `end_id` is the token generation
+    stops on (`src.modeling.end_token_id`: the newline for OPT-based BLIP-2, not the tokenizer's `</s>`)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [end_id]
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
@@ -68,10 +69,11 @@ class TrainBatches(Dataset):
     """Micro-batch k (from `first`) of this process: pixel values, input ids, attention mask, labels.
     Runs in DataLoader workers; an unreadable image stops training with its path."""
 
-    def __init__(self, samples: list[VQASample], processor, image_token_id: int, prompt: str, seed: int,
+    def __init__(self, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
                  micro_batch: int, first: int, count: int, world_size: int, rank: int):
         self.samples, self.processor, self.prompt, self.seed = samples, processor, prompt, seed
-        self.image_token_id = image_token_id
+        self.image_token_id, self.num_query_tokens = model_config.image_token_id, model_config.num_query_tokens
+        self.end_id = end_id
         self.micro_batch, self.first, self.count = micro_batch, first, count
         self.world_size, self.rank = world_size, rank
 
@@ -84,8 +86,9 @@ class TrainBatches(Dataset):
         images = [load_image(s.image_path) for s in batch]
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         tok = self.processor.tokenizer
-        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s)) for s in batch]
-        input_ids, attention_mask, labels = collate_examples(tok, self.processor.num_query_tokens, self.image_token_id, encoded)
+        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s), self.end_id)
+                   for s in batch]
+        input_ids, attention_mask, labels = collate_examples(tok, self.num_query_tokens, self.image_token_id, encoded)
         return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -98,19 +101,25 @@ def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
     return rf".*{re.escape(scope)}\..*\.({names})$" if scope else rf".*\.({names})$"
 
 
-def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str], scope: str,
-             use_4bit: bool, gradient_checkpointing: bool):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def freeze_base(model, gradient_checkpointing: bool):
+    """Freeze every base weight, keeping its dtype, and prepare gradient checkpointing.
 
-    if use_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+    Unlike peft's prepare_model_for_kbit_training this casts nothing to fp32: with only the language
+    model in 4-bit, that would put the 1B-parameter ViT-g in fp32 (about 4 GB). Autocast runs layer
+    norms in fp32 anyway, and the LoRA weights peft adds are fp32."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str], scope: str,
+             gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model
+
+    model = freeze_base(model, gradient_checkpointing)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                         target_modules=lora_target_regex(target_modules, scope))
     try:
@@ -119,6 +128,25 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: Seque
         raise UserError(f"LoRA found no layer to adapt for TARGET_MODULES={list(target_modules)} inside "
                         f"{scope!r} ({str(e).splitlines()[0][:160]}); use names of Linear layers such as q_proj, v_proj") from None
     return model
+
+
+def set_train_mode(model):
+    """Train mode for the language model that holds the LoRA layers; eval mode for the frozen vision
+    tower, Q-Former and projection, so that their dropout (0.1 in the Q-Former) does not make the
+    image features differ from what evaluation sees."""
+    from .modeling import blip2_core
+
+    model.train()
+    core = blip2_core(model)
+    for frozen in (core.vision_model, core.qformer, core.language_projection):
+        frozen.eval()
+    return model
+
+
+def training_loss(model, batch: dict):
+    """The loss of one micro-batch (answer tokens only). No KV cache: nothing is generated, and a
+    cache would only hold memory when gradient checkpointing is off."""
+    return model(**batch, use_cache=False).loss
 
 
 def lora_summary(model) -> tuple[int, int, list[str]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
+
+
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
+def tiny_model_dir() -> str:
+    """The pre-trained offline twin, built once (about a minute) and reused while src/tiny_model.py,
+    torch and transformers stay the same (its card.json records them)."""
     from src.tiny_model import build_tiny_blip2
 
-    out = tmp_path_factory.mktemp("tiny-blip2")
-    build_tiny_blip2(out)
-    return str(out)
+    build_tiny_blip2(TINY_MODEL)
+    return str(TINY_MODEL)
 
 
 def run_script(*args, timeout=600, env=None, check=False, cwd=REPO) -> subprocess.CompletedProcess:
@@ -65,3 +71,53 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
         time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"no progress within {timeout} s")
+
+
+# --- the README's offline quick start, run once per test session -----------------------------------------
+
+README = REPO / "README.md"
+QUICKSTART_HEADING = "## 离线 CPU 快速体验"
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The commands of the first bash block after `heading` in README.md."""
+    section = README.read_text(encoding="utf-8").split(heading, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def fresh_copy(dst: Path) -> Path:
+    """The repository as a clean clone has it (no outputs, no converted data)."""
+    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "easy_vqa", "artifacts")
+    shutil.copytree(REPO, dst, ignore=ignore)
+    for d in ("outputs", "assets/comparisons"):  # as in a clean clone: only the .gitkeep
+        for p in (dst / d).iterdir():
+            if p.name != ".gitkeep":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return dst
+
+
+@pytest.fixture(scope="session")
+def quickstart(tiny_model_dir, tmp_path_factory) -> dict:
+    """Every command of the README's offline quick start, exactly as written, in a fresh copy of the
+    repository (the twin this session built is put where the first command builds it, so that command
+    finds it and reuses it). tests/test_readme.py checks the commands; tests/test_pipeline.py the files."""
+    repo = fresh_copy(tmp_path_factory.mktemp("quickstart") / "repo")
+    shutil.copytree(tiny_model_dir, repo / "outputs" / "tiny-blip2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    runs = []
+    for cmd in readme_commands(QUICKSTART_HEADING):
+        proc = subprocess.run(cmd, shell=True, cwd=repo, capture_output=True, text=True, timeout=900, env=env)
+        runs.append((cmd, proc))
+        if proc.returncode != 0:
+            break
+    return {"repo": repo, "out": repo / "outputs", "runs": runs, "model": str(repo / "outputs" / "tiny-blip2")}
+
+
+def quickstart_run(quickstart: dict, script: str) -> subprocess.CompletedProcess:
+    """The quick start's run of `script` (the first command naming it), which must have succeeded."""
+    for cmd, proc in quickstart["runs"]:
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        if script in cmd:
+            return proc
+    raise AssertionError(f"the README's quick start does not run {script}")

@@ -6,7 +6,7 @@ from conftest import REPO
 from src.images import load_image
 from src.inference import generate_for_images
 from src.modeling import load_blip2
-from src.prompts import clean_answer, format_prompt, get_decoding
+from src.prompts import first_line, format_prompt, get_decoding
 
 QUESTIONS = ["What is in the image?", "how many?", "What color is the shape in the middle of the picture?", "is it?",
              "Where was this photo taken, and by whom?", "what", "Is there a cat?", "What is the man holding in his hand?",
@@ -21,7 +21,7 @@ def model_and_processor(tiny_model_dir):
 def one_at_a_time(model, processor, image, prompt, decoding):
     enc = processor(images=[image], text=[prompt], return_tensors="pt")
     out = model.generate(**enc, **decoding)
-    return clean_answer(processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return first_line(processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
 
 
 @pytest.mark.parametrize("decoding_name", ["greedy", "vqa_beam5"])
@@ -51,4 +51,4 @@ def test_batched_captions_equal_single(model_and_processor):
     batched = generate_for_images(model, processor, images, [""] * 4, decoding, batch_size=4)
     for img, cap in zip(images, batched):
         out = model.generate(**processor(images=[img], return_tensors="pt"), **decoding)
-        assert cap == clean_answer(processor.tokenizer.decode(out[0], skip_special_tokens=True))
+        assert cap == first_line(processor.tokenizer.decode(out[0], skip_special_tokens=True))

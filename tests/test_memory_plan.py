@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import run_script
+from src.modeling import QUANTIZATION_SKIP_MODULES
 from src.memory_plan import ARCHITECTURE_JSON, held_bytes, load_blip2_config, nf4_weight_bytes, plan_memory
 
 FULL_PARAMS = 3_744_761_856  # Salesforce/blip2-opt-2.7b with its 50,304-token vocabulary
@@ -83,7 +84,8 @@ def test_tiny_nf4_plan_equals_a_real_4bit_load(tiny_model_dir, dtype):
     model = Blip2ForConditionalGeneration.from_pretrained(
         tiny_model_dir, dtype=dtype, device_map={"": "cpu"},
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype),
+                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+                                               llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES),
     )
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     actual = held_bytes(model)
@@ -91,7 +93,8 @@ def test_tiny_nf4_plan_equals_a_real_4bit_load(tiny_model_dir, dtype):
     plan = plan_memory(tiny_model_dir, compute_dtype=str(dtype).removeprefix("torch."))
     assert plan["bnb"]["quantized_linears"] == sorted(quantized)
     assert plan["precisions"]["nf4"]["bytes"] == actual
-    assert "qformer" in plan["bnb"]["modules_to_not_convert"] and "language_model.lm_head" in plan["bnb"]["modules_to_not_convert"]
+    assert {"qformer", "lm_head", "vision_model", "language_projection"} <= set(plan["bnb"]["modules_to_not_convert"])
+    assert quantized and all(n.startswith("language_model.model.decoder.layers.") for n in quantized)
     qformer_dtype = torch.float32 if dtype == torch.float16 else dtype
     assert model.qformer.layernorm.weight.dtype == qformer_dtype and model.query_tokens.dtype == qformer_dtype
 
@@ -123,8 +126,11 @@ def test_full_parts_add_up_to_the_stated_total():
     assert re.fullmatch(plan["lora"]["regex"], "language_model.model.decoder.layers.0.fc1")
     assert not re.fullmatch(plan["lora"]["regex"], "vision_model.encoder.layers.0.mlp.fc1")
     assert plan["lora"]["total_bytes"] == 16 * plan["lora"]["params"]
-    # every vision / language-model Linear but the tied lm_head is quantised; the Q-Former's are not
-    assert plan["bnb"]["quantized_linear_count"] == 39 * 4 + 1 + 32 * 6
+    # only the OPT decoder's Linear layers are quantised: not the ViT-g, the projection, the Q-Former or lm_head
+    assert plan["bnb"]["quantized_linear_count"] == 32 * 6
+    assert plan["parts"]["vision_model"]["bytes"]["nf4"] == plan["parts"]["vision_model"]["bytes"]["bf16"]
+    # on paper, QLoRA with batch 4 fits a 10 GB budget: weights + LoRA state leave > 5 GiB for activations
+    assert plan["qlora_training"]["total_bytes"] < 4.5 * 1024**3
     assert plan["qlora_training"]["total_bytes"] == plan["precisions"]["nf4"]["bytes"] + plan["lora"]["total_bytes"]
 
 

@@ -12,7 +12,9 @@ bnb = pytest.importorskip("bitsandbytes")
 
 def lora_step_after_generation(model_dir, disable_repacking=True):
     import src.modeling as modeling
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
+
+    from src.training import freeze_base
 
     original = modeling._disable_cpu_repacking
     if not disable_repacking:
@@ -25,8 +27,7 @@ def lora_step_after_generation(model_dir, disable_repacking=True):
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     answer = generate_for_images(model, processor, [image], [format_prompt("vqa_opt", "what color?")],
                                  get_decoding("vqa_beam5"))[0]
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = freeze_base(model, gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)$"))
     model.train()
     enc = processor(images=[image], text=["Question: what color? Answer: red"], return_tensors="pt")
