@@ -125,14 +125,18 @@ def _list_files(hf_dataset: str, revision: str) -> tuple[list[str], str]:
 
 
 def open_parquet(file: str):
-    """A pyarrow ParquetFile for a local path or an hf:// URL (read lazily: only the byte ranges asked for)."""
+    """A pyarrow ParquetFile for a local path or an hf:// URL, read lazily: only the byte ranges asked for.
+
+    Over HTTP, cache_type="none" makes each read one range request of exactly the bytes pyarrow needs (a
+    read-ahead buffer would pull in the image bytes next to the question columns), and pre_buffer merges
+    the question columns of a row group into one request."""
     import pyarrow.parquet as pq
 
     if file.startswith("hf://"):
         from huggingface_hub import HfFileSystem
 
-        return pq.ParquetFile(HfFileSystem().open(file, "rb"))
-    return pq.ParquetFile(file)
+        return pq.ParquetFile(HfFileSystem().open(file, "rb", cache_type="none"), pre_buffer=True)
+    return pq.ParquetFile(file, pre_buffer=True)
 
 
 def read_question_table(files: list[str]):
