@@ -146,14 +146,12 @@ def _answers(value, where: str) -> list[str]:
                         f"{type(value).__name__} {_short(value)}")
     if not value:
         raise UserError(f"{where}: answers is empty; each question needs its annotators' answers (VQAv2 has 10)")
-    answers = []
-    for k, item in enumerate(value):
-        answer = item.get("answer") if isinstance(item, dict) else item
-        if not isinstance(answer, str):
-            raise UserError(f"{where}: answers[{k}] must be a string or an object with an \"answer\" string, "
-                            f"got {_short(item)}")
-        answers.append(answer)
-    return answers
+    answers = [item.get("answer") if type(item) is dict else item for item in value]
+    if all(isinstance(a, str) for a in answers):
+        return answers
+    k = next(k for k, a in enumerate(answers) if not isinstance(a, str))
+    raise UserError(f"{where}: answers[{k}] must be a string or an object with an \"answer\" string, "
+                    f"got {_short(value[k])}")
 
 
 def _entry(value, where: str) -> dict:
