@@ -186,8 +186,9 @@ def test_baseline_through_hub_and_json_gives_identical_rows(both, tiny_model_dir
     common = ["create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--quantization=none", "--max_samples=10",
               "--num_workers=0", "--eval_batch=4"]
     run_script(*common, "--dataset=vqav2", f"--data_dir={json_dir}", f"--output_dir={tmp_path / 'json'}", check=True)
-    run_script(*common, "--dataset=vqav2_hub", f"--hf_dataset={parquet_dir}", f"--output_dir={tmp_path / 'hub'}",
-               check=True)
+    copy = shutil.copytree(parquet_dir, tmp_path / "parquet")
+    hub = [*common, "--dataset=vqav2_hub", f"--hf_dataset={copy}", f"--output_dir={tmp_path / 'hub'}"]
+    run_script(*hub, check=True)
     rows_json = read_jsonl(tmp_path / "json" / "vqav2_baseline.jsonl")
     rows_hub = read_jsonl(tmp_path / "hub" / "vqav2_baseline.jsonl")
     assert len(rows_hub) == 10 and all(r["error"] is None for r in rows_hub)
@@ -201,3 +202,8 @@ def test_baseline_through_hub_and_json_gives_identical_rows(both, tiny_model_dir
     assert m_hub == m_json
     assert (json.loads((tmp_path / "hub" / "vqav2_sample_ids.json").read_text())["question_ids"]
             == json.loads((tmp_path / "json" / "vqav2_sample_ids.json").read_text())["question_ids"])
+    # a rerun with the source gone and the hub switched off resumes from the output folder's copy
+    shutil.rmtree(copy / "data")
+    proc = run_script(*hub, env={"HF_HUB_OFFLINE": "1"}, check=True)
+    assert "10 already done, 0 to go" in proc.stdout
+    assert read_jsonl(tmp_path / "hub" / "vqav2_baseline.jsonl") == rows_hub
