@@ -207,3 +207,19 @@ def test_baseline_through_hub_and_json_gives_identical_rows(both, tiny_model_dir
     proc = run_script(*hub, env={"HF_HUB_OFFLINE": "1"}, check=True)
     assert "10 already done, 0 to go" in proc.stdout
     assert read_jsonl(tmp_path / "hub" / "vqav2_baseline.jsonl") == rows_hub
+
+    # README steps 4-6 on the same folder, still offline: train an adapter (tiny), evaluate it on the hub
+    # sample, and build the report, whose thumbnails come from the cached images
+    run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--train_steps=2",
+               "--per_device_batch=4", "--grad_accum=1", "--warmup_steps=1", "--num_workers=0",
+               f"--output_dir={tmp_path / 'ft'}", check=True)
+    run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--quantization=none",
+               "--num_workers=0", "--dataset=vqav2_hub", f"--hf_dataset={copy}", f"--output_dir={tmp_path / 'hub'}",
+               f"--adapter_dir={tmp_path / 'ft' / 'lora_adapter'}", env={"HF_HUB_OFFLINE": "1"}, check=True)
+    tuned = read_jsonl(tmp_path / "hub" / "vqav2_finetuned.jsonl")
+    assert [r["image_path"] for r in tuned] == [r["image_path"] for r in rows_hub]
+    run_script("compare_baseline_finetuned.py", f"--output_dir={tmp_path / 'hub'}", check=True)
+    report = (tmp_path / "hub" / "comparisons" / "report.html").read_text()
+    assert 'class="ph"' not in report  # no picture fell back to a placeholder
+    for path in {r["image_path"] for r in rows_hub}:
+        assert f'role="img" aria-label="{path}"' in report
