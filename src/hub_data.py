@@ -106,6 +106,20 @@ def _hub_errors(hf_dataset: str, cache: Path | None):
                         f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub") from None
 
 
+@contextlib.contextmanager
+def _reading(file: str):
+    """A damaged parquet file as one line naming it (network failures go on to _hub_errors)."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (OSError, pa.ArrowException) as e:
+        if file.startswith("hf://") and not isinstance(e, pa.ArrowInvalid):
+            raise
+        raise UserError(f"cannot read {file}: {str(e)[:150]}; the file may be truncated or not parquet, "
+                        "download it again") from None
+
+
 def _list_files(hf_dataset: str, revision: str) -> tuple[list[str], str]:
     """(validation parquet files, resolved revision) of a local folder or a hub dataset."""
     folder = Path(hf_dataset)
@@ -147,9 +161,10 @@ def read_question_table(files: list[str]):
 
     tables = []
     for k, file in enumerate(tqdm(files, desc="question columns", unit="file", disable=len(files) < 2)):
-        pf = open_parquet(file)
-        check_schema(pf.schema_arrow, file)
-        t = pf.read(columns=list(QUESTION_COLUMNS))
+        with _reading(file):
+            pf = open_parquet(file)
+            check_schema(pf.schema_arrow, file)
+            t = pf.read(columns=list(QUESTION_COLUMNS))
         t = t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
         tables.append(t.append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
     return pa.concat_tables(tables, promote_options="permissive")
@@ -172,7 +187,11 @@ def _read_cache(cache: Path, key: dict):
                         f"{source.get('requested_revision') or 'newest'}, but this run asks for {key['hf_dataset']} "
                         f"revision {key['requested_revision'] or 'newest'}; use the baseline's --hf_dataset and "
                         "--hf_dataset_revision, or another --output_dir")
-    return pq.read_table(cache / "questions.parquet"), source
+    try:
+        return pq.read_table(cache / "questions.parquet"), source
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {cache / 'questions.parquet'} ({str(e)[:100]}); delete {cache / 'source.json'} "
+                        "to read the questions again") from None
 
 
 def _build_cache(cache: Path, hf_dataset: str, revision: str, key: dict):
@@ -285,13 +304,15 @@ def _write_images(todo: dict, images: Path, sources: dict, have: dict, tqdm) -> 
     n = sum(len(rows) for rows in todo.values())
     bar = tqdm(total=n, desc="caching the sample's images", unit="img")
     for file, rows in todo.items():
-        pf = open_parquet(file)
+        with _reading(file):
+            pf = open_parquet(file)
         start = 0
         for g in range(pf.metadata.num_row_groups):
             end = start + pf.metadata.row_group(g).num_rows
             wanted = [r for r in rows if start <= r < end]
             if wanted:
-                column = pf.read_row_group(g, columns=["image"]).column("image")
+                with _reading(file):
+                    column = pf.read_row_group(g, columns=["image"]).column("image")
                 for r in wanted:
                     cell = column[r - start].as_py() or {}
                     data = cell.get("bytes")

@@ -164,6 +164,14 @@ def test_bad_rows_in_parquet_are_checked_like_json(tmp_path):
         load_samples("vqav2_hub", "val", hf_dataset=str(folder), cache_dir=tmp_path / "out")
 
 
+def test_truncated_parquet_is_one_line_naming_the_file(both, tmp_path):
+    copy = shutil.copytree(both[1], tmp_path / "pq")
+    part = sorted((copy / "data").iterdir())[1]
+    part.write_bytes(part.read_bytes()[:5000])
+    with pytest.raises(UserError, match=rf"cannot read .*{part.name}: .* download it again"):
+        load_samples("vqav2_hub", "val", hf_dataset=str(copy), cache_dir=tmp_path / "out")
+
+
 def test_local_folder_without_validation_files(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(UserError, match=r"has no data/validation-\*\.parquet files"):
