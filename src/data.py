@@ -128,7 +128,7 @@ def _int_id(value, where: str, key: str) -> int:
     """An integer id; a string of digits counts as that number (so "1001" and 1001 are the same id)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
     raise UserError(f"{where}: {key} must be an integer, got {type(value).__name__} {_short(value)}")
 

@@ -110,6 +110,45 @@ def test_cached_questions_and_images_are_reused_without_the_source(both, tmp_pat
         load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), hf_revision="v2", cache_dir=tmp_path / "out")
 
 
+def test_hub_id_reads_only_validation_files_at_the_pinned_commit(both, tmp_path, monkeypatch):
+    """The hub branch with the hub replaced by the local files: listing, commit pinning, the hf:// URLs and
+    exact-range opening (no read-ahead) are what a user with internet gets."""
+    import huggingface_hub
+    from types import SimpleNamespace
+
+    json_dir, parquet_dir = both
+    names = sorted(p.name for p in (parquet_dir / "data").iterdir())
+    siblings = [SimpleNamespace(rfilename=f"data/{n}") for n in [*names, "test-00000-of-00001.parquet",
+                                                                  "testdev-00000-of-00001.parquet"]]
+    asked, opened = [], []
+
+    def dataset_info(self, repo_id, revision=None, **kw):
+        asked.append((repo_id, revision))
+        return SimpleNamespace(sha="0123abc", siblings=siblings)
+
+    class LocalHub:
+        def open(self, url, mode="rb", cache_type=None):
+            opened.append((url, cache_type))
+            prefix = "hf://datasets/lmms-lab/VQAv2@0123abc/"
+            assert url.startswith(prefix + "data/validation-"), url
+            return open(parquet_dir / url[len(prefix):], mode)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", LocalHub)
+    samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", hf_revision="v1.0", cache_dir=tmp_path)
+    assert asked == [("lmms-lab/VQAv2", "v1.0")]
+    assert {c for _, c in opened} == {"none"} and len(opened) == len(names)
+    assert without_image_path([s.to_dict() for s in samples]) == without_image_path(
+        [s.to_dict() for s in load_samples("vqav2", "val", json_dir)])
+    assert all(s.image_path.startswith("hf://datasets/lmms-lab/VQAv2@0123abc/data/validation-") for s in samples)
+    source = json.loads((tmp_path / "vqav2_hub" / "source.json").read_text())
+    assert source["revision"] == "0123abc" and source["requested_revision"] == "v1.0"
+    chosen = materialize_images(samples[:3], "vqav2_hub", tmp_path)
+    assert all(Path(s.image_path).is_file() for s in chosen)
+    sources = json.loads((tmp_path / "vqav2_hub" / "images" / "sources.json").read_text())
+    assert all(v["source"].startswith("hf://datasets/lmms-lab/VQAv2@0123abc/") for v in sources.values())
+
+
 def test_vqav2_hub_is_validation_only(both, tmp_path):
     with pytest.raises(UserError, match="validation only .* --dataset=vqav2"):
         load_samples("vqav2_hub", "train", hf_dataset=str(both[1]), cache_dir=tmp_path)
