@@ -187,12 +187,13 @@ def test_bad_data_is_reported_before_the_model_loads(tmp_path):
 # --- the lock and the easy-VQA conversion -----------------------------------------------------------
 
 HOLD = "import sys, time; from src.locks import exclusive_lock\nwith exclusive_lock(sys.argv[1], 'x'):\n" \
-       "    print('held', flush=True); time.sleep(60)"
+       "    print('held', flush=True); time.sleep(float(sys.argv[2]))"
 
 
 def test_lock_refuses_naming_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
     lock = tmp_path / "out" / ".lock"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), "60"], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=rf"the output folder is in use by another run \(PID {holder.pid}, lock file"):
@@ -205,6 +206,18 @@ def test_lock_refuses_naming_the_holder_and_a_killed_holder_leaves_no_lock(tmp_p
     with exclusive_lock(lock, "the output folder"):  # ... and taken over at once
         assert lock.read_text().strip() == str(os.getpid())
     assert not lock.exists()
+
+
+def test_waiting_lock_goes_on_when_the_holder_finishes(tmp_path, capsys):
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), "1.5"], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    with exclusive_lock(lock, "the folder", wait=True):
+        assert time.monotonic() - start > 1.0  # only once the holder's 1.5 s were over
+    holder.wait()
+    assert f"waiting for the run with PID {holder.pid} to finish with the folder" in capsys.readouterr().out
 
 
 def easy_vqa_counts() -> dict:
