@@ -18,7 +18,9 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-DATASET = "vqav2"  # "vqav2" (data/vqa + data/images), "easy_vqa" (pip package) or "tiny" (data/tiny.jsonl)
+DATASET = "vqav2"  # "vqav2" (data/vqa + data/images), "vqav2_hub" (HF_DATASET), "easy_vqa" (pip package) or "tiny"
+HF_DATASET = "lmms-lab/VQAv2"  # vqav2_hub: hub dataset id, or a local folder holding data/validation-*.parquet
+HF_DATASET_REVISION = ""  # vqav2_hub: commit hash (or branch/tag) to pin; "" = newest
 SPLIT = "val"  # evaluation split
 DATA_DIR = "data"
 MAX_SAMPLES = 1000  # questions in the frozen sample (0 = the whole split)
@@ -43,7 +45,8 @@ def main():
     evaluate_sample(dataset=DATASET, split=SPLIT, data_dir=DATA_DIR, max_samples=MAX_SAMPLES, seed=SEED,
                     model_id=MODEL_ID, quantization=QUANTIZATION, adapter=ADAPTER, eval_batch=EVAL_BATCH,
                     num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
-                    output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=True, config=config)
+                    output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=True, config=config,
+                    hf_dataset=HF_DATASET, hf_dataset_revision=HF_DATASET_REVISION)
 
 
 if __name__ == "__main__":

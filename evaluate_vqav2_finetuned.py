@@ -17,7 +17,9 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-DATASET = "vqav2"  # must be the dataset the baseline sample was drawn from
+DATASET = "vqav2"  # must be the dataset the baseline sample was drawn from ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
+HF_DATASET = "lmms-lab/VQAv2"  # vqav2_hub: the baseline's hub dataset id or local parquet folder
+HF_DATASET_REVISION = ""  # vqav2_hub: the baseline's revision; "" = newest
 SPLIT = "val"
 DATA_DIR = "data"
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
@@ -56,7 +58,8 @@ def main():
     rows, _ = evaluate_sample(dataset=DATASET, split=SPLIT, data_dir=DATA_DIR, max_samples=0, seed=0,
                               model_id=MODEL_ID, quantization=QUANTIZATION, adapter=adapter, eval_batch=EVAL_BATCH,
                               num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
-                              output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=False, config=config)
+                              output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=False, config=config,
+                              hf_dataset=HF_DATASET, hf_dataset_revision=HF_DATASET_REVISION)
     if rows is None:  # not the main process
         return
     base_rows = read_jsonl(baseline_path)

@@ -234,13 +234,14 @@ def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
 def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int, seed: int, model_id: str,
                     quantization: str, adapter: str, eval_batch: int, num_workers: int, vqa_prompt: str,
                     vqa_decoding: str, output_dir: str, run_name: str, draw_sample: bool, config: dict,
-                    sample_file: str = "vqav2_sample_ids.json"):
+                    sample_file: str = "vqav2_sample_ids.json", hf_dataset: str = "lmms-lab/VQAv2",
+                    hf_dataset_revision: str = ""):
     """The shared body of create_vqav2_baseline.py (draw_sample=True) and evaluate_vqav2_finetuned.py:
     load the frozen sample, answer it (resumably, data-parallel), write rows, metrics, results.
     Returns (rows, metrics) on the main process, (None, None) elsewhere."""
     from .config import write_config
     from .runtime import check_output_dir, check_positive, make_accelerator
-    from .data import freeze_sample, load_samples, read_sample_ids, select
+    from .data import freeze_sample, load_samples, materialize_images, read_sample_ids, select
     from .modeling import check_adapter_dir, check_quantization, load_blip2
     from .prompts import generation_record
 
@@ -254,7 +255,8 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     accelerator = make_accelerator()
     check_quantization(quantization, str(accelerator.device))
     out_dir = check_output_dir(output_dir)
-    samples = load_samples(dataset, split, data_dir)
+    samples = load_samples(dataset, split, data_dir, hf_dataset=hf_dataset, hf_revision=hf_dataset_revision,
+                           cache_dir=out_dir)
     sample_path = out_dir / sample_file
     if draw_sample:
         if accelerator.is_main_process:
@@ -262,6 +264,7 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
         accelerator.wait_for_everyone()
     ids = read_sample_ids(sample_path, dataset, split)
     chosen = select(samples, ids, str(sample_path))
+    chosen = materialize_images(chosen, dataset, out_dir)  # vqav2_hub: only the sample's images, cached in out_dir
     if adapter:
         check_adapter_dir(adapter)  # before the slow model load
     model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
