@@ -1,6 +1,7 @@
 """Zero-shot BLIP-2 on a frozen random sample of the VQAv2 validation questions (README step 3).
 
     python create_vqav2_baseline.py                                  # 1000 questions of VQAv2 val2014
+    python create_vqav2_baseline.py --dataset=vqav2_hub                # VQAv2 val from the hub (lmms-lab/VQAv2), no COCO download
     python create_vqav2_baseline.py --max_samples=5000 --eval_batch=64
     accelerate launch --multi_gpu --num_processes 2 create_vqav2_baseline.py   # several GPUs
     # offline CPU smoke run: tiny random model on easy-VQA (pip install easy-vqa)

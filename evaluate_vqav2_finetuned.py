@@ -1,6 +1,7 @@
 """Evaluate the QLoRA-fine-tuned BLIP-2 on exactly the baseline's questions (README step 5).
 
     python evaluate_vqav2_finetuned.py
+    python evaluate_vqav2_finetuned.py --dataset=vqav2_hub             # when the baseline used the hub dataset
     python evaluate_vqav2_finetuned.py --adapter_dir=outputs/lora_adapter --eval_batch=64
     accelerate launch --multi_gpu --num_processes 2 evaluate_vqav2_finetuned.py
     # offline CPU smoke run, after the smoke runs of create_vqav2_baseline.py and finetune_vqav2_lora.py:
