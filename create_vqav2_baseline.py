@@ -4,7 +4,7 @@
     python create_vqav2_baseline.py --dataset=vqav2_hub                # VQAv2 val from the hub (lmms-lab/VQAv2), no COCO download
     python create_vqav2_baseline.py --max_samples=5000 --eval_batch=64
     accelerate launch --multi_gpu --num_processes 2 create_vqav2_baseline.py   # several GPUs
-    # offline CPU smoke run: tiny random model on easy-VQA (pip install easy-vqa)
+    # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
     python -m src.tiny_model outputs/tiny-blip2
     python create_vqav2_baseline.py --model_id=outputs/tiny-blip2 --quantization=none --dataset=easy_vqa --max_samples=50
 

@@ -3,7 +3,7 @@
     python finetune_vqav2_lora.py                                   # 1000 steps on VQAv2 train2014
     python finetune_vqav2_lora.py --train_steps=2000 --per_device_batch=8 --lr=1e-4
     accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
-    # offline CPU smoke run: tiny random model on easy-VQA (pip install easy-vqa)
+    # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
     python -m src.tiny_model outputs/tiny-blip2
     python finetune_vqav2_lora.py --model_id=outputs/tiny-blip2 --dataset=easy_vqa --train_steps=20 --lr=3e-3
 

@@ -109,7 +109,7 @@ def save_random_model(outdir: Path, device: str, smoke: bool) -> dict:
     from src.tiny_model import IMAGE_TOKEN, build_tiny_blip2
 
     with tempfile.TemporaryDirectory() as tiny:
-        build_tiny_blip2(tiny)
+        build_tiny_blip2(tiny, pretrain_steps=0)  # only its tokenizer and processor are used
         processor = Blip2Processor.from_pretrained(tiny)
     config = architecture(smoke)
     size = config.vision_config.image_size
@@ -118,15 +118,16 @@ def save_random_model(outdir: Path, device: str, smoke: bool) -> dict:
     tok = processor.tokenizer
     # the prompt's image tokens are the tokenizer's <image>; every other id it makes is < 640 < vocab
     config.image_token_index = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+    for key in ("pad_token_id", "bos_token_id"):
         setattr(config.text_config, key, getattr(tok, key))
+    config.text_config.eos_token_id = tok.convert_tokens_to_ids("Ċ")  # the newline, as 50118 in the real model
     dtype = compute_dtype(device)
     torch.manual_seed(SEED)
     t = time.perf_counter()
     with torch.device(device):
         model = Blip2ForConditionalGeneration._from_config(config, dtype=dtype)
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, key, getattr(tok, key))
+        setattr(model.generation_config, key, getattr(config.text_config, key))
     n_params = sum(p.numel() for p in model.parameters())
     build_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -241,7 +242,7 @@ def train_batch(processor, image_token_id: int, batch: int, size: int, device: s
     encoded = []
     for _ in range(batch):
         prompt = [tok.bos_token_id] + torch.randint(low, high, (PROMPT_TOKENS - 1,), generator=g).tolist()
-        answer = torch.randint(low, high, (ANSWER_TOKENS,), generator=g).tolist() + [tok.eos_token_id]
+        answer = torch.randint(low, high, (ANSWER_TOKENS,), generator=g).tolist() + [tok.convert_tokens_to_ids("Ċ")]
         encoded.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
     input_ids, attention_mask, labels = collate_examples(tok, processor.num_query_tokens, image_token_id, encoded)
     pixel_values = torch.randn(batch, 3, size, size, generator=g)
@@ -254,13 +255,14 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
     import torch
 
     import finetune_vqav2_lora as finetune
-    from src.training import add_lora, lora_summary
+    from src.modeling import compute_dtype
+    from src.training import add_lora, lora_summary, set_train_mode, training_loss
 
     image_token_id = model.config.image_token_id
     model = add_lora(model, r=finetune.LORA_R, alpha=finetune.LORA_ALPHA, dropout=finetune.LORA_DROPOUT,
-                     target_modules=finetune.TARGET_MODULES, scope=finetune.LORA_SCOPE, use_4bit=True,
+                     target_modules=finetune.TARGET_MODULES, scope=finetune.LORA_SCOPE,
                      gradient_checkpointing=finetune.GRADIENT_CHECKPOINTING)
-    model.train()
+    set_train_mode(model)
     trainable, total, wrapped = lora_summary(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=finetune.LR, weight_decay=finetune.WEIGHT_DECAY)
@@ -285,8 +287,8 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
                 break
             sync(device)
             t = time.perf_counter()
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                loss = model(**inputs).loss
+            with torch.autocast(device_type="cuda", dtype=compute_dtype(device), enabled=device.startswith("cuda")):
+                loss = training_loss(model, inputs)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, finetune.MAX_GRAD_NORM)
             optimizer.step()

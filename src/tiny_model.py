@@ -41,15 +41,17 @@ SIZES = {
     "image_text_hidden_size": 32,
     "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                       "image_size": IMAGE_SIZE, "patch_size": 8},
+    # cross_attention_frequency counts as a size: the real Q-Former cross-attends to the image in 6 of its
+    # 12 layers; with 2 layers, frequency 2 would leave one, and the twin then never learns shapes
     "qformer_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                       "encoder_hidden_size": 64, "max_position_embeddings": 64},
+                       "encoder_hidden_size": 64, "max_position_embeddings": 64, "cross_attention_frequency": 1},
     "text_config": {"hidden_size": 64, "word_embed_proj_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                     "ffn_dim": 128, "max_position_embeddings": 256},
 }
 # stage 1 in miniature: all weights trained on easy-VQA train captions
-PRETRAIN_STEPS = 600
+PRETRAIN_STEPS = 800
 PRETRAIN_BATCH = 32
-PRETRAIN_LR = 1e-3
+PRETRAIN_LR = 2e-3
 CAPTION_EVAL_IMAGES = 300  # val (easy-VQA test) images the caption accuracy is measured on
 
 # Text the tokenizer is trained on: the prompt words, VQA-style questions and answers,
