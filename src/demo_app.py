@@ -249,22 +249,14 @@ class DemoOptions:
                                caption_prompt=self.caption_prompt, caption_decoding=self.caption_decoding)
 
 
-def image_input(**kwargs):
-    """A gr.Image (upload, drop, paste, webcam; an Image in the API) that hands the handler the uploaded
-    file's path without opening it: gradio's own preprocessing decodes every upload with PIL, which
-    fails with a traceback on a non-image and decodes a decompression bomb before any check.
-    src.images.load_image then refuses such files with a message instead."""
-    import gradio as gr
-
-    class CheckedImage(gr.Image):
-        is_template = True  # gradio's mark for "the same front-end component and API type as the parent"
-
-        def preprocess(self, payload):
-            if payload is None or (payload.url or "").startswith("data:") or payload.path is None:
-                return super().preprocess(payload)
-            return str(payload.path)
-
-    return CheckedImage(type="filepath", sources=["upload", "clipboard", "webcam"], **kwargs)
+def payload_path(payload) -> str | None:
+    """The uploaded file's path from an Image event's raw payload (the events below run with
+    preprocess=False: gradio's own preprocessing decodes every upload with PIL, which fails with a
+    traceback on a non-image and decodes a decompression bomb before any check; src.images.load_image
+    refuses both with a message instead). A plain path (in-process callers) passes through."""
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return payload
 
 
 def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
@@ -272,8 +264,9 @@ def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
     c = {}
     with gr.Row():
         with gr.Column(scale=1):
-            c["image"] = image_input(label=tr("image_label", mb=f"{opts.max_upload_mb:g}"), elem_id="image",
-                                     height=320, buttons=["fullscreen"])
+            c["image"] = gr.Image(label=tr("image_label", mb=f"{opts.max_upload_mb:g}"), type="filepath",
+                                  sources=["upload", "clipboard", "webcam"], elem_id="image", height=320,
+                                  buttons=["fullscreen"])
         with gr.Column(scale=1):
             c["question"] = gr.Textbox(label=tr("question_label"), value=opts.default_question, lines=1, max_lines=3,
                                        max_length=MAX_QUESTION_CHARS, elem_id="question",
@@ -337,7 +330,11 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
     answer = make_answer_fn(model, processor, adapter_available=adapter_available, max_upload_mb=opts.max_upload_mb,
                             max_pixels=opts.max_pixels, lang=opts.lang, **opts.generation)
 
-    def on_upload(path):
+    def ask_about(payload, question):
+        return answer(payload_path(payload), question)
+
+    def on_upload(payload):
+        path = payload_path(payload)
         usable, status = check_upload(path, opts.max_upload_mb, opts.max_pixels, opts.lang)
         if not path:  # cleared (by the user, or below after a refusal): keep the message
             return gr.skip(), gr.skip()
@@ -359,12 +356,13 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
                 cmp = _comparison_tab(gr, tr, opts)
         inputs = [ask["image"], ask["question"]]
         outputs = [ask[k] for k in ("caption", "answer_base", "caption_ft", "answer_ft", "status")]
-        ask["ask"].click(answer, inputs, outputs, api_name="ask", concurrency_limit=1, concurrency_id="model")
-        ask["question"].submit(answer, inputs, outputs, api_visibility="private", concurrency_limit=1,
-                               concurrency_id="model")
+        ask["ask"].click(ask_about, inputs, outputs, api_name="ask", concurrency_limit=1, concurrency_id="model",
+                         preprocess=False)
+        ask["question"].submit(ask_about, inputs, outputs, api_visibility="private", concurrency_limit=1,
+                               concurrency_id="model", preprocess=False)
         # decoding a picture of up to max_pixels takes memory: two at a time, apart from the model queue
         ask["image"].change(on_upload, ask["image"], [ask["image"], ask["status"]], api_visibility="private",
-                            concurrency_limit=2, concurrency_id="preview", show_progress="hidden")
+                            concurrency_limit=2, concurrency_id="preview", show_progress="hidden", preprocess=False)
         comparison_outputs = [cmp["summary"], *cmp["charts"].values(), cmp["cases"], cmp["report"]]
         demo.load(load_comparison, None, comparison_outputs, api_name="comparison", concurrency_limit=None)
         cmp["reload"].click(load_comparison, None, comparison_outputs, api_visibility="private", concurrency_limit=None)
