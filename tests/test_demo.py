@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -553,3 +554,31 @@ def test_browser_language_switch_and_report_in_both_languages(browser, server, t
         assert height < 5000, height
         pg.screenshot(path=str(ARTIFACTS / f"report_{lang}.png"), full_page=True)
     pg.close()
+
+
+@needs_browser
+def test_readme_easy_vqa_examples_command(browser, tiny_model_dir, tmp_path):
+    """README step 7's offline command: easy-VQA pictures (converted on first use) as example thumbnails."""
+    from src.data import prepare_easy_vqa
+
+    prepare_easy_vqa(REPO / "data")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    line = next(l.strip() for l in readme.splitlines() if "--examples_dir=data/easy_vqa/images/val" in l)
+    words = shlex.split(line)
+    assert words[:2] == ["python", "inference_demo.py"]
+    args = [w for w in words[2:] if not w.startswith(("--model_id=", "--quantization="))]  # serving() sets them
+    assert {w for w in words[2:]} - set(args) == {"--model_id=outputs/tiny-blip2", "--quantization=none"}
+    with serving(tmp_path, tiny_model_dir, *args, "--adapter_dir=", f"--comparisons_dir={tmp_path / 'none'}") as demo:
+        wait_until_served(demo)
+        pg = open_page(browser, demo["url"])
+        thumbs = pg.locator("#examples img")
+        assert thumbs.count() == 12  # the first page of MAX_EXAMPLES=24
+        assert value(pg, "question") == "What shape is in the image?"
+        name = thumbs.first.get_attribute("src").rsplit("/", 1)[1]
+        assert (REPO / "data" / "easy_vqa" / "images" / "val" / name).is_file()
+        thumbs.first.click()
+        wait_for_status(pg, name)
+        pg.click("#ask")
+        wait_for_status(pg, "用时", timeout=60_000)
+        assert value(pg, "answer_base").strip()
+        pg.close()
