@@ -506,3 +506,19 @@ def test_english_report_summary_and_console(tmp_path):
     assert summary in proc.stdout
     proc = run(out, report, "--lang=fr")
     assert proc.returncode == 2 and "--lang=en" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_console_table_uses_the_same_numbers():
+    """What evaluate_vqav2_finetuned.py prints after its run: the headline table of src.formatting."""
+    from src.formatting import console_comparison
+    from src.i18n import texts
+
+    base, ft = make_rows()
+    cmp = compare_rows(base, ft, n_resamples=100, seed=0)
+    text = console_comparison(cmp, texts("en"))
+    assert "baseline vs fine-tuned on the same 40 questions" in text and "95% interval" in text
+    cells = summary_rows(text)["overall"]
+    assert cells[1:4] == ["40", f"{cmp['baseline']['vqa_accuracy']:.2f}", f"{cmp['finetuned']['vqa_accuracy']:.2f}"]
+    c = cmp["change"]["vqa_accuracy"]
+    assert cells[4] == f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+    assert f"fine-tuned {cmp['answer_processing']['finetuned']['changed']} of 40" in text

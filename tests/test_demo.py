@@ -582,3 +582,20 @@ def test_readme_easy_vqa_examples_command(browser, tiny_model_dir, tmp_path):
         wait_for_status(pg, "用时", timeout=60_000)
         assert value(pg, "answer_base").strip()
         pg.close()
+
+
+def test_comparison_markdown_escapes_result_text():
+    """Result-file text cannot become markup in the tab: no tag, link or image syntax survives escaping
+    (the browser test above shows the rendered page)."""
+    from src.demo_app import comparison_markdown, md_text
+
+    text = '<img src="http://x/y.png"> [link](http://x) ![i](http://x/i.png) http://x/z *em* `code` | pipe'
+    escaped = md_text(text)
+    assert "<" not in escaped and ">" not in escaped and "](" not in escaped and "http://" not in escaped
+    result = {"n": 1, "generated": "<b>now</b>", "settings": {"baseline": {"model_id": text, "prompt": text},
+                                                            "finetuned": {"adapter": text}},
+              "baseline": {"vqa_accuracy": 50.0, "exact_match": 50.0, "n": 1,
+                           "per_answer_type": {text: {"vqa_accuracy": 50.0, "exact_match": 50.0, "n": 1}}},
+              "finetuned": None, "warnings": [text]}
+    md = comparison_markdown(result, "<dir>")
+    assert "<img" not in md and "<b>" not in md and "<dir>" not in md and "](http" not in md
