@@ -100,7 +100,7 @@ def _metrics(scored: dict) -> dict:
             "per_answer_type": scored["per_answer_type"]}
 
 
-def _change(pairs: list[dict], n_resamples: int, seed: int) -> dict:
+def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
     out = {}
     for metric, key in (("vqa_accuracy", "vqa"), ("exact_match", "em")):
         diff, low, high = paired_bootstrap([p[f"baseline_{key}"] for p in pairs],
@@ -183,13 +183,14 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
             "outcome": _outcome(float(base_vqa[i]), float(ft_vqa[i])),
         })
 
-    change = _change(pairs, n_resamples, seed)
+    change = _bootstrap_changes(pairs, n_resamples, seed)
     outcomes = _counts(pairs)
     by_type: dict = {}
     for p in pairs:
         if p["answer_type"] is not None:
             by_type.setdefault(p["answer_type"], []).append(p)
-    change["per_answer_type"] = {t: {"n": len(ps), **_change(ps, n_resamples, seed)} for t, ps in sorted(by_type.items())}
+    change["per_answer_type"] = {t: {"n": len(ps), **_bootstrap_changes(ps, n_resamples, seed)}
+                                 for t, ps in sorted(by_type.items())}
     outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
     return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
             "change": change, "outcomes": outcomes,

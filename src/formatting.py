@@ -27,7 +27,7 @@ def signed(value) -> str:
     return "–" if value is None else f"{value:+.2f}"
 
 
-def change(c: dict | None) -> str:
+def format_change(c: dict | None) -> str:
     """'+1.23 [-0.40, +2.90]': the change in points and its 95% interval."""
     if not c:
         return "–"
@@ -80,8 +80,8 @@ def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[l
             f = ft if t is None else ft["per_answer_type"].get(t, {})
             c = result["change"] if t is None else result["change"]["per_answer_type"].get(t, {})
             o = result["outcomes"] if t is None else result["outcomes"]["per_answer_type"].get(t, {})
-            row += [pts(f.get("vqa_accuracy")), change(c.get("vqa_accuracy")), pts(b["exact_match"]),
-                    pts(f.get("exact_match")), change(c.get("exact_match")),
+            row += [pts(f.get("vqa_accuracy")), format_change(c.get("vqa_accuracy")), pts(b["exact_match"]),
+                    pts(f.get("exact_match")), format_change(c.get("exact_match")),
                     f"{o.get('better', '–')} / {o.get('worse', '–')} / {o.get('same', '–')}"]
         else:
             row.append(pts(b["exact_match"]))

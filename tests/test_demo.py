@@ -9,6 +9,7 @@ demo_zh.png, demo_en.png, report_zh.png, report_en.png.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -29,7 +30,8 @@ from src.demo_app import DemoOptions, comparison_view, make_answer_fn
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a synthetic webcam
 ARTIFACTS = REPO / "tests" / "artifacts"
 PICTURE = REPO / "baseline_images" / "pic_01.jpg"
 QUESTION = "What is in the image?"
@@ -301,7 +303,7 @@ def wait_for_status(page, fragment: str, timeout=30_000):
 def upload(page, path):
     """Through the Image component's own file input, as a click on its upload area would."""
     if page.locator("#image img").count():  # a picture is shown: remove it first
-        page.click("#image button[aria-label='Clear']")
+        page.click("#image button[aria-label='Remove Image']")
         page.wait_for_function("!document.querySelector('#image img')")
     page.set_input_files("#image input[type=file]", str(path))
 
@@ -373,6 +375,43 @@ def test_browser_refuses_files_that_are_not_usable_images(page, server):
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(int(1.2 * MAX_UPLOAD_MB * 2**20)))
     upload(page, big)
     assert "exceed the maximum allowed size" in toasts(page, "big.png")
+
+
+@needs_browser
+def test_browser_paste_and_webcam_pictures(browser, server):
+    """The Image component's other sources: a picture pasted from the clipboard, and a webcam photo
+    (chromium's synthetic camera), each checked, shown and answered."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    context.grant_permissions(["clipboard-read", "clipboard-write", "camera"], origin=server["url"].rstrip("/"))
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server["url"])
+    page.wait_for_selector("#ask")
+    png = page.evaluate("""async (b64) => {  // the picture on the clipboard as PNG, as browsers copy images
+        const bitmap = await createImageBitmap(await (await fetch('data:image/jpeg;base64,' + b64)).blob());
+        const canvas = document.createElement('canvas');
+        canvas.width = bitmap.width; canvas.height = bitmap.height;
+        canvas.getContext('2d').drawImage(bitmap, 0, 0);
+        const blob = await new Promise(done => canvas.toBlob(done, 'image/png'));
+        await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]);
+        return [bitmap.width, bitmap.height]; }""", base64.b64encode(PICTURE.read_bytes()).decode("ascii"))
+    page.click("#image button[aria-label='Paste from clipboard']")
+    assert f"{png[0]}x{png[1]}" in wait_for_status(page, "clipboard.png")
+    page.click("#ask")
+    wait_for_status(page, "用时", timeout=60_000)
+    assert value(page, "answer_base").strip() and value(page, "answer_finetuned").strip()
+
+    page.click("#image button[aria-label='Remove Image']")
+    page.click("#image button[aria-label='Capture from camera']")
+    page.click("#image button:has-text('Click to Access Webcam')")
+    page.wait_for_function("document.querySelector('#image video')?.readyState >= 2")  # frames are coming
+    page.click("#image button[aria-label='capture photo']")
+    wait_for_status(page, "image.png")
+    page.fill("#question textarea", "What color is it?")
+    page.click("#ask")
+    wait_for_status(page, "用时", timeout=60_000)
+    assert value(page, "answer_base").strip()
+    context.close()
 
 
 def test_five_concurrent_api_requests_are_all_answered(server, monkeypatch):
