@@ -187,6 +187,12 @@ def test_busy_port_is_one_line_error_before_the_model_load():
     assert_one_line_error(proc, f"127.0.0.1:{port}", f"--port={port + 1}")
 
 
+def test_unknown_language_is_one_line_error_before_the_model_load():
+    proc = run_script("inference_demo.py", "--lang=fr", f"--port={free_port()}", "--model_id=/nonexistent/blip2",
+                      timeout=120)
+    assert_one_line_error(proc, "--lang='fr'", "--lang=zh", "--lang=en")
+
+
 def test_public_host_warns_and_run_comparison_runs_before_serving(tmp_path):
     """--host=0.0.0.0 prints the warning; --run_comparison=True runs the compare script first (here it finds
     no results and says so) and goes on; then the missing model stops it with one line."""
