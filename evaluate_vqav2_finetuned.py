@@ -70,24 +70,11 @@ def main():
         print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
               f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
               "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
-    b, f, ch, oc = cmp["baseline"], cmp["finetuned"], cmp["change"], cmp["outcomes"]
+    from src.formatting import console_comparison
+    from src.i18n import texts
+
     print()
-    print(f"===== baseline vs fine-tuned on the same {cmp['n']} questions =====")
-    print(f"{'':14}{'baseline':>10}{'fine-tuned':>12}{'change':>9}   95% interval (paired bootstrap)")
-    for metric, label in (("exact_match", "exact match"), ("vqa_accuracy", "VQA accuracy")):
-        c = ch[metric]
-        print(f"{label:<14}{b[metric]:>10.2f}{f[metric]:>12.2f}{c['diff']:>+9.2f}   [{c['low']:+.2f}, {c['high']:+.2f}]")
-    print("per answer type (VQA accuracy / exact match):")
-    for t in sorted(b["per_answer_type"]):
-        bt, ft = b["per_answer_type"][t], f["per_answer_type"].get(t)
-        if ft is None:
-            continue
-        ct = ch["per_answer_type"][t]["vqa_accuracy"]
-        print(f"  {t:<8} n={bt['n']:<6} VQA {bt['vqa_accuracy']:6.2f} -> {ft['vqa_accuracy']:6.2f} "
-              f"({ct['diff']:+.2f} [{ct['low']:+.2f}, {ct['high']:+.2f}])   "
-              f"EM {bt['exact_match']:6.2f} -> {ft['exact_match']:6.2f}")
-    print(f"questions: {oc['better']} better, {oc['worse']} worse, {oc['same']} unchanged (VQA score); "
-          f"{oc['answer_changed']} answers changed")
+    print(console_comparison(cmp, texts("en")))
     pairs = cmp["pairs"]
     if pairs and N_CASES > 0:
         print(f"{min(N_CASES, len(pairs))} random cases:")

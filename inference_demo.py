@@ -1,23 +1,30 @@
-"""Gradio demo (README step 7): upload a picture, ask a question, see BLIP-2's caption and answer.
+"""Gradio demo (README step 7): give it a picture, ask a question, see BLIP-2's caption and answer.
 
-    python inference_demo.py                                  # http://127.0.0.1:7860
+    python inference_demo.py                                  # http://127.0.0.1:7860, Chinese page
+    python inference_demo.py --lang=en                        # the page in English
     python inference_demo.py --adapter_dir=runs/a/lora_adapter --port=8080
     python inference_demo.py --run_comparison=True            # rebuild assets/comparisons/ first, then serve
     python inference_demo.py --host=0.0.0.0                   # reachable from other machines (prints a warning)
-    # offline CPU smoke run with the tiny random model (answers are gibberish by design; --adapter_dir= serves
-    # the base model only, leave it out to use an adapter from the tiny-model smoke run of finetune_vqav2_lora.py):
+    # offline CPU smoke run with the tiny model (--adapter_dir= serves the base model only, leave it out to use
+    # an adapter from the tiny-model smoke run of finetune_vqav2_lora.py); easy-VQA pictures as the examples
+    # (converted into data/easy_vqa/ by the first --dataset=easy_vqa run of any script):
     python -m src.tiny_model outputs/tiny-blip2
     python inference_demo.py --model_id=outputs/tiny-blip2 --quantization=none --adapter_dir=
+    python inference_demo.py --model_id=outputs/tiny-blip2 --quantization=none \
+        --examples_dir=data/easy_vqa/images/val --question="What shape is in the image?"
 
-Tab "Ask": upload an image (or click one of baseline_images/), type a question, press Ask. When a LoRA
+Tab "Ask": upload, drop, paste or photograph (webcam) a picture, or click one of the example thumbnails
+(EXAMPLES_DIR, at most MAX_EXAMPLES of them), type a question, press Ask. When a LoRA
 adapter exists in ADAPTER_DIR (from `python finetune_vqav2_lora.py`), the base model (adapter switched
 off) and the fine-tuned model (adapter on) answer side by side, from the one model in memory.
 Tab "Comparison": the numbers, charts and example cases that `python compare_baseline_finetuned.py`
 wrote to COMPARISONS_DIR, re-read on every page load and on Reload.
 
 Requests wait in a queue (at most MAX_QUEUE) and generation runs one request at a time. Files that are
-not images, larger than MAX_UPLOAD_MB or with more pixels than src/images.py allows are refused with a
-message in the page. The Gradio API is `/ask` (image file, question) -> caption, base answer,
+not images, larger than MAX_UPLOAD_MB or with more pixels than src/images.py allows (decompression bombs
+included: the size is read from the header, nothing is decoded) are refused with a message in the page.
+LANG ("zh" or "en") sets every label and message of the page.
+The Gradio API is `/ask` (Image, question) -> caption, base answer,
 fine-tuned caption, fine-tuned answer, status; e.g. with gradio_client:
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("baseline_images/pic_01.jpg"), "What is in the image?",
@@ -33,6 +40,7 @@ from pathlib import Path
 
 from src.config import apply_overrides
 from src.errors import UserError, run_main
+from src.i18n import check_lang
 
 # -----------------------------------------------------------------------------
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
@@ -49,10 +57,12 @@ PORT = 7860
 SHARE = False  # True: also create a public *.gradio.live link (needs internet)
 MAX_QUEUE = 20  # requests allowed to wait for the model; more are refused with "queue is full"
 MAX_UPLOAD_MB = 10.0  # largest upload accepted, in megabytes (pixels are limited by src/images.py)
-EXAMPLES_DIR = "baseline_images"  # pictures offered as clickable examples
+EXAMPLES_DIR = "baseline_images"  # pictures offered as clickable thumbnails, e.g. data/easy_vqa/images/val
+MAX_EXAMPLES = 24  # at most this many of them, first by file name
 COMPARISONS_DIR = "assets/comparisons"  # what compare_baseline_finetuned.py wrote, shown in tab "Comparison"
 RUN_COMPARISON = False  # True: run compare_baseline_finetuned.py once before serving (the README's old behaviour)
 OUTPUT_DIR = "outputs"  # where that comparison reads the baseline / fine-tuned result files
+LANG = "zh"  # language of the page: "zh" (Chinese) or "en"
 DEBUG = False  # show tracebacks
 # -----------------------------------------------------------------------------
 
@@ -108,6 +118,7 @@ def main():
         raise UserError(f"--max_upload_mb must be positive, got {MAX_UPLOAD_MB}")
     if MAX_QUEUE < 1:
         raise UserError(f"--max_queue must be at least 1, got {MAX_QUEUE}")
+    check_lang(LANG)
     check_port_free(HOST, PORT)
     if HOST not in _LOCAL_HOSTS:
         print(f"warning: serving on {HOST}:{PORT}, so the demo is reachable from other machines on the network "
@@ -130,17 +141,22 @@ def main():
         print(f"no LoRA adapter in {ADAPTER_DIR} (adapter_config.json missing): only the base model answers; "
               f"train one with `python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>", flush=True)
 
-    from src.demo_app import build_demo, demo_css
+    if EXAMPLES_DIR and not Path(EXAMPLES_DIR).is_dir():
+        print(f"no example pictures: {EXAMPLES_DIR} is not a folder (easy-VQA's pictures appear in "
+              f"data/easy_vqa/images/ after the first run with --dataset=easy_vqa)", flush=True)
+
+    from src.demo_app import DemoOptions, build_demo, demo_css
     from src.modeling import load_blip2
 
     print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
     model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
-    demo = build_demo(model, processor, adapter_available=adapter is not None, comparisons_dir=COMPARISONS_DIR,
-                      examples_dir=EXAMPLES_DIR, default_question=QUESTION, vqa_prompt=VQA_PROMPT,
-                      vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING,
-                      max_upload_mb=MAX_UPLOAD_MB, max_queue=MAX_QUEUE, model_label=MODEL_ID,
-                      adapter_label=adapter or ADAPTER_DIR, config=config)
+    options = DemoOptions(comparisons_dir=COMPARISONS_DIR, examples_dir=EXAMPLES_DIR, max_examples=MAX_EXAMPLES,
+                          default_question=QUESTION, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
+                          caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING, max_upload_mb=MAX_UPLOAD_MB,
+                          max_queue=MAX_QUEUE, model_label=MODEL_ID, adapter_label=adapter or ADAPTER_DIR, lang=LANG,
+                          config=config)
+    demo = build_demo(model, processor, adapter_available=adapter is not None, options=options)
     allowed = [p for p in (COMPARISONS_DIR, EXAMPLES_DIR) if p]
     demo.launch(server_name=HOST, server_port=PORT, share=SHARE, max_file_size=int(MAX_UPLOAD_MB * 2**20),
                 allowed_paths=allowed, show_error=True, css=demo_css())

@@ -1,5 +1,6 @@
 """Baseline vs fine-tuned on the same VQAv2 questions: join on question_id, per-question outcome,
-and the paired bootstrap interval of the change. Used by compare_baseline_finetuned.py and
+the paired bootstrap interval of the change, how many answers the answer processing changed, and
+the statistics and example cases of the report. Used by compare_baseline_finetuned.py and
 evaluate_vqav2_finetuned.py so both report the same numbers.
 
 Every score comes from src.vqa_eval (the project's one scorer); nothing here re-implements it.
@@ -7,6 +8,10 @@ Every score comes from src.vqa_eval (the project's one scorer); nothing here re-
 
 from __future__ import annotations
 
+import json
+import random
+import statistics
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +24,8 @@ from .vqa_eval import score_batch, score_rows
 _BOOTSTRAP_CHUNK = 10_000_000
 # per-question scores differing by less than this are "the same" (scores are multiples of 1/30)
 _SAME_TOLERANCE = 1e-9
+_LENGTH_BINS = 10  # answer-length histogram bins: 0..9 words and "10+"
+_SETTING_KEYS = ("model_id", "adapter", "prompt", "decoding")
 
 
 def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float],
@@ -93,7 +100,7 @@ def _metrics(scored: dict) -> dict:
             "per_answer_type": scored["per_answer_type"]}
 
 
-def _change(pairs: list[dict], n_resamples: int, seed: int) -> dict:
+def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
     out = {}
     for metric, key in (("vqa_accuracy", "vqa"), ("exact_match", "em")):
         diff, low, high = paired_bootstrap([p[f"baseline_{key}"] for p in pairs],
@@ -126,8 +133,10 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
          "change": {"vqa_accuracy": {"diff", "low", "high"}, "exact_match": {...},   # points, 95% CI
                     "per_answer_type": {type: {"n", "vqa_accuracy": {...}, "exact_match": {...}}}},
          "outcomes": {"better", "worse", "same", "answer_changed", "per_answer_type": {type: {...}}},
+         "answer_processing": {"baseline" / "finetuned": processing_changes(...) of the compared rows},
          "pairs": [one dict per compared question, by question_id: question_id, image_id, image_path,
                    question, gt_answers, answer_type, question_type, baseline_answer, finetuned_answer,
+                   baseline_raw_answer, finetuned_raw_answer (None when not recorded),
                    baseline_vqa, finetuned_vqa, baseline_em, finetuned_em (0-1), outcome]}
 
     A question is "better" when its VQA accuracy rose, "worse" when it fell, else "same";
@@ -153,7 +162,8 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
         "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]},
     }
     if not kept:
-        return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None, "pairs": []}
+        return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None,
+                "answer_processing": None, "pairs": []}
 
     base_list = [b for b, _ in kept]
     ft_list = [{**f, "answer_type": b.get("answer_type"), "question_type": b.get("question_type")} for b, f in kept]
@@ -167,18 +177,124 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
             "question": b.get("question"), "gt_answers": b["gt_answers"],
             "answer_type": b.get("answer_type"), "question_type": b.get("question_type"),
             "baseline_answer": b["answer"], "finetuned_answer": f["answer"],
+            "baseline_raw_answer": b.get("raw_answer"), "finetuned_raw_answer": f.get("raw_answer"),
             "baseline_vqa": float(base_vqa[i]), "finetuned_vqa": float(ft_vqa[i]),
             "baseline_em": float(base_em[i]), "finetuned_em": float(ft_em[i]),
             "outcome": _outcome(float(base_vqa[i]), float(ft_vqa[i])),
         })
 
-    change = _change(pairs, n_resamples, seed)
+    change = _bootstrap_changes(pairs, n_resamples, seed)
     outcomes = _counts(pairs)
     by_type: dict = {}
     for p in pairs:
         if p["answer_type"] is not None:
             by_type.setdefault(p["answer_type"], []).append(p)
-    change["per_answer_type"] = {t: {"n": len(ps), **_change(ps, n_resamples, seed)} for t, ps in sorted(by_type.items())}
+    change["per_answer_type"] = {t: {"n": len(ps), **_bootstrap_changes(ps, n_resamples, seed)}
+                                 for t, ps in sorted(by_type.items())}
     outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
     return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
-            "change": change, "outcomes": outcomes, "pairs": pairs}
+            "change": change, "outcomes": outcomes,
+            "answer_processing": {"baseline": processing_changes(base_list), "finetuned": processing_changes(ft_list)},
+            "pairs": pairs}
+
+
+def processing_changes(rows: Sequence[dict]) -> dict:
+    """How many answers the answer processing changed: rows whose `raw_answer` (the model's text) exists
+    and differs from `answer` (after the official VQA processing). Rows without raw_answer count as
+    unchanged; `with_raw` says how many rows record one."""
+    raws = [r.get("raw_answer") for r in rows]
+    return {"n": len(rows), "with_raw": sum(raw is not None for raw in raws),
+            "changed": sum(raw is not None and raw != r.get("answer") for raw, r in zip(raws, rows))}
+
+
+def score_baseline_only(rows: Sequence[dict]) -> tuple[dict, list[dict]]:
+    """(result, pairs) for a report without fine-tuned results: the keys of compare_rows' result, with
+    the fine-tuned ones None; pairs carry the baseline fields only."""
+    valid = sorted((r for r in rows if is_scorable(r)), key=lambda r: (str(type(r["question_id"])), r["question_id"]))
+    if not valid:
+        return {}, []
+    vqa, em = score_batch([r["answer"] for r in valid], [r["gt_answers"] for r in valid])
+    pairs = [{"question_id": r["question_id"], "image_id": r.get("image_id"), "image_path": r.get("image_path"),
+              "question": r.get("question"), "gt_answers": r["gt_answers"], "answer_type": r.get("answer_type"),
+              "question_type": r.get("question_type"), "baseline_answer": r["answer"], "finetuned_answer": None,
+              "baseline_raw_answer": r.get("raw_answer"), "finetuned_raw_answer": None,
+              "baseline_vqa": float(vqa[i]), "finetuned_vqa": None, "baseline_em": float(em[i]),
+              "finetuned_em": None, "outcome": None} for i, r in enumerate(valid)]
+    n_err = sum(not is_scorable(r) for r in rows)
+    result = {"n": len(pairs), "coverage": {**coverage(rows, []), "common": 0},
+              "errors": {"baseline": n_err, "finetuned": None, "excluded": n_err},
+              "baseline": _metrics(score_rows(valid)), "finetuned": None, "change": None, "outcomes": None,
+              "answer_processing": {"baseline": processing_changes(valid), "finetuned": None}}
+    return result, pairs
+
+
+def settings_of(rows: Sequence[dict], source: str, warnings_out: list[str]) -> dict:
+    """model_id / adapter / prompt / decoding of a result file; a file mixing settings gets a warning."""
+    seen = Counter(json.dumps({k: r.get(k) for k in _SETTING_KEYS}, sort_keys=True) for r in rows if is_scorable(r))
+    if not seen:
+        return {k: None for k in _SETTING_KEYS}
+    if len(seen) > 1:
+        warnings_out.append(f"{source} mixes {len(seen)} different model/adapter/prompt/decoding settings; "
+                            f"the most common one is shown")
+    return json.loads(seen.most_common(1)[0][0])
+
+
+def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
+    """The comparison is fair only with the same base model, prompt and decoding."""
+    for key in ("model_id", "prompt", "decoding"):
+        if base.get(key) != ft.get(key):
+            warnings_out.append(f"{key} differs: baseline {base.get(key)!r}, fine-tuned {ft.get(key)!r}; "
+                                f"the change is not due to fine-tuning alone")
+    if base.get("adapter"):
+        warnings_out.append(f"the baseline rows were produced with an adapter ({base['adapter']})")
+    if not ft.get("adapter"):
+        warnings_out.append("the fine-tuned rows record no adapter; are they really from the fine-tuned model?")
+
+
+def count_stored_mismatches(pairs: Sequence[dict], rows_by_id: dict, who: str) -> int:
+    """Rows carry the scores their writer computed; ours are recomputed. Count disagreements."""
+    n = 0
+    for p in pairs:
+        row = rows_by_id[p["question_id"]]
+        for stored_key, ours in (("vqa_accuracy", p[f"{who}_vqa"]), ("exact_match", p[f"{who}_em"])):
+            stored = row.get(stored_key)
+            if isinstance(stored, (int, float)) and abs(float(stored) - ours) > 1e-6:
+                n += 1
+                break
+    return n
+
+
+def length_stats(answers: Sequence[str | None]) -> dict:
+    """Words per answer: mean, median and a histogram 0..9 and "10+"."""
+    lengths = [len(a.split()) if a else 0 for a in answers]
+    hist = Counter(min(n, _LENGTH_BINS) for n in lengths)
+    labels = [str(i) for i in range(_LENGTH_BINS)] + [f"{_LENGTH_BINS}+"]
+    return {"mean_words": round(statistics.fmean(lengths), 2), "median_words": statistics.median(lengths),
+            "histogram": {labels[i]: hist.get(i, 0) for i in range(_LENGTH_BINS + 1)}}
+
+
+def group_members(pairs: Sequence[dict], comparing: bool) -> dict[str, list[dict]]:
+    """Every pair in its example group: improved / worsened / unchanged, or (baseline only) the
+    questions the baseline got right / wrong."""
+    if comparing:
+        return {"improved": [p for p in pairs if p["outcome"] == "better"],
+                "worsened": [p for p in pairs if p["outcome"] == "worse"],
+                "unchanged": [p for p in pairs if p["outcome"] == "same"]}
+    return {"correct": [p for p in pairs if p["baseline_vqa"] >= 1.0],
+            "wrong": [p for p in pairs if p["baseline_vqa"] <= 0.0]}
+
+
+def select_cases(pairs: Sequence[dict], comparing: bool, k: int, seed: int) -> dict[str, list[dict]]:
+    """Examples per group. Improved/worsened: the largest changes first; unchanged: questions whose
+    answer text changed first (they show that a different answer need not score differently).
+    Ties are broken by a seeded shuffle so reruns pick the same questions."""
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    groups = group_members(order, comparing)
+    if comparing:
+        delta = lambda p: p["finetuned_vqa"] - p["baseline_vqa"]  # noqa: E731
+        same_text = lambda p: p["baseline_answer"].strip().lower() == p["finetuned_answer"].strip().lower()  # noqa: E731
+        groups["improved"].sort(key=lambda p: -delta(p))
+        groups["worsened"].sort(key=delta)
+        groups["unchanged"].sort(key=same_text)
+    return {g: ps[:k] for g, ps in groups.items()}

@@ -16,57 +16,58 @@ import re
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .formatting import group_title, length_line, outcome_line, processing_line, score_table
+from .i18n import texts
 from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
 
 COMPARE_COMMAND = "python compare_baseline_finetuned.py"
-READY_MESSAGE = "Upload an image or click an example, then press Ask."
 MAX_QUESTION_CHARS = 500  # VQAv2 questions are ~6 words; this keeps the prompt far below OPT's 2048 positions
-_ANSWER_TYPE_ORDER = ["yes/no", "number", "other"]
-# the pictures the compare script may write, in the order the tab shows them
-_CHARTS = [("accuracy.png", "Accuracy before / after"), ("answer_length.png", "Answer length before / after"),
-           ("demo_images.png", "The ten demo images, before / after"), ("contact_sheet.png", "All example cases")]
+# the pictures the compare script may write, in the order the tab shows them, with their i18n title keys
+_CHARTS = [("accuracy.png", "charts_accuracy"), ("answer_length.png", "charts_length"),
+           ("demo_images.png", "charts_demo"), ("contact_sheet.png", "charts_contact")]
 _CASE_NAME = re.compile(r"case_(?P<group>[a-z]+)_(?P<i>\d+)_q(?P<qid>.+)\.png$")
-_GROUP_TITLES = {"improved": "improved", "worsened": "worsened", "unchanged": "unchanged",
-                 "correct": "baseline right", "wrong": "baseline wrong"}
+# src.images' refusals, by the start of their message, as i18n keys (the message itself is English)
+_IMAGE_PROBLEMS = {"not an image": "problem_not_image", "image too large": "problem_pixels",
+                   "cannot decode image": "problem_corrupt", "image file is empty": "problem_empty",
+                   "image not found": "problem_missing"}
 
 
 # --- asking -------------------------------------------------------------------------------------
 
-def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IMAGE_PIXELS):
+def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IMAGE_PIXELS, lang: str = "zh"):
     """The uploaded file as an RGB PIL image, or UserError naming the file by its own name
     (not the server's temporary path) for: nothing uploaded, too many bytes, not an image,
-    truncated, too many pixels."""
+    truncated, too many pixels (checked from the header, so a decompression bomb is never decoded)."""
+    tr = texts(lang)
     if not path:
-        raise UserError("Upload an image first (or click one of the examples).")
+        raise UserError(tr("upload_first"))
     name = Path(path).name
     if os.path.isfile(path):
         size = os.path.getsize(path)
         if size > max_upload_mb * 1024 * 1024:
-            raise UserError(f"{name} is too large: {size / 2**20:.1f} MB (the limit is {max_upload_mb:g} MB); "
-                            f"upload a smaller image.")
+            raise UserError(tr("too_large", name=name, mb=f"{size / 2**20:.1f}", limit=f"{max_upload_mb:g}"))
     try:
         return load_image(path, max_pixels=max_pixels)
     except UserError as e:
-        raise UserError(str(e).replace(str(path), name)) from None
-
-
-def empty_question_message() -> str:
-    return 'The question is empty: type a question, e.g. "What is in the image?"'
+        detail = str(e).replace(str(path), name)
+        key = next((k for start, k in _IMAGE_PROBLEMS.items() if detail.startswith(start)), None)
+        raise UserError(detail if lang == "en" or key is None else f"{tr(key, name=name)}（{detail}）") from None
 
 
 def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str, vqa_decoding: str,
                    caption_prompt: str, caption_decoding: str, max_upload_mb: float,
-                   max_pixels: int = MAX_IMAGE_PIXELS):
+                   max_pixels: int = MAX_IMAGE_PIXELS, lang: str = "zh"):
     """fn(image_path, question) -> (caption, answer_base, caption_finetuned, answer_finetuned, status).
 
     Problems the user can fix (no or bad image, empty or overlong question, GPU out of memory) come
-    back as the status text with the outputs left empty, never as an exception. A lock serialises
-    generation even if a caller bypasses the queue: the adapter switch (disable_adapter) changes the
-    shared model for as long as it is held."""
+    back as the status text (in `lang`) with the outputs left empty, never as an exception. A lock
+    serialises generation even if a caller bypasses the queue: the adapter switch (disable_adapter)
+    changes the shared model for as long as it is held."""
     import torch
 
     from .inference import caption_and_answer
@@ -74,24 +75,27 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
 
     if adapter_available and not hasattr(model, "disable_adapter"):
         raise ValueError("adapter_available=True needs a peft PeftModel (load_blip2(..., adapter=DIR))")
+    tr = texts(lang)
     lock = threading.Lock()
     settings = dict(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=caption_prompt,
                     caption_decoding=caption_decoding, batch_size=1)
 
-    def answer(image_path: str | None, question: str | None):
-        problems = []
-        image = None
+    def problems_of(image_path, question) -> tuple[object, list[str]]:
+        problems, image = [], None
         try:
-            image = open_upload(image_path, max_upload_mb, max_pixels)
+            image = open_upload(image_path, max_upload_mb, max_pixels, lang)
         except UserError as e:
             problems.append(str(e))
         if not (question or "").strip():
-            problems.append(empty_question_message())
+            problems.append(tr("question_empty"))
         elif len(question.strip()) > MAX_QUESTION_CHARS:
-            problems.append(f"The question is too long ({len(question.strip())} characters, at most "
-                            f"{MAX_QUESTION_CHARS}).")
+            problems.append(tr("question_too_long", n=len(question.strip()), limit=MAX_QUESTION_CHARS))
+        return image, problems
+
+    def answer(image_path: str | None, question: str | None):
+        image, problems = problems_of(image_path, question)
         if problems:
-            return "", "", "", "", "**Cannot answer:** " + " ".join(problems)
+            return "", "", "", "", tr("cannot_answer", problems=" ".join(problems))
         question = check_question(question)
         started = time.perf_counter()
         with lock:
@@ -102,129 +106,109 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
                     if adapter_available else {"caption": "", "answer": ""}
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                return "", "", "", "", ("**Cannot answer:** the GPU ran out of memory (is another program using "
-                                        "it?); try again, or restart the demo with --quantization=4bit.")
-        took = time.perf_counter() - started
-        who = "base model and fine-tuned (LoRA adapter on)" if adapter_available else "base model"
-        status = f"Answered by the {who} in {took:.1f} s."
+                return "", "", "", "", tr("cannot_answer", problems=tr("gpu_oom"))
+        seconds = f"{time.perf_counter() - started:.1f}"
+        status = tr("answered_both" if adapter_available else "answered_base", seconds=seconds)
         return base["caption"], base["answer"], tuned["caption"], tuned["answer"], status
 
     return answer
 
 
-def preview_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IMAGE_PIXELS):
-    """(picture to show, status) right after an upload, so a bad file is reported before asking."""
+def check_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IMAGE_PIXELS,
+                 lang: str = "zh") -> tuple[bool, str]:
+    """(usable, status text) right after an upload, so a bad file is reported before asking."""
+    tr = texts(lang)
     if not path:
-        return None, READY_MESSAGE
+        return True, tr("ready")
     try:
-        image = open_upload(path, max_upload_mb, max_pixels)
+        image = open_upload(path, max_upload_mb, max_pixels, lang)
     except UserError as e:
-        return None, f"**Cannot use this file:** {e}"
-    image.thumbnail((1024, 1024))
-    return image, f"Image {Path(path).name} ({image.width}x{image.height} shown). Type a question and press Ask."
+        return False, tr("cannot_use", problem=e)
+    return True, tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
 
 
-def example_images(examples_dir: str | Path) -> list[Path]:
+def example_images(examples_dir: str | Path, max_examples: int) -> list[Path]:
+    """The first `max_examples` pictures of the folder (by name); none when it is missing or empty."""
     try:
-        return list_images(examples_dir)
+        return list_images(examples_dir)[:max_examples]
     except UserError:  # no examples folder (or an empty one): the demo works without examples
         return []
 
 
 # --- the comparison tab -------------------------------------------------------------------------
 
-def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 
 
-def _pts(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def md_text(value) -> str:
+    """Text from a result file, safe inside Markdown: HTML characters become entities and every other
+    ASCII punctuation is backslash-escaped, so no tag, link, autolink, image or emphasis can form."""
+    out = []
+    for ch in "" if value is None else str(value):
+        if ch in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[ch])
+        elif ch in "\r\n\t":
+            out.append(" ")
+        elif ch.isascii() and not ch.isalnum() and ch != " " and ch.isprintable():
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
-def _change(c: dict | None) -> str:
-    if not c:
-        return "–"
-    return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
-
-
-def comparison_markdown(result: dict, comparisons_dir: str | Path) -> str:
-    """The numbers of comparison.json (written by compare_baseline_finetuned.py) as Markdown."""
-    base, ft = result["baseline"], result.get("finetuned")
-    change, outcomes = result.get("change"), result.get("outcomes")
+def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "zh") -> str:
+    """The numbers of comparison.json (written by compare_baseline_finetuned.py) as Markdown; every value
+    read from the file is escaped with md_text (the file may hold any text, e.g. a model answer)."""
+    tr = texts(lang)
     settings = result.get("settings") or {}
     s_base, s_ft = settings.get("baseline") or {}, settings.get("finetuned") or {}
-    out = ["### BLIP-2 on VQAv2: zero-shot baseline vs QLoRA fine-tuned",
-           f"From `{comparisons_dir}/comparison.json`, written {result.get('generated', '?')} by "
-           f"`{COMPARE_COMMAND}`. Full report: `{comparisons_dir}/report.html`.", ""]
+    where = md_text(f"{comparisons_dir}/")
+    out = [tr("cmp_heading"),
+           tr("cmp_source", path=where + "comparison.json", when=md_text(result.get("generated", "?")),
+              command=COMPARE_COMMAND, report=where + "report.html"), ""]
     if result.get("partial"):
-        out.append(f"**Partial comparison:** only the {result['coverage']['common']} questions present in both "
-                   f"files are compared.")
-    out.append(f"**Questions compared: {result['n']}** (model `{_cell(s_base.get('model_id'))}`, prompt "
-               f"`{_cell(s_base.get('prompt'))}`, adapter `{_cell(s_ft.get('adapter') or 'none')}`)")
-    out.append("")
-    types = [t for t in _ANSWER_TYPE_ORDER if t in base["per_answer_type"]] + \
-        sorted(t for t in base["per_answer_type"] if t not in _ANSWER_TYPE_ORDER)
-    if ft is None:
-        out.append("Fine-tuned results are missing: run `python evaluate_vqav2_finetuned.py`, then "
-                   f"`{COMPARE_COMMAND}` again. Baseline only:")
-        out.append("")
-        out.append("| metric | baseline |")
-        out.append("|---|---:|")
-        out.append(f"| VQA accuracy | {_pts(base['vqa_accuracy'])} |")
-        out.append(f"| exact match | {_pts(base['exact_match'])} |")
-        for t in types:
-            m = base["per_answer_type"][t]
-            out.append(f"| VQA accuracy, {_cell(t)} (n={m['n']}) | {_pts(m['vqa_accuracy'])} |")
-    else:
-        out.append("| metric | baseline | fine-tuned | change, points [95% CI] |")
-        out.append("|---|---:|---:|---:|")
-        for key, name in (("vqa_accuracy", "VQA accuracy"), ("exact_match", "exact match")):
-            out.append(f"| {name} | {_pts(base[key])} | {_pts(ft[key])} | {_change(change[key])} |")
-        for t in types:
-            b, f = base["per_answer_type"][t], ft["per_answer_type"].get(t, {})
-            c = change["per_answer_type"].get(t, {})
-            out.append(f"| VQA accuracy, {_cell(t)} (n={b['n']}) | {_pts(b['vqa_accuracy'])} | "
-                       f"{_pts(f.get('vqa_accuracy'))} | {_change(c.get('vqa_accuracy'))} |")
-        out.append("")
-        out.append(f"Per question: **better {outcomes['better']}**, worse {outcomes['worse']}, same "
-                   f"{outcomes['same']}; the answer text changed on {outcomes['answer_changed']}.")
-    lengths = result.get("answer_length") or {}
-    if lengths.get("baseline"):
-        line = f"Mean answer length: baseline {lengths['baseline']['mean_words']:.2f} words"
-        if lengths.get("finetuned"):
-            line += f", fine-tuned {lengths['finetuned']['mean_words']:.2f} words"
-        out += ["", line + "."]
+        out.append(tr("cmp_partial", common=md_text(result["coverage"]["common"])))
+    out += [tr("cmp_compared", n=md_text(result["n"]), model=md_text(s_base.get("model_id")),
+               prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
+    if result.get("finetuned") is None:
+        out += [tr("cmp_missing_ft", command=COMPARE_COMMAND), ""]
+    header, rows = score_table(result, tr)
+    out.append("| " + " | ".join(md_text(h) for h in header) + " |")
+    out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    out += ["| " + " | ".join(md_text(c).replace("\\|", "&#124;") for c in row) + " |" for row in rows]
+    lines = [outcome_line(result, tr) if result.get("outcomes") else None, processing_line(result, tr),
+             length_line(result, tr)]
+    out += ["", *(md_text(line) + "  " for line in lines if line)]
     for w in result.get("warnings") or []:
-        out += ["", f"**Warning:** {_cell(w)}"]
+        out += ["", tr("warning_md", text=md_text(w))]
     return "\n".join(out)
 
 
-def _case_caption(path: Path) -> str:
+def _case_caption(path: Path, tr) -> str:
     m = _CASE_NAME.search(path.name)
     if not m:
         return path.stem
-    return f"{_GROUP_TITLES.get(m['group'], m['group'])} #{m['i']} (question {m['qid']})"
+    return tr("case_caption", group=group_title(m["group"], tr), i=m["i"], qid=m["qid"])
 
 
-def comparison_view(comparisons_dir: str | Path):
+def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
     """(markdown, charts, cases, report.html or None) for the comparison tab, read fresh from disk."""
+    tr = texts(lang)
     d = Path(comparisons_dir)
     path = d / "comparison.json"
     if not path.is_file():
-        return (f"### No comparison results yet\n\nThere is no `{path}`. Make it with\n\n"
-                f"```\n{COMPARE_COMMAND}\n```\n\n(it compares `outputs/vqav2_baseline.jsonl` from "
-                f"`python create_vqav2_baseline.py` with `outputs/vqav2_finetuned.jsonl` from "
-                f"`python evaluate_vqav2_finetuned.py`), then press **Reload**.", [], [], None)
+        return (tr("cmp_none_heading") + "\n\n" + tr("cmp_none", path=md_text(path), command=COMPARE_COMMAND),
+                [], [], None)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
-        text = comparison_markdown(result, comparisons_dir)
-    except (ValueError, KeyError, TypeError) as e:
-        return (f"### Cannot read `{path}`\n\n{type(e).__name__}: {_cell(e)}. Run `{COMPARE_COMMAND}` again "
-                f"to rewrite it, then press **Reload**.", [], [], None)
-    charts = [(str(d / name), title) for name, title in _CHARTS if (d / name).is_file()]
+        text = comparison_markdown(result, comparisons_dir, lang)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return (tr("cmp_broken", path=md_text(path), error=md_text(f"{type(e).__name__}: {e}"),
+                   command=COMPARE_COMMAND), [], [], None)
+    charts = [(str(d / name), tr(title)) for name, title in _CHARTS if (d / name).is_file()]
     listed = (result.get("artefacts") or {}).get("cases")
     case_files = [d / c for c in listed] if listed else sorted((d / "cases").glob("case_*.png"))
-    cases = [(str(p), _case_caption(p)) for p in case_files if p.is_file()]
+    cases = [(str(p), _case_caption(p, tr)) for p in case_files if p.is_file() and p.resolve().is_relative_to(d.resolve())]
     report = d / "report.html"
     return text, charts, cases, (str(report) if report.is_file() else None)
 
@@ -240,103 +224,149 @@ _CSS = """
 """
 
 
-def build_demo(model, processor, *, adapter_available: bool, comparisons_dir: str | Path,
-               examples_dir: str | Path = "baseline_images", default_question: str = "What is in the image?",
-               vqa_prompt: str = DEFAULT_VQA_PROMPT, vqa_decoding: str = DEFAULT_VQA_DECODING,
-               caption_prompt: str = "caption", caption_decoding: str = DEFAULT_CAPTION_DECODING,
-               max_upload_mb: float = 10,
-               max_pixels: int = MAX_IMAGE_PIXELS, max_queue: int = 20, model_label: str = "",
-               adapter_label: str = "", config: dict | None = None):
-    """The Blocks app: tab "Ask" (upload, question, caption + answers) and tab "Comparison".
+@dataclass
+class DemoOptions:
+    """Everything build_demo needs besides the model; inference_demo.py fills it from its constants."""
+    comparisons_dir: str = "assets/comparisons"  # what compare_baseline_finetuned.py wrote
+    examples_dir: str = "baseline_images"  # pictures offered as clickable thumbnails
+    max_examples: int = 24  # at most this many of them (a dataset folder may hold thousands)
+    default_question: str = "What is in the image?"
+    vqa_prompt: str = DEFAULT_VQA_PROMPT
+    vqa_decoding: str = DEFAULT_VQA_DECODING
+    caption_prompt: str = "caption"
+    caption_decoding: str = DEFAULT_CAPTION_DECODING
+    max_upload_mb: float = 10
+    max_pixels: int = MAX_IMAGE_PIXELS
+    max_queue: int = 20  # requests waiting for the model; more are refused
+    model_label: str = ""  # shown in the header
+    adapter_label: str = ""
+    lang: str = "zh"  # "zh" or "en": every label and message of the page
+    config: dict | None = None  # shown under "Settings of this demo"
+    generation: dict = field(init=False)
+
+    def __post_init__(self):
+        self.generation = dict(vqa_prompt=self.vqa_prompt, vqa_decoding=self.vqa_decoding,
+                               caption_prompt=self.caption_prompt, caption_decoding=self.caption_decoding)
+
+
+def payload_path(payload) -> str | None:
+    """The uploaded file's path from an Image event's raw payload (the events below run with
+    preprocess=False: gradio's own preprocessing decodes every upload with PIL, which fails with a
+    traceback on a non-image and decodes a decompression bomb before any check; src.images.load_image
+    refuses both with a message instead). A plain path (in-process callers) passes through."""
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return payload
+
+
+def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
+    """The components of tab "Ask", by name."""
+    c = {}
+    with gr.Row():
+        with gr.Column(scale=1):
+            c["image"] = gr.Image(label=tr("image_label", mb=f"{opts.max_upload_mb:g}"), type="filepath",
+                                  sources=["upload", "clipboard", "webcam"], elem_id="image", height=320,
+                                  buttons=["fullscreen"])
+        with gr.Column(scale=1):
+            c["question"] = gr.Textbox(label=tr("question_label"), value=opts.default_question, lines=1, max_lines=3,
+                                       max_length=MAX_QUESTION_CHARS, elem_id="question",
+                                       placeholder=tr("question_placeholder"))
+            c["ask"] = gr.Button(tr("ask"), variant="primary", elem_id="ask")
+            c["status"] = gr.Markdown(tr("ready"), elem_id="status")
+    with gr.Row(equal_height=True):
+        with gr.Column(variant="panel", elem_id="base_column"):
+            gr.Markdown(tr("base_heading"))
+            c["caption"] = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption")
+            c["answer_base"] = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_base")
+        with gr.Column(variant="panel", visible=adapter_available, elem_id="finetuned_column"):
+            gr.Markdown(tr("ft_heading"))
+            c["caption_ft"] = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption_finetuned")
+            c["answer_ft"] = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_finetuned")
+    pictures = example_images(opts.examples_dir, opts.max_examples)
+    if pictures:  # one input: gradio shows the examples as a grid of thumbnails
+        gr.Examples(examples=[[str(p)] for p in pictures], inputs=[c["image"]],
+                    label=tr("examples_label", folder=opts.examples_dir), elem_id="examples", examples_per_page=12)
+    if opts.config:
+        with gr.Accordion(tr("settings_label"), open=False):
+            gr.Code(json.dumps(opts.config, indent=2, ensure_ascii=False, default=str), language="json")
+    return c
+
+
+def _comparison_tab(gr, tr, opts: DemoOptions) -> dict:
+    c = {}
+    with gr.Row():
+        c["reload"] = gr.Button(tr("reload"), elem_id="comparison_reload", size="sm", scale=0, min_width=120)
+        gr.Markdown(tr("comparison_intro", command=COMPARE_COMMAND, folder=md_text(opts.comparisons_dir)))
+    c["summary"] = gr.Markdown(elem_id="comparison_summary")
+    c["charts"] = {name: gr.Image(label=tr(title), interactive=False, visible=False, buttons=["fullscreen", "download"],
+                                  elem_id="chart_" + name.removesuffix(".png"), elem_classes="chart")
+                   for name, title in _CHARTS}
+    c["cases"] = gr.Gallery(label=tr("cases_label"), columns=2, height="auto", object_fit="contain", visible=False,
+                            elem_id="comparison_cases")
+    c["report"] = gr.File(label=tr("report_label"), interactive=False, visible=False, elem_id="comparison_report")
+    return c
+
+
+def _header(tr, opts: DemoOptions, adapter_available: bool) -> str:
+    who = md_text(opts.model_label) if opts.model_label else "BLIP-2"
+    if adapter_available:
+        mode = tr("demo_mode_adapter", adapter=md_text(opts.adapter_label))
+    else:
+        where = tr("demo_mode_where", path=md_text(opts.adapter_label)) if opts.adapter_label else ""
+        mode = tr("demo_mode_base", where=where)
+    return tr("demo_heading", who=who, mode=mode)
+
+
+def build_demo(model, processor, *, adapter_available: bool, options: DemoOptions | None = None):
+    """The Blocks app: tab "Ask" (picture, question, caption + answers) and tab "Comparison".
 
     Model calls (`api_name="ask"`) run one at a time (concurrency limit 1) behind a queue of at
-    most `max_queue` waiting requests; the other events (preview, comparison reload) read files
-    only and are not held up by generation. Call `.launch(css=demo_css(), ...)` on the result."""
+    most `options.max_queue` waiting requests; the other events (upload check, comparison reload)
+    read files only and are not held up by generation. Call `.launch(css=demo_css(), ...)` on the result."""
     import gradio as gr
 
-    answer = make_answer_fn(model, processor, adapter_available=adapter_available, vqa_prompt=vqa_prompt,
-                            vqa_decoding=vqa_decoding, caption_prompt=caption_prompt,
-                            caption_decoding=caption_decoding, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    opts = options or DemoOptions()
+    tr = texts(opts.lang)
+    answer = make_answer_fn(model, processor, adapter_available=adapter_available, max_upload_mb=opts.max_upload_mb,
+                            max_pixels=opts.max_pixels, lang=opts.lang, **opts.generation)
 
-    def preview(path):
-        return preview_upload(path, max_upload_mb, max_pixels)
+    def ask_about(payload, question):
+        return answer(payload_path(payload), question)
+
+    def on_upload(payload):
+        path = payload_path(payload)
+        usable, status = check_upload(path, opts.max_upload_mb, opts.max_pixels, opts.lang)
+        if not path:  # cleared (by the user, or below after a refusal): keep the message
+            return gr.skip(), gr.skip()
+        return (gr.skip() if usable else None), status  # a refused file is taken off the page
 
     def load_comparison():
-        text, chart_files, case_files, report_file = comparison_view(comparisons_dir)
+        text, chart_files, case_files, report_file = comparison_view(opts.comparisons_dir, opts.lang)
         found = {Path(path).name: path for path, _ in chart_files}
         return (text, *(gr.Image(value=found.get(name), visible=name in found) for name, _ in _CHARTS),
                 gr.Gallery(value=case_files, visible=bool(case_files)),
                 gr.File(value=report_file, visible=report_file is not None))
 
-    who = f"`{model_label}`" if model_label else "BLIP-2"
-    if adapter_available:
-        mode = (f"LoRA adapter `{adapter_label}` loaded: every question is answered by the base model (adapter "
-                f"switched off) and by the fine-tuned model (adapter on), side by side.")
-    else:
-        where = f", expected in `{adapter_label}`" if adapter_label else ""
-        mode = (f"No LoRA adapter loaded: only the base model answers "
-                f"(train one with `python finetune_vqav2_lora.py`{where}).")
-
-    with gr.Blocks(title="BLIP-2 zero-shot vs QLoRA fine-tuned", analytics_enabled=False) as demo:
-        gr.Markdown(f"## BLIP-2 VQA demo\n{who} · {mode}", elem_id="header")
+    with gr.Blocks(title=tr("demo_title"), analytics_enabled=False) as demo:
+        gr.Markdown(_header(tr, opts, adapter_available), elem_id="header")
         with gr.Tabs(elem_id="tabs"):
-            with gr.Tab("Ask", id="ask_tab", elem_id="ask_tab"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        # no file_types: gradio would refuse other files itself (a toast in the page, a
-                        # traceback in the log); load_image's message is clearer and the same for the API
-                        image = gr.File(label=f"Image (JPEG/PNG/…, at most {max_upload_mb:g} MB)", file_count="single",
-                                        type="filepath", elem_id="image", height=120)
-                        shown = gr.Image(label="Picture", interactive=False, elem_id="preview", height=280,
-                                         buttons=["fullscreen"])
-                    with gr.Column(scale=1):
-                        question = gr.Textbox(label="Question", value=default_question, lines=1, max_lines=3,
-                                              max_length=MAX_QUESTION_CHARS, elem_id="question",
-                                              placeholder="Ask something about the picture")
-                        ask = gr.Button("Ask", variant="primary", elem_id="ask")
-                        status = gr.Markdown(READY_MESSAGE, elem_id="status")
-                with gr.Row(equal_height=True):
-                    with gr.Column(variant="panel", elem_id="base_column"):
-                        gr.Markdown("#### Base model (zero-shot)")
-                        caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
-                        answer_base = gr.Textbox(label="Answer", interactive=False, elem_id="answer_base")
-                    with gr.Column(variant="panel", visible=adapter_available, elem_id="finetuned_column"):
-                        gr.Markdown("#### Fine-tuned (LoRA adapter on)")
-                        caption_ft = gr.Textbox(label="Caption", interactive=False, elem_id="caption_finetuned")
-                        answer_ft = gr.Textbox(label="Answer", interactive=False, elem_id="answer_finetuned")
-                pictures = example_images(examples_dir)
-                if pictures:
-                    gr.Examples(examples=[[str(p), default_question] for p in pictures], inputs=[image, question],
-                                example_labels=[p.name for p in pictures], label=f"Examples ({examples_dir}/)",
-                                elem_id="examples", examples_per_page=12)
-                if config:
-                    with gr.Accordion("Settings of this demo", open=False):
-                        gr.Code(json.dumps(config, indent=2, ensure_ascii=False, default=str), language="json")
-            with gr.Tab("Comparison", id="comparison_tab", elem_id="comparison_tab"):
-                with gr.Row():
-                    reload = gr.Button("Reload", elem_id="comparison_reload", size="sm", scale=0, min_width=120)
-                    gr.Markdown(f"Shows what `{COMPARE_COMMAND}` wrote to `{comparisons_dir}/`.")
-                summary = gr.Markdown(elem_id="comparison_summary")
-                chart_images = {name: gr.Image(label=title, interactive=False, visible=False,
-                                               buttons=["fullscreen", "download"],
-                                               elem_id="chart_" + name.removesuffix(".png"), elem_classes="chart")
-                                for name, title in _CHARTS}
-                cases = gr.Gallery(label="Example cases (click to enlarge)", columns=2, height="auto",
-                                   object_fit="contain", visible=False, elem_id="comparison_cases")
-                report = gr.File(label="report.html (download, open in a browser)", interactive=False,
-                                 visible=False, elem_id="comparison_report")
-
-        outputs = [caption, answer_base, caption_ft, answer_ft, status]
-        ask.click(answer, [image, question], outputs, api_name="ask", concurrency_limit=1, concurrency_id="model")
-        question.submit(answer, [image, question], outputs, api_visibility="private", concurrency_limit=1,
-                        concurrency_id="model")
+            with gr.Tab(tr("tab_ask"), id="ask_tab", elem_id="ask_tab"):
+                ask = _ask_tab(gr, tr, opts, adapter_available)
+            with gr.Tab(tr("tab_comparison"), id="comparison_tab", elem_id="comparison_tab"):
+                cmp = _comparison_tab(gr, tr, opts)
+        inputs = [ask["image"], ask["question"]]
+        outputs = [ask[k] for k in ("caption", "answer_base", "caption_ft", "answer_ft", "status")]
+        ask["ask"].click(ask_about, inputs, outputs, api_name="ask", concurrency_limit=1, concurrency_id="model",
+                         preprocess=False)
+        ask["question"].submit(ask_about, inputs, outputs, api_visibility="private", concurrency_limit=1,
+                               concurrency_id="model", preprocess=False)
         # decoding a picture of up to max_pixels takes memory: two at a time, apart from the model queue
-        image.change(preview, image, [shown, status], api_visibility="private", concurrency_limit=2,
-                     concurrency_id="preview", show_progress="hidden")
-        comparison_outputs = [summary, *chart_images.values(), cases, report]
+        ask["image"].change(on_upload, ask["image"], [ask["image"], ask["status"]], api_visibility="private",
+                            concurrency_limit=2, concurrency_id="preview", show_progress="hidden", preprocess=False)
+        comparison_outputs = [cmp["summary"], *cmp["charts"].values(), cmp["cases"], cmp["report"]]
         demo.load(load_comparison, None, comparison_outputs, api_name="comparison", concurrency_limit=None)
-        reload.click(load_comparison, None, comparison_outputs, api_visibility="private", concurrency_limit=None)
-    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+        cmp["reload"].click(load_comparison, None, comparison_outputs, api_visibility="private", concurrency_limit=None)
+    demo.queue(max_size=opts.max_queue, default_concurrency_limit=1)
     return demo
 
 

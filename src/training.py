@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .data import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
@@ -257,30 +258,6 @@ def load_checkpoint(d: Path, model, optimizer, scheduler) -> int:
 def read_config(d: Path) -> dict:
     with open(d / "config.json", encoding="utf-8") as f:
         return json.load(f)
-
-
-def plot_loss(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    steps = [r["step"] for r in rows]
-    losses = [r["loss"] for r in rows]
-    ax.plot(steps, losses, lw=1, alpha=0.4, label="loss per step")
-    if len(losses) >= 10:
-        k = max(5, len(losses) // 25)
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
-        ax.plot(steps, smooth, lw=2, label=f"moving average ({k} steps)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_path: Path, plot_title: str) -> None:

@@ -95,10 +95,20 @@ def _answers(strategy, gts, answer_type):
     }[strategy]
 
 
-def _row(qid, image_path, question, answer_type, question_type, gts, answer, adapter, error=None):
+def _raw(answer, strategy, fine_tuned):
+    """The model's text before the answer processing: the fine-tuned model's improved answers come
+    capitalised with a full stop ("Orange." -> "orange"); the rest were already processed."""
+    if answer is not None and fine_tuned and strategy == "improve":
+        return answer.capitalize() + "."
+    return answer
+
+
+def _row(qid, image_path, question, answer_type, question_type, gts, answer, adapter, error=None, raw=None):
     row = {"question_id": qid, "image_id": qid // 1000, "image_path": image_path, "question": question,
            "answer": answer, "gt_answers": gts, "answer_type": answer_type, "question_type": question_type,
            "model_id": MODEL_ID, "adapter": adapter, "prompt": "vqa_opt", "decoding": DECODING, "error": error}
+    if raw is not None:  # rows of older runs have no raw_answer: they count as unchanged
+        row["raw_answer"] = raw
     if answer is not None:
         row["vqa_accuracy"], row["exact_match"] = vqa_accuracy(answer, gts), exact_match(answer, gts)
     else:
@@ -115,9 +125,10 @@ def make_rows() -> tuple[list[dict], list[dict]]:
     adapter = "outputs/lora_adapter"
     base, ft = [], []
     for i, (qid, path, question, atype, qtype, gts) in enumerate(questions):
-        b, f = _answers(STRATEGIES[i % len(STRATEGIES)], gts, atype)
-        base.append(_row(qid, path, question, atype, qtype, gts, b, None))
-        ft.append(_row(qid, path, question, atype, qtype, gts, f, adapter))
+        strategy = STRATEGIES[i % len(STRATEGIES)]
+        b, f = _answers(strategy, gts, atype)
+        base.append(_row(qid, path, question, atype, qtype, gts, b, None, raw=_raw(b, strategy, False)))
+        ft.append(_row(qid, path, question, atype, qtype, gts, f, adapter, raw=_raw(f, strategy, True)))
     red = tiny[0]["answers"]
     coffee = tiny[2]["answers"]
     sky = tiny[10]["answers"]
@@ -184,6 +195,16 @@ def expected(base: list[dict], ft: list[dict]) -> dict:
     out = {"overall": stats(per)}
     for t in ("yes/no", "number", "other"):
         out[t] = stats([p for p in per if p[0] == t])
+    return out
+
+
+def summary_rows(summary: str) -> dict[str, list[str]]:
+    """{first cell: cells} of summary.txt's table (cells are separated by two or more spaces)."""
+    out = {}
+    for line in summary.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) >= 4 and re.fullmatch(r"\d+", cells[1]):
+            out[cells[0]] = cells
     return out
 
 
@@ -269,24 +290,19 @@ def test_numbers_equal_an_independent_computation(full_run):
     # the fine-tuned answers are shorter
     assert data["answer_length"]["finetuned"]["mean_words"] < data["answer_length"]["baseline"]["mean_words"]
 
-    summary = (report / "summary.txt").read_text()
-    m = re.search(r"^VQA accuracy\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", summary, re.M)
-    assert m, summary
-    assert float(m[1]) == pytest.approx(o["base_vqa"], abs=0.006)
-    assert float(m[2]) == pytest.approx(o["ft_vqa"], abs=0.006)
-    assert float(m[3]) == pytest.approx(o["ft_vqa"] - o["base_vqa"], abs=0.006)
-    m = re.search(r"^exact match\s+([\d.]+)\s+([\d.]+)", summary, re.M)
-    assert float(m[1]) == pytest.approx(o["base_em"], abs=0.006) and float(m[2]) == pytest.approx(o["ft_em"], abs=0.006)
-    m = re.search(r"better (\d+), worse (\d+), same (\d+)", summary)
+    # summary.txt (Chinese by default): the table row of each answer type, columns split on 2+ spaces
+    summary = (report / "summary.txt").read_text(encoding="utf-8")
+    rows = summary_rows(summary)
+    assert "对比的题数：40" in summary
+    for label, e in (("总体", o), *((t, exp[t]) for t in ("yes/no", "number", "other"))):
+        n, vqa_b, vqa_f, vqa_c, em_b, em_f, _, bws = rows[label][1:]
+        assert int(n) == e["n"], label
+        assert float(vqa_b) == pytest.approx(e["base_vqa"], abs=0.006) and float(vqa_f) == pytest.approx(e["ft_vqa"], abs=0.006)
+        assert float(vqa_c.split()[0]) == pytest.approx(e["ft_vqa"] - e["base_vqa"], abs=0.006)
+        assert float(em_b) == pytest.approx(e["base_em"], abs=0.006) and float(em_f) == pytest.approx(e["ft_em"], abs=0.006)
+        assert [int(x) for x in bws.split(" / ")] == [e["better"], e["worse"], e["same"]]
+    m = re.search(r"变好 (\d+)，变差 (\d+)，不变 (\d+)", summary)
     assert (int(m[1]), int(m[2]), int(m[3])) == (o["better"], o["worse"], o["same"])
-    assert "questions compared: 40" in summary
-    for t in ("yes/no", "number", "other"):
-        m = re.search(rf"^\s+{re.escape(t)}\s+n=(\d+)\s+VQA\s+([\d.]+) ->\s+([\d.]+).*better (\d+) / worse (\d+) / same (\d+)",
-                      summary, re.M)
-        e = exp[t]
-        assert int(m[1]) == e["n"]
-        assert float(m[2]) == pytest.approx(e["base_vqa"], abs=0.006) and float(m[3]) == pytest.approx(e["ft_vqa"], abs=0.006)
-        assert (int(m[4]), int(m[5]), int(m[6])) == (e["better"], e["worse"], e["same"])
 
     # the interval is the documented paired percentile bootstrap, recomputed here with numpy
     d = exp["overall"]["vqa_diffs"]
@@ -335,8 +351,8 @@ def test_baseline_only_report(tmp_path):
     valid = [r for r in base if r["error"] is None]
     expect = 100 * np.mean([vqa_accuracy(r["answer"], r["gt_answers"]) for r in valid])
     assert data["baseline"]["vqa_accuracy"] == pytest.approx(expect, abs=0.006)
-    summary = (report / "summary.txt").read_text()
-    assert "MISSING" in summary and "python evaluate_vqav2_finetuned.py" in summary
+    summary = (report / "summary.txt").read_text(encoding="utf-8")
+    assert "缺少微调结果" in summary and "python evaluate_vqav2_finetuned.py" in summary
     raw = (report / "report.html").read_text(encoding="utf-8")
     assert "python evaluate_vqav2_finetuned.py" in raw and "baseline-only" in raw
     parser = ReportParser()
@@ -374,8 +390,8 @@ def test_allow_partial_compares_the_intersection(tmp_path):
     assert data["partial"] is True and data["n"] == exp["n"] == 37
     assert data["coverage"]["only_baseline"] == 3 and data["coverage"]["only_finetuned"] == 0
     assert data["finetuned"]["vqa_accuracy"] == pytest.approx(exp["ft_vqa"], abs=0.006)
-    assert "PARTIAL COMPARISON" in (report / "summary.txt").read_text()
-    assert "Partial comparison" in (report / "report.html").read_text(encoding="utf-8")
+    assert "部分对比（--allow_partial=True）" in (report / "summary.txt").read_text(encoding="utf-8")
+    assert "部分对比（--allow_partial=True）" in (report / "report.html").read_text(encoding="utf-8")
     assert MISSING_IMAGE_QID in data["cases"]["improved"]
     assert sum(map(len, data["cases"].values())) == 37 == len(list((report / "cases").glob("case_*.png")))
 
@@ -432,3 +448,77 @@ def test_report_goes_under_the_output_dir_when_one_is_given(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("summary.txt", "comparison.json", "report.html", "accuracy.png"):
         assert (tmp_path / "comparisons" / name).exists(), name
+
+
+def changed_by_processing(rows: list[dict], compared: set) -> int:
+    return sum(r["question_id"] in compared and r.get("raw_answer") is not None and r["raw_answer"] != r["answer"]
+               for r in rows)
+
+
+def test_answer_processing_changes_are_counted_and_shown(full_run):
+    report, base, ft = full_run["report"], full_run["base"], full_run["ft"]
+    data = json.loads((report / "comparison.json").read_text())
+    compared = {r["question_id"] for r in base if r["error"] is None}
+    want_base, want_ft = changed_by_processing(base, compared), changed_by_processing(ft, compared)
+    assert want_base == 0 < want_ft  # the fixture's fine-tuned model ends improved answers with "."
+    proc = data["answer_processing"]
+    assert (proc["baseline"]["changed"], proc["finetuned"]["changed"]) == (want_base, want_ft)
+    assert proc["finetuned"]["n"] == 40 and proc["finetuned"]["with_raw"] == 40 - 4  # the compared special rows have none
+    summary = (report / "summary.txt").read_text(encoding="utf-8")
+    assert f"基线 {want_base} / 40，微调后 {want_ft} / 40" in summary, summary
+    raw = (report / "report.html").read_text(encoding="utf-8")
+    changed = next(r for r in ft if r["question_id"] in compared and r.get("raw_answer") not in (None, r["answer"]))
+    row = re.search(rf'<tr class="\w+" data-qid="{changed["question_id"]}">.*?</tr>', raw, re.S)[0]
+    assert f"原文: {changed['raw_answer']}" in row
+
+
+def test_report_opens_with_numbers_and_folds_the_cases(full_run):
+    raw = (full_run["report"] / "report.html").read_text(encoding="utf-8")
+    assert raw.index('class="types"') < raw.index('class="chart"') < raw.index('class="case-group"') \
+        < raw.index('id="questions"')
+    groups = re.findall(r'<details class="case-group" id="cases-(\w+)" open>(.*?)</details>\n</details>|'
+                        r'<details class="case-group" id="cases-(\w+)" open>(.*?)</details>', raw, re.S)
+    assert len(groups) == 3
+    for g in groups:
+        body = g[1] or g[3]
+        shown = body.split('<details class="more">')[0]
+        assert shown.count("<img") == 2  # CASES_SHOWN; the other two one click away
+        assert body.count("<img") == 4
+    assert re.search(r'<details id="questions">\s*<summary>全部题目（40）</summary>', raw)
+
+
+def test_english_report_summary_and_console(tmp_path):
+    out, report = tmp_path / "outputs", tmp_path / "report"
+    out.mkdir()
+    base, ft = make_rows()
+    write_jsonl(out / "vqav2_baseline.jsonl", base)
+    write_jsonl(out / "vqav2_finetuned.jsonl", ft)
+    proc = run(out, report, "--lang=en", "--cases_per_group=1")
+    assert proc.returncode == 0, proc.stderr
+    summary = (report / "summary.txt").read_text(encoding="utf-8")
+    assert summary.startswith("BLIP-2 on VQAv2: zero-shot baseline vs QLoRA fine-tuned")
+    assert "questions compared: 40" in summary and "better / worse / same" in summary
+    assert not re.search(r"[\u4e00-\u9fff]", summary.replace(CHINESE_QUESTION, "").replace("红色的杯子", ""))
+    exp = expected(base, ft)["overall"]
+    assert float(summary_rows(summary)["overall"][2]) == pytest.approx(exp["base_vqa"], abs=0.006)
+    raw = (report / "report.html").read_text(encoding="utf-8")
+    assert '<html lang="en">' in raw and "Per answer type" in raw and "按答案类型" not in raw
+    assert summary in proc.stdout
+    proc = run(out, report, "--lang=fr")
+    assert proc.returncode == 2 and "--lang=en" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_console_table_uses_the_same_numbers():
+    """What evaluate_vqav2_finetuned.py prints after its run: the headline table of src.formatting."""
+    from src.formatting import console_comparison
+    from src.i18n import texts
+
+    base, ft = make_rows()
+    cmp = compare_rows(base, ft, n_resamples=100, seed=0)
+    text = console_comparison(cmp, texts("en"))
+    assert "baseline vs fine-tuned on the same 40 questions" in text and "95% interval" in text
+    cells = summary_rows(text)["overall"]
+    assert cells[1:4] == ["40", f"{cmp['baseline']['vqa_accuracy']:.2f}", f"{cmp['finetuned']['vqa_accuracy']:.2f}"]
+    c = cmp["change"]["vqa_accuracy"]
+    assert cells[4] == f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+    assert f"fine-tuned {cmp['answer_processing']['finetuned']['changed']} of 40" in text

@@ -1,0 +1,301 @@
+"""Every picture the project draws: the training loss curve, the comparison charts and the example-case
+pictures, with Chinese text rendered by a CJK font.
+
+`setup_matplotlib()` picks the Agg backend and puts the first installed CJK font (Noto Sans CJK,
+WenQuanYi, Microsoft YaHei, PingFang, ...) behind DejaVu Sans, so matplotlib's font fallback draws
+Chinese glyphs; without one it warns once, naming the package to install. Labels come from
+src.i18n (`tr`), so charts follow the script's LANG.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .formatting import clip, group_title, gt_summary, type_order, wrap
+from .i18n import texts
+
+# fonts with Chinese glyphs, most wanted first (Linux, Windows, macOS names as matplotlib sees them)
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "Microsoft YaHei", "PingFang SC", "SimHei", "Heiti SC", "Arial Unicode MS",
+             "Noto Serif CJK SC")
+NO_CJK_WARNING = ("warning: no CJK font found (Noto Sans CJK, WenQuanYi, Microsoft YaHei or PingFang): Chinese text in "
+                  "the charts will show as boxes; install one, e.g. `sudo apt-get install fonts-noto-cjk` "
+                  "(Debian/Ubuntu)")
+_CASE_IMAGE_SIZE = 300  # longest side of the picture inside a case PNG
+_GROUP_COLOURS = {"improved": "#2e7d32", "worsened": "#c62828", "unchanged": "#546e7a", "correct": "#2e7d32",
+                  "wrong": "#c62828"}
+_BASE_COLOUR, _FT_COLOUR = "#90a4ae", "#1e88e5"
+_warned = []  # the no-CJK warning is printed once per process
+
+
+def cjk_fonts() -> list[str]:
+    """The installed fonts of CJK_FONTS, in that order."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in CJK_FONTS if name in installed]
+
+
+def setup_matplotlib():
+    """pyplot on the Agg backend with a CJK fallback font; warns once when there is none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cjk = cjk_fonts()
+    if not cjk and not _warned:
+        print(NO_CJK_WARNING, file=sys.stderr, flush=True)
+        _warned.append(True)
+    # the warning above says it once; matplotlib would repeat it for every missing glyph
+    warnings.filterwarnings("ignore", message=r"Glyph .* missing from", category=UserWarning)
+    plt.rcParams["font.family"] = ["DejaVu Sans", *cjk[:1]]  # Latin from DejaVu, the rest falls back
+    plt.rcParams["savefig.dpi"] = 100
+    return plt
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> None:
+    """loss_curve.png of a training run: the loss per step and its moving average."""
+    tr = texts(lang)
+    plt = setup_matplotlib()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    ax.plot(steps, losses, lw=1, alpha=0.4, label=tr("loss_per_step"))
+    if len(losses) >= 10:
+        k = max(5, len(losses) // 25)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=2, label=tr("loss_moving_average", k=k))
+    ax.set_xlabel(tr("loss_x"))
+    ax.set_ylabel(tr("loss_y"))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --- pictures of the questions -------------------------------------------------------------------
+
+class ImageCache:
+    """Each picture is opened once; a missing or unreadable one becomes None (drawn as a placeholder).
+    `resolve` turns a row's image_path into a file path (rows store paths relative to the repository)."""
+
+    def __init__(self, resolve: Callable[[str | None], Path | None]):
+        self.resolve = resolve
+        self._small: dict = {}
+        self._thumb: dict = {}
+
+    def small(self, path: str | None):
+        if path not in self._small:
+            from PIL import Image
+
+            from .images import load_image
+
+            resolved = self.resolve(path)
+            try:
+                img = load_image(resolved) if resolved is not None else None
+            except UserError:
+                img = None
+            if img is not None:
+                img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
+            self._small[path] = img
+        return self._small[path]
+
+    def thumbnail_data_uri(self, path: str | None, size: int) -> str | None:
+        if path not in self._thumb:
+            img = self.small(path)
+            uri = None
+            if img is not None:
+                thumb = img.copy()
+                thumb.thumbnail((size, size))
+                buf = io.BytesIO()
+                thumb.save(buf, format="JPEG", quality=75)
+                uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            self._thumb[path] = uri
+        return self._thumb[path]
+
+
+def score_colour(score: float | None) -> str:
+    if score is None:
+        return "#546e7a"
+    return "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"
+
+
+def draw_picture(ax, img, path: str | None, tr) -> None:
+    if img is None:
+        ax.set_facecolor("#bdbdbd")
+        ax.text(0.5, 0.5, tr("image_not_found") + "\n" + wrap(path or tr("no_path"), 28, 4), ha="center",
+                va="center", fontsize=8, color="#424242", transform=ax.transAxes, parse_math=False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.imshow(img)
+        ax.axis("off")
+
+
+def _answer_lines(pair: dict, tr) -> list[tuple[str, str, float, str | None]]:
+    """(who, answer, score, raw answer when the answer processing changed it) per model."""
+    out = []
+    for who, key in (("baseline", "baseline"), ("finetuned", "finetuned")):
+        answer = pair[f"{key}_answer"]
+        if answer is None:
+            continue
+        raw = pair.get(f"{key}_raw_answer")
+        out.append((tr(who), answer, pair[f"{key}_vqa"], raw if raw is not None and raw != answer else None))
+    return out
+
+
+def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> None:
+    """One example: the picture, the question, the ground truth and each model's answer with its score
+    (and the model's raw text when the answer processing changed it)."""
+    fig = plt.figure(figsize=(7.2, 2.6))
+    draw_picture(fig.add_axes([0.01, 0.04, 0.33, 0.92]), cache.small(pair["image_path"]), pair["image_path"], tr)
+    fig.text(0.37, 0.9, tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
+                           answer_type=pair["answer_type"]),
+             fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"), parse_math=False)
+    fig.text(0.37, 0.8, tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top",
+             parse_math=False)
+    fig.text(0.37, 0.56, clip(tr("case_gt", answers=gt_summary(pair["gt_answers"])), 70), fontsize=9,
+             color="#37474f", va="top", parse_math=False)
+    for i, (who, answer, score, raw) in enumerate(_answer_lines(pair, tr)):
+        y = 0.36 - 0.2 * i
+        fig.text(0.37, y, f"{who}:", fontsize=9, fontweight="bold", va="center", parse_math=False)
+        fig.text(0.52, y + (0.03 if raw else 0), clip(answer, 40), fontsize=10, va="center", parse_math=False)
+        if raw:
+            fig.text(0.52, y - 0.06, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center", color="#607d8b",
+                     parse_math=False)
+        fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white",
+                 fontweight="bold", parse_math=False,
+                 bbox={"boxstyle": "round,pad=0.3", "facecolor": score_colour(score), "edgecolor": "none"})
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 1800) -> None:
+    """The case PNGs side by side: one column per group, one row per example."""
+    from PIL import Image
+
+    columns = list(case_files.values())
+    rows = max((len(c) for c in columns), default=0)
+    if rows == 0:
+        return
+    tiles = [[Image.open(f).convert("RGB") for f in c] for c in columns]
+    tw, th = next(c for c in tiles if c)[0].size
+    gap = 8
+    sheet = Image.new("RGB", (len(columns) * (tw + gap) - gap, rows * (th + gap) - gap), "white")
+    for ci, column in enumerate(tiles):
+        for ri, tile in enumerate(column):
+            sheet.paste(tile, (ci * (tw + gap), ri * (th + gap)))
+    if sheet.width > width:
+        sheet = sheet.resize((width, round(sheet.height * width / sheet.width)), Image.Resampling.LANCZOS)
+    sheet.save(out, optimize=True)
+
+
+# --- charts of the numbers -----------------------------------------------------------------------
+
+def _bar_panel(ax, groups, labels, base, ft, metric, title, tr) -> None:
+    def values(metrics):
+        return [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan) for g in groups[1:]]
+
+    series = [(tr("baseline"), values(base), _BASE_COLOUR)]
+    if ft is not None:
+        series.append((tr("finetuned"), values(ft), _FT_COLOUR))
+    width = 0.8 / len(series)
+    x = list(range(len(groups)))
+    for si, (who, vals, colour) in enumerate(series):
+        bars = ax.bar([xi - 0.4 + width * (si + 0.5) for xi in x], vals, width, label=who, color=colour)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 109)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", frameon=False, ncols=2)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _change_panel(ax, groups, labels, change, tr) -> None:
+    x = list(range(len(groups)))
+    for offset, metric, colour in ((-0.12, "vqa_accuracy", _FT_COLOUR), (0.12, "exact_match", "#8e24aa")):
+        cs = [change[metric]] + [change["per_answer_type"].get(g, {}).get(metric) for g in groups[1:]]
+        for xi, c in zip(x, cs):
+            if c is not None:
+                ax.errorbar(xi + offset, c["diff"], yerr=[[c["diff"] - c["low"]], [c["high"] - c["diff"]]], fmt="o",
+                            color=colour, capsize=3, markersize=5, label=tr(metric) if xi == 0 else None)
+    ax.axhline(0, color="#616161", linewidth=0.8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_title(tr("chart_change_title"), fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def accuracy_chart(plt, base: dict, ft: dict | None, change: dict | None, out: Path, tr) -> None:
+    """accuracy.png: VQA accuracy and exact match before / after, overall and per answer type, and the
+    change with its interval."""
+    groups = [None, *type_order(base["per_answer_type"])]
+    labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
+              for g in groups]
+    panels = 3 if ft is not None and change is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0))
+    for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
+        _bar_panel(ax, groups, labels, base, ft, metric, tr(title), tr)
+    if panels == 3:
+        _change_panel(axes[2], groups, labels, change, tr)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def length_chart(plt, lengths: dict, out: Path, tr) -> None:
+    """answer_length.png: histogram of words per answer, before / after."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    labels = list(lengths["baseline"]["histogram"])
+    series = [(who, stats) for who, stats in lengths.items() if stats is not None]
+    width = 0.8 / len(series)
+    for si, (who, stats) in enumerate(series):
+        xs = [i - 0.4 + width * (si + 0.5) for i in range(len(labels))]
+        ax.bar(xs, list(stats["histogram"].values()), width, color=_BASE_COLOUR if who == "baseline" else _FT_COLOUR,
+               label=tr("chart_length_legend", who=tr(who), mean=f"{stats['mean_words']:.1f}"))
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel(tr("chart_length_x"))
+    ax.set_ylabel(tr("chart_length_y"))
+    ax.set_title(tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> None:
+    """demo_images.png: the demo pictures with captions and answers before -> after."""
+    n = len(demo_rows)
+    height = 1.25 * n + 0.5
+    fig = plt.figure(figsize=(10, height))
+    fig.text(0.01, 1 - 0.25 / height, tr("chart_demo_title"), fontsize=11, fontweight="bold", va="center")
+    top = 1 - 0.5 / height
+    h = top / n
+    for i, row in enumerate(demo_rows):
+        y0 = top - (i + 1) * h
+        draw_picture(fig.add_axes([0.01, y0 + 0.06 * h, 0.11, 0.88 * h]), cache.small(row["image_path"]),
+                     row["image_path"], tr)
+        lines = [(tr("chart_caption"), row["baseline_caption"], row["finetuned_caption"]),
+                 (tr("case_question", question=row["question"]), row["baseline_answer"], row["finetuned_answer"])]
+        for li, (what, before, after) in enumerate(lines):
+            y = y0 + h * (0.68 - 0.4 * li)
+            fig.text(0.14, y, wrap(what, 30, 2), fontsize=8, fontweight="bold", va="center", parse_math=False)
+            fig.text(0.35, y, wrap(before if before is not None else "—", 55, 2), fontsize=8, va="center",
+                     color="#455a64", parse_math=False)
+            fig.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
+                     fontsize=8, va="center", color="#0d47a1", parse_math=False)
+    fig.savefig(out)
+    plt.close(fig)

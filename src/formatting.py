@@ -1,0 +1,179 @@
+"""The one set of number formatters behind summary.txt, report.html, the demo's comparison tab and
+the console print-out of evaluate_vqav2_finetuned.py.
+
+They read a comparison result: the dict of src.compare.compare_rows (or comparison.json, which holds
+the same keys): "n", "baseline", "finetuned", "change", "outcomes", "answer_processing".
+`score_table` gives the headline table as strings; each medium only lays it out.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import unicodedata
+from collections import Counter
+from typing import Callable
+
+ANSWER_TYPE_ORDER = ["yes/no", "number", "other"]  # VQAv2's answer types, in the order every table shows them
+GROUP_KEYS = ("improved", "worsened", "unchanged", "correct", "wrong")  # example-case groups (src.compare)
+
+
+def pts(value) -> str:
+    """A percentage (0-100) with two decimals, or a dash when there is none."""
+    return "–" if value is None else f"{value:.2f}"
+
+
+def signed(value) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def format_change(c: dict | None) -> str:
+    """'+1.23 [-0.40, +2.90]': the change in points and its 95% interval."""
+    if not c:
+        return "–"
+    return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def type_order(types) -> list[str]:
+    types = list(types)
+    return [t for t in ANSWER_TYPE_ORDER if t in types] + sorted(t for t in types if t not in ANSWER_TYPE_ORDER)
+
+
+def clip(text, n: int) -> str:
+    text = "" if text is None else str(text).replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def wrap(text, width: int, max_lines: int = 3) -> str:
+    lines = textwrap.wrap(clip(text, width * max_lines), width) or [""]
+    return "\n".join(lines[:max_lines])
+
+
+def gt_summary(gt_answers: list[str], n: int = 4) -> str:
+    """'orange ×8, red' : the most common annotator answers with their counts."""
+    counts = Counter(a.strip().lower() for a in gt_answers)
+    return ", ".join(f"{a} ×{c}" if c > 1 else a for a, c in counts.most_common(n)) + (" …" if len(counts) > n else "")
+
+
+def group_title(group: str, tr: Callable[..., str]) -> str:
+    return tr(f"group_{group}") if group in GROUP_KEYS else group
+
+
+def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the headline table: overall and per answer type, VQA accuracy and exact match,
+    before / after / change with interval, better / worse / same. Baseline-only results get the
+    baseline columns only. Answer types (dataset text) are shown as they are."""
+    base, ft = result["baseline"], result.get("finetuned")
+    comparing = ft is not None
+    vqa, em = tr("vqa_accuracy"), tr("exact_match")
+    header = [tr("answer_type"), tr("n"), f"{vqa} {tr('baseline')}"]
+    if comparing:
+        header += [f"{vqa} {tr('finetuned')}", tr("change_ci")]
+    header.append(f"{em} {tr('baseline')}")
+    if comparing:
+        header += [f"{em} {tr('finetuned')}", tr("change_ci"), tr("better_worse_same")]
+    rows = []
+    for t in [None, *type_order(base["per_answer_type"])]:
+        b = base if t is None else base["per_answer_type"][t]
+        row = [tr("overall") if t is None else str(t), str(b["n"]), pts(b["vqa_accuracy"])]
+        if comparing:
+            f = ft if t is None else ft["per_answer_type"].get(t, {})
+            c = result["change"] if t is None else result["change"]["per_answer_type"].get(t, {})
+            o = result["outcomes"] if t is None else result["outcomes"]["per_answer_type"].get(t, {})
+            row += [pts(f.get("vqa_accuracy")), format_change(c.get("vqa_accuracy")), pts(b["exact_match"]),
+                    pts(f.get("exact_match")), format_change(c.get("exact_match")),
+                    f"{o.get('better', '–')} / {o.get('worse', '–')} / {o.get('same', '–')}"]
+        else:
+            row.append(pts(b["exact_match"]))
+        rows.append(row)
+    return header, rows
+
+
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Fixed-width text lines; the first column left-aligned, numbers right-aligned."""
+    widths = [max(display_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        out = []
+        for i, (cell, w) in enumerate(zip(cells, widths)):
+            pad = " " * (w - display_width(cell))
+            out.append(cell + pad if i == 0 else pad + cell)
+        return "  ".join(out).rstrip()
+
+    return [line(header), *(line(r) for r in rows)]
+
+
+def outcome_line(result: dict, tr: Callable[..., str]) -> str:
+    oc = result["outcomes"]
+    return tr("outcomes", better=oc["better"], worse=oc["worse"], same=oc["same"], changed=oc["answer_changed"])
+
+
+def processing_line(result: dict, tr: Callable[..., str]) -> str | None:
+    """How many answers the answer processing changed (rows with raw_answer != answer), or None when
+    no compared row records a raw answer."""
+    proc = result.get("answer_processing") or {}
+    base, ft = proc.get("baseline"), proc.get("finetuned")
+    if not base or not base.get("with_raw") and not (ft or {}).get("with_raw"):
+        return None
+    if ft is None:
+        return tr("processing", who=tr("baseline"), n=base["changed"], total=base["n"])
+    return tr("processing_both", base=base["changed"], ft=ft["changed"], total=base["n"])
+
+
+def length_line(result: dict, tr: Callable[..., str]) -> str | None:
+    lengths = result.get("answer_length") or {}
+    if not lengths.get("baseline"):
+        return None
+    line = tr("mean_length", base=f"{lengths['baseline']['mean_words']:.2f}")
+    if lengths.get("finetuned"):
+        line += tr("mean_length_ft", ft=f"{lengths['finetuned']['mean_words']:.2f}")
+    return line
+
+
+def interval_line(result: dict, tr: Callable[..., str]) -> str:
+    b = result["bootstrap"]
+    return tr("interval", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"])
+
+
+def summary_text(result: dict, tr: Callable[..., str]) -> str:
+    """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
+    files, ft = result["files"], result["finetuned"]
+    s_base, s_ft = result["settings"]["baseline"], result["settings"]["finetuned"]
+    out = [tr("title"), ""]
+    out.append(tr("file_line", who=tr("baseline"), path=files["baseline"], model=s_base["model_id"],
+                  adapter=s_base["adapter"] or tr("none"), prompt=s_base["prompt"]))
+    if ft is None:
+        out.append(tr("missing_ft", path=files["finetuned"]))
+    else:
+        out.append(tr("file_line", who=tr("finetuned"), path=files["finetuned"], model=s_ft["model_id"],
+                      adapter=s_ft["adapter"] or tr("none"), prompt=s_ft["prompt"]))
+    out += [tr("decoding", decoding=json.dumps(s_base["decoding"])), ""]
+    cov, err = result["coverage"], result["errors"]
+    if result["partial"]:
+        out.append(tr("partial", common=cov["common"], only_base=cov["only_baseline"], only_ft=cov["only_finetuned"]))
+    ft_errors = tr("excluded_ft", n=err["finetuned"]) if ft is not None else ""
+    out.append(tr("questions_compared" if ft is not None else "questions_scored", n=result["n"])
+               + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"], ft_errors=ft_errors))
+    out.append("")
+    out += text_table(*score_table(result, tr))
+    out.append("")
+    if ft is not None:
+        out.append(outcome_line(result, tr))
+    out += [line for line in (processing_line(result, tr), length_line(result, tr)) if line]
+    if ft is not None:
+        out.append(interval_line(result, tr))
+    out += [tr("warning", text=w) for w in result["warnings"]]
+    return "\n".join(out) + "\n"
+
+
+def console_comparison(cmp: dict, tr: Callable[..., str]) -> str:
+    """What evaluate_vqav2_finetuned.py prints after its run: the headline table of compare_rows' result."""
+    out = [f"===== {tr('console_heading', n=cmp['n'])} =====", *text_table(*score_table(cmp, tr)),
+           tr("console_interval"), outcome_line(cmp, tr)]
+    line = processing_line(cmp, tr)
+    return "\n".join(out + ([line] if line else []))
