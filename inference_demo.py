@@ -10,8 +10,8 @@
     # (converted into data/easy_vqa/ by the first --dataset=easy_vqa run of any script):
     python -m src.tiny_model outputs/tiny-blip2
     python inference_demo.py --model_id=outputs/tiny-blip2 --quantization=none --adapter_dir=
-    python inference_demo.py --model_id=outputs/tiny-blip2 --quantization=none \
-        --examples_dir=data/easy_vqa/images/val --question="What shape is in the image?"
+    python inference_demo.py --model_id=outputs/tiny-blip2 \
+        --examples_dir=data/easy_vqa/images/val --question="what color is the shape?"
 
 Tab "Ask": upload, drop, paste or photograph (webcam) a picture, or click one of the example thumbnails
 (EXAMPLES_DIR, at most MAX_EXAMPLES of them), type a question, press Ask. When a LoRA

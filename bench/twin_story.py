@@ -92,7 +92,7 @@ def main():
     lines += [
         "",
         f"- one-word answers: zero-shot {one_word_share(rows['baseline'])}%, after QLoRA {one_word_share(rows['finetuned'])}%",
-        f"- shuffled-image control (the same adapter, each colour question shown an image of another colour, seed "
+        f"- shuffled-image control (the same adapter, the colour questions' images shuffled among them, seed "
         f"{SHUFFLE_SEED}): colour accuracy {control['accuracy']}% on {control['n']} questions; "
         f"{control['answers_naming_the_shown_colour']}% of the answers name the colour of the image shown",
     ]

@@ -51,7 +51,7 @@ SIZES = {
 # stage 1 in miniature: all weights trained on easy-VQA train captions
 PRETRAIN_STEPS = 800
 PRETRAIN_BATCH = 32
-PRETRAIN_LR = 2e-3
+PRETRAIN_LR = 1e-3
 CAPTION_EVAL_IMAGES = 300  # val (easy-VQA test) images the caption accuracy is measured on
 
 # Text the tokenizer is trained on: the prompt words, VQA-style questions and answers,
@@ -337,13 +337,18 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Pat
 
 
 def main(argv: list[str]) -> None:
+    usage = "usage: python -m src.tiny_model OUTDIR [--pretrain_steps=N]"
     steps = PRETRAIN_STEPS
     args = [a for a in argv if not a.startswith("--pretrain_steps=")]
     for a in argv:
         if a.startswith("--pretrain_steps="):
-            steps = int(a.split("=", 1)[1])
+            value = a.split("=", 1)[1]
+            if not value.isdigit():
+                print(f"{usage}\n--pretrain_steps={value}: a whole number of steps, e.g. --pretrain_steps=0", file=sys.stderr)
+                sys.exit(2)
+            steps = int(value)
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m src.tiny_model OUTDIR [--pretrain_steps=N]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         sys.exit(2)
     build_tiny_blip2(args[0], pretrain_steps=steps)
 

@@ -612,13 +612,13 @@ def test_readme_easy_vqa_examples_command(browser, tiny_model_dir, tmp_path):
     words = shlex.split(line)
     assert words[:2] == ["python", "inference_demo.py"]
     args = [w for w in words[2:] if not w.startswith(("--model_id=", "--quantization="))]  # serving() sets them
-    assert {w for w in words[2:]} - set(args) == {"--model_id=outputs/tiny-blip2", "--quantization=none"}
+    assert {w for w in words[2:]} - set(args) == {"--model_id=outputs/tiny-blip2"}
     with serving(tmp_path, tiny_model_dir, *args, "--adapter_dir=", f"--comparisons_dir={tmp_path / 'none'}") as demo:
         wait_until_served(demo)
         pg = open_page(browser, demo["url"])
         thumbs = pg.locator("#examples img")
         assert thumbs.count() == 12  # the first page of MAX_EXAMPLES=24
-        assert value(pg, "question") == "What shape is in the image?"
+        assert value(pg, "question") == "what color is the shape?"
         name = thumbs.first.get_attribute("src").rsplit("/", 1)[1]
         assert (REPO / "data" / "easy_vqa" / "images" / "val" / name).is_file()
         thumbs.first.click()

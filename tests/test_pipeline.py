@@ -331,3 +331,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_p
 
     assert checkpoint_problem(ckpts / "step-000001") is None
     assert not (tmp_path / "lora_adapter").exists(), line
+
+
+def test_demo_on_the_twin_answers_colour_after_fine_tuning(chain):
+    """README step 7 offline: the demo's answer handler with the quick start's adapter, on easy-VQA val
+    pictures, answers "what color is the shape?" right after fine-tuning, beside the zero-shot answer."""
+    from pathlib import Path as P
+
+    from src.demo_app import make_answer_fn
+    from src.modeling import load_blip2
+    from src.tiny_model import easy_vqa_captions
+
+    truth = {P(p).stem: c.split()[1] for p, c in zip(*easy_vqa_captions("val"))}
+    examples = sorted((chain["repo"] / "data" / "easy_vqa" / "images" / "val").glob("*.png"))
+    examples = [p for p in examples if p.stem in truth][:12]
+    model, processor = load_blip2(chain["model"], "4bit", adapter=str(chain["out"] / "lora_adapter"))
+    answer = make_answer_fn(model, processor, adapter_available=True, vqa_prompt="vqa_opt", vqa_decoding="vqa_beam5",
+                            caption_prompt="caption", caption_decoding="caption_beam5", max_upload_mb=10, lang="zh")
+    right_ft = right_base = 0
+    for path in examples:
+        caption, base, caption_ft, finetuned, status = answer(str(path), "what color is the shape?")
+        assert caption and base and finetuned, status
+        right_ft += finetuned.strip() == truth[path.stem]
+        right_base += base.strip() == truth[path.stem]
+    assert right_ft >= len(examples) - 1, (right_ft, len(examples))
+    assert right_base < right_ft
