@@ -356,3 +356,22 @@ def test_demo_on_the_twin_answers_colour_after_fine_tuning(chain):
         right_base += base.strip() == truth[path.stem]
     assert right_ft >= len(examples) - 1, (right_ft, len(examples))
     assert right_base < right_ft
+
+
+def test_resume_checks_every_row_and_names_the_foreign_one(tiny_model_dir, tmp_path):
+    """A row made by another model (here the 6th) is never kept or counted on resume."""
+    args = ["create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=8",
+            "--quantization=none", f"--output_dir={tmp_path}"]
+    run_script(*args, check=True)
+    out = tmp_path / "vqav2_baseline.jsonl"
+    rows = rows_of(out)
+    rows[5]["model_id"] = "someone/else"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows[:7]))  # a killed run: the last row missing
+    proc = run_script(*args)
+    assert_one_line_error(proc, f"{out}, line 6", f"question {rows[5]['question_id']}", "model_id='someone/else'")
+    rows[5]["model_id"] = tiny_model_dir
+    del rows[5]["answer_processing"]  # a row from before answers were processed
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows[:7]))
+    assert_one_line_error(run_script(*args), f"{out}, line 6", "answer_processing=None")
+    proc = run_script(*args[:-2], "--quantization=4bit", args[-1])  # the whole file is another quantisation
+    assert_one_line_error(proc, f"{out}, line 1", "quantization='none'", "quantization='4bit'")
