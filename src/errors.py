@@ -1,12 +1,13 @@
 """One way for every script to fail: a single line saying what, where and how to fix.
 
 Scripts raise `UserError` for anything the user can fix (bad path, bad constant, missing
-model). `run_main` turns it into one line on stderr and exit code 2; with `debug=True`
+model). `run_main` turns it, and a full disk, into one line on stderr and exit code 2; with `debug=True`
 (every script accepts `--debug=True`) the full traceback is shown instead.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from typing import Callable
@@ -26,6 +27,16 @@ def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write no script wrapped (e.g. inside a library's save): still one line, and nothing is lost
+        if debug:
+            traceback.print_exc()
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: the disk is full{where} ({e.strerror}); free some space and rerun the same command, "
+              f"it resumes from what was saved", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished rows are kept, rerun to resume", file=sys.stderr)
