@@ -209,6 +209,9 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     from .io import safetensors_problem
 
     adapter = Path(adapter)
+    if adapter.is_file():
+        raise UserError(f"{adapter} is a file; pass the adapter's folder, the one that holds adapter_config.json "
+                        f"(e.g. {adapter.parent})")
     if not (adapter / "adapter_config.json").exists():
         raise UserError(
             f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "

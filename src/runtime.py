@@ -34,7 +34,7 @@ def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> P
     `setting` names the flag in messages (e.g. "--report_dir")."""
     if not str(output_dir).strip():
         raise UserError(f"{setting}= is empty; pass a folder, e.g. {setting}=outputs")
-    out = Path(output_dir)
+    out = Path(output_dir).expanduser()  # "~/runs" as a constant means the home folder, not ./~
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} is a file, not a folder; choose another with {setting}=")
     try:
@@ -58,6 +58,33 @@ def _lock_holder(fd: int) -> str:
     return os.read(fd, 64).decode("ascii", "replace").strip()
 
 
+def _take_lock(path: Path) -> int | None:
+    """An fd holding the flock on `path` (None where the filesystem has no locks); UserError when
+    another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            who = f"another run (PID {holder})" if holder else "another run"
+            raise UserError(f"{who} is writing into {path.parent} (lock file {path}); wait for it to finish, "
+                            f"or choose another folder with --output_dir=") from None
+        except OSError as e:  # some network filesystems have no locks: run, but say it is unguarded
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            print(f"warning: cannot lock {path.parent} ({e.strerror}); make sure no other run writes into it",
+                  flush=True)
+            return None
+        try:  # a finishing holder may have deleted the file between our open and our lock
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextmanager
 def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[Path | None]:
     """Be the only run writing into `output_dir` until the block ends.
@@ -68,29 +95,17 @@ def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[P
     A second run into the same folder gets a UserError at once, naming the holder's PID. The lock
     is an flock on <output_dir>/.output.lock, so the kernel releases it when the holder dies, even
     by SIGKILL: the next run takes the folder over (and says so). Under torchrun / accelerate only
-    the main process takes it (`enabled=False` elsewhere); the other ranks write through it."""
-    if not enabled or fcntl is None:
+    the main process takes it (`enabled=False` elsewhere); the other ranks write through it.
+    Yields the lock file's path, or None when no lock was taken."""
+    fd = None
+    if enabled and fcntl is not None:
+        out = Path(output_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / LOCK_FILE
+        fd = _take_lock(path)
+    if fd is None:
         yield None
         return
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            who = f"another run (PID {holder})" if holder else "another run"
-            raise UserError(f"{who} is writing into {out} (lock file {path}); wait for it to finish, "
-                            f"or choose another folder with --output_dir=") from None
-        try:  # a finishing holder may have deleted the file between our open and our lock
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
     try:
         stale = _lock_holder(fd)
         if stale and stale != str(os.getpid()):
@@ -101,8 +116,5 @@ def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[P
         os.write(fd, f"{os.getpid()}\n".encode())
         yield path
     finally:
-        try:
-            os.unlink(path)  # still locked here, so no other run holds this file
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)  # still locked here, so no other run holds this file
         os.close(fd)

@@ -421,6 +421,11 @@ def _corrupt_adapter_config(t, m, a):
     return [f"--adapter={d}"], [f"{d / 'adapter_config.json'} is corrupt"]
 
 
+def _adapter_weights_file(t, m, a):  # the file instead of its folder
+    f = Path(a["tiny"]) / "adapter_model.safetensors"
+    return [f"--adapter={f}"], [f"{f} is a file; pass the adapter's folder", f"(e.g. {a['tiny']})"]
+
+
 def _output_dir_is_a_file(t, m, a):
     (t / "taken").write_text("x")
     return [f"--output_dir={t / 'taken'}"], [f"output folder {t / 'taken'} is a file"]
@@ -448,6 +453,7 @@ BROKEN_INPUTS = {  # case: (scripts, build(tmp, tiny model, adapters) -> (extra 
     "adapter_from_other_base_model": (("mini_infer.py", "create_baseline.py"), _adapter_from_other_base),
     "truncated_adapter_safetensors": (("mini_infer.py", "create_baseline.py"), _truncated_adapter),
     "corrupt_adapter_config": (("mini_infer.py", "create_baseline.py"), _corrupt_adapter_config),
+    "adapter_weights_file_as_adapter": (("mini_infer.py",), _adapter_weights_file),
     "output_dir_is_a_file": (("mini_infer.py", "create_baseline.py"), _output_dir_is_a_file),
     "empty_output_dir": (("mini_infer.py", "create_baseline.py", "create_vqav2_baseline.py", "finetune_vqav2_lora.py"),
                          _empty_output_dir),
@@ -528,6 +534,21 @@ def test_output_lock_api(tmp_path):
     assert not (tmp_path / ".output.lock").exists()
     with hold_output_lock(tmp_path):  # ... so the next run gets it
         pass
+
+
+def test_output_lock_on_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import src.runtime as R
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(R.fcntl, "flock", no_locks)
+    with R.hold_output_lock(tmp_path) as held:
+        assert held is None
+    assert f"warning: cannot lock {tmp_path} (No locks available)" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- full disks, read-only folders, unreadable files (real ones, made without root's privileges) -------

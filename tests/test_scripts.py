@@ -1,6 +1,7 @@
 """README steps 1-2 and the CLI, run as a user would, on the tiny model."""
 
 import json
+import os
 
 from PIL import Image
 
@@ -18,6 +19,18 @@ def test_mini_infer(tiny_model_dir, tmp_path):
     assert saved["result"]["answer"] == lines["answer"].strip()
     assert saved["config"]["model_id"] == tiny_model_dir and saved["config"]["quantization"] == "none"
     assert saved["result"]["decoding"]["num_beams"] == 5 and saved["result"]["prompt"] == "vqa_opt"
+
+
+def test_outputs_are_readable_by_others_and_home_is_expanded(tiny_model_dir, tmp_path):
+    """--output_dir=~/runs means the home folder; written files get the umask's mode, not mkstemp's 0600."""
+    run_script("mini_infer.py", f"--model_id={tiny_model_dir}", "--quantization=none", "--output_dir=~/runs",
+               env={"HOME": str(tmp_path)}, check=True)
+    saved = tmp_path / "runs" / "mini_infer.json"
+    assert json.loads(saved.read_text())["result"]["answer"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not (REPO / "~").exists()
 
 
 def test_create_baseline_and_finetuned_name(tiny_model_dir, tmp_path):
