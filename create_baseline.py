@@ -7,7 +7,8 @@
 
 One JSON row per image: image_path, caption, question, answer, model_id, adapter, prompt and
 decoding settings (an unreadable image becomes a row with an "error" and the rest completes).
-The resolved config goes to <output file>.config.json.
+The resolved config goes to <output file>.config.json. One run at a time writes into an output folder
+(<output_dir>/.output.lock); the model, adapter, images and output folder are checked before the model loads.
 """
 
 from pathlib import Path

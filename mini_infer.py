@@ -6,7 +6,7 @@
     python -m src.tiny_model outputs/tiny-blip2 && python mini_infer.py --model_id=outputs/tiny-blip2 --quantization=none
 
 Prints the caption and the answer and writes them, with the resolved config, to
-<output_dir>/mini_infer.json.
+<output_dir>/mini_infer.json. One run at a time writes into an output folder (<output_dir>/.output.lock).
 """
 
 from src.config import apply_overrides

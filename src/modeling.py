@@ -68,6 +68,9 @@ def _is_local(model_id: str) -> bool:
 
 
 def _fetch_error(model_id: str, err: Exception) -> UserError:
+    if model_id.startswith("~") and os.path.isdir(os.path.expanduser(model_id)):
+        return UserError(f"--model_id={model_id}: write the folder without ~, as "
+                         f"--model_id={os.path.expanduser(model_id)} (model ids are not expanded like shell paths)")
     if _is_local(model_id) and not os.path.isdir(model_id):
         return UserError(f"model folder not found: {model_id}; pass --model_id=<local dir> of a saved model, "
                          "or a Hugging Face Hub id such as Salesforce/blip2-opt-2.7b")
