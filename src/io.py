@@ -28,12 +28,13 @@ def reported_write_errors(path: str | Path) -> Iterator[None]:
     except OSError as e:
         if e.errno in _DISK_FULL:
             why = "the disk is full" if e.errno == errno.ENOSPC else "the disk quota is used up"
+            fix = "free some space"
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            why = f"no permission ({e.strerror})"
+            why, fix = f"no permission ({e.strerror})", f"make {Path(path).parent} writable"
         else:
             raise
-        raise UserError(f"could not write {path}: {why}; free some space (or fix the folder) and rerun the same "
-                        f"command, it resumes from what was saved") from None
+        raise UserError(f"could not write {path}: {why}; {fix} and rerun the same command, it resumes from "
+                        f"what was saved") from None
 
 
 def give_default_permissions(folder: str | Path) -> None:

@@ -177,7 +177,10 @@ def _read_adapter_config(adapter: Path) -> dict:
 
 
 def _mismatch_error(adapter, model_id: str, problem: str) -> UserError:
-    base = _read_adapter_config(Path(adapter)).get("base_model_name_or_path") or "an unrecorded model"
+    base = _read_adapter_config(Path(adapter)).get("base_model_name_or_path")
+    if not base:
+        return UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
+                         f"({model_id}): {problem}; pass an adapter trained on {model_id}")
     return UserError(f"the LoRA adapter in {adapter} was trained on {base}, which is not the model loaded "
                      f"({model_id}): {problem}; pass --model_id={base}, or an adapter trained on {model_id}")
 
