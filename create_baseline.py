@@ -11,7 +11,6 @@ The resolved config goes to <output file>.config.json. One run at a time writes 
 (<output_dir>/.output.lock); the model, adapter, images and output folder are checked before the model loads.
 """
 
-
 from src.config import apply_overrides, write_config
 from src.errors import UserError, run_main
 
