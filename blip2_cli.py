@@ -57,7 +57,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from src.images import load_image
     from src.inference import caption_and_answer
-    from src.modeling import load_blip2
+    from src.modeling import check_adapter_dir, check_model_dir, load_blip2
     from src.prompts import check_question, generation_record
 
     if args.batch_size < 1:
@@ -65,6 +65,9 @@ def main(argv=None):
     question = check_question(args.question) if args.question is not None else None
     paths = collect_images(args.images)
     images = [load_image(p) for p in paths]  # fail before the (slow) model load
+    check_model_dir(args.model_id)
+    if args.adapter:
+        check_adapter_dir(args.adapter, args.model_id)
     model, processor = load_blip2(args.model_id, args.quantization, adapter=args.adapter, device=args.device)
     outs = caption_and_answer(model, processor, images, question, vqa_prompt=args.vqa_prompt,
                               vqa_decoding=args.vqa_decoding, caption_prompt="caption",

@@ -7,13 +7,12 @@
 
 One JSON row per image: image_path, caption, question, answer, model_id, adapter, prompt and
 decoding settings (an unreadable image becomes a row with an "error" and the rest completes).
-The resolved config goes to <output file>.config.json.
+The resolved config goes to <output file>.config.json. One run at a time writes into an output folder
+(<output_dir>/.output.lock); the model, adapter, images and output folder are checked before the model loads.
 """
 
-from pathlib import Path
-
 from src.config import apply_overrides, write_config
-from src.errors import run_main
+from src.errors import UserError, run_main
 
 # -----------------------------------------------------------------------------
 IMAGES_DIR = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
@@ -37,34 +36,45 @@ def main():
     from src.images import list_images, load_images
     from src.inference import caption_and_answer
     from src.io import write_jsonl
-    from src.modeling import load_blip2
+    from src.modeling import check_adapter_dir, check_model_dir, load_blip2
     from src.prompts import check_question, generation_record
+    from src.runtime import check_output_dir, check_positive, hold_output_lock
 
+    # every input and the output folder are checked before the slow model load
+    check_positive(batch_size=BATCH_SIZE)
     question = check_question(QUESTION)
     paths = list_images(IMAGES_DIR)
-    out_path = Path(OUTPUT_DIR) / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if ADAPTER else "baseline.jsonl"))
-
+    out_dir = check_output_dir(OUTPUT_DIR)
+    out_path = out_dir / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if ADAPTER else "baseline.jsonl"))
+    if out_path.is_dir():
+        raise UserError(f"output file {out_path} is a folder; choose another name with --output_file=")
+    check_output_dir(out_path.parent)  # --output_file may name a subfolder
     images, errors = load_images(paths)
-    model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
-    good = [p for p in paths if p in images]
-    print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
-          + (f" + {ADAPTER}" if ADAPTER else ""))
-    outs = caption_and_answer(model, processor, [images[p] for p in good], question, vqa_prompt=VQA_PROMPT,
-                              vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
-                              caption_decoding=CAPTION_DECODING, batch_size=BATCH_SIZE)
-    by_path = dict(zip(good, outs))
-    record = {"model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
-              "caption_prompt": CAPTION_PROMPT,
-              "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
-    rows = []
-    for p in paths:
-        out = by_path.get(p, {"caption": None, "answer": None})
-        rows.append({"image_path": p.as_posix(), "caption": out["caption"], "question": question,
-                     "answer": out["answer"], **record, "error": errors.get(p)})
-        print(f"{p.name}: {out['caption']!r} | {question} -> {out['answer']!r}" if p in by_path
-              else f"{p.name}: ERROR {errors[p]}")
-    write_jsonl(out_path, rows)
-    write_config(config, str(out_path) + ".config.json")
+    check_model_dir(MODEL_ID)
+    if ADAPTER:
+        check_adapter_dir(ADAPTER, MODEL_ID)
+
+    with hold_output_lock(out_path.parent):
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
+        good = [p for p in paths if p in images]
+        print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
+              + (f" + {ADAPTER}" if ADAPTER else ""))
+        outs = caption_and_answer(model, processor, [images[p] for p in good], question, vqa_prompt=VQA_PROMPT,
+                                  vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                                  caption_decoding=CAPTION_DECODING, batch_size=BATCH_SIZE)
+        by_path = dict(zip(good, outs))
+        record = {"model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
+                  "caption_prompt": CAPTION_PROMPT,
+                  "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
+        rows = []
+        for p in paths:
+            out = by_path.get(p, {"caption": None, "answer": None})
+            rows.append({"image_path": p.as_posix(), "caption": out["caption"], "question": question,
+                         "answer": out["answer"], **record, "error": errors.get(p)})
+            print(f"{p.name}: {out['caption']!r} | {question} -> {out['answer']!r}" if p in by_path
+                  else f"{p.name}: ERROR {errors[p]}")
+        write_jsonl(out_path, rows)
+        write_config(config, str(out_path) + ".config.json")
     print(f"wrote {len(rows)} rows to {out_path}" + (f" ({len(errors)} unreadable images)" if errors else ""))
 
 

@@ -6,10 +6,8 @@
     python -m src.tiny_model outputs/tiny-blip2 && python mini_infer.py --model_id=outputs/tiny-blip2 --quantization=none
 
 Prints the caption and the answer and writes them, with the resolved config, to
-<output_dir>/mini_infer.json.
+<output_dir>/mini_infer.json. One run at a time writes into an output folder (<output_dir>/.output.lock).
 """
-
-import os
 
 from src.config import apply_overrides
 from src.errors import run_main
@@ -35,22 +33,30 @@ def main():
     from src.images import load_image
     from src.inference import caption_and_answer
     from src.io import write_json
-    from src.modeling import load_blip2
+    from src.modeling import check_adapter_dir, check_model_dir, load_blip2
     from src.prompts import check_question, generation_record
+    from src.runtime import check_output_dir, hold_output_lock
 
+    # every input and the output folder are checked before the slow model load
     question = check_question(QUESTION)
+    out_dir = check_output_dir(OUTPUT_DIR)
     image = load_image(IMAGE)
-    model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
-    out = caption_and_answer(model, processor, [image], question, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
-                             caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING)[0]
-    result = {"image_path": IMAGE, "caption": out["caption"], "question": question, "answer": out["answer"],
-              "model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
-              "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
-    print(f"image:    {IMAGE}")
-    print(f"caption:  {out['caption']}")
-    print(f"question: {question}")
-    print(f"answer:   {out['answer']}")
-    write_json(os.path.join(OUTPUT_DIR, "mini_infer.json"), {"result": result, "config": config})
+    check_model_dir(MODEL_ID)
+    if ADAPTER:
+        check_adapter_dir(ADAPTER, MODEL_ID)
+    with hold_output_lock(out_dir):
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
+        out = caption_and_answer(model, processor, [image], question, vqa_prompt=VQA_PROMPT,
+                                 vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                                 caption_decoding=CAPTION_DECODING)[0]
+        result = {"image_path": IMAGE, "caption": out["caption"], "question": question, "answer": out["answer"],
+                  "model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
+                  "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
+        print(f"image:    {IMAGE}")
+        print(f"caption:  {out['caption']}")
+        print(f"question: {question}")
+        print(f"answer:   {out['answer']}")
+        write_json(out_dir / "mini_infer.json", {"result": result, "config": config})
 
 
 if __name__ == "__main__":

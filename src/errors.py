@@ -1,12 +1,13 @@
 """One way for every script to fail: a single line saying what, where and how to fix.
 
 Scripts raise `UserError` for anything the user can fix (bad path, bad constant, missing
-model). `run_main` turns it into one line on stderr and exit code 2; with `debug=True`
+model). `run_main` turns it, and a full disk, into one line on stderr and exit code 2; with `debug=True`
 (every script accepts `--debug=True`) the full traceback is shown instead.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from typing import Callable
@@ -16,6 +17,13 @@ class UserError(Exception):
     """An error the user can fix; its message is the whole report."""
 
 
+def _close_progress_bars() -> None:
+    """A bar left open by an error inside its loop ends its line, so the error line starts its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
     """Run a script's `main`, reporting UserError (and Ctrl-C) as one line, no traceback."""
     if debug is None:
@@ -23,10 +31,23 @@ def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
     try:
         main()
     except UserError as e:
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write no script wrapped (e.g. inside a library's save): still one line, and nothing is lost
+        _close_progress_bars()
+        if debug:
+            traceback.print_exc()
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: the disk is full{where} ({e.strerror}); free some space and rerun the same command, "
+              f"it resumes from what was saved", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted; finished rows are kept, rerun to resume", file=sys.stderr)
         sys.exit(130)

@@ -34,17 +34,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image file as RGB, EXIF orientation applied, first frame of animations.
 
-    Raises UserError naming the file for: missing file, empty file, not an image,
+    Raises UserError naming the file for: missing file, empty file, unreadable file (permissions), not an image,
     truncated/corrupt data, or an image larger than `max_pixels` (checked from the
     header, before decoding)."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"image not found: {path} (check the path; relative paths are from the current directory)")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not an image file")
-    if path.stat().st_size == 0:
-        raise UserError(f"image file is empty (0 bytes): {path}")
     try:
+        if not path.exists():
+            raise UserError(f"image not found: {path} (check the path; relative paths are from the current directory)")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder, not an image file")
+        if path.stat().st_size == 0:
+            raise UserError(f"image file is empty (0 bytes): {path}")
         with Image.open(path) as img:
             w, h = img.size
             if w * h > max_pixels:
@@ -57,6 +57,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
             return _to_rgb(img)
     except UserError:
         raise
+    except PermissionError:  # before OSError: the file is fine, this user just may not read it
+        raise UserError(f"permission denied: cannot read image {path}; check its permissions "
+                        f"(e.g. chmod a+r {path})") from None
     except Image.DecompressionBombError:  # PIL's own header check, beyond twice its default limit
         raise UserError(f"image too large: {path} declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels "
                         f"(limit {max_pixels:,}); resize it first") from None
@@ -74,7 +77,11 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except PermissionError:
+        raise UserError(f"permission denied: cannot list image folder {folder}; check its permissions "
+                        f"(e.g. chmod a+rx {folder})") from None
     if not paths:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     return paths

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -12,23 +15,88 @@ from .errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def reported_write_errors(path: str | Path) -> Iterator[None]:
+    """Turn a failed write of `path` (disk full, quota, read-only, permissions) into one line that
+    names the file and says that a rerun continues from what was saved."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            why = "the disk is full" if e.errno == errno.ENOSPC else "the disk quota is used up"
+            fix = "free some space"
+        elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why, fix = f"no permission ({e.strerror})", f"make {Path(path).parent} writable"
+        else:
+            raise
+        raise UserError(f"could not write {path}: {why}; {fix} and rerun the same command, it resumes from "
+                        f"what was saved") from None
+
+
+def give_default_permissions(folder: str | Path) -> None:
+    """Give files saved into `folder` the permissions open() would (safetensors and mkstemp create
+    them 0600, so other users of a shared machine could not read a model or adapter)."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600:
+            os.chmod(p, FILE_MODE)
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """What is wrong with a .safetensors file, as a phrase to follow its name ("is cut short ..."),
+    or None. Reads the header only: its length, its JSON, and the file size its tensors need."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or n > size - 8:
+                f.seek(0)
+                start = f.read(200)
+                if start.startswith(b"version https://git-lfs"):
+                    return (f"is a Git LFS pointer, not the weights (the repository was cloned without git-lfs: "
+                            f"run `git lfs pull` in {path.parent})")
+                if start.lstrip()[:1] in (b"<", b"{"):
+                    return f"is not a safetensors file (it starts with text: {start.lstrip()[:40]!r})"
+                return (f"is cut short ({size:,} bytes, less than its own header: a save, copy or download "
+                        f"was interrupted)")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return "is missing"
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    except (ValueError, UnicodeDecodeError):
+        return "has a corrupt header (not JSON)"
+    if not isinstance(header, dict):
+        return "has a corrupt header (not a JSON object)"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"is cut short ({size:,} of {need:,} bytes: a save, copy or download was interrupted)"
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with reported_write_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; give the file the permissions open() would
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def jsonl_text(rows: Iterable[dict]) -> str:
@@ -97,19 +165,29 @@ class JsonlAppender:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        truncate_torn_tail(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._failed = False
+        with reported_write_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            truncate_torn_tail(self.path)
+            self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, rows: Iterable[dict]) -> None:
         text = jsonl_text(rows)
         if text:
-            self._f.write(text)
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            self._failed = True  # until the rows are on disk; a torn last line is cut on the next run
+            with reported_write_errors(self.path):
+                self._f.write(text)
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            self._failed = False
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:
+            if not self._failed:
+                raise
+            # the rows a failed write() left in the buffer can't be written either; it said so
 
     def __enter__(self):
         return self

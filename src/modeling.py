@@ -7,6 +7,7 @@ go through the same `from_pretrained` calls.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -82,6 +83,9 @@ def _is_local(model_id: str) -> bool:
 
 
 def _fetch_error(model_id: str, err: Exception) -> UserError:
+    if model_id.startswith("~") and os.path.isdir(os.path.expanduser(model_id)):
+        return UserError(f"--model_id={model_id}: write the folder without ~, as "
+                         f"--model_id={os.path.expanduser(model_id)} (model ids are not expanded like shell paths)")
     if _is_local(model_id) and not os.path.isdir(model_id):
         return UserError(f"model folder not found: {model_id}; pass --model_id=<local dir> of a saved model, "
                          "or a Hugging Face Hub id such as Salesforce/blip2-opt-2.7b")
@@ -185,22 +189,140 @@ def end_token_id(model) -> int:
 
 
 def apply_adapter(model, adapter: str | Path, trainable: bool = False):
+    """Load the LoRA adapter in `adapter` onto `model`, refusing in one line an adapter whose layers
+    don't fit it (trained on another base model)."""
     from peft import PeftModel
 
     check_adapter_dir(adapter)
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    loaded = getattr(model.config, "_name_or_path", "") or "the loaded model"
+    problem = adapter_mismatch(model, adapter)
+    if problem:
+        raise _mismatch_error(adapter, loaded, problem)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise _mismatch_error(adapter, loaded, str(e).strip().splitlines()[-1].strip()[:200]) from None
 
 
-def check_adapter_dir(adapter: str | Path) -> None:
-    """A LoRA adapter folder with its config and safetensors weights (checked before a slow model load)."""
+def _read_adapter_config(adapter: Path) -> dict:
+    path = adapter / "adapter_config.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt (not valid JSON: {e}); copy the adapter folder again or retrain it "
+                        "with `python finetune_vqav2_lora.py`") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is corrupt (not a JSON object); copy the adapter folder again or retrain it")
+    return config
+
+
+def _mismatch_error(adapter, model_id: str, problem: str) -> UserError:
+    base = _read_adapter_config(Path(adapter)).get("base_model_name_or_path")
+    if not base:
+        return UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
+                         f"({model_id}): {problem}; pass an adapter trained on {model_id}")
+    return UserError(f"the LoRA adapter in {adapter} was trained on {base}, which is not the model loaded "
+                     f"({model_id}): {problem}; pass --model_id={base}, or an adapter trained on {model_id}")
+
+
+def adapter_mismatch(model, adapter: str | Path) -> str | None:
+    """Why the adapter's LoRA weights don't fit `model`'s layers (first misfit), or None.
+    Reads only the adapter's safetensors header; `model` may be on the meta device."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    prefix = "base_model.model."
+    for key, shape in sorted(shapes.items()):
+        for part, dim, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
+            if not (key.startswith(prefix) and key.endswith(part)) or len(shape) != 2:
+                continue
+            name = key[len(prefix):-len(part)]
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError:
+                return f"the model has no layer {name}"
+            want = getattr(layer, attr, None)
+            if want is not None and want != shape[dim]:
+                return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {shape[dim]}"
+    return None
+
+
+def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
+    """A LoRA adapter folder with a readable config and whole safetensors weights (checked before a
+    slow model load). With `model_id`, also that its layers fit that model, when the adapter was
+    trained on a model of another name and that model's config is at hand (local or cached)."""
+    from .io import safetensors_problem
+
     adapter = Path(adapter)
+    if adapter.is_file():
+        raise UserError(f"{adapter} is a file; pass the adapter's folder, the one that holds adapter_config.json "
+                        f"(e.g. {adapter.parent})")
     if not (adapter / "adapter_config.json").exists():
         raise UserError(
             f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
             "`python finetune_vqav2_lora.py` or pass the folder that holds adapter_config.json"
         )
-    if not (adapter / "adapter_model.safetensors").exists():
+    config = _read_adapter_config(adapter)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
         raise UserError(f"{adapter} has no adapter_model.safetensors; only safetensors adapters are loaded")
+    problem = safetensors_problem(weights)
+    if problem:
+        raise UserError(f"{weights} {problem}; copy the adapter again, or rerun `python finetune_vqav2_lora.py`, "
+                        "which resumes from its last checkpoint")
+    base = config.get("base_model_name_or_path")
+    if model_id and base and os.path.normpath(str(base)) != os.path.normpath(model_id):
+        skeleton = _model_skeleton(model_id)
+        problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
+        if problem:
+            raise _mismatch_error(adapter, model_id, problem)
+
+
+def _model_skeleton(model_id: str):
+    """BLIP-2 built from its config on the meta device (no weights, about a second), or None when
+    the config can't be read here (a hub id not downloaded yet: the load reports that)."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    try:
+        config = Blip2Config.from_pretrained(model_id)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        return Blip2ForConditionalGeneration(config)
+
+
+def check_model_dir(model_id: str) -> None:
+    """A local model folder holds a BLIP-2 config and whole safetensors weights (read from the
+    headers, before the slow load). A hub id is left to the download, which verifies itself."""
+    from .io import safetensors_problem
+
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return
+    config_path = folder / "config.json"
+    if (folder / "adapter_config.json").exists() and not config_path.exists():
+        raise UserError(f"{folder} is a LoRA adapter, not a base model; pass it as the adapter "
+                        f"(e.g. --adapter={folder}) and the model it was trained on as --model_id")
+    if not config_path.exists():
+        raise UserError(f"no config.json in {folder}: not a model saved with save_pretrained; pass "
+                        "--model_id=<folder with config.json and model.safetensors> or a hub id")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise UserError(f"{config_path} is corrupt (not a JSON object: {e}); copy the model folder again") from None
+    if model_type != "blip-2":
+        raise UserError(f"{folder} is not a BLIP-2 model (its config.json says model_type {model_type!r}); "
+                        f"pass a BLIP-2 folder, e.g. a saved copy of {DEFAULT_MODEL_ID}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise UserError(f"{weights} {problem}; copy or download the model again")
 
 
 def blip2_core(model):

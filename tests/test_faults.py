@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -309,3 +313,339 @@ def test_training_survives_kills_including_one_inside_a_checkpoint_save(tiny_mod
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     steps = [json.loads(l)["step"] for l in (out / "lora_adapter" / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 121))
+
+
+# --- broken models, adapters and output folders: one line, before the model load ---------------------
+
+LOAD_MARKER = """
+import sys, time, os
+import transformers
+_cls = transformers.Blip2ForConditionalGeneration
+_load = _cls.from_pretrained.__func__
+def from_pretrained(cls, *a, **k):
+    print("MODEL LOAD STARTED", file=sys.stderr, flush=True)
+    if os.environ.get("STALL_IN_LOAD"):  # hold the run here (and its output lock) until killed
+        time.sleep(600)
+    return _load(cls, *a, **k)
+_cls.from_pretrained = classmethod(from_pretrained)
+"""
+
+
+@pytest.fixture(scope="module")
+def load_marker(tmp_path_factory) -> dict:
+    """Env that makes a script print MODEL LOAD STARTED when the BLIP-2 weights start loading."""
+    hook = tmp_path_factory.mktemp("load_marker")
+    (hook / "sitecustomize.py").write_text(LOAD_MARKER)
+    return {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}"}
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory) -> dict:
+    """A LoRA adapter for the tiny model, and one trained on another tiny BLIP-2 whose language
+    model is narrower (hidden size 32, not 64), each saved by peft as finetune_vqav2_lora.py does."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("adapters")
+    other = root / "other-blip2"
+    config = Blip2Config.from_pretrained(tiny_model_dir)
+    config.text_config.hidden_size = config.text_config.word_embed_proj_dim = 32
+    torch.manual_seed(0)
+    Blip2ForConditionalGeneration(config).save_pretrained(other)
+    out = {"other_base": str(other)}
+    for name, base in (("tiny", tiny_model_dir), ("other", str(other))):
+        model = Blip2ForConditionalGeneration.from_pretrained(base)
+        lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        lora.save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+def _copy(src, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _truncated_model(t, m, a):
+    d = _copy(m, t / "model")
+    _cut(d / "model.safetensors")
+    return [f"--model_id={d}"], ["model.safetensors is cut short", "copy or download the model again"]
+
+
+def _lfs_pointer_model(t, m, a):  # a hub repository cloned without git-lfs
+    d = _copy(m, t / "model")
+    (d / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123abcd\nsize 1\n")
+    return [f"--model_id={d}"], ["model.safetensors is a Git LFS pointer", "git lfs pull"]
+
+
+def _opt_folder(t, m, a):  # an OPT language model next to a BLIP-2 processor_config.json
+    from transformers import OPTConfig, OPTForCausalLM
+
+    d = t / "opt"
+    OPTForCausalLM(OPTConfig(vocab_size=700, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
+                             word_embed_proj_dim=32)).save_pretrained(d)
+    for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(m) / name, d / name)
+    return [f"--model_id={d}"], [f"{d} is not a BLIP-2 model", "model_type 'opt'"]
+
+
+def _corrupt_model_config(t, m, a):
+    d = _copy(m, t / "model")
+    (d / "config.json").write_text((d / "config.json").read_text()[:200])
+    return [f"--model_id={d}"], ["config.json is corrupt"]
+
+
+def _adapter_as_model(t, m, a):
+    return [f"--model_id={a['tiny']}"], [f"{a['tiny']} is a LoRA adapter, not a base model", f"--adapter={a['tiny']}"]
+
+
+def _adapter_from_other_base(t, m, a):
+    return [f"--adapter={a['other']}"], [f"was trained on {a['other_base']}", f"not the model loaded ({m})",
+                                         "64 in features, the adapter's has 32"]
+
+
+def _truncated_adapter(t, m, a):
+    d = _copy(a["tiny"], t / "adapter")
+    _cut(d / "adapter_model.safetensors")
+    return [f"--adapter={d}"], ["adapter_model.safetensors is cut short", "resumes from its last checkpoint"]
+
+
+def _corrupt_adapter_config(t, m, a):
+    d = _copy(a["tiny"], t / "adapter")
+    (d / "adapter_config.json").write_text('{"r": 4, "lora_alpha":')
+    return [f"--adapter={d}"], [f"{d / 'adapter_config.json'} is corrupt"]
+
+
+def _adapter_weights_file(t, m, a):  # the file instead of its folder
+    f = Path(a["tiny"]) / "adapter_model.safetensors"
+    return [f"--adapter={f}"], [f"{f} is a file; pass the adapter's folder", f"(e.g. {a['tiny']})"]
+
+
+def _output_dir_is_a_file(t, m, a):
+    (t / "taken").write_text("x")
+    return [f"--output_dir={t / 'taken'}"], [f"output folder {t / 'taken'} is a file"]
+
+
+def _empty_output_dir(t, m, a):
+    return ["--output_dir="], ["--output_dir= is empty"]
+
+
+def _output_file_is_a_folder(t, m, a):
+    (t / "out" / "baseline.jsonl").mkdir(parents=True)
+    return [], [f"output file {t / 'out' / 'baseline.jsonl'} is a folder", "--output_file="]
+
+
+def _batch_size_zero(t, m, a):
+    return ["--batch_size=0"], ["--batch_size=0: must be at least 1"]
+
+
+BROKEN_INPUTS = {  # case: (scripts, build(tmp, tiny model, adapters) -> (extra args, fragments of the error line))
+    "truncated_model_safetensors": (("mini_infer.py", "create_baseline.py"), _truncated_model),
+    "lfs_pointer_instead_of_weights": (("mini_infer.py",), _lfs_pointer_model),
+    "opt_folder_with_blip2_processor": (("mini_infer.py", "create_baseline.py"), _opt_folder),
+    "corrupt_model_config": (("create_baseline.py",), _corrupt_model_config),
+    "adapter_folder_as_model": (("mini_infer.py",), _adapter_as_model),
+    "adapter_from_other_base_model": (("mini_infer.py", "create_baseline.py"), _adapter_from_other_base),
+    "truncated_adapter_safetensors": (("mini_infer.py", "create_baseline.py"), _truncated_adapter),
+    "corrupt_adapter_config": (("mini_infer.py", "create_baseline.py"), _corrupt_adapter_config),
+    "adapter_weights_file_as_adapter": (("mini_infer.py",), _adapter_weights_file),
+    "output_dir_is_a_file": (("mini_infer.py", "create_baseline.py"), _output_dir_is_a_file),
+    "empty_output_dir": (("mini_infer.py", "create_baseline.py", "create_vqav2_baseline.py", "finetune_vqav2_lora.py"),
+                         _empty_output_dir),
+    "output_file_is_a_folder": (("create_baseline.py",), _output_file_is_a_folder),
+    "batch_size_zero": (("create_baseline.py",), _batch_size_zero),
+}
+
+
+@pytest.mark.parametrize("case,script", [(c, s) for c, (scripts, _) in BROKEN_INPUTS.items() for s in scripts])
+def test_broken_input_is_one_line_before_the_model_loads(case, script, tiny_model_dir, adapters, load_marker, tmp_path):
+    extra, fragments = BROKEN_INPUTS[case][1](tmp_path, tiny_model_dir, adapters)
+    dataset = ["--dataset=tiny"] if "vqav2" in script else []
+    quantization = "--use_4bit=False" if script == "finetune_vqav2_lora.py" else "--quantization=none"
+    proc = run_script(script, f"--model_id={tiny_model_dir}", quantization, f"--output_dir={tmp_path / 'out'}",
+                      *dataset, *extra, env=load_marker)
+    assert_one_line_error(proc, *fragments)
+    assert "MODEL LOAD STARTED" not in proc.stderr
+
+
+def test_adapter_from_other_base_model_in_the_demo_and_the_cli(tiny_model_dir, adapters, load_marker):
+    """The demo loads through load_blip2(adapter=) -> apply_adapter, after its own warning."""
+    from src.modeling import load_blip2
+
+    with pytest.raises(UserError) as e:
+        load_blip2(tiny_model_dir, "none", adapter=adapters["other"], device="cpu")
+    assert f"was trained on {adapters['other_base']}" in str(e.value) and tiny_model_dir in str(e.value)
+    proc = run_script("inference_demo.py", f"--model_id={tiny_model_dir}", "--quantization=none",
+                      f"--adapter_dir={adapters['other']}", "--port=7797", env=load_marker)
+    assert_one_line_error(proc, f"was trained on {adapters['other_base']}", f"not the model loaded ({tiny_model_dir})")
+    proc = run_script("blip2_cli.py", PHOTO, "--model_id", tiny_model_dir, "--adapter", adapters["other"],
+                      "--quantization", "none", env=load_marker)
+    assert_one_line_error(proc, f"was trained on {adapters['other_base']}")
+    assert "MODEL LOAD STARTED" not in proc.stderr
+    # an adapter made for this model still loads
+    proc = run_script("blip2_cli.py", PHOTO, "--model_id", tiny_model_dir, "--adapter", adapters["tiny"],
+                      "--quantization", "none", check=True)
+    assert "caption:" in proc.stdout
+
+
+# --- one writer per output folder ------------------------------------------------------------------
+
+def test_a_second_run_into_a_busy_folder_refuses_and_a_killed_run_is_taken_over(tiny_model_dir, load_marker, tmp_path):
+    out = tmp_path / "out"
+    args = [f"--model_id={tiny_model_dir}", "--quantization=none", f"--output_dir={out}"]
+    first = start_script("create_baseline.py", *args, env={**load_marker, "STALL_IN_LOAD": "1"})
+    lock = out / ".output.lock"
+    try:
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip()):
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        for script in ("create_baseline.py", "mini_infer.py"):
+            proc = run_script(script, *args, env=load_marker)
+            assert_one_line_error(proc, f"another run (PID {first.pid}) is writing into {out}", "--output_dir=")
+            assert "MODEL LOAD STARTED" not in proc.stderr
+        assert first.poll() is None  # the refused runs left the holder's lock alone
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert lock.read_text().strip() == str(first.pid)  # what a killed run leaves behind
+    proc = run_script("create_baseline.py", *args, check=True)
+    assert f"taking over {out} from run PID {first.pid}" in proc.stdout
+    assert len((out / "baseline.jsonl").read_text().splitlines()) == 10
+    assert not lock.exists()  # a finished run removes its lock
+
+
+def test_output_lock_api(tmp_path):
+    from src.runtime import hold_output_lock
+
+    with hold_output_lock(tmp_path, enabled=False) as held:  # a non-main rank under torchrun
+        assert held is None and not (tmp_path / ".output.lock").exists()
+    with pytest.raises(UserError):  # released when the run fails ...
+        with hold_output_lock(tmp_path) as held:
+            assert held.read_text().strip() == str(os.getpid())
+            proc = run_script("mini_infer.py", f"--output_dir={tmp_path}")  # refused before anything loads
+            assert_one_line_error(proc, f"another run (PID {os.getpid()})")
+            raise UserError("stop")
+    assert not (tmp_path / ".output.lock").exists()
+    with hold_output_lock(tmp_path):  # ... so the next run gets it
+        pass
+
+
+def test_output_lock_on_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import src.runtime as R
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(R.fcntl, "flock", no_locks)
+    with R.hold_output_lock(tmp_path) as held:
+        assert held is None
+    assert f"warning: cannot lock {tmp_path} (No locks available)" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- full disks, read-only folders, unreadable files (real ones, made without root's privileges) -------
+
+def _works(*cmd) -> bool:
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+# a private mount namespace where a tiny tmpfs fills up for real
+CAN_MOUNT = shutil.which("unshare") is not None and _works("unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs none /mnt")
+# root reads any file; without these capabilities it is refused like everyone else
+NO_ROOT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+CAN_DROP = not NO_ROOT_OVERRIDE or (shutil.which("setpriv") is not None and _works(*NO_ROOT_OVERRIDE, "true"))
+
+
+def run_unprivileged(*args) -> subprocess.CompletedProcess:
+    """A script run as a user whose file permissions apply (root without its override capability)."""
+    return subprocess.run([*NO_ROOT_OVERRIDE, sys.executable, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def run_on_small_disk(sh: str, mountpoint: Path, **env) -> subprocess.CompletedProcess:
+    """Run shell code with `mountpoint` on a fresh tmpfs of $SIZE (bytes), which it may remount bigger."""
+    mountpoint.mkdir(exist_ok=True)
+    script = f'mount -t tmpfs -o size="$SIZE" none "{mountpoint}" && {sh}'
+    return subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1", "PY": sys.executable, **env})
+
+
+@pytest.mark.skipif(not CAN_MOUNT, reason="needs unshare -r -m (user and mount namespaces) for a small tmpfs")
+def test_disk_full_names_the_file_keeps_finished_work_and_a_rerun_resumes(tiny_model_dir, tmp_path):
+    # create_baseline.py: the atomic write of baseline.jsonl fails, nothing half-written is left
+    disk = tmp_path / "disk"
+    proc = run_on_small_disk(f'$PY create_baseline.py --model_id={tiny_model_dir} --quantization=none '
+                             f'--output_dir={disk}; echo "rc=$?"; ls -A {disk}', disk, SIZE="8k")
+    error = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert "rc=2" in proc.stdout and len(error) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"could not write {disk}/baseline.jsonl: the disk is full" in error[0] and "rerun" in error[0]
+    assert proc.stdout.split("rc=2")[1].split() == [], proc.stdout  # no temp file, no lock left on the disk
+
+    # create_vqav2_baseline.py: rows are appended until the disk fills; after space is freed the same
+    # command resumes and ends with exactly the rows of an uninterrupted run
+    args = (f"--model_id={tiny_model_dir} --dataset=tiny --max_samples=0 --quantization=none --eval_batch=2 "
+            "--num_workers=0")
+    run_script("create_vqav2_baseline.py", *args.split(), f"--output_dir={tmp_path / 'full'}", check=True)
+    kept = tmp_path / "kept"
+    proc = run_on_small_disk(f'$PY create_vqav2_baseline.py {args} --output_dir={disk}; echo "rc=$?"; '
+                             f'wc -l < {disk}/vqav2_baseline.jsonl; mount -o remount,size=4m {disk} && '
+                             f'$PY create_vqav2_baseline.py {args} --output_dir={disk} && cp -r {disk} {kept}',
+                             disk, SIZE="12k")
+    error = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert "rc=2" in proc.stdout and len(error) == 1, proc.stderr
+    assert f"could not write {disk}/vqav2_baseline.jsonl: the disk is full" in error[0]
+    rows_before = int(proc.stdout.split("rc=2")[1].split()[0])
+    assert 0 < rows_before < 16, proc.stdout  # some rows were on disk when it filled up
+    assert (kept / "vqav2_baseline.jsonl").read_text() == (tmp_path / "full" / "vqav2_baseline.jsonl").read_text()
+
+
+@pytest.mark.skipif(not CAN_DROP, reason="needs setpriv to run without root's file-permission override")
+def test_unreadable_image_and_folders_say_permission_denied(tiny_model_dir, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(PHOTO, secret)
+    secret.chmod(0)
+    proc = run_unprivileged("blip2_cli.py", secret, "--model_id", tiny_model_dir, "--quantization", "none")
+    line = assert_one_line_error(proc, f"permission denied: cannot read image {secret}")
+    assert "corrupt" not in line
+    # in a batch the unreadable image becomes an error row and the rest is answered
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(PHOTO, images / "a.jpg")
+    shutil.copy(secret, images / "b.jpg")
+    proc = run_unprivileged("create_baseline.py", f"--model_id={tiny_model_dir}", "--quantization=none",
+                            f"--images_dir={images}", f"--output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(l) for l in (tmp_path / "out" / "baseline.jsonl").read_text().splitlines()]
+    assert rows[0]["answer"] and rows[0]["error"] is None
+    assert rows[1]["answer"] is None and "permission denied" in rows[1]["error"]
+    # a folder of images that can't be listed, and an output folder that can't be written
+    images.chmod(0)
+    proc = run_unprivileged("create_baseline.py", f"--model_id={tiny_model_dir}", f"--images_dir={images}")
+    assert_one_line_error(proc, f"permission denied: cannot list image folder {images}")
+    images.chmod(0o755)
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    proc = run_unprivileged("mini_infer.py", f"--model_id={tiny_model_dir}", f"--output_dir={readonly}")
+    assert_one_line_error(proc, f"cannot write to output folder {readonly} (it is read-only)")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    from safetensors.torch import save_file
+
+    from src.io import FILE_MODE, give_default_permissions, write_json
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))  # made 0600 by safetensors
+    write_json(tmp_path / "config.json", {})  # via mkstemp (0600) and rename
+    give_default_permissions(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == FILE_MODE == 0o666 & ~umask, name

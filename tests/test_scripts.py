@@ -1,6 +1,7 @@
 """README steps 1-2 and the CLI, run as a user would, on the tiny model."""
 
 import json
+import os
 
 from PIL import Image
 
@@ -18,6 +19,18 @@ def test_mini_infer(tiny_model_dir, tmp_path):
     assert saved["result"]["answer"] == lines["answer"].strip()
     assert saved["config"]["model_id"] == tiny_model_dir and saved["config"]["quantization"] == "none"
     assert saved["result"]["decoding"]["num_beams"] == 5 and saved["result"]["prompt"] == "vqa_opt"
+
+
+def test_outputs_are_readable_by_others_and_home_is_expanded(tiny_model_dir, tmp_path):
+    """--output_dir=~/runs means the home folder; written files get the umask's mode, not mkstemp's 0600."""
+    run_script("mini_infer.py", f"--model_id={tiny_model_dir}", "--quantization=none", "--output_dir=~/runs",
+               env={"HOME": str(tmp_path)}, check=True)
+    saved = tmp_path / "runs" / "mini_infer.json"
+    assert json.loads(saved.read_text())["result"]["answer"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not (REPO / "~").exists()
 
 
 def test_create_baseline_and_finetuned_name(tiny_model_dir, tmp_path):
@@ -102,6 +115,9 @@ def test_empty_question(tiny_model_dir):
 def test_model_that_cannot_be_fetched(tmp_path):
     proc = run_script("mini_infer.py", f"--model_id={tmp_path}/missing-model")
     assert_one_line_error(proc, "--model_id=<local dir>")
+    (tmp_path / "models" / "blip2").mkdir(parents=True)  # ~ is the shell's; a model id is taken as written
+    proc = run_script("mini_infer.py", "--model_id=~/models/blip2", env={"HOME": str(tmp_path)})
+    assert_one_line_error(proc, f"--model_id={tmp_path}/models/blip2", "without ~")
     proc = run_script("blip2_cli.py", "baseline_images/pic_01.jpg", "--model_id", "no-such-org/no-such-model",
                       env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(proc, "no-such-org/no-such-model", "--model_id=<local dir>")
