@@ -49,7 +49,9 @@ def main():
     from src.errors import UserError
     from src.evaluation import evaluate_sample
     from src.io import read_jsonl
+    from src.runtime import check_output_dir
 
+    check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
     adapter = ADAPTER_DIR or os.path.join(OUTPUT_DIR, "lora_adapter")
     baseline_path = os.path.join(OUTPUT_DIR, f"{BASELINE_RUN}.jsonl")
     if not os.path.exists(baseline_path):

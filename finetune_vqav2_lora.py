@@ -56,23 +56,14 @@ RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r",
 
 def main():
     config = apply_overrides(globals())
-    import contextlib
     import math
-    import time
 
     import torch
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
-    from src.data import load_samples, sample_question_ids, select
     from src.errors import UserError
-    from src.runtime import check_output_dir, check_positive, make_accelerator
-    from src.io import JsonlAppender, read_jsonl, write_jsonl
-    from src.modeling import check_quantization, compute_dtype, end_token_id, load_blip2, mixed_precision
+    from src.runtime import check_output_dir, check_positive, hold_output_lock, make_accelerator
+    from src.modeling import check_quantization, mixed_precision
     from src.prompts import format_prompt
-    from src import training as T
 
     check_positive(train_steps=TRAIN_STEPS, per_device_batch=PER_DEVICE_BATCH, grad_accum=GRAD_ACCUM,
                    save_every=SAVE_EVERY, lora_r=LORA_R)
@@ -91,6 +82,29 @@ def main():
     config["world_size"] = accelerator.num_processes
     check_quantization("4bit" if USE_4BIT else "none", str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
+    with hold_output_lock(out_dir, enabled=main_proc):  # one run writes into a folder
+        train(config, accelerator, out_dir, mixed)
+
+
+def train(config: dict, accelerator, out_dir, mixed: str):
+    """Load the data and the model, resume from the newest good checkpoint, train, save the adapter."""
+    import contextlib
+    import math
+    import time
+
+    import torch
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from src.data import load_samples, sample_question_ids, select
+    from src.errors import UserError
+    from src.io import JsonlAppender, read_jsonl, write_jsonl
+    from src.modeling import compute_dtype, end_token_id, load_blip2
+    from src import training as T
+
+    main_proc = accelerator.is_main_process
     adapter_dir = out_dir / "lora_adapter"
     ckpt_root = out_dir / "lora_adapter_checkpoints"
     log_path = ckpt_root / "train_log.jsonl"

@@ -240,7 +240,7 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     load the frozen sample, answer it (resumably, data-parallel), write rows, metrics, results.
     Returns (rows, metrics) on the main process, (None, None) elsewhere."""
     from .config import write_config
-    from .runtime import check_output_dir, check_positive, make_accelerator
+    from .runtime import check_output_dir, check_positive, hold_output_lock, make_accelerator
     from .data import freeze_sample, load_samples, materialize_images, read_sample_ids, select
     from .modeling import check_adapter_dir, check_quantization, load_blip2
     from .prompts import generation_record
@@ -255,31 +255,32 @@ def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int
     accelerator = make_accelerator()
     check_quantization(quantization, str(accelerator.device))
     out_dir = check_output_dir(output_dir)
-    samples = load_samples(dataset, split, data_dir, hf_dataset=hf_dataset, hf_revision=hf_dataset_revision,
-                           cache_dir=out_dir)
-    sample_path = out_dir / sample_file
-    if draw_sample:
-        if accelerator.is_main_process:
-            freeze_sample(sample_path, dataset, split, samples, max_samples, seed)
-        accelerator.wait_for_everyone()
-    ids = read_sample_ids(sample_path, dataset, split)
-    chosen = select(samples, ids, str(sample_path))
-    chosen = materialize_images(chosen, dataset, out_dir)  # vqav2_hub: only the sample's images, cached in out_dir
-    if adapter:
-        check_adapter_dir(adapter)  # before the slow model load
-    model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
-    record = {"model_id": model_id, "adapter": adapter or None, "quantization": quantization, "dataset": dataset,
-              "answer_processing": ANSWER_PROCESSING, **generation_record(vqa_prompt, vqa_decoding)}
-    out_path = out_dir / f"{run_name}.jsonl"
-    run_vqa(chosen, out_path, model=model, processor=processor, accelerator=accelerator, record=record,
-            prompt=vqa_prompt, decoding=vqa_decoding, batch_size=eval_batch, num_workers=num_workers,
-            desc=run_name)
-    if not accelerator.is_main_process:
-        return None, None
-    rows, metrics = finalize(chosen, out_path, out_dir / f"{run_name}_metrics.json", out_dir / f"{run_name}_results.json",
-                             extra={"dataset": dataset, "split": split, "model_id": model_id, "adapter": adapter or None})
-    write_config(config, out_dir / f"{run_name}_config.json")
-    report_errors(rows)
-    print_metrics(f"{run_name} ({dataset} {split})", metrics)
-    print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
-    return rows, metrics
+    with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
+        samples = load_samples(dataset, split, data_dir, hf_dataset=hf_dataset, hf_revision=hf_dataset_revision,
+                               cache_dir=out_dir)
+        sample_path = out_dir / sample_file
+        if draw_sample:
+            if accelerator.is_main_process:
+                freeze_sample(sample_path, dataset, split, samples, max_samples, seed)
+            accelerator.wait_for_everyone()
+        ids = read_sample_ids(sample_path, dataset, split)
+        chosen = select(samples, ids, str(sample_path))
+        chosen = materialize_images(chosen, dataset, out_dir)  # vqav2_hub: only the sample's images, cached in out_dir
+        if adapter:
+            check_adapter_dir(adapter, model_id)  # before the slow model load
+        model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
+        record = {"model_id": model_id, "adapter": adapter or None, "quantization": quantization, "dataset": dataset,
+                  "answer_processing": ANSWER_PROCESSING, **generation_record(vqa_prompt, vqa_decoding)}
+        out_path = out_dir / f"{run_name}.jsonl"
+        run_vqa(chosen, out_path, model=model, processor=processor, accelerator=accelerator, record=record,
+                prompt=vqa_prompt, decoding=vqa_decoding, batch_size=eval_batch, num_workers=num_workers,
+                desc=run_name)
+        if not accelerator.is_main_process:
+            return None, None
+        rows, metrics = finalize(chosen, out_path, out_dir / f"{run_name}_metrics.json", out_dir / f"{run_name}_results.json",
+                                 extra={"dataset": dataset, "split": split, "model_id": model_id, "adapter": adapter or None})
+        write_config(config, out_dir / f"{run_name}_config.json")
+        report_errors(rows)
+        print_metrics(f"{run_name} ({dataset} {split})", metrics)
+        print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
+        return rows, metrics

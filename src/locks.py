@@ -8,6 +8,7 @@ anyone and is simply taken over. The PID written into the file is only for the m
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -22,15 +23,21 @@ except ImportError:  # Windows
     import msvcrt
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int) -> bool | None:
+    """True when locked, False when another process holds it, None where the filesystem has no locks
+    (some network drives)."""
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         return True
-    except OSError:
+    except (BlockingIOError, PermissionError):
         return False
+    except OSError as e:
+        if fcntl is None or e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        return None
 
 
 def _holder(path: Path) -> str:
@@ -41,18 +48,30 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: float = 0.2) -> Iterator[None]:
-    """Hold `path` as an exclusive lock for the duration of the block.
+def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: float = 0.2,
+                   busy: str | None = None) -> Iterator[Path | None]:
+    """Hold `path` as an exclusive lock for the duration of the block; yields the lock file's path
+    (None where the filesystem cannot lock: then it warns and runs unguarded).
 
     When another live process holds it: with wait=False refuse at once with a UserError naming
-    `what` and the holder's PID; with wait=True wait until it is released (e.g. a second process
-    that only needs the first one's result)."""
+    `what` and the holder's PID (`busy`, if given, is the message, with {pid} and {path} filled in);
+    with wait=True wait until it is released (e.g. a second process that only needs the first one's
+    result). A lock file left by a killed holder is taken over, with a note."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     announced = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if _try_lock(fd):
+        locked = _try_lock(fd)
+        if locked is None:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            print(f"warning: cannot lock {path.parent} (No locks available); make sure no other run uses "
+                  f"{what} at the same time", flush=True)
+            yield None
+            return
+        if locked:
             # the holder before us may have deleted the file between our open and our lock:
             # then we locked an orphaned inode and must start again on the new file
             try:
@@ -62,17 +81,25 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: floa
             if same:
                 break
         os.close(fd)
-        if not wait:
-            raise UserError(f"{what} is in use by another run (PID {_holder(path)}, lock file {path}); "
+        if not locked and not wait:
+            holder = _holder(path)
+            raise UserError(busy.format(pid=holder, path=path) if busy else
+                            f"{what} is in use by another run (PID {holder}, lock file {path}); "
                             "wait for it to finish, or use another folder")
-        if not announced:
+        if not locked and not announced:
             print(f"waiting for the run with PID {_holder(path)} to finish with {what} ({path})", flush=True)
             announced = True
-        time.sleep(poll_s)
+        if not locked:
+            time.sleep(poll_s)
     try:
+        stale = _holder(path)
+        if stale not in ("unknown", str(os.getpid())):
+            print(f"note: taking over {what} from run PID {stale}, which stopped without finishing "
+                  "(its finished files are kept)", flush=True)
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield path
     finally:
         with contextlib.suppress(OSError):  # gone already, or (Windows) still open elsewhere
             os.unlink(path)

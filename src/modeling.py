@@ -128,6 +128,7 @@ def load_blip2(
     from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
 
     device = device or default_device()
+    check_model_dir(model_id)
     check_quantization(quantization, device)
     dtype = compute_dtype(device)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle downloaded weights

@@ -4,18 +4,13 @@ output-folder lock (one writer per folder)."""
 from __future__ import annotations
 
 import errno
-import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs are not guarded there
-    fcntl = None
+from .locks import exclusive_lock
 
 LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while it runs
 
@@ -53,38 +48,6 @@ def check_positive(**values) -> None:
             raise UserError(f"--{name}={value}: must be at least 1")
 
 
-def _lock_holder(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    return os.read(fd, 64).decode("ascii", "replace").strip()
-
-
-def _take_lock(path: Path) -> int | None:
-    """An fd holding the flock on `path` (None where the filesystem has no locks); UserError when
-    another process holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            who = f"another run (PID {holder})" if holder else "another run"
-            raise UserError(f"{who} is writing into {path.parent} (lock file {path}); wait for it to finish, "
-                            f"or choose another folder with --output_dir=") from None
-        except OSError as e:  # some network filesystems have no locks: run, but say it is unguarded
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            print(f"warning: cannot lock {path.parent} ({e.strerror}); make sure no other run writes into it",
-                  flush=True)
-            return None
-        try:  # a finishing holder may have deleted the file between our open and our lock
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
 @contextmanager
 def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[Path | None]:
     """Be the only run writing into `output_dir` until the block ends.
@@ -93,28 +56,15 @@ def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[P
             ...  # every write into out_dir
 
     A second run into the same folder gets a UserError at once, naming the holder's PID. The lock
-    is an flock on <output_dir>/.output.lock, so the kernel releases it when the holder dies, even
-    by SIGKILL: the next run takes the folder over (and says so). Under torchrun / accelerate only
-    the main process takes it (`enabled=False` elsewhere); the other ranks write through it.
-    Yields the lock file's path, or None when no lock was taken."""
-    fd = None
-    if enabled and fcntl is not None:
-        out = Path(output_dir).expanduser()
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / LOCK_FILE
-        fd = _take_lock(path)
-    if fd is None:
+    (src.locks) is an OS file lock on <output_dir>/.output.lock, so it is released when the holder
+    dies, even by SIGKILL: the next run takes the folder over (and says so). Under torchrun /
+    accelerate only the main process takes it (`enabled=False` elsewhere); the other ranks write
+    through it. Yields the lock file's path, or None when no lock was taken."""
+    if not enabled:
         yield None
         return
-    try:
-        stale = _lock_holder(fd)
-        if stale and stale != str(os.getpid()):
-            print(f"note: taking over {out} from run PID {stale}, which stopped without finishing "
-                  f"(its finished files are kept)", flush=True)
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode())
+    out = Path(output_dir).expanduser()
+    busy = ("another run (PID {pid}) is writing into " + str(out) + " (lock file {path}); wait for it to finish, "
+            "or choose another folder with --output_dir=")
+    with exclusive_lock(out / LOCK_FILE, str(out), busy=busy) as path:
         yield path
-    finally:
-        path.unlink(missing_ok=True)  # still locked here, so no other run holds this file
-        os.close(fd)

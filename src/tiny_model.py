@@ -265,7 +265,6 @@ def read_card(outdir: str | Path) -> dict | None:
 def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
     """Build (or reuse) the twin in `outdir`; returns the folder."""
     import torch
-    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, GPT2TokenizerFast
 
     outdir = Path(outdir)
     wanted = {**recipe(), "pretrain_steps": pretrain_steps}
@@ -288,6 +287,8 @@ def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS) -
 def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Path:
     import torch
     from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, GPT2TokenizerFast
+
+    from .io import give_default_permissions
 
     torch.manual_seed(SEED)
     tokenizer = GPT2TokenizerFast(
@@ -316,6 +317,7 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Pat
     outdir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(outdir)
     processor.save_pretrained(outdir)
+    give_default_permissions(outdir)
     n_params = sum(p.numel() for p in model.parameters())
     card = {
         "what": "offline twin of Salesforce/blip2-opt-2.7b: same config keys and special tokens, tiny sizes",

@@ -19,7 +19,7 @@ from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .data import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .io import write_json
+from .io import give_default_permissions, write_json
 from .prompts import format_prompt
 
 IGNORE_INDEX = -100
@@ -184,11 +184,42 @@ def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(d.name[len(CHECKPOINT_PREFIX):]))
 
 
+MANIFEST = "manifest.json"  # written last: every file of the checkpoint with its size
+
+
 def checkpoint_problem(d: Path) -> str | None:
-    for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json"):
+    """Why checkpoint `d` cannot be trusted, or None: every file the manifest lists is there with its
+    size, the safetensors header reads, the JSON files parse and the training state loads."""
+    from .io import safetensors_problem
+
+    for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
         if not (d / name).exists():
             return f"{name} missing"
+    try:
+        sizes = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+        for name, size in sizes.items():
+            if not (d / name).exists():
+                return f"{name} missing"
+            if (d / name).stat().st_size != size:
+                return f"{name} has {(d / name).stat().st_size:,} bytes, not the {size:,} it was saved with"
+        for name in ("adapter_config.json", "config.json"):
+            json.loads((d / name).read_text(encoding="utf-8"))
+    except (ValueError, AttributeError, OSError) as e:
+        return f"{getattr(e, 'filename', None) or 'a JSON file'} unreadable ({type(e).__name__})"
+    problem = safetensors_problem(d / "adapter_model.safetensors")
+    if problem:
+        return f"adapter_model.safetensors {problem}"
+    try:
+        torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file cannot be resumed from
+        return f"{TRAINING_STATE} unreadable ({type(e).__name__})"
     return None
+
+
+def write_manifest(d: Path) -> None:
+    """The sizes of every file in `d`; written after them, so its presence means they are complete."""
+    sizes = {p.name: p.stat().st_size for p in sorted(d.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_json(d / MANIFEST, sizes)
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
@@ -213,6 +244,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, con
     }
     torch.save(state, tmp / TRAINING_STATE)
     write_json(tmp / "config.json", {**config, "step": step})
+    give_default_permissions(tmp)
+    write_manifest(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoint_dirs(ckpt_root)[:-keep] if keep > 0 else []:
@@ -221,17 +254,16 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, con
 
 
 def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
-    """The newest complete checkpoint, and a note for each newer one that had to be skipped."""
+    """The newest checkpoint whose files verify, and a note for each newer one that had to be skipped."""
     skipped = []
-    for d in reversed(checkpoint_dirs(ckpt_root)):
+    found = checkpoint_dirs(ckpt_root)
+    for d in reversed(found):
         problem = checkpoint_problem(d)
         if problem is None:
-            try:
-                torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
-                return d, skipped
-            except Exception as e:  # a truncated file: fall back to the one before
-                problem = f"{TRAINING_STATE} unreadable ({type(e).__name__})"
-        skipped.append(f"{d} is incomplete ({problem}); falling back to an earlier checkpoint")
+            return d, skipped
+        skipped.append(f"{d} is incomplete or damaged ({problem}); falling back to an earlier checkpoint")
+    if found:
+        skipped.append(f"no checkpoint in {ckpt_root} could be trusted; starting from step 0")
     return None, skipped
 
 
@@ -271,6 +303,7 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
     write_json(tmp / "training_config.json", config)
+    give_default_permissions(tmp)
     rows = read_jsonl(log_path) if log_path.exists() else []
     shutil.copyfile(log_path, tmp / "train_log.jsonl")
     if rows:

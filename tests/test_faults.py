@@ -539,12 +539,13 @@ def test_output_lock_api(tmp_path):
 def test_output_lock_on_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch, capsys):
     import errno
 
+    import src.locks as L
     import src.runtime as R
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(R.fcntl, "flock", no_locks)
+    monkeypatch.setattr(L.fcntl, "flock", no_locks)
     with R.hold_output_lock(tmp_path) as held:
         assert held is None
     assert f"warning: cannot lock {tmp_path} (No locks available)" in capsys.readouterr().out

@@ -375,3 +375,31 @@ def test_resume_checks_every_row_and_names_the_foreign_one(tiny_model_dir, tmp_p
     assert_one_line_error(run_script(*args), f"{out}, line 6", "answer_processing=None")
     proc = run_script(*args[:-2], "--quantization=4bit", args[-1])  # the whole file is another quantisation
     assert_one_line_error(proc, f"{out}, line 1", "quantization='none'", "quantization='4bit'")
+
+
+@pytest.mark.parametrize("damage", ["truncated adapter", "corrupt config", "both damaged"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_model_dir, tmp_path, damage):
+    args = ["finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--train_steps=8",
+            "--per_device_batch=4", "--grad_accum=1", "--save_every=4", "--preview_samples=0", "--num_workers=0",
+            f"--output_dir={tmp_path}"]
+    run_script(*args, check=True)
+    ckpts = tmp_path / "lora_adapter_checkpoints"
+    newest, older = ckpts / "step-000008", ckpts / "step-000004"
+    from src.training import checkpoint_problem
+
+    assert checkpoint_problem(newest) is None and checkpoint_problem(older) is None
+    for d in ([newest, older] if damage == "both damaged" else [newest]):
+        if damage == "corrupt config":
+            (d / "config.json").write_text('{"step": 8, "lr"')
+        else:
+            w = d / "adapter_model.safetensors"
+            w.write_bytes(w.read_bytes()[:100])
+    proc = run_script(*args, check=True)
+    assert "Traceback" not in proc.stderr
+    if damage == "both damaged":
+        assert f"no checkpoint in {ckpts} could be trusted; starting from step 0" in proc.stdout
+        assert "steps: 8 (from 0)" in proc.stdout
+    else:
+        assert f"warning: {newest} is incomplete or damaged" in proc.stdout
+        assert f"resumed from {older}" in proc.stdout and "steps: 8 (from 4)" in proc.stdout
+    assert checkpoint_problem(ckpts / "step-000008") is None  # saved again, whole
