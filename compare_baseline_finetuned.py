@@ -42,6 +42,7 @@ from src.formatting import summary_text
 from src.i18n import check_lang, texts
 from src.io import atomic_write_text, read_jsonl, write_json
 from src.report import report_html
+from src.runtime import check_output_dir
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR = "outputs"  # folder holding the result files below
@@ -214,6 +215,7 @@ def main() -> None:
     if not base_path.exists():
         raise UserError(f"baseline results not found: {base_path}; create them with `python create_vqav2_baseline.py` "
                         f"(or point --output_dir= at the folder holding {BASELINE_FILE})")
+    check_output_dir(report_dir, setting="--report_dir")  # a file, or read-only: said before any work
 
     # read and compare
     warns: list[str] = []

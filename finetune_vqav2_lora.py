@@ -182,7 +182,11 @@ def train(config: dict, accelerator, out_dir, mixed: str):
     for step in range(start_step + 1, TRAIN_STEPS + 1):
         step_loss = torch.zeros((), device=accelerator.device)
         for a in range(GRAD_ACCUM):
-            batch = {k: v.to(accelerator.device) for k, v in next(it).items()}
+            batch = next(it)
+            if "error" in batch:
+                raise UserError(f"{batch['error']} (a training image; fix or remove it, then rerun to resume "
+                                "from the last checkpoint)")
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = a == GRAD_ACCUM - 1
             with accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
                 with accelerator.autocast():

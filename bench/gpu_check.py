@@ -17,7 +17,7 @@ tokens, 224x224 images) to a temporary folder and loads it back through `src.mod
 
 Each section stops when its time budget is spent and reports what it measured. Results: JSON and a
 markdown table on stdout, OUTPUT_DIR/gpu_check.json, the gpu_check section of bench/RESULTS.md and,
-when the variable OUT is set (the device tool), $OUT/gpu_results.md and $OUT/gpu_check.json.
+when the variable OUT names a folder, $OUT/gpu_results.md and $OUT/gpu_check.json.
 
     bash bench/gpu_check.sh                       # on a CUDA machine (how to run it there: see gpu_check.sh)
     bash bench/gpu_check.sh --smoke               # CPU, shrunken architecture, about a minute: proves the script

@@ -11,26 +11,15 @@
 #                  on PYTHONPATH (default: .whl when that folder exists). Nothing is fetched from the internet.
 #   --name=value   passed on to bench/gpu_check.py (e.g. --train_batches=[4,8] --eval_questions=64).
 #
-# Outputs: stdout (JSON + markdown), outputs/bench_gpu_check/gpu_check.json, the gpu_check section of
-# bench/RESULTS.md and, when OUT is set, $OUT/gpu_results.md and $OUT/gpu_check.json.
+# Outputs: stdout (JSON + markdown), outputs/bench_gpu_check/gpu_check.json and the gpu_check section
+# of bench/RESULTS.md.
 #
-# What the GPU machine (device tool, nvidia-h100-x1) lacks: bitsandbytes. It has Python 3.12,
-# torch 2.11, transformers 5.17, peft, accelerate, torchvision; the script runs with transformers 5.17
-# (checked on CPU with 5.17 + huggingface_hub 1.33), so only bitsandbytes travels.
-#
-# 1. Once, here, in the repository root (43 MB wheel, py3-none-manylinux_2_24_x86_64: the usual
-#    manylinux_2_28/2_17 tags find only bitsandbytes <= 0.42, so name 2_24):
-#      echo /.whl/ >> .git/info/exclude
-#      python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#        --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 -d .whl bitsandbytes==0.50.2
-#    (its needs, torch, numpy and packaging, are on the GPU machine already)
-# 2. The device tool's run, with carry [".whl"] and timeout_s 540:
-#      set -o pipefail; bash bench/gpu_check.sh --wheels=.whl 2>&1 | tee $OUT/gpu_check.log
-#    It ends within about 7 minutes (TOTAL_BUDGET_S=420 skips sections not started by then; each timed
-#    loop stops after SECTION_BUDGET_S). The files come back under the reply's files_at:
-#    gpu_results.md (the section to paste between <!-- gpu_check:start --> and <!-- gpu_check:end -->
-#    in bench/RESULTS.md), gpu_check.json and gpu_check.log.
-# 3. Here, before using the GPU, prove the script: bash bench/gpu_check.sh --smoke (about 15 s on 2 cores)
+# On a machine with an NVIDIA GPU (16 GB or more; about 7 minutes):
+#   pip install -r requirements.txt          # with the CUDA build of torch, and bitsandbytes
+#   bash bench/gpu_check.sh --smoke          # first, on any machine: proves the script on the CPU in a minute
+#   bash bench/gpu_check.sh                  # then on the GPU
+# A machine that cannot reach PyPI can take bitsandbytes as a wheel downloaded elsewhere
+# (pip download bitsandbytes --no-deps -d wheels/) and run `bash bench/gpu_check.sh --wheels=wheels`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -23,6 +23,22 @@ except ImportError:  # Windows
     import msvcrt
 
 
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_inherited() -> None:
+    """In a forked child (a DataLoader worker): close the inherited lock descriptors. The lock belongs
+    to the parent; a child that kept the descriptor would hold it after the parent is killed."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited)
+
+
 def _try_lock(fd: int) -> bool | None:
     """True when locked, False when another process holds it, None where the filesystem has no locks
     (some network drives)."""
@@ -99,8 +115,10 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: floa
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD.add(fd)
         yield path
     finally:
+        _HELD.discard(fd)
         with contextlib.suppress(OSError):  # gone already, or (Windows) still open elsewhere
             os.unlink(path)
         os.close(fd)

@@ -84,7 +84,10 @@ class TrainBatches(Dataset):
     def __getitem__(self, k):
         idx = micro_batch_indices(len(self.samples), self.seed, self.micro_batch, self.first + k, self.world_size, self.rank)
         batch = [self.samples[i] for i in idx]
-        images = [load_image(s.image_path) for s in batch]
+        try:
+            images = [load_image(s.image_path) for s in batch]
+        except UserError as e:  # handed back as data: raised in a worker it would arrive wrapped in a traceback
+            return {"error": str(e)}
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         tok = self.processor.tokenizer
         encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s), self.end_id)

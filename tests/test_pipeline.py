@@ -403,3 +403,19 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_model_dir
         assert f"warning: {newest} is incomplete or damaged" in proc.stdout
         assert f"resumed from {older}" in proc.stdout and "steps: 8 (from 4)" in proc.stdout
     assert checkpoint_problem(ckpts / "step-000008") is None  # saved again, whole
+
+
+def test_a_bad_training_image_is_one_line_even_from_dataloader_workers(tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = rows_of(REPO / "data" / "tiny.jsonl")
+    for r in rows:
+        r["image_path"] = str(REPO / r["image_path"])
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    rows[3]["image_path"] = str(data / "broken.jpg")
+    (data / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", f"--data_dir={data}",
+                      "--train_steps=4", "--per_device_batch=4", "--grad_accum=1", "--num_workers=2",
+                      "--preview_samples=0", f"--output_dir={tmp_path / 'out'}")
+    line = assert_one_line_error(proc, str(data / "broken.jpg"), "rerun to resume")
+    assert "Caught" not in proc.stderr and "worker" not in line, proc.stderr[-2000:]
