@@ -2,7 +2,7 @@
 
     python create_baseline.py                                        # base model -> outputs/baseline.jsonl
     python create_baseline.py --adapter=outputs/lora_adapter         # fine-tuned -> outputs/baseline_finetuned.jsonl
-    # offline CPU smoke run with the tiny random model:
+    # offline CPU smoke run with the offline twin (python -m src.tiny_model):
     python -m src.tiny_model outputs/tiny-blip2 && python create_baseline.py --model_id=outputs/tiny-blip2 --quantization=none
 
 One JSON row per image: image_path, caption, question, answer, model_id, adapter, prompt and

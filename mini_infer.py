@@ -2,7 +2,7 @@
 
     python mini_infer.py                                   # baseline_images/pic_01.jpg, Salesforce/blip2-opt-2.7b
     python mini_infer.py --image=data/picture_02.jpg --question="What animal is this?"
-    # offline CPU smoke run with the tiny random model (answers are gibberish by design):
+    # offline CPU smoke run with the offline twin (a tiny captioner of easy-VQA shapes; it knows no photos):
     python -m src.tiny_model outputs/tiny-blip2 && python mini_infer.py --model_id=outputs/tiny-blip2 --quantization=none
 
 Prints the caption and the answer and writes them, with the resolved config, to
