@@ -115,8 +115,12 @@ def test_frozen_parts_give_identical_image_features_in_training_mode(tiny_model_
 
 # --- 5. old hub revisions ----------------------------------------------------------------------------
 
-def _copy_model(src: str, dst) -> str:
+def _copy_model_without(src: str, dst, file: str, key: str) -> str:
+    """A copy of the model folder `src` whose `file` (a JSON file) lacks `key`, as old revisions do."""
     shutil.copytree(src, dst)
+    cfg = json.loads((dst / file).read_text())
+    del cfg[key]
+    (dst / file).write_text(json.dumps(cfg))
     return str(dst)
 
 
@@ -125,11 +129,7 @@ def test_a_processor_without_num_query_tokens_takes_the_model_count(tiny_model_d
     from src.inference import generate_for_images
     from src.modeling import load_blip2
 
-    old = _copy_model(tiny_model_dir, tmp_path / "old")
-    path = tmp_path / "old" / "processor_config.json"
-    cfg = json.loads(path.read_text())
-    del cfg["num_query_tokens"]
-    path.write_text(json.dumps(cfg))
+    old = _copy_model_without(tiny_model_dir, tmp_path / "old", "processor_config.json", "num_query_tokens")
     images = [load_image(REPO / "data" / "picture_01.jpg")]
     prompts = ["Question: what is this? Answer:"]
     decoding = {"num_beams": 1, "max_new_tokens": 5, "do_sample": False}
@@ -141,11 +141,7 @@ def test_a_processor_without_num_query_tokens_takes_the_model_count(tiny_model_d
 
 
 def test_a_config_without_image_token_gives_one_line_saying_how_to_fix(tiny_model_dir, tmp_path):
-    old = _copy_model(tiny_model_dir, tmp_path / "old")
-    path = tmp_path / "old" / "config.json"
-    cfg = json.loads(path.read_text())
-    del cfg["image_token_index"]
-    path.write_text(json.dumps(cfg))
+    old = _copy_model_without(tiny_model_dir, tmp_path / "old", "config.json", "image_token_index")
     proc = run_script("mini_infer.py", f"--model_id={old}", "--quantization=none", f"--output_dir={tmp_path / 'out'}")
     assert_one_line_error(proc, "no image token", "huggingface-cli download")
 
