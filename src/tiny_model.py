@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from .training import IGNORE_INDEX, collate_examples
+
 SEED = 1234
 NUM_QUERY_TOKENS = 8
 IMAGE_SIZE = 64
@@ -168,32 +170,22 @@ def easy_vqa_captions(split: str) -> tuple[list[str], list[str]]:
     return [paths[i] for i in ids], [f"a {color[i]} {shape[i]}" for i in ids]
 
 
-def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_token_id: int, eos_id: int):
-    """Image tokens, left padding, </s> caption, newline; the loss covers the caption and the newline."""
-    import torch
+def _sequences(tokenizer, texts: list[str], eos_id: int) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of `</s> text <end>`: the loss covers the text and the end token (BOS is given)."""
+    encoded = [tokenizer(t)["input_ids"] + [eos_id] for t in texts]
+    return [(e, [IGNORE_INDEX] + e[1:]) for e in encoded]
 
-    encoded = [tokenizer(c)["input_ids"] + [eos_id] for c in captions]
-    width = max(len(e) for e in encoded)
-    ids, mask, labels = [], [], []
-    for e in encoded:
-        pad = width - len(e)
-        ids.append([image_token_id] * num_query_tokens + [tokenizer.pad_token_id] * pad + e)
-        mask.append([1] * num_query_tokens + [0] * pad + [1] * len(e))
-        labels.append([-100] * (num_query_tokens + pad + 1) + e[1:])  # BOS is given, not predicted
-    return torch.tensor(ids), torch.tensor(mask), torch.tensor(labels)
+
+def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_token_id: int, eos_id: int):
+    """Image tokens, left padding, </s> caption, newline: the fine-tuning script's layout."""
+    return collate_examples(tokenizer, num_query_tokens, image_token_id, _sequences(tokenizer, captions, eos_id))
 
 
 def _text_batch(tokenizer, eos_id: int) -> dict:
     """The tokenizer corpus as plain text, one line a sequence ending with the end token."""
-    import torch
-
     lines = [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
-    encoded = [tokenizer(line)["input_ids"] + [eos_id] for line in lines]
-    width = max(len(e) for e in encoded)
-    ids = [[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded]
-    mask = [[0] * (width - len(e)) + [1] * len(e) for e in encoded]
-    labels = [[-100] * (width - len(e) + 1) + e[1:] for e in encoded]
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+    ids, mask, labels = collate_examples(tokenizer, 0, 0, _sequences(tokenizer, lines, eos_id))  # no image
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _pixel_values(processor, paths: list[str]):
