@@ -91,22 +91,22 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: floa
             # the holder before us may have deleted the file between our open and our lock:
             # then we locked an orphaned inode and must start again on the new file
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    break
             except FileNotFoundError:
-                same = False
-            if same:
-                break
+                pass
+            os.close(fd)
+            continue
         os.close(fd)
-        if not locked and not wait:
-            holder = _holder(path)
+        holder = _holder(path)
+        if not wait:
             raise UserError(busy.format(pid=holder, path=path) if busy else
                             f"{what} is in use by another run (PID {holder}, lock file {path}); "
                             "wait for it to finish, or use another folder")
-        if not locked and not announced:
-            print(f"waiting for the run with PID {_holder(path)} to finish with {what} ({path})", flush=True)
+        if not announced:
+            print(f"waiting for the run with PID {holder} to finish with {what} ({path})", flush=True)
             announced = True
-        if not locked:
-            time.sleep(poll_s)
+        time.sleep(poll_s)
     try:
         stale = _holder(path)
         if stale not in ("unknown", str(os.getpid())):
