@@ -271,13 +271,11 @@ def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(d: Path, model, optimizer, scheduler) -> int:
-    """Restore adapter weights, optimizer, scheduler and RNG from checkpoint `d`; returns its step."""
+    """Restore adapter weights, optimizer, scheduler and RNG from checkpoint `d`, one that
+    `latest_checkpoint` has verified; returns its step."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    problem = checkpoint_problem(d)
-    if problem:
-        raise UserError(f"checkpoint {d} is incomplete ({problem}); delete it to resume from the one before")
     adapter = load_file(str(d / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, adapter)
     state = torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
