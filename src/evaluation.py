@@ -21,6 +21,7 @@ from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
 from .prompts import format_prompt, get_decoding
+from .compare import processing_changes
 from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 
 # settings that must not change between a run and its resumption
@@ -201,16 +202,12 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
                         f"(first error: {errors[0]['error']})")
     scored = score_rows(scorable)
     metrics = {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
-               "n_errors": len(errors), "answers_changed_by_processing": answers_changed(scorable), "per_answer_type": scored["per_answer_type"],
+               "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
+               "answers_changed_by_processing": processing_changes(scorable)["changed"],
                "per_question_type": scored["per_question_type"], **(extra or {})}
     write_json(metrics_path, metrics)
     write_json(results_path, [{"question_id": r["question_id"], "answer": r["answer"]} for r in scorable])
     return rows, metrics
-
-
-def answers_changed(rows: Sequence[dict]) -> int:
-    """How many answers the official answer processing changed (rows without raw_answer: unchanged)."""
-    return sum(1 for r in rows if r.get("raw_answer") is not None and r["raw_answer"] != r["answer"])
 
 
 def print_metrics(title: str, metrics: dict) -> None:
