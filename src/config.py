@@ -1,18 +1,25 @@
 """Command-line overrides for a script's module-level constants (after nanoGPT's configurator).
 
-A script keeps its knobs as UPPERCASE constants at the top and calls
+A script keeps its knobs as UPPERCASE constants at the top, between two fence lines
 
-    config = apply_overrides(globals())
+    # -----------------------------------------------------------------------------
+    MAX_SAMPLES = 1000  # ...
+    DEBUG = False
+    # -----------------------------------------------------------------------------
 
-which reads `--name=value` arguments (name case-insensitive, value parsed with
-`ast.literal_eval`, falling back to the raw string), checks the type against the
-constant's current value and assigns it. Unknown names and wrong types raise UserError.
+and calls `config = apply_overrides(globals())`, which reads `--name=value` arguments (name
+case-insensitive, value parsed with `ast.literal_eval`, falling back to the raw string), checks
+the type against the constant's current value and assigns it. Only the constants between the
+fences are settings; unknown names and wrong types raise UserError. Editing a constant in the file
+and passing it on the command line are the same thing (`DEBUG = True` in the file shows tracebacks
+just as `--debug=True` does).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,10 +27,29 @@ from typing import Any
 from .errors import UserError
 
 
+_FENCE = re.compile(r"#\s*-{10,}\s*")
+_PLAIN = (bool, int, float, str, list, tuple, dict, type(None))
+
+
 def config_keys(namespace: dict) -> list[str]:
-    """The script's knobs: UPPERCASE module-level constants of plain types."""
-    plain = (bool, int, float, str, list, tuple, dict, type(None))
-    return [k for k, v in namespace.items() if k.isupper() and not k.startswith("_") and isinstance(v, plain)]
+    """The script's settings: the constants assigned between the first two `# -----` fence lines of
+    the file `namespace["__file__"]` (a script's globals), in file order."""
+    path = namespace.get("__file__")
+    if not path:
+        raise ValueError("config_keys needs a script's globals (with __file__)")
+    source = Path(path).read_text(encoding="utf-8")
+    fences = [i for i, line in enumerate(source.splitlines(), 1) if _FENCE.fullmatch(line)]
+    if len(fences) < 2:
+        raise ValueError(f"{path}: no settings block (constants between two '# -----' lines)")
+    keys = []
+    for node in ast.parse(source, filename=str(path)).body:
+        if fences[0] < node.lineno < fences[1] and isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            keys += [t.id for t in targets if isinstance(t, ast.Name)]
+    wrong = [k for k in keys if not (k.isupper() and isinstance(namespace.get(k), _PLAIN))]
+    if wrong:
+        raise ValueError(f"{path}: settings must be UPPERCASE constants of plain types: {', '.join(wrong)}")
+    return keys
 
 
 def _parse(raw: str) -> Any:

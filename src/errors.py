@@ -1,8 +1,9 @@
 """One way for every script to fail: a single line saying what, where and how to fix.
 
 Scripts raise `UserError` for anything the user can fix (bad path, bad constant, missing
-model). `run_main` turns it, and a full disk, into one line on stderr and exit code 2; with `debug=True`
-(every script accepts `--debug=True`) the full traceback is shown instead.
+model). `run_main` turns it, and a full disk, into one line on stderr and exit code 2. With the
+script's setting `DEBUG = True` (edited in the file or passed as `--debug=True`) the full traceback is
+shown as well.
 """
 
 from __future__ import annotations
@@ -24,15 +25,21 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _debug_setting(main: Callable[[], object]) -> bool:
+    """The script's DEBUG as it stands when an error arrives: the file's value after the command-line
+    overrides, or, when the error is in the overrides themselves, the file's value or `--debug=True`."""
+    if getattr(main, "__globals__", {}).get("DEBUG") is True:
+        return True
+    return any(a.lower().replace("-", "_") in ("--debug=true", "--debug=1") for a in sys.argv[1:])
+
+
 def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
     """Run a script's `main`, reporting UserError (and Ctrl-C) as one line, no traceback."""
-    if debug is None:
-        debug = any(a.lower() in ("--debug=true", "--debug=1") for a in sys.argv[1:])
     try:
         main()
     except UserError as e:
         _close_progress_bars()
-        if debug:
+        if debug or (debug is None and _debug_setting(main)):
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -41,7 +48,7 @@ def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
             raise
         # a write no script wrapped (e.g. inside a library's save): still one line, and nothing is lost
         _close_progress_bars()
-        if debug:
+        if debug or (debug is None and _debug_setting(main)):
             traceback.print_exc()
         where = f" writing {e.filename}" if e.filename else ""
         print(f"error: the disk is full{where} ({e.strerror}); free some space and rerun the same command, "
