@@ -1,4 +1,11 @@
-"""Shared fixtures: the tiny BLIP-2 (built once per test session) and a subprocess runner."""
+"""Shared fixtures: the tiny BLIP-2 (built once per test session) and a subprocess runner.
+
+The suite runs on two worker processes (pytest-xdist, `-n 2` in pytest.ini). Tests sharing an
+expensive fixture stay on one worker: those of the README quick start as one group, and each module
+whose tests share a module-scoped fixture as another; all other tests are dealt out one by one. Each
+worker, and every script it starts, uses one CPU thread, so two workers fill two cores without
+fighting over them. `python -m pytest -n 0` runs everything in one process.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +21,42 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per script it runs
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep tests that share an expensive fixture on one worker (see the module docstring)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if "quickstart" in item.fixturenames:
+            group = "quickstart"
+        elif any(d[-1].scope == "module" for d in defs.values() if d):
+            group = item.module.__name__
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:
     """The pre-trained offline twin, built once (about a minute) and reused while src/tiny_model.py,
-    torch and transformers stay the same (its card.json records them)."""
+    torch and transformers stay the same (its card.json records them). The first worker builds it;
+    the other waits and reuses it."""
+    from filelock import FileLock
+
     from src.tiny_model import build_tiny_blip2
 
-    build_tiny_blip2(TINY_MODEL)
+    TINY_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(TINY_MODEL) + ".lock"):
+        build_tiny_blip2(TINY_MODEL)
     return str(TINY_MODEL)
 
 
