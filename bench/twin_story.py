@@ -14,13 +14,13 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import re
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from src.config import apply_overrides
+from src.twin_story import readme_commands
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,17 +30,11 @@ SHUFFLE_SEED = 0
 # -----------------------------------------------------------------------------
 
 
-def quickstart_commands() -> list[str]:
-    readme = (REPO / "README.md").read_text(encoding="utf-8").split("## 离线 CPU 快速体验", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
-    return [c for c in block.splitlines() if c.strip() and not c.startswith("#")]
-
-
 def run_chain(work: Path) -> dict[str, float]:
     """The quick start's build, baseline, fine-tuning and evaluation, into `work`; seconds per step."""
     model = work / "tiny-blip2"
     seconds = {}
-    for cmd in quickstart_commands():
+    for cmd in readme_commands():
         script = cmd.split()[1] if cmd.split()[1] != "-m" else cmd.split()[2]
         if script not in ("src.tiny_model", "create_vqav2_baseline.py", "finetune_vqav2_lora.py",
                           "evaluate_vqav2_finetuned.py"):

@@ -2,17 +2,29 @@
 many answers are one word, and the shuffled-image control that proves the answers come from the image.
 
 Used by tests/test_pipeline.py and `python -m bench.twin_story`, on the files the README's quick start
-writes (vqav2_baseline.jsonl, vqav2_finetuned.jsonl, lora_adapter/).
+writes (vqav2_baseline.jsonl, vqav2_finetuned.jsonl, lora_adapter/). Both read the quick start's commands
+from README.md with `readme_commands`.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 from typing import Sequence
 
 from .tiny_model import COLORS, SHAPES
 
 KINDS = ("colour", "shape", "yes/no")
+README = Path(__file__).resolve().parents[1] / "README.md"
+QUICKSTART_HEADING = "## 离线 CPU 快速体验"
+
+
+def readme_commands(heading: str = QUICKSTART_HEADING, readme: Path = README) -> list[str]:
+    """The commands of the first bash block after `heading` in the README (comment lines left out)."""
+    section = readme.read_text(encoding="utf-8").split(heading, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def question_kind(gt_answers: Sequence[str]) -> str:

@@ -10,7 +10,6 @@ fighting over them. `python -m pytest -n 0` runs everything in one process.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per scrip
     import torch
 
     torch.set_num_threads(1)
+
+from src.twin_story import QUICKSTART_HEADING, readme_commands  # noqa: E402  (the README's command blocks)
 
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
 
@@ -106,17 +107,6 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
 
 
 # --- the README's offline quick start, run once per test session -----------------------------------------
-
-README = REPO / "README.md"
-QUICKSTART_HEADING = "## 离线 CPU 快速体验"
-
-
-def readme_commands(heading: str) -> list[str]:
-    """The commands of the first bash block after `heading` in README.md."""
-    section = README.read_text(encoding="utf-8").split(heading, 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
-
 
 def fresh_copy(dst: Path) -> Path:
     """The repository as a clean clone has it (no outputs, no converted data)."""
