@@ -13,6 +13,8 @@ src/vqa_normalization.json, the official tables verbatim (with their licence not
     from bench.vqa_official import official_metrics, official_scores
     metrics = official_metrics("questions.json", "annotations.json", "results.json")  # or loaded objects
     accuracies, predictions, gt_lists = official_scores(["two"], [["2", "2", "3"]])
+
+    python -m bench.vqa_official QUESTIONS.json ANNOTATIONS.json RESULTS.json METRICS_OUT.json
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from pathlib import Path
 
 _TABLES = json.loads((Path(__file__).resolve().parents[1] / "src" / "vqa_normalization.json")
@@ -210,3 +213,8 @@ def official_normalization(text: str) -> str:
     vqaEval = VQAEval(vqa, vqa)
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return vqaEval.processDigitArticle(vqaEval.processPunctuation(text))
+
+
+if __name__ == "__main__":  # python -m bench.vqa_official QUESTIONS ANNOTATIONS RESULTS OUT
+    with open(sys.argv[4], "w", encoding="utf-8") as out:
+        json.dump(official_metrics(*sys.argv[1:4]), out)

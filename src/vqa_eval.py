@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import re
 import sys
@@ -110,9 +111,9 @@ def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable
                      process: Callable[[str], str] = _process) -> tuple[str, list[str]]:
     """Rules 1 and 2: the prediction and ground truths as the official metric compares them. `clean` and
     `process` are rule 1 and rules 3-4 (callers scoring many questions pass memoised ones)."""
-    prediction, gts = clean(prediction), [clean(a) for a in gt_answers]
+    prediction, gts = clean(prediction), list(map(clean, gt_answers))
     if len(set(gts)) > 1:
-        return process(prediction), [process(g) for g in gts]
+        return process(prediction), list(map(process, gts))
     return prediction, gts
 
 
@@ -121,8 +122,7 @@ def leave_one_out(matches: Sequence[bool], copies: Sequence[int] | None = None) 
     official order (min(1, float(k)/3) per answer, float(sum(...))/len(...)), so results agree to the bit.
     `copies[i]`: how many answer objects equal the i-th, itself included (one each when omitted)."""
     total = sum(matches)
-    copies = copies or [1] * len(matches)
-    scores = [min(1, float(total - (c if m else 0)) / 3) for m, c in zip(matches, copies)]
+    scores = [min(1, float(total - m * c) / 3) for m, c in zip(matches, copies or [1] * len(matches))]
     return float(sum(scores)) / len(scores)
 
 
@@ -311,7 +311,7 @@ def _answer_index(results: list, ann_of: dict, label: str, annotations_label: st
     return answer_of
 
 
-def _copies(answers: list[dict], matches: list[bool]) -> list[int] | None:
+def _copies(answers: list[dict], matches: Sequence[bool]) -> tuple[int, ...] | None:
     """For rule 5: how many answer objects (with their compared answer) equal each one. Only matching
     ones matter, and objects with distinct answer_ids (VQAv2 numbers them 1..n) are distinct: None."""
     ids = [a.get("answer_id") for a, m in zip(answers, matches) if m]
@@ -321,12 +321,13 @@ def _copies(answers: list[dict], matches: list[bool]) -> list[int] | None:
     except TypeError:  # an unhashable answer_id: compare the objects below
         pass
     rest = [dict(a, answer=None) for a in answers]  # matching answers compare equal anyway
-    return [sum(1 for other, m in zip(rest, matches) if m and other == mine) for mine in rest]
+    return tuple(sum(1 for other, m in zip(rest, matches) if m and other == mine) for mine in rest)
 
 
 def _official_loop(order: list, ann_of: dict, answer_of: dict) -> dict:
     """Rules 1-6 over the questions in `order`, as the official loop runs them."""
     clean, process = _memoised_rules()
+    rule_5 = functools.lru_cache(maxsize=None)(leave_one_out)  # few distinct match patterns
     compared_gts: dict = {}  # the official tool edits the ground truths in place; a repeated id meets them
     values, by_answer_type, by_question_type, per_question = [], {}, {}, {}
     for qid in order:
@@ -334,8 +335,8 @@ def _official_loop(order: list, ann_of: dict, answer_of: dict) -> dict:
         gts = compared_gts[qid] if qid in compared_gts else [a["answer"] for a in ann["answers"]]
         prediction, gts = compared_answers(answer_of[qid], gts, clean, process)
         compared_gts[qid] = gts
-        matches = [g == prediction for g in gts]
-        accuracy = leave_one_out(matches, _copies(ann["answers"], matches))
+        matches = tuple([g == prediction for g in gts])
+        accuracy = rule_5(matches, _copies(ann["answers"], matches))
         values.append(accuracy)
         by_answer_type.setdefault(ann["answer_type"], []).append(accuracy)
         by_question_type.setdefault(ann["question_type"], []).append(accuracy)
