@@ -24,7 +24,7 @@ DATA_DIR = "data"
 MAX_SAMPLES = 0  # training questions to draw with SEED (0 = the whole train split)
 MODEL_ID = "Salesforce/blip2-opt-2.7b"
 USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
-LORA_R = 16
+LORA_R = 16  # LoRA rank (the shipped LoRA values are src.training.LoraSettings(), planned by bench/ and src.memory_plan)
 LORA_ALPHA = 32
 LORA_DROPOUT = 0.05
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # Linear layers to adapt ...
@@ -112,7 +112,8 @@ def train(config: dict, accelerator, out_dir, mixed: str):
     ckpt, start_step = resume(config, ckpt_root, model, optimizer, scheduler, accelerator.is_main_process)
     trainable, total, wrapped = T.lora_summary(model)
 
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler steps once per step, as it is
+    # not the scheduler: accelerate's wrapper would step it once per process at every optimizer step
+    model, optimizer = accelerator.prepare(model, optimizer)
     world = accelerator.num_processes
     data = T.TrainBatches(samples, processor, model_config, end_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
                           first=start_step * GRAD_ACCUM, count=(TRAIN_STEPS - start_step) * GRAD_ACCUM,
