@@ -24,7 +24,7 @@ DATA_DIR = "data"
 MAX_SAMPLES = 0  # training questions to draw with SEED (0 = the whole train split)
 MODEL_ID = "Salesforce/blip2-opt-2.7b"
 USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
-LORA_R = 16
+LORA_R = 16  # LoRA rank (the shipped LoRA values are src.training.LoraSettings(), planned by bench/ and src.memory_plan)
 LORA_ALPHA = 32
 LORA_DROPOUT = 0.05
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # Linear layers to adapt ...
@@ -77,7 +77,8 @@ def main():
 
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100), fp32 on CPU
     mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu")
-    accelerator = make_accelerator(mixed_precision=mixed)
+    # accumulate() in src.training.training_step syncs gradients on every GRAD_ACCUM-th micro-batch
+    accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM)
     main_proc = accelerator.is_main_process
     config["world_size"] = accelerator.num_processes
     check_quantization("4bit" if USE_4BIT else "none", str(accelerator.device))
@@ -88,51 +89,75 @@ def main():
 
 def train(config: dict, accelerator, out_dir, mixed: str):
     """Load the data and the model, resume from the newest good checkpoint, train, save the adapter."""
-    import contextlib
-    import math
-    import time
-
-    import torch
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     from src.data import load_samples, sample_question_ids, select
-    from src.errors import UserError
-    from src.io import JsonlAppender, read_jsonl, write_jsonl
-    from src.modeling import compute_dtype, end_token_id, load_blip2
+    from src.modeling import end_token_id, load_blip2
     from src import training as T
 
-    main_proc = accelerator.is_main_process
-    adapter_dir = out_dir / "lora_adapter"
     ckpt_root = out_dir / "lora_adapter_checkpoints"
-    log_path = ckpt_root / "train_log.jsonl"
-
     samples = load_samples(DATASET, "train", DATA_DIR)
     if MAX_SAMPLES:
         samples = select(samples, sample_question_ids(samples, MAX_SAMPLES, SEED), f"{DATASET} train")
     set_seed(SEED)
-
-    if main_proc:
-        from src.memory_plan import format_plan, plan_memory
-
-        try:  # the architecture of MODEL_ID (shipped for Salesforce/blip2-opt-2.7b, else its config.json)
-            plan = plan_memory(MODEL_ID, lora_r=LORA_R, lora_targets=tuple(TARGET_MODULES), lora_scope=LORA_SCOPE,
-                               compute_dtype=str(compute_dtype(str(accelerator.device))).replace("torch.", ""))
-            print(format_plan(plan), flush=True)
-        except UserError as e:
-            print(f"(no memory estimate: {e})")
+    lora = T.LoraSettings(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=tuple(TARGET_MODULES),
+                          scope=LORA_SCOPE)
+    if accelerator.is_main_process:
+        print_memory_plan(lora, str(accelerator.device))
 
     model, processor = load_blip2(MODEL_ID, "4bit" if USE_4BIT else "none", device=str(accelerator.device))
     model_config, end_id = model.config, end_token_id(model)
-    model = T.add_lora(model, r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=TARGET_MODULES,
-                       scope=LORA_SCOPE, gradient_checkpointing=GRADIENT_CHECKPOINTING)
-    T.set_train_mode(model)
+    model = T.set_train_mode(T.add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
+    optimizer, scheduler = T.make_optimizer(model, LR, WEIGHT_DECAY, WARMUP_STEPS, TRAIN_STEPS)
+    ckpt, start_step = resume(config, ckpt_root, model, optimizer, scheduler, accelerator.is_main_process)
     trainable, total, wrapped = T.lora_summary(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, WARMUP_STEPS, TRAIN_STEPS)
+
+    # not the scheduler: accelerate's wrapper would step it once per process at every optimizer step
+    model, optimizer = accelerator.prepare(model, optimizer)
+    world = accelerator.num_processes
+    data = T.TrainBatches(samples, processor, model_config, end_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
+                          first=start_step * GRAD_ACCUM, count=(TRAIN_STEPS - start_step) * GRAD_ACCUM,
+                          world_size=world, rank=accelerator.process_index)
+    if accelerator.is_main_process:
+        print("***** Running QLoRA fine-tuning *****")
+        print(f"  examples: {len(samples)} ({DATASET} train)   steps: {TRAIN_STEPS} (from {start_step})   "
+              f"batch: {PER_DEVICE_BATCH} x {GRAD_ACCUM} accum x {world} process(es) = "
+              f"{PER_DEVICE_BATCH * GRAD_ACCUM * world} per step")
+        print(f"  base: {MODEL_ID} ({'4-bit NF4' if USE_4BIT else 'full precision'})   mixed precision: {mixed}")
+        print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+        print(f"  LoRA r={LORA_R} alpha={LORA_ALPHA} dropout={LORA_DROPOUT} on {len(wrapped)} modules: "
+              f"{T.describe_wrapped(wrapped)}")
+        if ckpt is not None:
+            print(f"  resumed from {ckpt}")
+    run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root)
+    check_replicas_agree(accelerator, model)
+    if accelerator.is_main_process:
+        save_adapter(accelerator.unwrap_model(model), processor, config, out_dir, ckpt_root / "train_log.jsonl")
+    # every rank waits for the main process to finish saving before the process group goes away
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def print_memory_plan(lora, device: str) -> None:
+    """The weight-memory table of MODEL_ID with this LoRA, before the model loads."""
+    from src.errors import UserError
+    from src.memory_plan import format_plan, plan_memory
+    from src.modeling import compute_dtype
+
+    try:  # the architecture of MODEL_ID (shipped for Salesforce/blip2-opt-2.7b, else its config.json)
+        plan = plan_memory(MODEL_ID, lora_r=lora.r, lora_targets=lora.target_modules, lora_scope=lora.scope,
+                           compute_dtype=str(compute_dtype(device)).replace("torch.", ""))
+        print(format_plan(plan), flush=True)
+    except UserError as e:
+        print(f"(no memory estimate: {e})")
+
+
+def resume(config: dict, ckpt_root, model, optimizer, scheduler, main_proc: bool):
+    """Restore the newest checkpoint that verifies, if its settings match; (checkpoint or None, its step).
+    The training log is cut back to exactly the steps that checkpoint contains."""
+    from src.errors import UserError
+    from src.io import read_jsonl, write_jsonl
+    from src import training as T
 
     start_step = 0
     ckpt, skipped = T.latest_checkpoint(ckpt_root)
@@ -148,69 +173,53 @@ def train(config: dict, accelerator, out_dir, mixed: str):
                 f"now {', '.join(f'{k}={config.get(k)!r}' for k in diffs)}); use the same settings to resume, "
                 f"or delete {ckpt_root} (or use another --output_dir) to start over")
         start_step = T.load_checkpoint(ckpt, model, optimizer, scheduler)
+    log_path = ckpt_root / "train_log.jsonl"
     if main_proc:
-        # the log keeps exactly the steps the checkpoint contains
         kept = [r for r in read_jsonl(log_path, allow_torn_tail=True) if r["step"] <= start_step] if log_path.exists() else []
         write_jsonl(log_path, kept)
+    return ckpt, start_step
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro_total = TRAIN_STEPS * GRAD_ACCUM
-    data = T.TrainBatches(samples, processor, model_config, end_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
-                          first=start_step * GRAD_ACCUM, count=micro_total - start_step * GRAD_ACCUM,
-                          world_size=world, rank=rank)
+
+def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, start_step: int, ckpt_root) -> None:
+    """Optimizer steps start_step+1 .. TRAIN_STEPS (`src.training.training_step`), one log row each,
+    a checkpoint every SAVE_EVERY steps and after the last."""
+    import itertools
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from src.errors import UserError
+    from src.io import JsonlAppender
+    from src import training as T
+
+    main_proc = accelerator.is_main_process
     # own generator: creating the loader must not consume the global RNG (resume == uninterrupted)
-    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=NUM_WORKERS,
-                        generator=torch.Generator().manual_seed(SEED))
-
-    if main_proc:
-        print("***** Running QLoRA fine-tuning *****")
-        print(f"  examples: {len(samples)} ({DATASET} train)   steps: {TRAIN_STEPS} (from {start_step})   "
-              f"batch: {PER_DEVICE_BATCH} x {GRAD_ACCUM} accum x {world} process(es) = "
-              f"{PER_DEVICE_BATCH * GRAD_ACCUM * world} per step")
-        print(f"  base: {MODEL_ID} ({'4-bit NF4' if USE_4BIT else 'full precision'})   mixed precision: {mixed}")
-        print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
-        print(f"  LoRA r={LORA_R} alpha={LORA_ALPHA} dropout={LORA_DROPOUT} on {len(wrapped)} modules: "
-              f"{T.describe_wrapped(wrapped)}")
-        if ckpt is not None:
-            print(f"  resumed from {ckpt}")
+    batches = iter(DataLoader(data, batch_size=None, shuffle=False, num_workers=NUM_WORKERS,
+                              generator=torch.Generator().manual_seed(SEED)))
     bar = tqdm(total=TRAIN_STEPS, initial=start_step, desc="train", unit="step", disable=not main_proc,
                dynamic_ncols=True)
-    it = iter(loader)
+    log = JsonlAppender(ckpt_root / "train_log.jsonl") if main_proc else None
     t0 = time.perf_counter()
-    log = JsonlAppender(log_path) if main_proc else None
     for step in range(start_step + 1, TRAIN_STEPS + 1):
-        step_loss = torch.zeros((), device=accelerator.device)
-        for a in range(GRAD_ACCUM):
-            batch = next(it)
-            if "error" in batch:
-                raise UserError(f"{batch['error']} (a training image; fix or remove it, then rerun to resume "
-                                "from the last checkpoint)")
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            sync = a == GRAD_ACCUM - 1
-            with accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
-                with accelerator.autocast():
-                    loss = T.training_loss(model, batch) / GRAD_ACCUM
-                accelerator.backward(loss)
-            step_loss += loss.detach()
-        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-        if not math.isfinite(mean_loss):
+        try:
+            loss, grad_norm = T.training_step(model, itertools.islice(batches, GRAD_ACCUM), accelerator, optimizer,
+                                              scheduler, MAX_GRAD_NORM)
+        except T.NonFiniteLoss as e:
             bar.close()
             last = T.checkpoint_dirs(ckpt_root)
-            raise UserError(f"the training loss became {mean_loss} at step {step}; stopped without saving it. "
+            raise UserError(f"the training loss became {e.loss} at step {step}; stopped without saving it. "
                             f"The last good checkpoint is {last[-1] if last else 'none (no checkpoint yet)'}. "
-                            f"Lower --lr (now {LR}) or check the data, then rerun to resume from there")
-        grad_norm = accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+                            f"Lower --lr (now {LR}) or check the data, then rerun to resume from there") from None
+        lr = scheduler.get_last_lr()[0]
         bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if main_proc:
             elapsed = time.perf_counter() - t0
-            log.write([{"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm), "elapsed_s": round(elapsed, 2),
-                        "samples_per_s": round((step - start_step) * PER_DEVICE_BATCH * GRAD_ACCUM * world / elapsed, 2)}])
+            seen = (step - start_step) * PER_DEVICE_BATCH * GRAD_ACCUM * accelerator.num_processes
+            log.write([{"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "elapsed_s": round(elapsed, 2),
+                        "samples_per_s": round(seen / elapsed, 2)}])
         if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
             accelerator.wait_for_everyone()
             if main_proc:
@@ -220,19 +229,21 @@ def train(config: dict, accelerator, out_dir, mixed: str):
     bar.close()
     if log:
         log.close()
-    check_replicas_agree(accelerator, model)
-    if main_proc:
-        rows = read_jsonl(log_path)
-        T.save_final_adapter(adapter_dir, accelerator.unwrap_model(model), processor, config, log_path,
-                             plot_title=f"QLoRA on {DATASET}: {MODEL_ID}")
-        preview(accelerator.unwrap_model(model), processor, adapter_dir)
-        first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
-        print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
-        print(f"next: python evaluate_vqav2_finetuned.py --adapter_dir={adapter_dir}"
-              + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
-    # every rank waits for the main process to finish saving before the process group goes away
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+
+
+def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
+    """The final adapter folder, the held-out preview and the closing lines (main process only)."""
+    from src.io import read_jsonl
+    from src import training as T
+
+    adapter_dir = out_dir / "lora_adapter"
+    rows = read_jsonl(log_path)
+    T.save_final_adapter(adapter_dir, model, processor, config, log_path, plot_title=f"QLoRA on {DATASET}: {MODEL_ID}")
+    preview(model, processor, adapter_dir)
+    first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
+    print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
+    print(f"next: python evaluate_vqav2_finetuned.py --adapter_dir={adapter_dir}"
+          + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
 
 
 def check_replicas_agree(accelerator, model):

@@ -20,8 +20,8 @@ matrices (hidden size 64) are too small to split, and with two OpenMP threads on
 each small op waits for the descheduled thread (one question at a time measured about 10x slower). The table goes to stdout, results.json to OUTPUT_DIR and, with
 WRITE_RESULTS, the marked eval_throughput section of bench/RESULTS.md.
 
-    python bench/eval_throughput.py                                                  # 256 questions, beam 5 + greedy
-    python bench/eval_throughput.py --n_questions=32 --decodings=greedy --write_results=False   # smoke run, seconds
+    python -m bench.eval_throughput                                                  # 256 questions, beam 5 + greedy
+    python -m bench.eval_throughput --n_questions=32 --decodings=greedy --write_results=False   # smoke run, seconds
 """
 
 from __future__ import annotations
@@ -30,17 +30,15 @@ import datetime
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.results_md import write_section
+from src.config import apply_overrides, config_keys
+from src.errors import UserError, run_main
 
-from src.config import apply_overrides, config_keys  # noqa: E402
-from src.errors import UserError, run_main  # noqa: E402
-from results_md import write_section  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
 N_QUESTIONS = 256  # questions answered by every configuration
@@ -62,7 +60,6 @@ DEBUG = False  # show tracebacks instead of one-line errors
 
 _RESULTS_MD = REPO / "bench" / "RESULTS.md"
 _SECTION = "eval_throughput"  # the marked section of RESULTS.md this script owns
-
 
 
 def cpu_model() -> str:
@@ -115,7 +112,8 @@ def one_at_a_time(model, processor, samples, prompt: str, decoding: dict) -> dic
 
 def through_run_vqa(model, processor, samples, prompt: str, decoding_name: str, batch: int, workers: int,
                     out_path: Path) -> dict[int, str]:
-    """The evaluation scripts' path: src.evaluation.run_vqa writing JSONL rows."""
+    """The evaluation scripts' path: src.evaluation.run_vqa writing JSONL rows (their raw_answer is what
+    generate returned; their answer is the cleaned one that is scored)."""
     from src.evaluation import read_rows, run_vqa
     from src.prompts import generation_record
     from src.runtime import make_accelerator
@@ -124,7 +122,7 @@ def through_run_vqa(model, processor, samples, prompt: str, decoding_name: str, 
     record = {"model_id": "bench", "adapter": None, **generation_record(prompt, decoding_name)}
     run_vqa(samples, out_path, model=model, processor=processor, accelerator=make_accelerator(), record=record,
             prompt=prompt, decoding=decoding_name, batch_size=batch, num_workers=workers, desc=f"run_vqa w{workers}")
-    return {qid: row["answer"] for qid, row in read_rows(out_path).items()}
+    return {qid: row["raw_answer"] for qid, row in read_rows(out_path).items()}
 
 
 def batched_loop(model, processor, batches: list[list], prompt: str, decoding: dict, share_images: bool) -> dict[int, str]:
@@ -263,7 +261,6 @@ def format_table(decoding_name: str, rows: list[dict]) -> str:
 
 def main() -> None:
     import torch
-    import transformers
 
     from src.config import write_config
     from src.data import load_samples
@@ -310,53 +307,63 @@ def main() -> None:
     write_config(config, out_dir / "config.json")
 
     if WRITE_RESULTS:
-        command = "python bench/eval_throughput.py" + "".join(
+        command = "python -m bench.eval_throughput" + "".join(
             f" --{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
             for k, v in config.items() if v != defaults[k])
-        lines = [
-            "## eval_throughput: one question at a time vs batched evaluation (tiny BLIP-2, CPU)",
-            "",
-            f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores ({cpu_model()}), "
-            f"torch threads {torch.get_num_threads()}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}; 1-minute load average {load_before[0]:.2f} before, "
-            f"{load_after[0]:.2f} after (the machine is shared: other work inflates wall times)",
-            f"- command: `{command}`",
-            f"- questions: {len(samples)} {DATASET} val questions, all those of {n_images} randomly drawn images "
-            f"(seed {SEED}); model: {'the tiny BLIP-2 (src.tiny_model), fp32' if not MODEL_DIR else MODEL_DIR}; "
-            f"prompt {VQA_PROMPT}",
-            "- one_at_a_time: processor + `model.generate` per question; run_vqa_*: `src.evaluation.run_vqa` "
-            "(image-grouped batches, shared images encoded once, JSONL rows); grouped_shared / grouped_unshared: "
-            "a bare `generate_batch` loop over the same batches with each image encoded once / once per question; "
-            "length_sorted: batches of questions sorted by prompt length. Image decoding is inside every timing; "
-            f"each configuration ran {REPEATS} times round robin, the fastest wall time is shown with that run's CPU time "
-            "(this process + DataLoader workers).",
-            "- goal: batched >= 8x one-at-a-time on this 2-core CPU, with identical answers",
-            f"- torch threads {torch.get_num_threads()} (TORCH_THREADS): with two OpenMP threads on this busy 2-core "
-            "machine the tiny model's small ops wait for each other; one question at a time (beam 5) measured about "
-            "10x slower (24 questions: 10.1 s with 2 threads vs 0.9 s with 1, 1-minute load average 5.5)",
-            "- the tiny model's answers depend on the image (tests/test_inference.py checks that one question gets "
-            "different answers on different images), so equal answers also show each question met its own image; "
-            "tests/test_eval_batching.py checks the pairing on the pixel values too",
-            "",
-        ]
-        for name, table in zip(results, tables):
-            lines += [table, ""]
-        for name, rows in results.items():
-            by = {r["config"]: r for r in rows}
-            ours = ", ".join(f"{r['ratio_vs_one_at_a_time']:.1f}x with {r['config'].removeprefix('run_vqa_workers')} workers"
-                             for r in rows if r["config"].startswith("run_vqa"))
-            gain = by["grouped_unshared"]["seconds"] / by["grouped_shared"]["seconds"]
-            line = (f"- {name}: our evaluation path (run_vqa) vs one at a time: {ours}; answers "
-                    f"{'identical' if all(r['answers_equal'] for r in rows) else 'NOT identical'}; "
-                    f"shared-image encoding gain {gain:.2f}x (grouped_unshared / grouped_shared)")
-            if "length_sorted" in by:
-                line += (f"; length-sorted batches take {by['length_sorted']['seconds'] / by['grouped_shared']['seconds']:.2f}x "
-                         f"the time of image-grouped ones")
-            lines.append(line)
-        write_section(_SECTION, "\n".join(lines))
+        write_section(_SECTION, results_section(command, results, tables, samples, n_images,
+                                                (load_before[0], load_after[0])))
         print(f"wrote the {_SECTION} section of {_RESULTS_MD.relative_to(REPO)}")
     if mismatched:
         raise UserError("batched answers differ from one-at-a-time answers (see MISMATCH above)")
+
+
+def results_section(command: str, results: dict[str, list[dict]], tables: list[str], samples: list, n_images: int,
+                    load_average: tuple[float, float]) -> str:
+    """This script's section of bench/RESULTS.md: the setting, one table per decoding, a summary line each."""
+    import torch
+    import transformers
+
+    lines = [
+        "## eval_throughput: one question at a time vs batched evaluation (tiny BLIP-2, CPU)",
+        "",
+        f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores ({cpu_model()}), "
+        f"torch threads {torch.get_num_threads()}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}; 1-minute load average {load_average[0]:.2f} before, "
+        f"{load_average[1]:.2f} after (the machine is shared: other work inflates wall times)",
+        f"- command: `{command}`",
+        f"- questions: {len(samples)} {DATASET} val questions, all those of {n_images} randomly drawn images "
+        f"(seed {SEED}); model: {'the tiny BLIP-2 (src.tiny_model), fp32' if not MODEL_DIR else MODEL_DIR}; "
+        f"prompt {VQA_PROMPT}",
+        "- one_at_a_time: processor + `model.generate` per question; run_vqa_*: `src.evaluation.run_vqa` "
+        "(image-grouped batches, shared images encoded once, JSONL rows); grouped_shared / grouped_unshared: "
+        "a bare `generate_batch` loop over the same batches with each image encoded once / once per question; "
+        "length_sorted: batches of questions sorted by prompt length. Image decoding is inside every timing; "
+        f"each configuration ran {REPEATS} times round robin, the fastest wall time is shown with that run's CPU time "
+        "(this process + DataLoader workers).",
+        "- goal: batched >= 8x one-at-a-time on this 2-core CPU, with identical answers",
+        f"- torch threads {torch.get_num_threads()} (TORCH_THREADS): with two OpenMP threads on this busy 2-core "
+        "machine the tiny model's small ops wait for each other; one question at a time (beam 5) measured about "
+        "10x slower (24 questions: 10.1 s with 2 threads vs 0.9 s with 1, 1-minute load average 5.5)",
+        "- the tiny model's answers depend on the image (tests/test_inference.py checks that one question gets "
+        "different answers on different images), so equal answers also show each question met its own image; "
+        "tests/test_eval_batching.py checks the pairing on the pixel values too",
+        "",
+    ]
+    for table in tables:
+        lines += [table, ""]
+    for name, rows in results.items():
+        by = {r["config"]: r for r in rows}
+        ours = ", ".join(f"{r['ratio_vs_one_at_a_time']:.1f}x with {r['config'].removeprefix('run_vqa_workers')} workers"
+                         for r in rows if r["config"].startswith("run_vqa"))
+        gain = by["grouped_unshared"]["seconds"] / by["grouped_shared"]["seconds"]
+        line = (f"- {name}: our evaluation path (run_vqa) vs one at a time: {ours}; answers "
+                f"{'identical' if all(r['answers_equal'] for r in rows) else 'NOT identical'}; "
+                f"shared-image encoding gain {gain:.2f}x (grouped_unshared / grouped_shared)")
+        if "length_sorted" in by:
+            line += (f"; length-sorted batches take {by['length_sorted']['seconds'] / by['grouped_shared']['seconds']:.2f}x "
+                     f"the time of image-grouped ones")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

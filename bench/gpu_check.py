@@ -1,16 +1,17 @@
 """GPU check of the full-size blip2-opt-2.7b: 4-bit load memory, QLoRA step time and memory, and
 evaluation throughput at batch 1 vs 32 (4-bit and bf16), all through the project's own code.
 
-No weights can be downloaded on the GPU machine, and their values change neither speed nor memory,
-so the script builds the architecture shipped in src/blip2_opt_2.7b_architecture.json with random
-weights directly on the GPU in bf16, saves it (with a processor: the tiny model's tokenizer, 32 query
-tokens, 224x224 images) to a temporary folder and loads it back through `src.modeling.load_blip2`:
+The weights' values change neither speed nor memory, so nothing is downloaded: the script builds the
+architecture shipped in src/blip2_opt_2.7b_architecture.json with random weights directly on the GPU
+in bf16, saves it (with a processor: the tiny model's tokenizer, 32 query tokens, 224x224 images) to a
+temporary folder and loads it back through `src.modeling.load_blip2`:
 
   load     `load_blip2(dir, "4bit")`: peak and resident GPU memory
-  train    `src.training.add_lora` with finetune_vqav2_lora.py's LoRA settings (r, alpha, dropout,
-           targets, scope, lr), gradient checkpointing, bf16 autocast, AdamW, gradient clipping;
-           per-device batch TRAIN_BATCHES; image + PROMPT_TOKENS + ANSWER_TOKENS + eos per sequence
-           laid out by `src.training.collate_examples`; a few warm-up steps, then the mean step time
+  train    `src.training.training_step`, the fine-tuning script's optimizer step, on the LoRA of
+           `src.training.LoraSettings()` (the fine-tuning defaults) with gradient checkpointing,
+           mixed precision through accelerate, AdamW and gradient clipping; per-device batch
+           TRAIN_BATCHES; image + PROMPT_TOKENS + ANSWER_TOKENS + eos per sequence laid out by
+           `src.training.collate_examples`; a few warm-up steps, then the mean step time
   eval     `src.inference.generate_batch` (the evaluation's path) with the vqa_beam5 preset forced to
            exactly NEW_TOKENS new tokens (random weights would stop anywhere), batch 1 vs 32, one image
            per question, for the 4-bit model and the bf16 one (`load_blip2(dir, "none")`)
@@ -19,9 +20,11 @@ Each section stops when its time budget is spent and reports what it measured. R
 markdown table on stdout, OUTPUT_DIR/gpu_check.json, the gpu_check section of bench/RESULTS.md and,
 when the variable OUT names a folder, $OUT/gpu_results.md and $OUT/gpu_check.json.
 
-    bash bench/gpu_check.sh                       # on a CUDA machine (how to run it there: see gpu_check.sh)
-    bash bench/gpu_check.sh --smoke               # CPU, shrunken architecture, about a minute: proves the script
-    python bench/gpu_check.py --smoke=True        # the same without the wrapper
+Run from the repository root, after `pip install -r requirements.txt` (a CUDA build of torch, and
+bitsandbytes), on an NVIDIA GPU with 16 GB or more (about 7 minutes):
+
+    python -m bench.gpu_check --smoke=True        # first, on any machine: CPU, shrunken architecture, about a minute
+    bash bench/gpu_check.sh                       # then on the GPU (python -m bench.gpu_check with a hard time limit)
 """
 
 from __future__ import annotations
@@ -36,12 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from src.config import apply_overrides, config_keys
+from src.errors import UserError, run_main
 
-from src.config import apply_overrides, config_keys  # noqa: E402
-from src.errors import UserError, run_main  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
 SMOKE = False  # CPU run on a shrunken architecture (2 layers per tower, width 64), 4-bit via bitsandbytes' CPU backend
@@ -51,6 +52,9 @@ PROMPT_TOKENS = 16  # text tokens before the answer ("</s>Question: ... Answer:"
 ANSWER_TOKENS = 3  # answer tokens (eos comes on top)
 TRAIN_WARMUP_STEPS = 2  # untimed steps per batch size
 TRAIN_TIMED_STEPS = 5  # timed steps per batch size
+GRADIENT_CHECKPOINTING = True  # as in the fine-tuning script; it decides most of the activation memory
+LR = 1e-4  # AdamW learning rate (no effect on time or memory)
+MAX_GRAD_NORM = 1.0  # gradient clipping, as in the fine-tuning script
 EVAL_BATCHES = [1, 32]  # evaluation batch sizes (questions per generate call)
 EVAL_QUESTIONS = 96  # questions timed per batch size of 32 and more (after one warm-up batch)
 EVAL_QUESTIONS_BATCH1 = 12  # questions timed at batch sizes below 32
@@ -251,25 +255,23 @@ def train_batch(processor, image_token_id: int, batch: int, size: int, device: s
 
 
 def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
-    """Steps of the fine-tuning loop (one micro-batch per step) at each TRAIN_BATCHES size."""
-    import torch
-
-    import finetune_vqav2_lora as finetune
-    from src.modeling import compute_dtype
-    from src.training import add_lora, lora_summary, set_train_mode, training_loss
+    """Optimizer steps of the fine-tuning script (one micro-batch each) at every TRAIN_BATCHES size."""
+    from src.modeling import mixed_precision
+    from src.runtime import make_accelerator
+    from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode, training_step
 
     image_token_id = model.config.image_token_id
-    model = add_lora(model, r=finetune.LORA_R, alpha=finetune.LORA_ALPHA, dropout=finetune.LORA_DROPOUT,
-                     target_modules=finetune.TARGET_MODULES, scope=finetune.LORA_SCOPE,
-                     gradient_checkpointing=finetune.GRADIENT_CHECKPOINTING)
-    set_train_mode(model)
+    lora = LoraSettings()
+    model = set_train_mode(add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     trainable, total, wrapped = lora_summary(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=finetune.LR, weight_decay=finetune.WEIGHT_DECAY)
-    lora = {"r": finetune.LORA_R, "alpha": finetune.LORA_ALPHA, "dropout": finetune.LORA_DROPOUT,
-            "targets": list(finetune.TARGET_MODULES), "scope": finetune.LORA_SCOPE, "lr": finetune.LR,
-            "gradient_checkpointing": finetune.GRADIENT_CHECKPOINTING, "trainable_params": trainable,
-            "all_params": total, "wrapped_modules": len(wrapped)}
+    steps = len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)
+    optimizer, scheduler = make_optimizer(model, LR, 0.0, 0, steps)
+    accelerator = make_accelerator(mixed_precision=mixed_precision(device))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    info = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "targets": list(lora.target_modules),
+            "scope": lora.scope, "lr": LR, "gradient_checkpointing": GRADIENT_CHECKPOINTING,
+            "mixed_precision": accelerator.mixed_precision, "trainable_params": trainable, "all_params": total,
+            "wrapped_modules": len(wrapped)}
     print(f"LoRA: {trainable:,} trainable of {total:,} parameters on {len(wrapped)} modules", flush=True)
     size = processor.image_processor.size["height"]
     rows = []
@@ -287,18 +289,11 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
                 break
             sync(device)
             t = time.perf_counter()
-            with torch.autocast(device_type="cuda", dtype=compute_dtype(device), enabled=device.startswith("cuda")):
-                loss = training_loss(model, inputs)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, finetune.MAX_GRAD_NORM)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, _ = training_step(model, [inputs], accelerator, optimizer, scheduler, MAX_GRAD_NORM)
             sync(device)
-            losses.append(loss.item())
+            losses.append(loss)
             if step >= TRAIN_WARMUP_STEPS:
                 times.append(time.perf_counter() - t)
-        if not all(math.isfinite(x) for x in losses):
-            raise UserError(f"the QLoRA loss at batch {batch} was not finite: {losses}")
         step_s = sum(times) / len(times) if times else float("nan")
         row = {"per_device_batch": batch, "seq_len": int(inputs["input_ids"].shape[1]), "timed_steps": len(times),
                "step_s": step_s, "samples_per_s": batch / step_s, "loss_first_last": [losses[0], losses[-1]],
@@ -307,8 +302,8 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
         print(f"train batch {batch}: {row['seq_len']} tokens, {step_s:.3f} s/step over {len(times)} steps, "
               f"peak {gib(row['peak_allocated'])} GiB allocated / {gib(row['peak_reserved'])} GiB reserved, "
               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
-    del optimizer, model
-    return rows, lora
+    accelerator.free_memory(model, optimizer)
+    return rows, info
 
 
 # --- reporting ---------------------------------------------------------------------------------------
@@ -355,7 +350,8 @@ def markdown(results: dict) -> str:
             "",
             f"QLoRA step (4-bit base; LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} "
             f"on {', '.join(lora.get('targets', []))} in {lora.get('scope')}, {lora.get('trainable_params', 0):,} trainable; "
-            f"gradient checkpointing {lora.get('gradient_checkpointing')}, bf16 autocast, AdamW, clip 1.0; sequence = "
+            f"gradient checkpointing {lora.get('gradient_checkpointing')}, {lora.get('mixed_precision')} mixed precision, "
+            f"AdamW, clip {MAX_GRAD_NORM}; `src.training.training_step`; sequence = "
             f"image tokens + {PROMPT_TOKENS} prompt + {ANSWER_TOKENS} answer + eos):",
             "",
             "| per-device batch | tokens | s/step | samples/s | peak allocated GiB | peak reserved GiB | goal: batch 4 <= 10 GB |",
@@ -414,12 +410,12 @@ def main() -> None:
     config = apply_overrides(globals())
     device = "cpu" if SMOKE else "cuda"
     if not SMOKE and not torch.cuda.is_available():
-        raise UserError("no CUDA GPU here; run the CPU smoke test with --smoke=True (or bash bench/gpu_check.sh --smoke)")
+        raise UserError("no CUDA GPU here; run the CPU smoke test with python -m bench.gpu_check --smoke=True")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise UserError("bitsandbytes is not installed; carry its wheel (see bench/gpu_check.sh) or pip install it") from None
-    command = "bash bench/gpu_check.sh" + (" --smoke" if SMOKE else "") + "".join(
+        raise UserError("bitsandbytes is not installed; pip install -r requirements.txt") from None
+    command = ("python -m bench.gpu_check --smoke=True" if SMOKE else "bash bench/gpu_check.sh") + "".join(
         f" --{k}={command_value(v)}" for k, v in config.items() if k != "smoke" and v != _DEFAULTS[k])
     if SMOKE:  # seconds, not minutes, on a CPU (unless set on the command line)
         for key, value in (("EVAL_QUESTIONS", 32), ("EVAL_QUESTIONS_BATCH1", 2), ("TRAIN_TIMED_STEPS", 2)):
@@ -472,7 +468,7 @@ def main() -> None:
     print("\n" + json.dumps({k: results[k] for k in ("load", "train", "eval")}, indent=1))
     print("\n" + text)
     if WRITE_RESULTS and not SMOKE:
-        from results_md import write_section
+        from bench.results_md import write_section
 
         write_section(_SECTION, text)
         print(f"wrote the {_SECTION} section of bench/RESULTS.md")

@@ -1,7 +1,7 @@
 """How many bytes each way of reading a VQAv2-like parquet dataset pulls from its files to evaluate a
 1,000-question sample of 214,354 (scaled down by SCALE), measured on a local copy.
 
-    python bench/hub_read_bytes.py            # about 1 minute, ~340 MB of temporary parquet
+    python -m bench.hub_read_bytes            # about 1 minute, ~340 MB of temporary parquet
 
 Ways compared (bytes read from the parquet files = what would cross the network from the hub):
 - datasets, data_files={"validation": ...}: downloads every validation file, then writes an Arrow cache
@@ -16,11 +16,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FULL_ROWS, FULL_SAMPLE = 214_354, 1000
 SCALE = 20  # 1/20 of VQAv2 validation

@@ -6,10 +6,12 @@ largest layer 490.94 MB) the way `accelerate estimate-memory` computes it, expla
 difference line by line with numbers that add up exactly, and replaces this script's section
 of bench/RESULTS.md.
 
-    python bench/memory_plan.py                        # about 15 s on CPU, no download
-    python bench/memory_plan.py --write_results=False  # print only
-    python bench/memory_plan.py --gpu_check=True       # on a CUDA machine: also load a 2-layers-per-tower model with
+    python -m bench.memory_plan                        # about 15 s on CPU, no download
+    python -m bench.memory_plan --write_results=False  # print only
+    python -m bench.memory_plan --gpu_check=True       # on a CUDA machine: also load a 2-layers-per-tower model with
                                                        # the real shapes in bf16 / 8-bit / 4-bit and measure it
+
+The plan is for the fine-tuning script's default LoRA (`src.training.LoraSettings`).
 
 A GPU check's figures go to outputs/bench_memory_plan/gpu_check.json; later runs add them to RESULTS.md.
 """
@@ -19,17 +21,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from src.config import apply_overrides
+from src.errors import UserError, run_main
 
-from src.config import apply_overrides  # noqa: E402
-from src.errors import UserError, run_main  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-LORA_R = 16  # LoRA rank of the plan (the fine-tuning default)
 COMPUTE_DTYPE = "bfloat16"  # dtype of what bitsandbytes leaves unquantised (load_blip2 on a bf16 GPU)
 GPU_CHECK = False  # on CUDA: load a BLIP-2 with the real layer shapes (2 layers per tower) and measure it
 GPU_CHECK_DIR = "outputs/bench_memory_plan"  # the GPU check's sample model and gpu_check.json (read back by CPU runs)
@@ -171,7 +170,7 @@ def gpu_check(workdir: Path) -> dict:
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name(0),
         "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}",
-        "command": "python bench/memory_plan.py --gpu_check=True",
+        "command": "python -m bench.memory_plan --gpu_check=True",
         "model": "blip2-opt-2.7b architecture, 2 layers per tower, random bf16 weights",
         "rows": rows,
     }
@@ -193,41 +192,10 @@ def gpu_check_lines(check: dict) -> list[str]:
     return lines
 
 
-def write_section(text: str) -> None:
-    from results_md import write_section as write
-
-    write("memory_plan", text, _RESULTS_MD)
-
-
-def main() -> None:
-    defaults = {k.lower(): v for k, v in globals().items() if k.isupper() and not k.startswith("_")}
-    config = apply_overrides(globals())
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    from src.io import read_json, write_json
-    from src.memory_plan import format_plan, load_blip2_config, plan_memory
-
-    check_json = REPO / GPU_CHECK_DIR / "gpu_check.json"
-    if GPU_CHECK:
-        check = gpu_check(REPO / GPU_CHECK_DIR)
-        write_json(check_json, check)
-        print("\n".join(gpu_check_lines(check)) + f"\nwrote {check_json.relative_to(REPO)}\n")
-
-    plan = plan_memory(None, lora_r=LORA_R, compute_dtype=COMPUTE_DTYPE)
-    table = format_plan(plan)
-    print(table)
-
-    today = load_blip2_config(None)
-    card_era = load_blip2_config(None)
-    card_era.text_config.vocab_size = OPT_DEFAULT_VOCAB
-    estimates = {"50,304 (today)": accelerate_estimate(today), f"{OPT_DEFAULT_VOCAB:,} (card)": accelerate_estimate(card_era)}
+def card_table(plan: dict, estimates: dict[str, dict]) -> tuple[list[str], bool]:
+    """Markdown rows: the model card, accelerate's method at both vocabularies, this plan; and whether
+    accelerate's method at the card's vocabulary gives every string of the card."""
     card = estimates[f"{OPT_DEFAULT_VOCAB:,} (card)"]
-    if card["still_tied"]:
-        raise UserError("accelerate's init_empty_weights kept lm_head tied here; the double-counting explanation no longer holds")
-
     rows = ["| dtype | model card | accelerate method, vocab 50,272 | accelerate method, vocab 50,304 | this plan (what transformers loads) |",
             "| --- | --- | --- | --- | --- |"]
     reproduced = True
@@ -239,7 +207,11 @@ def main() -> None:
         rows.append(f"| {dtype} | {total} (largest {largest}, Adam {train}) | {old[1]} (largest {old[0]}, Adam {old[2]}) "
                     f"| {new[1]} (largest {new[0]}) | {ours / GIB:.3f} GiB ({_CARD_VS_PLAN[dtype]}"
                     f"{'+' + COMPUTE_DTYPE if _CARD_VS_PLAN[dtype] in ('int8', 'nf4') else ''}) |")
+    return rows, reproduced
 
+
+def explanations(plan: dict, card: dict) -> list[str]:
+    """One line per dtype: card - plan, split into terms that add up exactly (checked)."""
     explain = []
     for dtype in MODEL_CARD:
         card_bytes = card["fp32_bytes"] / _CARD_DIVISOR[dtype]
@@ -249,10 +221,14 @@ def main() -> None:
         explain.append(f"- **{dtype}**: card {card_bytes / GIB:.3f} GiB - plan {ours / GIB:.3f} GiB = "
                        f"{(card_bytes - ours) / GIB:+.3f} GiB = "
                        + " ".join(f"{v / GIB:+.4f} ({label})" for label, v in terms))
+    return explain
 
+
+def card_notes(plan: dict, estimates: dict[str, dict], reproduced: bool) -> list[str]:
+    card, today = estimates[f"{OPT_DEFAULT_VOCAB:,} (card)"], estimates["50,304 (today)"]
     n = plan["total_params"]
     counted = card["params_counted"]
-    notes = [
+    return [
         f"- `accelerate estimate-memory` builds `AutoModel.from_config` = `{card['model']}` in fp32 under accelerate's "
         "`init_empty_weights`, which re-wraps every parameter as it is registered, so tying `lm_head.weight = "
         f"embed_tokens.weight` leaves two Parameter objects (still tied there: {card['still_tied']}); "
@@ -260,8 +236,8 @@ def main() -> None:
         f"{counted:,} params = {n - (plan['parts']['language_model.embed_tokens']['params'] - card['embedding_params']):,} "
         f"+ {card['embedding_params']:,} (embedding again) at the card's vocabulary.",
         f"- Card reproduced exactly (every string of its table) with vocabulary {OPT_DEFAULT_VOCAB:,}: {reproduced}. With "
-        f"today's 50,304 the same method gives {card_row(estimates['50,304 (today)'], 'float16/bfloat16')[1]} in 16 bit "
-        f"and a largest layer of {card_row(estimates['50,304 (today)'], 'float32')[0]}; the card's 490.94 MB is {OPT_DEFAULT_VOCAB:,} x 2560 x 4 B "
+        f"today's 50,304 the same method gives {card_row(today, 'float16/bfloat16')[1]} in 16 bit "
+        f"and a largest layer of {card_row(today, 'float32')[0]}; the card's 490.94 MB is {OPT_DEFAULT_VOCAB:,} x 2560 x 4 B "
         "(the embedding), so the table predates the config's `vocab_size: 50304` / `image_token_index: 50265`.",
         "- accelerate's 'MB'/'GB' are MiB/GiB (divides by 1024). Its int8/int4 rows are the fp32 size / 4 and / 8: every "
         "parameter at 1 or 0.5 byte, no scales. transformers (get_modules_to_not_convert + replace_with_bnb_linear) "
@@ -274,37 +250,71 @@ def main() -> None:
         f"{plan['lora']['params']:,} LoRA parameters: {plan['qlora_training']['total_bytes'] / GIB:.3f} GiB of weights "
         "and optimiser state before activations (src.training.freeze_base casts no frozen weight to fp32).",
     ]
+
+
+def results_section(command: str, body: list[str], check_json: Path) -> str:
+    """This script's section of bench/RESULTS.md."""
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from src.io import read_json
+
+    lines = [
+        "## memory_plan: weight memory of Salesforce/blip2-opt-2.7b vs its model card",
+        "",
+        f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, peft {peft.__version__}; "
+        "meta device, no weights, no GPU",
+        f"- command: `{command}`",
+        "",
+        *body,
+    ]
+    if check_json.exists():
+        lines += ["", *gpu_check_lines(read_json(check_json, "GPU check"))]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    defaults = {k.lower(): v for k, v in globals().items() if k.isupper() and not k.startswith("_")}
+    config = apply_overrides(globals())
+    from src.io import write_json
+    from src.memory_plan import format_plan, load_blip2_config, plan_memory
+
+    check_json = REPO / GPU_CHECK_DIR / "gpu_check.json"
+    if GPU_CHECK:
+        check = gpu_check(REPO / GPU_CHECK_DIR)
+        write_json(check_json, check)
+        print("\n".join(gpu_check_lines(check)) + f"\nwrote {check_json.relative_to(REPO)}\n")
+
+    plan = plan_memory(None, compute_dtype=COMPUTE_DTYPE)  # the fine-tuning script's default LoRA
+    table = format_plan(plan)
+    print(table)
+
+    card_era = load_blip2_config(None)
+    card_era.text_config.vocab_size = OPT_DEFAULT_VOCAB
+    estimates = {"50,304 (today)": accelerate_estimate(load_blip2_config(None)),
+                 f"{OPT_DEFAULT_VOCAB:,} (card)": accelerate_estimate(card_era)}
+    card = estimates[f"{OPT_DEFAULT_VOCAB:,} (card)"]
+    if card["still_tied"]:
+        raise UserError("accelerate's init_empty_weights kept lm_head tied here; the double-counting explanation no longer holds")
+    rows, reproduced = card_table(plan, estimates)
+    explain = explanations(plan, card)
+    notes = card_notes(plan, estimates, reproduced)
     print("\nModel card vs this plan:\n" + "\n".join(rows) + "\n\nWhy they differ (card - plan, in GiB):\n"
           + "\n".join(explain) + "\n" + "\n".join(notes))
     if not reproduced:
         raise UserError("the accelerate method no longer reproduces the model card's table; see the rows above")
 
     if WRITE_RESULTS:
-        command = "python bench/memory_plan.py" + "".join(f" --{k}={v}" for k, v in config.items() if v != defaults[k])
-        lines = [
-            "## memory_plan: weight memory of Salesforce/blip2-opt-2.7b vs its model card",
-            "",
-            f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores "
-            f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, peft {peft.__version__}; "
-            "meta device, no weights, no GPU",
-            f"- command: `{command}`",
-            "",
-            "```",
-            table,
-            "```",
-            "",
-            *rows,
-            "",
-            "Why they differ (card - plan, GiB; the terms add up exactly):",
-            "",
-            *explain,
-            "",
-            *notes,
-        ]
-        if check_json.exists():
-            lines += ["", *gpu_check_lines(read_json(check_json, "GPU check"))]
-        write_section("\n".join(lines))
+        from bench.results_md import write_section
+
+        command = "python -m bench.memory_plan" + "".join(f" --{k}={v}" for k, v in config.items() if v != defaults[k])
+        body = ["```", table, "```", "", *rows, "", "Why they differ (card - plan, GiB; the terms add up exactly):", "",
+                *explain, "", *notes]
+        write_section("memory_plan", results_section(command, body, check_json), _RESULTS_MD)
         print(f"wrote the memory_plan section of {_RESULTS_MD.relative_to(REPO)}")
 
 

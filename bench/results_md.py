@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from src.io import atomic_write_text
 
-from src.io import atomic_write_text  # noqa: E402
-
-RESULTS_MD = REPO / "bench" / "RESULTS.md"
+RESULTS_MD = Path(__file__).with_name("RESULTS.md")
 
 
 def write_section(name: str, text: str, path: Path = RESULTS_MD) -> None:

@@ -34,13 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, run_main
+from .training import LoraSettings, lora_target_regex  # the LoRA the fine-tuning script adds, and its peft regex
 
 ARCHITECTURE_JSON = Path(__file__).with_name("blip2_opt_2.7b_architecture.json")
 # Hub ids whose architecture ships with the repo, so a plan never needs the network
 KNOWN_ARCHITECTURES = {"Salesforce/blip2-opt-2.7b": ARCHITECTURE_JSON}
-
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-DEFAULT_LORA_SCOPE = "language_model"
 
 # bitsandbytes 4-bit storage (bnb.functional.quantize_4bit, Linear4bit's defaults)
 NF4_BLOCKSIZE = 64  # weights per absmax
@@ -189,8 +187,6 @@ def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]
     """Linear modules peft would wrap. A str is a peft regex (re.fullmatch); names are restricted to `lora_scope`."""
     import torch.nn as nn
 
-    from .training import lora_target_regex  # the regex the fine-tuning script hands to peft
-
     if isinstance(lora_targets, str):
         regex = lora_targets
     else:
@@ -204,9 +200,9 @@ def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]
 
 def plan_memory(
     config: Any = None,
-    lora_r: int = 16,
-    lora_targets: tuple[str, ...] | list[str] | str = DEFAULT_LORA_TARGETS,
-    lora_scope: str | None = DEFAULT_LORA_SCOPE,
+    lora_r: int = LoraSettings.r,
+    lora_targets: tuple[str, ...] | list[str] | str = LoraSettings.target_modules,
+    lora_scope: str | None = LoraSettings.scope,
     compute_dtype: str = "bfloat16",
 ) -> dict:
     """Parameters and weight bytes of BLIP-2 per part and precision, plus LoRA and its training state.
@@ -228,9 +224,53 @@ def plan_memory(
 
     not_convert = bnb_modules_to_not_convert(model)
     quantized = bnb_quantized_linears(model, not_convert)
+    parts, unquantized_by_dtype = _bytes_per_part(model, quantized, dtypes)
+    total_params = sum(p["params"] for p in parts.values())
+    precisions = {}
+    for precision in PRECISIONS:
+        total = sum(p["bytes"][precision] for p in parts.values())
+        precisions[precision] = {"dtype": str(dtypes[precision]).removeprefix("torch."), "bytes": total, "gib": total / GIB}
+    for precision in ("int8", "nf4"):
+        precisions[precision]["unquantized_params_by_dtype"] = unquantized_by_dtype[precision]
+
+    lora = _lora_plan(model, lora_r, lora_targets, lora_scope)
+    # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
+    qlora = {
+        "weights_bytes": precisions["nf4"]["bytes"],
+        "lora_bytes": lora["total_bytes"],
+        "total_bytes": precisions["nf4"]["bytes"] + lora["total_bytes"],
+        "activations": "not estimated",
+    }
+
+    tied = getattr(model, "all_tied_weights_keys", {}) or {}
+    return {
+        "model": type(model).__name__,
+        "transformers_version": transformers.__version__,
+        "compute_dtype": compute_dtype,
+        "language_model_layers": cfg.text_config.num_hidden_layers,
+        "total_params": total_params,
+        "parts": parts,
+        "tied_weights": dict(tied),
+        "tied_params_counted_once": sum(model.get_parameter(k).numel() for k in tied),
+        "bnb": {
+            "modules_to_not_convert": not_convert,
+            "quantized_linears": sorted(quantized),
+            "quantized_linear_count": len(quantized),
+            "quantized_params": sum(p["quantized_params"] for p in parts.values()),
+            "fp32_patterns": {p: fp32_patterns(model, dtypes[p]) for p in PRECISIONS},
+        },
+        "precisions": precisions,
+        "lora": lora,
+        "qlora_training": qlora,
+    }
+
+
+def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({part: params, quantised params, bytes per precision}, {"int8"/"nf4": unquantised params per dtype})."""
+    import torch
+
     quantized_weights = {f"{name}.weight": module for name, module in quantized.items()}
     upcast = {p: [re.compile(k.replace("*", ".*")) for k in fp32_patterns(model, d)] for p, d in dtypes.items()}
-
     embed_weight = model.get_input_embeddings().weight
     lm_head = model.get_output_embeddings()
     lm_head_weight = lm_head.weight if lm_head is not None else None
@@ -261,17 +301,12 @@ def plan_memory(
     buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
     if buffers:
         parts["buffers"] = {"params": 0, "quantized_params": 0, "bytes": dict.fromkeys(PRECISIONS, buffers)}
-
     order = list(PART_LABELS) + ["buffers"]
-    parts = dict(sorted(parts.items(), key=lambda kv: order.index(kv[0])))
-    total_params = sum(p["params"] for p in parts.values())
-    precisions = {}
-    for precision in PRECISIONS:
-        total = sum(p["bytes"][precision] for p in parts.values())
-        precisions[precision] = {"dtype": str(dtypes[precision]).removeprefix("torch."), "bytes": total, "gib": total / GIB}
-    for precision in ("int8", "nf4"):
-        precisions[precision]["unquantized_params_by_dtype"] = unquantized_by_dtype[precision]
+    return dict(sorted(parts.items(), key=lambda kv: order.index(kv[0]))), unquantized_by_dtype
 
+
+def _lora_plan(model, lora_r: int, lora_targets, lora_scope) -> dict:
+    """The LoRA modules, parameters and fp32 training state (weights, gradients, AdamW moments)."""
     regex, lora_modules = _lora_modules(model, lora_targets, lora_scope)
     lora_params = sum(lora_r * (m.in_features + m.out_features) for m in lora_modules.values())
     lora = {
@@ -286,36 +321,7 @@ def plan_memory(
         "adamw_bytes": lora_params * ADAMW_STATE_BYTES,
     }
     lora["total_bytes"] = lora["param_bytes"] + lora["grad_bytes"] + lora["adamw_bytes"]
-
-    # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
-    qlora = {
-        "weights_bytes": precisions["nf4"]["bytes"],
-        "lora_bytes": lora["total_bytes"],
-        "total_bytes": precisions["nf4"]["bytes"] + lora["total_bytes"],
-        "activations": "not estimated",
-    }
-
-    tied = getattr(model, "all_tied_weights_keys", {}) or {}
-    return {
-        "model": type(model).__name__,
-        "transformers_version": transformers.__version__,
-        "compute_dtype": compute_dtype,
-        "language_model_layers": cfg.text_config.num_hidden_layers,
-        "total_params": total_params,
-        "parts": parts,
-        "tied_weights": dict(tied),
-        "tied_params_counted_once": sum(model.get_parameter(k).numel() for k in tied),
-        "bnb": {
-            "modules_to_not_convert": not_convert,
-            "quantized_linears": sorted(quantized),
-            "quantized_linear_count": len(quantized),
-            "quantized_params": sum(p["quantized_params"] for p in parts.values()),
-            "fp32_patterns": {p: fp32_patterns(model, dtypes[p]) for p in PRECISIONS},
-        },
-        "precisions": precisions,
-        "lora": lora,
-        "qlora_training": qlora,
-    }
+    return lora
 
 
 def held_bytes(model) -> int:
@@ -393,7 +399,7 @@ def format_plan(plan: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.memory_plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="config.json, model folder or known Hub id (default: the shipped blip2-opt-2.7b architecture)")
-    parser.add_argument("--lora_r", type=int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument("--lora_r", type=int, default=LoraSettings.r, help=f"LoRA rank (default {LoraSettings.r})")
     parser.add_argument("--compute_dtype", default="bfloat16", choices=COMPUTE_DTYPES, help="dtype of the unquantised rest in int8/nf4")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
     parser.add_argument("--debug", default="False", help="True: show tracebacks (read by run_main)")

@@ -1,14 +1,19 @@
-"""QLoRA fine-tuning pieces: training examples, a deterministic resumable data order, LoRA setup,
-and self-describing checkpoints (saved to a temporary folder and renamed into place).
+"""QLoRA fine-tuning pieces: training examples, a deterministic resumable data order, LoRA setup, the
+optimizer step, and self-describing checkpoints (saved to a temporary folder and renamed into place).
+
+finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `make_optimizer` and
+`training_step`, so the GPU check measures the very step the fine-tuning script takes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -68,7 +73,11 @@ def micro_batch_indices(n_samples: int, seed: int, micro_batch: int, index: int,
 
 class TrainBatches(Dataset):
     """Micro-batch k (from `first`) of this process: pixel values, input ids, attention mask, labels.
-    Runs in DataLoader workers; an unreadable image stops training with its path."""
+    Runs in DataLoader workers; an unreadable image stops training with its path.
+
+    A resumed run starts at micro-batch `first` by index arithmetic (`micro_batch_indices`), so the
+    batches before it are never read; accelerate's `skip_first_batches` would load and decode every
+    one of them on a plain DataLoader to throw it away."""
 
     def __init__(self, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
                  micro_batch: int, first: int, count: int, world_size: int, rank: int):
@@ -98,6 +107,19 @@ class TrainBatches(Dataset):
 
 # --- LoRA ----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA on BLIP-2's OPT decoder. The defaults are the fine-tuning script's (its LORA_* and
+    TARGET_MODULES constants, kept equal by tests/test_memory_plan.py); `src.memory_plan` plans and
+    bench/gpu_check.py measures this LoRA unless told otherwise."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # Linear layers ...
+    scope: str = "language_model"  # ... inside this part of the model (the OPT decoder)
+
+
 def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
     """peft target regex: the named Linear layers inside `scope` only (OPT's fc1/fc2 share names
     with the vision tower's MLP)."""
@@ -119,18 +141,18 @@ def freeze_base(model, gradient_checkpointing: bool):
     return model
 
 
-def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str], scope: str,
-             gradient_checkpointing: bool):
+def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
+    """Freeze the base model and wrap it in peft with `lora`'s trainable adapters."""
     from peft import LoraConfig, get_peft_model
 
     model = freeze_base(model, gradient_checkpointing)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                        target_modules=lora_target_regex(target_modules, scope))
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                        target_modules=lora_target_regex(lora.target_modules, lora.scope))
     try:
         model = get_peft_model(model, config)
     except ValueError as e:
-        raise UserError(f"LoRA found no layer to adapt for TARGET_MODULES={list(target_modules)} inside "
-                        f"{scope!r} ({str(e).splitlines()[0][:160]}); use names of Linear layers such as q_proj, v_proj") from None
+        raise UserError(f"LoRA found no layer to adapt for TARGET_MODULES={list(lora.target_modules)} inside "
+                        f"{lora.scope!r} ({str(e).splitlines()[0][:160]}); use names of Linear layers such as q_proj, v_proj") from None
     return model
 
 
@@ -151,6 +173,61 @@ def training_loss(model, batch: dict):
     """The loss of one micro-batch (answer tokens only). No KV cache: nothing is generated, and a
     cache would only hold memory when gradient checkpointing is off."""
     return model(**batch, use_cache=False).loss
+
+
+# --- the optimizer step ------------------------------------------------------------------------
+
+def make_optimizer(model, lr: float, weight_decay: float, warmup_steps: int, total_steps: int):
+    """AdamW over the trainable (LoRA) parameters; linear warmup, then cosine decay to 0 at `total_steps`."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+
+
+class NonFiniteLoss(UserError):
+    """The loss of an optimizer step was nan or inf (too high a learning rate, or bad data)."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"the training loss became {loss}; stopped before the optimizer step")
+        self.loss = loss
+
+
+def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
+    """One optimizer step; returns (loss, gradient norm before clipping).
+
+    Every micro-batch runs forward and backward inside `accelerator.accumulate`, which skips the
+    gradient all-reduce of data parallelism on all but the last one and divides each loss by the
+    accelerator's gradient_accumulation_steps, which must equal the number of micro-batches. The loss
+    is their mean, averaged over processes. If it is not finite, NonFiniteLoss is raised before
+    anything is stepped, so the newest checkpoint stays the last good state. Otherwise the gradients
+    are clipped to `max_grad_norm`, the optimizer (prepared by the accelerator) and the scheduler step,
+    and the gradients are cleared.
+    """
+    total, count = torch.zeros((), device=accelerator.device), 0
+    for batch in micro_batches:
+        if "error" in batch:  # TrainBatches could not read an image
+            raise UserError(f"{batch['error']} (a training image; fix or remove it, then rerun to resume "
+                            "from the last checkpoint)")
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = training_loss(model, batch)
+            accelerator.backward(loss)
+        total += loss.detach()
+        count += 1
+    if count != accelerator.gradient_accumulation_steps or not accelerator.sync_gradients:
+        raise ValueError(f"{count} micro-batches for an accelerator accumulating "
+                         f"{accelerator.gradient_accumulation_steps}; the gradients were not synchronised")
+    mean_loss = accelerator.reduce(total / count, reduction="mean").item()
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLoss(mean_loss)
+    grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return mean_loss, float(grad_norm)
 
 
 def lora_summary(model) -> tuple[int, int, list[str]]:
@@ -228,7 +305,12 @@ def write_manifest(d: Path) -> None:
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
                     processor=None) -> Path:
     """adapter + optimizer + scheduler + step + RNG + config, written to a temporary folder and
-    renamed into place: a kill leaves the previous checkpoints and at most a stray temp folder."""
+    renamed into place: a kill leaves the previous checkpoints and at most a stray temp folder.
+
+    Not accelerate's `save_state`: that saves the whole model's state dict (here the frozen 4-bit base,
+    gigabytes per checkpoint, against megabytes for the adapter) and writes in place, with no manifest
+    to tell a complete checkpoint from one cut short, so `latest_checkpoint` could not fall back to the
+    one before."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = ckpt_root / f".tmp-{final.name}"

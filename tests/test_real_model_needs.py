@@ -96,11 +96,11 @@ def test_compute_dtype_follows_native_bf16(monkeypatch, major, dtype, mixed):
 
 def test_frozen_parts_give_identical_image_features_in_training_mode(tiny_model_dir):
     from src.modeling import load_blip2
-    from src.training import add_lora, set_train_mode
+    from src.training import LoraSettings, add_lora, set_train_mode
 
     model, processor = load_blip2(tiny_model_dir, quantization="4bit", device="cpu", trainable_adapter=True)
-    model = add_lora(model, r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"], scope="language_model",
-                     gradient_checkpointing=False)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "v_proj"), scope="language_model")
+    model = add_lora(model, lora, gradient_checkpointing=False)
     set_train_mode(model)
     pixels = processor.image_processor([Image.open(REPO / "data" / "picture_01.jpg")], return_tensors="pt")["pixel_values"]
     core = model.get_base_model()
@@ -150,11 +150,11 @@ def test_a_config_without_image_token_gives_one_line_saying_how_to_fix(tiny_mode
 
 def test_training_forward_uses_no_cache(tiny_model_dir):
     from src.modeling import load_blip2
-    from src.training import add_lora, training_loss
+    from src.training import LoraSettings, add_lora, training_loss
 
     model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu", trainable_adapter=True)
-    model = add_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj"], scope="language_model",
-                     gradient_checkpointing=False)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj",), scope="language_model")
+    model = add_lora(model, lora, gradient_checkpointing=False)
     seen = []
     lm = model.get_base_model().language_model
     lm.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("use_cache")), with_kwargs=True)

@@ -1,0 +1,70 @@
+"""`src.training.training_step`, the optimizer step finetune_vqav2_lora.py and bench/gpu_check.py share,
+against a hand-written step; and the LoRA defaults that both, and the memory plan, take from src."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+
+import pytest
+import torch
+
+from conftest import REPO
+
+
+def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
+    from src.data import load_samples
+    from src.modeling import end_token_id, load_blip2
+    from src.runtime import make_accelerator
+    from src.training import LoraSettings, TrainBatches, add_lora, make_optimizer, training_loss, training_step
+
+    model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu", trainable_adapter=True)
+    samples = load_samples("tiny", "train", str(REPO / "data"))
+    data = TrainBatches(samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
+                        first=0, count=2, world_size=1, rank=0)
+    batches = [data[0], data[1]]
+    torch.manual_seed(0)
+    ours = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False).eval()  # no dropout
+    for name, p in ours.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)  # B starts at zero; give A a gradient too
+    reference = copy.deepcopy(ours)
+
+    # by hand: the mean of the two micro-batch losses, one backward, clip, AdamW and the schedule
+    optimizer, scheduler = make_optimizer(reference, 1e-2, 0.0, 0, 10)
+    loss = (training_loss(reference, batches[0]) + training_loss(reference, batches[1])) / 2
+    loss.backward()
+    params = [p for p in reference.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, 0.01)
+    optimizer.step()
+    scheduler.step()
+
+    accelerator = make_accelerator(gradient_accumulation_steps=2)
+    optimizer, scheduler = make_optimizer(ours, 1e-2, 0.0, 0, 10)
+    ours, optimizer = accelerator.prepare(ours, optimizer)
+    got_loss, got_norm = training_step(ours, iter(batches), accelerator, optimizer, scheduler, 0.01)
+
+    assert got_loss == pytest.approx(loss.item(), rel=1e-5)
+    assert got_norm == pytest.approx(norm.item(), rel=1e-4) and got_norm > 0.01  # the clip was active
+    changed = 0
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+            assert a.grad is None  # gradients cleared for the next step
+            changed += 1
+    assert changed and scheduler.get_last_lr() == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi / 10))])  # cosine, step 1 of 10
+    with pytest.raises(ValueError, match="1 micro-batches for an accelerator accumulating 2"):
+        training_step(ours, iter(batches[:1]), accelerator, optimizer, scheduler, 0.01)
+
+
+def test_the_fine_tuning_constants_are_the_src_lora_defaults():
+    import finetune_vqav2_lora as script
+    from src.memory_plan import plan_memory
+    from src.training import LoraSettings
+
+    lora = LoraSettings()
+    assert (script.LORA_R, script.LORA_ALPHA, script.LORA_DROPOUT, tuple(script.TARGET_MODULES), script.LORA_SCOPE) == (
+        lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.scope)
+    defaults = {k: v.default for k, v in inspect.signature(plan_memory).parameters.items()}
+    assert (defaults["lora_r"], defaults["lora_targets"], defaults["lora_scope"]) == (lora.r, lora.target_modules, lora.scope)
