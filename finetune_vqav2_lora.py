@@ -24,7 +24,7 @@ DATA_DIR = "data"
 MAX_SAMPLES = 0  # training questions to draw with SEED (0 = the whole train split)
 MODEL_ID = "Salesforce/blip2-opt-2.7b"
 USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
-LORA_R = 16  # LoRA rank (the shipped LoRA values are src.training.LoraSettings(), planned by bench/ and src.memory_plan)
+LORA_R = 16  # LoRA rank (src.memory_plan and bench/ read the LoRA settings from here)
 LORA_ALPHA = 32
 LORA_DROPOUT = 0.05
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # Linear layers to adapt ...

@@ -11,7 +11,7 @@ of bench/RESULTS.md.
     python -m bench.memory_plan --gpu_check=True       # on a CUDA machine: also load a 2-layers-per-tower model with
                                                        # the real shapes in bf16 / 8-bit / 4-bit and measure it
 
-The plan is for the fine-tuning script's default LoRA (`src.training.LoraSettings`).
+The plan is for the fine-tuning script's LoRA (its settings block, `src.training.LoraSettings.of_script()`).
 
 A GPU check's figures go to outputs/bench_memory_plan/gpu_check.json; later runs add them to RESULTS.md.
 """

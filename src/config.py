@@ -31,25 +31,39 @@ _FENCE = re.compile(r"#\s*-{10,}\s*")
 _PLAIN = (bool, int, float, str, list, tuple, dict, type(None))
 
 
+def _settings_block(path: str | Path) -> list[ast.stmt]:
+    """The statements between the first two `# -----` fence lines of the script at `path`."""
+    source = Path(path).read_text(encoding="utf-8")
+    fences = [i for i, line in enumerate(source.splitlines(), 1) if _FENCE.fullmatch(line)]
+    if len(fences) < 2:
+        raise ValueError(f"{path}: no settings block (constants between two '# -----' lines)")
+    return [node for node in ast.parse(source, filename=str(path)).body if fences[0] < node.lineno < fences[1]]
+
+
+def _assigned(node: ast.stmt) -> list[str]:
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [t.id for t in targets if isinstance(t, ast.Name)]
+    return []
+
+
 def config_keys(namespace: dict) -> list[str]:
     """The script's settings: the constants assigned between the first two `# -----` fence lines of
     the file `namespace["__file__"]` (a script's globals), in file order."""
     path = namespace.get("__file__")
     if not path:
         raise ValueError("config_keys needs a script's globals (with __file__)")
-    source = Path(path).read_text(encoding="utf-8")
-    fences = [i for i, line in enumerate(source.splitlines(), 1) if _FENCE.fullmatch(line)]
-    if len(fences) < 2:
-        raise ValueError(f"{path}: no settings block (constants between two '# -----' lines)")
-    keys = []
-    for node in ast.parse(source, filename=str(path)).body:
-        if fences[0] < node.lineno < fences[1] and isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            keys += [t.id for t in targets if isinstance(t, ast.Name)]
+    keys = [name for node in _settings_block(path) for name in _assigned(node)]
     wrong = [k for k in keys if not (k.isupper() and isinstance(namespace.get(k), _PLAIN))]
     if wrong:
         raise ValueError(f"{path}: settings must be UPPERCASE constants of plain types: {', '.join(wrong)}")
     return keys
+
+
+def script_settings(path: str | Path) -> dict[str, Any]:
+    """The settings of the script at `path` as its file states them, read without running it (so `src`
+    and bench code can take a script's defaults without importing the script)."""
+    return {name: ast.literal_eval(node.value) for node in _settings_block(path) for name in _assigned(node)}
 
 
 def _parse(raw: str) -> Any:

@@ -200,21 +200,27 @@ def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]
 
 def plan_memory(
     config: Any = None,
-    lora_r: int = LoraSettings.r,
-    lora_targets: tuple[str, ...] | list[str] | str = LoraSettings.target_modules,
-    lora_scope: str | None = LoraSettings.scope,
+    lora_r: int | None = None,
+    lora_targets: tuple[str, ...] | list[str] | str | None = None,
+    lora_scope: str | None = None,
     compute_dtype: str = "bfloat16",
 ) -> dict:
     """Parameters and weight bytes of BLIP-2 per part and precision, plus LoRA and its training state.
 
     config: see `load_blip2_config` (default: the shipped Salesforce/blip2-opt-2.7b architecture).
-    lora_targets: module names (restricted to modules under `lora_scope`) or a peft regex string.
+    lora_r, lora_targets, lora_scope: the LoRA, each by default the fine-tuning script's
+    (`LoraSettings.of_script()`). lora_targets: module names (restricted to modules under `lora_scope`,
+    all modules when it is "") or a peft regex string.
     compute_dtype: dtype of everything bitsandbytes leaves unquantised in the int8 / nf4 columns
     (`load_blip2` uses bfloat16 on GPUs that have it, float16 on older ones).
     """
     import torch
     import transformers
 
+    script_lora = LoraSettings.of_script()
+    lora_r = script_lora.r if lora_r is None else lora_r
+    lora_targets = script_lora.target_modules if lora_targets is None else lora_targets
+    lora_scope = script_lora.scope if lora_scope is None else lora_scope
     if lora_r < 1:
         raise UserError(f"lora_r must be >= 1, got {lora_r}")
     cfg = load_blip2_config(config)
@@ -399,7 +405,7 @@ def format_plan(plan: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.memory_plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="config.json, model folder or known Hub id (default: the shipped blip2-opt-2.7b architecture)")
-    parser.add_argument("--lora_r", type=int, default=LoraSettings.r, help=f"LoRA rank (default {LoraSettings.r})")
+    parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank (default: LORA_R of finetune_vqav2_lora.py)")
     parser.add_argument("--compute_dtype", default="bfloat16", choices=COMPUTE_DTYPES, help="dtype of the unquantised rest in int8/nf4")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
     parser.add_argument("--debug", default="False", help="True: show tracebacks (read by run_main)")

@@ -107,17 +107,29 @@ class TrainBatches(Dataset):
 
 # --- LoRA ----------------------------------------------------------------------------------------
 
+FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "finetune_vqav2_lora.py"
+
+
 @dataclass(frozen=True)
 class LoraSettings:
-    """A LoRA on BLIP-2's OPT decoder. The defaults are the fine-tuning script's (its LORA_* and
-    TARGET_MODULES constants, kept equal by tests/test_memory_plan.py); `src.memory_plan` plans and
-    bench/gpu_check.py measures this LoRA unless told otherwise."""
+    """A LoRA on BLIP-2's OPT decoder: `target_modules` (Linear layer names) inside `scope`."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # Linear layers ...
-    scope: str = "language_model"  # ... inside this part of the model (the OPT decoder)
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+    scope: str
+
+    @classmethod
+    def of_script(cls, path: str | Path = FINETUNE_SCRIPT) -> "LoraSettings":
+        """The LoRA the fine-tuning script's settings block states (LORA_R, LORA_ALPHA, LORA_DROPOUT,
+        TARGET_MODULES, LORA_SCOPE), read from the file: the one place the defaults live. The memory
+        plan and bench/gpu_check.py use it, so they follow what a user edits there."""
+        from .config import script_settings
+
+        s = script_settings(path)
+        return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"],
+                   target_modules=tuple(s["TARGET_MODULES"]), scope=s["LORA_SCOPE"])
 
 
 def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:

@@ -25,7 +25,8 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
                         first=0, count=2, world_size=1, rank=0)
     batches = [data[0], data[1]]
     torch.manual_seed(0)
-    ours = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=False).eval()  # no dropout
+    ours = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"),
+                                             scope="language_model"), gradient_checkpointing=False).eval()  # no dropout
     for name, p in ours.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.1)  # B starts at zero; give A a gradient too
@@ -58,13 +59,22 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
         training_step(ours, iter(batches[:1]), accelerator, optimizer, scheduler, 0.01)
 
 
-def test_the_fine_tuning_constants_are_the_src_lora_defaults():
+def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
+    """One place for the LoRA values: the script's settings block. LoraSettings.of_script reads it without
+    running the script, and the memory plan follows an edit of it."""
     import finetune_vqav2_lora as script
     from src.memory_plan import plan_memory
-    from src.training import LoraSettings
+    from src.training import FINETUNE_SCRIPT, LoraSettings
 
-    lora = LoraSettings()
+    lora = LoraSettings.of_script()
     assert (script.LORA_R, script.LORA_ALPHA, script.LORA_DROPOUT, tuple(script.TARGET_MODULES), script.LORA_SCOPE) == (
         lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.scope)
-    defaults = {k: v.default for k, v in inspect.signature(plan_memory).parameters.items()}
-    assert (defaults["lora_r"], defaults["lora_targets"], defaults["lora_scope"]) == (lora.r, lora.target_modules, lora.scope)
+    edited = tmp_path / "finetune_vqav2_lora.py"
+    edited.write_text(FINETUNE_SCRIPT.read_text().replace("LORA_R = 16 ", "LORA_R = 4 ", 1)
+                      .replace('"fc1", "fc2"]', '"fc1"]', 1))
+    assert LoraSettings.of_script(edited) == LoraSettings(4, lora.alpha, lora.dropout, lora.target_modules[:-1], lora.scope)
+    plan = plan_memory()
+    assert (plan["lora"]["r"], plan["lora"]["targets"], plan["lora"]["scope"]) == (lora.r, list(lora.target_modules), lora.scope)
+    for name, param in inspect.signature(plan_memory).parameters.items():
+        if name.startswith("lora_"):
+            assert param.default is None, name  # no second copy of a value
