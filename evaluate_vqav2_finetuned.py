@@ -8,10 +8,11 @@
     python evaluate_vqav2_finetuned.py --model_id=outputs/tiny-blip2 --quantization=none --dataset=easy_vqa
 
 Reuses the frozen sample <output_dir>/vqav2_sample_ids.json, the same prompt and decoding, loads
-the base model with the adapter in ADAPTER_DIR (default <output_dir>/lora_adapter), and writes vqav2_finetuned.jsonl, vqav2_finetuned_metrics.json and
-vqav2_finetuned_results.json. Then prints exact match and VQA accuracy of baseline and fine-tuned
-with the change, per answer type, the paired bootstrap 95% interval of the change, how many
-questions got better / worse / stayed, and N_CASES random cases side by side.
+the base model with the adapter in ADAPTER_DIR (default <output_dir>/lora_adapter), and writes
+vqav2_finetuned.jsonl, vqav2_finetuned_metrics.json and vqav2_finetuned_results.json. Then prints
+exact match and VQA accuracy of baseline and fine-tuned with the change, per answer type, the paired
+bootstrap 95% interval of the change, how many questions got better / worse / stayed, and N_CASES
+random cases side by side. ADAPTER_DIR="" is refused: the base model's run is create_vqav2_baseline.py.
 """
 
 from src.config import apply_overrides
@@ -60,7 +61,8 @@ def main():
         raise UserError(f"baseline results not found: {baseline_path}; run `python create_vqav2_baseline.py` "
                         "first (same --output_dir and --dataset)")
     config["adapter_dir"] = adapter
-    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
+    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
+                        vqa_decoding=VQA_DECODING)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder

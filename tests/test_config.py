@@ -8,17 +8,17 @@ from src.errors import UserError
 
 def namespace():
     return {"MODEL_ID": "m", "MAX_SAMPLES": 10, "LR": 1e-4, "USE_4BIT": True, "TARGET_MODULES": ["q_proj"],
-            "ADAPTER": "", "lower": 1, "_PRIVATE": 2}
+            "ADAPTER_DIR": "", "lower": 1, "_PRIVATE": 2}
 
 
 def test_overrides_are_case_insensitive_and_typed():
     ns = namespace()
     cfg = apply_overrides(ns, ["--model_id=a/b", "--MAX_SAMPLES=5", "--lr=3", "--use_4bit=False",
-                               "--target_modules=['q_proj','v_proj']", "--adapter=outputs/x"])
+                               "--target_modules=['q_proj','v_proj']", "--adapter_dir=outputs/x"])
     assert ns["MODEL_ID"] == "a/b" and ns["MAX_SAMPLES"] == 5 and ns["LR"] == 3.0 and isinstance(ns["LR"], float)
-    assert ns["USE_4BIT"] is False and ns["TARGET_MODULES"] == ["q_proj", "v_proj"] and ns["ADAPTER"] == "outputs/x"
+    assert ns["USE_4BIT"] is False and ns["TARGET_MODULES"] == ["q_proj", "v_proj"] and ns["ADAPTER_DIR"] == "outputs/x"
     assert cfg == {"model_id": "a/b", "max_samples": 5, "lr": 3.0, "use_4bit": False,
-                   "target_modules": ["q_proj", "v_proj"], "adapter": "outputs/x"}
+                   "target_modules": ["q_proj", "v_proj"], "adapter_dir": "outputs/x"}
 
 
 def test_comma_list_and_numeric_string():
