@@ -48,7 +48,8 @@ def main():
 
     if MAX_SAMPLES < 0:
         raise UserError(f"--max_samples={MAX_SAMPLES}: must be 0 (whole split) or more")
-    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
+    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
+                        vqa_decoding=VQA_DECODING)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)

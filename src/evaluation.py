@@ -2,10 +2,10 @@
 
 The steps of create_vqav2_baseline.py and evaluate_vqav2_finetuned.py, so both runs share the
 prompt, decoding, batching and scorer: check_eval_settings, eval_record, run_vqa (answer),
-score_and_write (score, write) and, for the fine-tuned run, print_comparison. Rows are appended (flushed, fsynced) as batches finish;
-a rerun skips question ids already written, so a killed run resumes where it stopped. Under
-`accelerate launch` / `torchrun` each process takes every world_size-th batch and appends to its
-own part file; the main process merges the parts at the end.
+score_and_write (score, write) and, for the fine-tuned run, print_comparison.
+Rows are appended (flushed, fsynced) as batches finish; a rerun skips question ids already written,
+so a killed run resumes where it stopped. Under `accelerate launch` / `torchrun` each process takes
+every world_size-th batch and appends to its own part file; the main process merges the parts at the end.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 # every row carries these; a resumed run keeps a row only if all of them equal this run's
 RESUME_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization", "dataset", "answer_processing")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
-SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn by the baseline, reused after
+SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn once by the baseline
 
 
 class _BatchImages(Dataset):
@@ -92,11 +92,6 @@ def check_rows_match(done: dict[int, dict], record: dict, where: dict[int, str])
                     "--output_dir")
 
 
-def sample_row(s: VQASample) -> dict:
-    return {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path,
-            "question": s.question}
-
-
 def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error: str | None = None,
                truncated: bool = False) -> dict:
     """One output row: the sample, the model's answer and its scores (or the error that left it
@@ -104,7 +99,8 @@ def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error:
     # scored and submitted after the official answer processing, as every published BLIP-2 VQAv2
     # number is (LAVIS, LLaVA, lmms-eval); the model's text stays as raw_answer
     answer = None if raw_answer is None else normalize_answer(raw_answer)
-    row = {**sample_row(s), "raw_answer": raw_answer, "answer": answer, "gt_answers": s.answers,
+    row = {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path, "question": s.question,
+           "raw_answer": raw_answer, "answer": answer, "gt_answers": s.answers,
            "answer_type": s.answer_type, "question_type": s.question_type,
            "vqa_accuracy": None if answer is None else vqa_accuracy(answer, s.answers),
            "exact_match": None if answer is None else exact_match(answer, s.answers), "error": error}
@@ -168,7 +164,8 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     with JsonlAppender(writer_path) as writer:
         for images in loader:
             batch = mine[images["index"]]
-            answers, cut = answer_batch(model, processor, batch, images, prompt, decoding_kwargs, budget, warn=bar.write)
+            answers, cut = answer_batch(model, processor, batch, images, prompt, decoding_kwargs, budget,
+                                        warn=bar.write)
             rows = [result_row(s, record, answers.get(s.question_id), images["errors"].get(s.image_path),
                                truncated=s.question_id in cut) for s in batch]
             writer.write(rows)
