@@ -2,7 +2,7 @@
 
     python blip2_cli.py baseline_images/pic_01.jpg
     python blip2_cli.py baseline_images/ --question "What is in the image?" --json
-    python blip2_cli.py photo.jpg --question "How many people are there?" --adapter outputs/lora_adapter
+    python blip2_cli.py photo.jpg --question "How many people are there?" --adapter_dir outputs/lora_adapter
     # offline CPU smoke run with the offline twin (python -m src.tiny_model):
     python blip2_cli.py baseline_images/pic_01.jpg --model_id outputs/tiny-blip2 --quantization none
 
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--question", "-q", default=None, help="question to ask about every image (omit for captions only)")
     p.add_argument("--model_id", default=DEFAULT_MODEL_ID, help=f"hub id or local folder (default {DEFAULT_MODEL_ID})")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder from finetune_vqav2_lora.py")
+    p.add_argument("--adapter_dir", default="",
+                   help="LoRA adapter folder from finetune_vqav2_lora.py (default: none, the base model only)")
     p.add_argument("--quantization", default="4bit", choices=QUANTIZATIONS, help="weights: 4bit (NF4), 8bit (GPU), none")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     p.add_argument("--batch_size", type=int, default=8)
@@ -66,9 +67,10 @@ def main(argv=None):
     paths = collect_images(args.images)
     images = [load_image(p) for p in paths]  # fail before the (slow) model load
     check_model_dir(args.model_id)
-    if args.adapter:
-        check_adapter_dir(args.adapter, args.model_id)
-    model, processor = load_blip2(args.model_id, args.quantization, adapter=args.adapter, device=args.device)
+    adapter = args.adapter_dir or None  # "" = base model only, as ADAPTER_DIR in the other scripts
+    if adapter:
+        check_adapter_dir(adapter, args.model_id)
+    model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device)
     outs = caption_and_answer(model, processor, images, question, vqa_prompt=args.vqa_prompt,
                               vqa_decoding=args.vqa_decoding, caption_prompt="caption",
                               caption_decoding=args.caption_decoding, batch_size=args.batch_size)
@@ -77,7 +79,7 @@ def main(argv=None):
         row = {"image_path": str(p), "caption": out["caption"]}
         if question is not None:
             row.update(question=question, answer=out["answer"])
-        row.update(model_id=args.model_id, adapter=args.adapter)
+        row.update(model_id=args.model_id, adapter=adapter)
         if question is not None:
             row.update(generation_record(args.vqa_prompt, args.vqa_decoding))
         row["caption_decoding"] = generation_record("caption", args.caption_decoding)["decoding"]

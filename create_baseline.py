@@ -1,7 +1,7 @@
 """Caption the ten demo images in baseline_images/ and answer one question about each.
 
     python create_baseline.py                                        # base model -> outputs/baseline.jsonl
-    python create_baseline.py --adapter=outputs/lora_adapter         # fine-tuned -> outputs/baseline_finetuned.jsonl
+    python create_baseline.py --adapter_dir=outputs/lora_adapter     # fine-tuned -> outputs/baseline_finetuned.jsonl
     # offline CPU smoke run with the offline twin (python -m src.tiny_model):
     python -m src.tiny_model outputs/tiny-blip2 && python create_baseline.py --model_id=outputs/tiny-blip2 --quantization=none
 
@@ -19,9 +19,9 @@ IMAGES_DIR = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
 QUESTION = "What is in the image?"  # asked about every image
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER = ""  # LoRA adapter folder ("" = base model)
+ADAPTER_DIR = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
 OUTPUT_DIR = "outputs"
-OUTPUT_FILE = ""  # "" = baseline.jsonl, or baseline_finetuned.jsonl when ADAPTER is set
+OUTPUT_FILE = ""  # "" = baseline.jsonl, or baseline_finetuned.jsonl when ADAPTER_DIR is set
 BATCH_SIZE = 10
 VQA_PROMPT = "vqa_opt"
 VQA_DECODING = "vqa_beam5"
@@ -36,34 +36,35 @@ def main():
     from src.images import list_images, load_images
     from src.inference import caption_and_answer
     from src.io import write_jsonl
-    from src.modeling import check_adapter_dir, check_model_dir, load_blip2
+    from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
     from src.prompts import check_question, generation_record
     from src.runtime import check_output_dir, check_positive, hold_output_lock
 
     # every input and the output folder are checked before the slow model load
     check_positive(batch_size=BATCH_SIZE)
+    adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model
     question = check_question(QUESTION)
     paths = list_images(IMAGES_DIR)
     out_dir = check_output_dir(OUTPUT_DIR)
-    out_path = out_dir / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if ADAPTER else "baseline.jsonl"))
+    out_path = out_dir / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if adapter else "baseline.jsonl"))
     if out_path.is_dir():
         raise UserError(f"output file {out_path} is a folder; choose another name with --output_file=")
     check_output_dir(out_path.parent)  # --output_file may name a subfolder
     images, errors = load_images(paths)
     check_model_dir(MODEL_ID)
-    if ADAPTER:
-        check_adapter_dir(ADAPTER, MODEL_ID)
+    if adapter:
+        check_adapter_dir(adapter, MODEL_ID)
 
     with hold_output_lock(out_path.parent):
-        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
         good = [p for p in paths if p in images]
         print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
-              + (f" + {ADAPTER}" if ADAPTER else ""))
+              + (f" + {adapter}" if adapter else ""))
         outs = caption_and_answer(model, processor, [images[p] for p in good], question, vqa_prompt=VQA_PROMPT,
                                   vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
                                   caption_decoding=CAPTION_DECODING, batch_size=BATCH_SIZE)
         by_path = dict(zip(good, outs))
-        record = {"model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
+        record = {"model_id": MODEL_ID, "adapter": adapter, **generation_record(VQA_PROMPT, VQA_DECODING),
                   "caption_prompt": CAPTION_PROMPT,
                   "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
         rows = []

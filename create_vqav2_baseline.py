@@ -28,7 +28,6 @@ MAX_SAMPLES = 1000  # questions in the frozen sample (0 = the whole split)
 SEED = 42  # draws the sample
 MODEL_ID = "Salesforce/blip2-opt-2.7b"
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER = ""  # evaluate_vqav2_finetuned.py sets this; "" = base model
 EVAL_BATCH = 32  # questions per generate() call
 NUM_WORKERS = 2  # DataLoader workers decoding images while the model generates
 VQA_PROMPT = "vqa_opt"  # "Question: {} Answer:"
@@ -41,13 +40,38 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.evaluation import evaluate_sample
+    from src.data import freeze_sample, load_samples, read_frozen_sample
+    from src.errors import UserError
+    from src.evaluation import SAMPLE_IDS_FILE, check_eval_settings, eval_record, run_vqa, score_and_write
+    from src.modeling import check_quantization, load_blip2
+    from src.runtime import check_output_dir, hold_output_lock, make_accelerator
 
-    evaluate_sample(dataset=DATASET, split=SPLIT, data_dir=DATA_DIR, max_samples=MAX_SAMPLES, seed=SEED,
-                    model_id=MODEL_ID, quantization=QUANTIZATION, adapter=ADAPTER, eval_batch=EVAL_BATCH,
-                    num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
-                    output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=True, config=config,
-                    hf_dataset=HF_DATASET, hf_dataset_revision=HF_DATASET_REVISION)
+    if MAX_SAMPLES < 0:
+        raise UserError(f"--max_samples={MAX_SAMPLES}: must be 0 (whole split) or more")
+    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
+                        vqa_decoding=VQA_DECODING)
+    accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
+    check_quantization(QUANTIZATION, str(accelerator.device))
+    out_dir = check_output_dir(OUTPUT_DIR)
+    with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
+        # 1. the data, and the sample drawn once and frozen: every rerun and the fine-tuned evaluation reuse it
+        samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
+                               cache_dir=out_dir)
+        if accelerator.is_main_process:
+            freeze_sample(out_dir / SAMPLE_IDS_FILE, DATASET, SPLIT, samples, MAX_SAMPLES, SEED)
+        accelerator.wait_for_everyone()
+        chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
+        # 2. the base model answers (resumable: rows already written are kept)
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=str(accelerator.device))
+        record = eval_record(model_id=MODEL_ID, adapter=None, quantization=QUANTIZATION, dataset=DATASET,
+                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
+        run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
+                record=record, prompt=VQA_PROMPT, decoding=VQA_DECODING, batch_size=EVAL_BATCH,
+                num_workers=NUM_WORKERS, desc=RUN_NAME)
+        # 3. score and write (main process)
+        if accelerator.is_main_process:
+            score_and_write(chosen, out_dir, RUN_NAME, config=config,
+                            facts={"dataset": DATASET, "split": SPLIT, "model_id": MODEL_ID, "adapter": None})
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@
     python evaluate_vqav2_finetuned.py --model_id=outputs/tiny-blip2 --quantization=none --dataset=easy_vqa
 
 Reuses the frozen sample <output_dir>/vqav2_sample_ids.json, the same prompt and decoding, loads
-the base model with the adapter, and writes vqav2_finetuned.jsonl, vqav2_finetuned_metrics.json and
-vqav2_finetuned_results.json. Then prints exact match and VQA accuracy of baseline and fine-tuned
-with the change, per answer type, the paired bootstrap 95% interval of the change, how many
-questions got better / worse / stayed, and N_CASES random cases side by side.
+the base model with the adapter in ADAPTER_DIR (default <output_dir>/lora_adapter), and writes
+vqav2_finetuned.jsonl, vqav2_finetuned_metrics.json and vqav2_finetuned_results.json. Then prints
+exact match and VQA accuracy of baseline and fine-tuned with the change, per answer type, the paired
+bootstrap 95% interval of the change, how many questions got better / worse / stayed, and N_CASES
+random cases side by side. ADAPTER_DIR="" is refused: the base model's run is create_vqav2_baseline.py.
 """
 
 from src.config import apply_overrides
@@ -25,7 +26,7 @@ SPLIT = "val"
 DATA_DIR = "data"
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
 QUANTIZATION = "4bit"  # keep it equal to the baseline's for a fair comparison
-ADAPTER_DIR = ""  # the adapter finetune_vqav2_lora.py wrote; "" = <output_dir>/lora_adapter
+ADAPTER_DIR = "{output_dir}/lora_adapter"  # the adapter finetune_vqav2_lora.py wrote ({output_dir} = OUTPUT_DIR)
 EVAL_BATCH = 32
 NUM_WORKERS = 2
 VQA_PROMPT = "vqa_opt"
@@ -42,48 +43,48 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    import os
-    import random
-
-    from src.compare import compare_rows
+    from src.data import load_samples, read_frozen_sample
     from src.errors import UserError
-    from src.evaluation import evaluate_sample
+    from src.evaluation import (SAMPLE_IDS_FILE, check_eval_settings, eval_record, print_comparison, run_vqa,
+                                score_and_write)
     from src.io import read_jsonl
-    from src.runtime import check_output_dir
+    from src.modeling import check_adapter_dir, check_quantization, load_blip2, resolve_adapter_dir
+    from src.runtime import check_output_dir, hold_output_lock, make_accelerator
 
-    check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
-    adapter = ADAPTER_DIR or os.path.join(OUTPUT_DIR, "lora_adapter")
-    baseline_path = os.path.join(OUTPUT_DIR, f"{BASELINE_RUN}.jsonl")
-    if not os.path.exists(baseline_path):
+    out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
+    adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)
+    if adapter is None:
+        raise UserError("--adapter_dir= is empty: this script evaluates a fine-tuned LoRA adapter (default "
+                        "{output_dir}/lora_adapter); the base model's answers come from python create_vqav2_baseline.py")
+    baseline_path = out_dir / f"{BASELINE_RUN}.jsonl"
+    if not baseline_path.exists():
         raise UserError(f"baseline results not found: {baseline_path}; run `python create_vqav2_baseline.py` "
                         "first (same --output_dir and --dataset)")
     config["adapter_dir"] = adapter
-    rows, _ = evaluate_sample(dataset=DATASET, split=SPLIT, data_dir=DATA_DIR, max_samples=0, seed=0,
-                              model_id=MODEL_ID, quantization=QUANTIZATION, adapter=adapter, eval_batch=EVAL_BATCH,
-                              num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
-                              output_dir=OUTPUT_DIR, run_name=RUN_NAME, draw_sample=False, config=config,
-                              hf_dataset=HF_DATASET, hf_dataset_revision=HF_DATASET_REVISION)
-    if rows is None:  # not the main process
-        return
-    base_rows = read_jsonl(baseline_path)
-    cmp = compare_rows(base_rows, rows, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
-    cov = cmp["coverage"]
-    if cov["only_baseline"] or cov["only_finetuned"]:
-        print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
-              f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
-              "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
-    from src.formatting import console_comparison
-    from src.i18n import texts
-
-    print()
-    print(console_comparison(cmp, texts("en")))
-    pairs = cmp["pairs"]
-    if pairs and N_CASES > 0:
-        print(f"{min(N_CASES, len(pairs))} random cases:")
-        for p in random.Random(SEED).sample(pairs, min(N_CASES, len(pairs))):
-            print(f"  [{p['question_id']}] {p['question']}  (ground truth: {p['gt_answers'][0]!r}...)")
-            print(f"      baseline:   {p['baseline_answer']!r} ({p['baseline_vqa']:.2f})")
-            print(f"      fine-tuned: {p['finetuned_answer']!r} ({p['finetuned_vqa']:.2f})")
+    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
+                        vqa_decoding=VQA_DECODING)
+    accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
+    check_quantization(QUANTIZATION, str(accelerator.device))
+    with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
+        # 1. the data, and the baseline's frozen sample
+        samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
+                               cache_dir=out_dir)
+        chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
+        # 2. the base model with the adapter answers (resumable: rows already written are kept)
+        check_adapter_dir(adapter, MODEL_ID)  # before the slow model load
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=str(accelerator.device))
+        record = eval_record(model_id=MODEL_ID, adapter=adapter, quantization=QUANTIZATION, dataset=DATASET,
+                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
+        run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
+                record=record, prompt=VQA_PROMPT, decoding=VQA_DECODING, batch_size=EVAL_BATCH,
+                num_workers=NUM_WORKERS, desc=RUN_NAME)
+        if not accelerator.is_main_process:
+            return
+        # 3. score and write
+        rows, _ = score_and_write(chosen, out_dir, RUN_NAME, config=config,
+                                  facts={"dataset": DATASET, "split": SPLIT, "model_id": MODEL_ID, "adapter": adapter})
+    # 4. against the baseline, question by question
+    print_comparison(read_jsonl(baseline_path), rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
     print("next: python compare_baseline_finetuned.py" + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
 
 

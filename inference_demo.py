@@ -15,8 +15,9 @@
 
 Tab "Ask": upload, drop, paste or photograph (webcam) a picture, or click one of the example thumbnails
 (EXAMPLES_DIR, at most MAX_EXAMPLES of them), type a question, press Ask. When a LoRA
-adapter exists in ADAPTER_DIR (from `python finetune_vqav2_lora.py`), the base model (adapter switched
-off) and the fine-tuned model (adapter on) answer side by side, from the one model in memory.
+adapter exists in ADAPTER_DIR (from `python finetune_vqav2_lora.py`; by default <output_dir>/lora_adapter,
+"{output_dir}" standing for OUTPUT_DIR), the base model (adapter switched off) and the fine-tuned model
+(adapter on) answer side by side, from the one model in memory.
 Tab "Comparison": the numbers, charts and example cases that `python compare_baseline_finetuned.py`
 wrote to COMPARISONS_DIR, re-read on every page load and on Reload.
 
@@ -45,7 +46,7 @@ from src.i18n import check_lang
 # -----------------------------------------------------------------------------
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER_DIR = "outputs/lora_adapter"  # LoRA adapter from finetune_vqav2_lora.py; "" or missing = base model only
+ADAPTER_DIR = "{output_dir}/lora_adapter"  # LoRA adapter from finetune_vqav2_lora.py; "" or missing = base model only
 QUESTION = "What is in the image?"  # the question the page starts with
 VQA_PROMPT = "vqa_opt"  # name in src/prompts.py
 VQA_DECODING = "vqa_beam5"  # BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
@@ -61,7 +62,7 @@ EXAMPLES_DIR = "baseline_images"  # pictures offered as clickable thumbnails, e.
 MAX_EXAMPLES = 24  # at most this many of them, first by file name
 COMPARISONS_DIR = "assets/comparisons"  # what compare_baseline_finetuned.py wrote, shown in tab "Comparison"
 RUN_COMPARISON = False  # True: run compare_baseline_finetuned.py once before serving (the README's old behaviour)
-OUTPUT_DIR = "outputs"  # where that comparison reads the baseline / fine-tuned result files
+OUTPUT_DIR = "outputs"  # where that comparison reads the result files; {output_dir} in ADAPTER_DIR
 LANG = "zh"  # language of the page: "zh" (Chinese) or "en"
 DEBUG = False  # show tracebacks
 # -----------------------------------------------------------------------------
@@ -130,15 +131,18 @@ def main():
     if RUN_COMPARISON:
         run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
 
+    from src.modeling import load_blip2, resolve_adapter_dir
+
+    adapter_dir = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model only
     adapter = None
-    if ADAPTER_DIR and (Path(ADAPTER_DIR) / "adapter_config.json").is_file():
-        adapter = ADAPTER_DIR
-        trained_on = adapter_base_model(ADAPTER_DIR)
+    if adapter_dir and (Path(adapter_dir) / "adapter_config.json").is_file():
+        adapter = adapter_dir
+        trained_on = adapter_base_model(adapter_dir)
         if trained_on and os.path.normpath(trained_on) != os.path.normpath(MODEL_ID):
-            print(f"warning: the adapter in {ADAPTER_DIR} was trained on {trained_on}, not on --model_id={MODEL_ID}; "
+            print(f"warning: the adapter in {adapter_dir} was trained on {trained_on}, not on --model_id={MODEL_ID}; "
                   f"if they are different models, loading it fails", flush=True)
-    elif ADAPTER_DIR:
-        print(f"no LoRA adapter in {ADAPTER_DIR} (adapter_config.json missing): only the base model answers; "
+    elif adapter_dir:
+        print(f"no LoRA adapter in {adapter_dir} (adapter_config.json missing): only the base model answers; "
               f"train one with `python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>", flush=True)
 
     if EXAMPLES_DIR and not Path(EXAMPLES_DIR).is_dir():
@@ -146,7 +150,6 @@ def main():
               f"data/easy_vqa/images/ after the first run with --dataset=easy_vqa)", flush=True)
 
     from src.demo_app import DemoOptions, build_demo, demo_css
-    from src.modeling import load_blip2
 
     print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
@@ -154,7 +157,7 @@ def main():
     options = DemoOptions(comparisons_dir=COMPARISONS_DIR, examples_dir=EXAMPLES_DIR, max_examples=MAX_EXAMPLES,
                           default_question=QUESTION, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
                           caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING, max_upload_mb=MAX_UPLOAD_MB,
-                          max_queue=MAX_QUEUE, model_label=MODEL_ID, adapter_label=adapter or ADAPTER_DIR, lang=LANG,
+                          max_queue=MAX_QUEUE, model_label=MODEL_ID, adapter_label=adapter_dir or "", lang=LANG,
                           config=config)
     demo = build_demo(model, processor, adapter_available=adapter is not None, options=options)
     allowed = [p for p in (COMPARISONS_DIR, EXAMPLES_DIR) if p]

@@ -17,7 +17,7 @@ IMAGE = "baseline_images/pic_01.jpg"  # the picture to describe
 QUESTION = "What is in the image?"  # asked with the VQA prompt
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER = ""  # LoRA adapter folder, e.g. outputs/lora_adapter ("" = base model)
+ADAPTER_DIR = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
 VQA_PROMPT = "vqa_opt"  # name in src/prompts.py
 VQA_DECODING = "vqa_beam5"  # BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
 CAPTION_PROMPT = "caption"
@@ -33,24 +33,25 @@ def main():
     from src.images import load_image
     from src.inference import caption_and_answer
     from src.io import write_json
-    from src.modeling import check_adapter_dir, check_model_dir, load_blip2
+    from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
     from src.prompts import check_question, generation_record
     from src.runtime import check_output_dir, hold_output_lock
 
     # every input and the output folder are checked before the slow model load
     question = check_question(QUESTION)
+    adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model
     out_dir = check_output_dir(OUTPUT_DIR)
     image = load_image(IMAGE)
     check_model_dir(MODEL_ID)
-    if ADAPTER:
-        check_adapter_dir(ADAPTER, MODEL_ID)
+    if adapter:
+        check_adapter_dir(adapter, MODEL_ID)
     with hold_output_lock(out_dir):
-        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=ADAPTER or None, device=DEVICE or None)
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
         out = caption_and_answer(model, processor, [image], question, vqa_prompt=VQA_PROMPT,
                                  vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
                                  caption_decoding=CAPTION_DECODING)[0]
         result = {"image_path": IMAGE, "caption": out["caption"], "question": question, "answer": out["answer"],
-                  "model_id": MODEL_ID, "adapter": ADAPTER or None, **generation_record(VQA_PROMPT, VQA_DECODING),
+                  "model_id": MODEL_ID, "adapter": adapter, **generation_record(VQA_PROMPT, VQA_DECODING),
                   "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
         print(f"image:    {IMAGE}")
         print(f"caption:  {out['caption']}")

@@ -414,6 +414,14 @@ def read_sample_ids(path: Path, dataset: str, split: str, expected_n: int | None
     return [int(i) for i in frozen["question_ids"]]
 
 
+def read_frozen_sample(path: Path, samples: list[VQASample], dataset: str, split: str,
+                       cache_dir: str | Path) -> list[VQASample]:
+    """The questions of the frozen sample in `path`, in its order, with image files a model can open
+    (vqav2_hub: only the sample's pictures, cached in `cache_dir`)."""
+    chosen = select(samples, read_sample_ids(path, dataset, split), str(path))
+    return materialize_images(chosen, dataset, cache_dir)
+
+
 def select(samples: list[VQASample], question_ids: list[int], source: str) -> list[VQASample]:
     by_id = {s.question_id: s for s in samples}
     missing = [q for q in question_ids if q not in by_id]

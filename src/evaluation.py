@@ -1,33 +1,40 @@
 """Zero-shot / fine-tuned VQA over a frozen sample: batched, resumable, data-parallel.
 
-Used by create_vqav2_baseline.py and evaluate_vqav2_finetuned.py, so both runs share the
-prompt, decoding, batching and scorer. Rows are appended (flushed, fsynced) as batches finish;
-a rerun skips question ids already written, so a killed run resumes where it stopped. Under
-`accelerate launch` / `torchrun` each process takes every world_size-th batch and appends to its
-own part file; the main process merges the parts at the end.
+The steps of create_vqav2_baseline.py and evaluate_vqav2_finetuned.py, so both runs share the
+prompt, decoding, batching and scorer: check_eval_settings, eval_record, run_vqa (answer),
+score_and_write (score, write) and, for the fine-tuned run, print_comparison.
+Rows are appended (flushed, fsynced) as batches finish; a rerun skips question ids already written,
+so a killed run resumes where it stopped. Under `accelerate launch` / `torchrun` each process takes
+every world_size-th batch and appends to its own part file; the main process merges the parts at the end.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
+from .compare import compare_rows, processing_changes
+from .config import write_config
 from .data import VQASample
 from .errors import UserError
+from .formatting import console_comparison
+from .i18n import texts
 from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
-from .prompts import format_prompt, get_decoding
-from .compare import processing_changes
+from .prompts import format_prompt, generation_record, get_decoding
+from .runtime import check_positive
 from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 
 # settings that must not change between a run and its resumption
 # every row carries these; a resumed run keeps a row only if all of them equal this run's
 RESUME_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization", "dataset", "answer_processing")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
+SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn once by the baseline
 
 
 class _BatchImages(Dataset):
@@ -85,17 +92,27 @@ def check_rows_match(done: dict[int, dict], record: dict, where: dict[int, str])
                     "--output_dir")
 
 
-def sample_row(s: VQASample) -> dict:
-    return {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path,
-            "question": s.question}
+def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error: str | None = None,
+               truncated: bool = False) -> dict:
+    """One output row: the sample, the model's answer and its scores (or the error that left it
+    unanswered), then this run's settings."""
+    # scored and submitted after the official answer processing, as every published BLIP-2 VQAv2
+    # number is (LAVIS, LLaVA, lmms-eval); the model's text stays as raw_answer
+    answer = None if raw_answer is None else normalize_answer(raw_answer)
+    row = {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path, "question": s.question,
+           "raw_answer": raw_answer, "answer": answer, "gt_answers": s.answers,
+           "answer_type": s.answer_type, "question_type": s.question_type,
+           "vqa_accuracy": None if answer is None else vqa_accuracy(answer, s.answers),
+           "exact_match": None if answer is None else exact_match(answer, s.answers), "error": error}
+    if truncated:
+        row["question_truncated"] = True
+    return {**row, **record}
 
 
-def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
-            prompt: str, decoding: str, batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
-    """Answer every sample not yet in `out_path`; appends rows with prediction and scores."""
-    from tqdm.auto import tqdm
-
-    out_path = Path(out_path)
+def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict, batch_size: int, accelerator,
+                      desc: str) -> list[list[VQASample]]:
+    """This process's share of the questions `out_path` does not hold yet, in batches. Rows already
+    written must come from this run's settings (RESUME_KEYS)."""
     where: dict[int, str] = {}
     done = read_rows(out_path, where)
     accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
@@ -104,70 +121,72 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     # questions on the same image sit in the same batch, so the image is encoded once
     todo.sort(key=lambda s: (s.image_path, s.question_id))
     batches = list(iter_chunks(todo, batch_size))
-    mine = batches[accelerator.process_index::accelerator.num_processes]
     if accelerator.is_main_process:
         print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go, "
               f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
+    return batches[accelerator.process_index::accelerator.num_processes]
+
+
+def answer_batch(model, processor, batch: list[VQASample], images: dict, prompt: str, decoding: dict, budget: int,
+                 warn) -> tuple[dict[int, str], set[int]]:
+    """The model's answers to the questions of one batch whose picture loaded ({question_id: text}),
+    and the ids of questions cut to `budget` tokens. `images` is a _BatchImages item."""
+    answerable = [s for s in batch if s.image_path not in images["errors"]]
+    if not answerable:
+        return {}, set()
+    questions, cut = [], set()
+    for s in answerable:
+        q, was_cut = fit_question(processor, s.question, budget)
+        questions.append(q)
+        if was_cut:
+            cut.add(s.question_id)
+            warn(f"warning: question {s.question_id} is longer than the model reads; cut to {budget} tokens")
+    answers = generate_batch(model, processor, images["pixel_values"], [format_prompt(prompt, q) for q in questions],
+                             decoding, image_index=[images["paths"].index(s.image_path) for s in answerable])
+    return {s.question_id: a for s, a in zip(answerable, answers)}, cut
+
+
+def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
+            prompt: str, decoding: str, batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
+    """Answer every sample not yet in `out_path`; appends rows with prediction and scores."""
+    from tqdm.auto import tqdm
+
+    out_path = Path(out_path)
+    mine = batches_to_answer(samples, out_path, record, batch_size, accelerator, desc)
     decoding_kwargs = get_decoding(decoding)
     budget = question_token_budget(model, processor, prompt, decoding_kwargs)
     writer_path = out_path if accelerator.num_processes == 1 else part_path(out_path, accelerator.process_index)
     loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers,
                         collate_fn=lambda x: x)
-    n_mine = sum(len(b) for b in mine)
-    bar = tqdm(total=n_mine, desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(b) for b in mine), desc=desc, unit="q", disable=not accelerator.is_main_process,
+               dynamic_ncols=True)
     start, n_answered, n_errors = time.perf_counter(), 0, 0
     with JsonlAppender(writer_path) as writer:
-        for item in loader:
-            batch = mine[item["index"]]
-            answerable = [s for s in batch if s.image_path not in item["errors"]]
-            answers, cut = [], set()
-            if answerable:
-                image_index = [item["paths"].index(s.image_path) for s in answerable]
-                questions = []
-                for s in answerable:
-                    q, was_cut = fit_question(processor, s.question, budget)
-                    questions.append(q)
-                    if was_cut:
-                        cut.add(s.question_id)
-                        bar.write(f"warning: question {s.question_id} is longer than the model reads; "
-                                  f"cut to {budget} tokens")
-                answers = generate_batch(model, processor, item["pixel_values"],
-                                         [format_prompt(prompt, q) for q in questions],
-                                         decoding_kwargs, image_index=image_index)
-            by_id = {s.question_id: a for s, a in zip(answerable, answers)}
-            rows = []
-            for s in batch:
-                row = sample_row(s)
-                if s.question_id in by_id:
-                    raw = by_id[s.question_id]
-                    # scored and submitted after the official answer processing, as every published
-                    # BLIP-2 VQAv2 number is (LAVIS, LLaVA, lmms-eval); the model's text stays as raw_answer
-                    a = normalize_answer(raw)
-                    row.update(raw_answer=raw, answer=a, gt_answers=s.answers, answer_type=s.answer_type,
-                               question_type=s.question_type, vqa_accuracy=vqa_accuracy(a, s.answers),
-                               exact_match=exact_match(a, s.answers), error=None)
-                    if s.question_id in cut:
-                        row["question_truncated"] = True
-                else:
-                    n_errors += 1
-                    row.update(raw_answer=None, answer=None, gt_answers=s.answers, answer_type=s.answer_type,
-                               question_type=s.question_type, vqa_accuracy=None, exact_match=None,
-                               error=item["errors"][s.image_path])
-                row.update(record)
-                rows.append(row)
+        for images in loader:
+            batch = mine[images["index"]]
+            answers, cut = answer_batch(model, processor, batch, images, prompt, decoding_kwargs, budget,
+                                        warn=bar.write)
+            rows = [result_row(s, record, answers.get(s.question_id), images["errors"].get(s.image_path),
+                               truncated=s.question_id in cut) for s in batch]
             writer.write(rows)
-            n_answered += len(batch)
-            bar.update(len(batch))
+            n_answered += len(rows)
+            n_errors += sum(row["error"] is not None for row in rows)
+            bar.update(len(rows))
             bar.set_postfix(samples_per_s=f"{n_answered / (time.perf_counter() - start):.1f}", errors=n_errors)
     bar.close()
     if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        counts = [n for _, n in sorted(gather_object([(accelerator.process_index, n_answered)]))]
-        if accelerator.is_main_process:
-            print(f"questions answered per process: {counts}")
-            merge_parts(out_path)
+        gather_parts(out_path, accelerator, n_answered)
     accelerator.wait_for_everyone()
+
+
+def gather_parts(out_path: Path, accelerator, n_answered: int) -> None:
+    """Data-parallel end: the main process reports each process's share and merges the part files."""
+    from accelerate.utils import gather_object
+
+    counts = [n for _, n in sorted(gather_object([(accelerator.process_index, n_answered)]))]
+    if accelerator.is_main_process:
+        print(f"questions answered per process: {counts}")
+        merge_parts(out_path)
 
 
 def merge_parts(out_path: Path) -> None:
@@ -228,56 +247,51 @@ def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
             print(f"  question {r['question_id']}: {r['error']}")
 
 
-def evaluate_sample(*, dataset: str, split: str, data_dir: str, max_samples: int, seed: int, model_id: str,
-                    quantization: str, adapter: str, eval_batch: int, num_workers: int, vqa_prompt: str,
-                    vqa_decoding: str, output_dir: str, run_name: str, draw_sample: bool, config: dict,
-                    sample_file: str = "vqav2_sample_ids.json", hf_dataset: str = "lmms-lab/VQAv2",
-                    hf_dataset_revision: str = ""):
-    """The shared body of create_vqav2_baseline.py (draw_sample=True) and evaluate_vqav2_finetuned.py:
-    load the frozen sample, answer it (resumably, data-parallel), write rows, metrics, results.
-    Returns (rows, metrics) on the main process, (None, None) elsewhere."""
-    from .config import write_config
-    from .runtime import check_output_dir, check_positive, hold_output_lock, make_accelerator
-    from .data import freeze_sample, load_samples, materialize_images, read_sample_ids, select
-    from .modeling import check_adapter_dir, check_quantization, load_blip2
-    from .prompts import generation_record
-
+def check_eval_settings(*, eval_batch: int, num_workers: int, vqa_prompt: str, vqa_decoding: str) -> None:
+    """The evaluation settings both scripts share, checked before any slow work."""
     check_positive(eval_batch=eval_batch)
-    if max_samples < 0:
-        raise UserError(f"--max_samples={max_samples}: must be 0 (whole split) or more")
     if num_workers < 0:
         raise UserError(f"--num_workers={num_workers}: must be 0 or more")
     get_decoding(vqa_decoding)
     format_prompt(vqa_prompt, "?")
-    accelerator = make_accelerator()
-    check_quantization(quantization, str(accelerator.device))
-    out_dir = check_output_dir(output_dir)
-    with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
-        samples = load_samples(dataset, split, data_dir, hf_dataset=hf_dataset, hf_revision=hf_dataset_revision,
-                               cache_dir=out_dir)
-        sample_path = out_dir / sample_file
-        if draw_sample:
-            if accelerator.is_main_process:
-                freeze_sample(sample_path, dataset, split, samples, max_samples, seed)
-            accelerator.wait_for_everyone()
-        ids = read_sample_ids(sample_path, dataset, split)
-        chosen = select(samples, ids, str(sample_path))
-        chosen = materialize_images(chosen, dataset, out_dir)  # vqav2_hub: only the sample's images, cached in out_dir
-        if adapter:
-            check_adapter_dir(adapter, model_id)  # before the slow model load
-        model, processor = load_blip2(model_id, quantization, adapter=adapter or None, device=str(accelerator.device))
-        record = {"model_id": model_id, "adapter": adapter or None, "quantization": quantization, "dataset": dataset,
-                  "answer_processing": ANSWER_PROCESSING, **generation_record(vqa_prompt, vqa_decoding)}
-        out_path = out_dir / f"{run_name}.jsonl"
-        run_vqa(chosen, out_path, model=model, processor=processor, accelerator=accelerator, record=record,
-                prompt=vqa_prompt, decoding=vqa_decoding, batch_size=eval_batch, num_workers=num_workers,
-                desc=run_name)
-        if not accelerator.is_main_process:
-            return None, None
-        rows, metrics = finalize(chosen, out_path, out_dir / f"{run_name}_metrics.json", out_dir / f"{run_name}_results.json",
-                                 extra={"dataset": dataset, "split": split, "model_id": model_id, "adapter": adapter or None})
-        write_config(config, out_dir / f"{run_name}_config.json")
-        report_errors(rows)
-        print_metrics(f"{run_name} ({dataset} {split})", metrics)
-        print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
-        return rows, metrics
+
+
+def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
+                vqa_decoding: str) -> dict:
+    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS)."""
+    return {"model_id": model_id, "adapter": adapter, "quantization": quantization, "dataset": dataset,
+            "answer_processing": ANSWER_PROCESSING, **generation_record(vqa_prompt, vqa_decoding)}
+
+
+def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, *, config: dict,
+                    facts: dict) -> tuple[list[dict], dict]:
+    """Score the finished run and write <run_name>.jsonl (in sample order), _metrics.json (with
+    `facts`: dataset, split, model, adapter), _results.json and _config.json; print the summary."""
+    out_path = out_dir / f"{run_name}.jsonl"
+    rows, metrics = finalize(samples, out_path, out_dir / f"{run_name}_metrics.json",
+                             out_dir / f"{run_name}_results.json", extra=facts)
+    write_config(config, out_dir / f"{run_name}_config.json")
+    report_errors(rows)
+    print_metrics(f"{run_name} ({facts['dataset']} {facts['split']})", metrics)
+    print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
+    return rows, metrics
+
+
+def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n_resamples: int, seed: int) -> None:
+    """Baseline against this run on their common questions: the headline table, then `n_cases`
+    random questions side by side."""
+    cmp = compare_rows(base_rows, rows, n_resamples=n_resamples, seed=seed)
+    cov = cmp["coverage"]
+    if cov["only_baseline"] or cov["only_finetuned"]:
+        print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
+              f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
+              "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
+    print()
+    print(console_comparison(cmp, texts("en")))
+    pairs = cmp["pairs"]
+    if pairs and n_cases > 0:
+        print(f"{min(n_cases, len(pairs))} random cases:")
+        for p in random.Random(seed).sample(pairs, min(n_cases, len(pairs))):
+            print(f"  [{p['question_id']}] {p['question']}  (ground truth: {p['gt_answers'][0]!r}...)")
+            print(f"      baseline:   {p['baseline_answer']!r} ({p['baseline_vqa']:.2f})")
+            print(f"      fine-tuned: {p['finetuned_answer']!r} ({p['finetuned_vqa']:.2f})")

@@ -252,6 +252,16 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     return None
 
 
+def resolve_adapter_dir(adapter_dir: str, output_dir: str | Path) -> str | None:
+    """Every script's ADAPTER_DIR setting as the folder to load: "" is the base model only (None), and
+    "{output_dir}" in it stands for the script's OUTPUT_DIR, so "{output_dir}/lora_adapter" follows
+    --output_dir=. "~" means the home folder, as it does in --output_dir."""
+    if not adapter_dir:
+        return None
+    output_dir = str(output_dir).rstrip("/\\") or str(output_dir)
+    return os.path.expanduser(adapter_dir.replace("{output_dir}", output_dir))
+
+
 def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     """A LoRA adapter folder with a readable config and whole safetensors weights (checked before a
     slow model load). With `model_id`, also that its layers fit that model, when the adapter was
@@ -308,7 +318,7 @@ def check_model_dir(model_id: str) -> None:
     config_path = folder / "config.json"
     if (folder / "adapter_config.json").exists() and not config_path.exists():
         raise UserError(f"{folder} is a LoRA adapter, not a base model; pass it as the adapter "
-                        f"(e.g. --adapter={folder}) and the model it was trained on as --model_id")
+                        f"(e.g. --adapter_dir={folder}) and the model it was trained on as --model_id")
     if not config_path.exists():
         raise UserError(f"no config.json in {folder}: not a model saved with save_pretrained; pass "
                         "--model_id=<folder with config.json and model.safetensors> or a hub id")

@@ -208,6 +208,16 @@ def test_public_host_warns_and_run_comparison_runs_before_serving(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model folder not found"), proc.stderr
 
 
+def test_default_adapter_follows_output_dir_and_a_missing_one_leaves_the_base_model(tmp_path):
+    """ADAPTER_DIR = "{output_dir}/lora_adapter": with no adapter there the demo says so and goes on with the
+    base model alone (then the missing model stops it with one line)."""
+    proc = run_script("inference_demo.py", f"--port={free_port()}", f"--output_dir={tmp_path}",
+                      f"--model_id={tmp_path / 'no-model'}", "--quantization=none", timeout=180)
+    assert f"no LoRA adapter in {tmp_path / 'lora_adapter'} (adapter_config.json missing)" in proc.stdout, proc.stdout
+    assert "adapter: none" in proc.stdout
+    assert_one_line_error(proc, "model folder not found")
+
+
 # --- the script, in a browser --------------------------------------------------------------------
 
 @contextmanager

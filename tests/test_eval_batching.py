@@ -1,9 +1,10 @@
 """The evaluation path (`run_vqa`: DataLoader workers, image-grouped batches, shared image encoding)
 answers exactly as `model.generate` does one question at a time, and hands every question its own image.
 
-Equal answers alone would not catch a question paired with the wrong image (easy-VQA repeats question
-texts across images, and two images can share colour and shape), so the test also checks the pixel
-values each question is answered with.
+The tiny twin is pre-trained on easy-VQA captions, so its answers depend on the image; still, equal
+answers alone would not catch a question paired with the wrong image (easy-VQA repeats question texts
+across images, and two images can share colour and shape), so the test also checks the pixel values
+each question is answered with.
 """
 
 import pytest

@@ -198,6 +198,7 @@ def test_annotation_missing_a_key_is_named(tiny_model_dir, tmp_path):
     ("create_vqav2_baseline.py", "--quantization=3bit", "unknown quantization '3bit'"),
     ("create_vqav2_baseline.py", "--dataset=coco", "unknown dataset 'coco'"),
     ("create_vqav2_baseline.py", "--vqa_decoding=beam7", "unknown decoding preset 'beam7'"),
+    ("evaluate_vqav2_finetuned.py", "--adapter_dir=", "--adapter_dir= is empty"),  # the base model is the baseline's
     ("mini_infer.py", "--quantization=8bit", "needs a CUDA GPU"),
 ])
 def test_settings_are_checked_before_work(tiny_model_dir, tmp_path, script, arg, fragment):
@@ -401,29 +402,29 @@ def _corrupt_model_config(t, m, a):
 
 
 def _adapter_as_model(t, m, a):
-    return [f"--model_id={a['tiny']}"], [f"{a['tiny']} is a LoRA adapter, not a base model", f"--adapter={a['tiny']}"]
+    return [f"--model_id={a['tiny']}"], [f"{a['tiny']} is a LoRA adapter, not a base model", f"--adapter_dir={a['tiny']}"]
 
 
 def _adapter_from_other_base(t, m, a):
-    return [f"--adapter={a['other']}"], [f"was trained on {a['other_base']}", f"not the model loaded ({m})",
+    return [f"--adapter_dir={a['other']}"], [f"was trained on {a['other_base']}", f"not the model loaded ({m})",
                                          "64 in features, the adapter's has 32"]
 
 
 def _truncated_adapter(t, m, a):
     d = _copy(a["tiny"], t / "adapter")
     _cut(d / "adapter_model.safetensors")
-    return [f"--adapter={d}"], ["adapter_model.safetensors is cut short", "resumes from its last checkpoint"]
+    return [f"--adapter_dir={d}"], ["adapter_model.safetensors is cut short", "resumes from its last checkpoint"]
 
 
 def _corrupt_adapter_config(t, m, a):
     d = _copy(a["tiny"], t / "adapter")
     (d / "adapter_config.json").write_text('{"r": 4, "lora_alpha":')
-    return [f"--adapter={d}"], [f"{d / 'adapter_config.json'} is corrupt"]
+    return [f"--adapter_dir={d}"], [f"{d / 'adapter_config.json'} is corrupt"]
 
 
 def _adapter_weights_file(t, m, a):  # the file instead of its folder
     f = Path(a["tiny"]) / "adapter_model.safetensors"
-    return [f"--adapter={f}"], [f"{f} is a file; pass the adapter's folder", f"(e.g. {a['tiny']})"]
+    return [f"--adapter_dir={f}"], [f"{f} is a file; pass the adapter's folder", f"(e.g. {a['tiny']})"]
 
 
 def _output_dir_is_a_file(t, m, a):
@@ -483,12 +484,12 @@ def test_adapter_from_other_base_model_in_the_demo_and_the_cli(tiny_model_dir, a
     proc = run_script("inference_demo.py", f"--model_id={tiny_model_dir}", "--quantization=none",
                       f"--adapter_dir={adapters['other']}", "--port=7797", env=load_marker)
     assert_one_line_error(proc, f"was trained on {adapters['other_base']}", f"not the model loaded ({tiny_model_dir})")
-    proc = run_script("blip2_cli.py", PHOTO, "--model_id", tiny_model_dir, "--adapter", adapters["other"],
+    proc = run_script("blip2_cli.py", PHOTO, "--model_id", tiny_model_dir, "--adapter_dir", adapters["other"],
                       "--quantization", "none", env=load_marker)
     assert_one_line_error(proc, f"was trained on {adapters['other_base']}")
     assert "MODEL LOAD STARTED" not in proc.stderr
     # an adapter made for this model still loads
-    proc = run_script("blip2_cli.py", PHOTO, "--model_id", tiny_model_dir, "--adapter", adapters["tiny"],
+    proc = run_script("blip2_cli.py", PHOTO, "--model_id", tiny_model_dir, "--adapter_dir", adapters["tiny"],
                       "--quantization", "none", check=True)
     assert "caption:" in proc.stdout
 

@@ -60,8 +60,24 @@ def test_blip2_cli_json_and_folder(tiny_model_dir):
 
 def test_cli_help():
     proc = run_script("blip2_cli.py", "--help", check=True)
-    for flag in ("--question", "--model_id", "--adapter", "--quantization", "--json"):
+    for flag in ("--question", "--model_id", "--adapter_dir", "--quantization", "--json"):
         assert flag in proc.stdout
+
+
+def test_adapter_dir_means_one_thing_in_every_script():
+    """ADAPTER_DIR: "" is the base model, "{output_dir}" stands for the script's OUTPUT_DIR, "~" is home."""
+    from src.modeling import resolve_adapter_dir
+
+    assert resolve_adapter_dir("", "outputs") is None
+    assert resolve_adapter_dir("{output_dir}/lora_adapter", "runs/a") == "runs/a/lora_adapter"
+    assert resolve_adapter_dir("{output_dir}/lora_adapter", "runs/a/") == "runs/a/lora_adapter"
+    assert resolve_adapter_dir("elsewhere/lora_adapter", "runs/a") == "elsewhere/lora_adapter"
+    assert resolve_adapter_dir("~/lora_adapter", "runs/a") == os.path.expanduser("~/lora_adapter")
+    scripts = ("create_baseline.py", "mini_infer.py", "evaluate_vqav2_finetuned.py", "inference_demo.py")
+    for script in scripts:
+        text = (REPO / script).read_text()
+        assert "\nADAPTER_DIR = " in text and "\nADAPTER = " not in text, script
+    assert "\nADAPTER" not in (REPO / "create_vqav2_baseline.py").read_text()  # the baseline is the base model
 
 
 def test_odd_but_valid_images_work(tiny_model_dir, tmp_path):
