@@ -7,8 +7,8 @@ in bf16, saves it (with a processor: the tiny model's tokenizer, 32 query tokens
 temporary folder and loads it back through `src.modeling.load_blip2`:
 
   load     `load_blip2(dir, "4bit")`: peak and resident GPU memory
-  train    `src.training.training_step`, the fine-tuning script's optimizer step, on the LoRA of
-           the fine-tuning script's LoRA (`src.training.LoraSettings.of_script()`) with gradient checkpointing,
+  train    `src.training.training_step`, the fine-tuning script's optimizer step, on the fine-tuning
+           script's LoRA (`src.training.LoraSettings.of_script()`) with gradient checkpointing,
            mixed precision through accelerate, AdamW and gradient clipping; per-device batch
            TRAIN_BATCHES; image + PROMPT_TOKENS + ANSWER_TOKENS + eos per sequence laid out by
            `src.training.collate_examples`; a few warm-up steps, then the mean step time
@@ -17,8 +17,8 @@ temporary folder and loads it back through `src.modeling.load_blip2`:
            per question, for the 4-bit model and the bf16 one (`load_blip2(dir, "none")`)
 
 Each section stops when its time budget is spent and reports what it measured. Results: JSON and a
-markdown table on stdout, OUTPUT_DIR/gpu_check.json, the gpu_check section of bench/RESULTS.md and,
-when the variable OUT names a folder, $OUT/gpu_results.md and $OUT/gpu_check.json.
+markdown table on stdout, OUTPUT_DIR/gpu_check.json and OUTPUT_DIR/gpu_results.md, and the gpu_check
+section of bench/RESULTS.md.
 
 Run from the repository root, after `pip install -r requirements.txt` (a CUDA build of torch, and
 bitsandbytes), on an NVIDIA GPU with 16 GB or more (about 7 minutes):
@@ -386,12 +386,10 @@ def write_outputs(results: dict, out_dir: Path) -> None:
     """JSON and markdown, rewritten after every section: a killed run keeps what it measured."""
     from src.io import write_json
 
-    targets = [out_dir] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     results["total_s"] = elapsed()
-    for d in targets:
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "gpu_check.json", results)
-        (d / "gpu_results.md").write_text(markdown(results) + "\n", encoding="utf-8")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "gpu_check.json", results)
+    (out_dir / "gpu_results.md").write_text(markdown(results) + "\n", encoding="utf-8")
 
 
 def command_value(value) -> str:
@@ -471,8 +469,7 @@ def main() -> None:
 
         write_section(_SECTION, text)
         print(f"wrote the {_SECTION} section of bench/RESULTS.md")
-    if os.environ.get("OUT"):
-        print(f"wrote {os.environ['OUT']}/gpu_results.md and gpu_check.json")
+    print(f"wrote {out_dir}/gpu_check.json and gpu_results.md")
 
 
 _DEFAULTS = {k.lower(): v for k, v in globals().items() if k in config_keys(globals())}
