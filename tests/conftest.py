@@ -31,6 +31,7 @@ from src.twin_story import QUICKSTART_HEADING, readme_commands  # noqa: E402  (t
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Keep tests that share an expensive fixture on one worker (see the module docstring)."""
     for item in items:
