@@ -252,7 +252,12 @@ def test_inference_survives_kills_at_three_random_points(tiny_model_dir, tmp_pat
         proc = start_script(*args, f"--output_dir={out}")
         assert kill_when(proc, lambda: rows.exists() and rows.read_bytes().count(b"\n") >= target)
         _assert_nothing_half_written(out)
-    run_script(*args, f"--output_dir={out}", check=True)
+    done_before = rows.read_bytes().count(b"\n")
+    assert done_before < 48
+    with open(rows, "ab") as f:  # what a kill in the middle of a write leaves
+        f.write(b'{"question_id": 12345, "answer": "half a li')
+    proc = run_script(*args, f"--output_dir={out}", check=True)
+    assert f"{done_before} already done" in proc.stdout
     assert rows.read_text() == (tmp_path / "full" / "vqav2_baseline.jsonl").read_text()
     for name in ("vqav2_baseline_metrics.json", "vqav2_baseline_results.json", "vqav2_sample_ids.json"):
         assert (out / name).read_text() == (tmp_path / "full" / name).read_text(), name
@@ -278,7 +283,7 @@ T.save_checkpoint = save_checkpoint
 
 def test_training_survives_kills_including_one_inside_a_checkpoint_save(tiny_model_dir, tmp_path):
     args = ["finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--train_steps=60",
-            "--per_device_batch=8", "--grad_accum=1", "--lr=3e-3", "--warmup_steps=5", "--save_every=10",
+            "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=5", "--save_every=10",
             "--keep_checkpoints=3", "--preview_samples=0"]
     run_script(*args, f"--output_dir={tmp_path / 'full'}", check=True)
     out = tmp_path / "killed"
@@ -303,17 +308,22 @@ def test_training_survives_kills_including_one_inside_a_checkpoint_save(tiny_mod
         assert kill_when(proc, step_reached(target))
         _assert_nothing_half_written(out)
     # a checkpoint torn in place (e.g. a disk filled up) is skipped with a warning
-    newest = sorted(ckpts.glob("step-*"))[-1]
+    newest, older = sorted(ckpts.glob("step-*"))[-2:][::-1]
     (newest / "training_state.pt").write_bytes(b"torn")
     proc = run_script(*args, f"--output_dir={out}", check=True)
     assert f"{newest} is incomplete" in proc.stdout and "falling back" in proc.stdout
+    assert f"resumed from {older}" in proc.stdout and f"steps: 60 (from {int(older.name[5:])})" in proc.stdout
     _assert_nothing_half_written(out)
+    # the same adapter and the same loss at every step as the uninterrupted run (gradient accumulation included)
     a = load_file(str(tmp_path / "full" / "lora_adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    steps = [json.loads(l)["step"] for l in (out / "lora_adapter" / "train_log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    log_a, log_b = ([json.loads(l) for l in (d / "lora_adapter" / "train_log.jsonl").read_text().splitlines()]
+                    for d in (tmp_path / "full", out))
+    assert [r["step"] for r in log_b] == list(range(1, 61))
+    assert [round(r["loss"], 5) for r in log_a] == [round(r["loss"], 5) for r in log_b]
 
 
 # --- broken models, adapters and output folders: one line, before the model load ---------------------
