@@ -1,6 +1,6 @@
 """README steps 3-5 on the offline twin and easy-VQA, as the README's quick start runs them: baseline ->
 QLoRA fine-tuning (4-bit) -> evaluation on the same questions, with checks that fail on a conditioning
-bug (colour answers need the image: a shuffled-image control falls to chance); resume after SIGKILL,
+bug (colour answers need the image: a shuffled-image control falls to chance); checkpoint fallback,
 data parallelism with two processes, and bad input."""
 
 from __future__ import annotations
