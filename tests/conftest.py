@@ -33,7 +33,9 @@ TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Keep tests that share an expensive fixture on one worker (see the module docstring)."""
+    """Keep tests that share an expensive fixture on one worker (see the module docstring), and order
+    the work so that no core idles while the twin is built: the quick start first (its worker builds the
+    twin), then the tests that do not need the twin (the other worker's work meanwhile), then the rest."""
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
@@ -45,6 +47,7 @@ def pytest_collection_modifyitems(config, items):
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: 0 if "quickstart" in item.fixturenames else 1 if "tiny_model_dir" not in item.fixturenames else 2)
 
 
 @pytest.fixture(scope="session")
