@@ -47,7 +47,16 @@ def pytest_collection_modifyitems(config, items):
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: 0 if "quickstart" in item.fixturenames else 1 if "tiny_model_dir" not in item.fixturenames else 2)
+
+    def order(item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        if group and group.args[0] == "quickstart":
+            return 0
+        if not group and "tiny_model_dir" not in item.fixturenames:
+            return 1
+        return 2 if group else 3  # the big groups before the single tests, so the two workers end together
+
+    items.sort(key=order)  # pytest.ini turns off xdist's own reordering (largest group first)
 
 
 @pytest.fixture(scope="session")
