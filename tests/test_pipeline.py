@@ -92,7 +92,8 @@ def test_fine_tuning_learns_to_read_the_image(chain):
     assert ft["overall"]["accuracy"] >= base["overall"]["accuracy"] + 30, (base, ft)
     assert one_word_share(ft_rows) >= 95
     model, processor = load_blip2(chain["model"], "4bit", adapter=str(out / "lora_adapter"))
-    control = shuffled_image_control(model, processor, ft_rows, "vqa_opt", get_decoding("vqa_beam5"))
+    in_repo = [{**r, "image_path": str(chain["repo"] / r["image_path"])} for r in ft_rows]  # paths are the copy's
+    control = shuffled_image_control(model, processor, in_repo, "vqa_opt", get_decoding("vqa_beam5"))
     assert control["n"] == ft["colour"]["n"]
     assert control["accuracy"] <= 35, control
     assert control["answers_naming_the_shown_colour"] >= 60, control  # it answers what it sees
