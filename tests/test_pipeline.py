@@ -189,17 +189,17 @@ def _in_group(p, pgid: int) -> bool:
 
 def test_two_processes_train_and_evaluate_data_parallel(tiny_model_dir, tmp_path, busy_cpu):
     common = [f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", f"--output_dir={tmp_path}", "--num_workers=0"]
-    log = launch_data_parallel("create_vqav2_baseline.py", *common, "--max_samples=40", "--eval_batch=4")
+    log = launch_data_parallel("create_vqav2_baseline.py", *common, "--max_samples=24", "--eval_batch=4")
     assert "batch 4 x 2 process(es)" in log
     counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
-    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 40
-    log = launch_data_parallel("finetune_vqav2_lora.py", *common, "--train_steps=12", "--per_device_batch=4",
-                               "--grad_accum=2", "--save_every=6", "--lr=3e-3", "--warmup_steps=2", "--preview_samples=0")
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 24
+    log = launch_data_parallel("finetune_vqav2_lora.py", *common, "--train_steps=6", "--per_device_batch=4",
+                               "--grad_accum=2", "--save_every=3", "--lr=3e-3", "--warmup_steps=2", "--preview_samples=0")
     assert "x 2 process(es) = 16 per step" in log
     assert "LoRA weights identical on all 2 processes" in log
     log = launch_data_parallel("evaluate_vqav2_finetuned.py", *common, "--eval_batch=4")
     counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
-    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 40
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 24
     frozen = json.loads((tmp_path / "vqav2_sample_ids.json").read_text())["question_ids"]
     for run in ("vqav2_baseline", "vqav2_finetuned"):
         assert [r["question_id"] for r in rows_of(tmp_path / f"{run}.jsonl")] == frozen
