@@ -314,6 +314,8 @@ def check_model_dir(model_id: str) -> None:
 
     folder = Path(model_id)
     if not folder.is_dir():
+        if _is_local(model_id) and not folder.exists():  # a path, not a hub id: say so now, not after the imports
+            raise _fetch_error(model_id, FileNotFoundError(model_id))
         return
     config_path = folder / "config.json"
     if (folder / "adapter_config.json").exists() and not config_path.exists():

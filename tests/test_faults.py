@@ -241,14 +241,14 @@ def _assert_nothing_half_written(out: Path) -> None:
         assert (adapter / "adapter_model.safetensors").exists() and (adapter / "training_config.json").exists()
 
 
-def test_inference_survives_kills_at_three_random_points(tiny_model_dir, tmp_path):
+def test_inference_survives_kills_at_two_random_points(tiny_model_dir, tmp_path):
     args = ["create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--max_samples=48",
             "--eval_batch=4", "--quantization=none", "--num_workers=1"]
     run_script(*args, f"--output_dir={tmp_path / 'full'}", check=True)
     out = tmp_path / "killed"
     rows = out / "vqav2_baseline.jsonl"
     rng = random.Random(7)
-    for target in sorted(rng.sample(range(4, 44), 3)):
+    for target in sorted(rng.sample(range(4, 44), 2)):
         proc = start_script(*args, f"--output_dir={out}")
         assert kill_when(proc, lambda: rows.exists() and rows.read_bytes().count(b"\n") >= target)
         _assert_nothing_half_written(out)
