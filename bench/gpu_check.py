@@ -472,7 +472,7 @@ def main() -> None:
     print(f"wrote {out_dir}/gpu_check.json and gpu_results.md")
 
 
-_DEFAULTS = {k.lower(): v for k, v in globals().items() if k in config_keys(globals())}
+_DEFAULTS = {k.lower(): globals()[k] for k in config_keys(globals())}
 
 if __name__ == "__main__":
     run_main(main)

@@ -217,10 +217,11 @@ def plan_memory(
     import torch
     import transformers
 
-    script_lora = LoraSettings.of_script()
-    lora_r = script_lora.r if lora_r is None else lora_r
-    lora_targets = script_lora.target_modules if lora_targets is None else lora_targets
-    lora_scope = script_lora.scope if lora_scope is None else lora_scope
+    if None in (lora_r, lora_targets, lora_scope):
+        script_lora = LoraSettings.of_script()
+        lora_r = script_lora.r if lora_r is None else lora_r
+        lora_targets = script_lora.target_modules if lora_targets is None else lora_targets
+        lora_scope = script_lora.scope if lora_scope is None else lora_scope
     if lora_r < 1:
         raise UserError(f"lora_r must be >= 1, got {lora_r}")
     cfg = load_blip2_config(config)
