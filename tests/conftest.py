@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import QUICKSTART_HEADING, REPO, fresh_copy, readme_commands, run_command
+
 sys.path.insert(0, str(REPO))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per script it runs
@@ -25,8 +26,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per scrip
     import torch
 
     torch.set_num_threads(1)
-
-from src.twin_story import QUICKSTART_HEADING, readme_commands  # noqa: E402  (the README's command blocks)
 
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
 
@@ -74,64 +73,6 @@ def tiny_model_dir() -> str:
     return str(TINY_MODEL)
 
 
-def run_script(*args, timeout=600, env=None, check=False, cwd=REPO) -> subprocess.CompletedProcess:
-    """Run `python <args...>` from the repo root, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """A user error: non-zero exit, no traceback, an 'error:' line naming each fragment."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-def start_script(*args, env=None) -> subprocess.Popen:
-    """Start `python <args...>` from the repo root in the background (output discarded)."""
-    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
-    """SIGKILL `proc` as soon as ready() holds; False if it finished first."""
-    import signal
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"no progress within {timeout} s")
-
-
-# --- the README's offline quick start, run once per test session -----------------------------------------
-
-def fresh_copy(dst: Path) -> Path:
-    """The repository as a clean clone has it (no outputs, no converted data)."""
-    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "easy_vqa", "artifacts")
-    shutil.copytree(REPO, dst, ignore=ignore)
-    for d in ("outputs", "assets/comparisons"):  # as in a clean clone: only the .gitkeep
-        for p in (dst / d).iterdir():
-            if p.name != ".gitkeep":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return dst
-
-
 @pytest.fixture(scope="session")
 def quickstart(tiny_model_dir, tmp_path_factory) -> dict:
     """Every command of the README's offline quick start, exactly as written, in a fresh copy of the
@@ -139,20 +80,10 @@ def quickstart(tiny_model_dir, tmp_path_factory) -> dict:
     finds it and reuses it). tests/test_readme.py checks the commands; tests/test_pipeline.py the files."""
     repo = fresh_copy(tmp_path_factory.mktemp("quickstart") / "repo")
     shutil.copytree(tiny_model_dir, repo / "outputs" / "tiny-blip2")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     runs = []
-    for cmd in readme_commands(QUICKSTART_HEADING):
-        proc = subprocess.run(cmd, shell=True, cwd=repo, capture_output=True, text=True, timeout=900, env=env)
+    for cmd in readme_commands(QUICKSTART_HEADING):  # `python` in them is this interpreter (helpers.command_argv)
+        proc = run_command(cmd, cwd=repo)
         runs.append((cmd, proc))
         if proc.returncode != 0:
             break
     return {"repo": repo, "out": repo / "outputs", "runs": runs, "model": str(repo / "outputs" / "tiny-blip2")}
-
-
-def quickstart_run(quickstart: dict, script: str) -> subprocess.CompletedProcess:
-    """The quick start's run of `script` (the first command naming it), which must have succeeded."""
-    for cmd, proc in quickstart["runs"]:
-        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-        if script in cmd:
-            return proc
-    raise AssertionError(f"the README's quick start does not run {script}")

@@ -1,9 +1,14 @@
 """The README's commands work exactly as written: the offline quick start runs line by line in a
-fresh copy of the repository, and every script / flag the README names exists."""
+fresh copy of the repository, and every script / flag the README names exists. `python` in a README
+command is the interpreter that runs the tests, whatever `python` comes first on PATH."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 
-from conftest import QUICKSTART_HEADING, REPO, readme_commands
+from helpers import QUICKSTART_HEADING, REPO, command_argv, fresh_copy, readme_commands, run_command
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -17,7 +22,7 @@ def test_setup_commands_are_the_two_documented_ones():
     assert install.startswith("pip install -r requirements.txt")
     assert test.startswith("python -m pytest -q")
     ci = (REPO / ".ci" / "run").read_text()
-    assert "pip install -q -r requirements.txt" in ci and "python3 -m pytest -q" in ci
+    assert "pip install -q -r requirements.txt" in ci and '"$PY" -m pytest -q' in ci
 
 
 def test_offline_quick_start_runs_as_written(quickstart):
@@ -45,3 +50,38 @@ def test_every_script_the_readme_runs_exists():
         assert (REPO / s).exists(), s
     for module in re.findall(r"python -m (src\.[a-z_]+)", README):
         assert (REPO / (module.replace(".", "/") + ".py")).exists(), module
+
+
+def _python_without_torch(folder):
+    """A folder whose `python` and `python3` behave like an interpreter without the project's packages."""
+    folder.mkdir()
+    for name in ("python", "python3"):
+        (folder / name).write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+        (folder / name).chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_a_readme_command_runs_with_the_tests_interpreter(tiny_model_dir, tmp_path):
+    """The quick start's first line, as written, in a fresh copy, with a PATH whose `python` lacks torch:
+    the harness runs it with sys.executable, while the same line through the shell gets PATH's python."""
+    env = _python_without_torch(tmp_path / "bin")
+    repo = fresh_copy(tmp_path / "repo")
+    shutil.copytree(tiny_model_dir, repo / "outputs" / "tiny-blip2")
+    command = readme_commands(QUICKSTART_HEADING)[0]
+    assert command == "python -m src.tiny_model outputs/tiny-blip2"
+    assert command_argv(command) == [sys.executable, "-m", "src.tiny_model", "outputs/tiny-blip2"]
+    proc = run_command(command, cwd=repo, env=env)
+    assert proc.returncode == 0 and "reusing it" in proc.stdout, proc.stderr[-2000:]
+    shell = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, env={**os.environ, **env})
+    assert shell.returncode != 0 and "No module named 'torch'" in shell.stderr
+
+
+def test_tests_pass_when_started_by_path_to_the_venv_python(tmp_path):
+    """`/path/to/venv/bin/python -m pytest` with a PATH whose `python` lacks torch: the README-command test
+    above passes in that pytest too (CI runs the whole suite that way, see .ci/run)."""
+    env = {**os.environ, **_python_without_torch(tmp_path / "bin")}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                           "tests/test_readme.py::test_a_readme_command_runs_with_the_tests_interpreter"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -1,0 +1,107 @@
+"""What the tests share besides fixtures: running the scripts as a user would, reading the README's
+command blocks, and checking one-line errors. Imported as `from helpers import ...` (the fixtures
+stay in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+QUICKSTART_HEADING = "## 离线 CPU 快速体验"
+
+
+def readme_commands(heading: str = QUICKSTART_HEADING, readme: Path = README) -> list[str]:
+    """The commands of the first bash block after `heading` in the README, exactly as written
+    (comment lines left out)."""
+    section = readme.read_text(encoding="utf-8").split(heading, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def command_argv(command: str) -> list[str]:
+    """A README command line as the argv to run: `python` at its start becomes the interpreter that runs
+    the tests, so a command runs with the project's packages whatever `python` is first on PATH."""
+    argv = shlex.split(command)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def script_env(env: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+
+
+def run_script(*args, timeout=600, env=None, check=False, cwd=REPO) -> subprocess.CompletedProcess:
+    """Run `python <args...>` (this interpreter) from the repo root, as a user would."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=script_env(env))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_command(command: str, cwd: Path, timeout=900, env=None) -> subprocess.CompletedProcess:
+    """Run one README command line (see `command_argv`) in `cwd`."""
+    return subprocess.run(command_argv(command), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=script_env(env))
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A user error: exit code 2, no traceback, an 'error:' line naming each fragment."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def start_script(*args, env=None) -> subprocess.Popen:
+    """Start `python <args...>` from the repo root in the background (output discarded)."""
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=script_env(env))
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL `proc` as soon as ready() holds; False if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no progress within {timeout} s")
+
+
+def fresh_copy(dst: Path) -> Path:
+    """The repository as a clean clone has it (no outputs, no converted data)."""
+    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "easy_vqa", "artifacts", ".venv")
+    shutil.copytree(REPO, dst, ignore=ignore)
+    for d in ("outputs", "assets/comparisons"):  # as in a clean clone: only the .gitkeep
+        for p in (dst / d).iterdir():
+            if p.name != ".gitkeep":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return dst
+
+
+def quickstart_run(quickstart: dict, script: str) -> subprocess.CompletedProcess:
+    """The quick start's run of `script` (the first command naming it), which must have succeeded."""
+    for cmd, proc in quickstart["runs"]:
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        if script in cmd:
+            return proc
+    raise AssertionError(f"the README's quick start does not run {script}")
