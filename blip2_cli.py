@@ -65,7 +65,7 @@ def main(argv=None):
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     question = check_question(args.question) if args.question is not None else None
     paths = collect_images(args.images)
-    images = [load_image(p) for p in paths]  # fail before the (slow) model load
+    images = [load_image(p, exif_orientation=True) for p in paths]  # fail before the (slow) model load
     check_model_dir(args.model_id)
     adapter = args.adapter_dir or None  # "" = base model only, as ADAPTER_DIR in the other scripts
     if adapter:

@@ -50,7 +50,7 @@ def main():
     if out_path.is_dir():
         raise UserError(f"output file {out_path} is a folder; choose another name with --output_file=")
     check_output_dir(out_path.parent)  # --output_file may name a subfolder
-    images, errors = load_images(paths)
+    images, errors = load_images(paths, exif_orientation=True)  # photos: upright as their cameras meant
     check_model_dir(MODEL_ID)
     if adapter:
         check_adapter_dir(adapter, MODEL_ID)

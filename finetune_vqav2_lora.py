@@ -109,11 +109,11 @@ def train(config: dict, accelerator, out_dir, mixed: str):
     model_config, end_id = model.config, end_token_id(model)
     model = T.set_train_mode(T.add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     optimizer, scheduler = T.make_optimizer(model, LR, WEIGHT_DECAY, WARMUP_STEPS, TRAIN_STEPS)
-    ckpt, start_step = resume(config, ckpt_root, model, optimizer, scheduler, accelerator.is_main_process)
     trainable, total, wrapped = T.lora_summary(model)
 
     # not the scheduler: accelerate's wrapper would step it once per process at every optimizer step
     model, optimizer = accelerator.prepare(model, optimizer)
+    ckpt, start_step = resume(config, ckpt_root, accelerator, model, optimizer, scheduler)
     world = accelerator.num_processes
     data = T.TrainBatches(samples, processor, model_config, end_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
                           first=start_step * GRAD_ACCUM, count=(TRAIN_STEPS - start_step) * GRAD_ACCUM,
@@ -152,13 +152,15 @@ def print_memory_plan(lora, device: str) -> None:
         print(f"(no memory estimate: {e})")
 
 
-def resume(config: dict, ckpt_root, model, optimizer, scheduler, main_proc: bool):
+def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     """Restore the newest checkpoint that verifies, if its settings match; (checkpoint or None, its step).
-    The training log is cut back to exactly the steps that checkpoint contains."""
+    Every process takes its own random state and the fp16 loss scale back; the training log is cut back
+    to exactly the steps that checkpoint contains."""
     from src.errors import UserError
     from src.io import read_jsonl, write_jsonl
     from src import training as T
 
+    main_proc = accelerator.is_main_process
     start_step = 0
     ckpt, skipped = T.latest_checkpoint(ckpt_root)
     for note in skipped:
@@ -172,7 +174,8 @@ def resume(config: dict, ckpt_root, model, optimizer, scheduler, main_proc: bool
                 f"{ckpt} was made with different settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diffs)}; "
                 f"now {', '.join(f'{k}={config.get(k)!r}' for k in diffs)}); use the same settings to resume, "
                 f"or delete {ckpt_root} (or use another --output_dir) to start over")
-        start_step = T.load_checkpoint(ckpt, model, optimizer, scheduler)
+        start_step = T.load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler,
+                                       rank=accelerator.process_index, scaler=accelerator.scaler)
     log_path = ckpt_root / "train_log.jsonl"
     if main_proc:
         kept = [r for r in read_jsonl(log_path, allow_torn_tail=True) if r["step"] <= start_step] if log_path.exists() else []
@@ -187,6 +190,7 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
     import time
 
     import torch
+    from accelerate.utils import gather_object
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -204,8 +208,8 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
     t0 = time.perf_counter()
     for step in range(start_step + 1, TRAIN_STEPS + 1):
         try:
-            loss, grad_norm = T.training_step(model, itertools.islice(batches, GRAD_ACCUM), accelerator, optimizer,
-                                              scheduler, MAX_GRAD_NORM)
+            result = T.training_step(model, itertools.islice(batches, GRAD_ACCUM), accelerator, optimizer,
+                                     scheduler, MAX_GRAD_NORM)
         except T.NonFiniteLoss as e:
             bar.close()
             last = T.checkpoint_dirs(ckpt_root)
@@ -214,17 +218,19 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
                             f"Lower --lr (now {LR}) or check the data, then rerun to resume from there") from None
         lr = scheduler.get_last_lr()[0]
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}")
         if main_proc:
             elapsed = time.perf_counter() - t0
             seen = (step - start_step) * PER_DEVICE_BATCH * GRAD_ACCUM * accelerator.num_processes
-            log.write([{"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "elapsed_s": round(elapsed, 2),
+            # a step fp16's loss scaling skipped (overflowing gradients): no update, no schedule step
+            log.write([{"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                        "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
                         "samples_per_s": round(seen / elapsed, 2)}])
         if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
-            accelerator.wait_for_everyone()
+            rng_states = gather_object([T.rng_state()])  # every rank's, in rank order: each resumes from its own
             if main_proc:
                 T.save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler,
-                                  config, KEEP_CHECKPOINTS)
+                                  config, KEEP_CHECKPOINTS, rng_states=rng_states, scaler=accelerator.scaler)
             accelerator.wait_for_everyone()
     bar.close()
     if log:

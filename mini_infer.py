@@ -41,7 +41,7 @@ def main():
     question = check_question(QUESTION)
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model
     out_dir = check_output_dir(OUTPUT_DIR)
-    image = load_image(IMAGE)
+    image = load_image(IMAGE, exif_orientation=True)  # a user's photo: upright as its camera meant
     check_model_dir(MODEL_ID)
     if adapter:
         check_adapter_dir(adapter, MODEL_ID)

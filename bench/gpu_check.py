@@ -288,7 +288,7 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
                 break
             sync(device)
             t = time.perf_counter()
-            loss, _ = training_step(model, [inputs], accelerator, optimizer, scheduler, MAX_GRAD_NORM)
+            loss = training_step(model, [inputs], accelerator, optimizer, scheduler, MAX_GRAD_NORM).loss
             sync(device)
             losses.append(loss)
             if step >= TRAIN_WARMUP_STEPS:

@@ -52,7 +52,7 @@ def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IM
         if size > max_upload_mb * 1024 * 1024:
             raise UserError(tr("too_large", name=name, mb=f"{size / 2**20:.1f}", limit=f"{max_upload_mb:g}"))
     try:
-        return load_image(path, max_pixels=max_pixels)
+        return load_image(path, max_pixels=max_pixels, exif_orientation=True)  # an upload: upright
     except UserError as e:
         detail = str(e).replace(str(path), name)
         key = next((k for start, k in _IMAGE_PROBLEMS.items() if detail.startswith(start)), None)

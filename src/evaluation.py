@@ -26,15 +26,23 @@ from .i18n import texts
 from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
+from .modeling import IMAGE_BACKEND
 from .prompts import format_prompt, generation_record, get_decoding
 from .runtime import check_positive
 from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 
 # settings that must not change between a run and its resumption
 # every row carries these; a resumed run keeps a row only if all of them equal this run's
-RESUME_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization", "dataset", "answer_processing")
+RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_processing", "decoding", "quantization",
+               "dataset", "answer_processing", "image_backend")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
 SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn once by the baseline
+
+
+def _as_is(item):
+    """The DataLoader's collate_fn: a _BatchImages item is a batch already. Module-level, so that workers
+    started with spawn or forkserver (macOS, Windows, Linux from Python 3.14) can pickle it."""
+    return item
 
 
 class _BatchImages(Dataset):
@@ -157,7 +165,7 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     budget = question_token_budget(model, processor, prompt, decoding_kwargs)
     writer_path = out_path if accelerator.num_processes == 1 else part_path(out_path, accelerator.process_index)
     loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers,
-                        collate_fn=lambda x: x)
+                        collate_fn=_as_is)
     bar = tqdm(total=sum(len(b) for b in mine), desc=desc, unit="q", disable=not accelerator.is_main_process,
                dynamic_ncols=True)
     start, n_answered, n_errors = time.perf_counter(), 0, 0
@@ -260,7 +268,8 @@ def eval_record(*, model_id: str, adapter: str | None, quantization: str, datase
                 vqa_decoding: str) -> dict:
     """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS)."""
     return {"model_id": model_id, "adapter": adapter, "quantization": quantization, "dataset": dataset,
-            "answer_processing": ANSWER_PROCESSING, **generation_record(vqa_prompt, vqa_decoding)}
+            "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,
+            **generation_record(vqa_prompt, vqa_decoding)}
 
 
 def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, *, config: dict,

@@ -31,8 +31,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image file as RGB, EXIF orientation applied, first frame of animations.
+def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_orientation: bool = False) -> Image.Image:
+    """Open an image file as RGB, first frame of animations.
+
+    `exif_orientation=True` turns the picture upright as its EXIF Orientation tag says: right for a
+    photo a user uploads (the demo, the CLI, mini_infer, the ten demo images). Dataset images (VQAv2/COCO,
+    easy-VQA, the hub parquet) keep their stored orientation, which is what the VQA annotators and
+    LAVIS saw, so evaluation and training read them as stored.
 
     Raises UserError naming the file for: missing file, empty file, unreadable file (permissions), not an image,
     truncated/corrupt data, or an image larger than `max_pixels` (checked from the
@@ -53,7 +58,8 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
                 )
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if exif_orientation:
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except UserError:
         raise
@@ -87,13 +93,13 @@ def list_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def load_images(paths) -> tuple[dict, dict]:
+def load_images(paths, *, exif_orientation: bool = False) -> tuple[dict, dict]:
     """Open each distinct path once: ({path: RGB image}, {path: error message}) — a bad file
-    becomes an error entry instead of stopping a batch run."""
+    becomes an error entry instead of stopping a batch run. `exif_orientation` as in load_image."""
     images, errors = {}, {}
     for p in dict.fromkeys(paths):
         try:
-            images[p] = load_image(p)
+            images[p] = load_image(p, exif_orientation=exif_orientation)
         except UserError as e:
             errors[p] = str(e)
     return images, errors

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from .modeling import blip2_core
-from .prompts import first_line
+from .prompts import first_line, generate_kwargs
 
 
 def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
@@ -50,12 +50,14 @@ def tokenize_prompts(processor, prompts: Sequence[str], image_token_id: int, num
 
 
 @torch.no_grad()
-def generate_from_features(model, processor, image_features: torch.Tensor, prompts: Sequence[str], decoding: dict,
-                           max_prompt_tokens: int | None = None) -> list[str]:
-    """Generate one answer per prompt; row i uses image_features[i]."""
+def generate_from_features(model, processor, image_features: torch.Tensor, prompts: Sequence[str],
+                           decoding: dict) -> list[str]:
+    """Generate one answer per prompt; row i uses image_features[i]. A preset's prompt-token cap
+    (`max_prompt_tokens`, e.g. vqa_lavis's 32) cuts the prompt as LAVIS does."""
     core = blip2_core(model)
+    decoding, cap = generate_kwargs(decoding)
     input_ids, attention_mask = tokenize_prompts(processor, prompts, core.config.image_token_id,
-                                                 core.config.num_query_tokens, max_prompt_tokens)
+                                                 core.config.num_query_tokens, cap)
     device = core.get_input_embeddings().weight.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     embeds = core.get_input_embeddings()(input_ids)
@@ -71,13 +73,13 @@ def generate_from_features(model, processor, image_features: torch.Tensor, promp
 
 @torch.no_grad()
 def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequence[str], decoding: dict,
-                   image_index: Sequence[int] | None = None, max_prompt_tokens: int | None = None) -> list[str]:
+                   image_index: Sequence[int] | None = None) -> list[str]:
     """Answers for one batch. pixel_values holds the batch's distinct images; prompt i uses
     image image_index[i] (default: image i), so a shared image is encoded once."""
     features = encode_images(model, pixel_values)
     if image_index is not None:
         features = features[torch.as_tensor(list(image_index), dtype=torch.long, device=features.device)]
-    return generate_from_features(model, processor, features, prompts, decoding, max_prompt_tokens)
+    return generate_from_features(model, processor, features, prompts, decoding)
 
 
 def question_token_budget(model, processor, prompt_name: str, decoding: dict) -> int:

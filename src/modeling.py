@@ -97,11 +97,18 @@ def _fetch_error(model_id: str, err: Exception) -> UserError:
     )
 
 
+IMAGE_BACKEND = "pil"  # what LAVIS used (PIL bicubic); see load_processor
+
+
 def load_processor(model_id: str):
+    """The model's processor, its images always resized by PIL (bicubic, what LAVIS used). transformers 5
+    otherwise picks the torchvision backend whenever torchvision imports (a usual CUDA install), which
+    resizes tensors with antialiasing: other pixels, so a baseline and a fine-tuned run made on two
+    machines would not be comparable. Rows record the backend (`image_backend`)."""
     from transformers import AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(model_id)
+        processor = AutoProcessor.from_pretrained(model_id, backend=IMAGE_BACKEND)
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
     # image tokens come first, then left padding, then the prompt: batched generation
@@ -142,8 +149,9 @@ def load_blip2(
         )
     elif quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
-    if quantization != "none":
-        kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
+    # every weight straight onto this process's device (also unquantised: no full copy in host RAM first,
+    # which is 7.7 GB per process, 62 GB on 8 GPUs)
+    kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
 
     processor = load_processor(model_id)
     try:
@@ -151,9 +159,8 @@ def load_blip2(
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
     check_image_tokens(model, processor, model_id)
-    if quantization == "none":
-        model.to(device)
-    elif quantization == "4bit" and not str(device).startswith("cuda"):
+    check_bos(model, processor, model_id)
+    if quantization == "4bit" and not str(device).startswith("cuda"):
         _disable_cpu_repacking(model)
 
     if adapter:
@@ -177,6 +184,25 @@ def check_image_tokens(model, processor, model_id: str) -> None:
             f"{model_id}` (or delete its folder under ~/.cache/huggingface/hub and run again)")
     # the processor's count, when an old processor_config.json lacks it, comes from the model
     processor.num_query_tokens = config.num_query_tokens
+
+
+def check_bos(model, processor, model_id: str) -> None:
+    """The tokenizer must start every text with the language model's BOS (OPT's `</s>`, id 2), as the
+    model was trained and as the fine-tuning target assumes. In transformers 5 only the post-processor of
+    tokenizer.json decides this (add_bos_token is dropped when that file exists), so a damaged or stale
+    tokenizer.json would shift every prompt silently."""
+    bos = model.config.text_config.bos_token_id
+    if bos is None or not getattr(model.config, "use_decoder_only_language_model", True):
+        return
+    ids = processor.tokenizer("a")["input_ids"]
+    if not ids or ids[0] != bos:
+        folder = Path(model_id) if Path(model_id).is_dir() else None
+        where = (f"{folder / 'tokenizer.json'} and {folder / 'tokenizer_config.json'}" if folder else
+                 f"the cached tokenizer.json and tokenizer_config.json of {model_id} (under ~/.cache/huggingface/hub)")
+        fix = ("copy the model folder again" if folder else
+               f"refresh them: `huggingface-cli download {model_id} tokenizer.json tokenizer_config.json --force-download`")
+        raise UserError(f"{model_id}: the tokenizer does not start a text with the model's BOS token (id {bos}; it "
+                        f"starts 'a' with {ids[:3]}): {where} are damaged or stale; {fix}")
 
 
 def end_token_id(model) -> int:

@@ -1,13 +1,25 @@
 """The one prompt registry and the decoding presets every script uses.
 
-BLIP-2's OPT models were evaluated zero-shot on VQAv2 with the prompt "Question: {} Answer:",
-beam search of width 5, length penalty -1 and at most 10 new tokens (BLIP-2 paper, sec. 4.1;
-LAVIS blip2_opt.predict_answers). Captions use an empty text prompt.
+BLIP-2's OPT models were evaluated zero-shot on VQAv2 with the prompt "Question: {} Answer:", beam
+search of width 5 and at most 10 new tokens (BLIP-2 paper, sec. 4.1), through LAVIS, which first passes
+every question through its `blip_question` processor (lavis/processors/blip_processors.py, pre_question:
+lower-case, drop .!"()*#:;~, strip trailing spaces, at most 50 words). " What" and " what" are different
+OPT tokens, so that processing changes the answers. Captions use an empty text prompt.
 
-Reported zero-shot VQAv2 accuracy of blip2-opt-2.7b per prompt:
-  vqa_opt        "Question: {} Answer:"        paper: 53.5 (val), 52.3 (test-dev)
-  vqa_opt_lavis  "Question: {} Short answer:"  LAVIS's released zero-shot OPT config, its comment: 51.88 (val);
-                 questions lower-cased and stripped of .!"()*#:; and ~ first (LAVIS BlipQuestionProcessor)
+Prompts (question processing in brackets) and the zero-shot VQAv2 numbers reported for blip2-opt-2.7b:
+  vqa_opt        "Question: {} Answer:"        [lavis]  the paper's prompt: 53.5 (val), 52.3 (test-dev)
+  vqa_opt_raw    "Question: {} Answer:"        [raw]    the same prompt with the question as written
+  vqa_opt_lavis  "Question: {} Short answer:"  [lavis]  LAVIS's released zero-shot OPT config
+                 (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), its comment: 51.88 (val),
+                 decoded with the `vqa_lavis` preset below
+
+Decoding presets:
+  vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description)
+  vqa_lavis      what LAVIS's predict_answers runs with that yaml: beam 5, length penalty 0 (its default; neither
+                 lavis/tasks/vqa.py nor the yaml sets one), 1-10 new tokens, the prompt cut to max_txt_len = 32
+                 tokens (BOS included, cut at the end as the tokenizer truncates)
+Note: transformers 5 counts the end token in a finished beam's length (cur_len + 1 in
+generation/utils.py), LAVIS's transformers 4.33 did not; with length penalty 0 that makes no difference.
 """
 
 from __future__ import annotations
@@ -16,26 +28,35 @@ import re
 
 PROMPTS = {
     "vqa_opt": "Question: {} Answer:",
+    "vqa_opt_raw": "Question: {} Answer:",
     "vqa_opt_lavis": "Question: {} Short answer:",
     "caption": "",
 }
+# how each prompt's question is processed before it is put in: "lavis" (LAVIS's blip_question) or "raw"
+QUESTION_PROCESSING = {"vqa_opt": "lavis", "vqa_opt_raw": "raw", "vqa_opt_lavis": "lavis", "caption": "raw"}
 
-# prompts whose question is rewritten before it is put in (LAVIS's BlipQuestionProcessor for its VQA configs)
 _LAVIS_STRIP = re.compile(r'([.!\"()*#:;~])')
+LAVIS_MAX_WORDS = 50
 
 
-def _lavis_question(question: str) -> str:
-    return " ".join(_LAVIS_STRIP.sub("", question.lower()).rstrip(" ").split())
+def lavis_question(question: str) -> str:
+    """LAVIS's BlipQuestionProcessor.pre_question, exactly."""
+    question = _LAVIS_STRIP.sub("", question.lower()).rstrip(" ")
+    words = question.split(" ")
+    return " ".join(words[:LAVIS_MAX_WORDS]) if len(words) > LAVIS_MAX_WORDS else question
 
-
-QUESTION_TRANSFORMS = {"vqa_opt_lavis": _lavis_question}
 
 DECODING = {
     # BLIP-2 paper zero-shot VQA decoding
     "vqa_beam5": {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
+    # LAVIS's released zero-shot OPT config (predict_answers defaults, max_txt_len 32)
+    "vqa_lavis": {"num_beams": 5, "length_penalty": 0.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False,
+                  "max_prompt_tokens": 32},
     "greedy": {"num_beams": 1, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
     "caption_beam5": {"num_beams": 5, "length_penalty": 1.0, "max_new_tokens": 30, "min_new_tokens": 1, "do_sample": False},
 }
+# keys of a preset that are not generate() arguments
+PROMPT_KEYS = ("max_prompt_tokens",)
 
 DEFAULT_VQA_PROMPT = "vqa_opt"
 DEFAULT_VQA_DECODING = "vqa_beam5"
@@ -59,12 +80,22 @@ def get_decoding(name: str) -> dict:
     return dict(DECODING[name])
 
 
+def generate_kwargs(decoding: dict) -> tuple[dict, int | None]:
+    """(the generate() arguments of a preset, its prompt-token cap or None)."""
+    kwargs = {k: v for k, v in decoding.items() if k not in PROMPT_KEYS}
+    return kwargs, decoding.get("max_prompt_tokens")
+
+
+def process_question(name: str, question: str) -> str:
+    """The question as prompt `name` puts it in (QUESTION_PROCESSING)."""
+    return lavis_question(question) if QUESTION_PROCESSING.get(name) == "lavis" else question
+
+
 def format_prompt(name: str, question: str | None = None) -> str:
     template = get_prompt(name)
     if "{}" not in template:
         return template
-    transform = QUESTION_TRANSFORMS.get(name)
-    return template.format(transform(question) if transform and question else question)
+    return template.format(process_question(name, question) if question else question)
 
 
 def first_line(text: str) -> str:
@@ -77,7 +108,7 @@ def generation_record(prompt_name: str, decoding_name: str) -> dict:
     return {
         "prompt": prompt_name,
         "prompt_template": get_prompt(prompt_name),
-        **({"question_transform": "lavis"} if prompt_name in QUESTION_TRANSFORMS else {}),
+        "question_processing": QUESTION_PROCESSING.get(prompt_name, "raw"),
         "decoding": {"preset": decoding_name, **get_decoding(decoding_name)},
     }
 

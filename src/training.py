@@ -15,7 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -144,12 +144,17 @@ def freeze_base(model, gradient_checkpointing: bool):
 
     Unlike peft's prepare_model_for_kbit_training this casts nothing to fp32: with only the language
     model in 4-bit, that would put the 1B-parameter ViT-g in fp32 (about 4 GB). Autocast runs layer
-    norms in fp32 anyway, and the LoRA weights peft adds are fp32."""
+    norms in fp32 anyway, and the LoRA weights peft adds are fp32.
+
+    No input-embedding hooks (`enable_input_require_grads`): non-reentrant checkpointing needs no input
+    that requires grad, and in transformers 5 that hook goes on every sub-model's embeddings, the vision
+    tower's included, which would make autograd keep every ViT-g activation and run its backward down to
+    the patch embedding for nothing (see `training_loss`)."""
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    model.disable_input_require_grads()
     return model
 
 
@@ -165,6 +170,8 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
     except ValueError as e:
         raise UserError(f"LoRA found no layer to adapt for TARGET_MODULES={list(lora.target_modules)} inside "
                         f"{lora.scope!r} ({str(e).splitlines()[0][:160]}); use names of Linear layers such as q_proj, v_proj") from None
+    # peft adds the input-embedding hooks itself to an unquantised model with checkpointing on: off again
+    model.get_base_model().disable_input_require_grads()
     return model
 
 
@@ -182,9 +189,20 @@ def set_train_mode(model):
 
 
 def training_loss(model, batch: dict):
-    """The loss of one micro-batch (answer tokens only). No KV cache: nothing is generated, and a
-    cache would only hold memory when gradient checkpointing is off."""
-    return model(**batch, use_cache=False).loss
+    """The loss of one micro-batch (answer tokens only).
+
+    The frozen vision tower, Q-Former and projection run under no_grad and hand their image features
+    to the model (`mm_encoder_outputs`): autograd keeps no ViT-g activation and the backward pass stops
+    at the language model, whose LoRA layers are all that train; their gradients are the same as through
+    the full graph. No KV cache: nothing is generated, and a cache would only hold memory when gradient
+    checkpointing is off. `model` may be wrapped (DDP, peft)."""
+    from .modeling import blip2_core
+
+    core = blip2_core(getattr(model, "module", model))
+    with torch.no_grad():
+        image = core.get_image_features(pixel_values=batch["pixel_values"], return_dict=True)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 pixel_values=None, mm_encoder_outputs={"image": image}, use_cache=False).loss
 
 
 # --- the optimizer step ------------------------------------------------------------------------
@@ -206,8 +224,14 @@ class NonFiniteLoss(UserError):
         self.loss = loss
 
 
-def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
-    """One optimizer step; returns (loss, gradient norm before clipping).
+class StepResult(NamedTuple):
+    loss: float  # mean over micro-batches and processes
+    grad_norm: float | None  # before clipping; None on a skipped step
+    skipped: bool  # fp16 loss scaling found inf/nan gradients: no update, the schedule did not move
+
+
+def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_grad_norm: float) -> StepResult:
+    """One optimizer step.
 
     Every micro-batch runs forward and backward inside `accelerator.accumulate`, which skips the
     gradient all-reduce of data parallelism on all but the last one and divides each loss by the
@@ -215,7 +239,9 @@ def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_g
     is their mean, averaged over processes. If it is not finite, NonFiniteLoss is raised before
     anything is stepped, so the newest checkpoint stays the last good state. Otherwise the gradients
     are clipped to `max_grad_norm`, the optimizer (prepared by the accelerator) and the scheduler step,
-    and the gradients are cleared.
+    and the gradients are cleared. Under fp16 loss scaling (T4, V100) the scaler skips the update when
+    the scaled gradients overflow; the schedule then stays where it is, as the weights do, and the result
+    says so (accelerate's `optimizer_step_was_skipped`).
     """
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in micro_batches:
@@ -237,9 +263,11 @@ def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_g
         raise NonFiniteLoss(mean_loss)
     grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()
-    scheduler.step()
+    skipped = bool(accelerator.optimizer_step_was_skipped)
+    if not skipped:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return mean_loss, float(grad_norm)
+    return StepResult(mean_loss, None if skipped else float(grad_norm), skipped)
 
 
 def lora_summary(model) -> tuple[int, int, list[str]]:
@@ -264,6 +292,13 @@ def describe_wrapped(wrapped: list[str]) -> str:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
+def save_adapter_weights(model, folder: Path) -> None:
+    """The LoRA adapter (safetensors + adapter_config.json). save_embedding_layers=False: peft's default
+    ("auto") asks the hub whether the base model's config exists at every save, a network time-out on an
+    offline cluster node, for an answer that never applies to BLIP-2 (its embeddings are not trained)."""
+    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+
 
 def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a temporary or half-written one is never listed)."""
@@ -314,10 +349,28 @@ def write_manifest(d: Path) -> None:
     write_json(d / MANIFEST, sizes)
 
 
+def rng_state() -> dict:
+    """This process's random state (torch, CUDA, Python): what it continues from after a resume."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": list(random.getstate()[1])}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate((3, tuple(state["python"]), None))
+
+
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
-                    processor=None) -> Path:
+                    processor=None, *, rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter + optimizer + scheduler + step + RNG + config, written to a temporary folder and
     renamed into place: a kill leaves the previous checkpoints and at most a stray temp folder.
+
+    `rng_states` holds every process's random state in rank order (default: this process's), so each
+    rank of a data-parallel run resumes from its own; `scaler`, fp16's GradScaler, is saved with its scale,
+    so a resumed run does not start again at 65536 and skip the steps the uninterrupted one did not.
 
     Not accelerate's `save_state`: that saves the whole model's state dict (here the frozen 4-bit base,
     gigabytes per checkpoint, against megabytes for the adapter) and writes in place, with no manifest
@@ -328,16 +381,15 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, con
     tmp = ckpt_root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_adapter_weights(model, tmp)
     if processor is not None:
         processor.save_pretrained(tmp)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python_rng": list(random.getstate()[1]),
+        "rng": rng_states or [rng_state()],
+        "scaler": scaler.state_dict() if scaler is not None else None,
     }
     torch.save(state, tmp / TRAINING_STATE)
     write_json(tmp / "config.json", {**config, "step": step})
@@ -364,9 +416,9 @@ def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
-def load_checkpoint(d: Path, model, optimizer, scheduler) -> int:
-    """Restore adapter weights, optimizer, scheduler and RNG from checkpoint `d`, one that
-    `latest_checkpoint` has verified; returns its step."""
+def load_checkpoint(d: Path, model, optimizer, scheduler, *, rank: int = 0, scaler=None) -> int:
+    """Restore adapter weights, optimizer, scheduler, the fp16 scaler and process `rank`'s random state
+    from checkpoint `d`, one that `latest_checkpoint` has verified; returns its step."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -375,10 +427,11 @@ def load_checkpoint(d: Path, model, optimizer, scheduler) -> int:
     state = torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if torch.cuda.is_available() and state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    random.setstate((3, tuple(state["python_rng"]), None))
+    # checkpoints of earlier versions hold the main process's state only
+    states = state.get("rng") or [{"torch": state["torch_rng"], "cuda": state["cuda_rng"], "python": state["python_rng"]}]
+    set_rng_state(states[rank] if rank < len(states) else states[0])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return int(state["step"])
 
 
@@ -395,7 +448,7 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_adapter_weights(model, tmp)
     processor.save_pretrained(tmp)
     write_json(tmp / "training_config.json", config)
     give_default_permissions(tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, kill_when, run_script
+from helpers import REPO, assert_one_line_error, kill_when, run_script
 
 from src.data import load_samples
 from src.errors import UserError

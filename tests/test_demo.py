@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, run_script
 from PIL import Image
 
 from src.demo_app import DemoOptions, comparison_view, make_answer_fn

@@ -10,7 +10,7 @@ each question is answered with.
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 import src.evaluation
 from src.data import load_samples
 from src.evaluation import read_rows, run_vqa

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from src.images import load_image
 from src.inference import generate_for_images
 from src.modeling import load_blip2

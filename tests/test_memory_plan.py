@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import run_script
+from helpers import run_script
 from src.modeling import QUANTIZATION_SKIP_MODULES
 from src.memory_plan import ARCHITECTURE_JSON, held_bytes, load_blip2_config, nf4_weight_bytes, plan_memory
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from conftest import QUICKSTART_HEADING, REPO, assert_one_line_error, quickstart_run, readme_commands, run_script
+from helpers import QUICKSTART_HEADING, REPO, assert_one_line_error, quickstart_run, readme_commands, run_script
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 

@@ -6,6 +6,7 @@ the fine-tuning target ending with the token generation stops on."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, run_script
 from src.data import VQASample
 from src.errors import UserError
 from src.vqa_eval import normalize_answer, vqa_accuracy
@@ -169,7 +170,7 @@ def test_training_forward_uses_no_cache(tiny_model_dir):
 def test_lavis_prompt_lowercases_and_strips_the_question():
     from src.prompts import format_prompt, generation_record
 
-    assert format_prompt("vqa_opt", 'What is "this"?') == 'Question: What is "this"? Answer:'
+    assert format_prompt("vqa_opt_raw", 'What is "this"?') == 'Question: What is "this"? Answer:'
     assert format_prompt("vqa_opt_lavis", 'What is "THIS" (#1); the man~s: hat.!?') == \
         "Question: what is this 1 the mans hat? Short answer:"
     assert generation_record("vqa_opt_lavis", "vqa_beam5")["prompt_template"] == "Question: {} Short answer:"
@@ -191,3 +192,302 @@ def test_the_training_target_ends_with_the_token_generation_stops_on(tiny_model_
     ids, labels = encode_example(tok, "Question: what color is the shape? Answer:", "red", end)
     assert ids[-1] == labels[-1] == end
     assert tok.decode([i for i in labels if i != -100]) == " red\n"
+
+
+
+# --- round two: no backward through the frozen ViT-g and Q-Former ---------------------------------------
+
+def _lora_twin(tiny_model_dir, quantization: str, checkpointing: bool):
+    from src.modeling import load_blip2
+    from src.training import LoraSettings, add_lora, set_train_mode
+
+    model, processor = load_blip2(tiny_model_dir, quantization=quantization, device="cpu", trainable_adapter=True)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "v_proj", "fc1"), scope="language_model")
+    torch.manual_seed(0)
+    model = set_train_mode(add_lora(model, lora, gradient_checkpointing=checkpointing))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)  # B starts at zero; give A a gradient too
+    return model, processor
+
+
+def _train_batch(processor, model):
+    from src.data import load_samples
+    from src.modeling import end_token_id
+    from src.training import TrainBatches
+
+    samples = load_samples("tiny", "train", str(REPO / "data"))
+    data = TrainBatches(samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
+                        first=0, count=1, world_size=1, rank=0)
+    return data[0]
+
+
+def _lora_grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "none"])
+def test_training_builds_no_graph_through_the_frozen_tower_and_gives_the_same_lora_gradients(tiny_model_dir, quantization):
+    """The vision tower's and the Q-Former's outputs never require grad in a training forward (4-bit and
+    16-bit alike, gradient checkpointing on: where peft and transformers used to hook every embedding),
+    and the LoRA gradients equal those of the old path through the whole graph with input hooks."""
+    from src.training import training_loss
+
+    model, processor = _lora_twin(tiny_model_dir, quantization, checkpointing=True)
+    core = model.get_base_model()
+    assert not getattr(core, "_require_grads_hooks", [])  # no input-embedding hook anywhere
+    seen = {}
+    core.vision_model.register_forward_hook(lambda m, i, o: seen.__setitem__("vision", o.last_hidden_state))
+    core.qformer.register_forward_hook(lambda m, i, o: seen.__setitem__("qformer", o.last_hidden_state))
+    batch = _train_batch(processor, model)
+    torch.manual_seed(1)
+    training_loss(model, batch).backward()
+    assert not seen["vision"].requires_grad and seen["vision"].grad_fn is None
+    assert not seen["qformer"].requires_grad and seen["qformer"].grad_fn is None
+    ours = _lora_grads(model)
+    model.zero_grad(set_to_none=True)
+
+    core.enable_input_require_grads()  # the old path: hooks on every embedding, the whole graph
+    torch.manual_seed(1)
+    model(**batch, use_cache=False).loss.backward()
+    assert seen["vision"].requires_grad  # the graph the old path built through the ViT
+    old = _lora_grads(model)
+    assert ours.keys() == old.keys() and len(ours) > 0
+    for name in ours:
+        torch.testing.assert_close(ours[name], old[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_skipped_fp16_step_does_not_move_the_schedule(tiny_model_dir, monkeypatch):
+    """fp16 loss scaling (T4, V100) skips the update when the scaled gradients overflow: the weights stay,
+    so the cosine schedule must stay too, and the step says it was skipped (mocked: no GPU here)."""
+    from accelerate import Accelerator
+
+    from src.runtime import make_accelerator
+    from src.training import make_optimizer, training_step
+
+    model, processor = _lora_twin(tiny_model_dir, "none", checkpointing=False)
+    batch = _train_batch(processor, model)
+    accelerator = make_accelerator()
+    optimizer, scheduler = make_optimizer(model, 1e-3, 0.0, 2, 10)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    result = training_step(model, [batch], accelerator, optimizer, scheduler, 1.0)
+    assert not result.skipped and result.grad_norm > 0 and scheduler.last_epoch == 1
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    lr = scheduler.get_last_lr()
+    result = training_step(model, [batch], accelerator, optimizer, scheduler, 1.0)
+    assert result.skipped and result.grad_norm is None
+    assert scheduler.last_epoch == 1 and scheduler.get_last_lr() == lr
+
+
+def test_a_checkpoint_keeps_the_fp16_loss_scale_and_every_ranks_random_state(tiny_model_dir, tmp_path):
+    from src.training import checkpoint_problem, load_checkpoint, make_optimizer, rng_state, save_checkpoint
+
+    model, _ = _lora_twin(tiny_model_dir, "none", checkpointing=False)
+    optimizer, scheduler = make_optimizer(model, 1e-3, 0.0, 2, 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=65536.0)
+    scaler.scale(torch.ones(()))  # the scale is made lazily, at the first scaled loss
+    scaler.update(new_scale=1024.0)  # what a few overflowing steps leave
+    torch.manual_seed(5)
+    rank0 = rng_state()
+    torch.manual_seed(6)
+    rank1 = rng_state()
+    d = save_checkpoint(tmp_path, 3, model, optimizer, scheduler, {"x": 1}, keep=2, rng_states=[rank0, rank1],
+                        scaler=scaler)
+    assert checkpoint_problem(d) is None
+    fresh = torch.amp.GradScaler("cpu", init_scale=65536.0)
+    fresh.scale(torch.ones(()))
+    torch.manual_seed(0)
+    assert load_checkpoint(d, model, optimizer, scheduler, rank=1, scaler=fresh) == 3
+    assert fresh.get_scale() == 1024.0
+    assert torch.equal(torch.get_rng_state(), rank1["torch"])
+    load_checkpoint(d, model, optimizer, scheduler, rank=0)
+    assert torch.equal(torch.get_rng_state(), rank0["torch"])
+
+
+def test_a_two_process_resume_gives_each_rank_its_own_random_state(tiny_model_dir, tmp_path):
+    """Two gloo ranks (torchrun), dropout on: resumed from step 2, each rank continues from its own random
+    state, so steps 3-4 and the step-4 checkpoint's per-rank states equal the uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = ["finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", f"--output_dir={out}",
+            "--train_steps=4", "--save_every=2", "--per_device_batch=2", "--grad_accum=1", "--lr=3e-3",
+            "--warmup_steps=1", "--lora_dropout=0.3", "--num_workers=0", "--preview_samples=0", "--use_4bit=False"]
+
+    def launch():
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
+        proc = subprocess.Popen(torchrun + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                                start_new_session=True)
+        try:
+            log, _ = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        assert proc.returncode == 0, log[-5000:]
+        return log
+
+    ckpts = out / "lora_adapter_checkpoints"
+    launch()
+    whole = [json.loads(l) for l in (ckpts / "train_log.jsonl").read_text().splitlines()]
+    state4 = torch.load(ckpts / "step-000004" / "training_state.pt", weights_only=True)
+    assert len(state4["rng"]) == 2 and not torch.equal(state4["rng"][0]["torch"], state4["rng"][1]["torch"])
+    # what a kill after the step-2 checkpoint leaves: that checkpoint and no later one
+    shutil.rmtree(ckpts / "step-000004")
+    log = launch()
+    assert "resumed from" in log and "step-000002" in log
+    resumed = [json.loads(l) for l in (ckpts / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(whole, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a, b)
+        assert b["skipped"] is False
+    again = torch.load(ckpts / "step-000004" / "training_state.pt", weights_only=True)
+    for rank in (0, 1):
+        assert torch.equal(again["rng"][rank]["torch"], state4["rng"][rank]["torch"]), rank
+        assert again["rng"][rank]["python"] == state4["rng"][rank]["python"], rank
+
+
+def test_evaluation_workers_start_under_spawn(tiny_model_dir, tmp_path):
+    """DataLoader workers started with spawn (macOS, Windows; forkserver, the default from Python 3.14, pickles
+    the same way) must be able to pickle what they get: no lambda as collate_fn."""
+    import subprocess
+    import sys
+
+    code = ("import multiprocessing, runpy, sys\n"
+            "multiprocessing.set_start_method('spawn', force=True)\n"
+            "sys.argv = ['create_vqav2_baseline.py'] + sys.argv[1:]\n"
+            "runpy.run_path('create_vqav2_baseline.py', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code, f"--model_id={tiny_model_dir}", "--quantization=none",
+                           "--dataset=tiny", "--max_samples=6", "--eval_batch=2", "--num_workers=2",
+                           f"--output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(l) for l in (tmp_path / "vqav2_baseline.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["error"] is None for r in rows)
+
+
+def test_the_image_backend_is_pinned_to_pil_and_recorded(tiny_model_dir, monkeypatch):
+    """transformers 5 would pick torchvision's backend whenever torchvision imports (other pixels); the
+    processor is always loaded with PIL, what LAVIS used, and every row says so."""
+    import transformers.models.auto.image_processing_auto as auto
+
+    from src.evaluation import RESUME_KEYS, eval_record
+    from src.modeling import load_processor
+
+    asked = []
+    resolve = auto._resolve_backend
+    monkeypatch.setattr(auto, "_resolve_backend", lambda backend, *a: asked.append(backend) or resolve(backend, *a))
+    processor = load_processor(tiny_model_dir)
+    assert asked == ["pil"] and type(processor.image_processor).__name__ == "BlipImageProcessorPil"
+    record = eval_record(model_id="m", adapter=None, quantization="none", dataset="tiny", vqa_prompt="vqa_opt",
+                         vqa_decoding="vqa_beam5")
+    assert record["image_backend"] == "pil" and "image_backend" in RESUME_KEYS
+
+
+def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upright(tmp_path):
+    """A JPEG with EXIF Orientation 6 (shown rotated 90 degrees): VQAv2/COCO and easy-VQA images are read
+    as stored, as the annotators and LAVIS saw them; a photo a user gives the demo or the CLI is turned."""
+    from src.demo_app import open_upload
+    from src.evaluation import _BatchImages
+    from src.images import load_image
+    from src.modeling import load_processor
+
+    path = tmp_path / "rot.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(REPO / "baseline_images" / "pic_01.jpg").convert("RGB").resize((120, 80)).save(path, exif=exif)
+    assert load_image(path).size == (120, 80)  # datasets: as stored
+    assert load_image(path, exif_orientation=True).size == (80, 120)
+    assert open_upload(str(path), max_upload_mb=10).size == (80, 120)
+    processor = load_processor(str(REPO / "tests" / "artifacts" / "tiny-blip2"))
+    sample = VQASample(1, 1, str(path), "what?", ["a"] * 10, "a", "other", "what")
+    item = _BatchImages([[sample]], processor.image_processor)[0]
+    expected = processor.image_processor([Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert torch.equal(item["pixel_values"], expected)  # the evaluation's pixels: the stored orientation
+
+
+def test_a_tokenizer_that_drops_bos_is_refused_naming_its_files(tiny_model_dir, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_model_dir, twin)
+    tok = json.loads((twin / "tokenizer.json").read_text())
+    tok["post_processor"] = None  # what a stale or damaged tokenizer.json can do: no </s> in front
+    (twin / "tokenizer.json").write_text(json.dumps(tok))
+    proc = run_script("mini_infer.py", f"--model_id={twin}", "--quantization=none", f"--output_dir={tmp_path / 'o'}")
+    assert_one_line_error(proc, "BOS", str(twin / "tokenizer.json"), "copy the model folder again")
+
+
+def test_a_checkpoint_save_asks_no_server(tiny_model_dir, tmp_path):
+    """peft's save_embedding_layers="auto" asks the hub for the base model's config.json at every save; with
+    HF_HUB_OFFLINE unset and HF_ENDPOINT at a real local server, our checkpoint and final saves send it
+    nothing, while the same save with peft's default does (so the server would see it)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    requests = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def _any(self):
+            requests.append((self.command, self.path))
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_HEAD = _any
+
+        def log_message(self, *a):
+            pass
+
+    setup = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from src.modeling import load_blip2
+from src.training import LoraSettings, add_lora, make_optimizer, save_checkpoint, save_final_adapter
+model, processor = load_blip2({tiny_model_dir!r}, quantization="none", device="cpu", trainable_adapter=True)
+model = add_lora(model, LoraSettings(4, 8, 0.0, ("q_proj",), "language_model"), gradient_checkpointing=False)
+model.peft_config["default"].base_model_name_or_path = "Salesforce/blip2-opt-2.7b"  # a hub id, as for users
+out = Path(sys.argv[1])
+"""
+    ours = setup + """
+opt, sch = make_optimizer(model, 1e-3, 0.0, 1, 4)
+save_checkpoint(out / "ckpts", 1, model, opt, sch, {}, keep=2)
+(out / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\\n')
+save_final_adapter(out / "adapter", model, processor, {}, out / "log.jsonl", "t")
+"""
+    peft_default = setup + "model.save_pretrained(out / 'peft_default')\n"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        seen = []
+        for code in (ours, peft_default):
+            proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                                  timeout=300, env=env, cwd=REPO)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            seen.append(list(requests))
+            requests.clear()
+    finally:
+        server.shutdown()
+    assert seen[0] == [], seen[0]
+    assert (tmp_path / "ckpts" / "step-000001" / "adapter_model.safetensors").exists()
+    assert any("blip2-opt-2.7b" in path for _, path in seen[1]), seen[1]  # peft's default asked the server
+
+
+def test_an_unquantised_load_maps_every_weight_to_the_device(tiny_model_dir, monkeypatch):
+    """Unquantised too, every weight goes straight to this process's device (device_map), never first as a
+    whole copy into host RAM (7.7 GB per process for the real model); on CPU the map is just "cpu"."""
+    from transformers import Blip2ForConditionalGeneration
+
+    from src.modeling import load_blip2
+
+    asked = []
+    load = Blip2ForConditionalGeneration.from_pretrained.__func__
+    monkeypatch.setattr(Blip2ForConditionalGeneration, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: asked.append(k) or load(cls, *a, **k)))
+    model, _ = load_blip2(tiny_model_dir, quantization="none", device="cpu")
+    assert asked[0]["device_map"] == {"": "cpu"} and "quantization_config" not in asked[0]
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

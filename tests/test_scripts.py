@@ -5,7 +5,7 @@ import os
 
 from PIL import Image
 
-from conftest import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, run_script
 
 
 def test_mini_infer(tiny_model_dir, tmp_path):

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
@@ -44,7 +44,8 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
     accelerator = make_accelerator(gradient_accumulation_steps=2)
     optimizer, scheduler = make_optimizer(ours, 1e-2, 0.0, 0, 10)
     ours, optimizer = accelerator.prepare(ours, optimizer)
-    got_loss, got_norm = training_step(ours, iter(batches), accelerator, optimizer, scheduler, 0.01)
+    got_loss, got_norm, skipped = training_step(ours, iter(batches), accelerator, optimizer, scheduler, 0.01)
+    assert skipped is False
 
     assert got_loss == pytest.approx(loss.item(), rel=1e-5)
     assert got_norm == pytest.approx(norm.item(), rel=1e-4) and got_norm > 0.01  # the clip was active
