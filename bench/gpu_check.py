@@ -11,7 +11,9 @@ temporary folder and loads it back through `src.modeling.load_blip2`:
            script's LoRA (`src.training.LoraSettings.of_script()`) with gradient checkpointing,
            mixed precision through accelerate, AdamW and gradient clipping; per-device batch
            TRAIN_BATCHES; image + PROMPT_TOKENS + ANSWER_TOKENS + eos per sequence laid out by
-           `src.training.collate_examples`; a few warm-up steps, then the mean step time
+           `src.training.collate_examples`; a few warm-up steps, then the mean step time; for each of
+           TRAIN_PATHS: the step as it is (vision tower under no_grad) and as it was (full_graph: the
+           vision tower in the autograd graph, bench/train_step.py), so the saving shows on the GPU
   eval     `src.inference.generate_batch` (the evaluation's path) with the vqa_beam5 preset forced to
            exactly NEW_TOKENS new tokens (random weights would stop anywhere), batch 1 vs 32, one image
            per question, for the 4-bit model and the bf16 one (`load_blip2(dir, "none")`)
@@ -52,6 +54,7 @@ ANSWER_TOKENS = 3  # answer tokens (eos comes on top)
 TRAIN_WARMUP_STEPS = 2  # untimed steps per batch size
 TRAIN_TIMED_STEPS = 5  # timed steps per batch size
 GRADIENT_CHECKPOINTING = True  # as in the fine-tuning script; it decides most of the activation memory
+TRAIN_PATHS = ["no_grad_tower", "full_graph"]  # the training step now, and before the vision tower left the graph (bench/train_step.py)
 LR = 1e-4  # AdamW learning rate (no effect on time or memory)
 MAX_GRAD_NORM = 1.0  # gradient clipping, as in the fine-tuning script
 EVAL_BATCHES = [1, 32]  # evaluation batch sizes (questions per generate call)
@@ -257,13 +260,14 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
     """Optimizer steps of the fine-tuning script (one micro-batch each) at every TRAIN_BATCHES size."""
     from src.modeling import mixed_precision
     from src.runtime import make_accelerator
-    from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode, training_step
+    from bench.train_step import train_path
+    from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode
 
     image_token_id = model.config.image_token_id
     lora = LoraSettings.of_script()
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     trainable, total, wrapped = lora_summary(model)
-    steps = len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)
+    steps = len(TRAIN_PATHS) * len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)
     optimizer, scheduler = make_optimizer(model, LR, 0.0, 0, steps)
     accelerator = make_accelerator(mixed_precision=mixed_precision(device))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -274,35 +278,45 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
     print(f"LoRA: {trainable:,} trainable of {total:,} parameters on {len(wrapped)} modules", flush=True)
     size = processor.image_processor.size["height"]
     rows = []
-    for batch in TRAIN_BATCHES:
+    for path, batch in [(p, b) for p in TRAIN_PATHS for b in TRAIN_BATCHES]:
         if elapsed() > TOTAL_BUDGET_S:
-            print(f"train batch {batch}: skipped (total budget spent)")
+            print(f"train {path} batch {batch}: skipped (total budget spent)")
             continue
-        inputs = train_batch(processor, image_token_id, batch, size, device)
-        free_memory(device)
-        reset_peak(device)
-        times, losses = [], []
-        start = time.perf_counter()
-        for step in range(TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS):
-            if step >= TRAIN_WARMUP_STEPS + 1 and time.perf_counter() - start > SECTION_BUDGET_S:
-                break
-            sync(device)
-            t = time.perf_counter()
-            loss = training_step(model, [inputs], accelerator, optimizer, scheduler, MAX_GRAD_NORM).loss
-            sync(device)
-            losses.append(loss)
-            if step >= TRAIN_WARMUP_STEPS:
-                times.append(time.perf_counter() - t)
-        step_s = sum(times) / len(times) if times else float("nan")
-        row = {"per_device_batch": batch, "seq_len": int(inputs["input_ids"].shape[1]), "timed_steps": len(times),
-               "step_s": step_s, "samples_per_s": batch / step_s, "loss_first_last": [losses[0], losses[-1]],
-               **peak(device)}
-        rows.append(row)
-        print(f"train batch {batch}: {row['seq_len']} tokens, {step_s:.3f} s/step over {len(times)} steps, "
-              f"peak {gib(row['peak_allocated'])} GiB allocated / {gib(row['peak_reserved'])} GiB reserved, "
-              f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+        with train_path(accelerator.unwrap_model(model), path):
+            rows.append(timed_steps(model, processor, image_token_id, batch, size, device, accelerator, optimizer,
+                                    scheduler, path))
     accelerator.free_memory(model, optimizer)
     return rows, info
+
+
+def timed_steps(model, processor, image_token_id: int, batch: int, size: int, device: str, accelerator, optimizer,
+                scheduler, path: str) -> dict:
+    """Warm-up and timed optimizer steps at one batch size on one training path."""
+    from src.training import training_step
+
+    inputs = train_batch(processor, image_token_id, batch, size, device)
+    free_memory(device)
+    reset_peak(device)
+    times, losses = [], []
+    start = time.perf_counter()
+    for step in range(TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS):
+        if step >= TRAIN_WARMUP_STEPS + 1 and time.perf_counter() - start > SECTION_BUDGET_S:
+            break
+        sync(device)
+        t = time.perf_counter()
+        loss = training_step(model, [inputs], accelerator, optimizer, scheduler, MAX_GRAD_NORM).loss
+        sync(device)
+        losses.append(loss)
+        if step >= TRAIN_WARMUP_STEPS:
+            times.append(time.perf_counter() - t)
+    step_s = sum(times) / len(times) if times else float("nan")
+    row = {"path": path, "per_device_batch": batch, "seq_len": int(inputs["input_ids"].shape[1]),
+           "timed_steps": len(times), "step_s": step_s, "samples_per_s": batch / step_s,
+           "loss_first_last": [losses[0], losses[-1]], **peak(device)}
+    print(f"train {path} batch {batch}: {row['seq_len']} tokens, {step_s:.3f} s/step over {len(times)} steps, "
+          f"peak {gib(row['peak_allocated'])} GiB allocated / {gib(row['peak_reserved'])} GiB reserved, "
+          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    return row
 
 
 # --- reporting ---------------------------------------------------------------------------------------
@@ -353,14 +367,14 @@ def markdown(results: dict) -> str:
             f"AdamW, clip {MAX_GRAD_NORM}; `src.training.training_step`; sequence = "
             f"image tokens + {PROMPT_TOKENS} prompt + {ANSWER_TOKENS} answer + eos):",
             "",
-            "| per-device batch | tokens | s/step | samples/s | peak allocated GiB | peak reserved GiB | goal: batch 4 <= 10 GB |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| step (bench/train_step.py) | per-device batch | tokens | s/step | samples/s | peak allocated GiB | peak reserved GiB | goal: batch 4 <= 10 GB |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in results["train"]:
             goal = ""
-            if r["per_device_batch"] == 4 and r["peak_allocated"] is not None:
+            if r["per_device_batch"] == 4 and r["peak_allocated"] is not None and r.get("path", "no_grad_tower") == "no_grad_tower":
                 goal = "met" if r["peak_allocated"] <= _GOAL_TRAIN_PEAK_BYTES else "**missed**"
-            lines.append(f"| {r['per_device_batch']} | {r['seq_len']} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
+            lines.append(f"| {r.get('path', 'no_grad_tower')} | {r['per_device_batch']} | {r['seq_len']} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
                          f"{gib(r['peak_allocated'])} | {gib(r['peak_reserved'])} | {goal} |")
     if results["eval"]:
         lines += [

@@ -246,7 +246,7 @@ def plan_memory(
         "weights_bytes": precisions["nf4"]["bytes"],
         "lora_bytes": lora["total_bytes"],
         "total_bytes": precisions["nf4"]["bytes"] + lora["total_bytes"],
-        "activations": "not estimated",
+        "activations": "not estimated (the language model's only: image features are computed under no_grad)",
     }
 
     tied = getattr(model, "all_tied_weights_keys", {}) or {}
@@ -399,7 +399,9 @@ def format_plan(plan: dict) -> str:
         f"{_gib(q['lora_bytes'], unit)} = {_gib(q['total_bytes'], unit)} {unit_name} (src.training.freeze_base casts "
         "nothing to fp32)"
     )
-    lines.append("Activations, CUDA context and allocator overhead are not estimated.")
+    lines.append("Activations, CUDA context and allocator overhead are not estimated. Training keeps no activation of "
+                 "the vision tower or the Q-Former (their image features are computed under no_grad; "
+                 "python -m bench.train_step compares the two steps on the twin).")
     return "\n".join(lines)
 
 

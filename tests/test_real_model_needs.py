@@ -491,3 +491,15 @@ def test_an_unquantised_load_maps_every_weight_to_the_device(tiny_model_dir, mon
     model, _ = load_blip2(tiny_model_dir, quantization="none", device="cpu")
     assert asked[0]["device_map"] == {"": "cpu"} and "quantization_config" not in asked[0]
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_train_step_bench_shows_the_vision_tower_out_of_the_graph(tiny_model_dir):
+    """`python -m bench.train_step` (the README's before/after line): the old path saves vision-tower
+    activations for backward, the current one none, and both give the same LoRA gradients."""
+    proc = run_script("-m", "bench.train_step", f"--model_dir={tiny_model_dir}", "--batch=2", "--timed_steps=1",
+                      "--repeats=1", "--write_results=False", check=True, timeout=300)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in proc.stdout.splitlines() if line.startswith(("| full_graph", "| no_grad_tower"))}
+    assert float(rows["full_graph"][2]) > 0 and float(rows["no_grad_tower"][2]) == 0, proc.stdout
+    assert float(rows["no_grad_tower"][1]) < float(rows["full_graph"][1]), proc.stdout
+    assert "largest difference between the paths: 0.00e+00" in proc.stdout, proc.stdout

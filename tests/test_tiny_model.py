@@ -56,7 +56,7 @@ def test_special_tokens_play_the_real_roles(tiny_model_dir):
 def test_the_card_reports_a_captioner(tiny_model_dir):
     card = json.loads((REPO / tiny_model_dir / "card.json").read_text())
     assert card["steps"] > 0 and "easy-VQA train images" in card["pretraining_data"]
-    assert card["caption_accuracy"] >= 85, card  # "a {colour} {shape}" exactly, on val images: margin above 90
+    assert card["caption_accuracy"] >= 85, card  # "a {colour} {shape}" exactly, on val images (91.7-95.0 across kernel settings, bench/RESULTS.md)
     assert card["seconds"] > 0
 
 
