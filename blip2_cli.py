@@ -54,29 +54,50 @@ def collect_images(items: list[str]) -> list[Path]:
     return paths
 
 
+def read_images(paths: list[Path]) -> tuple[list[Path], list]:
+    """The readable images, each unreadable one reported on its own line (stderr); an error if none is."""
+    from src.images import load_image, shown_path
+
+    good, images, errors = [], [], []
+    for p in paths:
+        try:
+            images.append(load_image(p, exif_orientation=True))
+            good.append(p)
+        except UserError as e:
+            errors.append(shown_path(e))
+            if len(paths) > 1:
+                print(f"skipped: {errors[-1]}", file=sys.stderr)
+    if not good:
+        raise UserError(errors[0] if len(errors) == 1 else f"none of the {len(paths)} images could be read (see the lines above)")
+    return good, images
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from src.images import load_image
+    from src.config import check_value
+    from src.images import shown_path
     from src.inference import caption_and_answer
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2
     from src.prompts import check_question, generation_record
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    for name in ("batch_size", "model_id", "adapter_dir", "device"):
+        setattr(args, name, check_value(name, getattr(args, name) or ("" if name == "device" else getattr(args, name)),
+                                        default="" if name in ("adapter_dir", "device") else None))
     question = check_question(args.question) if args.question is not None else None
-    paths = collect_images(args.images)
-    images = [load_image(p, exif_orientation=True) for p in paths]  # fail before the (slow) model load
+    paths = collect_images([check_value("image", i) for i in args.images])
+    n_given = len(paths)
+    paths, images = read_images(paths)  # before the (slow) model load
     check_model_dir(args.model_id)
     adapter = args.adapter_dir or None  # "" = base model only, as ADAPTER_DIR in the other scripts
     if adapter:
         check_adapter_dir(adapter, args.model_id)
-    model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device)
+    model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device or None)
     outs = caption_and_answer(model, processor, images, question, vqa_prompt=args.vqa_prompt,
                               vqa_decoding=args.vqa_decoding, caption_prompt="caption",
                               caption_decoding=args.caption_decoding, batch_size=args.batch_size)
     rows = []
     for p, out in zip(paths, outs):
-        row = {"image_path": str(p), "caption": out["caption"]}
+        row = {"image_path": shown_path(p), "caption": out["caption"]}
         if question is not None:
             row.update(question=question, answer=out["answer"])
         row.update(model_id=args.model_id, adapter=adapter)
@@ -91,6 +112,9 @@ def main(argv=None):
             print(f"{row['image_path']}\n  caption: {row['caption']}")
             if question is not None:
                 print(f"  Q: {question}\n  A: {row['answer']}")
+    if len(paths) < n_given:
+        print(f"{n_given - len(paths)} of {n_given} image(s) could not be read and were skipped (see above)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,15 @@ import time
 from pathlib import Path
 
 from src.charts import ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, length_chart, setup_matplotlib
-from src.compare import (check_same_setup, compare_rows, count_stored_mismatches, coverage, index_by_question_id,
+from src.compare import (check_result_rows, check_same_setup, compare_rows, count_stored_mismatches, coverage, index_by_question_id,
                          length_stats, score_baseline_only, select_cases, settings_of)
 from src.config import apply_overrides, write_config
 from src.errors import UserError, run_main
 from src.formatting import summary_text
 from src.i18n import check_lang, texts
-from src.io import atomic_write_text, read_jsonl, write_json
+from src.io import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
-from src.runtime import check_output_dir
+from src.runtime import check_output_dir, hold_output_lock
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR = "outputs"  # folder holding the result files below
@@ -84,7 +84,7 @@ def resolve_image(path: str | None) -> Path | None:
 
 
 def read_results(path: Path, how: str) -> list[dict]:
-    rows = read_jsonl(path, allow_torn_tail=True)
+    rows = check_result_rows(read_jsonl_lines(path, allow_torn_tail=True), path)
     if not rows:
         raise UserError(f"{path} has no rows; rerun `{how}`")
     return rows
@@ -95,7 +95,11 @@ def read_demo(path: Path, warnings_out: list[str]) -> dict | None:
     if not path.exists():
         return None
     out = {}
-    for row in read_jsonl(path, allow_torn_tail=True):
+    for line, row in read_jsonl_lines(path, allow_torn_tail=True):
+        for field in ("image_path", "question", "caption", "answer", "error"):
+            if row.get(field) is not None and not isinstance(row[field], str):
+                raise UserError(f"{path}, line {line}: field {field!r} is {type(row[field]).__name__}, not a string; "
+                                "fix that line or rerun create_baseline.py")
         key = os.path.normpath(str(row.get("image_path")))
         if key in out:
             warnings_out.append(f"{path}: {row.get('image_path')} occurs more than once; the last row is used")
@@ -216,7 +220,12 @@ def main() -> None:
         raise UserError(f"baseline results not found: {base_path}; create them with `python create_vqav2_baseline.py` "
                         f"(or point --output_dir= at the folder holding {BASELINE_FILE})")
     check_output_dir(report_dir, setting="--report_dir")  # a file, or read-only: said before any work
+    with hold_output_lock(report_dir):  # two comparisons into one folder would mix their pictures
+        write_report(config, started, tr, output_dir, report_dir, base_path, ft_path)
 
+
+def write_report(config: dict, started: float, tr, output_dir: Path, report_dir: Path, base_path: Path,
+                 ft_path: Path) -> None:
     # read and compare
     warns: list[str] = []
     base_rows = read_results(base_path, "python create_vqav2_baseline.py")

@@ -33,7 +33,7 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.images import list_images, load_images
+    from src.images import list_images, load_images, shown_path
     from src.inference import caption_and_answer
     from src.io import write_jsonl
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
@@ -70,8 +70,8 @@ def main():
         rows = []
         for p in paths:
             out = by_path.get(p, {"caption": None, "answer": None})
-            rows.append({"image_path": p.as_posix(), "caption": out["caption"], "question": question,
-                         "answer": out["answer"], **record, "error": errors.get(p)})
+            rows.append({"image_path": shown_path(p.as_posix()), "caption": out["caption"], "question": question,
+                         "answer": out["answer"], **record, "error": errors[p] and shown_path(errors[p]) if p in errors else None})
             print(f"{p.name}: {out['caption']!r} | {question} -> {out['answer']!r}" if p in by_path
                   else f"{p.name}: ERROR {errors[p]}")
         write_jsonl(out_path, rows)

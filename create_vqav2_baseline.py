@@ -44,7 +44,7 @@ def main():
     from src.errors import UserError
     from src.evaluation import SAMPLE_IDS_FILE, check_eval_settings, eval_record, run_vqa, score_and_write
     from src.modeling import check_quantization, load_blip2
-    from src.runtime import check_output_dir, hold_output_lock, make_accelerator
+    from src.runtime import check_output_dir, check_output_files, hold_output_lock, make_accelerator
 
     if MAX_SAMPLES < 0:
         raise UserError(f"--max_samples={MAX_SAMPLES}: must be 0 (whole split) or more")
@@ -53,6 +53,8 @@ def main():
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
+    check_output_files(out_dir, [SAMPLE_IDS_FILE] + [f"{RUN_NAME}{suffix}" for suffix in
+                                (".jsonl", "_metrics.json", "_results.json", "_config.json")])
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
         # 1. the data, and the sample drawn once and frozen: every rerun and the fine-tuned evaluation reuse it
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,

@@ -47,9 +47,10 @@ def main():
     from src.errors import UserError
     from src.evaluation import (SAMPLE_IDS_FILE, check_eval_settings, eval_record, print_comparison, run_vqa,
                                 score_and_write)
-    from src.io import read_jsonl
+    from src.compare import check_result_rows
+    from src.io import read_jsonl_lines
     from src.modeling import check_adapter_dir, check_quantization, load_blip2, resolve_adapter_dir
-    from src.runtime import check_output_dir, hold_output_lock, make_accelerator
+    from src.runtime import check_output_dir, check_output_files, hold_output_lock, make_accelerator
 
     out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)
@@ -60,11 +61,14 @@ def main():
     if not baseline_path.exists():
         raise UserError(f"baseline results not found: {baseline_path}; run `python create_vqav2_baseline.py` "
                         "first (same --output_dir and --dataset)")
+    base_rows = check_result_rows(read_jsonl_lines(baseline_path), baseline_path)  # a bad line: said now, not after
     config["adapter_dir"] = adapter
     check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
                         vqa_decoding=VQA_DECODING)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
+    check_output_files(out_dir, [SAMPLE_IDS_FILE] + [f"{RUN_NAME}{suffix}" for suffix in
+                                (".jsonl", "_metrics.json", "_results.json", "_config.json")])
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
         # 1. the data, and the baseline's frozen sample
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
@@ -84,7 +88,7 @@ def main():
         rows, _ = score_and_write(chosen, out_dir, RUN_NAME, config=config,
                                   facts={"dataset": DATASET, "split": SPLIT, "model_id": MODEL_ID, "adapter": adapter})
     # 4. against the baseline, question by question
-    print_comparison(read_jsonl(baseline_path), rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
+    print_comparison(base_rows, rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
     print("next: python compare_baseline_finetuned.py" + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
 
 

@@ -157,7 +157,7 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     Every process takes its own random state and the fp16 loss scale back; the training log is cut back
     to exactly the steps that checkpoint contains."""
     from src.errors import UserError
-    from src.io import read_jsonl, write_jsonl
+    from src.io import read_jsonl_lines, write_jsonl
     from src import training as T
 
     main_proc = accelerator.is_main_process
@@ -178,7 +178,13 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
                                        rank=accelerator.process_index, scaler=accelerator.scaler)
     log_path = ckpt_root / "train_log.jsonl"
     if main_proc:
-        kept = [r for r in read_jsonl(log_path, allow_torn_tail=True) if r["step"] <= start_step] if log_path.exists() else []
+        kept = []
+        for line, row in read_jsonl_lines(log_path, allow_torn_tail=True) if log_path.exists() else []:
+            if type(row.get("step")) is not int or type(row.get("loss")) not in (int, float):
+                raise UserError(f"{log_path}, line {line}: a training-log row without an integer 'step' and a numeric "
+                                "'loss' (edited?); fix or delete that line and rerun, training resumes from the checkpoint")
+            if row["step"] <= start_step:
+                kept.append(row)
         write_jsonl(log_path, kept)
     return ckpt, start_step
 

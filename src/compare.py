@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 from collections import Counter
 from typing import Sequence
@@ -62,6 +63,66 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float],
 def is_scorable(row: dict) -> bool:
     """A row that holds a prediction: no error recorded and a string answer."""
     return not row.get("error") and isinstance(row.get("answer"), str)
+
+
+_NUMBER = (int, float)
+# field: (allowed types, required); None in the types means the field may be null
+RESULT_FIELDS = {
+    "question_id": ((int,), True),
+    "gt_answers": ((list,), True),
+    "question": ((str, None), False),
+    "image_path": ((str, None), False),
+    "image_id": ((int, str, None), False),
+    "answer": ((str, None), False),
+    "raw_answer": ((str, None), False),
+    "answer_type": ((str, None), False),
+    "question_type": ((str, None), False),
+    "vqa_accuracy": ((*_NUMBER, None), False),
+    "exact_match": ((*_NUMBER, None), False),
+    "error": ((str, None), False),
+}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _writable(text: str) -> str:
+    """`text` with unpaired surrogates (valid in JSON, but not UTF-8: no report or chart could hold them)
+    replaced by "\ufffd"."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _type_names(types) -> str:
+    return " or ".join("null" if t is None else {"int": "integer", "str": "string", "list": "list",
+                                                   "float": "number"}[t.__name__] for t in types)
+
+
+def check_result_rows(numbered_rows, path) -> list[dict]:
+    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of the right type,
+    or one line naming the file, the line and the field. Returns the rows."""
+    rows = []
+    for line, row in numbered_rows:
+        for field, (types, required) in RESULT_FIELDS.items():
+            if field not in row:
+                if required:
+                    raise UserError(f"{path}, line {line}: no {field!r} field; this file was not written by these "
+                                    "scripts (or was edited): rerun the script that wrote it")
+                continue
+            value = row[field]
+            ok = (value is None and None in types) or (value is not None and isinstance(value, tuple(t for t in types if t))
+                                                         and not (isinstance(value, bool) and bool not in types))
+            if field == "gt_answers" and ok:
+                ok = all(isinstance(a, str) for a in value)
+                if ok:
+                    row[field] = [_writable(a) for a in value]
+            elif isinstance(value, str):
+                row[field] = _writable(value)
+            if not ok:
+                raise UserError(f"{path}, line {line}: field {field!r} is {type(value).__name__} {str(value)[:40]!r}, not "
+                                f"{_type_names(types)}{' (of strings)' if field == 'gt_answers' else ''}; fix that line "
+                                "or rerun the script that wrote the file")
+        rows.append(row)
+    return rows
 
 
 def index_by_question_id(rows: Sequence[dict], source: str) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 from .errors import UserError
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # relative default paths (data/, outputs/...) are the repository's
 _FENCE = re.compile(r"#\s*-{10,}\s*")
 _PLAIN = (bool, int, float, str, list, tuple, dict, type(None))
 
@@ -106,6 +108,7 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     keys = config_keys(namespace)
     by_lower = {k.lower(): k for k in keys}
+    defaults = {k: namespace[k] for k in keys}  # as the file states them
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             raise UserError(f"argument {arg!r}: use --name=value, e.g. --max_samples=100 (valid names: {', '.join(sorted(by_lower))})")
@@ -114,7 +117,125 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
         if key is None:
             raise UserError(f"unknown setting --{name}; valid settings: {', '.join('--' + k for k in sorted(by_lower))}")
         namespace[key] = _coerce(key, raw, namespace[key])
+    home = REPO_ROOT
+    for key in keys:
+        value = check_value(key, namespace[key], defaults[key])
+        if value == defaults[key] and is_repo_path(key, value) and Path.cwd().resolve() != home:
+            value = str(home / value)  # a default path is the repository's, wherever the script is started from
+        namespace[key] = value
     return {k.lower(): namespace[k] for k in keys}
+
+
+# --- the values: one rule per setting name, so every script (and a setting added later) is covered --------
+
+INT_MAX = 2**31 - 1  # no count in these scripts comes near it; a bigger one is a typo
+_COUNTS_FROM_1 = {"batch_size", "eval_batch", "per_device_batch", "grad_accum", "train_steps", "save_every",
+                  "keep_checkpoints", "lora_r", "bootstrap_resamples", "max_queue"}
+_RANGES = {"seed": (0, 2**32 - 1), "port": (1, 65535), "thumb_size": (16, 1024), "num_workers": (0, 256)}
+_FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
+    "lr": (0.0, False, None, "the learning rate"),
+    "weight_decay": (0.0, True, None, "AdamW's weight decay (0 = none)"),
+    "lora_dropout": (0.0, True, 1.0, "a dropout probability"),
+    "max_grad_norm": (0.0, False, None, "the gradient-clipping norm"),
+    "max_upload_mb": (0.0, False, 100_000.0, "the upload limit in MB"),
+    "lora_alpha": (0.0, False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
+}
+_CHOICES = {"lang": ("zh", "en"), "quantization": ("4bit", "8bit", "none"), "split": ("val", "train")}
+EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_dir": "the default folder",
+                "output_file": "the default name", "hf_dataset_revision": "the newest"}
+_FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
+_NAMED = {"vqa_prompt": "prompt", "caption_prompt": "prompt", "vqa_decoding": "decoding",
+          "caption_decoding": "decoding", "preview_decoding": "decoding"}
+_DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # tabs and newlines are white space
+
+
+def is_path_setting(name: str) -> bool:
+    """Settings holding a file or folder (or, for model_id and hf_dataset, possibly one): `~` is expanded."""
+    name = name.lower()
+    return name.endswith(("_dir", "_file")) or name in ("image", "model_id", "hf_dataset")
+
+
+def is_repo_path(key: str, value) -> bool:
+    """A relative path as a script's file states it (data/, outputs/, baseline_images/...): one inside the
+    repository. Hub ids (model_id, hf_dataset) and "{output_dir}/..." templates are not."""
+    return (isinstance(value, str) and bool(value) and is_path_setting(key) and key.lower() not in ("model_id", "hf_dataset")
+            and "{" not in value and not os.path.isabs(os.path.expanduser(value)))
+
+
+def check_value(key: str, value: Any, default: Any = None) -> Any:
+    """`value` of setting `key`, checked by its name and type, `~` expanded in paths; UserError naming the
+    setting, the value and what it may be, before a script does any work."""
+    name = key.lower()
+    flag = f"--{name}={value}"
+
+    def bad(why: str):
+        raise UserError(f"{flag}: {why}")
+
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        low, high = _RANGES.get(name, (1 if name in _COUNTS_FROM_1 else 0, INT_MAX))
+        if not low <= value <= high:
+            if high != INT_MAX:
+                bad(f"must be an integer from {low} to {high:,}")
+            bad(f"must be at least {low}" if value < low else f"is absurdly large (at most {high:,})")
+        if name == "lora_alpha" and value <= 0:
+            bad(f"must be a positive number ({_FLOATS['lora_alpha'][3]})")
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            bad("must be a finite number")
+        low, low_ok, high, what = _FLOATS.get(name, (0.0, True, None, "this setting"))
+        if value < low or (value == low and not low_ok):
+            bad(f"must be {'0 or more' if low_ok else 'a positive number'} ({what})")
+        if high is not None and (value >= high if name == "lora_dropout" else value > high):
+            bad(f"{what} must be {'below' if name == 'lora_dropout' else 'at most'} {high:g}")
+        return value
+    if isinstance(value, (list, tuple)):
+        if not value and default:
+            raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={','.join(map(str, default))}")
+        for item in value:
+            if isinstance(item, str) and (not item.strip() or _CONTROL.search(item)):
+                bad("every entry must be a non-empty name without control characters")
+        return value
+    if not isinstance(value, str):
+        return value
+    if _CONTROL.search(value):
+        bad("holds a control character or an unpaired surrogate; type the value again")
+    if not value.strip() and name == "question":
+        raise UserError(f"--question={value!r}: the question is empty; ask something, e.g. --question=\"{default}\"")
+    if not value.strip():
+        if default == "" or name in EMPTY_MEANS:  # a documented "none" / "auto"
+            return value  # "" is this setting's documented default ("none", "auto")
+        raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={default}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise UserError(f"--{name}={value!r}: unknown {name} {value!r}; use one of "
+                        + ", ".join(f"--{name}={c}" for c in _CHOICES[name]))
+    if name == "device" and not _DEVICE.fullmatch(value):
+        bad("use cpu, cuda, cuda:N or mps (or leave it empty: the GPU when there is one)")
+    if name == "device" and value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            bad("this machine has no CUDA GPU that torch can use; use --device=cpu (or leave it empty)")
+        if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
+            bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
+        bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
+    if name in _NAMED:
+        from . import prompts
+
+        registry = prompts.PROMPTS if _NAMED[name] == "prompt" else prompts.DECODING
+        if value not in registry:
+            what = "prompt" if _NAMED[name] == "prompt" else "decoding preset"
+            raise UserError(f"unknown {what} {value!r} (--{name}); known: {', '.join(registry)}")
+        if name == "vqa_prompt" and "{}" not in registry[value]:
+            bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
+                + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
+    if is_path_setting(name) and value.startswith("~"):
+        value = os.path.expanduser(value)
+    return value
 
 
 def write_config(config: dict, path: str | Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from collections import Counter
@@ -106,15 +107,11 @@ def _missing(path: Path, dataset: str) -> UserError:
 
 
 def _read_json(path: Path, dataset: str):
+    from .io import read_json
+
     if not path.exists():
         raise _missing(path, dataset)
-    if path.stat().st_size == 0:
-        raise UserError(f"{path} is empty (0 bytes); the download or unzip was interrupted, get it again")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file may be truncated, download it again") from None
+    return read_json(path, f"{dataset} file", fix=f"download it again ({LAYOUTS[dataset]['how']})")
 
 
 # --- strict checks of every entry: one line naming the file and the first bad entry ---------------
@@ -133,9 +130,16 @@ def _int_id(value, where: str, key: str) -> int:
     raise UserError(f"{where}: {key} must be an integer, got {type(value).__name__} {_short(value)}")
 
 
+_UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
 def _text(value, where: str, key: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         raise UserError(f"{where}: {key} must be a non-empty string, got {type(value).__name__} {_short(value)}")
+    bad = _UNSAFE_TEXT.search(value)
+    if bad:  # a lone surrogate is valid JSON but no tokenizer or font takes it: every rerun would die there
+        raise UserError(f"{where}: {key} holds {'an unpaired surrogate' if bad.group() >= chr(0xd800) else 'a control character'} "
+                        f"({bad.group()!r} at position {bad.start()}): {_short(value)}; fix or remove that text")
     return value
 
 
@@ -148,6 +152,8 @@ def _answers(value, where: str) -> list[str]:
         raise UserError(f"{where}: answers is empty; each question needs its annotators' answers (VQAv2 has 10)")
     answers = [item.get("answer") if type(item) is dict else item for item in value]
     if all(isinstance(a, str) for a in answers):
+        for k, a in enumerate(answers):
+            _text(a, where, f"answers[{k}]", allow_empty=True)
         return answers
     k = next(k for k, a in enumerate(answers) if not isinstance(a, str))
     raise UserError(f"{where}: answers[{k}] must be a string or an object with an \"answer\" string, "
@@ -265,10 +271,14 @@ def _load_tiny(path: Path) -> list[VQASample]:
         _unique(seen, qid, f"{where} (question_id {qid})", f"row {i}")
         answers = _answers(row["answers"], where)
         counts[qid] = len(answers)
+        image_path = _text(row["image_path"], where, "image_path")
+        beside = path.resolve().parent.parent / image_path  # "data/x.jpg" is written from the repository root
+        if not os.path.isabs(image_path) and not os.path.exists(image_path) and beside.exists():
+            image_path = str(beside)  # a script started from another folder
         mca = row.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]
         samples.append(VQASample(
             question_id=qid, image_id=_int_id(row.get("image_id", i), where, "image_id"),
-            image_path=_text(row["image_path"], where, "image_path"), question=_text(row["question"], where, "question"),
+            image_path=image_path, question=_text(row["question"], where, "question"),
             answers=answers, multiple_choice_answer=_text(mca, where, "multiple_choice_answer"),
             answer_type=_text(row.get("answer_type", "other"), where, "answer_type"),
             question_type=_text(row.get("question_type", "none of the above"), where, "question_type")))
@@ -400,9 +410,21 @@ def read_sample_ids(path: Path, dataset: str, split: str, expected_n: int | None
     if not path.exists():
         raise UserError(f"frozen sample not found: {path}; run `python create_vqav2_baseline.py` first "
                         "(with the same --output_dir and --dataset)")
-    frozen = read_json(path, "sample-ids file")
+    redraw = "delete it (and the baseline files beside it) and rerun create_vqav2_baseline.py to draw the sample again"
+    frozen = read_json(path, "sample-ids file", fix=redraw)
     if not isinstance(frozen, dict) or "question_ids" not in frozen:
-        raise UserError(f"{path}: not a sample-ids file (no 'question_ids'); delete it and rerun create_vqav2_baseline.py")
+        raise UserError(f"{path}: not a sample-ids file (no 'question_ids'); {redraw}")
+    ids = frozen["question_ids"]
+    if not isinstance(ids, list) or not ids:
+        raise UserError(f"{path}: 'question_ids' must be a non-empty list of integers, not {_short(ids)}; {redraw}")
+    seen = set()
+    for i, q in enumerate(ids):
+        if type(q) is not int:  # bool, float (1000.0), str, null: a hand edit or another tool's file
+            raise UserError(f"{path}: question_ids[{i}] is {_short(q)}, not an integer question id; {redraw}")
+        if q in seen:
+            raise UserError(f"{path}: question_ids[{i}] repeats question id {q} (it would be answered and counted "
+                            f"twice); {redraw}")
+        seen.add(q)
     if (frozen.get("dataset"), frozen.get("split")) != (dataset, split):
         raise UserError(f"{path} was drawn from dataset={frozen.get('dataset')} split={frozen.get('split')}, "
                         f"but this run uses dataset={dataset} split={split}; use the same --dataset, "
@@ -411,7 +433,7 @@ def read_sample_ids(path: Path, dataset: str, split: str, expected_n: int | None
         raise UserError(f"{path} holds a sample drawn with max_samples={frozen.get('max_samples')}, but this run asks "
                         f"for --max_samples={expected_n}; the sample is frozen: delete {path} (and the baseline files) "
                         "to draw a new one, or use another --output_dir")
-    return [int(i) for i in frozen["question_ids"]]
+    return ids
 
 
 def read_frozen_sample(path: Path, samples: list[VQASample], dataset: str, split: str,

@@ -10,6 +10,8 @@ every world_size-th batch and appends to its own part file; the main process mer
 
 from __future__ import annotations
 
+import os
+
 import random
 import time
 from pathlib import Path
@@ -264,10 +266,18 @@ def check_eval_settings(*, eval_batch: int, num_workers: int, vqa_prompt: str, v
     format_prompt(vqa_prompt, "?")
 
 
+def resolved_if_local(path: str | None) -> str | None:
+    """An existing local file or folder as its absolute, resolved path; anything else (a hub id, None) as is."""
+    if path and os.path.exists(os.path.expanduser(path)):
+        return str(Path(path).expanduser().resolve())
+    return path
+
+
 def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
                 vqa_decoding: str) -> dict:
-    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS)."""
-    return {"model_id": model_id, "adapter": adapter, "quantization": quantization, "dataset": dataset,
+    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS).
+    Local folders are recorded resolved, so `/x/./a`, `/x/a` and a relative spelling are the same run."""
+    return {"model_id": resolved_if_local(model_id), "adapter": resolved_if_local(adapter), "quantization": quantization, "dataset": dataset,
             "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,
             **generation_record(vqa_prompt, vqa_decoding)}
 

@@ -9,6 +9,7 @@ the same keys): "n", "baseline", "finetuned", "change", "outcomes", "answer_proc
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import unicodedata
 from collections import Counter
@@ -39,8 +40,18 @@ def type_order(types) -> list[str]:
     return [t for t in ANSWER_TYPE_ORDER if t in types] + sorted(t for t in types if t not in ANSWER_TYPE_ORDER)
 
 
-def clip(text, n: int) -> str:
+_UNDRAWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def safe_text(text) -> str:
+    """`text` made safe to draw and print: control characters and unpaired surrogates (which stop
+    matplotlib's text layout and UTF-8 output) each become "�"; newlines become spaces."""
     text = "" if text is None else str(text).replace("\n", " ")
+    return _UNDRAWABLE.sub("\ufffd", text)
+
+
+def clip(text, n: int) -> str:
+    text = safe_text(text)
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -56,7 +67,7 @@ def gt_summary(gt_answers: list[str], n: int = 4) -> str:
 
 
 def group_title(group: str, tr: Callable[..., str]) -> str:
-    return tr(f"group_{group}") if group in GROUP_KEYS else group
+    return tr(f"group_{group}") if group in GROUP_KEYS else safe_text(group)
 
 
 def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:

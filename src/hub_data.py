@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .data import VQASample, build_samples
 from .errors import UserError
-from .io import write_json
+from .io import read_json, write_json
 from .locks import exclusive_lock
 
 VALIDATION_FILES = "data/validation-*.parquet"
@@ -181,7 +181,10 @@ def _read_cache(cache: Path, key: dict):
     source_path = cache / "source.json"
     if not source_path.exists():
         return None
-    source = json.loads(source_path.read_text())
+    fix = f"delete the folder {cache} and rerun: the questions are read again from the dataset"
+    source = read_json(source_path, "hub question cache record", fix=fix)
+    if not isinstance(source, dict):
+        raise UserError(f"{source_path} is damaged (not a JSON object); {fix}")
     if {k: source.get(k) for k in key} != key:
         raise UserError(f"{cache} holds questions read from {source.get('hf_dataset')} revision "
                         f"{source.get('requested_revision') or 'newest'}, but this run asks for {key['hf_dataset']} "
@@ -234,6 +237,11 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
                         "COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
     if not hf_dataset:
         raise UserError("--hf_dataset is empty; use a hub dataset id (lmms-lab/VQAv2) or a local parquet folder")
+    looks_like_path = hf_dataset.startswith(("/", "./", "../", "~", "\\")) or hf_dataset.count("/") > 1 or \
+        (len(hf_dataset) > 1 and hf_dataset[1] == ":")
+    if looks_like_path and not Path(hf_dataset).expanduser().is_dir():
+        raise UserError(f"--hf_dataset={hf_dataset}: no such folder (a hub id looks like lmms-lab/VQAv2; a local "
+                        f"folder must hold the hub layout, {VALIDATION_FILES})")
     key = _source_key(hf_dataset, revision)
     if cache_dir is None:
         with _hub_errors(hf_dataset, None):
@@ -281,7 +289,11 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path) -> list[VQ
         return samples
     with exclusive_lock(images.parent / ".lock", f"the hub image cache {images}", wait=True):
         sources_path = images / "sources.json"
-        sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
+        sources = read_json(sources_path, "hub image cache record", fix=f"delete the folder {images} and rerun") \
+            if sources_path.exists() else {}
+        if not isinstance(sources, dict) or not all(isinstance(v, dict) and "file" in v for v in sources.values()):
+            raise UserError(f"{sources_path} is damaged (not an object of image records); delete the folder "
+                            f"{images} and rerun, the pictures are fetched again")
         # one file per image_id: VQAv2's questions on one picture share it
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
         todo, queued = defaultdict(dict), set()  # parquet file -> {row: image_id}

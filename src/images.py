@@ -75,6 +75,17 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_ori
         raise UserError(f"cannot decode image {path}: {e} (the file may be truncated or corrupt)") from None
 
 
+def shown_path(path: str | Path) -> str:
+    """`path` as text that can be printed and written as UTF-8: a file name that is not valid UTF-8
+    (Python keeps its bytes as lone surrogates) gets those bytes escaped as \\xNN."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 

@@ -84,6 +84,8 @@ def safetensors_problem(path: str | Path) -> str | None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename, so readers never see half a file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; remove or rename that folder and rerun")
     path.parent.mkdir(parents=True, exist_ok=True)
     with reported_write_errors(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -112,23 +114,48 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | Path, what: str = "file"):
+def read_json(path: str | Path, what: str = "file", fix: str = "get the file again"):
+    """A JSON file, or one line naming it and what is wrong: missing, a folder, empty, not UTF-8,
+    nested absurdly deep, or not valid JSON (truncated). `fix` ends the line for a damaged file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file; remove or rename that folder and put the file there")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        data = path.read_bytes()
+    except PermissionError:
+        raise UserError(f"{what} {path} cannot be read (permission denied); make it readable") from None
+    if not data.strip():
+        raise UserError(f"{what} {path} is empty ({len(data)} bytes): a download, copy or save was interrupted; {fix}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                        f"re-save it as UTF-8, or {fix}") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UserError(f"{what} {path} nests lists or objects thousands of levels deep: not a file this project "
+                        f"writes or reads; {fix}") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        raise UserError(f"{what} {path} is corrupt (not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; "
+                        f"the file may be truncated); {fix}") from None
 
 
 def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> list[dict]:
     """Rows of a JSONL file. A malformed line is an error naming file and line, except a torn
     last line (no trailing newline) when `allow_torn_tail`: that is what a killed writer leaves."""
+    return [row for _, row in read_jsonl_lines(path, allow_torn_tail)]
+
+
+def read_jsonl_lines(path: str | Path, allow_torn_tail: bool = False) -> list[tuple[int, dict]]:
+    """(line number, row) of each row of a JSONL file, as read_jsonl."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a JSONL file; pass the file (or remove that folder)")
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
@@ -145,7 +172,7 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> list[dict]:
             if allow_torn_tail and last:
                 break
             raise UserError(f"{path}, line {i}: malformed JSONL row ({e}); fix or delete that line") from None
-        rows.append(row)
+        rows.append((i, row))
     return rows
 
 

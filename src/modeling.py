@@ -83,9 +83,6 @@ def _is_local(model_id: str) -> bool:
 
 
 def _fetch_error(model_id: str, err: Exception) -> UserError:
-    if model_id.startswith("~") and os.path.isdir(os.path.expanduser(model_id)):
-        return UserError(f"--model_id={model_id}: write the folder without ~, as "
-                         f"--model_id={os.path.expanduser(model_id)} (model ids are not expanded like shell paths)")
     if _is_local(model_id) and not os.path.isdir(model_id):
         return UserError(f"model folder not found: {model_id}; pass --model_id=<local dir> of a saved model, "
                          "or a Hugging Face Hub id such as Salesforce/blip2-opt-2.7b")
@@ -158,8 +155,17 @@ def load_blip2(
         model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
+    except RuntimeError as e:
+        if "mismatched" not in str(e) and "size mismatch" not in str(e):
+            raise
+        detail = next((line.strip() for line in str(e).splitlines() if "shape" in line), str(e).splitlines()[0])
+        raise UserError(f"{model_id}: config.json does not match the weights ({detail[:200]}); the config was edited "
+                        "or comes from another model: copy or download the model folder again") from None
     check_image_tokens(model, processor, model_id)
     check_bos(model, processor, model_id)
+    if processor.tokenizer.pad_token_id is None:
+        raise UserError(f"{model_id}: the tokenizer has no pad token (pad_token in tokenizer_config.json); batches "
+                        "cannot be padded: copy or download the model's tokenizer files again")
     if quantization == "4bit" and not str(device).startswith("cuda"):
         _disable_cpu_repacking(model)
 
@@ -231,6 +237,10 @@ def apply_adapter(model, adapter: str | Path, trainable: bool = False):
         if "size mismatch" not in str(e):
             raise
         raise _mismatch_error(adapter, loaded, str(e).strip().splitlines()[-1].strip()[:200]) from None
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is one: target_modules names no layer
+        raise UserError(f"the LoRA adapter in {adapter} does not fit {loaded}: {str(e).splitlines()[0][:200]}; check "
+                        f"target_modules in {Path(adapter) / 'adapter_config.json'}, or pass an adapter trained on "
+                        f"{loaded}") from None
 
 
 def _read_adapter_config(adapter: Path) -> dict:
@@ -243,11 +253,26 @@ def _read_adapter_config(adapter: Path) -> dict:
                         "with `python finetune_vqav2_lora.py`") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} is corrupt (not a JSON object); copy the adapter folder again or retrain it")
+    fix = "copy the adapter folder again or retrain it with `python finetune_vqav2_lora.py`"
+    if config.get("peft_type") != "LORA":
+        raise UserError(f"{path}: peft_type is {config.get('peft_type')!r}, but these scripts load LoRA adapters "
+                        f"(\"peft_type\": \"LORA\"); {fix}")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if type(value) not in (int, float) or value <= 0 or (key == "r" and type(value) is not int):
+            raise UserError(f"{path}: {key!r} is {value!r}, not a positive {'integer' if key == 'r' else 'number'}; {fix}")
+    targets = config.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))):
+        raise UserError(f"{path}: 'target_modules' is {targets!r}, not a list of layer names or a pattern; {fix}")
     return config
 
 
 def _mismatch_error(adapter, model_id: str, problem: str) -> UserError:
     base = _read_adapter_config(Path(adapter)).get("base_model_name_or_path")
+    if base and os.path.normpath(str(base)) == os.path.normpath(str(model_id)):
+        return UserError(f"the LoRA adapter in {adapter} does not fit its own base model {model_id}: {problem}; its "
+                         "adapter_config.json and adapter_model.safetensors disagree (edited or mixed up): copy the "
+                         "adapter folder again or retrain it")
     if not base:
         return UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
                          f"({model_id}): {problem}; pass an adapter trained on {model_id}")
@@ -263,7 +288,13 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     prefix = "base_model.model."
+    config = _read_adapter_config(Path(adapter))
+    landed = 0
     for key, shape in sorted(shapes.items()):
+        if key.endswith(".lora_A.weight") and len(shape) == 2 and shape[0] != config["r"] \
+                and not config.get("rank_pattern"):
+            return (f"its adapter_config.json says rank r={config['r']}, but its weights have rank {shape[0]} "
+                    f"({key}): a rank mismatch")
         for part, dim, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
             if not (key.startswith(prefix) and key.endswith(part)) or len(shape) != 2:
                 continue
@@ -275,6 +306,10 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
             want = getattr(layer, attr, None)
             if want is not None and want != shape[dim]:
                 return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {shape[dim]}"
+            landed += 1
+    if not landed:
+        return (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / …lora_B.weight) of a layer of "
+                "the model, so it would change nothing (an empty or renamed weights file)")
     return None
 
 
@@ -350,14 +385,27 @@ def check_model_dir(model_id: str) -> None:
     if not config_path.exists():
         raise UserError(f"no config.json in {folder}: not a model saved with save_pretrained; pass "
                         "--model_id=<folder with config.json and model.safetensors> or a hub id")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (ValueError, UnicodeDecodeError, AttributeError) as e:
-        raise UserError(f"{config_path} is corrupt (not a JSON object: {e}); copy the model folder again") from None
+    from .io import read_json
+
+    again = "copy or download the model folder again"
+    config = read_json(config_path, "model config", fix=again)
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is corrupt (not a JSON object); {again}")
+    model_type = config.get("model_type")
     if model_type != "blip-2":
         raise UserError(f"{folder} is not a BLIP-2 model (its config.json says model_type {model_type!r}); "
                         f"pass a BLIP-2 folder, e.g. a saved copy of {DEFAULT_MODEL_ID}")
+    for key in ("vision_config", "qformer_config", "text_config"):
+        if key in config and not isinstance(config[key], dict):
+            raise UserError(f"{config_path}: {key!r} must be a JSON object, not {type(config[key]).__name__}; {again}")
+    tokenizer_json = folder / "tokenizer.json"
+    if not tokenizer_json.exists() and not (folder / "vocab.json").exists():
+        raise UserError(f"{folder} has no tokenizer (tokenizer.json is missing); copy that file from the model's "
+                        f"original folder, or download the model again")
+    if tokenizer_json.exists():
+        tok = read_json(tokenizer_json, "tokenizer file", fix=again)
+        if not isinstance(tok, dict) or not isinstance(tok.get("added_tokens"), list) or "model" not in tok:
+            raise UserError(f"{tokenizer_json} is damaged (no 'added_tokens' list or no 'model'); {again}")
     for weights in sorted(folder.glob("*.safetensors")):
         problem = safetensors_problem(weights)
         if problem:

@@ -42,6 +42,14 @@ def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> P
     return out
 
 
+def check_output_files(out_dir: Path, names) -> None:
+    """The files a run will write into `out_dir` must not be folders (said now, not at the end of the run)."""
+    for name in names:
+        if (out_dir / name).is_dir():
+            raise UserError(f"{out_dir / name} is a folder, but this run writes a file there; remove or rename that "
+                            "folder, or choose another --output_dir")
+
+
 def check_positive(**values) -> None:
     for name, value in values.items():
         if value < 1:

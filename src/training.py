@@ -7,12 +7,14 @@ finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `ma
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -380,26 +382,52 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, con
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = ckpt_root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_adapter_weights(model, tmp)
-    if processor is not None:
-        processor.save_pretrained(tmp)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_states or [rng_state()],
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    }
-    torch.save(state, tmp / TRAINING_STATE)
-    write_json(tmp / "config.json", {**config, "step": step})
-    give_default_permissions(tmp)
-    write_manifest(tmp)
+    with saving_into(tmp, f"checkpoint step {step}"):
+        tmp.mkdir()
+        save_adapter_weights(model, tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_states or [rng_state()],
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
+        torch.save(state, tmp / TRAINING_STATE)
+        write_json(tmp / "config.json", {**config, "step": step})
+        give_default_permissions(tmp)
+        write_manifest(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoint_dirs(ckpt_root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+_LOW_SPACE = 2**20  # bytes left after a failed save that mean it failed for lack of space
+
+
+@contextmanager
+def saving_into(tmp: Path, what: str):
+    """A save into the temporary folder `tmp` that fails for lack of space (safetensors and torch.save
+    report that as their own errors, not as OSError) becomes one line; `tmp` is removed, so the earlier
+    checkpoints and the adapter stay as they were and a rerun resumes from the last complete one."""
+    try:
+        yield
+    except Exception as e:
+        try:
+            free = shutil.disk_usage(tmp.parent).free
+        except OSError:
+            free = None
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(e) or \
+            (free is not None and free < _LOW_SPACE)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not full:
+            raise
+        raise UserError(f"the disk is full: saving {what} into {tmp.parent} failed ({type(e).__name__}); earlier "
+                        f"checkpoints are intact: free some space and rerun the same command, it resumes from the "
+                        f"last complete checkpoint") from None
 
 
 def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
@@ -447,15 +475,16 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
 
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_adapter_weights(model, tmp)
-    processor.save_pretrained(tmp)
-    write_json(tmp / "training_config.json", config)
-    give_default_permissions(tmp)
-    rows = read_jsonl(log_path) if log_path.exists() else []
-    shutil.copyfile(log_path, tmp / "train_log.jsonl")
-    if rows:
-        plot_loss(rows, tmp / "loss_curve.png", plot_title)
+    with saving_into(tmp, "the final adapter"):
+        tmp.mkdir(parents=True)
+        save_adapter_weights(model, tmp)
+        processor.save_pretrained(tmp)
+        write_json(tmp / "training_config.json", config)
+        give_default_permissions(tmp)
+        rows = read_jsonl(log_path) if log_path.exists() else []
+        shutil.copyfile(log_path, tmp / "train_log.jsonl")
+        if rows:
+            plot_loss(rows, tmp / "loss_curve.png", plot_title)
     old = adapter_dir.with_name(f".old-{adapter_dir.name}")
     shutil.rmtree(old, ignore_errors=True)
     if adapter_dir.exists():

@@ -371,6 +371,10 @@ def evaluate(questions: dict, annotations: dict, results: list,
         if questions.get("task_type") == "Multiple Choice":  # VQAv1 MC: the official loadRes asserts this
             choices = {q.get("question_id"): q.get("multiple_choices") or () for q in questions["questions"]
                        if isinstance(q, dict)}
+            for qid, options in choices.items():
+                if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options):
+                    raise UserError(f"{q_label}: question_id {qid}: multiple_choices must be a list of strings, "
+                                    f"not {type(options).__name__}")
             for entry in results:
                 if entry["answer"] not in choices.get(entry["question_id"], ()):
                     raise UserError(f"{r_label}: question_id {entry['question_id']}: answer {entry['answer']!r} "
@@ -409,6 +413,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="write the metrics (percent) here as JSON")
     parser.add_argument("--debug", default="False", metavar="True|False", help="full tracebacks on errors")
     args = parser.parse_args(argv)
+    if args.out:  # checked before the (long) scoring
+        out = Path(args.out).expanduser()
+        if out.is_dir():
+            raise UserError(f"--out={args.out} is a folder; name a file, e.g. --out={out / 'metrics.json'}")
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise UserError(f"--out={args.out}: {blocking} is a file, not a folder; choose another --out")
+        args.out = str(out)
 
     with _gc_paused():  # a short-lived process: no collector passes over the loaded files at all
         questions = _read(args.questions, "questions file")
