@@ -30,11 +30,18 @@ def _debug_setting(main: Callable[[], object]) -> bool:
     overrides, or, when the error is in the overrides themselves, the file's value or `--debug=True`."""
     if getattr(main, "__globals__", {}).get("DEBUG") is True:
         return True
-    return any(a.lower().replace("-", "_") in ("--debug=true", "--debug=1") for a in sys.argv[1:])
+    for arg in sys.argv[1:]:
+        name, _, value = arg.partition("=")
+        if name.lower().replace("-", "_") == "__debug" and value.lower() in ("true", "1", "yes"):
+            return True
+    return False
 
 
 def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
     """Run a script's `main`, reporting UserError (and Ctrl-C) as one line, no traceback."""
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show Chinese gets escapes, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         main()
     except UserError as e:

@@ -149,3 +149,23 @@ def _literal_constants(path: Path) -> dict:
             except ValueError:
                 pass
     return out
+
+
+@pytest.mark.parametrize("args", [["--debug=True", "--max_samples=ten"], ["--max_samples=ten", "--debug=True"],
+                                  ["--max_samples=ten", "--DEBUG=true"]])
+def test_debug_shows_the_traceback_before_or_after_a_bad_override(args):
+    from helpers import run_script
+
+    proc = run_script("create_vqav2_baseline.py", *args)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "error: --max_samples=ten" in proc.stderr, proc.stderr
+    plain = run_script("create_vqav2_baseline.py", "--max_samples=ten")
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+
+
+def test_debug_on_the_module_entry_point(tmp_path):
+    from helpers import run_script
+
+    missing = ["-m", "src.vqa_eval", f"--questions={tmp_path / 'q.json'}", f"--annotations={tmp_path / 'a.json'}",
+               f"--results={tmp_path / 'r.json'}"]
+    assert "Traceback" in run_script(*missing, "--debug=True").stderr
+    assert "Traceback" not in run_script(*missing).stderr
