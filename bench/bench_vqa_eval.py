@@ -5,7 +5,7 @@ Writes a synthetic val2014-sized set (214,354 questions x 10 answers, a function
 official VQAv2 question / annotation / results JSON formats, then runs, each as a fresh process that
 reads the files and writes its metrics:
   - ours: `python -m src.vqa_eval` (3 runs, the median is compared),
-  - the official tool: GT-Vision-Lab/VQA vqaEval.py as transcribed in bench/vqa_official.py (1 run).
+  - the official tool: GT-Vision-Lab/VQA vqaEval.py as transcribed in tests/vqa_official.py (1 run).
 It prints both timings and the ratio, checks every number (overall, per answer type, per question
 type, per question) equal, and replaces this script's section of bench/RESULTS.md.
 
@@ -213,7 +213,7 @@ def main() -> None:
     ours_cli = [sys.executable, "-m", "src.vqa_eval", "--questions", files[0], "--annotations", files[1],
                 "--results", files[2], "--out", str(paths["ours"])]
     ours_runs = [timed(ours_cli, paths["ours"]) for _ in range(RUNS)]
-    official_cli = [sys.executable, "-m", "bench.vqa_official", *files, str(paths["official"])]
+    official_cli = [sys.executable, "-m", "tests.vqa_official", *files, str(paths["official"])]
     official_s, official_cpu_s, official = timed(official_cli, paths["official"])
     load_after = os.getloadavg()[0]
     ours = ours_runs[-1][2]
@@ -253,7 +253,7 @@ def results_text(sizes_mb, generate_s, ours_runs, official_s, official_cpu_s, lo
         f"- set: {N_QUESTIONS} questions x {N_ANSWERS} answers (seed {SEED}), official JSON formats; "
         + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes_mb.items()) + f"; generated in {generate_s:.1f} s",
         "- each scorer runs as a fresh process that reads the three files and writes its metrics; the "
-        "official tool is GT-Vision-Lab/VQA vqaEval.py as transcribed in bench/vqa_official.py",
+        "official tool is GT-Vision-Lab/VQA vqaEval.py as transcribed in tests/vqa_official.py",
         f"- 1-minute load average {loads[0]:.2f} before, {loads[1]:.2f} after (other work on the machine "
         "inflates wall time)",
         "",

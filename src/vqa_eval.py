@@ -2,7 +2,7 @@
 
 Every number matches GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py` (2021 master,
 commit a013f00 'Fixed processing answers bug'), quirks included, so results compare with papers and
-EvalAI (bench/vqa_official.py transcribes that tool; the tests and bench/bench_vqa_eval.py check every
+EvalAI (tests/vqa_official.py transcribes that tool; the tests and bench/bench_vqa_eval.py check every
 number against it). As a drop-in for the official tool on the official files:
 
     python -m src.vqa_eval --questions Q.json --annotations A.json --results R.json [--out M.json]

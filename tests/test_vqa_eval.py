@@ -1,5 +1,5 @@
 """The VQA scorer against hand-worked cases of every official rule, the official tool transcribed
-(bench/vqa_official.py), and the CLI run as a subprocess on small official-format files."""
+(tests/vqa_official.py), and the CLI run as a subprocess on small official-format files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.vqa_official import official_metrics, official_normalization, official_scores
+from vqa_official import official_metrics, official_normalization, official_scores
 from src.errors import UserError
 from src.vqa_eval import (
     process_punctuation,

@@ -10,11 +10,11 @@ already-processed answers, and the leave-one-out drops every answer object equal
 It shares no code with src/vqa_eval.py; the normalisation tables are read from
 src/vqa_normalization.json, the official tables verbatim (with their licence notice).
 
-    from bench.vqa_official import official_metrics, official_scores
+    from tests.vqa_official import official_metrics, official_scores
     metrics = official_metrics("questions.json", "annotations.json", "results.json")  # or loaded objects
     accuracies, predictions, gt_lists = official_scores(["two"], [["2", "2", "3"]])
 
-    python -m bench.vqa_official QUESTIONS.json ANNOTATIONS.json RESULTS.json METRICS_OUT.json
+    python -m tests.vqa_official QUESTIONS.json ANNOTATIONS.json RESULTS.json METRICS_OUT.json
 """
 
 from __future__ import annotations
@@ -215,6 +215,6 @@ def official_normalization(text: str) -> str:
     return vqaEval.processDigitArticle(vqaEval.processPunctuation(text))
 
 
-if __name__ == "__main__":  # python -m bench.vqa_official QUESTIONS ANNOTATIONS RESULTS OUT
+if __name__ == "__main__":  # python -m tests.vqa_official QUESTIONS ANNOTATIONS RESULTS OUT
     with open(sys.argv[4], "w", encoding="utf-8") as out:
         json.dump(official_metrics(*sys.argv[1:4]), out)
