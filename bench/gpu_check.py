@@ -18,6 +18,10 @@ temporary folder and loads it back through `src.modeling.load_blip2`:
            exactly NEW_TOKENS new tokens (random weights would stop anywhere), batch 1 vs 32, one image
            per question, for the 4-bit model and the bf16 one (`load_blip2(dir, "none")`)
 
+  profile  with PROFILE=True: PROFILE_STEPS QLoRA steps and one evaluation batch per quantization under
+           torch.profiler, written as tables (no trace file): the top operators by self time, the device's
+           busy/idle share, kernel launches and host-device syncs per run (aten::item and friends)
+
 Each section stops when its time budget is spent and reports what it measured. Results: JSON and a
 markdown table on stdout, OUTPUT_DIR/gpu_check.json and OUTPUT_DIR/gpu_results.md, and the gpu_check
 section of bench/RESULTS.md.
@@ -27,6 +31,7 @@ bitsandbytes), on an NVIDIA GPU with 16 GB or more (about 7 minutes):
 
     python -m bench.gpu_check --smoke=True        # first, on any machine: CPU, shrunken architecture, about a minute
     bash bench/gpu_check.sh                       # then on the GPU (python -m bench.gpu_check with a hard time limit)
+    bash bench/gpu_check.sh --profile=True        # the same with the profile tables (where a step's time goes)
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ NEW_TOKENS = 10  # forced answer length (min_new_tokens = max_new_tokens)
 SECTION_BUDGET_S = 75.0  # a timed loop stops starting new work after this many seconds
 TOTAL_BUDGET_S = 420.0  # sections not yet started are skipped after this many seconds (7 min)
 SEED = 0  # random weights and inputs
+PROFILE = False  # also run PROFILE_STEPS QLoRA steps and one evaluation batch under torch.profiler (a table, no trace)
+PROFILE_STEPS = 3  # profiled optimizer steps (after the timed ones, at the first TRAIN_BATCHES size)
+PROFILE_TOP = 12  # operators listed per profiled section
 OUTPUT_DIR = "outputs/bench_gpu_check"  # gpu_check.json and config.json
 WRITE_RESULTS = True  # replace the gpu_check section of bench/RESULTS.md (GPU runs only)
 DEBUG = False  # show tracebacks instead of one-line errors
@@ -198,6 +206,9 @@ def load(model_dir: Path, quantization: str, device: str) -> tuple:
     return model, processor, row
 
 
+_PROFILES: dict[str, dict] = {}  # profiled evaluation batches, by name
+
+
 def eval_throughput(model, processor, quantization: str, device: str) -> list[dict]:
     """Questions per second through generate_batch at each EVAL_BATCHES size, one random image per question."""
     import torch
@@ -230,6 +241,12 @@ def eval_throughput(model, processor, quantization: str, device: str) -> list[di
         rows.append(row)
         print(f"eval {quantization} batch {batch}: {done} questions in {seconds:.2f} s = "
               f"{row['samples_per_s']:.2f} samples/s, peak {gib(row['peak_allocated'])} GiB", flush=True)
+    if PROFILE and EVAL_BATCHES and elapsed() <= TOTAL_BUDGET_S:
+        batch = max(EVAL_BATCHES)
+        prompts = [format_prompt("vqa_opt", _QUESTIONS[i % len(_QUESTIONS)]) for i in range(batch)]
+        pixel_values = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(SEED))
+        _PROFILES[f"evaluation {quantization}, batch {batch}"] = profiled(
+            lambda: generate_batch(model, processor, pixel_values, prompts, decoding), 1, device)
     base = next((r["samples_per_s"] for r in rows if r["batch"] == min(EVAL_BATCHES)), None)
     for r in rows:
         r["speedup_vs_smallest_batch"] = r["samples_per_s"] / base if base else None
@@ -261,7 +278,7 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
     from src.modeling import mixed_precision
     from src.runtime import make_accelerator
     from bench.train_step import train_path
-    from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode
+    from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode, training_step
 
     image_token_id = model.config.image_token_id
     lora = LoraSettings.of_script()
@@ -285,6 +302,11 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
         with train_path(accelerator.unwrap_model(model), path):
             rows.append(timed_steps(model, processor, image_token_id, batch, size, device, accelerator, optimizer,
                                     scheduler, path))
+    if PROFILE and TRAIN_BATCHES and elapsed() <= TOTAL_BUDGET_S:
+        inputs = train_batch(processor, image_token_id, TRAIN_BATCHES[0], size, device)
+        info["profile"] = profiled(lambda: training_step(model, [inputs], accelerator, optimizer, scheduler,
+                                                         MAX_GRAD_NORM), PROFILE_STEPS, device)
+        info["profile"]["what"] = f"QLoRA step, per-device batch {TRAIN_BATCHES[0]}"
     accelerator.free_memory(model, optimizer)
     return rows, info
 
@@ -317,6 +339,59 @@ def timed_steps(model, processor, image_token_id: int, batch: int, size: int, de
           f"peak {gib(row['peak_allocated'])} GiB allocated / {gib(row['peak_reserved'])} GiB reserved, "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
     return row
+
+
+# --- profiling -----------------------------------------------------------------------------------------
+
+_LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+# a tensor's value read on the host (.item(), float(t): aten::_local_scalar_dense; aten::item only wraps it),
+# and explicit waits; on a CPU run these are host reads, not device syncs
+_SYNC = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+
+
+def profiled(run, n: int, device: str) -> dict:
+    """`run()` n times under torch.profiler: wall time, the top operators by self time (CPU and, on CUDA, the
+    device), how many kernel launches and host-device syncs each run makes, and the device's idle share."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sync(device)
+    with profile(activities=activities, record_shapes=False) as prof:
+        t = time.perf_counter()
+        for _ in range(n):
+            run()
+        sync(device)
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+    cuda = device.startswith("cuda")
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
+
+    top = sorted(events, key=lambda e: device_us(e) if cuda else e.self_cpu_time_total, reverse=True)[:PROFILE_TOP]
+    kernels_us = sum(device_us(e) for e in events if e.device_type == torch.autograd.DeviceType.CUDA) if cuda else None
+    return {
+        "runs": n, "wall_s_per_run": wall / n,
+        "device_busy_share": None if kernels_us is None else min(1.0, kernels_us / 1e6 / wall),
+        "launches_per_run": sum(e.count for e in events if e.key in _LAUNCH) / n,
+        "syncs_per_run": sum(e.count for e in events if e.key in _SYNC) / n,
+        "top": [{"op": e.key[:60], "calls_per_run": e.count / n, "self_cpu_ms_per_run": e.self_cpu_time_total / 1e3 / n,
+                 "self_device_ms_per_run": device_us(e) / 1e3 / n if cuda else None} for e in top],
+    }
+
+
+def profile_markdown(name: str, p: dict) -> list[str]:
+    share = p["device_busy_share"]
+    busy = "n/a (CPU run)" if share is None else f"{100 * share:.0f}%, idle {100 * (1 - share):.0f}%"
+    lines = ["", f"Profile, {name}: {p['wall_s_per_run'] * 1e3:.1f} ms per run over {p['runs']} run(s); device busy "
+                 f"{busy}; {p['launches_per_run']:.0f} kernel launches and {p['syncs_per_run']:.0f} host-device syncs "
+                 "per run",
+             "", "| operator | calls/run | self CPU ms/run | self device ms/run |", "| --- | ---: | ---: | ---: |"]
+    for r in p["top"]:
+        dev = "n/a" if r["self_device_ms_per_run"] is None else f"{r['self_device_ms_per_run']:.2f}"
+        lines.append(f"| `{r['op']}` | {r['calls_per_run']:.0f} | {r['self_cpu_ms_per_run']:.2f} | {dev} |")
+    return lines
 
 
 # --- reporting ---------------------------------------------------------------------------------------
@@ -390,6 +465,8 @@ def markdown(results: dict) -> str:
             goal = "" if r["batch"] == min(EVAL_BATCHES) or x is None else ("met" if x >= _GOAL_EVAL_SPEEDUP else "**missed**")
             lines.append(f"| {r['quantization']} | {r['batch']} | {r['questions']} | {r['seconds']:.2f} | "
                          f"{r['samples_per_s']:.2f} | {'n/a' if x is None else f'{x:.1f}'} | {gib(r['peak_allocated'])} | {goal} |")
+    for name, p in (results.get("profile") or {}).items():
+        lines += profile_markdown(name, p)
     if results.get("skipped"):
         lines += ["", f"- not measured (time budget): {', '.join(results['skipped'])}"]
     lines += ["", f"- total wall time {results['total_s']:.0f} s"]
@@ -463,11 +540,15 @@ def main() -> None:
             results["load"].append(row)
             results["eval"] += eval_throughput(model, processor, quantization, device)
             write_outputs(results, out_dir)
+            results["profile"] = {**results.get("profile", {}), **_PROFILES}
             if quantization == "4bit":  # train on the loaded 4-bit model, as the fine-tuning script does
                 if elapsed() > TOTAL_BUDGET_S:
                     results["skipped"].append("QLoRA training")
                 else:
                     results["train"], results["lora"] = qlora_training(model, processor, device)
+                    if "profile" in results["lora"]:
+                        p = results["lora"].pop("profile")
+                        results["profile"][p.pop("what")] = p
                     write_outputs(results, out_dir)
             del model
             free_memory(device)

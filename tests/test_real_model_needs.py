@@ -503,3 +503,18 @@ def test_train_step_bench_shows_the_vision_tower_out_of_the_graph(tiny_model_dir
     assert float(rows["full_graph"][2]) > 0 and float(rows["no_grad_tower"][2]) == 0, proc.stdout
     assert float(rows["no_grad_tower"][1]) < float(rows["full_graph"][1]), proc.stdout
     assert "largest difference between the paths: 0.00e+00" in proc.stdout, proc.stdout
+
+
+def test_gpu_check_smoke_profile_writes_operator_tables(tmp_path):
+    """`python -m bench.gpu_check --smoke=True --profile=True`: the profiling mode runs the QLoRA step and an
+    evaluation batch under torch.profiler and reports tables (top operators, launches, syncs), no trace."""
+    proc = run_script("-m", "bench.gpu_check", "--smoke=True", "--profile=True", "--eval_quantizations=4bit",
+                      f"--output_dir={tmp_path}", check=True, timeout=400)
+    md = (tmp_path / "gpu_results.md").read_text()
+    for heading in ("Profile, QLoRA step, per-device batch 4", "Profile, evaluation 4bit, batch 32"):
+        assert heading in md and heading in proc.stdout, md
+    assert "| `aten::mm` |" in md and "host-device syncs per run" in md
+    profile = json.loads((tmp_path / "gpu_check.json").read_text())["profile"]
+    step = profile["QLoRA step, per-device batch 4"]
+    assert step["runs"] == 3 and step["syncs_per_run"] >= 1 and step["top"], step
+    assert not list(tmp_path.glob("*.json.gz")) and not list(tmp_path.glob("*trace*"))
