@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqa_prompt", default="vqa_opt", choices=[k for k, v in PROMPTS.items() if "{}" in v])
     p.add_argument("--vqa_decoding", default=DEFAULT_VQA_DECODING, choices=list(DECODING))
     p.add_argument("--caption_decoding", default=DEFAULT_CAPTION_DECODING, choices=list(DECODING))
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
+    p.add_argument("--device", default="", help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -73,16 +73,16 @@ def read_images(paths: list[Path]) -> tuple[list[Path], list]:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from src.config import check_value
     from src.images import shown_path
     from src.inference import caption_and_answer
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2
     from src.prompts import check_question, generation_record
 
-    for name in ("batch_size", "model_id", "adapter_dir", "device"):
-        setattr(args, name, check_value(name, getattr(args, name) or ("" if name == "device" else getattr(args, name)),
-                                        default="" if name in ("adapter_dir", "device") else None))
+    for name in ("batch_size", "model_id", "adapter_dir", "device"):  # the rules every script's settings follow
+        setattr(args, name, check_value(name, getattr(args, name), parser.get_default(name)))
     question = check_question(args.question) if args.question is not None else None
     paths = collect_images([check_value("image", i) for i in args.images])
     n_given = len(paths)

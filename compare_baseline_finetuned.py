@@ -213,7 +213,7 @@ def main() -> None:
     default_report = "assets/comparisons" if Path(OUTPUT_DIR) == Path("outputs") else str(Path(OUTPUT_DIR) / "comparisons")
     output_dir, report_dir = Path(OUTPUT_DIR), Path(REPORT_DIR or default_report)
     base_path, ft_path = output_dir / BASELINE_FILE, output_dir / FINETUNED_FILE
-    for name in ("CASES_PER_GROUP", "CASES_SHOWN", "BOOTSTRAP_RESAMPLES", "THUMB_SIZE"):
+    for name in ("CASES_PER_GROUP", "CASES_SHOWN"):  # the others: src.config.check_value
         if globals()[name] < 1:
             raise UserError(f"--{name.lower()} must be at least 1, got {globals()[name]}")
     if not base_path.exists():

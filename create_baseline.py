@@ -38,10 +38,9 @@ def main():
     from src.io import write_jsonl
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
     from src.prompts import check_question, generation_record
-    from src.runtime import check_output_dir, check_positive, hold_output_lock
+    from src.runtime import check_output_dir, hold_output_lock
 
     # every input and the output folder are checked before the slow model load
-    check_positive(batch_size=BATCH_SIZE)
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model
     question = check_question(QUESTION)
     paths = list_images(IMAGES_DIR)

@@ -41,15 +41,10 @@ DEBUG = False
 def main():
     config = apply_overrides(globals())
     from src.data import freeze_sample, load_samples, read_frozen_sample
-    from src.errors import UserError
-    from src.evaluation import SAMPLE_IDS_FILE, check_eval_settings, eval_record, run_vqa, score_and_write
+    from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
     from src.modeling import check_quantization, load_blip2
     from src.runtime import check_output_dir, check_output_files, hold_output_lock, make_accelerator
 
-    if MAX_SAMPLES < 0:
-        raise UserError(f"--max_samples={MAX_SAMPLES}: must be 0 (whole split) or more")
-    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
-                        vqa_decoding=VQA_DECODING)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)

@@ -45,7 +45,7 @@ def main():
     config = apply_overrides(globals())
     from src.data import load_samples, read_frozen_sample
     from src.errors import UserError
-    from src.evaluation import (SAMPLE_IDS_FILE, check_eval_settings, eval_record, print_comparison, run_vqa,
+    from src.evaluation import (SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa,
                                 score_and_write)
     from src.compare import check_result_rows
     from src.io import read_jsonl_lines
@@ -63,8 +63,6 @@ def main():
                         "first (same --output_dir and --dataset)")
     base_rows = check_result_rows(read_jsonl_lines(baseline_path), baseline_path)  # a bad line: said now, not after
     config["adapter_dir"] = adapter
-    check_eval_settings(eval_batch=EVAL_BATCH, num_workers=NUM_WORKERS, vqa_prompt=VQA_PROMPT,
-                        vqa_decoding=VQA_DECODING)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     check_output_files(out_dir, [SAMPLE_IDS_FILE] + [f"{RUN_NAME}{suffix}" for suffix in

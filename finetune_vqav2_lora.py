@@ -56,25 +56,12 @@ RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r",
 
 def main():
     config = apply_overrides(globals())
-    import math
-
     import torch
 
-    from src.errors import UserError
-    from src.runtime import check_output_dir, check_positive, hold_output_lock, make_accelerator
+    from src.runtime import check_output_dir, hold_output_lock, make_accelerator
     from src.modeling import check_quantization, mixed_precision
-    from src.prompts import format_prompt
 
-    check_positive(train_steps=TRAIN_STEPS, per_device_batch=PER_DEVICE_BATCH, grad_accum=GRAD_ACCUM,
-                   save_every=SAVE_EVERY, lora_r=LORA_R)
-    if not LR > 0 or not math.isfinite(LR):
-        raise UserError(f"--lr={LR}: must be a positive number")
-    if not 0 <= LORA_DROPOUT < 1:
-        raise UserError(f"--lora_dropout={LORA_DROPOUT}: must be in [0, 1)")
-    if WARMUP_STEPS < 0 or MAX_SAMPLES < 0 or NUM_WORKERS < 0 or KEEP_CHECKPOINTS < 1:
-        raise UserError("--warmup_steps, --max_samples and --num_workers must be >= 0 and --keep_checkpoints >= 1")
-    format_prompt(VQA_PROMPT, "?")
-
+    # every value was checked by apply_overrides (src.config.check_value): counts, LR, dropout, prompt, decoding
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100), fp32 on CPU
     mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu")
     # accumulate() in src.training.training_step syncs gradients on every GRAD_ACCUM-th micro-batch

@@ -107,18 +107,7 @@ def run_comparison(output_dir: str, report_dir: str) -> bool:
 def main():
     config = apply_overrides(globals())
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from src.prompts import get_decoding, get_prompt
-
-    if "{}" not in get_prompt(VQA_PROMPT):
-        raise UserError(f"--vqa_prompt={VQA_PROMPT} has no place for the question ({{}}); "
-                        f"use e.g. --vqa_prompt=vqa_opt")
-    get_prompt(CAPTION_PROMPT)  # unknown names fail here, before the model load
-    get_decoding(VQA_DECODING)
-    get_decoding(CAPTION_DECODING)
-    if not MAX_UPLOAD_MB > 0:
-        raise UserError(f"--max_upload_mb must be positive, got {MAX_UPLOAD_MB}")
-    if MAX_QUEUE < 1:
-        raise UserError(f"--max_queue must be at least 1, got {MAX_QUEUE}")
+    # prompts, decodings, upload limit and queue were checked by apply_overrides (src.config.check_value)
     check_lang(LANG)
     check_port_free(HOST, PORT)
     if HOST not in _LOCAL_HOSTS:

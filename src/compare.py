@@ -109,18 +109,20 @@ def check_result_rows(numbered_rows, path) -> list[dict]:
                                     "scripts (or was edited): rerun the script that wrote it")
                 continue
             value = row[field]
-            ok = (value is None and None in types) or (value is not None and isinstance(value, tuple(t for t in types if t))
-                                                         and not (isinstance(value, bool) and bool not in types))
-            if field == "gt_answers" and ok:
+            if value is None:
+                ok = None in types
+            else:  # a bool is an int to isinstance, but no field holds one
+                ok = isinstance(value, tuple(t for t in types if t is not None)) and not isinstance(value, bool)
+            if ok and field == "gt_answers":
                 ok = all(isinstance(a, str) for a in value)
-                if ok:
-                    row[field] = [_writable(a) for a in value]
-            elif isinstance(value, str):
-                row[field] = _writable(value)
             if not ok:
                 raise UserError(f"{path}, line {line}: field {field!r} is {type(value).__name__} {str(value)[:40]!r}, not "
                                 f"{_type_names(types)}{' (of strings)' if field == 'gt_answers' else ''}; fix that line "
                                 "or rerun the script that wrote the file")
+            if field == "gt_answers":
+                row[field] = [_writable(a) for a in value]
+            elif isinstance(value, str):
+                row[field] = _writable(value)
         rows.append(row)
     return rows
 

@@ -117,11 +117,10 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
         if key is None:
             raise UserError(f"unknown setting --{name}; valid settings: {', '.join('--' + k for k in sorted(by_lower))}")
         namespace[key] = _coerce(key, raw, namespace[key])
-    home = REPO_ROOT
     for key in keys:
         value = check_value(key, namespace[key], defaults[key])
-        if value == defaults[key] and is_repo_path(key, value) and Path.cwd().resolve() != home:
-            value = str(home / value)  # a default path is the repository's, wherever the script is started from
+        if value == defaults[key] and is_repo_path(key, value) and Path.cwd().resolve() != REPO_ROOT:
+            value = str(REPO_ROOT / value)  # a default path is the repository's, wherever the script is started from
         namespace[key] = value
     return {k.lower(): namespace[k] for k in keys}
 
@@ -147,13 +146,21 @@ _FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the 
 _NAMED = {"vqa_prompt": "prompt", "caption_prompt": "prompt", "vqa_decoding": "decoding",
           "caption_decoding": "decoding", "preview_decoding": "decoding"}
 _DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # tabs and newlines are white space
+# control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
+UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def is_path_setting(name: str) -> bool:
     """Settings holding a file or folder (or, for model_id and hf_dataset, possibly one): `~` is expanded."""
     name = name.lower()
     return name.endswith(("_dir", "_file")) or name in ("image", "model_id", "hf_dataset")
+
+
+def looks_like_path(value: str) -> bool:
+    """A value that names a file or folder rather than a hub id ("org/name"): absolute, relative with ./ or ../,
+    from ~, with a Windows drive, or more than one "/"."""
+    return (value.startswith(("/", "./", "../", "~", "\\")) or value.count("/") > 1
+            or (len(value) > 1 and value[1] == ":"))
 
 
 def is_repo_path(key: str, value) -> bool:
@@ -174,18 +181,18 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
 
     if isinstance(value, bool) or value is None:
         return value
-    if isinstance(value, int):
+    if isinstance(value, int) and name not in _FLOATS:  # an int-valued _FLOATS setting (lora_alpha): below
         low, high = _RANGES.get(name, (1 if name in _COUNTS_FROM_1 else 0, INT_MAX))
         if not low <= value <= high:
             if high != INT_MAX:
                 bad(f"must be an integer from {low} to {high:,}")
             bad(f"must be at least {low}" if value < low else f"is absurdly large (at most {high:,})")
-        if name == "lora_alpha" and value <= 0:
-            bad(f"must be a positive number ({_FLOATS['lora_alpha'][3]})")
         return value
-    if isinstance(value, float):
+    if isinstance(value, (int, float)):
         if value != value or value in (float("inf"), float("-inf")):
             bad("must be a finite number")
+        if isinstance(value, int) and value > INT_MAX:
+            bad(f"is absurdly large (at most {INT_MAX:,})")
         low, low_ok, high, what = _FLOATS.get(name, (0.0, True, None, "this setting"))
         if value < low or (value == low and not low_ok):
             bad(f"must be {'0 or more' if low_ok else 'a positive number'} ({what})")
@@ -196,18 +203,18 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
         if not value and default:
             raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={','.join(map(str, default))}")
         for item in value:
-            if isinstance(item, str) and (not item.strip() or _CONTROL.search(item)):
+            if isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)):
                 bad("every entry must be a non-empty name without control characters")
         return value
     if not isinstance(value, str):
         return value
-    if _CONTROL.search(value):
+    if UNSAFE_TEXT.search(value):
         bad("holds a control character or an unpaired surrogate; type the value again")
     if not value.strip() and name == "question":
         raise UserError(f"--question={value!r}: the question is empty; ask something, e.g. --question=\"{default}\"")
     if not value.strip():
         if default == "" or name in EMPTY_MEANS:  # a documented "none" / "auto"
-            return value  # "" is this setting's documented default ("none", "auto")
+            return value
         raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={default}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise UserError(f"--{name}={value!r}: unknown {name} {value!r}; use one of "

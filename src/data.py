@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import UNSAFE_TEXT
 from .errors import UserError
 
 DATASETS = ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
@@ -130,13 +130,10 @@ def _int_id(value, where: str, key: str) -> int:
     raise UserError(f"{where}: {key} must be an integer, got {type(value).__name__} {_short(value)}")
 
 
-_UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
 def _text(value, where: str, key: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         raise UserError(f"{where}: {key} must be a non-empty string, got {type(value).__name__} {_short(value)}")
-    bad = _UNSAFE_TEXT.search(value)
+    bad = UNSAFE_TEXT.search(value)
     if bad:  # a lone surrogate is valid JSON but no tokenizer or font takes it: every rerun would die there
         raise UserError(f"{where}: {key} holds {'an unpaired surrogate' if bad.group() >= chr(0xd800) else 'a control character'} "
                         f"({bad.group()!r} at position {bad.start()}): {_short(value)}; fix or remove that text")

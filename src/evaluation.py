@@ -1,7 +1,7 @@
 """Zero-shot / fine-tuned VQA over a frozen sample: batched, resumable, data-parallel.
 
 The steps of create_vqav2_baseline.py and evaluate_vqav2_finetuned.py, so both runs share the
-prompt, decoding, batching and scorer: check_eval_settings, eval_record, run_vqa (answer),
+prompt, decoding, batching and scorer: eval_record, run_vqa (answer),
 score_and_write (score, write) and, for the fine-tuned run, print_comparison.
 Rows are appended (flushed, fsynced) as batches finish; a rerun skips question ids already written,
 so a killed run resumes where it stopped. Under `accelerate launch` / `torchrun` each process takes
@@ -30,7 +30,6 @@ from .inference import fit_question, generate_batch, question_token_budget
 from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
 from .modeling import IMAGE_BACKEND
 from .prompts import format_prompt, generation_record, get_decoding
-from .runtime import check_positive
 from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 
 # settings that must not change between a run and its resumption
@@ -255,15 +254,6 @@ def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
         print(f"{len(errors)} question(s) could not be answered (kept as error rows, left out of the metrics):")
         for r in errors[:limit]:
             print(f"  question {r['question_id']}: {r['error']}")
-
-
-def check_eval_settings(*, eval_batch: int, num_workers: int, vqa_prompt: str, vqa_decoding: str) -> None:
-    """The evaluation settings both scripts share, checked before any slow work."""
-    check_positive(eval_batch=eval_batch)
-    if num_workers < 0:
-        raise UserError(f"--num_workers={num_workers}: must be 0 or more")
-    get_decoding(vqa_decoding)
-    format_prompt(vqa_prompt, "?")
 
 
 def resolved_if_local(path: str | None) -> str | None:

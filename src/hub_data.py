@@ -19,12 +19,12 @@ import contextlib
 import dataclasses
 import io
 import itertools
-import json
 import os
 from collections import defaultdict
 from fnmatch import fnmatch
 from pathlib import Path
 
+from .config import looks_like_path
 from .data import VQASample, build_samples
 from .errors import UserError
 from .io import read_json, write_json
@@ -237,9 +237,7 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
                         "COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
     if not hf_dataset:
         raise UserError("--hf_dataset is empty; use a hub dataset id (lmms-lab/VQAv2) or a local parquet folder")
-    looks_like_path = hf_dataset.startswith(("/", "./", "../", "~", "\\")) or hf_dataset.count("/") > 1 or \
-        (len(hf_dataset) > 1 and hf_dataset[1] == ":")
-    if looks_like_path and not Path(hf_dataset).expanduser().is_dir():
+    if looks_like_path(hf_dataset) and not Path(hf_dataset).expanduser().is_dir():
         raise UserError(f"--hf_dataset={hf_dataset}: no such folder (a hub id looks like lmms-lab/VQAv2; a local "
                         f"folder must hold the hub layout, {VALIDATION_FILES})")
     key = _source_key(hf_dataset, revision)

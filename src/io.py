@@ -16,7 +16,7 @@ from .errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errno values of a full disk or a used-up quota
 
 
 @contextmanager
@@ -26,7 +26,7 @@ def reported_write_errors(path: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno in _DISK_FULL:
+        if e.errno in DISK_FULL:
             why = "the disk is full" if e.errno == errno.ENOSPC else "the disk quota is used up"
             fix = "free some space"
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

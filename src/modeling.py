@@ -79,7 +79,9 @@ def _disable_cpu_repacking(model) -> int:
 
 
 def _is_local(model_id: str) -> bool:
-    return os.path.exists(model_id) or model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1
+    from .config import looks_like_path
+
+    return os.path.exists(model_id) or looks_like_path(model_id)
 
 
 def _fetch_error(model_id: str, err: Exception) -> UserError:

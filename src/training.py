@@ -7,7 +7,6 @@ finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `ma
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .data import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .io import give_default_permissions, write_json
+from .io import DISK_FULL, give_default_permissions, write_json
 from .prompts import format_prompt
 
 IGNORE_INDEX = -100
@@ -420,7 +419,7 @@ def saving_into(tmp: Path, what: str):
             free = shutil.disk_usage(tmp.parent).free
         except OSError:
             free = None
-        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(e) or \
+        full = getattr(e, "errno", None) in DISK_FULL or "No space" in str(e) or \
             (free is not None and free < _LOW_SPACE)
         shutil.rmtree(tmp, ignore_errors=True)
         if not full:
