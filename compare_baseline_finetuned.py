@@ -40,9 +40,9 @@ from src.config import apply_overrides, write_config
 from src.errors import UserError, run_main
 from src.formatting import summary_text
 from src.i18n import check_lang, texts
-from src.io import atomic_write_text, read_jsonl_lines, write_json
+from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
-from src.runtime import check_output_dir, hold_output_lock
+from src.outputs import check_output_dir, hold_output_lock
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR = "outputs"  # folder holding the result files below

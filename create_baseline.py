@@ -35,10 +35,10 @@ def main():
     config = apply_overrides(globals())
     from src.images import list_images, load_images, shown_path
     from src.inference import caption_and_answer
-    from src.io import write_jsonl
+    from src.files import write_jsonl
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
     from src.prompts import check_question, generation_record
-    from src.runtime import check_output_dir, hold_output_lock
+    from src.outputs import check_output_dir, hold_output_lock
 
     # every input and the output folder are checked before the slow model load
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model

@@ -42,8 +42,8 @@ def main():
     config = apply_overrides(globals())
     from src.data import freeze_sample, load_samples, read_frozen_sample
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
-    from src.modeling import check_quantization, load_blip2
-    from src.runtime import check_output_dir, check_output_files, hold_output_lock, make_accelerator
+    from src.modeling import check_quantization, load_blip2, make_accelerator
+    from src.outputs import check_output_dir, check_output_files, hold_output_lock
 
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))

@@ -48,9 +48,9 @@ def main():
     from src.evaluation import (SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa,
                                 score_and_write)
     from src.compare import check_result_rows
-    from src.io import read_jsonl_lines
-    from src.modeling import check_adapter_dir, check_quantization, load_blip2, resolve_adapter_dir
-    from src.runtime import check_output_dir, check_output_files, hold_output_lock, make_accelerator
+    from src.files import read_jsonl_lines
+    from src.modeling import check_adapter_dir, check_quantization, load_blip2, make_accelerator, resolve_adapter_dir
+    from src.outputs import check_output_dir, check_output_files, hold_output_lock
 
     out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)

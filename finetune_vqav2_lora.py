@@ -58,8 +58,8 @@ def main():
     config = apply_overrides(globals())
     import torch
 
-    from src.runtime import check_output_dir, hold_output_lock, make_accelerator
-    from src.modeling import check_quantization, mixed_precision
+    from src.outputs import check_output_dir, hold_output_lock
+    from src.modeling import check_quantization, make_accelerator, mixed_precision
 
     # every value was checked by apply_overrides (src.config.check_value): counts, LR, dropout, prompt, decoding
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100), fp32 on CPU
@@ -144,7 +144,7 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     Every process takes its own random state and the fp16 loss scale back; the training log is cut back
     to exactly the steps that checkpoint contains."""
     from src.errors import UserError
-    from src.io import read_jsonl_lines, write_jsonl
+    from src.files import read_jsonl_lines, write_jsonl
     from src import training as T
 
     main_proc = accelerator.is_main_process
@@ -188,7 +188,7 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
     from tqdm.auto import tqdm
 
     from src.errors import UserError
-    from src.io import JsonlAppender
+    from src.files import JsonlAppender
     from src import training as T
 
     main_proc = accelerator.is_main_process
@@ -232,7 +232,7 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
 
 def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
     """The final adapter folder, the held-out preview and the closing lines (main process only)."""
-    from src.io import read_jsonl
+    from src.files import read_jsonl
     from src import training as T
 
     adapter_dir = out_dir / "lora_adapter"
@@ -275,7 +275,7 @@ def preview(model, processor, adapter_dir):
     from src.errors import UserError
     from src.images import load_image
     from src.inference import generate_for_images
-    from src.io import write_jsonl
+    from src.files import write_jsonl
     from src.prompts import format_prompt, get_decoding
 
     try:

@@ -116,7 +116,7 @@ def through_run_vqa(model, processor, samples, prompt: str, decoding_name: str, 
     generate returned; their answer is the cleaned one that is scored)."""
     from src.evaluation import read_rows, run_vqa
     from src.prompts import generation_record
-    from src.runtime import make_accelerator
+    from src.modeling import make_accelerator
 
     out_path.unlink(missing_ok=True)
     record = {"model_id": "bench", "adapter": None, **generation_record(prompt, decoding_name)}
@@ -147,13 +147,13 @@ def batched_loop(model, processor, batches: list[list], prompt: str, decoding: d
 
 def image_grouped_batches(samples, batch: int) -> list[list]:
     """run_vqa's order: by image, then question id."""
-    from src.io import iter_chunks
+    from src.files import iter_chunks
 
     return list(iter_chunks(sorted(samples, key=lambda s: (s.image_path, s.question_id)), batch))
 
 
 def length_sorted_batches(samples, processor, prompt: str, batch: int) -> list[list]:
-    from src.io import iter_chunks
+    from src.files import iter_chunks
     from src.prompts import format_prompt
 
     lengths = {s.question_id: len(processor.tokenizer(format_prompt(prompt, s.question))["input_ids"]) for s in samples}
@@ -264,7 +264,7 @@ def main() -> None:
 
     from src.config import write_config
     from src.data import load_samples
-    from src.io import write_json
+    from src.files import write_json
     from src.modeling import load_blip2
     from src.prompts import get_decoding
 

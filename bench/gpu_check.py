@@ -276,7 +276,7 @@ def train_batch(processor, image_token_id: int, batch: int, size: int, device: s
 def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
     """Optimizer steps of the fine-tuning script (one micro-batch each) at every TRAIN_BATCHES size."""
     from src.modeling import mixed_precision
-    from src.runtime import make_accelerator
+    from src.modeling import make_accelerator
     from bench.train_step import train_path
     from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode, training_step
 
@@ -475,7 +475,7 @@ def markdown(results: dict) -> str:
 
 def write_outputs(results: dict, out_dir: Path) -> None:
     """JSON and markdown, rewritten after every section: a killed run keeps what it measured."""
-    from src.io import write_json
+    from src.files import write_json
 
     results["total_s"] = elapsed()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -259,7 +259,7 @@ def results_section(command: str, body: list[str], check_json: Path) -> str:
     import torch
     import transformers
 
-    from src.io import read_json
+    from src.files import read_json
 
     lines = [
         "## memory_plan: weight memory of Salesforce/blip2-opt-2.7b vs its model card",
@@ -280,7 +280,7 @@ def results_section(command: str, body: list[str], check_json: Path) -> str:
 def main() -> None:
     defaults = {k.lower(): v for k, v in globals().items() if k.isupper() and not k.startswith("_")}
     config = apply_overrides(globals())
-    from src.io import write_json
+    from src.files import write_json
     from src.memory_plan import format_plan, load_blip2_config, plan_memory
 
     check_json = REPO / GPU_CHECK_DIR / "gpu_check.json"

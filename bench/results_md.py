@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.io import atomic_write_text
+from src.files import atomic_write_text
 
 RESULTS_MD = Path(__file__).with_name("RESULTS.md")
 

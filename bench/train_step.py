@@ -120,7 +120,7 @@ def measure(model_dir: str, path: str) -> dict:
 
     from bench.gpu_check import train_batch
     from src.modeling import blip2_core, load_blip2
-    from src.runtime import make_accelerator
+    from src.modeling import make_accelerator
     from src.training import LoraSettings, add_lora, make_optimizer, set_train_mode, training_step
 
     if TORCH_THREADS:

@@ -247,6 +247,6 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
 
 def write_config(config: dict, path: str | Path) -> None:
     """Write the resolved config as JSON next to a script's output."""
-    from .io import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n")

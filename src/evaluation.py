@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .compare import compare_rows, processing_changes
 from .config import write_config
-from .data import VQASample
+from .samples import VQASample
 from .errors import UserError
 from .formatting import console_comparison
 from .i18n import texts
 from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
-from .io import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
+from .files import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
 from .modeling import IMAGE_BACKEND
 from .prompts import format_prompt, generation_record, get_decoding
 from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy

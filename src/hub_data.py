@@ -25,9 +25,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from .config import looks_like_path
-from .data import VQASample, build_samples
+from .samples import VQASample, build_samples
 from .errors import UserError
-from .io import read_json, write_json
+from .files import read_json, write_json
 from .locks import exclusive_lock
 
 VALIDATION_FILES = "data/validation-*.parquet"

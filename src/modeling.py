@@ -27,6 +27,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def make_accelerator(**kwargs):
+    """An Accelerator that also goes data-parallel on CPU-only machines (gloo) when launched with
+    torchrun; accelerate only does that when told the run is on CPU."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
 def compute_dtype(device: str):
     """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, A10, L4, RTX 30/40, H100), fp16 on
     older ones (T4, V100, RTX 20), fp32 on CPU. torch counts emulated bf16 as supported by default; on a
@@ -329,7 +338,7 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     """A LoRA adapter folder with a readable config and whole safetensors weights (checked before a
     slow model load). With `model_id`, also that its layers fit that model, when the adapter was
     trained on a model of another name and that model's config is at hand (local or cached)."""
-    from .io import safetensors_problem
+    from .files import safetensors_problem
 
     adapter = Path(adapter)
     if adapter.is_file():
@@ -373,7 +382,7 @@ def _model_skeleton(model_id: str):
 def check_model_dir(model_id: str) -> None:
     """A local model folder holds a BLIP-2 config and whole safetensors weights (read from the
     headers, before the slow load). A hub id is left to the download, which verifies itself."""
-    from .io import safetensors_problem
+    from .files import safetensors_problem
 
     folder = Path(model_id)
     if not folder.is_dir():
@@ -387,7 +396,7 @@ def check_model_dir(model_id: str) -> None:
     if not config_path.exists():
         raise UserError(f"no config.json in {folder}: not a model saved with save_pretrained; pass "
                         "--model_id=<folder with config.json and model.safetensors> or a hub id")
-    from .io import read_json
+    from .files import read_json
 
     again = "copy or download the model folder again"
     config = read_json(config_path, "model config", fix=again)

@@ -337,7 +337,7 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Pat
     import torch
     from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil, GPT2TokenizerFast
 
-    from .io import give_default_permissions
+    from .files import give_default_permissions
 
     torch.manual_seed(SEED)
     tokenizer = GPT2TokenizerFast(

@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from .charts import plot_loss  # loss_curve.png is drawn with the other charts
-from .data import VQASample, training_answer
+from .samples import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .io import DISK_FULL, give_default_permissions, write_json
+from .files import DISK_FULL, give_default_permissions, write_json
 from .prompts import format_prompt
 
 IGNORE_INDEX = -100
@@ -318,7 +318,7 @@ MANIFEST = "manifest.json"  # written last: every file of the checkpoint with it
 def checkpoint_problem(d: Path) -> str | None:
     """Why checkpoint `d` cannot be trusted, or None: every file the manifest lists is there with its
     size, the safetensors header reads, the JSON files parse and the training state loads."""
-    from .io import safetensors_problem
+    from .files import safetensors_problem
 
     for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
         if not (d / name).exists():
@@ -470,7 +470,7 @@ def read_config(d: Path) -> dict:
 def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_path: Path, plot_title: str) -> None:
     """adapter (safetensors) + processor + resolved config + train_log.jsonl + loss_curve.png, built in
     a temporary folder and swapped in, so <adapter_dir> is always either the old or the new adapter."""
-    from .io import read_jsonl
+    from .files import read_jsonl
 
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)

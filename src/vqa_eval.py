@@ -56,7 +56,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import UserError, run_main
-from .io import read_json, write_json
+from .files import read_json, write_json
 
 NORMALIZATION_TABLES = Path(__file__).with_name("vqa_normalization.json")
 PRECISION = 2  # decimals of every reported percentage, as the official VQAEval(n=2)

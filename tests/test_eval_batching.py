@@ -17,7 +17,7 @@ from src.evaluation import read_rows, run_vqa
 from src.images import load_image
 from src.modeling import load_blip2
 from src.prompts import first_line, format_prompt, generation_record, get_decoding
-from src.runtime import make_accelerator
+from src.modeling import make_accelerator
 
 PROMPT, DECODING = "vqa_opt", "vqa_beam5"
 

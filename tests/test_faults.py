@@ -532,7 +532,7 @@ def test_a_second_run_into_a_busy_folder_refuses_and_a_killed_run_is_taken_over(
 
 
 def test_output_lock_api(tmp_path):
-    from src.runtime import hold_output_lock
+    from src.outputs import hold_output_lock
 
     with hold_output_lock(tmp_path, enabled=False) as held:  # a non-main rank under torchrun
         assert held is None and not (tmp_path / ".output.lock").exists()
@@ -551,7 +551,7 @@ def test_output_lock_on_a_filesystem_without_locks_warns_and_runs(tmp_path, monk
     import errno
 
     import src.locks as L
-    import src.runtime as R
+    import src.outputs as R
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -652,7 +652,7 @@ def test_unreadable_image_and_folders_say_permission_denied(tiny_model_dir, tmp_
 def test_saved_files_get_the_usual_permissions(tmp_path):
     from safetensors.torch import save_file
 
-    from src.io import FILE_MODE, give_default_permissions, write_json
+    from src.files import FILE_MODE, give_default_permissions, write_json
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))  # made 0600 by safetensors
     write_json(tmp_path / "config.json", {})  # via mkstemp (0600) and rename

@@ -18,7 +18,7 @@ from helpers import REPO, assert_one_line_error, run_script
 
 from src.data import load_samples, materialize_images, sample_question_ids, select
 from src.errors import UserError
-from src.io import read_jsonl
+from src.files import read_jsonl
 
 TINY = [json.loads(line) for line in (REPO / "data" / "tiny.jsonl").read_text().splitlines() if line.strip()]
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from helpers import REPO, assert_one_line_error, run_script
-from src.data import VQASample
+from src.samples import VQASample
 from src.errors import UserError
 from src.vqa_eval import normalize_answer, vqa_accuracy
 
@@ -40,7 +40,7 @@ def test_run_vqa_keeps_raw_answer_and_scores_the_processed_one(tiny_model_dir, t
     import src.evaluation as E
     from src.modeling import load_blip2
     from src.prompts import generation_record
-    from src.runtime import make_accelerator
+    from src.modeling import make_accelerator
 
     model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu")
     image = str(REPO / "data" / "picture_01.jpg")
@@ -262,7 +262,7 @@ def test_a_skipped_fp16_step_does_not_move_the_schedule(tiny_model_dir, monkeypa
     so the cosine schedule must stay too, and the step says it was skipped (mocked: no GPU here)."""
     from accelerate import Accelerator
 
-    from src.runtime import make_accelerator
+    from src.modeling import make_accelerator
     from src.training import make_optimizer, training_step
 
     model, processor = _lora_twin(tiny_model_dir, "none", checkpointing=False)

@@ -16,7 +16,7 @@ from helpers import REPO
 def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
     from src.data import load_samples
     from src.modeling import end_token_id, load_blip2
-    from src.runtime import make_accelerator
+    from src.modeling import make_accelerator
     from src.training import LoraSettings, TrainBatches, add_lora, make_optimizer, training_loss, training_step
 
     model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu", trainable_adapter=True)

@@ -1,5 +1,4 @@
-"""Process set-up shared by the long-running scripts: the Accelerator, early input checks and the
-output-folder lock (one writer per folder)."""
+"""The output folder of a run: checked before any long work, and held by one writer at a time."""
 
 from __future__ import annotations
 
@@ -13,15 +12,6 @@ from .errors import UserError
 from .locks import exclusive_lock
 
 LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while it runs
-
-
-def make_accelerator(**kwargs):
-    """An Accelerator that also goes data-parallel on CPU-only machines (gloo) when launched with
-    torchrun; accelerate only does that when told the run is on CPU."""
-    import torch
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
 
 
 def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
@@ -48,12 +38,6 @@ def check_output_files(out_dir: Path, names) -> None:
         if (out_dir / name).is_dir():
             raise UserError(f"{out_dir / name} is a folder, but this run writes a file there; remove or rename that "
                             "folder, or choose another --output_dir")
-
-
-def check_positive(**values) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise UserError(f"--{name}={value}: must be at least 1")
 
 
 @contextmanager
