@@ -76,10 +76,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     from src.config import check_value
-    from src.images import shown_path
-    from src.inference import caption_and_answer
+    from src.inference import caption_rows
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2
-    from src.prompts import check_question, generation_record
+    from src.prompts import check_question
 
     for name in ("batch_size", "model_id", "adapter_dir", "device"):  # the rules every script's settings follow
         setattr(args, name, check_value(name, getattr(args, name), parser.get_default(name)))
@@ -92,19 +91,9 @@ def main(argv=None):
     if adapter:
         check_adapter_dir(adapter, args.model_id)
     model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device or None)
-    outs = caption_and_answer(model, processor, images, question, vqa_prompt=args.vqa_prompt,
-                              vqa_decoding=args.vqa_decoding, caption_prompt="caption",
-                              caption_decoding=args.caption_decoding, batch_size=args.batch_size)
-    rows = []
-    for p, out in zip(paths, outs):
-        row = {"image_path": shown_path(p), "caption": out["caption"]}
-        if question is not None:
-            row.update(question=question, answer=out["answer"])
-        row.update(model_id=args.model_id, adapter=adapter)
-        if question is not None:
-            row.update(generation_record(args.vqa_prompt, args.vqa_decoding))
-        row["caption_decoding"] = generation_record("caption", args.caption_decoding)["decoding"]
-        rows.append(row)
+    rows = caption_rows(model, processor, paths, dict(zip(paths, images)), question, model_id=args.model_id,
+                        adapter=adapter, vqa_prompt=args.vqa_prompt, vqa_decoding=args.vqa_decoding,
+                        caption_prompt="caption", caption_decoding=args.caption_decoding, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     else:

@@ -33,11 +33,11 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.images import list_images, load_images, shown_path
-    from src.inference import caption_and_answer
+    from src.images import list_images, load_images
+    from src.inference import caption_rows
     from src.files import write_jsonl
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
-    from src.prompts import check_question, generation_record
+    from src.prompts import check_question
     from src.outputs import check_output_dir, hold_output_lock
 
     # every input and the output folder are checked before the slow model load
@@ -59,19 +59,11 @@ def main():
         good = [p for p in paths if p in images]
         print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
               + (f" + {adapter}" if adapter else ""))
-        outs = caption_and_answer(model, processor, [images[p] for p in good], question, vqa_prompt=VQA_PROMPT,
-                                  vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
-                                  caption_decoding=CAPTION_DECODING, batch_size=BATCH_SIZE)
-        by_path = dict(zip(good, outs))
-        record = {"model_id": MODEL_ID, "adapter": adapter, **generation_record(VQA_PROMPT, VQA_DECODING),
-                  "caption_prompt": CAPTION_PROMPT,
-                  "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
-        rows = []
-        for p in paths:
-            out = by_path.get(p, {"caption": None, "answer": None})
-            rows.append({"image_path": shown_path(p.as_posix()), "caption": out["caption"], "question": question,
-                         "answer": out["answer"], **record, "error": errors[p] and shown_path(errors[p]) if p in errors else None})
-            print(f"{p.name}: {out['caption']!r} | {question} -> {out['answer']!r}" if p in by_path
+        rows = caption_rows(model, processor, paths, images, question, model_id=MODEL_ID, adapter=adapter,
+                            vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                            caption_decoding=CAPTION_DECODING, errors=errors, batch_size=BATCH_SIZE)
+        for p, row in zip(paths, rows):
+            print(f"{p.name}: {row['caption']!r} | {question} -> {row['answer']!r}" if p in images
                   else f"{p.name}: ERROR {errors[p]}")
         write_jsonl(out_path, rows)
         write_config(config, str(out_path) + ".config.json")

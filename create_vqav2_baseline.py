@@ -63,12 +63,10 @@ def main():
         record = eval_record(model_id=MODEL_ID, adapter=None, quantization=QUANTIZATION, dataset=DATASET,
                              vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
-                record=record, prompt=VQA_PROMPT, decoding=VQA_DECODING, batch_size=EVAL_BATCH,
-                num_workers=NUM_WORKERS, desc=RUN_NAME)
+                record=record, batch_size=EVAL_BATCH, num_workers=NUM_WORKERS, desc=RUN_NAME)
         # 3. score and write (main process)
         if accelerator.is_main_process:
-            score_and_write(chosen, out_dir, RUN_NAME, config=config,
-                            facts={"dataset": DATASET, "split": SPLIT, "model_id": MODEL_ID, "adapter": None})
+            score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT)
 
 
 if __name__ == "__main__":

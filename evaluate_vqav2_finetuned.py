@@ -78,13 +78,11 @@ def main():
         record = eval_record(model_id=MODEL_ID, adapter=adapter, quantization=QUANTIZATION, dataset=DATASET,
                              vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
-                record=record, prompt=VQA_PROMPT, decoding=VQA_DECODING, batch_size=EVAL_BATCH,
-                num_workers=NUM_WORKERS, desc=RUN_NAME)
+                record=record, batch_size=EVAL_BATCH, num_workers=NUM_WORKERS, desc=RUN_NAME)
         if not accelerator.is_main_process:
             return
         # 3. score and write
-        rows, _ = score_and_write(chosen, out_dir, RUN_NAME, config=config,
-                                  facts={"dataset": DATASET, "split": SPLIT, "model_id": MODEL_ID, "adapter": adapter})
+        rows, _ = score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT)
     # 4. against the baseline, question by question
     print_comparison(base_rows, rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
     print("next: python compare_baseline_finetuned.py" + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))

@@ -31,10 +31,10 @@ DEBUG = False  # show tracebacks
 def main():
     config = apply_overrides(globals())
     from src.images import load_image
-    from src.inference import caption_and_answer
+    from src.inference import caption_rows
     from src.files import write_json
     from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
-    from src.prompts import check_question, generation_record
+    from src.prompts import check_question
     from src.outputs import check_output_dir, hold_output_lock
 
     # every input and the output folder are checked before the slow model load
@@ -47,16 +47,13 @@ def main():
         check_adapter_dir(adapter, MODEL_ID)
     with hold_output_lock(out_dir):
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
-        out = caption_and_answer(model, processor, [image], question, vqa_prompt=VQA_PROMPT,
-                                 vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
-                                 caption_decoding=CAPTION_DECODING)[0]
-        result = {"image_path": IMAGE, "caption": out["caption"], "question": question, "answer": out["answer"],
-                  "model_id": MODEL_ID, "adapter": adapter, **generation_record(VQA_PROMPT, VQA_DECODING),
-                  "caption_decoding": generation_record(CAPTION_PROMPT, CAPTION_DECODING)["decoding"]}
+        result = caption_rows(model, processor, [IMAGE], {IMAGE: image}, question, model_id=MODEL_ID, adapter=adapter,
+                              vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                              caption_decoding=CAPTION_DECODING)[0]
         print(f"image:    {IMAGE}")
-        print(f"caption:  {out['caption']}")
+        print(f"caption:  {result['caption']}")
         print(f"question: {question}")
-        print(f"answer:   {out['answer']}")
+        print(f"answer:   {result['answer']}")
         write_json(out_dir / "mini_infer.json", {"result": result, "config": config})
 
 

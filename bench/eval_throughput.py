@@ -121,7 +121,7 @@ def through_run_vqa(model, processor, samples, prompt: str, decoding_name: str, 
     out_path.unlink(missing_ok=True)
     record = {"model_id": "bench", "adapter": None, **generation_record(prompt, decoding_name)}
     run_vqa(samples, out_path, model=model, processor=processor, accelerator=make_accelerator(), record=record,
-            prompt=prompt, decoding=decoding_name, batch_size=batch, num_workers=workers, desc=f"run_vqa w{workers}")
+            batch_size=batch, num_workers=workers, desc=f"run_vqa w{workers}")
     return {qid: row["raw_answer"] for qid, row in read_rows(out_path).items()}
 
 

@@ -136,34 +136,30 @@ def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict
     return batches[accelerator.process_index::accelerator.num_processes]
 
 
-def answer_batch(model, processor, batch: list[VQASample], images: dict, prompt: str, decoding: dict, budget: int,
-                 warn) -> tuple[dict[int, str], set[int]]:
-    """The model's answers to the questions of one batch whose picture loaded ({question_id: text}),
-    and the ids of questions cut to `budget` tokens. `images` is a _BatchImages item."""
-    answerable = [s for s in batch if s.image_path not in images["errors"]]
-    if not answerable:
-        return {}, set()
-    questions, cut = [], set()
-    for s in answerable:
-        q, was_cut = fit_question(processor, s.question, budget)
-        questions.append(q)
+def fitted_prompts(processor, batches: list[list[VQASample]], prompt: str, budget: int) -> tuple[dict[int, str], set[int]]:
+    """({question_id: the prompt with its question}, ids of the questions cut to `budget` tokens, with a
+    warning each), so that a long question still ends in the prompt's "Answer:" instead of losing it."""
+    prompts, cut = {}, set()
+    for s in (s for batch in batches for s in batch):
+        question, was_cut = fit_question(processor, s.question, budget)
         if was_cut:
             cut.add(s.question_id)
-            warn(f"warning: question {s.question_id} is longer than the model reads; cut to {budget} tokens")
-    answers = generate_batch(model, processor, images["pixel_values"], [format_prompt(prompt, q) for q in questions],
-                             decoding, image_index=[images["paths"].index(s.image_path) for s in answerable])
-    return {s.question_id: a for s, a in zip(answerable, answers)}, cut
+            print(f"warning: question {s.question_id} is longer than the model reads; cut to {budget} tokens")
+        prompts[s.question_id] = format_prompt(prompt, question)
+    return prompts, cut
 
 
 def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
-            prompt: str, decoding: str, batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
-    """Answer every sample not yet in `out_path`; appends rows with prediction and scores."""
+            batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
+    """Answer every sample not yet in `out_path` with the prompt and decoding of `record` (eval_record);
+    appends one result row per question: answer, scores and the record."""
     from tqdm.auto import tqdm
 
     out_path = Path(out_path)
     mine = batches_to_answer(samples, out_path, record, batch_size, accelerator, desc)
-    decoding_kwargs = get_decoding(decoding)
-    budget = question_token_budget(model, processor, prompt, decoding_kwargs)
+    decoding = get_decoding(record["decoding"]["preset"])
+    budget = question_token_budget(model, processor, record["prompt"], decoding)
+    prompts, cut = fitted_prompts(processor, mine, record["prompt"], budget)
     writer_path = out_path if accelerator.num_processes == 1 else part_path(out_path, accelerator.process_index)
     loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers,
                         collate_fn=_as_is)
@@ -173,10 +169,15 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     with JsonlAppender(writer_path) as writer:
         for images in loader:
             batch = mine[images["index"]]
-            answers, cut = answer_batch(model, processor, batch, images, prompt, decoding_kwargs, budget,
-                                        warn=bar.write)
-            rows = [result_row(s, record, answers.get(s.question_id), images["errors"].get(s.image_path),
-                               truncated=s.question_id in cut) for s in batch]
+            answerable = [s for s in batch if s.image_path not in images["errors"]]
+            answers = generate_batch(model, processor, images["pixel_values"],
+                                     [prompts[s.question_id] for s in answerable], decoding,
+                                     image_index=[images["paths"].index(s.image_path) for s in answerable]) \
+                if answerable else []
+            answer_of = {s.question_id: a for s, a in zip(answerable, answers)}
+            rows = [result_row(s, record, answer_of.get(s.question_id), images["errors"].get(s.image_path),
+                               truncated=s.question_id in cut)
+                    for s in batch]
             writer.write(rows)
             n_answered += len(rows)
             n_errors += sum(row["error"] is not None for row in rows)
@@ -272,11 +273,12 @@ def eval_record(*, model_id: str, adapter: str | None, quantization: str, datase
             **generation_record(vqa_prompt, vqa_decoding)}
 
 
-def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, *, config: dict,
-                    facts: dict) -> tuple[list[dict], dict]:
-    """Score the finished run and write <run_name>.jsonl (in sample order), _metrics.json (with
-    `facts`: dataset, split, model, adapter), _results.json and _config.json; print the summary."""
+def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, *, config: dict, record: dict,
+                    split: str) -> tuple[list[dict], dict]:
+    """Score the finished run and write <run_name>.jsonl (in sample order), _metrics.json (with the
+    dataset, split, model and adapter of `record`), _results.json and _config.json; print the summary."""
     out_path = out_dir / f"{run_name}.jsonl"
+    facts = {"dataset": record["dataset"], "split": split, "model_id": record["model_id"], "adapter": record["adapter"]}
     rows, metrics = finalize(samples, out_path, out_dir / f"{run_name}_metrics.json",
                              out_dir / f"{run_name}_results.json", extra=facts)
     write_config(config, out_dir / f"{run_name}_config.json")

@@ -143,3 +143,34 @@ def caption_and_answer(model, processor, images: Sequence, question: str | None,
         answers = generate_for_images(model, processor, images, [format_prompt(vqa_prompt, fitted)] * len(images),
                                       decoding, batch_size)
     return [{"caption": c, "answer": a} for c, a in zip(captions, answers)]
+
+
+def caption_rows(model, processor, paths: Sequence, images: dict, question: str | None, *, model_id: str,
+                 adapter: str | None, vqa_prompt: str, vqa_decoding: str, caption_prompt: str,
+                 caption_decoding: str, errors: dict | None = None, batch_size: int = 8) -> list[dict]:
+    """The caption rows of mini_infer.py, create_baseline.py and blip2_cli.py: one per path, in order,
+    with its caption, the answer to `question` (when one is asked) and how both were made. A path
+    missing from `images` has its `errors` text instead (rows carry an "error" field when `errors` is given)."""
+    from .images import shown_path
+    from .prompts import generation_record
+
+    good = [p for p in paths if p in images]
+    outs = dict(zip(good, caption_and_answer(
+        model, processor, [images[p] for p in good], question, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,
+        caption_prompt=caption_prompt, caption_decoding=caption_decoding, batch_size=batch_size)))
+    record = {"model_id": model_id, "adapter": adapter}
+    if question is not None:
+        record.update(generation_record(vqa_prompt, vqa_decoding))
+    record.update(caption_prompt=caption_prompt,
+                  caption_decoding=generation_record(caption_prompt, caption_decoding)["decoding"])
+    rows = []
+    for p in paths:
+        out = outs.get(p, {"caption": None, "answer": None})
+        row = {"image_path": shown_path(p), "caption": out["caption"]}
+        if question is not None:
+            row.update(question=question, answer=out["answer"])
+        row.update(record)
+        if errors is not None:
+            row["error"] = shown_path(errors[p]) if p in errors else None
+        rows.append(row)
+    return rows

@@ -66,7 +66,7 @@ def test_run_vqa_with_workers_equals_one_at_a_time(tiny_model_dir, tmp_path, one
     record = {"model_id": tiny_model_dir, "adapter": None, **generation_record(PROMPT, DECODING)}
     # batch 8: an image's questions span batches and a batch holds several images, some shared
     run_vqa(samples, out_path, model=model, processor=processor, accelerator=make_accelerator(), record=record,
-            prompt=PROMPT, decoding=DECODING, batch_size=8, num_workers=2, desc="test")
+            batch_size=8, num_workers=2, desc="test")
     rows = read_rows(out_path)
     assert sorted(rows) == sorted(s.question_id for s in samples)
     assert all(r["error"] is None for r in rows.values())

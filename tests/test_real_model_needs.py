@@ -51,8 +51,7 @@ def test_run_vqa_keeps_raw_answer_and_scores_the_processed_one(tiny_model_dir, t
                         [raw[next(q for q in raw if q in pr)] for pr in prompts])
     out = tmp_path / "run.jsonl"
     E.run_vqa(samples, out, model=model, processor=processor, accelerator=make_accelerator(),
-              record={"model_id": "m", "adapter": None, **generation_record("vqa_opt", "greedy")},
-              prompt="vqa_opt", decoding="greedy", batch_size=4)
+              record={"model_id": "m", "adapter": None, **generation_record("vqa_opt", "greedy")}, batch_size=4)
     rows, metrics = E.finalize(samples, out, tmp_path / "m.json", tmp_path / "r.json")
     assert [r["raw_answer"] for r in rows] == ["Two", "Yes.", "a dog", "red"]
     assert [r["answer"] for r in rows] == ["2", "yes", "dog", "red"]
@@ -386,7 +385,7 @@ def test_the_image_backend_is_pinned_to_pil_and_recorded(tiny_model_dir, monkeyp
     assert record["image_backend"] == "pil" and "image_backend" in RESUME_KEYS
 
 
-def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upright(tmp_path):
+def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upright(tiny_model_dir, tmp_path):
     """A JPEG with EXIF Orientation 6 (shown rotated 90 degrees): VQAv2/COCO and easy-VQA images are read
     as stored, as the annotators and LAVIS saw them; a photo a user gives the demo or the CLI is turned."""
     from src.demo_app import open_upload
@@ -401,7 +400,7 @@ def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upr
     assert load_image(path).size == (120, 80)  # datasets: as stored
     assert load_image(path, exif_orientation=True).size == (80, 120)
     assert open_upload(str(path), max_upload_mb=10).size == (80, 120)
-    processor = load_processor(str(REPO / "tests" / "artifacts" / "tiny-blip2"))
+    processor = load_processor(tiny_model_dir)
     sample = VQASample(1, 1, str(path), "what?", ["a"] * 10, "a", "other", "what")
     item = _BatchImages([[sample]], processor.image_processor)[0]
     expected = processor.image_processor([Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]
