@@ -2,6 +2,8 @@
 
     python finetune_vqav2_lora.py                                   # 1000 steps on VQAv2 train2014
     python finetune_vqav2_lora.py --train_steps=2000 --per_device_batch=8 --lr=1e-4
+    python finetune_vqav2_lora.py --memory_plan_only=True            # the weight-memory estimate only (no download)
+    python finetune_vqav2_lora.py --report_to=tensorboard            # curves: tensorboard --logdir outputs/tf-logs
     accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
     # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
     python -m src.tiny_model outputs/tiny-blip2
@@ -13,6 +15,8 @@ is the most frequent of the ten human answers. Every SAVE_EVERY steps a checkpoi
 optimizer, scheduler, step, RNG, config) goes to <output_dir>/lora_adapter_checkpoints/; a rerun of
 the same command resumes from the newest one. The final adapter (safetensors), processor,
 resolved config, train_log.jsonl and loss_curve.png go to <output_dir>/lora_adapter/.
+With --report_to=tensorboard the same steps' loss, learning rate, gradient norm and skipped-step count
+also go to TensorBoard, in <log_dir>/<name of the output folder>/; a resumed run continues that curve.
 """
 
 from src.config import apply_overrides
@@ -24,7 +28,7 @@ DATA_DIR = "data"
 MAX_SAMPLES = 0  # training questions to draw with SEED (0 = the whole train split)
 MODEL_ID = "Salesforce/blip2-opt-2.7b"
 USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
-LORA_R = 16  # LoRA rank (src.memory_plan and bench/ read the LoRA settings from here)
+LORA_R = 16  # LoRA rank (bench/ reads the LoRA settings from here)
 LORA_ALPHA = 32
 LORA_DROPOUT = 0.05
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # Linear layers to adapt ...
@@ -45,6 +49,9 @@ VQA_PROMPT = "vqa_opt"  # the same prompt the evaluation uses
 PREVIEW_SAMPLES = 8  # after training, answer this many held-out (val) questions with the trained model
 PREVIEW_DECODING = "vqa_beam5"  # decoding of that preview (the evaluation's)
 OUTPUT_DIR = "outputs"
+REPORT_TO = ""  # "tensorboard": per-step curves in LOG_DIR (pip install tensorboard); "" = none
+LOG_DIR = "{output_dir}/tf-logs"  # the tracker's folder ({output_dir} = OUTPUT_DIR); AutoDL's panel reads /root/tf-logs
+MEMORY_PLAN_ONLY = False  # True: print the weight-memory estimate of MODEL_ID with this LoRA, then stop
 DEBUG = False
 # -----------------------------------------------------------------------------
 
@@ -60,21 +67,30 @@ def main():
 
     from src.outputs import check_output_dir, hold_output_lock
     from src.modeling import check_quantization, make_accelerator, mixed_precision
+    from src.training import check_report_to
+
+    tracker = check_report_to(REPORT_TO)  # an unknown name or a missing package: one line, before any work
+    log_dir = LOG_DIR.replace("{output_dir}", OUTPUT_DIR.rstrip("/\\") or OUTPUT_DIR)
 
     # every value was checked by apply_overrides (src.config.check_value): counts, LR, dropout, prompt, decoding
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100), fp32 on CPU
     mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu")
     # accumulate() in src.training.training_step syncs gradients on every GRAD_ACCUM-th micro-batch
-    accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM)
+    tracking = {"log_with": tracker, "project_dir": log_dir} if tracker else {}
+    accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM, **tracking)
     main_proc = accelerator.is_main_process
+    if MEMORY_PLAN_ONLY:
+        return print_memory_plan(lora_settings(), str(accelerator.device), strict=True) if main_proc else None
     config["world_size"] = accelerator.num_processes
     check_quantization("4bit" if USE_4BIT else "none", str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
+    if tracker:
+        check_output_dir(log_dir, "--log_dir")
     with hold_output_lock(out_dir, enabled=main_proc):  # one run writes into a folder
-        train(config, accelerator, out_dir, mixed)
+        train(config, accelerator, out_dir, mixed, tracker)
 
 
-def train(config: dict, accelerator, out_dir, mixed: str):
+def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = None):
     """Load the data and the model, resume from the newest good checkpoint, train, save the adapter."""
     from accelerate.utils import set_seed
 
@@ -87,8 +103,7 @@ def train(config: dict, accelerator, out_dir, mixed: str):
     if MAX_SAMPLES:
         samples = select(samples, sample_question_ids(samples, MAX_SAMPLES, SEED), f"{DATASET} train")
     set_seed(SEED)
-    lora = T.LoraSettings(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules=tuple(TARGET_MODULES),
-                          scope=LORA_SCOPE)
+    lora = lora_settings()
     if accelerator.is_main_process:
         print_memory_plan(lora, str(accelerator.device))
 
@@ -116,6 +131,8 @@ def train(config: dict, accelerator, out_dir, mixed: str):
               f"{T.describe_wrapped(wrapped)}")
         if ckpt is not None:
             print(f"  resumed from {ckpt}")
+    if tracker:
+        start_tracking(accelerator, tracker, config, out_dir, start_step)
     run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root)
     check_replicas_agree(accelerator, model)
     if accelerator.is_main_process:
@@ -125,17 +142,39 @@ def train(config: dict, accelerator, out_dir, mixed: str):
     accelerator.end_training()
 
 
-def print_memory_plan(lora, device: str) -> None:
+def start_tracking(accelerator, tracker: str, config: dict, out_dir, start_step: int) -> None:
+    """The tracker's run is named after the output folder, so a resumed run (same folder) continues its
+    curve at step start_step + 1; TensorBoard hides what an interrupted attempt logged after that step."""
+    from pathlib import Path
+
+    from src import training as T
+
+    run_name = Path(out_dir).resolve().name
+    accelerator.init_trackers(run_name, config=T.tracker_config(config),
+                              init_kwargs=T.tracker_init_kwargs(tracker, start_step))
+    if accelerator.is_main_process:
+        log_dir = Path(accelerator.logging_dir)
+        print(f"  {tracker}: {log_dir / run_name} (tensorboard --logdir {log_dir})")
+
+
+def lora_settings():
+    from src.training import LoraSettings
+
+    return LoraSettings.of_settings(globals())
+
+
+def print_memory_plan(lora, device: str, strict: bool = False) -> None:
     """The weight-memory table of MODEL_ID with this LoRA, before the model loads."""
     from src.errors import UserError
     from src.memory_plan import format_plan, plan_memory
     from src.modeling import compute_dtype
 
     try:  # the architecture of MODEL_ID (shipped for Salesforce/blip2-opt-2.7b, else its config.json)
-        plan = plan_memory(MODEL_ID, lora_r=lora.r, lora_targets=lora.target_modules, lora_scope=lora.scope,
-                           compute_dtype=str(compute_dtype(device)).replace("torch.", ""))
+        plan = plan_memory(MODEL_ID, lora=lora, compute_dtype=str(compute_dtype(device)).replace("torch.", ""))
         print(format_plan(plan), flush=True)
     except UserError as e:
+        if strict:  # asked for the estimate only
+            raise
         print(f"(no memory estimate: {e})")
 
 
@@ -188,16 +227,19 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
     from tqdm.auto import tqdm
 
     from src.errors import UserError
-    from src.files import JsonlAppender
+    from src.files import JsonlAppender, read_jsonl
     from src import training as T
 
     main_proc = accelerator.is_main_process
+    log_path = ckpt_root / "train_log.jsonl"
+    # the tracker's count of skipped steps goes on from the steps the resumed checkpoint holds
+    skipped_so_far = sum(bool(r.get("skipped")) for r in read_jsonl(log_path)) if main_proc and log_path.exists() else 0
     # own generator: creating the loader must not consume the global RNG (resume == uninterrupted)
     batches = iter(DataLoader(data, batch_size=None, shuffle=False, num_workers=NUM_WORKERS,
                               generator=torch.Generator().manual_seed(SEED)))
     bar = tqdm(total=TRAIN_STEPS, initial=start_step, desc="train", unit="step", disable=not main_proc,
                dynamic_ncols=True)
-    log = JsonlAppender(ckpt_root / "train_log.jsonl") if main_proc else None
+    log = JsonlAppender(log_path) if main_proc else None
     t0 = time.perf_counter()
     for step in range(start_step + 1, TRAIN_STEPS + 1):
         try:
@@ -219,6 +261,8 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
             log.write([{"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
                         "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
                         "samples_per_s": round(seen / elapsed, 2)}])
+            skipped_so_far += result.skipped
+            accelerator.log(T.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
         if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
             rng_states = gather_object([T.rng_state()])  # every rank's, in rank order: each resumes from its own
             if main_proc:

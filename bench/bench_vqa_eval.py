@@ -1,10 +1,10 @@
-"""Time `python -m src.vqa_eval` against the official VQA evaluation tool on a VQAv2-sized set, and check
+"""Time `python -m bench.vqa_eval` against the official VQA evaluation tool on a VQAv2-sized set, and check
 that every number agrees.
 
 Writes a synthetic val2014-sized set (214,354 questions x 10 answers, a function of SEED) in the
 official VQAv2 question / annotation / results JSON formats, then runs, each as a fresh process that
 reads the files and writes its metrics:
-  - ours: `python -m src.vqa_eval` (3 runs, the median is compared),
+  - ours: `python -m bench.vqa_eval` (3 runs, the median is compared),
   - the official tool: GT-Vision-Lab/VQA vqaEval.py as transcribed in tests/vqa_official.py (1 run).
 It prints both timings and the ratio, checks every number (overall, per answer type, per question
 type, per question) equal, and replaces this script's section of bench/RESULTS.md.
@@ -210,7 +210,7 @@ def main() -> None:
     print(f"generated in {generate_s:.1f} s: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes_mb.items()))
 
     load_before = os.getloadavg()[0]
-    ours_cli = [sys.executable, "-m", "src.vqa_eval", "--questions", files[0], "--annotations", files[1],
+    ours_cli = [sys.executable, "-m", "bench.vqa_eval", "--questions", files[0], "--annotations", files[1],
                 "--results", files[2], "--out", str(paths["ours"])]
     ours_runs = [timed(ours_cli, paths["ours"]) for _ in range(RUNS)]
     official_cli = [sys.executable, "-m", "tests.vqa_official", *files, str(paths["official"])]
@@ -245,7 +245,7 @@ def results_text(sizes_mb, generate_s, ours_runs, official_s, official_cpu_s, lo
     ours_s = statistics.median(run[0] for run in ours_runs)
     command = " ".join(["python -m bench.bench_vqa_eval", *sys.argv[1:]])
     return "\n".join([
-        "## bench_vqa_eval: `python -m src.vqa_eval` vs the official vqaEval.py on a VQAv2-sized set",
+        "## bench_vqa_eval: `python -m bench.vqa_eval` vs the official vqaEval.py on a VQAv2-sized set",
         "",
         f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}",
@@ -260,7 +260,7 @@ def results_text(sizes_mb, generate_s, ours_runs, official_s, official_cpu_s, lo
         "| scorer | runs | wall s | CPU s (user+sys) |",
         "| --- | ---: | ---: | ---: |",
         f"| official vqaEval.py | 1 | {official_s:.2f} | {official_cpu_s:.2f} |",
-        f"| `python -m src.vqa_eval` | {len(ours_runs)} | {', '.join(f'{r[0]:.2f}' for r in ours_runs)} "
+        f"| `python -m bench.vqa_eval` | {len(ours_runs)} | {', '.join(f'{r[0]:.2f}' for r in ours_runs)} "
         f"(median {ours_s:.2f}) | {', '.join(f'{r[1]:.2f}' for r in ours_runs)} |",
         "",
         f"- ours is {official_s / ours_s:.1f}x faster than the official tool (wall, median run; "

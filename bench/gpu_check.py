@@ -8,7 +8,7 @@ temporary folder and loads it back through `src.modeling.load_blip2`:
 
   load     `load_blip2(dir, "4bit")`: peak and resident GPU memory
   train    `src.training.training_step`, the fine-tuning script's optimizer step, on the fine-tuning
-           script's LoRA (`src.training.LoraSettings.of_script()`) with gradient checkpointing,
+           script's LoRA (`bench.finetune_lora()`) with gradient checkpointing,
            mixed precision through accelerate, AdamW and gradient clipping; per-device batch
            TRAIN_BATCHES; image + PROMPT_TOKENS + ANSWER_TOKENS + eos per sequence laid out by
            `src.training.collate_examples`; a few warm-up steps, then the mean step time; for each of
@@ -278,10 +278,11 @@ def qlora_training(model, processor, device: str) -> tuple[list[dict], dict]:
     from src.modeling import mixed_precision
     from src.modeling import make_accelerator
     from bench.train_step import train_path
-    from src.training import LoraSettings, add_lora, lora_summary, make_optimizer, set_train_mode, training_step
+    from bench import finetune_lora
+    from src.training import add_lora, lora_summary, make_optimizer, set_train_mode, training_step
 
     image_token_id = model.config.image_token_id
-    lora = LoraSettings.of_script()
+    lora = finetune_lora()
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     trainable, total, wrapped = lora_summary(model)
     steps = len(TRAIN_PATHS) * len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)

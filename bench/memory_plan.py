@@ -11,7 +11,7 @@ of bench/RESULTS.md.
     python -m bench.memory_plan --gpu_check=True       # on a CUDA machine: also load a 2-layers-per-tower model with
                                                        # the real shapes in bf16 / 8-bit / 4-bit and measure it
 
-The plan is for the fine-tuning script's LoRA (its settings block, `src.training.LoraSettings.of_script()`).
+The plan is for the fine-tuning script's LoRA (its settings block, `bench.finetune_lora()`).
 
 A GPU check's figures go to outputs/bench_memory_plan/gpu_check.json; later runs add them to RESULTS.md.
 """
@@ -23,6 +23,7 @@ import os
 import platform
 from pathlib import Path
 
+from bench import finetune_lora
 from src.config import apply_overrides
 from src.errors import UserError, run_main
 
@@ -151,7 +152,7 @@ def gpu_check(workdir: Path) -> dict:
         model, _ = load_blip2(str(sample), quantization=quantization, device="cuda")
         torch.cuda.synchronize()
         dtype = str(model.dtype).removeprefix("torch.")
-        plan = plan_memory(sample, compute_dtype=dtype)
+        plan = plan_memory(sample, lora=finetune_lora(), compute_dtype=dtype)
         column = {"none": {"bfloat16": "bf16", "float16": "fp16"}[dtype], "8bit": "int8", "4bit": "nf4"}[quantization]
         rows.append({
             "quantization": quantization,
@@ -289,7 +290,7 @@ def main() -> None:
         write_json(check_json, check)
         print("\n".join(gpu_check_lines(check)) + f"\nwrote {check_json.relative_to(REPO)}\n")
 
-    plan = plan_memory(None, compute_dtype=COMPUTE_DTYPE)  # the fine-tuning script's default LoRA
+    plan = plan_memory(None, lora=finetune_lora(), compute_dtype=COMPUTE_DTYPE)  # the fine-tuning script's default LoRA
     table = format_plan(plan)
     print(table)
 

@@ -121,13 +121,14 @@ def measure(model_dir: str, path: str) -> dict:
     from bench.gpu_check import train_batch
     from src.modeling import blip2_core, load_blip2
     from src.modeling import make_accelerator
-    from src.training import LoraSettings, add_lora, make_optimizer, set_train_mode, training_step
+    from bench import finetune_lora
+    from src.training import add_lora, make_optimizer, set_train_mode, training_step
 
     if TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(0)
     model, processor = load_blip2(model_dir, QUANTIZATION, device="cpu")
-    lora = LoraSettings.of_script()
+    lora = finetune_lora()
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=True))
     size = processor.image_processor.size["height"]
     inputs = train_batch(processor, model.config.image_token_id, BATCH, size, "cpu")

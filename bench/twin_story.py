@@ -104,7 +104,7 @@ def figures_of(work: Path, model: Path) -> dict:
     """Every figure of one chain's files (FIGURES), the shuffled-image control run here."""
     from src.modeling import load_blip2
     from src.prompts import get_decoding
-    from src.twin_story import accuracy_by_kind, attribute_shown, one_word_share, shuffled_image_control
+    from tests.twin_story import accuracy_by_kind, attribute_shown, one_word_share, shuffled_image_control
 
     card = json.loads((model / "card.json").read_text())
     rows = {run: [json.loads(l) for l in (work / f"vqav2_{run}.jsonl").read_text().splitlines() if l.strip()]

@@ -1,8 +1,5 @@
 """How much memory BLIP-2's weights take at each precision, and what QLoRA adds, without loading a weight.
-
-    python -m src.memory_plan                                   # Salesforce/blip2-opt-2.7b (shipped architecture)
-    python -m src.memory_plan --config outputs/tiny-blip2       # any Blip2Config: a config.json or a model folder
-    python -m src.memory_plan --lora_r 8 --compute_dtype float16
+`python finetune_vqav2_lora.py --memory_plan_only=True` prints it for that script's model and LoRA.
 
 `plan_memory` builds Blip2ForConditionalGeneration on the meta device (shapes only), counts
 parameters per part (a tied lm_head counted once, with the input embedding) and prices every
@@ -26,14 +23,13 @@ Blip2ForConditionalGeneration), OPT bos 2 and tie_word_embeddings true.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, run_main
+from .errors import UserError
 from .training import LoraSettings, lora_target_regex  # the LoRA the fine-tuning script adds, and its peft regex
 
 ARCHITECTURE_JSON = Path(__file__).with_name("blip2_opt_2.7b_architecture.json")
@@ -198,32 +194,19 @@ def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]
     return regex, matched
 
 
-def plan_memory(
-    config: Any = None,
-    lora_r: int | None = None,
-    lora_targets: tuple[str, ...] | list[str] | str | None = None,
-    lora_scope: str | None = None,
-    compute_dtype: str = "bfloat16",
-) -> dict:
+def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:
     """Parameters and weight bytes of BLIP-2 per part and precision, plus LoRA and its training state.
 
     config: see `load_blip2_config` (default: the shipped Salesforce/blip2-opt-2.7b architecture).
-    lora_r, lora_targets, lora_scope: the LoRA, each by default the fine-tuning script's
-    (`LoraSettings.of_script()`). lora_targets: module names (restricted to modules under `lora_scope`,
-    all modules when it is "") or a peft regex string.
+    lora: the LoRA (its r, target_modules and scope; target_modules may also be a peft regex string).
     compute_dtype: dtype of everything bitsandbytes leaves unquantised in the int8 / nf4 columns
     (`load_blip2` uses bfloat16 on GPUs that have it, float16 on older ones).
     """
     import torch
     import transformers
 
-    if None in (lora_r, lora_targets, lora_scope):
-        script_lora = LoraSettings.of_script()
-        lora_r = script_lora.r if lora_r is None else lora_r
-        lora_targets = script_lora.target_modules if lora_targets is None else lora_targets
-        lora_scope = script_lora.scope if lora_scope is None else lora_scope
-    if lora_r < 1:
-        raise UserError(f"lora_r must be >= 1, got {lora_r}")
+    if lora.r < 1:
+        raise UserError(f"lora_r must be >= 1, got {lora.r}")
     cfg = load_blip2_config(config)
     model = build_meta_model(cfg)
     compute = _torch_dtype(compute_dtype)
@@ -240,7 +223,7 @@ def plan_memory(
     for precision in ("int8", "nf4"):
         precisions[precision]["unquantized_params_by_dtype"] = unquantized_by_dtype[precision]
 
-    lora = _lora_plan(model, lora_r, lora_targets, lora_scope)
+    lora = _lora_plan(model, lora.r, lora.target_modules, lora.scope)
     # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
     qlora = {
         "weights_bytes": precisions["nf4"]["bytes"],
@@ -403,22 +386,3 @@ def format_plan(plan: dict) -> str:
                  "the vision tower or the Q-Former (their image features are computed under no_grad; "
                  "python -m bench.train_step compares the two steps on the twin).")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.memory_plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="config.json, model folder or known Hub id (default: the shipped blip2-opt-2.7b architecture)")
-    parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank (default: LORA_R of finetune_vqav2_lora.py)")
-    parser.add_argument("--compute_dtype", default="bfloat16", choices=COMPUTE_DTYPES, help="dtype of the unquantised rest in int8/nf4")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
-    parser.add_argument("--debug", default="False", help="True: show tracebacks (read by run_main)")
-    args = parser.parse_args(argv)
-    plan = plan_memory(args.config, lora_r=args.lora_r, compute_dtype=args.compute_dtype)
-    if args.json:
-        print(json.dumps(plan, indent=2))
-    else:
-        print(format_plan(plan))
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,5 +1,6 @@
 """QLoRA fine-tuning pieces: training examples, a deterministic resumable data order, LoRA setup, the
-optimizer step, and self-describing checkpoints (saved to a temporary folder and renamed into place).
+optimizer step, self-describing checkpoints (saved to a temporary folder and renamed into place), and
+the optional curves in accelerate's experiment trackers (TensorBoard).
 
 finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `make_optimizer` and
 `training_step`, so the GPU check measures the very step the fine-tuning script takes.
@@ -7,6 +8,7 @@ finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `ma
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -108,9 +110,6 @@ class TrainBatches(Dataset):
 
 # --- LoRA ----------------------------------------------------------------------------------------
 
-FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "finetune_vqav2_lora.py"
-
-
 @dataclass(frozen=True)
 class LoraSettings:
     """A LoRA on BLIP-2's OPT decoder: `target_modules` (Linear layer names) inside `scope`."""
@@ -122,13 +121,10 @@ class LoraSettings:
     scope: str
 
     @classmethod
-    def of_script(cls, path: str | Path = FINETUNE_SCRIPT) -> "LoraSettings":
-        """The LoRA the fine-tuning script's settings block states (LORA_R, LORA_ALPHA, LORA_DROPOUT,
-        TARGET_MODULES, LORA_SCOPE), read from the file: the one place the defaults live. The memory
-        plan and bench/gpu_check.py use it, so they follow what a user edits there."""
-        from .config import script_settings
-
-        s = script_settings(path)
+    def of_settings(cls, s: dict) -> "LoraSettings":
+        """The LoRA that settings named as in the fine-tuning script state (LORA_R, LORA_ALPHA,
+        LORA_DROPOUT, TARGET_MODULES, LORA_SCOPE): its globals(), or its settings block as
+        src.config.script_settings reads it (bench/ does, so it follows what a user edits there)."""
         return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"],
                    target_modules=tuple(s["TARGET_MODULES"]), scope=s["LORA_SCOPE"])
 
@@ -490,3 +486,56 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
         os.replace(adapter_dir, old)
     os.replace(tmp, adapter_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# --- experiment tracking (accelerate's trackers) -------------------------------------------------
+
+# REPORT_TO value: (the module accelerate's tracker imports, the pip package that provides it). accelerate
+# also has "wandb" and "swanlab"; each would be one more line here, with how its runs continue on resume.
+TRACKERS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard")}
+
+
+def check_report_to(report_to: str) -> str | None:
+    """The accelerate tracker that REPORT_TO names, or None for "" (no tracking); UserError, before any
+    work, for an unknown name or a tracker whose package is not installed."""
+    if not report_to:
+        return None
+    if report_to not in TRACKERS:
+        raise UserError(f"--report_to={report_to!r}: unknown tracker; use "
+                        + ", ".join(f"--report_to={t}" for t in TRACKERS) + " or --report_to= (no tracking)")
+    module, package = TRACKERS[report_to]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"--report_to={report_to} needs the {package} package ({e}); pip install {package}, "
+                        f"or train without it (--report_to=)") from None
+    return report_to
+
+
+def tracker_config(config: dict) -> dict:
+    """The resolved config as TensorBoard's hparams take it: bool, int, float and str as they are, lists
+    as "a,b,c" (the way --target_modules= is written), anything else as its text."""
+    def plain(v):
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v))
+        return str(v)
+
+    return {k: plain(v) for k, v in config.items()}
+
+
+def tracker_init_kwargs(tracker: str, start_step: int) -> dict:
+    """accelerate's init_kwargs for a run that starts after optimizer step `start_step` (0, or the step of
+    the checkpoint it resumes from). TensorBoard: SummaryWriter's purge_step, so the steps after
+    `start_step` that an interrupted earlier attempt logged are hidden and each step shows once."""
+    return {"tensorboard": {"purge_step": start_step + 1}} if tracker == "tensorboard" else {}
+
+
+def tracker_values(result: StepResult, lr: float, skipped_so_far: int) -> dict:
+    """The scalars of one optimizer step: loss, learning rate, gradient norm (none on a step fp16's loss
+    scaling skipped) and the number of skipped steps so far."""
+    values = {"train/loss": result.loss, "train/lr": lr, "train/skipped_steps": skipped_so_far}
+    if result.grad_norm is not None:
+        values["train/grad_norm"] = result.grad_norm
+    return values

@@ -105,3 +105,11 @@ def quickstart_run(quickstart: dict, script: str) -> subprocess.CompletedProcess
         if script in cmd:
             return proc
     raise AssertionError(f"the README's quick start does not run {script}")
+
+
+def script_lora():
+    """The LoRA of the fine-tuning script's settings block, read from the file as bench/ reads it."""
+    from src.config import script_settings
+    from src.training import LoraSettings
+
+    return LoraSettings.of_settings(script_settings(REPO / "finetune_vqav2_lora.py"))

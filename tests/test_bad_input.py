@@ -410,7 +410,7 @@ def test_vqa_eval_cli_out_paths_and_odd_json(tmp_path):
                           "multiple_choice_answer": "red", "answer_type": "other", "question_type": "what"}]}
     for name, obj in (("q.json", q), ("a.json", a), ("r.json", [{"question_id": 1, "answer": "red"}])):
         (tmp_path / name).write_text(json.dumps(obj))
-    base = ["-m", "src.vqa_eval", f"--questions={tmp_path / 'q.json'}", f"--annotations={tmp_path / 'a.json'}",
+    base = ["-m", "bench.vqa_eval", f"--questions={tmp_path / 'q.json'}", f"--annotations={tmp_path / 'a.json'}",
             f"--results={tmp_path / 'r.json'}"]
     (tmp_path / "outdir").mkdir()
     assert_one_line_error(run_script(*base, f"--out={tmp_path / 'outdir'}"), "is a folder")

@@ -165,7 +165,7 @@ def test_debug_shows_the_traceback_before_or_after_a_bad_override(args):
 def test_debug_on_the_module_entry_point(tmp_path):
     from helpers import run_script
 
-    missing = ["-m", "src.vqa_eval", f"--questions={tmp_path / 'q.json'}", f"--annotations={tmp_path / 'a.json'}",
+    missing = ["-m", "bench.vqa_eval", f"--questions={tmp_path / 'q.json'}", f"--annotations={tmp_path / 'a.json'}",
                f"--results={tmp_path / 'r.json'}"]
     assert "Traceback" in run_script(*missing, "--debug=True").stderr
     assert "Traceback" not in run_script(*missing).stderr

@@ -1,12 +1,13 @@
 """The memory planner against real instantiations: parameter counts, bitsandbytes storage, peft LoRA counts."""
 
+import dataclasses
 import json
 import re
 
 import pytest
 import torch
 
-from helpers import run_script
+from helpers import assert_one_line_error, run_script, script_lora
 from src.modeling import QUANTIZATION_SKIP_MODULES
 from src.memory_plan import ARCHITECTURE_JSON, held_bytes, load_blip2_config, nf4_weight_bytes, plan_memory
 
@@ -49,7 +50,7 @@ def test_tiny_counts_equal_a_real_model(tiny_config, tiny_real_model):
         "language_model.final_norm_etc": _numel(model.language_model)
         - _numel(decoder.embed_tokens) - _numel(decoder.embed_positions) - _numel(decoder.layers),
     }
-    plan = plan_memory(tiny_config)
+    plan = plan_memory(tiny_config, lora=script_lora())
     assert {k: v["params"] for k, v in plan["parts"].items()} == expected
     assert plan["total_params"] == sum(p.numel() for p in model.parameters()) == sum(expected.values())
     # 16/32-bit columns are params x bytes (fp16 upcasts the Q-Former and query tokens to fp32, as transformers does)
@@ -90,7 +91,7 @@ def test_tiny_nf4_plan_equals_a_real_4bit_load(tiny_model_dir, dtype):
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     actual = held_bytes(model)
 
-    plan = plan_memory(tiny_model_dir, compute_dtype=str(dtype).removeprefix("torch."))
+    plan = plan_memory(tiny_model_dir, lora=script_lora(), compute_dtype=str(dtype).removeprefix("torch."))
     assert plan["bnb"]["quantized_linears"] == sorted(quantized)
     assert plan["precisions"]["nf4"]["bytes"] == actual
     assert {"qformer", "lm_head", "vision_model", "language_projection"} <= set(plan["bnb"]["modules_to_not_convert"])
@@ -106,7 +107,7 @@ def test_tiny_plan_equals_a_real_cuda_load(tiny_model_dir, quantization):
     from src.modeling import load_blip2
 
     model, _ = load_blip2(tiny_model_dir, quantization=quantization, device="cuda")
-    plan = plan_memory(tiny_model_dir, compute_dtype=str(model.dtype).removeprefix("torch."))
+    plan = plan_memory(tiny_model_dir, lora=script_lora(), compute_dtype=str(model.dtype).removeprefix("torch."))
     layer = {"8bit": bnb.nn.Linear8bitLt, "4bit": bnb.nn.Linear4bit, "none": ()}[quantization]
     quantized = sorted(n for n, m in model.named_modules() if layer and isinstance(m, layer))
     column = {"8bit": "int8", "4bit": "nf4", "none": {torch.bfloat16: "bf16", torch.float16: "fp16"}[model.dtype]}[quantization]
@@ -115,7 +116,7 @@ def test_tiny_plan_equals_a_real_cuda_load(tiny_model_dir, quantization):
 
 
 def test_full_parts_add_up_to_the_stated_total():
-    plan = plan_memory()  # the shipped Salesforce/blip2-opt-2.7b architecture, on the meta device
+    plan = plan_memory(None, lora=script_lora())  # the shipped Salesforce/blip2-opt-2.7b architecture, on the meta device
     parts = {k: v["params"] for k, v in plan["parts"].items()}
     assert sum(parts.values()) == plan["total_params"] == FULL_PARAMS
     assert parts["language_model.embed_tokens"] == 50_304 * 2560  # the tied lm_head is not counted again
@@ -146,7 +147,7 @@ def test_lora_count_equals_peft(tiny_config):
     from peft import LoraConfig, get_peft_model
     from transformers import Blip2ForConditionalGeneration
 
-    plan = plan_memory(tiny_config, lora_r=16)
+    plan = plan_memory(tiny_config, lora=dataclasses.replace(script_lora(), r=16))
     for regex in (LORA_REGEX, plan["lora"]["regex"]):  # the brief's regex and the one src.training hands to peft
         peft_model = get_peft_model(Blip2ForConditionalGeneration(tiny_config), LoraConfig(r=16, lora_alpha=32, target_modules=regex))
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -155,6 +156,13 @@ def test_lora_count_equals_peft(tiny_config):
         assert plan["lora"]["modules"] == len(wrapped)
 
 
-def test_cli_prints_the_table(tiny_model_dir):
-    proc = run_script("-m", "src.memory_plan", "--config", tiny_model_dir, "--lora_r", "8", check=True, timeout=120)
+def test_the_fine_tuning_script_prints_the_table_alone(tiny_model_dir, tmp_path):
+    """--memory_plan_only=True: the estimate for MODEL_ID with the script's LoRA, and nothing else (no data, no training)."""
+    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--lora_r=8", "--memory_plan_only=True",
+                      "--dataset=vqav2", f"--data_dir={tmp_path / 'no-data'}", f"--output_dir={tmp_path / 'out'}",
+                      check=True, timeout=120)
     assert "total" in proc.stdout and "LoRA r=8" in proc.stdout and "not estimated" in proc.stdout
+    assert not (tmp_path / "out").exists()
+    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tmp_path / 'nowhere'}", "--memory_plan_only=True")
+    assert_one_line_error(proc, "nowhere", "pass a config.json, a model folder")
+    assert "no memory estimate" not in proc.stdout

@@ -80,7 +80,7 @@ def test_fine_tuning_learns_to_read_the_image(chain):
     (c) the same adapter on shuffled images falls to chance on colour (<= 35%)."""
     from src.modeling import load_blip2
     from src.prompts import get_decoding
-    from src.twin_story import accuracy_by_kind, one_word_share, shuffled_image_control
+    from twin_story import accuracy_by_kind, one_word_share, shuffled_image_control
 
     out = chain["out"]
     base = accuracy_by_kind(rows_of(out / "vqav2_baseline.jsonl"))

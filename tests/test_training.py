@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import REPO, script_lora
 
 
 def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
@@ -61,21 +61,22 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
 
 
 def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
-    """One place for the LoRA values: the script's settings block. LoraSettings.of_script reads it without
-    running the script, and the memory plan follows an edit of it."""
+    """One place for the LoRA values: the script's settings block. src.config.script_settings reads it
+    without running the script (as bench/ does), and the memory plan follows an edit of it."""
     import finetune_vqav2_lora as script
+    from src.config import script_settings
     from src.memory_plan import plan_memory
-    from src.training import FINETUNE_SCRIPT, LoraSettings
+    from src.training import LoraSettings
 
-    lora = LoraSettings.of_script()
+    lora = LoraSettings.of_settings(vars(script))
+    assert lora == script_lora()
     assert (script.LORA_R, script.LORA_ALPHA, script.LORA_DROPOUT, tuple(script.TARGET_MODULES), script.LORA_SCOPE) == (
         lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.scope)
     edited = tmp_path / "finetune_vqav2_lora.py"
-    edited.write_text(FINETUNE_SCRIPT.read_text().replace("LORA_R = 16 ", "LORA_R = 4 ", 1)
+    edited.write_text((REPO / "finetune_vqav2_lora.py").read_text().replace("LORA_R = 16 ", "LORA_R = 4 ", 1)
                       .replace('"fc1", "fc2"]', '"fc1"]', 1))
-    assert LoraSettings.of_script(edited) == LoraSettings(4, lora.alpha, lora.dropout, lora.target_modules[:-1], lora.scope)
-    plan = plan_memory()
-    assert (plan["lora"]["r"], plan["lora"]["targets"], plan["lora"]["scope"]) == (lora.r, list(lora.target_modules), lora.scope)
-    for name, param in inspect.signature(plan_memory).parameters.items():
-        if name.startswith("lora_"):
-            assert param.default is None, name  # no second copy of a value
+    edited_lora = LoraSettings.of_settings(script_settings(edited))
+    assert edited_lora == LoraSettings(4, lora.alpha, lora.dropout, lora.target_modules[:-1], lora.scope)
+    plan = plan_memory(None, lora=edited_lora)
+    assert (plan["lora"]["r"], plan["lora"]["targets"], plan["lora"]["scope"]) == (4, list(lora.target_modules[:-1]), lora.scope)
+    assert inspect.signature(plan_memory).parameters["lora"].default is inspect.Parameter.empty  # no second copy

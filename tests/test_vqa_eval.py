@@ -15,9 +15,9 @@ import pytest
 
 from vqa_official import official_metrics, official_normalization, official_scores
 from src.errors import UserError
+from bench.vqa_eval import evaluate
 from src.vqa_eval import (
     process_punctuation,
-    evaluate,
     exact_match,
     normalize_answer,
     score_batch,
@@ -342,7 +342,7 @@ def run_cli(tmp_path, questions, annotations, results, *extra):
         path = tmp_path / name
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
         paths.append(str(path))
-    cmd = [sys.executable, "-m", "src.vqa_eval", "--questions", paths[0], "--annotations", paths[1],
+    cmd = [sys.executable, "-m", "bench.vqa_eval", "--questions", paths[0], "--annotations", paths[1],
            "--results", paths[2], *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
 
@@ -409,7 +409,7 @@ def test_cli_malformed_files_name_file_and_problem(tmp_path):
 def test_cli_missing_file_is_one_line(tmp_path):
     q, a, r = make_files(SMALL)
     run_cli(tmp_path, q, a, r)
-    proc = subprocess.run([sys.executable, "-m", "src.vqa_eval", "--questions", str(tmp_path / "q.json"),
+    proc = subprocess.run([sys.executable, "-m", "bench.vqa_eval", "--questions", str(tmp_path / "q.json"),
                            "--annotations", str(tmp_path / "nope.json"), "--results", str(tmp_path / "r.json")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert_one_line_error(proc, "annotations file not found", "nope.json")

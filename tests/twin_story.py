@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from .tiny_model import COLORS, SHAPES
+from src.tiny_model import COLORS, SHAPES
 
 KINDS = ("colour", "shape", "yes/no")
 
@@ -54,10 +54,10 @@ def shuffled_image_control(model, processor, rows: Sequence[dict], prompt: str, 
     """Answer each colour question with the image of another colour question (a seeded shuffle), and
     score against the question's own answers. A model that reads the image falls to chance (the share
     of pairs whose images happen to share the colour); one that guesses from the question text does not."""
-    from .images import load_image
-    from .inference import generate_for_images
-    from .prompts import format_prompt
-    from .vqa_eval import normalize_answer, vqa_accuracy
+    from src.images import load_image
+    from src.inference import generate_for_images
+    from src.prompts import format_prompt
+    from src.vqa_eval import normalize_answer, vqa_accuracy
 
     colour = [r for r in rows if question_kind(r["gt_answers"]) == "colour"]
     rng = random.Random(seed)

@@ -181,7 +181,7 @@ def official_evaluation(questions, annotations, results) -> VQAEval:
 
 
 def official_metrics(questions, annotations, results) -> dict:
-    """The official numbers in the layout `python -m src.vqa_eval --out` writes: {"overall",
+    """The official numbers in the layout `python -m bench.vqa_eval --out` writes: {"overall",
     "perAnswerType", "perQuestionType", "perQuestion": {"<question_id>": %}}."""
     vqaEval = official_evaluation(questions, annotations, results)
     return {"overall": vqaEval.accuracy["overall"], "perAnswerType": vqaEval.accuracy["perAnswerType"],
