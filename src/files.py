@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,38 +46,30 @@ def give_default_permissions(folder: str | Path) -> None:
 
 def safetensors_problem(path: str | Path) -> str | None:
     """What is wrong with a .safetensors file, as a phrase to follow its name ("is cut short ..."),
-    or None. Reads the header only: its length, its JSON, and the file size its tensors need."""
+    or None. safetensors.safe_open checks the header and that the file holds every tensor's bytes;
+    here its reason becomes the fix a user needs (a Git LFS pointer, text, an interrupted copy)."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-            if n is None or n > size - 8:
-                f.seek(0)
-                start = f.read(200)
-                if start.startswith(b"version https://git-lfs"):
-                    return (f"is a Git LFS pointer, not the weights (the repository was cloned without git-lfs: "
-                            f"run `git lfs pull` in {path.parent})")
-                if start.lstrip()[:1] in (b"<", b"{"):
-                    return f"is not a safetensors file (it starts with text: {start.lstrip()[:40]!r})"
-                return (f"is cut short ({size:,} bytes, less than its own header: a save, copy or download "
-                        f"was interrupted)")
-            header = json.loads(f.read(n))
+        with safe_open(path, "pt"):
+            return None
     except FileNotFoundError:
         return "is missing"
     except PermissionError:
         return "cannot be read (permission denied)"
-    except (ValueError, UnicodeDecodeError):
-        return "has a corrupt header (not JSON)"
-    if not isinstance(header, dict):
-        return "has a corrupt header (not a JSON object)"
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
-            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2]
-    need = 8 + n + max(ends, default=0)
-    if size < need:
-        return f"is cut short ({size:,} of {need:,} bytes: a save, copy or download was interrupted)"
-    return None
+    except SafetensorError as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+    with open(path, "rb") as f:
+        start = f.read(200)
+    if start.startswith(b"version https://git-lfs"):
+        return (f"is a Git LFS pointer, not the weights (the repository was cloned without git-lfs: "
+                f"run `git lfs pull` in {path.parent})")
+    if start.lstrip()[:1] in (b"<", b"{"):
+        return f"is not a safetensors file (it starts with text: {start.lstrip()[:40]!r})"
+    if "not fully covered" in reason or "header length" in reason or "too large" in reason:
+        return (f"is cut short ({path.stat().st_size:,} bytes: a save, copy or download was interrupted)")
+    return f"has a corrupt header ({reason})"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -3,6 +3,10 @@
 The lock is an OS file lock (flock on Linux/macOS, msvcrt on Windows) on `<path>`, so it is released
 by the kernel when its holder exits or is killed: a lock left behind by a killed run is not held by
 anyone and is simply taken over. The PID written into the file is only for the message.
+
+Not the `filelock` package: it truncates the lock file on every attempt (the holder's PID would be lost
+from the message) and its descriptor lives on in forked DataLoader workers (a killed run's lock would
+stay held by its workers).
 """
 
 from __future__ import annotations
