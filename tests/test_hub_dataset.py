@@ -1,12 +1,15 @@
 """dataset=vqav2_hub: VQAv2 validation from parquet in the lmms-lab/VQAv2 schema gives the same rows as
 the official JSON + image files, reads only the sample's images, and fails in one line when the schema
-does not match or the hub cannot be reached.
+does not match or the hub cannot be reached. Over HTTP (tests/hub_server.py, a real server on 127.0.0.1
+that answers like the hub or a misbehaving mirror): range reads only, 429/5xx waited out a bounded number
+of times, wrong range answers replaced by whole files, and the moved default repository.
 
 The parquet here is written by `datasets` with the exact lmms-lab/VQAv2 features from data/tiny.jsonl,
 next to the same questions in the official JSON layout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -15,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, assert_one_line_error, run_script
+from hub_server import SHA, HubServer
 
 from src.data import load_samples, materialize_images, sample_question_ids, select
 from src.errors import UserError
 from src.files import read_jsonl
+from src.hub_data import hub_source
 
 TINY = [json.loads(line) for line in (REPO / "data" / "tiny.jsonl").read_text().splitlines() if line.strip()]
 
@@ -108,45 +113,6 @@ def test_cached_questions_and_images_are_reused_without_the_source(both, tmp_pat
     assert materialize_images(again[:4], "vqav2_hub", tmp_path / "out") == chosen
     with pytest.raises(UserError, match="holds questions read from .* use the baseline's --hf_dataset"):
         load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), hf_revision="v2", cache_dir=tmp_path / "out")
-
-
-def test_hub_id_reads_only_validation_files_at_the_pinned_commit(both, tmp_path, monkeypatch):
-    """The hub branch with the hub replaced by the local files: listing, commit pinning, the hf:// URLs and
-    exact-range opening (no read-ahead) are what a user with internet gets."""
-    import huggingface_hub
-    from types import SimpleNamespace
-
-    json_dir, parquet_dir = both
-    names = sorted(p.name for p in (parquet_dir / "data").iterdir())
-    siblings = [SimpleNamespace(rfilename=f"data/{n}") for n in [*names, "test-00000-of-00001.parquet",
-                                                                  "testdev-00000-of-00001.parquet"]]
-    asked, opened = [], []
-
-    def dataset_info(self, repo_id, revision=None, **kw):
-        asked.append((repo_id, revision))
-        return SimpleNamespace(sha="0123abc", siblings=siblings)
-
-    class LocalHub:
-        def open(self, url, mode="rb", cache_type=None):
-            opened.append((url, cache_type))
-            prefix = "hf://datasets/lmms-lab/VQAv2@0123abc/"
-            assert url.startswith(prefix + "data/validation-"), url
-            return open(parquet_dir / url[len(prefix):], mode)
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
-    monkeypatch.setattr(huggingface_hub, "HfFileSystem", LocalHub)
-    samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", hf_revision="v1.0", cache_dir=tmp_path)
-    assert asked == [("lmms-lab/VQAv2", "v1.0")]
-    assert {c for _, c in opened} == {"none"} and len(opened) == len(names)
-    assert without_image_path([s.to_dict() for s in samples]) == without_image_path(
-        [s.to_dict() for s in load_samples("vqav2", "val", json_dir)])
-    assert all(s.image_path.startswith("hf://datasets/lmms-lab/VQAv2@0123abc/data/validation-") for s in samples)
-    source = json.loads((tmp_path / "vqav2_hub" / "source.json").read_text())
-    assert source["revision"] == "0123abc" and source["requested_revision"] == "v1.0"
-    chosen = materialize_images(samples[:3], "vqav2_hub", tmp_path)
-    assert all(Path(s.image_path).is_file() for s in chosen)
-    sources = json.loads((tmp_path / "vqav2_hub" / "images" / "sources.json").read_text())
-    assert all(v["source"].startswith("hf://datasets/lmms-lab/VQAv2@0123abc/") for v in sources.values())
 
 
 def test_vqav2_hub_is_validation_only(both, tmp_path):
@@ -273,3 +239,262 @@ def test_baseline_through_hub_and_json_gives_identical_rows(both, tiny_model_dir
     assert 'class="ph"' not in report  # no picture fell back to a placeholder
     for path in {r["image_path"] for r in rows_hub}:
         assert f'role="img" aria-label="{path}"' in report
+
+
+# --- the hub over real HTTP (tests/hub_server.py on 127.0.0.1) -----------------------------------
+
+MOVED = "lmms-lab-encoder/VQAv2"
+PINNED = f"hf://datasets/lmms-lab/VQAv2@{SHA}/data/validation-"
+
+
+@contextlib.contextmanager
+def serving(monkeypatch, repos: dict, **kw):
+    """A HubServer serving `repos`, with huggingface_hub (already imported here) pointed at it as
+    HF_ENDPOINT points a fresh process at it."""
+    from huggingface_hub import constants
+
+    with HubServer(repos, **kw) as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        yield hub
+
+
+def hub_env(hub: HubServer, tmp_path: Path) -> dict:
+    """A script's environment for the server: HF_ENDPOINT, its own hub cache, the hub's timeouts short."""
+    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(tmp_path / "hf_cache"),
+            "HF_HUB_ETAG_TIMEOUT": "10", "HF_HUB_DOWNLOAD_TIMEOUT": "10", "HF_HUB_OFFLINE": "0"}
+
+
+def notes(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("note:")]
+
+
+def json_image_bytes(json_dir: Path, image_id: int) -> bytes:
+    return (json_dir / "images" / "val2014" / f"COCO_val2014_{image_id:012d}.jpg").read_bytes()
+
+
+def image_chunks(folder: Path) -> dict[str, list[range]]:
+    """file name -> the byte ranges of its image column chunks (pyarrow's metadata, read locally)."""
+    import pyarrow.parquet as pq
+
+    chunks = {}
+    for p in sorted((folder / "data").iterdir()):
+        meta = pq.ParquetFile(p).metadata
+        cols = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+        starts = [(c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset, c) for c in cols
+                  if c.path_in_schema.startswith("image.")]  # image.bytes and image.path
+        chunks[p.name] = [range(start, start + c.total_compressed_size) for start, c in starts]
+        assert chunks[p.name]
+    return chunks
+
+
+def test_hub_id_reads_only_the_question_ranges_of_validation_files_at_the_pinned_commit(both, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """What a user with internet gets: one dataset-info request for the tag asked, only validation files, at
+    the commit it resolved to, by checked range requests that never touch an image column chunk before
+    the sample is chosen; then only the sample's pictures."""
+    json_dir, parquet_dir = both
+    with serving(monkeypatch, {"lmms-lab/VQAv2": parquet_dir}, tags={"lmms-lab/VQAv2": ("v1.0",)},
+                 extra_files=("data/test-00000-of-00001.parquet", "data/testdev-00000-of-00001.parquet")) as hub:
+        samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", hf_revision="v1.0", cache_dir=tmp_path)
+        assert [r.path for r in hub.seen("info")] == ["/api/datasets/lmms-lab/VQAv2/revision/v1.0"]
+        files = sorted(p.name for p in (parquet_dir / "data").iterdir())
+        file_requests = [r for r in hub.requests if r.kind in ("head", "range", "whole")]
+        assert {r.path for r in file_requests} == {f"/datasets/lmms-lab/VQAv2/resolve/{SHA}/data/{f}" for f in files}
+        assert sorted(r.path for r in hub.seen("head")) == sorted({r.path for r in file_requests})  # one HEAD a file
+        assert not hub.seen("whole") and {r.status for r in hub.seen("cdn") if r.range} == {206}
+        chunks, sizes = image_chunks(parquet_dir), {f: (parquet_dir / "data" / f).stat().st_size for f in files}
+        for resolve, cdn in zip(hub.seen("range"), [r for r in hub.seen("cdn") if r.range]):
+            name = resolve.path.rsplit("/", 1)[1]
+            first, last = map(int, cdn.range.removeprefix("bytes=").split("-"))
+            if last == sizes[name] - 1:
+                continue  # pyarrow's read of the footer: the file's last 64 KiB, whatever they hold
+            assert not any(first < c.stop and c.start <= last for c in chunks[name]), (name, cdn.range)
+        assert without_image_path([s.to_dict() for s in samples]) == without_image_path(
+            [s.to_dict() for s in load_samples("vqav2", "val", json_dir)])
+        assert all(s.image_path.startswith(PINNED) for s in samples)
+        source = hub_source(tmp_path)
+        assert source == json.loads((tmp_path / "vqav2_hub" / "source.json").read_text())
+        assert (source["revision"], source["requested_revision"], source["hf_dataset"], source["used_dataset"]) == (
+            SHA, "v1.0", "lmms-lab/VQAv2", "lmms-lab/VQAv2")
+        before = len(hub.requests)
+        chosen = materialize_images(samples[:3], "vqav2_hub", tmp_path)
+        assert {r.kind for r in hub.requests[before:]} <= {"head", "range", "cdn", "?"}
+    for s in chosen:
+        assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
+    sources = json.loads((tmp_path / "vqav2_hub" / "images" / "sources.json").read_text())
+    assert all(v["source"].startswith(PINNED) for v in sources.values())
+    assert not notes(capsys.readouterr().out) and not (tmp_path / "vqav2_hub" / "files").exists()
+
+
+@pytest.mark.parametrize("kind, status, times, retry_after, waits", [
+    ("info", 429, 2, "0", [0, 0]),
+    ("head", 503, 2, None, [1, 2]),  # no Retry-After: 1 s, then twice that
+    ("range", 429, 1, "2", [2]),  # Retry-After beats the first wait of 1 s
+    ("range", 502, 3, "0", [0, 0, 0]),
+])
+def test_rate_limits_and_server_errors_are_waited_out_with_one_note(both, tmp_path, monkeypatch, capsys,
+                                                                   kind, status, times, retry_after, waits):
+    json_dir, parquet_dir = both
+    with serving(monkeypatch, {"lmms-lab/VQAv2": parquet_dir}) as hub:
+        hub.fail(kind, status, times, retry_after)
+        samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", cache_dir=tmp_path)
+        chosen = materialize_images(samples[:4], "vqav2_hub", tmp_path)
+    local = load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), cache_dir=tmp_path / "local")
+    assert [s.to_dict() for s in samples] == [{**s.to_dict(), "image_path": h.image_path} for s, h in zip(local, samples)]
+    for s in chosen:
+        assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
+    tries = hub.seen(kind)
+    assert [r.status for r in tries[:times + 1]] == [status] * times + [200 if kind == "info" else 302]
+    assert len(hub.seen(status=status)) == times  # each failed answer was tried again once, no more
+    assert len({r.path for r in tries[:times + 1]}) == 1  # the same request
+    gaps = [b.time - a.time for a, b in zip(tries[:times], tries[1:times + 1])]
+    for gap, wait in zip(gaps, waits):
+        assert wait - 0.05 <= gap < wait + 1.5, (gaps, waits)
+    lines = notes(capsys.readouterr().out)
+    assert len(lines) == 1 and f"answered HTTP {status}" in lines[0] and "trying again" in lines[0], lines
+
+
+@pytest.mark.parametrize("kind, status, retry_after, fragments", [
+    ("range", 429, "0", ["still answered HTTP 429 (Too Many Requests) to a range read of data/validation-0000",
+                         "after 5 tries"]),
+    ("info", 503, "0", ["still answered HTTP 503 (Service Unavailable) to the dataset info of lmms-lab/VQAv2",
+                        "after 5 tries"]),
+    ("head", 429, "3600", ["answered HTTP 429 (Too Many Requests) to the size of data/validation-0000",
+                           "asks to wait 3600 s"]),
+])
+def test_a_hub_that_keeps_failing_is_one_error_line_after_bounded_tries(both, tmp_path, monkeypatch, kind, status,
+                                                                        retry_after, fragments):
+    with serving(monkeypatch, {"lmms-lab/VQAv2": both[1]}) as hub:
+        hub.fail(kind, status, 50, retry_after)
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", cache_dir=tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "wait a few minutes and rerun" in msg and "hf download lmms-lab/VQAv2" in msg, msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+    assert len(hub.seen(kind)) == (1 if retry_after == "3600" else 5)  # a long Retry-After is not waited out
+
+
+def test_retries_running_out_stops_the_script_with_one_error_line(both, tmp_path):
+    """The real script on a mirror that rate-limits every range read: five tries, one note, one error line
+    naming the dataset used, and no model is loaded."""
+    with HubServer({MOVED: both[1]}) as hub:
+        hub.fail("range", 429, 50, "0")
+        proc = run_script("create_vqav2_baseline.py", "--dataset=vqav2_hub", f"--hf_dataset={MOVED}",
+                          "--model_id=no-such-model-is-loaded", "--quantization=none", f"--output_dir={tmp_path}",
+                          env=hub_env(hub, tmp_path), timeout=300)
+    assert_one_line_error(proc, f"the Hugging Face hub at {hub.url} still answered HTTP 429", "after 5 tries",
+                          f"reading {MOVED}", "HF_ENDPOINT=https://hf-mirror.com", f"hf download {MOVED}")
+    assert len(hub.seen("range")) == 5 and not hub.seen(repo="lmms-lab/VQAv2")
+    assert len(notes(proc.stdout)) == 1 and "answered HTTP 429" in notes(proc.stdout)[0]
+
+
+@pytest.mark.parametrize("mode", ["ignore", "short", "shifted"])
+def test_range_answers_that_are_not_the_bytes_asked_for_mean_whole_files(both, tmp_path, monkeypatch, capsys, mode):
+    """A server that ignores Range (200 + the whole file), sends fewer bytes, or another range: its range
+    bytes are never used; each file is downloaded whole once, checked, and read locally."""
+    json_dir, parquet_dir = both
+    with serving(monkeypatch, {"lmms-lab/VQAv2": parquet_dir}) as hub:
+        hub.range_mode = mode
+        if mode == "ignore":
+            hub.fail("whole", 502, 1, "0")  # the downloads are retried too
+        samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", cache_dir=tmp_path)
+        chosen = materialize_images(samples[:5], "vqav2_hub", tmp_path)
+    local = load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), cache_dir=tmp_path / "local")
+    assert without_image_path([s.to_dict() for s in samples]) == without_image_path([s.to_dict() for s in local])
+    for s in chosen:
+        assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
+    assert len(hub.seen("range")) == 1  # no range is asked again after the first wrong answer
+    files = sorted(p.name for p in (parquet_dir / "data").iterdir())
+    downloads = [r.path.rsplit("/", 1)[1] for r in hub.seen("whole") if r.status == 302]
+    assert sorted(downloads) == files  # each once, for the questions; the images came from the copies
+    whole = tmp_path / "vqav2_hub" / "files" / "lmms-lab--VQAv2" / SHA / "data"
+    assert sorted(p.name for p in whole.iterdir()) == files
+    for f in files:
+        assert (whole / f).read_bytes() == (parquet_dir / "data" / f).read_bytes()
+    lines = notes(capsys.readouterr().out)
+    ranges = [line for line in lines if "downloaded whole once" in line]
+    assert len(ranges) == 1 and {"ignore": "ignores Range", "short": "bytes for a range of",
+                                 "shifted": "with Content-Range"}[mode] in ranges[0], lines
+    assert len(lines) == (2 if mode == "ignore" else 1), lines  # + the note on the retried download
+
+
+def _moved_case(case: str, parquet_dir: Path, tmp_path: Path) -> tuple[dict, dict, str, str]:
+    """(repos, their tags, --hf_dataset_revision, the note expected) for the default repo gone missing."""
+    if case == "repository":
+        return {MOVED: parquet_dir}, {}, "", "note: lmms-lab/VQAv2 not found; using lmms-lab-encoder/VQAv2"
+    if case == "revision":  # the tag asked for exists only in the moved repository
+        return ({"lmms-lab/VQAv2": parquet_dir, MOVED: parquet_dir}, {MOVED: ("v2",)}, "v2",
+                "note: lmms-lab/VQAv2 has no revision v2; using lmms-lab-encoder/VQAv2")
+    emptied = tmp_path / "emptied"
+    emptied.mkdir()
+    (emptied / "README.md").write_text("moved to lmms-lab-encoder/VQAv2\n")
+    return ({"lmms-lab/VQAv2": emptied, MOVED: parquet_dir}, {}, "",
+            "note: lmms-lab/VQAv2 has no data/validation-*.parquet files; using lmms-lab-encoder/VQAv2")
+
+
+@pytest.mark.parametrize("case", ["repository", "revision", "validation files"])
+def test_default_dataset_missing_reads_the_moved_copy_and_records_it(both, tmp_path, monkeypatch, capsys, case):
+    json_dir, parquet_dir = both
+    repos, tags, revision, expected_note = _moved_case(case, parquet_dir, tmp_path)
+    with serving(monkeypatch, repos, tags=tags) as hub:
+        samples = load_samples("vqav2_hub", "val", hf_revision=revision, cache_dir=tmp_path)  # the default dataset
+        chosen = materialize_images(samples[:4], "vqav2_hub", tmp_path)
+        assert {r.kind for r in hub.seen(repo="lmms-lab/VQAv2")} == {"info"}  # no file of it is read
+    assert notes(capsys.readouterr().out) == [expected_note]
+    assert without_image_path([s.to_dict() for s in samples]) == without_image_path(
+        [s.to_dict() for s in load_samples("vqav2", "val", json_dir)])
+    assert all(s.image_path.startswith(f"hf://datasets/{MOVED}@{SHA}/data/validation-") for s in samples)
+    source = hub_source(tmp_path)
+    assert (source["hf_dataset"], source["used_dataset"], source["revision"]) == ("lmms-lab/VQAv2", MOVED, SHA)
+    sources = json.loads((tmp_path / "vqav2_hub" / "images" / "sources.json").read_text())
+    assert all(v["source"].startswith(f"hf://datasets/{MOVED}@{SHA}/") for v in sources.values())
+    for s in chosen:
+        assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
+    # the server is gone: the same request is served from the cache, which remembers the dataset used
+    again = load_samples("vqav2_hub", "val", hf_revision=revision, cache_dir=tmp_path)
+    assert [s.to_dict() for s in again] == [s.to_dict() for s in samples] and not notes(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("hf_dataset, served, fragments", [
+    ("someone/VQAv2", {MOVED: None}, ["dataset someone/VQAv2 not found on the hub", "check --hf_dataset"]),
+    ("lmms-lab/VQAv2", {}, ["dataset lmms-lab/VQAv2 is not found on the hub", f"and {MOVED} (where lmms-eval moved "
+                                                                              "it) is not found", "hf download"]),
+])
+def test_no_fallback_for_a_named_dataset_and_one_line_when_both_are_missing(both, tmp_path, monkeypatch, hf_dataset,
+                                                                            served, fragments):
+    with serving(monkeypatch, {r: both[1] for r in served}) as hub:
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", hf_dataset=hf_dataset, cache_dir=tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+    asked = [r.path for r in hub.seen("info")]
+    assert asked == [f"/api/datasets/{hf_dataset}"] + ([f"/api/datasets/{MOVED}"] if hf_dataset == "lmms-lab/VQAv2"
+                                                      else [])
+
+
+def test_baseline_from_a_rate_limiting_mirror_without_the_default_repo(both, tiny_model_dir, tmp_path):
+    """The real script, end to end on the tiny model, with HF_ENDPOINT at a mirror that has only the moved
+    repository and answers the first range reads with 429: the rows hold the local folder's questions and
+    the JSON path's pictures, and the run says once which repository it read."""
+    json_dir, parquet_dir = both
+    with HubServer({MOVED: parquet_dir}) as hub:
+        hub.fail("range", 429, 3, "0")
+        proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--quantization=none",
+                          "--max_samples=6", "--num_workers=0", "--eval_batch=3", "--dataset=vqav2_hub",
+                          f"--output_dir={tmp_path / 'out'}", env=hub_env(hub, tmp_path), check=True)
+    assert len(hub.seen("range", status=429)) == 3
+    lines = notes(proc.stdout)
+    assert lines.count("note: lmms-lab/VQAv2 not found; using lmms-lab-encoder/VQAv2") == 1
+    assert len([line for line in lines if "answered HTTP 429" in line]) == 1, lines
+    rows = read_jsonl(tmp_path / "out" / "vqav2_baseline.jsonl")
+    by_id = {s.question_id: s for s in load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir),
+                                                    cache_dir=tmp_path / "local")}
+    assert len(rows) == 6 and all(r["error"] is None for r in rows)
+    for r in rows:
+        s = by_id[r["question_id"]]
+        assert (r["question"], r["gt_answers"], r["image_id"]) == (s.question, s.answers, s.image_id)
+        assert Path(r["image_path"]).read_bytes() == json_image_bytes(json_dir, r["image_id"])
+    assert hub_source(tmp_path / "out")["used_dataset"] == MOVED
