@@ -507,7 +507,8 @@ def check_report_to(report_to: str) -> str | None:
     try:
         importlib.import_module(module)
     except ImportError as e:
-        raise UserError(f"--report_to={report_to} needs the {package} package ({e}); pip install {package}, "
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--report_to={report_to} needs the {package} package ({why}); pip install {package}, "
                         f"or train without it (--report_to=)") from None
     return report_to
 

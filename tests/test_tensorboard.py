@@ -1,0 +1,137 @@
+"""--report_to=tensorboard: the fine-tuning script's per-step curves, read back with TensorBoard's own
+reader and compared with train_log.jsonl; a killed and resumed run continues the same curve; off by
+default; an unknown tracker or a missing package is one line before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import REPO, assert_one_line_error, kill_when, run_script, start_script
+
+TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
+STEPS = 8
+
+
+def fine_tuning(model_dir, out: Path, *extra) -> list:
+    """A short fine-tuning run of the twin on data/tiny.jsonl: a checkpoint every 3 of 8 steps."""
+    return ["finetune_vqav2_lora.py", f"--model_id={model_dir}", "--dataset=tiny", "--use_4bit=False",
+            f"--train_steps={STEPS}", "--per_device_batch=2", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=2",
+            "--save_every=3", "--keep_checkpoints=3", "--preview_samples=0", "--num_workers=0",
+            f"--output_dir={out}", *extra]
+
+
+def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of `run_dir` as TensorBoard shows it: (step, value) per tag."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0: keep every point
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def raw_loss_steps(run_dir: Path) -> list[list[int]]:
+    """The steps of train/loss as written, per event file in the order they were written (nothing hidden)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
+    return [[e.step for e in EventFileLoader(str(f)).Load() if any(v.tag == "train/loss" for v in e.summary.value)]
+            for f in files]
+
+
+def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(tiny_model_dir, tmp_path):
+    out, logs = tmp_path / "run-a", tmp_path / "tf-logs"
+    args = fine_tuning(tiny_model_dir, out, "--report_to=tensorboard", f"--log_dir={logs}")
+    log = out / "lora_adapter_checkpoints" / "train_log.jsonl"
+    # killed after step 5 is in the log: the checkpoint of step 3 holds, steps 4.. were logged and are lost
+    proc = start_script(*args)
+    assert kill_when(proc, lambda: log.exists() and log.read_bytes().count(b"\n") >= 5)
+    assert [p.name for p in (out / "lora_adapter_checkpoints").glob("step-*")] == ["step-000003"]
+    run_dir = logs / "run-a"  # the run is named after the output folder
+    killed = raw_loss_steps(run_dir)
+    assert len(killed) == 1 and killed[0][:4] == [1, 2, 3, 4], killed
+
+    proc = run_script(*args, check=True)
+    assert f"resumed from {out / 'lora_adapter_checkpoints' / 'step-000003'}" in proc.stdout
+    assert f"tensorboard: {run_dir} (tensorboard --logdir {logs})" in proc.stdout
+    # the resumed attempt wrote its own file from step 4 on (no second step 1); the earlier file's steps
+    # 4.. are still on disk, and TensorBoard hides them (purge_step), so each step shows once
+    written = raw_loss_steps(run_dir)
+    assert written[0] == killed[0] and written[1] == list(range(4, STEPS + 1)), written
+    rows = [json.loads(l) for l in (out / "lora_adapter" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    shown = curves(run_dir)
+    assert set(shown) == set(TAGS), shown.keys()
+    for tag in TAGS:
+        assert [s for s, _ in shown[tag]] == list(range(1, STEPS + 1)), (tag, shown[tag])
+    f32 = np.float32
+    assert [f32(v) for _, v in shown["train/loss"]] == [f32(r["loss"]) for r in rows]
+    assert [f32(v) for _, v in shown["train/lr"]] == [f32(r["lr"]) for r in rows]
+    assert [f32(v) for _, v in shown["train/grad_norm"]] == [f32(r["grad_norm"]) for r in rows]
+    assert [v for _, v in shown["train/skipped_steps"]] == list(np.cumsum([r["skipped"] for r in rows]))
+    assert len({r["loss"] for r in rows}) == STEPS and len({r["lr"] for r in rows}) > STEPS // 2  # real curves
+    # the resolved settings as hparams, lists as text, once per attempt
+    hparams = sorted(run_dir.glob("*/hparams.yml"))
+    assert len(hparams) == 2
+    config = yaml.safe_load(hparams[-1].read_text())
+    assert config["target_modules"] == "q_proj,k_proj,v_proj,out_proj,fc1,fc2"
+    assert (config["report_to"], config["log_dir"], config["train_steps"]) == ("tensorboard", str(logs), STEPS)
+
+
+def test_off_by_default_writes_no_event_file(tiny_model_dir, tmp_path):
+    from src.config import script_settings
+
+    settings = script_settings(REPO / "finetune_vqav2_lora.py")
+    assert (settings["REPORT_TO"], settings["LOG_DIR"]) == ("", "{output_dir}/tf-logs")
+    out = tmp_path / "out"
+    proc = run_script(*fine_tuning(tiny_model_dir, out, f"--train_steps={STEPS // 4}", "--save_every=2"), check=True)
+    assert (out / "lora_adapter" / "adapter_model.safetensors").exists()
+    assert not (out / "tf-logs").exists() and not list(tmp_path.rglob("events.out.tfevents.*"))
+    assert "tensorboard" not in proc.stdout
+
+
+def test_default_log_dir_is_inside_the_output_folder(tiny_model_dir, tmp_path):
+    """{output_dir} in LOG_DIR stands for --output_dir, as in ADAPTER_DIR; the banner gives the command."""
+    out = tmp_path / "run-b"
+    proc = run_script(*fine_tuning(tiny_model_dir, out, "--train_steps=1", "--report_to=tensorboard"), check=True)
+    assert f"tensorboard --logdir {out / 'tf-logs'})" in proc.stdout
+    assert [s for s, _ in curves(out / "tf-logs" / "run-b")["train/loss"]] == [1]
+
+
+def test_unknown_tracker_is_one_line_before_any_work(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script(*fine_tuning(tiny_model_dir, out, "--report_to=bogus"))
+    assert_one_line_error(proc, "--report_to='bogus': unknown tracker", "--report_to=tensorboard", "--report_to=")
+    assert not out.exists() and "Running QLoRA" not in proc.stdout  # before the output folder, so before the model
+
+
+def test_a_missing_package_names_pip_install(monkeypatch):
+    import sys
+
+    from src.errors import UserError
+    from src.training import check_report_to
+
+    assert check_report_to("") is None and check_report_to("tensorboard") == "tensorboard"
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(UserError) as e:
+        check_report_to("tensorboard")
+    assert "pip install tensorboard" in str(e.value) and "--report_to=" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_tracker_config_and_values_are_what_tensorboard_takes():
+    from src.training import StepResult, tracker_config, tracker_values
+
+    config = tracker_config({"target_modules": ["q_proj", "v_proj"], "lr": 1e-4, "use_4bit": True, "steps": 3,
+                             "dataset": "tiny", "nothing": None, "pair": (1, 2)})
+    assert config == {"target_modules": "q_proj,v_proj", "lr": 1e-4, "use_4bit": True, "steps": 3, "dataset": "tiny",
+                      "nothing": "None", "pair": "1,2"}
+    assert tracker_values(StepResult(2.5, 0.75, False), 1e-3, 0) == {
+        "train/loss": 2.5, "train/lr": 1e-3, "train/grad_norm": 0.75, "train/skipped_steps": 0}
+    # a step fp16's loss scaling skipped has no gradient norm; the count goes up
+    assert tracker_values(StepResult(2.5, None, True), 1e-3, 1) == {
+        "train/loss": 2.5, "train/lr": 1e-3, "train/skipped_steps": 1}
