@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import QUICKSTART_HEADING, REPO, fresh_copy, readme_commands, run_command
+from helpers import MODULE_FIXTURES, QUICKSTART_HEADING, REPO, fresh_copy, readme_commands, run_command
 
 sys.path.insert(0, str(REPO))
 
@@ -36,12 +36,13 @@ def pytest_collection_modifyitems(config, items):
     the work so that no core idles while the twin is built: the quick start first (its worker builds the
     twin), then the tests that do not need the twin (the other worker's work meanwhile), then the rest."""
     for item in items:
+        if not {"tiny_model_dir", "quickstart"} & set(item.fixturenames) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.quick)  # `-m quick`: the edit loop's tier (no twin, nothing marked slow)
         if item.get_closest_marker("xdist_group"):
             continue
-        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         if "quickstart" in item.fixturenames:
             group = "quickstart"
-        elif any(d[-1].scope == "module" for d in defs.values() if d):
+        elif MODULE_FIXTURES & set(item.fixturenames):  # helpers.module_fixture, e.g. a script run once per module
             group = item.module.__name__
         else:
             continue

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+MODULE_FIXTURES: set[str] = set()  # names of module-scoped fixtures (see module_fixture)
 README = REPO / "README.md"
 QUICKSTART_HEADING = "## 离线 CPU 快速体验"
 
@@ -66,10 +67,46 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     return lines[0]
 
 
-def start_script(*args, env=None) -> subprocess.Popen:
-    """Start `python <args...>` from the repo root in the background (output discarded)."""
+KILL_HOOK = """
+import os, signal, importlib
+_module, _, _path = os.environ["KILL_AT_CALL"].partition(":")
+_owner = importlib.import_module(_module)
+*_parents, _name = _path.split(".")
+for _p in _parents:
+    _owner = getattr(_owner, _p)
+_real, _left = getattr(_owner, _name), [int(os.environ["KILL_AT_COUNT"])]
+def _counting(*args, **kwargs):
+    out = _real(*args, **kwargs)
+    _left[0] -= 1
+    if _left[0] == 0:  # the marker: that call is done, the next has not started
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+setattr(_owner, _name, _counting)
+"""
+
+
+def start_script(*args, env=None, kill_at: tuple[str, int] | None = None, hook_dir: Path | None = None) -> subprocess.Popen:
+    """Start `python <args...>` from the repo root in the background (output discarded).
+
+    kill_at=("module:attr.path", n): the script SIGKILLs itself right after its n-th call of that function
+    returns (e.g. ("src.files:JsonlAppender.write", 3) = after the third batch of rows is on disk), in
+    the process that makes the call. The kill happens at that exact point, however fast the run is: no
+    polling from outside that a quick run could slip past. `hook_dir` (needed with kill_at) receives the
+    sitecustomize.py that does it."""
+    env = dict(env or {})
+    if kill_at is not None:
+        (hook_dir / "sitecustomize.py").write_text(KILL_HOOK)
+        env.update(KILL_AT_CALL=kill_at[0], KILL_AT_COUNT=str(kill_at[1]),
+                   PYTHONPATH=os.pathsep.join([str(hook_dir), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=script_env(env))
+
+
+def killed_at_marker(proc: subprocess.Popen, timeout: float = 300) -> bool:
+    """Wait for a start_script(kill_at=...) process: True when it killed itself at the marker, False when
+    it finished before reaching it."""
+    code = proc.wait(timeout=timeout)
+    return code == -signal.SIGKILL
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
@@ -113,3 +150,12 @@ def script_lora():
     from src.training import LoraSettings
 
     return LoraSettings.of_settings(script_settings(REPO / "finetune_vqav2_lora.py"))
+
+
+def module_fixture(fn):
+    """A module-scoped fixture (built once per module and worker). Its name is noted so that conftest keeps
+    the tests using it on one worker, where it is built once."""
+    import pytest
+
+    MODULE_FIXTURES.add(fn.__name__)
+    return pytest.fixture(scope="module")(fn)

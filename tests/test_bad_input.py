@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, module_fixture, run_script
 from src.config import EMPTY_MEANS, apply_overrides, script_settings
 from src.errors import UserError
 
@@ -36,6 +36,7 @@ def bad_values(default, name: str = "") -> list[str]:
     return []
 
 
+@pytest.mark.slow
 def test_every_setting_of_every_script_refuses_generated_bad_values():
     """A harness over the settings blocks themselves: a setting added later is covered too."""
     checked = 0
@@ -133,7 +134,7 @@ def test_damaged_data_files_are_one_line_before_the_model_loads(tiny_model_dir, 
 
 # --- the frozen sample ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@module_fixture
 def tiny_baseline(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_baseline")
     run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--quantization=none",
@@ -249,7 +250,7 @@ def test_damaged_model_folders_name_the_file(tiny_model_dir, tmp_path, case, dam
 
 # --- adapters -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@module_fixture
 def strong_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter saved as the fine-tuning script saves it, with weights big enough to change answers."""
     import torch

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, kill_when, run_script
+from helpers import REPO, assert_one_line_error, killed_at_marker, run_script, start_script
 
 from src.data import load_samples
 from src.errors import UserError
@@ -177,6 +177,7 @@ def test_bad_tiny_rows_are_one_line_naming_file_and_row(tmp_path, case, change, 
         assert f in msg, (f, msg)
 
 
+@pytest.mark.slow
 def test_bad_data_is_reported_before_the_model_loads(tmp_path):
     (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(set_row(2, "answers", "red"))))
     proc = run_script("create_vqav2_baseline.py", "--dataset=tiny", f"--data_dir={tmp_path}",
@@ -240,6 +241,7 @@ LOAD = "import sys; from src.data import load_samples\nfor split in ('train', 'v
        "    print(split, len(load_samples('easy_vqa', split, sys.argv[1])), flush=True)"
 
 
+@pytest.mark.slow
 def test_two_first_time_runs_at_once_both_succeed_with_one_complete_folder(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", LOAD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -252,14 +254,12 @@ def test_two_first_time_runs_at_once_both_succeed_with_one_complete_folder(tmp_p
     assert_complete(tmp_path)
 
 
+@pytest.mark.slow
 def test_conversion_killed_midway_is_redone_on_the_next_run(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", LOAD, str(tmp_path)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def halfway():
-        return any(len(list(t.glob("images/train/*.png"))) > 500 for t in tmp_path.glob("easy_vqa.tmp*"))
-
-    assert kill_when(proc, halfway, timeout=120)
+    hook = tmp_path.parent / f"{tmp_path.name}-hook"
+    hook.mkdir()
+    proc = start_script("-c", LOAD, tmp_path, kill_at=("shutil:copyfile", 500), hook_dir=hook)  # 500 images in
+    assert killed_at_marker(proc, timeout=120)
     assert not (tmp_path / "easy_vqa").exists()  # nothing half-done was put in place
     out = subprocess.run([sys.executable, "-c", LOAD, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                          timeout=300)
@@ -267,6 +267,7 @@ def test_conversion_killed_midway_is_redone_on_the_next_run(tmp_path):
     assert_complete(tmp_path)
 
 
+@pytest.mark.slow
 def test_incomplete_folder_marked_converted_is_converted_again(tmp_path):
     run = [sys.executable, "-c", LOAD, str(tmp_path)]
     subprocess.run(run, cwd=REPO, check=True, capture_output=True, timeout=300)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, module_fixture, run_script
 from PIL import Image
 
 from src.demo_app import DemoOptions, comparison_view, make_answer_fn
@@ -54,7 +54,7 @@ def reference(model, processor, path=PICTURE, question=QUESTION) -> dict:
     return caption_and_answer(model, processor, [load_image(path)], question, **GENERATION)[0]
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def lora_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter for the tiny model with random, non-zero weights (so it changes the outputs),
     saved with save_pretrained like finetune_vqav2_lora.py's."""
@@ -75,7 +75,7 @@ def lora_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def tiny(tiny_model_dir, lora_adapter, demo_process):
     """The plain tiny model, a second copy with the adapter loaded (the server's way: load_blip2(adapter=)),
     and the answers of both computed directly with src.inference. (demo_process is requested so that the
@@ -193,6 +193,7 @@ def test_unknown_language_is_one_line_error_before_the_model_load():
     assert_one_line_error(proc, "--lang='fr'", "--lang=zh", "--lang=en")
 
 
+@pytest.mark.slow
 def test_public_host_warns_and_run_comparison_runs_before_serving(tmp_path):
     """--host=0.0.0.0 prints the warning; --run_comparison=True runs the compare script first (here it finds
     no results and says so) and goes on; then the missing model stops it with one line."""
@@ -208,6 +209,7 @@ def test_public_host_warns_and_run_comparison_runs_before_serving(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model folder not found"), proc.stderr
 
 
+@pytest.mark.slow
 def test_default_adapter_follows_output_dir_and_a_missing_one_leaves_the_base_model(tmp_path):
     """ADAPTER_DIR = "{output_dir}/lora_adapter": with no adapter there the demo says so and goes on with the
     base model alone (then the missing model stops it with one line)."""
@@ -263,7 +265,7 @@ def wait_until_served(demo: dict) -> dict:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def demo_process(lora_adapter, tiny_model_dir, tmp_path_factory):
     """The demo with the tiny model and the adapter, in Chinese (the default), started once for the module."""
     tmp = tmp_path_factory.mktemp("demo-server")
@@ -273,13 +275,13 @@ def demo_process(lora_adapter, tiny_model_dir, tmp_path_factory):
         yield {**demo, "comparisons": comparisons}
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def server(demo_process):
     """The demo once it answers HTTP."""
     return wait_until_served(demo_process)
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def browser(server):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} missing (apt-get install chromium); .ci/run installs it")

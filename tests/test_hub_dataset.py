@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, module_fixture, run_script
 from hub_server import SHA, HubServer
 
 from src.data import load_samples, materialize_images, sample_question_ids, select
@@ -72,7 +72,7 @@ def write_official_json(data_dir: Path, tiny: list[dict]) -> Path:
     return data_dir
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def both(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     return write_official_json(root / "json", TINY), write_lmms_parquet(root / "parquet", [lmms_row(t) for t in TINY])
@@ -185,6 +185,7 @@ def test_local_folder_without_validation_files(tmp_path):
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
                          ids=["HF_HUB_OFFLINE", "unreachable endpoint"])
+@pytest.mark.slow
 def test_offline_without_cache_says_set_hf_endpoint_or_download(tmp_path, env):
     proc = run_script("create_vqav2_baseline.py", "--dataset=vqav2_hub", "--hf_dataset=lmms-lab/VQAv2",
                       "--model_id=no-such-model-is-loaded", "--quantization=none", f"--output_dir={tmp_path}",
@@ -375,6 +376,7 @@ def test_a_hub_that_keeps_failing_is_one_error_line_after_bounded_tries(both, tm
     assert len(hub.seen(kind)) == (1 if retry_after == "3600" else 5)  # a long Retry-After is not waited out
 
 
+@pytest.mark.slow
 def test_retries_running_out_stops_the_script_with_one_error_line(both, tmp_path):
     """The real script on a mirror that rate-limits every range read: five tries, one note, one error line
     naming the dataset used, and no model is loaded."""

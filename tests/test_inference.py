@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, module_fixture
 from src.images import load_image
 from src.inference import generate_for_images
 from src.modeling import load_blip2
@@ -13,7 +13,7 @@ QUESTIONS = ["What is in the image?", "how many?", "What color is the shape in t
              "why?", "Which sport is being played here today?"]
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def model_and_processor(tiny_model_dir):
     return load_blip2(tiny_model_dir, quantization="none")
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from helpers import assert_one_line_error, run_script, script_lora
+from helpers import assert_one_line_error, module_fixture, run_script, script_lora
 from src.modeling import QUANTIZATION_SKIP_MODULES
 from src.memory_plan import ARCHITECTURE_JSON, held_bytes, load_blip2_config, nf4_weight_bytes, plan_memory
 
@@ -15,7 +15,7 @@ FULL_PARAMS = 3_744_761_856  # Salesforce/blip2-opt-2.7b with its 50,304-token v
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$"
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def tiny_config(tiny_model_dir):
     from transformers import Blip2Config
 
@@ -23,7 +23,7 @@ def tiny_config(tiny_model_dir):
         return Blip2Config(**json.load(f))
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def tiny_real_model(tiny_config):
     from transformers import Blip2ForConditionalGeneration
 
@@ -115,6 +115,7 @@ def test_tiny_plan_equals_a_real_cuda_load(tiny_model_dir, quantization):
     assert held_bytes(model) == plan["precisions"][column]["bytes"]
 
 
+@pytest.mark.slow
 def test_full_parts_add_up_to_the_stated_total():
     plan = plan_memory(None, lora=script_lora())  # the shipped Salesforce/blip2-opt-2.7b architecture, on the meta device
     parts = {k: v["params"] for k, v in plan["parts"].items()}

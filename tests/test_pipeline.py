@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from helpers import QUICKSTART_HEADING, REPO, assert_one_line_error, quickstart_run, readme_commands, run_script
+from helpers import QUICKSTART_HEADING, REPO, assert_one_line_error, module_fixture, quickstart_run, readme_commands, run_script
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 
@@ -35,7 +35,7 @@ EVAL_N = readme_setting("create_vqav2_baseline.py", "max_samples")
 TRAIN_STEPS = readme_setting("finetune_vqav2_lora.py", "train_steps")
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def chain(quickstart):
     """The quick start's baseline, fine-tuning and evaluation (the README commands, default 4-bit)."""
     return {"out": quickstart["out"], "model": quickstart["model"], "repo": quickstart["repo"],
@@ -338,7 +338,7 @@ DAMAGE_ARGS = ["finetune_vqav2_lora.py", "--dataset=easy_vqa", "--train_steps=8"
                "--grad_accum=1", "--save_every=4", "--preview_samples=0", "--num_workers=0"]
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def trained_with_two_checkpoints(tiny_model_dir, tmp_path_factory) -> Path:
     """An output folder whose training saved checkpoints at steps 4 and 8."""
     out = tmp_path_factory.mktemp("two_checkpoints")

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from helpers import QUICKSTART_HEADING, REPO, command_argv, fresh_copy, readme_commands, run_command
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -48,8 +50,29 @@ def test_every_script_the_readme_runs_exists():
             "blip2_cli.py"} <= scripts
     for s in scripts:
         assert (REPO / s).exists(), s
-    for module in re.findall(r"python -m (src\.[a-z_]+)", README):
+    for module in re.findall(r"python -m ((?:src|bench)\.[a-z_]+)", README):
         assert (REPO / (module.replace(".", "/") + ".py")).exists(), module
+    docs = re.findall(r"\]\((docs/[^)]*)\)", README)
+    assert docs and all((REPO / d).exists() for d in docs), docs
+
+
+def test_the_quick_tier_is_the_tests_that_need_no_twin():
+    """The README's edit-loop command selects every test that needs neither the twin nor the quick start,
+    except those marked slow, and nothing else."""
+    command = next(line.split("`")[1] for line in README.splitlines() if "-m quick`" in line)
+    assert command == "python -m pytest -q -m quick"
+    proc = subprocess.run([*command_argv(command), "--co", "-p", "no:cacheprovider"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    chosen = {line for line in proc.stdout.splitlines() if "::" in line}
+    everything = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider",
+                                 "--fixtures-per-test"], cwd=REPO, capture_output=True, text=True, timeout=300).stdout
+    assert 100 < len(chosen) < len(re.findall(r"^-+ fixtures used by ", everything, re.M))
+    for block in re.split(r"^-+ fixtures used by ", everything, flags=re.M)[1:]:
+        name = block.split(" -", 1)[0].strip()
+        uses_twin = re.search(r"^(tiny_model_dir|quickstart)\b", block, re.M) is not None
+        if uses_twin:
+            assert not any(c.endswith("::" + name) for c in chosen), name
 
 
 def _python_without_torch(folder):
@@ -76,6 +99,7 @@ def test_a_readme_command_runs_with_the_tests_interpreter(tiny_model_dir, tmp_pa
     assert shell.returncode != 0 and "No module named 'torch'" in shell.stderr
 
 
+@pytest.mark.slow
 def test_tests_pass_when_started_by_path_to_the_venv_python(tmp_path):
     """`/path/to/venv/bin/python -m pytest` with a PATH whose `python` lacks torch: the README-command test
     above passes in that pytest too (CI runs the whole suite that way, see .ci/run)."""

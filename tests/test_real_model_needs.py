@@ -504,6 +504,7 @@ def test_train_step_bench_shows_the_vision_tower_out_of_the_graph(tiny_model_dir
     assert "largest difference between the paths: 0.00e+00" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_profile_writes_operator_tables(tmp_path):
     """`python -m bench.gpu_check --smoke=True --profile=True`: the profiling mode runs the QLoRA step and an
     evaluation batch under torch.profiler and reports tables (top operators, launches, syncs), no trace."""

@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 from PIL import Image
 
 from helpers import REPO, assert_one_line_error, run_script
@@ -128,6 +129,7 @@ def test_empty_question(tiny_model_dir):
         assert_one_line_error(proc, "question is empty")
 
 
+@pytest.mark.slow
 def test_model_that_cannot_be_fetched(tmp_path):
     proc = run_script("mini_infer.py", f"--model_id={tmp_path}/missing-model")
     assert_one_line_error(proc, "--model_id=<local dir>")

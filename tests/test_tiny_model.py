@@ -74,6 +74,7 @@ def test_zero_shot_it_captions_not_answers(tiny_model_dir):
     assert colour_right >= 36, list(zip(said, captions))  # it sees the colour
 
 
+@pytest.mark.slow
 def test_same_command_same_weights(tmp_path):
     from safetensors.torch import load_file
 
@@ -88,6 +89,7 @@ def test_same_command_same_weights(tmp_path):
     assert card["steps"] == 6 and card["recipe"]["pretrain_steps"] == 6
 
 
+@pytest.mark.slow
 def test_an_existing_twin_with_the_same_recipe_is_reused(tmp_path, capsys):
     from src.tiny_model import build_tiny_blip2
 
@@ -101,6 +103,7 @@ def test_an_existing_twin_with_the_same_recipe_is_reused(tmp_path, capsys):
     assert json.loads((tmp_path / "t" / "card.json").read_text())["steps"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [[], ["a", "b"], ["--pretrain_steps=x", "d"]])
 def test_bad_command_lines_say_how(args, tmp_path):
     from helpers import run_script

@@ -60,6 +60,7 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
         training_step(ours, iter(batches[:1]), accelerator, optimizer, scheduler, 0.01)
 
 
+@pytest.mark.slow
 def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
     """One place for the LoRA values: the script's settings block. src.config.script_settings reads it
     without running the script (as bench/ does), and the memory plan follows an edit of it."""

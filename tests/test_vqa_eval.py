@@ -213,6 +213,7 @@ def test_normalisation_matches_the_official_tool_on_random_answers():
         assert normalize_answer(text) == official_normalization(text), text
 
 
+@pytest.mark.slow
 def test_accuracy_and_exact_match_match_the_official_tool_on_random_questions():
     rng = random.Random(1)
     questions = [random_question(rng) for _ in range(4000)]
@@ -272,6 +273,7 @@ def test_aggregates_average_unrounded_per_question_accuracy():
     assert metrics["perAnswerType"] == {"other": 8.33}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer_ids", [True, False])
 def test_evaluate_matches_the_official_tool_on_random_files(answer_ids):
     rng = random.Random(2)
@@ -385,6 +387,7 @@ def test_cli_missing_and_unknown_ids_are_errors(tmp_path):
     assert "r.json" in line
 
 
+@pytest.mark.slow
 def test_cli_malformed_files_name_file_and_problem(tmp_path):
     q, a, r = make_files(SMALL)
     assert_one_line_error(run_cli(tmp_path, q, a, "[{"), "r.json", "not valid JSON")
