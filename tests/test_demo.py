@@ -462,8 +462,10 @@ def test_five_concurrent_api_requests_are_all_answered(server, monkeypatch):
 
 
 def test_twenty_concurrent_requests_none_fails_and_memory_stays_flat(server, monkeypatch):
-    """A class hitting the demo at once: 20 jobs through gradio_client, all answered, and the server's
-    resident memory after the burst within 10% of before (nothing accumulates per request)."""
+    """A class hitting the demo at once: two bursts of 20 jobs through gradio_client, all answered, and the
+    second burst adds (almost) nothing to the server's resident memory: what a burst leaves behind per request
+    would show again in the second. The first burst may grow the allocator's arenas (that is not a leak and
+    differs between allocators), so only the second is measured, with a margin for page-level noise."""
     import psutil
 
     for key, val in NO_PROXY.items():
@@ -475,12 +477,15 @@ def test_twenty_concurrent_requests_none_fails_and_memory_stays_flat(server, mon
     proc = psutil.Process(server["proc"].pid)
     for job in [client.submit(handle_file(str(p)), QUESTION, api_name="/ask") for p in pictures[:4]]:
         job.result(timeout=120)  # warm-up: first-call allocations are not a leak
-    before = proc.memory_info().rss
-    jobs = [client.submit(handle_file(str(p)), f"{QUESTION} ({i})", api_name="/ask") for i, p in enumerate(pictures)]
-    results = [job.result(timeout=300) for job in jobs]
-    after = proc.memory_info().rss
-    assert all(r[4].startswith("由基座模型") and r[1].strip() and r[3].strip() for r in results), results
-    assert after <= 1.10 * before, (before / 2**20, after / 2**20)
+    rss = []
+    for burst in range(2):
+        jobs = [client.submit(handle_file(str(p)), f"{QUESTION} ({burst}.{i})", api_name="/ask")
+                for i, p in enumerate(pictures)]
+        results = [job.result(timeout=300) for job in jobs]
+        assert all(r[4].startswith("由基座模型") and r[1].strip() and r[3].strip() for r in results), results
+        rss.append(proc.memory_info().rss)
+    grown = rss[1] - rss[0]
+    assert grown <= max(0.05 * rss[0], 48 * 2**20), [r / 2**20 for r in rss]
 
 
 def write_result_files(out: Path, model_id="Salesforce/blip2-opt-2.7b", answer_type=None, ft_answer=None) -> None:

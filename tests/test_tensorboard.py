@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import REPO, assert_one_line_error, kill_when, run_script, start_script
+from helpers import REPO, assert_one_line_error, killed_at_marker, run_script, start_script
 
 TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
 STEPS = 8
@@ -48,8 +48,9 @@ def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(tiny
     args = fine_tuning(tiny_model_dir, out, "--report_to=tensorboard", f"--log_dir={logs}")
     log = out / "lora_adapter_checkpoints" / "train_log.jsonl"
     # killed after step 5 is in the log: the checkpoint of step 3 holds, steps 4.. were logged and are lost
-    proc = start_script(*args)
-    assert kill_when(proc, lambda: log.exists() and log.read_bytes().count(b"\n") >= 5)
+    proc = start_script(*args, kill_at=("src.files:JsonlAppender.write", 5), hook_dir=tmp_path)  # after step 5's row
+    assert killed_at_marker(proc)
+    assert log.read_bytes().count(b"\n") == 5
     assert [p.name for p in (out / "lora_adapter_checkpoints").glob("step-*")] == ["step-000003"]
     run_dir = logs / "run-a"  # the run is named after the output folder
     killed = raw_loss_steps(run_dir)
