@@ -233,6 +233,7 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     }
 
     tied = getattr(model, "all_tied_weights_keys", {}) or {}
+    largest = max(model.named_parameters(), key=lambda kv: kv[1].numel())
     return {
         "model": type(model).__name__,
         "transformers_version": transformers.__version__,
@@ -252,6 +253,10 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
         "precisions": precisions,
         "lora": lora,
         "qlora_training": qlora,
+        # load_blip2 puts every weight straight onto its device (device_map): from the memory-mapped
+        # safetensors files, one tensor at a time, so host RAM holds about the largest one at once
+        "host_ram": {"largest_tensor": largest[0], "largest_tensor_params": largest[1].numel(),
+                     "largest_tensor_fp32_bytes": 4 * largest[1].numel()},
     }
 
 
@@ -382,6 +387,11 @@ def format_plan(plan: dict) -> str:
         f"{_gib(q['lora_bytes'], unit)} = {_gib(q['total_bytes'], unit)} {unit_name} (src.training.freeze_base casts "
         "nothing to fp32)"
     )
+    host = plan["host_ram"]
+    lines.append(f"host RAM while loading: beyond the Python process (torch and CUDA libraries, 2-3 GB), about one "
+                 f"tensor at a time, streamed from the memory-mapped checkpoint to the device; the largest is "
+                 f"{host['largest_tensor']} ({host['largest_tensor_params']:,} params, "
+                 f"{host['largest_tensor_fp32_bytes'] / 2**20:,.0f} MiB in fp32)")
     lines.append("Activations, CUDA context and allocator overhead are not estimated. Training keeps no activation of "
                  "the vision tower or the Q-Former (their image features are computed under no_grad; "
                  "python -m bench.train_step compares the two steps on the twin).")

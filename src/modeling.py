@@ -19,6 +19,8 @@ DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
 # replaces bitsandbytes' default skip list, so it names lm_head too; the Q-Former stays in fp32 anyway
 # (Blip2's _keep_in_fp32_modules are always added to it).
 QUANTIZATION_SKIP_MODULES = ["vision_model", "language_projection", "lm_head"]
+ROOM_WARNING_GB = 20  # a model download the hub cannot size: warn when the cache disk has less free space
+OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")  # never downloaded
 
 
 def default_device() -> str:
@@ -105,6 +107,45 @@ def _fetch_error(model_id: str, err: Exception) -> UserError:
     )
 
 
+def _free_bytes(folder: Path) -> int:
+    import shutil
+
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check_download_room(model_id: str) -> None:
+    """Before a hub model is downloaded for the first time: the files from_pretrained will fetch (its
+    safetensors and the small config and tokenizer files, as the hub lists their sizes) must fit in the
+    free space of the hub cache's disk, or the run stops at once with one line saying where to put the
+    cache (the system disk of a rented GPU box is often 20-30 GB). When the hub cannot say (offline,
+    a mirror without sizes), warn if that disk has less than ROOM_WARNING_GB free."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if _is_local(model_id) or constants.HF_HUB_OFFLINE:
+        return
+    if any(isinstance(try_to_load_from_cache(model_id, f), str) for f in ("model.safetensors.index.json",
+                                                                          "model.safetensors")):
+        return  # downloaded before (from_pretrained completes a partial download by itself)
+    cache = Path(constants.HF_HUB_CACHE)
+    free = _free_bytes(cache)
+    where = (f"the hub cache {cache} has {free / 1e9:.1f} GB free; put it on a bigger disk, e.g. "
+             "export HF_HOME=/root/autodl-tmp/hf on AutoDL, or free some space")
+    try:
+        files = HfApi().model_info(model_id, files_metadata=True).siblings or []
+    except Exception:  # no answer now: from_pretrained reports the hub's trouble itself
+        files = None
+    wanted = [f for f in files or [] if not f.rfilename.endswith(OTHER_WEIGHT_FORMATS)]
+    if not wanted or any(f.size is None for f in wanted):
+        if free < ROOM_WARNING_GB * 1e9:
+            print(f"warning: downloading {model_id}, whose size the hub did not say, and {where}", flush=True)
+        return
+    need = sum(f.size for f in wanted if not isinstance(try_to_load_from_cache(model_id, f.rfilename), str))
+    if need > free:
+        raise UserError(f"downloading {model_id} needs {need / 1e9:.1f} GB, but {where}")
+
+
 IMAGE_BACKEND = "pil"  # what LAVIS used (PIL bicubic); see load_processor
 
 
@@ -161,6 +202,7 @@ def load_blip2(
     # which is 7.7 GB per process, 62 GB on 8 GPUs)
     kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
 
+    check_download_room(model_id)
     processor = load_processor(model_id)
     try:
         model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)

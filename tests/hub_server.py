@@ -9,6 +9,10 @@ Served, as the hub does:
   answer is a 302 to /cdn/<sha256> carrying X-Repo-Commit, X-Linked-Etag and X-Linked-Size; the /cdn/
   answer has ETag, Content-Length, Accept-Ranges, and `Range: bytes=a-b` gives 206 + Content-Range.
 
+Models (`models=`) are served the same way under the hub's model URLs: /api/models/<repo>[/revision/<rev>]
+and /<repo>/resolve/<rev>/<path>, so `from_pretrained("<repo>")` downloads them; `list_sizes=False` leaves
+the sizes out of the file listing (as a mirror that does not report them).
+
 Misbehaviour (see `HubServer.fail` and `range_mode`): given status codes (429, 503, ...) with an optional
 Retry-After for the next N requests of a kind; or range answers that ignore Range (200 + the whole file),
 carry fewer bytes than asked ("short"), or another range than asked ("shifted").
@@ -46,6 +50,7 @@ class Request:
     status: int
     time: float  # time.monotonic() when it arrived
     body_bytes: int = 0
+    query: str = ""  # the URL's query string (e.g. blobs=True: the file listing with sizes)
 
 
 class HubServer:
@@ -54,8 +59,10 @@ class HubServer:
     in each repository's siblings but not served (a 404 if asked for, so a test sees any such request)."""
 
     def __init__(self, repos: dict[str, Path], sha: str = SHA, tags: dict[str, tuple[str, ...]] | None = None,
-                 extra_files: tuple[str, ...] = ()):
-        self.repos = {r: Path(f) for r, f in repos.items()}
+                 extra_files: tuple[str, ...] = (), models: dict[str, Path] | None = None, list_sizes: bool = True):
+        self.repos = {r: Path(f) for r, f in {**repos, **(models or {})}.items()}
+        self.models = set(models or {})
+        self.list_sizes = list_sizes
         self.sha, self.tags = sha, tags or {}
         self.extra_files = extra_files
         self.range_mode = "exact"
@@ -70,14 +77,21 @@ class HubServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        # the "CDN" answers on another host, as the hub's does: huggingface_hub follows a redirect to the
+        # same host for a HEAD, but reads file metadata from the 302 itself when it points elsewhere
+        self._cdn = ThreadingHTTPServer(("127.0.0.2", 0), _handler(self))
+        self._cdn.daemon_threads = True
+        self.cdn_url = f"http://127.0.0.2:{self._cdn.server_address[1]}"
 
     def __enter__(self) -> HubServer:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        for server in (self._server, self._cdn):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        for server in (self._server, self._cdn):
+            server.shutdown()
+            server.server_close()
 
     def fail(self, kind: str, status: int, times: int, retry_after: str | None = None) -> None:
         """Answer the next `times` requests of `kind` with `status` (and a Retry-After header if given)."""
@@ -107,13 +121,14 @@ class HubServer:
     def siblings(self, repo: str) -> list[dict]:
         folder = self.repos[repo]
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        return ([{"rfilename": f, "size": (folder / f).stat().st_size} for f in files]
-                + [{"rfilename": f} for f in self.extra_files])
+        sized = [{"rfilename": f, "size": (folder / f).stat().st_size} if self.list_sizes else {"rfilename": f}
+                 for f in files]
+        return sized + [{"rfilename": f} for f in self.extra_files]
 
 
 def _handler(hub: HubServer):
-    info_path = re.compile(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?")
-    resolve_path = re.compile(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+    info_path = re.compile(r"/api/(?:datasets|models)/([^/]+/[^/]+)(?:/revision/([^/]+))?")
+    resolve_path = re.compile(r"(?:/datasets)?/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the hub: every answer carries its Content-Length
@@ -175,7 +190,7 @@ def _handler(hub: HubServer):
             data = local.read_bytes()
             blob = hashlib.sha256(data).hexdigest()
             self._answer(kind, path, arrived, 302, {
-                "Location": f"{hub.url}/cdn/{blob}", "X-Repo-Commit": hub.sha, "X-Linked-Etag": f'"{blob}"',
+                "Location": f"{hub.cdn_url}/cdn/{blob}", "X-Repo-Commit": hub.sha, "X-Linked-Etag": f'"{blob}"',
                 "X-Linked-Size": str(len(data)), "ETag": f'"{blob[:40]}"'}, b"")
 
         def _cdn(self, path, arrived, rng: str | None) -> None:
@@ -203,7 +218,7 @@ def _handler(hub: HubServer):
         def _answer(self, kind, path, arrived, status: int, headers: dict, body: bytes,
                     content_type: str = "application/octet-stream", range_: str | None = None) -> None:
             hub._log(Request(kind, self.command, path, range_ or self.headers.get("Range"), status, arrived,
-                             0 if self.command == "HEAD" else len(body)))
+                             0 if self.command == "HEAD" else len(body), urlsplit(self.path).query))
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import re
 
 import pytest
@@ -123,6 +124,9 @@ def test_full_parts_add_up_to_the_stated_total():
     assert parts["language_model.embed_tokens"] == 50_304 * 2560  # the tied lm_head is not counted again
     assert parts["query_tokens"] == 32 * 768
     assert plan["precisions"]["bf16"]["bytes"] == 2 * FULL_PARAMS
+    # host RAM while loading: the largest single tensor is the (tied) token embedding, 50,304 x 2,560
+    assert plan["host_ram"]["largest_tensor_params"] == 50_304 * 2560
+    assert plan["host_ram"]["largest_tensor"].endswith("embed_tokens.weight")
     # 32 OPT layers x r16 x (4 attention projections 2560->2560, fc1 2560->10240, fc2 10240->2560)
     assert plan["lora"]["params"] == 32 * 16 * (4 * (2560 + 2560) + 2 * (2560 + 10240)) == 23_592_960
     assert re.fullmatch(plan["lora"]["regex"], "language_model.model.decoder.layers.0.fc1")
@@ -164,6 +168,11 @@ def test_the_fine_tuning_script_prints_the_table_alone(tiny_model_dir, tmp_path)
                       check=True, timeout=120)
     assert "total" in proc.stdout and "LoRA r=8" in proc.stdout and "not estimated" in proc.stdout
     assert not (tmp_path / "out").exists()
+    from safetensors import safe_open
+
+    with safe_open(f"{tiny_model_dir}/model.safetensors", "pt") as f:  # the twin's checkpoint, header only
+        largest = max(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert "host RAM while loading" in proc.stdout and f"({largest:,} params" in proc.stdout
     proc = run_script("finetune_vqav2_lora.py", f"--model_id={tmp_path / 'nowhere'}", "--memory_plan_only=True")
     assert_one_line_error(proc, "nowhere", "pass a config.json, a model folder")
     assert "no memory estimate" not in proc.stdout
