@@ -12,8 +12,8 @@ What is read, and when:
 The hub is reached with huggingface_hub's HTTP client, so HF_ENDPOINT (e.g. https://hf-mirror.com),
 HF_TOKEN and HF_HUB_OFFLINE apply as usual. What real mirrors do is handled here:
 - HTTP 429 (hf-mirror rate-limits many small range reads) and 5xx: every request (dataset info, file
-  size, range read, whole-file download) is tried up to TRIES times, waiting as `Retry-After` says or
-  FIRST_WAIT_S doubling, with one note; then one error line. huggingface_hub's own retries are not
+  size, range read, whole-file download) is tried up to hub_http.TRIES times, waiting as `Retry-After` says or
+  doubling, with one note; then one error line. huggingface_hub's own retries are not
   used for these requests (HfApi.dataset_info makes one try), so nothing is retried twice;
 - every range answer is checked (206, the Content-Range asked for, that many bytes); a server that
   ignores Range or sends other bytes is not trusted for ranges again: the files are downloaded whole once
@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.utils
 import io
 import itertools
 import os
 import re
 import tempfile
-import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
@@ -44,6 +41,7 @@ from .config import looks_like_path
 from .samples import VQASample, build_samples
 from .errors import UserError
 from .files import read_json, write_json
+from .hub_http import HubReads, HubTrouble, RangedFile, RangesUnusable, download_whole, endpoint, retrying
 from .locks import exclusive_lock
 
 DEFAULT_DATASET = "lmms-lab/VQAv2"
@@ -57,12 +55,7 @@ MIRROR = "https://hf-mirror.com"
 QUESTION_COLUMNS = ("question_id", "image_id", "question", "answers", "multiple_choice_answer", "answer_type",
                     "question_type")
 ROW_MARK = "#row="  # image_path of a not yet cached image: <parquet file>#row=<row in that file>
-RETRY_STATUSES = (429, 500, 502, 503, 504)  # rate limited, or the server failing for now
-TRIES = 5  # tries per request, the first included
-FIRST_WAIT_S = 1.0  # wait before the second try when the answer has no Retry-After; doubled for each further try
-LONGEST_WAIT_S = 60.0  # a longer Retry-After is not waited out: the run stops with the error line
 HUB_URL = re.compile(r"hf://datasets/([^/@]+/[^/@]+)@([^/]+)/(.+)")
-CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def _is_text(t) -> bool:
@@ -109,193 +102,7 @@ def check_schema(schema, where: str) -> None:
                             "as in lmms-lab/VQAv2")
 
 
-# --- HTTP: retries, checked range reads, whole-file downloads --------------------------------------
-
-class _HubTrouble(Exception):
-    """The hub kept failing a request (retries ran out) or sent something unusable; `reason` completes
-    "the hub at <endpoint> ..." in the error line."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _RangesUnusable(Exception):
-    """The server did not answer a range request with exactly the bytes asked for."""
-
-
-@dataclasses.dataclass
-class _HubReads:
-    """One reading pass (the question table, or the sample's images): where whole files go, whether the
-    server's range answers can be used, and the notes already printed (each once)."""
-    whole_dir: Path
-    ranges_ok: bool = True
-    said: set = dataclasses.field(default_factory=set)
-
-    def note(self, key: str, text: str) -> None:
-        if key not in self.said:
-            self.said.add(key)
-            print(text, flush=True)
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _wait_s(headers, tries: int) -> float:
-    """Seconds to wait before the next try: the answer's Retry-After (seconds or an HTTP date), else
-    FIRST_WAIT_S doubled for each try made."""
-    value = (headers.get("Retry-After") or "").strip()
-    if value.isdecimal():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-    return FIRST_WAIT_S * 2 ** (tries - 1)
-
-
-def _retrying(what: str, call, reads: _HubReads):
-    """call() (one HTTP request), tried again after a 429 or 5xx answer or a connection that broke off
-    mid-answer, at most TRIES times in all; then _HubTrouble naming `what`."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
-
-    for tries in itertools.count(1):
-        try:
-            return call()
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            if status not in RETRY_STATUSES:
-                raise
-            failure, wait = f"HTTP {status} ({e.response.reason_phrase})", _wait_s(e.response.headers, tries)
-        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
-            failure, wait = f"{type(e).__name__} ({str(e)[:60]})", _wait_s({}, tries)
-        if wait > LONGEST_WAIT_S:
-            raise _HubTrouble(f"answered {failure} to {what} and asks to wait {wait:.0f} s (Retry-After)") from None
-        if tries >= TRIES:
-            raise _HubTrouble(f"still answered {failure} to {what} after {TRIES} tries") from None
-        reads.note("retry", f"note: {_endpoint()} answered {failure} to {what}; waiting {wait:g} s and trying "
-                            f"again (up to {TRIES} tries per request)")
-        time.sleep(wait)
-
-
-def _raise_for_status(response) -> None:
-    from huggingface_hub.utils import hf_raise_for_status
-
-    if response.status_code >= 400:
-        response.read()  # an error's body is small; the hub's error classes read it
-        hf_raise_for_status(response)
-
-
-def _headers(**extra) -> dict:
-    """The hub's headers (token, user agent), asking for the stored bytes: a compressed answer's length
-    would not be the file's."""
-    from huggingface_hub.utils import build_hf_headers
-
-    return {**build_hf_headers(), "Accept-Encoding": "identity", **extra}
-
-
-def _file_size(url: str, name: str) -> int:
-    """A hub file's size from a HEAD request (the hub's X-Linked-Size of an LFS file, else Content-Length)."""
-    from huggingface_hub import constants, get_session
-
-    r = get_session().head(url, headers=_headers(), timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    _raise_for_status(r)
-    for answer in (*r.history, r):
-        if (linked := answer.headers.get(constants.HUGGINGFACE_HEADER_X_LINKED_SIZE, "")).isdecimal():
-            return int(linked)
-    if (length := r.headers.get("Content-Length", "")).isdecimal():
-        return int(length)
-    raise _HubTrouble(f"gave no size (Content-Length) for {name}")
-
-
-def _get_range(url: str, start: int, end: int, size: int) -> bytes:
-    """Bytes [start, end) of a hub file by one range request, checked: 206 with the Content-Range asked
-    for and exactly that many bytes (a 200 is taken only when the range is the whole file)."""
-    from huggingface_hub import constants, get_session
-
-    headers = _headers(Range=f"bytes={start}-{end - 1}")
-    with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
-        _raise_for_status(r)
-        if r.status_code == 206:
-            got = r.headers.get("Content-Range", "")
-            m = CONTENT_RANGE.fullmatch(got.strip())
-            if not m or (int(m[1]), int(m[2])) != (start, end - 1) or m[3] not in ("*", str(size)):
-                raise _RangesUnusable(f"answered a request for bytes {start}-{end - 1} with Content-Range {got!r}")
-        elif not (r.status_code == 200 and (start, end) == (0, size)):
-            raise _RangesUnusable(f"answered a range request with HTTP {r.status_code} and the whole file "
-                                  "(it ignores Range)")
-        data = r.read()  # left unread above: a whole file sent instead of a range is not downloaded
-    if len(data) != end - start:
-        raise _RangesUnusable(f"sent {len(data)} bytes for a range of {end - start}")
-    return data
-
-
-class _RangedFile(io.RawIOBase):
-    """A hub file as a seekable binary file whose every read is one checked range request of exactly
-    the bytes asked for (pyarrow's reads: no read-ahead that would pull in the image bytes next to the
-    question columns)."""
-
-    def __init__(self, url: str, name: str, reads: _HubReads):
-        super().__init__()
-        self.url, self.name, self.reads, self.pos = url, name, reads, 0
-        self.size = _retrying(f"the size of {name} (HEAD)", lambda: _file_size(url, name), reads)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        start = self.pos
-        end = self.size if n is None or n < 0 else min(self.size, start + n)
-        if end <= start:
-            return b""
-        data = _retrying(f"a range read of {self.name}", lambda: _get_range(self.url, start, end, self.size),
-                         self.reads)
-        self.pos = end
-        return data
-
-
-def _download_whole(url: str, dest: Path, name: str, size: int, reads: _HubReads) -> None:
-    """The whole file to `dest` (written to a temporary name first), checked to be `size` bytes."""
-    from huggingface_hub import constants, get_session
-    from tqdm.auto import tqdm
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-
-    def attempt() -> int:
-        got = 0
-        with get_session().stream("GET", url, headers=_headers(), timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
-            _raise_for_status(r)
-            with open(tmp, "wb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-        return got
-
-    try:
-        got = _retrying(f"downloading {name}", attempt, reads)
-        if got != size:
-            raise _HubTrouble(f"sent {got} of the {size} bytes of {name}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _with_parquet(file: str, reads: _HubReads, action):
+def _with_parquet(file: str, reads: HubReads, action):
     """action(pyarrow ParquetFile of `file`): a local path as it is; a hub file by checked range requests
     (pre_buffer merges the wanted column chunks of a row group into one request), or from its whole copy
     in reads.whole_dir once the server has answered a range wrongly (downloaded once, then read there)."""
@@ -308,23 +115,23 @@ def _with_parquet(file: str, reads: _HubReads, action):
     repo, commit, path = m.groups()
     local = reads.whole_dir / repo.replace("/", "--") / commit / path
     if not local.exists():
-        remote = _RangedFile(f"{_endpoint()}/datasets/{repo}/resolve/{commit}/{quote(path)}", path, reads)
+        remote = RangedFile(f"{endpoint()}/datasets/{repo}/resolve/{commit}/{quote(path)}", path, reads)
         if reads.ranges_ok:
             try:
                 with _reading(file):
                     return action(pq.ParquetFile(remote, pre_buffer=True))
-            except _RangesUnusable as e:
+            except RangesUnusable as e:
                 reads.ranges_ok = False
-                reads.note("ranges", f"note: {_endpoint()} {e} for {path}; those bytes are not used: the files are "
+                reads.note("ranges", f"note: {endpoint()} {e} for {path}; those bytes are not used: the files are "
                                      f"downloaded whole once to {reads.whole_dir} and read there")
-        _download_whole(remote.url, local, path, remote.size, reads)
+        download_whole(remote.url, local, path, remote.size, reads)
     with _reading(local.as_posix()):
         return action(pq.ParquetFile(local, pre_buffer=True))
 
 
 def _get_it_advice(hf_dataset: str) -> str:
     """How to get the data another way (the end of every can't-read-the-hub line)."""
-    other = ("unset HF_ENDPOINT to try huggingface.co itself" if _endpoint().rstrip("/") == MIRROR
+    other = ("unset HF_ENDPOINT to try huggingface.co itself" if endpoint().rstrip("/") == MIRROR
              else f"set HF_ENDPOINT={MIRROR} (a mirror reachable from China)")
     return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{VALIDATION_FILES}\" "
             f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub")
@@ -343,14 +150,14 @@ def _hub_errors(hf_dataset: str, cache: Path | None):
     except RevisionNotFoundError:
         raise UserError(f"dataset {hf_dataset} has no revision as given by --hf_dataset_revision; "
                         "use a commit hash, branch or tag of that dataset, or \"\" for the newest") from None
-    except _HubTrouble as e:
+    except HubTrouble as e:
         kept = f"what is in {cache} is kept" if cache is not None else "nothing was kept"
-        raise UserError(f"the Hugging Face hub at {_endpoint()} {e.reason}, reading {hf_dataset}; wait a few "
+        raise UserError(f"the Hugging Face hub at {endpoint()} {e.reason}, reading {hf_dataset}; wait a few "
                         f"minutes and rerun ({kept}), {_get_it_advice(hf_dataset)}") from None
     except (HTTPError, OSError) as e:
         where = f"{cache} holds no copy yet" if cache is not None else "there is no local copy"
         reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
-                  else f"{_endpoint()}: {type(e).__name__}: {str(e)[:100]}")
+                  else f"{endpoint()}: {type(e).__name__}: {str(e)[:100]}")
         raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
                         f"{where}; {_get_it_advice(hf_dataset)}") from None
 
@@ -369,18 +176,18 @@ def _reading(file: str):
                         "download it again") from None
 
 
-def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: _HubReads) -> tuple[list[str], str]:
+def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[list[str], str]:
     """(hf:// URLs of the files matching `pattern`, commit) of a hub dataset at `revision` ("" = newest)."""
     from huggingface_hub import HfApi, constants
 
-    info = _retrying(f"the dataset info of {hf_dataset}",
+    info = retrying(f"the dataset info of {hf_dataset}",
                      lambda: HfApi().dataset_info(hf_dataset, revision=revision or None,
                                                   timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT), reads)
     files = sorted(s.rfilename for s in info.siblings or [] if fnmatch(s.rfilename, pattern))
     return [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in files], info.sha
 
 
-def _why_unusable(hf_dataset: str, revision: str, pattern: str, reads: _HubReads) -> tuple[str | None, list[str], str]:
+def _why_unusable(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
     """(why the hub dataset cannot be read, or None; its files; commit): missing repository, revision or files."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -393,7 +200,7 @@ def _why_unusable(hf_dataset: str, revision: str, pattern: str, reads: _HubReads
     return (None if files else f"has no {pattern} files"), files, sha
 
 
-def _list_files(hf_dataset: str, revision: str, pattern: str, reads: _HubReads) -> tuple[str, list[str], str]:
+def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str, list[str], str]:
     """(dataset used, its files matching `pattern`, resolved revision) of a local folder or a hub dataset.
     The default dataset unusable on the hub means MOVED_DATASET, an explicitly named one never."""
     folder = Path(hf_dataset)
@@ -417,11 +224,11 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: _HubReads) 
         reads.note("moved", f"note: {hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
         return MOVED_DATASET, files, sha
     check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
-    raise UserError(f"dataset {hf_dataset} {why} on the hub at {_endpoint()}, and {MOVED_DATASET} (where lmms-eval "
+    raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where lmms-eval "
                     f"moved it) {moved_why}; check {check}, or {_get_it_advice(hf_dataset)}")
 
 
-def read_question_table(files: list[str], reads: _HubReads):
+def read_question_table(files: list[str], reads: HubReads):
     """The question columns of every file (no image bytes), with each row's file index and row number.
     Hub files a server will not serve by ranges are downloaded whole to reads.whole_dir."""
     import pyarrow as pa
@@ -468,7 +275,7 @@ def _read_cache(cache: Path, key: dict):
 
 def _read_source(hf_dataset: str, revision: str, pattern: str, whole_dir: Path, cache: Path | None):
     """(question table, source record) read from the dataset itself."""
-    reads = _HubReads(whole_dir)
+    reads = HubReads(whole_dir)
     with _hub_errors(hf_dataset, cache):
         used, files, sha = _list_files(hf_dataset, revision, pattern, reads)
     with _hub_errors(used, cache):
@@ -592,14 +399,14 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path) -> list[VQ
             m = HUB_URL.fullmatch(first)
             try:
                 with _hub_errors(m[1] if m else first, images.parent):
-                    _write_images(todo, images, sources, have, _HubReads(images.parent / WHOLE_FILES), tqdm)
+                    _write_images(todo, images, sources, have, HubReads(images.parent / WHOLE_FILES), tqdm)
             finally:  # the pictures written so far are recorded, so a rerun after an error fetches only the rest
                 write_json(sources_path, sources)
     return [dataclasses.replace(s, image_path=(images / have[s.image_id]).as_posix()) if ROW_MARK in s.image_path
             else s for s in samples]
 
 
-def _write_images(todo: dict, images: Path, sources: dict, have: dict, reads: _HubReads, tqdm) -> None:
+def _write_images(todo: dict, images: Path, sources: dict, have: dict, reads: HubReads, tqdm) -> None:
     n = sum(len(rows) for rows in todo.values())
     bar = tqdm(total=n, desc="caching the sample's images", unit="img")
 

@@ -466,7 +466,9 @@ def check_model_dir(model_id: str) -> None:
 
 
 def blip2_core(model):
-    """The Blip2ForConditionalGeneration inside a PeftModel (LoRA layers are injected in place)."""
-    from peft import PeftModel
+    """The Blip2ForConditionalGeneration inside a PeftModel (LoRA layers are injected in place). Without
+    peft imported there is no PeftModel, so a plain model (e.g. a merged one) needs no peft installed."""
+    import sys
 
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    peft = sys.modules.get("peft")
+    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
