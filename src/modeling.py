@@ -367,7 +367,8 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
 
 
 def resolve_adapter_dir(adapter_dir: str, output_dir: str | Path) -> str | None:
-    """Every script's ADAPTER_DIR setting as the folder to load: "" is the base model only (None), and
+    """Every script's ADAPTER_DIR setting (and merge_lora_adapter.py's MERGED_DIR) as the folder it names:
+    "" is the base model only (None), and
     "{output_dir}" in it stands for the script's OUTPUT_DIR, so "{output_dir}/lora_adapter" follows
     --output_dir=. "~" means the home folder, as it does in --output_dir."""
     if not adapter_dir:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,21 +106,6 @@ def killed_at_marker(proc: subprocess.Popen, timeout: float = 300) -> bool:
     it finished before reaching it."""
     code = proc.wait(timeout=timeout)
     return code == -signal.SIGKILL
-
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
-    """SIGKILL `proc` as soon as ready() holds; False if it finished first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"no progress within {timeout} s")
 
 
 def fresh_copy(dst: Path) -> Path:

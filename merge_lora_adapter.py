@@ -1,0 +1,106 @@
+"""Merge the fine-tuned LoRA adapter into BLIP-2 and save it as one plain model folder (README: 导出合并后的模型).
+
+    python merge_lora_adapter.py                           # outputs/lora_adapter -> outputs/blip2-vqav2-merged
+    python merge_lora_adapter.py --merge_dtype=float16 --overwrite=True
+    python merge_lora_adapter.py --adapter_dir=outputs/lora_adapter_checkpoints/step-000200 --merged_dir=outputs/m200
+    # offline CPU smoke run, after the offline quick start's fine-tuning (README: 离线 CPU 快速体验)
+    python merge_lora_adapter.py --model_id=outputs/tiny-blip2
+
+Loads MODEL_ID as the adapter was trained on it (DEQUANTIZE): for a QLoRA adapter (use_4bit in the
+training_config.json next to it) quantised to 4-bit NF4 exactly as in training and dequantised back,
+else unquantised. Applies the adapter, merges it into the weights (peft merge_and_unload), and saves
+the model in MERGE_DTYPE with its processor, a model card README.md and the resolved settings
+(merge_config.json) to MERGED_DIR. It is all written into a hidden folder next to MERGED_DIR and
+renamed into place at the end, so MERGED_DIR never holds half a model. The folder loads without peft:
+load_blip2(MERGED_DIR, "none"), Blip2ForConditionalGeneration.from_pretrained, or --model_id= of any
+script. The 2.7B model needs about 8 GB of GPU memory, or 16 GB of RAM on CPU (merged in float32).
+"""
+
+from src.config import apply_overrides
+from src.errors import run_main
+
+# -----------------------------------------------------------------------------
+MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
+ADAPTER_DIR = "{output_dir}/lora_adapter"  # what finetune_vqav2_lora.py wrote, or one of its checkpoints
+MERGED_DIR = "{output_dir}/blip2-vqav2-merged"  # the merged model's folder
+MERGE_DTYPE = "bfloat16"  # precision of the saved weights: "bfloat16", "float16" or "float32"
+DEQUANTIZE = "auto"  # merge onto the NF4-dequantised base: "auto" (when the adapter was trained 4-bit), "yes", "no"
+DEVICE = ""  # "" = cuda if available, else cpu
+OVERWRITE = False  # True: replace a merged model already in MERGED_DIR (never any other folder)
+OUTPUT_DIR = "outputs"  # {output_dir} in ADAPTER_DIR and MERGED_DIR
+DEBUG = False
+# -----------------------------------------------------------------------------
+
+
+def main():
+    config = apply_overrides(globals())
+    import shutil
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from src import merging as M
+    from src.config import write_config
+    from src.errors import UserError
+    from src.files import give_default_permissions
+    from src.modeling import (apply_adapter, check_adapter_dir, check_quantization, compute_dtype, default_device,
+                              load_blip2, resolve_adapter_dir)
+    from src.outputs import check_output_dir, hold_output_lock
+
+    adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)
+    if adapter is None:
+        raise UserError("--adapter_dir= is empty: pass the LoRA adapter to merge (default {output_dir}/lora_adapter, "
+                        "what finetune_vqav2_lora.py writes)")
+    merged = Path(resolve_adapter_dir(MERGED_DIR, OUTPUT_DIR))  # "{output_dir}" and "~" as in ADAPTER_DIR
+    device = DEVICE or default_device()
+    parent = check_output_dir(merged.parent, "--merged_dir")
+    merged = parent / merged.name
+    with hold_output_lock(parent):  # one run writes there
+        # 1. where it goes, what the adapter is and how it was trained: all before the slow model load
+        M.check_merged_dir(merged, OVERWRITE, {"adapter": adapter, "base model": MODEL_ID})
+        check_adapter_dir(adapter, MODEL_ID)  # missing, damaged, or made for a model of other shapes
+        training_file, training = M.read_training_config(adapter)
+        dequantize = M.base_was_4bit(DEQUANTIZE, adapter, training_file, training)
+        check_quantization("4bit" if dequantize else "none", device)
+        config.update(adapter_dir=adapter, merged_dir=str(merged), device=device, dequantized=dequantize,
+                      training_config=str(training_file) if training_file else None)
+        import torch  # (bad input is told before these imports)
+
+        from src.training import describe_wrapped, lora_summary, saving_into
+
+        # 2. the base as the adapter saw it: NF4 as in training and back (QLoRA), or unquantised
+        model, processor = load_blip2(MODEL_ID, "4bit" if dequantize else "none", device=device)
+        if dequantize:
+            model = M.dequantize_base(model, compute_dtype(device))
+        lm_weight = next(p for n, p in model.named_parameters() if "language_model" in n)
+        merged_in = str(lm_weight.dtype).replace("torch.", "")
+        # 3. the adapter, merged into the weights
+        model = apply_adapter(model, adapter)
+        wrapped = lora_summary(model)[2]
+        print("***** Merging the LoRA adapter *****")
+        print(f"  base: {MODEL_ID} ({'4-bit NF4, dequantised: ' if dequantize else 'unquantised: '}the adapter was "
+              f"{'' if dequantize else 'not '}trained on a 4-bit base; --dequantize={DEQUANTIZE})   device: {device}")
+        print(f"  adapter: {adapter}, {len(wrapped)} layers: {describe_wrapped(wrapped)}")
+        print(f"  merged in {merged_in}, saved in {MERGE_DTYPE}: {merged}")
+        model = M.cast_for_saving(M.merge_lora(model), getattr(torch, MERGE_DTYPE))
+        config.update(merged_in=merged_in, versions={p: version(p) for p in ("torch", "transformers", "peft")})
+        total = sum(p.numel() for p in model.parameters())
+        # 4. written into a hidden folder beside, renamed into place when complete
+        tmp = merged.with_name(f".tmp-{merged.name}")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        with saving_into(tmp, "the merged model"):
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            card = M.model_card(model_id=MODEL_ID, adapter=adapter, folder=str(merged), training_file=training_file,
+                                training=training, dequantized=dequantize, dtype=MERGE_DTYPE, merged_in=merged_in)
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            give_default_permissions(tmp)  # safetensors writes 0600
+            write_config(config, tmp / M.MERGE_CONFIG)  # last: marks the folder as a merged model
+        M.replace_folder(tmp, merged)
+    print(f"merged model saved to {merged} ({total:,} parameters, {MERGE_DTYPE}); it loads without peft: "
+          f"load_blip2({str(merged)!r}, \"none\")")
+    print(f"next: python create_vqav2_baseline.py --model_id={merged} --quantization=none --run_name=vqav2_merged"
+          + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,188 @@
+"""A LoRA adapter merged into its base model: one plain BLIP-2 folder that loads without peft
+(merge_lora_adapter.py).
+
+A QLoRA adapter learned its update against the 4-bit NF4 weights, not against the full-precision
+weights they were quantised from; added to the latter it lands on slightly different weights (peft
+#1080, artidoro/qlora #29). `base_was_4bit` reads from the adapter's training config whether that is
+the case, and `dequantize_base` turns the NF4 base back into plain Linear layers holding the weights
+the 4-bit layers computed with, so that the merge is onto the weights the adapter was trained against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from string import Template
+
+from .errors import UserError
+from .files import read_json
+from .prompts import PROMPTS, get_prompt
+
+MERGE_CONFIG = "merge_config.json"  # the resolved settings, written last: marks a folder as a merged model
+MERGE_DTYPES = ("bfloat16", "float16", "float32")
+DEQUANTIZE_CHOICES = ("auto", "yes", "no")
+# a final adapter's training config (finetune_vqav2_lora.py), and a checkpoint's (step-NNNNNN/)
+TRAINING_CONFIGS = ("training_config.json", "config.json")
+
+
+def read_training_config(adapter: str | Path) -> tuple[Path | None, dict | None]:
+    """The training config saved next to the adapter (its path and contents), or (None, None)."""
+    for name in TRAINING_CONFIGS:
+        path = Path(adapter) / name
+        if path.is_file():
+            config = read_json(path, "training config", fix="copy the adapter folder again")
+            if isinstance(config, dict) and "use_4bit" in config:
+                return path, config
+    return None, None
+
+
+def base_was_4bit(dequantize: str, adapter: str | Path, training_file: Path | None, training: dict | None) -> bool:
+    """Whether to merge onto the NF4-dequantised base: DEQUANTIZE "yes" / "no", or "auto": as the
+    training config says the adapter was trained (use_4bit)."""
+    if dequantize != "auto":
+        return dequantize == "yes"
+    if training is None:
+        raise UserError(f"cannot tell whether the adapter in {adapter} was trained on a 4-bit base (no "
+                        f"{' or '.join(TRAINING_CONFIGS)} with use_4bit next to it); pass --dequantize=yes for a "
+                        "QLoRA adapter (4-bit base, the fine-tuning default) or --dequantize=no")
+    if type(training["use_4bit"]) is not bool:
+        raise UserError(f"{training_file}: use_4bit is {training['use_4bit']!r}, not true or false; fix it, or pass "
+                        "--dequantize=yes (trained on a 4-bit base) or --dequantize=no")
+    return training["use_4bit"]
+
+
+def check_merged_dir(merged: Path, overwrite: bool, inputs: dict[str, str]) -> None:
+    """The folder the merged model goes to: not a file, not holding one of `inputs` (what: path), and
+    empty, or (with `overwrite`) a merged model made before, so --overwrite can never wipe other work."""
+    again = "choose another with --merged_dir="
+    if merged.exists() and not merged.is_dir():
+        raise UserError(f"{merged} is a file, not a folder; {again}")
+    for what, path in inputs.items():
+        if os.path.isdir(path) and Path(path).resolve().is_relative_to(merged.resolve()):
+            raise UserError(f"--merged_dir={merged} holds the {what} ({path}); the merged model needs a folder "
+                            f"of its own: {again}")
+    if not merged.is_dir() or not any(merged.iterdir()):
+        return
+    if not (merged / MERGE_CONFIG).exists():
+        raise UserError(f"{merged} is not empty and holds no merged model ({MERGE_CONFIG} missing), so it is not "
+                        f"replaced even with --overwrite=True; {again}, or empty it yourself")
+    if not overwrite:
+        raise UserError(f"{merged} already holds a merged model; pass --overwrite=True to replace it, or {again}")
+
+
+def dequantize_base(model, dtype):
+    """`model` as load_blip2(..., "4bit") gave it, with every 4-bit layer back as a plain Linear layer
+    holding bitsandbytes' dequantisation of its NF4 weight (what the layer computed with), in `dtype`;
+    the quantisation config leaves the model config."""
+    import bitsandbytes as bnb
+
+    model = model.dequantize(dtype=dtype)
+    left = [name for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if left:
+        raise RuntimeError(f"{len(left)} layers stayed 4-bit after dequantisation, e.g. {left[0]}")
+    return model
+
+
+def merge_lora(model):
+    """The base model with each LoRA update (B @ A * alpha / r) added into its layer's weight and the peft
+    wrappers gone. safe_merge: an adapter whose merge gives NaN is refused, not saved."""
+    try:
+        return model.merge_and_unload(safe_merge=True)
+    except ValueError as e:
+        raise UserError(f"merging the adapter failed ({str(e).splitlines()[0][:200]}); its weights are broken: "
+                        "retrain it with `python finetune_vqav2_lora.py`") from None
+
+
+def cast_for_saving(model, dtype):
+    """`model` in `dtype`, except the parts transformers keeps in float32 whatever the dtype
+    (`_keep_in_fp32_modules`: BLIP-2's Q-Former and query tokens), which are saved as they will load."""
+    import torch
+
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
+    return model
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Rename the finished folder `tmp` to `final`, replacing what is there: `final` is always either the
+    old folder or the complete new one, never half of one."""
+    old = final.with_name(f".old-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+CARD = Template("""---
+base_model: $model_id
+library_name: transformers
+pipeline_tag: visual-question-answering
+tags: [blip-2, lora, merged]
+---
+
+# BLIP-2 with its LoRA adapter merged in
+
+`$model_id` with the LoRA adapter `$adapter` merged into its weights (peft `merge_and_unload`),
+saved with `save_pretrained` (safetensors). It is a plain `Blip2ForConditionalGeneration`: loading it needs
+no peft.
+
+| | |
+|---|---|
+| base model | `$model_id` |
+| adapter | `$adapter` |
+| adapter training | $training |
+| merged onto | $merged_onto |
+| precision | $precision |
+| prompt | $prompt (ask it the way the adapter was trained) |
+
+## Loading it
+
+In this project (any script's `--model_id=` takes the folder too):
+
+```python
+from src.modeling import load_blip2
+
+model, processor = load_blip2("$folder", "none")
+```
+
+With transformers alone:
+
+```python
+import torch
+from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+model = Blip2ForConditionalGeneration.from_pretrained("$folder", dtype=torch.$dtype)
+processor = AutoProcessor.from_pretrained("$folder")
+```
+
+Its VQAv2 numbers, on the baseline's frozen sample (run in the project's folder):
+
+```bash
+python create_vqav2_baseline.py --model_id=$folder --quantization=none --run_name=vqav2_merged
+```
+""")
+
+
+def model_card(*, model_id: str, adapter: str, folder: str, training_file, training: dict | None, dequantized: bool,
+               dtype: str, merged_in: str) -> str:
+    """README.md of a merged folder: what it was made from, in which precision, and how to load it."""
+    if training is None:
+        facts = "not recorded (no training config next to the adapter)"
+    else:
+        keys = ("model_id", "dataset", "train_steps", "step", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+                "lora_scope", "lr", "use_4bit", "vqa_prompt")
+        facts = ", ".join(f"{k}={training[k]!r}" for k in keys if k in training) + f" (from `{training_file}`)"
+    onto = ("the 4-bit NF4 base it was trained on (QLoRA), dequantised back with bitsandbytes' `dequantize_4bit`: "
+            "the weights the adapter was trained against" if dequantized else
+            "the unquantised base weights, as the adapter was trained")
+    prompt_name = (training or {}).get("vqa_prompt")
+    known = isinstance(prompt_name, str) and prompt_name in PROMPTS
+    prompt = f"`{prompt_name}`: `{get_prompt(prompt_name)}`" if known else "not recorded"
+    precision = (f"saved in {dtype} (Q-Former and query tokens float32, as transformers keeps them); "
+                 f"merged in {merged_in}")
+    return CARD.substitute(model_id=model_id, adapter=adapter, folder=folder, training=facts, merged_onto=onto,
+                           precision=precision, dtype=dtype, prompt=prompt)

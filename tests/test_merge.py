@@ -1,0 +1,369 @@
+"""merge_lora_adapter.py on the offline twin: the merged folder answers as base + adapter do (exactly for an
+adapter trained unquantised and merged in float32; on >= 95% of 400 easy-VQA questions for the quick start's
+QLoRA adapter saved in bfloat16), its weights are W + B @ A * alpha / r computed here from the files (on the
+NF4-dequantised W for QLoRA), it loads and answers with peft blocked, its card says what it is, a killed
+merge leaves no folder that looks complete, and bad input is one line before the model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import REPO, assert_one_line_error, killed_at_marker, module_fixture, run_script, script_env, start_script
+
+N_QUESTIONS = 400  # the quick start's frozen easy-VQA sample
+DECODING = "vqa_beam5"  # the evaluation's
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def answers(model, processor, samples) -> list[str]:
+    """The project's answers (src.inference, the evaluation's prompt and decoding), 32 questions a batch."""
+    from src.images import load_image
+    from src.inference import generate_batch, preprocess_images
+    from src.prompts import format_prompt, get_decoding
+
+    out = []
+    for start in range(0, len(samples), 32):
+        batch = samples[start:start + 32]
+        pixels = preprocess_images(processor, [load_image(s.image_path) for s in batch])
+        out += generate_batch(model, processor, pixels, [format_prompt("vqa_opt", s.question) for s in batch],
+                              get_decoding(DECODING))
+    return out
+
+
+def lora_reference(base_weights: Path, adapter: Path, dequantize: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer weight name: (W + B @ A * alpha / r, W)} from the files alone; with `dequantize`, W is
+    bitsandbytes' NF4 round trip of the base weight, as load_blip2(..., "4bit") quantises it."""
+    from safetensors.torch import load_file
+
+    base = load_file(str(base_weights))
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    out = {}
+    for key in sorted(k for k in lora if k.endswith(".lora_A.weight")):
+        name = key[len("base_model.model."):-len(".lora_A.weight")] + ".weight"
+        w = base[name]
+        if dequantize:
+            import bitsandbytes.functional as F
+
+            packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+            w = F.dequantize_4bit(packed, state)
+        out[name] = (w + (lora[key.replace("lora_A", "lora_B")] @ lora[key]) * scale, w)
+    return out
+
+
+def merge(*args, env=None) -> subprocess.CompletedProcess:
+    return run_script("merge_lora_adapter.py", *map(str, args), env=env)
+
+
+@module_fixture
+def val_samples():
+    """The easy-VQA val questions the quick start froze (seed 42), from this checkout's data folder."""
+    from src.data import load_samples, sample_question_ids, select
+
+    samples = load_samples("easy_vqa", "val", str(REPO / "data"))
+    return select(samples, sample_question_ids(samples, N_QUESTIONS, 42), "easy_vqa val")
+
+
+@module_fixture
+def plain_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter trained on the unquantised twin (--use_4bit=False), 60 steps: enough to change answers."""
+    out = tmp_path_factory.mktemp("plain")
+    run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--use_4bit=False",
+               "--train_steps=60", "--per_device_batch=16", "--grad_accum=1", "--lr=3e-3", "--warmup_steps=10",
+               "--save_every=1000", "--preview_samples=0", "--num_workers=0", f"--output_dir={out}", check=True)
+    return out / "lora_adapter"
+
+
+@module_fixture
+def plain_merged(plain_adapter, tiny_model_dir, tmp_path_factory) -> dict:
+    """It merged in float32 (lossless), into a folder beside which a killed run left its hidden half."""
+    folder = tmp_path_factory.mktemp("plain-merged") / "merged"
+    stale = folder.with_name(f".tmp-{folder.name}")
+    stale.mkdir()
+    (stale / "config.json").write_text("{")
+    proc = merge(f"--model_id={tiny_model_dir}", f"--adapter_dir={plain_adapter}", f"--merged_dir={folder}",
+                 "--merge_dtype=float32", "--device=cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"folder": folder, "proc": proc, "stale": stale}
+
+
+@module_fixture
+def qlora_merged(quickstart, tmp_path_factory) -> dict:
+    """The quick start's QLoRA adapter (4-bit base, 300 steps) merged with the defaults (bfloat16, auto)."""
+    folder = tmp_path_factory.mktemp("qlora-merged") / "blip2-vqav2-merged"
+    adapter = quickstart["out"] / "lora_adapter"
+    proc = merge(f"--model_id={quickstart['model']}", f"--adapter_dir={adapter}", f"--merged_dir={folder}",
+                 "--device=cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"folder": folder, "proc": proc, "adapter": adapter, "model": quickstart["model"]}
+
+
+# --- the merged model is base + adapter --------------------------------------------------------------
+
+def test_unquantised_adapter_merged_answers_exactly_as_base_plus_adapter(plain_merged, plain_adapter, tiny_model_dir,
+                                                                         val_samples):
+    from src.modeling import load_blip2
+
+    merged, processor = load_blip2(str(plain_merged["folder"]), "none", device="cpu")
+    got = answers(merged, processor, val_samples)
+    with_adapter, processor = load_blip2(tiny_model_dir, "none", adapter=str(plain_adapter), device="cpu")
+    expected = answers(with_adapter, processor, val_samples)
+    base, processor = load_blip2(tiny_model_dir, "none", device="cpu")
+    zero_shot = answers(base, processor, val_samples)
+    assert got == expected
+    assert sum(a != b for a, b in zip(expected, zero_shot)) >= N_QUESTIONS // 2  # the adapter matters
+    stdout = plain_merged["proc"].stdout
+    assert "unquantised" in stdout and "merged in float32, saved in float32" in stdout
+
+
+def test_unquantised_merge_is_w_plus_ba_on_the_plain_weights(plain_merged, plain_adapter, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    saved = load_file(str(plain_merged["folder"] / "model.safetensors"))
+    base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    reference = lora_reference(Path(tiny_model_dir) / "model.safetensors", plain_adapter, dequantize=False)
+    assert len(reference) == 12 and saved.keys() == base.keys()  # 6 layer kinds x 2 decoder layers
+    for name, tensor in saved.items():
+        assert tensor.dtype == torch.float32, name
+        if name in reference:
+            torch.testing.assert_close(tensor, reference[name][0], rtol=1e-6, atol=1e-7, msg=name)
+            assert not torch.equal(tensor, base[name]), name
+        else:
+            assert torch.equal(tensor, base[name]), name
+
+
+def test_qlora_merge_lands_on_the_dequantised_nf4_weights(qlora_merged):
+    """Each merged weight is bfloat16(NF4 round trip of W + B @ A * alpha / r), not bfloat16(W + B @ A * alpha / r)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(qlora_merged["folder"] / "model.safetensors"))
+    base_file = Path(qlora_merged["model"]) / "model.safetensors"
+    reference = lora_reference(base_file, qlora_merged["adapter"], dequantize=True)
+    plain = lora_reference(base_file, qlora_merged["adapter"], dequantize=False)
+    assert len(reference) == 12
+    for name, (expected, nf4) in reference.items():
+        got = saved[name]
+        assert got.dtype == torch.bfloat16
+        off = (got != expected.to(torch.bfloat16)).float().mean().item()
+        off_plain = (got != plain[name][0].to(torch.bfloat16)).float().mean().item()
+        assert off <= 0.01, (name, off)  # equal but for a rounding tie now and then
+        assert off_plain >= 0.5, (name, off_plain)  # what merging onto the unquantised weights would have given
+        assert (nf4 - plain[name][1]).abs().max() > 1e-3  # the NF4 round trip moves the weights
+    base = load_file(str(base_file))
+    for name, tensor in saved.items():  # everything else: the base, in the saved precision
+        if name not in reference:
+            fp32 = name.startswith(("qformer.", "query_tokens"))
+            assert tensor.dtype == (torch.float32 if fp32 else torch.bfloat16), name
+            assert torch.equal(tensor, base[name].to(tensor.dtype)), name
+
+
+def test_qlora_merged_answers_as_the_4bit_base_with_the_adapter(qlora_merged, quickstart, val_samples):
+    """Against the quick start's evaluation (evaluate_vqav2_finetuned.py: 4-bit base + adapter, same 400
+    questions, same prompt and decoding), the merged bfloat16 model gives the same answer to >= 95% (400 of 400
+    with ATEN_CPU_CAPABILITY avx512, avx2 and default). On the twin, answers cannot tell the NF4-dequantised merge
+    from one onto the plain weights (that too agrees on all 400): the test above checks the weights for that."""
+    from src.modeling import load_blip2
+
+    rows = {r["question_id"]: r for r in rows_of(quickstart["out"] / "vqav2_finetuned.jsonl")}
+    assert sorted(rows) == sorted(s.question_id for s in val_samples)
+    model, processor = load_blip2(str(qlora_merged["folder"]), "none", device="cpu")
+    got = answers(model, processor, val_samples)
+    same = sum(a == rows[s.question_id]["raw_answer"] for a, s in zip(got, val_samples))
+    assert same >= 0.95 * N_QUESTIONS, same
+    assert "4-bit NF4, dequantised" in qlora_merged["proc"].stdout
+
+
+NO_PEFT = """
+import json, sys
+sys.modules["peft"] = None  # import peft fails from here on
+from src.modeling import load_blip2
+from src.images import load_image
+from src.prompts import first_line, format_prompt, generate_kwargs, get_decoding
+model, processor = load_blip2(sys.argv[1], "none", device="cpu")
+kwargs, _ = generate_kwargs(get_decoding(sys.argv[2]))
+answers = []
+for path, question in json.loads(sys.argv[3]):
+    inputs = processor(images=load_image(path), text=format_prompt("vqa_opt", question), return_tensors="pt")
+    out = model.generate(**inputs, **kwargs)
+    new_tokens = out[0, inputs["input_ids"].shape[1]:]
+    answers.append(first_line(processor.tokenizer.decode(new_tokens, skip_special_tokens=True)))
+print(json.dumps({"answers": answers, "peft": sys.modules["peft"] is None, "type": type(model).__name__}))
+"""
+
+
+def test_the_merged_folder_loads_and_answers_without_peft(qlora_merged, val_samples):
+    """With peft unimportable, load_blip2 loads the folder and transformers' own generate answers as the
+    project's batched generation does on the same model."""
+    from src.modeling import load_blip2
+
+    folder = qlora_merged["folder"]
+    assert not list(folder.glob("adapter_*")), list(folder.iterdir())  # transformers would load an adapter it found
+    questions = val_samples[:12]
+    proc = subprocess.run([sys.executable, "-c", NO_PEFT, str(folder), DECODING,
+                           json.dumps([[s.image_path, s.question] for s in questions])],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=script_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["peft"] is True and result["type"] == "Blip2ForConditionalGeneration"
+    model, processor = load_blip2(str(folder), "none", device="cpu")
+    assert result["answers"] == answers(model, processor, questions)
+
+
+def test_the_card_and_config_say_what_was_merged(qlora_merged):
+    folder = qlora_merged["folder"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["README.md", "config.json", "generation_config.json", "merge_config.json", "model.safetensors",
+                     "processor_config.json", "tokenizer.json", "tokenizer_config.json"], names
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]  # no hidden half left
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert f"base_model: {qlora_merged['model']}" in card.splitlines()[:3]
+    assert f"| base model | `{qlora_merged['model']}` |" in card
+    assert f"| adapter | `{qlora_merged['adapter']}` |" in card
+    assert "train_steps=300" in card and "lora_r=16" in card and "use_4bit=True" in card
+    assert "| merged onto | the 4-bit NF4 base it was trained on (QLoRA), dequantised back" in card
+    assert "| precision | saved in bfloat16" in card
+    assert f'load_blip2("{folder}", "none")' in card
+    assert f'Blip2ForConditionalGeneration.from_pretrained("{folder}", dtype=torch.bfloat16)' in card
+    config = json.loads((folder / "merge_config.json").read_text())
+    assert config["dequantize"] == "auto" and config["dequantized"] is True and config["merge_dtype"] == "bfloat16"
+    assert config["adapter_dir"] == str(qlora_merged["adapter"]) and config["model_id"] == qlora_merged["model"]
+    assert config["training_config"] == str(qlora_merged["adapter"] / "training_config.json")
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+
+
+def test_the_card_of_an_unquantised_merge(plain_merged):
+    # not in the test above: that one runs with the quick start's tests, on the worker that has no plain_merged
+    plain = (plain_merged["folder"] / "README.md").read_text(encoding="utf-8")
+    assert "| merged onto | the unquantised base weights" in plain and "use_4bit=False" in plain
+    assert "saved in float32" in plain and "merged in float32" in plain
+    assert not plain_merged["stale"].exists()  # what a killed run left is cleared, not mistaken for the result
+
+
+# --- never half a folder that looks complete -----------------------------------------------------
+
+def test_a_killed_merge_leaves_the_old_folder_or_none(plain_adapter, plain_merged, tiny_model_dir, tmp_path):
+    """Killed right after the last file of the new folder is written (before the rename), or halfway, after
+    the weights: the merged folder is what it was before (none, or the old merged model, whole). A rerun
+    replaces it."""
+    from src.modeling import check_model_dir
+
+    old = tmp_path / "old"
+    shutil.copytree(plain_merged["folder"], old)
+    for folder, extra, kill_at in ((tmp_path / "new", [], ("src.config:write_config", 1)),
+                                   (old, ["--overwrite=True", "--merge_dtype=bfloat16"],
+                                    ("transformers:Blip2ForConditionalGeneration.save_pretrained", 1))):
+        hook = tmp_path / f"hook-{folder.name}"
+        hook.mkdir()
+        proc = start_script("merge_lora_adapter.py", f"--model_id={tiny_model_dir}", f"--adapter_dir={plain_adapter}",
+                            f"--merged_dir={folder}", *extra, kill_at=kill_at, hook_dir=hook)
+        assert killed_at_marker(proc, timeout=300)
+        hidden = folder.with_name(f".tmp-{folder.name}")
+        assert (hidden / "model.safetensors").exists()
+        if folder == old:  # the merged model there before is whole and unchanged
+            assert not (hidden / "merge_config.json").exists()
+            assert json.loads((old / "merge_config.json").read_text())["merge_dtype"] == "float32"
+            before = (plain_merged["folder"] / "model.safetensors").read_bytes()
+            assert (old / "model.safetensors").read_bytes() == before
+            check_model_dir(str(old))
+        else:  # everything written, but only under the hidden name
+            assert (hidden / "merge_config.json").exists() and (hidden / "README.md").exists()
+            assert not folder.exists()
+    # the same command again, not killed: the old merged model is replaced, nothing hidden is left
+    merge(f"--model_id={tiny_model_dir}", f"--adapter_dir={plain_adapter}", f"--merged_dir={old}", "--overwrite=True",
+          "--merge_dtype=bfloat16").check_returncode()
+    assert json.loads((old / "merge_config.json").read_text())["merge_dtype"] == "bfloat16"
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".")} == {".tmp-new"}  # the other run's
+
+
+# --- bad input: one line, before the model loads ------------------------------------------------
+
+LOAD_MARKER = """
+import sys
+import src.modeling as modeling  # light: the one loader imports torch and transformers only when called
+_load = modeling.load_blip2
+def load_blip2(*args, **kwargs):
+    print("MODEL LOAD STARTED", file=sys.stderr, flush=True)
+    return _load(*args, **kwargs)
+modeling.load_blip2 = load_blip2
+"""
+
+
+def _missing_adapter(t, adapter, model):
+    return {"adapter_dir": t / "nothing"}, ["no LoRA adapter in", "adapter_config.json missing"]
+
+
+def _adapter_of_another_model(t, adapter, model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    config = Blip2Config.from_pretrained(model)
+    config.text_config.hidden_size = config.text_config.word_embed_proj_dim = 32  # a narrower language model
+    Blip2ForConditionalGeneration(config).save_pretrained(t / "other-blip2")
+    other = Blip2ForConditionalGeneration.from_pretrained(t / "other-blip2")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    get_peft_model(other, lora).save_pretrained(t / "other")
+    return {"adapter_dir": t / "other"}, [f"was trained on {t / 'other-blip2'}", f"not the model loaded ({model})"]
+
+
+def _merged_dir_is_a_file(t, adapter, model):
+    (t / "merged").write_text("x")
+    return {"merged_dir": t / "merged"}, [f"{t / 'merged'} is a file", "--merged_dir="]
+
+
+def _merged_dir_not_empty(t, adapter, model):
+    (t / "merged").mkdir()
+    (t / "merged" / "notes.txt").write_text("mine")
+    return {"merged_dir": t / "merged", "overwrite": True}, ["is not empty and holds no merged model",
+                                                              "not replaced even with --overwrite=True"]
+
+
+def _merged_model_there(t, adapter, model):
+    (t / "merged").mkdir()
+    (t / "merged" / "merge_config.json").write_text("{}")
+    return {"merged_dir": t / "merged"}, ["already holds a merged model", "--overwrite=True"]
+
+
+def _merged_dir_holds_the_adapter(t, adapter, model):
+    return {"merged_dir": adapter.parent, "overwrite": True}, ["holds the adapter", str(adapter)]
+
+
+def _no_training_config(t, adapter, model):
+    copy = shutil.copytree(adapter, t / "adapter")
+    (copy / "training_config.json").unlink()
+    return {"adapter_dir": copy}, ["cannot tell whether the adapter", "--dequantize=yes", "--dequantize=no"]
+
+
+def _bad_merge_dtype(t, adapter, model):
+    return {"merge_dtype": "int4"}, ["--merge_dtype='int4'", "--merge_dtype=bfloat16"]
+
+
+BAD_INPUTS = {f.__name__.lstrip("_"): f for f in (
+    _missing_adapter, _adapter_of_another_model, _merged_dir_is_a_file, _merged_dir_not_empty, _merged_model_there,
+    _merged_dir_holds_the_adapter, _no_training_config, _bad_merge_dtype)}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_before_the_model_loads(case, plain_adapter, tiny_model_dir, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LOAD_MARKER)
+    changed, fragments = BAD_INPUTS[case](tmp_path, plain_adapter, tiny_model_dir)
+    settings = {"model_id": tiny_model_dir, "adapter_dir": plain_adapter, "merged_dir": tmp_path / "out", **changed}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = merge(*(f"--{k}={v}" for k, v in settings.items()), env={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}"})
+    assert_one_line_error(proc, *fragments)
+    assert "MODEL LOAD STARTED" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing removed
+    assert (plain_adapter / "adapter_model.safetensors").exists()
