@@ -21,7 +21,9 @@ question_id, rescores both with src.vqa_eval and writes to REPORT_DIR:
 
 Inputs (in OUTPUT_DIR): vqav2_baseline.jsonl from `python create_vqav2_baseline.py`, vqav2_finetuned.jsonl
 from `python evaluate_vqav2_finetuned.py`; optionally baseline.jsonl / baseline_finetuned.jsonl (the ten
-demo images). With only the baseline file it writes a baseline-only report. Needs no GPU and no model:
+demo images). With only the baseline file it writes a baseline-only report. A run of VQAv2 test-dev / test
+(no public answers) cannot be compared: it says so in one line, naming the EvalAI file to submit, and
+comparison.json records that (mode "no_answers") for the demo. Needs no GPU and no model:
 a smoke run is `python -m pytest tests/test_compare.py -q`, which builds small result files and runs this.
 Statistics live in src/compare.py, pictures in src/charts.py, the page in src/report.py (a Jinja2
 template), the number formats in src/formatting.py and every string of both languages in src/i18n.py.
@@ -37,6 +39,7 @@ from src.charts import ImageCache, accuracy_chart, contact_sheet, demo_chart, dr
 from src.compare import (check_result_rows, check_same_setup, compare_rows, count_stored_mismatches, coverage, index_by_question_id,
                          length_stats, score_baseline_only, select_cases, settings_of)
 from src.config import apply_overrides, write_config
+from src.data import TEST_SPLITS, evalai_file_name, no_answers_line
 from src.errors import UserError, run_main
 from src.formatting import summary_text
 from src.i18n import check_lang, texts
@@ -168,6 +171,11 @@ def score_baseline(base_rows: list[dict], base_path: Path) -> tuple[dict, list[d
     return result, pairs
 
 
+def unanswered_split(rows: list[dict]) -> str | None:
+    """testdev / test when the rows come from a split without public answers (nothing to score), else None."""
+    return next((r["split"] for r in rows if r.get("split") in TEST_SPLITS), None)
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases: dict, report_dir: Path,
@@ -224,15 +232,37 @@ def main() -> None:
         write_report(config, started, tr, output_dir, report_dir, base_path, ft_path)
 
 
+def write_no_answers(config: dict, report_dir: Path, path: Path, split: str) -> None:
+    """A run without answers: one line naming the EvalAI file, and comparison.json saying so (mode
+    "no_answers", for the demo) in place of an earlier report of this folder."""
+    evalai_file = path.parent / evalai_file_name(split, path.stem)
+    line = no_answers_line(path.name, split, evalai_file)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*(report_dir / "cases").glob("case_*.png"), *(report_dir / name for name in _ARTEFACTS)]:
+        if old.is_file():
+            old.unlink()
+    write_json(report_dir / "comparison.json", {
+        "mode": "no_answers", "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG, "split": split,
+        "files": {"run": str(path), "evalai": str(evalai_file), "evalai_exists": evalai_file.is_file()},
+        "message": line, "artefacts": {"config": "config.json"}, "warnings": []})
+    write_config(config, report_dir / "config.json")
+    print(line)
+
+
 def write_report(config: dict, started: float, tr, output_dir: Path, report_dir: Path, base_path: Path,
                  ft_path: Path) -> None:
     # read and compare
     warns: list[str] = []
     base_rows = read_results(base_path, "python create_vqav2_baseline.py")
-    settings = {"baseline": settings_of(base_rows, str(base_path), warns), "finetuned": None}
     comparing = ft_path.exists()
+    ft_rows = read_results(ft_path, "python evaluate_vqav2_finetuned.py") if comparing else []
+    for path, rows in ((base_path, base_rows), (ft_path, ft_rows)):
+        split = unanswered_split(rows)
+        if split:  # test-dev / test: nothing to score, so nothing to compare
+            write_no_answers(config, report_dir, path, split)
+            return
+    settings = {"baseline": settings_of(base_rows, str(base_path), warns), "finetuned": None}
     if comparing:
-        ft_rows = read_results(ft_path, "python evaluate_vqav2_finetuned.py")
         numbers, pairs = compare_files(base_rows, ft_rows, base_path, ft_path, warns)
         settings["finetuned"] = settings_of(ft_rows, str(ft_path), warns)
         check_same_setup(settings["baseline"], settings["finetuned"], warns)

@@ -3,6 +3,7 @@
     python create_vqav2_baseline.py                                  # 1000 questions of VQAv2 val2014
     python create_vqav2_baseline.py --dataset=vqav2_hub                # VQAv2 val from the hub (lmms-lab/VQAv2), no COCO download
     python create_vqav2_baseline.py --max_samples=5000 --eval_batch=64
+    python create_vqav2_baseline.py --split=testdev --output_dir=outputs/testdev   # all of test-dev, for EvalAI
     accelerate launch --multi_gpu --num_processes 2 create_vqav2_baseline.py   # several GPUs
     # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
     python -m src.tiny_model outputs/tiny-blip2
@@ -13,6 +14,13 @@ Draws MAX_SAMPLES question ids with SEED and freezes them in <output_dir>/vqav2_
 prompt and decoding, and writes <output_dir>/vqav2_baseline.jsonl (one row per question),
 vqav2_baseline_metrics.json and the official results file vqav2_baseline_results.json.
 Killed? Run the same command again: finished rows are kept and only the rest is answered.
+
+--split=testdev / --split=test (VQAv2 test-dev2015 / test2015: questions only, the answers are held by
+the EvalAI server; data/vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json and ..._test2015_questions.json,
+images in data/images/test2015/, or --dataset=vqav2_hub): every question of the split is answered
+(MAX_TEST_SAMPLES), nothing is scored, and vqa_OpenEnded_mscoco_test-dev2015_vqav2_baseline_results.json
+(or ..._test2015_...) is written: the file to submit to EvalAI. It answers every test2015 question, as EvalAI
+wants in each phase (the test-dev phase scores the test-dev ones). Use an output folder of its own per split.
 """
 
 from src.config import apply_overrides
@@ -22,9 +30,10 @@ from src.errors import run_main
 DATASET = "vqav2"  # "vqav2" (data/vqa + data/images), "vqav2_hub" (HF_DATASET), "easy_vqa" (pip package) or "tiny"
 HF_DATASET = "lmms-lab/VQAv2"  # vqav2_hub: hub dataset id, or a local folder holding data/validation-*.parquet
 HF_DATASET_REVISION = ""  # vqav2_hub: commit hash (or branch/tag) to pin; "" = newest
-SPLIT = "val"  # evaluation split
+SPLIT = "val"  # "val" (scored here), or "testdev" / "test" (no answers: writes the EvalAI file to submit)
 DATA_DIR = "data"
-MAX_SAMPLES = 1000  # questions in the frozen sample (0 = the whole split)
+MAX_SAMPLES = 1000  # val: questions in the frozen sample (0 = the whole split)
+MAX_TEST_SAMPLES = 0  # testdev / test: questions answered; 0 = all, as EvalAI needs (more: a smoke run, it warns)
 SEED = 42  # draws the sample
 MODEL_ID = "Salesforce/blip2-opt-2.7b"
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
@@ -40,7 +49,8 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.data import freeze_sample, load_samples, read_frozen_sample
+    from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, load_samples, read_frozen_sample,
+                          submission_question_ids)
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
     from src.modeling import check_quantization, load_blip2, make_accelerator
     from src.outputs import check_output_dir, check_output_files, hold_output_lock
@@ -48,25 +58,35 @@ def main():
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
-    check_output_files(out_dir, [SAMPLE_IDS_FILE] + [f"{RUN_NAME}{suffix}" for suffix in
-                                (".jsonl", "_metrics.json", "_results.json", "_config.json")])
+    testing = SPLIT in TEST_SPLITS  # no answers: nothing is scored, the EvalAI file is written
+    written = [f"{RUN_NAME}{suffix}" for suffix in (".jsonl", "_metrics.json", "_results.json", "_config.json")]
+    check_output_files(out_dir, [SAMPLE_IDS_FILE, *written] + ([evalai_file_name(SPLIT, RUN_NAME)] if testing else []))
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
         # 1. the data, and the sample drawn once and frozen: every rerun and the fine-tuned evaluation reuse it
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
                                cache_dir=out_dir)
+        submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
+                                                 hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
+        n = MAX_TEST_SAMPLES if testing else MAX_SAMPLES
         if accelerator.is_main_process:
-            freeze_sample(out_dir / SAMPLE_IDS_FILE, DATASET, SPLIT, samples, MAX_SAMPLES, SEED)
+            freeze_sample(out_dir / SAMPLE_IDS_FILE, DATASET, SPLIT, samples, n, SEED)
         accelerator.wait_for_everyone()
         chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
+        if testing and len(chosen) < len(samples) and accelerator.is_main_process:
+            print(f"warning: --max_test_samples={MAX_TEST_SAMPLES}: EvalAI wants an answer for every one of the "
+                  f"{len(samples):,} {SPLIT} questions; this run answers {len(chosen):,} and the EvalAI file gives the "
+                  "rest \"\" (scored as wrong): a smoke run, not a submission (--max_test_samples=0 and another "
+                  "--output_dir for that)", flush=True)
         # 2. the base model answers (resumable: rows already written are kept)
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=str(accelerator.device))
         record = eval_record(model_id=MODEL_ID, adapter=None, quantization=QUANTIZATION, dataset=DATASET,
-                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
+                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, split=SPLIT)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
                 record=record, batch_size=EVAL_BATCH, num_workers=NUM_WORKERS, desc=RUN_NAME)
-        # 3. score and write (main process)
+        # 3. score (val) and write, or write the EvalAI file (testdev / test) (main process)
         if accelerator.is_main_process:
-            score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT)
+            score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT,
+                            submission_ids=submission_ids)
 
 
 if __name__ == "__main__":

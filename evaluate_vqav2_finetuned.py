@@ -13,6 +13,9 @@ vqav2_finetuned.jsonl, vqav2_finetuned_metrics.json and vqav2_finetuned_results.
 exact match and VQA accuracy of baseline and fine-tuned with the change, per answer type, the paired
 bootstrap 95% interval of the change, how many questions got better / worse / stayed, and N_CASES
 random cases side by side. ADAPTER_DIR="" is refused: the base model's run is create_vqav2_baseline.py.
+--split=testdev / --split=test (after create_vqav2_baseline.py with that split and --output_dir): the
+baseline's questions are answered, nothing is scored or compared (no public answers), and
+vqa_OpenEnded_mscoco_test-dev2015_vqav2_finetuned_results.json (or ..._test2015_...) is the file to submit to EvalAI.
 """
 
 from src.config import apply_overrides
@@ -22,7 +25,7 @@ from src.errors import run_main
 DATASET = "vqav2"  # must be the dataset the baseline sample was drawn from ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
 HF_DATASET = "lmms-lab/VQAv2"  # vqav2_hub: the baseline's hub dataset id or local parquet folder
 HF_DATASET_REVISION = ""  # vqav2_hub: the baseline's revision; "" = newest
-SPLIT = "val"
+SPLIT = "val"  # the baseline's split: "val", or "testdev" / "test" (no answers: writes the EvalAI file, no comparison)
 DATA_DIR = "data"
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
 QUANTIZATION = "4bit"  # keep it equal to the baseline's for a fair comparison
@@ -43,10 +46,10 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.data import load_samples, read_frozen_sample
+    from src.data import (TEST_SPLITS, evalai_file_name, load_samples, no_answers_line, read_frozen_sample,
+                          submission_question_ids)
     from src.errors import UserError
-    from src.evaluation import (SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa,
-                                score_and_write)
+    from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
     from src.compare import check_result_rows
     from src.files import read_jsonl_lines
     from src.modeling import check_adapter_dir, check_quantization, load_blip2, make_accelerator, resolve_adapter_dir
@@ -57,32 +60,41 @@ def main():
     if adapter is None:
         raise UserError("--adapter_dir= is empty: this script evaluates a fine-tuned LoRA adapter (default "
                         "{output_dir}/lora_adapter); the base model's answers come from python create_vqav2_baseline.py")
+    testing = SPLIT in TEST_SPLITS  # no answers: nothing to score or compare, the EvalAI file is written
     baseline_path = out_dir / f"{BASELINE_RUN}.jsonl"
-    if not baseline_path.exists():
+    if not baseline_path.exists() and not testing:  # a test split needs only the baseline's frozen sample
         raise UserError(f"baseline results not found: {baseline_path}; run `python create_vqav2_baseline.py` "
                         "first (same --output_dir and --dataset)")
-    base_rows = check_result_rows(read_jsonl_lines(baseline_path), baseline_path)  # a bad line: said now, not after
+    base_rows = check_result_rows(read_jsonl_lines(baseline_path), baseline_path) \
+        if baseline_path.exists() else []  # a bad line: said now, not after
     config["adapter_dir"] = adapter
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
-    check_output_files(out_dir, [SAMPLE_IDS_FILE] + [f"{RUN_NAME}{suffix}" for suffix in
-                                (".jsonl", "_metrics.json", "_results.json", "_config.json")])
+    written = [f"{RUN_NAME}{suffix}" for suffix in (".jsonl", "_metrics.json", "_results.json", "_config.json")]
+    check_output_files(out_dir, [SAMPLE_IDS_FILE, *written] + ([evalai_file_name(SPLIT, RUN_NAME)] if testing else []))
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
         # 1. the data, and the baseline's frozen sample
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
                                cache_dir=out_dir)
         chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
+        submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
+                                                 hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
         # 2. the base model with the adapter answers (resumable: rows already written are kept)
         check_adapter_dir(adapter, MODEL_ID)  # before the slow model load
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=str(accelerator.device))
         record = eval_record(model_id=MODEL_ID, adapter=adapter, quantization=QUANTIZATION, dataset=DATASET,
-                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING)
+                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, split=SPLIT)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
                 record=record, batch_size=EVAL_BATCH, num_workers=NUM_WORKERS, desc=RUN_NAME)
         if not accelerator.is_main_process:
             return
         # 3. score and write
-        rows, _ = score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT)
+        rows, _ = score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT,
+                                  submission_ids=submission_ids)
+    if testing:  # 4. nothing to compare without answers
+        print("no baseline comparison: " + no_answers_line(f"{RUN_NAME}.jsonl", SPLIT,
+                                                           out_dir / evalai_file_name(SPLIT, RUN_NAME)))
+        return
     # 4. against the baseline, question by question
     print_comparison(base_rows, rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
     print("next: python compare_baseline_finetuned.py" + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))

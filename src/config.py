@@ -139,7 +139,8 @@ _FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
     "max_upload_mb": (0.0, False, 100_000.0, "the upload limit in MB"),
     "lora_alpha": (0.0, False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
 }
-_CHOICES = {"lang": ("zh", "en"), "quantization": ("4bit", "8bit", "none"), "split": ("val", "train")}
+_CHOICES = {"lang": ("zh", "en"), "quantization": ("4bit", "8bit", "none"), "split": ("val", "train", "testdev", "test"),
+            "merge_dtype": ("bfloat16", "float16", "float32"), "dequantize": ("auto", "yes", "no")}
 EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_dir": "the default folder",
                 "output_file": "the default name", "hf_dataset_revision": "the newest"}
 _FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name

@@ -1,8 +1,9 @@
-"""The one dataset wrapper: VQAv2 (official JSON + COCO images, or the validation parquet of a hub
-dataset such as lmms-lab/VQAv2: "vqav2_hub"), easy-VQA (converted once into the same official layout)
-and the course mini set data/tiny.jsonl, all read as `VQASample`s.
+"""The one dataset wrapper: VQAv2 (official JSON + COCO images, or the parquet of a hub dataset such as
+lmms-lab/VQAv2: "vqav2_hub"), easy-VQA (converted once into the same official layout) and the course
+mini set data/tiny.jsonl, all read as `VQASample`s.
 
-Splits are "train" (fine-tuning) and "val" (evaluation; easy-VQA's test set).
+Splits are "train" (fine-tuning), "val" (evaluation; easy-VQA's test set) and VQAv2's "testdev" and
+"test" (questions only: their answers are held by the EvalAI server, which scores a submission file).
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ from .samples import (VQASample, _answers, _entry, _entry_list, _int_id, _short,
                       _warn_answer_counts, build_samples)
 
 DATASETS = ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "testdev", "test")
+TEST_SPLITS = ("testdev", "test")  # no public answers: nothing is scored, an EvalAI file is written instead
+# the official names of each split: the file subtype and the COCO image folder (visualqa.org/download.html)
+SUBTYPES = {"train": ("train2014", "train2014"), "val": ("val2014", "val2014"),
+            "testdev": ("test-dev2015", "test2015"), "test": ("test2015", "test2015")}
 
 # where each dataset's files live, relative to the data folder (see data/vqa/README.md, data/images/README.md)
 LAYOUTS = {
     "vqav2": {
-        "questions": "vqa/v2_OpenEnded_mscoco_{split}2014_questions.json",
-        "annotations": "vqa/v2_mscoco_{split}2014_annotations.json",
-        "image": "images/{split}2014/COCO_{split}2014_{image_id:012d}.jpg",
+        "questions": "vqa/v2_OpenEnded_mscoco_{subtype}_questions.json",
+        "annotations": "vqa/v2_mscoco_{subtype}_annotations.json",
+        "image": "images/{images}/COCO_{images}_{image_id:012d}.jpg",
         "how": "data/vqa/README.md and data/images/README.md (README section 数据集准备)",
+        "test_how": "v2_Questions_Test_mscoco.zip (both test question files) and test2015.zip from "
+                    "visualqa.org/download.html, unpacked into data/vqa/ and data/images/",
     },
     "easy_vqa": {
         "questions": "easy_vqa/{split}_questions.json",
@@ -38,63 +45,135 @@ LAYOUTS = {
     },
 }
 TINY_FILE = "tiny.jsonl"
+# the EvalAI results file of a test split: [{"question_id": int, "answer": str}] (visualqa.org/evaluation.html),
+# named vqa_[task_type]_[dataset]_[subtype]_[alg_name]_results.json as visualqa.org's submission page asks
+EVALAI_PHASES = {"testdev": "Test-Dev", "test": "Test-Standard"}  # the EvalAI VQA challenge phase to submit to
 
 
-def _check_split(split: str) -> None:
+def evalai_file_name(split: str, run_name: str) -> str:
+    return f"vqa_OpenEnded_mscoco_{SUBTYPES[split][0]}_{run_name}_results.json"
+
+
+def no_answers_line(run_file: str, split: str, evalai_file: str | Path) -> str:
+    """The one line the scripts and the demo say about a run of a split without public answers."""
+    return (f"{run_file} is a {split} run: it has no answers to compare; submit {evalai_file} to EvalAI "
+            f"(VQA Challenge, phase {EVALAI_PHASES[split]})")
+
+
+def _check_split(dataset: str, split: str) -> None:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split in TEST_SPLITS and dataset in ("easy_vqa", "tiny"):
+        raise UserError(f"--split={split} is VQAv2's test-dev / test (answers on the EvalAI server), which dataset "
+                        f"{dataset} does not have; use --dataset=vqav2 or --dataset=vqav2_hub, or --split=val")
+
+
+def hub_cache_dir(cache_dir: str | Path | None, split: str) -> Path | None:
+    """Where the hub reader keeps a split's question table and images: the output folder itself for val
+    (as always), <output folder>/<split>/ for the others, so the splits' caches never mix."""
+    if cache_dir is None or split == "val":
+        return None if cache_dir is None else Path(cache_dir)
+    return Path(cache_dir) / split
 
 
 def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_dataset: str = "lmms-lab/VQAv2",
                  hf_revision: str = "", cache_dir: str | Path | None = None) -> list[VQASample]:
     """All samples of a split, ordered by question_id. Every entry is checked before any model loads.
+    testdev / test: questions only, each sample without answers (VQASample.has_answers is False).
 
-    dataset="vqav2_hub" reads VQAv2 validation from the hub dataset (or local parquet folder)
-    `hf_dataset` at `hf_revision`, keeping its question table in `cache_dir` (see src/hub_data.py);
+    dataset="vqav2_hub" reads VQAv2 from the hub dataset (or local parquet folder) `hf_dataset` at
+    `hf_revision`, keeping its question table in `cache_dir` (see src/hub_data.py, `hub_cache_dir`);
     its image_path fields name the parquet row until `materialize_images` caches the pictures."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} (e.g. --dataset=easy_vqa)")
-    _check_split(split)
+    _check_split(dataset, split)
     data_dir = Path(data_dir)
     if dataset == "tiny":
         return _load_tiny(data_dir / TINY_FILE)
     if dataset == "vqav2_hub":
-        return load_hub_samples(hf_dataset, hf_revision, split, cache_dir)
+        return load_hub_samples(hf_dataset, hf_revision, split, hub_cache_dir(cache_dir, split))
     if dataset == "easy_vqa":
         prepare_easy_vqa(data_dir)
     return _load_official(dataset, split, data_dir)
 
 
-def materialize_images(samples: list[VQASample], dataset: str, cache_dir: str | Path) -> list[VQASample]:
+def submission_question_ids(samples: list[VQASample], dataset: str, split: str, data_dir: str | Path = "data", *,
+                            hf_dataset: str = "lmms-lab/VQAv2", hf_revision: str = "",
+                            cache_dir: str | Path | None = None) -> list[int]:
+    """Every question id an EvalAI results file of `split` must answer: all of test2015, in every phase.
+
+    EvalAI's VQAv2 challenge takes answers for all test2015 questions even in the test-dev phase (which
+    scores the test-dev subset): a test-dev-only file fails there (github.com/Cadene/murel.bootstrap.pytorch
+    issue 9), and LLaVA's scripts/convert_vqav2_for_submission.py and OpenFlamingo's
+    open_flamingo/scripts/fill_vqa_testdev_results.py fill the other test2015 questions with "".
+    `samples` are the split's; for testdev the test2015 questions are read too (same files or hub dataset)."""
+    if split not in TEST_SPLITS:
+        raise ValueError(f"submission_question_ids is for {' / '.join(TEST_SPLITS)}, not {split}")
+    if split == "test":
+        return [s.question_id for s in samples]
+    everything = [s.question_id for s in load_samples(dataset, "test", data_dir, hf_dataset=hf_dataset,
+                                                      hf_revision=hf_revision, cache_dir=cache_dir)]
+    known = set(everything)
+    stray = [s.question_id for s in samples if s.question_id not in known]
+    if stray:
+        raise UserError(f"{len(stray)} test-dev question ids are not among the test2015 questions (e.g. {stray[:5]}); "
+                        "test-dev is a subset of test2015: use both question files of one download "
+                        f"({LAYOUTS['vqav2']['test_how']})")
+    return everything
+
+
+def materialize_images(samples: list[VQASample], dataset: str, cache_dir: str | Path,
+                       split: str = "val") -> list[VQASample]:
     """The samples with image files a model can open: for vqav2_hub, decode the sample's pictures from
-    the parquet files once into <cache_dir>/vqav2_hub/images/ (the report and the demo show them from
-    there); other datasets already point at image files."""
+    the parquet files once into <cache_dir>/vqav2_hub/images/ (<cache_dir>/<split>/... for splits other
+    than val; the report and the demo show them from there); other datasets already point at image files."""
     if dataset != "vqav2_hub":
         return samples
-    return cache_hub_images(samples, cache_dir)
+    return cache_hub_images(samples, hub_cache_dir(cache_dir, split))
 
 
-def _missing(path: Path, dataset: str) -> UserError:
-    return UserError(f"{dataset} file not found: {path}; see {LAYOUTS[dataset]['how']} for how to get it")
+def _how(dataset: str, split: str) -> str:
+    return LAYOUTS[dataset]["test_how" if split in TEST_SPLITS else "how"]
 
 
-def _read_json(path: Path, dataset: str):
+def _missing(path: Path, dataset: str, split: str) -> UserError:
+    return UserError(f"{dataset} file not found: {path}; see {_how(dataset, split)} for how to get it")
+
+
+def _read_json(path: Path, dataset: str, split: str):
     if not path.exists():
-        raise _missing(path, dataset)
-    return read_json(path, f"{dataset} file", fix=f"download it again ({LAYOUTS[dataset]['how']})")
+        raise _missing(path, dataset, split)
+    return read_json(path, f"{dataset} file", fix=f"download it again ({_how(dataset, split)})")
+
+
+def _check_subtype(obj, path: Path, subtype: str) -> None:
+    """An official questions file names its split (data_subtype): a test2015 file saved under the test-dev
+    name would otherwise be answered, and submitted, as test-dev."""
+    named = obj.get("data_subtype") if isinstance(obj, dict) else None
+    if named is not None and named != subtype:
+        raise UserError(f"{path} holds the questions of {named} (its data_subtype), not {subtype}; "
+                        "put each official file under its own name")
 
 
 def _load_official(dataset: str, split: str, data_dir: Path) -> list[VQASample]:
     layout = LAYOUTS[dataset]
-    q_path = data_dir / layout["questions"].format(split=split)
-    a_path = data_dir / layout["annotations"].format(split=split)
-    questions = _entry_list(_read_json(q_path, dataset), "questions", q_path, "questions")
-    annotations = _entry_list(_read_json(a_path, dataset), "annotations", a_path, "annotations")
+    subtype, images = SUBTYPES[split]
+    names = {"split": split, "subtype": subtype, "images": images}
+    q_path = data_dir / layout["questions"].format(**names)
+    q_file = _read_json(q_path, dataset, split)
+    if dataset == "vqav2":
+        _check_subtype(q_file, q_path, subtype)
+    questions = _entry_list(q_file, "questions", q_path, "questions")
+    if split in TEST_SPLITS:  # no annotation file exists: the answers are on the EvalAI server
+        a_path, annotations = None, None
+    else:
+        a_path = data_dir / layout["annotations"].format(**names)
+        annotations = _entry_list(_read_json(a_path, dataset, split), "annotations", a_path, "annotations")
     return build_samples(
         questions, annotations, question_entry=lambda i: f"{q_path}: questions[{i}]",
         annotation_entry=lambda i: f"{a_path}: annotations[{i}]",
-        image_path=lambda i, ann: (data_dir / layout["image"].format(split=split, image_id=int(ann["image_id"]))).as_posix(),
-        questions_source=str(q_path), annotations_source=str(a_path))
+        image_path=lambda i, entry: (data_dir / layout["image"].format(**names, image_id=int(entry["image_id"]))).as_posix(),
+        questions_source=str(q_path), annotations_source=None if a_path is None else str(a_path))
 
 
 def _load_tiny(path: Path) -> list[VQASample]:
@@ -171,11 +250,12 @@ def read_sample_ids(path: Path, dataset: str, split: str, expected_n: int | None
         seen.add(q)
     if (frozen.get("dataset"), frozen.get("split")) != (dataset, split):
         raise UserError(f"{path} was drawn from dataset={frozen.get('dataset')} split={frozen.get('split')}, "
-                        f"but this run uses dataset={dataset} split={split}; use the same --dataset, "
-                        "or another --output_dir for a new sample")
+                        f"but this run uses dataset={dataset} split={split}; use the same --dataset and --split, "
+                        "or another --output_dir for a new sample (one folder holds the runs of one split)")
     if expected_n is not None and frozen.get("max_samples") != expected_n:
+        flag = "--max_test_samples" if split in TEST_SPLITS else "--max_samples"
         raise UserError(f"{path} holds a sample drawn with max_samples={frozen.get('max_samples')}, but this run asks "
-                        f"for --max_samples={expected_n}; the sample is frozen: delete {path} (and the baseline files) "
+                        f"for {flag}={expected_n}; the sample is frozen: delete {path} (and the baseline files) "
                         "to draw a new one, or use another --output_dir")
     return ids
 
@@ -185,7 +265,7 @@ def read_frozen_sample(path: Path, samples: list[VQASample], dataset: str, split
     """The questions of the frozen sample in `path`, in its order, with image files a model can open
     (vqav2_hub: only the sample's pictures, cached in `cache_dir`)."""
     chosen = select(samples, read_sample_ids(path, dataset, split), str(path))
-    return materialize_images(chosen, dataset, cache_dir)
+    return materialize_images(chosen, dataset, cache_dir, split)
 
 
 def select(samples: list[VQASample], question_ids: list[int], source: str) -> list[VQASample]:

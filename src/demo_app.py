@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import EVALAI_PHASES
 from .errors import UserError
 from .formatting import group_title, length_line, outcome_line, processing_line, score_table
 from .i18n import texts
@@ -156,10 +157,20 @@ def md_text(value) -> str:
     return "".join(out)
 
 
+def no_answers_markdown(result: dict, tr) -> str:
+    """comparison.json of a run without public answers (mode "no_answers": VQAv2 test-dev / test): one line
+    saying there is nothing to compare and which file to submit to EvalAI."""
+    files, split = result.get("files") or {}, result.get("split")
+    return tr("cmp_no_answers", run=md_text(Path(str(files.get("run"))).name), split=md_text(split),
+              evalai=md_text(files.get("evalai")), phase=md_text(EVALAI_PHASES.get(split, "?")))
+
+
 def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "zh") -> str:
     """The numbers of comparison.json (written by compare_baseline_finetuned.py) as Markdown; every value
     read from the file is escaped with md_text (the file may hold any text, e.g. a model answer)."""
     tr = texts(lang)
+    if result.get("mode") == "no_answers":
+        return no_answers_markdown(result, tr)
     settings = result.get("settings") or {}
     s_base, s_ft = settings.get("baseline") or {}, settings.get("finetuned") or {}
     where = md_text(f"{comparisons_dir}/")

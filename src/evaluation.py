@@ -19,8 +19,9 @@ from typing import Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from .compare import compare_rows, processing_changes
+from .compare import compare_rows, is_scorable, processing_changes
 from .config import write_config
+from .data import EVALAI_PHASES, evalai_file_name
 from .samples import VQASample
 from .errors import UserError
 from .formatting import console_comparison
@@ -108,11 +109,12 @@ def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error:
     # scored and submitted after the official answer processing, as every published BLIP-2 VQAv2
     # number is (LAVIS, LLaVA, lmms-eval); the model's text stays as raw_answer
     answer = None if raw_answer is None else normalize_answer(raw_answer)
+    scored = answer is not None and s.has_answers  # test-dev / test: no answers, no scores (null, never 0)
     row = {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path, "question": s.question,
            "raw_answer": raw_answer, "answer": answer, "gt_answers": s.answers,
            "answer_type": s.answer_type, "question_type": s.question_type,
-           "vqa_accuracy": None if answer is None else vqa_accuracy(answer, s.answers),
-           "exact_match": None if answer is None else exact_match(answer, s.answers), "error": error}
+           "vqa_accuracy": vqa_accuracy(answer, s.answers) if scored else None,
+           "exact_match": exact_match(answer, s.answers) if scored else None, "error": error}
     if truncated:
         row["question_truncated"] = True
     return {**row, **record}
@@ -212,10 +214,28 @@ def merge_parts(out_path: Path) -> None:
         part.unlink()
 
 
+def write_evalai_file(path: str | Path, rows: Sequence[dict], question_ids: Sequence[int]) -> int:
+    """The EvalAI results file: one {"question_id", "answer"} per id of `question_ids` (all of test2015, see
+    src.data.submission_question_ids), this run's answer where it has one and "" otherwise (a question
+    outside the sample, or an error row), as LLaVA and OpenFlamingo fill theirs. Returns how many got ""."""
+    answer_of = {r["question_id"]: r["answer"] for r in rows if is_scorable(r)}
+    write_json(path, [{"question_id": q, "answer": answer_of.get(q, "")} for q in question_ids])
+    return sum(q not in answer_of for q in question_ids)
+
+
+def _unscored_metrics(rows: list[dict], scorable: list[dict], errors: list[dict]) -> dict:
+    """Metrics of a split without public answers: counts only; no accuracy (null), n_scored 0."""
+    return {"scored": False, "vqa_accuracy": None, "exact_match": None, "n": len(rows), "n_answered": len(scorable),
+            "n_scored": 0, "n_errors": len(errors), "per_answer_type": {}, "per_question_type": {},
+            "answers_changed_by_processing": processing_changes(scorable)["changed"],
+            "why_not_scored": "the split's answers are not public: EvalAI scores the submission file"}
+
+
 def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: str | Path,
              results_path: str | Path, extra: dict | None = None) -> tuple[list[dict], dict]:
     """Order the rows like the sample, check each id is there once, write metrics and the official
-    results file ([{"question_id", "answer"}]); return (rows, metrics)."""
+    results file ([{"question_id", "answer"}]); return (rows, metrics). Samples without answers (test-dev,
+    test) are not scored: the metrics say so (scored False, n_scored 0, accuracy null)."""
     out_path = Path(out_path)
     by_id = read_rows(out_path)
     missing = [s.question_id for s in samples if s.question_id not in by_id]
@@ -229,11 +249,14 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
     if not scorable:
         raise UserError(f"no question in {out_path} could be answered: every image failed to load "
                         f"(first error: {errors[0]['error']})")
-    scored = score_rows(scorable)
-    metrics = {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
-               "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
-               "answers_changed_by_processing": processing_changes(scorable)["changed"],
-               "per_question_type": scored["per_question_type"], **(extra or {})}
+    if not any(s.has_answers for s in samples):
+        metrics = {**_unscored_metrics(rows, scorable, errors), **(extra or {})}
+    else:
+        scored = score_rows(scorable)
+        metrics = {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
+                   "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
+                   "answers_changed_by_processing": processing_changes(scorable)["changed"],
+                   "per_question_type": scored["per_question_type"], **(extra or {})}
     write_json(metrics_path, metrics)
     write_json(results_path, [{"question_id": r["question_id"], "answer": r["answer"]} for r in scorable])
     return rows, metrics
@@ -265,26 +288,43 @@ def resolved_if_local(path: str | None) -> str | None:
 
 
 def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
-                vqa_decoding: str) -> dict:
-    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS).
-    Local folders are recorded resolved, so `/x/./a`, `/x/a` and a relative spelling are the same run."""
+                vqa_decoding: str, split: str | None = None) -> dict:
+    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS;
+    the split is guarded by the frozen sample, which records it). Local folders are recorded resolved,
+    so `/x/./a`, `/x/a` and a relative spelling are the same run."""
     return {"model_id": resolved_if_local(model_id), "adapter": resolved_if_local(adapter), "quantization": quantization, "dataset": dataset,
-            "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,
+            "split": split, "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,
             **generation_record(vqa_prompt, vqa_decoding)}
 
 
 def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, *, config: dict, record: dict,
-                    split: str) -> tuple[list[dict], dict]:
+                    split: str, submission_ids: Sequence[int] | None = None) -> tuple[list[dict], dict]:
     """Score the finished run and write <run_name>.jsonl (in sample order), _metrics.json (with the
-    dataset, split, model and adapter of `record`), _results.json and _config.json; print the summary."""
+    dataset, split, model and adapter of `record`), _results.json and _config.json; print the summary.
+    A test split (`submission_ids`: every question id EvalAI wants) is not scored: it also writes the
+    EvalAI file (evalai_file_name) and says in one line that there are no answers to score."""
     out_path = out_dir / f"{run_name}.jsonl"
     facts = {"dataset": record["dataset"], "split": split, "model_id": record["model_id"], "adapter": record["adapter"]}
+    if submission_ids is not None:
+        facts["evalai_file"] = evalai_file_name(split, run_name)
+        facts["evalai_questions"] = len(submission_ids)
     rows, metrics = finalize(samples, out_path, out_dir / f"{run_name}_metrics.json",
                              out_dir / f"{run_name}_results.json", extra=facts)
     write_config(config, out_dir / f"{run_name}_config.json")
     report_errors(rows)
-    print_metrics(f"{run_name} ({facts['dataset']} {facts['split']})", metrics)
-    print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
+    if submission_ids is None:
+        print_metrics(f"{run_name} ({facts['dataset']} {facts['split']})", metrics)
+        print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
+        return rows, metrics
+    evalai_path = out_dir / facts["evalai_file"]
+    blank = write_evalai_file(evalai_path, rows, submission_ids)
+    print(f"{run_name} ({facts['dataset']} {split}): no answers to score ({split} answers are held by the EvalAI "
+          f"server); {metrics['n_answered']} of {metrics['n']} questions answered, accuracy not computed")
+    print(f"{evalai_path.name} answers all {len(submission_ids):,} test2015 questions, as EvalAI wants in every "
+          f"phase: {len(submission_ids) - blank:,} from this run, {blank:,} with \"\" (outside this run's questions, "
+          "or error rows)")
+    print(f"wrote {out_path}, {run_name}_metrics.json, {run_name}_results.json and {evalai_path.name} in {out_dir}")
+    print(f"submit {evalai_path} to EvalAI (VQA Challenge, phase {EVALAI_PHASES[split]})")
     return rows, metrics
 
 

@@ -46,7 +46,10 @@ from .locks import exclusive_lock
 
 DEFAULT_DATASET = "lmms-lab/VQAv2"
 MOVED_DATASET = "lmms-lab-encoder/VQAv2"  # where lmms-eval moved the data (July 2026); read when the default is missing
-SPLIT_FILES = {"val": "data/validation-*.parquet"}  # split -> its files in the hub layout (add a split here)
+# split -> its files in the hub layout; "data/test-*" does not match data/testdev-* (fnmatch: "-" after "test")
+SPLIT_FILES = {"val": "data/validation-*.parquet", "testdev": "data/testdev-*.parquet", "test": "data/test-*.parquet"}
+SPLIT_NAMES = {"val": "validation", "testdev": "testdev", "test": "test"}  # as the hub names them, for messages
+ANSWERED_SPLITS = ("val",)  # testdev / test: questions only (their answers are on the EvalAI server)
 VALIDATION_FILES = SPLIT_FILES["val"]
 CACHE_FOLDER = "vqav2_hub"
 WHOLE_FILES = "files"  # <cache>/files/<repo>/<commit>/<path>: files downloaded whole (a server that ignores Range)
@@ -54,6 +57,7 @@ MIRROR = "https://hf-mirror.com"
 # the lmms-lab/VQAv2 columns this reader needs (its `image` is a datasets Image: struct<bytes, path>)
 QUESTION_COLUMNS = ("question_id", "image_id", "question", "answers", "multiple_choice_answer", "answer_type",
                     "question_type")
+ANSWER_COLUMNS = QUESTION_COLUMNS[3:]  # neither read nor required for testdev / test
 ROW_MARK = "#row="  # image_path of a not yet cached image: <parquet file>#row=<row in that file>
 HUB_URL = re.compile(r"hf://datasets/([^/@]+/[^/@]+)@([^/]+)/(.+)")
 
@@ -91,9 +95,11 @@ def _schema_checks():
             "image": (_is_image, "a datasets Image (struct<bytes: binary, path: string>)")}
 
 
-def check_schema(schema, where: str) -> None:
-    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema."""
-    for name, (ok, want) in _schema_checks().items():
+def check_schema(schema, where: str, with_answers: bool = True) -> None:
+    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (without the answer
+    columns for testdev / test, whose files may lack them or hold nulls there)."""
+    checks = {k: v for k, v in _schema_checks().items() if with_answers or k not in ANSWER_COLUMNS}
+    for name, (ok, want) in checks.items():
         if name not in schema.names:
             raise UserError(f"{where}: no column {name!r} (the lmms-lab/VQAv2 schema has {', '.join(_schema_checks())}); "
                             "is --hf_dataset a VQAv2 parquet dataset?")
@@ -228,15 +234,18 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
                     f"moved it) {moved_why}; check {check}, or {_get_it_advice(hf_dataset)}")
 
 
-def read_question_table(files: list[str], reads: HubReads):
-    """The question columns of every file (no image bytes), with each row's file index and row number.
+def read_question_table(files: list[str], reads: HubReads, with_answers: bool = True):
+    """The question columns of every file (no image bytes), with each row's file index and row number;
+    without the answer columns when `with_answers` is False (testdev / test).
     Hub files a server will not serve by ranges are downloaded whole to reads.whole_dir."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
+    columns = [c for c in QUESTION_COLUMNS if with_answers or c not in ANSWER_COLUMNS]
+
     def questions(pf, file: str):
-        check_schema(pf.schema_arrow, file)
-        return pf.read(columns=list(QUESTION_COLUMNS))
+        check_schema(pf.schema_arrow, file, with_answers)
+        return pf.read(columns=columns)
 
     tables = []
     for k, file in enumerate(tqdm(files, desc="question columns", unit="file", disable=len(files) < 2)):
@@ -273,23 +282,23 @@ def _read_cache(cache: Path, key: dict):
                         "to read the questions again") from None
 
 
-def _read_source(hf_dataset: str, revision: str, pattern: str, whole_dir: Path, cache: Path | None):
-    """(question table, source record) read from the dataset itself."""
+def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, cache: Path | None):
+    """(question table, source record) of `split` read from the dataset itself."""
     reads = HubReads(whole_dir)
     with _hub_errors(hf_dataset, cache):
-        used, files, sha = _list_files(hf_dataset, revision, pattern, reads)
+        used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
     with _hub_errors(used, cache):
-        print(f"reading the question columns of {len(files)} validation file(s) of {used} (images later, "
+        print(f"reading the question columns of {len(files)} {SPLIT_NAMES[split]} file(s) of {used} (images later, "
               "only the sample's)", flush=True)
-        table = read_question_table(files, reads)
+        table = read_question_table(files, reads, with_answers=split in ANSWERED_SPLITS)
     return table, {**_source_key(hf_dataset, revision), "used_dataset": used, "revision": sha, "files": files,
                    "rows": table.num_rows}
 
 
-def _build_cache(cache: Path, hf_dataset: str, revision: str, pattern: str):
+def _build_cache(cache: Path, hf_dataset: str, revision: str, split: str):
     import pyarrow.parquet as pq
 
-    table, source = _read_source(hf_dataset, revision, pattern, cache / WHOLE_FILES, cache)
+    table, source = _read_source(hf_dataset, revision, split, cache / WHOLE_FILES, cache)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".questions.parquet.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
@@ -312,6 +321,8 @@ def _rows(table) -> list[dict]:
     answer_id are not used: leaving them in Arrow halves the time and memory of this step)."""
     import pyarrow.compute as pc
 
+    if "answers" not in table.column_names:  # testdev / test: questions only
+        return [dict(zip(table.column_names, values)) for values in zip(*(c.to_pylist() for c in table.columns))]
     lengths = pc.list_value_length(table.column("answers")).to_pylist()  # None for a null list
     flat = iter(pc.struct_field(pc.list_flatten(table.column("answers")), "answer").to_pylist())
     answers = [None if n is None else list(itertools.islice(flat, n)) for n in lengths]
@@ -322,14 +333,16 @@ def _rows(table) -> list[dict]:
 
 
 def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None) -> list[VQASample]:
-    """Every validation question of `hf_dataset` as VQASamples, checked like the JSON path's entries.
+    """Every question of `split` (val, testdev, test) of `hf_dataset` as VQASamples, checked like the JSON
+    path's entries; testdev / test samples have no answers (as on the JSON path).
 
-    With a `cache_dir`, the question table is read once into <cache_dir>/vqav2_hub/ and reused (offline too).
+    With a `cache_dir`, the question table is read once into <cache_dir>/vqav2_hub/ and reused (offline too);
+    the caller gives each split a cache_dir of its own (src.data.hub_cache_dir).
     The image_path of each sample names its parquet row, "hf://datasets/<dataset used>@<commit>/<file>#row=<n>"
     for a hub dataset (see `hub_source` for the record)."""
     if split not in SPLIT_FILES:
-        raise UserError(f"dataset vqav2_hub holds VQAv2 validation only (split val, not {split}); fine-tuning needs "
-                        "COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
+        raise UserError(f"dataset vqav2_hub holds VQAv2's evaluation splits only (val, testdev, test; not {split}); "
+                        "fine-tuning needs COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
     if not hf_dataset:
         raise UserError("--hf_dataset is empty; use a hub dataset id (lmms-lab/VQAv2) or a local parquet folder")
     if looks_like_path(hf_dataset) and not Path(hf_dataset).expanduser().is_dir():
@@ -337,14 +350,14 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
                         f"folder must hold the hub layout, {VALIDATION_FILES})")
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="vqav2_hub-") as whole_dir:  # files read whole, if any
-            table, source = _read_source(hf_dataset, revision, SPLIT_FILES[split], Path(whole_dir), None)
+            table, source = _read_source(hf_dataset, revision, split, Path(whole_dir), None)
     else:
         cache, key = Path(cache_dir) / CACHE_FOLDER, _source_key(hf_dataset, revision)
         cached = _read_cache(cache, key)
         if cached is None:
             # several processes (accelerate) or runs: one reads, the others wait and use its copy
             with exclusive_lock(cache / ".lock", f"the hub question cache {cache}", wait=True):
-                cached = _read_cache(cache, key) or _build_cache(cache, hf_dataset, revision, SPLIT_FILES[split])
+                cached = _read_cache(cache, key) or _build_cache(cache, hf_dataset, revision, split)
         table, source = cached
     rows = _rows(table)
     files, used = source["files"], source.get("used_dataset", hf_dataset)  # records before used_dataset: as asked
@@ -353,9 +366,11 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
     def entry(i: int) -> str:
         return f"{files[rows[i]['source_file']]}: row {rows[i]['source_row']}"
 
-    return build_samples(questions, rows, question_entry=entry, annotation_entry=entry,
-                         image_path=lambda i, r: f"{files[r['source_file']]}{ROW_MARK}{r['source_row']}",
-                         questions_source=f"{used} validation", annotations_source=f"{used} validation")
+    source_name = f"{used} {SPLIT_NAMES[split]}"
+    answered = split in ANSWERED_SPLITS
+    return build_samples(questions, rows if answered else None, question_entry=entry, annotation_entry=entry,
+                         image_path=lambda i, _: f"{files[rows[i]['source_file']]}{ROW_MARK}{rows[i]['source_row']}",
+                         questions_source=source_name, annotations_source=source_name if answered else None)
 
 
 def _image_suffix(data: bytes) -> str:

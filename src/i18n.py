@@ -167,6 +167,8 @@ _ZH = {
     "cmp_partial": "**部分对比：** 只对比两份文件都有的 {common} 个题目。",
     "cmp_compared": "**对比的题数：{n}**（模型 {model}，提示词 {prompt}，适配器 {adapter}）",
     "cmp_missing_ft": "缺少微调结果：运行 python evaluate_vqav2_finetuned.py，再运行 {command}。以下只有基线：",
+    "cmp_no_answers": "### 没有可对比的答案\n\n{run} 是 {split} 划分的运行：这个划分的标准答案不公开，这里无法计分，也无法对比。"
+                      "请把 {evalai} 提交到 EvalAI（VQA Challenge 的 {phase} 阶段）查看准确率。",
     "cmp_none_heading": "### 还没有对比结果",
     "cmp_none": "没有 {path}。先运行\n\n```\n{command}\n```\n\n（它对比 python create_vqav2_baseline.py 写的 "
                 "outputs/vqav2_baseline.jsonl 与 python evaluate_vqav2_finetuned.py 写的 "
@@ -333,6 +335,9 @@ _EN = {
     "cmp_compared": "**Questions compared: {n}** (model {model}, prompt {prompt}, adapter {adapter})",
     "cmp_missing_ft": "Fine-tuned results are missing: run python evaluate_vqav2_finetuned.py, then {command} "
                       "again. Baseline only:",
+    "cmp_no_answers": "### No answers to compare\n\n{run} is a {split} run: the answers of this split are not public, so "
+                      "nothing can be scored or compared here. Submit {evalai} to EvalAI (VQA Challenge, phase {phase}) "
+                      "for its accuracy.",
     "cmp_none_heading": "### No comparison results yet",
     "cmp_none": "There is no {path}. Make it with\n\n```\n{command}\n```\n\n(it compares outputs/vqav2_baseline.jsonl "
                 "from python create_vqav2_baseline.py with outputs/vqav2_finetuned.jsonl from "

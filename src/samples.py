@@ -15,14 +15,20 @@ from .errors import UserError
 
 @dataclass
 class VQASample:
+    """One question. A question of VQAv2 test-dev / test has no public answers: answers is [] and
+    multiple_choice_answer, answer_type and question_type are None (`has_answers` is False)."""
     question_id: int
     image_id: int
     image_path: str
     question: str
-    answers: list[str]  # the ten human answers
-    multiple_choice_answer: str
-    answer_type: str
-    question_type: str
+    answers: list[str]  # the ten human answers; [] where the split has none
+    multiple_choice_answer: str | None
+    answer_type: str | None
+    question_type: str | None
+
+    @property
+    def has_answers(self) -> bool:
+        return bool(self.answers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,13 +117,8 @@ def _warn_answer_counts(counts: dict[int, int], source: str) -> None:
               file=sys.stderr, flush=True)
 
 
-def build_samples(questions: list, annotations: list, *, question_entry, annotation_entry, image_path,
-                  questions_source: str, annotations_source: str) -> list[VQASample]:
-    """VQASamples from official-format question and annotation entries, every entry checked.
-
-    `question_entry(i)` / `annotation_entry(i)` name entry i in messages (file and position);
-    `image_path(i, annotation)` gives annotation i's image path; the sources name the files. Used by the
-    JSON and the hub path alike, so both give identical samples for identical entries."""
+def _questions_by_id(questions: list, question_entry) -> dict[int, tuple[int, str, int]]:
+    """{question_id: (image_id, question, position in `questions`)}, every entry checked."""
     by_id, seen = {}, {}
     for i, q in enumerate(questions):
         where = question_entry(i)
@@ -127,7 +128,31 @@ def build_samples(questions: list, annotations: list, *, question_entry, annotat
                 raise UserError(f"{where}: no key {key!r}")
         qid = _int_id(q["question_id"], where, "question_id")
         _unique(seen, qid, where, where)
-        by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"))
+        by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"), i)
+    return by_id
+
+
+def _unanswered_samples(questions: list, by_id: dict, image_path) -> list[VQASample]:
+    """The samples of a split without public answers (VQAv2 test-dev / test): answers [] and no types."""
+    samples = [VQASample(question_id=qid, image_id=image_id, image_path=image_path(i, questions[i]), question=question,
+                         answers=[], multiple_choice_answer=None, answer_type=None, question_type=None)
+               for qid, (image_id, question, i) in by_id.items()]
+    samples.sort(key=lambda s: s.question_id)
+    return samples
+
+
+def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
+                  questions_source: str, annotations_source: str | None) -> list[VQASample]:
+    """VQASamples from official-format question and annotation entries, every entry checked.
+
+    `question_entry(i)` / `annotation_entry(i)` name entry i in messages (file and position);
+    `image_path(i, annotation)` gives annotation i's image path; the sources name the files. Used by the
+    JSON and the hub path alike, so both give identical samples for identical entries.
+    annotations=None: a split whose answers are not public (VQAv2 test-dev / test): every question becomes
+    a sample without answers, and `image_path(i, question)` gets question entry i instead."""
+    by_id = _questions_by_id(questions, question_entry)
+    if annotations is None:
+        return _unanswered_samples(questions, by_id, image_path)
     samples, annotated, counts = [], {}, {}
     for i, ann in enumerate(annotations):
         where = annotation_entry(i)
@@ -140,7 +165,7 @@ def build_samples(questions: list, annotations: list, *, question_entry, annotat
         where = f"{where} (question_id {qid})"
         if qid not in by_id:
             raise UserError(f"{where}: has no question in {questions_source}")
-        image_id, question = by_id[qid]
+        image_id, question, _ = by_id[qid]
         if _int_id(ann["image_id"], where, "image_id") != image_id:
             raise UserError(f"{where}: image_id {ann['image_id']} differs from its question's image_id {image_id}")
         answers = _answers(ann["answers"], where)

@@ -116,7 +116,7 @@ def test_cached_questions_and_images_are_reused_without_the_source(both, tmp_pat
 
 
 def test_vqav2_hub_is_validation_only(both, tmp_path):
-    with pytest.raises(UserError, match="validation only .* --dataset=vqav2"):
+    with pytest.raises(UserError, match="evaluation splits only .* --dataset=vqav2"):
         load_samples("vqav2_hub", "train", hf_dataset=str(both[1]), cache_dir=tmp_path)
 
 
