@@ -166,8 +166,9 @@ def no_answers_markdown(result: dict, tr) -> str:
 
 
 def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "zh") -> str:
-    """The numbers of comparison.json (written by compare_baseline_finetuned.py) as Markdown; every value
-    read from the file is escaped with md_text (the file may hold any text, e.g. a model answer)."""
+    """What comparison.json (written by compare_baseline_finetuned.py) says besides its score table (that
+    one goes to a gr.Dataframe, which shows cells as plain text) as Markdown; every value read from the
+    file is escaped with md_text (the file may hold any text, e.g. a model answer)."""
     tr = texts(lang)
     if result.get("mode") == "no_answers":
         return no_answers_markdown(result, tr)
@@ -183,13 +184,9 @@ def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "
                prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
     if result.get("finetuned") is None:
         out += [tr("cmp_missing_ft", command=COMPARE_COMMAND), ""]
-    header, rows = score_table(result, tr)
-    out.append("| " + " | ".join(md_text(h) for h in header) + " |")
-    out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    out += ["| " + " | ".join(md_text(c).replace("\\|", "&#124;") for c in row) + " |" for row in rows]
     lines = [outcome_line(result, tr) if result.get("outcomes") else None, processing_line(result, tr),
              length_line(result, tr)]
-    out += ["", *(md_text(line) + "  " for line in lines if line)]
+    out += [md_text(line) + "  " for line in lines if line]
     for w in result.get("warnings") or []:
         out += ["", tr("warning_md", text=md_text(w))]
     return "\n".join(out)
@@ -203,25 +200,27 @@ def _case_caption(path: Path, tr) -> str:
 
 
 def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
-    """(markdown, charts, cases, report.html or None) for the comparison tab, read fresh from disk."""
+    """(markdown, score table (header, rows) or None, charts, cases, report.html or None) for the comparison
+    tab, read fresh from disk."""
     tr = texts(lang)
     d = Path(comparisons_dir)
     path = d / "comparison.json"
     if not path.is_file():
         return (tr("cmp_none_heading") + "\n\n" + tr("cmp_none", path=md_text(path), command=COMPARE_COMMAND),
-                [], [], None)
+                None, [], [], None)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         text = comparison_markdown(result, comparisons_dir, lang)
+        table = None if result.get("mode") == "no_answers" else score_table(result, tr)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return (tr("cmp_broken", path=md_text(path), error=md_text(f"{type(e).__name__}: {e}"),
-                   command=COMPARE_COMMAND), [], [], None)
+                   command=COMPARE_COMMAND), None, [], [], None)
     charts = [(str(d / name), tr(title)) for name, title in _CHARTS if (d / name).is_file()]
     listed = (result.get("artefacts") or {}).get("cases")
     case_files = [d / c for c in listed] if listed else sorted((d / "cases").glob("case_*.png"))
     cases = [(str(p), _case_caption(p, tr)) for p in case_files if p.is_file() and p.resolve().is_relative_to(d.resolve())]
     report = d / "report.html"
-    return text, charts, cases, (str(report) if report.is_file() else None)
+    return text, table, charts, cases, (str(report) if report.is_file() else None)
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -309,6 +308,7 @@ def _comparison_tab(gr, tr, opts: DemoOptions) -> dict:
         c["reload"] = gr.Button(tr("reload"), elem_id="comparison_reload", size="sm", scale=0, min_width=120)
         gr.Markdown(tr("comparison_intro", command=COMPARE_COMMAND, folder=md_text(opts.comparisons_dir)))
     c["summary"] = gr.Markdown(elem_id="comparison_summary")
+    c["table"] = gr.Dataframe(interactive=False, visible=False, wrap=True, elem_id="comparison_table")
     c["charts"] = {name: gr.Image(label=tr(title), interactive=False, visible=False, buttons=["fullscreen", "download"],
                                   elem_id="chart_" + name.removesuffix(".png"), elem_classes="chart")
                    for name, title in _CHARTS}
@@ -352,9 +352,11 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
         return (gr.skip() if usable else None), status  # a refused file is taken off the page
 
     def load_comparison():
-        text, chart_files, case_files, report_file = comparison_view(opts.comparisons_dir, opts.lang)
+        text, table, chart_files, case_files, report_file = comparison_view(opts.comparisons_dir, opts.lang)
         found = {Path(path).name: path for path, _ in chart_files}
-        return (text, *(gr.Image(value=found.get(name), visible=name in found) for name, _ in _CHARTS),
+        frame = (gr.Dataframe(value=table[1], headers=table[0], visible=True) if table
+                 else gr.Dataframe(value=None, visible=False))
+        return (text, frame, *(gr.Image(value=found.get(name), visible=name in found) for name, _ in _CHARTS),
                 gr.Gallery(value=case_files, visible=bool(case_files)),
                 gr.File(value=report_file, visible=report_file is not None))
 
@@ -374,7 +376,7 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
         # decoding a picture of up to max_pixels takes memory: two at a time, apart from the model queue
         ask["image"].change(on_upload, ask["image"], [ask["image"], ask["status"]], api_visibility="private",
                             concurrency_limit=2, concurrency_id="preview", show_progress="hidden", preprocess=False)
-        comparison_outputs = [cmp["summary"], *cmp["charts"].values(), cmp["cases"], cmp["report"]]
+        comparison_outputs = [cmp["summary"], cmp["table"], *cmp["charts"].values(), cmp["cases"], cmp["report"]]
         demo.load(load_comparison, None, comparison_outputs, api_name="comparison", concurrency_limit=None)
         cmp["reload"].click(load_comparison, None, comparison_outputs, api_visibility="private", concurrency_limit=None)
     demo.queue(max_size=opts.max_queue, default_concurrency_limit=1)

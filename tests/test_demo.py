@@ -161,9 +161,9 @@ def test_model_calls_are_queued_one_at_a_time(tiny):
 
 
 def test_comparison_view_without_or_with_broken_results(tmp_path):
-    text, charts, cases, report = comparison_view(tmp_path)
+    text, table, charts, cases, report = comparison_view(tmp_path)
     assert "还没有对比结果" in text and "python compare_baseline_finetuned.py" in text
-    assert (charts, cases, report) == ([], [], None)
+    assert (table, charts, cases, report) == (None, [], [], None)
     assert "No comparison results yet" in comparison_view(tmp_path, "en")[0]
     (tmp_path / "comparison.json").write_text("{not json")
     text, *_ = comparison_view(tmp_path)
@@ -531,11 +531,12 @@ def test_browser_comparison_tab_before_and_after_the_compare_script(page, server
     assert inference_demo.run_comparison(str(outputs), str(server["comparisons"]))
     result = json.loads((server["comparisons"] / "comparison.json").read_text())
     page.click("#comparison_reload")
-    page.wait_for_function("document.querySelector('#comparison_summary').innerText.includes('VQA 准确率')")
+    page.wait_for_function("document.querySelector('#comparison_table')?.innerText.includes('VQA 准确率')")
     text = page.inner_text("#comparison_summary")
+    table = page.inner_text("#comparison_table")
     for number in (result["baseline"]["vqa_accuracy"], result["finetuned"]["vqa_accuracy"]):
-        assert f"{number:.2f}" in text, (number, text)
-    assert f"{result['change']['vqa_accuracy']['diff']:+.2f}" in text
+        assert f"{number:.2f}" in table, (number, table)
+    assert f"{result['change']['vqa_accuracy']['diff']:+.2f}" in table
     assert f"对比的题数：{result['n']}" in text
     assert "基线 0 / 6，微调后 1 / 6" in text  # answers changed by the answer processing
     for chart in ("accuracy", "answer_length", "contact_sheet"):  # no demo_images.png: no demo-image rows
@@ -568,12 +569,14 @@ def test_browser_comparison_tab_shows_result_text_as_text(browser, tiny_model_di
         requested = []
         pg.on("request", lambda r: requested.append(r.url))
         pg.click("button[role=tab]:has-text('对比结果')")
-        pg.wait_for_function("document.querySelector('#comparison_summary')?.innerText.includes('VQA')")
+        pg.wait_for_function("document.querySelector('#comparison_table')?.innerText.includes('VQA')")
         pg.wait_for_timeout(1000)  # give any image a moment to be requested
-        summary = pg.locator("#comparison_summary")
+        summary, table = pg.locator("#comparison_summary"), pg.locator("#comparison_table")
         text = summary.inner_text()
-        assert 'src="http://127.0.0.1:9/model.png"' in text and "<form action=" in text and "<b>bold</b>" in text
+        assert 'src="http://127.0.0.1:9/model.png"' in text and "<b>bold</b>" in text
+        assert "<form action=" in table.inner_text()  # the answer type, a cell of the score table
         assert summary.locator("a, form, img, input, button, b").count() == 0
+        assert table.locator("a, form, img, b").count() == 0  # (the table's own sort and copy buttons aside)
         assert not [u for u in requested if "127.0.0.1:9/" in u], requested
         pg.close()
 

@@ -184,8 +184,8 @@ def test_testdev_run_writes_the_evalai_file_and_scores_nothing(tiny_model_dir, a
 
     from src.demo_app import md_text
 
-    text, charts, cases, report_file = comparison_view(report, "en")
-    assert text.startswith("### No answers to compare") and (charts, cases, report_file) == ([], [], None)
+    text, table, charts, cases, report_file = comparison_view(report, "en")
+    assert text.startswith("### No answers to compare") and (table, charts, cases, report_file) == (None, [], [], None)
     assert f"{md_text('vqav2_baseline.jsonl')} is a testdev run" in text and md_text(str(out / EVALAI_FILE)) in text
     zh = comparison_view(report, "zh")[0]
     assert zh.startswith("### 没有可对比的答案") and md_text(str(out / EVALAI_FILE)) in zh and "Test\\-Dev" in zh
