@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -389,22 +388,19 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Pat
     return outdir
 
 
-def main(argv: list[str]) -> None:
-    usage = "usage: python -m src.tiny_model OUTDIR [--pretrain_steps=N]"
-    steps = PRETRAIN_STEPS
-    args = [a for a in argv if not a.startswith("--pretrain_steps=")]
-    for a in argv:
-        if a.startswith("--pretrain_steps="):
-            value = a.split("=", 1)[1]
-            if not value.isdigit():
-                print(f"{usage}\n--pretrain_steps={value}: a whole number of steps, e.g. --pretrain_steps=0", file=sys.stderr)
-                sys.exit(2)
-            steps = int(value)
-    if len(args) != 1 or args[0].startswith("-"):
-        print(usage, file=sys.stderr)
-        sys.exit(2)
-    build_tiny_blip2(args[0], pretrain_steps=steps)
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m src.tiny_model", usage="%(prog)s OUTDIR [--pretrain_steps=N]",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("outdir", help="folder to write the twin into (reused when it already holds one)")
+    parser.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS,
+                        help=f"caption pre-training steps (default {PRETRAIN_STEPS}; 0 = random weights)")
+    args = parser.parse_args(argv)
+    if args.pretrain_steps < 0:
+        parser.error(f"--pretrain_steps={args.pretrain_steps}: a whole number of steps, e.g. --pretrain_steps=0")
+    build_tiny_blip2(args.outdir, pretrain_steps=args.pretrain_steps)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

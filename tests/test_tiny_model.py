@@ -110,3 +110,4 @@ def test_bad_command_lines_say_how(args, tmp_path):
 
     proc = run_script("-m", "src.tiny_model", *args)
     assert proc.returncode == 2 and "usage: python -m src.tiny_model OUTDIR" in proc.stderr
+    assert ("invalid int value: 'x'" if "--pretrain_steps=x" in args else "error:") in proc.stderr
