@@ -41,7 +41,7 @@ def main():
     from src import merging as M
     from src.config import write_config
     from src.errors import UserError
-    from src.files import give_default_permissions
+    from src.files import give_default_permissions, replace_folder
     from src.modeling import (apply_adapter, check_adapter_dir, check_quantization, compute_dtype, default_device,
                               load_blip2, resolve_adapter_dir)
     from src.outputs import check_output_dir, hold_output_lock
@@ -95,7 +95,7 @@ def main():
             (tmp / "README.md").write_text(card, encoding="utf-8")
             give_default_permissions(tmp)  # safetensors writes 0600
             write_config(config, tmp / M.MERGE_CONFIG)  # last: marks the folder as a merged model
-        M.replace_folder(tmp, merged)
+        replace_folder(tmp, merged)
     print(f"merged model saved to {merged} ({total:,} parameters, {MERGE_DTYPE}); it loads without peft: "
           f"load_blip2({str(merged)!r}, \"none\")")
     print(f"next: python create_vqav2_baseline.py --model_id={merged} --quantization=none --run_name=vqav2_merged"

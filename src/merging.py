@@ -11,7 +11,6 @@ the 4-bit layers computed with, so that the merge is onto the weights the adapte
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from string import Template
 
@@ -104,17 +103,6 @@ def cast_for_saving(model, dtype):
         if tensor.is_floating_point():
             tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
     return model
-
-
-def replace_folder(tmp: Path, final: Path) -> None:
-    """Rename the finished folder `tmp` to `final`, replacing what is there: `final` is always either the
-    old folder or the complete new one, never half of one."""
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 CARD = Template("""---

@@ -27,7 +27,7 @@ from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .samples import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .files import DISK_FULL, give_default_permissions, write_json
+from .files import DISK_FULL, give_default_permissions, replace_folder, write_json
 from .prompts import format_prompt
 
 IGNORE_INDEX = -100
@@ -480,12 +480,7 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
         if rows:
             plot_loss(rows, tmp / "loss_curve.png", plot_title)
-    old = adapter_dir.with_name(f".old-{adapter_dir.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if adapter_dir.exists():
-        os.replace(adapter_dir, old)
-    os.replace(tmp, adapter_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, adapter_dir)
 
 
 # --- experiment tracking (accelerate's trackers) -------------------------------------------------

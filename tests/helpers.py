@@ -143,3 +143,23 @@ def module_fixture(fn):
 
     MODULE_FIXTURES.add(fn.__name__)
     return pytest.fixture(scope="module")(fn)
+
+
+def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_proj")) -> Path:
+    """A LoRA adapter saved as the fine-tuning script saves it, with random weights big enough to change
+    the answers (seeded: the same adapter every time)."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration
+
+    from src.training import LoraSettings, add_lora, save_adapter_weights
+
+    model = Blip2ForConditionalGeneration.from_pretrained(model_dir)
+    model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=tuple(target_modules),
+                                         scope="language_model"), gradient_checkpointing=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 2.0)
+    save_adapter_weights(model, folder)
+    return folder

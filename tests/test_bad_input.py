@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, module_fixture, run_script
+from helpers import REPO, assert_one_line_error, module_fixture, random_adapter, run_script
 from src.config import EMPTY_MEANS, apply_overrides, script_settings
 from src.errors import UserError
 
@@ -253,22 +253,8 @@ def test_damaged_model_folders_name_the_file(tiny_model_dir, tmp_path, case, dam
 @module_fixture
 def strong_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter saved as the fine-tuning script saves it, with weights big enough to change answers."""
-    import torch
-    from transformers import Blip2ForConditionalGeneration
-
-    from src.training import LoraSettings, add_lora, save_adapter_weights
-
     folder = tmp_path_factory.mktemp("adapter") / "lora_adapter"
-    model = Blip2ForConditionalGeneration.from_pretrained(tiny_model_dir)
-    model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj", "fc2"),
-                                         scope="language_model"), gradient_checkpointing=False)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 2.0)
-    save_adapter_weights(model, folder)
-    return folder
+    return random_adapter(tiny_model_dir, folder, ("q_proj", "v_proj", "fc2"))
 
 
 def _mini_infer(tiny_model_dir, out: Path, *args) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, killed_at_marker, module_fixture, run_script, start_script
+from helpers import REPO, assert_one_line_error, killed_at_marker, module_fixture, random_adapter, run_script, start_script
 
 from src.data import load_samples, submission_question_ids
 from src.errors import UserError
@@ -59,22 +59,8 @@ def official_test_data(tmp_path_factory) -> Path:
 @module_fixture
 def adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter saved as the fine-tuning script saves it (random weights: it changes answers)."""
-    import torch
-    from transformers import Blip2ForConditionalGeneration
-
-    from src.training import LoraSettings, add_lora, save_adapter_weights
-
     folder = tmp_path_factory.mktemp("adapter") / "lora_adapter"
-    model = Blip2ForConditionalGeneration.from_pretrained(tiny_model_dir)
-    model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"),
-                                         scope="language_model"), gradient_checkpointing=False)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 2.0)
-    save_adapter_weights(model, folder)
-    return folder
+    return random_adapter(tiny_model_dir, folder, ("q_proj", "v_proj"))
 
 
 def baseline(model: str, data_dir: Path, out: Path, *args, check: bool = False):
