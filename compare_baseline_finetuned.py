@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 from src.charts import ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, length_chart, setup_matplotlib
-from src.compare import (check_result_rows, check_same_setup, compare_rows, count_stored_mismatches, coverage, index_by_question_id,
-                         length_stats, score_baseline_only, select_cases, settings_of)
+from src.compare import (bootstrap_clusters, check_result_rows, check_same_setup, compare_rows, count_stored_mismatches,
+                         coverage, index_by_question_id, length_stats, score_baseline_only, select_cases, settings_of)
 from src.config import apply_overrides, write_config
 from src.data import TEST_SPLITS, evalai_file_name, no_answers_line
 from src.errors import UserError, run_main
@@ -268,6 +268,7 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
         check_same_setup(settings["baseline"], settings["finetuned"], warns)
     else:
         numbers, pairs = score_baseline(base_rows, base_path)
+    clusters = numbers.get("clusters") or bootstrap_clusters(pairs)[1]  # what the intervals resampled
     for who, n in numbers["stored_score_mismatches"].items():
         if n:
             warns.append(f"{n} {who} rows store a VQA accuracy / exact match that differs from src/vqa_eval.py; "
@@ -287,8 +288,8 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
         **numbers,
         "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs]),
                           "finetuned": length_stats([p["finetuned_answer"] for p in pairs]) if comparing else None},
-        "bootstrap": {"method": "paired percentile bootstrap over questions", "confidence": 0.95,
-                      "n_resamples": BOOTSTRAP_RESAMPLES, "seed": SEED},
+        "bootstrap": {"method": f"paired percentile bootstrap over {clusters['unit']}s", "confidence": 0.95,
+                      "n_resamples": BOOTSTRAP_RESAMPLES, "seed": SEED, "clusters": clusters},
         "cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()},
         "cases_per_group": CASES_PER_GROUP,
         "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,

@@ -29,25 +29,37 @@ _LENGTH_BINS = 10  # answer-length histogram bins: 0..9 words and "10+"
 _SETTING_KEYS = ("model_id", "adapter", "prompt", "decoding")
 
 
-def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float],
-                     n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n_resamples: int = 1000,
+                     seed: int = 0, clusters: Sequence | None = None) -> tuple[float, float, float]:
     """Mean change ft - base and its 95% percentile interval, in percentage points.
 
-    `base_scores[i]` and `ft_scores[i]` are one question's scores in [0, 1] under the two models.
-    Each resample draws n question indices with replacement (the same indices for both models,
-    which is what makes it paired) from `np.random.default_rng(seed).integers(0, n, (n_resamples, n))`
-    and takes the mean of the per-question differences; the interval is the 2.5th and 97.5th
-    percentiles (numpy's default linear interpolation) of those means, times 100."""
+    `base_scores[i]` and `ft_scores[i]` are one question's scores in [0, 1] under the two models, and
+    `clusters[i]` its cluster: the image it asks about (VQAv2 asks about 5.3 questions per image, and
+    the answers about one image go together), or None for one cluster per question. Clusters are numbered
+    in order of first appearance; each resample draws C cluster numbers with replacement (the same for
+    both models, which is what makes it paired) from `np.random.default_rng(seed).integers(0, C,
+    (n_resamples, C))` and takes the mean difference over all the questions of the drawn clusters (their
+    summed differences over their summed question counts). The interval is the 2.5th and 97.5th
+    percentiles (numpy's default linear interpolation) of those means, times 100. With one question
+    per cluster this is the plain paired bootstrap over questions."""
     base = np.asarray(base_scores, dtype=np.float64)
     ft = np.asarray(ft_scores, dtype=np.float64)
     if base.ndim != 1 or base.shape != ft.shape:
         raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists, got {base.shape} and {ft.shape}")
-    n = base.size
-    if n == 0:
+    if base.size == 0:
         raise ValueError("paired_bootstrap needs at least one question")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     diff = ft - base
+    if clusters is None:
+        sums, counts = diff, np.ones_like(diff)
+    else:
+        if len(clusters) != diff.size:
+            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
+        number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
+        ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
+        sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
+    n = sums.size
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples, dtype=np.float64)
     per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
@@ -55,9 +67,18 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float],
     for start in range(0, n_resamples, per_chunk):
         stop = min(n_resamples, start + per_chunk)
         idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diff[idx].mean(axis=1)
+        means[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(100 * diff.mean()), float(100 * low), float(100 * high)
+
+
+def bootstrap_clusters(pairs: Sequence[dict]) -> tuple[list | None, dict]:
+    """(the cluster of each pair for paired_bootstrap, {"unit", "n"}): the pairs' images when every pair
+    names one, else one cluster per question (result files without image_id)."""
+    images = [p.get("image_id") for p in pairs]
+    if pairs and all(i is not None for i in images):
+        return images, {"unit": "image", "n": len(set(images))}
+    return None, {"unit": "question", "n": len(pairs)}
 
 
 def is_scorable(row: dict) -> bool:
@@ -164,10 +185,11 @@ def _metrics(scored: dict) -> dict:
 
 
 def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
+    clusters, _ = bootstrap_clusters(pairs)
     out = {}
     for metric, key in (("vqa_accuracy", "vqa"), ("exact_match", "em")):
         diff, low, high = paired_bootstrap([p[f"baseline_{key}"] for p in pairs],
-                                           [p[f"finetuned_{key}"] for p in pairs], n_resamples, seed)
+                                           [p[f"finetuned_{key}"] for p in pairs], n_resamples, seed, clusters)
         out[metric] = {"diff": round(diff, 2), "low": round(low, 2), "high": round(high, 2)}
     return out
 
@@ -195,6 +217,7 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
          "baseline" / "finetuned": {"vqa_accuracy": %, "exact_match": %, "n", "per_answer_type"},
          "change": {"vqa_accuracy": {"diff", "low", "high"}, "exact_match": {...},   # points, 95% CI
                     "per_answer_type": {type: {"n", "vqa_accuracy": {...}, "exact_match": {...}}}},
+         "clusters": {"unit": "image" (or "question" without image ids), "n": images resampled},
          "outcomes": {"better", "worse", "same", "answer_changed", "per_answer_type": {type: {...}}},
          "answer_processing": {"baseline" / "finetuned": processing_changes(...) of the compared rows},
          "pairs": [one dict per compared question, by question_id: question_id, image_id, image_path,
@@ -225,7 +248,7 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
         "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]},
     }
     if not kept:
-        return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None,
+        return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None, "clusters": None,
                 "answer_processing": None, "pairs": []}
 
     base_list = [b for b, _ in kept]
@@ -256,7 +279,7 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
                                  for t, ps in sorted(by_type.items())}
     outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
     return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
-            "change": change, "outcomes": outcomes,
+            "change": change, "outcomes": outcomes, "clusters": bootstrap_clusters(pairs)[1],
             "answer_processing": {"baseline": processing_changes(base_list), "finetuned": processing_changes(ft_list)},
             "pairs": pairs}
 

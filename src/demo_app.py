@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data import EVALAI_PHASES
 from .errors import UserError
-from .formatting import group_title, length_line, outcome_line, processing_line, score_table
+from .formatting import group_title, interval_line, length_line, outcome_line, processing_line, score_table
 from .i18n import texts
 from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
@@ -184,8 +184,9 @@ def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "
                prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
     if result.get("finetuned") is None:
         out += [tr("cmp_missing_ft", command=COMPARE_COMMAND), ""]
-    lines = [outcome_line(result, tr) if result.get("outcomes") else None, processing_line(result, tr),
-             length_line(result, tr)]
+    comparing = result.get("finetuned") is not None and result.get("outcomes")
+    lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
+             interval_line(result, tr) if comparing and result.get("bootstrap") else None]
     out += [md_text(line) + "  " for line in lines if line]
     for w in result.get("warnings") or []:
         out += ["", tr("warning_md", text=md_text(w))]

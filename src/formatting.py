@@ -146,9 +146,17 @@ def length_line(result: dict, tr: Callable[..., str]) -> str | None:
     return line
 
 
+def bootstrap_unit(clusters: dict | None, n: int, tr: Callable[..., str]) -> str:
+    """What the interval's bootstrap resamples ("按图片整组重采样（N 张图片…）"); comparison.json files
+    written before clustering have no clusters and resampled questions."""
+    clusters = clusters or {"unit": "question", "n": n}
+    return tr(f"unit_{clusters['unit']}", n=f"{clusters['n']:,}")
+
+
 def interval_line(result: dict, tr: Callable[..., str]) -> str:
     b = result["bootstrap"]
-    return tr("interval", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"])
+    return tr("interval", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"],
+              unit=bootstrap_unit(b.get("clusters"), result["n"], tr))
 
 
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
@@ -185,6 +193,6 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
 def console_comparison(cmp: dict, tr: Callable[..., str]) -> str:
     """What evaluate_vqav2_finetuned.py prints after its run: the headline table of compare_rows' result."""
     out = [f"===== {tr('console_heading', n=cmp['n'])} =====", *text_table(*score_table(cmp, tr)),
-           tr("console_interval"), outcome_line(cmp, tr)]
+           tr("console_interval", unit=bootstrap_unit(cmp.get("clusters"), cmp["n"], tr)), outcome_line(cmp, tr)]
     line = processing_line(cmp, tr)
     return "\n".join(out + ([line] if line else []))

@@ -35,7 +35,9 @@ _ZH = {
     "processing_both": "答案后处理（官方 VQA 规范化）改动的回答：基线 {base} / {total}，微调后 {ft} / {total}",
     "mean_length": "平均回答长度（词）：基线 {base}",
     "mean_length_ft": "，微调后 {ft}",
-    "interval": "置信区间：对题目做 {confidence} 配对百分位 bootstrap，重采样 {resamples} 次，随机种子 {seed}",
+    "interval": "置信区间：{confidence} 配对百分位 bootstrap，{unit}，重采样 {resamples} 次，随机种子 {seed}",
+    "unit_image": "按图片整组重采样（{n} 张图片：同一张图片的题目一起抽取）",
+    "unit_question": "按题目重采样（{n} 道题：结果文件里没有 image_id）",
     "partial": "部分对比（--allow_partial=True）：只对比两份文件共有的 {common} 个题号（仅基线有 {only_base} 个，"
                "仅微调后有 {only_ft} 个，已略去）",
     "missing_ft": "缺少微调结果 {path}；请先运行 `python evaluate_vqav2_finetuned.py`，再重新运行本脚本",
@@ -44,7 +46,7 @@ _ZH = {
     "none": "无",
     "warning": "警告：{text}",
     "console_heading": "基线 vs 微调后，同样的 {n} 道题",
-    "console_interval": "变化：百分点，方括号内是 95% 置信区间（对题目做配对 bootstrap）",
+    "console_interval": "变化：百分点，方括号内是 95% 置信区间（配对 bootstrap，{unit}）",
     # --- groups of example cases
     "group_improved": "变好",
     "group_worsened": "变差",
@@ -117,8 +119,8 @@ _ZH = {
     "outcome_worse": "变差",
     "outcome_same": "不变",
     "raw_label": "原文",
-    "report_footer": "分数：官方 VQA 准确率（src/vqa_eval.py），由回答重新计算。置信区间：对题目做 {confidence} 配对百分位 "
-                     "bootstrap，重采样 {resamples} 次，随机种子 {seed}。由 compare_baseline_finetuned.py 生成。",
+    "report_footer": "分数：官方 VQA 准确率（src/vqa_eval.py），由回答重新计算。置信区间：{confidence} 配对百分位 "
+                     "bootstrap，{unit}，重采样 {resamples} 次，随机种子 {seed}。由 compare_baseline_finetuned.py 生成。",
     # --- the demo
     "demo_title": "BLIP-2 零样本 vs QLoRA 微调",
     "demo_heading": "## BLIP-2 视觉问答演示\n{who} · {mode}",
@@ -199,7 +201,9 @@ _EN = {
                        "baseline {base} of {total}, fine-tuned {ft} of {total}",
     "mean_length": "answer length, mean words: baseline {base}",
     "mean_length_ft": ", fine-tuned {ft}",
-    "interval": "interval: {confidence} paired percentile bootstrap over questions, {resamples} resamples, seed {seed}",
+    "interval": "interval: {confidence} paired percentile bootstrap, {unit}, {resamples} resamples, seed {seed}",
+    "unit_image": "resampling whole images ({n} images: the questions about one image are drawn together)",
+    "unit_question": "resampling questions ({n} questions: the result files have no image_id)",
     "partial": "PARTIAL COMPARISON (--allow_partial=True): only the {common} question ids present in both files are "
                "compared ({only_base} only in baseline, {only_ft} only in fine-tuned are left out)",
     "missing_ft": "fine-tuned: MISSING {path}; create it with `python evaluate_vqav2_finetuned.py`, then rerun this script",
@@ -208,7 +212,7 @@ _EN = {
     "none": "none",
     "warning": "warning: {text}",
     "console_heading": "baseline vs fine-tuned on the same {n} questions",
-    "console_interval": "change: points, in brackets its 95% interval (paired bootstrap over questions)",
+    "console_interval": "change: points, in brackets its 95% interval (paired bootstrap, {unit})",
     "group_improved": "improved",
     "group_worsened": "worsened",
     "group_unchanged": "unchanged",
@@ -282,7 +286,7 @@ _EN = {
     "outcome_same": "unchanged",
     "raw_label": "raw",
     "report_footer": "Scores: official VQA accuracy (src/vqa_eval.py), recomputed from the answers. Intervals: "
-                     "{confidence} paired percentile bootstrap over questions, {resamples} resamples, seed {seed}. "
+                     "{confidence} paired percentile bootstrap, {unit}, {resamples} resamples, seed {seed}. "
                      "Written by compare_baseline_finetuned.py.",
     "demo_title": "BLIP-2 zero-shot vs QLoRA fine-tuned",
     "demo_heading": "## BLIP-2 VQA demo\n{who} · {mode}",

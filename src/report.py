@@ -16,7 +16,8 @@ from typing import Callable
 
 from .charts import ImageCache
 from .compare import group_members
-from .formatting import clip, group_title, gt_summary, length_line, processing_line, score_table, signed
+from .formatting import (bootstrap_unit, clip, group_title, gt_summary, length_line, processing_line, score_table,
+                         signed)
 from .i18n import texts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -144,6 +145,7 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         case_groups=_case_groups(result, pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
         demo_rows=[{**row, "thumb": thumbs.cell(row["image_path"])} for row in demo_rows],
         demo_missing=_demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr), filters=filters,
-        footer=tr("report_footer", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"]))
+        footer=tr("report_footer", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"],
+                  unit=bootstrap_unit(b.get("clusters"), result["n"], tr)))
     context["thumb_rules"] = thumbs.rules()  # after every cell above has registered its picture
     return env.get_template("report.html.j2").render(**context)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import module_fixture
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -174,6 +176,20 @@ def run(output_dir: Path, report_dir: Path, *extra: str) -> subprocess.Completed
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+def clustered_interval(diffs, images, n_resamples: int, seed: int) -> tuple[float, float]:
+    """The documented image-clustered bootstrap, written out: images numbered by first appearance, each
+    resample draws that many image numbers (numpy's integers, the documented draw) and averages the
+    differences of every question of the drawn images; 2.5th and 97.5th percentiles, in points."""
+    order = list(dict.fromkeys(images))
+    members = {image: [d for d, i in zip(diffs, images) if i == image] for image in order}
+    means = []
+    for row in np.random.default_rng(seed).integers(0, len(order), size=(n_resamples, len(order))):
+        drawn = [d for k in row for d in members[order[k]]]
+        means.append(sum(drawn) / len(drawn))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return 100 * low, 100 * high
+
+
 def expected(base: list[dict], ft: list[dict]) -> dict:
     """The numbers the report must show, question by question with the scorer's per-question functions."""
     ft_by_id = {r["question_id"]: r for r in ft}
@@ -183,14 +199,14 @@ def expected(base: list[dict], ft: list[dict]) -> dict:
         if f is None or b["error"] or f["error"]:
             continue
         per.append((b["answer_type"], vqa_accuracy(b["answer"], b["gt_answers"]), vqa_accuracy(f["answer"], b["gt_answers"]),
-                    exact_match(b["answer"], b["gt_answers"]), exact_match(f["answer"], b["gt_answers"])))
+                    exact_match(b["answer"], b["gt_answers"]), exact_match(f["answer"], b["gt_answers"]), b["image_id"]))
 
     def stats(items):
-        a = np.array([p[1:] for p in items])
+        a = np.array([p[1:5] for p in items])
         return {"n": len(items), "base_vqa": 100 * a[:, 0].mean(), "ft_vqa": 100 * a[:, 1].mean(),
                 "base_em": 100 * a[:, 2].mean(), "ft_em": 100 * a[:, 3].mean(),
                 "better": int((a[:, 1] > a[:, 0]).sum()), "worse": int((a[:, 1] < a[:, 0]).sum()),
-                "same": int((a[:, 1] == a[:, 0]).sum()), "vqa_diffs": a[:, 1] - a[:, 0]}
+                "same": int((a[:, 1] == a[:, 0]).sum()), "vqa_diffs": a[:, 1] - a[:, 0], "images": [p[5] for p in items]}
 
     out = {"overall": stats(per)}
     for t in ("yes/no", "number", "other"):
@@ -233,7 +249,7 @@ class ReportParser(HTMLParser):
         self.text.append(data)
 
 
-@pytest.fixture(scope="module")
+@module_fixture
 def full_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     out, report = tmp / "outputs", tmp / "report"
@@ -247,6 +263,7 @@ def full_run(tmp_path_factory):
     return {"report": report, "base": base, "ft": ft, "proc": proc}
 
 
+@pytest.mark.slow
 def test_every_artefact_exists_and_pngs_are_images(full_run):
     report = full_run["report"]
     for name in ("summary.txt", "comparison.json", "report.html", "config.json", "accuracy.png",
@@ -264,6 +281,7 @@ def test_every_artefact_exists_and_pngs_are_images(full_run):
     assert config["cases_per_group"] == 4 and config["report_dir"] == str(report)
 
 
+@pytest.mark.slow
 def test_numbers_equal_an_independent_computation(full_run):
     report, exp = full_run["report"], expected(full_run["base"], full_run["ft"])
     data = json.loads((report / "comparison.json").read_text())
@@ -304,12 +322,13 @@ def test_numbers_equal_an_independent_computation(full_run):
     m = re.search(r"变好 (\d+)，变差 (\d+)，不变 (\d+)", summary)
     assert (int(m[1]), int(m[2]), int(m[3])) == (o["better"], o["worse"], o["same"])
 
-    # the interval is the documented paired percentile bootstrap, recomputed here with numpy
-    d = exp["overall"]["vqa_diffs"]
-    idx = np.random.default_rng(0).integers(0, len(d), size=(1000, len(d)))
-    low, high = np.percentile(d[idx].mean(axis=1), [2.5, 97.5]) * 100
+    # the interval is the documented image-clustered paired percentile bootstrap, recomputed here loop by loop
+    low, high = clustered_interval(exp["overall"]["vqa_diffs"], exp["overall"]["images"], 1000, 0)
     assert data["change"]["vqa_accuracy"]["low"] == pytest.approx(low, abs=0.006)
     assert data["change"]["vqa_accuracy"]["high"] == pytest.approx(high, abs=0.006)
+    images = len(set(exp["overall"]["images"]))
+    assert data["bootstrap"]["clusters"] == {"unit": "image", "n": images} and 1 < images < 40
+    assert f"按图片整组重采样（{images} 张图片" in summary
 
 
 def test_report_html_is_complete_escaped_and_offline(full_run):
@@ -328,6 +347,8 @@ def test_report_html_is_complete_escaped_and_offline(full_run):
     assert "script" not in parser.tags and "b" not in parser.tags
     text = "".join(parser.text)
     assert MARKUP_QUESTION in text and SCRIPT_ANSWER in text and CHINESE_QUESTION in text
+    images = json.loads((full_run["report"] / "comparison.json").read_text())["bootstrap"]["clusters"]["n"]
+    assert f"按图片整组重采样（{images} 张图片" in text  # what the intervals resampled, in the footer
     # self-contained: every image inline, nothing fetched from the network
     assert parser.srcs and all(s.startswith("data:image/") for s in parser.srcs)
     urls = re.findall(r"url\(([^)]*)\)", raw)
@@ -339,6 +360,7 @@ def test_report_html_is_complete_escaped_and_offline(full_run):
     assert "COCO_val2014_000000000042.jpg" in text
 
 
+@pytest.mark.slow
 def test_baseline_only_report(tmp_path):
     out, report = tmp_path / "outputs", tmp_path / "report"
     out.mkdir()
@@ -375,6 +397,7 @@ def test_different_question_ids_fail_with_counts(tmp_path):
     assert not (tmp_path / "report" / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_allow_partial_compares_the_intersection(tmp_path):
     out, report = tmp_path / "outputs", tmp_path / "report"
     out.mkdir()
@@ -419,6 +442,48 @@ def test_paired_bootstrap_matches_numpy_and_is_deterministic():
     assert low <= mean <= high and low < high
 
 
+def test_clustered_interval_is_wider_when_an_images_questions_move_together():
+    """40 images x 5 questions, each image's questions all improved or all worsened together: resampling
+    images gives the honest, wider interval; resampling questions as if independent is too narrow. Both
+    equal the loops written out here."""
+    rng = np.random.default_rng(5)
+    images = [i for i in range(40) for _ in range(5)]
+    moves = rng.choice([-1.0, 0.0, 1.0], size=40, p=[0.25, 0.35, 0.4])  # per image
+    base = np.full(200, 0.5)
+    ft = np.clip(base + 0.5 * moves[np.array(images)], 0, 1)
+    mean, low, high = paired_bootstrap(base, ft, n_resamples=1000, seed=3, clusters=images)
+    _, naive_low, naive_high = paired_bootstrap(base, ft, n_resamples=1000, seed=3)
+    assert high - low > 1.8 * (naive_high - naive_low) > 0
+    ref_low, ref_high = clustered_interval(ft - base, images, 1000, 3)
+    assert (low, high) == (pytest.approx(ref_low, abs=1e-9), pytest.approx(ref_high, abs=1e-9))
+    ref_low, ref_high = clustered_interval(ft - base, list(range(200)), 1000, 3)  # one question per image
+    assert (naive_low, naive_high) == (pytest.approx(ref_low, abs=1e-9), pytest.approx(ref_high, abs=1e-9))
+    assert mean == pytest.approx(100 * (ft - base).mean())
+    # any labels work, in order of first appearance; a label per question is the plain bootstrap
+    named = [f"COCO_{i:06d}" for i in images]
+    assert paired_bootstrap(base, ft, n_resamples=1000, seed=3, clusters=named) == (mean, low, high)
+    assert paired_bootstrap(base, ft, n_resamples=1000, seed=3, clusters=range(200)) == (mean, naive_low, naive_high)
+    with pytest.raises(ValueError):
+        paired_bootstrap(base, ft, clusters=images[:-1])
+
+
+def test_rows_without_image_ids_resample_questions_and_say_so():
+    from src.formatting import console_comparison
+    from src.i18n import texts
+
+    base, ft = make_rows()
+    with_images = compare_rows(base, ft, n_resamples=200, seed=0)
+    assert with_images["clusters"]["unit"] == "image"
+    for rows in (base, ft):
+        for r in rows:
+            r.pop("image_id")
+    cmp = compare_rows(base, ft, n_resamples=200, seed=0)
+    assert cmp["clusters"] == {"unit": "question", "n": cmp["n"]} == {"unit": "question", "n": 40}
+    assert cmp["change"]["vqa_accuracy"]["diff"] == with_images["change"]["vqa_accuracy"]["diff"]
+    assert "resampling questions (40 questions: the result files have no image_id)" in console_comparison(cmp, texts("en"))
+    assert "按题目重采样（40 道题" in console_comparison(cmp, texts("zh"))
+
+
 def test_paired_bootstrap_zero_width_when_all_differences_equal():
     mean, low, high = paired_bootstrap([0.0, 1 / 3, 0.5, 0.0], [0.25, 7 / 12, 0.75, 0.25], n_resamples=200, seed=0)
     assert mean == pytest.approx(25.0) and low == pytest.approx(25.0) and high == pytest.approx(25.0)
@@ -439,6 +504,7 @@ def test_compare_rows_joins_on_question_id():
     assert set(result["outcomes"]["per_answer_type"]) == {"yes/no", "number", "other"}
 
 
+@pytest.mark.slow
 def test_report_goes_under_the_output_dir_when_one_is_given(tmp_path):
     base, ft = make_rows()
     write_jsonl(tmp_path / "vqav2_baseline.jsonl", base)
@@ -487,6 +553,7 @@ def test_report_opens_with_numbers_and_folds_the_cases(full_run):
     assert re.search(r'<details id="questions">\s*<summary>全部题目（40）</summary>', raw)
 
 
+@pytest.mark.slow
 def test_english_report_summary_and_console(tmp_path):
     out, report = tmp_path / "outputs", tmp_path / "report"
     out.mkdir()
@@ -517,6 +584,7 @@ def test_evaluate_console_table_uses_the_same_numbers():
     cmp = compare_rows(base, ft, n_resamples=100, seed=0)
     text = console_comparison(cmp, texts("en"))
     assert "baseline vs fine-tuned on the same 40 questions" in text and "95% interval" in text
+    assert f"resampling whole images ({cmp['clusters']['n']} images" in text
     cells = summary_rows(text)["overall"]
     assert cells[1:4] == ["40", f"{cmp['baseline']['vqa_accuracy']:.2f}", f"{cmp['finetuned']['vqa_accuracy']:.2f}"]
     c = cmp["change"]["vqa_accuracy"]

@@ -538,6 +538,7 @@ def test_browser_comparison_tab_before_and_after_the_compare_script(page, server
         assert f"{number:.2f}" in table, (number, table)
     assert f"{result['change']['vqa_accuracy']['diff']:+.2f}" in table
     assert f"对比的题数：{result['n']}" in text
+    assert f"按图片整组重采样（{result['bootstrap']['clusters']['n']} 张图片" in text  # what the intervals resampled
     assert "基线 0 / 6，微调后 1 / 6" in text  # answers changed by the answer processing
     for chart in ("accuracy", "answer_length", "contact_sheet"):  # no demo_images.png: no demo-image rows
         page.wait_for_selector(f"#chart_{chart} img")
