@@ -5,14 +5,19 @@ expensive fixture stay on one worker: those of the README quick start as one gro
 whose tests share a module-scoped fixture as another; all other tests are dealt out one by one. Each
 worker, and every script it starts, uses one CPU thread, so two workers fill two cores without
 fighting over them. `python -m pytest -n 0` runs everything in one process.
+
+The groups reach xdist's scheduler through a file, not xdist's own `xdist_group` suffix on the test
+ids: under pytest 9 that suffix is never added (xdist 3.8 sets `item._nodeid`, which pytest 9 no longer
+reads), so `--dist loadgroup` alone would spread a group over both workers and build its fixtures twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +33,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per scrip
     torch.set_num_threads(1)
 
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
+GROUPS_FILE = pytest.StashKey[str]()  # where the workers write {test id: group} for the controller's scheduler
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without workers)
+        config.stash[GROUPS_FILE] = os.path.join(tempfile.mkdtemp(prefix="pytest-groups-"), "groups")
+
+
+def pytest_configure_node(node):  # xdist, in the controller: tell each worker where the groups go
+    node.workerinput["groups_file"] = node.config.stash[GROUPS_FILE]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup with the groups the workers wrote: a group's tests go to one worker, in the order
+    collected; every other test is a scope of its own (dealt out one by one)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    path, groups = config.stash[GROUPS_FILE], {}
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if not groups:
+                for part in Path(path).parent.glob("groups.*"):
+                    groups.update(json.loads(part.read_text()))
+            return groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -57,6 +91,10 @@ def pytest_collection_modifyitems(config, items):
         return 2 if group else 3  # the big groups before the single tests, so the two workers end together
 
     items.sort(key=order)  # pytest.ini turns off xdist's own reordering (largest group first)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # written before the worker reports its collection, so before scheduling
+        groups = {item.nodeid: "group:" + m.args[0] for item in items if (m := item.get_closest_marker("xdist_group"))}
+        Path(f"{workerinput['groups_file']}.{workerinput['workerid']}").write_text(json.dumps(groups))
 
 
 @pytest.fixture(scope="session")
