@@ -49,7 +49,7 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, load_samples, read_frozen_sample,
+    from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, hub_record, load_samples, read_frozen_sample,
                           submission_question_ids)
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
     from src.modeling import check_quantization, load_blip2, make_accelerator
@@ -65,6 +65,8 @@ def main():
         # 1. the data, and the sample drawn once and frozen: every rerun and the fine-tuned evaluation reuse it
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
                                cache_dir=out_dir)
+        if DATASET == "vqav2_hub":  # the dataset and commit read (the default may have moved): in _config.json
+            config["hub_source"] = hub_record(out_dir, SPLIT)
         submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
                                                  hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
         n = MAX_TEST_SAMPLES if testing else MAX_SAMPLES

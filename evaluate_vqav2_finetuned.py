@@ -46,7 +46,7 @@ DEBUG = False
 
 def main():
     config = apply_overrides(globals())
-    from src.data import (TEST_SPLITS, evalai_file_name, load_samples, no_answers_line, read_frozen_sample,
+    from src.data import (TEST_SPLITS, evalai_file_name, hub_record, load_samples, no_answers_line, read_frozen_sample,
                           submission_question_ids)
     from src.errors import UserError
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
@@ -76,6 +76,8 @@ def main():
         # 1. the data, and the baseline's frozen sample
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
                                cache_dir=out_dir)
+        if DATASET == "vqav2_hub":  # the dataset and commit read (the default may have moved): in _config.json
+            config["hub_source"] = hub_record(out_dir, SPLIT)
         chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
         submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
                                                  hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None

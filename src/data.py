@@ -76,6 +76,16 @@ def hub_cache_dir(cache_dir: str | Path | None, split: str) -> Path | None:
     return Path(cache_dir) / split
 
 
+def hub_record(cache_dir: str | Path, split: str) -> dict | None:
+    """For a run config: the hub dataset and commit a vqav2_hub split was read from (the default
+    lmms-lab/VQAv2 may have been read from where it moved), or None before the first read."""
+    from .hub_data import hub_source
+
+    source = hub_source(hub_cache_dir(cache_dir, split))
+    return None if source is None else {"dataset": source.get("used_dataset", source.get("hf_dataset")),
+                                        "revision": source.get("revision")}
+
+
 def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_dataset: str = "lmms-lab/VQAv2",
                  hf_revision: str = "", cache_dir: str | Path | None = None) -> list[VQASample]:
     """All samples of a split, ordered by question_id. Every entry is checked before any model loads.

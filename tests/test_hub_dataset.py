@@ -500,3 +500,5 @@ def test_baseline_from_a_rate_limiting_mirror_without_the_default_repo(both, tin
         assert (r["question"], r["gt_answers"], r["image_id"]) == (s.question, s.answers, s.image_id)
         assert Path(r["image_path"]).read_bytes() == json_image_bytes(json_dir, r["image_id"])
     assert hub_source(tmp_path / "out")["used_dataset"] == MOVED
+    config = json.loads((tmp_path / "out" / "vqav2_baseline_config.json").read_text())
+    assert config["hub_source"] == {"dataset": MOVED, "revision": hub_source(tmp_path / "out")["revision"]}
