@@ -11,7 +11,7 @@ Reuses the frozen sample <output_dir>/vqav2_sample_ids.json, the same prompt and
 the base model with the adapter in ADAPTER_DIR (default <output_dir>/lora_adapter), and writes
 vqav2_finetuned.jsonl, vqav2_finetuned_metrics.json and vqav2_finetuned_results.json. Then prints
 exact match and VQA accuracy of baseline and fine-tuned with the change, per answer type, the paired
-bootstrap 95% interval of the change, how many questions got better / worse / stayed, and N_CASES
+bootstrap 95% interval of the change (resampling whole images), how many questions got better / worse / stayed, and N_CASES
 random cases side by side. ADAPTER_DIR="" is refused: the base model's run is create_vqav2_baseline.py.
 --split=testdev / --split=test (after create_vqav2_baseline.py with that split and --output_dir): the
 baseline's questions are answered, nothing is scored or compared (no public answers), and

@@ -233,14 +233,15 @@ def _change_panel(ax, groups, labels, change, tr) -> None:
                             color=colour, capsize=3, markersize=5, label=tr(metric) if xi == 0 else None)
     ax.axhline(0, color="#616161", linewidth=0.8)
     ax.set_xticks(x, labels, fontsize=8)
-    ax.set_title(tr("chart_change_title"), fontsize=10)
+    unit = (change.get("clusters") or {"unit": "question"})["unit"]  # older changes resampled questions
+    ax.set_title(tr("chart_change_title", unit=tr(f"chart_unit_{unit}")), fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
 
 
 def accuracy_chart(plt, base: dict, ft: dict | None, change: dict | None, out: Path, tr) -> None:
     """accuracy.png: VQA accuracy and exact match before / after, overall and per answer type, and the
-    change with its interval."""
+    change with its interval (the title says what its bootstrap resampled: images or questions)."""
     groups = [None, *type_order(base["per_answer_type"])]
     labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
               for g in groups]

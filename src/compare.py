@@ -52,7 +52,7 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     diff = ft - base
     if clusters is None:
-        sums, counts = diff, np.ones_like(diff)
+        sums, counts = diff, None  # every draw holds exactly n questions
     else:
         if len(clusters) != diff.size:
             raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
@@ -67,14 +67,16 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
     for start in range(0, n_resamples, per_chunk):
         stop = min(n_resamples, start + per_chunk)
         idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+        drawn = n if counts is None else counts[idx].sum(axis=1)
+        means[start:stop] = sums[idx].sum(axis=1) / drawn
     low, high = np.percentile(means, [2.5, 97.5])
     return float(100 * diff.mean()), float(100 * low), float(100 * high)
 
 
 def bootstrap_clusters(pairs: Sequence[dict]) -> tuple[list | None, dict]:
     """(the cluster of each pair for paired_bootstrap, {"unit", "n"}): the pairs' images when every pair
-    names one, else one cluster per question (result files without image_id)."""
+    names one, else one cluster per question (result files written before rows carried image_id). A file
+    with some rows lacking it resamples questions too: an image count that leaves some out would mislead."""
     images = [p.get("image_id") for p in pairs]
     if pairs and all(i is not None for i in images):
         return images, {"unit": "image", "n": len(set(images))}
@@ -185,8 +187,8 @@ def _metrics(scored: dict) -> dict:
 
 
 def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
-    clusters, _ = bootstrap_clusters(pairs)
-    out = {}
+    clusters, resampled = bootstrap_clusters(pairs)
+    out = {"clusters": resampled}
     for metric, key in (("vqa_accuracy", "vqa"), ("exact_match", "em")):
         diff, low, high = paired_bootstrap([p[f"baseline_{key}"] for p in pairs],
                                            [p[f"finetuned_{key}"] for p in pairs], n_resamples, seed, clusters)
@@ -216,8 +218,9 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
          "mismatched": {"n": ..., "question_ids": first 20}  # same id, different question or answers
          "baseline" / "finetuned": {"vqa_accuracy": %, "exact_match": %, "n", "per_answer_type"},
          "change": {"vqa_accuracy": {"diff", "low", "high"}, "exact_match": {...},   # points, 95% CI
-                    "per_answer_type": {type: {"n", "vqa_accuracy": {...}, "exact_match": {...}}}},
-         "clusters": {"unit": "image" (or "question" without image ids), "n": images resampled},
+                    "clusters": {"unit": "image" (or "question" without image ids), "n": images resampled},
+                    "per_answer_type": {type: {"n", "clusters", "vqa_accuracy": {...}, "exact_match": {...}}}},
+         "clusters": change["clusters"] (what the overall intervals resampled),
          "outcomes": {"better", "worse", "same", "answer_changed", "per_answer_type": {type: {...}}},
          "answer_processing": {"baseline" / "finetuned": processing_changes(...) of the compared rows},
          "pairs": [one dict per compared question, by question_id: question_id, image_id, image_path,
@@ -279,7 +282,7 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
                                  for t, ps in sorted(by_type.items())}
     outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
     return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
-            "change": change, "outcomes": outcomes, "clusters": bootstrap_clusters(pairs)[1],
+            "change": change, "outcomes": outcomes, "clusters": change["clusters"],
             "answer_processing": {"baseline": processing_changes(base_list), "finetuned": processing_changes(ft_list)},
             "pairs": pairs}
 

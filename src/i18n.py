@@ -37,7 +37,7 @@ _ZH = {
     "mean_length_ft": "，微调后 {ft}",
     "interval": "置信区间：{confidence} 配对百分位 bootstrap，{unit}，重采样 {resamples} 次，随机种子 {seed}",
     "unit_image": "按图片整组重采样（{n} 张图片：同一张图片的题目一起抽取）",
-    "unit_question": "按题目重采样（{n} 道题：结果文件里没有 image_id）",
+    "unit_question": "按题目重采样（{n} 道题：结果文件没有给每道题记下 image_id）",
     "partial": "部分对比（--allow_partial=True）：只对比两份文件共有的 {common} 个题号（仅基线有 {only_base} 个，"
                "仅微调后有 {only_ft} 个，已略去）",
     "missing_ft": "缺少微调结果 {path}；请先运行 `python evaluate_vqav2_finetuned.py`，再重新运行本脚本",
@@ -56,7 +56,9 @@ _ZH = {
     # --- charts and case pictures
     "chart_accuracy_title": "VQA 准确率（%）",
     "chart_em_title": "精确匹配（%）",
-    "chart_change_title": "变化（百分点，95% 配对 bootstrap 置信区间）",
+    "chart_change_title": "变化（百分点）\n95% 置信区间：配对 bootstrap，{unit}",
+    "chart_unit_image": "按图片整组重采样",
+    "chart_unit_question": "按题目重采样",
     "chart_length_title": "回答长度",
     "chart_length_title_both": "微调前后的回答长度",
     "chart_length_x": "每个回答的词数",
@@ -119,8 +121,7 @@ _ZH = {
     "outcome_worse": "变差",
     "outcome_same": "不变",
     "raw_label": "原文",
-    "report_footer": "分数：官方 VQA 准确率（src/vqa_eval.py），由回答重新计算。置信区间：{confidence} 配对百分位 "
-                     "bootstrap，{unit}，重采样 {resamples} 次，随机种子 {seed}。由 compare_baseline_finetuned.py 生成。",
+    "report_footer": "分数：官方 VQA 准确率（src/vqa_eval.py），由回答重新计算。由 compare_baseline_finetuned.py 生成。",
     # --- the demo
     "demo_title": "BLIP-2 零样本 vs QLoRA 微调",
     "demo_heading": "## BLIP-2 视觉问答演示\n{who} · {mode}",
@@ -203,7 +204,7 @@ _EN = {
     "mean_length_ft": ", fine-tuned {ft}",
     "interval": "interval: {confidence} paired percentile bootstrap, {unit}, {resamples} resamples, seed {seed}",
     "unit_image": "resampling whole images ({n} images: the questions about one image are drawn together)",
-    "unit_question": "resampling questions ({n} questions: the result files have no image_id)",
+    "unit_question": "resampling questions ({n} questions: the result files do not record every question's image_id)",
     "partial": "PARTIAL COMPARISON (--allow_partial=True): only the {common} question ids present in both files are "
                "compared ({only_base} only in baseline, {only_ft} only in fine-tuned are left out)",
     "missing_ft": "fine-tuned: MISSING {path}; create it with `python evaluate_vqav2_finetuned.py`, then rerun this script",
@@ -220,7 +221,9 @@ _EN = {
     "group_wrong": "baseline wrong",
     "chart_accuracy_title": "VQA accuracy (%)",
     "chart_em_title": "exact match (%)",
-    "chart_change_title": "change, points (95% paired bootstrap CI)",
+    "chart_change_title": "change, points\n95% CI: paired bootstrap {unit}",
+    "chart_unit_image": "over images",
+    "chart_unit_question": "over questions",
     "chart_length_title": "answer length",
     "chart_length_title_both": "answer length before / after fine-tuning",
     "chart_length_x": "words per answer",
@@ -285,8 +288,7 @@ _EN = {
     "outcome_worse": "worsened",
     "outcome_same": "unchanged",
     "raw_label": "raw",
-    "report_footer": "Scores: official VQA accuracy (src/vqa_eval.py), recomputed from the answers. Intervals: "
-                     "{confidence} paired percentile bootstrap, {unit}, {resamples} resamples, seed {seed}. "
+    "report_footer": "Scores: official VQA accuracy (src/vqa_eval.py), recomputed from the answers. "
                      "Written by compare_baseline_finetuned.py.",
     "demo_title": "BLIP-2 zero-shot vs QLoRA fine-tuned",
     "demo_heading": "## BLIP-2 VQA demo\n{who} · {mode}",

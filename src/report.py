@@ -16,7 +16,7 @@ from typing import Callable
 
 from .charts import ImageCache
 from .compare import group_members
-from .formatting import (bootstrap_unit, clip, group_title, gt_summary, length_line, processing_line, score_table,
+from .formatting import (clip, group_title, gt_summary, interval_line, length_line, processing_line, score_table,
                          signed)
 from .i18n import texts
 
@@ -133,19 +133,18 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
     if comparing:
         filters += [(k, tr(f"outcome_{k}"), oc[k]) for k in ("better", "worse", "same")]
     chart_alts = {"accuracy": tr("charts_accuracy"), "answer_length": tr("charts_length")}
-    b = result["bootstrap"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              finalize=lambda v: "" if v is None else v)
     context = dict(
         tr=tr, lang=lang, result=result, comparing=comparing, thumb_size=thumb_size,
         file_lines=_file_lines(result, tr), cards=_cards(result, tr), table_header=header, table_rows=rows,
-        notes=[line for line in (length_line(result, tr),) if line],
+        # the interval line sits under the table whose brackets it explains
+        notes=[line for line in (interval_line(result, tr) if comparing else None, length_line(result, tr)) if line],
         charts=[(png_data_uri(charts[name]), alt) for name, alt in chart_alts.items() if name in charts],
         case_groups=_case_groups(result, pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
         demo_rows=[{**row, "thumb": thumbs.cell(row["image_path"])} for row in demo_rows],
         demo_missing=_demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr), filters=filters,
-        footer=tr("report_footer", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"],
-                  unit=bootstrap_unit(b.get("clusters"), result["n"], tr)))
+        footer=tr("report_footer"))
     context["thumb_rules"] = thumbs.rules()  # after every cell above has registered its picture
     return env.get_template("report.html.j2").render(**context)

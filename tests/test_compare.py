@@ -348,7 +348,8 @@ def test_report_html_is_complete_escaped_and_offline(full_run):
     text = "".join(parser.text)
     assert MARKUP_QUESTION in text and SCRIPT_ANSWER in text and CHINESE_QUESTION in text
     images = json.loads((full_run["report"] / "comparison.json").read_text())["bootstrap"]["clusters"]["n"]
-    assert f"按图片整组重采样（{images} 张图片" in text  # what the intervals resampled, in the footer
+    assert f"按图片整组重采样（{images} 张图片" in text  # what the intervals resampled
+    assert raw.index('class="types"') < raw.index("按图片整组重采样") < raw.index('class="chart"')  # under the table
     # self-contained: every image inline, nothing fetched from the network
     assert parser.srcs and all(s.startswith("data:image/") for s in parser.srcs)
     urls = re.findall(r"url\(([^)]*)\)", raw)
@@ -479,9 +480,82 @@ def test_rows_without_image_ids_resample_questions_and_say_so():
             r.pop("image_id")
     cmp = compare_rows(base, ft, n_resamples=200, seed=0)
     assert cmp["clusters"] == {"unit": "question", "n": cmp["n"]} == {"unit": "question", "n": 40}
+    assert cmp["change"]["clusters"] == cmp["clusters"]
+    assert all(c["clusters"] == {"unit": "question", "n": c["n"]} for c in cmp["change"]["per_answer_type"].values())
     assert cmp["change"]["vqa_accuracy"]["diff"] == with_images["change"]["vqa_accuracy"]["diff"]
-    assert "resampling questions (40 questions: the result files have no image_id)" in console_comparison(cmp, texts("en"))
-    assert "按题目重采样（40 道题" in console_comparison(cmp, texts("zh"))
+    # the plain paired bootstrap over the 40 questions, in compare_rows' order (by question_id)
+    d = np.array([p["finetuned_vqa"] - p["baseline_vqa"] for p in cmp["pairs"]])
+    idx = np.random.default_rng(0).integers(0, 40, size=(200, 40))
+    low, high = 100 * np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    assert (cmp["change"]["vqa_accuracy"]["low"], cmp["change"]["vqa_accuracy"]["high"]) == (round(float(low), 2), round(float(high), 2))
+    assert "resampling questions (40 questions: the result files do not record every question's image_id)" \
+        in console_comparison(cmp, texts("en"))
+    assert "按题目重采样（40 道题：结果文件没有给每道题记下 image_id）" in console_comparison(cmp, texts("zh"))
+
+
+def test_one_row_without_an_image_id_resamples_questions():
+    """An image count that silently left some questions out would mislead: a file with any row lacking
+    image_id (or holding null) resamples questions, and says so."""
+    base, ft = make_rows()
+    next(r for r in base if r["error"] is None)["image_id"] = None
+    cmp = compare_rows(base, ft, n_resamples=50, seed=0)
+    assert cmp["clusters"] == {"unit": "question", "n": 40}
+
+
+def test_per_answer_type_intervals_resample_that_types_images():
+    from src.formatting import console_comparison
+    from src.i18n import texts
+
+    base, ft = make_rows()
+    cmp = compare_rows(base, ft, n_resamples=300, seed=4)
+    by_type: dict = {}
+    for r in base:  # rows hold image_id = question_id // 1000 (make_rows)
+        if r["error"] is None:
+            by_type.setdefault(r["answer_type"], []).append(r["question_id"])
+    pairs = {p["question_id"]: p for p in cmp["pairs"]}
+    for t, qids in by_type.items():
+        qids.sort()  # compare_rows orders its pairs by question_id
+        images = [q // 1000 for q in qids]
+        c = cmp["change"]["per_answer_type"][t]
+        assert c["n"] == len(qids) and c["clusters"] == {"unit": "image", "n": len(set(images))}
+        diffs = [pairs[q]["finetuned_vqa"] - pairs[q]["baseline_vqa"] for q in qids]
+        low, high = clustered_interval(diffs, images, 300, 4)
+        assert (c["vqa_accuracy"]["low"], c["vqa_accuracy"]["high"]) == (round(float(low), 2), round(float(high), 2)), t
+    every = sorted(pairs)
+    assert cmp["clusters"] == cmp["change"]["clusters"] == {"unit": "image", "n": len({q // 1000 for q in every})}
+    low, high = clustered_interval([pairs[q]["finetuned_em"] - pairs[q]["baseline_em"] for q in every],
+                                   [q // 1000 for q in every], 300, 4)
+    assert (cmp["change"]["exact_match"]["low"], cmp["change"]["exact_match"]["high"]) == (round(float(low), 2), round(float(high), 2))
+    images = cmp["clusters"]["n"]
+    assert f"按图片整组重采样（{images} 张图片：同一张图片的题目一起抽取）" in console_comparison(cmp, texts("zh"))
+
+
+def test_change_chart_title_names_what_was_resampled():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.charts import _change_panel
+    from src.i18n import texts
+
+    base, ft = make_rows()
+    with_images = compare_rows(base, ft, n_resamples=50, seed=0)
+    for rows in (base, ft):
+        for r in rows:
+            r.pop("image_id")
+    without = compare_rows(base, ft, n_resamples=50, seed=0)
+    titles = {}
+    for name, cmp in (("images", with_images), ("questions", without)):
+        for lang in ("zh", "en"):
+            fig, ax = plt.subplots()
+            _change_panel(ax, [None], ["overall"], cmp["change"], texts(lang))
+            titles[name, lang] = ax.get_title()
+            plt.close(fig)
+    assert titles["images", "zh"] == "变化（百分点）\n95% 置信区间：配对 bootstrap，按图片整组重采样"
+    assert titles["questions", "zh"] == "变化（百分点）\n95% 置信区间：配对 bootstrap，按题目重采样"
+    assert titles["images", "en"] == "change, points\n95% CI: paired bootstrap over images"
+    assert titles["questions", "en"] == "change, points\n95% CI: paired bootstrap over questions"
 
 
 def test_paired_bootstrap_zero_width_when_all_differences_equal():
@@ -565,6 +639,8 @@ def test_english_report_summary_and_console(tmp_path):
     summary = (report / "summary.txt").read_text(encoding="utf-8")
     assert summary.startswith("BLIP-2 on VQAv2: zero-shot baseline vs QLoRA fine-tuned")
     assert "questions compared: 40" in summary and "better / worse / same" in summary
+    images = json.loads((report / "comparison.json").read_text())["bootstrap"]["clusters"]["n"]
+    assert f"resampling whole images ({images} images: the questions about one image are drawn together)" in summary
     assert not re.search(r"[\u4e00-\u9fff]", summary.replace(CHINESE_QUESTION, "").replace("红色的杯子", ""))
     exp = expected(base, ft)["overall"]
     assert float(summary_rows(summary)["overall"][2]) == pytest.approx(exp["base_vqa"], abs=0.006)
