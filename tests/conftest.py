@@ -6,9 +6,9 @@ whose tests share a module-scoped fixture as another; all other tests are dealt 
 worker, and every script it starts, uses one CPU thread, so two workers fill two cores without
 fighting over them. `python -m pytest -n 0` runs everything in one process.
 
-The groups reach xdist's scheduler through a file, not xdist's own `xdist_group` suffix on the test
-ids: under pytest 9 that suffix is never added (xdist 3.8 sets `item._nodeid`, which pytest 9 no longer
-reads), so `--dist loadgroup` alone would spread a group over both workers and build its fixtures twice.
+The groups reach xdist's scheduler through a file, not only through xdist's own `xdist_group` suffix on
+the test ids: under pytest 9.2 that suffix is never added (xdist 3.8 sets `item._nodeid`, which pytest 9.2
+no longer reads), so `--dist loadgroup` alone would spread a group over both workers and build its fixtures twice.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def pytest_xdist_make_scheduler(config, log):
             if not groups:
                 for part in Path(path).parent.glob("groups.*"):
                     groups.update(json.loads(part.read_text()))
-            return groups.get(nodeid, nodeid)
+            test_id, at, suffix = nodeid.rpartition("@")  # pytest < 9.2: xdist's own group suffix is there
+            return groups.get(test_id if at else nodeid) or (f"group:{suffix}" if at else nodeid)
 
     return GroupScheduling(config, log)
 
