@@ -163,3 +163,16 @@ def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_pr
                 p.normal_(0, 2.0)
     save_adapter_weights(model, folder)
     return folder
+
+
+# a private mount namespace (no root needed) where a tiny tmpfs fills up for real
+CAN_MOUNT = shutil.which("unshare") is not None and subprocess.run(
+    ["unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True).returncode == 0
+
+
+def run_on_small_disk(sh: str, mountpoint: Path, **env) -> subprocess.CompletedProcess:
+    """Run shell code with `mountpoint` on a fresh tmpfs of $SIZE (bytes), which it may remount bigger."""
+    mountpoint.mkdir(exist_ok=True)
+    script = f'mount -t tmpfs -o size="$SIZE" none "{mountpoint}" && {sh}'
+    return subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1", "PY": sys.executable, **env})

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import REPO, assert_one_line_error, killed_at_marker, module_fixture, run_script, start_script
+from helpers import CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, run_on_small_disk, run_script, start_script
 from src.errors import UserError
 from src.images import load_image
 
@@ -570,8 +570,6 @@ def _works(*cmd) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
-# a private mount namespace where a tiny tmpfs fills up for real
-CAN_MOUNT = shutil.which("unshare") is not None and _works("unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs none /mnt")
 # root reads any file; without these capabilities it is refused like everyone else
 NO_ROOT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
 CAN_DROP = not NO_ROOT_OVERRIDE or (shutil.which("setpriv") is not None and _works(*NO_ROOT_OVERRIDE, "true"))
@@ -581,14 +579,6 @@ def run_unprivileged(*args) -> subprocess.CompletedProcess:
     """A script run as a user whose file permissions apply (root without its override capability)."""
     return subprocess.run([*NO_ROOT_OVERRIDE, sys.executable, *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def run_on_small_disk(sh: str, mountpoint: Path, **env) -> subprocess.CompletedProcess:
-    """Run shell code with `mountpoint` on a fresh tmpfs of $SIZE (bytes), which it may remount bigger."""
-    mountpoint.mkdir(exist_ok=True)
-    script = f'mount -t tmpfs -o size="$SIZE" none "{mountpoint}" && {sh}'
-    return subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1", "PY": sys.executable, **env})
 
 
 @pytest.mark.skipif(not CAN_MOUNT, reason="needs unshare -r -m (user and mount namespaces) for a small tmpfs")

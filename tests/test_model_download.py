@@ -6,20 +6,15 @@ lists, on a real small tmpfs (a private mount namespace, no root needed)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import CAN_MOUNT, assert_one_line_error, run_on_small_disk, run_script
 from hub_server import HubServer
 
 REPO_ID = "someone/tiny-blip2"
-CAN_MOUNT = shutil.which("unshare") is not None and subprocess.run(
-    ["unshare", "-r", "-m", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True).returncode == 0
 
 
 def hub_env(hub: HubServer, home: Path) -> dict:
@@ -30,15 +25,6 @@ def hub_env(hub: HubServer, home: Path) -> dict:
 
 def mini_infer(out: Path) -> list[str]:
     return ["mini_infer.py", f"--model_id={REPO_ID}", "--quantization=none", f"--output_dir={out}"]
-
-
-def on_small_disk(args: list[str], disk: Path, size: str, env: dict) -> subprocess.CompletedProcess:
-    """`python <args>` with `disk` on a fresh tmpfs of `size` (in a private mount namespace)."""
-    disk.mkdir(exist_ok=True)
-    quoted = " ".join(f"'{a}'" for a in args)
-    script = f'mount -t tmpfs -o size={size} none "{disk}" && "$PY" {quoted}'
-    return subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1", "PY": sys.executable, **env})
 
 
 @pytest.fixture
@@ -71,13 +57,13 @@ def test_a_model_that_does_not_fit_the_cache_disk_is_one_line_before_the_downloa
     need = sum(p.stat().st_size for p in twin_repo.iterdir() if p.is_file())
     with HubServer({}, models={REPO_ID: twin_repo}) as hub:
         env = {**hub_env(hub, disk), "HF_HUB_CACHE": str(disk / "hub")}
-        proc = on_small_disk(mini_infer(tmp_path / "out"), disk, "512k", env)
+        proc = run_on_small_disk(" ".join(["$PY", *mini_infer(tmp_path / "out")]), disk, SIZE="512k", **env)
         line = assert_one_line_error(proc, f"downloading {REPO_ID} needs {need / 1e9:.1f} GB", f"hub cache {disk / 'hub'}",
                                      "export HF_HOME=/root/autodl-tmp/hf")
         assert "GB free" in line
         assert not hub.seen("cdn") and not hub.seen("head"), "nothing was downloaded"
         # the same download on a disk it fits: no error, no warning about room
-        proc = on_small_disk(mini_infer(tmp_path / "out"), disk, "64m", env)
+        proc = run_on_small_disk(" ".join(["$PY", *mini_infer(tmp_path / "out")]), disk, SIZE="64m", **env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "free" not in proc.stdout
 
@@ -87,7 +73,7 @@ def test_a_listing_without_sizes_warns_when_the_cache_disk_is_small(twin_repo, t
     disk = tmp_path / "disk"
     with HubServer({}, models={REPO_ID: twin_repo}, list_sizes=False) as hub:
         env = {**hub_env(hub, disk), "HF_HUB_CACHE": str(disk / "hub")}
-        proc = on_small_disk(mini_infer(tmp_path / "out"), disk, "64m", env)
+        proc = run_on_small_disk(" ".join(["$PY", *mini_infer(tmp_path / "out")]), disk, SIZE="64m", **env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: downloading")]
     assert len(warnings) == 1 and "whose size the hub did not say" in warnings[0] and "GB free" in warnings[0]
