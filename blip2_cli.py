@@ -18,7 +18,7 @@ from pathlib import Path
 from src.errors import UserError, run_main
 from src.images import list_images
 from src.modeling import DEFAULT_MODEL_ID, QUANTIZATIONS
-from src.prompts import DECODING, DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, PROMPTS
+from src.prompts import AUTO, DECODING, DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, PROMPTS
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other failure
@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", default="4bit", choices=QUANTIZATIONS, help="weights: 4bit (NF4), 8bit (GPU), none")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--vqa_prompt", default="vqa_opt", choices=[k for k, v in PROMPTS.items() if "{}" in v])
-    p.add_argument("--vqa_decoding", default=DEFAULT_VQA_DECODING, choices=list(DECODING))
+    p.add_argument("--vqa_prompt", default=AUTO, choices=[AUTO] + [k for k, v in PROMPTS.items() if "{}" in v],
+                   help="auto (default): the model family's own, vqa_opt for OPT, vqa_t5 for Flan-T5")
+    p.add_argument("--vqa_decoding", default=AUTO, choices=[AUTO, *DECODING],
+                   help=f"auto (default): {DEFAULT_VQA_DECODING}, the BLIP-2 paper's beam search")
     p.add_argument("--caption_decoding", default=DEFAULT_CAPTION_DECODING, choices=list(DECODING))
     p.add_argument("--device", default="", help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -77,7 +79,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from src.config import check_value
     from src.inference import caption_rows
-    from src.modeling import check_adapter_dir, check_model_dir, load_blip2
+    from src.modeling import check_adapter_dir, generation_names, load_blip2
     from src.prompts import check_question
 
     for name in ("batch_size", "model_id", "adapter_dir", "device"):  # the rules every script's settings follow
@@ -86,13 +88,13 @@ def main(argv=None):
     paths = collect_images([check_value("image", i) for i in args.images])
     n_given = len(paths)
     paths, images = read_images(paths)  # before the (slow) model load
-    check_model_dir(args.model_id)
+    vqa_prompt, vqa_decoding = generation_names(args.model_id, args.vqa_prompt, args.vqa_decoding)  # checks the folder
     adapter = args.adapter_dir or None  # "" = base model only, as ADAPTER_DIR in the other scripts
     if adapter:
         check_adapter_dir(adapter, args.model_id)
     model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device or None)
     rows = caption_rows(model, processor, paths, dict(zip(paths, images)), question, model_id=args.model_id,
-                        adapter=adapter, vqa_prompt=args.vqa_prompt, vqa_decoding=args.vqa_decoding,
+                        adapter=adapter, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,
                         caption_prompt="caption", caption_decoding=args.caption_decoding, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -23,8 +23,8 @@ ADAPTER_DIR = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = ba
 OUTPUT_DIR = "outputs"
 OUTPUT_FILE = ""  # "" = baseline.jsonl, or baseline_finetuned.jsonl when ADAPTER_DIR is set
 BATCH_SIZE = 10
-VQA_PROMPT = "vqa_opt"
-VQA_DECODING = "vqa_beam5"
+VQA_PROMPT = "auto"  # "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING = "auto"  # "auto" = vqa_beam5
 CAPTION_PROMPT = "caption"
 CAPTION_DECODING = "caption_beam5"
 DEVICE = ""  # "" = cuda if available, else cpu
@@ -36,7 +36,7 @@ def main():
     from src.images import list_images, load_images
     from src.inference import caption_rows
     from src.files import write_jsonl
-    from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
+    from src.modeling import check_adapter_dir, check_model_dir, generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
     from src.outputs import check_output_dir, hold_output_lock
 
@@ -51,6 +51,8 @@ def main():
     check_output_dir(out_path.parent)  # --output_file may name a subfolder
     images, errors = load_images(paths, exif_orientation=True)  # photos: upright as their cameras meant
     check_model_dir(MODEL_ID)
+    vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
+    config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     if adapter:
         check_adapter_dir(adapter, MODEL_ID)
 
@@ -60,7 +62,7 @@ def main():
         print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
               + (f" + {adapter}" if adapter else ""))
         rows = caption_rows(model, processor, paths, images, question, model_id=MODEL_ID, adapter=adapter,
-                            vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                            vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=CAPTION_PROMPT,
                             caption_decoding=CAPTION_DECODING, errors=errors, batch_size=BATCH_SIZE)
         for p, row in zip(paths, rows):
             print(f"{p.name}: {row['caption']!r} | {question} -> {row['answer']!r}" if p in images

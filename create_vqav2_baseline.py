@@ -39,8 +39,8 @@ MODEL_ID = "Salesforce/blip2-opt-2.7b"
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
 EVAL_BATCH = 32  # questions per generate() call
 NUM_WORKERS = 2  # DataLoader workers decoding images while the model generates
-VQA_PROMPT = "vqa_opt"  # "Question: {} Answer:"
-VQA_DECODING = "vqa_beam5"  # beam 5, length penalty -1, max 10 new tokens
+VQA_PROMPT = "auto"  # the model family's paper prompt: vqa_opt "Question: {} Answer:" (OPT), vqa_t5 "... Short answer:" (Flan-T5)
+VQA_DECODING = "auto"  # vqa_beam5: beam 5, length penalty -1, 1-10 new tokens (src/prompts.py)
 OUTPUT_DIR = "outputs"
 RUN_NAME = "vqav2_baseline"  # file prefix: <run_name>.jsonl, _metrics.json, _results.json
 DEBUG = False
@@ -52,12 +52,14 @@ def main():
     from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, hub_record, load_samples, read_frozen_sample,
                           submission_question_ids)
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
-    from src.modeling import check_quantization, load_blip2, make_accelerator
+    from src.modeling import check_quantization, generation_names, load_blip2, make_accelerator
     from src.outputs import check_output_dir, check_output_files, hold_output_lock
 
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
+    vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
+    config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     testing = SPLIT in TEST_SPLITS  # no answers: nothing is scored, the EvalAI file is written
     written = [f"{RUN_NAME}{suffix}" for suffix in (".jsonl", "_metrics.json", "_results.json", "_config.json")]
     check_output_files(out_dir, [SAMPLE_IDS_FILE, *written] + ([evalai_file_name(SPLIT, RUN_NAME)] if testing else []))
@@ -82,7 +84,7 @@ def main():
         # 2. the base model answers (resumable: rows already written are kept)
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=str(accelerator.device))
         record = eval_record(model_id=MODEL_ID, adapter=None, quantization=QUANTIZATION, dataset=DATASET,
-                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, split=SPLIT)
+                             vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, split=SPLIT)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
                 record=record, batch_size=EVAL_BATCH, num_workers=NUM_WORKERS, desc=RUN_NAME)
         # 3. score (val) and write, or write the EvalAI file (testdev / test) (main process)

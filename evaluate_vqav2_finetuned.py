@@ -32,8 +32,8 @@ QUANTIZATION = "4bit"  # keep it equal to the baseline's for a fair comparison
 ADAPTER_DIR = "{output_dir}/lora_adapter"  # the adapter finetune_vqav2_lora.py wrote ({output_dir} = OUTPUT_DIR)
 EVAL_BATCH = 32
 NUM_WORKERS = 2
-VQA_PROMPT = "vqa_opt"
-VQA_DECODING = "vqa_beam5"
+VQA_PROMPT = "auto"  # the baseline's: "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING = "auto"  # the baseline's: "auto" = vqa_beam5 (beam 5, length penalty -1, 1-10 new tokens)
 OUTPUT_DIR = "outputs"  # holds vqav2_sample_ids.json and vqav2_baseline.jsonl
 BASELINE_RUN = "vqav2_baseline"
 RUN_NAME = "vqav2_finetuned"
@@ -52,7 +52,8 @@ def main():
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
     from src.compare import check_result_rows
     from src.files import read_jsonl_lines
-    from src.modeling import check_adapter_dir, check_quantization, load_blip2, make_accelerator, resolve_adapter_dir
+    from src.modeling import (check_adapter_dir, check_quantization, generation_names, load_blip2, make_accelerator,
+                               resolve_adapter_dir)
     from src.outputs import check_output_dir, check_output_files, hold_output_lock
 
     out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
@@ -68,6 +69,8 @@ def main():
     base_rows = check_result_rows(read_jsonl_lines(baseline_path), baseline_path) \
         if baseline_path.exists() else []  # a bad line: said now, not after
     config["adapter_dir"] = adapter
+    vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
+    config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     written = [f"{RUN_NAME}{suffix}" for suffix in (".jsonl", "_metrics.json", "_results.json", "_config.json")]
@@ -85,7 +88,7 @@ def main():
         check_adapter_dir(adapter, MODEL_ID)  # before the slow model load
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=str(accelerator.device))
         record = eval_record(model_id=MODEL_ID, adapter=adapter, quantization=QUANTIZATION, dataset=DATASET,
-                             vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, split=SPLIT)
+                             vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, split=SPLIT)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,
                 record=record, batch_size=EVAL_BATCH, num_workers=NUM_WORKERS, desc=RUN_NAME)
         if not accelerator.is_main_process:

@@ -2,6 +2,7 @@
 
     python finetune_vqav2_lora.py                                   # 1000 steps on VQAv2 train2014
     python finetune_vqav2_lora.py --train_steps=2000 --per_device_batch=8 --lr=1e-4
+    python finetune_vqav2_lora.py --model_id=Salesforce/blip2-flan-t5-xl   # any BLIP-2 checkpoint (OPT or Flan-T5)
     python finetune_vqav2_lora.py --memory_plan_only=True            # the weight-memory estimate only (no download)
     python finetune_vqav2_lora.py --report_to=tensorboard            # curves: tensorboard --logdir outputs/tf-logs
     accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
@@ -9,8 +10,10 @@
     python -m src.tiny_model outputs/tiny-blip2
     python finetune_vqav2_lora.py --model_id=outputs/tiny-blip2 --dataset=easy_vqa --train_steps=20 --lr=3e-3
 
-The input is the evaluation prompt "Question: {q} Answer:" followed by " {answer}" and the end
-token; the loss covers only the answer tokens (image, prompt and padding are masked). The answer
+The example is laid out for the model's family (src/family.py, read from its config). OPT: the
+evaluation prompt "Question: {q} Answer:" followed by " {answer}" and the end token (the newline), the
+loss on the answer tokens only (image, prompt and padding are masked). Flan-T5: the prompt
+"Question: {q} Short answer:" goes to the encoder, "{answer}</s>" is the decoder's target. The answer
 is the most frequent of the ten human answers. Every SAVE_EVERY steps a checkpoint (adapter,
 optimizer, scheduler, step, RNG, config) goes to <output_dir>/lora_adapter_checkpoints/; a rerun of
 the same command resumes from the newest one. The final adapter (safetensors), processor,
@@ -31,8 +34,9 @@ USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
 LORA_R = 16  # LoRA rank (bench/ reads the LoRA settings from here)
 LORA_ALPHA = 32
 LORA_DROPOUT = 0.05
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # Linear layers to adapt ...
-LORA_SCOPE = "language_model"  # ... inside this part of the model (the OPT decoder)
+TARGET_MODULES = "auto"  # Linear layers to adapt: "auto" = the family's, OPT q_proj,k_proj,v_proj,out_proj,fc1,fc2,
+                         # Flan-T5 q,k,v,o,wi_0,wi_1,wo; or a list / comma-separated names ...
+LORA_SCOPE = "language_model"  # ... inside this part of the model (the OPT decoder or the T5 encoder-decoder)
 TRAIN_STEPS = 1000  # optimizer steps
 PER_DEVICE_BATCH = 4  # questions per process per micro-batch
 GRAD_ACCUM = 4  # micro-batches per optimizer step
@@ -45,9 +49,9 @@ SAVE_EVERY = 200  # steps between checkpoints
 KEEP_CHECKPOINTS = 2  # newest checkpoints kept
 NUM_WORKERS = 2  # DataLoader workers decoding images
 SEED = 42
-VQA_PROMPT = "vqa_opt"  # the same prompt the evaluation uses
+VQA_PROMPT = "auto"  # the evaluation's prompt: "auto" = the family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
 PREVIEW_SAMPLES = 8  # after training, answer this many held-out (val) questions with the trained model
-PREVIEW_DECODING = "vqa_beam5"  # decoding of that preview (the evaluation's)
+PREVIEW_DECODING = "auto"  # decoding of that preview (the evaluation's; "auto" = vqa_beam5)
 OUTPUT_DIR = "outputs"
 REPORT_TO = ""  # "tensorboard": per-step curves in LOG_DIR (pip install tensorboard); "" = none
 LOG_DIR = "{output_dir}/tf-logs"  # the tracker's folder ({output_dir} = OUTPUT_DIR); AutoDL's panel reads /root/tf-logs
@@ -66,6 +70,7 @@ def main():
     import torch
 
     from src.outputs import check_output_dir, hold_output_lock
+    from src.family import OPT
     from src.modeling import check_quantization, make_accelerator, mixed_precision
     from src.training import check_report_to
 
@@ -73,8 +78,9 @@ def main():
     log_dir = LOG_DIR.replace("{output_dir}", OUTPUT_DIR.rstrip("/\\") or OUTPUT_DIR)
 
     # every value was checked by apply_overrides (src.config.check_value): counts, LR, dropout, prompt, decoding
-    # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100), fp32 on CPU
-    mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu")
+    family = None if MEMORY_PLAN_ONLY else resolve_family_settings(config)  # needs no download for the plan
+    # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100; fp32 for Flan-T5), fp32 on CPU
+    mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu", family or OPT)
     # accumulate() in src.training.training_step syncs gradients on every GRAD_ACCUM-th micro-batch
     tracking = {"log_with": tracker, "project_dir": log_dir} if tracker else {}
     accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM, **tracking)
@@ -157,6 +163,23 @@ def start_tracking(accelerator, tracker: str, config: dict, out_dir, start_step:
         print(f"  {tracker}: {log_dir / run_name} (tensorboard --logdir {log_dir})")
 
 
+def resolve_family_settings(config: dict):
+    """"auto" in VQA_PROMPT, PREVIEW_DECODING and TARGET_MODULES becomes the model family's own
+    (src/family.py), read from MODEL_ID's config; a prompt or preset of the other family is refused in
+    one line. The resolved values go into the config, which a resumed run must match."""
+    global VQA_PROMPT, PREVIEW_DECODING, TARGET_MODULES
+    from src.family import lora_targets, resolve
+    from src.modeling import check_model_dir, model_family
+
+    check_model_dir(MODEL_ID)
+    family = model_family(MODEL_ID)
+    VQA_PROMPT = resolve("prompt", VQA_PROMPT, family, MODEL_ID)
+    PREVIEW_DECODING = resolve("decoding", PREVIEW_DECODING, family, MODEL_ID, flag="--preview_decoding")
+    TARGET_MODULES = list(lora_targets(TARGET_MODULES, family))
+    config.update(vqa_prompt=VQA_PROMPT, preview_decoding=PREVIEW_DECODING, target_modules=TARGET_MODULES)
+    return family
+
+
 def lora_settings():
     from src.training import LoraSettings
 
@@ -166,11 +189,13 @@ def lora_settings():
 def print_memory_plan(lora, device: str, strict: bool = False) -> None:
     """The weight-memory table of MODEL_ID with this LoRA, before the model loads."""
     from src.errors import UserError
-    from src.memory_plan import format_plan, plan_memory
+    from src.family import family_of
+    from src.memory_plan import format_plan, load_blip2_config, plan_memory
     from src.modeling import compute_dtype
 
-    try:  # the architecture of MODEL_ID (shipped for Salesforce/blip2-opt-2.7b, else its config.json)
-        plan = plan_memory(MODEL_ID, lora=lora, compute_dtype=str(compute_dtype(device)).replace("torch.", ""))
+    try:  # the architecture of MODEL_ID (shipped for the public BLIP-2 checkpoints, else its config.json)
+        dtype = compute_dtype(device, family_of(load_blip2_config(MODEL_ID)))
+        plan = plan_memory(MODEL_ID, lora=lora, compute_dtype=str(dtype).replace("torch.", ""))
         print(format_plan(plan), flush=True)
     except UserError as e:
         if strict:  # asked for the estimate only

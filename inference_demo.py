@@ -48,8 +48,8 @@ MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with sa
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
 ADAPTER_DIR = "{output_dir}/lora_adapter"  # LoRA adapter from finetune_vqav2_lora.py; "" or missing = base model only
 QUESTION = "What is in the image?"  # the question the page starts with
-VQA_PROMPT = "vqa_opt"  # name in src/prompts.py
-VQA_DECODING = "vqa_beam5"  # BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
+VQA_PROMPT = "auto"  # name in src/prompts.py; "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING = "auto"  # "auto" = vqa_beam5, the BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
 CAPTION_PROMPT = "caption"
 CAPTION_DECODING = "caption_beam5"
 DEVICE = ""  # "" = cuda if available, else cpu
@@ -120,7 +120,10 @@ def main():
     if RUN_COMPARISON:
         run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
 
-    from src.modeling import load_blip2, resolve_adapter_dir
+    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
+
+    vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
+    config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
 
     adapter_dir = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model only
     adapter = None
@@ -144,7 +147,7 @@ def main():
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
     model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
     options = DemoOptions(comparisons_dir=COMPARISONS_DIR, examples_dir=EXAMPLES_DIR, max_examples=MAX_EXAMPLES,
-                          default_question=QUESTION, vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING,
+                          default_question=QUESTION, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,
                           caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING, max_upload_mb=MAX_UPLOAD_MB,
                           max_queue=MAX_QUEUE, model_label=MODEL_ID, adapter_label=adapter_dir or "", lang=LANG,
                           config=config)

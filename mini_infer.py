@@ -18,8 +18,8 @@ QUESTION = "What is in the image?"  # asked with the VQA prompt
 MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
 QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
 ADAPTER_DIR = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
-VQA_PROMPT = "vqa_opt"  # name in src/prompts.py
-VQA_DECODING = "vqa_beam5"  # BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
+VQA_PROMPT = "auto"  # name in src/prompts.py; "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING = "auto"  # "auto" = vqa_beam5, the BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
 CAPTION_PROMPT = "caption"
 CAPTION_DECODING = "caption_beam5"
 DEVICE = ""  # "" = cuda if available, else cpu
@@ -33,7 +33,7 @@ def main():
     from src.images import load_image
     from src.inference import caption_rows
     from src.files import write_json
-    from src.modeling import check_adapter_dir, check_model_dir, load_blip2, resolve_adapter_dir
+    from src.modeling import check_adapter_dir, check_model_dir, generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
     from src.outputs import check_output_dir, hold_output_lock
 
@@ -43,12 +43,14 @@ def main():
     out_dir = check_output_dir(OUTPUT_DIR)
     image = load_image(IMAGE, exif_orientation=True)  # a user's photo: upright as its camera meant
     check_model_dir(MODEL_ID)
+    vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
+    config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     if adapter:
         check_adapter_dir(adapter, MODEL_ID)
     with hold_output_lock(out_dir):
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
         result = caption_rows(model, processor, [IMAGE], {IMAGE: image}, question, model_id=MODEL_ID, adapter=adapter,
-                              vqa_prompt=VQA_PROMPT, vqa_decoding=VQA_DECODING, caption_prompt=CAPTION_PROMPT,
+                              vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=CAPTION_PROMPT,
                               caption_decoding=CAPTION_DECODING)[0]
         print(f"image:    {IMAGE}")
         print(f"caption:  {result['caption']}")

@@ -1,6 +1,8 @@
-"""Weight memory of Salesforce/blip2-opt-2.7b per precision, against the model card's memory table.
+"""Weight memory of every public BLIP-2 checkpoint, and of Salesforce/blip2-opt-2.7b against its model card.
 
-Prints `src.memory_plan`'s plan for the real architecture (meta device, no weights, no GPU),
+Prints one row per checkpoint whose architecture ships with the repo (blip2-opt-2.7b, -opt-6.7b,
+-flan-t5-xl, -flan-t5-xxl: parameters, bf16 and NF4 weight memory, QLoRA weights + LoRA state, LoRA
+size), then `src.memory_plan`'s full plan for blip2-opt-2.7b (meta device, no weights, no GPU),
 reproduces the model card's table ("float16/bfloat16 7.21 GB, int8 3.61 GB, int4 1.8 GB",
 largest layer 490.94 MB) the way `accelerate estimate-memory` computes it, explains the
 difference line by line with numbers that add up exactly, and replaces this script's section
@@ -11,7 +13,8 @@ of bench/RESULTS.md.
     python -m bench.memory_plan --gpu_check=True       # on a CUDA machine: also load a 2-layers-per-tower model with
                                                        # the real shapes in bf16 / 8-bit / 4-bit and measure it
 
-The plan is for the fine-tuning script's LoRA (its settings block, `bench.finetune_lora()`).
+The plans are for the fine-tuning script's LoRA (its settings block, `bench.finetune_lora()`; TARGET_MODULES
+"auto" is each model family's layers).
 
 A GPU check's figures go to outputs/bench_memory_plan/gpu_check.json; later runs add them to RESULTS.md.
 """
@@ -193,6 +196,23 @@ def gpu_check_lines(check: dict) -> list[str]:
     return lines
 
 
+def checkpoint_table(lora) -> list[str]:
+    """Markdown rows: every shipped architecture's size and memory at COMPUTE_DTYPE, with the script's LoRA."""
+    from src.memory_plan import KNOWN_ARCHITECTURES, plan_memory
+
+    compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[COMPUTE_DTYPE]
+    rows = [f"| checkpoint | family | params | bf16 GiB | NF4 + {compute} weights GiB | QLoRA weights + LoRA state GiB "
+            f"| LoRA params (r={lora.r}, {', '.join(lora.target_modules)}) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for model_id in KNOWN_ARCHITECTURES:
+        plan = plan_memory(model_id, lora=lora, compute_dtype=COMPUTE_DTYPE)
+        p, q, lo = plan["precisions"], plan["qlora_training"], plan["lora"]
+        rows.append(f"| {model_id} | {plan['family']} | {plan['total_params'] / 1e9:.3f}B | {p['bf16']['gib']:.2f} | "
+                    f"{p['nf4']['gib']:.2f} | {q['total_bytes'] / GIB:.2f} | {lo['params']:,} on {lo['modules']} "
+                    f"({', '.join(lo['targets'])}) |")
+    return rows
+
+
 def card_table(plan: dict, estimates: dict[str, dict]) -> tuple[list[str], bool]:
     """Markdown rows: the model card, accelerate's method at both vocabularies, this plan; and whether
     accelerate's method at the card's vocabulary gives every string of the card."""
@@ -263,7 +283,7 @@ def results_section(command: str, body: list[str], check_json: Path) -> str:
     from src.files import read_json
 
     lines = [
-        "## memory_plan: weight memory of Salesforce/blip2-opt-2.7b vs its model card",
+        "## memory_plan: weight memory of the BLIP-2 checkpoints; Salesforce/blip2-opt-2.7b vs its model card",
         "",
         f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, torch {torch.__version__}, "
@@ -290,7 +310,10 @@ def main() -> None:
         write_json(check_json, check)
         print("\n".join(gpu_check_lines(check)) + f"\nwrote {check_json.relative_to(REPO)}\n")
 
-    plan = plan_memory(None, lora=finetune_lora(), compute_dtype=COMPUTE_DTYPE)  # the fine-tuning script's default LoRA
+    lora = finetune_lora()  # the fine-tuning script's LoRA
+    checkpoints = checkpoint_table(lora)
+    print("Every shipped checkpoint (weights only; activations not estimated):\n" + "\n".join(checkpoints) + "\n")
+    plan = plan_memory(None, lora=lora, compute_dtype=COMPUTE_DTYPE)  # Salesforce/blip2-opt-2.7b
     table = format_plan(plan)
     print(table)
 
@@ -313,7 +336,11 @@ def main() -> None:
         from bench.results_md import write_section
 
         command = "python -m bench.memory_plan" + "".join(f" --{k}={v}" for k, v in config.items() if v != defaults[k])
-        body = ["```", table, "```", "", *rows, "", "Why they differ (card - plan, GiB; the terms add up exactly):", "",
+        body = ["Every shipped checkpoint, weights only (activations, CUDA context and allocator overhead not "
+                "estimated; QLoRA = NF4 language model + the rest in " + COMPUTE_DTYPE + ", plus fp32 LoRA weights, "
+                "gradients and AdamW moments):", "", *checkpoints, "",
+                "Salesforce/blip2-opt-2.7b in full, and against its model card:", "",
+                "```", table, "```", "", *rows, "", "Why they differ (card - plan, GiB; the terms add up exactly):", "",
                 *explain, "", *notes]
         write_section("memory_plan", results_section(command, body, check_json), _RESULTS_MD)
         print(f"wrote the memory_plan section of {_RESULTS_MD.relative_to(REPO)}")

@@ -231,6 +231,8 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
             bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
     if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
         bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
+    if name in _NAMED and value == "auto" and name != "caption_prompt":
+        return value  # the model family's own prompt or preset (src/family.py), resolved once the model is known
     if name in _NAMED:
         from . import prompts
 

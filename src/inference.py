@@ -1,4 +1,4 @@
-"""Batched caption and VQA generation with left padding.
+"""Batched caption and VQA generation, padded as the model family needs (OPT left, Flan-T5 right).
 
 Built from the model's public pieces (`get_image_features`, `get_input_embeddings`,
 `language_model.generate`) so that an image shared by several questions in a batch is
@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from .family import family_of
 from .modeling import blip2_core
 from .prompts import first_line, generate_kwargs
 
@@ -63,10 +64,15 @@ def generate_from_features(model, processor, image_features: torch.Tensor, promp
     embeds = core.get_input_embeddings()(input_ids)
     image_mask = (input_ids == core.config.image_token_id).unsqueeze(-1)
     embeds = embeds.masked_scatter(image_mask, image_features.to(embeds.device, embeds.dtype))
-    out = core.language_model.generate(
-        inputs_embeds=embeds, attention_mask=attention_mask, input_ids=input_ids,
-        pad_token_id=processor.tokenizer.pad_token_id, **decoding,
-    )
+    pad = processor.tokenizer.pad_token_id
+    if not family_of(core.config).decoder_only:
+        # Flan-T5: the encoder reads image and prompt; generate returns the decoder's tokens (its start
+        # token, the answer, </s>), as Blip2ForConditionalGeneration.generate does for it
+        out = core.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, pad_token_id=pad,
+                                           **decoding)
+        return [t.strip() for t in processor.tokenizer.batch_decode(out, skip_special_tokens=True)]
+    out = core.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, input_ids=input_ids,
+                                       pad_token_id=pad, **decoding)
     new_tokens = out[:, input_ids.shape[1]:]
     return [first_line(t) for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -88,8 +94,11 @@ def question_token_budget(model, processor, prompt_name: str, decoding: dict) ->
     from .prompts import format_prompt
 
     core = blip2_core(model)
-    positions = core.config.text_config.max_position_embeddings
     prompt_tokens = len(processor.tokenizer(format_prompt(prompt_name, ""))["input_ids"])
+    if not family_of(core.config).decoder_only:  # Flan-T5: the encoder's side only (the answer is the decoder's)
+        positions = getattr(core.config.text_config, "n_positions", None) or 512  # T5's relative positions: 512 trained
+        return positions - core.config.num_query_tokens - prompt_tokens
+    positions = core.config.text_config.max_position_embeddings
     return positions - core.config.num_query_tokens - prompt_tokens - int(decoding.get("max_new_tokens", 20)) - 1
 
 

@@ -5,20 +5,49 @@
 parameters per part (a tied lm_head counted once, with the input embedding) and prices every
 parameter at fp32, bf16, fp16, LLM.int8 and NF4 with double quantisation. Which modules stay
 unquantised, and in which dtype, is asked of the installed transformers itself: its bitsandbytes
-quantizers' `get_modules_to_not_convert` (tied weights, the output embedding, the last parameter,
-`_keep_in_fp32_modules`), the `should_convert_module` rule and "only `nn.Linear` is replaced"
-from `replace_with_bnb_linear`, and the model's `_get_dtype_plan` for the fp32 upcast.
+quantizers' `get_modules_to_not_convert` (the model family's skip list, `_keep_in_fp32_modules`:
+the Q-Former, the query tokens and T5's `wo`), the `should_convert_module` rule and "only `nn.Linear`
+is replaced" from `replace_with_bnb_linear`, and the model's `_get_dtype_plan` for the fp32 upcast.
+Whether the output embedding is tied follows transformers' `tie_weights` at load time: transformers 5
+builds every T5 with lm_head tied to `shared` and unties it when the checkpoint holds both with different
+values, as Flan-T5's does (its config says `tie_word_embeddings: false`); see `output_embedding_untied`.
 `format_plan` turns the result into the table the fine-tuning script prints before loading.
 
-The architecture of Salesforce/blip2-opt-2.7b ships as `blip2_opt_2.7b_architecture.json`
-(no download). Checked against a public copy of the Hub config.json (transformers 4.47
-revision, image_token_index 50265, text vocab_size 50304, eos 50118, ffn 10240, 2560 hidden,
-32 layers / 32 heads) and its printed module tree (vision 1408 / 6144, qkv bias, eps 1e-6,
-257 positions = 224/14 patches + CLS; Q-Former 768 / 3072, cross-attention every 2nd layer,
-keys from 1408; OPT positions 2050 = 2048 + 2, padding_idx 1). The Hub config leaves the rest
-to the config classes' defaults, copied here: vision 39 layers / 16 heads, Q-Former 12 layers /
-12 heads (its vocab_size 30522 and max_position_embeddings 512 create no parameters in
-Blip2ForConditionalGeneration), OPT bos 2 and tie_word_embeddings true.
+The architectures of the four public checkpoints ship beside this file (no download), each a copy
+of its Hub config.json (the transformers 4.47 revisions that added the `<image>` token) with the
+values the Hub file leaves to the config classes' defaults written out:
+
+- Salesforce/blip2-opt-2.7b, `blip2_opt_2.7b_architecture.json`: checked against a public copy of
+  the Hub config.json (image_token_index 50265, text vocab_size 50304, eos 50118, ffn 10240, 2560
+  hidden, 32 layers / 32 heads) and its printed module tree (vision 1408 / 6144, qkv bias, eps 1e-6,
+  257 positions = 224/14 patches + CLS; Q-Former 768 / 3072, cross-attention every 2nd layer, keys
+  from 1408; OPT positions 2050 = 2048 + 2, padding_idx 1). The Hub config leaves the rest to the
+  config classes' defaults, copied here: vision 39 layers / 16 heads, Q-Former 12 layers / 12 heads
+  (its vocab_size 30522 and max_position_embeddings 512 create no parameters in
+  Blip2ForConditionalGeneration), OPT bos 2 and tie_word_embeddings true.
+- Salesforce/blip2-opt-6.7b, `blip2_opt_6.7b_architecture.json`: OPT-6.7B's sizes (hidden and
+  word_embed_proj_dim 4096, ffn 16384, 32 layers / 32 heads, positions 2048, bos 2, pad 1) from a copy
+  of facebook/opt-6.7b's config.json, which BLIP-2 took unchanged (LAVIS blip2_pretrain_opt6.7b.yaml:
+  opt_model facebook/opt-6.7b; transformers' convert_blip_2_original_to_pytorch.py: OPTConfig of
+  facebook/opt-6.7b with eos = the newline, 50118). vocab_size 50304 and image_token_index 50265 are
+  those of the same update of Salesforce/blip2-opt-6.7b-coco (its Hub config.json at 6fb8001: the same
+  OPT-6.7B, eos 50118, image_token_index 50265, vocab_size 50304), where `<image>` (added_tokens.json:
+  50265) made 50266 tokens (50304 is that rounded up to a multiple of 64). The plain checkpoint's own
+  updated config.json was not found in a public copy; its parameter count with these values, 7.75B,
+  matches promptlayer.com's listing of the Hub model. Vision and Q-Former: the same defaults as
+  blip2-opt-2.7b (224-pixel images, LAVIS image_size 224).
+- Salesforce/blip2-flan-t5-xl and -xxl, `blip2_flan_t5_xl_architecture.json` and
+  `blip2_flan_t5_xxl_architecture.json`: a printed copy of the xl Hub config.json and the xxl Hub
+  config.json at revision e9ddf63 (both transformers 4.47.0.dev0): use_decoder_only_language_model
+  false, num_query_tokens 32, image_token_index 32100 (`<image>` after T5's 32,100 pieces and sentinels;
+  vocab_size stays 32128), text_config model_type t5 with d_model 2048 / 4096, d_ff 5120 / 10240,
+  d_kv 64, num_heads 32 / 64, 24 encoder and 24 decoder layers, gated-gelu, relative attention 32
+  buckets / max distance 128, layer_norm_epsilon 1e-6, tie_word_embeddings false, pad 0, eos 1,
+  decoder_start 0 and bos 1 (convert_blip_2_original_to_pytorch.py sets bos_token_id=1 and
+  dense_act_fn="gelu" on google/flan-t5-xl's and -xxl's T5Config). Vision and Q-Former are left to the
+  defaults there too (the same values as above). Parameter counts with the untied lm_head, 3.94B and
+  12.23B, match promptlayer.com's listings (3.94B, 12.2B) and the xxl checkpoint's 48.9 GB of fp32
+  safetensors.
 """
 
 from __future__ import annotations
@@ -30,11 +59,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .family import AUTO, FAMILIES, Family, family_of, lora_targets
 from .training import LoraSettings, lora_target_regex  # the LoRA the fine-tuning script adds, and its peft regex
 
-ARCHITECTURE_JSON = Path(__file__).with_name("blip2_opt_2.7b_architecture.json")
+_HERE = Path(__file__).parent
+ARCHITECTURE_JSON = _HERE / "blip2_opt_2.7b_architecture.json"  # the default model's (DEFAULT_MODEL_ID)
 # Hub ids whose architecture ships with the repo, so a plan never needs the network
-KNOWN_ARCHITECTURES = {"Salesforce/blip2-opt-2.7b": ARCHITECTURE_JSON}
+KNOWN_ARCHITECTURES = {
+    "Salesforce/blip2-opt-2.7b": ARCHITECTURE_JSON,
+    "Salesforce/blip2-opt-6.7b": _HERE / "blip2_opt_6.7b_architecture.json",
+    "Salesforce/blip2-flan-t5-xl": _HERE / "blip2_flan_t5_xl_architecture.json",
+    "Salesforce/blip2-flan-t5-xxl": _HERE / "blip2_flan_t5_xxl_architecture.json",
+}
 
 # bitsandbytes 4-bit storage (bnb.functional.quantize_4bit, Linear4bit's defaults)
 NF4_BLOCKSIZE = 64  # weights per absmax
@@ -110,13 +146,63 @@ def load_blip2_config(config: Any = None):
         ) from None
 
 
-def build_meta_model(config):
-    """Blip2ForConditionalGeneration with every tensor on the meta device: shapes, no memory."""
+def build_meta_model(config, checkpoint_keys: set[str] | None = None):
+    """Blip2ForConditionalGeneration with every tensor on the meta device: shapes, no memory. Its output
+    embedding is untied as transformers unties it when loading (`output_embedding_untied`)."""
     import torch
     from transformers import Blip2ForConditionalGeneration
 
     with torch.device("meta"):
-        return Blip2ForConditionalGeneration(config)
+        model = Blip2ForConditionalGeneration(config)
+        if output_embedding_untied(model, checkpoint_keys):
+            name, head = _output_embedding_name(model), model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(torch.empty_like(head.weight), requires_grad=False)
+            model.all_tied_weights_keys.pop(name, None)  # as tie_weights leaves it after loading
+            model.language_model.all_tied_weights_keys.pop(name.removeprefix("language_model."), None)
+    return model
+
+
+def _output_embedding_name(model) -> str:
+    head = model.get_output_embeddings()
+    return next(f"{n}.weight" for n, m in model.named_modules() if m is head)
+
+
+def output_embedding_untied(model, checkpoint_keys: set[str] | None) -> bool:
+    """Whether loading the checkpoint leaves the output embedding a tensor of its own although the model
+    ties it when built. transformers' `tie_weights` (from_pretrained) skips a tie when the checkpoint holds
+    both tensors with different values; a tied checkpoint stores one. With the checkpoint's tensor names
+    (a model folder) that is read off them. Without (a config only): untied when the config says so,
+    `tie_word_embeddings: false`, which T5Config records as `scale_decoder_outputs` before tying T5
+    anyway (transformers 5): that is Flan-T5, whose checkpoints carry their own lm_head."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight is not embed.weight:
+        return False
+    target = _output_embedding_name(model)
+    source = model.all_tied_weights_keys.get(target)
+    if checkpoint_keys is not None:
+        return source is not None and {target, source} <= checkpoint_keys
+    text = model.config.text_config
+    return text.tie_word_embeddings is False or getattr(text, "scale_decoder_outputs", True) is False
+
+
+def checkpoint_tensor_names(config: Any) -> set[str] | None:
+    """The tensor names of the safetensors checkpoint in a model folder (headers only), or None when
+    `config` names no folder with one (a Hub id, a config.json alone, a dict, a Blip2Config)."""
+    from safetensors import safe_open
+
+    if not isinstance(config, (str, Path)) or str(config) in KNOWN_ARCHITECTURES and not Path(str(config)).exists():
+        return None
+    folder = Path(config)
+    folder = folder if folder.is_dir() else folder.parent
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            return set(json.load(f)["weight_map"])
+    single = folder / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), "pt") as f:
+            return set(f.keys())
+    return None
 
 
 def bnb_modules_to_not_convert(model) -> list[str]:
@@ -124,10 +210,8 @@ def bnb_modules_to_not_convert(model) -> list[str]:
     as modules_to_not_convert, with `llm_int8_skip_modules` set as `load_blip2` sets it."""
     from transformers.quantizers.base import HfQuantizer
 
-    from .modeling import QUANTIZATION_SKIP_MODULES
-
-    return sorted(HfQuantizer.get_modules_to_not_convert(model, list(QUANTIZATION_SKIP_MODULES),
-                                                         model._keep_in_fp32_modules))
+    skip = list(family_of(model.config).quantization_skip)  # what load_blip2 passes as llm_int8_skip_modules
+    return sorted(HfQuantizer.get_modules_to_not_convert(model, skip, model._keep_in_fp32_modules))
 
 
 def bnb_quantized_linears(model, modules_to_not_convert: list[str]) -> dict[str, Any]:
@@ -153,12 +237,16 @@ def fp32_patterns(model, dtype) -> list[str]:
 
 def _part_of(name: str, param, embed_weight, lm_head_weight) -> str:
     if param is embed_weight:
-        return "language_model.embed_tokens"
+        return "language_model.embed_tokens"  # OPT's embed_tokens, T5's shared (its encoder's and decoder's)
     if param is lm_head_weight:
         return "language_model.lm_head"  # only reached when the output embedding is not tied
     head = name.split(".", 1)[0]
     if head != "language_model":
         return head
+    if name.startswith("language_model.encoder.block."):
+        return "language_model.encoder_layers"
+    if name.startswith("language_model.decoder.block."):
+        return "language_model.decoder_layers"
     if ".layers." in name:
         return "language_model.layers"
     if "embed_positions" in name:
@@ -171,12 +259,15 @@ PART_LABELS = {
     "query_tokens": "query_tokens",
     "qformer": "qformer",
     "language_projection": "language_projection",
-    "language_model.embed_tokens": "LM embed_tokens (= tied lm_head, once)",
+    "language_model.embed_tokens": "LM token embedding",  # format_plan adds what is tied to it
     "language_model.lm_head": "LM lm_head (untied)",
     "language_model.embed_positions": "LM embed_positions",
-    "language_model.layers": "LM decoder layers",
+    "language_model.layers": "LM decoder layers",  # OPT
+    "language_model.encoder_layers": "LM encoder layers",  # T5
+    "language_model.decoder_layers": "LM decoder layers",  # T5
     "language_model.final_norm_etc": "LM final norm etc.",
 }
+_LAYER_INDEX = re.compile(r"\.(?:layers|block)\.(\d+)\.")
 
 
 def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]:
@@ -194,13 +285,25 @@ def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]
     return regex, matched
 
 
+def resolve_lora_targets(targets, family: Family) -> str | tuple[str, ...]:
+    """TARGET_MODULES for `family`: "auto" or ("auto",) is the family's layer names (src.family.lora_targets);
+    names are checked there; any other str is a peft regex and stays as it is."""
+    if isinstance(targets, str) and targets != AUTO:
+        return targets
+    if isinstance(targets, str) or tuple(targets) == (AUTO,):
+        return lora_targets(AUTO, family)
+    return lora_targets(list(targets), family)
+
+
 def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:
     """Parameters and weight bytes of BLIP-2 per part and precision, plus LoRA and its training state.
 
-    config: see `load_blip2_config` (default: the shipped Salesforce/blip2-opt-2.7b architecture).
-    lora: the LoRA (its r, target_modules and scope; target_modules may also be a peft regex string).
+    config: see `load_blip2_config` (default: the shipped Salesforce/blip2-opt-2.7b architecture); a
+    model folder's checkpoint tensor names decide whether its output embedding loads untied.
+    lora: the LoRA (its r, target_modules and scope; target_modules may be "auto", the model family's
+    layers, or a peft regex string).
     compute_dtype: dtype of everything bitsandbytes leaves unquantised in the int8 / nf4 columns
-    (`load_blip2` uses bfloat16 on GPUs that have it, float16 on older ones).
+    (`load_blip2` uses bfloat16 on GPUs that have it, else float16, or float32 for Flan-T5).
     """
     import torch
     import transformers
@@ -208,7 +311,8 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     if lora.r < 1:
         raise UserError(f"lora_r must be >= 1, got {lora.r}")
     cfg = load_blip2_config(config)
-    model = build_meta_model(cfg)
+    family = family_of(cfg)
+    model = build_meta_model(cfg, checkpoint_tensor_names(config))
     compute = _torch_dtype(compute_dtype)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
 
@@ -223,7 +327,9 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     for precision in ("int8", "nf4"):
         precisions[precision]["unquantized_params_by_dtype"] = unquantized_by_dtype[precision]
 
-    lora = _lora_plan(model, lora.r, lora.target_modules, lora.scope)
+    requested = lora.target_modules
+    auto = requested == AUTO or not isinstance(requested, str) and tuple(requested) == (AUTO,)
+    lora = _lora_plan(model, lora.r, resolve_lora_targets(requested, family), lora.scope, auto=auto)
     # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
     qlora = {
         "weights_bytes": precisions["nf4"]["bytes"],
@@ -236,6 +342,7 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     largest = max(model.named_parameters(), key=lambda kv: kv[1].numel())
     return {
         "model": type(model).__name__,
+        "family": family.name,
         "transformers_version": transformers.__version__,
         "compute_dtype": compute_dtype,
         "language_model_layers": cfg.text_config.num_hidden_layers,
@@ -243,12 +350,14 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
         "parts": parts,
         "tied_weights": dict(tied),
         "tied_params_counted_once": sum(model.get_parameter(k).numel() for k in tied),
+        "untied_output_embedding": "language_model.lm_head" in parts,
         "bnb": {
             "modules_to_not_convert": not_convert,
             "quantized_linears": sorted(quantized),
             "quantized_linear_count": len(quantized),
             "quantized_params": sum(p["quantized_params"] for p in parts.values()),
             "fp32_patterns": {p: fp32_patterns(model, dtypes[p]) for p in PRECISIONS},
+            "keep_in_fp32_modules": sorted(model._keep_in_fp32_modules),
         },
         "precisions": precisions,
         "lora": lora,
@@ -279,6 +388,8 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dic
         )
         n = param.numel()
         part["params"] += n
+        if layer := _LAYER_INDEX.search(name):
+            part.setdefault("layer_indices", set()).add(int(layer.group(1)))
         module = quantized_weights.get(name)
         if module is not None:
             part["quantized_params"] += n
@@ -293,6 +404,9 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dic
                 if precision in unquantized_by_dtype:
                     key = str(dtype).removeprefix("torch.")
                     unquantized_by_dtype[precision][key] = unquantized_by_dtype[precision].get(key, 0) + n
+    for part in parts.values():
+        if "layer_indices" in part:
+            part["layers"] = len(part.pop("layer_indices"))
     buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
     if buffers:
         parts["buffers"] = {"params": 0, "quantized_params": 0, "bytes": dict.fromkeys(PRECISIONS, buffers)}
@@ -300,13 +414,14 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dic
     return dict(sorted(parts.items(), key=lambda kv: order.index(kv[0]))), unquantized_by_dtype
 
 
-def _lora_plan(model, lora_r: int, lora_targets, lora_scope) -> dict:
+def _lora_plan(model, lora_r: int, lora_targets, lora_scope, auto: bool = False) -> dict:
     """The LoRA modules, parameters and fp32 training state (weights, gradients, AdamW moments)."""
     regex, lora_modules = _lora_modules(model, lora_targets, lora_scope)
     lora_params = sum(lora_r * (m.in_features + m.out_features) for m in lora_modules.values())
     lora = {
         "r": lora_r,
         "targets": lora_targets if isinstance(lora_targets, str) else list(lora_targets),
+        "auto": auto,  # the targets are the model family's ("auto")
         "scope": lora_scope,
         "regex": regex,
         "modules": len(lora_modules),
@@ -340,22 +455,38 @@ def _gib(nbytes: float, unit: int = GIB) -> str:
     return f"{nbytes / unit:.3f}"
 
 
+def _part_label(key: str, part: dict, plan: dict) -> str:
+    label = PART_LABELS.get(key, key)
+    if "layers" in part:
+        label += f" ({part['layers']})"
+    if key == "language_model.embed_tokens":  # what is tied to it: "lm_head" (OPT), "encoder/decoder embed_tokens" (T5)
+        embed = next(iter(plan["tied_weights"].values()), None)
+        owners: dict[str, list[str]] = {}
+        for target, source in plan["tied_weights"].items():
+            if source == embed:
+                *path, module = target.removeprefix("language_model.").removesuffix(".weight").split(".")
+                owners.setdefault(module, []).append(".".join(path))
+        tied = ["/".join(o for o in paths if o) + (" " if any(paths) else "") + module for module, paths in owners.items()]
+        label += f" (= tied {', '.join(tied)}, once)" if tied else ""
+    return label
+
+
 def format_plan(plan: dict) -> str:
     """A compact table (params, GiB per precision) and the notes that make the numbers readable."""
+    family = FAMILIES[plan["family"]]
     compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[plan["compute_dtype"]]
     heads = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": f"int8+{compute}", "nf4": f"nf4+{compute}"}
     # the tiny test model would print as zeros in GiB
     unit, unit_name = (GIB, "GiB") if plan["precisions"]["fp32"]["bytes"] >= GIB else (1024**2, "MiB")
-    width = max(len(PART_LABELS.get(k, k)) for k in plan["parts"]) + 6
+    labels = {key: _part_label(key, part, plan) for key, part in plan["parts"].items()}
+    width = max(len(label) for label in labels.values()) + 4
     lines = [
-        f"***** BLIP-2 weight memory plan ({plan['model']}, transformers {plan['transformers_version']}, {unit_name}) *****",
+        f"***** BLIP-2 weight memory plan ({plan['model']} on {family.title}, transformers "
+        f"{plan['transformers_version']}, {unit_name}) *****",
         f"{'part':<{width}}{'params':>15}" + "".join(f"{heads[p]:>11}" for p in PRECISIONS),
     ]
     for key, part in plan["parts"].items():
-        label = PART_LABELS.get(key, key)
-        if key == "language_model.layers":
-            label += f" ({plan['language_model_layers']})"
-        row = f"{label:<{width}}{part['params']:>15,}"
+        row = f"{labels[key]:<{width}}{part['params']:>15,}"
         lines.append(row + "".join(f"{_gib(part['bytes'][p], unit):>11}" for p in PRECISIONS))
     lines.append(
         f"{'total':<{width}}{plan['total_params']:>15,}" + "".join(f"{_gib(plan['precisions'][p]['bytes'], unit):>11}" for p in PRECISIONS)
@@ -373,12 +504,20 @@ def format_plan(plan: dict) -> str:
         f"+ fp32 absmax per 16384 = {per_weight:.4f} B/weight, + 1.1 KB of lookup tables per layer"
     )
     fp16_up = ", ".join(bnb["fp32_patterns"]["fp16"]) or "nothing"
-    lines.append(f"fp32 upcast (transformers _keep_in_fp32_modules, fp16 loads only): {fp16_up}")
+    line = f"fp32 upcast (transformers _keep_in_fp32_modules, fp16 loads only): {fp16_up}"
+    if not family.fp16_ok:
+        line += (f"; load_blip2 never loads {family.title} in fp16 (bf16, or fp32 on GPUs without bf16), so its "
+                 "fp16 column is for comparison only")
+    lines.append(line)
     if plan["tied_weights"]:
         lines.append(f"tied, counted once: {', '.join(f'{k} = {v}' for k, v in plan['tied_weights'].items())}")
+    if plan["untied_output_embedding"]:
+        lines.append("lm_head is a tensor of its own: the checkpoint stores it apart from the input embedding "
+                     "(tie_word_embeddings false), and transformers then does not tie them")
     lora = plan["lora"]
     lines.append(
-        f"LoRA r={lora['r']} on {lora['modules']} Linear modules ({lora['regex']}): {lora['params']:,} params; "
+        f"LoRA r={lora['r']} on {lora['modules']} Linear modules ({lora['regex']}"
+        f"{', auto: the ' + family.title + ' default' if lora['auto'] else ''}): {lora['params']:,} params; "
         f"fp32 params + grads + AdamW moments = {_gib(lora['total_bytes'], unit)} {unit_name}"
     )
     q = plan["qlora_training"]

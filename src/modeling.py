@@ -7,18 +7,17 @@ go through the same `from_pretrained` calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 from .errors import UserError
+from .family import OPT, Family, family_of, resolve
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
-# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. This list
-# replaces bitsandbytes' default skip list, so it names lm_head too; the Q-Former stays in fp32 anyway
-# (Blip2's _keep_in_fp32_modules are always added to it).
-QUANTIZATION_SKIP_MODULES = ["vision_model", "language_projection", "lm_head"]
+# what 4-bit / 8-bit leave unquantised is the model family's (src/family.py: Family.quantization_skip)
 ROOM_WARNING_GB = 20  # a model download the hub cannot size: warn when the cache disk has less free space
 OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")  # never downloaded
 
@@ -38,24 +37,55 @@ def make_accelerator(**kwargs):
     return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
 
 
-def compute_dtype(device: str):
+def compute_dtype(device: str, family: Family = OPT):
     """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, A10, L4, RTX 30/40, H100), fp16 on
     older ones (T4, V100, RTX 20), fp32 on CPU. torch counts emulated bf16 as supported by default; on a
-    T4 that is slow and breaks bitsandbytes kernels, so emulation does not count here."""
+    T4 that is slow and breaks bitsandbytes kernels, so emulation does not count here. A family that
+    overflows in fp16 (Flan-T5, trained in bf16) computes in fp32 on those older GPUs instead: slower
+    and, for the unquantised parts, twice the memory, but its answers are numbers, not nan."""
     import torch
 
     if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        return torch.float16 if family.fp16_ok else torch.float32
     return torch.float32
 
 
-def mixed_precision(device: str) -> str:
+def mixed_precision(device: str, family: Family = OPT) -> str:
     """accelerate's mixed_precision for training on `device`: "bf16", "fp16" (with loss scaling) or "no"."""
     import torch
 
-    if not str(device).startswith("cuda"):
+    dtype = compute_dtype(device, family)
+    if not str(device).startswith("cuda") or dtype == torch.float32:
         return "no"
-    return "bf16" if compute_dtype(device) == torch.bfloat16 else "fp16"
+    return "bf16" if dtype == torch.bfloat16 else "fp16"
+
+
+def model_config(model_id: str):
+    """The Blip2Config of a local folder or hub id (a small download for a hub id seen the first time)."""
+    from transformers import Blip2Config
+
+    try:
+        return Blip2Config.from_pretrained(model_id)
+    except (OSError, ValueError) as e:
+        raise _fetch_error(model_id, e) from None
+
+
+def model_family(model_id: str) -> Family:
+    """The family (src/family.py) of the BLIP-2 at `model_id`, from its config alone."""
+    return family_of(model_config(model_id))
+
+
+def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = None) -> tuple[str, str | None]:
+    """A script's VQA_PROMPT and VQA_DECODING for the model it loads: "auto" becomes the model family's
+    own (vqa_opt for OPT, vqa_t5 for Flan-T5); a name written for the other family is refused in one
+    line. Read from the config, before the slow model load."""
+    check_model_dir(model_id)
+    family = model_family(model_id)
+    prompt = resolve("prompt", vqa_prompt, family, model_id)
+    decoding = None if vqa_decoding is None else resolve("decoding", vqa_decoding, family, model_id)
+    return prompt, decoding
 
 
 def check_quantization(quantization: str, device: str) -> None:
@@ -149,20 +179,21 @@ def check_download_room(model_id: str) -> None:
 IMAGE_BACKEND = "pil"  # what LAVIS used (PIL bicubic); see load_processor
 
 
-def load_processor(model_id: str):
+def load_processor(model_id: str, family: Family = OPT):
     """The model's processor, its images always resized by PIL (bicubic, what LAVIS used). transformers 5
     otherwise picks the torchvision backend whenever torchvision imports (a usual CUDA install), which
     resizes tensors with antialiasing: other pixels, so a baseline and a fine-tuned run made on two
-    machines would not be comparable. Rows record the backend (`image_backend`)."""
+    machines would not be comparable. Rows record the backend (`image_backend`). The padding side is
+    the family's: left for OPT, right for Flan-T5."""
     from transformers import AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(model_id, backend=IMAGE_BACKEND)
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
-    # image tokens come first, then left padding, then the prompt: batched generation
-    # continues every row from its last real token
-    processor.tokenizer.padding_side = "left"
+    # OPT: image tokens, then left padding, then the prompt, so batched generation continues every row
+    # from its last real token; Flan-T5's encoder reads image tokens, prompt, then right padding
+    processor.tokenizer.padding_side = family.padding_side
     return processor
 
 
@@ -186,7 +217,9 @@ def load_blip2(
     device = device or default_device()
     check_model_dir(model_id)
     check_quantization(quantization, device)
-    dtype = compute_dtype(device)
+    family = model_family(model_id)
+    dtype = compute_dtype(device, family)
+    skip = list(family.quantization_skip)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle downloaded weights
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -194,18 +227,19 @@ def load_blip2(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
+            llm_int8_skip_modules=skip,
         )
     elif quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     # every weight straight onto this process's device (also unquantised: no full copy in host RAM first,
     # which is 7.7 GB per process, 62 GB on 8 GPUs)
     kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
 
     check_download_room(model_id)
-    processor = load_processor(model_id)
+    processor = load_processor(model_id, family)
     try:
-        model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)
+        with _quiet_untied_lm_head(family):
+            model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
     except RuntimeError as e:
@@ -245,13 +279,39 @@ def check_image_tokens(model, processor, model_id: str) -> None:
     processor.num_query_tokens = config.num_query_tokens
 
 
+class _UntiedLmHeadFilter:
+    """Drops transformers' warning that a T5 checkpoint holds its lm_head beside the shared embedding:
+    Flan-T5's does (its config says tie_word_embeddings false), and keeping them apart is right."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        text = record.getMessage()
+        return not ("present in the checkpoints with different values, so we will NOT tie them" in text
+                    and "lm_head" in text and "shared" in text)
+
+
+@contextlib.contextmanager
+def _quiet_untied_lm_head(family: Family):
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    if not family.decoder_only:
+        logger.addFilter(_UntiedLmHeadFilter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_UntiedLmHeadFilter)
+
+
 def check_bos(model, processor, model_id: str) -> None:
     """The tokenizer must start every text with the language model's BOS (OPT's `</s>`, id 2), as the
     model was trained and as the fine-tuning target assumes. In transformers 5 only the post-processor of
     tokenizer.json decides this (add_bos_token is dropped when that file exists), so a damaged or stale
     tokenizer.json would shift every prompt silently."""
-    bos = model.config.text_config.bos_token_id
-    if bos is None or not getattr(model.config, "use_decoder_only_language_model", True):
+    if not family_of(model.config).decoder_only:  # T5 has no BOS: its decoder starts from the pad token
+        return
+    bos = getattr(model.config.text_config, "bos_token_id", None)
+    if bos is None:
         return
     ids = processor.tokenizer("a")["input_ids"]
     if not ids or ids[0] != bos:
@@ -265,8 +325,8 @@ def check_bos(model, processor, model_id: str) -> None:
 
 
 def end_token_id(model) -> int:
-    """The token generation stops on: the language model's eos (the newline, 50118, for OPT-based
-    BLIP-2), which the fine-tuning target must end with. Not the tokenizer's `</s>`."""
+    """The token generation stops on: the language model's eos, which the fine-tuning target must end
+    with. For OPT-based BLIP-2 that is the newline (50118), not the tokenizer's `</s>`; for Flan-T5 `</s>` (1)."""
     core = blip2_core(model)
     eos = core.language_model.generation_config.eos_token_id
     if eos is None:
@@ -342,6 +402,10 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     prefix = "base_model.model."
     config = _read_adapter_config(Path(adapter))
+    theirs, ours = _adapter_family(shapes), family_of(blip2_core(model).config)
+    if theirs is not None and theirs != ours:
+        return (f"its LoRA layers are those of BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
+                "(an adapter works only on the model family it was trained on)")
     landed = 0
     for key, shape in sorted(shapes.items()):
         if key.endswith(".lora_A.weight") and len(shape) == 2 and shape[0] != config["r"] \
@@ -363,6 +427,19 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     if not landed:
         return (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / …lora_B.weight) of a layer of "
                 "the model, so it would change nothing (an empty or renamed weights file)")
+    return None
+
+
+def _adapter_family(keys) -> Family | None:
+    """The model family whose language-model layers an adapter's tensor names adapt, or None (none of its
+    names is a language-model layer: the per-layer check reports that)."""
+    from .family import T5
+
+    for key in keys:
+        if ".language_model.model.decoder.layers." in key:
+            return OPT
+        if ".language_model.encoder.block." in key or ".language_model.decoder.block." in key:
+            return T5
     return None
 
 

@@ -6,12 +6,18 @@ every question through its `blip_question` processor (lavis/processors/blip_proc
 lower-case, drop .!"()*#:;~, strip trailing spaces, at most 50 words). " What" and " what" are different
 OPT tokens, so that processing changes the answers. Captions use an empty text prompt.
 
+BLIP-2's Flan-T5 models were evaluated with "Question: {} Short answer:" and the same beam search (paper,
+sec. 4.1; LAVIS lavis/projects/blip2/eval/vqav2_zeroshot_flant5xl_eval.yaml and blip2_t5.predict_answers:
+beam 5, max_len 10, min_len 1, length_penalty -1). Each prompt and preset declares the model families it
+suits (PROMPT_FAMILIES, DECODING_FAMILIES; src/family.py); "auto" is the model family's own.
+
 Prompts (question processing in brackets) and the zero-shot VQAv2 numbers reported for blip2-opt-2.7b:
   vqa_opt        "Question: {} Answer:"        [lavis]  the paper's prompt: 53.5 (val), 52.3 (test-dev)
   vqa_opt_raw    "Question: {} Answer:"        [raw]    the same prompt with the question as written
   vqa_opt_lavis  "Question: {} Short answer:"  [lavis]  LAVIS's released zero-shot OPT config
                  (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), its comment: 51.88 (val),
                  decoded with the `vqa_lavis` preset below
+  vqa_t5         "Question: {} Short answer:"  [lavis]  the paper's and LAVIS's Flan-T5 prompt
 
 Decoding presets:
   vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description)
@@ -30,10 +36,14 @@ PROMPTS = {
     "vqa_opt": "Question: {} Answer:",
     "vqa_opt_raw": "Question: {} Answer:",
     "vqa_opt_lavis": "Question: {} Short answer:",
+    "vqa_t5": "Question: {} Short answer:",
     "caption": "",
 }
+# the model families (src/family.py) each prompt was written for; a prompt not listed suits every family
+PROMPT_FAMILIES = {"vqa_opt": ("opt",), "vqa_opt_raw": ("opt",), "vqa_opt_lavis": ("opt",), "vqa_t5": ("t5",)}
 # how each prompt's question is processed before it is put in: "lavis" (LAVIS's blip_question) or "raw"
-QUESTION_PROCESSING = {"vqa_opt": "lavis", "vqa_opt_raw": "raw", "vqa_opt_lavis": "lavis", "caption": "raw"}
+QUESTION_PROCESSING = {"vqa_opt": "lavis", "vqa_opt_raw": "raw", "vqa_opt_lavis": "lavis", "vqa_t5": "lavis",
+                       "caption": "raw"}
 
 _LAVIS_STRIP = re.compile(r'([.!\"()*#:;~])')
 LAVIS_MAX_WORDS = 50
@@ -55,10 +65,13 @@ DECODING = {
     "greedy": {"num_beams": 1, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
     "caption_beam5": {"num_beams": 5, "length_penalty": 1.0, "max_new_tokens": 30, "min_new_tokens": 1, "do_sample": False},
 }
+# vqa_lavis is LAVIS's OPT setting (its T5 one, length penalty -1, is vqa_beam5); the others suit both families
+DECODING_FAMILIES = {"vqa_lavis": ("opt",)}
 # keys of a preset that are not generate() arguments
 PROMPT_KEYS = ("max_prompt_tokens",)
 
-DEFAULT_VQA_PROMPT = "vqa_opt"
+AUTO = "auto"  # in a script's VQA_PROMPT / VQA_DECODING: the model family's own (src/family.py)
+DEFAULT_VQA_PROMPT = "vqa_opt"  # what "auto" is for the default model, Salesforce/blip2-opt-2.7b
 DEFAULT_VQA_DECODING = "vqa_beam5"
 DEFAULT_CAPTION_PROMPT = "caption"
 DEFAULT_CAPTION_DECODING = "caption_beam5"
@@ -99,7 +112,8 @@ def format_prompt(name: str, question: str | None = None) -> str:
 
 
 def first_line(text: str) -> str:
-    """The model's continuation cut at the first newline (OPT's end token), surrounding white space removed."""
+    """The model's continuation cut at the first newline (OPT's end token), surrounding white space removed.
+    (A Flan-T5 answer ends on </s>, which decoding drops; it holds no newline either.)"""
     return text.split("\n", 1)[0].strip()
 
 

@@ -27,6 +27,7 @@ from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .samples import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
+from .family import OPT, Family, family_of
 from .files import DISK_FULL, give_default_permissions, replace_folder, write_json
 from .prompts import format_prompt
 
@@ -37,26 +38,43 @@ TRAINING_STATE = "training_state.pt"
 
 # --- examples ------------------------------------------------------------------------------------
 
-def encode_example(tokenizer, prompt: str, answer: str, end_id: int) -> tuple[list[int], list[int]]:
-    """Token ids of `prompt + " " + answer + end` and labels that score only the answer and the end token.
+def encode_example(tokenizer, prompt: str, answer: str, end_id: int, family: Family = OPT) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one training example, laid out for the model family (src/family.py).
 
-    The prompt is tokenized on its own, exactly as at evaluation time, so the model learns to
-    continue the very token sequence it will see when answering. `end_id` is the token generation
-    stops on (`src.modeling.end_token_id`: the newline for OPT-based BLIP-2, not the tokenizer's `</s>`)."""
+    OPT (decoder-only): the ids of `prompt + " " + answer + end` and labels that score only the answer
+    and the end token. The prompt is tokenized on its own, exactly as at evaluation time, so the model
+    learns to continue the very token sequence it will see when answering. `end_id` is the token
+    generation stops on (`src.modeling.end_token_id`: the newline for OPT-based BLIP-2, not `</s>`).
+
+    Flan-T5 (encoder-decoder): the prompt as the tokenizer ends it (with `</s>`) goes to the encoder, as
+    at evaluation time; the labels are the answer and `end_id` (`</s>`); the decoder reads them shifted
+    right behind its start token, so nothing needs masking (LAVIS's blip2_t5 does the same)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
+    if not family.decoder_only:
+        return prompt_ids, tokenizer(answer, add_special_tokens=False)["input_ids"] + [end_id]
     answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [end_id]
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
-def collate_examples(tokenizer, num_query_tokens: int, image_token_id: int, encoded: Sequence[tuple[list[int], list[int]]]):
-    """Left-pad to one length and put the image tokens first, as the processor does at inference."""
+def collate_examples(tokenizer, num_query_tokens: int, image_token_id: int, encoded: Sequence[tuple[list[int], list[int]]],
+                     family: Family = OPT):
+    """(input ids, attention mask, labels) of a batch with the image tokens first, as the processor puts
+    them at inference. OPT: left padding (generation continues every row from its last real token), the
+    labels as wide as the input ids. Flan-T5: right padding, as LAVIS and the T5 tokenizer pad; the labels
+    (the decoder's side) padded with -100 to their own width."""
     width = max(len(ids) for ids, _ in encoded)
+    label_width = max(len(labs) for _, labs in encoded)
     input_ids, attention, labels = [], [], []
     for ids, labs in encoded:
         pad = width - len(ids)
-        input_ids.append([image_token_id] * num_query_tokens + [tokenizer.pad_token_id] * pad + ids)
-        attention.append([1] * num_query_tokens + [0] * pad + [1] * len(ids))
-        labels.append([IGNORE_INDEX] * (num_query_tokens + pad) + labs)
+        if family.decoder_only:
+            input_ids.append([image_token_id] * num_query_tokens + [tokenizer.pad_token_id] * pad + ids)
+            attention.append([1] * num_query_tokens + [0] * pad + [1] * len(ids))
+            labels.append([IGNORE_INDEX] * (num_query_tokens + pad) + labs)
+        else:
+            input_ids.append([image_token_id] * num_query_tokens + ids + [tokenizer.pad_token_id] * pad)
+            attention.append([1] * (num_query_tokens + len(ids)) + [0] * pad)
+            labels.append(labs + [IGNORE_INDEX] * (label_width - len(labs)))
     return (torch.tensor(input_ids), torch.tensor(attention), torch.tensor(labels))
 
 
@@ -86,7 +104,7 @@ class TrainBatches(Dataset):
                  micro_batch: int, first: int, count: int, world_size: int, rank: int):
         self.samples, self.processor, self.prompt, self.seed = samples, processor, prompt, seed
         self.image_token_id, self.num_query_tokens = model_config.image_token_id, model_config.num_query_tokens
-        self.end_id = end_id
+        self.end_id, self.family = end_id, family_of(model_config)
         self.micro_batch, self.first, self.count = micro_batch, first, count
         self.world_size, self.rank = world_size, rank
 
@@ -102,9 +120,10 @@ class TrainBatches(Dataset):
             return {"error": str(e)}
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         tok = self.processor.tokenizer
-        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s), self.end_id)
+        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s), self.end_id, self.family)
                    for s in batch]
-        input_ids, attention_mask, labels = collate_examples(tok, self.num_query_tokens, self.image_token_id, encoded)
+        input_ids, attention_mask, labels = collate_examples(tok, self.num_query_tokens, self.image_token_id, encoded,
+                                                             self.family)
         return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -112,7 +131,8 @@ class TrainBatches(Dataset):
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """A LoRA on BLIP-2's OPT decoder: `target_modules` (Linear layer names) inside `scope`."""
+    """A LoRA on BLIP-2's language model: `target_modules` (Linear layer names; ("auto",) = the model
+    family's, src/family.py) inside `scope`."""
 
     r: int
     alpha: int
@@ -125,8 +145,10 @@ class LoraSettings:
         """The LoRA that settings named as in the fine-tuning script state (LORA_R, LORA_ALPHA,
         LORA_DROPOUT, TARGET_MODULES, LORA_SCOPE): its globals(), or its settings block as
         src.config.script_settings reads it (bench/ does, so it follows what a user edits there)."""
-        return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"],
-                   target_modules=tuple(s["TARGET_MODULES"]), scope=s["LORA_SCOPE"])
+        targets = s["TARGET_MODULES"]  # a list, or a string: "auto" (the model family's) or comma-separated names
+        targets = tuple(t.strip() for t in targets.split(",") if t.strip()) if isinstance(targets, str) else tuple(targets)
+        return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"], target_modules=targets,
+                   scope=s["LORA_SCOPE"])
 
 
 def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
@@ -156,17 +178,24 @@ def freeze_base(model, gradient_checkpointing: bool):
 
 
 def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
-    """Freeze the base model and wrap it in peft with `lora`'s trainable adapters."""
+    """Freeze the base model and wrap it in peft with `lora`'s trainable adapters (target modules
+    ("auto",): the model family's, src/family.py)."""
     from peft import LoraConfig, get_peft_model
 
+    from .family import lora_targets
+    from .modeling import blip2_core
+
+    targets = lora_targets(lora.target_modules[0] if lora.target_modules == ("auto",) else lora.target_modules,
+                           family_of(blip2_core(model).config))
     model = freeze_base(model, gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                        target_modules=lora_target_regex(lora.target_modules, lora.scope))
+                        target_modules=lora_target_regex(targets, lora.scope))
     try:
         model = get_peft_model(model, config)
     except ValueError as e:
         raise UserError(f"LoRA found no layer to adapt for TARGET_MODULES={list(lora.target_modules)} inside "
-                        f"{lora.scope!r} ({str(e).splitlines()[0][:160]}); use names of Linear layers such as q_proj, v_proj") from None
+                        f"{lora.scope!r} ({str(e).splitlines()[0][:160]}); use --target_modules=auto (the model family's "
+                        "own) or names of its Linear layers") from None
     # peft adds the input-embedding hooks itself to an unquantised model with checkpointing on: off again
     model.get_base_model().disable_input_require_grads()
     return model

@@ -90,6 +90,11 @@ def test_compute_dtype_follows_native_bf16(monkeypatch, major, dtype, mixed):
     assert compute_dtype("cuda") == dtype
     assert mixed_precision("cuda:0") == mixed
     assert compute_dtype("cpu") == torch.float32 and mixed_precision("cpu") == "no"
+    # Flan-T5 was trained in bf16 and overflows in fp16: fp32 instead on those older GPUs
+    from src.family import T5
+
+    assert compute_dtype("cuda", T5) == (torch.float32 if major == 7 else torch.bfloat16)
+    assert mixed_precision("cuda:0", T5) == ("no" if major == 7 else "bf16")
 
 
 # --- 4. frozen parts in eval mode while LoRA trains --------------------------------------------------

@@ -71,13 +71,18 @@ def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
 
     lora = LoraSettings.of_settings(vars(script))
     assert lora == script_lora()
-    assert (script.LORA_R, script.LORA_ALPHA, script.LORA_DROPOUT, tuple(script.TARGET_MODULES), script.LORA_SCOPE) == (
-        lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.scope)
+    assert (script.LORA_R, script.LORA_ALPHA, script.LORA_DROPOUT, script.LORA_SCOPE) == (
+        lora.r, lora.alpha, lora.dropout, lora.scope)
+    assert script.TARGET_MODULES == "auto" and lora.target_modules == ("auto",)  # the model family's (src/family.py)
     edited = tmp_path / "finetune_vqav2_lora.py"
     edited.write_text((REPO / "finetune_vqav2_lora.py").read_text().replace("LORA_R = 16 ", "LORA_R = 4 ", 1)
-                      .replace('"fc1", "fc2"]', '"fc1"]', 1))
+                      .replace('TARGET_MODULES = "auto"', 'TARGET_MODULES = "q_proj, v_proj"', 1))
     edited_lora = LoraSettings.of_settings(script_settings(edited))
-    assert edited_lora == LoraSettings(4, lora.alpha, lora.dropout, lora.target_modules[:-1], lora.scope)
+    assert edited_lora == LoraSettings(4, lora.alpha, lora.dropout, ("q_proj", "v_proj"), lora.scope)
     plan = plan_memory(None, lora=edited_lora)
-    assert (plan["lora"]["r"], plan["lora"]["targets"], plan["lora"]["scope"]) == (4, list(lora.target_modules[:-1]), lora.scope)
+    assert (plan["lora"]["r"], plan["lora"]["targets"], plan["lora"]["scope"]) == (4, ["q_proj", "v_proj"], lora.scope)
+    # "auto" plans the OPT default of the default model
+    from src.family import OPT
+
+    assert plan_memory(None, lora=lora)["lora"]["targets"] == list(OPT.lora_targets)
     assert inspect.signature(plan_memory).parameters["lora"].default is inspect.Parameter.empty  # no second copy

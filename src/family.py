@@ -1,0 +1,105 @@
+"""The one model-family switch: what differs between BLIP-2 on OPT (decoder-only) and on Flan-T5
+(encoder-decoder), read from the model's config, never from its name.
+
+    family_of(config)   # config.use_decoder_only_language_model and text_config.model_type
+
+                      OPT (blip2-opt-2.7b, -6.7b)          Flan-T5 (blip2-flan-t5-xl, -xxl)
+  training example    one sequence: image, prompt, " answer"   encoder: image, prompt, </s>
+                      + end token; loss on the answer only      labels: answer </s> (decoder input = shifted labels)
+  padding             left (generation continues the last token) right (as LAVIS and the T5 tokenizer pad)
+  answer              new tokens after the prompt, cut at the    the decoder's tokens, ending on </s>
+                      first newline (the end token, 50118)
+  LoRA targets        q_proj k_proj v_proj out_proj fc1 fc2      q k v o wi_0 wi_1 wo (adapting q, v only collapses
+                                                                 flan-t5: peft #376)
+  4-bit skips         vision_model language_projection lm_head   the same, and T5's `wo` (transformers keeps it in fp32)
+  compute on a GPU    bf16 where native, else fp16               bf16 where native, else fp32: T5 was trained in bf16
+  without native bf16                                            and overflows in fp16 (transformers #20287 / #10830)
+  VQA prompt          vqa_opt "Question: {} Answer:"             vqa_t5 "Question: {} Short answer:" (BLIP-2 paper)
+
+Prompts and decoding presets (src/prompts.py) declare the families they suit; "auto" picks the family's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # "opt" or "t5": what rows, adapters and prompts record
+    title: str  # for messages
+    decoder_only: bool
+    padding_side: str
+    lora_targets: tuple[str, ...]
+    quantization_skip: tuple[str, ...]  # replaces bitsandbytes' default skip list (so it names lm_head too)
+    fp16_ok: bool  # may compute in fp16 on a GPU without native bf16
+    vqa_prompt: str  # the prompt "auto" means
+    vqa_decoding: str
+
+
+# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. The Q-Former
+# stays in fp32 anyway (Blip2's _keep_in_fp32_modules are always added to the list).
+OPT = Family(name="opt", title="OPT (decoder-only)", decoder_only=True, padding_side="left",
+             lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+             quantization_skip=("vision_model", "language_projection", "lm_head"), fp16_ok=True,
+             vqa_prompt="vqa_opt", vqa_decoding="vqa_beam5")
+T5 = Family(name="t5", title="Flan-T5 (encoder-decoder)", decoder_only=False, padding_side="right",
+            lora_targets=("q", "k", "v", "o", "wi_0", "wi_1", "wo"),
+            quantization_skip=("vision_model", "language_projection", "lm_head", "wo"), fp16_ok=False,
+            vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5")
+FAMILIES = {f.name: f for f in (OPT, T5)}
+AUTO = "auto"
+
+
+def _get(config, key, default=None):
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+def family_of(config) -> Family:
+    """The family of a BLIP-2 config (a Blip2Config or its config.json as a dict)."""
+    text = _get(config, "text_config") or {}
+    model_type = _get(text, "model_type")
+    decoder_only = _get(config, "use_decoder_only_language_model")
+    if decoder_only is None:  # an old config without the flag: transformers decides by the text model's type
+        decoder_only = model_type not in ("t5", "mt5", "umt5")
+    if decoder_only and model_type in ("opt", None):
+        return OPT
+    if not decoder_only and model_type == "t5":
+        return T5
+    raise UserError(f"BLIP-2 with a {model_type!r} {'decoder-only' if decoder_only else 'encoder-decoder'} language "
+                    "model is not supported; these scripts run the OPT and Flan-T5 checkpoints "
+                    "(e.g. --model_id=Salesforce/blip2-opt-2.7b or --model_id=Salesforce/blip2-flan-t5-xl)")
+
+
+def lora_targets(value, family: Family) -> tuple[str, ...]:
+    """TARGET_MODULES as the layer names to adapt: "auto" is the family's default; a comma-separated
+    string or a list names them."""
+    if value == AUTO or value in ("", None):
+        return family.lora_targets
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    names = tuple(str(v) for v in value if str(v).strip())
+    if not names:
+        raise UserError("TARGET_MODULES names no layer; use \"auto\" (the model family's default) or names such as "
+                        + ",".join(family.lora_targets))
+    return names
+
+
+def resolve(kind: str, name: str, family: Family, model_id: str, flag: str | None = None) -> str:
+    """A prompt (kind "prompt") or decoding preset ("decoding") name for a model of `family`: "auto" is the
+    family's own; a name written for another family is refused in one line."""
+    from .prompts import DECODING_FAMILIES, PROMPT_FAMILIES
+
+    own = family.vqa_prompt if kind == "prompt" else family.vqa_decoding
+    if name == AUTO:
+        return own
+    suits = (PROMPT_FAMILIES if kind == "prompt" else DECODING_FAMILIES).get(name, tuple(FAMILIES))
+    if family.name not in suits:
+        what = "prompt" if kind == "prompt" else "decoding preset"
+        theirs = " and ".join(FAMILIES[s].title for s in suits)
+        flag = flag or f"--vqa_{kind}"
+        raise UserError(f"the {what} {name!r} ({flag}) is written for BLIP-2 on {theirs}, but {model_id} is BLIP-2 on "
+                        f"{family.title}; use {flag}={own} (or {flag}=auto, the model's own)")
+    return name
