@@ -6,6 +6,7 @@ shuffled-image control.
     python -m bench.twin_story                           # every setting: about 4 minutes each on 2 CPU cores
     python -m bench.twin_story --settings=avx2:1         # one setting (ATEN_CPU_CAPABILITY:torch threads)
     python -m bench.twin_story --write_results=False     # print only
+    python -m bench.twin_story --family=t5               # the Flan-T5 twin (src.tiny_model --family=t5), same chain
 
 The twin's weights depend on the CPU's kernels, so one machine's numbers say little about another's. This
 bench runs the chain once per kernel setting it can reach on one machine: ATEN_CPU_CAPABILITY = default,
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -----------------------------------------------------------------------------
 SETTINGS = "all"  # "all", or ATEN_CPU_CAPABILITY:threads pairs, e.g. "avx2:1,default:2"
+FAMILY = "opt"  # "opt": the twin of blip2-opt-2.7b (the README's quick start); "t5": of blip2-flan-t5-xl
 WRITE_RESULTS = True  # replace the twin_story section of bench/RESULTS.md
 SHUFFLE_SEED = 0
 ONE_SETTING_DIR = ""  # internal: run the chain once in this folder (the kernel setting is in the environment)
@@ -91,6 +93,8 @@ def run_chain(work: Path, model: Path) -> dict[str, float]:
         argv = [str(model) if a == "outputs/tiny-blip2" else a.replace("=outputs/tiny-blip2", f"={model}") for a in argv]
         if script != "src.tiny_model":
             argv.append(f"--output_dir={work}")
+        elif FAMILY != "opt":
+            argv.append(f"--family={FAMILY}")
         start = time.perf_counter()
         proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -112,8 +116,8 @@ def figures_of(work: Path, model: Path) -> dict:
     zero, tuned = accuracy_by_kind(rows["baseline"]), accuracy_by_kind(rows["finetuned"])
     shown = [r for r in rows["finetuned"] if attribute_shown(r)]
     model_, processor = load_blip2(str(model), "4bit", adapter=str(work / "lora_adapter"))
-    control = shuffled_image_control(model_, processor, rows["finetuned"], "vqa_opt", get_decoding("vqa_beam5"),
-                                     seed=SHUFFLE_SEED)
+    control = shuffled_image_control(model_, processor, rows["finetuned"], rows["finetuned"][0]["prompt"],
+                                     get_decoding("vqa_beam5"), seed=SHUFFLE_SEED)
     return {"caption_accuracy": card["caption_accuracy"],
             **{f"zero_shot_{k}": zero.get(k, {"accuracy": 0.0})["accuracy"] for k in ("overall", "colour", "shape", "yes/no")},
             **{k: tuned[k]["accuracy"] for k in ("overall", "colour", "shape", "yes/no")},
@@ -147,6 +151,10 @@ def table(results: dict[tuple[str, int], dict]) -> str:
 
 def main():
     apply_overrides(globals())
+    if FAMILY not in ("opt", "t5"):
+        from src.errors import UserError
+
+        raise UserError(f"--family={FAMILY}: use opt or t5")
     if ONE_SETTING_DIR:
         one_setting(Path(ONE_SETTING_DIR))
         return
@@ -162,17 +170,19 @@ def main():
             env = {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(threads),
                    "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
             print(f"ATEN_CPU_CAPABILITY={cap}, {threads} torch thread(s):", flush=True)
-            subprocess.run([sys.executable, "-m", "bench.twin_story", f"--one_setting_dir={folder}"], cwd=REPO,
-                           env=env, check=True)
+            subprocess.run([sys.executable, "-m", "bench.twin_story", f"--one_setting_dir={folder}", f"--family={FAMILY}"],
+                           cwd=REPO, env=env, check=True)
             results[(cap, threads)] = json.loads((folder / "figures.json").read_text())
     first = next(iter(results.values()))
+    section = "twin_story" if FAMILY == "opt" else f"twin_story_{FAMILY}"
+    twin = {"opt": "the offline twin", "t5": "the Flan-T5 twin (--family=t5)"}[FAMILY]
     lines = [
-        "## twin_story: the offline twin on easy-VQA, zero-shot vs QLoRA (the README's quick start), per kernel setting",
+        f"## {section}: {twin} on easy-VQA, zero-shot vs QLoRA (the README's quick start), per kernel setting",
         "",
         f"- date: {datetime.date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; best kernels of this CPU: "
         f"{__import__('torch').backends.cpu.get_cpu_capability()}",
-        "- command: `python -m bench.twin_story` (the quick-start commands of README.md, same flags, one process "
+        f"- command: `python -m bench.twin_story{'' if FAMILY == 'opt' else ' --family=' + FAMILY}` (the quick-start commands of README.md, same flags, one process "
         "per setting with ATEN_CPU_CAPABILITY and OMP_NUM_THREADS set)",
         f"- twin: {first['parameters']:,} parameters, pre-trained {first['steps']} steps; questions: "
         + ", ".join(f"{k} {v}" for k, v in first["n"].items()),
@@ -188,7 +198,7 @@ def main():
     if WRITE_RESULTS:
         from bench.results_md import write_section
 
-        write_section("twin_story", text)
+        write_section(section, text)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ configured like the real model in everything but size, and pre-trained as a capt
 
     python -m src.tiny_model outputs/tiny-blip2            # about a minute on 2 CPU cores
     python -m src.tiny_model outputs/tiny-random --pretrain_steps=0   # random weights (see below)
+    python -m src.tiny_model outputs/tiny-blip2-t5 --family=t5        # the twin of blip2-flan-t5-xl (about 3 minutes)
 
 The folder is written with `save_pretrained` and loads through exactly the same `load_blip2(model_id=...)`
 path as `Salesforce/blip2-opt-2.7b`. Like the real model it
@@ -14,6 +15,12 @@ path as `Salesforce/blip2-opt-2.7b`. Like the real model it
    "a {colour} {shape}" of easy-VQA *train* images, each ending with the newline end token, as LAVIS
    trains BLIP-2's OPT. It then answers VQA questions poorly zero-shot and learns them from QLoRA, which
    can only reach high colour accuracy by reading the image.
+
+`--family=t5` builds the twin of Salesforce/blip2-flan-t5-xl the same way: the same vision tower and
+Q-Former, a 2+2-layer T5 with the config keys of src/blip2_flan_t5_xl_architecture.json, a T5 tokenizer
+(sentencepiece-style Unigram, pad 0, </s> 1, unk 2, <image> last), the decoder starting on <pad> and
+stopping on </s>; its captions are the decoder's targets, the encoder reading the image tokens and the
+empty prompt (docs/twin.md).
 
 Deterministic: the same command gives identical weights on one machine. A folder that already holds a
 twin built with the same recipe (card.json) is reused, so the README's quick start and the test suite
@@ -29,14 +36,20 @@ import json
 import time
 from pathlib import Path
 
-from .training import IGNORE_INDEX, collate_examples
+from .family import OPT, family_of
+from .training import IGNORE_INDEX, collate_examples, encode_example
 
 SEED = 1234
 NUM_QUERY_TOKENS = 8
 IMAGE_SIZE = 64
 VOCAB_SIZE = 640  # byte-level BPE: 256 bytes + merges + special tokens
 IMAGE_TOKEN = "<image>"
-ARCHITECTURE_JSON = Path(__file__).with_name("blip2_opt_2.7b_architecture.json")
+FAMILIES = ("opt", "t5")
+# the checkpoint each family's twin is configured like
+ARCHITECTURES = {"opt": Path(__file__).with_name("blip2_opt_2.7b_architecture.json"),
+                 "t5": Path(__file__).with_name("blip2_flan_t5_xl_architecture.json")}
+TWIN_OF = {"opt": "Salesforce/blip2-opt-2.7b", "t5": "Salesforce/blip2-flan-t5-xl"}
+ARCHITECTURE_JSON = ARCHITECTURES["opt"]
 # the sizes of the twin; every other config value is the real model's
 SIZES = {
     "num_query_tokens": NUM_QUERY_TOKENS,
@@ -50,6 +63,8 @@ SIZES = {
     "text_config": {"hidden_size": 64, "word_embed_proj_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                     "ffn_dim": 128, "max_position_embeddings": 256},
 }
+# the Flan-T5 twin: the same vision tower and Q-Former, a T5 of the same width with 2 encoder and 2 decoder layers
+T5_TEXT_SIZES = {"d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2}
 # stage 1 in miniature: all weights trained on easy-VQA train captions
 PRETRAIN_STEPS = 1200
 PRETRAIN_BATCH = 32
@@ -82,7 +97,7 @@ COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
 
 
-def recipe() -> dict:
+def recipe(family: str = "opt") -> dict:
     """Everything that determines the twin's weights (its card records it; a match means reuse)."""
     import hashlib
 
@@ -91,7 +106,7 @@ def recipe() -> dict:
 
     return {"source_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16],
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "pretrain_steps": PRETRAIN_STEPS}
+            "pretrain_steps": PRETRAIN_STEPS, "family": family}
 
 
 def _train_tokenizer():
@@ -106,13 +121,54 @@ def _train_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
-    tok.train_from_iterator(lines * 4, trainer=trainer)  # no line holds "\n": it stays one byte token
+    tok.train_from_iterator(_corpus_lines() * 4, trainer=trainer)  # no line holds "\n": it stays one byte token
     tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])  # last id, as 50265
     bos = tok.token_to_id("</s>")
     # OPT prepends </s> (its BOS) to every text
     tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", bos)])
     return tok
+
+
+def _corpus_lines() -> list[str]:
+    return [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
+
+
+def _t5_tokenizer():
+    """A T5 tokenizer (transformers' T5Tokenizer: a sentencepiece-style Unigram) over the corpus: <pad> 0,
+    </s> 1, <unk> 2 as in T5's vocabulary, </s> appended to every text, <image> added after the pieces (as on
+    blip2-flan-t5-xl, where it follows the 32,100 pieces and sentinels). Saved, its tokenizer.json loads
+    through AutoTokenizer as the T5 tokenizer class.
+
+    The pieces are the corpus's words ("\u2581red"), its punctuation and every character, scored by
+    frequency as a sentencepiece model scores them; trained by EM on a corpus this small, a Unigram keeps
+    pieces like "\u2581re" + "d", and colours would not be one token as they are on the real vocabulary."""
+    import math
+    import re
+    from collections import Counter
+
+    from tokenizers import AddedToken
+    from transformers import T5Tokenizer
+
+    words: Counter = Counter()
+    chars: set[str] = set()
+    for line in _corpus_lines():
+        for chunk in line.split():
+            chars.update(chunk)
+            for i, part in enumerate(re.findall(r"\w+|[^\w\s]", chunk)):
+                words["\u2581" + part if i == 0 else part] += 1
+    total = sum(words.values())
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -8.0)]
+    vocab += [(w, round(math.log(n / total), 4)) for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))]
+    seen = {w for w, _ in vocab}
+    for c in sorted(chars):  # any spelling of a corpus character still tokenizes: rare words fall apart into them
+        for piece in (c, "\u2581" + c):
+            if piece not in seen:
+                vocab.append((piece, -12.0))
+                seen.add(piece)
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(IMAGE_TOKEN, normalized=False, special=True)]})
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def _merge(base: dict, sizes: dict) -> dict:
@@ -125,11 +181,14 @@ def _merge(base: dict, sizes: dict) -> dict:
     return out
 
 
-def twin_config(tokenizer):
-    """blip2-opt-2.7b's config with the twin's sizes and its own tokenizer's ids."""
+def twin_config(tokenizer, family: str = "opt"):
+    """The real checkpoint's config (blip2-opt-2.7b or blip2-flan-t5-xl) with the twin's sizes and its own
+    tokenizer's ids."""
     from transformers import Blip2Config
 
-    arch = json.loads(ARCHITECTURE_JSON.read_text(encoding="utf-8"))
+    arch = json.loads(ARCHITECTURES[family].read_text(encoding="utf-8"))
+    if family == "t5":
+        return _t5_twin_config(arch, tokenizer)
     cfg = _merge(arch, SIZES)
     newline = tokenizer.convert_tokens_to_ids("Ċ")  # byte-level "\n", as "Ċ" = 50118 in OPT's vocabulary
     image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -141,6 +200,27 @@ def twin_config(tokenizer):
     cfg["qformer_config"]["vocab_size"] = len(tokenizer)
     cfg["image_token_index"] = image_token_index
     cfg["vision_config"]["initializer_range"] = 0.02  # HF's vision default (1e-10) makes every image alike
+    cfg.pop("architectures", None)
+    cfg.pop("model_type", None)
+    text.pop("architectures", None)
+    return Blip2Config(**cfg)
+
+
+def _t5_twin_config(arch: dict, tokenizer):
+    from transformers import Blip2Config
+
+    sizes = {**SIZES, "text_config": T5_TEXT_SIZES}
+    cfg = _merge(arch, sizes)
+    image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) != (0, 1, 2) \
+            or image_token_index != len(tokenizer) - 1:
+        raise RuntimeError("tiny T5 tokenizer: pad/eos/unk are not 0/1/2, or <image> is not the last token")
+    text = cfg["text_config"]
+    # padded to a multiple of 128 in spirit (32128 > 32101 tokens on the real one): here of 8
+    text.update(vocab_size=-(-len(tokenizer) // 8) * 8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg["qformer_config"]["vocab_size"] = len(tokenizer)
+    cfg["image_token_index"] = image_token_index
+    cfg["vision_config"]["initializer_range"] = 0.02
     cfg.pop("architectures", None)
     cfg.pop("model_type", None)
     text.pop("architectures", None)
@@ -179,15 +259,31 @@ def _sequences(tokenizer, texts: list[str], eos_id: int) -> list[tuple[list[int]
     return [(e, [IGNORE_INDEX] + e[1:]) for e in encoded]
 
 
-def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_token_id: int, eos_id: int):
-    """Image tokens, left padding, </s> caption, newline: the fine-tuning script's layout."""
-    return collate_examples(tokenizer, num_query_tokens, image_token_id, _sequences(tokenizer, captions, eos_id))
+def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_token_id: int, eos_id: int,
+                   family=OPT, prefix_words=None):
+    """The fine-tuning script's layout. OPT: image tokens, left padding, </s> caption, newline (an empty
+    prompt). Flan-T5: BLIP-2's prefix language modelling for encoder-decoder models: the caption's first
+    `prefix_words[i]` words go to the encoder after the image tokens (with </s>), the rest and </s> are
+    the decoder's labels; with 0 the encoder reads the empty prompt, as when captioning."""
+    if family.decoder_only:
+        encoded = _sequences(tokenizer, captions, eos_id)
+    else:
+        split = [c.split() for c in captions]
+        cut = prefix_words if prefix_words is not None else [0] * len(captions)
+        encoded = [encode_example(tokenizer, " ".join(w[:k]), " ".join(w[k:]), eos_id, family) for w, k in zip(split, cut)]
+    return collate_examples(tokenizer, num_query_tokens, image_token_id, encoded, family)
 
 
-def _text_batch(tokenizer, eos_id: int) -> dict:
-    """The tokenizer corpus as plain text, one line a sequence ending with the end token."""
-    lines = [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
-    ids, mask, labels = collate_examples(tokenizer, 0, 0, _sequences(tokenizer, lines, eos_id))  # no image
+def _text_batch(tokenizer, eos_id: int, family=OPT) -> dict:
+    """The tokenizer corpus as plain text. OPT: one line a sequence ending with the end token. Flan-T5:
+    the line's first half to the encoder, its second half (and </s>) to the decoder, a prefix LM."""
+    lines = _corpus_lines()
+    if family.decoder_only:
+        encoded = _sequences(tokenizer, lines, eos_id)
+    else:
+        halves = [(" ".join(w[:len(w) // 2]), " ".join(w[len(w) // 2:])) for w in (line.split() for line in lines)]
+        encoded = [encode_example(tokenizer, a, b, eos_id, family) for a, b in halves]
+    ids, mask, labels = collate_examples(tokenizer, 0, 0, encoded, family)  # no image
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -241,6 +337,8 @@ def pretrain(model, processor, steps: int = PRETRAIN_STEPS, batch: int = PRETRAI
     shape_of = torch.tensor([SHAPES.index(c.split()[2]) for c in captions])
     colour_of = torch.tensor([COLORS.index(c.split()[1]) for c in captions])
     cfg = model.config
+    family = family_of(cfg)
+    end_id = cfg.text_config.eos_token_id  # OPT: the newline; Flan-T5: </s>
     n_names = len(SHAPES) + len(COLORS)
     heads = {"vision": torch.nn.Linear(cfg.vision_config.hidden_size, n_names),
              "qformer": torch.nn.Linear(cfg.qformer_config.hidden_size, n_names)}
@@ -257,9 +355,11 @@ def pretrain(model, processor, steps: int = PRETRAIN_STEPS, batch: int = PRETRAI
     gen = torch.Generator().manual_seed(SEED)
     order = torch.cat([torch.randperm(len(paths), generator=gen) for _ in range(steps * batch // len(paths) + 1)])
     flip = torch.rand(len(order), generator=gen) < 0.5
+    # Flan-T5: how many caption words are the encoder's prefix (0, 1 or 2 of "a {colour} {shape}")
+    prefix = torch.randint(0, 3, (len(order),), generator=gen) if not family.decoder_only else None
     # the language model also reads plain text (OPT was a language model before BLIP-2 met it): without
     # it, every token that no caption uses (question words, "yes", "no") keeps its tiny random embedding
-    text = _text_batch(processor.tokenizer, cfg.text_config.eos_token_id)
+    text = _text_batch(processor.tokenizer, end_id, family)
     n_lines = len(text["input_ids"])
     model.train()
     bar = tqdm(range(steps), desc="pre-training the tiny twin on easy-VQA captions", unit="step", dynamic_ncols=True)
@@ -267,7 +367,8 @@ def pretrain(model, processor, steps: int = PRETRAIN_STEPS, batch: int = PRETRAI
         for step in bar:
             idx = order[step * batch:(step + 1) * batch]
             ids, mask, labels = _caption_batch(processor.tokenizer, [captions[i] for i in idx.tolist()],
-                                               cfg.num_query_tokens, cfg.image_token_index, cfg.text_config.eos_token_id)
+                                               cfg.num_query_tokens, cfg.image_token_index, end_id, family,
+                                               None if prefix is None else prefix[step * batch:(step + 1) * batch].tolist())
             # every other image mirrored left-right (easy-VQA's shapes keep their names in a mirror): twice
             # the pictures for the same steps, and val captions close to train ones
             images = torch.where(flip[step * batch:(step + 1) * batch, None, None, None], pixels[idx].flip(-1), pixels[idx])
@@ -310,12 +411,15 @@ def read_card(outdir: str | Path) -> dict | None:
         return None
 
 
-def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
-    """Build (or reuse) the twin in `outdir`; returns the folder."""
+def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS, family: str = "opt") -> Path:
+    """Build (or reuse) the twin of `family` ("opt": blip2-opt-2.7b, "t5": blip2-flan-t5-xl) in `outdir`;
+    returns the folder."""
     import torch
 
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r}: one of {', '.join(FAMILIES)}")
     outdir = Path(outdir)
-    wanted = {**recipe(), "pretrain_steps": pretrain_steps}
+    wanted = {**recipe(family), "pretrain_steps": pretrain_steps}
     card = read_card(outdir)
     if card is not None and card.get("recipe") == wanted and (outdir / "model.safetensors").exists():
         print(f"the tiny BLIP-2 twin in {outdir} is already built with this recipe "
@@ -327,33 +431,51 @@ def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS) -
     # is idle and many times faster when it is busy, and the result does not depend on the core count
     torch.set_num_threads(1)
     try:
-        return _build(outdir, pretrain_steps, wanted, start)
+        return _build(outdir, pretrain_steps, wanted, start, family)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Path:
-    import torch
-    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil, GPT2TokenizerFast
+def _opt_tokenizer():
+    from transformers import GPT2TokenizerFast
 
-    from .files import give_default_permissions
-
-    torch.manual_seed(SEED)
     tokenizer = GPT2TokenizerFast(
         tokenizer_object=_train_tokenizer(), bos_token="</s>", eos_token="</s>", unk_token="<unk>",
         pad_token="<pad>", model_max_length=256 - NUM_QUERY_TOKENS,
     )
     tokenizer.padding_side = "left"
-    config = twin_config(tokenizer)
+    return tokenizer
+
+
+def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float, family: str = "opt") -> Path:
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+    from .files import give_default_permissions
+
+    torch.manual_seed(SEED)
+    tokenizer = _t5_tokenizer() if family == "t5" else _opt_tokenizer()
+    config = twin_config(tokenizer, family)
     # eager attention: at the twin's sizes (head dim 16, 65 tokens) it is faster than SDPA on CPU; only the
     # build uses it (the saved config leaves the choice to whoever loads the twin)
     model = Blip2ForConditionalGeneration._from_config(config, attn_implementation="eager")
     with torch.no_grad():  # as BLIP-2 initialises them (HF's zeros make every query alike)
         model.query_tokens.normal_(0.0, config.initializer_range)
-    # what from_pretrained gives for the real model: generation stops on the newline
-    model.generation_config.bos_token_id = config.text_config.bos_token_id
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    if family == "t5":
+        # Flan-T5's checkpoint holds its own lm_head beside the shared embedding (tie_word_embeddings false);
+        # transformers builds every T5 tied, and unties on loading a checkpoint that holds both, as the twin does
+        lm = model.language_model
+        lm.lm_head.weight = torch.nn.Parameter(
+            torch.empty_like(lm.shared.weight).normal_(0.0, config.text_config.initializer_factor))  # T5's init
+    # what from_pretrained gives for the real model: OPT stops on the newline; Flan-T5 starts its decoder
+    # on <pad> and stops on </s>
+    text = config.text_config
+    if family == "t5":
+        model.generation_config.decoder_start_token_id = text.decoder_start_token_id
+    else:
+        model.generation_config.bos_token_id = text.bos_token_id
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.generation_config.pad_token_id = text.pad_token_id
     image_processor = BlipImageProcessorPil(  # PIL, as src.modeling.load_processor pins it: with or without torchvision
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
@@ -370,10 +492,12 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Pat
     give_default_permissions(outdir)
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "what": "offline twin of Salesforce/blip2-opt-2.7b: same config keys and special tokens, tiny sizes",
+        "what": f"offline twin of {TWIN_OF[family]}: same config keys and special tokens, tiny sizes",
+        "family": family,
         "parameters": n_params,
         "pretraining_data": (f"captions 'a {{colour}} {{shape}}' of {n_images} easy-VQA train images, each ending "
-                             "with the newline end token" if pretrain_steps else "none (random weights)"),
+                             f"with the {'</s>' if family == 't5' else 'newline'} end token"
+                             if pretrain_steps else "none (random weights)"),
         "steps": pretrain_steps, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
         "seconds": round(time.perf_counter() - start, 1),
         "caption_accuracy": accuracy,
@@ -391,15 +515,17 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float) -> Pat
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m src.tiny_model", usage="%(prog)s OUTDIR [--pretrain_steps=N]",
+    parser = argparse.ArgumentParser(prog="python -m src.tiny_model", usage="%(prog)s OUTDIR [--family=opt|t5] [--pretrain_steps=N]",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("outdir", help="folder to write the twin into (reused when it already holds one)")
     parser.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS,
                         help=f"caption pre-training steps (default {PRETRAIN_STEPS}; 0 = random weights)")
+    parser.add_argument("--family", choices=FAMILIES, default="opt",
+                        help="opt: the twin of Salesforce/blip2-opt-2.7b (default); t5: of Salesforce/blip2-flan-t5-xl")
     args = parser.parse_args(argv)
     if args.pretrain_steps < 0:
         parser.error(f"--pretrain_steps={args.pretrain_steps}: a whole number of steps, e.g. --pretrain_steps=0")
-    build_tiny_blip2(args.outdir, pretrain_steps=args.pretrain_steps)
+    build_tiny_blip2(args.outdir, pretrain_steps=args.pretrain_steps, family=args.family)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per scrip
     torch.set_num_threads(1)
 
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
+TINY_T5 = REPO / "tests" / "artifacts" / "tiny-blip2-t5"
+TWIN_FIXTURES = {"tiny_model_dir", "tiny_t5_dir", "quickstart"}  # tests that need a twin (none is -m quick)
 GROUPS_FILE = pytest.StashKey[str]()  # where the workers write {test id: group} for the controller's scheduler
 
 
@@ -69,9 +71,10 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     """Keep tests that share an expensive fixture on one worker (see the module docstring), and order
     the work so that no core idles while the twin is built: the quick start first (its worker builds the
-    twin), then the tests that do not need the twin (the other worker's work meanwhile), then the rest."""
+    OPT twin), the Flan-T5 twin's chain (the other worker builds that twin meanwhile), then the tests that
+    do not need a twin, then the rest."""
     for item in items:
-        if not {"tiny_model_dir", "quickstart"} & set(item.fixturenames) and not item.get_closest_marker("slow"):
+        if not TWIN_FIXTURES & set(item.fixturenames) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.quick)  # `-m quick`: the edit loop's tier (no twin, nothing marked slow)
         if item.get_closest_marker("xdist_group"):
             continue
@@ -87,9 +90,11 @@ def pytest_collection_modifyitems(config, items):
         group = item.get_closest_marker("xdist_group")
         if group and group.args[0] == "quickstart":
             return 0
-        if not group and "tiny_model_dir" not in item.fixturenames:
+        if group and "tiny_t5_dir" in item.fixturenames:  # the Flan-T5 twin's chain: its build on the other worker
             return 1
-        return 2 if group else 3  # the big groups before the single tests, so the two workers end together
+        if not group and not TWIN_FIXTURES & set(item.fixturenames):
+            return 2
+        return 3 if group else 4  # the big groups before the single tests, so the two workers end together
 
     items.sort(key=order)  # pytest.ini turns off xdist's own reordering (largest group first)
     workerinput = getattr(config, "workerinput", None)
@@ -111,6 +116,19 @@ def tiny_model_dir() -> str:
     with FileLock(str(TINY_MODEL) + ".lock"):
         build_tiny_blip2(TINY_MODEL)
     return str(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir() -> str:
+    """The Flan-T5 twin (`python -m src.tiny_model DIR --family=t5`), built once like tiny_model_dir."""
+    from filelock import FileLock
+
+    from src.tiny_model import build_tiny_blip2
+
+    TINY_T5.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(TINY_T5) + ".lock"):
+        build_tiny_blip2(TINY_T5, family="t5")
+    return str(TINY_T5)
 
 
 @pytest.fixture(scope="session")

@@ -176,3 +176,41 @@ def run_on_small_disk(sh: str, mountpoint: Path, **env) -> subprocess.CompletedP
     script = f'mount -t tmpfs -o size="$SIZE" none "{mountpoint}" && {sh}'
     return subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1", "PY": sys.executable, **env})
+
+
+def launch_data_parallel(*args, timeout=900) -> str:
+    """`torchrun --nproc_per_node 2 <args>` in its own process group; on a timeout the whole group is
+    killed, and in every case no rank may outlive the launcher."""
+    import psutil
+
+    import socket
+
+    with socket.socket() as sock:  # a free port: two such runs may overlap on the suite's two workers
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(port)]
+    proc = subprocess.Popen(torchrun + list(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        raise AssertionError(f"{args[0]} did not finish in {timeout} s with 2 processes:\n{log[-4000:]}")
+    finally:
+        left = [p for p in psutil.process_iter(["pid"]) if _in_group(p, proc.pid)]
+        for p in left:
+            p.kill()
+    assert not left, f"{len(left)} rank(s) outlived the launcher"
+    assert proc.returncode == 0, log[-6000:]
+    return log
+
+
+def _in_group(p, pgid: int) -> bool:
+    import psutil
+
+    try:
+        return os.getpgid(p.pid) == pgid
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False

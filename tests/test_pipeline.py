@@ -9,16 +9,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from PIL import Image
 
-from helpers import QUICKSTART_HEADING, REPO, assert_one_line_error, module_fixture, quickstart_run, readme_commands, run_script
+from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, launch_data_parallel, module_fixture,
+                     quickstart_run, readme_commands, run_script)
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 
@@ -157,34 +156,6 @@ def busy_cpu():
     yield
     burner.kill()
     burner.wait()
-
-
-def launch_data_parallel(*args, timeout=900) -> str:
-    """`torchrun --nproc_per_node 2 <args>` in its own process group; on a timeout the whole group is
-    killed, and in every case no rank may outlive the launcher."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    proc = subprocess.Popen(torchrun + list(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        raise AssertionError(f"{args[0]} did not finish in {timeout} s with 2 processes:\n{log[-4000:]}")
-    finally:
-        left = [p for p in psutil.process_iter(["pid"]) if _in_group(p, proc.pid)]
-        for p in left:
-            p.kill()
-    assert not left, f"{len(left)} rank(s) outlived the launcher"
-    assert proc.returncode == 0, log[-6000:]
-    return log
-
-
-def _in_group(p, pgid: int) -> bool:
-    try:
-        return os.getpgid(p.pid) == pgid
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return False
 
 
 def test_two_processes_train_and_evaluate_data_parallel(tiny_model_dir, tmp_path, busy_cpu):

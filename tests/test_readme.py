@@ -70,7 +70,7 @@ def test_the_quick_tier_is_the_tests_that_need_no_twin():
     assert 100 < len(chosen) < len(re.findall(r"^-+ fixtures used by ", everything, re.M))
     for block in re.split(r"^-+ fixtures used by ", everything, flags=re.M)[1:]:
         name = block.split(" -", 1)[0].strip()
-        uses_twin = re.search(r"^(tiny_model_dir|quickstart)\b", block, re.M) is not None
+        uses_twin = re.search(r"^(tiny_model_dir|tiny_t5_dir|quickstart)\b", block, re.M) is not None
         if uses_twin:
             assert not any(c.endswith("::" + name) for c in chosen), name
 
