@@ -58,6 +58,8 @@ def main():
 
     with hold_output_lock(out_path.parent):
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+        vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
+        config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         good = [p for p in paths if p in images]
         print(f"captioning and answering {len(good)} images from {IMAGES_DIR} with {MODEL_ID}"
               + (f" + {adapter}" if adapter else ""))

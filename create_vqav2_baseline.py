@@ -83,6 +83,8 @@ def main():
                   "--output_dir for that)", flush=True)
         # 2. the base model answers (resumable: rows already written are kept)
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=str(accelerator.device))
+        vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
+        config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         record = eval_record(model_id=MODEL_ID, adapter=None, quantization=QUANTIZATION, dataset=DATASET,
                              vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, split=SPLIT)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,

@@ -87,6 +87,8 @@ def main():
         # 2. the base model with the adapter answers (resumable: rows already written are kept)
         check_adapter_dir(adapter, MODEL_ID)  # before the slow model load
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=str(accelerator.device))
+        vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
+        config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         record = eval_record(model_id=MODEL_ID, adapter=adapter, quantization=QUANTIZATION, dataset=DATASET,
                              vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, split=SPLIT)
         run_vqa(chosen, out_dir / f"{RUN_NAME}.jsonl", model=model, processor=processor, accelerator=accelerator,

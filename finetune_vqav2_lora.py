@@ -70,17 +70,24 @@ def main():
     import torch
 
     from src.outputs import check_output_dir, hold_output_lock
-    from src.family import OPT
-    from src.modeling import check_quantization, make_accelerator, mixed_precision
+    from src.family import OPT, T5
+    from src.modeling import check_quantization, known_family, make_accelerator, mixed_precision, model_family
     from src.training import check_report_to
 
     tracker = check_report_to(REPORT_TO)  # an unknown name or a missing package: one line, before any work
     log_dir = LOG_DIR.replace("{output_dir}", OUTPUT_DIR.rstrip("/\\") or OUTPUT_DIR)
 
     # every value was checked by apply_overrides (src.config.check_value): counts, LR, dropout, prompt, decoding
-    family = None if MEMORY_PLAN_ONLY else resolve_family_settings(config)  # needs no download for the plan
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    family = None
+    if not MEMORY_PLAN_ONLY:
+        family = known_family(MODEL_ID)  # no download (a hub id seen the first time: known once it loads)
+        if family is None and mixed_precision(device, OPT) != mixed_precision(device, T5):
+            family = model_family(MODEL_ID)  # a GPU without bf16: the precision depends on it, so its config now
+        if family is not None:
+            resolve_family_settings(config, family)
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100; fp32 for Flan-T5), fp32 on CPU
-    mixed = mixed_precision("cuda" if torch.cuda.is_available() else "cpu", family or OPT)
+    mixed = mixed_precision(device, family or OPT)
     # accumulate() in src.training.training_step syncs gradients on every GRAD_ACCUM-th micro-batch
     tracking = {"log_with": tracker, "project_dir": log_dir} if tracker else {}
     accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM, **tracking)
@@ -101,6 +108,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     from accelerate.utils import set_seed
 
     from src.data import load_samples, sample_question_ids, select
+    from src.family import family_of
     from src.modeling import end_token_id, load_blip2
     from src import training as T
 
@@ -114,6 +122,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
         print_memory_plan(lora, str(accelerator.device))
 
     model, processor = load_blip2(MODEL_ID, "4bit" if USE_4BIT else "none", device=str(accelerator.device))
+    resolve_family_settings(config, family_of(model.config))  # "auto" settings of a hub id seen the first time
     model_config, end_id = model.config, end_token_id(model)
     model = T.set_train_mode(T.add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     optimizer, scheduler = T.make_optimizer(model, LR, WEIGHT_DECAY, WARMUP_STEPS, TRAIN_STEPS)
@@ -163,21 +172,17 @@ def start_tracking(accelerator, tracker: str, config: dict, out_dir, start_step:
         print(f"  {tracker}: {log_dir / run_name} (tensorboard --logdir {log_dir})")
 
 
-def resolve_family_settings(config: dict):
+def resolve_family_settings(config: dict, family) -> None:
     """"auto" in VQA_PROMPT, PREVIEW_DECODING and TARGET_MODULES becomes the model family's own
-    (src/family.py), read from MODEL_ID's config; a prompt or preset of the other family is refused in
-    one line. The resolved values go into the config, which a resumed run must match."""
+    (src/family.py); a prompt or preset of the other family is refused in one line. The resolved values
+    go into the config, which a resumed run must match."""
     global VQA_PROMPT, PREVIEW_DECODING, TARGET_MODULES
     from src.family import lora_targets, resolve
-    from src.modeling import check_model_dir, model_family
 
-    check_model_dir(MODEL_ID)
-    family = model_family(MODEL_ID)
     VQA_PROMPT = resolve("prompt", VQA_PROMPT, family, MODEL_ID)
     PREVIEW_DECODING = resolve("decoding", PREVIEW_DECODING, family, MODEL_ID, flag="--preview_decoding")
     TARGET_MODULES = list(lora_targets(TARGET_MODULES, family))
     config.update(vqa_prompt=VQA_PROMPT, preview_decoding=PREVIEW_DECODING, target_modules=TARGET_MODULES)
-    return family
 
 
 def lora_settings():

@@ -146,6 +146,8 @@ def main():
     print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
     model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+    vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
+    config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     options = DemoOptions(comparisons_dir=COMPARISONS_DIR, examples_dir=EXAMPLES_DIR, max_examples=MAX_EXAMPLES,
                           default_question=QUESTION, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,
                           caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING, max_upload_mb=MAX_UPLOAD_MB,

@@ -49,6 +49,8 @@ def main():
         check_adapter_dir(adapter, MODEL_ID)
     with hold_output_lock(out_dir):
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+        vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
+        config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         result = caption_rows(model, processor, [IMAGE], {IMAGE: image}, question, model_id=MODEL_ID, adapter=adapter,
                               vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=CAPTION_PROMPT,
                               caption_decoding=CAPTION_DECODING)[0]

@@ -77,12 +77,46 @@ def model_family(model_id: str) -> Family:
     return family_of(model_config(model_id))
 
 
-def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = None) -> tuple[str, str | None]:
+def known_family(model_id: str) -> Family | None:
+    """The family of `model_id` where it needs no download: a local folder's config.json, the shipped
+    architecture of a public BLIP-2 checkpoint (src/memory_plan.py KNOWN_ARCHITECTURES), or a config.json
+    already in the Hugging Face cache. None otherwise (an unknown hub id not yet downloaded, a path that
+    does not exist: the model load says what is wrong with it)."""
+    from .memory_plan import KNOWN_ARCHITECTURES
+
+    folder = Path(os.path.expanduser(str(model_id)))
+    if folder.is_dir():
+        path = folder / "config.json"
+    elif str(model_id) in KNOWN_ARCHITECTURES:
+        path = KNOWN_ARCHITECTURES[str(model_id)]
+    elif _is_local(str(model_id)):
+        return None
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(model_id), "config.json")
+        except Exception:  # not a valid repo id: the model load says so
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return family_of(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: check_model_dir and the load report it
+
+
+def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = None,
+                     model=None) -> tuple[str, str | None]:
     """A script's VQA_PROMPT and VQA_DECODING for the model it loads: "auto" becomes the model family's
     own (vqa_opt for OPT, vqa_t5 for Flan-T5); a name written for the other family is refused in one
-    line. Read from the config, before the slow model load."""
-    check_model_dir(model_id)
-    family = model_family(model_id)
+    line. Before the slow load (no `model`) the family comes from `known_family`, without a download;
+    where that cannot tell (a hub id seen the first time) the names stay as they are until the scripts
+    call this again with the loaded `model`."""
+    family = family_of(blip2_core(model).config) if model is not None else known_family(model_id)
+    if family is None:
+        return vqa_prompt, vqa_decoding
     prompt = resolve("prompt", vqa_prompt, family, model_id)
     decoding = None if vqa_decoding is None else resolve("decoding", vqa_decoding, family, model_id)
     return prompt, decoding
@@ -217,6 +251,7 @@ def load_blip2(
     device = device or default_device()
     check_model_dir(model_id)
     check_quantization(quantization, device)
+    check_download_room(model_id)  # before anything is downloaded, the config included
     family = model_family(model_id)
     dtype = compute_dtype(device, family)
     skip = list(family.quantization_skip)
@@ -235,7 +270,6 @@ def load_blip2(
     # which is 7.7 GB per process, 62 GB on 8 GPUs)
     kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
 
-    check_download_room(model_id)
     processor = load_processor(model_id, family)
     try:
         with _quiet_untied_lm_head(family):

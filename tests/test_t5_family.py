@@ -379,3 +379,22 @@ def test_t5_twin_builds_from_the_command_line(tmp_path):
     assert "saved to" in proc.stdout
     config = json.loads((tmp_path / "t5" / "config.json").read_text())
     assert config["text_config"]["model_type"] == "t5"
+
+
+def test_a_flan_t5_hub_id_seen_the_first_time_gets_its_own_prompt(tiny_t5_dir, tmp_path):
+    """The family of an unknown hub id is known only once its config is downloaded (the first run resolves
+    "auto" after the load); the second run reads it from the cache, and a mismatched prompt is then refused
+    before the model loads. The twin is served by a real HTTP server answering like the hub."""
+    from hub_server import HubServer
+    from test_model_download import hub_env
+
+    repo = tmp_path / "served"
+    shutil.copytree(tiny_t5_dir, repo)
+    with HubServer({}, models={"someone/tiny-blip2-t5": repo}) as hub:
+        env = hub_env(hub, tmp_path / "hf")
+        args = ["mini_infer.py", "--model_id=someone/tiny-blip2-t5", "--quantization=none"]
+        run_script(*args, f"--output_dir={tmp_path / 'a'}", env=env, check=True)
+        saved = json.loads((tmp_path / "a" / "mini_infer.json").read_text())
+        assert saved["result"]["prompt"] == "vqa_t5" and saved["config"]["vqa_prompt"] == "vqa_t5"
+        proc = run_script(*args, "--vqa_prompt=vqa_opt", f"--output_dir={tmp_path / 'b'}", env=env)
+        assert_one_line_error(proc, "someone/tiny-blip2-t5 is BLIP-2 on Flan-T5", "--vqa_prompt=vqa_t5")
