@@ -100,7 +100,8 @@ def run_chain(work: Path, model: Path) -> dict[str, float]:
         if proc.returncode != 0:
             raise SystemExit(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         seconds[script] = round(time.perf_counter() - start, 1)
-        print(f"  {cmd}  ({seconds[script]} s)", flush=True)
+        shown = f"{cmd} --family={FAMILY}" if script == "src.tiny_model" and FAMILY != "opt" else cmd
+        print(f"  {shown}  ({seconds[script]} s)", flush=True)
     return seconds
 
 
