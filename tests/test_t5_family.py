@@ -398,3 +398,21 @@ def test_a_flan_t5_hub_id_seen_the_first_time_gets_its_own_prompt(tiny_t5_dir, t
         assert saved["result"]["prompt"] == "vqa_t5" and saved["config"]["vqa_prompt"] == "vqa_t5"
         proc = run_script(*args, "--vqa_prompt=vqa_opt", f"--output_dir={tmp_path / 'b'}", env=env)
         assert_one_line_error(proc, "someone/tiny-blip2-t5 is BLIP-2 on Flan-T5", "--vqa_prompt=vqa_t5")
+
+
+def test_a_t5_adapter_merged_answers_as_base_plus_adapter(tiny_t5_dir, tmp_path):
+    from src.images import load_image
+    from src.inference import caption_and_answer
+    from src.modeling import load_blip2
+
+    adapter = random_adapter(tiny_t5_dir, tmp_path / "adapter", ("q", "v", "wo"))
+    run_script("merge_lora_adapter.py", f"--model_id={tiny_t5_dir}", f"--adapter_dir={adapter}", "--dequantize=no",
+               f"--merged_dir={tmp_path / 'merged'}", "--merge_dtype=float32", f"--output_dir={tmp_path}", check=True)
+    generation = dict(vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5", caption_prompt="caption",
+                      caption_decoding="caption_beam5")
+    images = [load_image(REPO / f"baseline_images/pic_0{i}.jpg") for i in (1, 2, 3)]
+    tuned = caption_and_answer(*load_blip2(tiny_t5_dir, "none", adapter=str(adapter)), images, "What is in the image?",
+                               **generation)
+    merged = caption_and_answer(*load_blip2(str(tmp_path / "merged"), "none"), images, "What is in the image?", **generation)
+    base = caption_and_answer(*load_blip2(tiny_t5_dir, "none"), images, "What is in the image?", **generation)
+    assert merged == tuned != base
