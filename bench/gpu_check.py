@@ -391,16 +391,14 @@ def qlora_training(model, processor, family, device: str) -> tuple[list[dict], d
 
     from bench import finetune_lora
     from bench.train_step import train_path
-    from src.family import AUTO, lora_targets
+    from src.family import lora_targets
     from src.modeling import end_token_id, make_accelerator, mixed_precision
     from src.training import add_lora, describe_wrapped, lora_summary, make_optimizer, set_train_mode, training_step
 
     image_token_id = model.config.image_token_id
     end_id = end_token_id(model)  # what the fine-tuning target ends with: OPT's newline, Flan-T5's </s>
     lora = finetune_lora()
-    targets = lora.target_modules
-    lora = dataclasses.replace(lora, target_modules=lora_targets(AUTO if tuple(targets) == (AUTO,) else list(targets),
-                                                                 family))
+    lora = dataclasses.replace(lora, target_modules=lora_targets(lora.target_modules, family))
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     trainable, total, wrapped = lora_summary(model)
     steps = len(TRAIN_PATHS) * len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)

@@ -74,9 +74,9 @@ def family_of(config) -> Family:
 
 
 def lora_targets(value, family: Family) -> tuple[str, ...]:
-    """TARGET_MODULES as the layer names to adapt: "auto" is the family's default; a comma-separated
-    string or a list names them."""
-    if value == AUTO or value in ("", None):
+    """TARGET_MODULES as the layer names to adapt: "auto" (or ("auto",), as LoraSettings holds it) is the
+    family's default; a comma-separated string or a list names them."""
+    if value == AUTO or value in ("", None) or (not isinstance(value, str) and tuple(value) == (AUTO,)):
         return family.lora_targets
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",")]

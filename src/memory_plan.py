@@ -290,9 +290,7 @@ def resolve_lora_targets(targets, family: Family) -> str | tuple[str, ...]:
     names are checked there; any other str is a peft regex and stays as it is."""
     if isinstance(targets, str) and targets != AUTO:
         return targets
-    if isinstance(targets, str) or tuple(targets) == (AUTO,):
-        return lora_targets(AUTO, family)
-    return lora_targets(list(targets), family)
+    return lora_targets(targets, family)
 
 
 def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:

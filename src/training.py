@@ -185,8 +185,7 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
     from .family import lora_targets
     from .modeling import blip2_core
 
-    targets = lora_targets(lora.target_modules[0] if lora.target_modules == ("auto",) else lora.target_modules,
-                           family_of(blip2_core(model).config))
+    targets = lora_targets(lora.target_modules, family_of(blip2_core(model).config))
     model = freeze_base(model, gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                         target_modules=lora_target_regex(targets, lora.scope))
