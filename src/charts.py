@@ -1,15 +1,16 @@
 """Every picture the project draws: the training loss curve, the comparison charts and the example-case
 pictures, with Chinese text rendered by a CJK font.
 
-`setup_matplotlib()` picks the Agg backend and puts the first installed CJK font (Noto Sans CJK,
-WenQuanYi, Microsoft YaHei, PingFang, ...) behind DejaVu Sans, so matplotlib's font fallback draws
-Chinese glyphs; without one it warns once, naming the package to install. Labels come from
-src.i18n (`tr`), so charts follow the script's LANG.
+`setup_matplotlib()` picks the Agg backend and puts a CJK font behind DejaVu Sans, so matplotlib's font
+fallback draws Chinese glyphs: a system one when present, else the Noto Sans CJK SC that the pip package
+mplfonts ships (requirements.txt). Labels come from src.i18n (`tr`), so charts follow the script's LANG.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib.util
 import io
 import math
 import sys
@@ -25,9 +26,9 @@ from .i18n import texts
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
              "WenQuanYi Micro Hei", "Microsoft YaHei", "PingFang SC", "SimHei", "Heiti SC", "Arial Unicode MS",
              "Noto Serif CJK SC")
-NO_CJK_WARNING = ("warning: no CJK font found (Noto Sans CJK, WenQuanYi, Microsoft YaHei or PingFang): Chinese text in "
-                  "the charts will show as boxes; install one, e.g. `sudo apt-get install fonts-noto-cjk` "
-                  "(Debian/Ubuntu)")
+PIP_CJK_FONT = ("mplfonts", "fonts/NotoSansCJKsc-Regular.otf")  # (package, file in it): Noto Sans CJK SC, SIL OFL
+NO_CJK_WARNING = ("warning: no CJK font found: Chinese text in the charts will show as boxes; "
+                  "`pip install -r requirements.txt` brings one (the mplfonts package)")
 _CASE_IMAGE_SIZE = 300  # longest side of the picture inside a case PNG
 _GROUP_COLOURS = {"improved": "#2e7d32", "worsened": "#c62828", "unchanged": "#546e7a", "correct": "#2e7d32",
                   "wrong": "#c62828"}
@@ -36,11 +37,26 @@ _warned = []  # the no-CJK warning is printed once per process
 
 
 def cjk_fonts() -> list[str]:
-    """The installed fonts of CJK_FONTS, in that order."""
+    """The CJK_FONTS matplotlib can use, in that order: the system's, then the one mplfonts ships."""
     from matplotlib import font_manager
 
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return [name for name in CJK_FONTS if name in installed]
+    fonts = font_manager.fontManager
+
+    def known() -> list[str]:
+        names = {f.name for f in fonts.ttflist}
+        return [name for name in CJK_FONTS if name in names]
+
+    if not known():  # matplotlib's cached font list misses fonts installed after it was built: add new files
+        cached = {f.fname for f in fonts.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in cached:
+                with contextlib.suppress(OSError, RuntimeError):  # a file FreeType cannot read: not a font for us
+                    fonts.addfont(path)
+    if not known() and (spec := importlib.util.find_spec(PIP_CJK_FONT[0])) and spec.origin:
+        shipped = Path(spec.origin).parent / PIP_CJK_FONT[1]
+        if shipped.is_file() and str(shipped) not in {f.fname for f in fonts.ttflist}:
+            fonts.addfont(str(shipped))
+    return known()
 
 
 def setup_matplotlib():
