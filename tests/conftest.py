@@ -26,6 +26,27 @@ from helpers import MODULE_FIXTURES, QUICKSTART_HEADING, REPO, fresh_copy, readm
 
 sys.path.insert(0, str(REPO))
 
+
+def _seal_from_the_users_environment() -> str | None:
+    """The suite's result must not depend on the user's caches and hub settings: hub and matplotlib caches and
+    temp files go to one folder of this run (made by the controller, shared by its workers and the scripts
+    they start), every HF_* variable of the user is dropped, and the hub endpoint is a closed local port, so a
+    call nobody expected fails at once instead of reaching a server. Tests that need a hub start their own
+    server and point HF_ENDPOINT at it."""
+    made, root = None, os.environ.get("BLIP2_TEST_ROOT")
+    if root is None:  # the controller (or a run without workers): a new folder, removed after a green run
+        made = root = os.environ["BLIP2_TEST_ROOT"] = tempfile.mkdtemp(prefix="blip2-tests-")
+    for name in [k for k in os.environ if k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))]:
+        del os.environ[name]
+    os.environ.update(HF_HOME=f"{root}/hf_home", HF_ENDPOINT="http://127.0.0.1:9", MPLCONFIGDIR=f"{root}/matplotlib",
+                      XDG_CACHE_HOME=f"{root}/cache", TMPDIR=f"{root}/tmp")
+    os.makedirs(f"{root}/tmp", exist_ok=True)
+    tempfile.tempdir = None  # tempfile reads TMPDIR again
+    return made
+
+
+TEST_ROOT = _seal_from_the_users_environment()  # None in the workers and in a pytest that a test starts
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per script it runs
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
@@ -41,6 +62,11 @@ GROUPS_FILE = pytest.StashKey[str]()  # where the workers write {test id: group}
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a run without workers)
         config.stash[GROUPS_FILE] = os.path.join(tempfile.mkdtemp(prefix="pytest-groups-"), "groups")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if TEST_ROOT and exitstatus == 0:  # a failed run's files stay for a look
+        shutil.rmtree(TEST_ROOT, ignore_errors=True)
 
 
 def pytest_configure_node(node):  # xdist, in the controller: tell each worker where the groups go
