@@ -48,21 +48,21 @@ from src.report import report_html
 from src.outputs import check_output_dir, hold_output_lock
 
 # -----------------------------------------------------------------------------
-OUTPUT_DIR = "outputs"  # folder holding the result files below
-REPORT_DIR = ""  # where the report goes; "" = assets/comparisons, or <output_dir>/comparisons with --output_dir
-BASELINE_FILE = "vqav2_baseline.jsonl"  # zero-shot rows in OUTPUT_DIR (create_vqav2_baseline.py)
-FINETUNED_FILE = "vqav2_finetuned.jsonl"  # fine-tuned rows for the same questions (evaluate_vqav2_finetuned.py)
-DEMO_BASELINE_FILE = "baseline.jsonl"  # the ten demo images, base model (create_baseline.py); optional
-DEMO_FINETUNED_FILE = "baseline_finetuned.jsonl"  # the ten demo images with the adapter; optional
-CASES_PER_GROUP = 4  # examples drawn per group (improved / worsened / unchanged)
-CASES_SHOWN = 2  # examples per group shown open in report.html; the rest are one click away
-SEED = 0  # picks the examples and seeds the bootstrap
-BOOTSTRAP_RESAMPLES = 1000  # resamples of the paired bootstrap interval of the change
-THUMB_SIZE = 96  # longest side, in pixels, of the thumbnails embedded in report.html
-MAX_THUMBNAILS = 2000  # distinct images embedded in the report table; later rows show the path only
-ALLOW_PARTIAL = False  # compare only the questions both files have instead of stopping when they differ
-LANG = "zh"  # language of summary.txt, report.html and the charts: "zh" or "en"
-DEBUG = False  # show tracebacks instead of one-line errors
+OUTPUT_DIR: str = "outputs"  # folder holding the result files below
+REPORT_DIR: str = ""  # where the report goes; "" = assets/comparisons, or <output_dir>/comparisons with --output_dir
+BASELINE_FILE: str = "vqav2_baseline.jsonl"  # zero-shot rows in OUTPUT_DIR (create_vqav2_baseline.py)
+FINETUNED_FILE: str = "vqav2_finetuned.jsonl"  # fine-tuned rows for the same questions (evaluate_vqav2_finetuned.py)
+DEMO_BASELINE_FILE: str = "baseline.jsonl"  # the ten demo images, base model (create_baseline.py); optional
+DEMO_FINETUNED_FILE: str = "baseline_finetuned.jsonl"  # the ten demo images with the adapter; optional
+CASES_PER_GROUP: int = 4  # examples drawn per group (improved / worsened / unchanged)
+CASES_SHOWN: int = 2  # examples per group shown open in report.html; the rest are one click away
+SEED: int = 0  # picks the examples and seeds the bootstrap
+BOOTSTRAP_RESAMPLES: int = 1000  # resamples of the paired bootstrap interval of the change
+THUMB_SIZE: int = 96  # longest side, in pixels, of the thumbnails embedded in report.html
+MAX_THUMBNAILS: int = 2000  # distinct images embedded in the report table; later rows show the path only
+ALLOW_PARTIAL: bool = False  # compare only the questions both files have instead of stopping when they differ
+LANG: str = "zh"  # language of summary.txt, report.html and the charts: "zh" or "en"
+DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent

@@ -15,20 +15,20 @@ from src.config import apply_overrides, write_config
 from src.errors import UserError, run_main
 
 # -----------------------------------------------------------------------------
-IMAGES_DIR = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
-QUESTION = "What is in the image?"  # asked about every image
-MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
-QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER_DIR = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
-OUTPUT_DIR = "outputs"
-OUTPUT_FILE = ""  # "" = baseline.jsonl, or baseline_finetuned.jsonl when ADAPTER_DIR is set
-BATCH_SIZE = 10
-VQA_PROMPT = "auto"  # "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
-VQA_DECODING = "auto"  # "auto" = vqa_beam5
-CAPTION_PROMPT = "caption"
-CAPTION_DECODING = "caption_beam5"
-DEVICE = ""  # "" = cuda if available, else cpu
-DEBUG = False
+IMAGES_DIR: str = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
+QUESTION: str = "What is in the image?"  # asked about every image
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
+QUANTIZATION: str = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER_DIR: str = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
+OUTPUT_DIR: str = "outputs"
+OUTPUT_FILE: str = ""  # "" = baseline.jsonl, or baseline_finetuned.jsonl when ADAPTER_DIR is set
+BATCH_SIZE: int = 10
+VQA_PROMPT: str = "auto"  # "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING: str = "auto"  # "auto" = vqa_beam5
+CAPTION_PROMPT: str = "caption"
+CAPTION_DECODING: str = "caption_beam5"
+DEVICE: str = ""  # "" = cuda if available, else cpu
+DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 def main():

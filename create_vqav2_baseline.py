@@ -27,23 +27,23 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-DATASET = "vqav2"  # "vqav2" (data/vqa + data/images), "vqav2_hub" (HF_DATASET), "easy_vqa" (pip package) or "tiny"
-HF_DATASET = "lmms-lab/VQAv2"  # vqav2_hub: hub dataset id, or a local folder holding data/validation-*.parquet
-HF_DATASET_REVISION = ""  # vqav2_hub: commit hash (or branch/tag) to pin; "" = newest
-SPLIT = "val"  # "val" (scored here), or "testdev" / "test" (no answers: writes the EvalAI file to submit)
-DATA_DIR = "data"
-MAX_SAMPLES = 1000  # val: questions in the frozen sample (0 = the whole split)
-MAX_TEST_SAMPLES = 0  # testdev / test: questions answered; 0 = all, as EvalAI needs (more: a smoke run, it warns)
-SEED = 42  # draws the sample
-MODEL_ID = "Salesforce/blip2-opt-2.7b"
-QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-EVAL_BATCH = 32  # questions per generate() call
-NUM_WORKERS = 2  # DataLoader workers decoding images while the model generates
-VQA_PROMPT = "auto"  # the model family's paper prompt: vqa_opt "Question: {} Answer:" (OPT), vqa_t5 "... Short answer:" (Flan-T5)
-VQA_DECODING = "auto"  # vqa_beam5: beam 5, length penalty -1, 1-10 new tokens (src/prompts.py)
-OUTPUT_DIR = "outputs"
-RUN_NAME = "vqav2_baseline"  # file prefix: <run_name>.jsonl, _metrics.json, _results.json
-DEBUG = False
+DATASET: str = "vqav2"  # "vqav2" (data/vqa + data/images), "vqav2_hub" (HF_DATASET), "easy_vqa" (pip package) or "tiny"
+HF_DATASET: str = "lmms-lab/VQAv2"  # vqav2_hub: hub dataset id, or a local folder holding data/validation-*.parquet
+HF_DATASET_REVISION: str = ""  # vqav2_hub: commit hash (or branch/tag) to pin; "" = newest
+SPLIT: str = "val"  # "val" (scored here), or "testdev" / "test" (no answers: writes the EvalAI file to submit)
+DATA_DIR: str = "data"
+MAX_SAMPLES: int = 1000  # val: questions in the frozen sample (0 = the whole split)
+MAX_TEST_SAMPLES: int = 0  # testdev / test: questions answered; 0 = all, as EvalAI needs (more: a smoke run, it warns)
+SEED: int = 42  # draws the sample
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"
+QUANTIZATION: str = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+EVAL_BATCH: int = 32  # questions per generate() call
+NUM_WORKERS: int = 2  # DataLoader workers decoding images while the model generates
+VQA_PROMPT: str = "auto"  # the model family's paper prompt: vqa_opt "Question: {} Answer:" (OPT), vqa_t5 "... Short answer:" (Flan-T5)
+VQA_DECODING: str = "auto"  # vqa_beam5: beam 5, length penalty -1, 1-10 new tokens (src/prompts.py)
+OUTPUT_DIR: str = "outputs"
+RUN_NAME: str = "vqav2_baseline"  # file prefix: <run_name>.jsonl, _metrics.json, _results.json
+DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 

@@ -22,25 +22,25 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-DATASET = "vqav2"  # must be the dataset the baseline sample was drawn from ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
-HF_DATASET = "lmms-lab/VQAv2"  # vqav2_hub: the baseline's hub dataset id or local parquet folder
-HF_DATASET_REVISION = ""  # vqav2_hub: the baseline's revision; "" = newest
-SPLIT = "val"  # the baseline's split: "val", or "testdev" / "test" (no answers: writes the EvalAI file, no comparison)
-DATA_DIR = "data"
-MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
-QUANTIZATION = "4bit"  # keep it equal to the baseline's for a fair comparison
-ADAPTER_DIR = "{output_dir}/lora_adapter"  # the adapter finetune_vqav2_lora.py wrote ({output_dir} = OUTPUT_DIR)
-EVAL_BATCH = 32
-NUM_WORKERS = 2
-VQA_PROMPT = "auto"  # the baseline's: "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
-VQA_DECODING = "auto"  # the baseline's: "auto" = vqa_beam5 (beam 5, length penalty -1, 1-10 new tokens)
-OUTPUT_DIR = "outputs"  # holds vqav2_sample_ids.json and vqav2_baseline.jsonl
-BASELINE_RUN = "vqav2_baseline"
-RUN_NAME = "vqav2_finetuned"
-N_CASES = 5  # random questions printed side by side
-BOOTSTRAP_RESAMPLES = 1000
-SEED = 0  # for the cases and the bootstrap
-DEBUG = False
+DATASET: str = "vqav2"  # must be the dataset the baseline sample was drawn from ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
+HF_DATASET: str = "lmms-lab/VQAv2"  # vqav2_hub: the baseline's hub dataset id or local parquet folder
+HF_DATASET_REVISION: str = ""  # vqav2_hub: the baseline's revision; "" = newest
+SPLIT: str = "val"  # the baseline's split: "val", or "testdev" / "test" (no answers: writes the EvalAI file, no comparison)
+DATA_DIR: str = "data"
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
+QUANTIZATION: str = "4bit"  # keep it equal to the baseline's for a fair comparison
+ADAPTER_DIR: str = "{output_dir}/lora_adapter"  # the adapter finetune_vqav2_lora.py wrote ({output_dir} = OUTPUT_DIR)
+EVAL_BATCH: int = 32
+NUM_WORKERS: int = 2
+VQA_PROMPT: str = "auto"  # the baseline's: "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING: str = "auto"  # the baseline's: "auto" = vqa_beam5 (beam 5, length penalty -1, 1-10 new tokens)
+OUTPUT_DIR: str = "outputs"  # holds vqav2_sample_ids.json and vqav2_baseline.jsonl
+BASELINE_RUN: str = "vqav2_baseline"
+RUN_NAME: str = "vqav2_finetuned"
+N_CASES: int = 5  # random questions printed side by side
+BOOTSTRAP_RESAMPLES: int = 1000
+SEED: int = 0  # for the cases and the bootstrap
+DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 

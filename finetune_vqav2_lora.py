@@ -26,37 +26,37 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-DATASET = "vqav2"  # "vqav2", "easy_vqa" or "tiny"
-DATA_DIR = "data"
-MAX_SAMPLES = 0  # training questions to draw with SEED (0 = the whole train split)
-MODEL_ID = "Salesforce/blip2-opt-2.7b"
-USE_4BIT = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
-LORA_R = 16  # LoRA rank (bench/ reads the LoRA settings from here)
-LORA_ALPHA = 32
-LORA_DROPOUT = 0.05
-TARGET_MODULES = "auto"  # Linear layers to adapt: "auto" = the family's, OPT q_proj,k_proj,v_proj,out_proj,fc1,fc2,
+DATASET: str = "vqav2"  # "vqav2", "easy_vqa" or "tiny"
+DATA_DIR: str = "data"
+MAX_SAMPLES: int = 0  # training questions to draw with SEED (0 = the whole train split)
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"
+USE_4BIT: bool = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
+LORA_R: int = 16  # LoRA rank (bench/ reads the LoRA settings from here)
+LORA_ALPHA: int = 32
+LORA_DROPOUT: float = 0.05
+TARGET_MODULES: str | list = "auto"  # Linear layers to adapt: "auto" = the family's, OPT q_proj,k_proj,v_proj,out_proj,fc1,fc2,
                          # Flan-T5 q,k,v,o,wi_0,wi_1,wo; or a list / comma-separated names ...
-LORA_SCOPE = "language_model"  # ... inside this part of the model (the OPT decoder or the T5 encoder-decoder)
-TRAIN_STEPS = 1000  # optimizer steps
-PER_DEVICE_BATCH = 4  # questions per process per micro-batch
-GRAD_ACCUM = 4  # micro-batches per optimizer step
-LR = 1e-4  # peak learning rate (AdamW)
-WARMUP_STEPS = 50  # linear warmup, then cosine decay to 0
-WEIGHT_DECAY = 0.0
-MAX_GRAD_NORM = 1.0
-GRADIENT_CHECKPOINTING = True
-SAVE_EVERY = 200  # steps between checkpoints
-KEEP_CHECKPOINTS = 2  # newest checkpoints kept
-NUM_WORKERS = 2  # DataLoader workers decoding images
-SEED = 42
-VQA_PROMPT = "auto"  # the evaluation's prompt: "auto" = the family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
-PREVIEW_SAMPLES = 8  # after training, answer this many held-out (val) questions with the trained model
-PREVIEW_DECODING = "auto"  # decoding of that preview (the evaluation's; "auto" = vqa_beam5)
-OUTPUT_DIR = "outputs"
-REPORT_TO = ""  # "tensorboard": per-step curves in LOG_DIR (pip install tensorboard); "" = none
-LOG_DIR = "{output_dir}/tf-logs"  # the tracker's folder ({output_dir} = OUTPUT_DIR); AutoDL's panel reads /root/tf-logs
-MEMORY_PLAN_ONLY = False  # True: print the weight-memory estimate of MODEL_ID with this LoRA, then stop
-DEBUG = False
+LORA_SCOPE: str = "language_model"  # ... inside this part of the model (the OPT decoder or the T5 encoder-decoder)
+TRAIN_STEPS: int = 1000  # optimizer steps
+PER_DEVICE_BATCH: int = 4  # questions per process per micro-batch
+GRAD_ACCUM: int = 4  # micro-batches per optimizer step
+LR: float = 1e-4  # peak learning rate (AdamW)
+WARMUP_STEPS: int = 50  # linear warmup, then cosine decay to 0
+WEIGHT_DECAY: float = 0.0
+MAX_GRAD_NORM: float = 1.0
+GRADIENT_CHECKPOINTING: bool = True
+SAVE_EVERY: int = 200  # steps between checkpoints
+KEEP_CHECKPOINTS: int = 2  # newest checkpoints kept
+NUM_WORKERS: int = 2  # DataLoader workers decoding images
+SEED: int = 42
+VQA_PROMPT: str = "auto"  # the evaluation's prompt: "auto" = the family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+PREVIEW_SAMPLES: int = 8  # after training, answer this many held-out (val) questions with the trained model
+PREVIEW_DECODING: str = "auto"  # decoding of that preview (the evaluation's; "auto" = vqa_beam5)
+OUTPUT_DIR: str = "outputs"
+REPORT_TO: str = ""  # "tensorboard": per-step curves in LOG_DIR (pip install tensorboard); "" = none
+LOG_DIR: str = "{output_dir}/tf-logs"  # the tracker's folder ({output_dir} = OUTPUT_DIR); AutoDL's panel reads /root/tf-logs
+MEMORY_PLAN_ONLY: bool = False  # True: print the weight-memory estimate of MODEL_ID with this LoRA, then stop
+DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 # settings a resumed run must share with the checkpoint it resumes from

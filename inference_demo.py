@@ -44,27 +44,27 @@ from src.errors import UserError, run_main
 from src.i18n import check_lang
 
 # -----------------------------------------------------------------------------
-MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
-QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER_DIR = "{output_dir}/lora_adapter"  # LoRA adapter from finetune_vqav2_lora.py; "" or missing = base model only
-QUESTION = "What is in the image?"  # the question the page starts with
-VQA_PROMPT = "auto"  # name in src/prompts.py; "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
-VQA_DECODING = "auto"  # "auto" = vqa_beam5, the BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
-CAPTION_PROMPT = "caption"
-CAPTION_DECODING = "caption_beam5"
-DEVICE = ""  # "" = cuda if available, else cpu
-HOST = "127.0.0.1"  # address to serve on; "0.0.0.0" makes the demo reachable from other machines
-PORT = 7860
-SHARE = False  # True: also create a public *.gradio.live link (needs internet)
-MAX_QUEUE = 20  # requests allowed to wait for the model; more are refused with "queue is full"
-MAX_UPLOAD_MB = 10.0  # largest upload accepted, in megabytes (pixels are limited by src/images.py)
-EXAMPLES_DIR = "baseline_images"  # pictures offered as clickable thumbnails, e.g. data/easy_vqa/images/val
-MAX_EXAMPLES = 24  # at most this many of them, first by file name
-COMPARISONS_DIR = "assets/comparisons"  # what compare_baseline_finetuned.py wrote, shown in tab "Comparison"
-RUN_COMPARISON = False  # True: run compare_baseline_finetuned.py once before serving (the README's old behaviour)
-OUTPUT_DIR = "outputs"  # where that comparison reads the result files; {output_dir} in ADAPTER_DIR
-LANG = "zh"  # language of the page: "zh" (Chinese) or "en"
-DEBUG = False  # show tracebacks
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
+QUANTIZATION: str = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER_DIR: str = "{output_dir}/lora_adapter"  # LoRA adapter from finetune_vqav2_lora.py; "" or missing = base model only
+QUESTION: str = "What is in the image?"  # the question the page starts with
+VQA_PROMPT: str = "auto"  # name in src/prompts.py; "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING: str = "auto"  # "auto" = vqa_beam5, the BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
+CAPTION_PROMPT: str = "caption"
+CAPTION_DECODING: str = "caption_beam5"
+DEVICE: str = ""  # "" = cuda if available, else cpu
+HOST: str = "127.0.0.1"  # address to serve on; "0.0.0.0" makes the demo reachable from other machines
+PORT: int = 7860
+SHARE: bool = False  # True: also create a public *.gradio.live link (needs internet)
+MAX_QUEUE: int = 20  # requests allowed to wait for the model; more are refused with "queue is full"
+MAX_UPLOAD_MB: float = 10.0  # largest upload accepted, in megabytes (pixels are limited by src/images.py)
+EXAMPLES_DIR: str = "baseline_images"  # pictures offered as clickable thumbnails, e.g. data/easy_vqa/images/val
+MAX_EXAMPLES: int = 24  # at most this many of them, first by file name
+COMPARISONS_DIR: str = "assets/comparisons"  # what compare_baseline_finetuned.py wrote, shown in tab "Comparison"
+RUN_COMPARISON: bool = False  # True: run compare_baseline_finetuned.py once before serving (the README's old behaviour)
+OUTPUT_DIR: str = "outputs"  # where that comparison reads the result files; {output_dir} in ADAPTER_DIR
+LANG: str = "zh"  # language of the page: "zh" (Chinese) or "en"
+DEBUG: bool = False  # show tracebacks
 # -----------------------------------------------------------------------------
 
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

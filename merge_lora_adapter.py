@@ -20,15 +20,15 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
-ADAPTER_DIR = "{output_dir}/lora_adapter"  # what finetune_vqav2_lora.py wrote, or one of its checkpoints
-MERGED_DIR = "{output_dir}/blip2-vqav2-merged"  # the merged model's folder
-MERGE_DTYPE = "bfloat16"  # precision of the saved weights: "bfloat16", "float16" or "float32"
-DEQUANTIZE = "auto"  # merge onto the NF4-dequantised base: "auto" (when the adapter was trained 4-bit), "yes", "no"
-DEVICE = ""  # "" = cuda if available, else cpu
-OVERWRITE = False  # True: replace a merged model already in MERGED_DIR (never any other folder)
-OUTPUT_DIR = "outputs"  # {output_dir} in ADAPTER_DIR and MERGED_DIR
-DEBUG = False
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # the base model the adapter was trained on
+ADAPTER_DIR: str = "{output_dir}/lora_adapter"  # what finetune_vqav2_lora.py wrote, or one of its checkpoints
+MERGED_DIR: str = "{output_dir}/blip2-vqav2-merged"  # the merged model's folder
+MERGE_DTYPE: str = "bfloat16"  # precision of the saved weights: "bfloat16", "float16" or "float32"
+DEQUANTIZE: str = "auto"  # merge onto the NF4-dequantised base: "auto" (when the adapter was trained 4-bit), "yes", "no"
+DEVICE: str = ""  # "" = cuda if available, else cpu
+OVERWRITE: bool = False  # True: replace a merged model already in MERGED_DIR (never any other folder)
+OUTPUT_DIR: str = "outputs"  # {output_dir} in ADAPTER_DIR and MERGED_DIR
+DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 

@@ -13,18 +13,18 @@ from src.config import apply_overrides
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-IMAGE = "baseline_images/pic_01.jpg"  # the picture to describe
-QUESTION = "What is in the image?"  # asked with the VQA prompt
-MODEL_ID = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
-QUANTIZATION = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
-ADAPTER_DIR = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
-VQA_PROMPT = "auto"  # name in src/prompts.py; "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
-VQA_DECODING = "auto"  # "auto" = vqa_beam5, the BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
-CAPTION_PROMPT = "caption"
-CAPTION_DECODING = "caption_beam5"
-DEVICE = ""  # "" = cuda if available, else cpu
-OUTPUT_DIR = "outputs"  # where mini_infer.json goes
-DEBUG = False  # show tracebacks
+IMAGE: str = "baseline_images/pic_01.jpg"  # the picture to describe
+QUESTION: str = "What is in the image?"  # asked with the VQA prompt
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # hub id or a local folder saved with save_pretrained
+QUANTIZATION: str = "4bit"  # "4bit" (NF4), "8bit" (GPU only) or "none"
+ADAPTER_DIR: str = ""  # LoRA adapter folder, e.g. {output_dir}/lora_adapter ("" = base model; {output_dir} = OUTPUT_DIR)
+VQA_PROMPT: str = "auto"  # name in src/prompts.py; "auto" = the model family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
+VQA_DECODING: str = "auto"  # "auto" = vqa_beam5, the BLIP-2 paper decoding: beam 5, length penalty -1, <= 10 tokens
+CAPTION_PROMPT: str = "caption"
+CAPTION_DECODING: str = "caption_beam5"
+DEVICE: str = ""  # "" = cuda if available, else cpu
+OUTPUT_DIR: str = "outputs"  # where mini_infer.json goes
+DEBUG: bool = False  # show tracebacks
 # -----------------------------------------------------------------------------
 
 

@@ -32,14 +32,14 @@ from src.config import apply_overrides
 from src.errors import UserError, run_main
 
 # -----------------------------------------------------------------------------
-N_QUESTIONS = 214_354  # VQAv2 val2014 has 214,354 questions
-N_ANSWERS = 10  # ground-truth answers per question, as in VQAv2
-SEED = 1234  # the synthetic set is a function of this seed
-WORK_DIR = "outputs/bench_vqa_eval"  # where the synthetic files go (relative to the repo)
-KEEP_FILES = False  # keep the ~200 MB of synthetic JSON after the run
-RUNS = 3  # runs of our CLI (the official tool, about 30x slower, runs once)
-WRITE_RESULTS = True  # replace this script's section of bench/RESULTS.md
-DEBUG = False  # show tracebacks instead of one-line errors
+N_QUESTIONS: int = 214_354  # VQAv2 val2014 has 214,354 questions
+N_ANSWERS: int = 10  # ground-truth answers per question, as in VQAv2
+SEED: int = 1234  # the synthetic set is a function of this seed
+WORK_DIR: str = "outputs/bench_vqa_eval"  # where the synthetic files go (relative to the repo)
+KEEP_FILES: bool = False  # keep the ~200 MB of synthetic JSON after the run
+RUNS: int = 3  # runs of our CLI (the official tool, about 30x slower, runs once)
+WRITE_RESULTS: bool = True  # replace this script's section of bench/RESULTS.md
+DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent

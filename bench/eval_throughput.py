@@ -41,21 +41,21 @@ from src.errors import UserError, run_main
 REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-N_QUESTIONS = 256  # questions answered by every configuration
-SEED = 1234  # which images' questions are taken
-DATASET = "easy_vqa"  # "easy_vqa" (about 10 questions per image) or "tiny"
-DATA_DIR = "data"  # dataset folder (relative to the repo)
-MODEL_DIR = ""  # a saved BLIP-2 folder; empty: build the tiny model in a temporary folder
-EVAL_BATCH = 32  # questions per batch in the batched configurations
-NUM_WORKERS = 2  # DataLoader workers of the run_vqa_workersN configuration
-VQA_PROMPT = "vqa_opt"  # prompt registry name
-DECODINGS = ["vqa_beam5", "greedy"]  # decoding presets, one table each
-LENGTH_SORTED = True  # also time batches sorted by prompt length
-REPEATS = 3  # runs of every configuration (round robin); the fastest wall time is reported
-TORCH_THREADS = 1  # torch intra-op threads (0: torch's default); see the note below
-OUTPUT_DIR = "outputs/bench_eval_throughput"  # results.json and config.json
-WRITE_RESULTS = True  # replace the eval_throughput section of bench/RESULTS.md
-DEBUG = False  # show tracebacks instead of one-line errors
+N_QUESTIONS: int = 256  # questions answered by every configuration
+SEED: int = 1234  # which images' questions are taken
+DATASET: str = "easy_vqa"  # "easy_vqa" (about 10 questions per image) or "tiny"
+DATA_DIR: str = "data"  # dataset folder (relative to the repo)
+MODEL_DIR: str = ""  # a saved BLIP-2 folder; empty: build the tiny model in a temporary folder
+EVAL_BATCH: int = 32  # questions per batch in the batched configurations
+NUM_WORKERS: int = 2  # DataLoader workers of the run_vqa_workersN configuration
+VQA_PROMPT: str = "vqa_opt"  # prompt registry name
+DECODINGS: list = ["vqa_beam5", "greedy"]  # decoding presets, one table each
+LENGTH_SORTED: bool = True  # also time batches sorted by prompt length
+REPEATS: int = 3  # runs of every configuration (round robin); the fastest wall time is reported
+TORCH_THREADS: int = 1  # torch intra-op threads (0: torch's default); see the note below
+OUTPUT_DIR: str = "outputs/bench_eval_throughput"  # results.json and config.json
+WRITE_RESULTS: bool = True  # replace the eval_throughput section of bench/RESULTS.md
+DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 _RESULTS_MD = REPO / "bench" / "RESULTS.md"

@@ -68,32 +68,32 @@ from src.errors import UserError, run_main
 REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-MODEL_ID = "Salesforce/blip2-opt-2.7b"  # the architecture: a known checkpoint id (src.memory_plan.KNOWN_ARCHITECTURES) or a model folder
-SMOKE = False  # CPU run on a shrunken architecture (2 layers per tower, width 64), 4-bit via bitsandbytes' CPU backend
-WORK_DIR = ""  # where the random model is saved (empty: a temporary folder, removed at the end)
-TRAIN_BATCHES = [4, 8]  # per-device batch sizes of the QLoRA step
-PROMPT_TOKENS = 16  # prompt tokens with the tokenizer's own specials (OPT "</s>Question: ... Answer:"; Flan-T5 "Question: ... Short answer:</s>")
-ANSWER_TOKENS = 3  # answer tokens (the end token comes on top: OPT's newline, Flan-T5's </s>)
-TRAIN_WARMUP_STEPS = 2  # untimed steps per batch size
-TRAIN_TIMED_STEPS = 5  # timed steps per batch size
-GRADIENT_CHECKPOINTING = True  # as in the fine-tuning script; it decides most of the activation memory
-TRAIN_PATHS = ["no_grad_tower", "full_graph"]  # the training step now, and before the vision tower left the graph (bench/train_step.py)
-LR = 1e-4  # AdamW learning rate (no effect on time or memory)
-MAX_GRAD_NORM = 1.0  # gradient clipping, as in the fine-tuning script
-EVAL_BATCHES = [1, 32]  # evaluation batch sizes (questions per generate call)
-EVAL_QUESTIONS = 96  # questions timed per batch size of 32 and more (after one warm-up batch)
-EVAL_QUESTIONS_BATCH1 = 12  # questions timed at batch sizes below 32
-EVAL_QUANTIZATIONS = ["4bit", "none"]  # load_blip2 quantization settings timed in the eval section
-NEW_TOKENS = 10  # forced answer length (min_new_tokens = max_new_tokens)
-SECTION_BUDGET_S = 75.0  # a timed loop stops starting new work after this many seconds
-TOTAL_BUDGET_S = 420.0  # sections not yet started are skipped after this many seconds (7 min)
-SEED = 0  # random weights and inputs
-PROFILE = False  # also run PROFILE_STEPS QLoRA steps and one evaluation batch under torch.profiler (a table, no trace)
-PROFILE_STEPS = 3  # profiled optimizer steps (after the timed ones, at the first TRAIN_BATCHES size)
-PROFILE_TOP = 12  # operators listed per profiled section
-OUTPUT_DIR = "outputs/bench_gpu_check"  # gpu_check.json and config.json
-WRITE_RESULTS = True  # replace this checkpoint's section of bench/RESULTS.md (gpu_check, gpu_check_flan_t5_xl, ...; GPU runs only)
-DEBUG = False  # show tracebacks instead of one-line errors
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # the architecture: a known checkpoint id (src.memory_plan.KNOWN_ARCHITECTURES) or a model folder
+SMOKE: bool = False  # CPU run on a shrunken architecture (2 layers per tower, width 64), 4-bit via bitsandbytes' CPU backend
+WORK_DIR: str = ""  # where the random model is saved (empty: a temporary folder, removed at the end)
+TRAIN_BATCHES: list = [4, 8]  # per-device batch sizes of the QLoRA step
+PROMPT_TOKENS: int = 16  # prompt tokens with the tokenizer's own specials (OPT "</s>Question: ... Answer:"; Flan-T5 "Question: ... Short answer:</s>")
+ANSWER_TOKENS: int = 3  # answer tokens (the end token comes on top: OPT's newline, Flan-T5's </s>)
+TRAIN_WARMUP_STEPS: int = 2  # untimed steps per batch size
+TRAIN_TIMED_STEPS: int = 5  # timed steps per batch size
+GRADIENT_CHECKPOINTING: bool = True  # as in the fine-tuning script; it decides most of the activation memory
+TRAIN_PATHS: list = ["no_grad_tower", "full_graph"]  # the training step now, and before the vision tower left the graph (bench/train_step.py)
+LR: float = 1e-4  # AdamW learning rate (no effect on time or memory)
+MAX_GRAD_NORM: float = 1.0  # gradient clipping, as in the fine-tuning script
+EVAL_BATCHES: list = [1, 32]  # evaluation batch sizes (questions per generate call)
+EVAL_QUESTIONS: int = 96  # questions timed per batch size of 32 and more (after one warm-up batch)
+EVAL_QUESTIONS_BATCH1: int = 12  # questions timed at batch sizes below 32
+EVAL_QUANTIZATIONS: list = ["4bit", "none"]  # load_blip2 quantization settings timed in the eval section
+NEW_TOKENS: int = 10  # forced answer length (min_new_tokens = max_new_tokens)
+SECTION_BUDGET_S: float = 75.0  # a timed loop stops starting new work after this many seconds
+TOTAL_BUDGET_S: float = 420.0  # sections not yet started are skipped after this many seconds (7 min)
+SEED: int = 0  # random weights and inputs
+PROFILE: bool = False  # also run PROFILE_STEPS QLoRA steps and one evaluation batch under torch.profiler (a table, no trace)
+PROFILE_STEPS: int = 3  # profiled optimizer steps (after the timed ones, at the first TRAIN_BATCHES size)
+PROFILE_TOP: int = 12  # operators listed per profiled section
+OUTPUT_DIR: str = "outputs/bench_gpu_check"  # gpu_check.json and config.json
+WRITE_RESULTS: bool = True  # replace this checkpoint's section of bench/RESULTS.md (gpu_check, gpu_check_flan_t5_xl, ...; GPU runs only)
+DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 # the course's goals are the default checkpoint's; the others have none set (reported as "not set")

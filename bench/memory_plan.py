@@ -33,11 +33,11 @@ from src.errors import UserError, run_main
 REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-COMPUTE_DTYPE = "bfloat16"  # dtype of what bitsandbytes leaves unquantised (load_blip2 on a bf16 GPU)
-GPU_CHECK = False  # on CUDA: load a BLIP-2 with the real layer shapes (2 layers per tower) and measure it
-GPU_CHECK_DIR = "outputs/bench_memory_plan"  # the GPU check's sample model and gpu_check.json (read back by CPU runs)
-WRITE_RESULTS = True  # replace this script's section of bench/RESULTS.md
-DEBUG = False  # show tracebacks instead of one-line errors
+COMPUTE_DTYPE: str = "bfloat16"  # dtype of what bitsandbytes leaves unquantised (load_blip2 on a bf16 GPU)
+GPU_CHECK: bool = False  # on CUDA: load a BLIP-2 with the real layer shapes (2 layers per tower) and measure it
+GPU_CHECK_DIR: str = "outputs/bench_memory_plan"  # the GPU check's sample model and gpu_check.json (read back by CPU runs)
+WRITE_RESULTS: bool = True  # replace this script's section of bench/RESULTS.md
+DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 _RESULTS_MD = REPO / "bench" / "RESULTS.md"

@@ -40,15 +40,15 @@ from src.errors import UserError, run_main
 REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-MODEL_DIR = "tests/artifacts/tiny-blip2"  # a saved twin; built into a temporary folder when missing
-QUANTIZATION = "4bit"  # load_blip2 quantization of the base, as in the fine-tuning script
-BATCH = 8  # micro-batch size
-TIMED_STEPS = 5  # optimizer steps per timing round
-REPEATS = 3  # timing rounds per path; the fastest is reported (the machine may be shared)
-TORCH_THREADS = 1  # torch intra-op threads (0: torch's default)
-WRITE_RESULTS = True  # replace the train_step section of bench/RESULTS.md
-ONE_PATH = ""  # internal: measure only this path in this process and print its JSON
-DEBUG = False  # show tracebacks instead of one-line errors
+MODEL_DIR: str = "tests/artifacts/tiny-blip2"  # a saved twin; built into a temporary folder when missing
+QUANTIZATION: str = "4bit"  # load_blip2 quantization of the base, as in the fine-tuning script
+BATCH: int = 8  # micro-batch size
+TIMED_STEPS: int = 5  # optimizer steps per timing round
+REPEATS: int = 3  # timing rounds per path; the fastest is reported (the machine may be shared)
+TORCH_THREADS: int = 1  # torch intra-op threads (0: torch's default)
+WRITE_RESULTS: bool = True  # replace the train_step section of bench/RESULTS.md
+ONE_PATH: str = ""  # internal: measure only this path in this process and print its JSON
+DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 PATHS = ("full_graph", "no_grad_tower")

@@ -35,11 +35,11 @@ from tests.helpers import command_argv, readme_commands
 REPO = Path(__file__).resolve().parents[1]
 
 # -----------------------------------------------------------------------------
-SETTINGS = "all"  # "all", or ATEN_CPU_CAPABILITY:threads pairs, e.g. "avx2:1,default:2"
-FAMILY = "opt"  # "opt": the twin of blip2-opt-2.7b (the README's quick start); "t5": of blip2-flan-t5-xl
-WRITE_RESULTS = True  # replace the twin_story section of bench/RESULTS.md
-SHUFFLE_SEED = 0
-ONE_SETTING_DIR = ""  # internal: run the chain once in this folder (the kernel setting is in the environment)
+SETTINGS: str = "all"  # "all", or ATEN_CPU_CAPABILITY:threads pairs, e.g. "avx2:1,default:2"
+FAMILY: str = "opt"  # "opt": the twin of blip2-opt-2.7b (the README's quick start); "t5": of blip2-flan-t5-xl
+WRITE_RESULTS: bool = True  # replace the twin_story section of bench/RESULTS.md
+SHUFFLE_SEED: int = 0
+ONE_SETTING_DIR: str = ""  # internal: run the chain once in this folder (the kernel setting is in the environment)
 # -----------------------------------------------------------------------------
 
 CHAIN = ("src.tiny_model", "create_vqav2_baseline.py", "finetune_vqav2_lora.py", "evaluate_vqav2_finetuned.py")

@@ -3,21 +3,22 @@
 A script keeps its knobs as UPPERCASE constants at the top, between two fence lines
 
     # -----------------------------------------------------------------------------
-    MAX_SAMPLES = 1000  # ...
-    DEBUG = False
+    MAX_SAMPLES: int = 1000  # ...
+    DEBUG: bool = False
     # -----------------------------------------------------------------------------
 
 and calls `config = apply_overrides(globals())`, which reads `--name=value` arguments (name
 case-insensitive, value parsed with `ast.literal_eval`, falling back to the raw string), checks
-the type against the constant's current value and assigns it. Only the constants between the
-fences are settings; unknown names and wrong types raise UserError. Editing a constant in the file
-and passing it on the command line are the same thing (`DEBUG = True` in the file shows tracebacks
-just as `--debug=True` does).
+it against the constant's annotated type (`MAX_SAMPLES: int = 1000`) and assigns it. Only the constants
+between the fences are settings; unknown names and wrong types raise UserError. Editing a constant in the
+file and passing it on the command line are the same thing, checked by the same rules (`SHARE = "False"`
+in the file is refused, as `--share=maybe` is).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,8 @@ from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # relative default paths (data/, outputs/...) are the repository's
 _FENCE = re.compile(r"#\s*-{10,}\s*")
-_PLAIN = (bool, int, float, str, list, tuple, dict, type(None))
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "tuple": tuple, "dict": dict,
+          "None": type(None)}
 
 
 def _settings_block(path: str | Path) -> list[ast.stmt]:
@@ -49,17 +51,27 @@ def _assigned(node: ast.stmt) -> list[str]:
     return []
 
 
+def declared_types(path: str | Path) -> dict[str, tuple[type, ...]]:
+    """{setting: the types it may hold} from the annotations of the script's settings block
+    (`MAX_SAMPLES: int = 1000`, `TARGET_MODULES: str | list = "auto"`), in file order."""
+    types = {}
+    for node in _settings_block(path):
+        for name in _assigned(node):
+            names = ast.unparse(node.annotation).split("|") if isinstance(node, ast.AnnAssign) else []
+            if not name.isupper() or not names or any(n.strip() not in _TYPES for n in names):
+                raise ValueError(f"{path}: settings are UPPERCASE constants annotated with plain types "
+                                 f"({' | '.join(_TYPES)}), e.g. `MAX_SAMPLES: int = 1000`: {name}")
+            types[name] = tuple(_TYPES[n.strip()] for n in names)
+    return types
+
+
 def config_keys(namespace: dict) -> list[str]:
     """The script's settings: the constants assigned between the first two `# -----` fence lines of
     the file `namespace["__file__"]` (a script's globals), in file order."""
     path = namespace.get("__file__")
     if not path:
         raise ValueError("config_keys needs a script's globals (with __file__)")
-    keys = [name for node in _settings_block(path) for name in _assigned(node)]
-    wrong = [k for k in keys if not (k.isupper() and isinstance(namespace.get(k), _PLAIN))]
-    if wrong:
-        raise ValueError(f"{path}: settings must be UPPERCASE constants of plain types: {', '.join(wrong)}")
-    return keys
+    return list(declared_types(path))
 
 
 def script_settings(path: str | Path) -> dict[str, Any]:
@@ -75,40 +87,62 @@ def _parse(raw: str) -> Any:
         return raw  # a bare string such as --model_id=Salesforce/blip2-opt-2.7b
 
 
-def _coerce(name: str, raw: str, current: Any) -> Any:
-    value = _parse(raw)
-    if current is None or value is None:
+def _declared(value: Any, types: tuple[type, ...]) -> Any:
+    """`value` as one of `types` (an int where a float is declared becomes that float; a list and a tuple
+    stand for each other); TypeError when it is none of them (True is no int)."""
+    if type(value) in types:
         return value
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise UserError(f"--{name.lower()}={raw}: expected True or False")
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    if float in types and type(value) is int:
         return float(value)
-    if isinstance(current, str):
-        # a str constant takes the text as written, e.g. --prompt=1 stays "1"
-        return raw if not isinstance(value, str) else value
-    if isinstance(current, (list, tuple)) and isinstance(value, str):
+    for have, want in ((list, tuple), (tuple, list)):
+        if type(value) is have and want in types:
+            return want(value)
+    raise TypeError
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("True or False" if t is bool else t.__name__ for t in types)
+
+
+def _coerce(name: str, raw: str, types: tuple[type, ...], default: Any) -> Any:
+    """The command line's text for setting `name` as a value of its declared types."""
+    value = _parse(raw)
+    if bool in types and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        value = value.lower() in ("true", "yes")
+    elif type(value) not in types and str in types:
+        value = raw  # a str setting takes the text as written, e.g. --prompt=1 stays "1"
+    elif isinstance(value, str) and (list in types or tuple in types):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if isinstance(current, list) and isinstance(value, tuple):
-        value = list(value)
-    if type(value) is not type(current):
-        raise UserError(
-            f"--{name.lower()}={raw}: expected {type(current).__name__} (like {current!r}), got {type(value).__name__}"
-        )
-    return value
+    try:
+        return _declared(value, types)
+    except TypeError:
+        like = "" if bool in types else f" (like {default!r}), got {type(value).__name__}"
+        raise UserError(f"--{name.lower()}={raw}: expected {_type_names(types)}{like}") from None
+
+
+def _check_in_file(key: str, value: Any, types: tuple[type, ...], script: str) -> Any:
+    """A constant as edited in the script's file, held to the type the command line would be."""
+    try:
+        return _declared(value, types)
+    except TypeError:
+        hint = ""
+        if isinstance(value, str):
+            parsed = _parse(value) if value.lower() not in ("true", "false") else value.lower() == "true"
+            with contextlib.suppress(TypeError):
+                hint = f"; write {key} = {_declared(parsed, types)!r}, without quotes"
+        raise UserError(f"{key} = {value!r} at the top of {script}: {key} takes {_type_names(types)}, not "
+                        f"{type(value).__name__}{hint} (or pass --{key.lower()}=... on the command line)") from None
 
 
 def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
-    """Apply `--name=value` overrides to `namespace` (a script's globals); return the resolved config."""
+    """Apply `--name=value` overrides to `namespace` (a script's globals); return the resolved config. The
+    constants as the file states them are checked by the same rules, before any work."""
     argv = sys.argv[1:] if argv is None else argv
     keys = config_keys(namespace)
+    types = declared_types(namespace["__file__"])
     by_lower = {k.lower(): k for k in keys}
     defaults = {k: namespace[k] for k in keys}  # as the file states them
+    given = set()
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             raise UserError(f"argument {arg!r}: use --name=value, e.g. --max_samples=100 (valid names: {', '.join(sorted(by_lower))})")
@@ -116,9 +150,12 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
         key = by_lower.get(name.lower().replace("-", "_"))
         if key is None:
             raise UserError(f"unknown setting --{name}; valid settings: {', '.join('--' + k for k in sorted(by_lower))}")
-        namespace[key] = _coerce(key, raw, namespace[key])
+        namespace[key] = _coerce(key, raw, types[key], defaults[key])
+        given.add(key)
+    script = Path(namespace["__file__"]).name
     for key in keys:
-        value = check_value(key, namespace[key], defaults[key])
+        value = namespace[key] if key in given else _check_in_file(key, namespace[key], types[key], script)
+        value = check_value(key, value, defaults[key])
         if value == defaults[key] and is_repo_path(key, value) and Path.cwd().resolve() != REPO_ROOT:
             value = str(REPO_ROOT / value)  # a default path is the repository's, wherever the script is started from
         namespace[key] = value

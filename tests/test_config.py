@@ -19,13 +19,13 @@ from src.errors import UserError, run_main
 
 HELPER_CONSTANT = 3  # above the fences: not a setting
 {FENCE}
-MODEL_ID = "m"
-MAX_SAMPLES = 10  # a comment
-LR = 1e-4
-USE_4BIT = True
-TARGET_MODULES = ["q_proj"]
-ADAPTER_DIR = ""
-DEBUG = False
+MODEL_ID: str = "m"
+MAX_SAMPLES: int = 10  # a comment
+LR: float = 1e-4
+USE_4BIT: bool = True
+TARGET_MODULES: list = ["q_proj"]
+ADAPTER_DIR: str = ""
+DEBUG: bool = False
 {FENCE}
 # --- a section header is not a fence -------------------------------------------
 RESUME_MUST_MATCH = ("model_id",)  # below the fences: not a setting
@@ -103,7 +103,9 @@ def test_a_script_without_a_settings_block_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="no settings block"):
         config_keys(namespace(tmp_path, SCRIPT.replace(FENCE, "")))
     with pytest.raises(ValueError, match="UPPERCASE"):
-        config_keys(namespace(tmp_path, SCRIPT.replace("DEBUG = False", "debug = False")))
+        config_keys(namespace(tmp_path, SCRIPT.replace("DEBUG: bool = False", "debug: bool = False")))
+    with pytest.raises(ValueError, match="annotated"):  # the type a setting takes is written beside it
+        config_keys(namespace(tmp_path, SCRIPT.replace("DEBUG: bool = False", "DEBUG = False")))
 
 
 def _run(path, *args):
@@ -115,12 +117,12 @@ def _run(path, *args):
 def test_debug_edited_into_the_file_shows_the_traceback(tmp_path):
     quiet = _run(script(tmp_path))
     assert quiet.returncode == 2 and quiet.stderr == "error: no picture at x.jpg; pass --image=...\n"
-    loud = _run(script(tmp_path, SCRIPT.replace("DEBUG = False", "DEBUG = True")))
+    loud = _run(script(tmp_path, SCRIPT.replace("DEBUG: bool = False", "DEBUG: bool = True")))
     assert loud.returncode == 2 and "Traceback" in loud.stderr and loud.stderr.endswith("error: no picture at x.jpg; pass --image=...\n")
     assert "Traceback" in _run(script(tmp_path), "--debug=True").stderr
     # the command line still wins over the file, and a bad override is reported with the file's DEBUG
-    assert "Traceback" not in _run(script(tmp_path, SCRIPT.replace("DEBUG = False", "DEBUG = True")), "--debug=False").stderr
-    bad = _run(script(tmp_path, SCRIPT.replace("DEBUG = False", "DEBUG = True")), "--max_samples=ten")
+    assert "Traceback" not in _run(script(tmp_path, SCRIPT.replace("DEBUG: bool = False", "DEBUG: bool = True")), "--debug=False").stderr
+    bad = _run(script(tmp_path, SCRIPT.replace("DEBUG: bool = False", "DEBUG: bool = True")), "--max_samples=ten")
     assert "Traceback" in bad.stderr and "expected int" in bad.stderr
 
 
@@ -143,9 +145,10 @@ def _literal_constants(path: Path) -> dict:
 
     out = {}
     for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and node.value is not None:
             try:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
+                out[target.id] = ast.literal_eval(node.value)
             except ValueError:
                 pass
     return out
@@ -169,3 +172,44 @@ def test_debug_on_the_module_entry_point(tmp_path):
                f"--results={tmp_path / 'r.json'}"]
     assert "Traceback" in run_script(*missing, "--debug=True").stderr
     assert "Traceback" not in run_script(*missing).stderr
+
+
+@pytest.mark.parametrize("edited, says", [
+    ('USE_4BIT: bool = "False"', "USE_4BIT = 'False' at the top of script.py: USE_4BIT takes True or False, not str; "
+                                 "write USE_4BIT = False, without quotes"),
+    ('MAX_SAMPLES: int = "100"', "MAX_SAMPLES takes int, not str; write MAX_SAMPLES = 100, without quotes"),
+    ("MAX_SAMPLES: int = 8.0", "MAX_SAMPLES = 8.0 at the top of script.py: MAX_SAMPLES takes int, not float"),
+    ('LR: float = "1e-4"', "LR takes float, not str; write LR = 0.0001, without quotes"),
+    ("MODEL_ID: str = 5", "MODEL_ID = 5 at the top of script.py: MODEL_ID takes str, not int"),
+])
+def test_a_constant_edited_in_the_file_is_checked_like_the_command_line(tmp_path, edited, says):
+    """A bool written as a string is an error, never truthy; a number in quotes or of the wrong kind too."""
+    name = edited.split(":")[0]
+    line = next(line for line in SCRIPT.splitlines() if line.startswith(name + ":"))
+    ns = namespace(tmp_path, SCRIPT.replace(line, edited))
+    with pytest.raises(UserError) as e:
+        apply_overrides(ns, [])
+    assert says in str(e.value) and "\n" not in str(e.value)
+    apply_overrides(namespace(tmp_path, SCRIPT.replace(line, edited)), [f"--{name.lower()}={ns_default(name)}"])
+
+
+def ns_default(name: str) -> str:
+    """A good command-line value for `name`: the command line still wins over a bad constant in the file."""
+    return {"USE_4BIT": "False", "MAX_SAMPLES": "100", "LR": "1e-4", "MODEL_ID": "m"}[name]
+
+
+def test_an_int_constant_where_a_float_is_declared_is_that_float(tmp_path):
+    ns = namespace(tmp_path, SCRIPT.replace("LR: float = 1e-4", "LR: float = 1"))
+    assert apply_overrides(ns, [])["lr"] == 1.0 and isinstance(ns["LR"], float)
+
+
+def test_a_real_script_refuses_a_string_bool_in_its_file_before_any_work(tmp_path):
+    """inference_demo.py with SHARE = "False" edited in: one line, exit 2, no server started, no public link."""
+    import shutil
+
+    demo = tmp_path / "inference_demo.py"
+    shutil.copy(REPO / "inference_demo.py", demo)
+    demo.write_text(demo.read_text().replace("SHARE: bool = False", 'SHARE: bool = "False"'))
+    r = _run(demo)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: SHARE = 'False' at the top of inference_demo.py: SHARE takes True or False")

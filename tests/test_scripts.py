@@ -77,7 +77,7 @@ def test_adapter_dir_means_one_thing_in_every_script():
     scripts = ("create_baseline.py", "mini_infer.py", "evaluate_vqav2_finetuned.py", "inference_demo.py")
     for script in scripts:
         text = (REPO / script).read_text()
-        assert "\nADAPTER_DIR = " in text and "\nADAPTER = " not in text, script
+        assert "\nADAPTER_DIR: str = " in text and "\nADAPTER: " not in text, script
     assert "\nADAPTER" not in (REPO / "create_vqav2_baseline.py").read_text()  # the baseline is the base model
 
 

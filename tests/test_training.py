@@ -75,8 +75,8 @@ def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
         lora.r, lora.alpha, lora.dropout, lora.scope)
     assert script.TARGET_MODULES == "auto" and lora.target_modules == ("auto",)  # the model family's (src/family.py)
     edited = tmp_path / "finetune_vqav2_lora.py"
-    edited.write_text((REPO / "finetune_vqav2_lora.py").read_text().replace("LORA_R = 16 ", "LORA_R = 4 ", 1)
-                      .replace('TARGET_MODULES = "auto"', 'TARGET_MODULES = "q_proj, v_proj"', 1))
+    edited.write_text((REPO / "finetune_vqav2_lora.py").read_text().replace("LORA_R: int = 16 ", "LORA_R: int = 4 ", 1)
+                      .replace('TARGET_MODULES: str | list = "auto"', 'TARGET_MODULES: str | list = "q_proj, v_proj"', 1))
     edited_lora = LoraSettings.of_settings(script_settings(edited))
     assert edited_lora == LoraSettings(4, lora.alpha, lora.dropout, ("q_proj", "v_proj"), lora.scope)
     plan = plan_memory(None, lora=edited_lora)
