@@ -358,3 +358,24 @@ def test_a_bad_training_image_is_one_line_even_from_dataloader_workers(tiny_mode
                       "--preview_samples=0", f"--output_dir={tmp_path / 'out'}")
     line = assert_one_line_error(proc, str(data / "broken.jpg"), "rerun to resume")
     assert "Caught" not in proc.stderr and "worker" not in line, proc.stderr[-2000:]
+
+
+LIBRARY_NOISE = re.compile(r"Warning|warnings\.warn|deprecated|Skipping publisher|kernels-community|Traceback")
+
+
+def test_the_quick_start_prints_no_library_notice(quickstart):
+    """Fine-tuning, evaluation and every other quick-start step print no FutureWarning or library notice (a
+    student reads those as errors): only our own lines and progress bars reach stderr."""
+    for cmd, proc in quickstart["runs"]:
+        noise = [line for line in proc.stderr.replace("\r", "\n").splitlines() if LIBRARY_NOISE.search(line)]
+        assert not noise, f"{cmd}\n" + "\n".join(noise[:5])
+
+
+@pytest.mark.slow
+def test_importing_the_libraries_offline_prints_no_notice():
+    """With HF_HUB_OFFLINE=1, bitsandbytes' optional CPU kernel (fetched at import on AVX512-BF16 machines)
+    makes the `kernels` package note that it skips a check: src keeps that out of the student's console."""
+    code = "import src, bitsandbytes, peft, transformers"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
