@@ -666,3 +666,31 @@ def test_evaluate_console_table_uses_the_same_numbers():
     c = cmp["change"]["vqa_accuracy"]
     assert cells[4] == f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
     assert f"fine-tuned {cmp['answer_processing']['finetuned']['changed']} of 40" in text
+
+
+@pytest.mark.slow
+def test_an_unbroken_long_answer_wraps_inside_the_report(tmp_path):
+    """A 10,000-character answer without a space: the report, every fold opened, stays about as wide as the
+    window in a real browser (without wrapping, that one cell made the page ~100k px wide)."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} missing (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    base, ft = make_rows()
+    long = "w" * 10_000
+    row = next(r for r in ft if r["answer"] is not None)
+    row.update(answer=long, raw_answer=long, vqa_accuracy=0.0, exact_match=0.0)
+    write_jsonl(tmp_path / "vqav2_baseline.jsonl", base)
+    write_jsonl(tmp_path / "vqav2_finetuned.jsonl", ft)
+    proc = run(tmp_path, tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto((tmp_path / "report" / "report.html").as_uri())
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        assert page.get_by_text(long[:50], exact=False).count() >= 1  # the answer is there, shown
+        width = page.evaluate("document.documentElement.scrollWidth")
+        browser.close()
+    assert width <= 1.1 * 1200, width
