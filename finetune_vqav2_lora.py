@@ -19,7 +19,7 @@ optimizer, scheduler, step, RNG, config) goes to <output_dir>/lora_adapter_check
 the same command resumes from the newest one. The final adapter (safetensors), processor,
 resolved config, train_log.jsonl and loss_curve.png go to <output_dir>/lora_adapter/.
 With --report_to=tensorboard the same steps' loss, learning rate, gradient norm and skipped-step count
-also go to TensorBoard, in <log_dir>/<name of the output folder>/; a resumed run continues that curve.
+also go to TensorBoard, in <log_dir>/<output folder's name>-<hash of its path>/; a resumed run continues that curve.
 """
 
 from src.config import apply_overrides
@@ -158,13 +158,14 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
 
 
 def start_tracking(accelerator, tracker: str, config: dict, out_dir, start_step: int) -> None:
-    """The tracker's run is named after the output folder, so a resumed run (same folder) continues its
-    curve at step start_step + 1; TensorBoard hides what an interrupted attempt logged after that step."""
+    """The tracker's run is named after the output folder (its name and path hash), so a resumed run (same
+    folder) continues its curve at step start_step + 1; TensorBoard hides what an interrupted attempt logged
+    after that step."""
     from pathlib import Path
 
     from src import training as T
 
-    run_name = Path(out_dir).resolve().name
+    run_name = T.tracker_run_name(out_dir)
     accelerator.init_trackers(run_name, config=T.tracker_config(config),
                               init_kwargs=T.tracker_init_kwargs(tracker, start_step))
     if accelerator.is_main_process:

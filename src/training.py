@@ -8,6 +8,7 @@ finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `ma
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -547,6 +548,13 @@ def tracker_config(config: dict) -> dict:
         return str(v)
 
     return {k: plain(v) for k, v in config.items()}
+
+
+def tracker_run_name(out_dir) -> str:
+    """The tracker's run of an output folder: its name and a hash of its full path, so two folders of the same
+    name (a/outputs, b/outputs) sharing one --log_dir never write into one run, and a resumed run continues its own."""
+    folder = Path(out_dir).resolve()
+    return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
 
 
 def tracker_init_kwargs(tracker: str, start_step: int) -> dict:

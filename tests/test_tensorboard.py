@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from helpers import REPO, assert_one_line_error, killed_at_marker, run_script, start_script
+from src.training import tracker_run_name
 
 TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
 STEPS = 8
@@ -52,7 +53,8 @@ def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(tiny
     assert killed_at_marker(proc)
     assert log.read_bytes().count(b"\n") == 5
     assert [p.name for p in (out / "lora_adapter_checkpoints").glob("step-*")] == ["step-000003"]
-    run_dir = logs / "run-a"  # the run is named after the output folder
+    run_dir = logs / tracker_run_name(out)  # the run is named after the output folder
+    assert run_dir.name.startswith("run-a-")
     killed = raw_loss_steps(run_dir)
     assert len(killed) == 1 and killed[0][:4] == [1, 2, 3, 4], killed
 
@@ -100,7 +102,19 @@ def test_default_log_dir_is_inside_the_output_folder(tiny_model_dir, tmp_path):
     out = tmp_path / "run-b"
     proc = run_script(*fine_tuning(tiny_model_dir, out, "--train_steps=1", "--report_to=tensorboard"), check=True)
     assert f"tensorboard --logdir {out / 'tf-logs'})" in proc.stdout
-    assert [s for s, _ in curves(out / "tf-logs" / "run-b")["train/loss"]] == [1]
+    assert [s for s, _ in curves(out / "tf-logs" / tracker_run_name(out))["train/loss"]] == [1]
+
+
+def test_two_output_folders_of_one_name_sharing_a_log_dir_keep_their_own_curves(tiny_model_dir, tmp_path):
+    """a/outputs and b/outputs with one --log_dir (as AutoDL's /root/tf-logs invites): two runs, and the second
+    one's start hides none of the first one's points."""
+    logs = tmp_path / "tf-logs"
+    for parent, steps in (("a", 3), ("b", 2)):
+        run_script(*fine_tuning(tiny_model_dir, tmp_path / parent / "outputs", f"--train_steps={steps}", "--save_every=2",
+                                "--report_to=tensorboard", f"--log_dir={logs}"), check=True)
+    runs = {p.name: [s for s, _ in curves(p)["train/loss"]] for p in logs.iterdir()}
+    assert sorted(runs.values()) == [[1, 2], [1, 2, 3]], runs
+    assert all(name.startswith("outputs-") for name in runs)
 
 
 def test_unknown_tracker_is_one_line_before_any_work(tiny_model_dir, tmp_path):
