@@ -259,6 +259,11 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
                         + ", ".join(f"--{name}={c}" for c in _CHOICES[name]))
     if name == "device" and not _DEVICE.fullmatch(value):
         bad("use cpu, cuda, cuda:N or mps (or leave it empty: the GPU when there is one)")
+    if name == "device" and value == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():  # torch would run on the CPU and the run record say "mps"
+            bad("this machine has no Apple GPU (MPS) that torch can use; use --device=cpu (or leave it empty)")
     if name == "device" and value.startswith("cuda"):
         import torch
 

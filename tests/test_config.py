@@ -213,3 +213,15 @@ def test_a_real_script_refuses_a_string_bool_in_its_file_before_any_work(tmp_pat
     r = _run(demo)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: SHARE = 'False' at the top of inference_demo.py: SHARE takes True or False")
+
+
+def test_mps_on_a_machine_without_it_is_refused():
+    """--device=mps where torch has no MPS: one line, never a CPU run recorded as "mps"."""
+    import torch
+
+    from src.config import check_value
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(UserError, match="--device=mps: this machine has no Apple GPU"):
+        check_value("DEVICE", "mps")
