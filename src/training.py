@@ -217,15 +217,16 @@ def set_train_mode(model):
 def training_loss(model, batch: dict):
     """The loss of one micro-batch (answer tokens only).
 
-    The frozen vision tower, Q-Former and projection run under no_grad and hand their image features
-    to the model (`mm_encoder_outputs`): autograd keeps no ViT-g activation and the backward pass stops
-    at the language model, whose LoRA layers are all that train; their gradients are the same as through
-    the full graph. No KV cache: nothing is generated, and a cache would only hold memory when gradient
-    checkpointing is off. `model` may be wrapped (DDP, peft)."""
+    The vision tower, Q-Former and projection hand their image features to the model (`mm_encoder_outputs`);
+    when none of them holds a trainable (LoRA) weight they run under no_grad: autograd keeps no ViT-g
+    activation and the backward pass stops at the language model, with the same gradients as through the full
+    graph. No KV cache: nothing is generated, and a cache would only hold memory when gradient checkpointing is
+    off. `model` may be wrapped (DDP, peft)."""
     from .modeling import blip2_core
 
     core = blip2_core(getattr(model, "module", model))
-    with torch.no_grad():
+    encoder = (core.vision_model, core.qformer, core.language_projection)
+    with torch.set_grad_enabled(any(p.requires_grad for part in encoder for p in part.parameters())):
         image = core.get_image_features(pixel_values=batch["pixel_values"], return_dict=True)
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                  pixel_values=None, mm_encoder_outputs={"image": image}, use_cache=False).loss

@@ -86,3 +86,20 @@ def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
 
     assert plan_memory(None, lora=lora)["lora"]["targets"] == list(OPT.lora_targets)
     assert inspect.signature(plan_memory).parameters["lora"].default is inspect.Parameter.empty  # no second copy
+
+def test_lora_inside_the_vision_tower_trains(tiny_model_dir, tmp_path):
+    """--lora_scope=vision_model: the ViT then runs with gradients (it crashed in backward: its inputs were under
+    no_grad), and its LoRA weights move away from their zero start."""
+    from safetensors.torch import load_file
+
+    from helpers import run_script
+
+    out = tmp_path / "out"
+    run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--use_4bit=False",
+               "--lora_scope=vision_model", "--target_modules=fc1,fc2", "--train_steps=2", "--per_device_batch=2",
+               "--grad_accum=1", "--lr=1e-2", "--warmup_steps=0", "--save_every=2", "--preview_samples=0",
+               "--num_workers=0", f"--output_dir={out}", check=True)
+    weights = load_file(out / "lora_adapter" / "adapter_model.safetensors")
+    lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
+    assert lora_b and all("vision_model" in k for k in lora_b)
+    assert all(v.abs().sum() > 0 for v in lora_b.values())  # B starts at zero: it trained
