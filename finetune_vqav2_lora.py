@@ -214,6 +214,7 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     Every process takes its own random state and the fp16 loss scale back; the training log is cut back
     to exactly the steps that checkpoint contains."""
     from src.errors import UserError
+    from src.evaluation import resolved_if_local
     from src.files import read_jsonl_lines, write_jsonl
     from src import training as T
 
@@ -225,7 +226,8 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
             print(f"warning: {note}")
     if ckpt is not None:
         saved = T.read_config(ckpt)
-        diffs = [k for k in RESUME_MUST_MATCH if saved.get(k) != config.get(k)]
+        same = lambda k, v: resolved_if_local(v) if k == "model_id" else v  # noqa: E731 (/x/./m is /x/m)
+        diffs = [k for k in RESUME_MUST_MATCH if same(k, saved.get(k)) != same(k, config.get(k))]
         if diffs:
             raise UserError(
                 f"{ckpt} was made with different settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diffs)}; "

@@ -326,6 +326,17 @@ def test_one_path_rule_home_other_folder_and_spelling(tiny_model_dir, tmp_path):
     assert "16 already done, 0 to go" in proc.stdout, proc.stdout
 
 
+def test_fine_tuning_resumes_with_the_same_model_folder_spelled_differently(tiny_model_dir, tmp_path):
+    """The path rule holds for a resumed fine-tuning too: /x/./m and a relative spelling are the same model."""
+    args = ["finetune_vqav2_lora.py", "--dataset=tiny", "--use_4bit=False", "--train_steps=2", "--per_device_batch=2",
+            "--grad_accum=1", "--save_every=1", "--preview_samples=0", "--num_workers=0", f"--output_dir={tmp_path}"]
+    run_script(*args, f"--model_id={tiny_model_dir}", check=True)
+    for spelled in (f"{Path(tiny_model_dir).parent}/./{Path(tiny_model_dir).name}",
+                    os.path.relpath(tiny_model_dir, REPO)):
+        proc = run_script(*args, f"--model_id={spelled}", check=True)
+        assert f"resumed from {tmp_path / 'lora_adapter_checkpoints' / 'step-000002'}" in proc.stdout
+
+
 def test_file_names_that_are_not_utf8_keep_every_row(tiny_model_dir, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
