@@ -131,6 +131,9 @@ def load_blip2_config(config: Any = None):
     path = Path(config)
     if path.is_dir():
         path = path / "config.json"
+        if not path.is_file():  # transformers would hand back its default config (1.2B parameters) in silence
+            raise UserError(f"{path.parent} holds no config.json, so it is no model folder saved with save_pretrained; "
+                            "copy the whole model folder again, or pass a hub id such as Salesforce/blip2-opt-2.7b")
     if path.is_file():
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)

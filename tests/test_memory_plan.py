@@ -421,3 +421,10 @@ def test_the_fine_tuning_script_plans_every_checkpoint_offline(model_id, tmp_pat
     assert f"on {modules} Linear modules" in proc.stdout and "auto: the" in proc.stdout
     assert ("LM encoder layers (24)" in proc.stdout) is (family == "t5")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_plan_of_a_folder_without_a_model_config_is_refused(tmp_path):
+    """--memory_plan_only with a folder that holds no config.json: one line, not transformers' default config."""
+    (tmp_path / "not-a-model").mkdir()
+    proc = run_script("finetune_vqav2_lora.py", "--memory_plan_only=True", f"--model_id={tmp_path / 'not-a-model'}")
+    assert_one_line_error(proc, str(tmp_path / "not-a-model"), "no config.json", "copy the whole model folder")
