@@ -45,7 +45,7 @@ from src.formatting import summary_text
 from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
-from src.outputs import check_output_dir, hold_output_lock
+from src.outputs import LOCK_FILE, check_output_dir, hold_output_lock
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR: str = "outputs"  # folder holding the result files below
@@ -218,8 +218,10 @@ def main() -> None:
     config = apply_overrides(globals())
     started = time.perf_counter()
     tr = texts(check_lang(LANG))
-    default_report = "assets/comparisons" if Path(OUTPUT_DIR) == Path("outputs") else str(Path(OUTPUT_DIR) / "comparisons")
-    output_dir, report_dir = Path(OUTPUT_DIR), Path(REPORT_DIR or default_report)
+    output_dir = Path(OUTPUT_DIR)
+    # the repository's outputs/ (however spelled) reports to assets/comparisons, where the demo's tab looks
+    ours = output_dir.resolve() == (REPO / "outputs").resolve()
+    report_dir = Path(REPORT_DIR) if REPORT_DIR else REPO / "assets" / "comparisons" if ours else output_dir / "comparisons"
     base_path, ft_path = output_dir / BASELINE_FILE, output_dir / FINETUNED_FILE
     for name in ("CASES_PER_GROUP", "CASES_SHOWN"):  # the others: src.config.check_value
         if globals()[name] < 1:
@@ -228,8 +230,22 @@ def main() -> None:
         raise UserError(f"baseline results not found: {base_path}; create them with `python create_vqav2_baseline.py` "
                         f"(or point --output_dir= at the folder holding {BASELINE_FILE})")
     check_output_dir(report_dir, setting="--report_dir")  # a file, or read-only: said before any work
+    check_report_folder(report_dir)
     with hold_output_lock(report_dir):  # two comparisons into one folder would mix their pictures
         write_report(config, started, tr, output_dir, report_dir, base_path, ft_path)
+
+
+def check_report_folder(report_dir: Path) -> None:
+    """The report folder holds only what this script writes: it never writes into a model's folder or among
+    another tool's files (its config.json would replace a model's)."""
+    ours = {*_ARTEFACTS, "cases", ".gitkeep", LOCK_FILE}
+    foreign = sorted(p.name for p in report_dir.iterdir() if p.name not in ours)
+    config = report_dir / "config.json"
+    if config.is_file() and "report_dir" not in config.read_text(encoding="utf-8", errors="replace"):
+        foreign.insert(0, "config.json")
+    if foreign:
+        raise UserError(f"--report_dir={report_dir} holds files this script did not write ({', '.join(foreign[:4])}"
+                        f"{', ...' if len(foreign) > 4 else ''}); choose an empty or new folder for the report")
 
 
 def write_no_answers(config: dict, report_dir: Path, path: Path, split: str) -> None:

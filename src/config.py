@@ -203,9 +203,11 @@ def looks_like_path(value: str) -> bool:
 
 def is_repo_path(key: str, value) -> bool:
     """A relative path as a script's file states it (data/, outputs/, baseline_images/...): one inside the
-    repository. Hub ids (model_id, hf_dataset) and "{output_dir}/..." templates are not."""
-    return (isinstance(value, str) and bool(value) and is_path_setting(key) and key.lower() not in ("model_id", "hf_dataset")
-            and "{" not in value and not os.path.isabs(os.path.expanduser(value)))
+    repository. Hub ids (model_id, hf_dataset), "{output_dir}/..." templates and *_FILE names (files inside the
+    script's output folder) are not."""
+    return (isinstance(value, str) and bool(value) and is_path_setting(key) and not key.lower().endswith("_file")
+            and key.lower() not in ("model_id", "hf_dataset") and "{" not in value
+            and not os.path.isabs(os.path.expanduser(value)))
 
 
 def check_value(key: str, value: Any, default: Any = None) -> Any:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import module_fixture
+from helpers import assert_one_line_error, module_fixture
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -694,3 +694,38 @@ def test_an_unbroken_long_answer_wraps_inside_the_report(tmp_path):
         width = page.evaluate("document.documentElement.scrollWidth")
         browser.close()
     assert width <= 1.1 * 1200, width
+
+
+@pytest.mark.slow
+def test_the_repositorys_outputs_spelled_absolutely_from_elsewhere_report_where_the_demo_looks(tmp_path):
+    """--output_dir=<repo>/outputs (absolute) started from another folder: the result files are read from that
+    folder (not <repo>/vqav2_baseline.jsonl) and the report goes to <repo>/assets/comparisons, the demo's tab."""
+    from helpers import fresh_copy
+
+    repo = fresh_copy(tmp_path / "repo")
+    base, ft = make_rows()
+    write_jsonl(repo / "outputs" / "vqav2_baseline.jsonl", base)
+    write_jsonl(repo / "outputs" / "vqav2_finetuned.jsonl", ft)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, str(repo / SCRIPT), f"--output_dir={repo / 'outputs'}"], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (repo / "assets" / "comparisons" / "report.html").exists()
+    assert not (repo / "outputs" / "comparisons").exists()
+
+
+def test_a_report_folder_holding_a_model_is_refused_and_left_as_it_was(tmp_path):
+    """--report_dir=<a model folder>: the report's config.json would replace the model's; one line, nothing touched."""
+    base, ft = make_rows()
+    write_jsonl(tmp_path / "vqav2_baseline.jsonl", base)
+    write_jsonl(tmp_path / "vqav2_finetuned.jsonl", ft)
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "blip-2"}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    proc = run(tmp_path, model)
+    assert_one_line_error(proc, f"--report_dir={model} holds files this script did not write", "config.json",
+                          "model.safetensors", "choose an empty or new folder")
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.name != ".output.lock"} == before
