@@ -75,8 +75,8 @@ def check_schema(schema, where: str, with_answers: bool = True) -> None:
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path as it is, a hub file by checked range requests
-    (pre_buffer: one request per row group's wanted columns), or its whole copy once ranges proved unusable."""
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (pre_buffer:
+    one per row group), or its whole copy once ranges proved unusable."""
     import pyarrow.parquet as pq
 
     m = HUB_URL.fullmatch(file)
@@ -111,8 +111,8 @@ def download_advice(hf_dataset: str, include: str = VALIDATION_FILES) -> str:
 def hub_test_files_advice(hf_dataset: str) -> str:
     """The fix for test-dev questions missing from the test files of a hub dataset or local folder."""
     hub_id = DEFAULT_DATASET if Path(hf_dataset).is_dir() else hf_dataset
-    return ("read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset (--hf_dataset_revision"
-            f"=<commit> and another --output_dir), or {download_advice(hub_id, 'data/test*.parquet')}")
+    return ("read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset "
+            f"(--hf_dataset_revision=<commit>, another --output_dir), or {download_advice(hub_id, 'data/test*.parquet')}")
 
 
 def _one_line(e: Exception) -> str:
@@ -132,9 +132,8 @@ def _hub_errors(hf_dataset: str, cache: Path | None):
         raise UserError(f"the Hugging Face hub at {endpoint()} {e.reason}, reading {hf_dataset}; {e.retry} "
                         f"({kept}), or {download_advice(hf_dataset)}") from None
     except HfHubHTTPError as e:  # reached: it answered an error
-        status = e.response.status_code if e.response is not None else "an error"
-        raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {status} reading {hf_dataset} "
-                        f"({_one_line(e)}); {kept}; {download_advice(hf_dataset)}") from None
+        raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
+                        f"{hf_dataset} ({_one_line(e)}); {kept}; {download_advice(hf_dataset)}") from None
     except (httpx2.HTTPError, OSError) as e:
         where = f"{cache} holds no copy yet" if cache is not None else "there is no local copy"
         reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
@@ -157,37 +156,27 @@ def _reading(file: str):
                         "download it again") from None
 
 
-def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[list[str], str]:
-    """(hf:// URLs of the files matching `pattern`, commit) of a hub dataset at `revision` ("" = newest);
-    a plain 404 (a mirror without the hub's X-Error-Code) is RepositoryNotFoundError."""
+def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
+    """(why the hub dataset cannot be read, or None; hf:// URLs of its `pattern` files; commit) at `revision`
+    ("" = newest); a plain 404 (a mirror without the hub's X-Error-Code) means not found too."""
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         info = retrying(f"the dataset info of {hf_dataset}", lambda: HfApi().dataset_info(
             hf_dataset, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT), reads)
+    except RevisionNotFoundError:
+        return f"has no revision {revision}", [], ""
+    except HfHubHTTPError as e:
+        if isinstance(e, RepositoryNotFoundError) or (e.response is not None and e.response.status_code == 404):
+            return "is not found", [], ""
+        raise
     except ValueError as e:  # JSONDecodeError: a cut-off answer
         raise HubTrouble(f"answered the dataset info request for {hf_dataset} with broken JSON ({str(e)[:60]})",
                          "rerun") from None
-    except HfHubHTTPError as e:
-        if type(e) is not HfHubHTTPError or e.response is None or e.response.status_code != 404:
-            raise
-        raise RepositoryNotFoundError(_one_line(e), response=e.response) from None
     files = sorted(s.rfilename for s in info.siblings or [] if fnmatch(s.rfilename, pattern))
-    return [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in files], info.sha
-
-
-def _why_unusable(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
-    """(why the hub dataset cannot be read, or None; its files; commit): missing repository, revision or files."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        files, sha = _hub_files(hf_dataset, revision, pattern, reads)
-    except RepositoryNotFoundError:
-        return "is not found", [], ""
-    except RevisionNotFoundError:
-        return f"has no revision {revision}", [], ""
-    return (None if files else f"has no {pattern} files"), files, sha
+    urls = [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in files]
+    return (None if files else f"has no {pattern} files"), urls, info.sha
 
 
 def _check_shards(files: list[str], where: str, pattern: str) -> None:
@@ -213,22 +202,22 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
                             "layout, e.g. data/validation-00000-of-00014.parquet")
         _check_shards(files, folder.as_posix(), pattern)
         return folder.resolve().as_posix(), files, ""
-    used, (why, files, sha) = hf_dataset, _why_unusable(hf_dataset, revision, pattern, reads)
-    if why is not None and hf_dataset == DEFAULT_DATASET:
-        moved_why, files, sha = _why_unusable(MOVED_DATASET, revision, pattern, reads)
-        if moved_why is not None:
-            check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
-            raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
-                            f"lmms-eval moved it) {moved_why}; check {check}, or {download_advice(hf_dataset)}")
-        reads.note("moved", f"note: {hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
-        used = MOVED_DATASET
-    elif why is not None:
-        fix = ("check --hf_dataset (e.g. lmms-lab/VQAv2)" if why == "is not found" else "is it a VQAv2 parquet "
-               "dataset like lmms-lab/VQAv2?" if why.startswith("has no data/") else
-               "use a commit hash, branch or tag of that dataset, or \"\" for the newest")
+    why, files, sha = _hub_files(hf_dataset, revision, pattern, reads)
+    if why is None:
+        return hf_dataset, files, sha
+    if hf_dataset != DEFAULT_DATASET:
+        fix = ("check --hf_dataset (e.g. lmms-lab/VQAv2)" if why == "is not found"
+               else "is it a VQAv2 parquet dataset like lmms-lab/VQAv2?" if why.startswith("has no data/")
+               else "use a commit hash, branch or tag of that dataset, or \"\" for the newest")
         raise UserError(f"dataset {hf_dataset} {why.removeprefix('is ')} on the hub at {endpoint()} (nor a local "
                         f"folder of that name); {fix}")
-    return used, files, sha
+    moved_why, files, sha = _hub_files(MOVED_DATASET, revision, pattern, reads)
+    if moved_why is not None:
+        check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
+        raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
+                        f"lmms-eval moved it) {moved_why}; check {check}, or {download_advice(hf_dataset)}")
+    reads.note("moved", f"note: {hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
+    return MOVED_DATASET, files, sha
 
 
 def read_question_table(files: list[str], reads: HubReads, with_answers: bool = True):
@@ -308,9 +297,8 @@ def _build_cache(cache: Path, hf_dataset: str, revision: str, split: str, stall_
 
 
 def hub_source(cache_dir: str | Path) -> dict | None:
-    """The record of what <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and
-    `requested_revision` as asked, `used_dataset` as read (MOVED_DATASET when the default was missing; a
-    local folder's absolute path), `revision` (the commit read) and `files`."""
+    """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision`
+    as asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
     path = Path(cache_dir) / CACHE_FOLDER / "source.json"
     return read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun") \
         if path.exists() else None
@@ -334,13 +322,8 @@ def _rows(table) -> list[dict]:
 
 def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None,
                      stall_s: float = STALL_S) -> list[VQASample]:
-    """Every question of `split` (val, testdev, test) of `hf_dataset` as VQASamples, checked like the JSON
-    path's entries; testdev / test samples have no answers (as on the JSON path).
-
-    With a `cache_dir`, the question table is read once into <cache_dir>/vqav2_hub/ and reused (offline too);
-    the caller gives each split a cache_dir of its own (src.data.hub_cache_dir).
-    The image_path of each sample names its parquet row, "hf://datasets/<dataset used>@<commit>/<file>#row=<n>"
-    for a hub dataset (see `hub_source` for the record)."""
+    """Every question of `split` (val, testdev, test; the last two without answers) as checked VQASamples whose
+    image_path names its parquet row; the question table is kept in <cache_dir>/vqav2_hub/ (one per split)."""
     if split not in SPLIT_FILES:
         raise UserError(f"dataset vqav2_hub holds VQAv2's evaluation splits only (val, testdev, test; not {split}); "
                         "fine-tuning needs COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
@@ -385,9 +368,8 @@ def _image_suffix(data: bytes) -> str:
 
 
 def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: float = STALL_S) -> list[VQASample]:
-    """Write the images of `samples` (image_path "<parquet>#row=<n>") to <cache_dir>/vqav2_hub/images/ as
-    they are stored (no re-encoding), reading only the row groups that hold them; return the samples with
-    image_path set to those files. images/sources.json records each file's parquet row."""
+    """The samples with image_path set to their pictures, written as stored to <cache_dir>/vqav2_hub/images/
+    from only the row groups that hold them (images/sources.json: each file's parquet row)."""
     from tqdm.auto import tqdm
 
     images = Path(cache_dir) / CACHE_FOLDER / "images"
@@ -403,12 +385,10 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
                             f"{images} and rerun, the pictures are fetched again")
         # one file per image_id: VQAv2's questions on one picture share it
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
-        todo, queued = defaultdict(dict), set()  # parquet file -> {row: image_id}
-        for s in pending:
-            if s.image_id not in have and s.image_id not in queued:
-                file, row = s.image_path.rsplit(ROW_MARK, 1)
-                todo[file][int(row)] = s.image_id
-                queued.add(s.image_id)
+        todo = defaultdict(dict)  # parquet file -> {row: image_id}
+        for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in pending
+                                      if s.image_id not in have}.items():
+            todo[file][int(row)] = image_id
         if todo:
             images.mkdir(parents=True, exist_ok=True)
             first = next(iter(todo))

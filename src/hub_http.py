@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.utils
 import io
 import itertools
 import os
 import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)  # rate limited, or the server failing for now
@@ -64,13 +62,10 @@ def _duration(seconds: float) -> str:
 
 
 def _wait_s(headers, tries: int) -> float:
-    """The answer's Retry-After (seconds or an HTTP date), else FIRST_WAIT_S doubled for each try made."""
+    """The answer's Retry-After in seconds (a date is read as absent, as huggingface_hub does), else
+    FIRST_WAIT_S doubled for each try made."""
     value = (headers.get("Retry-After") or "").strip()
-    if value.isdecimal():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.0, (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
-    return FIRST_WAIT_S * 2 ** (tries - 1)
+    return float(value) if value.isdecimal() else FIRST_WAIT_S * 2 ** (tries - 1)
 
 
 def retrying(what: str, call, reads: HubReads):
@@ -100,14 +95,6 @@ def retrying(what: str, call, reads: HubReads):
         time.sleep(wait)
 
 
-def _raise_for_status(response) -> None:
-    from huggingface_hub.utils import hf_raise_for_status
-
-    if response.status_code >= 400:
-        response.read()  # an error's body is small; the hub's error classes read it
-        hf_raise_for_status(response)
-
-
 def _stream(response, what: str, reads: HubReads, sink) -> int:
     """Pass the body to sink(chunk) as it arrives, counted on reads.bar; HubTrouble once PROGRESS_BYTES
     take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
@@ -120,25 +107,28 @@ def _stream(response, what: str, reads: HubReads, sink) -> int:
         if got - mark >= PROGRESS_BYTES:
             since, mark = time.monotonic(), got
         elif time.monotonic() - since > reads.stall_s:
-            raise HubTrouble(f"sent {got - mark} bytes in {reads.stall_s:g} s to {what} (it stalls)",
+            raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)",
                              "rerun later")
     return got
 
 
+@contextlib.contextmanager
 def _get(url: str, **headers):
+    """A streamed GET with the hub's headers, raised for its status; identity: a compressed length is not
+    the file's."""
     from huggingface_hub import constants, get_session
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    # identity: a compressed answer's length would not be the file's
-    return get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                                headers={**build_hf_headers(), "Accept-Encoding": "identity", **headers})
+    with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                              headers={**build_hf_headers(), "Accept-Encoding": "identity", **headers}) as r:
+        hf_raise_for_status(r)  # it reads an error's body itself
+        yield r
 
 
 def _get_range(url: str, start: int, end: int, size: int, what: str, reads: HubReads) -> bytes:
     """Bytes [start, end) by one range request, checked: 206 with the Content-Range asked for and exactly
     that many bytes (a 200 only when the range is the whole file)."""
     with _get(url, Range=f"bytes={start}-{end - 1}") as r:
-        _raise_for_status(r)
         if r.status_code == 206:
             got = r.headers.get("Content-Range", "")
             m = CONTENT_RANGE.fullmatch(got.strip())
@@ -212,7 +202,6 @@ def download_whole(url: str, dest: Path, name: str, size: int, reads: HubReads) 
 
     def attempt() -> int:
         with _get(url) as r, open(tmp, "wb") as f:
-            _raise_for_status(r)
             return _stream(r, f"downloading {name}", reads, f.write)
 
     try:
