@@ -75,6 +75,7 @@ def retrying(what: str, call, reads: HubReads):
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
+    began = time.monotonic()
     for tries in itertools.count(1):
         try:
             return call()
@@ -85,6 +86,9 @@ def retrying(what: str, call, reads: HubReads):
             wait = _wait_s(e.response.headers, tries)
         except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
             failure, wait = f"{type(e).__name__} ({str(e)[:60]})", _wait_s({}, tries)
+            if time.monotonic() + wait - began > reads.stall_s:  # silent, not refusing: the stall deadline
+                raise HubTrouble(f"sent nothing usable to {what} for over {reads.stall_s:g} s ({failure}; it "
+                                 "stalls)", "rerun later") from None
         if wait > LONGEST_WAIT_S:
             raise HubTrouble(f"answered {failure} to {what} and asks to wait {wait:.0f} s (Retry-After)",
                              f"wait {_duration(wait)} as it asks and rerun") from None

@@ -580,3 +580,22 @@ def test_hub_testdev_ids_missing_from_the_test_files_get_the_hub_fix(tmp_path):
     assert "\n" not in msg and "1 test-dev question ids" in msg, msg
     assert "data/testdev-*.parquet and data/test-*.parquet" in msg and "hf download" in msg, msg
     assert "visualqa.org" not in msg and ".zip" not in msg, msg
+
+
+def test_a_silent_mirror_stops_at_the_stall_deadline_not_after_every_retry(both, tmp_path, monkeypatch):
+    """Range answers that stop coming (read timeouts, retried) still end at the stall deadline, in one line."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    with serving(monkeypatch, {"lmms-lab/VQAv2": both[1]}) as hub:
+        hub.range_mode, hub.drip_s = "drip", 5.0  # nothing within the 1 s read timeout
+        began = time.monotonic()
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", cache_dir=tmp_path, hub_stall_s=3.0)
+        took = time.monotonic() - began
+    msg = str(e.value)
+    assert "\n" not in msg and "sent nothing usable to a range read of" in msg and "ReadTimeout" in msg, msg
+    assert "for over 3 s" in msg and "rerun later" in msg and took < 8, (took, msg)
+    assert 2 <= len(hub.seen("range")) < 5  # retried, but not the five tries of a failing answer
