@@ -240,7 +240,6 @@ def read_question_table(files: list[str], reads: HubReads, with_answers: bool = 
             t = _with_parquet(file, reads, lambda pf: questions(pf, file))
             t = t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
             tables.append(t.append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
-    reads.bar = None
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -99,15 +99,15 @@ def retrying(what: str, call, reads: HubReads):
         time.sleep(wait)
 
 
-def _stream(response, what: str, reads: HubReads, sink) -> int:
-    """Pass the body to sink(chunk) as it arrives, counted on reads.bar; HubTrouble once PROGRESS_BYTES
-    take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
-    got, since, mark = 0, time.monotonic(), 0
+def _stream(response, what: str, reads: HubReads, sink, bar=None) -> int:
+    """Pass the body to sink(chunk) as it arrives, counted on `bar` or reads.bar; HubTrouble once
+    PROGRESS_BYTES take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
+    got, since, mark, bar = 0, time.monotonic(), 0, bar or reads.bar
     for chunk in response.iter_bytes():
         sink(chunk)
         got += len(chunk)
-        if reads.bar is not None:
-            reads.bar.update(len(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
         if got - mark >= PROGRESS_BYTES:
             since, mark = time.monotonic(), got
         elif time.monotonic() - since > reads.stall_s:
@@ -201,12 +201,15 @@ class RangedFile(io.RawIOBase):
 
 def download_whole(url: str, dest: Path, name: str, size: int, reads: HubReads) -> None:
     """The whole file to `dest` (through a temporary name), checked to be `size` bytes."""
+    from tqdm.auto import tqdm
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
 
     def attempt() -> int:
-        with _get(url) as r, open(tmp, "wb") as f:
-            return _stream(r, f"downloading {name}", reads, f.write)
+        with _get(url) as r, open(tmp, "wb") as f, tqdm(total=size, unit="B", unit_scale=True,
+                                                         desc=f"downloading {name}") as bar:
+            return _stream(r, f"downloading {name}", reads, f.write, bar)
 
     try:
         got = retrying(f"downloading {name}", attempt, reads)
