@@ -526,6 +526,13 @@ def test_a_mirror_that_drips_bytes_stops_at_the_stall_deadline_with_one_line(bot
     assert re.search(r"question columns of 2 file\(s\): \d+(\.\d+)?B", proc.stderr), proc.stderr[-2000:]
 
 
+def test_a_stall_deadline_of_zero_is_refused_before_any_work():
+    from src.config import check_value
+
+    with pytest.raises(UserError, match=r"--hub_stall_s=0\.0: must be a positive number \(seconds a hub read"):
+        check_value("HUB_STALL_S", 0.0)
+
+
 @pytest.mark.parametrize("case", ["info with cut-off JSON", "named dataset, plain 404", "info answers 403",
                                   "listed file answers EntryNotFound", "listed file answers plain 404"])
 def test_what_a_mirror_answers_wrongly_is_one_true_line(both, tmp_path, monkeypatch, case):
