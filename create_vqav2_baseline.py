@@ -30,6 +30,7 @@ from src.errors import run_main
 DATASET: str = "vqav2"  # "vqav2" (data/vqa + data/images), "vqav2_hub" (HF_DATASET), "easy_vqa" (pip package) or "tiny"
 HF_DATASET: str = "lmms-lab/VQAv2"  # vqav2_hub: hub dataset id, or a local folder holding data/validation-*.parquet
 HF_DATASET_REVISION: str = ""  # vqav2_hub: commit hash (or branch/tag) to pin; "" = newest
+HUB_STALL_S: float = 120.0  # vqav2_hub: a hub read that brings under 64 KiB for this many seconds stops the run
 SPLIT: str = "val"  # "val" (scored here), or "testdev" / "test" (no answers: writes the EvalAI file to submit)
 DATA_DIR: str = "data"
 MAX_SAMPLES: int = 1000  # val: questions in the frozen sample (0 = the whole split)
@@ -66,16 +67,18 @@ def main():
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
         # 1. the data, and the sample drawn once and frozen: every rerun and the fine-tuned evaluation reuse it
         samples = load_samples(DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
-                               cache_dir=out_dir)
+                               cache_dir=out_dir, hub_stall_s=HUB_STALL_S)
         if DATASET == "vqav2_hub":  # the dataset and commit read (the default may have moved): in _config.json
             config["hub_source"] = hub_record(out_dir, SPLIT)
         submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
-                                                 hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
+                                                 hf_revision=HF_DATASET_REVISION, cache_dir=out_dir,
+                                                 hub_stall_s=HUB_STALL_S) if testing else None
         n = MAX_TEST_SAMPLES if testing else MAX_SAMPLES
         if accelerator.is_main_process:
             freeze_sample(out_dir / SAMPLE_IDS_FILE, DATASET, SPLIT, samples, n, SEED)
         accelerator.wait_for_everyone()
-        chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
+        chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir,
+                                    hub_stall_s=HUB_STALL_S)
         if testing and len(chosen) < len(samples) and accelerator.is_main_process:
             print(f"warning: --max_test_samples={MAX_TEST_SAMPLES}: EvalAI wants an answer for every one of the "
                   f"{len(samples):,} {SPLIT} questions; this run answers {len(chosen):,} and the EvalAI file gives the "

@@ -174,6 +174,7 @@ _FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
     "lora_dropout": (0.0, True, 1.0, "a dropout probability"),
     "max_grad_norm": (0.0, False, None, "the gradient-clipping norm"),
     "max_upload_mb": (0.0, False, 100_000.0, "the upload limit in MB"),
+    "hub_stall_s": (0.0, False, None, "seconds a hub read may go without progress"),
     "lora_alpha": (0.0, False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
 }
 _CHOICES = {"lang": ("zh", "en"), "quantization": ("4bit", "8bit", "none"), "split": ("val", "train", "testdev", "test"),

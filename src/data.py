@@ -16,7 +16,7 @@ from pathlib import Path
 from .easy_vqa_data import prepare_easy_vqa
 from .errors import UserError
 from .files import read_json, read_jsonl, write_json
-from .hub_data import cache_hub_images, load_hub_samples
+from .hub_data import STALL_S, cache_hub_images, hub_test_files_advice, load_hub_samples
 from .samples import (VQASample, _answers, _entry, _entry_list, _int_id, _short, _text, _unique,
                       _warn_answer_counts, build_samples)
 
@@ -87,13 +87,15 @@ def hub_record(cache_dir: str | Path, split: str) -> dict | None:
 
 
 def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_dataset: str = "lmms-lab/VQAv2",
-                 hf_revision: str = "", cache_dir: str | Path | None = None) -> list[VQASample]:
+                 hf_revision: str = "", cache_dir: str | Path | None = None,
+                 hub_stall_s: float = STALL_S) -> list[VQASample]:
     """All samples of a split, ordered by question_id. Every entry is checked before any model loads.
     testdev / test: questions only, each sample without answers (VQASample.has_answers is False).
 
     dataset="vqav2_hub" reads VQAv2 from the hub dataset (or local parquet folder) `hf_dataset` at
     `hf_revision`, keeping its question table in `cache_dir` (see src/hub_data.py, `hub_cache_dir`);
-    its image_path fields name the parquet row until `materialize_images` caches the pictures."""
+    its image_path fields name the parquet row until `materialize_images` caches the pictures; a hub read
+    that stalls for `hub_stall_s` seconds stops with one line."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} (e.g. --dataset=easy_vqa)")
     _check_split(dataset, split)
@@ -101,7 +103,7 @@ def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_
     if dataset == "tiny":
         return _load_tiny(data_dir / TINY_FILE)
     if dataset == "vqav2_hub":
-        return load_hub_samples(hf_dataset, hf_revision, split, hub_cache_dir(cache_dir, split))
+        return load_hub_samples(hf_dataset, hf_revision, split, hub_cache_dir(cache_dir, split), hub_stall_s)
     if dataset == "easy_vqa":
         prepare_easy_vqa(data_dir)
     return _load_official(dataset, split, data_dir)
@@ -109,7 +111,7 @@ def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_
 
 def submission_question_ids(samples: list[VQASample], dataset: str, split: str, data_dir: str | Path = "data", *,
                             hf_dataset: str = "lmms-lab/VQAv2", hf_revision: str = "",
-                            cache_dir: str | Path | None = None) -> list[int]:
+                            cache_dir: str | Path | None = None, hub_stall_s: float = STALL_S) -> list[int]:
     """Every question id an EvalAI results file of `split` must answer: all of test2015, in every phase.
 
     EvalAI's VQAv2 challenge takes answers for all test2015 questions even in the test-dev phase (which
@@ -122,24 +124,26 @@ def submission_question_ids(samples: list[VQASample], dataset: str, split: str, 
     if split == "test":
         return [s.question_id for s in samples]
     everything = [s.question_id for s in load_samples(dataset, "test", data_dir, hf_dataset=hf_dataset,
-                                                      hf_revision=hf_revision, cache_dir=cache_dir)]
+                                                      hf_revision=hf_revision, cache_dir=cache_dir,
+                                                      hub_stall_s=hub_stall_s)]
     known = set(everything)
     stray = [s.question_id for s in samples if s.question_id not in known]
     if stray:
         raise UserError(f"{len(stray)} test-dev question ids are not among the test2015 questions (e.g. {stray[:5]}); "
-                        "test-dev is a subset of test2015: use both question files of one download "
-                        f"({LAYOUTS['vqav2']['test_how']})")
+                        "test-dev is a subset of test2015: " + (
+                            hub_test_files_advice(hf_dataset) if dataset == "vqav2_hub"
+                            else f"use both question files of one download ({LAYOUTS['vqav2']['test_how']})"))
     return everything
 
 
 def materialize_images(samples: list[VQASample], dataset: str, cache_dir: str | Path,
-                       split: str = "val") -> list[VQASample]:
+                       split: str = "val", hub_stall_s: float = STALL_S) -> list[VQASample]:
     """The samples with image files a model can open: for vqav2_hub, decode the sample's pictures from
     the parquet files once into <cache_dir>/vqav2_hub/images/ (<cache_dir>/<split>/... for splits other
     than val; the report and the demo show them from there); other datasets already point at image files."""
     if dataset != "vqav2_hub":
         return samples
-    return cache_hub_images(samples, hub_cache_dir(cache_dir, split))
+    return cache_hub_images(samples, hub_cache_dir(cache_dir, split), hub_stall_s)
 
 
 def _how(dataset: str, split: str) -> str:
@@ -271,11 +275,11 @@ def read_sample_ids(path: Path, dataset: str, split: str, expected_n: int | None
 
 
 def read_frozen_sample(path: Path, samples: list[VQASample], dataset: str, split: str,
-                       cache_dir: str | Path) -> list[VQASample]:
+                       cache_dir: str | Path, hub_stall_s: float = STALL_S) -> list[VQASample]:
     """The questions of the frozen sample in `path`, in its order, with image files a model can open
     (vqav2_hub: only the sample's pictures, cached in `cache_dir`)."""
     chosen = select(samples, read_sample_ids(path, dataset, split), str(path))
-    return materialize_images(chosen, dataset, cache_dir, split)
+    return materialize_images(chosen, dataset, cache_dir, split, hub_stall_s)
 
 
 def select(samples: list[VQASample], question_ids: list[int], source: str) -> list[VQASample]:

@@ -1,27 +1,5 @@
-"""VQAv2 validation from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2), or from a
-local folder with the same layout (data/validation-*.parquet): no COCO or JSON download needed.
-
-What is read, and when:
-1. the question columns of every validation file (parquet column projection: over the hub only these
-   column chunks are fetched by HTTP range requests, not the images) -> kept in <cache_dir>/vqav2_hub/
-   so the seeded sample is drawn and frozen by question_id exactly as on the JSON path, and later runs
-   (resume, the fine-tuned evaluation) work offline;
-2. after the sample is frozen, only the parquet row groups that hold the sample's images, whose bytes are
-   written unchanged to <cache_dir>/vqav2_hub/images/ (the model, the report and the demo open them there).
-
-The hub is reached with huggingface_hub's HTTP client, so HF_ENDPOINT (e.g. https://hf-mirror.com),
-HF_TOKEN and HF_HUB_OFFLINE apply as usual. What real mirrors do is handled here:
-- HTTP 429 (hf-mirror rate-limits many small range reads) and 5xx: every request (dataset info, file
-  size, range read, whole-file download) is tried up to hub_http.TRIES times, waiting as `Retry-After` says or
-  doubling, with one note; then one error line. huggingface_hub's own retries are not
-  used for these requests (HfApi.dataset_info makes one try), so nothing is retried twice;
-- every range answer is checked (206, the Content-Range asked for, that many bytes); a server that
-  ignores Range or sends other bytes is not trusted for ranges again: the files are downloaded whole once
-  to <cache_dir>/vqav2_hub/files/ and read there (one note);
-- the default lmms-lab/VQAv2 missing (repository, revision or validation files): lmms-lab-encoder/VQAv2,
-  where lmms-eval moved its data, is read instead (one note); source.json records the dataset used
-  (`used_dataset`, see `hub_source`), and the samples' hf:// image paths name it.
-"""
+"""VQAv2 evaluation splits from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2) or a
+local folder with its layout: question columns by range requests, then only the sample's images (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +19,7 @@ from .config import looks_like_path
 from .samples import VQASample, build_samples
 from .errors import UserError
 from .files import read_json, write_json
-from .hub_http import HubReads, HubTrouble, RangedFile, RangesUnusable, download_whole, endpoint, retrying
+from .hub_http import STALL_S, HubReads, HubTrouble, RangedFile, RangesUnusable, download_whole, endpoint, retrying
 from .locks import exclusive_lock
 
 DEFAULT_DATASET = "lmms-lab/VQAv2"
@@ -60,48 +38,36 @@ QUESTION_COLUMNS = ("question_id", "image_id", "question", "answers", "multiple_
 ANSWER_COLUMNS = QUESTION_COLUMNS[3:]  # neither read nor required for testdev / test
 ROW_MARK = "#row="  # image_path of a not yet cached image: <parquet file>#row=<row in that file>
 HUB_URL = re.compile(r"hf://datasets/([^/@]+/[^/@]+)@([^/]+)/(.+)")
-
-
-def _is_text(t) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _is_answers(t) -> bool:
-    import pyarrow as pa
-
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
-        return False
-    fields = {f.name: f.type for f in t.value_type}
-    return "answer" in fields and _is_text(fields["answer"])
-
-
-def _is_image(t) -> bool:
-    import pyarrow as pa
-
-    return (pa.types.is_struct(t) and "bytes" in [f.name for f in t]
-            and (pa.types.is_binary(t.field("bytes").type) or pa.types.is_large_binary(t.field("bytes").type)))
+SHARD = re.compile(r"(.*-)(\d{5})-of-(\d{5})\.parquet")  # the hub's file names: <split>-<k>-of-<n>.parquet
 
 
 def _schema_checks():
     import pyarrow as pa
 
-    ints = (pa.types.is_integer, "an integer (int64)")
-    text = (_is_text, "string")
-    return {"question_id": ints, "image_id": ints, "question": text,
-            "answers": (_is_answers, "list<struct<answer: string, answer_confidence: string, answer_id: int64>>"),
-            "multiple_choice_answer": text, "answer_type": text, "question_type": text,
-            "image": (_is_image, "a datasets Image (struct<bytes: binary, path: string>)")}
+    t = pa.types
+
+    def field(x, name, ok):
+        return t.is_struct(x) and x.get_field_index(name) >= 0 and ok(x.field(name).type)
+
+    ints = (t.is_integer, "an integer (int64)")
+    text = (lambda x: t.is_string(x) or t.is_large_string(x), "string")
+    answers = (lambda x: (t.is_list(x) or t.is_large_list(x)) and field(x.value_type, "answer", text[0]),
+               "list<struct<answer: string, answer_confidence: string, answer_id: int64>>")
+    image = (lambda x: field(x, "bytes", lambda b: t.is_binary(b) or t.is_large_binary(b)),
+             "a datasets Image (struct<bytes: binary, path: string>)")
+    return {"question_id": ints, "image_id": ints, "question": text, "answers": answers, "multiple_choice_answer": text,
+            "answer_type": text, "question_type": text, "image": image}
 
 
 def check_schema(schema, where: str, with_answers: bool = True) -> None:
-    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (without the answer
-    columns for testdev / test, whose files may lack them or hold nulls there)."""
-    checks = {k: v for k, v in _schema_checks().items() if with_answers or k not in ANSWER_COLUMNS}
+    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (the answer
+    columns only `with_answers`: testdev / test files may lack them)."""
+    checks = _schema_checks()
     for name, (ok, want) in checks.items():
+        if not with_answers and name in ANSWER_COLUMNS:
+            continue
         if name not in schema.names:
-            raise UserError(f"{where}: no column {name!r} (the lmms-lab/VQAv2 schema has {', '.join(_schema_checks())}); "
+            raise UserError(f"{where}: no column {name!r} (the lmms-lab/VQAv2 schema has {', '.join(checks)}); "
                             "is --hf_dataset a VQAv2 parquet dataset?")
         if not ok(schema.field(name).type):
             raise UserError(f"{where}: column {name!r} has type {schema.field(name).type}, expected {want} "
@@ -109,9 +75,8 @@ def check_schema(schema, where: str, with_answers: bool = True) -> None:
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path as it is; a hub file by checked range requests
-    (pre_buffer merges the wanted column chunks of a row group into one request), or from its whole copy
-    in reads.whole_dir once the server has answered a range wrongly (downloaded once, then read there)."""
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (pre_buffer:
+    one per row group), or its whole copy once ranges proved unusable."""
     import pyarrow.parquet as pq
 
     m = HUB_URL.fullmatch(file)
@@ -135,37 +100,46 @@ def _with_parquet(file: str, reads: HubReads, action):
         return action(pq.ParquetFile(local, pre_buffer=True))
 
 
-def _get_it_advice(hf_dataset: str) -> str:
-    """How to get the data another way (the end of every can't-read-the-hub line)."""
+def download_advice(hf_dataset: str, include: str = VALIDATION_FILES) -> str:
+    """How to get the files another way (the end of every can't-read-the-hub line)."""
     other = ("unset HF_ENDPOINT to try huggingface.co itself" if endpoint().rstrip("/") == MIRROR
              else f"set HF_ENDPOINT={MIRROR} (a mirror reachable from China)")
-    return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{VALIDATION_FILES}\" "
+    return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{include}\" "
             f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub")
+
+
+def hub_test_files_advice(hf_dataset: str) -> str:
+    """The fix for test-dev questions missing from the test files of a hub dataset or local folder."""
+    hub_id = DEFAULT_DATASET if Path(hf_dataset).is_dir() else hf_dataset
+    return ("read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset "
+            f"(--hf_dataset_revision=<commit>, another --output_dir), or {download_advice(hub_id, 'data/test*.parquet')}")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]  # huggingface_hub's messages span several lines
 
 
 @contextlib.contextmanager
 def _hub_errors(hf_dataset: str, cache: Path | None):
-    """Network and hub failures as one line saying how to get the data."""
-    from huggingface_hub.errors import HTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    """Network and hub failures as one line saying what happened and how to get the data."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    kept = f"what is in {cache} is kept" if cache is not None else "nothing was kept"
     try:
         yield
-    except RepositoryNotFoundError:
-        raise UserError(f"dataset {hf_dataset} not found on the hub (nor a local folder of that name); "
-                        "check --hf_dataset (e.g. lmms-lab/VQAv2)") from None
-    except RevisionNotFoundError:
-        raise UserError(f"dataset {hf_dataset} has no revision as given by --hf_dataset_revision; "
-                        "use a commit hash, branch or tag of that dataset, or \"\" for the newest") from None
     except HubTrouble as e:
-        kept = f"what is in {cache} is kept" if cache is not None else "nothing was kept"
-        raise UserError(f"the Hugging Face hub at {endpoint()} {e.reason}, reading {hf_dataset}; wait a few "
-                        f"minutes and rerun ({kept}), {_get_it_advice(hf_dataset)}") from None
-    except (HTTPError, OSError) as e:
+        raise UserError(f"the Hugging Face hub at {endpoint()} {e.reason}, reading {hf_dataset}; {e.retry} "
+                        f"({kept}), or {download_advice(hf_dataset)}") from None
+    except HfHubHTTPError as e:  # reached: it answered an error
+        raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
+                        f"{hf_dataset} ({_one_line(e)}); {kept}; {download_advice(hf_dataset)}") from None
+    except (httpx2.HTTPError, OSError) as e:
         where = f"{cache} holds no copy yet" if cache is not None else "there is no local copy"
         reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
-                  else f"{endpoint()}: {type(e).__name__}: {str(e)[:100]}")
+                  else f"{endpoint()}: {type(e).__name__}: {_one_line(e)[:100]}")
         raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
-                        f"{where}; {_get_it_advice(hf_dataset)}") from None
+                        f"{where}; {download_advice(hf_dataset)}") from None
 
 
 @contextlib.contextmanager
@@ -182,28 +156,39 @@ def _reading(file: str):
                         "download it again") from None
 
 
-def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[list[str], str]:
-    """(hf:// URLs of the files matching `pattern`, commit) of a hub dataset at `revision` ("" = newest)."""
+def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
+    """(why the hub dataset cannot be read, or None; hf:// URLs of its `pattern` files; commit) at `revision`
+    ("" = newest); a plain 404 (a mirror without the hub's X-Error-Code) means not found too."""
     from huggingface_hub import HfApi, constants
-
-    info = retrying(f"the dataset info of {hf_dataset}",
-                     lambda: HfApi().dataset_info(hf_dataset, revision=revision or None,
-                                                  timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT), reads)
-    files = sorted(s.rfilename for s in info.siblings or [] if fnmatch(s.rfilename, pattern))
-    return [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in files], info.sha
-
-
-def _why_unusable(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
-    """(why the hub dataset cannot be read, or None; its files; commit): missing repository, revision or files."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        files, sha = _hub_files(hf_dataset, revision, pattern, reads)
-    except RepositoryNotFoundError:
-        return "is not found", [], ""
+        info = retrying(f"the dataset info of {hf_dataset}", lambda: HfApi().dataset_info(
+            hf_dataset, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT), reads)
     except RevisionNotFoundError:
         return f"has no revision {revision}", [], ""
-    return (None if files else f"has no {pattern} files"), files, sha
+    except HfHubHTTPError as e:
+        if isinstance(e, RepositoryNotFoundError) or (e.response is not None and e.response.status_code == 404):
+            return "is not found", [], ""
+        raise
+    except ValueError as e:  # JSONDecodeError: a cut-off answer
+        raise HubTrouble(f"answered the dataset info request for {hf_dataset} with broken JSON ({str(e)[:60]})",
+                         "rerun") from None
+    files = sorted(s.rfilename for s in info.siblings or [] if fnmatch(s.rfilename, pattern))
+    urls = [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in files]
+    return (None if files else f"has no {pattern} files"), urls, info.sha
+
+
+def _check_shards(files: list[str], where: str, pattern: str) -> None:
+    """Every file of a set named <split>-<k>-of-<n>.parquet is there (a download may have stopped early)."""
+    names = {f.rsplit("/", 1)[1] for f in files}
+    missing = sorted({f"{m[1]}{k:05d}-of-{m[3]}.parquet" for m in map(SHARD.fullmatch, names) if m
+                      for k in range(int(m[3]))} - names)
+    if missing:
+        raise UserError(f"{where} lacks {len(missing)} of the files of {pattern} ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''}), a download that stopped early; rerun "
+                        f"hf download {DEFAULT_DATASET} --repo-type dataset --include \"{pattern}\" "
+                        f"--local-dir {where} (it fetches only what is missing)")
 
 
 def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str, list[str], str]:
@@ -215,29 +200,29 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
         if not files:
             raise UserError(f"{folder} has no {pattern} files; a local --hf_dataset folder needs the hub "
                             "layout, e.g. data/validation-00000-of-00014.parquet")
+        _check_shards(files, folder.as_posix(), pattern)
         return folder.resolve().as_posix(), files, ""
-    if hf_dataset != DEFAULT_DATASET:
-        files, sha = _hub_files(hf_dataset, revision, pattern, reads)
-        if not files:
-            raise UserError(f"dataset {hf_dataset} has no {pattern} files; is it a VQAv2 parquet dataset "
-                            "like lmms-lab/VQAv2?")
-        return hf_dataset, files, sha
-    why, files, sha = _why_unusable(hf_dataset, revision, pattern, reads)
+    why, files, sha = _hub_files(hf_dataset, revision, pattern, reads)
     if why is None:
         return hf_dataset, files, sha
-    moved_why, files, sha = _why_unusable(MOVED_DATASET, revision, pattern, reads)
-    if moved_why is None:
-        reads.note("moved", f"note: {hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
-        return MOVED_DATASET, files, sha
-    check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
-    raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where lmms-eval "
-                    f"moved it) {moved_why}; check {check}, or {_get_it_advice(hf_dataset)}")
+    if hf_dataset != DEFAULT_DATASET:
+        fix = ("check --hf_dataset (e.g. lmms-lab/VQAv2)" if why == "is not found"
+               else "is it a VQAv2 parquet dataset like lmms-lab/VQAv2?" if why.startswith("has no data/")
+               else "use a commit hash, branch or tag of that dataset, or \"\" for the newest")
+        raise UserError(f"dataset {hf_dataset} {why.removeprefix('is ')} on the hub at {endpoint()} (nor a local "
+                        f"folder of that name); {fix}")
+    moved_why, files, sha = _hub_files(MOVED_DATASET, revision, pattern, reads)
+    if moved_why is not None:
+        check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
+        raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
+                        f"lmms-eval moved it) {moved_why}; check {check}, or {download_advice(hf_dataset)}")
+    reads.note("moved", f"note: {hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
+    return MOVED_DATASET, files, sha
 
 
 def read_question_table(files: list[str], reads: HubReads, with_answers: bool = True):
-    """The question columns of every file (no image bytes), with each row's file index and row number;
-    without the answer columns when `with_answers` is False (testdev / test).
-    Hub files a server will not serve by ranges are downloaded whole to reads.whole_dir."""
+    """The question columns of every file (no image bytes, no answer columns unless `with_answers`),
+    with each row's file index and row number; the bar counts the bytes received from the hub."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
@@ -248,10 +233,13 @@ def read_question_table(files: list[str], reads: HubReads, with_answers: bool = 
         return pf.read(columns=columns)
 
     tables = []
-    for k, file in enumerate(tqdm(files, desc="question columns", unit="file", disable=len(files) < 2)):
-        t = _with_parquet(file, reads, lambda pf: questions(pf, file))
-        t = t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
-        tables.append(t.append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
+    with tqdm(desc=f"question columns of {len(files)} file(s)", unit="B", unit_scale=True,
+              disable=not files[0].startswith("hf://")) as reads.bar:
+        for k, file in enumerate(files):
+            reads.bar.set_postfix_str(f"file {k + 1}/{len(files)}", refresh=False)
+            t = _with_parquet(file, reads, lambda pf: questions(pf, file))
+            t = t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
+            tables.append(t.append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -282,9 +270,9 @@ def _read_cache(cache: Path, key: dict):
                         "to read the questions again") from None
 
 
-def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, cache: Path | None):
+def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, cache: Path | None, stall_s: float):
     """(question table, source record) of `split` read from the dataset itself."""
-    reads = HubReads(whole_dir)
+    reads = HubReads(whole_dir, stall_s)
     with _hub_errors(hf_dataset, cache):
         used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
     with _hub_errors(used, cache):
@@ -295,10 +283,10 @@ def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, ca
                    "rows": table.num_rows}
 
 
-def _build_cache(cache: Path, hf_dataset: str, revision: str, split: str):
+def _build_cache(cache: Path, hf_dataset: str, revision: str, split: str, stall_s: float):
     import pyarrow.parquet as pq
 
-    table, source = _read_source(hf_dataset, revision, split, cache / WHOLE_FILES, cache)
+    table, source = _read_source(hf_dataset, revision, split, cache / WHOLE_FILES, cache, stall_s)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".questions.parquet.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
@@ -308,9 +296,8 @@ def _build_cache(cache: Path, hf_dataset: str, revision: str, split: str):
 
 
 def hub_source(cache_dir: str | Path) -> dict | None:
-    """The record of what <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and
-    `requested_revision` as asked, `used_dataset` as read (MOVED_DATASET when the default was missing; a
-    local folder's absolute path), `revision` (the commit read) and `files`."""
+    """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision`
+    as asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
     path = Path(cache_dir) / CACHE_FOLDER / "source.json"
     return read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun") \
         if path.exists() else None
@@ -332,14 +319,10 @@ def _rows(table) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*columns)]
 
 
-def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None) -> list[VQASample]:
-    """Every question of `split` (val, testdev, test) of `hf_dataset` as VQASamples, checked like the JSON
-    path's entries; testdev / test samples have no answers (as on the JSON path).
-
-    With a `cache_dir`, the question table is read once into <cache_dir>/vqav2_hub/ and reused (offline too);
-    the caller gives each split a cache_dir of its own (src.data.hub_cache_dir).
-    The image_path of each sample names its parquet row, "hf://datasets/<dataset used>@<commit>/<file>#row=<n>"
-    for a hub dataset (see `hub_source` for the record)."""
+def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None,
+                     stall_s: float = STALL_S) -> list[VQASample]:
+    """Every question of `split` (val, testdev, test; the last two without answers) as checked VQASamples whose
+    image_path names its parquet row; the question table is kept in <cache_dir>/vqav2_hub/ (one per split)."""
     if split not in SPLIT_FILES:
         raise UserError(f"dataset vqav2_hub holds VQAv2's evaluation splits only (val, testdev, test; not {split}); "
                         "fine-tuning needs COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
@@ -350,14 +333,14 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
                         f"folder must hold the hub layout, {VALIDATION_FILES})")
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="vqav2_hub-") as whole_dir:  # files read whole, if any
-            table, source = _read_source(hf_dataset, revision, split, Path(whole_dir), None)
+            table, source = _read_source(hf_dataset, revision, split, Path(whole_dir), None, stall_s)
     else:
         cache, key = Path(cache_dir) / CACHE_FOLDER, _source_key(hf_dataset, revision)
         cached = _read_cache(cache, key)
         if cached is None:
             # several processes (accelerate) or runs: one reads, the others wait and use its copy
             with exclusive_lock(cache / ".lock", f"the hub question cache {cache}", wait=True):
-                cached = _read_cache(cache, key) or _build_cache(cache, hf_dataset, revision, split)
+                cached = _read_cache(cache, key) or _build_cache(cache, hf_dataset, revision, split, stall_s)
         table, source = cached
     rows = _rows(table)
     files, used = source["files"], source.get("used_dataset", hf_dataset)  # records before used_dataset: as asked
@@ -383,10 +366,9 @@ def _image_suffix(data: bytes) -> str:
         return ".img"  # written anyway: opening it later gives the usual per-question image error row
 
 
-def cache_hub_images(samples: list[VQASample], cache_dir: str | Path) -> list[VQASample]:
-    """Write the images of `samples` (image_path "<parquet>#row=<n>") to <cache_dir>/vqav2_hub/images/ as
-    they are stored (no re-encoding), reading only the row groups that hold them; return the samples with
-    image_path set to those files. images/sources.json records each file's parquet row."""
+def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: float = STALL_S) -> list[VQASample]:
+    """The samples with image_path set to their pictures, written as stored to <cache_dir>/vqav2_hub/images/
+    from only the row groups that hold them (images/sources.json: each file's parquet row)."""
     from tqdm.auto import tqdm
 
     images = Path(cache_dir) / CACHE_FOLDER / "images"
@@ -402,19 +384,17 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path) -> list[VQ
                             f"{images} and rerun, the pictures are fetched again")
         # one file per image_id: VQAv2's questions on one picture share it
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
-        todo, queued = defaultdict(dict), set()  # parquet file -> {row: image_id}
-        for s in pending:
-            if s.image_id not in have and s.image_id not in queued:
-                file, row = s.image_path.rsplit(ROW_MARK, 1)
-                todo[file][int(row)] = s.image_id
-                queued.add(s.image_id)
+        todo = defaultdict(dict)  # parquet file -> {row: image_id}
+        for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in pending
+                                      if s.image_id not in have}.items():
+            todo[file][int(row)] = image_id
         if todo:
             images.mkdir(parents=True, exist_ok=True)
             first = next(iter(todo))
             m = HUB_URL.fullmatch(first)
             try:
                 with _hub_errors(m[1] if m else first, images.parent):
-                    _write_images(todo, images, sources, have, HubReads(images.parent / WHOLE_FILES), tqdm)
+                    _write_images(todo, images, sources, have, HubReads(images.parent / WHOLE_FILES, stall_s), tqdm)
             finally:  # the pictures written so far are recorded, so a rerun after an error fetches only the rest
                 write_json(sources_path, sources)
     return [dataclasses.replace(s, image_path=(images / have[s.image_id]).as_posix()) if ROW_MARK in s.image_path

@@ -1,35 +1,33 @@
-"""HTTP to the Hugging Face hub as real mirrors answer it: requests retried on 429 and 5xx (waiting as
-`Retry-After` says, else FIRST_WAIT_S doubling; one note, then HubTrouble), ranged reads checked to hold
-exactly the bytes asked for (RangesUnusable otherwise), and whole-file downloads. Everything goes through
-huggingface_hub's own client, so HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply. Used by src/hub_data.py."""
+"""HTTP to the hub as real mirrors answer it, on huggingface_hub's client: 429/5xx retried with one note,
+range answers checked, whole-file downloads, a stall deadline on every read (docs/data.md says why)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.utils
 import io
 import itertools
 import os
 import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)  # rate limited, or the server failing for now
 TRIES = 5  # tries per request, the first included
-FIRST_WAIT_S = 1.0  # wait before the second try when the answer has no Retry-After; doubled for each further try
+FIRST_WAIT_S = 1.0  # wait before the second try without Retry-After; doubled for each further try
 LONGEST_WAIT_S = 60.0  # a longer Retry-After is not waited out: the run stops with the error line
+STALL_S = 120.0  # a read that brings less than PROGRESS_BYTES (and does not end) for this long stops the run
+PROGRESS_BYTES = 64 << 10
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class HubTrouble(Exception):
-    """The hub kept failing a request (retries ran out) or sent something unusable; `reason` completes
-    "the hub at <endpoint> ..." in the error line."""
+    """The hub failed a request for good: `reason` completes "the hub at <endpoint> ...", `retry` says
+    whether and when a rerun may help."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, retry: str = "wait a few minutes and rerun"):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.retry = reason, retry
 
 
 class RangesUnusable(Exception):
@@ -38,11 +36,13 @@ class RangesUnusable(Exception):
 
 @dataclasses.dataclass
 class HubReads:
-    """One reading pass (the question table, or the sample's images): where whole files go, whether the
-    server's range answers can be used, and the notes already printed (each once)."""
+    """One reading pass: where whole files go, the stall deadline, whether range answers can be used,
+    the notes already printed (each once) and a bar counting the bytes received."""
     whole_dir: Path
+    stall_s: float = STALL_S
     ranges_ok: bool = True
     said: set = dataclasses.field(default_factory=set)
+    bar: object = None
 
     def note(self, key: str, text: str) -> None:
         if key not in self.said:
@@ -56,36 +56,42 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
+def _duration(seconds: float) -> str:
+    return (f"{seconds / 3600:.0f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 90
+            else f"{seconds:.0f} s")
+
+
 def _wait_s(headers, tries: int) -> float:
-    """Seconds to wait before the next try: the answer's Retry-After (seconds or an HTTP date), else
+    """The answer's Retry-After in seconds (a date is read as absent, as huggingface_hub does), else
     FIRST_WAIT_S doubled for each try made."""
     value = (headers.get("Retry-After") or "").strip()
-    if value.isdecimal():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-    return FIRST_WAIT_S * 2 ** (tries - 1)
+    return float(value) if value.isdecimal() else FIRST_WAIT_S * 2 ** (tries - 1)
 
 
 def retrying(what: str, call, reads: HubReads):
-    """call() (one HTTP request), tried again after a 429 or 5xx answer or a connection that broke off
-    mid-answer, at most TRIES times in all; then HubTrouble naming `what`."""
+    """call() (one HTTP request), tried again after a 429 or 5xx answer or a connection that broke off,
+    TRIES times in all; then HubTrouble naming `what` (huggingface_hub's http_backoff would sleep out
+    any Retry-After, a day included, and say nothing)."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
+    began = time.monotonic()
     for tries in itertools.count(1):
         try:
             return call()
         except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            if status not in RETRY_STATUSES:
+            if e.response is None or e.response.status_code not in RETRY_STATUSES:
                 raise
-            failure, wait = f"HTTP {status} ({e.response.reason_phrase})", _wait_s(e.response.headers, tries)
+            failure = f"HTTP {e.response.status_code} ({e.response.reason_phrase})"
+            wait = _wait_s(e.response.headers, tries)
         except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
             failure, wait = f"{type(e).__name__} ({str(e)[:60]})", _wait_s({}, tries)
+            if time.monotonic() + wait - began > reads.stall_s:  # silent, not refusing: the stall deadline
+                raise HubTrouble(f"sent nothing usable to {what} for over {reads.stall_s:g} s ({failure}; it "
+                                 "stalls)", "rerun later") from None
         if wait > LONGEST_WAIT_S:
-            raise HubTrouble(f"answered {failure} to {what} and asks to wait {wait:.0f} s (Retry-After)") from None
+            raise HubTrouble(f"answered {failure} to {what} and asks to wait {wait:.0f} s (Retry-After)",
+                             f"wait {_duration(wait)} as it asks and rerun") from None
         if tries >= TRIES:
             raise HubTrouble(f"still answered {failure} to {what} after {TRIES} tries") from None
         reads.note("retry", f"note: {endpoint()} answered {failure} to {what}; waiting {wait:g} s and trying "
@@ -93,44 +99,40 @@ def retrying(what: str, call, reads: HubReads):
         time.sleep(wait)
 
 
-def _raise_for_status(response) -> None:
-    from huggingface_hub.utils import hf_raise_for_status
+def _stream(response, what: str, reads: HubReads, sink, bar=None) -> int:
+    """Pass the body to sink(chunk) as it arrives, counted on `bar` or reads.bar; HubTrouble once
+    PROGRESS_BYTES take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
+    got, since, mark, bar = 0, time.monotonic(), 0, bar or reads.bar
+    for chunk in response.iter_bytes():
+        sink(chunk)
+        got += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+        if got - mark >= PROGRESS_BYTES:
+            since, mark = time.monotonic(), got
+        elif time.monotonic() - since > reads.stall_s:
+            raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)",
+                             "rerun later")
+    return got
 
-    if response.status_code >= 400:
-        response.read()  # an error's body is small; the hub's error classes read it
-        hf_raise_for_status(response)
 
-
-def _headers(**extra) -> dict:
-    """The hub's headers (token, user agent), asking for the stored bytes: a compressed answer's length
-    would not be the file's."""
-    from huggingface_hub.utils import build_hf_headers
-
-    return {**build_hf_headers(), "Accept-Encoding": "identity", **extra}
-
-
-def _file_size(url: str, name: str) -> int:
-    """A hub file's size from a HEAD request (the hub's X-Linked-Size of an LFS file, else Content-Length)."""
+@contextlib.contextmanager
+def _get(url: str, **headers):
+    """A streamed GET with the hub's headers, raised for its status; identity: a compressed length is not
+    the file's."""
     from huggingface_hub import constants, get_session
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    r = get_session().head(url, headers=_headers(), timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    _raise_for_status(r)
-    for answer in (*r.history, r):
-        if (linked := answer.headers.get(constants.HUGGINGFACE_HEADER_X_LINKED_SIZE, "")).isdecimal():
-            return int(linked)
-    if (length := r.headers.get("Content-Length", "")).isdecimal():
-        return int(length)
-    raise HubTrouble(f"gave no size (Content-Length) for {name}")
+    with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                              headers={**build_hf_headers(), "Accept-Encoding": "identity", **headers}) as r:
+        hf_raise_for_status(r)  # it reads an error's body itself
+        yield r
 
 
-def _get_range(url: str, start: int, end: int, size: int) -> bytes:
-    """Bytes [start, end) of a hub file by one range request, checked: 206 with the Content-Range asked
-    for and exactly that many bytes (a 200 is taken only when the range is the whole file)."""
-    from huggingface_hub import constants, get_session
-
-    headers = _headers(Range=f"bytes={start}-{end - 1}")
-    with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
-        _raise_for_status(r)
+def _get_range(url: str, start: int, end: int, size: int, what: str, reads: HubReads) -> bytes:
+    """Bytes [start, end) by one range request, checked: 206 with the Content-Range asked for and exactly
+    that many bytes (a 200 only when the range is the whole file)."""
+    with _get(url, Range=f"bytes={start}-{end - 1}") as r:
         if r.status_code == 206:
             got = r.headers.get("Content-Range", "")
             m = CONTENT_RANGE.fullmatch(got.strip())
@@ -138,22 +140,40 @@ def _get_range(url: str, start: int, end: int, size: int) -> bytes:
                 raise RangesUnusable(f"answered a request for bytes {start}-{end - 1} with Content-Range {got!r}")
         elif not (r.status_code == 200 and (start, end) == (0, size)):
             raise RangesUnusable(f"answered a range request with HTTP {r.status_code} and the whole file "
-                                  "(it ignores Range)")
-        data = r.read()  # left unread above: a whole file sent instead of a range is not downloaded
+                                 "(it ignores Range)")
+        data = bytearray()
+        _stream(r, what, reads, data.extend)  # not before: a whole file sent instead of a range is not read
     if len(data) != end - start:
         raise RangesUnusable(f"sent {len(data)} bytes for a range of {end - start}")
-    return data
+    return bytes(data)
+
+
+def file_size(url: str, name: str, reads: HubReads) -> int:
+    """A listed hub file's size (huggingface_hub's HEAD); a 404 is a mirror not synced, one HubTrouble."""
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        meta = retrying(f"the size of {name} (HEAD)",
+                        lambda: get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads)
+    except HfHubHTTPError as e:
+        if e.response is None or e.response.status_code != 404:
+            raise
+        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
+                         "rerun later") from None
+    if meta.size is None:
+        raise HubTrouble(f"gave no size for {name}")
+    return meta.size
 
 
 class RangedFile(io.RawIOBase):
     """A hub file as a seekable binary file whose every read is one checked range request of exactly
-    the bytes asked for (pyarrow's reads: no read-ahead that would pull in the image bytes next to the
-    question columns)."""
+    the bytes asked for (no read-ahead that would pull in the image bytes next to the question columns)."""
 
     def __init__(self, url: str, name: str, reads: HubReads):
         super().__init__()
         self.url, self.name, self.reads, self.pos = url, name, reads, 0
-        self.size = retrying(f"the size of {name} (HEAD)", lambda: _file_size(url, name), reads)
+        self.size = file_size(url, name, reads)
 
     def readable(self) -> bool:
         return True
@@ -173,30 +193,23 @@ class RangedFile(io.RawIOBase):
         end = self.size if n is None or n < 0 else min(self.size, start + n)
         if end <= start:
             return b""
-        data = retrying(f"a range read of {self.name}", lambda: _get_range(self.url, start, end, self.size),
-                         self.reads)
+        what = f"a range read of {self.name}"
+        data = retrying(what, lambda: _get_range(self.url, start, end, self.size, what, self.reads), self.reads)
         self.pos = end
         return data
 
 
 def download_whole(url: str, dest: Path, name: str, size: int, reads: HubReads) -> None:
-    """The whole file to `dest` (written to a temporary name first), checked to be `size` bytes."""
-    from huggingface_hub import constants, get_session
+    """The whole file to `dest` (through a temporary name), checked to be `size` bytes."""
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
 
     def attempt() -> int:
-        got = 0
-        with get_session().stream("GET", url, headers=_headers(), timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
-            _raise_for_status(r)
-            with open(tmp, "wb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-        return got
+        with _get(url) as r, open(tmp, "wb") as f, tqdm(total=size, unit="B", unit_scale=True,
+                                                         desc=f"downloading {name}") as bar:
+            return _stream(r, f"downloading {name}", reads, f.write, bar)
 
     try:
         got = retrying(f"downloading {name}", attempt, reads)

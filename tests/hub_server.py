@@ -14,8 +14,10 @@ and /<repo>/resolve/<rev>/<path>, so `from_pretrained("<repo>")` downloads them;
 the sizes out of the file listing (as a mirror that does not report them).
 
 Misbehaviour (see `HubServer.fail` and `range_mode`): given status codes (429, 503, ...) with an optional
-Retry-After for the next N requests of a kind; or range answers that ignore Range (200 + the whole file),
-carry fewer bytes than asked ("short"), or another range than asked ("shifted").
+Retry-After for the next N requests of a kind; range answers that ignore Range (200 + the whole file),
+carry fewer bytes than asked ("short"), another range than asked ("shifted"), or drip one byte every
+`drip_s` seconds ("drip"); `plain_404` leaves the X-Error-Code out of a 404 (as a plain proxy); `broken_info`
+cuts off the JSON of the next N dataset-info answers.
 
 Every request is logged (`requests`) with its kind, time and answer, so tests count what the hub saw.
 
@@ -38,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 KINDS = ("info", "head", "range", "whole")  # dataset info API; HEAD, ranged GET, plain GET of a resolve URL
-RANGE_MODES = ("exact", "ignore", "short", "shifted")
+RANGE_MODES = ("exact", "ignore", "short", "shifted", "drip")
 
 
 @dataclass
@@ -66,6 +68,7 @@ class HubServer:
         self.sha, self.tags = sha, tags or {}
         self.extra_files = extra_files
         self.range_mode = "exact"
+        self.drip_s, self.plain_404, self.broken_info = 1.0, False, 0
         self.requests: list[Request] = []
         self._faults: dict[str, list[tuple[int, str | None]]] = {k: [] for k in KINDS}
         self._lock = threading.Lock()
@@ -166,6 +169,8 @@ def _handler(hub: HubServer):
             return self._resolve(kind, path, arrived, *m.groups())
 
         def _not_found(self, kind, path, arrived, code: str) -> None:
+            if hub.plain_404:
+                return self._answer(kind, path, arrived, 404, {}, b"Not Found", "text/plain")
             self._answer(kind, path, arrived, 404, {"X-Error-Code": code},
                          json.dumps({"error": code}).encode(), "application/json")
 
@@ -177,7 +182,10 @@ def _handler(hub: HubServer):
             body = {"_id": repo, "id": repo, "author": repo.split("/")[0], "sha": hub.sha, "private": False,
                     "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
                     "lastModified": "2026-07-01T00:00:00.000Z", "siblings": hub.siblings(repo)}
-            self._answer("info", path, arrived, 200, {}, json.dumps(body).encode(), "application/json")
+            data = json.dumps(body).encode()
+            with hub._lock:
+                cut, hub.broken_info = hub.broken_info > 0, max(0, hub.broken_info - 1)
+            self._answer("info", path, arrived, 200, {}, data[:len(data) // 2] if cut else data, "application/json")
 
         def _resolve(self, kind, path, arrived, repo: str, revision: str, file: str) -> None:
             if repo not in hub.repos:
@@ -213,10 +221,10 @@ def _handler(hub: HubServer):
                 start, end = start - 1, end - 1
                 body = data[start:end]
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-            self._answer("cdn", path, arrived, 206, headers, body, range_=rng)
+            self._answer("cdn", path, arrived, 206, headers, body, range_=rng, drip=hub.range_mode == "drip")
 
         def _answer(self, kind, path, arrived, status: int, headers: dict, body: bytes,
-                    content_type: str = "application/octet-stream", range_: str | None = None) -> None:
+                    content_type: str = "application/octet-stream", range_: str | None = None, drip=False) -> None:
             hub._log(Request(kind, self.command, path, range_ or self.headers.get("Range"), status, arrived,
                              0 if self.command == "HEAD" else len(body), urlsplit(self.path).query))
             self.send_response(status)
@@ -227,7 +235,10 @@ def _handler(hub: HubServer):
             self.end_headers()
             if self.command != "HEAD":
                 try:
-                    self.wfile.write(body)
+                    for k in range(0, len(body), 1 if drip else max(1, len(body))):
+                        time.sleep(hub.drip_s if drip else 0)
+                        self.wfile.write(body[k:k + 1] if drip else body)
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client closed early (e.g. on seeing a 200 to its range request)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -45,17 +46,18 @@ def lmms_row(t: dict) -> dict:
             "question": t["question"], "image": {"bytes": (REPO / t["image_path"]).read_bytes(), "path": None}}
 
 
-def write_lmms_parquet(folder: Path, rows: list[dict], n_files: int = 2, row_group: int = 3, features=None) -> Path:
-    """rows (shuffled) as data/validation-0000k-of-0000n.parquet, `row_group` rows per parquet row group."""
+def write_lmms_parquet(folder: Path, rows: list[dict], n_files: int = 2, row_group: int = 3, features=None,
+                       split: str = "validation") -> Path:
+    """rows (shuffled) as data/<split>-0000k-of-0000n.parquet, `row_group` rows per parquet row group."""
     from datasets import Dataset
 
     rows = list(rows)
     random.Random(0).shuffle(rows)
-    (folder / "data").mkdir(parents=True)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
     for k in range(n_files):
         part = rows[k::n_files]
         ds = Dataset.from_list(part, features=features or lmms_features())
-        ds.to_parquet(folder / "data" / f"validation-{k:05d}-of-{n_files:05d}.parquet", batch_size=row_group)
+        ds.to_parquet(folder / "data" / f"{split}-{k:05d}-of-{n_files:05d}.parquet", batch_size=row_group)
     return folder
 
 
@@ -357,11 +359,13 @@ def test_rate_limits_and_server_errors_are_waited_out_with_one_note(both, tmp_pa
 
 @pytest.mark.parametrize("kind, status, retry_after, fragments", [
     ("range", 429, "0", ["still answered HTTP 429 (Too Many Requests) to a range read of data/validation-0000",
-                         "after 5 tries"]),
+                         "after 5 tries", "wait a few minutes and rerun"]),
     ("info", 503, "0", ["still answered HTTP 503 (Service Unavailable) to the dataset info of lmms-lab/VQAv2",
-                        "after 5 tries"]),
+                        "after 5 tries", "wait a few minutes and rerun"]),
     ("head", 429, "3600", ["answered HTTP 429 (Too Many Requests) to the size of data/validation-0000",
-                           "asks to wait 3600 s"]),
+                           "asks to wait 3600 s", "wait 1 h as it asks and rerun"]),
+    ("info", 429, "86400", ["answered HTTP 429 (Too Many Requests) to the dataset info of lmms-lab/VQAv2",
+                            "asks to wait 86400 s", "wait 24 h as it asks and rerun"]),
 ])
 def test_a_hub_that_keeps_failing_is_one_error_line_after_bounded_tries(both, tmp_path, monkeypatch, kind, status,
                                                                         retry_after, fragments):
@@ -370,10 +374,11 @@ def test_a_hub_that_keeps_failing_is_one_error_line_after_bounded_tries(both, tm
         with pytest.raises(UserError) as e:
             load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", cache_dir=tmp_path)
     msg = str(e.value)
-    assert "\n" not in msg and "wait a few minutes and rerun" in msg and "hf download lmms-lab/VQAv2" in msg, msg
+    assert "\n" not in msg and "hf download lmms-lab/VQAv2" in msg, msg
+    assert ("a few minutes" in msg) == (retry_after == "0"), msg  # the advice is the wait the server asks for
     for f in fragments:
         assert f in msg, (f, msg)
-    assert len(hub.seen(kind)) == (1 if retry_after == "3600" else 5)  # a long Retry-After is not waited out
+    assert len(hub.seen(kind)) == (5 if retry_after == "0" else 1)  # a long Retry-After is not waited out
 
 
 @pytest.mark.slow
@@ -502,3 +507,102 @@ def test_baseline_from_a_rate_limiting_mirror_without_the_default_repo(both, tin
     assert hub_source(tmp_path / "out")["used_dataset"] == MOVED
     config = json.loads((tmp_path / "out" / "vqav2_baseline_config.json").read_text())
     assert config["hub_source"] == {"dataset": MOVED, "revision": hub_source(tmp_path / "out")["revision"]}
+
+
+@pytest.mark.slow
+def test_a_mirror_that_drips_bytes_stops_at_the_stall_deadline_with_one_line(both, tmp_path):
+    """A mirror sending one byte of each range answer a second (each read well inside the read timeout):
+    the script stops after --hub_stall_s with one line naming the mirror, its bar counting bytes."""
+    with HubServer({"lmms-lab/VQAv2": both[1]}) as hub:
+        hub.range_mode = "drip"
+        proc = run_script("create_vqav2_baseline.py", "--dataset=vqav2_hub", "--hub_stall_s=3.0",
+                          "--model_id=no-such-model-is-loaded", "--quantization=none", f"--output_dir={tmp_path}",
+                          env=hub_env(hub, tmp_path), timeout=120)
+    line = assert_one_line_error(proc, f"the Hugging Face hub at {hub.url} sent ", "in over 3 s to a range read of "
+                                 "data/validation-00000-of-00002.parquet (it stalls)", "rerun later",
+                                 "HF_ENDPOINT=https://hf-mirror.com", "hf download lmms-lab/VQAv2")
+    assert "huggingface-cli" not in line
+    assert len(hub.seen("range")) == 1  # a stall is not retried
+    assert re.search(r"question columns of 2 file\(s\): \d+(\.\d+)?B", proc.stderr), proc.stderr[-2000:]
+
+
+def test_a_stall_deadline_of_zero_is_refused_before_any_work():
+    from src.config import check_value
+
+    with pytest.raises(UserError, match=r"--hub_stall_s=0\.0: must be a positive number \(seconds a hub read"):
+        check_value("HUB_STALL_S", 0.0)
+
+
+@pytest.mark.parametrize("case", ["info with cut-off JSON", "named dataset, plain 404", "info answers 403",
+                                  "listed file answers EntryNotFound", "listed file answers plain 404"])
+def test_what_a_mirror_answers_wrongly_is_one_true_line(both, tmp_path, monkeypatch, case):
+    repo = "someone/VQAv2" if "named" in case else "lmms-lab/VQAv2"
+    with serving(monkeypatch, {} if "named" in case else {repo: both[1]},
+                 extra_files=("data/validation-00002-of-00003.parquet",) if "listed" in case else ()) as hub:
+        hub.plain_404 = "plain 404" in case
+        hub.broken_info = 1 if "JSON" in case else 0
+        if "403" in case:
+            hub.fail("info", 403, 1)
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", hf_dataset=repo, cache_dir=tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot reach" not in msg and "huggingface-cli" not in msg, msg
+    expected = {"info with cut-off JSON": "answered the dataset info request for lmms-lab/VQAv2 with broken JSON",
+                "named dataset, plain 404": f"dataset someone/VQAv2 not found on the hub at {hub.url}",
+                "info answers 403": f"the Hugging Face hub at {hub.url} answered HTTP 403 reading lmms-lab/VQAv2",
+                "listed file answers EntryNotFound": "lists data/validation-00002-of-00003.parquet but answers HTTP 404",
+                "listed file answers plain 404": "lists data/validation-00002-of-00003.parquet but answers HTTP 404"}
+    assert expected[case] in msg, msg
+
+
+def test_default_dataset_missing_behind_a_plain_404_reads_the_moved_copy(both, tmp_path, monkeypatch, capsys):
+    """A mirror that answers a missing repository with a bare 404 (no X-Error-Code): the fallback still applies."""
+    with serving(monkeypatch, {MOVED: both[1]}) as hub:
+        hub.plain_404 = True
+        samples = load_samples("vqav2_hub", "val", cache_dir=tmp_path)
+    assert notes(capsys.readouterr().out) == ["note: lmms-lab/VQAv2 not found; using lmms-lab-encoder/VQAv2"]
+    assert len(samples) == len(TINY) and hub_source(tmp_path)["used_dataset"] == MOVED
+
+
+def test_local_folder_missing_a_listed_file_is_refused_in_one_line(both, tmp_path):
+    copy = shutil.copytree(both[1], tmp_path / "pq")
+    (copy / "data" / "validation-00001-of-00002.parquet").unlink()  # an interrupted hf download
+    with pytest.raises(UserError) as e:
+        load_samples("vqav2_hub", "val", hf_dataset=str(copy), cache_dir=tmp_path / "out")
+    msg = str(e.value)
+    assert "\n" not in msg and "validation-00001-of-00002.parquet" in msg and "hf download" in msg, msg
+    assert hub_source(tmp_path / "out") is None  # nothing cached from the incomplete folder
+
+
+def test_hub_testdev_ids_missing_from_the_test_files_get_the_hub_fix(tmp_path):
+    from src.data import submission_question_ids
+
+    rows = [lmms_row(t) for t in TINY[:6]]
+    folder = write_lmms_parquet(tmp_path / "pq", rows[:4], n_files=1, split="testdev")
+    write_lmms_parquet(folder, rows[1:], n_files=1, split="test")  # the first test-dev question is not there
+    testdev = load_samples("vqav2_hub", "testdev", hf_dataset=str(folder), cache_dir=tmp_path / "out")
+    with pytest.raises(UserError) as e:
+        submission_question_ids(testdev, "vqav2_hub", "testdev", hf_dataset=str(folder), cache_dir=tmp_path / "out")
+    msg = str(e.value)
+    assert "\n" not in msg and "1 test-dev question ids" in msg, msg
+    assert "data/testdev-*.parquet and data/test-*.parquet" in msg and "hf download" in msg, msg
+    assert "visualqa.org" not in msg and ".zip" not in msg, msg
+
+
+def test_a_silent_mirror_stops_at_the_stall_deadline_not_after_every_retry(both, tmp_path, monkeypatch):
+    """Range answers that stop coming (read timeouts, retried) still end at the stall deadline, in one line."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    with serving(monkeypatch, {"lmms-lab/VQAv2": both[1]}) as hub:
+        hub.range_mode, hub.drip_s = "drip", 5.0  # nothing within the 1 s read timeout
+        began = time.monotonic()
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", cache_dir=tmp_path, hub_stall_s=3.0)
+        took = time.monotonic() - began
+    msg = str(e.value)
+    assert "\n" not in msg and "sent nothing usable to a range read of" in msg and "ReadTimeout" in msg, msg
+    assert "for over 3 s" in msg and "rerun later" in msg and took < 8, (took, msg)
+    assert 2 <= len(hub.seen("range")) < 5  # retried, but not the five tries of a failing answer
