@@ -26,7 +26,7 @@ MERGED_DIR: str = "{output_dir}/blip2-vqav2-merged"  # the merged model's folder
 MERGE_DTYPE: str = "bfloat16"  # precision of the saved weights: "bfloat16", "float16" or "float32"
 DEQUANTIZE: str = "auto"  # merge onto the NF4-dequantised base: "auto" (when the adapter was trained 4-bit), "yes", "no"
 DEVICE: str = ""  # "" = cuda if available, else cpu
-OVERWRITE: bool = False  # True: replace a merged model already in MERGED_DIR (never any other folder)
+OVERWRITE: bool = False  # True: replace the merged model in MERGED_DIR (only what its merge wrote; your files there stay)
 OUTPUT_DIR: str = "outputs"  # {output_dir} in ADAPTER_DIR and MERGED_DIR
 DEBUG: bool = False
 # -----------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def main():
     from src import merging as M
     from src.config import write_config
     from src.errors import UserError
-    from src.files import give_default_permissions, replace_folder
+    from src.files import give_default_permissions, recover_replace, replace_folder
     from src.modeling import (apply_adapter, check_adapter_dir, check_quantization, compute_dtype, default_device,
                               load_blip2, resolve_adapter_dir)
     from src.outputs import check_output_dir, hold_output_lock
@@ -56,6 +56,7 @@ def main():
     merged = parent / merged.name
     with hold_output_lock(parent):  # one run writes there
         # 1. where it goes, what the adapter is and how it was trained: all before the slow model load
+        recover_replace(merged, M.not_the_merges)  # a replace killed halfway: its old folder back in place
         M.check_merged_dir(merged, OVERWRITE, {"adapter": adapter, "base model": MODEL_ID})
         check_adapter_dir(adapter, MODEL_ID)  # missing, damaged, or made for a model of other shapes
         training_file, training = M.read_training_config(adapter)
@@ -94,8 +95,9 @@ def main():
                                 training=training, dequantized=dequantize, dtype=MERGE_DTYPE, merged_in=merged_in)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             give_default_permissions(tmp)  # safetensors writes 0600
+            config["files"] = sorted([p.name for p in tmp.iterdir()] + [M.MERGE_CONFIG])  # what a later merge replaces
             write_config(config, tmp / M.MERGE_CONFIG)  # last: marks the folder as a merged model
-        replace_folder(tmp, merged)
+        replace_folder(tmp, merged, keep=M.not_the_merges)  # the user's files in it (notes, eval/) stay
     print(f"merged model saved to {merged} ({total:,} parameters, {MERGE_DTYPE}); it loads without peft: "
           f"load_blip2({str(merged)!r}, \"none\")")
     print(f"next: python create_vqav2_baseline.py --model_id={merged} --quantization=none --run_name=vqav2_merged"

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import UserError
 
@@ -220,12 +220,27 @@ def iter_chunks(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def replace_folder(tmp: Path, final: Path) -> None:
+def replace_folder(tmp: Path, final: Path, keep: Callable[[Path], bool] = lambda entry: False) -> None:
     """Rename the finished folder `tmp` to `final`, replacing what is there: `final` is always either the
-    old folder or the complete new one, never half of one."""
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
+    old folder or the complete new one, never half of one. Entries of the old folder for which `keep(entry)`
+    holds and that the new one lacks (a user's notes, an eval/ folder) move into the new one."""
+    recover_replace(final, keep)
     if final.exists():
-        os.replace(final, old)
+        os.replace(final, final.with_name(f".old-{final.name}"))
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    recover_replace(final, keep)
+
+
+def recover_replace(final: Path, keep: Callable[[Path], bool] = lambda entry: False) -> None:
+    """Finish a replace_folder that was killed: between its renames the old folder, hidden as .old-<name>, is
+    the last complete one and goes back; after them, what it holds that `keep` names moves into the new one."""
+    old = final.with_name(f".old-{final.name}")
+    if not old.exists():
+        return
+    if not final.exists():
+        os.replace(old, final)
+        return
+    for entry in old.iterdir():
+        if keep(entry) and not (final / entry.name).exists():
+            os.replace(entry, final / entry.name)
+    shutil.rmtree(old)

@@ -10,7 +10,9 @@ the 4-bit layers computed with, so that the merge is onto the weights the adapte
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from string import Template
 
@@ -174,3 +176,17 @@ def model_card(*, model_id: str, adapter: str, folder: str, training_file, train
                  f"merged in {merged_in}")
     return CARD.substitute(model_id=model_id, adapter=adapter, folder=folder, training=facts, merged_onto=onto,
                            precision=precision, dtype=dtype, prompt=prompt)
+
+
+# what a merge writes into its folder, for a merged model made before merge_config.json listed its files
+_MERGE_WROTE = re.compile(r".*\.(safetensors|json|bin|model)|README\.md|merges\.txt|vocab\.txt")
+
+
+def not_the_merges(entry: Path) -> bool:
+    """keep() for replacing a merged folder (src.files.replace_folder): an entry that the merge which made the
+    folder did not write (a user's notes, an eval/ folder of results) stays."""
+    try:
+        written = json.loads((entry.parent / MERGE_CONFIG).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return not _MERGE_WROTE.fullmatch(entry.name)
+    return entry.name not in written and entry.name != MERGE_CONFIG

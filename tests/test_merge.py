@@ -290,6 +290,51 @@ def test_a_killed_merge_leaves_the_old_folder_or_none(plain_adapter, plain_merge
     assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".")} == {".tmp-new"}  # the other run's
 
 
+def test_an_overwriting_merge_keeps_the_users_files_and_a_half_finished_replace_comes_back(
+        plain_adapter, plain_merged, tiny_model_dir, tmp_path):
+    """--overwrite=True replaces only what the earlier merge wrote: notes and an eval/ folder put there stay.
+    A replace killed between its two renames (the old model hidden as .old-<name>, none in place) is put back by
+    the next run, which then asks for --overwrite as for any merged model, instead of deleting it."""
+    folder = tmp_path / "merged"
+    shutil.copytree(plain_merged["folder"], folder)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "eval").mkdir()
+    (folder / "eval" / "vqav2_merged.jsonl").write_text("{}\n")
+    merge(f"--model_id={tiny_model_dir}", f"--adapter_dir={plain_adapter}", f"--merged_dir={folder}", "--overwrite=True",
+          "--merge_dtype=bfloat16").check_returncode()
+    assert json.loads((folder / "merge_config.json").read_text())["merge_dtype"] == "bfloat16"
+    assert (folder / "notes.txt").read_text() == "my notes" and (folder / "eval" / "vqav2_merged.jsonl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    hidden = folder.with_name(f".old-{folder.name}")
+    folder.rename(hidden)  # as a kill right after replace_folder's first rename leaves it
+    proc = merge(f"--model_id={tiny_model_dir}", f"--adapter_dir={plain_adapter}", f"--merged_dir={folder}")
+    assert_one_line_error(proc, "already holds a merged model", "--overwrite=True")
+    assert not hidden.exists() and (folder / "notes.txt").exists()
+    assert json.loads((folder / "merge_config.json").read_text())["merge_dtype"] == "bfloat16"
+
+
+def test_replace_folder_moves_only_the_kept_entries_and_finishes_a_killed_replace(tmp_path):
+    """src.files.replace_folder in-process: the kept entries of the old folder join the new one; a kill after
+    both renames (old and new in place) is finished by the next call, keeping what `keep` names."""
+    from src.files import recover_replace, replace_folder
+
+    def folder(name, **files):
+        (tmp_path / name).mkdir()
+        for file, text in files.items():
+            (tmp_path / name / file).write_text(text)
+        return tmp_path / name
+
+    final = folder("final", weights="old", notes="mine")
+    keep = lambda entry: entry.name == "notes"  # noqa: E731
+    replace_folder(folder("tmp", weights="new"), final, keep=keep)
+    assert {p.name: p.read_text() for p in final.iterdir()} == {"weights": "new", "notes": "mine"}
+    folder(".old-final", weights="older", notes="kept", junk="x")  # killed after both renames
+    recover_replace(final, keep)
+    assert not (tmp_path / ".old-final").exists()
+    assert {p.name: p.read_text() for p in final.iterdir()} == {"weights": "new", "notes": "mine"}  # final's own wins
+
+
 # --- bad input: one line, before the model loads ------------------------------------------------
 
 LOAD_MARKER = """
