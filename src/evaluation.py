@@ -35,7 +35,7 @@ from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
 
 # settings that must not change between a run and its resumption
 # every row carries these; a resumed run keeps a row only if all of them equal this run's
-RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_processing", "decoding", "quantization",
+RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_processing", "decoding", "quantization", "split",
                "dataset", "answer_processing", "image_backend")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
 SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn once by the baseline
@@ -289,8 +289,8 @@ def resolved_if_local(path: str | None) -> str | None:
 
 def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
                 vqa_decoding: str, split: str | None = None) -> dict:
-    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS;
-    the split is guarded by the frozen sample, which records it). Local folders are recorded resolved,
+    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS, the
+    split too, also when the frozen sample that records it was deleted). Local folders are recorded resolved,
     so `/x/./a`, `/x/a` and a relative spelling are the same run."""
     return {"model_id": resolved_if_local(model_id), "adapter": resolved_if_local(adapter), "quantization": quantization, "dataset": dataset,
             "split": split, "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,

@@ -212,6 +212,25 @@ def test_a_val_sample_and_a_testdev_run_do_not_mix(tiny_model_dir, official_test
     assert not (out / "vqav2_baseline.jsonl").exists() and not (out / EVALAI_FILE).exists()
 
 
+def test_val_rows_in_the_folder_are_not_taken_for_testdev_answers(tiny_model_dir, official_test_data, tmp_path):
+    """A val run's rows whose frozen-sample file was deleted: a test-dev run into that folder refuses them in one
+    line (the split is part of what a resumed row must match) and writes no EvalAI file from val answers."""
+    from src.evaluation import eval_record
+
+    out = tmp_path / "out"
+    out.mkdir()
+    record = eval_record(model_id=tiny_model_dir, adapter=None, quantization="none", dataset="vqav2",
+                         vqa_prompt="vqa_opt", vqa_decoding="vqa_beam5", split="val")
+    rows = [{"question_id": q, "image_id": 1, "image_path": "x.jpg", "question": "?", "raw_answer": "yes",
+             "answer": "yes", "gt_answers": ["yes"] * 10, "answer_type": "yes/no", "question_type": "is the",
+             "vqa_accuracy": 1.0, "exact_match": 1.0, "error": None, **record} for q in TESTDEV_IDS[:3]]
+    (out / "vqav2_baseline.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = baseline(tiny_model_dir, official_test_data, out)
+    assert_one_line_error(proc, "split='val'", "split='testdev'", "delete that file")
+    assert not (out / EVALAI_FILE).exists()
+    assert len((out / "vqav2_baseline.jsonl").read_text().splitlines()) == 3  # the val rows are left as they were
+
+
 # --- the hub path (lmms-lab/VQAv2 data/testdev-*.parquet) ---------------------------------------------------
 
 def write_testdev_parquet(folder: Path, split_file: str, ids: list[int]) -> Path:
