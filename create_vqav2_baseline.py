@@ -23,8 +23,10 @@ images in data/images/test2015/, or --dataset=vqav2_hub): every question of the 
 wants in each phase (the test-dev phase scores the test-dev ones). Use an output folder of its own per split.
 """
 
+import sys
+
 from src.config import apply_overrides
-from src.errors import run_main
+from src.errors import UserError, run_main
 
 # -----------------------------------------------------------------------------
 DATASET: str = "vqav2"  # "vqav2" (data/vqa + data/images), "vqav2_hub" (HF_DATASET), "easy_vqa" (pip package) or "tiny"
@@ -50,6 +52,9 @@ DEBUG: bool = False
 
 def main():
     config = apply_overrides(globals())
+    if SPLIT in ("testdev", "test") and any(a.lower().startswith(("--max_samples=", "--max-samples=")) for a in sys.argv[1:]):
+        raise UserError(f"--max_samples={MAX_SAMPLES} draws the val sample; --split={SPLIT} answers every question, "
+                        f"as EvalAI needs (for a smoke run: --max_test_samples={MAX_SAMPLES})")
     from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, hub_record, load_samples, read_frozen_sample,
                           submission_question_ids)
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write

@@ -231,6 +231,13 @@ def test_val_rows_in_the_folder_are_not_taken_for_testdev_answers(tiny_model_dir
     assert len((out / "vqav2_baseline.jsonl").read_text().splitlines()) == 3  # the val rows are left as they were
 
 
+def test_max_samples_with_a_test_split_is_one_line_not_ignored(tiny_model_dir, official_test_data, tmp_path):
+    """--max_samples=5 --split=testdev answered the whole split in silence: now one line naming --max_test_samples."""
+    proc = baseline(tiny_model_dir, official_test_data, tmp_path / "out", "--max_samples=5")
+    assert_one_line_error(proc, "--max_samples=5 draws the val sample", "--split=testdev", "--max_test_samples=5")
+    assert not (tmp_path / "out").exists()
+
+
 # --- the hub path (lmms-lab/VQAv2 data/testdev-*.parquet) ---------------------------------------------------
 
 def write_testdev_parquet(folder: Path, split_file: str, ids: list[int]) -> Path:
