@@ -88,7 +88,7 @@ def main():
         # 4. written into a hidden folder beside, renamed into place when complete
         tmp = merged.with_name(f".tmp-{merged.name}")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
-        with saving_into(tmp, "the merged model"):
+        with saving_into(tmp, "the merged model", f"{merged} is as it was: free some space and run the merge again"):
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
             card = M.model_card(model_id=MODEL_ID, adapter=adapter, folder=str(merged), training_file=training_file,

@@ -434,10 +434,11 @@ _LOW_SPACE = 2**20  # bytes left after a failed save that mean it failed for lac
 
 
 @contextmanager
-def saving_into(tmp: Path, what: str):
+def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intact: free some space and rerun the "
+                "same command, it resumes from the last complete checkpoint"):
     """A save into the temporary folder `tmp` that fails for lack of space (safetensors and torch.save
-    report that as their own errors, not as OSError) becomes one line; `tmp` is removed, so the earlier
-    checkpoints and the adapter stay as they were and a rerun resumes from the last complete one."""
+    report that as their own errors, not as OSError) becomes one line ending with `kept` (what is intact, what
+    to do); `tmp` is removed, so what was saved before stays as it was."""
     try:
         yield
     except Exception as e:
@@ -450,9 +451,7 @@ def saving_into(tmp: Path, what: str):
         shutil.rmtree(tmp, ignore_errors=True)
         if not full:
             raise
-        raise UserError(f"the disk is full: saving {what} into {tmp.parent} failed ({type(e).__name__}); earlier "
-                        f"checkpoints are intact: free some space and rerun the same command, it resumes from the "
-                        f"last complete checkpoint") from None
+        raise UserError(f"the disk is full: saving {what} into {tmp.parent} failed ({type(e).__name__}); {kept}") from None
 
 
 def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, assert_one_line_error, killed_at_marker, module_fixture, run_script, script_env, start_script
+from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, run_on_small_disk,
+                     run_script, script_env, start_script)
 
 N_QUESTIONS = 400  # the quick start's frozen easy-VQA sample
 CHECKED = 200  # of them answered again by each model below (the suite's time; plenty for a 95% rate)
@@ -312,6 +313,19 @@ def test_an_overwriting_merge_keeps_the_users_files_and_a_half_finished_replace_
     assert_one_line_error(proc, "already holds a merged model", "--overwrite=True")
     assert not hidden.exists() and (folder / "notes.txt").exists()
     assert json.loads((folder / "merge_config.json").read_text())["merge_dtype"] == "bfloat16"
+
+
+@pytest.mark.skipif(not CAN_MOUNT, reason="needs `unshare -r -m` to mount a small tmpfs (Linux, user namespaces)")
+def test_a_merge_that_fills_the_disk_says_so_in_its_own_words(plain_adapter, tiny_model_dir, tmp_path):
+    """A disk too small for the merged model: one line in the merge's words (the merged folder is as it was),
+    never fine-tuning's "checkpoints ... resumes"; no hidden half-written folder is left."""
+    disk = tmp_path / "disk"
+    sh = (f'"$PY" merge_lora_adapter.py --model_id={tiny_model_dir} --adapter_dir={plain_adapter} '
+          f'--merged_dir={disk / "merged"}')
+    proc = run_on_small_disk(sh, disk, SIZE="300k")
+    assert_one_line_error(proc, "the disk is full: saving the merged model", f"{disk / 'merged'} is as it was",
+                          "run the merge again")
+    assert "checkpoint" not in proc.stderr
 
 
 def test_replace_folder_moves_only_the_kept_entries_and_finishes_a_killed_replace(tmp_path):
