@@ -18,7 +18,7 @@ baseline's questions are answered, nothing is scored or compared (no public answ
 vqa_OpenEnded_mscoco_test-dev2015_vqav2_finetuned_results.json (or ..._test2015_...) is the file to submit to EvalAI.
 """
 
-from src.config import apply_overrides
+from src.config import apply_overrides, next_command
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def main():
         return
     # 4. against the baseline, question by question
     print_comparison(base_rows, rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
-    print("next: python compare_baseline_finetuned.py" + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
+    print(next_command("compare_baseline_finetuned.py", output_dir=OUTPUT_DIR if OUTPUT_DIR != "outputs" else None))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ With --report_to=tensorboard the same steps' loss, learning rate, gradient norm 
 also go to TensorBoard, in <log_dir>/<output folder's name>-<hash of its path>/; a resumed run continues that curve.
 """
 
-from src.config import apply_overrides
+from src.config import apply_overrides, next_command
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
@@ -318,8 +318,9 @@ def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
     preview(model, processor, adapter_dir)
     first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
     print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
-    print(f"next: python evaluate_vqav2_finetuned.py --adapter_dir={adapter_dir}"
-          + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
+    print(next_command("evaluate_vqav2_finetuned.py", model_id=MODEL_ID, dataset=DATASET,
+                       quantization=None if USE_4BIT else "none", adapter_dir=adapter_dir,
+                       output_dir=OUTPUT_DIR if OUTPUT_DIR != "outputs" else None))
 
 
 def check_replicas_agree(accelerator, model):

@@ -16,7 +16,7 @@ load_blip2(MERGED_DIR, "none"), Blip2ForConditionalGeneration.from_pretrained, o
 script. The 2.7B model needs about 8 GB of GPU memory, or 16 GB of RAM on CPU (merged in float32).
 """
 
-from src.config import apply_overrides
+from src.config import apply_overrides, next_command
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
@@ -100,8 +100,8 @@ def main():
         replace_folder(tmp, merged, keep=M.not_the_merges)  # the user's files in it (notes, eval/) stay
     print(f"merged model saved to {merged} ({total:,} parameters, {MERGE_DTYPE}); it loads without peft: "
           f"load_blip2({str(merged)!r}, \"none\")")
-    print(f"next: python create_vqav2_baseline.py --model_id={merged} --quantization=none --run_name=vqav2_merged"
-          + (f" --output_dir={OUTPUT_DIR}" if OUTPUT_DIR != "outputs" else ""))
+    print(next_command("create_vqav2_baseline.py", model_id=merged, quantization="none", run_name="vqav2_merged",
+                       output_dir=OUTPUT_DIR if OUTPUT_DIR != "outputs" else None))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,12 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     if is_path_setting(name) and value.startswith("~"):
         value = os.path.expanduser(value)
     return value
+
+
+def next_command(script: str, **flags) -> str:
+    """The "next:" line a script prints: `python <script> --name=value ...` for the flags that are not None,
+    each quoted for the shell, so a path with spaces pastes as it is."""
+    return "next: " + " ".join(["python", script] + [shlex.quote(f"--{k}={v}") for k, v in flags.items() if v is not None])
 
 
 def write_config(config: dict, path: str | Path) -> None:

@@ -6,7 +6,7 @@ import os
 import pytest
 from PIL import Image
 
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, run_command, run_script
 
 
 def test_mini_infer(tiny_model_dir, tmp_path):
@@ -138,3 +138,20 @@ def test_model_that_cannot_be_fetched(tmp_path):
     proc = run_script("blip2_cli.py", "baseline_images/pic_01.jpg", "--model_id", "no-such-org/no-such-model",
                       env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(proc, "no-such-org/no-such-model", "--model_id=<local dir>")
+
+
+def test_the_next_lines_paste_as_they_are_with_a_space_in_the_path(tiny_model_dir, tmp_path):
+    """Each script's closing "next:" line, pasted into a shell as it is, runs the next step of the same run: the
+    fine-tuning names its model, data and precision, and a folder with a space in its name is quoted."""
+    out = tmp_path / "my runs"
+    run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--quantization=none",
+               "--num_workers=0", f"--output_dir={out}", check=True)
+    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--use_4bit=False",
+                      "--train_steps=1", "--per_device_batch=2", "--grad_accum=1", "--save_every=1",
+                      "--preview_samples=0", "--num_workers=0", f"--output_dir={out}", check=True)
+    for step in ("evaluate_vqav2_finetuned.py", "compare_baseline_finetuned.py"):
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("next: "))
+        assert f"python {step} " in line, line
+        proc = run_command(line[len("next: "):], cwd=REPO)
+        assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
+    assert (out / "vqav2_finetuned.jsonl").exists() and (out / "comparisons" / "report.html").exists()
