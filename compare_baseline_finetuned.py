@@ -248,21 +248,24 @@ def check_report_folder(report_dir: Path) -> None:
                         f"{', ...' if len(foreign) > 4 else ''}); choose an empty or new folder for the report")
 
 
-def write_no_answers(config: dict, report_dir: Path, path: Path, split: str) -> None:
-    """A run without answers: one line naming the EvalAI file, and comparison.json saying so (mode
-    "no_answers", for the demo) in place of an earlier report of this folder."""
-    evalai_file = path.parent / evalai_file_name(split, path.stem)
-    line = no_answers_line(path.name, split, evalai_file)
+def write_no_answers(config: dict, report_dir: Path, runs: list[tuple[Path, str]]) -> None:
+    """Runs without answers (path, split): one line each naming its EvalAI file, and comparison.json saying so
+    (mode "no_answers", for the demo) in place of an earlier report of this folder."""
+    files = [{"run": str(path), "evalai": str(path.parent / evalai_file_name(split, path.stem)), "split": split}
+             for path, split in runs]
+    for f in files:
+        f["evalai_exists"] = Path(f["evalai"]).is_file()
+    lines = [no_answers_line(Path(f["run"]).name, f["split"], f["evalai"]) for f in files]
     report_dir.mkdir(parents=True, exist_ok=True)
     for old in [*(report_dir / "cases").glob("case_*.png"), *(report_dir / name for name in _ARTEFACTS)]:
         if old.is_file():
             old.unlink()
     write_json(report_dir / "comparison.json", {
-        "mode": "no_answers", "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG, "split": split,
-        "files": {"run": str(path), "evalai": str(evalai_file), "evalai_exists": evalai_file.is_file()},
-        "message": line, "artefacts": {"config": "config.json"}, "warnings": []})
+        "mode": "no_answers", "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG, "split": runs[0][1],
+        "files": files[0], "runs": files, "message": "\n".join(lines), "artefacts": {"config": "config.json"},
+        "warnings": []})
     write_config(config, report_dir / "config.json")
-    print(line)
+    print("\n".join(lines))
 
 
 def write_report(config: dict, started: float, tr, output_dir: Path, report_dir: Path, base_path: Path,
@@ -272,11 +275,10 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
     base_rows = read_results(base_path, "python create_vqav2_baseline.py")
     comparing = ft_path.exists()
     ft_rows = read_results(ft_path, "python evaluate_vqav2_finetuned.py") if comparing else []
-    for path, rows in ((base_path, base_rows), (ft_path, ft_rows)):
-        split = unanswered_split(rows)
-        if split:  # test-dev / test: nothing to score, so nothing to compare
-            write_no_answers(config, report_dir, path, split)
-            return
+    runs = [(path, split) for path, rows in ((base_path, base_rows), (ft_path, ft_rows)) if (split := unanswered_split(rows))]
+    if runs:  # test-dev / test: nothing to score, so nothing to compare; every such run's EvalAI file is named
+        write_no_answers(config, report_dir, runs)
+        return
     settings = {"baseline": settings_of(base_rows, str(base_path), warns), "finetuned": None}
     if comparing:
         numbers, pairs = compare_files(base_rows, ft_rows, base_path, ft_path, warns)

@@ -160,9 +160,10 @@ def md_text(value) -> str:
 def no_answers_markdown(result: dict, tr) -> str:
     """comparison.json of a run without public answers (mode "no_answers": VQAv2 test-dev / test): one line
     saying there is nothing to compare and which file to submit to EvalAI."""
-    files, split = result.get("files") or {}, result.get("split")
-    return tr("cmp_no_answers", run=md_text(Path(str(files.get("run"))).name), split=md_text(split),
-              evalai=md_text(files.get("evalai")), phase=md_text(EVALAI_PHASES.get(split, "?")))
+    runs = result.get("runs") or [{**(result.get("files") or {}), "split": result.get("split")}]
+    return "\n\n".join(tr("cmp_no_answers", run=md_text(Path(str(f.get("run"))).name), split=md_text(f.get("split")),
+                            evalai=md_text(f.get("evalai")), phase=md_text(EVALAI_PHASES.get(f.get("split"), "?")))
+                         for f in runs)
 
 
 def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "zh") -> str:

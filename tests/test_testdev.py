@@ -161,8 +161,9 @@ def test_testdev_run_writes_the_evalai_file_and_scores_nothing(tiny_model_dir, a
     report = tmp_path / "report"
     proc = run_script("compare_baseline_finetuned.py", f"--output_dir={out}", f"--report_dir={report}", check=True)
     line = (f"vqav2_baseline.jsonl is a testdev run: it has no answers to compare; submit {out / EVALAI_FILE} to "
-            "EvalAI (VQA Challenge, phase Test-Dev)")
-    assert proc.stdout.strip() == line
+            "EvalAI (VQA Challenge, phase Test-Dev)\nvqav2_finetuned.jsonl is a testdev run: it has no answers to "
+            f"compare; submit {out / EVALAI_FT_FILE} to EvalAI (VQA Challenge, phase Test-Dev)")
+    assert proc.stdout.strip() == line  # both runs' files, not only the zero-shot one
     result = json.loads((report / "comparison.json").read_text())
     assert result["mode"] == "no_answers" and result["message"] == line
     assert sorted(p.name for p in report.iterdir()) == ["comparison.json", "config.json"]
@@ -173,6 +174,7 @@ def test_testdev_run_writes_the_evalai_file_and_scores_nothing(tiny_model_dir, a
     text, table, charts, cases, report_file = comparison_view(report, "en")
     assert text.startswith("### No answers to compare") and (table, charts, cases, report_file) == (None, [], [], None)
     assert f"{md_text('vqav2_baseline.jsonl')} is a testdev run" in text and md_text(str(out / EVALAI_FILE)) in text
+    assert md_text(str(out / EVALAI_FT_FILE)) in text
     zh = comparison_view(report, "zh")[0]
     assert zh.startswith("### 没有可对比的答案") and md_text(str(out / EVALAI_FILE)) in zh and "Test\\-Dev" in zh
 
