@@ -49,8 +49,8 @@ def main():
     from src.data import (TEST_SPLITS, evalai_file_name, hub_record, load_samples, no_answers_line, read_frozen_sample,
                           submission_question_ids)
     from src.errors import UserError
-    from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
-    from src.compare import check_result_rows
+    from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, resolved_if_local, run_vqa, score_and_write
+    from src.compare import check_result_rows, check_same_setup, settings_of
     from src.files import read_jsonl_lines
     from src.modeling import (check_adapter_dir, check_quantization, generation_names, load_blip2, make_accelerator,
                                resolve_adapter_dir)
@@ -71,6 +71,11 @@ def main():
     config["adapter_dir"] = adapter
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
+    differs: list[str] = []  # said before the work: a fair comparison needs the baseline's setup
+    check_same_setup(settings_of(base_rows, str(baseline_path), differs),
+                     {"model_id": resolved_if_local(MODEL_ID), "quantization": QUANTIZATION, "adapter": adapter}, differs)
+    for line in differs:
+        print(f"warning: {line}", flush=True)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_quantization(QUANTIZATION, str(accelerator.device))
     written = [f"{RUN_NAME}{suffix}" for suffix in (".jsonl", "_metrics.json", "_results.json", "_config.json")]

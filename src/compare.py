@@ -26,7 +26,7 @@ _BOOTSTRAP_CHUNK = 10_000_000
 # per-question scores differing by less than this are "the same" (scores are multiples of 1/30)
 _SAME_TOLERANCE = 1e-9
 _LENGTH_BINS = 10  # answer-length histogram bins: 0..9 words and "10+"
-_SETTING_KEYS = ("model_id", "adapter", "prompt", "decoding")
+_SETTING_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization")
 
 
 def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n_resamples: int = 1000,
@@ -323,15 +323,16 @@ def settings_of(rows: Sequence[dict], source: str, warnings_out: list[str]) -> d
     if not seen:
         return {k: None for k in _SETTING_KEYS}
     if len(seen) > 1:
-        warnings_out.append(f"{source} mixes {len(seen)} different model/adapter/prompt/decoding settings; "
+        warnings_out.append(f"{source} mixes {len(seen)} different model/adapter/prompt/decoding/precision settings; "
                             f"the most common one is shown")
     return json.loads(seen.most_common(1)[0][0])
 
 
 def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
-    """The comparison is fair only with the same base model, prompt and decoding."""
-    for key in ("model_id", "prompt", "decoding"):
-        if base.get(key) != ft.get(key):
+    """The comparison is fair only with the same base model, precision, prompt and decoding (a key `ft` does not
+    state yet is not compared)."""
+    for key in ("model_id", "quantization", "prompt", "decoding"):
+        if key in ft and base.get(key) != ft.get(key):
             warnings_out.append(f"{key} differs: baseline {base.get(key)!r}, fine-tuned {ft.get(key)!r}; "
                                 f"the change is not due to fine-tuning alone")
     if base.get("adapter"):
