@@ -15,6 +15,7 @@
   compute on a GPU    bf16 where native, else fp16               bf16 where native, else fp32: T5 was trained in bf16
   without native bf16                                            and overflows in fp16 (transformers #20287 / #10830)
   VQA prompt          vqa_opt "Question: {} Answer:"             vqa_t5 "Question: {} Short answer:" (BLIP-2 paper)
+  VQA decoding        vqa_beam5 (LAVIS: min_new_tokens 1)      vqa_beam5_t5 (LAVIS: min_length 1, may end at once)
 
 Prompts and decoding presets (src/prompts.py) declare the families they suit; "auto" picks the family's own.
 """
@@ -48,7 +49,7 @@ OPT = Family(name="opt", title="OPT (decoder-only)", decoder_only=True, padding_
 T5 = Family(name="t5", title="Flan-T5 (encoder-decoder)", decoder_only=False, padding_side="right",
             lora_targets=("q", "k", "v", "o", "wi_0", "wi_1", "wo"),
             quantization_skip=("vision_model", "language_projection", "lm_head", "wo"), fp16_ok=False,
-            vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5")
+            vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5_t5")
 FAMILIES = {f.name: f for f in (OPT, T5)}
 AUTO = "auto"
 

@@ -20,7 +20,10 @@ Prompts (question processing in brackets) and the zero-shot VQAv2 numbers report
   vqa_t5         "Question: {} Short answer:"  [lavis]  the paper's and LAVIS's Flan-T5 prompt
 
 Decoding presets:
-  vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description)
+  vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description; LAVIS's OPT call)
+  vqa_beam5_t5   LAVIS's Flan-T5 call (blip2_t5.predict_answers): the same, but min_length=1 where OPT's has
+                 min_new_tokens=1; the decoder's start token already counts, so `</s>` is never blocked and an
+                 empty answer is possible (vqa_beam5 on Flan-T5 is the stricter alternative)
   vqa_lavis      what LAVIS's predict_answers runs with that yaml: beam 5, length penalty 0 (its default; neither
                  lavis/tasks/vqa.py nor the yaml sets one), 1-10 new tokens, the prompt cut to max_txt_len = 32
                  tokens (BOS included, cut at the end as the tokenizer truncates)
@@ -59,14 +62,15 @@ def lavis_question(question: str) -> str:
 DECODING = {
     # BLIP-2 paper zero-shot VQA decoding
     "vqa_beam5": {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
+    "vqa_beam5_t5": {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_length": 1, "do_sample": False},
     # LAVIS's released zero-shot OPT config (predict_answers defaults, max_txt_len 32)
     "vqa_lavis": {"num_beams": 5, "length_penalty": 0.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False,
                   "max_prompt_tokens": 32},
     "greedy": {"num_beams": 1, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
     "caption_beam5": {"num_beams": 5, "length_penalty": 1.0, "max_new_tokens": 30, "min_new_tokens": 1, "do_sample": False},
 }
-# vqa_lavis is LAVIS's OPT setting (its T5 one, length penalty -1, is vqa_beam5); the others suit both families
-DECODING_FAMILIES = {"vqa_lavis": ("opt",)}
+# LAVIS's OPT-only and Flan-T5-only settings; the others suit both families
+DECODING_FAMILIES = {"vqa_lavis": ("opt",), "vqa_beam5_t5": ("t5",)}
 # keys of a preset that are not generate() arguments
 PROMPT_KEYS = ("max_prompt_tokens",)
 
