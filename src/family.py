@@ -11,7 +11,7 @@
                       first newline (the end token, 50118)
   LoRA targets        q_proj k_proj v_proj out_proj fc1 fc2      q k v o wi_0 wi_1 wo (adapting q, v only collapses
                                                                  flan-t5: peft #376)
-  4-bit skips         vision_model language_projection lm_head   the same, and T5's `wo` (transformers keeps it in fp32)
+  4-bit skips         vision_model language_projection lm_head   the same, and T5's `wo` (as transformers' own T5 load)
   compute on a GPU    bf16 where native, else fp16               bf16 where native, else fp32: T5 was trained in bf16
   without native bf16                                            and overflows in fp16 (transformers #20287 / #10830)
   VQA prompt          vqa_opt "Question: {} Answer:"             vqa_t5 "Question: {} Short answer:" (BLIP-2 paper)
@@ -40,8 +40,9 @@ class Family:
     vqa_decoding: str
 
 
-# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. The Q-Former
-# stays in fp32 anyway (Blip2's _keep_in_fp32_modules are always added to the list).
+# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. Blip2's
+# _keep_in_fp32_modules (Q-Former, query tokens, T5's wo) are never quantised; transformers 5.25 upcasts them to
+# fp32 only in an fp16 load, so on bf16 GPUs they run in bf16 (tests/test_quantization.py reads the dtypes).
 OPT = Family(name="opt", title="OPT (decoder-only)", decoder_only=True, padding_side="left",
              lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
              quantization_skip=("vision_model", "language_projection", "lm_head"), fp16_ok=True,
