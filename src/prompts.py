@@ -11,12 +11,11 @@ sec. 4.1; LAVIS lavis/projects/blip2/eval/vqav2_zeroshot_flant5xl_eval.yaml and 
 beam 5, max_len 10, min_len 1, length_penalty -1). Each prompt and preset declares the model families it
 suits (PROMPT_FAMILIES, DECODING_FAMILIES; src/family.py); "auto" is the model family's own.
 
-Prompts (question processing in brackets) and the zero-shot VQAv2 numbers reported for blip2-opt-2.7b:
-  vqa_opt        "Question: {} Answer:"        [lavis]  the paper's prompt: 53.5 (val), 52.3 (test-dev)
+Prompts (question processing in brackets); PUBLISHED holds the zero-shot VQAv2 val numbers reported for each:
+  vqa_opt        "Question: {} Answer:"        [lavis]  the paper's OPT prompt
   vqa_opt_raw    "Question: {} Answer:"        [raw]    the same prompt with the question as written
   vqa_opt_lavis  "Question: {} Short answer:"  [lavis]  LAVIS's released zero-shot OPT config
-                 (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), its comment: 51.88 (val),
-                 decoded with the `vqa_lavis` preset below
+                 (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), decoded with `vqa_lavis` below
   vqa_t5         "Question: {} Short answer:"  [lavis]  the paper's and LAVIS's Flan-T5 prompt
 
 Decoding presets:
@@ -71,6 +70,22 @@ DECODING = {
 }
 # LAVIS's OPT-only and Flan-T5-only settings; the others suit both families
 DECODING_FAMILIES = {"vqa_lavis": ("opt",), "vqa_beam5_t5": ("t5",)}
+VQAV2_VAL_QUESTIONS = 214_354  # VQAv2 val2014: the split the published zero-shot numbers are measured on
+PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": VQAV2_VAL_QUESTIONS}
+# zero-shot VQAv2 val accuracy published per (checkpoint, prompt), with the decoding it was measured with
+PUBLISHED = {
+    ("Salesforce/blip2-opt-2.7b", "vqa_opt"): {"accuracy": 53.5, "source": "BLIP-2 paper, Table 2",
+                                               "decoding": "vqa_beam5", **PAPER_SETTING},
+    ("Salesforce/blip2-opt-2.7b", "vqa_opt_lavis"): {"accuracy": 51.88, "source": "LAVIS vqav2_zeroshot_opt_eval.yaml",
+                                                     "decoding": "vqa_lavis", **PAPER_SETTING},
+    ("Salesforce/blip2-opt-6.7b", "vqa_opt"): {"accuracy": 54.3, "source": "BLIP-2 paper, Table 2",
+                                               "decoding": "vqa_beam5", **PAPER_SETTING},
+    ("Salesforce/blip2-flan-t5-xl", "vqa_t5"): {"accuracy": 63.1, "source": "BLIP-2 paper, Table 2; LAVIS "
+                                                "vqav2_zeroshot_flant5xl_eval.yaml: 63.13",
+                                                "decoding": "vqa_beam5_t5", **PAPER_SETTING},
+    ("Salesforce/blip2-flan-t5-xxl", "vqa_t5"): {"accuracy": 65.2, "source": "BLIP-2 paper, Table 2",
+                                                 "decoding": "vqa_beam5_t5", **PAPER_SETTING},
+}
 # keys of a preset that are not generate() arguments
 PROMPT_KEYS = ("max_prompt_tokens",)
 

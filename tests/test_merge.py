@@ -196,7 +196,7 @@ def test_qlora_merged_answers_as_the_4bit_base_with_the_adapter(qlora_merged, qu
     got = answers(model, processor, questions)
     same = sum(a == rows[s.question_id]["raw_answer"] for a, s in zip(got, questions))
     assert same >= 0.95 * CHECKED, same
-    assert "4-bit NF4, dequantised" in qlora_merged["proc"].stdout
+    assert "4-bit NF4 from float32, dequantised" in qlora_merged["proc"].stdout
 
 
 NO_PEFT = """
