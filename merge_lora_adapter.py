@@ -72,14 +72,16 @@ def main():
 
         # 2. the base in float32 as the adapter saw it: NF4 as in training and back (QLoRA), or unquantised
         model, processor = load_blip2(MODEL_ID, "none", device=device, dtype=torch.float32)
-        quantized_from = compute_dtype(default_device(), family_of(model.config)) if dequantize else None
-        if dequantize:
+        nf4_from = None
+        if dequantize:  # quantised from the dtype this machine's training loads weights in
+            quantized_from = compute_dtype(default_device(), family_of(model.config))
+            nf4_from = str(quantized_from).removeprefix("torch.")
             M.nf4_round_trip(model, quantized_from)
         # 3. the adapter, merged into the float32 weights
         model = apply_adapter(model, adapter)
         wrapped = lora_summary(model)[2]
         print("***** Merging the LoRA adapter *****")
-        nf4 = f"4-bit NF4 from {str(quantized_from).removeprefix('torch.')}, dequantised: "
+        nf4 = f"4-bit NF4 from {nf4_from}, dequantised: "
         print(f"  base: {MODEL_ID} ({nf4 if dequantize else 'unquantised: '}the adapter was "
               f"{'' if dequantize else 'not '}trained on a 4-bit base; --dequantize={DEQUANTIZE})")
         print(f"  device: {device} ({why})")
@@ -87,7 +89,8 @@ def main():
         print(f"  merged in float32, saved in {MERGE_DTYPE}: {merged}")
         model = M.merge_lora(model)
         kept = M.cast_for_saving(model, getattr(torch, MERGE_DTYPE))
-        config.update(merged_in="float32", kept_float32=kept, versions={p: version(p) for p in ("torch", "transformers", "peft")})
+        config.update(merged_in="float32", kept_float32=kept, nf4_from=nf4_from,
+                      versions={p: version(p) for p in ("torch", "transformers", "peft")})
         total = sum(p.numel() for p in model.parameters())
         # 4. written into a hidden folder beside, renamed into place when complete
         tmp = merged.with_name(f".tmp-{merged.name}")

@@ -90,19 +90,17 @@ def merge_device(device: str, model_id: str) -> tuple[str, str]:
     return "cpu", f"the float32 model takes {need / GIB:.1f} GiB, more than the GPU's {free / GIB:.1f} GiB free"
 
 
-def nf4_round_trip(model, dtype) -> int:
+def nf4_round_trip(model, dtype) -> None:
     """Replace, in the float32 `model`, every weight load_blip2(..., "4bit") quantises by bitsandbytes' NF4
-    round trip of it loaded in `dtype` (what the 4-bit layers computed with), in float32; returns how many."""
+    round trip of it loaded in `dtype` (what the 4-bit layers computed with), in float32."""
     import bitsandbytes.functional as F
 
     from .memory_plan import NF4_BLOCKSIZE, bnb_modules_to_not_convert, bnb_quantized_linears
 
-    layers = bnb_quantized_linears(model, bnb_modules_to_not_convert(model))
-    for layer in layers.values():
+    for layer in bnb_quantized_linears(model, bnb_modules_to_not_convert(model)).values():
         packed, state = F.quantize_4bit(layer.weight.data.to(dtype), blocksize=NF4_BLOCKSIZE, compress_statistics=True,
                                         quant_type="nf4")
         layer.weight.data = F.dequantize_4bit(packed, state).float()
-    return len(layers)
 
 
 def merge_lora(model):

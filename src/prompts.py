@@ -73,19 +73,14 @@ DECODING_FAMILIES = {"vqa_lavis": ("opt",), "vqa_beam5_t5": ("t5",)}
 VQAV2_VAL_QUESTIONS = 214_354  # VQAv2 val2014: the split the published zero-shot numbers are measured on
 PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": VQAV2_VAL_QUESTIONS}
 # zero-shot VQAv2 val accuracy published per (checkpoint, prompt), with the decoding it was measured with
-PUBLISHED = {
-    ("Salesforce/blip2-opt-2.7b", "vqa_opt"): {"accuracy": 53.5, "source": "BLIP-2 paper, Table 2",
-                                               "decoding": "vqa_beam5", **PAPER_SETTING},
-    ("Salesforce/blip2-opt-2.7b", "vqa_opt_lavis"): {"accuracy": 51.88, "source": "LAVIS vqav2_zeroshot_opt_eval.yaml",
-                                                     "decoding": "vqa_lavis", **PAPER_SETTING},
-    ("Salesforce/blip2-opt-6.7b", "vqa_opt"): {"accuracy": 54.3, "source": "BLIP-2 paper, Table 2",
-                                               "decoding": "vqa_beam5", **PAPER_SETTING},
-    ("Salesforce/blip2-flan-t5-xl", "vqa_t5"): {"accuracy": 63.1, "source": "BLIP-2 paper, Table 2; LAVIS "
-                                                "vqav2_zeroshot_flant5xl_eval.yaml: 63.13",
-                                                "decoding": "vqa_beam5_t5", **PAPER_SETTING},
-    ("Salesforce/blip2-flan-t5-xxl", "vqa_t5"): {"accuracy": 65.2, "source": "BLIP-2 paper, Table 2",
-                                                 "decoding": "vqa_beam5_t5", **PAPER_SETTING},
-}
+PUBLISHED = {(model, prompt): {"accuracy": accuracy, "decoding": decoding, "source": source, **PAPER_SETTING}
+             for model, prompt, accuracy, decoding, source in (
+    ("Salesforce/blip2-opt-2.7b", "vqa_opt", 53.5, "vqa_beam5", "BLIP-2 paper, Table 2"),
+    ("Salesforce/blip2-opt-2.7b", "vqa_opt_lavis", 51.88, "vqa_lavis", "LAVIS vqav2_zeroshot_opt_eval.yaml"),
+    ("Salesforce/blip2-opt-6.7b", "vqa_opt", 54.3, "vqa_beam5", "BLIP-2 paper, Table 2"),
+    ("Salesforce/blip2-flan-t5-xl", "vqa_t5", 63.1, "vqa_beam5_t5",
+     "BLIP-2 paper, Table 2; LAVIS vqav2_zeroshot_flant5xl_eval.yaml: 63.13"),
+    ("Salesforce/blip2-flan-t5-xxl", "vqa_t5", 65.2, "vqa_beam5_t5", "BLIP-2 paper, Table 2"))}
 # keys of a preset that are not generate() arguments
 PROMPT_KEYS = ("max_prompt_tokens",)
 
