@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 
 from src.charts import ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, length_chart, setup_matplotlib
-from src.compare import (bootstrap_clusters, check_result_rows, check_same_setup, compare_rows, count_stored_mismatches,
-                         coverage, index_by_question_id, length_stats, score_baseline_only, select_cases, settings_of)
+from src.compare import (accuracy_interval, bootstrap_clusters, check_result_rows, check_same_setup, compare_rows,
+                         count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
+                         score_baseline_only, select_cases, settings_of, zero_shot_reference)
 from src.config import apply_overrides, write_config
 from src.data import TEST_SPLITS, evalai_file_name, no_answers_line
 from src.errors import UserError, run_main
@@ -287,6 +288,11 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
     else:
         numbers, pairs = score_baseline(base_rows, base_path)
     clusters = numbers.get("clusters") or bootstrap_clusters(pairs)[1]  # what the intervals resampled
+    # a zero-shot baseline of a checkpoint and prompt with a published number: held against it
+    scores = [{"image_id": p["image_id"], "vqa_accuracy": p["baseline_vqa"]} for p in pairs]
+    published = zero_shot_reference(next(r for r in base_rows if is_scorable(r)), {
+        "vqa_accuracy": numbers["baseline"]["vqa_accuracy"], "n": len(pairs),
+        "vqa_accuracy_interval": accuracy_interval(scores, BOOTSTRAP_RESAMPLES, SEED)})
     for who, n in numbers["stored_score_mismatches"].items():
         if n:
             warns.append(f"{n} {who} rows store a VQA accuracy / exact match that differs from src/vqa_eval.py; "
@@ -312,6 +318,7 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
         "cases_per_group": CASES_PER_GROUP,
         "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,
                  "rows": demo_rows},
+        "published": published,
         "warnings": warns,
     }
 

@@ -3,6 +3,7 @@
     python create_vqav2_baseline.py                                  # 1000 questions of VQAv2 val2014
     python create_vqav2_baseline.py --dataset=vqav2_hub                # VQAv2 val from the hub (lmms-lab/VQAv2), no COCO download
     python create_vqav2_baseline.py --max_samples=5000 --eval_batch=64
+    python create_vqav2_baseline.py --quantization=none --max_samples=0 --output_dir=outputs/paper_setting  # as the paper
     python create_vqav2_baseline.py --split=testdev --output_dir=outputs/testdev   # all of test-dev, for EvalAI
     accelerate launch --multi_gpu --num_processes 2 create_vqav2_baseline.py   # several GPUs
     # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
@@ -12,7 +13,9 @@
 Draws MAX_SAMPLES question ids with SEED and freezes them in <output_dir>/vqav2_sample_ids.json
 (evaluate_vqav2_finetuned.py reuses exactly these), answers them with the BLIP-2 paper's VQA
 prompt and decoding, and writes <output_dir>/vqav2_baseline.jsonl (one row per question),
-vqav2_baseline_metrics.json and the official results file vqav2_baseline_results.json.
+vqav2_baseline_metrics.json and the official results file vqav2_baseline_results.json. The accuracy comes with its
+95% interval; for a checkpoint and prompt with a published number (src/prompts.py PUBLISHED) also that number, the
+settings that differ from it, and a warning when the run lands far below it (docs/details.md).
 Killed? Run the same command again: finished rows are kept and only the rest is answered.
 
 --split=testdev / --split=test (VQAv2 test-dev2015 / test2015: questions only, the answers are held by

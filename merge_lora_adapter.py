@@ -6,14 +6,16 @@
     # offline CPU smoke run, after the offline quick start's fine-tuning (README: 离线 CPU 快速体验)
     python merge_lora_adapter.py --model_id=outputs/tiny-blip2
 
-Loads MODEL_ID as the adapter was trained on it (DEQUANTIZE): for a QLoRA adapter (use_4bit in the
-training_config.json next to it) quantised to 4-bit NF4 exactly as in training and dequantised back,
-else unquantised. Applies the adapter, merges it into the weights (peft merge_and_unload), and saves
-the model in MERGE_DTYPE with its processor, a model card README.md and the resolved settings
+Loads MODEL_ID in float32 as the adapter was trained on it (DEQUANTIZE): for a QLoRA adapter (use_4bit in
+the training_config.json next to it) each 4-bit layer's weight is the NF4 round trip it computed with in
+training (quantised from this machine's compute dtype: bf16 or fp16 on its GPU, fp32 without one), else
+unquantised. Applies the adapter, merges it into the weights in float32 (peft merge_and_unload), and casts
+once to MERGE_DTYPE: a float32 merge is W + B @ A * alpha / r to float32 rounding. It saves the model with its processor, a model card README.md and the resolved settings
 (merge_config.json) to MERGED_DIR. It is all written into a hidden folder next to MERGED_DIR and
 renamed into place at the end, so MERGED_DIR never holds half a model. The folder loads without peft:
 load_blip2(MERGED_DIR, "none"), Blip2ForConditionalGeneration.from_pretrained, or --model_id= of any
-script. The 2.7B model needs about 8 GB of GPU memory, or 16 GB of RAM on CPU (merged in float32).
+script. The float32 merge of the 2.7B model takes about 14 GiB: on the GPU when that much is free, else on
+the CPU (DEVICE=""; the banner says which and why).
 """
 
 from src.config import apply_overrides, next_command
@@ -25,7 +27,7 @@ ADAPTER_DIR: str = "{output_dir}/lora_adapter"  # what finetune_vqav2_lora.py wr
 MERGED_DIR: str = "{output_dir}/blip2-vqav2-merged"  # the merged model's folder
 MERGE_DTYPE: str = "bfloat16"  # precision of the saved weights: "bfloat16", "float16" or "float32"
 DEQUANTIZE: str = "auto"  # merge onto the NF4-dequantised base: "auto" (when the adapter was trained 4-bit), "yes", "no"
-DEVICE: str = ""  # "" = cuda if available, else cpu
+DEVICE: str = ""  # "" = cuda when its free memory holds the float32 model, else cpu
 OVERWRITE: bool = False  # True: replace the merged model in MERGED_DIR (only what its merge wrote; your files there stay)
 OUTPUT_DIR: str = "outputs"  # {output_dir} in ADAPTER_DIR and MERGED_DIR
 DEBUG: bool = False
@@ -42,6 +44,7 @@ def main():
     from src.config import write_config
     from src.errors import UserError
     from src.files import give_default_permissions, recover_replace, replace_folder
+    from src.family import family_of
     from src.modeling import (apply_adapter, check_adapter_dir, check_quantization, compute_dtype, default_device,
                               load_blip2, resolve_adapter_dir)
     from src.outputs import check_output_dir, hold_output_lock
@@ -51,7 +54,6 @@ def main():
         raise UserError("--adapter_dir= is empty: pass the LoRA adapter to merge (default {output_dir}/lora_adapter, "
                         "what finetune_vqav2_lora.py writes)")
     merged = Path(resolve_adapter_dir(MERGED_DIR, OUTPUT_DIR))  # "{output_dir}" and "~" as in ADAPTER_DIR
-    device = DEVICE or default_device()
     parent = check_output_dir(merged.parent, "--merged_dir")
     merged = parent / merged.name
     with hold_output_lock(parent):  # one run writes there
@@ -61,6 +63,7 @@ def main():
         check_adapter_dir(adapter, MODEL_ID)  # missing, damaged, or made for a model of other shapes
         training_file, training = M.read_training_config(adapter)
         dequantize = M.base_was_4bit(DEQUANTIZE, adapter, training_file, training)
+        device, why = M.merge_device(DEVICE, MODEL_ID)
         check_quantization("4bit" if dequantize else "none", device)
         config.update(adapter_dir=adapter, merged_dir=str(merged), device=device, dequantized=dequantize,
                       training_config=str(training_file) if training_file else None)
@@ -68,22 +71,27 @@ def main():
 
         from src.training import describe_wrapped, lora_summary, saving_into
 
-        # 2. the base as the adapter saw it: NF4 as in training and back (QLoRA), or unquantised
-        model, processor = load_blip2(MODEL_ID, "4bit" if dequantize else "none", device=device)
-        if dequantize:
-            model = M.dequantize_base(model, compute_dtype(device))
-        lm_weight = next(p for n, p in model.named_parameters() if "language_model" in n)
-        merged_in = str(lm_weight.dtype).replace("torch.", "")
-        # 3. the adapter, merged into the weights
+        # 2. the base in float32 as the adapter saw it: NF4 as in training and back (QLoRA), or unquantised
+        model, processor = load_blip2(MODEL_ID, "none", device=device, dtype=torch.float32)
+        nf4_from = None
+        if dequantize:  # quantised from the dtype this machine's training loads weights in
+            quantized_from = compute_dtype(default_device(), family_of(model.config))
+            nf4_from = str(quantized_from).removeprefix("torch.")
+            M.nf4_round_trip(model, quantized_from)
+        # 3. the adapter, merged into the float32 weights
         model = apply_adapter(model, adapter)
         wrapped = lora_summary(model)[2]
         print("***** Merging the LoRA adapter *****")
-        print(f"  base: {MODEL_ID} ({'4-bit NF4, dequantised: ' if dequantize else 'unquantised: '}the adapter was "
-              f"{'' if dequantize else 'not '}trained on a 4-bit base; --dequantize={DEQUANTIZE})   device: {device}")
+        nf4 = f"4-bit NF4 from {nf4_from}, dequantised: "
+        print(f"  base: {MODEL_ID} ({nf4 if dequantize else 'unquantised: '}the adapter was "
+              f"{'' if dequantize else 'not '}trained on a 4-bit base; --dequantize={DEQUANTIZE})")
+        print(f"  device: {device} ({why})")
         print(f"  adapter: {adapter}, {len(wrapped)} layers: {describe_wrapped(wrapped)}")
-        print(f"  merged in {merged_in}, saved in {MERGE_DTYPE}: {merged}")
-        model = M.cast_for_saving(M.merge_lora(model), getattr(torch, MERGE_DTYPE))
-        config.update(merged_in=merged_in, versions={p: version(p) for p in ("torch", "transformers", "peft")})
+        print(f"  merged in float32, saved in {MERGE_DTYPE}: {merged}")
+        model = M.merge_lora(model)
+        kept = M.cast_for_saving(model, getattr(torch, MERGE_DTYPE))
+        config.update(merged_in="float32", kept_float32=kept, nf4_from=nf4_from,
+                      versions={p: version(p) for p in ("torch", "transformers", "peft")})
         total = sum(p.numel() for p in model.parameters())
         # 4. written into a hidden folder beside, renamed into place when complete
         tmp = merged.with_name(f".tmp-{merged.name}")
@@ -92,7 +100,7 @@ def main():
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
             card = M.model_card(model_id=MODEL_ID, adapter=adapter, folder=str(merged), training_file=training_file,
-                                training=training, dequantized=dequantize, dtype=MERGE_DTYPE, merged_in=merged_in)
+                                training=training, dequantized=dequantize, dtype=MERGE_DTYPE, kept_fp32=kept)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             give_default_permissions(tmp)  # safetensors writes 0600
             config["files"] = sorted([p.name for p in tmp.iterdir()] + [M.MERGE_CONFIG])  # what a later merge replaces

@@ -20,7 +20,7 @@ temporary folder and loads it back through `src.modeling.load_blip2`:
            step as it is (vision tower under no_grad) and as it was (full_graph: the vision tower in the
            autograd graph, bench/train_step.py), so the saving shows on the GPU
   eval     `src.inference.generate_batch` (the evaluation's path) with the family's VQA prompt (vqa_opt or
-           vqa_t5) and decoding preset (vqa_beam5) forced to exactly NEW_TOKENS new tokens (random weights
+           vqa_t5) and decoding preset (vqa_beam5, vqa_beam5_t5) forced to exactly NEW_TOKENS new tokens (random weights
            would stop anywhere), batch 1 vs 32, one image per question, for the 4-bit model and the bf16 one
            (`load_blip2(dir, "none")`)
 
@@ -297,7 +297,8 @@ def eval_throughput(model, processor, family, quantization: str, device: str) ->
     from src.inference import generate_batch
     from src.prompts import format_prompt, get_decoding
 
-    decoding = {**get_decoding(family.vqa_decoding), "min_new_tokens": NEW_TOKENS, "max_new_tokens": NEW_TOKENS}
+    decoding = {**{k: v for k, v in get_decoding(family.vqa_decoding).items() if k != "min_length"},
+                "min_new_tokens": NEW_TOKENS, "max_new_tokens": NEW_TOKENS}
     size = processor.image_processor.size["height"]
     rows = []
     for batch in EVAL_BATCHES:

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
+from .prompts import PUBLISHED
 from .vqa_eval import score_batch, score_rows
 
 # one bootstrap chunk holds at most this many drawn indices (~80 MB of int64), so a full
@@ -81,6 +82,38 @@ def bootstrap_clusters(pairs: Sequence[dict]) -> tuple[list | None, dict]:
     if pairs and all(i is not None for i in images):
         return images, {"unit": "image", "n": len(set(images))}
     return None, {"unit": "question", "n": len(pairs)}
+
+
+# a zero-shot run warns when even its interval's top lies this far below the checkpoint's lowest published number
+# (room for 4-bit NF4 and for transformers vs LAVIS; a broken setup lands 10+ points below: docs/details.md)
+FAR_BELOW_POINTS = 3.0
+
+
+def accuracy_interval(rows: Sequence[dict], n_resamples: int = 1000, seed: int = 0) -> dict:
+    """The VQA accuracy's 95% bootstrap interval, resampling images as the comparison does (rows with image ids)."""
+    clusters, unit = bootstrap_clusters(rows)
+    scores = [r["vqa_accuracy"] for r in rows]
+    _, low, high = paired_bootstrap([0.0] * len(scores), scores, n_resamples, seed, clusters)
+    return {"low": low, "high": high, "level": 0.95, "resampled": unit}
+
+
+def zero_shot_reference(record: dict, metrics: dict, published: dict = PUBLISHED) -> dict | None:
+    """For a zero-shot val run of a checkpoint and prompt with a published number: that number, the settings in
+    which this run differs from the published one, and whether the run lands far below every published number."""
+    entry = published.get((record.get("model_id"), record.get("prompt")))
+    if entry is None or record.get("adapter") or record.get("split") != "val" or metrics.get("vqa_accuracy") is None:
+        return None
+    run = {"decoding": (record.get("decoding") or {}).get("preset"), "quantization": record.get("quantization"),
+           "dataset": record.get("dataset"), "questions": metrics["n"]}
+    differs = {key: {"run": run[key], "published": entry[key]} for key in run
+               if run[key] not in (entry[key] if isinstance(entry[key], tuple) else (entry[key],))}
+    warn_below = min(e["accuracy"] for (model, _), e in published.items() if model == record["model_id"]) \
+        - FAR_BELOW_POINTS
+    return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],
+            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"],
+            "interval": metrics["vqa_accuracy_interval"],
+            "source": entry["source"], "differs": differs, "warn_below": warn_below,
+            "far_below": metrics["vqa_accuracy_interval"]["high"] < warn_below}
 
 
 def is_scorable(row: dict) -> bool:

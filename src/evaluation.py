@@ -19,12 +19,12 @@ from typing import Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from .compare import compare_rows, is_scorable, processing_changes
+from .compare import accuracy_interval, compare_rows, is_scorable, processing_changes, zero_shot_reference
 from .config import write_config
 from .data import EVALAI_PHASES, evalai_file_name
 from .samples import VQASample
 from .errors import UserError
-from .formatting import console_comparison
+from .formatting import console_comparison, reference_lines
 from .i18n import texts
 from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
@@ -253,7 +253,8 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
         metrics = {**_unscored_metrics(rows, scorable, errors), **(extra or {})}
     else:
         scored = score_rows(scorable)
-        metrics = {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
+        metrics = {"vqa_accuracy": scored["vqa_accuracy"], "vqa_accuracy_interval": accuracy_interval(scorable),
+                   "exact_match": scored["exact_match"], "n": scored["n"],
                    "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
                    "answers_changed_by_processing": processing_changes(scorable)["changed"],
                    "per_question_type": scored["per_question_type"], **(extra or {})}
@@ -263,8 +264,12 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
 
 
 def print_metrics(title: str, metrics: dict) -> None:
+    interval = metrics.get("vqa_accuracy_interval")
     print(f"{title}: VQA accuracy {metrics['vqa_accuracy']:.2f}  exact match {metrics['exact_match']:.2f}  "
           f"(n={metrics['n']}" + (f", {metrics['n_errors']} error rows" if metrics.get("n_errors") else "") + ")")
+    if interval:
+        print(f"  95% interval {interval['low']:.2f} to {interval['high']:.2f} (bootstrap over "
+              f"{interval['resampled']['n']:,} {interval['resampled']['unit']}s)")
     if "answers_changed_by_processing" in metrics:
         print(f"  the official answer processing (punctuation, number words, articles) changed "
               f"{metrics['answers_changed_by_processing']} of {metrics['n']} answers before scoring")
@@ -310,10 +315,17 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
         facts["evalai_questions"] = len(submission_ids)
     rows, metrics = finalize(samples, out_path, out_dir / f"{run_name}_metrics.json",
                              out_dir / f"{run_name}_results.json", extra=facts)
+    reference = zero_shot_reference(record, metrics)
+    if reference:
+        metrics["published"] = reference
+        write_json(out_dir / f"{run_name}_metrics.json", metrics)
     write_config(config, out_dir / f"{run_name}_config.json")
     report_errors(rows)
     if submission_ids is None:
         print_metrics(f"{run_name} ({facts['dataset']} {facts['split']})", metrics)
+        if reference:
+            print("\n".join("  " + line if not line.startswith("warning") else line
+                            for line in reference_lines(reference, texts("en"))), flush=True)
         print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
         return rows, metrics
     evalai_path = out_dir / facts["evalai_file"]

@@ -11,10 +11,11 @@
                       first newline (the end token, 50118)
   LoRA targets        q_proj k_proj v_proj out_proj fc1 fc2      q k v o wi_0 wi_1 wo (adapting q, v only collapses
                                                                  flan-t5: peft #376)
-  4-bit skips         vision_model language_projection lm_head   the same, and T5's `wo` (transformers keeps it in fp32)
+  4-bit skips         vision_model language_projection lm_head   the same, and T5's `wo` (as transformers' own T5 load)
   compute on a GPU    bf16 where native, else fp16               bf16 where native, else fp32: T5 was trained in bf16
   without native bf16                                            and overflows in fp16 (transformers #20287 / #10830)
   VQA prompt          vqa_opt "Question: {} Answer:"             vqa_t5 "Question: {} Short answer:" (BLIP-2 paper)
+  VQA decoding        vqa_beam5 (LAVIS: min_new_tokens 1)      vqa_beam5_t5 (LAVIS: min_length 1, may end at once)
 
 Prompts and decoding presets (src/prompts.py) declare the families they suit; "auto" picks the family's own.
 """
@@ -39,8 +40,9 @@ class Family:
     vqa_decoding: str
 
 
-# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. The Q-Former
-# stays in fp32 anyway (Blip2's _keep_in_fp32_modules are always added to the list).
+# Only the language model is quantised: BLIP-2 ran its ViT-g in fp16 and QLoRA is about the LLM. Blip2's
+# _keep_in_fp32_modules (Q-Former, query tokens, T5's wo) are never quantised; transformers 5.25 upcasts them to
+# fp32 only in an fp16 load, so on bf16 GPUs they run in bf16 (tests/test_quantization.py reads the dtypes).
 OPT = Family(name="opt", title="OPT (decoder-only)", decoder_only=True, padding_side="left",
              lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
              quantization_skip=("vision_model", "language_projection", "lm_head"), fp16_ok=True,
@@ -48,7 +50,7 @@ OPT = Family(name="opt", title="OPT (decoder-only)", decoder_only=True, padding_
 T5 = Family(name="t5", title="Flan-T5 (encoder-decoder)", decoder_only=False, padding_side="right",
             lora_targets=("q", "k", "v", "o", "wi_0", "wi_1", "wo"),
             quantization_skip=("vision_model", "language_projection", "lm_head", "wo"), fp16_ok=False,
-            vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5")
+            vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5_t5")
 FAMILIES = {f.name: f for f in (OPT, T5)}
 AUTO = "auto"
 

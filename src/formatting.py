@@ -159,6 +159,28 @@ def interval_line(result: dict, tr: Callable[..., str]) -> str:
               unit=bootstrap_unit(b.get("clusters"), result["n"], tr))
 
 
+def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = False) -> list[str]:
+    """A zero-shot run beside its published number (src.evaluation.zero_shot_reference): what differs, the
+    command of the published setting, and the warning when it lands far below."""
+    def shown(value):
+        return " or ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    i = ref["interval"]
+    lines = [tr("zero_shot_interval", accuracy=f"{ref['run_accuracy']:.2f}", low=f"{i['low']:.2f}", high=f"{i['high']:.2f}",
+                unit=bootstrap_unit(i["resampled"], 0, tr))] if with_interval else []
+    lines.append(tr("published_line", model=ref["model_id"], prompt=ref["prompt"], accuracy=ref["accuracy"],
+                    source=ref["source"]))
+    if ref["differs"]:
+        differs = "; ".join(tr("published_vs", setting=key, run=shown(v["run"]), published=shown(v["published"]))
+                            for key, v in ref["differs"].items())
+        command = (f"python create_vqav2_baseline.py --model_id={ref['model_id']} --quantization=none --max_samples=0 "
+                   f"--vqa_prompt={ref['prompt']} --vqa_decoding={ref['decoding']} --output_dir=outputs/paper_setting")
+        lines.append(tr("published_differs", differs=differs, command=command))
+    if ref["far_below"]:
+        lines.append(tr("warning", text=tr("far_below", edge=f"{ref['warn_below']:.1f}")))
+    return lines
+
+
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
     """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
     files, ft = result["files"], result["finetuned"]
@@ -186,6 +208,8 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
     out += [line for line in (processing_line(result, tr), length_line(result, tr)) if line]
     if ft is not None:
         out.append(interval_line(result, tr))
+    if result.get("published"):
+        out += reference_lines(result["published"], tr, with_interval=True)
     out += [tr("warning", text=w) for w in result["warnings"]]
     return "\n".join(out) + "\n"
 

@@ -47,6 +47,13 @@ _ZH = {
     "warning": "警告：{text}",
     "console_heading": "基线 vs 微调后，同样的 {n} 道题",
     "console_interval": "变化：百分点，方括号内是 95% 置信区间（配对 bootstrap，{unit}）",
+    "zero_shot_interval": "基线（零样本）VQA 准确率 {accuracy}，95% 区间 {low} 至 {high}（bootstrap，{unit}）",
+    "published_line": "{model} 用 {prompt} 已发表的零样本 VQAv2 val 准确率：{accuracy}（{source}）",
+    "published_differs": "本次运行与已发表设置的不同之处：{differs}；已发表的设置：{command}",
+    "published_vs": "{setting} {run}（已发表：{published}）",
+    "far_below": "这个零样本准确率远低于已发表的范围（95% 区间的上端低于 {edge}）：请检查常见原因：检查点是旧副本"
+                 "（处理器或配置里没有 num_query_tokens / image_token_index：重新下载）、提示词或解码不是已发表的那组、"
+                 "图片或问题文件损坏或不配套、下载不完整",
     # --- groups of example cases
     "group_improved": "变好",
     "group_worsened": "变差",
@@ -214,6 +221,14 @@ _EN = {
     "warning": "warning: {text}",
     "console_heading": "baseline vs fine-tuned on the same {n} questions",
     "console_interval": "change: points, in brackets its 95% interval (paired bootstrap, {unit})",
+    "zero_shot_interval": "baseline (zero-shot) VQA accuracy {accuracy}, 95% interval {low} to {high} (bootstrap, {unit})",
+    "published_line": "published for {model} with {prompt}: {accuracy} ({source})",
+    "published_differs": "this run differs from the published setting in: {differs}; the published setting: {command}",
+    "published_vs": "{setting} {run} (published: {published})",
+    "far_below": "this zero-shot accuracy lies far below the published band (its 95% interval ends below {edge}): "
+                 "check the usual causes: an old copy of the checkpoint (its processor or config without "
+                 "num_query_tokens / image_token_index: download it again), a prompt or decoding other than the "
+                 "published one, damaged or mismatched images or question files, a truncated download",
     "group_improved": "improved",
     "group_worsened": "worsened",
     "group_unchanged": "unchanged",

@@ -505,7 +505,7 @@ def format_plan(plan: dict) -> str:
         f"+ fp32 absmax per 16384 = {per_weight:.4f} B/weight, + 1.1 KB of lookup tables per layer"
     )
     fp16_up = ", ".join(bnb["fp32_patterns"]["fp16"]) or "nothing"
-    line = f"fp32 upcast (transformers _keep_in_fp32_modules, fp16 loads only): {fp16_up}"
+    line = f"fp32 upcast (transformers _keep_in_fp32_modules, fp16 loads only; a bf16 load runs them in bf16): {fp16_up}"
     if not family.fp16_ok:
         line += (f"; load_blip2 never loads {family.title} in fp16 (bf16, or fp32 on GPUs without bf16), so its "
                  "fp16 column is for comparison only")

@@ -4,8 +4,9 @@
 A QLoRA adapter learned its update against the 4-bit NF4 weights, not against the full-precision
 weights they were quantised from; added to the latter it lands on slightly different weights (peft
 #1080, artidoro/qlora #29). `base_was_4bit` reads from the adapter's training config whether that is
-the case, and `dequantize_base` turns the NF4 base back into plain Linear layers holding the weights
-the 4-bit layers computed with, so that the merge is onto the weights the adapter was trained against.
+the case, and `nf4_round_trip` puts into the float32 base the weights the 4-bit layers computed with, so that
+the merge is onto the weights the adapter was trained against. The merge itself runs in float32 (peft adds
+the update in the weight's dtype) and the result is cast once, to the dtype it is saved in.
 """
 
 from __future__ import annotations
@@ -72,17 +73,36 @@ def check_merged_dir(merged: Path, overwrite: bool, inputs: dict[str, str]) -> N
         raise UserError(f"{merged} already holds a merged model; pass --overwrite=True to replace it, or {again}")
 
 
-def dequantize_base(model, dtype):
-    """`model` as load_blip2(..., "4bit") gave it, with every 4-bit layer back as a plain Linear layer
-    holding bitsandbytes' dequantisation of its NF4 weight (what the layer computed with), in `dtype`;
-    the quantisation config leaves the model config."""
-    import bitsandbytes as bnb
+def merge_device(device: str, model_id: str) -> tuple[str, str]:
+    """Where the float32 merge runs, and why: `device` when given; else the GPU when its free memory holds the
+    float32 model (the memory plan's fp32 weights) with 10% to spare, else the CPU."""
+    import torch
 
-    model = model.dequantize(dtype=dtype)
-    left = [name for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    if left:
-        raise RuntimeError(f"{len(left)} layers stayed 4-bit after dequantisation, e.g. {left[0]}")
-    return model
+    from .memory_plan import GIB, build_meta_model, checkpoint_tensor_names, load_blip2_config
+
+    need = 4 * sum(p.numel() for p in build_meta_model(load_blip2_config(model_id),
+                                                       checkpoint_tensor_names(model_id)).parameters())
+    if device:
+        return device, f"--device={device}; the float32 model takes {need / GIB:.1f} GiB"
+    if not torch.cuda.is_available():
+        return "cpu", f"no GPU; the float32 model takes {need / GIB:.1f} GiB of RAM"
+    free = torch.cuda.mem_get_info()[0]
+    if free >= 1.1 * need:
+        return "cuda", f"the float32 model takes {need / GIB:.1f} GiB, the GPU has {free / GIB:.1f} GiB free"
+    return "cpu", f"the float32 model takes {need / GIB:.1f} GiB, more than the GPU's {free / GIB:.1f} GiB free"
+
+
+def nf4_round_trip(model, dtype) -> None:
+    """Replace, in the float32 `model`, every weight load_blip2(..., "4bit") quantises by bitsandbytes' NF4
+    round trip of it loaded in `dtype` (what the 4-bit layers computed with), in float32."""
+    import bitsandbytes.functional as F
+
+    from .memory_plan import NF4_BLOCKSIZE, bnb_modules_to_not_convert, bnb_quantized_linears
+
+    for layer in bnb_quantized_linears(model, bnb_modules_to_not_convert(model)).values():
+        packed, state = F.quantize_4bit(layer.weight.data.to(dtype), blocksize=NF4_BLOCKSIZE, compress_statistics=True,
+                                        quant_type="nf4")
+        layer.weight.data = F.dequantize_4bit(packed, state).float()
 
 
 def merge_lora(model):
@@ -95,16 +115,20 @@ def merge_lora(model):
                         "retrain it with `python finetune_vqav2_lora.py`") from None
 
 
-def cast_for_saving(model, dtype):
-    """`model` in `dtype`, except the parts transformers keeps in float32 whatever the dtype
-    (`_keep_in_fp32_modules`: BLIP-2's Q-Former and query tokens), which are saved as they will load."""
+def cast_for_saving(model, dtype) -> dict[str, int]:
+    """Cast `model` to `dtype`, except what transformers loads in float32 when asked for `dtype` (its dtype plan:
+    for float16 the Q-Former, query tokens and T5's `wo`; nothing for bfloat16); returns {that module: bytes}."""
     import torch
 
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    keep = {name for name, kept in model._get_dtype_plan(dtype).items() if kept == torch.float32}
+    kept: dict[str, int] = {}
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point():
-            tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
-    return model
+            hit = sorted(keep & set(name.split(".")))
+            tensor.data = tensor.data.to(torch.float32 if hit else dtype)
+            for module in hit[:1]:
+                kept[module] = kept.get(module, 0) + 4 * tensor.numel()
+    return kept
 
 
 CARD = Template("""---
@@ -158,7 +182,7 @@ python create_vqav2_baseline.py --model_id=$folder --quantization=none --run_nam
 
 
 def model_card(*, model_id: str, adapter: str, folder: str, training_file, training: dict | None, dequantized: bool,
-               dtype: str, merged_in: str) -> str:
+               dtype: str, kept_fp32: dict[str, int]) -> str:
     """README.md of a merged folder: what it was made from, in which precision, and how to load it."""
     if training is None:
         facts = "not recorded (no training config next to the adapter)"
@@ -172,8 +196,9 @@ def model_card(*, model_id: str, adapter: str, folder: str, training_file, train
     prompt_name = (training or {}).get("vqa_prompt")
     known = isinstance(prompt_name, str) and prompt_name in PROMPTS
     prompt = f"`{prompt_name}`: `{get_prompt(prompt_name)}`" if known else "not recorded"
-    precision = (f"saved in {dtype} (Q-Former and query tokens float32, as transformers keeps them); "
-                 f"merged in {merged_in}")
+    kept = ", ".join(f"`{name}` {size / 2**20:,.2f} MiB" for name, size in sorted(kept_fp32.items()))
+    precision = (f"merged in float32, saved in {dtype}" + (f"; kept in float32, as transformers loads them in {dtype}: "
+                                                           f"{kept}" if kept else ": every tensor"))
     return CARD.substitute(model_id=model_id, adapter=adapter, folder=folder, training=facts, merged_onto=onto,
                            precision=precision, dtype=dtype, prompt=prompt)
 

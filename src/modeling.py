@@ -237,6 +237,7 @@ def load_blip2(
     adapter: str | None = None,
     device: str | None = None,
     trainable_adapter: bool = False,
+    dtype=None,
 ):
     """Load (model, processor).
 
@@ -244,6 +245,7 @@ def load_blip2(
     "8bit" (LLM.int8, GPU only) or "none" (bf16/fp16 on GPU, fp32 on CPU).
     adapter: a LoRA adapter folder (safetensors) to apply; `trainable_adapter` keeps it trainable.
     device: "cuda", "cuda:1", "cpu"; default: cuda when available.
+    dtype: the weights' dtype when not the device's compute dtype (merge_lora_adapter.py loads float32).
     """
     import torch
     from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
@@ -253,7 +255,7 @@ def load_blip2(
     check_quantization(quantization, device)
     check_download_room(model_id)  # before anything is downloaded, the config included
     family = model_family(model_id)
-    dtype = compute_dtype(device, family)
+    dtype = dtype or compute_dtype(device, family)
     skip = list(family.quantization_skip)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle downloaded weights
     if quantization == "4bit":

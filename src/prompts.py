@@ -11,16 +11,18 @@ sec. 4.1; LAVIS lavis/projects/blip2/eval/vqav2_zeroshot_flant5xl_eval.yaml and 
 beam 5, max_len 10, min_len 1, length_penalty -1). Each prompt and preset declares the model families it
 suits (PROMPT_FAMILIES, DECODING_FAMILIES; src/family.py); "auto" is the model family's own.
 
-Prompts (question processing in brackets) and the zero-shot VQAv2 numbers reported for blip2-opt-2.7b:
-  vqa_opt        "Question: {} Answer:"        [lavis]  the paper's prompt: 53.5 (val), 52.3 (test-dev)
+Prompts (question processing in brackets); PUBLISHED holds the zero-shot VQAv2 val numbers reported for each:
+  vqa_opt        "Question: {} Answer:"        [lavis]  the paper's OPT prompt
   vqa_opt_raw    "Question: {} Answer:"        [raw]    the same prompt with the question as written
   vqa_opt_lavis  "Question: {} Short answer:"  [lavis]  LAVIS's released zero-shot OPT config
-                 (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), its comment: 51.88 (val),
-                 decoded with the `vqa_lavis` preset below
+                 (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), decoded with `vqa_lavis` below
   vqa_t5         "Question: {} Short answer:"  [lavis]  the paper's and LAVIS's Flan-T5 prompt
 
 Decoding presets:
-  vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description)
+  vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description; LAVIS's OPT call)
+  vqa_beam5_t5   LAVIS's Flan-T5 call (blip2_t5.predict_answers): the same, but min_length=1 where OPT's has
+                 min_new_tokens=1; the decoder's start token already counts, so `</s>` is never blocked and an
+                 empty answer is possible (vqa_beam5 on Flan-T5 is the stricter alternative)
   vqa_lavis      what LAVIS's predict_answers runs with that yaml: beam 5, length penalty 0 (its default; neither
                  lavis/tasks/vqa.py nor the yaml sets one), 1-10 new tokens, the prompt cut to max_txt_len = 32
                  tokens (BOS included, cut at the end as the tokenizer truncates)
@@ -59,14 +61,26 @@ def lavis_question(question: str) -> str:
 DECODING = {
     # BLIP-2 paper zero-shot VQA decoding
     "vqa_beam5": {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
+    "vqa_beam5_t5": {"num_beams": 5, "length_penalty": -1.0, "max_new_tokens": 10, "min_length": 1, "do_sample": False},
     # LAVIS's released zero-shot OPT config (predict_answers defaults, max_txt_len 32)
     "vqa_lavis": {"num_beams": 5, "length_penalty": 0.0, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False,
                   "max_prompt_tokens": 32},
     "greedy": {"num_beams": 1, "max_new_tokens": 10, "min_new_tokens": 1, "do_sample": False},
     "caption_beam5": {"num_beams": 5, "length_penalty": 1.0, "max_new_tokens": 30, "min_new_tokens": 1, "do_sample": False},
 }
-# vqa_lavis is LAVIS's OPT setting (its T5 one, length penalty -1, is vqa_beam5); the others suit both families
-DECODING_FAMILIES = {"vqa_lavis": ("opt",)}
+# LAVIS's OPT-only and Flan-T5-only settings; the others suit both families
+DECODING_FAMILIES = {"vqa_lavis": ("opt",), "vqa_beam5_t5": ("t5",)}
+VQAV2_VAL_QUESTIONS = 214_354  # VQAv2 val2014: the split the published zero-shot numbers are measured on
+PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": VQAV2_VAL_QUESTIONS}
+# zero-shot VQAv2 val accuracy published per (checkpoint, prompt), with the decoding it was measured with
+PUBLISHED = {(model, prompt): {"accuracy": accuracy, "decoding": decoding, "source": source, **PAPER_SETTING}
+             for model, prompt, accuracy, decoding, source in (
+    ("Salesforce/blip2-opt-2.7b", "vqa_opt", 53.5, "vqa_beam5", "BLIP-2 paper, Table 2"),
+    ("Salesforce/blip2-opt-2.7b", "vqa_opt_lavis", 51.88, "vqa_lavis", "LAVIS vqav2_zeroshot_opt_eval.yaml"),
+    ("Salesforce/blip2-opt-6.7b", "vqa_opt", 54.3, "vqa_beam5", "BLIP-2 paper, Table 2"),
+    ("Salesforce/blip2-flan-t5-xl", "vqa_t5", 63.1, "vqa_beam5_t5",
+     "BLIP-2 paper, Table 2; LAVIS vqav2_zeroshot_flant5xl_eval.yaml: 63.13"),
+    ("Salesforce/blip2-flan-t5-xxl", "vqa_t5", 65.2, "vqa_beam5_t5", "BLIP-2 paper, Table 2"))}
 # keys of a preset that are not generate() arguments
 PROMPT_KEYS = ("max_prompt_tokens",)
 

@@ -16,8 +16,8 @@ from typing import Callable
 
 from .charts import ImageCache
 from .compare import group_members
-from .formatting import (clip, group_title, gt_summary, interval_line, length_line, processing_line, score_table,
-                         signed)
+from .formatting import (clip, group_title, gt_summary, interval_line, length_line, processing_line, reference_lines,
+                         score_table, signed)
 from .i18n import texts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -104,7 +104,7 @@ def _file_lines(result: dict, tr) -> list[str]:
                 decoding=json.dumps(s_base["decoding"]))]
     if s_ft:
         lines.append(tr("report_ft_file", path=files["finetuned"], adapter=s_ft["adapter"]))
-    return lines
+    return lines + (reference_lines(result["published"], tr, with_interval=True) if result.get("published") else [])
 
 
 def _demo_missing(result: dict, tr) -> list[str]:

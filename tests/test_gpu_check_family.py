@@ -40,7 +40,7 @@ def assert_t5_check(out, model_id: str, section: str, train_batch: int) -> dict:
 
     assert results["eval"], results
     for r in results["eval"]:
-        assert r["prompt"] == "vqa_t5" and r["decoding"] == "vqa_beam5" and r["quantization"] == "4bit"
+        assert r["prompt"] == "vqa_t5" and r["decoding"] == "vqa_beam5_t5" and r["quantization"] == "4bit"
         assert r["questions"] >= r["batch"] and r["samples_per_s"] > 0, r
 
     md = (out / "gpu_results.md").read_text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, run_on_small_disk,
-                     run_script, script_env, start_script)
+from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, random_adapter,
+                     run_on_small_disk, run_script, script_env, start_script)
 
 N_QUESTIONS = 400  # the quick start's frozen easy-VQA sample
 CHECKED = 200  # of them answered again by each model below (the suite's time; plenty for a 95% rate)
@@ -43,26 +44,36 @@ def answers(model, processor, samples) -> list[str]:
     return out
 
 
+def lora_updates(adapter: Path) -> dict[str, torch.Tensor]:
+    """{layer weight name: B @ A * alpha / r} from the adapter's files."""
+    from safetensors.torch import load_file
+
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    return {key[len("base_model.model."):-len(".lora_A.weight")] + ".weight":
+            (lora[key.replace("lora_A", "lora_B")] @ lora[key]) * (config["lora_alpha"] / config["r"])
+            for key in sorted(k for k in lora if k.endswith(".lora_A.weight"))}
+
+
 def lora_reference(base_weights: Path, adapter: Path, dequantize: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{layer weight name: (W + B @ A * alpha / r, W)} from the files alone; with `dequantize`, W is
     bitsandbytes' NF4 round trip of the base weight, as load_blip2(..., "4bit") quantises it."""
     from safetensors.torch import load_file
 
     base = load_file(str(base_weights))
-    lora = load_file(str(adapter / "adapter_model.safetensors"))
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    scale = config["lora_alpha"] / config["r"]
     out = {}
-    for key in sorted(k for k in lora if k.endswith(".lora_A.weight")):
-        name = key[len("base_model.model."):-len(".lora_A.weight")] + ".weight"
-        w = base[name]
-        if dequantize:
-            import bitsandbytes.functional as F
-
-            packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
-            w = F.dequantize_4bit(packed, state)
-        out[name] = (w + (lora[key.replace("lora_A", "lora_B")] @ lora[key]) * scale, w)
+    for name, update in lora_updates(adapter).items():
+        w = nf4_round_trip(base[name]) if dequantize else base[name]
+        out[name] = (w + update, w)
     return out
+
+
+def nf4_round_trip(w: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' NF4 (double quantisation, blocks of 64) and back, as load_blip2(..., "4bit") quantises on a CPU."""
+    import bitsandbytes.functional as F
+
+    packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    return F.dequantize_4bit(packed, state)
 
 
 def merge(*args, env=None) -> subprocess.CompletedProcess:
@@ -167,8 +178,7 @@ def test_qlora_merge_lands_on_the_dequantised_nf4_weights(qlora_merged):
     base = load_file(str(base_file))
     for name, tensor in saved.items():  # everything else: the base, in the saved precision
         if name not in reference:
-            fp32 = name.startswith(("qformer.", "query_tokens"))
-            assert tensor.dtype == (torch.float32 if fp32 else torch.bfloat16), name
+            assert tensor.dtype == torch.bfloat16, name  # transformers keeps nothing in float32 for bfloat16
             assert torch.equal(tensor, base[name].to(tensor.dtype)), name
 
 
@@ -186,7 +196,7 @@ def test_qlora_merged_answers_as_the_4bit_base_with_the_adapter(qlora_merged, qu
     got = answers(model, processor, questions)
     same = sum(a == rows[s.question_id]["raw_answer"] for a, s in zip(got, questions))
     assert same >= 0.95 * CHECKED, same
-    assert "4-bit NF4, dequantised" in qlora_merged["proc"].stdout
+    assert "4-bit NF4 from float32, dequantised" in qlora_merged["proc"].stdout
 
 
 NO_PEFT = """
@@ -237,7 +247,7 @@ def test_the_card_and_config_say_what_was_merged(qlora_merged):
     assert f"| adapter | `{qlora_merged['adapter']}` |" in card
     assert "train_steps=300" in card and "lora_r=16" in card and "use_4bit=True" in card
     assert "| merged onto | the 4-bit NF4 base it was trained on (QLoRA), dequantised back" in card
-    assert "| precision | saved in bfloat16" in card
+    assert "| precision | merged in float32, saved in bfloat16: every tensor |" in card
     assert f'load_blip2("{folder}", "none")' in card
     assert f'Blip2ForConditionalGeneration.from_pretrained("{folder}", dtype=torch.bfloat16)' in card
     config = json.loads((folder / "merge_config.json").read_text())
@@ -253,6 +263,71 @@ def test_the_card_of_an_unquantised_merge(plain_merged):
     assert "| merged onto | the unquantised base weights" in plain and "use_4bit=False" in plain
     assert "saved in float32" in plain and "merged in float32" in plain
     assert not plain_merged["stale"].exists()  # what a killed run left is cleared, not mistaken for the result
+
+
+# --- exact to the saved dtype's rounding, for both families ----------------------------------------------------
+
+# the layers 4-bit quantises (T5's `wo`, the vision tower, the projection and lm_head stay unquantised)
+QUANTISED = re.compile(r"^language_model\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2|q|k|v|o|wi_0|wi_1)\.weight$")
+# what transformers loads in float32 when asked for float16 (so a float16 merge saves it so); nothing for bfloat16
+FP32_IN_FP16 = {"opt": ("qformer", "query_tokens"), "t5": ("qformer", "query_tokens", "wo")}
+HALF_ULP = {"float32": 2**-23, "float16": 2**-11, "bfloat16": 2**-8}  # relative rounding of each dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("family", ["opt", "t5"])
+def test_a_qlora_merge_is_w_plus_ba_to_the_rounding_of_its_dtype(family, dtype, request, tmp_path):
+    """Every saved tensor is the float32 merge (NF4 round trip of W where 4-bit quantises, + B @ A * alpha / r where
+    adapted, both computed here from the files) rounded once to the saved dtype; what stays float32 is what
+    transformers loads so, the card says which with its size, and the file holds nothing more."""
+    from safetensors.torch import load_file
+
+    model_dir = request.getfixturevalue("tiny_model_dir" if family == "opt" else "tiny_t5_dir")
+    targets = ("q_proj", "v_proj", "fc2") if family == "opt" else ("q", "wi_1", "wo")
+    adapter = random_adapter(model_dir, tmp_path / "adapter", targets)
+    folder = tmp_path / "merged"
+    proc = merge(f"--model_id={model_dir}", f"--adapter_dir={adapter}", f"--merged_dir={folder}",
+                 f"--merge_dtype={dtype}", "--dequantize=yes", "--device=cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"merged in float32, saved in {dtype}" in proc.stdout and "4-bit NF4 from float32" in proc.stdout
+
+    base = load_file(str(Path(model_dir) / "model.safetensors"))
+    saved = load_file(str(folder / "model.safetensors"))
+    adapted = lora_updates(adapter)
+    assert saved.keys() == base.keys() and any(".wo." in n for n in adapted) == (family == "t5")
+    kept, n_quantised = {}, 0
+    for name, w in base.items():
+        expected = nf4_round_trip(w) if QUANTISED.match(name) else w.float()
+        n_quantised += bool(QUANTISED.match(name))
+        if name in adapted:
+            expected = expected + adapted[name]
+        fp32 = dtype == "float16" and set(FP32_IN_FP16[family]) & set(name.split("."))
+        got = saved[name]
+        assert got.dtype == (torch.float32 if fp32 or dtype == "float32" else getattr(torch, dtype)), name
+        if fp32:
+            kept[name] = got
+        rel = 2 * HALF_ULP["float32" if fp32 else dtype]
+        torch.testing.assert_close(got.float(), expected, rtol=rel, atol=1e-30 if dtype == "float32" else 2**-24,
+                                   msg=name)
+        if dtype != "float32" and not fp32:  # rounded once: equal to the rounded reference but for rare ties
+            assert (got != expected.to(got.dtype)).float().mean() <= 0.01, name
+    # 2 layers of each stack; T5's decoder adapts its cross-attention's q too
+    assert n_quantised >= 8 and len(adapted) == {"opt": 6, "t5": 14}[family]
+
+    config = json.loads((folder / "merge_config.json").read_text())
+    assert config["merged_in"] == "float32" and config["nf4_from"] == "float32"  # a CPU-only machine trains in fp32
+    kept_bytes = {part: sum(4 * t.numel() for n, t in kept.items() if part in n.split("."))
+                  for part in (FP32_IN_FP16[family] if dtype == "float16" else ())}
+    assert config["kept_float32"] == kept_bytes
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    precision = next(line for line in card.splitlines() if line.startswith("| precision |"))
+    for part, size in kept_bytes.items():
+        assert f"`{part}` {size / 2**20:,.2f} MiB" in precision
+    if not kept_bytes:
+        assert f"saved in {dtype}: every tensor" in precision
+    item = {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+    weights = sum(t.numel() for t in base.values()) * item + sum(t.numel() for t in kept.values()) * (4 - item)
+    assert weights < (folder / "model.safetensors").stat().st_size < weights + 64 * 1024  # + the header
 
 
 # --- never half a folder that looks complete -----------------------------------------------------

@@ -55,3 +55,33 @@ def test_without_the_fix_the_cpu_repacking_trap_bites(tiny_model_dir):
         pytest.skip("this CPU has no AVX512-BF16, so bitsandbytes never repacks (the trap cannot occur here)")
     with pytest.raises(RuntimeError, match="leaf Variable"):
         lora_step_after_generation(tiny_model_dir, disable_repacking=False)
+
+
+# What runs in which dtype under load_blip2(..., "4bit") with transformers 5.25: its _keep_in_fp32_modules (the
+# Q-Former, the query tokens, T5's `wo`) upcast only fp16 loads. bf16: GPUs with native bf16; fp16: older GPUs (OPT
+# only: Flan-T5 computes in fp32 there); fp32: the CPU, and Flan-T5 on older GPUs. The 4-bit layers hold uint8.
+FP32_UNDER_FP16 = ("qformer", "query_tokens", "wo")
+
+
+@pytest.mark.parametrize("family, dtype", [("opt", torch.bfloat16), ("opt", torch.float16), ("opt", torch.float32),
+                                           ("t5", torch.bfloat16), ("t5", torch.float32)])
+def test_4bit_parts_run_in_the_dtypes_the_notes_say(family, dtype, request):
+    from src.family import FAMILIES
+    from src.modeling import load_blip2
+
+    model_dir = request.getfixturevalue("tiny_model_dir" if family == "opt" else "tiny_t5_dir")
+    model, _ = load_blip2(model_dir, "4bit", device="cpu", dtype=dtype)
+    seen = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not tensor.is_floating_point() and tensor.dtype != torch.uint8:
+            continue
+        parts = set(name.split("."))
+        upcast = dtype == torch.float16 and parts & set(FP32_UNDER_FP16)
+        expected = torch.uint8 if tensor.dtype == torch.uint8 else torch.float32 if upcast else dtype
+        assert tensor.dtype == expected, (name, tensor.dtype)
+        seen[next(iter(parts & set(FP32_UNDER_FP16)), name.split(".")[0])] = tensor.dtype
+    quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised and all(m.compute_dtype == dtype and m.weight.dtype == torch.uint8 for m in quantised)
+    assert {"qformer", "query_tokens", "vision_model", "language_projection"} <= set(seen)
+    assert ("wo" in seen) == (family == "t5")  # unquantised, in the load's dtype like the rest
+    assert FAMILIES[family].fp16_ok == (family == "opt")  # no fp16 row for Flan-T5 (test_real_model_needs.py)

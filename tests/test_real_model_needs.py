@@ -151,6 +151,95 @@ def test_a_config_without_image_token_gives_one_line_saying_how_to_fix(tiny_mode
     assert_one_line_error(proc, "no image token", "huggingface-cli download")
 
 
+# --- 5b. a zero-shot number held against the published one ----------------------------------------------
+
+# a script run with a "published" number declared for the twin (as src.prompts.PUBLISHED holds the real
+# checkpoints'), on the twin's easy-VQA questions
+DECLARED = """
+import runpy, sys
+from src.prompts import PUBLISHED
+model, accuracy, quantization, script = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+PUBLISHED[(model, "vqa_opt")] = {"accuracy": accuracy, "source": "declared for the twin", "decoding": "vqa_beam5",
+                                 "quantization": quantization, "dataset": ("easy_vqa",), "questions": 60}
+sys.argv = [script, *sys.argv[5:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_baseline_prints_its_interval_the_published_number_and_warns_only_far_below(tiny_model_dir, tmp_path):
+    """(The twin answers easy-VQA zero-shot at about 0%: it learned captions; the next test checks the interval.)"""
+    out = tmp_path / "out"
+    args = [f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--max_samples=60", "--quantization=4bit",
+            "--num_workers=0", f"--output_dir={out}"]
+    twin, baseline = os.path.realpath(tiny_model_dir), "create_vqav2_baseline.py"
+    far = run_script("-c", DECLARED, twin, "99.0", "none", baseline, *args, check=True)
+    metrics = json.loads((out / "vqav2_baseline_metrics.json").read_text())
+    acc, interval, ref = metrics["vqa_accuracy"], metrics["vqa_accuracy_interval"], metrics["published"]
+    assert interval["low"] <= acc <= interval["high"] and interval["high"] < 99.0 - 3.0, interval
+    assert f"95% interval {interval['low']:.2f} to {interval['high']:.2f}" in far.stdout
+    assert f"published for {os.path.realpath(tiny_model_dir)} with vqa_opt: 99.0 (declared for the twin)" in far.stdout
+    assert "differs from the published setting in: quantization 4bit (published: none)" in far.stdout
+    assert "--quantization=none --max_samples=0 --vqa_prompt=vqa_opt --vqa_decoding=vqa_beam5" in far.stdout
+    assert ref["far_below"] and ref["differs"] == {"quantization": {"run": "4bit", "published": "none"}}
+    assert sum(line.startswith("warning: this zero-shot accuracy lies far below") for line in far.stdout.splitlines()) == 1
+    assert interval["resampled"]["unit"] == "image"
+    # the same run held against a number it agrees with: the reference, no warning, nothing differs
+    near = run_script("-c", DECLARED, twin, str(round(acc, 1)), "4bit", baseline, *args, check=True)
+    assert "far below" not in near.stdout + near.stderr and "differs" not in near.stdout
+    assert f"with vqa_opt: {round(acc, 1)} (declared for the twin)" in near.stdout
+    assert not json.loads((out / "vqav2_baseline_metrics.json").read_text())["published"]["far_below"]
+    # the report of that baseline says the same
+    run_script("-c", DECLARED, twin, "99.0", "none", "compare_baseline_finetuned.py", f"--output_dir={out}",
+               f"--report_dir={tmp_path / 'report'}", "--lang=en", check=True)
+    summary = (tmp_path / "report" / "summary.txt").read_text(encoding="utf-8")
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    line = f"baseline (zero-shot) VQA accuracy {acc:.2f}, 95% interval {interval['low']:.2f} to {interval['high']:.2f}"
+    for text in (summary, html):
+        assert line in text and "99.0 (declared for the twin)" in text and "quantization 4bit (published: none)" in text
+        assert "warning: this zero-shot accuracy lies far below the published band" in text
+
+
+def test_the_accuracy_interval_is_about_1_96_image_clustered_standard_errors():
+    import numpy as np
+
+    from src.compare import accuracy_interval
+
+    rng = np.random.default_rng(1)
+    skill = rng.uniform(0, 1, 80)  # questions about one image go together
+    rows = [{"image_id": int(i), "vqa_accuracy": float(rng.random() < skill[i])} for i in rng.integers(0, 80, 400)]
+    interval = accuracy_interval(rows)
+    images = sorted({r["image_id"] for r in rows})
+    sums = np.array([sum(r["vqa_accuracy"] for r in rows if r["image_id"] == i) for i in images])
+    counts = np.array([sum(r["image_id"] == i for r in rows) for i in images])
+    mean = sums.sum() / counts.sum()
+    se = 100 * np.sqrt(len(images) / (len(images) - 1) * np.sum((sums - counts * mean) ** 2)) / counts.sum()
+    assert interval["low"] < 100 * mean < interval["high"] and interval["resampled"] == {"unit": "image", "n": 80}
+    assert 0.85 < (interval["high"] - interval["low"]) / (2 * 1.96 * se) < 1.15, (interval, se)
+    plain = accuracy_interval([{**r, "image_id": None} for r in rows])  # no image ids: questions resampled
+    assert plain["resampled"] == {"unit": "question", "n": 400} and plain["high"] - plain["low"] < \
+        interval["high"] - interval["low"]
+
+
+def test_the_published_numbers_and_the_band_of_the_real_checkpoints():
+    from src.compare import FAR_BELOW_POINTS, zero_shot_reference
+
+    record = {"model_id": "Salesforce/blip2-opt-2.7b", "prompt": "vqa_opt", "adapter": None, "split": "val",
+              "decoding": {"preset": "vqa_beam5"}, "quantization": "4bit", "dataset": "vqav2_hub"}
+    metrics = {"vqa_accuracy": 47.0, "n": 1000, "vqa_accuracy_interval": {"low": 44.0, "high": 50.0}}
+    ref = zero_shot_reference(record, metrics)
+    assert ref["accuracy"] == 53.5 and "Table 2" in ref["source"]
+    assert ref["differs"] == {"quantization": {"run": "4bit", "published": "none"},
+                              "questions": {"run": 1000, "published": 214_354}}
+    assert ref["warn_below"] == 51.88 - FAR_BELOW_POINTS and not ref["far_below"]  # LAVIS's 51.88 is the lowest
+    low = {**metrics, "vqa_accuracy_interval": {"low": 40.0, "high": 48.5}}
+    assert zero_shot_reference(record, low)["far_below"]
+    t5 = {**record, "model_id": "Salesforce/blip2-flan-t5-xl", "prompt": "vqa_t5", "decoding": {"preset": "vqa_beam5"}}
+    assert zero_shot_reference(t5, metrics)["differs"]["decoding"] == {"run": "vqa_beam5", "published": "vqa_beam5_t5"}
+    for other in ({"adapter": "outputs/lora_adapter"}, {"split": "testdev"}, {"prompt": "vqa_opt_raw"},
+                  {"model_id": "outputs/tiny-blip2"}):
+        assert zero_shot_reference({**record, **other}, metrics) is None, other
+
+
 # --- 6. no KV cache in the training forward ------------------------------------------------------------
 
 def test_training_forward_uses_no_cache(tiny_model_dir):

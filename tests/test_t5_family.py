@@ -52,13 +52,13 @@ def test_the_family_is_read_from_the_config_not_the_name():
     assert lora_targets("auto", T5) == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
     assert lora_targets("q, v", T5) == ("q", "v") and lora_targets(["q_proj"], OPT) == ("q_proj",)
     assert resolve("prompt", "auto", T5, "m") == "vqa_t5" and resolve("prompt", "auto", OPT, "m") == "vqa_opt"
-    assert resolve("decoding", "auto", T5, "m") == "vqa_beam5"
+    assert resolve("decoding", "auto", T5, "m") == "vqa_beam5_t5"
     with pytest.raises(UserError) as e:
         resolve("prompt", "vqa_opt", T5, "m")
     assert "--vqa_prompt=vqa_t5" in str(e.value)
     with pytest.raises(UserError) as e:
         resolve("decoding", "vqa_lavis", T5, "m")  # LAVIS's OPT preset (prompt cut to 32 tokens, newline stop)
-    assert "--vqa_decoding=vqa_beam5" in str(e.value)
+    assert "--vqa_decoding=vqa_beam5_t5" in str(e.value)
 
 
 def test_t5_layouts_are_encoder_prompt_and_decoder_labels():
@@ -146,7 +146,7 @@ def _one_at_a_time(model, processor, image, prompt, decoding):
     return processor.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
-@pytest.mark.parametrize("decoding_name", ["greedy", "vqa_beam5"])
+@pytest.mark.parametrize("decoding_name", ["greedy", "vqa_beam5", "vqa_beam5_t5"])
 def test_t5_batched_generation_equals_one_at_a_time(t5_model, decoding_name):
     from src.images import load_image
     from src.inference import generate_for_images
@@ -162,6 +162,64 @@ def test_t5_batched_generation_equals_one_at_a_time(t5_model, decoding_name):
     assert all(single) and len(set(single)) > 1, single
     shared = generate_for_images(model, processor, [images[0]] * 10, prompts, decoding, batch_size=10)
     assert shared == [_one_at_a_time(model, processor, images[0], p, decoding) for p in prompts]
+
+
+# LAVIS blip2_t5.predict_answers: t5_model.generate(inputs_embeds=..., attention_mask=..., do_sample=False,
+# num_beams=5, max_new_tokens=10, min_length=1, length_penalty=-1) (its other arguments are generate's defaults)
+LAVIS_T5_CALL = dict(do_sample=False, num_beams=5, max_new_tokens=10, min_length=1, length_penalty=-1.0)
+
+
+def _recording(lm, seen: list):
+    """A replacement for lm's _get_logits_processor that records the generation config and logits processors
+    each generate() call builds."""
+    real = type(lm)._get_logits_processor
+
+    def record(self, generation_config, *args, **kwargs):
+        processors = real(self, generation_config, *args, **kwargs)
+        described = [(type(p).__name__, {k: v.tolist() if hasattr(v, "tolist") else v for k, v in vars(p).items()
+                                         if k != "device"}) for p in processors]
+        seen.append((generation_config.to_diff_dict(), described))
+        return processors
+
+    return record
+
+
+def test_t5_preset_builds_what_lavis_call_builds_and_may_answer_empty(t5_model, monkeypatch):
+    """The Flan-T5 preset (vqa_beam5_t5) gives generate the generation config and logits processors LAVIS's call
+    builds on the same model, and the same answers; with `</s>` made the first step's best token it answers ""
+    as LAVIS does, where vqa_beam5 (min_new_tokens=1, the stricter alternative) cannot."""
+    from src.images import load_image
+    from src.inference import generate_for_images
+    from src.modeling import blip2_core
+    from src.prompts import format_prompt, get_decoding
+
+    model, processor = t5_model
+    lm = blip2_core(model).language_model
+    images = [load_image(REPO / f"baseline_images/pic_{i:02d}.jpg") for i in range(1, 5)]
+    prompts = [format_prompt("vqa_t5", q) for q in QUESTIONS[:4]]
+    assert resolve("decoding", "auto", T5, "m") == "vqa_beam5_t5"
+    seen: list = []
+    monkeypatch.setattr(type(lm), "_get_logits_processor", _recording(lm, seen))
+    ours = generate_for_images(model, processor, images, prompts, get_decoding("vqa_beam5_t5"), batch_size=4)
+    lavis = [_one_at_a_time(model, processor, img, p, LAVIS_T5_CALL) for img, p in zip(images, prompts)]
+    assert ours == lavis and all(ours), (ours, lavis)
+    assert len(seen) == 5 and all(s == seen[0] for s in seen[1:]) and seen[0][1], seen
+    assert any(name == "MinLengthLogitsProcessor" for name, _ in seen[0][1])
+
+    def eos_first(module, args, output):  # the decoder's first step of each generate() call favours </s>
+        calls.append(1)
+        if len(calls) == 1:
+            output[..., processor.tokenizer.eos_token_id] += 1e4
+        return output
+
+    for preset, empty in (("vqa_beam5_t5", True), ("vqa_beam5", False)):
+        calls: list = []
+        hook = lm.lm_head.register_forward_hook(eos_first)
+        got = generate_for_images(model, processor, images[:1], prompts[:1], get_decoding(preset), batch_size=1)
+        calls.clear()
+        lavis = _one_at_a_time(model, processor, images[0], prompts[0], LAVIS_T5_CALL)
+        hook.remove()
+        assert (got == [""]) == empty and lavis == "" and (got[0] == lavis) == empty, (preset, got, lavis)
 
 
 def test_t5_padded_training_batch_has_the_loss_of_each_example_alone(t5_model):
@@ -241,14 +299,14 @@ def test_t5_fine_tuning_learns_to_read_the_image(t5_chain):
     base, ft = accuracy_by_kind(base_rows), accuracy_by_kind(ft_rows)
     in_repo = [{**r, "image_path": str(t5_chain["repo"] / r["image_path"])} for r in ft_rows]  # paths are the copy's
     for r in base_rows + ft_rows:
-        assert r["prompt"] == "vqa_t5" and r["decoding"]["preset"] == "vqa_beam5" and r["quantization"] == "4bit"
+        assert r["prompt"] == "vqa_t5" and r["decoding"]["preset"] == "vqa_beam5_t5" and r["quantization"] == "4bit"
     assert ft["colour"]["n"] >= 30 and ft["shape"]["n"] >= 30, ft
     assert ft["colour"]["accuracy"] >= 85, (base, ft)
     assert ft["shape"]["accuracy"] >= 55, (base, ft)
     assert ft["overall"]["accuracy"] >= base["overall"]["accuracy"] + 30, (base, ft)
     assert one_word_share(ft_rows) >= 95
     model, processor = load_blip2(t5_chain["model"], "4bit", adapter=str(out / "lora_adapter"))
-    control = shuffled_image_control(model, processor, in_repo, "vqa_t5", get_decoding("vqa_beam5"))
+    control = shuffled_image_control(model, processor, in_repo, "vqa_t5", get_decoding("vqa_beam5_t5"))
     assert control["accuracy"] <= 35, control
     assert control["answers_naming_the_shown_colour"] >= 60, control
     config = json.loads((out / "lora_adapter" / "training_config.json").read_text())
@@ -336,7 +394,7 @@ def test_t5_demo_answers_like_src_inference(t5_model):
     from src.inference import caption_and_answer
 
     model, processor = t5_model
-    generation = dict(vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5", caption_prompt="caption",
+    generation = dict(vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5_t5", caption_prompt="caption",
                       caption_decoding="caption_beam5")
     picture = REPO / "baseline_images" / "pic_01.jpg"
     ref = caption_and_answer(model, processor, [load_image(picture)], "What is in the image?", **generation)[0]
@@ -359,7 +417,7 @@ def test_an_adapter_of_the_other_family_is_refused_in_one_line(tiny_model_dir, t
 
 @pytest.mark.parametrize("args,fragment", [
     (["--vqa_prompt=vqa_opt"], "--vqa_prompt=vqa_t5"),
-    (["--vqa_decoding=vqa_lavis"], "--vqa_decoding=vqa_beam5"),
+    (["--vqa_decoding=vqa_lavis"], "--vqa_decoding=vqa_beam5_t5"),
 ])
 def test_a_prompt_or_preset_of_the_other_family_is_one_line(tiny_t5_dir, tmp_path, args, fragment):
     proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_t5_dir}", "--dataset=tiny", "--quantization=none",
@@ -408,7 +466,7 @@ def test_a_t5_adapter_merged_answers_as_base_plus_adapter(tiny_t5_dir, tmp_path)
     adapter = random_adapter(tiny_t5_dir, tmp_path / "adapter", ("q", "v", "wo"))
     run_script("merge_lora_adapter.py", f"--model_id={tiny_t5_dir}", f"--adapter_dir={adapter}", "--dequantize=no",
                f"--merged_dir={tmp_path / 'merged'}", "--merge_dtype=float32", f"--output_dir={tmp_path}", check=True)
-    generation = dict(vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5", caption_prompt="caption",
+    generation = dict(vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5_t5", caption_prompt="caption",
                       caption_decoding="caption_beam5")
     images = [load_image(REPO / f"baseline_images/pic_0{i}.jpg") for i in (1, 2, 3)]
     tuned = caption_and_answer(*load_blip2(tiny_t5_dir, "none", adapter=str(adapter)), images, "What is in the image?",
