@@ -306,11 +306,13 @@ def check_image_tokens(model, processor, model_id: str) -> None:
     config = model.config
     token = getattr(config, "image_token_index", None)
     if token is None or token >= len(processor.tokenizer):
+        fix = (f"download the model again into it: `hf download <hub id, e.g. Salesforce/blip2-opt-2.7b> --local-dir "
+               f"{model_id}`" if _is_local(model_id) else f"update the cached copy: `hf download {model_id}` (or delete "
+               "its folder under ~/.cache/huggingface/hub and run again)")
         raise UserError(
             f"{model_id}: the model files have no image token (image_token_index is "
             f"{'missing' if token is None else f'{token}, beyond the tokenizer'} in config.json); they predate the "
-            "Nov 2024 BLIP-2 processor update. Update the cached copy: `huggingface-cli download "
-            f"{model_id}` (or delete its folder under ~/.cache/huggingface/hub and run again)")
+            f"Nov 2024 BLIP-2 processor update; {fix}")
     # the processor's count, when an old processor_config.json lacks it, comes from the model
     processor.num_query_tokens = config.num_query_tokens
 
@@ -355,7 +357,7 @@ def check_bos(model, processor, model_id: str) -> None:
         where = (f"{folder / 'tokenizer.json'} and {folder / 'tokenizer_config.json'}" if folder else
                  f"the cached tokenizer.json and tokenizer_config.json of {model_id} (under ~/.cache/huggingface/hub)")
         fix = ("copy the model folder again" if folder else
-               f"refresh them: `huggingface-cli download {model_id} tokenizer.json tokenizer_config.json --force-download`")
+               f"refresh them: `hf download {model_id} tokenizer.json tokenizer_config.json --force-download`")
         raise UserError(f"{model_id}: the tokenizer does not start a text with the model's BOS token (id {bos}; it "
                         f"starts 'a' with {ids[:3]}): {where} are damaged or stale; {fix}")
 

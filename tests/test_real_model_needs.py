@@ -148,7 +148,8 @@ def test_a_processor_without_num_query_tokens_takes_the_model_count(tiny_model_d
 def test_a_config_without_image_token_gives_one_line_saying_how_to_fix(tiny_model_dir, tmp_path):
     old = _copy_model_without(tiny_model_dir, tmp_path / "old", "config.json", "image_token_index")
     proc = run_script("mini_infer.py", f"--model_id={old}", "--quantization=none", f"--output_dir={tmp_path / 'out'}")
-    assert_one_line_error(proc, "no image token", "huggingface-cli download")
+    assert_one_line_error(proc, "no image token", f"hf download <hub id, e.g. Salesforce/blip2-opt-2.7b> --local-dir {old}")
+    assert "huggingface-cli" not in proc.stderr  # gone from huggingface_hub >= 1.0
 
 
 # --- 5b. a zero-shot number held against the published one ----------------------------------------------
