@@ -275,7 +275,7 @@ def load_blip2(
     processor = load_processor(model_id, family)
     try:
         with _quiet_untied_lm_head(family):
-            model = Blip2ForConditionalGeneration.from_pretrained(model_id, **kwargs)
+            model, loaded = Blip2ForConditionalGeneration.from_pretrained(model_id, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise _fetch_error(model_id, e) from None
     except RuntimeError as e:
@@ -284,6 +284,12 @@ def load_blip2(
         detail = next((line.strip() for line in str(e).splitlines() if "shape" in line), str(e).splitlines()[0])
         raise UserError(f"{model_id}: config.json does not match the weights ({detail[:200]}); the config was edited "
                         "or comes from another model: copy or download the model folder again") from None
+    # transformers starts a weight the files lack at random and only its load report says so
+    odd = [f"{len(keys)} {what} ({', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''})"
+           for what, keys in (("missing", loaded["missing_keys"]), ("unexpected", loaded["unexpected_keys"])) if keys]
+    if odd:
+        raise UserError(f"{model_id}: the weights do not fit config.json: {'; '.join(odd)} tensors; the files are "
+                        "incomplete or the config comes from another model: copy or download the model folder again")
     check_image_tokens(model, processor, model_id)
     check_bos(model, processor, model_id)
     if processor.tokenizer.pad_token_id is None:

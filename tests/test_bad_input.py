@@ -227,6 +227,31 @@ def _vision_width(c):
     c["vision_config"]["hidden_size"] = 48
 
 
+def test_weights_that_do_not_fit_the_config_are_refused_in_one_line(tiny_model_dir, tiny_t5_dir, tmp_path):
+    """A model.safetensors missing one tensor (transformers would start it at random and the script answer
+    garbage with exit 0), and an OPT folder whose config.json claims a Flan-T5 language model (an IndexError
+    in generate): one line each, naming what does not fit."""
+    from safetensors.torch import load_file, save_file
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_model_dir, cut)
+    weights = load_file(cut / "model.safetensors")
+    gone = sorted(k for k in weights if "qformer" in k)[0]
+    save_file({k: v for k, v in weights.items() if k != gone}, cut / "model.safetensors", metadata={"format": "pt"})
+    proc = run_script("mini_infer.py", f"--model_id={cut}", "--quantization=none", f"--output_dir={tmp_path / 'o'}")
+    assert_one_line_error(proc, "the weights do not fit config.json", f"1 missing ({gone})", "copy or download")
+
+    claims_t5 = tmp_path / "claims-t5"
+    shutil.copytree(tiny_model_dir, claims_t5)
+    config = json.loads((claims_t5 / "config.json").read_text())
+    t5 = json.loads((Path(tiny_t5_dir) / "config.json").read_text())
+    config.update(text_config=t5["text_config"], use_decoder_only_language_model=False)
+    (claims_t5 / "config.json").write_text(json.dumps(config))
+    proc = run_script("mini_infer.py", f"--model_id={claims_t5}", "--quantization=none", f"--output_dir={tmp_path / 'o2'}")
+    assert_one_line_error(proc, str(claims_t5), "config")
+    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr
+
+
 @pytest.mark.parametrize("case,damage,fragments", [
     ("vision_width", lambda d: _edit_json(d / "config.json", _vision_width), ["does not match the weights"]),
     ("text_config", lambda d: _edit_json(d / "config.json", lambda c: c.update(text_config="opt")),
