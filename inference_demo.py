@@ -120,7 +120,7 @@ def main():
     if RUN_COMPARISON:
         run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
 
-    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import check_adapter_dir, generation_names, load_blip2, resolve_adapter_dir
 
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
@@ -129,10 +129,11 @@ def main():
     adapter = None
     if adapter_dir and (Path(adapter_dir) / "adapter_config.json").is_file():
         adapter = adapter_dir
+        check_adapter_dir(adapter, MODEL_ID)  # damaged, made for other shapes, or merged into MODEL_ID already
         trained_on = adapter_base_model(adapter_dir)
         if trained_on and os.path.normpath(trained_on) != os.path.normpath(MODEL_ID):
             print(f"warning: the adapter in {adapter_dir} was trained on {trained_on}, not on --model_id={MODEL_ID}; "
-                  f"if they are different models, loading it fails", flush=True)
+                  "its answers are those of that adapter on this model", flush=True)
     elif adapter_dir:
         print(f"no LoRA adapter in {adapter_dir} (adapter_config.json missing): only the base model answers; "
               f"train one with `python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>", flush=True)

@@ -235,6 +235,18 @@ def test_the_merged_folder_loads_and_answers_without_peft(qlora_merged, val_samp
     assert result["answers"] == answers(model, processor, questions)
 
 
+def test_the_merged_model_with_its_own_adapter_again_is_refused(qlora_merged, tmp_path):
+    """--model_id=<the merged model> with the adapter it holds (the default ADAPTER_DIR after a merge): one line
+    before any answer, not the LoRA update added twice; with --adapter_dir= the merged model answers alone."""
+    folder, adapter = qlora_merged["folder"], qlora_merged["adapter"]
+    proc = run_script("mini_infer.py", f"--model_id={folder}", "--quantization=none", f"--adapter_dir={adapter}",
+                      f"--output_dir={tmp_path / 'o'}")
+    assert_one_line_error(proc, f"{folder} is a merged model that already holds the LoRA adapter in {adapter}",
+                          "twice", "--adapter_dir= (empty)")
+    run_script("mini_infer.py", f"--model_id={folder}", "--quantization=none", "--adapter_dir=",
+               f"--output_dir={tmp_path / 'o'}", check=True)
+
+
 def test_the_card_and_config_say_what_was_merged(qlora_merged):
     folder = qlora_merged["folder"]
     names = sorted(p.name for p in folder.iterdir())
