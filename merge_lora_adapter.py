@@ -82,9 +82,11 @@ def main():
         model = apply_adapter(model, adapter)
         wrapped = lora_summary(model)[2]
         print("***** Merging the LoRA adapter *****")
-        nf4 = f"4-bit NF4 from {nf4_from}, dequantised: "
-        print(f"  base: {MODEL_ID} ({nf4 if dequantize else 'unquantised: '}the adapter was "
-              f"{'' if dequantize else 'not '}trained on a 4-bit base; --dequantize={DEQUANTIZE})")
+        nf4 = f"4-bit NF4 from {nf4_from}, dequantised"
+        trained = {True: "trained on a 4-bit base", False: "trained on an unquantised base"}.get(
+            (training or {}).get("use_4bit"), "training not recorded")
+        print(f"  base: {MODEL_ID} ({nf4 if dequantize else 'unquantised'}; the adapter: {trained}; "
+              f"--dequantize={DEQUANTIZE})")
         print(f"  device: {device} ({why})")
         print(f"  adapter: {adapter}, {len(wrapped)} layers: {describe_wrapped(wrapped)}")
         print(f"  merged in float32, saved in {MERGE_DTYPE}: {merged}")

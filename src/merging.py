@@ -43,6 +43,12 @@ def base_was_4bit(dequantize: str, adapter: str | Path, training_file: Path | No
     """Whether to merge onto the NF4-dequantised base: DEQUANTIZE "yes" / "no", or "auto": as the
     training config says the adapter was trained (use_4bit)."""
     if dequantize != "auto":
+        recorded = training.get("use_4bit") if training else None
+        if type(recorded) is bool and recorded != (dequantize == "yes"):
+            onto = "the NF4-dequantised" if dequantize == "yes" else "an unquantised"
+            print(f"warning: --dequantize={dequantize} merges onto {onto} base, but {training_file} says the adapter "
+                  f"was trained on {'a 4-bit' if recorded else 'an unquantised'} base; --dequantize=auto merges as it "
+                  "was trained", flush=True)
         return dequantize == "yes"
     if training is None:
         raise UserError(f"cannot tell whether the adapter in {adapter} was trained on a 4-bit base (no "

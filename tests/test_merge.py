@@ -517,3 +517,19 @@ def test_bad_input_is_one_line_before_the_model_loads(case, plain_adapter, tiny_
     assert "MODEL LOAD STARTED" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing removed
     assert (plain_adapter / "adapter_model.safetensors").exists()
+
+
+def test_a_dequantize_that_contradicts_the_recorded_training_is_warned_about(tmp_path, capsys):
+    """--dequantize=no for an adapter whose training config says 4-bit (and the reverse): merged as asked, with a
+    warning naming the record; auto and an agreeing value say nothing."""
+    from src.merging import base_was_4bit
+
+    record = tmp_path / "training_config.json"
+    assert base_was_4bit("no", tmp_path, record, {"use_4bit": True}) is False
+    assert base_was_4bit("yes", tmp_path, record, {"use_4bit": False}) is True
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 2 and all(line.startswith("warning: --dequantize=") and str(record) in line for line in said)
+    assert "trained on a 4-bit base" in said[0] and "trained on an unquantised base" in said[1]
+    assert base_was_4bit("auto", tmp_path, record, {"use_4bit": True}) is True
+    assert base_was_4bit("yes", tmp_path, record, {"use_4bit": True}) is True
+    assert capsys.readouterr().out == ""
