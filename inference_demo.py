@@ -32,7 +32,6 @@ fine-tuned caption, fine-tuned answer, status; e.g. with gradio_client:
                                              api_name="/ask")
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -84,14 +83,6 @@ def check_port_free(host: str, port: int) -> None:
                             f"uses it: pass a free port, e.g. --port={port + 1}") from None
 
 
-def adapter_base_model(adapter_dir: str) -> str | None:
-    """The base model an adapter was trained on, as peft recorded it in adapter_config.json."""
-    try:
-        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def run_comparison(output_dir: str, report_dir: str) -> bool:
     """Run compare_baseline_finetuned.py once (its output goes to this terminal); True if it worked."""
     script = Path(__file__).resolve().parent / "compare_baseline_finetuned.py"
@@ -129,11 +120,7 @@ def main():
     adapter = None
     if adapter_dir and (Path(adapter_dir) / "adapter_config.json").is_file():
         adapter = adapter_dir
-        check_adapter_dir(adapter, MODEL_ID)  # damaged, made for other shapes, or merged into MODEL_ID already
-        trained_on = adapter_base_model(adapter_dir)
-        if trained_on and os.path.normpath(trained_on) != os.path.normpath(MODEL_ID):
-            print(f"warning: the adapter in {adapter_dir} was trained on {trained_on}, not on --model_id={MODEL_ID}; "
-                  "its answers are those of that adapter on this model", flush=True)
+        check_adapter_dir(adapter, MODEL_ID)  # damaged, made for another model, or merged into MODEL_ID already
     elif adapter_dir:
         print(f"no LoRA adapter in {adapter_dir} (adapter_config.json missing): only the base model answers; "
               f"train one with `python finetune_vqav2_lora.py` or pass --adapter_dir=<folder>", flush=True)

@@ -529,11 +529,15 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
     base = config.get("base_model_name_or_path")
-    if model_id and base and os.path.normpath(str(base)) != os.path.normpath(model_id):
+    same = lambda a: str(Path(a).resolve()) if os.path.exists(a) else os.path.normpath(a)  # noqa: E731
+    if model_id and base and same(str(base)) != same(model_id):
         skeleton = _model_skeleton(model_id)
         problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
         if problem:
             raise _mismatch_error(adapter, model_id, problem)
+        # same shapes, another name: a copy of the base, or another checkpoint whose answers would be wrong
+        print(f"warning: the LoRA adapter in {adapter} was trained on {base}, not on {model_id}; that is right only "
+              f"if {model_id} is a copy of {base} (else pass --model_id={base})", flush=True)
 
 
 def _model_skeleton(model_id: str):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -172,3 +174,20 @@ def test_a_baseline_and_an_evaluation_of_different_precision_are_said_to_differ(
     assert said in proc.stdout + proc.stderr
     assert said in (out / "comparisons" / "summary.txt").read_text(encoding="utf-8")
     assert said.replace("'", "&#39;") in (out / "comparisons" / "report.html").read_text(encoding="utf-8")
+
+
+def test_an_adapter_trained_on_another_name_of_the_same_shapes_is_warned_about(tiny_model_dir, tmp_path):
+    """An adapter recorded as trained on one model folder, applied to another folder of the same shapes: a warning
+    naming both (right only for a copy of that base); the same folder spelled differently says nothing."""
+    from helpers import random_adapter
+
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    proc = run_script("mini_infer.py", f"--model_id={other}", "--quantization=none", f"--adapter_dir={adapter}",
+                      f"--output_dir={tmp_path / 'o'}", check=True)
+    assert f"warning: the LoRA adapter in {adapter} was trained on {tiny_model_dir}, not on {other}" in proc.stdout
+    spelled = f"{Path(tiny_model_dir).parent}/./{Path(tiny_model_dir).name}"
+    proc = run_script("mini_infer.py", f"--model_id={spelled}", "--quantization=none", f"--adapter_dir={adapter}",
+                      f"--output_dir={tmp_path / 'o'}", check=True)
+    assert "warning" not in proc.stdout
