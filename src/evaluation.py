@@ -71,8 +71,8 @@ def part_path(out_path: Path, rank: int) -> Path:
 
 
 def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
-    """Rows written so far (main file and any per-process parts), by question_id, first one wins.
-    `where`, when given, receives "file:line" of each kept row."""
+    """Rows written so far (main file and any per-process parts), by question_id: the first one, or the first
+    answered one after an error row (a question tried again). `where`, when given, receives "file:line" of each."""
     rows: dict[int, dict] = {}
     for path in [out_path, *sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))]:
         if path.exists():
@@ -85,9 +85,10 @@ def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
                 except (TypeError, ValueError):
                     raise UserError(f"{path}, line {line}: question_id {row['question_id']!r} is not a number; "
                                     "delete the file to start over") from None
-                if qid not in rows and where is not None:
-                    where[qid] = f"{path}, line {line}"
-                rows.setdefault(qid, row)
+                if qid not in rows or (rows[qid].get("error") and not row.get("error")):
+                    rows[qid] = row
+                    if where is not None:
+                        where[qid] = f"{path}, line {line}"
     return rows
 
 
@@ -128,12 +129,15 @@ def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict
     done = read_rows(out_path, where)
     accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
     check_rows_match(done, record, where)
+    retried = {q for q, row in done.items() if row.get("error")}  # e.g. an image missing then: asked again
+    done = {q: row for q, row in done.items() if q not in retried}
     todo = [s for s in samples if s.question_id not in done]
     # questions on the same image sit in the same batch, so the image is encoded once
     todo.sort(key=lambda s: (s.image_path, s.question_id))
     batches = list(iter_chunks(todo, batch_size))
     if accelerator.is_main_process:
-        print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go, "
+        again = f" ({len(retried)} of them error rows asked again)" if retried else ""
+        print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go{again}, "
               f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
     return batches[accelerator.process_index::accelerator.num_processes]
 
@@ -336,6 +340,11 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
           f"phase: {len(submission_ids) - blank:,} from this run, {blank:,} with \"\" (outside this run's questions, "
           "or error rows)")
     print(f"wrote {out_path}, {run_name}_metrics.json, {run_name}_results.json and {evalai_path.name} in {out_dir}")
+    errors = sum(1 for r in rows if r.get("error"))
+    if errors:  # their answers would go in as "": fix and rerun first (error rows are asked again)
+        print(f"warning: {errors} question(s) have error rows (listed above), so {evalai_path.name} is not ready to "
+              "submit: fix what they name (e.g. restore the images) and rerun the same command, which asks them again")
+        return rows, metrics
     print(f"submit {evalai_path} to EvalAI (VQA Challenge, phase {EVALAI_PHASES[split]})")
     return rows, metrics
 

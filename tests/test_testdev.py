@@ -240,6 +240,31 @@ def test_max_samples_with_a_test_split_is_one_line_not_ignored(tiny_model_dir, o
     assert not (tmp_path / "out").exists()
 
 
+def test_error_rows_are_asked_again_and_the_file_is_not_called_ready_until_they_are(tiny_model_dir, official_test_data,
+                                                                                    tmp_path):
+    """A test-dev picture missing: its question becomes an error row and the run does not say "submit"; once the
+    picture is back, the same command asks that question again and the EvalAI file is complete."""
+    data = tmp_path / "data"
+    shutil.copytree(official_test_data, data)
+    by_id = {t["question_id"]: t for t in TINY}
+    picture = data / "images" / "test2015" / f"COCO_test2015_{by_id[TESTDEV_IDS[0]]['image_id']:012d}.jpg"
+    hidden = picture.with_name("hidden.jpg")
+    picture.rename(hidden)
+    out = tmp_path / "out"
+    proc = baseline(tiny_model_dir, data, out, check=True)
+    assert "is not ready to submit" in proc.stdout and "submit " not in proc.stdout.replace("ready to submit", "")
+    missing = {r["question_id"] for r in rows_of(out / "vqav2_baseline.jsonl") if r["error"]}
+    assert TESTDEV_IDS[0] in missing
+    hidden.rename(picture)
+    proc = baseline(tiny_model_dir, data, out, check=True)
+    assert f"{len(missing)} to go ({len(missing)} of them error rows asked again)" in proc.stdout
+    rows = rows_of(out / "vqav2_baseline.jsonl")
+    assert len(rows) == len(TESTDEV_IDS) and not [r for r in rows if r["error"]]
+    assert f"submit {out / EVALAI_FILE} to EvalAI" in proc.stdout
+    answers = {e["question_id"]: e["answer"] for e in json.loads((out / EVALAI_FILE).read_text())}
+    assert all(answers[q] == r["answer"] for r in rows for q in missing if r["question_id"] == q)  # the new answers
+
+
 # --- the hub path (lmms-lab/VQAv2 data/testdev-*.parquet) ---------------------------------------------------
 
 def write_testdev_parquet(folder: Path, split_file: str, ids: list[int]) -> Path:
