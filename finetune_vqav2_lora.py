@@ -146,18 +146,19 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
               f"{T.describe_wrapped(wrapped)}")
         if ckpt is not None:
             print(f"  resumed from {ckpt}")
+    curves = T.OptionalCurves(accelerator, on=bool(tracker) and accelerator.is_main_process)
     if tracker:
-        start_tracking(accelerator, tracker, config, out_dir, start_step)
-    run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root)
+        start_tracking(accelerator, curves, tracker, config, out_dir, start_step)
+    run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root, curves)
     check_replicas_agree(accelerator, model)
     if accelerator.is_main_process:
         save_adapter(accelerator.unwrap_model(model), processor, config, out_dir, ckpt_root / "train_log.jsonl")
     # every rank waits for the main process to finish saving before the process group goes away
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    curves.end()
 
 
-def start_tracking(accelerator, tracker: str, config: dict, out_dir, start_step: int) -> None:
+def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, start_step: int) -> None:
     """The tracker's run is named after the output folder (its name and path hash), so a resumed run (same
     folder) continues its curve at step start_step + 1; TensorBoard hides what an interrupted attempt logged
     after that step."""
@@ -166,9 +167,9 @@ def start_tracking(accelerator, tracker: str, config: dict, out_dir, start_step:
     from src import training as T
 
     run_name = T.tracker_run_name(out_dir)
-    accelerator.init_trackers(run_name, config=T.tracker_config(config),
-                              init_kwargs=T.tracker_init_kwargs(tracker, start_step))
-    if accelerator.is_main_process:
+    curves.call("init_trackers", run_name, config=T.tracker_config(config),
+                init_kwargs=T.tracker_init_kwargs(tracker, start_step))
+    if curves.on:
         log_dir = Path(accelerator.logging_dir)
         print(f"  {tracker}: {log_dir / run_name} (tensorboard --logdir {log_dir})")
 
@@ -248,9 +249,9 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     return ckpt, start_step
 
 
-def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, start_step: int, ckpt_root) -> None:
-    """Optimizer steps start_step+1 .. TRAIN_STEPS (`src.training.training_step`), one log row each,
-    a checkpoint every SAVE_EVERY steps and after the last."""
+def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, start_step: int, ckpt_root, curves) -> None:
+    """Optimizer steps start_step+1 .. TRAIN_STEPS (`src.training.training_step`), one log row each (and a
+    point of each curve), a checkpoint every SAVE_EVERY steps and after the last."""
     import itertools
     import time
 
@@ -295,7 +296,7 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
                         "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
                         "samples_per_s": round(seen / elapsed, 2)}])
             skipped_so_far += result.skipped
-            accelerator.log(T.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
+            curves.call("log", T.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
         if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
             rng_states = gather_object([T.rng_state()])  # every rank's, in rank order: each resumes from its own
             if main_proc:

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -548,6 +549,35 @@ def tracker_config(config: dict) -> dict:
         return str(v)
 
     return {k: plain(v) for k, v in config.items()}
+
+
+class OptionalCurves:
+    """The tracker's curves are optional: a call that fails for the disk (a full --log_dir) warns once, and
+    training goes on without them (train_log.jsonl holds every step). The writer thread's own traceback stays off
+    the console: its error reaches the next call here."""
+
+    def __init__(self, accelerator, on: bool):
+        self.accelerator, self.on = accelerator, on
+        if on:
+            hook = threading.excepthook
+            threading.excepthook = lambda args: None if type(args.thread).__name__ == "_AsyncWriterThread" else hook(args)
+
+    def call(self, what: str, *args, **kwargs) -> None:
+        if self.on:
+            self._guarded(getattr(self.accelerator, what), *args, **kwargs)
+
+    def end(self) -> None:
+        """accelerate's end_training on every process, as without a tracker."""
+        self._guarded(self.accelerator.end_training)
+
+    def _guarded(self, call, *args, **kwargs) -> None:
+        try:
+            call(*args, **kwargs)
+        except OSError as e:
+            if self.on:
+                print(f"warning: the training curves could not be written ({e.strerror or e}); training goes on "
+                      "without them (train_log.jsonl holds every step)", flush=True)
+            self.on = False
 
 
 def tracker_run_name(out_dir) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import REPO, assert_one_line_error, killed_at_marker, run_script, start_script
+from helpers import CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, run_on_small_disk, run_script, start_script
 from src.training import tracker_run_name
 
 TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
@@ -150,3 +150,23 @@ def test_tracker_config_and_values_are_what_tensorboard_takes():
     # a step fp16's loss scaling skipped has no gradient norm; the count goes up
     assert tracker_values(StepResult(2.5, None, True), 1e-3, 1) == {
         "train/loss": 2.5, "train/lr": 1e-3, "train/skipped_steps": 1}
+
+
+@pytest.mark.skipif(not CAN_MOUNT, reason="needs `unshare -r -m` to mount a small tmpfs (Linux, user namespaces)")
+@pytest.mark.parametrize("size, steps", [("4k", STEPS), ("16k", 40)])  # full at the first write / after some steps
+def test_a_full_log_dir_warns_once_and_training_goes_on(tiny_model_dir, tmp_path, size, steps):
+    """--log_dir on a disk that fills up: one warning, no thread traceback, and the training finishes with its
+    adapter and every row of train_log.jsonl (the curves are optional; the output folder is on another disk)."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    args = " ".join(f"'{a}'" for a in fine_tuning(tiny_model_dir, out, "--report_to=tensorboard", f"--train_steps={steps}",
+                                                   f"--save_every={steps}", f"--log_dir={disk / 'tf-logs'}"))
+    proc = run_on_small_disk(f'"$PY" {args}', disk, SIZE=size)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warning = "warning: the training curves could not be written (No space left on device)"
+    assert proc.stdout.count(warning) == 1, proc.stdout
+    if steps > STEPS:  # the writer thread failed mid-run, after the curves had started
+        assert proc.stdout.index("tensorboard: ") < proc.stdout.index(warning)
+    assert "Traceback" not in proc.stderr and "disk is full" not in proc.stderr + proc.stdout
+    assert (out / "lora_adapter" / "adapter_model.safetensors").exists()
+    rows = (out / "lora_adapter" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == list(range(1, steps + 1))
