@@ -52,6 +52,7 @@ need more memory and time, see `python -m bench.memory_plan`):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
@@ -352,6 +353,35 @@ class RandomIdTokenizer:
         return {"input_ids": self.prefix + ids + self.suffix if add_special_tokens else ids}
 
 
+PATHS = ("full_graph", "no_grad_tower")
+
+
+def full_graph_loss(model, batch: dict):
+    """The loss as training computed it before: the whole model, pixel values included."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 pixel_values=batch["pixel_values"], use_cache=False).loss
+
+
+@contextlib.contextmanager
+def train_path(model, path: str):
+    """Make `src.training.training_step` take `path` inside the block (model: the peft model)."""
+    import src.training as training
+
+    if path not in PATHS:
+        raise UserError(f"unknown training path {path!r}; use one of {', '.join(PATHS)}")
+    if path == "no_grad_tower":
+        yield
+        return
+    base = model.get_base_model()
+    base.enable_input_require_grads()
+    saved, training.training_loss = training.training_loss, full_graph_loss
+    try:
+        yield
+    finally:
+        training.training_loss = saved
+        base.disable_input_require_grads()
+
+
 def train_batch(processor, image_token_id: int, batch: int, size: int, device: str, family=None,
                 end_id: int | None = None) -> dict:
     """A micro-batch laid out as the fine-tuning script lays it out for the family (encode_example,
@@ -391,7 +421,6 @@ def qlora_training(model, processor, family, device: str) -> tuple[list[dict], d
     import dataclasses
 
     from bench import finetune_lora
-    from bench.train_step import train_path
     from src.family import lora_targets
     from src.modeling import end_token_id, make_accelerator, mixed_precision
     from src.training import add_lora, describe_wrapped, lora_summary, make_optimizer, set_train_mode, training_step

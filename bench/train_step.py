@@ -51,34 +51,7 @@ ONE_PATH: str = ""  # internal: measure only this path in this process and print
 DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
-PATHS = ("full_graph", "no_grad_tower")
 _SECTION = "train_step"
-
-
-def full_graph_loss(model, batch: dict):
-    """The loss as training computed it before: the whole model, pixel values included."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                 pixel_values=batch["pixel_values"], use_cache=False).loss
-
-
-@contextlib.contextmanager
-def train_path(model, path: str):
-    """Make `src.training.training_step` take `path` inside the block (model: the peft model)."""
-    import src.training as training
-
-    if path not in PATHS:
-        raise UserError(f"unknown training path {path!r}; use one of {', '.join(PATHS)}")
-    if path == "no_grad_tower":
-        yield
-        return
-    base = model.get_base_model()
-    base.enable_input_require_grads()
-    saved, training.training_loss = training.training_loss, full_graph_loss
-    try:
-        yield
-    finally:
-        training.training_loss = saved
-        base.disable_input_require_grads()
 
 
 @contextlib.contextmanager
@@ -118,7 +91,7 @@ def measure(model_dir: str, path: str) -> dict:
     """One path, in this process."""
     import torch
 
-    from bench.gpu_check import train_batch
+    from bench.gpu_check import train_batch, train_path
     from src.modeling import blip2_core, load_blip2
     from src.modeling import make_accelerator
     from bench import finetune_lora
@@ -194,6 +167,8 @@ def markdown(rows: list[dict], max_diff: float, device: str) -> str:
 
 def main() -> None:
     import torch
+
+    from bench.gpu_check import PATHS
 
     apply_overrides(globals())
     if ONE_PATH:

@@ -22,7 +22,9 @@ Prompts and decoding presets (src/prompts.py) declare the families they suit; "a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from .errors import UserError
 
@@ -105,3 +107,32 @@ def resolve(kind: str, name: str, family: Family, model_id: str, flag: str | Non
         raise UserError(f"the {what} {name!r} ({flag}) is written for BLIP-2 on {theirs}, but {model_id} is BLIP-2 on "
                         f"{family.title}; use {flag}={own} (or {flag}=auto, the model's own)")
     return name
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA on BLIP-2's language model: `target_modules` (Linear layer names; ("auto",) = the model
+    family's, src/family.py) inside `scope`."""
+
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+    scope: str
+
+    @classmethod
+    def of_settings(cls, s: dict) -> "LoraSettings":
+        """The LoRA that settings named as in the fine-tuning script state (LORA_R, LORA_ALPHA,
+        LORA_DROPOUT, TARGET_MODULES, LORA_SCOPE): its globals(), or its settings block as
+        src.config.script_settings reads it (bench/ does, so it follows what a user edits there)."""
+        targets = s["TARGET_MODULES"]  # a list, or a string: "auto" (the model family's) or comma-separated names
+        targets = tuple(t.strip() for t in targets.split(",") if t.strip()) if isinstance(targets, str) else tuple(targets)
+        return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"], target_modules=targets,
+                   scope=s["LORA_SCOPE"])
+
+
+def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
+    """peft target regex: the named Linear layers inside `scope` only (OPT's fc1/fc2 share names
+    with the vision tower's MLP)."""
+    names = "|".join(re.escape(m) for m in target_modules)
+    return rf".*{re.escape(scope)}\..*\.({names})$" if scope else rf".*\.({names})$"

@@ -60,7 +60,7 @@ from typing import Any
 
 from .errors import UserError
 from .family import AUTO, FAMILIES, Family, family_of, lora_targets
-from .training import LoraSettings, lora_target_regex  # the LoRA the fine-tuning script adds, and its peft regex
+from .family import LoraSettings, lora_target_regex  # the LoRA the fine-tuning script adds, and its peft regex
 
 _HERE = Path(__file__).parent
 ARCHITECTURE_JSON = _HERE / "blip2_opt_2.7b_architecture.json"  # the default model's (DEFAULT_MODEL_ID)

@@ -18,7 +18,6 @@ import re
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -29,7 +28,7 @@ from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .samples import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .family import OPT, Family, family_of
+from .family import OPT, Family, LoraSettings, family_of, lora_target_regex  # noqa: F401 (here as before)
 from .files import DISK_FULL, give_default_permissions, replace_folder, write_json
 from .prompts import format_prompt
 
@@ -130,35 +129,6 @@ class TrainBatches(Dataset):
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """A LoRA on BLIP-2's language model: `target_modules` (Linear layer names; ("auto",) = the model
-    family's, src/family.py) inside `scope`."""
-
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: tuple[str, ...]
-    scope: str
-
-    @classmethod
-    def of_settings(cls, s: dict) -> "LoraSettings":
-        """The LoRA that settings named as in the fine-tuning script state (LORA_R, LORA_ALPHA,
-        LORA_DROPOUT, TARGET_MODULES, LORA_SCOPE): its globals(), or its settings block as
-        src.config.script_settings reads it (bench/ does, so it follows what a user edits there)."""
-        targets = s["TARGET_MODULES"]  # a list, or a string: "auto" (the model family's) or comma-separated names
-        targets = tuple(t.strip() for t in targets.split(",") if t.strip()) if isinstance(targets, str) else tuple(targets)
-        return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"], target_modules=targets,
-                   scope=s["LORA_SCOPE"])
-
-
-def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
-    """peft target regex: the named Linear layers inside `scope` only (OPT's fc1/fc2 share names
-    with the vision tower's MLP)."""
-    names = "|".join(re.escape(m) for m in target_modules)
-    return rf".*{re.escape(scope)}\..*\.({names})$" if scope else rf".*\.({names})$"
-
 
 def freeze_base(model, gradient_checkpointing: bool):
     """Freeze every base weight, keeping its dtype, and prepare gradient checkpointing.
