@@ -49,9 +49,9 @@ def main():
     from src.data import (TEST_SPLITS, evalai_file_name, hub_record, load_samples, no_answers_line, read_frozen_sample,
                           submission_question_ids)
     from src.errors import UserError
-    from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, resolved_if_local, run_vqa, score_and_write
+    from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
     from src.compare import check_result_rows, check_same_setup, settings_of
-    from src.files import read_jsonl_lines
+    from src.files import read_jsonl_lines, resolved_if_local
     from src.modeling import (check_adapter_dir, check_quantization, generation_names, load_blip2, make_accelerator,
                                resolve_adapter_dir)
     from src.outputs import check_output_dir, check_output_files, hold_output_lock

@@ -215,8 +215,7 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     Every process takes its own random state and the fp16 loss scale back; the training log is cut back
     to exactly the steps that checkpoint contains."""
     from src.errors import UserError
-    from src.evaluation import resolved_if_local
-    from src.files import read_jsonl_lines, write_jsonl
+    from src.files import read_jsonl_lines, resolved_if_local, write_jsonl
     from src import training as T
 
     main_proc = accelerator.is_main_process

@@ -69,10 +69,14 @@ def declared_types(path: str | Path) -> dict[str, tuple[type, ...]]:
 def config_keys(namespace: dict) -> list[str]:
     """The script's settings: the constants assigned between the first two `# -----` fence lines of
     the file `namespace["__file__"]` (a script's globals), in file order."""
+    return list(_namespace_types(namespace))
+
+
+def _namespace_types(namespace: dict) -> dict[str, tuple[type, ...]]:
     path = namespace.get("__file__")
     if not path:
         raise ValueError("config_keys needs a script's globals (with __file__)")
-    return list(declared_types(path))
+    return declared_types(path)
 
 
 def script_settings(path: str | Path) -> dict[str, Any]:
@@ -139,8 +143,8 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
     """Apply `--name=value` overrides to `namespace` (a script's globals); return the resolved config. The
     constants as the file states them are checked by the same rules, before any work."""
     argv = sys.argv[1:] if argv is None else argv
-    keys = config_keys(namespace)
-    types = declared_types(namespace["__file__"])
+    types = _namespace_types(namespace)
+    keys = list(types)
     by_lower = {k.lower(): k for k in keys}
     defaults = {k: namespace[k] for k in keys}  # as the file states them
     given = set()

@@ -28,7 +28,7 @@ from .formatting import console_comparison, reference_lines
 from .i18n import texts
 from .images import load_images
 from .inference import fit_question, generate_batch, question_token_budget
-from .files import JsonlAppender, iter_chunks, read_jsonl, write_json, write_jsonl
+from .files import JsonlAppender, iter_chunks, read_jsonl, resolved_if_local, write_json, write_jsonl
 from .modeling import IMAGE_BACKEND
 from .prompts import format_prompt, generation_record, get_decoding
 from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
@@ -289,13 +289,6 @@ def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
             print(f"  question {r['question_id']}: {r['error']}")
 
 
-def resolved_if_local(path: str | None) -> str | None:
-    """An existing local file or folder as its absolute, resolved path; anything else (a hub id, None) as is."""
-    if path and os.path.exists(os.path.expanduser(path)):
-        return str(Path(path).expanduser().resolve())
-    return path
-
-
 def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
                 vqa_decoding: str, split: str | None = None) -> dict:
     """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS, the
@@ -340,9 +333,8 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
           f"phase: {len(submission_ids) - blank:,} from this run, {blank:,} with \"\" (outside this run's questions, "
           "or error rows)")
     print(f"wrote {out_path}, {run_name}_metrics.json, {run_name}_results.json and {evalai_path.name} in {out_dir}")
-    errors = sum(1 for r in rows if r.get("error"))
-    if errors:  # their answers would go in as "": fix and rerun first (error rows are asked again)
-        print(f"warning: {errors} question(s) have error rows (listed above), so {evalai_path.name} is not ready to "
+    if metrics["n_errors"]:  # their answers would go in as "": fix and rerun first (error rows are asked again)
+        print(f"warning: {metrics['n_errors']} question(s) have error rows (listed above), so {evalai_path.name} is not ready to "
               "submit: fix what they name (e.g. restore the images) and rerun the same command, which asks them again")
         return rows, metrics
     print(f"submit {evalai_path} to EvalAI (VQA Challenge, phase {EVALAI_PHASES[split]})")

@@ -244,3 +244,10 @@ def recover_replace(final: Path, keep: Callable[[Path], bool] = lambda entry: Fa
         if keep(entry) and not (final / entry.name).exists():
             os.replace(entry, final / entry.name)
     shutil.rmtree(old)
+
+
+def resolved_if_local(path: str | None) -> str | None:
+    """An existing local file or folder as its absolute, resolved path; anything else (a hub id, None) as is."""
+    if path and os.path.exists(os.path.expanduser(path)):
+        return str(Path(path).expanduser().resolve())
+    return path

@@ -502,7 +502,8 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     """A LoRA adapter folder with a readable config and whole safetensors weights (checked before a
     slow model load). With `model_id`, also that its layers fit that model, when the adapter was
     trained on a model of another name and that model's config is at hand (local or cached)."""
-    from .files import read_json, safetensors_problem
+    from .files import read_json, resolved_if_local, safetensors_problem
+    from .merging import MERGE_CONFIG
 
     adapter = Path(adapter)
     if adapter.is_file():
@@ -521,7 +522,7 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     if problem:
         raise UserError(f"{weights} {problem}; copy the adapter again, or rerun `python finetune_vqav2_lora.py`, "
                         "which resumes from its last checkpoint")
-    merged = Path(model_id) / "merge_config.json" if model_id else None
+    merged = Path(model_id) / MERGE_CONFIG if model_id else None
     if merged is not None and merged.is_file():  # merge_lora_adapter.py's folder: it holds an adapter already
         record = read_json(merged, "merged model's record", fix="copy the merged model folder again")
         holds = record.get("adapter_dir") if isinstance(record, dict) else None
@@ -529,8 +530,7 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
     base = config.get("base_model_name_or_path")
-    same = lambda a: str(Path(a).resolve()) if os.path.exists(a) else os.path.normpath(a)  # noqa: E731
-    if model_id and base and same(str(base)) != same(model_id):
+    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
         skeleton = _model_skeleton(model_id)
         problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
         if problem:
