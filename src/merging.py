@@ -137,54 +137,7 @@ def cast_for_saving(model, dtype) -> dict[str, int]:
     return kept
 
 
-CARD = Template("""---
-base_model: $model_id
-library_name: transformers
-pipeline_tag: visual-question-answering
-tags: [blip-2, lora, merged]
----
-
-# BLIP-2 with its LoRA adapter merged in
-
-`$model_id` with the LoRA adapter `$adapter` merged into its weights (peft `merge_and_unload`),
-saved with `save_pretrained` (safetensors). It is a plain `Blip2ForConditionalGeneration`: loading it needs
-no peft.
-
-| | |
-|---|---|
-| base model | `$model_id` |
-| adapter | `$adapter` |
-| adapter training | $training |
-| merged onto | $merged_onto |
-| precision | $precision |
-| prompt | $prompt (ask it the way the adapter was trained) |
-
-## Loading it
-
-In this project (any script's `--model_id=` takes the folder too):
-
-```python
-from src.modeling import load_blip2
-
-model, processor = load_blip2("$folder", "none")
-```
-
-With transformers alone:
-
-```python
-import torch
-from transformers import AutoProcessor, Blip2ForConditionalGeneration
-
-model = Blip2ForConditionalGeneration.from_pretrained("$folder", dtype=torch.$dtype)
-processor = AutoProcessor.from_pretrained("$folder")
-```
-
-Its VQAv2 numbers, on the baseline's frozen sample (run in the project's folder):
-
-```bash
-python create_vqav2_baseline.py --model_id=$folder --quantization=none --run_name=vqav2_merged
-```
-""")
+CARD = Path(__file__).resolve().parent / "templates" / "model_card.md"  # README.md of a merged folder (string.Template)
 
 
 def model_card(*, model_id: str, adapter: str, folder: str, training_file, training: dict | None, dequantized: bool,
@@ -205,8 +158,9 @@ def model_card(*, model_id: str, adapter: str, folder: str, training_file, train
     kept = ", ".join(f"`{name}` {size / 2**20:,.2f} MiB" for name, size in sorted(kept_fp32.items()))
     precision = (f"merged in float32, saved in {dtype}" + (f"; kept in float32, as transformers loads them in {dtype}: "
                                                            f"{kept}" if kept else ": every tensor"))
-    return CARD.substitute(model_id=model_id, adapter=adapter, folder=folder, training=facts, merged_onto=onto,
-                           precision=precision, dtype=dtype, prompt=prompt)
+    return Template(CARD.read_text(encoding="utf-8")).substitute(
+        model_id=model_id, adapter=adapter, folder=folder, training=facts, merged_onto=onto, precision=precision,
+        dtype=dtype, prompt=prompt)
 
 
 # what a merge writes into its folder, for a merged model made before merge_config.json listed its files
