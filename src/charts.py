@@ -1,9 +1,5 @@
 """Every picture the project draws: the training loss curve, the comparison charts and the example-case
-pictures, with Chinese text rendered by a CJK font.
-
-`setup_matplotlib()` picks the Agg backend and puts a CJK font behind DejaVu Sans, so matplotlib's font
-fallback draws Chinese glyphs: a system one when present, else the Noto Sans CJK SC that the pip package
-mplfonts ships (requirements.txt). Labels come from src.i18n (`tr`), so charts follow the script's LANG.
+pictures, labelled through src.i18n and drawn with a CJK fallback font for Chinese (docs/details.md).
 """
 
 from __future__ import annotations
@@ -60,7 +56,7 @@ def cjk_fonts() -> list[str]:
 
 
 def setup_matplotlib():
-    """pyplot on the Agg backend with a CJK fallback font; warns once when there is none."""
+    """pyplot on the Agg backend, DejaVu Sans for Latin and a CJK font behind it; warns once when there is none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +73,20 @@ def setup_matplotlib():
     return plt
 
 
+def _save(plt, fig, out: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def jpeg_data_uri(img, quality: int) -> str:
+    """A PIL image as an inline JPEG data URI: report.html carries its pictures inside itself."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 # --- training ------------------------------------------------------------------------------------
 
 def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> None:
@@ -89,23 +99,22 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
     ax.plot(steps, losses, lw=1, alpha=0.4, label=tr("loss_per_step"))
     if len(losses) >= 10:
         k = max(5, len(losses) // 25)
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        windows = [losses[max(0, i - k + 1):i + 1] for i in range(len(losses))]
+        smooth = [sum(w) / len(w) for w in windows]
         ax.plot(steps, smooth, lw=2, label=tr("loss_moving_average", k=k))
     ax.set_xlabel(tr("loss_x"))
     ax.set_ylabel(tr("loss_y"))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --- pictures of the questions -------------------------------------------------------------------
 
 class ImageCache:
-    """Each picture is opened once; a missing or unreadable one becomes None (drawn as a placeholder).
-    `resolve` turns a row's image_path into a file path (rows store paths relative to the repository)."""
+    """Each picture opened once, None when missing or unreadable (drawn as a placeholder); `resolve` turns a
+    row's image_path (relative to the repository) into a file path."""
 
     def __init__(self, resolve: Callable[[str | None], Path | None]):
         self.resolve = resolve
@@ -130,15 +139,11 @@ class ImageCache:
 
     def thumbnail_data_uri(self, path: str | None, size: int) -> str | None:
         if path not in self._thumb:
-            img = self.small(path)
-            uri = None
-            if img is not None:
-                thumb = img.copy()
+            thumb = self.small(path)
+            if thumb is not None:
+                thumb = thumb.copy()
                 thumb.thumbnail((size, size))
-                buf = io.BytesIO()
-                thumb.save(buf, format="JPEG", quality=75)
-                uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-            self._thumb[path] = uri
+            self._thumb[path] = None if thumb is None else jpeg_data_uri(thumb, quality=75)
         return self._thumb[path]
 
 
@@ -163,18 +168,15 @@ def draw_picture(ax, img, path: str | None, tr) -> None:
 def _answer_lines(pair: dict, tr) -> list[tuple[str, str, float, str | None]]:
     """(who, answer, score, raw answer when the answer processing changed it) per model."""
     out = []
-    for who, key in (("baseline", "baseline"), ("finetuned", "finetuned")):
-        answer = pair[f"{key}_answer"]
-        if answer is None:
-            continue
-        raw = pair.get(f"{key}_raw_answer")
-        out.append((tr(who), answer, pair[f"{key}_vqa"], raw if raw is not None and raw != answer else None))
+    for who in ("baseline", "finetuned"):
+        answer, raw = pair[f"{who}_answer"], pair.get(f"{who}_raw_answer")
+        if answer is not None:
+            out.append((tr(who), answer, pair[f"{who}_vqa"], raw if raw is not None and raw != answer else None))
     return out
 
 
 def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> None:
-    """One example: the picture, the question, the ground truth and each model's answer with its score
-    (and the model's raw text when the answer processing changed it)."""
+    """One example: picture, question, ground truth, and each model's answer with its score (and raw text)."""
     fig = plt.figure(figsize=(7.2, 2.6))
     draw_picture(fig.add_axes([0.01, 0.04, 0.33, 0.92]), cache.small(pair["image_path"]), pair["image_path"], tr)
     fig.text(0.37, 0.9, tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
@@ -194,8 +196,7 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
         fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white",
                  fontweight="bold", parse_math=False,
                  bbox={"boxstyle": "round,pad=0.3", "facecolor": score_colour(score), "edgecolor": "none"})
-    fig.savefig(out)
-    plt.close(fig)
+    _save(plt, fig, out, tight=False)
 
 
 def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 1800) -> None:
@@ -256,8 +257,8 @@ def _change_panel(ax, groups, labels, change, tr) -> None:
 
 
 def accuracy_chart(plt, base: dict, ft: dict | None, change: dict | None, out: Path, tr) -> None:
-    """accuracy.png: VQA accuracy and exact match before / after, overall and per answer type, and the
-    change with its interval (the title says what its bootstrap resampled: images or questions)."""
+    """accuracy.png: VQA accuracy and exact match before / after, overall and per answer type, and the change
+    with its interval."""
     groups = [None, *type_order(base["per_answer_type"])]
     labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
               for g in groups]
@@ -267,9 +268,7 @@ def accuracy_chart(plt, base: dict, ft: dict | None, change: dict | None, out: P
         _bar_panel(ax, groups, labels, base, ft, metric, tr(title), tr)
     if panels == 3:
         _change_panel(axes[2], groups, labels, change, tr)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    _save(plt, fig, out)
 
 
 def length_chart(plt, lengths: dict, out: Path, tr) -> None:
@@ -288,9 +287,7 @@ def length_chart(plt, lengths: dict, out: Path, tr) -> None:
     ax.set_title(tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    _save(plt, fig, out)
 
 
 def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> None:
@@ -314,5 +311,4 @@ def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> 
                      color="#455a64", parse_math=False)
             fig.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
                      fontsize=8, va="center", color="#0d47a1", parse_math=False)
-    fig.savefig(out)
-    plt.close(fig)
+    _save(plt, fig, out, tight=False)

@@ -1,20 +1,15 @@
-"""report.html of compare_baseline_finetuned.py, rendered from templates/report.html.j2.
-
-The page opens with the numbers (cards and the per-answer-type table) and the charts; the example
-cases come in one collapsible group each (at most `cases_shown` open, the rest one click away), the
-demo images and the table of every question are collapsed. Everything is inline (charts and
-pictures as data URIs), so the file can be mailed or opened offline. Jinja2 escapes every value.
+"""report.html of compare_baseline_finetuned.py, rendered from templates/report.html.j2 (Jinja2 escapes every
+value). Every picture is inline, so the one file can be mailed or opened offline.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 from typing import Callable
 
-from .charts import ImageCache
+from .charts import ImageCache, jpeg_data_uri
 from .compare import group_members
 from .formatting import (clip, group_title, gt_summary, interval_line, length_line, processing_line, reference_lines,
                          score_table, signed)
@@ -27,18 +22,15 @@ def png_data_uri(path: Path, as_jpeg: bool = False) -> str:
     """A picture as an inline data URI; photos-with-text (the examples) are smaller as JPEG."""
     from PIL import Image
 
-    data, mime = path.read_bytes(), "image/png"
     if as_jpeg:
         with Image.open(path) as img:
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, format="JPEG", quality=85)
-            data, mime = buf.getvalue(), "image/jpeg"
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+            return jpeg_data_uri(img, quality=85)
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 class Thumbnails:
-    """Each distinct picture is embedded once, as a CSS class that table cells refer to, so a picture
-    asked about five times costs its bytes once. After `max_images` pictures, cells show the path."""
+    """Each distinct picture embedded once, as a CSS class the table cells refer to; after `max_images`
+    pictures, cells show the path."""
 
     def __init__(self, cache: ImageCache, size: int, max_images: int):
         self.cache, self.size, self.max_images = cache, size, max_images
@@ -144,7 +136,6 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         charts=[(png_data_uri(charts[name]), alt) for name, alt in chart_alts.items() if name in charts],
         case_groups=_case_groups(result, pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
         demo_rows=[{**row, "thumb": thumbs.cell(row["image_path"])} for row in demo_rows],
-        demo_missing=_demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr), filters=filters,
-        footer=tr("report_footer"))
+        demo_missing=_demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr), filters=filters)
     context["thumb_rules"] = thumbs.rules()  # after every cell above has registered its picture
     return env.get_template("report.html.j2").render(**context)
