@@ -1,9 +1,5 @@
-"""The one set of number formatters behind summary.txt, report.html, the demo's comparison tab and
-the console print-out of evaluate_vqav2_finetuned.py.
-
-They read a comparison result: the dict of src.compare.compare_rows (or comparison.json, which holds
-the same keys): "n", "baseline", "finetuned", "change", "outcomes", "answer_processing".
-`score_table` gives the headline table as strings; each medium only lays it out.
+"""The one set of formatters behind summary.txt, report.html, the demo's comparison tab and the console, so
+a number reads the same in each; they read a comparison result (src.compare.compare_rows, comparison.json).
 """
 
 from __future__ import annotations
@@ -44,8 +40,8 @@ _UNDRAWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def safe_text(text) -> str:
-    """`text` made safe to draw and print: control characters and unpaired surrogates (which stop
-    matplotlib's text layout and UTF-8 output) each become "�"; newlines become spaces."""
+    """`text` on one line with control characters and unpaired surrogates as "�": they stop matplotlib's
+    text layout and UTF-8 output."""
     text = "" if text is None else str(text).replace("\n", " ")
     return _UNDRAWABLE.sub("\ufffd", text)
 
@@ -63,7 +59,8 @@ def wrap(text, width: int, max_lines: int = 3) -> str:
 def gt_summary(gt_answers: list[str], n: int = 4) -> str:
     """'orange ×8, red' : the most common annotator answers with their counts."""
     counts = Counter(a.strip().lower() for a in gt_answers)
-    return ", ".join(f"{a} ×{c}" if c > 1 else a for a, c in counts.most_common(n)) + (" …" if len(counts) > n else "")
+    shown = ", ".join(f"{a} ×{c}" if c > 1 else a for a, c in counts.most_common(n))
+    return shown + (" …" if len(counts) > n else "")
 
 
 def group_title(group: str, tr: Callable[..., str]) -> str:
@@ -71,9 +68,8 @@ def group_title(group: str, tr: Callable[..., str]) -> str:
 
 
 def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the headline table: overall and per answer type, VQA accuracy and exact match,
-    before / after / change with interval, better / worse / same. Baseline-only results get the
-    baseline columns only. Answer types (dataset text) are shown as they are."""
+    """(header, rows) of the headline table: overall and per answer type, VQA accuracy and exact match before /
+    after / change, better / worse / same; a baseline-only result gets the baseline columns."""
     base, ft = result["baseline"], result.get("finetuned")
     comparing = ft is not None
     vqa, em = tr("vqa_accuracy"), tr("exact_match")
@@ -125,8 +121,7 @@ def outcome_line(result: dict, tr: Callable[..., str]) -> str:
 
 
 def processing_line(result: dict, tr: Callable[..., str]) -> str | None:
-    """How many answers the answer processing changed (rows with raw_answer != answer), or None when
-    no compared row records a raw answer."""
+    """How many answers the answer processing changed, or None when no compared row records a raw answer."""
     proc = result.get("answer_processing") or {}
     base, ft = proc.get("baseline"), proc.get("finetuned")
     if not base or not base.get("with_raw") and not (ft or {}).get("with_raw"):
@@ -147,8 +142,7 @@ def length_line(result: dict, tr: Callable[..., str]) -> str | None:
 
 
 def bootstrap_unit(clusters: dict | None, n: int, tr: Callable[..., str]) -> str:
-    """What the interval's bootstrap resamples ("按图片整组重采样（N 张图片…）"); comparison.json files
-    written before clustering have no clusters and resampled questions."""
+    """What the interval's bootstrap resamples; an older comparison.json without clusters resampled questions."""
     clusters = clusters or {"unit": "question", "n": n}
     return tr(f"unit_{clusters['unit']}", n=f"{clusters['n']:,}")
 
@@ -161,13 +155,13 @@ def interval_line(result: dict, tr: Callable[..., str]) -> str:
 
 def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = False) -> list[str]:
     """A zero-shot run beside its published number (src.evaluation.zero_shot_reference): what differs, the
-    command of the published setting, and the warning when it lands far below."""
+    published setting's command, and a warning when it lands far below."""
     def shown(value):
         return " or ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
     i = ref["interval"]
-    lines = [tr("zero_shot_interval", accuracy=f"{ref['run_accuracy']:.2f}", low=f"{i['low']:.2f}", high=f"{i['high']:.2f}",
-                unit=bootstrap_unit(i["resampled"], 0, tr))] if with_interval else []
+    lines = [tr("zero_shot_interval", accuracy=f"{ref['run_accuracy']:.2f}", low=f"{i['low']:.2f}",
+                high=f"{i['high']:.2f}", unit=bootstrap_unit(i["resampled"], 0, tr))] if with_interval else []
     lines.append(tr("published_line", model=ref["model_id"], prompt=ref["prompt"], accuracy=ref["accuracy"],
                     source=ref["source"]))
     if ref["differs"]:
