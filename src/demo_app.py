@@ -1,11 +1,6 @@
 """The Gradio demo of inference_demo.py: ask BLIP-2 about a picture, and browse the comparison report.
 
-`build_demo(model, processor, ...)` returns the Blocks app (queued, model calls serialised);
-`inference_demo.py` loads the model and launches it, tests build it in-process too.
-
-With a LoRA adapter loaded (`model` is a peft PeftModel) every question is answered twice by the
-same weights in memory: once inside `model.disable_adapter()` (the zero-shot base model) and once
-with the adapter on (the fine-tuned model), shown side by side.
+With a LoRA adapter loaded, one model in memory answers twice, adapter off (zero-shot) and on (fine-tuned).
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ import re
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .data import EVALAI_PHASES
@@ -41,9 +36,8 @@ _IMAGE_PROBLEMS = {"not an image": "problem_not_image", "image too large": "prob
 # --- asking -------------------------------------------------------------------------------------
 
 def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IMAGE_PIXELS, lang: str = "zh"):
-    """The uploaded file as an RGB PIL image, or UserError naming the file by its own name
-    (not the server's temporary path) for: nothing uploaded, too many bytes, not an image,
-    truncated, too many pixels (checked from the header, so a decompression bomb is never decoded)."""
+    """The uploaded file as an RGB PIL image, or UserError naming the file by its own name, not the server's
+    temporary path (too many pixels is read from the header: a decompression bomb is never decoded)."""
     tr = texts(lang)
     if not path:
         raise UserError(tr("upload_first"))
@@ -63,12 +57,8 @@ def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IM
 def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str, vqa_decoding: str,
                    caption_prompt: str, caption_decoding: str, max_upload_mb: float,
                    max_pixels: int = MAX_IMAGE_PIXELS, lang: str = "zh"):
-    """fn(image_path, question) -> (caption, answer_base, caption_finetuned, answer_finetuned, status).
-
-    Problems the user can fix (no or bad image, empty or overlong question, GPU out of memory) come
-    back as the status text (in `lang`) with the outputs left empty, never as an exception. A lock
-    serialises generation even if a caller bypasses the queue: the adapter switch (disable_adapter)
-    changes the shared model for as long as it is held."""
+    """fn(image_path, question) -> (caption, answer_base, caption_finetuned, answer_finetuned, status); problems
+    the user can fix (bad image or question, GPU out of memory) come back as the status, never as an exception."""
     import torch
 
     from .inference import caption_and_answer
@@ -77,7 +67,7 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
     if adapter_available and not hasattr(model, "disable_adapter"):
         raise ValueError("adapter_available=True needs a peft PeftModel (load_blip2(..., adapter=DIR))")
     tr = texts(lang)
-    lock = threading.Lock()
+    lock = threading.Lock()  # even past the queue: disable_adapter() switches the shared model while it is held
     settings = dict(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=caption_prompt,
                     caption_decoding=caption_decoding, batch_size=1)
 
@@ -128,22 +118,14 @@ def check_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_I
     return True, tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
 
 
-def example_images(examples_dir: str | Path, max_examples: int) -> list[Path]:
-    """The first `max_examples` pictures of the folder (by name); none when it is missing or empty."""
-    try:
-        return list_images(examples_dir)[:max_examples]
-    except UserError:  # no examples folder (or an empty one): the demo works without examples
-        return []
-
-
 # --- the comparison tab -------------------------------------------------------------------------
 
 _MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 
 
 def md_text(value) -> str:
-    """Text from a result file, safe inside Markdown: HTML characters become entities and every other
-    ASCII punctuation is backslash-escaped, so no tag, link, autolink, image or emphasis can form."""
+    """Text from a result file, safe inside Markdown: HTML characters as entities, other ASCII punctuation
+    backslash-escaped, so no tag, link, image or emphasis can form."""
     out = []
     for ch in "" if value is None else str(value):
         if ch in _MD_ENTITIES:
@@ -158,8 +140,7 @@ def md_text(value) -> str:
 
 
 def no_answers_markdown(result: dict, tr) -> str:
-    """comparison.json of a run without public answers (mode "no_answers": VQAv2 test-dev / test): one line
-    saying there is nothing to compare and which file to submit to EvalAI."""
+    """A run without public answers (test-dev / test): nothing to compare, and which file to submit to EvalAI."""
     runs = result.get("runs") or [{**(result.get("files") or {}), "split": result.get("split")}]
     return "\n\n".join(tr("cmp_no_answers", run=md_text(Path(str(f.get("run"))).name), split=md_text(f.get("split")),
                             evalai=md_text(f.get("evalai")), phase=md_text(EVALAI_PHASES.get(f.get("split"), "?")))
@@ -167,9 +148,8 @@ def no_answers_markdown(result: dict, tr) -> str:
 
 
 def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "zh") -> str:
-    """What comparison.json (written by compare_baseline_finetuned.py) says besides its score table (that
-    one goes to a gr.Dataframe, which shows cells as plain text) as Markdown; every value read from the
-    file is escaped with md_text (the file may hold any text, e.g. a model answer)."""
+    """comparison.json as Markdown, but for its score table (a gr.Dataframe); every value read from the file
+    goes through md_text, as it may hold any text (a model answer)."""
     tr = texts(lang)
     if result.get("mode") == "no_answers":
         return no_answers_markdown(result, tr)
@@ -202,8 +182,7 @@ def _case_caption(path: Path, tr) -> str:
 
 
 def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
-    """(markdown, score table (header, rows) or None, charts, cases, report.html or None) for the comparison
-    tab, read fresh from disk."""
+    """(markdown, score table or None, charts, cases, report.html or None) of the comparison tab, read fresh."""
     tr = texts(lang)
     d = Path(comparisons_dir)
     path = d / "comparison.json"
@@ -220,7 +199,8 @@ def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
     charts = [(str(d / name), tr(title)) for name, title in _CHARTS if (d / name).is_file()]
     listed = (result.get("artefacts") or {}).get("cases")
     case_files = [d / c for c in listed] if listed else sorted((d / "cases").glob("case_*.png"))
-    cases = [(str(p), _case_caption(p, tr)) for p in case_files if p.is_file() and p.resolve().is_relative_to(d.resolve())]
+    inside = [p for p in case_files if p.is_file() and p.resolve().is_relative_to(d.resolve())]
+    cases = [(str(p), _case_caption(p, tr)) for p in inside]
     report = d / "report.html"
     return text, table, charts, cases, (str(report) if report.is_file() else None)
 
@@ -254,18 +234,11 @@ class DemoOptions:
     adapter_label: str = ""
     lang: str = "zh"  # "zh" or "en": every label and message of the page
     config: dict | None = None  # shown under "Settings of this demo"
-    generation: dict = field(init=False)
-
-    def __post_init__(self):
-        self.generation = dict(vqa_prompt=self.vqa_prompt, vqa_decoding=self.vqa_decoding,
-                               caption_prompt=self.caption_prompt, caption_decoding=self.caption_decoding)
 
 
 def payload_path(payload) -> str | None:
-    """The uploaded file's path from an Image event's raw payload (the events below run with
-    preprocess=False: gradio's own preprocessing decodes every upload with PIL, which fails with a
-    traceback on a non-image and decodes a decompression bomb before any check; src.images.load_image
-    refuses both with a message instead). A plain path (in-process callers) passes through."""
+    """The uploaded file's path from an Image event's raw payload, or a plain path as it is; the events run
+    with preprocess=False so that src.images checks every upload first (docs/details.md)."""
     if isinstance(payload, dict):
         return payload.get("path")
     return payload
@@ -294,7 +267,10 @@ def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
             gr.Markdown(tr("ft_heading"))
             c["caption_ft"] = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption_finetuned")
             c["answer_ft"] = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_finetuned")
-    pictures = example_images(opts.examples_dir, opts.max_examples)
+    try:
+        pictures = list_images(opts.examples_dir)[:opts.max_examples]
+    except UserError:  # no examples folder (or an empty one): the demo works without examples
+        pictures = []
     if pictures:  # one input: gradio shows the examples as a grid of thumbnails
         gr.Examples(examples=[[str(p)] for p in pictures], inputs=[c["image"]],
                     label=tr("examples_label", folder=opts.examples_dir), elem_id="examples", examples_per_page=12)
@@ -331,17 +307,16 @@ def _header(tr, opts: DemoOptions, adapter_available: bool) -> str:
 
 
 def build_demo(model, processor, *, adapter_available: bool, options: DemoOptions | None = None):
-    """The Blocks app: tab "Ask" (picture, question, caption + answers) and tab "Comparison".
-
-    Model calls (`api_name="ask"`) run one at a time (concurrency limit 1) behind a queue of at
-    most `options.max_queue` waiting requests; the other events (upload check, comparison reload)
-    read files only and are not held up by generation. Call `.launch(css=demo_css(), ...)` on the result."""
+    """The Blocks app, tabs "Ask" and "Comparison": model calls one at a time behind a queue of `max_queue`, file
+    reads beside them. Call `.launch(css=demo_css(), ...)` on it."""
     import gradio as gr
 
     opts = options or DemoOptions()
     tr = texts(opts.lang)
-    answer = make_answer_fn(model, processor, adapter_available=adapter_available, max_upload_mb=opts.max_upload_mb,
-                            max_pixels=opts.max_pixels, lang=opts.lang, **opts.generation)
+    answer = make_answer_fn(model, processor, adapter_available=adapter_available, vqa_prompt=opts.vqa_prompt,
+                            vqa_decoding=opts.vqa_decoding, caption_prompt=opts.caption_prompt,
+                            caption_decoding=opts.caption_decoding, max_upload_mb=opts.max_upload_mb,
+                            max_pixels=opts.max_pixels, lang=opts.lang)
 
     def ask_about(payload, question):
         return answer(payload_path(payload), question)
