@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data import EVALAI_PHASES
 from .errors import UserError
-from .formatting import group_title, interval_line, length_line, outcome_line, processing_line, score_table
+from .formatting import detail_lines, group_title, score_table
 from .i18n import texts
 from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
@@ -165,10 +165,7 @@ def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "
                prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
     if result.get("finetuned") is None:
         out += [tr("cmp_missing_ft", command=COMPARE_COMMAND), ""]
-    comparing = result.get("finetuned") is not None and result.get("outcomes")
-    lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
-             interval_line(result, tr) if comparing and result.get("bootstrap") else None]
-    out += [md_text(line) + "  " for line in lines if line]
+    out += [md_text(line) + "  " for line in detail_lines(result, tr)]
     for w in result.get("warnings") or []:
         out += ["", tr("warning_md", text=md_text(w))]
     return "\n".join(out)
@@ -176,9 +173,7 @@ def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "
 
 def _case_caption(path: Path, tr) -> str:
     m = _CASE_NAME.search(path.name)
-    if not m:
-        return path.stem
-    return tr("case_caption", group=group_title(m["group"], tr), i=m["i"], qid=m["qid"])
+    return tr("case_caption", group=group_title(m["group"], tr), i=m["i"], qid=m["qid"]) if m else path.stem
 
 
 def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
@@ -206,15 +201,6 @@ def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
 
 
 # --- the app ------------------------------------------------------------------------------------
-
-_CSS = """
-#status {min-height: 1.5em}
-#status p {margin: 0}
-/* the case pictures are 720x260: wide cells instead of the gallery's square ones (cosmetic) */
-#comparison_cases .thumbnail-item {aspect-ratio: 720 / 260}
-#comparison_cases .grid-wrap {height: auto; max-height: none}
-"""
-
 
 @dataclass
 class DemoOptions:
@@ -362,4 +348,10 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
 
 def demo_css() -> str:
     """Gradio 6 takes css in launch(), not in Blocks()."""
-    return _CSS
+    return """
+#status {min-height: 1.5em}
+#status p {margin: 0}
+/* the case pictures are 720x260: wide cells instead of the gallery's square ones (cosmetic) */
+#comparison_cases .thumbnail-item {aspect-ratio: 720 / 260}
+#comparison_cases .grid-wrap {height: auto; max-height: none}
+"""

@@ -153,6 +153,14 @@ def interval_line(result: dict, tr: Callable[..., str]) -> str:
               unit=bootstrap_unit(b.get("clusters"), result["n"], tr))
 
 
+def detail_lines(result: dict, tr: Callable[..., str]) -> list[str]:
+    """The lines under the headline table in summary.txt and the demo: outcomes, processing, length, interval."""
+    comparing = result.get("finetuned") is not None and result.get("outcomes")
+    lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
+             interval_line(result, tr) if comparing and result.get("bootstrap") else None]
+    return [line for line in lines if line]
+
+
 def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = False) -> list[str]:
     """A zero-shot run beside its published number (src.evaluation.zero_shot_reference): what differs, the
     published setting's command, and a warning when it lands far below."""
@@ -197,11 +205,7 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
     out.append("")
     out += text_table(*score_table(result, tr))
     out.append("")
-    if ft is not None:
-        out.append(outcome_line(result, tr))
-    out += [line for line in (processing_line(result, tr), length_line(result, tr)) if line]
-    if ft is not None:
-        out.append(interval_line(result, tr))
+    out += detail_lines(result, tr)
     if result.get("published"):
         out += reference_lines(result["published"], tr, with_interval=True)
     out += [tr("warning", text=w) for w in result["warnings"]]
