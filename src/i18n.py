@@ -6,12 +6,12 @@ file names and numbers are never translated.
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .files import read_json
 
 LANGS = ("zh", "en")
 LOCALES = Path(__file__).resolve().parent / "locales"
@@ -25,7 +25,8 @@ def check_lang(lang: str) -> str:
 
 @cache
 def _table(lang: str) -> dict[str, str]:
-    return json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
+    # an edit that breaks the JSON is one line naming the file, not a traceback
+    return read_json(LOCALES / f"{lang}.json", "locale file", fix="mend the last edit (git diff src/locales)")
 
 
 def texts(lang: str) -> Callable[..., str]:
