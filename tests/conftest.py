@@ -93,12 +93,33 @@ def pytest_xdist_make_scheduler(config, log):
     return GroupScheduling(config, log)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="also run the full tier (tests/tiers.py): what CI runs")
+
+
+def _deal_the_tiers(config, items) -> None:
+    """The README's `python -m pytest -q` runs every script and README command once; the tests listed in
+    tests/tiers.py (fault matrices, kill/resume, data parallel, more checkpoints) run with --full or -m full."""
+    from tiers import in_full_tier
+
+    for item in items:
+        if in_full_tier(item.path.name, item.originalname):
+            item.add_marker(pytest.mark.full)
+    if config.getoption("full") or config.getoption("markexpr"):
+        return
+    dropped = [item for item in items if item.get_closest_marker("full")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("full")]
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Keep tests that share an expensive fixture on one worker (see the module docstring), and order
     the work so that no core idles while the twin is built: the quick start first (its worker builds the
     OPT twin), the Flan-T5 twin's chain (the other worker builds that twin meanwhile), then the tests that
     do not need a twin, then the rest."""
+    _deal_the_tiers(config, items)
     for item in items:
         if not TWIN_FIXTURES & set(item.fixturenames) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.quick)  # `-m quick`: the edit loop's tier (no twin, nothing marked slow)

@@ -1,0 +1,61 @@
+"""Which tests run only in the full tier (`python -m pytest -q --full`, what CI runs).
+
+The README's `python -m pytest -q` keeps every script and every README command end to end once (the quick
+start, its checks, the merge, the demo in a browser, one bad-setting run per script) and the in-process
+tests; the full tier adds the fault matrices, kill/resume, data parallel, the Flan-T5 twin's chain and the
+other repeats. docs/testing.md records the measured times the split rests on."""
+
+ALL = "*"
+
+FULL_TIER: dict[str, set[str] | str] = {
+    "test_faults.py": ALL,
+    "test_t5_family.py": ALL,
+    "test_testdev.py": ALL,
+    "test_tensorboard.py": {"test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve",
+                            "test_two_output_folders_of_one_name_sharing_a_log_dir_keep_their_own_curves",
+                            "test_a_full_log_dir_warns_once_and_training_goes_on"},
+    "test_bad_input.py": {"test_cli_device_without_cuda_and_folder_with_unreadable_images",
+                          "test_damaged_data_files_are_one_line_before_the_model_loads",
+                          "test_a_damaged_frozen_sample_is_refused_and_the_rows_are_kept",
+                          "test_comparison_refuses_rows_with_wrong_field_types",
+                          "test_weights_that_do_not_fit_the_config_are_refused_in_one_line",
+                          "test_damaged_model_folders_name_the_file",
+                          "test_an_adapter_must_change_the_model_damaged_ones_are_refused",
+                          "test_one_path_rule_home_other_folder_and_spelling",
+                          "test_fine_tuning_resumes_with_the_same_model_folder_spelled_differently",
+                          "test_file_names_that_are_not_utf8_keep_every_row",
+                          "test_fine_tuning_on_a_full_disk_keeps_its_checkpoints_and_resumes",
+                          "test_an_output_file_that_is_a_folder_is_said_before_the_run",
+                          "test_hub_path_that_does_not_exist_and_a_damaged_cache_record"},
+    "test_merge.py": {"test_a_qlora_merge_is_w_plus_ba_to_the_rounding_of_its_dtype",
+                      "test_a_killed_merge_leaves_the_old_folder_or_none",
+                      "test_an_overwriting_merge_keeps_the_users_files_and_a_half_finished_replace_comes_back",
+                      "test_a_merge_that_fills_the_disk_says_so_in_its_own_words",
+                      "test_bad_input_is_one_line_before_the_model_loads",
+                      "test_unquantised_adapter_merged_answers_exactly_as_base_plus_adapter",
+                      "test_unquantised_merge_is_w_plus_ba_on_the_plain_weights",
+                      "test_the_card_of_an_unquantised_merge"},
+    "test_pipeline.py": {"test_two_processes_train_and_evaluate_data_parallel",
+                         "test_nan_loss_stops_and_keeps_the_last_good_checkpoint",
+                         "test_resume_checks_every_row_and_names_the_foreign_one",
+                         "test_a_damaged_newest_checkpoint_falls_back_to_the_one_before",
+                         "test_a_bad_training_image_is_one_line_even_from_dataloader_workers",
+                         "test_missing_and_corrupt_images_become_error_rows"},
+    "test_real_model_needs.py": {"test_a_two_process_resume_gives_each_rank_its_own_random_state",
+                                 "test_evaluation_workers_start_under_spawn",
+                                 "test_a_checkpoint_save_asks_no_server",
+                                 "test_gpu_check_smoke_profile_writes_operator_tables",
+                                 "test_train_step_bench_shows_the_vision_tower_out_of_the_graph"},
+    "test_hub_dataset.py": {"test_baseline_from_a_rate_limiting_mirror_without_the_default_repo"},
+    "test_scripts.py": {"test_odd_but_valid_images_work", "test_the_next_lines_paste_as_they_are_with_a_space_in_the_path",
+                        "test_a_baseline_and_an_evaluation_of_different_precision_are_said_to_differ",
+                        "test_an_adapter_trained_on_another_name_of_the_same_shapes_is_warned_about"},
+    "test_training.py": {"test_lora_inside_the_vision_tower_trains"},
+    "test_demo.py": {"test_twenty_concurrent_requests_none_fails_and_memory_stays_flat",
+                     "test_browser_paste_and_webcam_pictures"},
+}
+
+
+def in_full_tier(module: str, test: str) -> bool:
+    chosen = FULL_TIER.get(module, ())
+    return chosen == ALL or test in chosen
