@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-KINDS = ("info", "head", "range", "whole")  # dataset info API; HEAD, ranged GET, plain GET of a resolve URL
+KINDS = ("info", "head", "range", "whole")  # dataset info API; HEAD, ranged GET, plain GET of a resolve URL (or /cdn/)
 RANGE_MODES = ("exact", "ignore", "short", "shifted", "drip")
 
 
@@ -157,7 +157,8 @@ def _handler(hub: HubServer):
                 kind = "cdn"
             else:
                 return self._answer("?", path, arrived, 404, {}, b"not found")
-            fault = hub._fault(kind) if kind in KINDS else None
+            whole_cdn = kind == "cdn" and self.command == "GET" and not rng  # hf_hub_download goes there directly
+            fault = hub._fault("whole" if whole_cdn else kind) if kind in KINDS or whole_cdn else None
             if fault:
                 status, retry_after = fault
                 headers = {"Retry-After": retry_after} if retry_after is not None else {}
@@ -205,21 +206,21 @@ def _handler(hub: HubServer):
             local = hub._blobs.get(path.removeprefix("/cdn/"))
             if local is None:
                 return self._answer("cdn", path, arrived, 404, {}, b"no such blob")
-            data = local.read_bytes()
-            size, headers = len(data), {"ETag": f'"{path.removeprefix("/cdn/")}"', "Accept-Ranges": "bytes"}
+            size, headers = local.stat().st_size, {"ETag": f'"{path.removeprefix("/cdn/")}"', "Accept-Ranges": "bytes"}
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng or "")
             if m is None or hub.range_mode == "ignore":
-                return self._answer("cdn", path, arrived, 200, headers, data, range_=rng)
+                return self._answer("cdn", path, arrived, 200, headers, local.read_bytes(), range_=rng)
             first, last = m.groups()
             start, end = (size - int(last), size) if not first else (int(first), min(size, int(last or size - 1) + 1))
             if start >= size or start >= end:
                 return self._answer("cdn", path, arrived, 416, {"Content-Range": f"bytes */{size}"}, b"", range_=rng)
-            body = data[start:end]
+            if hub.range_mode == "shifted" and start > 0:
+                start, end = start - 1, end - 1
+            with open(local, "rb") as f:  # only the range: a bench reads large files range by range
+                f.seek(start)
+                body = f.read(end - start)
             if hub.range_mode == "short":
                 body = body[:len(body) // 2]
-            elif hub.range_mode == "shifted" and start > 0:
-                start, end = start - 1, end - 1
-                body = data[start:end]
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
             self._answer("cdn", path, arrived, 206, headers, body, range_=rng, drip=hub.range_mode == "drip")
 
