@@ -86,8 +86,8 @@ def _with_parquet(file: str, reads: HubReads, action):
     repo, commit, path = m.groups()
     local = reads.whole_dir / repo.replace("/", "--") / commit / path
     if not local.exists():
+        remote = RangedFile(f"{endpoint()}/datasets/{repo}/resolve/{commit}/{quote(path)}", path, reads)
         if reads.ranges_ok:
-            remote = RangedFile(f"{endpoint()}/datasets/{repo}/resolve/{commit}/{quote(path)}", path, reads)
             try:
                 with _reading(file):
                     return action(pq.ParquetFile(remote, pre_buffer=True))
@@ -95,7 +95,7 @@ def _with_parquet(file: str, reads: HubReads, action):
                 reads.ranges_ok = False
                 reads.note("ranges", f"note: {endpoint()} {e} for {path}; those bytes are not used: the files are "
                                      f"downloaded whole once to {reads.whole_dir} and read there")
-        local = download_whole(repo, commit, path, reads)
+        download_whole(remote.url, local, path, remote.size, reads)
     with _reading(local.as_posix()):
         return action(pq.ParquetFile(local, pre_buffer=True))
 

@@ -1,11 +1,14 @@
-"""HTTP to the hub as real mirrors answer it: huggingface_hub's requests and hf_hub_download, plus what they
-lack: bounded retries with one note, checked range answers and a stall deadline (docs/data.md says why)."""
+"""HTTP to the hub as real mirrors answer it, on huggingface_hub's client, with what its helpers lack: 429/5xx
+retried a bounded number of times with one note, range answers checked, a stall deadline on every read
+(docs/data.md says why each is ours)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
+import os
 import re
 import time
 from pathlib import Path
@@ -34,8 +37,8 @@ class RangesUnusable(Exception):
 
 @dataclasses.dataclass
 class HubReads:
-    """One reading pass: where whole files go, the stall deadline, whether range answers can be used, the
-    notes already printed (each once) and a bar counting the bytes received."""
+    """One reading pass: where whole files go, the stall deadline, whether range answers can be used,
+    the notes already printed (each once) and a bar counting the bytes received."""
     whole_dir: Path
     stall_s: float = STALL_S
     ranges_ok: bool = True
@@ -60,8 +63,8 @@ def _duration(seconds: float) -> str:
 
 
 def retrying(what: str, call, reads: HubReads):
-    """call() tried again after a 429/5xx or a broken-off connection, TRIES times in all, with one note.
-    Not http_backoff: it sleeps out any Retry-After (a day too), says nothing and ignores the stall deadline."""
+    """call() tried again after a 429/5xx answer or a broken-off connection, TRIES times in all, with one note.
+    Not http_backoff: it sleeps out any Retry-After (a day too), only logs, and has no stall deadline."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -74,7 +77,7 @@ def retrying(what: str, call, reads: HubReads):
             if e.response is None or e.response.status_code not in RETRY_STATUSES:
                 raise
             failure = f"HTTP {e.response.status_code} ({e.response.reason_phrase})"
-            after = (e.response.headers.get("Retry-After") or "").strip()  # a date is read as absent, as the library does
+            after = (e.response.headers.get("Retry-After") or "").strip()  # a date: absent, as huggingface_hub reads it
             wait = float(after) if after.isdecimal() else wait
         except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
             failure = f"{type(e).__name__} ({str(e)[:60]})"
@@ -91,31 +94,40 @@ def retrying(what: str, call, reads: HubReads):
         time.sleep(wait)
 
 
-class Stall:
-    """Counts the bytes of one answer as they arrive: HubTrouble once PROGRESS_BYTES take longer than stall_s
-    (a mirror that drips bytes, each within the read timeout)."""
+def _stream(response, what: str, reads: HubReads, sink, bar=None) -> int:
+    """Pass the body to sink(chunk) as it arrives, counted on `bar` or reads.bar; HubTrouble once PROGRESS_BYTES
+    take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
+    got, since, mark, bar = 0, time.monotonic(), 0, bar or reads.bar
+    for chunk in response.iter_bytes():
+        sink(chunk)
+        got += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+        if got - mark >= PROGRESS_BYTES:
+            since, mark = time.monotonic(), got
+        elif time.monotonic() - since > reads.stall_s:
+            raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)",
+                             "rerun later")
+    return got
 
-    def __init__(self, what: str, stall_s: float):
-        self.what, self.stall_s, self.got, self.mark, self.since = what, stall_s, 0, 0, time.monotonic()
 
-    def __call__(self, n: int) -> None:
-        self.got += n
-        if self.got - self.mark >= PROGRESS_BYTES:
-            self.since, self.mark = time.monotonic(), self.got
-        elif time.monotonic() - self.since > self.stall_s:
-            raise HubTrouble(f"sent {self.got - self.mark} bytes in over {self.stall_s:g} s to {self.what} "
-                             "(it stalls)", "rerun later")
-
-
-def _get_range(url: str, start: int, end: int, size: int, what: str, reads: HubReads) -> bytes:
-    """Bytes [start, end) by one streamed range request, checked: 206 with the Content-Range asked for and
-    exactly that many bytes (a 200 only when the range is the whole file)."""
+@contextlib.contextmanager
+def _get(url: str, **headers):
+    """A streamed GET with the hub's headers, raised for its status (identity: a compressed length is not the
+    file's)."""
     from huggingface_hub import constants, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    headers = {**build_hf_headers(), "Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}"}
-    with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, headers=headers) as r:
-        hf_raise_for_status(r)
+    with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                              headers={**build_hf_headers(), "Accept-Encoding": "identity", **headers}) as r:
+        hf_raise_for_status(r)  # it reads an error's body itself
+        yield r
+
+
+def _get_range(url: str, start: int, end: int, size: int, what: str, reads: HubReads) -> bytes:
+    """Bytes [start, end) by one range request, checked: 206 with the Content-Range asked for and exactly that
+    many bytes (a 200 only when the range is the whole file)."""
+    with _get(url, Range=f"bytes={start}-{end - 1}") as r:
         if r.status_code == 206:
             got = r.headers.get("Content-Range", "")
             m = CONTENT_RANGE.fullmatch(got.strip())
@@ -124,38 +136,39 @@ def _get_range(url: str, start: int, end: int, size: int, what: str, reads: HubR
         elif not (r.status_code == 200 and (start, end) == (0, size)):
             raise RangesUnusable(f"answered a range request with HTTP {r.status_code} and the whole file "
                                  "(it ignores Range)")
-        data, stall = bytearray(), Stall(what, reads.stall_s)
-        for chunk in r.iter_bytes():  # only now: a whole file sent instead of a range is not read
-            data.extend(chunk)
-            stall(len(chunk))
-            if reads.bar is not None:
-                reads.bar.update(len(chunk))
+        data = bytearray()
+        _stream(r, what, reads, data.extend)  # not before: a whole file sent instead of a range is not read
     if len(data) != end - start:
         raise RangesUnusable(f"sent {len(data)} bytes for a range of {end - start}")
     return bytes(data)
 
 
+def file_size(url: str, name: str, reads: HubReads) -> int:
+    """A listed hub file's size (huggingface_hub's HEAD); a 404 is a mirror not synced, one HubTrouble."""
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        meta = retrying(f"the size of {name} (HEAD)",
+                        lambda: get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads)
+    except HfHubHTTPError as e:
+        if e.response is None or e.response.status_code != 404:
+            raise
+        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
+                         "rerun later") from None
+    if meta.size is None:
+        raise HubTrouble(f"gave no size for {name}")
+    return meta.size
+
+
 class RangedFile(io.RawIOBase):
     """A hub file as a seekable binary file whose every read is one checked range request of exactly the bytes
-    asked for (HfFileSystem's files read ahead into the image columns and do not check the answer)."""
+    asked for (HfFileSystem's files read ahead into the image columns and check no answer)."""
 
     def __init__(self, url: str, name: str, reads: HubReads):
-        from huggingface_hub import constants, get_hf_file_metadata
-        from huggingface_hub.errors import HfHubHTTPError
-
         super().__init__()
         self.url, self.name, self.reads, self.pos = url, name, reads, 0
-        try:
-            meta = retrying(f"the size of {name} (HEAD)",
-                            lambda: get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads)
-        except HfHubHTTPError as e:
-            if e.response is None or e.response.status_code != 404:
-                raise
-            raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
-                             "rerun later") from None
-        if meta.size is None:
-            raise HubTrouble(f"gave no size for {name}")
-        self.size = meta.size
+        self.size = file_size(url, name, reads)
 
     def readable(self) -> bool:
         return True
@@ -178,23 +191,23 @@ class RangedFile(io.RawIOBase):
         return data
 
 
-def download_whole(repo: str, commit: str, path: str, reads: HubReads) -> Path:
-    """The whole file by hf_hub_download (size checked, resumable) to <whole_dir>/<repo>/<commit>/<path>, its
-    bar held to the stall deadline."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import tqdm
+def download_whole(url: str, dest: Path, name: str, size: int, reads: HubReads) -> None:
+    """The whole file to `dest` (through a temporary name), checked to be `size` bytes (not hf_hub_download:
+    it hands on 10 MB chunks, so a mirror dripping bytes never meets the stall deadline)."""
+    from tqdm.auto import tqdm
 
-    what = f"downloading {path}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
 
-    def attempt() -> str:
-        stall = Stall(what, reads.stall_s)
+    def attempt() -> int:
+        with _get(url) as r, open(tmp, "wb") as f, tqdm(total=size, unit="B", unit_scale=True,
+                                                         desc=f"downloading {name}") as bar:
+            return _stream(r, f"downloading {name}", reads, f.write, bar)
 
-        class Bar(tqdm):
-            def update(self, n=1):
-                stall(n or 0)
-                return super().update(n)
-
-        return hf_hub_download(repo, path, repo_type="dataset", revision=commit, tqdm_class=Bar,
-                               local_dir=reads.whole_dir / repo.replace("/", "--") / commit)
-
-    return Path(retrying(what, attempt, reads))
+    try:
+        got = retrying(f"downloading {name}", attempt, reads)
+        if got != size:
+            raise HubTrouble(f"sent {got} of the {size} bytes of {name}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -16,8 +16,8 @@ the sizes out of the file listing (as a mirror that does not report them).
 Misbehaviour (see `HubServer.fail` and `range_mode`): given status codes (429, 503, ...) with an optional
 Retry-After for the next N requests of a kind; range answers that ignore Range (200 + the whole file),
 carry fewer bytes than asked ("short"), another range than asked ("shifted"), or drip one byte every
-`drip_s` seconds ("drip"); `plain_404` leaves the X-Error-Code out of a 404 (as a plain proxy); `broken_info`
-cuts off the JSON of the next N dataset-info answers.
+`drip_s` seconds ("drip"; `drip_whole`: whole-file answers too); `plain_404` leaves the X-Error-Code out
+of a 404 (as a plain proxy); `broken_info` cuts off the JSON of the next N dataset-info answers.
 
 Every request is logged (`requests`) with its kind, time and answer, so tests count what the hub saw.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-KINDS = ("info", "head", "range", "whole")  # dataset info API; HEAD, ranged GET, plain GET of a resolve URL (or /cdn/)
+KINDS = ("info", "head", "range", "whole")  # dataset info API; HEAD, ranged GET, plain GET of a resolve URL
 RANGE_MODES = ("exact", "ignore", "short", "shifted", "drip")
 
 
@@ -68,7 +68,7 @@ class HubServer:
         self.sha, self.tags = sha, tags or {}
         self.extra_files = extra_files
         self.range_mode = "exact"
-        self.drip_s, self.plain_404, self.broken_info = 1.0, False, 0
+        self.drip_s, self.drip_whole, self.plain_404, self.broken_info = 1.0, False, False, 0
         self.requests: list[Request] = []
         self._faults: dict[str, list[tuple[int, str | None]]] = {k: [] for k in KINDS}
         self._lock = threading.Lock()
@@ -157,8 +157,7 @@ def _handler(hub: HubServer):
                 kind = "cdn"
             else:
                 return self._answer("?", path, arrived, 404, {}, b"not found")
-            whole_cdn = kind == "cdn" and self.command == "GET" and not rng  # hf_hub_download goes there directly
-            fault = hub._fault("whole" if whole_cdn else kind) if kind in KINDS or whole_cdn else None
+            fault = hub._fault(kind) if kind in KINDS else None
             if fault:
                 status, retry_after = fault
                 headers = {"Retry-After": retry_after} if retry_after is not None else {}
@@ -209,7 +208,8 @@ def _handler(hub: HubServer):
             size, headers = local.stat().st_size, {"ETag": f'"{path.removeprefix("/cdn/")}"', "Accept-Ranges": "bytes"}
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng or "")
             if m is None or hub.range_mode == "ignore":
-                return self._answer("cdn", path, arrived, 200, headers, local.read_bytes(), range_=rng)
+                return self._answer("cdn", path, arrived, 200, headers, local.read_bytes(), range_=rng,
+                                    drip=hub.drip_whole)
             first, last = m.groups()
             start, end = (size - int(last), size) if not first else (int(first), min(size, int(last or size - 1) + 1))
             if start >= size or start >= end:

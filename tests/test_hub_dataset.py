@@ -258,7 +258,6 @@ def serving(monkeypatch, repos: dict, **kw):
 
     with HubServer(repos, **kw) as hub:
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
         yield hub
 
 
@@ -414,8 +413,8 @@ def test_range_answers_that_are_not_the_bytes_asked_for_mean_whole_files(both, t
         assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
     assert len(hub.seen("range")) == 1  # no range is asked again after the first wrong answer
     files = sorted(p.name for p in (parquet_dir / "data").iterdir())
-    downloads = [r.path for r in hub.seen("cdn") if r.method == "GET" and r.range is None and r.status == 200]
-    assert len(downloads) == len(set(downloads)) == len(files)  # each once (from the address its HEAD gave)
+    downloads = [r.path.rsplit("/", 1)[1] for r in hub.seen("whole") if r.status == 302]
+    assert sorted(downloads) == files  # each once, for the questions; the images came from the copies
     whole = tmp_path / "vqav2_hub" / "files" / "lmms-lab--VQAv2" / SHA / "data"
     assert sorted(p.name for p in whole.iterdir()) == files
     for f in files:
@@ -525,6 +524,17 @@ def test_a_mirror_that_drips_bytes_stops_at_the_stall_deadline_with_one_line(bot
     assert "huggingface-cli" not in line
     assert len(hub.seen("range")) == 1  # a stall is not retried
     assert re.search(r"question columns of 2 file\(s\): \d+(\.\d+)?B", proc.stderr), proc.stderr[-2000:]
+
+
+def test_a_mirror_that_ignores_range_and_drips_the_whole_file_stops_at_the_stall_deadline(both, tmp_path, monkeypatch):
+    """The whole-file download that replaces range reads keeps the stall deadline too: one line naming it."""
+    with serving(monkeypatch, {"lmms-lab/VQAv2": both[1]}) as hub:
+        hub.range_mode, hub.drip_whole, hub.drip_s = "ignore", True, 0.2
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", cache_dir=tmp_path, hub_stall_s=1.0)
+    msg = str(e.value)
+    assert "\n" not in msg and "rerun later" in msg, msg
+    assert "in over 1 s to downloading data/validation-00000-of-00002.parquet (it stalls)" in msg, msg
 
 
 def test_a_stall_deadline_of_zero_is_refused_before_any_work():
