@@ -1,13 +1,14 @@
 """How many bytes each way of reading a VQAv2-like parquet dataset pulls from its files to evaluate a
 1,000-question sample of 214,354 (scaled down by SCALE), measured on a local copy.
 
-    python -m bench.hub_read_bytes            # about 1 minute, ~340 MB of temporary parquet
+    python -m bench.hub_read_bytes            # about 3 minutes, ~340 MB of temporary parquet
 
 Ways compared (bytes read from the parquet files = what would cross the network from the hub):
 - datasets, data_files={"validation": ...}: downloads every validation file, then writes an Arrow cache
 - datasets, streaming=True: reads every row of every file once to find the sample (nothing kept on disk)
 - src.hub_data (what dataset=vqav2_hub does): question columns only, then only the row groups holding the
   sample's images
+- the same by hub id over HTTP (tests/hub_server.py on 127.0.0.1 as HF_ENDPOINT): bytes of the server's answers
 Bytes are counted from /proc/self/io (rchar/wchar: bytes passed through read/write calls) around each way.
 """
 
@@ -61,6 +62,25 @@ def write_dataset(folder: Path, n_rows: int, row_group: int) -> None:
                        row_group_size=row_group)
 
 
+def over_http(folder: Path, cache: Path, n_sample: int) -> int:
+    """Bytes the hub served (body bytes of every answer) for the sample read by hub id from `folder`."""
+    import sys
+
+    from huggingface_hub import constants
+
+    from src.data import load_samples, materialize_images, sample_question_ids, select
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from hub_server import HubServer
+
+    with HubServer({"lmms-lab/VQAv2": folder}) as hub:
+        constants.ENDPOINT = hub.url
+        samples = load_samples("vqav2_hub", "val", cache_dir=cache)
+        materialize_images(select(samples, sample_question_ids(samples, n_sample, seed=42), "bench"), "vqav2_hub",
+                           cache)
+    return sum(r.body_bytes for r in hub.requests)
+
+
 def main():
     from src.data import load_samples, materialize_images, sample_question_ids, select
 
@@ -101,6 +121,9 @@ def main():
                 read, written = measure(fn)
                 print(f"  {name:<26} read {read / 1e6:8.1f} MB ({100 * read / total:5.1f}% of the parquet)   "
                       f"written {written / 1e6:8.1f} MB")
+            served = over_http(tmp / "ds", tmp / "http", n_sample)
+            print(f"  {'the same by hub id (HTTP)':<26} sent {served / 1e6:8.1f} MB ({100 * served / total:5.1f}% of "
+                  "the parquet)")
             shutil.rmtree(tmp / "hf_cache", ignore_errors=True)
 
 

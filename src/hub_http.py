@@ -1,5 +1,6 @@
-"""HTTP to the hub as real mirrors answer it, on huggingface_hub's client: 429/5xx retried with one note,
-range answers checked, whole-file downloads, a stall deadline on every read (docs/data.md says why)."""
+"""HTTP to the hub as real mirrors answer it, on huggingface_hub's client, with what its helpers lack: 429/5xx
+retried a bounded number of times with one note, range answers checked, a stall deadline on every read
+(docs/data.md says why each is ours)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class HubTrouble(Exception):
-    """The hub failed a request for good: `reason` completes "the hub at <endpoint> ...", `retry` says
-    whether and when a rerun may help."""
+    """The hub failed a request for good: `reason` completes "the hub at <endpoint> ...", `retry` says when a
+    rerun may help."""
 
     def __init__(self, reason: str, retry: str = "wait a few minutes and rerun"):
         super().__init__(reason)
@@ -61,31 +62,25 @@ def _duration(seconds: float) -> str:
             else f"{seconds:.0f} s")
 
 
-def _wait_s(headers, tries: int) -> float:
-    """The answer's Retry-After in seconds (a date is read as absent, as huggingface_hub does), else
-    FIRST_WAIT_S doubled for each try made."""
-    value = (headers.get("Retry-After") or "").strip()
-    return float(value) if value.isdecimal() else FIRST_WAIT_S * 2 ** (tries - 1)
-
-
 def retrying(what: str, call, reads: HubReads):
-    """call() (one HTTP request), tried again after a 429 or 5xx answer or a connection that broke off,
-    TRIES times in all; then HubTrouble naming `what` (huggingface_hub's http_backoff would sleep out
-    any Retry-After, a day included, and say nothing)."""
+    """call() tried again after a 429/5xx answer or a broken-off connection, TRIES times in all, with one note.
+    Not http_backoff: it sleeps out any Retry-After (a day too), only logs, and has no stall deadline."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
     began = time.monotonic()
     for tries in itertools.count(1):
+        wait = FIRST_WAIT_S * 2 ** (tries - 1)
         try:
             return call()
         except HfHubHTTPError as e:
             if e.response is None or e.response.status_code not in RETRY_STATUSES:
                 raise
             failure = f"HTTP {e.response.status_code} ({e.response.reason_phrase})"
-            wait = _wait_s(e.response.headers, tries)
+            after = (e.response.headers.get("Retry-After") or "").strip()  # a date: absent, as huggingface_hub reads it
+            wait = float(after) if after.isdecimal() else wait
         except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
-            failure, wait = f"{type(e).__name__} ({str(e)[:60]})", _wait_s({}, tries)
+            failure = f"{type(e).__name__} ({str(e)[:60]})"
             if time.monotonic() + wait - began > reads.stall_s:  # silent, not refusing: the stall deadline
                 raise HubTrouble(f"sent nothing usable to {what} for over {reads.stall_s:g} s ({failure}; it "
                                  "stalls)", "rerun later") from None
@@ -100,8 +95,8 @@ def retrying(what: str, call, reads: HubReads):
 
 
 def _stream(response, what: str, reads: HubReads, sink, bar=None) -> int:
-    """Pass the body to sink(chunk) as it arrives, counted on `bar` or reads.bar; HubTrouble once
-    PROGRESS_BYTES take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
+    """Pass the body to sink(chunk) as it arrives, counted on `bar` or reads.bar; HubTrouble once PROGRESS_BYTES
+    take longer than reads.stall_s (a mirror that drips bytes, each within the read timeout)."""
     got, since, mark, bar = 0, time.monotonic(), 0, bar or reads.bar
     for chunk in response.iter_bytes():
         sink(chunk)
@@ -118,8 +113,8 @@ def _stream(response, what: str, reads: HubReads, sink, bar=None) -> int:
 
 @contextlib.contextmanager
 def _get(url: str, **headers):
-    """A streamed GET with the hub's headers, raised for its status; identity: a compressed length is not
-    the file's."""
+    """A streamed GET with the hub's headers, raised for its status (identity: a compressed length is not the
+    file's)."""
     from huggingface_hub import constants, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
@@ -130,8 +125,8 @@ def _get(url: str, **headers):
 
 
 def _get_range(url: str, start: int, end: int, size: int, what: str, reads: HubReads) -> bytes:
-    """Bytes [start, end) by one range request, checked: 206 with the Content-Range asked for and exactly
-    that many bytes (a 200 only when the range is the whole file)."""
+    """Bytes [start, end) by one range request, checked: 206 with the Content-Range asked for and exactly that
+    many bytes (a 200 only when the range is the whole file)."""
     with _get(url, Range=f"bytes={start}-{end - 1}") as r:
         if r.status_code == 206:
             got = r.headers.get("Content-Range", "")
@@ -167,8 +162,8 @@ def file_size(url: str, name: str, reads: HubReads) -> int:
 
 
 class RangedFile(io.RawIOBase):
-    """A hub file as a seekable binary file whose every read is one checked range request of exactly
-    the bytes asked for (no read-ahead that would pull in the image bytes next to the question columns)."""
+    """A hub file as a seekable binary file whose every read is one checked range request of exactly the bytes
+    asked for (HfFileSystem's files read ahead into the image columns and check no answer)."""
 
     def __init__(self, url: str, name: str, reads: HubReads):
         super().__init__()
@@ -180,9 +175,6 @@ class RangedFile(io.RawIOBase):
 
     def seekable(self) -> bool:
         return True
-
-    def tell(self) -> int:
-        return self.pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
@@ -200,7 +192,8 @@ class RangedFile(io.RawIOBase):
 
 
 def download_whole(url: str, dest: Path, name: str, size: int, reads: HubReads) -> None:
-    """The whole file to `dest` (through a temporary name), checked to be `size` bytes."""
+    """The whole file to `dest` (through a temporary name), checked to be `size` bytes (not hf_hub_download:
+    it hands on 10 MB chunks, so a mirror dripping bytes never meets the stall deadline)."""
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)

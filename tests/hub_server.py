@@ -16,8 +16,8 @@ the sizes out of the file listing (as a mirror that does not report them).
 Misbehaviour (see `HubServer.fail` and `range_mode`): given status codes (429, 503, ...) with an optional
 Retry-After for the next N requests of a kind; range answers that ignore Range (200 + the whole file),
 carry fewer bytes than asked ("short"), another range than asked ("shifted"), or drip one byte every
-`drip_s` seconds ("drip"); `plain_404` leaves the X-Error-Code out of a 404 (as a plain proxy); `broken_info`
-cuts off the JSON of the next N dataset-info answers.
+`drip_s` seconds ("drip"; `drip_whole`: whole-file answers too); `plain_404` leaves the X-Error-Code out
+of a 404 (as a plain proxy); `broken_info` cuts off the JSON of the next N dataset-info answers.
 
 Every request is logged (`requests`) with its kind, time and answer, so tests count what the hub saw.
 
@@ -68,7 +68,7 @@ class HubServer:
         self.sha, self.tags = sha, tags or {}
         self.extra_files = extra_files
         self.range_mode = "exact"
-        self.drip_s, self.plain_404, self.broken_info = 1.0, False, 0
+        self.drip_s, self.drip_whole, self.plain_404, self.broken_info = 1.0, False, False, 0
         self.requests: list[Request] = []
         self._faults: dict[str, list[tuple[int, str | None]]] = {k: [] for k in KINDS}
         self._lock = threading.Lock()
@@ -205,21 +205,22 @@ def _handler(hub: HubServer):
             local = hub._blobs.get(path.removeprefix("/cdn/"))
             if local is None:
                 return self._answer("cdn", path, arrived, 404, {}, b"no such blob")
-            data = local.read_bytes()
-            size, headers = len(data), {"ETag": f'"{path.removeprefix("/cdn/")}"', "Accept-Ranges": "bytes"}
+            size, headers = local.stat().st_size, {"ETag": f'"{path.removeprefix("/cdn/")}"', "Accept-Ranges": "bytes"}
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng or "")
             if m is None or hub.range_mode == "ignore":
-                return self._answer("cdn", path, arrived, 200, headers, data, range_=rng)
+                return self._answer("cdn", path, arrived, 200, headers, local.read_bytes(), range_=rng,
+                                    drip=hub.drip_whole)
             first, last = m.groups()
             start, end = (size - int(last), size) if not first else (int(first), min(size, int(last or size - 1) + 1))
             if start >= size or start >= end:
                 return self._answer("cdn", path, arrived, 416, {"Content-Range": f"bytes */{size}"}, b"", range_=rng)
-            body = data[start:end]
+            if hub.range_mode == "shifted" and start > 0:
+                start, end = start - 1, end - 1
+            with open(local, "rb") as f:  # only the range: a bench reads large files range by range
+                f.seek(start)
+                body = f.read(end - start)
             if hub.range_mode == "short":
                 body = body[:len(body) // 2]
-            elif hub.range_mode == "shifted" and start > 0:
-                start, end = start - 1, end - 1
-                body = data[start:end]
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
             self._answer("cdn", path, arrived, 206, headers, body, range_=rng, drip=hub.range_mode == "drip")
 

@@ -526,6 +526,17 @@ def test_a_mirror_that_drips_bytes_stops_at_the_stall_deadline_with_one_line(bot
     assert re.search(r"question columns of 2 file\(s\): \d+(\.\d+)?B", proc.stderr), proc.stderr[-2000:]
 
 
+def test_a_mirror_that_ignores_range_and_drips_the_whole_file_stops_at_the_stall_deadline(both, tmp_path, monkeypatch):
+    """The whole-file download that replaces range reads keeps the stall deadline too: one line naming it."""
+    with serving(monkeypatch, {"lmms-lab/VQAv2": both[1]}) as hub:
+        hub.range_mode, hub.drip_whole, hub.drip_s = "ignore", True, 0.2
+        with pytest.raises(UserError) as e:
+            load_samples("vqav2_hub", "val", cache_dir=tmp_path, hub_stall_s=1.0)
+    msg = str(e.value)
+    assert "\n" not in msg and "rerun later" in msg, msg
+    assert "in over 1 s to downloading data/validation-00000-of-00002.parquet (it stalls)" in msg, msg
+
+
 def test_a_stall_deadline_of_zero_is_refused_before_any_work():
     from src.config import check_value
 
