@@ -120,7 +120,7 @@ def build_sample_model(outdir: Path, layers: int = 2) -> Path:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     from src.memory_plan import load_blip2_config
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     config = load_blip2_config(None)
     for sub in (config.vision_config, config.qformer_config, config.text_config):
