@@ -39,13 +39,11 @@ COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 GIB = 1024**3
 
 
-def nf4_weight_bytes(numel: int, double_quant: bool = True, blocksize: int = NF4_BLOCKSIZE) -> int:
-    """Bytes bitsandbytes holds for one NF4 weight: packed 4-bit codes plus its quant_state (double quantisation:
-    a uint8 absmax per 64 weights, an fp32 one per 256 blocks, two small lookup tables)."""
+def nf4_weight_bytes(numel: int) -> int:
+    """Bytes bitsandbytes holds for one NF4 weight, as load_blip2 quantises it: packed 4-bit codes plus its quant_state
+    (double quantisation: a uint8 absmax per 64 weights, an fp32 one per 256 blocks, two small lookup tables)."""
     packed = (numel + 1) // 2
-    blocks = math.ceil(numel / blocksize)
-    if not double_quant:
-        return packed + 4 * blocks + NF4_CODE_BYTES
+    blocks = math.ceil(numel / NF4_BLOCKSIZE)
     nested_blocks = math.ceil(blocks / NF4_NESTED_BLOCKSIZE)
     return packed + blocks + 4 * nested_blocks + NESTED_OFFSET_BYTES + NESTED_CODE_BYTES + NF4_CODE_BYTES
 
