@@ -3,7 +3,7 @@
     python blip2_cli.py baseline_images/pic_01.jpg
     python blip2_cli.py baseline_images/ --question "What is in the image?" --json
     python blip2_cli.py photo.jpg --question "How many people are there?" --adapter_dir outputs/lora_adapter
-    # offline CPU smoke run with the offline twin (python -m src.tiny_model):
+    # offline CPU smoke run with the offline twin (python -m twin):
     python blip2_cli.py baseline_images/pic_01.jpg --model_id outputs/tiny-blip2 --quantization none
 
 Without --question only captions are made. Exit code 0 on success; on failure one line on

@@ -2,8 +2,8 @@
 
     python create_baseline.py                                        # base model -> outputs/baseline.jsonl
     python create_baseline.py --adapter_dir=outputs/lora_adapter     # fine-tuned -> outputs/baseline_finetuned.jsonl
-    # offline CPU smoke run with the offline twin (python -m src.tiny_model):
-    python -m src.tiny_model outputs/tiny-blip2 && python create_baseline.py --model_id=outputs/tiny-blip2 --quantization=none
+    # offline CPU smoke run with the offline twin (python -m twin):
+    python -m twin outputs/tiny-blip2 && python create_baseline.py --model_id=outputs/tiny-blip2 --quantization=none
 
 One JSON row per image: image_path, caption, question, answer, model_id, adapter, prompt and
 decoding settings (an unreadable image becomes a row with an "error" and the rest completes).

@@ -6,8 +6,8 @@
     python create_vqav2_baseline.py --quantization=none --max_samples=0 --output_dir=outputs/paper_setting  # as the paper
     python create_vqav2_baseline.py --split=testdev --output_dir=outputs/testdev   # all of test-dev, for EvalAI
     accelerate launch --multi_gpu --num_processes 2 create_vqav2_baseline.py   # several GPUs
-    # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
-    python -m src.tiny_model outputs/tiny-blip2
+    # offline CPU smoke run: the offline twin (python -m twin) on easy-VQA (pip install easy-vqa)
+    python -m twin outputs/tiny-blip2
     python create_vqav2_baseline.py --model_id=outputs/tiny-blip2 --quantization=none --dataset=easy_vqa --max_samples=50
 
 Draws MAX_SAMPLES question ids with SEED and freezes them in <output_dir>/vqav2_sample_ids.json

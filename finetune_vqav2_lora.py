@@ -6,8 +6,8 @@
     python finetune_vqav2_lora.py --memory_plan_only=True            # the weight-memory estimate only (no download)
     python finetune_vqav2_lora.py --report_to=tensorboard            # curves: tensorboard --logdir outputs/tf-logs
     accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
-    # offline CPU smoke run: the offline twin (python -m src.tiny_model) on easy-VQA (pip install easy-vqa)
-    python -m src.tiny_model outputs/tiny-blip2
+    # offline CPU smoke run: the offline twin (python -m twin) on easy-VQA (pip install easy-vqa)
+    python -m twin outputs/tiny-blip2
     python finetune_vqav2_lora.py --model_id=outputs/tiny-blip2 --dataset=easy_vqa --train_steps=20 --lr=3e-3
 
 The example is laid out for the model's family (src/family.py, read from its config). OPT: the

@@ -8,7 +8,7 @@
     # offline CPU smoke run with the tiny model (--adapter_dir= serves the base model only, leave it out to use
     # an adapter from the tiny-model smoke run of finetune_vqav2_lora.py); easy-VQA pictures as the examples
     # (converted into data/easy_vqa/ by the first --dataset=easy_vqa run of any script):
-    python -m src.tiny_model outputs/tiny-blip2
+    python -m twin outputs/tiny-blip2
     python inference_demo.py --model_id=outputs/tiny-blip2 --quantization=none --adapter_dir=
     python inference_demo.py --model_id=outputs/tiny-blip2 \
         --examples_dir=data/easy_vqa/images/val --question="what color is the shape?"

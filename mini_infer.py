@@ -3,7 +3,7 @@
     python mini_infer.py                                   # baseline_images/pic_01.jpg, Salesforce/blip2-opt-2.7b
     python mini_infer.py --image=data/picture_02.jpg --question="What animal is this?"
     # offline CPU smoke run with the offline twin (a tiny captioner of easy-VQA shapes; it knows no photos):
-    python -m src.tiny_model outputs/tiny-blip2 && python mini_infer.py --model_id=outputs/tiny-blip2 --quantization=none
+    python -m twin outputs/tiny-blip2 && python mini_infer.py --model_id=outputs/tiny-blip2 --quantization=none
 
 Prints the caption and the answer and writes them, with the resolved config, to
 <output_dir>/mini_infer.json. One run at a time writes into an output folder (<output_dir>/.output.lock).

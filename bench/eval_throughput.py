@@ -1,6 +1,6 @@
 """Evaluation throughput on CPU: one question at a time (the HF-notebook way) vs our batched path.
 
-Builds the tiny BLIP-2 (`src.tiny_model`) in a temporary folder, takes the same N easy-VQA val
+Builds the tiny BLIP-2 (`python -m twin`) in a temporary folder, takes the same N easy-VQA val
 questions for every configuration (all the questions of randomly drawn images, as a whole-split
 evaluation sees them: about 10 questions per 64x64 image) and times, for each decoding preset:
 
@@ -287,7 +287,7 @@ def main() -> None:
         work = Path(tmp)
         model_dir = MODEL_DIR
         if not model_dir:
-            from src.tiny_model import build_tiny_blip2
+            from twin import build_tiny_blip2
 
             model_dir = str(build_tiny_blip2(work / "tiny-blip2"))
         model, processor = load_blip2(model_dir, "none", device="cpu")
@@ -332,7 +332,7 @@ def results_section(command: str, results: dict[str, list[dict]], tables: list[s
         f"{load_average[1]:.2f} after (the machine is shared: other work inflates wall times)",
         f"- command: `{command}`",
         f"- questions: {len(samples)} {DATASET} val questions, all those of {n_images} randomly drawn images "
-        f"(seed {SEED}); model: {'the tiny BLIP-2 (src.tiny_model), fp32' if not MODEL_DIR else MODEL_DIR}; "
+        f"(seed {SEED}); model: {'the tiny BLIP-2 (python -m twin), fp32' if not MODEL_DIR else MODEL_DIR}; "
         f"prompt {VQA_PROMPT}",
         "- one_at_a_time: processor + `model.generate` per question; run_vqa_*: `src.evaluation.run_vqa` "
         "(image-grouped batches, shared images encoded once, JSONL rows); grouped_shared / grouped_unshared: "

@@ -192,7 +192,7 @@ def save_random_model(outdir: Path, config, family, device: str) -> dict:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     from src.modeling import compute_dtype
-    from src.tiny_model import IMAGE_TOKEN, build_tiny_blip2
+    from twin import IMAGE_TOKEN, build_tiny_blip2
 
     with tempfile.TemporaryDirectory() as tiny:
         build_tiny_blip2(tiny, pretrain_steps=0, family=family.name)  # only its tokenizer and processor are used

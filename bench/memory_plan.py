@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 from pathlib import Path
 
 from bench import finetune_lora
@@ -79,6 +80,37 @@ def accelerate_estimate(config) -> dict:
     }
 
 
+def unquantized_params_by_dtype(plan: dict, precision: str) -> dict[str, int]:
+    """Parameters of blip2-opt-2.7b that the int8 / nf4 column leaves unquantised, per dtype transformers loads them in."""
+    from src.memory_plan import build_meta_model, load_blip2_config
+
+    quantized = {f"{name}.weight" for name in plan["bnb"]["quantized_linears"]}
+    upcast = [re.compile(k.replace("*", ".*")) for k in plan["bnb"]["fp32_patterns"][precision]]
+    kept: dict[str, int] = {}
+    for name, param in build_meta_model(load_blip2_config(None)).named_parameters():  # tied ones once
+        if name not in quantized:
+            dtype = "float32" if any(u.search(name) for u in upcast) else plan["compute_dtype"]
+            kept[dtype] = kept.get(dtype, 0) + param.numel()
+    return kept
+
+
+def held_bytes(model) -> int:
+    """Bytes of every tensor a loaded model holds: parameters and buffers (shared ones once), plus what
+    bitsandbytes keeps beside them: the 4-bit quant_state and the int8 row scales (SCB)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        kind = type(weight).__name__  # class names, so this runs without importing bitsandbytes
+        if kind == "Params4bit" and weight.quant_state is not None:
+            s = weight.quant_state
+            stats = [s.absmax, s.code] + ([s.offset, s.state2.absmax, s.state2.code] if s.nested else [])
+            total += sum(t.numel() * t.element_size() for t in stats)
+        elif kind == "Int8Params" and weight.SCB is not None:
+            total += weight.SCB.numel() * weight.SCB.element_size()
+    return total
+
+
 def card_row(estimate: dict, card_dtype: str) -> tuple[str, str, str]:
     """The card's three strings, as accelerate formats them (convert_bytes: 1024-based 'MB'/'GB')."""
     from accelerate.utils import convert_bytes
@@ -100,7 +132,7 @@ def difference_terms(plan: dict, card: dict, card_dtype: str) -> list[tuple[str,
     p = plan["precisions"][precision]
     if precision in ("int8", "nf4"):
         quantized = plan["bnb"]["quantized_params"]
-        kept = p["unquantized_params_by_dtype"]
+        kept = unquantized_params_by_dtype(plan, precision)
         sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
         kept_cost = sum(n * (sizes[d] - rate) for d, n in kept.items())
         stats = p["bytes"] - quantized * rate - sum(n * sizes[d] for d, n in kept.items())
@@ -120,7 +152,7 @@ def build_sample_model(outdir: Path, layers: int = 2) -> Path:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     from src.memory_plan import load_blip2_config
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     config = load_blip2_config(None)
     for sub in (config.vision_config, config.qformer_config, config.text_config):
@@ -140,7 +172,7 @@ def gpu_check(workdir: Path) -> dict:
 
     import torch
 
-    from src.memory_plan import held_bytes, plan_memory
+    from src.memory_plan import plan_memory
     from src.modeling import load_blip2
 
     if not torch.cuda.is_available():
@@ -207,8 +239,8 @@ def checkpoint_table(lora) -> list[str]:
     for model_id in KNOWN_ARCHITECTURES:
         plan = plan_memory(model_id, lora=lora, compute_dtype=COMPUTE_DTYPE)
         p, q, lo = plan["precisions"], plan["qlora_training"], plan["lora"]
-        rows.append(f"| {model_id} | {plan['family']} | {plan['total_params'] / 1e9:.3f}B | {p['bf16']['gib']:.2f} | "
-                    f"{p['nf4']['gib']:.2f} | {q['total_bytes'] / GIB:.2f} | {lo['params']:,} on {lo['modules']} "
+        rows.append(f"| {model_id} | {plan['family']} | {plan['total_params'] / 1e9:.3f}B | {p['bf16']['bytes'] / GIB:.2f} | "
+                    f"{p['nf4']['bytes'] / GIB:.2f} | {q['total_bytes'] / GIB:.2f} | {lo['params']:,} on {lo['modules']} "
                     f"({', '.join(lo['targets'])}) |")
     return rows
 

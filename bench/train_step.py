@@ -177,7 +177,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="train_step_") as tmp:
         model_dir = REPO / MODEL_DIR
         if not (model_dir / "config.json").is_file():
-            from src.tiny_model import build_tiny_blip2
+            from twin import build_tiny_blip2
 
             print(f"{MODEL_DIR} has no twin: building one in {tmp} (about 3 minutes)", flush=True)
             model_dir = Path(tmp) / "tiny-blip2"

@@ -6,7 +6,7 @@ shuffled-image control.
     python -m bench.twin_story                           # every setting: about 4 minutes each on 2 CPU cores
     python -m bench.twin_story --settings=avx2:1         # one setting (ATEN_CPU_CAPABILITY:torch threads)
     python -m bench.twin_story --write_results=False     # print only
-    python -m bench.twin_story --family=t5               # the Flan-T5 twin (src.tiny_model --family=t5), same chain
+    python -m bench.twin_story --family=t5               # the Flan-T5 twin (python -m twin --family=t5), same chain
 
 The twin's weights depend on the CPU's kernels, so one machine's numbers say little about another's. This
 bench runs the chain once per kernel setting it can reach on one machine: ATEN_CPU_CAPABILITY = default,
@@ -42,7 +42,7 @@ SHUFFLE_SEED: int = 0
 ONE_SETTING_DIR: str = ""  # internal: run the chain once in this folder (the kernel setting is in the environment)
 # -----------------------------------------------------------------------------
 
-CHAIN = ("src.tiny_model", "create_vqav2_baseline.py", "finetune_vqav2_lora.py", "evaluate_vqav2_finetuned.py")
+CHAIN = ("twin", "create_vqav2_baseline.py", "finetune_vqav2_lora.py", "evaluate_vqav2_finetuned.py")
 FIGURES = [  # (key, label) in the order of the table
     ("caption_accuracy", "twin caption accuracy (val images, exact)"),
     ("zero_shot_overall", "zero-shot: overall"),
@@ -91,7 +91,7 @@ def run_chain(work: Path, model: Path) -> dict[str, float]:
         if script not in CHAIN:
             continue
         argv = [str(model) if a == "outputs/tiny-blip2" else a.replace("=outputs/tiny-blip2", f"={model}") for a in argv]
-        if script != "src.tiny_model":
+        if script != "twin":
             argv.append(f"--output_dir={work}")
         elif FAMILY != "opt":
             argv.append(f"--family={FAMILY}")
@@ -100,7 +100,7 @@ def run_chain(work: Path, model: Path) -> dict[str, float]:
         if proc.returncode != 0:
             raise SystemExit(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         seconds[script] = round(time.perf_counter() - start, 1)
-        shown = f"{cmd} --family={FAMILY}" if script == "src.tiny_model" and FAMILY != "opt" else cmd
+        shown = f"{cmd} --family={FAMILY}" if script == "twin" and FAMILY != "opt" else cmd
         print(f"  {shown}  ({seconds[script]} s)", flush=True)
     return seconds
 

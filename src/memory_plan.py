@@ -1,54 +1,5 @@
-"""How much memory BLIP-2's weights take at each precision, and what QLoRA adds, without loading a weight.
-`python finetune_vqav2_lora.py --memory_plan_only=True` prints it for that script's model and LoRA.
-
-`plan_memory` builds Blip2ForConditionalGeneration on the meta device (shapes only), counts
-parameters per part (a tied lm_head counted once, with the input embedding) and prices every
-parameter at fp32, bf16, fp16, LLM.int8 and NF4 with double quantisation. Which modules stay
-unquantised, and in which dtype, is asked of the installed transformers itself: its bitsandbytes
-quantizers' `get_modules_to_not_convert` (the model family's skip list, `_keep_in_fp32_modules`:
-the Q-Former, the query tokens and T5's `wo`), the `should_convert_module` rule and "only `nn.Linear`
-is replaced" from `replace_with_bnb_linear`, and the model's `_get_dtype_plan` for the fp32 upcast.
-Whether the output embedding is tied follows transformers' `tie_weights` at load time: transformers 5
-builds every T5 with lm_head tied to `shared` and unties it when the checkpoint holds both with different
-values, as Flan-T5's does (its config says `tie_word_embeddings: false`); see `output_embedding_untied`.
-`format_plan` turns the result into the table the fine-tuning script prints before loading.
-
-The architectures of the four public checkpoints ship beside this file (no download), each a copy
-of its Hub config.json (the transformers 4.47 revisions that added the `<image>` token) with the
-values the Hub file leaves to the config classes' defaults written out:
-
-- Salesforce/blip2-opt-2.7b, `blip2_opt_2.7b_architecture.json`: checked against a public copy of
-  the Hub config.json (image_token_index 50265, text vocab_size 50304, eos 50118, ffn 10240, 2560
-  hidden, 32 layers / 32 heads) and its printed module tree (vision 1408 / 6144, qkv bias, eps 1e-6,
-  257 positions = 224/14 patches + CLS; Q-Former 768 / 3072, cross-attention every 2nd layer, keys
-  from 1408; OPT positions 2050 = 2048 + 2, padding_idx 1). The Hub config leaves the rest to the
-  config classes' defaults, copied here: vision 39 layers / 16 heads, Q-Former 12 layers / 12 heads
-  (its vocab_size 30522 and max_position_embeddings 512 create no parameters in
-  Blip2ForConditionalGeneration), OPT bos 2 and tie_word_embeddings true.
-- Salesforce/blip2-opt-6.7b, `blip2_opt_6.7b_architecture.json`: OPT-6.7B's sizes (hidden and
-  word_embed_proj_dim 4096, ffn 16384, 32 layers / 32 heads, positions 2048, bos 2, pad 1) from a copy
-  of facebook/opt-6.7b's config.json, which BLIP-2 took unchanged (LAVIS blip2_pretrain_opt6.7b.yaml:
-  opt_model facebook/opt-6.7b; transformers' convert_blip_2_original_to_pytorch.py: OPTConfig of
-  facebook/opt-6.7b with eos = the newline, 50118). vocab_size 50304 and image_token_index 50265 are
-  those of the same update of Salesforce/blip2-opt-6.7b-coco (its Hub config.json at 6fb8001: the same
-  OPT-6.7B, eos 50118, image_token_index 50265, vocab_size 50304), where `<image>` (added_tokens.json:
-  50265) made 50266 tokens (50304 is that rounded up to a multiple of 64). The plain checkpoint's own
-  updated config.json was not found in a public copy; its parameter count with these values, 7.75B,
-  matches promptlayer.com's listing of the Hub model. Vision and Q-Former: the same defaults as
-  blip2-opt-2.7b (224-pixel images, LAVIS image_size 224).
-- Salesforce/blip2-flan-t5-xl and -xxl, `blip2_flan_t5_xl_architecture.json` and
-  `blip2_flan_t5_xxl_architecture.json`: a printed copy of the xl Hub config.json and the xxl Hub
-  config.json at revision e9ddf63 (both transformers 4.47.0.dev0): use_decoder_only_language_model
-  false, num_query_tokens 32, image_token_index 32100 (`<image>` after T5's 32,100 pieces and sentinels;
-  vocab_size stays 32128), text_config model_type t5 with d_model 2048 / 4096, d_ff 5120 / 10240,
-  d_kv 64, num_heads 32 / 64, 24 encoder and 24 decoder layers, gated-gelu, relative attention 32
-  buckets / max distance 128, layer_norm_epsilon 1e-6, tie_word_embeddings false, pad 0, eos 1,
-  decoder_start 0 and bos 1 (convert_blip_2_original_to_pytorch.py sets bos_token_id=1 and
-  dense_act_fn="gelu" on google/flan-t5-xl's and -xxl's T5Config). Vision and Q-Former are left to the
-  defaults there too (the same values as above). Parameter counts with the untied lm_head, 3.94B and
-  12.23B, match promptlayer.com's listings (3.94B, 12.2B) and the xxl checkpoint's 48.9 GB of fp32
-  safetensors.
-"""
+"""How much memory BLIP-2's weights take at each precision, and what QLoRA adds, counted on the meta device without
+loading a weight; `finetune_vqav2_lora.py --memory_plan_only=True` prints it (method: docs/details.md)."""
 
 from __future__ import annotations
 
@@ -64,7 +15,7 @@ from .family import LoraSettings, lora_target_regex  # the LoRA the fine-tuning 
 
 _HERE = Path(__file__).parent
 ARCHITECTURE_JSON = _HERE / "blip2_opt_2.7b_architecture.json"  # the default model's (DEFAULT_MODEL_ID)
-# Hub ids whose architecture ships with the repo, so a plan never needs the network
+# Hub ids whose architecture ships with the repo, so a plan never needs the network (sources: docs/checkpoints.md)
 KNOWN_ARCHITECTURES = {
     "Salesforce/blip2-opt-2.7b": ARCHITECTURE_JSON,
     "Salesforce/blip2-opt-6.7b": _HERE / "blip2_opt_6.7b_architecture.json",
@@ -88,16 +39,11 @@ COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 GIB = 1024**3
 
 
-def nf4_weight_bytes(numel: int, double_quant: bool = True, blocksize: int = NF4_BLOCKSIZE) -> int:
-    """Bytes bitsandbytes holds for one NF4 weight: packed 4-bit codes plus its quant_state.
-
-    Double quantisation stores one uint8 absmax per block of 64 weights and one fp32 absmax per
-    256 blocks (about 0.5 + 1/64 + 4/16384 bytes per weight), plus the two small lookup tables.
-    """
+def nf4_weight_bytes(numel: int) -> int:
+    """Bytes bitsandbytes holds for one NF4 weight, as load_blip2 quantises it: packed 4-bit codes plus its quant_state
+    (double quantisation: a uint8 absmax per 64 weights, an fp32 one per 256 blocks, two small lookup tables)."""
     packed = (numel + 1) // 2
-    blocks = math.ceil(numel / blocksize)
-    if not double_quant:
-        return packed + 4 * blocks + NF4_CODE_BYTES
+    blocks = math.ceil(numel / NF4_BLOCKSIZE)
     nested_blocks = math.ceil(blocks / NF4_NESTED_BLOCKSIZE)
     return packed + blocks + 4 * nested_blocks + NESTED_OFFSET_BYTES + NESTED_CODE_BYTES + NF4_CODE_BYTES
 
@@ -171,12 +117,8 @@ def _output_embedding_name(model) -> str:
 
 
 def output_embedding_untied(model, checkpoint_keys: set[str] | None) -> bool:
-    """Whether loading the checkpoint leaves the output embedding a tensor of its own although the model
-    ties it when built. transformers' `tie_weights` (from_pretrained) skips a tie when the checkpoint holds
-    both tensors with different values; a tied checkpoint stores one. With the checkpoint's tensor names
-    (a model folder) that is read off them. Without (a config only): untied when the config says so,
-    `tie_word_embeddings: false`, which T5Config records as `scale_decoder_outputs` before tying T5
-    anyway (transformers 5): that is Flan-T5, whose checkpoints carry their own lm_head."""
+    """Whether loading leaves the output embedding a tensor of its own although the model ties it when built: read
+    off the checkpoint's tensor names, else off `tie_word_embeddings: false` (Flan-T5; docs/details.md)."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     if head is None or head.weight is not embed.weight:
         return False
@@ -297,15 +239,8 @@ def resolve_lora_targets(targets, family: Family) -> str | tuple[str, ...]:
 
 
 def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:
-    """Parameters and weight bytes of BLIP-2 per part and precision, plus LoRA and its training state.
-
-    config: see `load_blip2_config` (default: the shipped Salesforce/blip2-opt-2.7b architecture); a
-    model folder's checkpoint tensor names decide whether its output embedding loads untied.
-    lora: the LoRA (its r, target_modules and scope; target_modules may be "auto", the model family's
-    layers, or a peft regex string).
-    compute_dtype: dtype of everything bitsandbytes leaves unquantised in the int8 / nf4 columns
-    (`load_blip2` uses bfloat16 on GPUs that have it, else float16, or float32 for Flan-T5).
-    """
+    """Parameters and weight bytes of BLIP-2 (`config` as `load_blip2_config` takes it) per part and precision, plus
+    `lora` and its training state; `compute_dtype` is what bitsandbytes leaves unquantised in the int8 / nf4 columns."""
     import torch
     import transformers
 
@@ -319,14 +254,12 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
 
     not_convert = bnb_modules_to_not_convert(model)
     quantized = bnb_quantized_linears(model, not_convert)
-    parts, unquantized_by_dtype = _bytes_per_part(model, quantized, dtypes)
+    parts = _bytes_per_part(model, quantized, dtypes)
     total_params = sum(p["params"] for p in parts.values())
     precisions = {}
     for precision in PRECISIONS:
         total = sum(p["bytes"][precision] for p in parts.values())
-        precisions[precision] = {"dtype": str(dtypes[precision]).removeprefix("torch."), "bytes": total, "gib": total / GIB}
-    for precision in ("int8", "nf4"):
-        precisions[precision]["unquantized_params_by_dtype"] = unquantized_by_dtype[precision]
+        precisions[precision] = {"dtype": str(dtypes[precision]).removeprefix("torch."), "bytes": total}
 
     requested = lora.target_modules
     auto = requested == AUTO or not isinstance(requested, str) and tuple(requested) == (AUTO,)
@@ -336,7 +269,6 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
         "weights_bytes": precisions["nf4"]["bytes"],
         "lora_bytes": lora["total_bytes"],
         "total_bytes": precisions["nf4"]["bytes"] + lora["total_bytes"],
-        "activations": "not estimated (the language model's only: image features are computed under no_grad)",
     }
 
     tied = getattr(model, "all_tied_weights_keys", {}) or {}
@@ -346,11 +278,9 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
         "family": family.name,
         "transformers_version": transformers.__version__,
         "compute_dtype": compute_dtype,
-        "language_model_layers": cfg.text_config.num_hidden_layers,
         "total_params": total_params,
         "parts": parts,
         "tied_weights": dict(tied),
-        "tied_params_counted_once": sum(model.get_parameter(k).numel() for k in tied),
         "untied_output_embedding": "language_model.lm_head" in parts,
         "bnb": {
             "modules_to_not_convert": not_convert,
@@ -370,8 +300,8 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     }
 
 
-def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dict[str, dict], dict[str, dict]]:
-    """({part: params, quantised params, bytes per precision}, {"int8"/"nf4": unquantised params per dtype})."""
+def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> dict[str, dict]:
+    """{part: params, quantised params, bytes per precision}."""
     import torch
 
     quantized_weights = {f"{name}.weight": module for name, module in quantized.items()}
@@ -381,7 +311,6 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dic
     lm_head_weight = lm_head.weight if lm_head is not None else None
 
     parts: dict[str, dict] = {}
-    unquantized_by_dtype = {p: {} for p in ("int8", "nf4")}
     for name, param in model.named_parameters():  # shared (tied) parameters come once
         part = parts.setdefault(
             _part_of(name, param, embed_weight, lm_head_weight),
@@ -402,9 +331,6 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dic
             else:
                 dtype = torch.float32 if any(p.search(name) for p in upcast[precision]) else dtypes[precision]
                 part["bytes"][precision] += n * dtype.itemsize
-                if precision in unquantized_by_dtype:
-                    key = str(dtype).removeprefix("torch.")
-                    unquantized_by_dtype[precision][key] = unquantized_by_dtype[precision].get(key, 0) + n
     for part in parts.values():
         if "layer_indices" in part:
             part["layers"] = len(part.pop("layer_indices"))
@@ -412,14 +338,14 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> tuple[dic
     if buffers:
         parts["buffers"] = {"params": 0, "quantized_params": 0, "bytes": dict.fromkeys(PRECISIONS, buffers)}
     order = list(PART_LABELS) + ["buffers"]
-    return dict(sorted(parts.items(), key=lambda kv: order.index(kv[0]))), unquantized_by_dtype
+    return dict(sorted(parts.items(), key=lambda kv: order.index(kv[0])))
 
 
 def _lora_plan(model, lora_r: int, lora_targets, lora_scope, auto: bool = False) -> dict:
     """The LoRA modules, parameters and fp32 training state (weights, gradients, AdamW moments)."""
     regex, lora_modules = _lora_modules(model, lora_targets, lora_scope)
     lora_params = sum(lora_r * (m.in_features + m.out_features) for m in lora_modules.values())
-    lora = {
+    return {
         "r": lora_r,
         "targets": lora_targets if isinstance(lora_targets, str) else list(lora_targets),
         "auto": auto,  # the targets are the model family's ("auto")
@@ -427,29 +353,8 @@ def _lora_plan(model, lora_r: int, lora_targets, lora_scope, auto: bool = False)
         "regex": regex,
         "modules": len(lora_modules),
         "params": lora_params,
-        "param_bytes": lora_params * LORA_PARAM_BYTES,
-        "grad_bytes": lora_params * LORA_GRAD_BYTES,
-        "adamw_bytes": lora_params * ADAMW_STATE_BYTES,
+        "total_bytes": lora_params * (LORA_PARAM_BYTES + LORA_GRAD_BYTES + ADAMW_STATE_BYTES),
     }
-    lora["total_bytes"] = lora["param_bytes"] + lora["grad_bytes"] + lora["adamw_bytes"]
-    return lora
-
-
-def held_bytes(model) -> int:
-    """Bytes of every tensor a loaded model holds: parameters and buffers (shared ones once), plus what
-    bitsandbytes keeps beside them: the 4-bit quant_state and the int8 row scales (SCB)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(b.numel() * b.element_size() for b in model.buffers())
-    for module in model.modules():
-        weight = module._parameters.get("weight")
-        kind = type(weight).__name__  # class names, so this runs without importing bitsandbytes
-        if kind == "Params4bit" and weight.quant_state is not None:
-            s = weight.quant_state
-            stats = [s.absmax, s.code] + ([s.offset, s.state2.absmax, s.state2.code] if s.nested else [])
-            total += sum(t.numel() * t.element_size() for t in stats)
-        elif kind == "Int8Params" and weight.SCB is not None:
-            total += weight.SCB.numel() * weight.SCB.element_size()
-    return total
 
 
 def _gib(nbytes: float, unit: int = GIB) -> str:

@@ -1,7 +1,7 @@
 """The one place that loads BLIP-2: `load_blip2(model_id, quantization, adapter, ...)`.
 
 Every script gets its model and processor from here, so the real model
-(`Salesforce/blip2-opt-2.7b`) and the tiny test model (`python -m src.tiny_model DIR`)
+(`Salesforce/blip2-opt-2.7b`) and the tiny test model (`python -m twin DIR`)
 go through the same `from_pretrained` calls.
 """
 
@@ -167,7 +167,7 @@ def _fetch_error(model_id: str, err: Exception) -> UserError:
     return UserError(
         f"could not load BLIP-2 from {where} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
         "Without internet, or with a wrong id, pass a local copy: --model_id=<local dir> "
-        "(a folder saved with save_pretrained, e.g. one made by `python -m src.tiny_model outputs/tiny-blip2`)"
+        "(a folder saved with save_pretrained, e.g. one made by `python -m twin outputs/tiny-blip2`)"
     )
 
 

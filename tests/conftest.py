@@ -152,12 +152,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:
-    """The pre-trained offline twin, built once (about a minute) and reused while src/tiny_model.py,
+    """The pre-trained offline twin, built once (about a minute) and reused while twin/__init__.py,
     torch and transformers stay the same (its card.json records them). The first worker builds it;
     the other waits and reuses it."""
     from filelock import FileLock
 
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     TINY_MODEL.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(TINY_MODEL) + ".lock"):
@@ -167,10 +167,10 @@ def tiny_model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_t5_dir() -> str:
-    """The Flan-T5 twin (`python -m src.tiny_model DIR --family=t5`), built once like tiny_model_dir."""
+    """The Flan-T5 twin (`python -m twin DIR --family=t5`), built once like tiny_model_dir."""
     from filelock import FileLock
 
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     TINY_T5.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(TINY_T5) + ".lock"):

@@ -68,7 +68,7 @@ def test_gpu_check_smoke_runs_flan_t5_xl(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_smoke_reads_a_model_folder(tmp_path):
     """`--model_id=FOLDER`: the architecture in a model folder's config.json (here the Flan-T5 twin's)."""
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     folder = build_tiny_blip2(tmp_path / "t5-twin", pretrain_steps=0, family="t5")
     out = tmp_path / "out"

@@ -8,9 +8,10 @@ import re
 import pytest
 import torch
 
+from bench.memory_plan import held_bytes
 from helpers import assert_one_line_error, module_fixture, run_script, script_lora
 from src.family import OPT, T5, family_of
-from src.memory_plan import ARCHITECTURE_JSON, held_bytes, load_blip2_config, nf4_weight_bytes, plan_memory
+from src.memory_plan import ARCHITECTURE_JSON, load_blip2_config, nf4_weight_bytes, plan_memory
 
 FULL_PARAMS = 3_744_761_856  # Salesforce/blip2-opt-2.7b with its 50,304-token vocabulary
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$"

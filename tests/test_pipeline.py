@@ -268,7 +268,7 @@ def test_demo_on_the_twin_answers_colour_after_fine_tuning(chain):
 
     from src.demo_app import make_answer_fn
     from src.modeling import load_blip2
-    from src.tiny_model import easy_vqa_captions
+    from twin import easy_vqa_captions
 
     truth = {P(p).stem: c.split()[1] for p, c in zip(*easy_vqa_captions("val"))}
     examples = sorted((chain["repo"] / "data" / "easy_vqa" / "images" / "val").glob("*.png"))

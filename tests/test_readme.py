@@ -34,7 +34,7 @@ def test_offline_quick_start_runs_as_written(quickstart):
     for cmd, proc in quickstart["runs"]:
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     build = quickstart["runs"][0]
-    assert build[0] == "python -m src.tiny_model outputs/tiny-blip2" and "reusing it" in build[1].stdout
+    assert build[0] == "python -m twin outputs/tiny-blip2" and "reusing it" in build[1].stdout
     out = quickstart["out"]
     for name in ("mini_infer.json", "baseline.jsonl", "baseline_finetuned.jsonl", "vqav2_baseline.jsonl",
                  "vqav2_finetuned.jsonl", "lora_adapter/adapter_model.safetensors"):
@@ -50,8 +50,8 @@ def test_every_script_the_readme_runs_exists():
             "blip2_cli.py"} <= scripts
     for s in scripts:
         assert (REPO / s).exists(), s
-    for module in re.findall(r"python -m ((?:src|bench)\.[a-z_]+)", README):
-        assert (REPO / (module.replace(".", "/") + ".py")).exists(), module
+    for module in re.findall(r"python -m ((?:src|bench)\.[a-z_]+|twin)\b", README):
+        assert (REPO / (module.replace(".", "/") + ".py")).exists() or (REPO / module / "__main__.py").exists(), module
     docs = re.findall(r"\]\((docs/[^)]*)\)", README)
     assert docs and all((REPO / d).exists() for d in docs), docs
 
@@ -91,8 +91,8 @@ def test_a_readme_command_runs_with_the_tests_interpreter(tiny_model_dir, tmp_pa
     repo = fresh_copy(tmp_path / "repo")
     shutil.copytree(tiny_model_dir, repo / "outputs" / "tiny-blip2")
     command = readme_commands(QUICKSTART_HEADING)[0]
-    assert command == "python -m src.tiny_model outputs/tiny-blip2"
-    assert command_argv(command) == [sys.executable, "-m", "src.tiny_model", "outputs/tiny-blip2"]
+    assert command == "python -m twin outputs/tiny-blip2"
+    assert command_argv(command) == [sys.executable, "-m", "twin", "outputs/tiny-blip2"]
     proc = run_command(command, cwd=repo, env=env)
     assert proc.returncode == 0 and "reusing it" in proc.stdout, proc.stderr[-2000:]
     shell = subprocess.run(command, shell=True, cwd=repo, capture_output=True, text=True, env={**os.environ, **env})

@@ -17,7 +17,7 @@ from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, fresh_copy
                      random_adapter, readme_commands, run_command, run_script, start_script)
 from src.errors import UserError
 from src.family import OPT, T5, family_of, lora_targets, resolve
-from src.tiny_model import ARCHITECTURES, SIZES, T5_TEXT_SIZES
+from twin import ARCHITECTURES, SIZES, T5_TEXT_SIZES
 
 T5_ARCH = json.loads(ARCHITECTURES["t5"].read_text())
 OPT_ARCH = json.loads(ARCHITECTURES["opt"].read_text())
@@ -66,8 +66,8 @@ def test_t5_layouts_are_encoder_prompt_and_decoder_labels():
     right, with -100 on the label padding only; OPT keeps its one left-padded sequence."""
     import torch
 
-    from src.tiny_model import _t5_tokenizer
     from src.training import IGNORE_INDEX, collate_examples, encode_example
+    from twin import _t5_tokenizer
 
     tok = _t5_tokenizer()
     ids, labels = encode_example(tok, "Question: what color? Short answer:", "red", tok.eos_token_id, T5)
@@ -95,7 +95,7 @@ def test_t5_twin_mirrors_flan_t5_xl_but_sizes(tiny_t5_dir):
     sizes = set(_leaves({**SIZES, "text_config": T5_TEXT_SIZES}))
     ids = {"image_token_index", "text_config.vocab_size", "qformer_config.vocab_size", "architectures",
            "text_config.architectures", "dtype",
-           "vision_config.initializer_range"}  # the twin's own choice, as in the OPT twin (src/tiny_model.py)
+           "vision_config.initializer_range"}  # the twin's own choice, as in the OPT twin (twin/__init__.py)
     # both as transformers reads them: it rewrites T5's tie_word_embeddings false (scale_decoder_outputs
     # false, tying decided by the checkpoint's tensors) and leaves class defaults such as is_encoder_decoder out
     # of what it saves
@@ -278,7 +278,7 @@ def t5_chain(tiny_t5_dir, tmp_path_factory):
 
 def test_the_readme_t5_block_runs_as_written(t5_chain):
     commands = readme_commands(T5_HEADING)
-    assert commands[0] == f"python -m src.tiny_model {T5_TWIN} --family=t5" and "reusing it" in t5_chain["runs"]["src.tiny_model"].stdout
+    assert commands[0] == f"python -m twin {T5_TWIN} --family=t5" and "reusing it" in t5_chain["runs"]["twin"].stdout
     assert [c.split()[1] for c in commands[1:]] == ["create_vqav2_baseline.py", "finetune_vqav2_lora.py",
                                                    "evaluate_vqav2_finetuned.py", "compare_baseline_finetuned.py"]
     quick = {c.split()[1]: c for c in readme_commands(QUICKSTART_HEADING)}
@@ -433,7 +433,7 @@ def test_a_prompt_or_preset_of_the_other_family_is_one_line(tiny_t5_dir, tmp_pat
 
 @pytest.mark.slow
 def test_t5_twin_builds_from_the_command_line(tmp_path):
-    proc = run_script("-m", "src.tiny_model", str(tmp_path / "t5"), "--family=t5", "--pretrain_steps=0", check=True)
+    proc = run_script("-m", "twin", str(tmp_path / "t5"), "--family=t5", "--pretrain_steps=0", check=True)
     assert "saved to" in proc.stdout
     config = json.loads((tmp_path / "t5" / "config.json").read_text())
     assert config["text_config"]["model_type"] == "t5"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from src.tiny_model import COLORS, SHAPES
+from twin import COLORS, SHAPES
 
 KINDS = ("colour", "shape", "yes/no")
 

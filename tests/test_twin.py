@@ -8,9 +8,9 @@ import json
 import pytest
 
 from helpers import REPO
-from src.tiny_model import ARCHITECTURE_JSON, SIZES
+from twin import ARCHITECTURES, SIZES
 
-ARCH = json.loads(ARCHITECTURE_JSON.read_text())
+ARCH = json.loads(ARCHITECTURES["opt"].read_text())
 
 
 def _leaves(d: dict, prefix: str = "") -> dict:
@@ -64,7 +64,7 @@ def test_zero_shot_it_captions_not_answers(tiny_model_dir):
     from src.images import load_image
     from src.inference import generate_for_images
     from src.modeling import load_blip2
-    from src.tiny_model import easy_vqa_captions
+    from twin import easy_vqa_captions
 
     paths, captions = easy_vqa_captions("val")
     model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu")
@@ -78,7 +78,7 @@ def test_zero_shot_it_captions_not_answers(tiny_model_dir):
 def test_same_command_same_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     a = build_tiny_blip2(tmp_path / "a", pretrain_steps=6)
     b = build_tiny_blip2(tmp_path / "b", pretrain_steps=6)
@@ -91,7 +91,7 @@ def test_same_command_same_weights(tmp_path):
 
 @pytest.mark.slow
 def test_an_existing_twin_with_the_same_recipe_is_reused(tmp_path, capsys):
-    from src.tiny_model import build_tiny_blip2
+    from twin import build_tiny_blip2
 
     build_tiny_blip2(tmp_path / "t", pretrain_steps=0)
     before = (tmp_path / "t" / "model.safetensors").stat().st_mtime_ns
@@ -108,6 +108,6 @@ def test_an_existing_twin_with_the_same_recipe_is_reused(tmp_path, capsys):
 def test_bad_command_lines_say_how(args, tmp_path):
     from helpers import run_script
 
-    proc = run_script("-m", "src.tiny_model", *args)
-    assert proc.returncode == 2 and "usage: python -m src.tiny_model OUTDIR" in proc.stderr
+    proc = run_script("-m", "twin", *args)
+    assert proc.returncode == 2 and "usage: python -m twin OUTDIR" in proc.stderr
     assert ("invalid int value: 'x'" if "--pretrain_steps=x" in args else "error:") in proc.stderr

@@ -1,32 +1,5 @@
-"""Build the offline twin of blip2-opt-2.7b: a tiny BLIP-2 (OPT) with its own tokenizer and processor,
-configured like the real model in everything but size, and pre-trained as a captioner on easy-VQA.
-
-    python -m src.tiny_model outputs/tiny-blip2            # about a minute on 2 CPU cores
-    python -m src.tiny_model outputs/tiny-random --pretrain_steps=0   # random weights (see below)
-    python -m src.tiny_model outputs/tiny-blip2-t5 --family=t5        # the twin of blip2-flan-t5-xl (about 3 minutes)
-
-The folder is written with `save_pretrained` and loads through exactly the same `load_blip2(model_id=...)`
-path as `Salesforce/blip2-opt-2.7b`. Like the real model it
- - takes the config keys of src/blip2_opt_2.7b_architecture.json (sizes aside): OPT's BOS `</s>` (id 2)
-   prepended to every text, pad id 1, `<image>` as the last token of the vocabulary (`image_token_index`),
-   `num_query_tokens` in the config and the processor, and `text_config.eos_token_id` = the newline token,
-   which generation stops on (50118 in the real model);
- - is a captioner before it is a question answerer: stage 1 in miniature trains all weights on captions
-   "a {colour} {shape}" of easy-VQA *train* images, each ending with the newline end token, as LAVIS
-   trains BLIP-2's OPT. It then answers VQA questions poorly zero-shot and learns them from QLoRA, which
-   can only reach high colour accuracy by reading the image.
-
-`--family=t5` builds the twin of Salesforce/blip2-flan-t5-xl the same way: the same vision tower and
-Q-Former, a 2+2-layer T5 with the config keys of src/blip2_flan_t5_xl_architecture.json, a T5 tokenizer
-(sentencepiece-style Unigram, pad 0, </s> 1, unk 2, <image> last), the decoder starting on <pad> and
-stopping on </s>; its captions are the decoder's targets, the encoder reading the image tokens and the
-empty prompt (docs/twin.md).
-
-Deterministic: the same command gives identical weights on one machine. A folder that already holds a
-twin built with the same recipe (card.json) is reused, so the README's quick start and the test suite
-build it once. `--pretrain_steps=0` gives the random-weight model; nothing in the project needs it, it
-is kept for users who want to see what the untrained architecture answers.
-"""
+"""The offline twin of blip2-opt-2.7b (or, with family "t5", of blip2-flan-t5-xl): a tiny BLIP-2 configured like
+the real checkpoint but for its sizes, pre-trained as an easy-VQA captioner so the project runs offline (docs/twin.md)."""
 
 from __future__ import annotations
 
@@ -36,8 +9,9 @@ import json
 import time
 from pathlib import Path
 
-from .family import OPT, family_of
-from .training import IGNORE_INDEX, collate_examples, encode_example
+from src.family import OPT, family_of
+from src.memory_plan import KNOWN_ARCHITECTURES
+from src.training import IGNORE_INDEX, collate_examples, encode_example
 
 SEED = 1234
 NUM_QUERY_TOKENS = 8
@@ -46,10 +20,8 @@ VOCAB_SIZE = 640  # byte-level BPE: 256 bytes + merges + special tokens
 IMAGE_TOKEN = "<image>"
 FAMILIES = ("opt", "t5")
 # the checkpoint each family's twin is configured like
-ARCHITECTURES = {"opt": Path(__file__).with_name("blip2_opt_2.7b_architecture.json"),
-                 "t5": Path(__file__).with_name("blip2_flan_t5_xl_architecture.json")}
 TWIN_OF = {"opt": "Salesforce/blip2-opt-2.7b", "t5": "Salesforce/blip2-flan-t5-xl"}
-ARCHITECTURE_JSON = ARCHITECTURES["opt"]
+ARCHITECTURES = {family: KNOWN_ARCHITECTURES[model_id] for family, model_id in TWIN_OF.items()}
 # the sizes of the twin; every other config value is the real model's
 SIZES = {
     "num_query_tokens": NUM_QUERY_TOKENS,
@@ -134,14 +106,8 @@ def _corpus_lines() -> list[str]:
 
 
 def _t5_tokenizer():
-    """A T5 tokenizer (transformers' T5Tokenizer: a sentencepiece-style Unigram) over the corpus: <pad> 0,
-    </s> 1, <unk> 2 as in T5's vocabulary, </s> appended to every text, <image> added after the pieces (as on
-    blip2-flan-t5-xl, where it follows the 32,100 pieces and sentinels). Saved, its tokenizer.json loads
-    through AutoTokenizer as the T5 tokenizer class.
-
-    The pieces are the corpus's words ("\u2581red"), its punctuation and every character, scored by
-    frequency as a sentencepiece model scores them; trained by EM on a corpus this small, a Unigram keeps
-    pieces like "\u2581re" + "d", and colours would not be one token as they are on the real vocabulary."""
+    """A T5Tokenizer over the corpus with T5's ids (pad 0, </s> 1, <unk> 2, <image> last); its pieces are the
+    corpus's words scored by frequency, so colours are one token as on the real vocabulary (docs/twin.md)."""
     import math
     import re
     from collections import Counter
@@ -182,8 +148,7 @@ def _merge(base: dict, sizes: dict) -> dict:
 
 
 def twin_config(tokenizer, family: str = "opt"):
-    """The real checkpoint's config (blip2-opt-2.7b or blip2-flan-t5-xl) with the twin's sizes and its own
-    tokenizer's ids."""
+    """The real checkpoint's config (blip2-opt-2.7b or blip2-flan-t5-xl) with the twin's sizes and tokenizer ids."""
     from transformers import Blip2Config
 
     arch = json.loads(ARCHITECTURES[family].read_text(encoding="utf-8"))
@@ -228,8 +193,7 @@ def _t5_twin_config(arch: dict, tokenizer):
 
 
 def easy_vqa_captions(split: str) -> tuple[list[str], list[str]]:
-    """(image paths, captions "a {colour} {shape}") of easy-VQA train ("train") or test ("val") images,
-    read off the answers to their questions."""
+    """(image paths, captions "a {colour} {shape}") of easy-VQA train or test ("val") images, read off their answers."""
     try:
         import easy_vqa
     except ImportError:
@@ -261,10 +225,8 @@ def _sequences(tokenizer, texts: list[str], eos_id: int) -> list[tuple[list[int]
 
 def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_token_id: int, eos_id: int,
                    family=OPT, prefix_words=None):
-    """The fine-tuning script's layout. OPT: image tokens, left padding, </s> caption, newline (an empty
-    prompt). Flan-T5: BLIP-2's prefix language modelling for encoder-decoder models: the caption's first
-    `prefix_words[i]` words go to the encoder after the image tokens (with </s>), the rest and </s> are
-    the decoder's labels; with 0 the encoder reads the empty prompt, as when captioning."""
+    """Captions in the fine-tuning script's layout: OPT reads them after an empty prompt; Flan-T5 is trained as a
+    prefix LM, its first `prefix_words[i]` words to the encoder, the rest to the decoder (docs/twin.md)."""
     if family.decoder_only:
         encoded = _sequences(tokenizer, captions, eos_id)
     else:
@@ -275,8 +237,7 @@ def _caption_batch(tokenizer, captions: list[str], num_query_tokens: int, image_
 
 
 def _text_batch(tokenizer, eos_id: int, family=OPT) -> dict:
-    """The tokenizer corpus as plain text. OPT: one line a sequence ending with the end token. Flan-T5:
-    the line's first half to the encoder, its second half (and </s>) to the decoder, a prefix LM."""
+    """The tokenizer corpus as plain text: one line a sequence (Flan-T5: first half to the encoder, second to the decoder)."""
     lines = _corpus_lines()
     if family.decoder_only:
         encoded = _sequences(tokenizer, lines, eos_id)
@@ -299,8 +260,7 @@ def _pixel_values(processor, paths: list[str]):
 
 @contextlib.contextmanager
 def _no_dropout(model):
-    """Dropout off while pre-training (a few hundred steps on a tiny model underfit; they need no
-    regularisation), back to the config's values afterwards: the saved config is the real model's."""
+    """Dropout off while pre-training (a tiny model underfits), back on afterwards: the saved config is the real one's."""
     import torch
 
     saved = []
@@ -320,15 +280,8 @@ def _no_dropout(model):
 
 
 def pretrain(model, processor, steps: int = PRETRAIN_STEPS, batch: int = PRETRAIN_BATCH, lr: float = PRETRAIN_LR):
-    """Train every weight on train-image captions; returns the number of training images.
-
-    Beside the caption loss, the vision tower (from its pooled output) and the Q-Former (from the mean
-    of its query outputs) each learn to name the image's shape and colour through a linear head that is
-    thrown away afterwards. They stand in for what the real model learnt before its captions: the ViT-g's
-    own pre-training (EVA-CLIP) and the Q-Former's representation stage (BLIP-2 stage 1). Trained from
-    scratch through the language model alone, the twin learnt shapes late, at a pace that changed with the
-    CPU's kernels (61-70% caption accuracy); with these objectives the shapes come early and the caption
-    accuracy ends well above 90% on every kernel setting (bench/RESULTS.md, section twin_kernels)."""
+    """Train every weight on train-image captions, with throw-away heads that teach the vision tower and the
+    Q-Former to name shape and colour (why: docs/twin.md); returns the number of training images."""
     import torch
     from tqdm.auto import tqdm
 
@@ -391,7 +344,7 @@ def pretrain(model, processor, steps: int = PRETRAIN_STEPS, batch: int = PRETRAI
 
 def caption_accuracy(model, processor, n: int = CAPTION_EVAL_IMAGES) -> float:
     """Share of val images whose greedy caption is exactly "a {colour} {shape}" (in %)."""
-    from .inference import generate_batch
+    from src.inference import generate_batch
 
     paths, captions = easy_vqa_captions("val")
     paths, captions = paths[:n], captions[:n]
@@ -412,8 +365,7 @@ def read_card(outdir: str | Path) -> dict | None:
 
 
 def build_tiny_blip2(outdir: str | Path, pretrain_steps: int = PRETRAIN_STEPS, family: str = "opt") -> Path:
-    """Build (or reuse) the twin of `family` ("opt": blip2-opt-2.7b, "t5": blip2-flan-t5-xl) in `outdir`;
-    returns the folder."""
+    """Build the twin of `family` in `outdir`, or reuse the one there built with the same recipe; returns the folder."""
     import torch
 
     if family not in FAMILIES:
@@ -451,7 +403,7 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float, family
     import torch
     from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
 
-    from .files import give_default_permissions
+    from src.files import give_default_permissions
 
     torch.manual_seed(SEED)
     tokenizer = _t5_tokenizer() if family == "t5" else _opt_tokenizer()
@@ -511,22 +463,3 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float, family
     print(msg)
     return outdir
 
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m src.tiny_model", usage="%(prog)s OUTDIR [--family=opt|t5] [--pretrain_steps=N]",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("outdir", help="folder to write the twin into (reused when it already holds one)")
-    parser.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS,
-                        help=f"caption pre-training steps (default {PRETRAIN_STEPS}; 0 = random weights)")
-    parser.add_argument("--family", choices=FAMILIES, default="opt",
-                        help="opt: the twin of Salesforce/blip2-opt-2.7b (default); t5: of Salesforce/blip2-flan-t5-xl")
-    args = parser.parse_args(argv)
-    if args.pretrain_steps < 0:
-        parser.error(f"--pretrain_steps={args.pretrain_steps}: a whole number of steps, e.g. --pretrain_steps=0")
-    build_tiny_blip2(args.outdir, pretrain_steps=args.pretrain_steps, family=args.family)
-
-
-if __name__ == "__main__":
-    main()
