@@ -250,24 +250,25 @@ def test_t5_padded_training_batch_has_the_loss_of_each_example_alone(t5_model):
 
 # --- the quick start's chain on the Flan-T5 twin ---------------------------------------------------------
 
-T5_HEADING = "### 同样的流程换成 Flan-T5 孪生"
+T5_HEADING = "## Flan-T5 孪生上的同一流程"  # in docs/checkpoints.md
+T5_DOC = REPO / "docs" / "checkpoints.md"
 T5_TWIN = "outputs/tiny-blip2-t5"
 
 
 def _readme_setting(script: str, name: str) -> int:
-    cmd = next(c for c in readme_commands(T5_HEADING) if script in c)
+    cmd = next(c for c in readme_commands(T5_HEADING, T5_DOC) if script in c)
     return int(re.search(rf"--{name}=(\d+)", cmd).group(1))
 
 
 @module_fixture
 def t5_chain(tiny_t5_dir, tmp_path_factory):
-    """The README's Flan-T5 block, command by command as written, in a fresh copy of the repository (the
+    """The Flan-T5 twin block of docs/checkpoints.md, command by command as written, in a fresh copy of the repository (the
     twin this session built is put where its first command builds it): build, baseline, QLoRA (4-bit),
     evaluation, comparison."""
     repo = fresh_copy(tmp_path_factory.mktemp("t5chain") / "repo")
     shutil.copytree(tiny_t5_dir, repo / T5_TWIN)
     runs = {}
-    for cmd in readme_commands(T5_HEADING):
+    for cmd in readme_commands(T5_HEADING, T5_DOC):
         proc = run_command(cmd, cwd=repo)
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         runs[cmd.split()[1] if cmd.split()[1] != "-m" else cmd.split()[2]] = proc
@@ -277,7 +278,7 @@ def t5_chain(tiny_t5_dir, tmp_path_factory):
 
 
 def test_the_readme_t5_block_runs_as_written(t5_chain):
-    commands = readme_commands(T5_HEADING)
+    commands = readme_commands(T5_HEADING, T5_DOC)
     assert commands[0] == f"python -m twin {T5_TWIN} --family=t5" and "reusing it" in t5_chain["runs"]["twin"].stdout
     assert [c.split()[1] for c in commands[1:]] == ["create_vqav2_baseline.py", "finetune_vqav2_lora.py",
                                                    "evaluate_vqav2_finetuned.py", "compare_baseline_finetuned.py"]
