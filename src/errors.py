@@ -18,6 +18,13 @@ class UserError(Exception):
     """An error the user can fix; its message is the whole report."""
 
 
+def again(what: str, download: bool = True, retrain: bool = False) -> str:
+    """The fix for a damaged file, worded once: "copy or download the model folder again", "copy the adapter
+    folder again or retrain it with `python finetune_vqav2_lora.py`"."""
+    tail = " or retrain it with `python finetune_vqav2_lora.py`" if retrain else ""
+    return f"copy {'or download ' if download else ''}the {what} again{tail}"
+
+
 def _close_progress_bars() -> None:
     """A bar left open by an error inside its loop ends its line, so the error line starts its own."""
     tqdm = sys.modules.get("tqdm")

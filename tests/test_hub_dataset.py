@@ -527,7 +527,7 @@ def test_a_mirror_that_drips_bytes_stops_at_the_stall_deadline_with_one_line(bot
 
 
 def test_a_stall_deadline_of_zero_is_refused_before_any_work():
-    from src.config import check_value
+    from src.preflight import check_value
 
     with pytest.raises(UserError, match=r"--hub_stall_s=0\.0: must be a positive number \(seconds a hub read"):
         check_value("HUB_STALL_S", 0.0)
