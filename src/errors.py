@@ -1,10 +1,5 @@
-"""One way for every script to fail: a single line saying what, where and how to fix.
-
-Scripts raise `UserError` for anything the user can fix (bad path, bad constant, missing
-model). `run_main` turns it, and a full disk, into one line on stderr and exit code 2. With the
-script's setting `DEBUG = True` (edited in the file or passed as `--debug=True`) the full traceback is
-shown as well.
-"""
+"""One way for every script to fail: `run_main` turns a UserError (anything the user can fix) or a full disk
+into one line on stderr saying what, where and how to fix, exit code 2; DEBUG = True adds the traceback."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""A LoRA adapter merged into its base model: one plain BLIP-2 folder that loads without peft
-(merge_lora_adapter.py).
-
-A QLoRA adapter learned its update against the 4-bit NF4 weights, not against the full-precision
-weights they were quantised from; added to the latter it lands on slightly different weights (peft
-#1080, artidoro/qlora #29). `base_was_4bit` reads from the adapter's training config whether that is
-the case, and `nf4_round_trip` puts into the float32 base the weights the 4-bit layers computed with, so that
-the merge is onto the weights the adapter was trained against. The merge itself runs in float32 (peft adds
-the update in the weight's dtype) and the result is cast once, to the dtype it is saved in.
-"""
+"""A LoRA adapter merged into its base model: one plain BLIP-2 folder that loads without peft. A QLoRA
+adapter merges onto the NF4 round trip of the base, the weights it was trained against (docs/checks.md)."""
 
 from __future__ import annotations
 

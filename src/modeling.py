@@ -1,9 +1,5 @@
-"""The one place that loads BLIP-2: `load_blip2(model_id, quantization, adapter, ...)`.
-
-Every script gets its model and processor from here, so the real model
-(`Salesforce/blip2-opt-2.7b`) and the tiny test model (`python -m src.tiny_model DIR`)
-go through the same `from_pretrained` calls.
-"""
+"""The one place that loads BLIP-2, `load_blip2`: the real model and the tiny twin go through the same
+`from_pretrained` calls. Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from .config import looks_like_path
 from .errors import UserError, again
 from .family import OPT, Family, family_of, resolve
 
@@ -36,11 +33,8 @@ def make_accelerator(**kwargs):
 
 
 def compute_dtype(device: str, family: Family = OPT):
-    """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, A10, L4, RTX 30/40, H100), fp16 on
-    older ones (T4, V100, RTX 20), fp32 on CPU. torch counts emulated bf16 as supported by default; on a
-    T4 that is slow and breaks bitsandbytes kernels, so emulation does not count here. A family that
-    overflows in fp16 (Flan-T5, trained in bf16) computes in fp32 on those older GPUs instead: slower
-    and, for the unquantised parts, twice the memory, but its answers are numbers, not nan."""
+    """bf16 on GPUs with native (not emulated) bf16, else fp16, or fp32 for a family that overflows in fp16
+    (Flan-T5); fp32 on CPU (docs/checks.md)."""
     import torch
 
     if str(device).startswith("cuda"):
@@ -76,10 +70,8 @@ def model_family(model_id: str) -> Family:
 
 
 def known_family(model_id: str) -> Family | None:
-    """The family of `model_id` where it needs no download: a local folder's config.json, the shipped
-    architecture of a public BLIP-2 checkpoint (src/memory_plan.py KNOWN_ARCHITECTURES), or a config.json
-    already in the Hugging Face cache. None otherwise (an unknown hub id not yet downloaded, a path that
-    does not exist: the model load says what is wrong with it)."""
+    """The family of `model_id` where it needs no download (a local folder, a known architecture, the hub
+    cache), else None."""
     from .memory_plan import KNOWN_ARCHITECTURES
 
     folder = Path(os.path.expanduser(str(model_id)))
@@ -107,11 +99,8 @@ def known_family(model_id: str) -> Family | None:
 
 def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = None,
                      model=None) -> tuple[str, str | None]:
-    """A script's VQA_PROMPT and VQA_DECODING for the model it loads: "auto" becomes the model family's
-    own (vqa_opt for OPT, vqa_t5 for Flan-T5); a name written for the other family is refused in one
-    line. Before the slow load (no `model`) the family comes from `known_family`, without a download;
-    where that cannot tell (a hub id seen the first time) the names stay as they are until the scripts
-    call this again with the loaded `model`."""
+    """VQA_PROMPT and VQA_DECODING for the model: "auto" becomes the family's own, another family's refused.
+    Scripts call it before the load (from `known_family`) and again with the loaded `model`."""
     family = family_of(blip2_core(model).config) if model is not None else known_family(model_id)
     if family is None:
         return vqa_prompt, vqa_decoding
@@ -121,9 +110,7 @@ def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = 
 
 
 def _disable_cpu_repacking(model) -> int:
-    """bitsandbytes repacks CPU 4-bit weights for inference on the first eval forward, after
-    which backward fails ('a view of a leaf Variable that requires grad ...'). Keep the
-    trainable layout by switching that path off on every Linear4bit."""
+    """Keep CPU 4-bit weights trainable: bitsandbytes' inference repacking breaks a later backward."""
     import bitsandbytes as bnb
 
     n = 0
@@ -135,8 +122,6 @@ def _disable_cpu_repacking(model) -> int:
 
 
 def is_local(model_id: str) -> bool:
-    from .config import looks_like_path
-
     return os.path.exists(model_id) or looks_like_path(model_id)
 
 
@@ -156,11 +141,8 @@ IMAGE_BACKEND = "pil"  # what LAVIS used (PIL bicubic); see load_processor
 
 
 def load_processor(model_id: str, family: Family = OPT):
-    """The model's processor, its images always resized by PIL (bicubic, what LAVIS used). transformers 5
-    otherwise picks the torchvision backend whenever torchvision imports (a usual CUDA install), which
-    resizes tensors with antialiasing: other pixels, so a baseline and a fine-tuned run made on two
-    machines would not be comparable. Rows record the backend (`image_backend`). The padding side is
-    the family's: left for OPT, right for Flan-T5."""
+    """The model's processor, resizing with PIL on every machine (what LAVIS used, docs/checks.md), padding on
+    the family's side."""
     from transformers import AutoProcessor
 
     try:
@@ -181,14 +163,8 @@ def load_blip2(
     trainable_adapter: bool = False,
     dtype=None,
 ):
-    """Load (model, processor).
-
-    quantization: "4bit" (NF4, double quantisation, compute dtype bf16 on GPU / fp32 on CPU),
-    "8bit" (LLM.int8, GPU only) or "none" (bf16/fp16 on GPU, fp32 on CPU).
-    adapter: a LoRA adapter folder (safetensors) to apply; `trainable_adapter` keeps it trainable.
-    device: "cuda", "cuda:1", "cpu"; default: cuda when available.
-    dtype: the weights' dtype when not the device's compute dtype (merge_lora_adapter.py loads float32).
-    """
+    """(model, processor), quantised "4bit" (NF4), "8bit" (GPU) or "none", with the LoRA `adapter` applied;
+    `dtype` overrides the device's compute dtype (the merge loads float32)."""
     import torch
     from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
 
@@ -245,9 +221,7 @@ def load_blip2(
 
 
 def check_image_tokens(model, processor, model_id: str) -> None:
-    """The image-token settings a BLIP-2 checkpoint needs. Hub revisions from before the Nov 2024
-    processor update lack them: the query count then comes from the model config; a missing image
-    token cannot be made up."""
+    """The image token a BLIP-2 checkpoint needs (files from before the Nov 2024 processor update lack it)."""
     config = model.config
     token = getattr(config, "image_token_index", None)
     if token is None or token >= len(processor.tokenizer):
@@ -287,10 +261,8 @@ def _quiet_untied_lm_head(family: Family):
 
 
 def check_bos(model, processor, model_id: str) -> None:
-    """The tokenizer must start every text with the language model's BOS (OPT's `</s>`, id 2), as the
-    model was trained and as the fine-tuning target assumes. In transformers 5 only the post-processor of
-    tokenizer.json decides this (add_bos_token is dropped when that file exists), so a damaged or stale
-    tokenizer.json would shift every prompt silently."""
+    """The tokenizer starts every text with the language model's BOS, as the model was trained; a stale
+    tokenizer.json would shift every prompt silently (docs/checks.md)."""
     if not family_of(model.config).decoder_only:  # T5 has no BOS: its decoder starts from the pad token
         return
     bos = getattr(model.config.text_config, "bos_token_id", None)
@@ -407,10 +379,8 @@ def _adapter_family(keys) -> Family | None:
 
 
 def resolve_adapter_dir(adapter_dir: str, output_dir: str | Path) -> str | None:
-    """Every script's ADAPTER_DIR setting (and merge_lora_adapter.py's MERGED_DIR) as the folder it names:
-    "" is the base model only (None), and
-    "{output_dir}" in it stands for the script's OUTPUT_DIR, so "{output_dir}/lora_adapter" follows
-    --output_dir=. "~" means the home folder, as it does in --output_dir."""
+    """ADAPTER_DIR (or MERGED_DIR) as the folder it names: "" is None (the base model), "{output_dir}" the
+    script's OUTPUT_DIR, "~" the home folder."""
     if not adapter_dir:
         return None
     output_dir = str(output_dir).rstrip("/\\") or str(output_dir)
