@@ -77,9 +77,9 @@ def read_images(paths: list[Path]) -> tuple[list[Path], list]:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from src.config import check_value
     from src.inference import caption_rows
-    from src.modeling import check_adapter_dir, check_model_dir, generation_names, load_blip2
+    from src.modeling import generation_names, load_blip2
+    from src.preflight import check_model, check_value
     from src.prompts import check_question
 
     for name in ("batch_size", "model_id", "adapter_dir", "device"):  # the rules every script's settings follow
@@ -88,11 +88,9 @@ def main(argv=None):
     paths = collect_images([check_value("image", i) for i in args.images])
     n_given = len(paths)
     paths, images = read_images(paths)  # before the (slow) model load
-    check_model_dir(args.model_id)
-    vqa_prompt, vqa_decoding = generation_names(args.model_id, args.vqa_prompt, args.vqa_decoding)  # no download
     adapter = args.adapter_dir or None  # "" = base model only, as ADAPTER_DIR in the other scripts
-    if adapter:
-        check_adapter_dir(adapter, args.model_id)
+    check_model(args.model_id, args.quantization, args.device, adapter)
+    vqa_prompt, vqa_decoding = generation_names(args.model_id, args.vqa_prompt, args.vqa_decoding)  # no download
     model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device or None)
     vqa_prompt, vqa_decoding = generation_names(args.model_id, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
     rows = caption_rows(model, processor, paths, dict(zip(paths, images)), question, model_id=args.model_id,

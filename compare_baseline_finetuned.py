@@ -46,7 +46,8 @@ from src.formatting import summary_text
 from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
-from src.outputs import LOCK_FILE, check_output_dir, hold_output_lock
+from src.outputs import LOCK_FILE, hold_output_lock
+from src.preflight import check_output_dir, check_value
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR: str = "outputs"  # folder holding the result files below
@@ -216,7 +217,7 @@ def remove_stale(report_dir: Path, charts: dict[str, Path]) -> None:
 # --- main ----------------------------------------------------------------------------------------
 
 def main() -> None:
-    config = apply_overrides(globals())
+    config = apply_overrides(globals(), check=check_value)
     started = time.perf_counter()
     tr = texts(check_lang(LANG))
     output_dir = Path(OUTPUT_DIR)
@@ -224,9 +225,6 @@ def main() -> None:
     ours = output_dir.resolve() == (REPO / "outputs").resolve()
     report_dir = Path(REPORT_DIR) if REPORT_DIR else REPO / "assets" / "comparisons" if ours else output_dir / "comparisons"
     base_path, ft_path = output_dir / BASELINE_FILE, output_dir / FINETUNED_FILE
-    for name in ("CASES_PER_GROUP", "CASES_SHOWN"):  # the others: src.config.check_value
-        if globals()[name] < 1:
-            raise UserError(f"--{name.lower()} must be at least 1, got {globals()[name]}")
     if not base_path.exists():
         raise UserError(f"baseline results not found: {base_path}; create them with `python create_vqav2_baseline.py` "
                         f"(or point --output_dir= at the folder holding {BASELINE_FILE})")

@@ -12,7 +12,7 @@ The resolved config goes to <output file>.config.json. One run at a time writes 
 """
 
 from src.config import apply_overrides, write_config
-from src.errors import UserError, run_main
+from src.errors import run_main
 
 # -----------------------------------------------------------------------------
 IMAGES_DIR: str = "baseline_images"  # the demo pictures (pic_01.jpg ... pic_10.jpg)
@@ -32,13 +32,15 @@ DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import check_model, check_output_dir, check_output_files, check_value
+
+    config = apply_overrides(globals(), check=check_value)
     from src.images import list_images, load_images
     from src.inference import caption_rows
     from src.files import write_jsonl
-    from src.modeling import check_adapter_dir, check_model_dir, generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
-    from src.outputs import check_output_dir, hold_output_lock
+    from src.outputs import hold_output_lock
 
     # every input and the output folder are checked before the slow model load
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model
@@ -46,17 +48,13 @@ def main():
     paths = list_images(IMAGES_DIR)
     out_dir = check_output_dir(OUTPUT_DIR)
     out_path = out_dir / (OUTPUT_FILE or ("baseline_finetuned.jsonl" if adapter else "baseline.jsonl"))
-    if out_path.is_dir():
-        raise UserError(f"output file {out_path} is a folder; choose another name with --output_file=")
-    check_output_dir(out_path.parent)  # --output_file may name a subfolder
+    check_output_files(out_dir, [out_path.name], "--output_file")
     images, errors = load_images(paths, exif_orientation=True)  # photos: upright as their cameras meant
-    check_model_dir(MODEL_ID)
+    check_model(MODEL_ID, QUANTIZATION, DEVICE, adapter)
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
-    if adapter:
-        check_adapter_dir(adapter, MODEL_ID)
 
-    with hold_output_lock(out_path.parent):
+    with hold_output_lock(out_dir):
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
         config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)

@@ -54,18 +54,20 @@ DEBUG: bool = False
 
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import check_model, check_output_dir, check_output_files, check_value
+
+    config = apply_overrides(globals(), check=check_value)
     if SPLIT in ("testdev", "test") and any(a.lower().startswith(("--max_samples=", "--max-samples=")) for a in sys.argv[1:]):
         raise UserError(f"--max_samples={MAX_SAMPLES} draws the val sample; --split={SPLIT} answers every question, "
                         f"as EvalAI needs (for a smoke run: --max_test_samples={MAX_SAMPLES})")
     from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, hub_record, load_samples, read_frozen_sample,
                           submission_question_ids)
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
-    from src.modeling import check_quantization, generation_names, load_blip2, make_accelerator
-    from src.outputs import check_output_dir, check_output_files, hold_output_lock
+    from src.modeling import generation_names, load_blip2, make_accelerator
+    from src.outputs import hold_output_lock
 
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
-    check_quantization(QUANTIZATION, str(accelerator.device))
+    check_model(MODEL_ID, QUANTIZATION, str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)

@@ -45,16 +45,17 @@ DEBUG: bool = False
 
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import check_model, check_output_dir, check_output_files, check_value
+
+    config = apply_overrides(globals(), check=check_value)
     from src.data import (TEST_SPLITS, evalai_file_name, hub_record, load_samples, no_answers_line, read_frozen_sample,
                           submission_question_ids)
     from src.errors import UserError
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
     from src.compare import check_result_rows, check_same_setup, settings_of
     from src.files import read_jsonl_lines, resolved_if_local
-    from src.modeling import (check_adapter_dir, check_quantization, generation_names, load_blip2, make_accelerator,
-                               resolve_adapter_dir)
-    from src.outputs import check_output_dir, check_output_files, hold_output_lock
+    from src.modeling import generation_names, load_blip2, make_accelerator, resolve_adapter_dir
+    from src.outputs import hold_output_lock
 
     out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)
@@ -77,7 +78,7 @@ def main():
     for line in differs:
         print(f"warning: {line}", flush=True)
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
-    check_quantization(QUANTIZATION, str(accelerator.device))
+    check_model(MODEL_ID, QUANTIZATION, str(accelerator.device), adapter)
     written = [f"{RUN_NAME}{suffix}" for suffix in (".jsonl", "_metrics.json", "_results.json", "_config.json")]
     check_output_files(out_dir, [SAMPLE_IDS_FILE, *written] + ([evalai_file_name(SPLIT, RUN_NAME)] if testing else []))
     with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
@@ -90,7 +91,6 @@ def main():
         submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
                                                  hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
         # 2. the base model with the adapter answers (resumable: rows already written are kept)
-        check_adapter_dir(adapter, MODEL_ID)  # before the slow model load
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=str(accelerator.device))
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
         config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)

@@ -66,18 +66,20 @@ RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r",
 
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import check_model, check_output_dir, check_value
+
+    config = apply_overrides(globals(), check=check_value)
     import torch
 
-    from src.outputs import check_output_dir, hold_output_lock
+    from src.outputs import hold_output_lock
     from src.family import OPT, T5
-    from src.modeling import check_quantization, known_family, make_accelerator, mixed_precision, model_family
+    from src.modeling import known_family, make_accelerator, mixed_precision, model_family
     from src.training import check_report_to
 
     tracker = check_report_to(REPORT_TO)  # an unknown name or a missing package: one line, before any work
     log_dir = LOG_DIR.replace("{output_dir}", OUTPUT_DIR.rstrip("/\\") or OUTPUT_DIR)
 
-    # every value was checked by apply_overrides (src.config.check_value): counts, LR, dropout, prompt, decoding
+    # every value was checked by src.preflight.check_value: counts, LR, dropout, prompt, decoding
     device = "cuda" if torch.cuda.is_available() else "cpu"
     family = None
     if not MEMORY_PLAN_ONLY:
@@ -95,7 +97,7 @@ def main():
     if MEMORY_PLAN_ONLY:
         return print_memory_plan(lora_settings(), str(accelerator.device), strict=True) if main_proc else None
     config["world_size"] = accelerator.num_processes
-    check_quantization("4bit" if USE_4BIT else "none", str(accelerator.device))
+    check_model(MODEL_ID, "4bit" if USE_4BIT else "none", str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
     if tracker:
         check_output_dir(log_dir, "--log_dir")

@@ -96,9 +96,10 @@ def run_comparison(output_dir: str, report_dir: str) -> bool:
 
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import check_adapter_dir, check_model, check_value
+
+    config = apply_overrides(globals(), check=check_value)  # prompts, decodings, upload limit, queue: checked
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    # prompts, decodings, upload limit and queue were checked by apply_overrides (src.config.check_value)
     check_lang(LANG)
     check_port_free(HOST, PORT)
     if HOST not in _LOCAL_HOSTS:
@@ -108,10 +109,11 @@ def main():
         print("warning: SHARE=True publishes the demo on a public gradio.live link that anyone with the address "
               "can use", flush=True)
 
+    check_model(MODEL_ID, QUANTIZATION, DEVICE)
     if RUN_COMPARISON:
         run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
 
-    from src.modeling import check_adapter_dir, generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
 
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)

@@ -35,7 +35,10 @@ DEBUG: bool = False
 
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import (check_adapter_dir, check_download_room, check_merged_dir, check_model_dir,
+                               check_output_dir, check_quantization, check_value)
+
+    config = apply_overrides(globals(), check=check_value)
     import shutil
     from importlib.metadata import version
     from pathlib import Path
@@ -45,9 +48,8 @@ def main():
     from src.errors import UserError
     from src.files import give_default_permissions, recover_replace, replace_folder
     from src.family import family_of
-    from src.modeling import (apply_adapter, check_adapter_dir, check_quantization, compute_dtype, default_device,
-                              load_blip2, resolve_adapter_dir)
-    from src.outputs import check_output_dir, hold_output_lock
+    from src.modeling import apply_adapter, compute_dtype, default_device, load_blip2, resolve_adapter_dir
+    from src.outputs import hold_output_lock
 
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)
     if adapter is None:
@@ -59,7 +61,9 @@ def main():
     with hold_output_lock(parent):  # one run writes there
         # 1. where it goes, what the adapter is and how it was trained: all before the slow model load
         recover_replace(merged, M.not_the_merges)  # a replace killed halfway: its old folder back in place
-        M.check_merged_dir(merged, OVERWRITE, {"adapter": adapter, "base model": MODEL_ID})
+        check_merged_dir(merged, OVERWRITE, {"adapter": adapter, "base model": MODEL_ID})
+        check_model_dir(MODEL_ID)
+        check_download_room(MODEL_ID)
         check_adapter_dir(adapter, MODEL_ID)  # missing, damaged, or made for a model of other shapes
         training_file, training = M.read_training_config(adapter)
         dequantize = M.base_was_4bit(DEQUANTIZE, adapter, training_file, training)

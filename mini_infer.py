@@ -29,24 +29,24 @@ DEBUG: bool = False  # show tracebacks
 
 
 def main():
-    config = apply_overrides(globals())
+    from src.preflight import check_model, check_output_dir, check_value
+
+    config = apply_overrides(globals(), check=check_value)
     from src.images import load_image
     from src.inference import caption_rows
     from src.files import write_json
-    from src.modeling import check_adapter_dir, check_model_dir, generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
-    from src.outputs import check_output_dir, hold_output_lock
+    from src.outputs import hold_output_lock
 
     # every input and the output folder are checked before the slow model load
     question = check_question(QUESTION)
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)  # None = base model
     out_dir = check_output_dir(OUTPUT_DIR)
     image = load_image(IMAGE, exif_orientation=True)  # a user's photo: upright as its camera meant
-    check_model_dir(MODEL_ID)
+    check_model(MODEL_ID, QUANTIZATION, DEVICE, adapter)
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
-    if adapter:
-        check_adapter_dir(adapter, MODEL_ID)
     with hold_output_lock(out_dir):
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time

@@ -200,7 +200,9 @@ def timed(command: list[str], out: Path) -> tuple[float, float, dict]:
 
 
 def main() -> None:
-    apply_overrides(globals())
+    from src.preflight import check_value
+
+    apply_overrides(globals(), check=check_value)
     work = REPO / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     paths = {name: work / f"{name}.json" for name in ("questions", "annotations", "results", "ours", "official")}

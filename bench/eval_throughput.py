@@ -266,10 +266,11 @@ def main() -> None:
     from src.data import load_samples
     from src.files import write_json
     from src.modeling import load_blip2
+    from src.preflight import check_value
     from src.prompts import get_decoding
 
     defaults = {k.lower(): globals()[k] for k in config_keys(globals())}
-    config = apply_overrides(globals())
+    config = apply_overrides(globals(), check=check_value)
     if min(N_QUESTIONS, EVAL_BATCH, REPEATS) < 1 or NUM_WORKERS < 0:
         raise UserError("--n_questions, --eval_batch and --repeats must be at least 1, --num_workers at least 0")
     for name in DECODINGS:

@@ -668,9 +668,10 @@ def command_value(value) -> str:
 def main() -> None:
     import torch
 
+    from src.preflight import check_value
     from src.prompts import get_decoding
 
-    config = apply_overrides(globals())
+    config = apply_overrides(globals(), check=check_value)
     source, where = model_source(MODEL_ID)  # before any work: an unknown id stops here
     device = "cpu" if SMOKE else "cuda"
     if not SMOKE and not torch.cuda.is_available():

@@ -332,7 +332,9 @@ def results_section(command: str, body: list[str], check_json: Path) -> str:
 
 def main() -> None:
     defaults = {k.lower(): v for k, v in globals().items() if k.isupper() and not k.startswith("_")}
-    config = apply_overrides(globals())
+    from src.preflight import check_value
+
+    config = apply_overrides(globals(), check=check_value)
     from src.files import write_json
     from src.memory_plan import format_plan, load_blip2_config, plan_memory
 

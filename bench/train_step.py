@@ -170,7 +170,9 @@ def main() -> None:
 
     from bench.gpu_check import PATHS
 
-    apply_overrides(globals())
+    from src.preflight import check_value
+
+    apply_overrides(globals(), check=check_value)
     if ONE_PATH:
         print(json.dumps(measure(MODEL_DIR, ONE_PATH)))
         return

@@ -151,7 +151,9 @@ def table(results: dict[tuple[str, int], dict]) -> str:
 
 
 def main():
-    apply_overrides(globals())
+    from src.preflight import check_value
+
+    apply_overrides(globals(), check=check_value)
     if FAMILY not in ("opt", "t5"):
         from src.errors import UserError
 

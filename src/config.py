@@ -1,19 +1,5 @@
-"""Command-line overrides for a script's module-level constants (after nanoGPT's configurator).
-
-A script keeps its knobs as UPPERCASE constants at the top, between two fence lines
-
-    # -----------------------------------------------------------------------------
-    MAX_SAMPLES: int = 1000  # ...
-    DEBUG: bool = False
-    # -----------------------------------------------------------------------------
-
-and calls `config = apply_overrides(globals())`, which reads `--name=value` arguments (name
-case-insensitive, value parsed with `ast.literal_eval`, falling back to the raw string), checks
-it against the constant's annotated type (`MAX_SAMPLES: int = 1000`) and assigns it. Only the constants
-between the fences are settings; unknown names and wrong types raise UserError. Editing a constant in the
-file and passing it on the command line are the same thing, checked by the same rules (`SHARE = "False"`
-in the file is refused, as `--share=maybe` is).
-"""
+"""A script's settings: its annotated UPPERCASE constants between two `# -----` fence lines, overridden by
+`--name=value` (after nanoGPT's configurator) and held to their declared types; docs/checks.md has the rules."""
 
 from __future__ import annotations
 
@@ -25,7 +11,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import UserError
 
@@ -139,9 +125,11 @@ def _check_in_file(key: str, value: Any, types: tuple[type, ...], script: str) -
                         f"{type(value).__name__}{hint} (or pass --{key.lower()}=... on the command line)") from None
 
 
-def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
+def apply_overrides(namespace: dict, argv: list[str] | None = None,
+                    check: Callable[[str, Any, Any], Any] = lambda key, value, default: value) -> dict:
     """Apply `--name=value` overrides to `namespace` (a script's globals); return the resolved config. The
-    constants as the file states them are checked by the same rules, before any work."""
+    constants as the file states them are held to the same types; `check(key, value, default)` returns each
+    value as it may be used (scripts pass src.preflight.check_value)."""
     argv = sys.argv[1:] if argv is None else argv
     types = _namespace_types(namespace)
     keys = list(types)
@@ -160,36 +148,13 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None) -> dict:
     script = Path(namespace["__file__"]).name
     for key in keys:
         value = namespace[key] if key in given else _check_in_file(key, namespace[key], types[key], script)
-        value = check_value(key, value, defaults[key])
+        value = check(key, value, defaults[key])
         if value == defaults[key] and is_repo_path(key, value) and Path.cwd().resolve() != REPO_ROOT:
             value = str(REPO_ROOT / value)  # a default path is the repository's, wherever the script is started from
         namespace[key] = value
     return {k.lower(): namespace[k] for k in keys}
 
 
-# --- the values: one rule per setting name, so every script (and a setting added later) is covered --------
-
-INT_MAX = 2**31 - 1  # no count in these scripts comes near it; a bigger one is a typo
-_COUNTS_FROM_1 = {"batch_size", "eval_batch", "per_device_batch", "grad_accum", "train_steps", "save_every",
-                  "keep_checkpoints", "lora_r", "bootstrap_resamples", "max_queue"}
-_RANGES = {"seed": (0, 2**32 - 1), "port": (1, 65535), "thumb_size": (16, 1024), "num_workers": (0, 256)}
-_FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
-    "lr": (0.0, False, None, "the learning rate"),
-    "weight_decay": (0.0, True, None, "AdamW's weight decay (0 = none)"),
-    "lora_dropout": (0.0, True, 1.0, "a dropout probability"),
-    "max_grad_norm": (0.0, False, None, "the gradient-clipping norm"),
-    "max_upload_mb": (0.0, False, 100_000.0, "the upload limit in MB"),
-    "hub_stall_s": (0.0, False, None, "seconds a hub read may go without progress"),
-    "lora_alpha": (0.0, False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
-}
-_CHOICES = {"lang": ("zh", "en"), "quantization": ("4bit", "8bit", "none"), "split": ("val", "train", "testdev", "test"),
-            "merge_dtype": ("bfloat16", "float16", "float32"), "dequantize": ("auto", "yes", "no")}
-EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_dir": "the default folder",
-                "output_file": "the default name", "hf_dataset_revision": "the newest"}
-_FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
-_NAMED = {"vqa_prompt": "prompt", "caption_prompt": "prompt", "vqa_decoding": "decoding",
-          "caption_decoding": "decoding", "preview_decoding": "decoding"}
-_DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
 # control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
 UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
@@ -214,88 +179,6 @@ def is_repo_path(key: str, value) -> bool:
     return (isinstance(value, str) and bool(value) and is_path_setting(key) and not key.lower().endswith("_file")
             and key.lower() not in ("model_id", "hf_dataset") and "{" not in value
             and not os.path.isabs(os.path.expanduser(value)))
-
-
-def check_value(key: str, value: Any, default: Any = None) -> Any:
-    """`value` of setting `key`, checked by its name and type, `~` expanded in paths; UserError naming the
-    setting, the value and what it may be, before a script does any work."""
-    name = key.lower()
-    flag = f"--{name}={value}"
-
-    def bad(why: str):
-        raise UserError(f"{flag}: {why}")
-
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int) and name not in _FLOATS:  # an int-valued _FLOATS setting (lora_alpha): below
-        low, high = _RANGES.get(name, (1 if name in _COUNTS_FROM_1 else 0, INT_MAX))
-        if not low <= value <= high:
-            if high != INT_MAX:
-                bad(f"must be an integer from {low} to {high:,}")
-            bad(f"must be at least {low}" if value < low else f"is absurdly large (at most {high:,})")
-        return value
-    if isinstance(value, (int, float)):
-        if value != value or value in (float("inf"), float("-inf")):
-            bad("must be a finite number")
-        if isinstance(value, int) and value > INT_MAX:
-            bad(f"is absurdly large (at most {INT_MAX:,})")
-        low, low_ok, high, what = _FLOATS.get(name, (0.0, True, None, "this setting"))
-        if value < low or (value == low and not low_ok):
-            bad(f"must be {'0 or more' if low_ok else 'a positive number'} ({what})")
-        if high is not None and (value >= high if name == "lora_dropout" else value > high):
-            bad(f"{what} must be {'below' if name == 'lora_dropout' else 'at most'} {high:g}")
-        return value
-    if isinstance(value, (list, tuple)):
-        if not value and default:
-            raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={','.join(map(str, default))}")
-        for item in value:
-            if isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)):
-                bad("every entry must be a non-empty name without control characters")
-        return value
-    if not isinstance(value, str):
-        return value
-    if UNSAFE_TEXT.search(value):
-        bad("holds a control character or an unpaired surrogate; type the value again")
-    if not value.strip() and name == "question":
-        raise UserError(f"--question={value!r}: the question is empty; ask something, e.g. --question=\"{default}\"")
-    if not value.strip():
-        if default == "" or name in EMPTY_MEANS:  # a documented "none" / "auto"
-            return value
-        raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={default}")
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise UserError(f"--{name}={value!r}: unknown {name} {value!r}; use one of "
-                        + ", ".join(f"--{name}={c}" for c in _CHOICES[name]))
-    if name == "device" and not _DEVICE.fullmatch(value):
-        bad("use cpu, cuda, cuda:N or mps (or leave it empty: the GPU when there is one)")
-    if name == "device" and value == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():  # torch would run on the CPU and the run record say "mps"
-            bad("this machine has no Apple GPU (MPS) that torch can use; use --device=cpu (or leave it empty)")
-    if name == "device" and value.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            bad("this machine has no CUDA GPU that torch can use; use --device=cpu (or leave it empty)")
-        if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
-            bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
-        bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
-    if name in _NAMED and value == "auto" and name != "caption_prompt":
-        return value  # the model family's own prompt or preset (src/family.py), resolved once the model is known
-    if name in _NAMED:
-        from . import prompts
-
-        registry = prompts.PROMPTS if _NAMED[name] == "prompt" else prompts.DECODING
-        if value not in registry:
-            what = "prompt" if _NAMED[name] == "prompt" else "decoding preset"
-            raise UserError(f"unknown {what} {value!r} (--{name}); known: {', '.join(registry)}")
-        if name == "vqa_prompt" and "{}" not in registry[value]:
-            bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
-                + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
-    if is_path_setting(name) and value.startswith("~"):
-        value = os.path.expanduser(value)
-    return value
 
 
 def next_command(script: str, **flags) -> str:

@@ -1,10 +1,5 @@
-"""One way for every script to fail: a single line saying what, where and how to fix.
-
-Scripts raise `UserError` for anything the user can fix (bad path, bad constant, missing
-model). `run_main` turns it, and a full disk, into one line on stderr and exit code 2. With the
-script's setting `DEBUG = True` (edited in the file or passed as `--debug=True`) the full traceback is
-shown as well.
-"""
+"""One way for every script to fail: `run_main` turns a UserError (anything the user can fix) or a full disk
+into one line on stderr saying what, where and how to fix, exit code 2; DEBUG = True adds the traceback."""
 
 from __future__ import annotations
 
@@ -16,6 +11,13 @@ from typing import Callable
 
 class UserError(Exception):
     """An error the user can fix; its message is the whole report."""
+
+
+def again(what: str, download: bool = True, retrain: bool = False) -> str:
+    """The fix for a damaged file, worded once: "copy or download the model folder again", "copy the adapter
+    folder again or retrain it with `python finetune_vqav2_lora.py`"."""
+    tail = " or retrain it with `python finetune_vqav2_lora.py`" if retrain else ""
+    return f"copy {'or download ' if download else ''}the {what} again{tail}"
 
 
 def _close_progress_bars() -> None:

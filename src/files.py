@@ -46,9 +46,8 @@ def give_default_permissions(folder: str | Path) -> None:
 
 
 def safetensors_problem(path: str | Path) -> str | None:
-    """What is wrong with a .safetensors file, as a phrase to follow its name ("is cut short ..."),
-    or None. safetensors.safe_open checks the header and that the file holds every tensor's bytes;
-    here its reason becomes the fix a user needs (a Git LFS pointer, text, an interrupted copy)."""
+    """What is wrong with a .safetensors file (safe_open's reason as the fix a user needs: a Git LFS pointer,
+    text, an interrupted copy), as a phrase to follow its name, or None."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -221,9 +220,8 @@ def iter_chunks(items: list, size: int) -> Iterator[list]:
 
 
 def replace_folder(tmp: Path, final: Path, keep: Callable[[Path], bool] = lambda entry: False) -> None:
-    """Rename the finished folder `tmp` to `final`, replacing what is there: `final` is always either the
-    old folder or the complete new one, never half of one. Entries of the old folder for which `keep(entry)`
-    holds and that the new one lacks (a user's notes, an eval/ folder) move into the new one."""
+    """Rename the finished folder `tmp` to `final`, never leaving half of one; entries of the old folder that
+    `keep(entry)` names and the new one lacks (a user's notes, an eval/ folder) move into the new one."""
     recover_replace(final, keep)
     if final.exists():
         os.replace(final, final.with_name(f".old-{final.name}"))

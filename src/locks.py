@@ -1,13 +1,5 @@
-"""One writer at a time: an exclusive lock file that holds the owner's PID.
-
-The lock is an OS file lock (flock on Linux/macOS, msvcrt on Windows) on `<path>`, so it is released
-by the kernel when its holder exits or is killed: a lock left behind by a killed run is not held by
-anyone and is simply taken over. The PID written into the file is only for the message.
-
-Not the `filelock` package: it truncates the lock file on every attempt (the holder's PID would be lost
-from the message) and its descriptor lives on in forked DataLoader workers (a killed run's lock would
-stay held by its workers).
-"""
+"""One writer at a time: an OS file lock (flock / msvcrt) holding the owner's PID, released by the kernel
+when its holder dies; why not the `filelock` package: docs/checks.md."""
 
 from __future__ import annotations
 

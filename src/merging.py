@@ -1,23 +1,14 @@
-"""A LoRA adapter merged into its base model: one plain BLIP-2 folder that loads without peft
-(merge_lora_adapter.py).
-
-A QLoRA adapter learned its update against the 4-bit NF4 weights, not against the full-precision
-weights they were quantised from; added to the latter it lands on slightly different weights (peft
-#1080, artidoro/qlora #29). `base_was_4bit` reads from the adapter's training config whether that is
-the case, and `nf4_round_trip` puts into the float32 base the weights the 4-bit layers computed with, so that
-the merge is onto the weights the adapter was trained against. The merge itself runs in float32 (peft adds
-the update in the weight's dtype) and the result is cast once, to the dtype it is saved in.
-"""
+"""A LoRA adapter merged into its base model: one plain BLIP-2 folder that loads without peft. A QLoRA
+adapter merges onto the NF4 round trip of the base, the weights it was trained against (docs/checks.md)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from string import Template
 
-from .errors import UserError
+from .errors import UserError, again
 from .files import read_json
 from .prompts import PROMPTS, get_prompt
 
@@ -33,7 +24,7 @@ def read_training_config(adapter: str | Path) -> tuple[Path | None, dict | None]
     for name in TRAINING_CONFIGS:
         path = Path(adapter) / name
         if path.is_file():
-            config = read_json(path, "training config", fix="copy the adapter folder again")
+            config = read_json(path, "training config", fix=again("adapter folder", download=False))
             if isinstance(config, dict) and "use_4bit" in config:
                 return path, config
     return None, None
@@ -58,25 +49,6 @@ def base_was_4bit(dequantize: str, adapter: str | Path, training_file: Path | No
         raise UserError(f"{training_file}: use_4bit is {training['use_4bit']!r}, not true or false; fix it, or pass "
                         "--dequantize=yes (trained on a 4-bit base) or --dequantize=no")
     return training["use_4bit"]
-
-
-def check_merged_dir(merged: Path, overwrite: bool, inputs: dict[str, str]) -> None:
-    """The folder the merged model goes to: not a file, not holding one of `inputs` (what: path), and
-    empty, or (with `overwrite`) a merged model made before, so --overwrite can never wipe other work."""
-    again = "choose another with --merged_dir="
-    if merged.exists() and not merged.is_dir():
-        raise UserError(f"{merged} is a file, not a folder; {again}")
-    for what, path in inputs.items():
-        if os.path.isdir(path) and Path(path).resolve().is_relative_to(merged.resolve()):
-            raise UserError(f"--merged_dir={merged} holds the {what} ({path}); the merged model needs a folder "
-                            f"of its own: {again}")
-    if not merged.is_dir() or not any(merged.iterdir()):
-        return
-    if not (merged / MERGE_CONFIG).exists():
-        raise UserError(f"{merged} is not empty and holds no merged model ({MERGE_CONFIG} missing), so it is not "
-                        f"replaced even with --overwrite=True; {again}, or empty it yourself")
-    if not overwrite:
-        raise UserError(f"{merged} already holds a merged model; pass --overwrite=True to replace it, or {again}")
 
 
 def merge_device(device: str, model_id: str) -> tuple[str, str]:

@@ -1,43 +1,14 @@
-"""The output folder of a run: checked before any long work, and held by one writer at a time."""
+"""The output folder of a run, held by one writer at a time (src.preflight checks it before any work)."""
 
 from __future__ import annotations
 
-import errno
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
 from .locks import exclusive_lock
 
 LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while it runs
-
-
-def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
-    """Create the output folder and make sure we can write there, before any long work.
-    `setting` names the flag in messages (e.g. "--report_dir")."""
-    if not str(output_dir).strip():
-        raise UserError(f"{setting}= is empty; pass a folder, e.g. {setting}=outputs")
-    out = Path(output_dir).expanduser()  # "~/runs" as a constant means the home folder, not ./~
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} is a file, not a folder; choose another with {setting}=")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        why = "it is read-only" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else e.strerror
-        raise UserError(f"cannot write to output folder {out} ({why}); choose another with {setting}=") from None
-    return out
-
-
-def check_output_files(out_dir: Path, names) -> None:
-    """The files a run will write into `out_dir` must not be folders (said now, not at the end of the run)."""
-    for name in names:
-        if (out_dir / name).is_dir():
-            raise UserError(f"{out_dir / name} is a folder, but this run writes a file there; remove or rename that "
-                            "folder, or choose another --output_dir")
 
 
 @contextmanager

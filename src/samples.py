@@ -143,13 +143,8 @@ def _unanswered_samples(questions: list, by_id: dict, image_path) -> list[VQASam
 
 def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
                   questions_source: str, annotations_source: str | None) -> list[VQASample]:
-    """VQASamples from official-format question and annotation entries, every entry checked.
-
-    `question_entry(i)` / `annotation_entry(i)` name entry i in messages (file and position);
-    `image_path(i, annotation)` gives annotation i's image path; the sources name the files. Used by the
-    JSON and the hub path alike, so both give identical samples for identical entries.
-    annotations=None: a split whose answers are not public (VQAv2 test-dev / test): every question becomes
-    a sample without answers, and `image_path(i, question)` gets question entry i instead."""
+    """VQASamples from official-format entries, every entry checked; `question_entry(i)` / `annotation_entry(i)`
+    name entry i in messages. annotations=None (test-dev / test): samples without answers, image_path per question."""
     by_id = _questions_by_id(questions, question_entry)
     if annotations is None:
         return _unanswered_samples(questions, by_id, image_path)

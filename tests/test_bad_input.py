@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, assert_one_line_error, module_fixture, random_adapter, run_script
-from src.config import EMPTY_MEANS, apply_overrides, script_settings
+from src.config import apply_overrides, script_settings
 from src.errors import UserError
+from src.preflight import EMPTY_MEANS, check_value
 
 SCRIPTS = [p.name for p in sorted(REPO.glob("*.py")) if p.name != "blip2_cli.py"]  # blip2_cli: argparse, below
 
@@ -46,7 +47,7 @@ def test_every_setting_of_every_script_refuses_generated_bad_values():
             for raw in bad_values(default, key):
                 ns = {**settings, "__file__": str(REPO / script)}
                 with pytest.raises(UserError) as e:
-                    apply_overrides(ns, [f"--{key.lower()}={raw}"])
+                    apply_overrides(ns, [f"--{key.lower()}={raw}"], check=check_value)
                 msg = str(e.value)
                 assert "\n" not in msg and f"--{key.lower()}" in msg, (script, key, raw, msg)
                 checked += 1

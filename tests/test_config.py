@@ -219,7 +219,7 @@ def test_mps_on_a_machine_without_it_is_refused():
     """--device=mps where torch has no MPS: one line, never a CPU run recorded as "mps"."""
     import torch
 
-    from src.config import check_value
+    from src.preflight import check_value
 
     if torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")

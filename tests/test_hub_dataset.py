@@ -538,7 +538,7 @@ def test_a_mirror_that_ignores_range_and_drips_the_whole_file_stops_at_the_stall
 
 
 def test_a_stall_deadline_of_zero_is_refused_before_any_work():
-    from src.config import check_value
+    from src.preflight import check_value
 
     with pytest.raises(UserError, match=r"--hub_stall_s=0\.0: must be a positive number \(seconds a hub read"):
         check_value("HUB_STALL_S", 0.0)

@@ -349,7 +349,7 @@ def test_a_killed_merge_leaves_the_old_folder_or_none(plain_adapter, plain_merge
     """Killed right after the last file of the new folder is written (before the rename), or halfway, after
     the weights: the merged folder is what it was before (none, or the old merged model, whole). A rerun
     replaces it."""
-    from src.modeling import check_model_dir
+    from src.preflight import check_model_dir
 
     old = tmp_path / "old"
     shutil.copytree(plain_merged["folder"], old)

@@ -1,0 +1,351 @@
+"""Every check a script runs before its slow work: setting values, model and adapter folders, disk room,
+output folders. Scripts call these at the top of `main`; the modules doing the work never import this one."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import UNSAFE_TEXT, is_path_setting
+from .errors import UserError, again
+from .files import read_json, resolved_if_local, safetensors_problem
+from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES
+from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, adapter_mismatch, default_device, fetch_error, is_local,
+                       mismatch_error)
+
+# --- settings: one rule per setting name, so every script (and a setting added later) is covered ----------
+
+INT_MAX = 2**31 - 1  # no count in these scripts comes near it; a bigger one is a typo
+_COUNTS_FROM_1 = {"batch_size", "eval_batch", "per_device_batch", "grad_accum", "train_steps", "save_every",
+                  "keep_checkpoints", "lora_r", "bootstrap_resamples", "max_queue", "cases_per_group", "cases_shown"}
+_RANGES = {"seed": (0, 2**32 - 1), "port": (1, 65535), "thumb_size": (16, 1024), "num_workers": (0, 256)}
+_FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
+    "lr": (0.0, False, None, "the learning rate"),
+    "weight_decay": (0.0, True, None, "AdamW's weight decay (0 = none)"),
+    "lora_dropout": (0.0, True, 1.0, "a dropout probability"),
+    "max_grad_norm": (0.0, False, None, "the gradient-clipping norm"),
+    "max_upload_mb": (0.0, False, 100_000.0, "the upload limit in MB"),
+    "hub_stall_s": (0.0, False, None, "seconds a hub read may go without progress"),
+    "lora_alpha": (0.0, False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
+}
+_CHOICES = {"lang": ("zh", "en"), "quantization": QUANTIZATIONS, "split": ("val", "train", "testdev", "test"),
+            "merge_dtype": MERGE_DTYPES, "dequantize": DEQUANTIZE_CHOICES}
+EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_dir": "the default folder",
+               "output_file": "the default name", "hf_dataset_revision": "the newest"}
+_FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
+_NAMED = {"vqa_prompt": "prompt", "caption_prompt": "prompt", "vqa_decoding": "decoding",
+          "caption_decoding": "decoding", "preview_decoding": "decoding"}
+_DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
+
+
+def check_value(key: str, value: Any, default: Any = None) -> Any:
+    """`value` of setting `key`, checked by its name and type, `~` expanded in paths; UserError naming the
+    setting, the value and what it may be. Scripts pass it to apply_overrides(globals(), check=check_value)."""
+    name = key.lower()
+    flag = f"--{name}={value}"
+
+    def bad(why: str):
+        raise UserError(f"{flag}: {why}")
+
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and name not in _FLOATS:  # an int-valued _FLOATS setting (lora_alpha): below
+        low, high = _RANGES.get(name, (1 if name in _COUNTS_FROM_1 else 0, INT_MAX))
+        if not low <= value <= high:
+            if high != INT_MAX:
+                bad(f"must be an integer from {low} to {high:,}")
+            bad(f"must be at least {low}" if value < low else f"is absurdly large (at most {high:,})")
+        return value
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            bad("must be a finite number")
+        if isinstance(value, int) and value > INT_MAX:
+            bad(f"is absurdly large (at most {INT_MAX:,})")
+        low, low_ok, high, what = _FLOATS.get(name, (0.0, True, None, "this setting"))
+        if value < low or (value == low and not low_ok):
+            bad(f"must be {'0 or more' if low_ok else 'a positive number'} ({what})")
+        if high is not None and (value >= high if name == "lora_dropout" else value > high):
+            bad(f"{what} must be {'below' if name == 'lora_dropout' else 'at most'} {high:g}")
+        return value
+    if isinstance(value, (list, tuple)):
+        if not value and default:
+            raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={','.join(map(str, default))}")
+        for item in value:
+            if isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)):
+                bad("every entry must be a non-empty name without control characters")
+        return value
+    if not isinstance(value, str):
+        return value
+    if UNSAFE_TEXT.search(value):
+        bad("holds a control character or an unpaired surrogate; type the value again")
+    if not value.strip() and name == "question":
+        raise UserError(f"--question={value!r}: the question is empty; ask something, e.g. --question=\"{default}\"")
+    if not value.strip():
+        if default == "" or name in EMPTY_MEANS:  # a documented "none" / "auto"
+            return value
+        raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={default}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise UserError(f"--{name}={value!r}: unknown {name} {value!r}; use one of "
+                        + ", ".join(f"--{name}={c}" for c in _CHOICES[name]))
+    if name == "device":
+        _check_device(value, bad)
+    if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
+        bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
+    if name in _NAMED and value == "auto" and name != "caption_prompt":
+        return value  # the model family's own prompt or preset (src/family.py), resolved once the model is known
+    if name in _NAMED:
+        _check_named(name, value, bad)
+    if is_path_setting(name) and value.startswith("~"):
+        value = os.path.expanduser(value)
+    return value
+
+
+def _check_device(value: str, bad) -> None:
+    if not _DEVICE.fullmatch(value):
+        bad("use cpu, cuda, cuda:N or mps (or leave it empty: the GPU when there is one)")
+    import torch
+
+    if value == "mps" and not torch.backends.mps.is_available():  # torch would run on the CPU, the record say "mps"
+        bad("this machine has no Apple GPU (MPS) that torch can use; use --device=cpu (or leave it empty)")
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        bad("this machine has no CUDA GPU that torch can use; use --device=cpu (or leave it empty)")
+    if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
+        bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+
+
+def _check_named(name: str, value: str, bad) -> None:
+    from . import prompts
+
+    registry = prompts.PROMPTS if _NAMED[name] == "prompt" else prompts.DECODING
+    if value not in registry:
+        what = "prompt" if _NAMED[name] == "prompt" else "decoding preset"
+        raise UserError(f"unknown {what} {value!r} (--{name}); known: {', '.join(registry)}")
+    if name == "vqa_prompt" and "{}" not in registry[value]:
+        bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
+            + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
+
+
+# --- the model, its download and its adapter ---------------------------------------------------------------
+
+ROOM_WARNING_GB = 20  # a model download the hub cannot size: warn when the cache disk has less free space
+OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")  # never downloaded
+
+
+def check_model(model_id: str, quantization: str, device: str | None = None, adapter: str | None = None) -> None:
+    """What load_blip2(model_id, quantization, adapter, device) needs, told before the slow load: the model
+    folder (or room for its download), the quantisation on this device, and the adapter."""
+    check_model_dir(model_id)
+    check_quantization(quantization, device or default_device())
+    check_download_room(model_id)
+    if adapter:
+        check_adapter_dir(adapter, model_id)
+
+
+def check_quantization(quantization: str, device: str) -> None:
+    """Fail early, in one line, when the quantisation (one of QUANTIZATIONS: a checked setting) can't run here."""
+    if quantization == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # ImportError, or a broken CUDA setup raising at import time
+        raise UserError(
+            f"--quantization={quantization} needs bitsandbytes, which failed to import ({type(e).__name__}: {e}); "
+            "install it with `pip install bitsandbytes` or run with --quantization=none"
+        ) from None
+    if quantization == "8bit" and not str(device).startswith("cuda"):
+        raise UserError("--quantization=8bit needs a CUDA GPU; on CPU use --quantization=4bit or --quantization=none")
+
+
+def check_model_dir(model_id: str) -> None:
+    """A local model folder holds a BLIP-2 config, a tokenizer and whole safetensors weights (read from the
+    headers, before the slow load). A hub id is left to the download, which verifies itself."""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        if is_local(model_id) and not folder.exists():  # a path, not a hub id: say so now, not after the imports
+            raise fetch_error(model_id, FileNotFoundError(model_id))
+        return
+    config_path = folder / "config.json"
+    if (folder / "adapter_config.json").exists() and not config_path.exists():
+        raise UserError(f"{folder} is a LoRA adapter, not a base model; pass it as the adapter "
+                        f"(e.g. --adapter_dir={folder}) and the model it was trained on as --model_id")
+    if not config_path.exists():
+        raise UserError(f"no config.json in {folder}: not a model saved with save_pretrained; pass "
+                        "--model_id=<folder with config.json and model.safetensors> or a hub id")
+    config = read_json(config_path, "model config", fix=again("model folder"))
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is corrupt (not a JSON object); {again('model folder')}")
+    model_type = config.get("model_type")
+    if model_type != "blip-2":
+        raise UserError(f"{folder} is not a BLIP-2 model (its config.json says model_type {model_type!r}); "
+                        f"pass a BLIP-2 folder, e.g. a saved copy of {DEFAULT_MODEL_ID}")
+    for key in ("vision_config", "qformer_config", "text_config"):
+        if key in config and not isinstance(config[key], dict):
+            raise UserError(f"{config_path}: {key!r} must be a JSON object, not {type(config[key]).__name__}; "
+                            f"{again('model folder')}")
+    tokenizer_json = folder / "tokenizer.json"
+    if not tokenizer_json.exists() and not (folder / "vocab.json").exists():
+        raise UserError(f"{folder} has no tokenizer (tokenizer.json is missing); {again('model folder')}")
+    if tokenizer_json.exists():
+        tok = read_json(tokenizer_json, "tokenizer file", fix=again("model folder"))
+        if not isinstance(tok, dict) or not isinstance(tok.get("added_tokens"), list) or "model" not in tok:
+            raise UserError(f"{tokenizer_json} is damaged (no 'added_tokens' list or no 'model'); {again('model folder')}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise UserError(f"{weights} {problem}; {again('model')}")
+
+
+def _free_bytes(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check_download_room(model_id: str) -> None:
+    """Before a hub model's first download: its files (as the hub lists their sizes) must fit the free space of
+    the hub cache's disk, or one line says where to put the cache; a hub that cannot say gets a warning when that
+    disk has less than ROOM_WARNING_GB free."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if is_local(model_id) or constants.HF_HUB_OFFLINE:
+        return
+    if any(isinstance(try_to_load_from_cache(model_id, f), str) for f in ("model.safetensors.index.json",
+                                                                          "model.safetensors")):
+        return  # downloaded before (from_pretrained completes a partial download by itself)
+    cache = Path(constants.HF_HUB_CACHE)
+    free = _free_bytes(cache)
+    where = (f"the hub cache {cache} has {free / 1e9:.1f} GB free; put it on a bigger disk, e.g. "
+             "export HF_HOME=/root/autodl-tmp/hf on AutoDL, or free some space")
+    try:
+        files = HfApi().model_info(model_id, files_metadata=True).siblings or []
+    except Exception:  # no answer now: from_pretrained reports the hub's trouble itself
+        files = None
+    wanted = [f for f in files or [] if not f.rfilename.endswith(OTHER_WEIGHT_FORMATS)]
+    if not wanted or any(f.size is None for f in wanted):
+        if free < ROOM_WARNING_GB * 1e9:
+            print(f"warning: downloading {model_id}, whose size the hub did not say, and {where}", flush=True)
+        return
+    need = sum(f.size for f in wanted if not isinstance(try_to_load_from_cache(model_id, f.rfilename), str))
+    if need > free:
+        raise UserError(f"downloading {model_id} needs {need / 1e9:.1f} GB, but {where}")
+
+
+def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
+    """A LoRA adapter folder with a readable config and whole safetensors weights. With `model_id`, also that it
+    is not merged into that model already and that its layers fit it (when trained on a model of another name)."""
+    adapter = Path(adapter)
+    if adapter.is_file():
+        raise UserError(f"{adapter} is a file; pass the adapter's folder, the one that holds adapter_config.json "
+                        f"(e.g. {adapter.parent})")
+    if not (adapter / "adapter_config.json").exists():
+        raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
+                        "`python finetune_vqav2_lora.py` or pass the folder that holds adapter_config.json")
+    config = _check_adapter_config(adapter / "adapter_config.json")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
+        raise UserError(f"{adapter} has no adapter_model.safetensors; only safetensors adapters are loaded")
+    problem = safetensors_problem(weights)
+    if problem:
+        raise UserError(f"{weights} {problem}; {again('adapter', download=False)}, or rerun "
+                        "`python finetune_vqav2_lora.py`, which resumes from its last checkpoint")
+    merged = Path(model_id) / MERGE_CONFIG if model_id else None
+    if merged is not None and merged.is_file():  # merge_lora_adapter.py's folder: it holds an adapter already
+        record = read_json(merged, "merged model's record", fix=again("merged model folder", download=False))
+        holds = record.get("adapter_dir") if isinstance(record, dict) else None
+        if isinstance(holds, str) and Path(holds).resolve() == adapter.resolve():
+            raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
+                            "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
+    base = config.get("base_model_name_or_path")
+    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
+        skeleton = _model_skeleton(model_id)
+        problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
+        if problem:
+            raise mismatch_error(adapter, model_id, problem)
+        # same shapes, another name: a copy of the base, or another checkpoint whose answers would be wrong
+        print(f"warning: the LoRA adapter in {adapter} was trained on {base}, not on {model_id}; that is right only "
+              f"if {model_id} is a copy of {base} (else pass --model_id={base})", flush=True)
+
+
+def _check_adapter_config(path: Path) -> dict:
+    """adapter_config.json of a LoRA adapter, with the keys the loaders read."""
+    fix = again("adapter folder", download=False, retrain=True)
+    config = read_json(path, "adapter config", fix=fix)
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is corrupt (not a JSON object); {fix}")
+    if config.get("peft_type") != "LORA":
+        raise UserError(f"{path}: peft_type is {config.get('peft_type')!r}, but these scripts load LoRA adapters "
+                        f"(\"peft_type\": \"LORA\"); {fix}")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if type(value) not in (int, float) or value <= 0 or (key == "r" and type(value) is not int):
+            raise UserError(f"{path}: {key!r} is {value!r}, not a positive {'integer' if key == 'r' else 'number'}; {fix}")
+    targets = config.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))):
+        raise UserError(f"{path}: 'target_modules' is {targets!r}, not a list of layer names or a pattern; {fix}")
+    return config
+
+
+def _model_skeleton(model_id: str):
+    """BLIP-2 built from its config on the meta device (no weights, about a second), or None when
+    the config can't be read here (a hub id not downloaded yet: the load reports that)."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    try:
+        config = Blip2Config.from_pretrained(model_id)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        return Blip2ForConditionalGeneration(config)
+
+
+# --- where the results go --------------------------------------------------------------------------------
+
+def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
+    """Create the output folder and make sure we can write there, before any long work.
+    `setting` names the flag in messages (e.g. "--report_dir")."""
+    if not str(output_dir).strip():
+        raise UserError(f"{setting}= is empty; pass a folder, e.g. {setting}=outputs")
+    out = Path(output_dir).expanduser()  # "~/runs" as a constant means the home folder, not ./~
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} is a file, not a folder; choose another with {setting}=")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        why = "it is read-only" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else e.strerror
+        raise UserError(f"cannot write to output folder {out} ({why}); choose another with {setting}=") from None
+    return out
+
+
+def check_output_files(out_dir: Path, names, setting: str = "--output_dir") -> None:
+    """The files a run will write into `out_dir` must not be folders (said now, not at the end of the run)."""
+    for name in names:
+        if (out_dir / name).is_dir():
+            raise UserError(f"output file {out_dir / name} is a folder; remove or rename that folder, or choose "
+                            f"another with {setting}=")
+
+
+def check_merged_dir(merged: Path, overwrite: bool, inputs: dict[str, str]) -> None:
+    """The folder the merged model goes to: not a file, not holding one of `inputs` (what: path), and
+    empty, or (with `overwrite`) a merged model made before, so --overwrite can never wipe other work."""
+    elsewhere = "choose another with --merged_dir="
+    if merged.exists() and not merged.is_dir():
+        raise UserError(f"{merged} is a file, not a folder; {elsewhere}")
+    for what, path in inputs.items():
+        if os.path.isdir(path) and Path(path).resolve().is_relative_to(merged.resolve()):
+            raise UserError(f"--merged_dir={merged} holds the {what} ({path}); the merged model needs a folder "
+                            f"of its own: {elsewhere}")
+    if not merged.is_dir() or not any(merged.iterdir()):
+        return
+    if not (merged / MERGE_CONFIG).exists():
+        raise UserError(f"{merged} is not empty and holds no merged model ({MERGE_CONFIG} missing), so it is not "
+                        f"replaced even with --overwrite=True; {elsewhere}, or empty it yourself")
+    if not overwrite:
+        raise UserError(f"{merged} already holds a merged model; pass --overwrite=True to replace it, or {elsewhere}")
