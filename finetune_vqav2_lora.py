@@ -309,12 +309,14 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
 
 def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
     """The final adapter folder, the held-out preview and the closing lines (main process only)."""
+    from src.charts import plot_loss
     from src.files import read_jsonl
     from src import training as T
 
     adapter_dir = out_dir / "lora_adapter"
     rows = read_jsonl(log_path)
-    T.save_final_adapter(adapter_dir, model, processor, config, log_path, plot_title=f"QLoRA on {DATASET}: {MODEL_ID}")
+    T.save_final_adapter(adapter_dir, model, processor, config, log_path,
+                         draw_loss=lambda log, path: plot_loss(log, path, f"QLoRA on {DATASET}: {MODEL_ID}"))
     preview(model, processor, adapter_dir)
     first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
     print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")

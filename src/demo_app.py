@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import EVALAI_PHASES
+from .evaluation import EVALAI_PHASES
 from .errors import UserError
 from .formatting import group_title, interval_line, length_line, outcome_line, processing_line, score_table
 from .i18n import texts
