@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 from .samples import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .family import OPT, Family, LoraSettings, family_of, lora_target_regex  # noqa: F401 (here as before)
-from .files import DISK_FULL, give_default_permissions, replace_folder, write_json
+from .family import OPT, Family, LoraSettings, family_of, lora_target_regex, lora_targets  # noqa: F401 (LoraSettings for callers)
+from .files import DISK_FULL, give_default_permissions, read_jsonl, replace_folder, safetensors_problem, write_json
+from .modeling import blip2_core
 from .prompts import format_prompt
 
 IGNORE_INDEX = -100
@@ -126,9 +127,6 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
     ("auto",): the model family's, src/family.py)."""
     from peft import LoraConfig, get_peft_model
 
-    from .family import lora_targets
-    from .modeling import blip2_core
-
     targets = lora_targets(lora.target_modules, family_of(blip2_core(model).config))
     model = freeze_base(model, gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
@@ -147,8 +145,6 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
 def set_train_mode(model):
     """Train mode for the language model; eval mode for the frozen vision tower, Q-Former and projection, so
     their dropout does not make the image features differ from evaluation's."""
-    from .modeling import blip2_core
-
     model.train()
     core = blip2_core(model)
     for frozen in (core.vision_model, core.qformer, core.language_projection):
@@ -159,8 +155,6 @@ def set_train_mode(model):
 def training_loss(model, batch: dict):
     """The loss of one micro-batch (answer tokens only), the frozen image encoder under no_grad and no KV
     cache (docs/notes.md); `model` may be wrapped (DDP, peft)."""
-    from .modeling import blip2_core
-
     core = blip2_core(getattr(model, "module", model))
     encoder = (core.vision_model, core.qformer, core.language_projection)
     with torch.set_grad_enabled(any(p.requires_grad for part in encoder for p in part.parameters())):
@@ -270,8 +264,6 @@ MANIFEST = "manifest.json"  # written last: every file of the checkpoint with it
 def checkpoint_problem(d: Path) -> str | None:
     """Why checkpoint `d` cannot be trusted, or None: every file the manifest lists is there with its
     size, the safetensors header reads, the JSON files parse and the training state loads."""
-    from .files import safetensors_problem
-
     for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
         if not (d / name).exists():
             return f"{name} missing"
@@ -413,8 +405,6 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
                        draw_loss: Callable[[list[dict], Path], None] | None = None) -> None:
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
-    from .files import read_jsonl
-
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     with saving_into(tmp, "the final adapter"):
