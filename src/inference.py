@@ -111,17 +111,10 @@ def generate_for_images(model, processor, images: Sequence, prompts: Sequence[st
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         imgs, texts = images[start:start + batch_size], prompts[start:start + batch_size]
-        distinct: list = []
-        index = []
-        for img in imgs:
-            for j, seen in enumerate(distinct):
-                if seen is img:
-                    index.append(j)
-                    break
-            else:
-                index.append(len(distinct))
-                distinct.append(img)
-        answers += generate_batch(model, processor, preprocess_images(processor, distinct), texts, decoding, index)
+        distinct = list({id(img): img for img in imgs}.values())  # each image object once, first seen first
+        position = {id(img): j for j, img in enumerate(distinct)}
+        answers += generate_batch(model, processor, preprocess_images(processor, distinct), texts, decoding,
+                                  [position[id(img)] for img in imgs])
     return answers
 
 
