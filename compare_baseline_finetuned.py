@@ -36,11 +36,13 @@ import time
 from pathlib import Path
 
 from src.charts import ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, length_chart, setup_matplotlib
-from src.compare import (accuracy_interval, bootstrap_clusters, check_result_rows, check_same_setup, compare_rows,
+from src.compare import (bootstrap_clusters, check_result_rows, check_same_setup, compare_rows,
                          count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
-                         score_baseline_only, select_cases, settings_of, zero_shot_reference)
+                         score_baseline_only, select_cases, settings_of)
 from src.config import apply_overrides, write_config
-from src.data import TEST_SPLITS, evalai_file_name, no_answers_line
+from src.data import TEST_SPLITS
+from src.evaluation import evalai_file_name, no_answers_line, zero_shot_reference
+from src.vqa_eval import accuracy_interval
 from src.errors import UserError, run_main
 from src.formatting import summary_text
 from src.i18n import check_lang, texts

@@ -60,9 +60,11 @@ def main():
     if SPLIT in ("testdev", "test") and any(a.lower().startswith(("--max_samples=", "--max-samples=")) for a in sys.argv[1:]):
         raise UserError(f"--max_samples={MAX_SAMPLES} draws the val sample; --split={SPLIT} answers every question, "
                         f"as EvalAI needs (for a smoke run: --max_test_samples={MAX_SAMPLES})")
-    from src.data import (TEST_SPLITS, evalai_file_name, freeze_sample, hub_record, load_samples, read_frozen_sample,
+    from src.data import (TEST_SPLITS, freeze_sample, hub_record, load_samples, read_frozen_sample,
                           submission_question_ids)
-    from src.evaluation import SAMPLE_IDS_FILE, eval_record, run_vqa, score_and_write
+    from src.evaluation import SAMPLE_IDS_FILE, eval_record, evalai_file_name, run_vqa, score_and_write
+    from src.formatting import reference_lines
+    from src.i18n import texts
     from src.modeling import generation_names, load_blip2, make_accelerator
     from src.outputs import hold_output_lock
 
@@ -105,7 +107,8 @@ def main():
         # 3. score (val) and write, or write the EvalAI file (testdev / test) (main process)
         if accelerator.is_main_process:
             score_and_write(chosen, out_dir, RUN_NAME, config=config, record=record, split=SPLIT,
-                            submission_ids=submission_ids)
+                            submission_ids=submission_ids,
+                            published_lines=lambda ref: reference_lines(ref, texts("en")))
 
 
 if __name__ == "__main__":

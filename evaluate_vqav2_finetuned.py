@@ -48,11 +48,11 @@ def main():
     from src.preflight import check_model, check_output_dir, check_output_files, check_value
 
     config = apply_overrides(globals(), check=check_value)
-    from src.data import (TEST_SPLITS, evalai_file_name, hub_record, load_samples, no_answers_line, read_frozen_sample,
-                          submission_question_ids)
+    from src.data import TEST_SPLITS, hub_record, load_samples, read_frozen_sample, submission_question_ids
     from src.errors import UserError
-    from src.evaluation import SAMPLE_IDS_FILE, eval_record, print_comparison, run_vqa, score_and_write
-    from src.compare import check_result_rows, check_same_setup, settings_of
+    from src.evaluation import (SAMPLE_IDS_FILE, eval_record, evalai_file_name, no_answers_line, run_vqa,
+                                score_and_write)
+    from src.compare import check_result_rows, check_same_setup, print_comparison, settings_of
     from src.files import read_jsonl_lines, resolved_if_local
     from src.modeling import generation_names, load_blip2, make_accelerator, resolve_adapter_dir
     from src.outputs import hold_output_lock

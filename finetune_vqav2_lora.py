@@ -74,7 +74,7 @@ def main():
     from src.outputs import hold_output_lock
     from src.family import OPT, T5
     from src.modeling import known_family, make_accelerator, mixed_precision, model_family
-    from src.training import check_report_to
+    from src.tracking import check_report_to
 
     tracker = check_report_to(REPORT_TO)  # an unknown name or a missing package: one line, before any work
     log_dir = LOG_DIR.replace("{output_dir}", OUTPUT_DIR.rstrip("/\\") or OUTPUT_DIR)
@@ -112,7 +112,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     from src.data import load_samples, sample_question_ids, select
     from src.family import family_of
     from src.modeling import end_token_id, load_blip2
-    from src import training as T
+    from src import tracking, training as T
 
     ckpt_root = out_dir / "lora_adapter_checkpoints"
     samples = load_samples(DATASET, "train", DATA_DIR)
@@ -148,7 +148,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
               f"{T.describe_wrapped(wrapped)}")
         if ckpt is not None:
             print(f"  resumed from {ckpt}")
-    curves = T.OptionalCurves(accelerator, on=bool(tracker) and accelerator.is_main_process)
+    curves = tracking.OptionalCurves(accelerator, on=bool(tracker) and accelerator.is_main_process)
     if tracker:
         start_tracking(accelerator, curves, tracker, config, out_dir, start_step)
     run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root, curves)
@@ -166,11 +166,11 @@ def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, sta
     after that step."""
     from pathlib import Path
 
-    from src import training as T
+    from src import tracking
 
-    run_name = T.tracker_run_name(out_dir)
-    curves.call("init_trackers", run_name, config=T.tracker_config(config),
-                init_kwargs=T.tracker_init_kwargs(tracker, start_step))
+    run_name = tracking.tracker_run_name(out_dir)
+    curves.call("init_trackers", run_name, config=tracking.tracker_config(config),
+                init_kwargs=tracking.tracker_init_kwargs(tracker, start_step))
     if curves.on:
         log_dir = Path(accelerator.logging_dir)
         print(f"  {tracker}: {log_dir / run_name} (tensorboard --logdir {log_dir})")
@@ -263,7 +263,7 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
 
     from src.errors import UserError
     from src.files import JsonlAppender, read_jsonl
-    from src import training as T
+    from src import tracking, training as T
 
     main_proc = accelerator.is_main_process
     log_path = ckpt_root / "train_log.jsonl"
@@ -297,7 +297,7 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
                         "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
                         "samples_per_s": round(seen / elapsed, 2)}])
             skipped_so_far += result.skipped
-            curves.call("log", T.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
+            curves.call("log", tracking.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
         if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
             rng_states = gather_object([T.rng_state()])  # every rank's, in rank order: each resumes from its own
             if main_proc:
@@ -311,12 +311,14 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
 
 def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
     """The final adapter folder, the held-out preview and the closing lines (main process only)."""
+    from src.charts import plot_loss
     from src.files import read_jsonl
     from src import training as T
 
     adapter_dir = out_dir / "lora_adapter"
     rows = read_jsonl(log_path)
-    T.save_final_adapter(adapter_dir, model, processor, config, log_path, plot_title=f"QLoRA on {DATASET}: {MODEL_ID}")
+    T.save_final_adapter(adapter_dir, model, processor, config, log_path,
+                         draw_loss=lambda log, path: plot_loss(log, path, f"QLoRA on {DATASET}: {MODEL_ID}"))
     preview(model, processor, adapter_dir)
     first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
     print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")

@@ -1,9 +1,5 @@
-"""Baseline vs fine-tuned on the same VQAv2 questions: join on question_id, per-question outcome,
-the paired bootstrap interval of the change, how many answers the answer processing changed, and
-the statistics and example cases of the report. Used by compare_baseline_finetuned.py and
-evaluate_vqav2_finetuned.py so both report the same numbers.
-
-Every score comes from src.vqa_eval (the project's one scorer); nothing here re-implements it.
+"""Baseline against fine-tuned on the same questions, joined on question_id: per-question outcomes, the
+paired bootstrap of the change, the report's statistics and cases, and the console comparison.
 """
 
 from __future__ import annotations
@@ -15,110 +11,15 @@ import statistics
 from collections import Counter
 from typing import Sequence
 
-import numpy as np
-
 from .errors import UserError
-from .prompts import PUBLISHED
-from .vqa_eval import score_batch, score_rows
+from .formatting import console_comparison
+from .i18n import texts
+from .vqa_eval import bootstrap_clusters, is_scorable, paired_bootstrap, processing_changes, score_batch, score_rows
 
-# one bootstrap chunk holds at most this many drawn indices (~80 MB of int64), so a full
-# VQAv2 val2014 run (214k questions x 1000 resamples) never needs gigabytes at once
-_BOOTSTRAP_CHUNK = 10_000_000
 # per-question scores differing by less than this are "the same" (scores are multiples of 1/30)
 _SAME_TOLERANCE = 1e-9
 _LENGTH_BINS = 10  # answer-length histogram bins: 0..9 words and "10+"
 _SETTING_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization")
-
-
-def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n_resamples: int = 1000,
-                     seed: int = 0, clusters: Sequence | None = None) -> tuple[float, float, float]:
-    """Mean change ft - base and its 95% percentile interval, in percentage points.
-
-    `base_scores[i]` and `ft_scores[i]` are one question's scores in [0, 1] under the two models, and
-    `clusters[i]` its cluster: the image it asks about (VQAv2 asks about 5.3 questions per image, and
-    the answers about one image go together), or None for one cluster per question. Clusters are numbered
-    in order of first appearance; each resample draws C cluster numbers with replacement (the same for
-    both models, which is what makes it paired) from `np.random.default_rng(seed).integers(0, C,
-    (n_resamples, C))` and takes the mean difference over all the questions of the drawn clusters (their
-    summed differences over their summed question counts). The interval is the 2.5th and 97.5th
-    percentiles (numpy's default linear interpolation) of those means, times 100. With one question
-    per cluster this is the plain paired bootstrap over questions."""
-    base = np.asarray(base_scores, dtype=np.float64)
-    ft = np.asarray(ft_scores, dtype=np.float64)
-    if base.ndim != 1 or base.shape != ft.shape:
-        raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists, got {base.shape} and {ft.shape}")
-    if base.size == 0:
-        raise ValueError("paired_bootstrap needs at least one question")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    diff = ft - base
-    if clusters is None:
-        sums, counts = diff, None  # every draw holds exactly n questions
-    else:
-        if len(clusters) != diff.size:
-            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
-        number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
-        ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
-        sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
-    n = sums.size
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples, dtype=np.float64)
-    per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
-    # drawing row blocks one after another yields exactly the stream of a single (n_resamples, n) draw
-    for start in range(0, n_resamples, per_chunk):
-        stop = min(n_resamples, start + per_chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        drawn = n if counts is None else counts[idx].sum(axis=1)
-        means[start:stop] = sums[idx].sum(axis=1) / drawn
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(100 * diff.mean()), float(100 * low), float(100 * high)
-
-
-def bootstrap_clusters(pairs: Sequence[dict]) -> tuple[list | None, dict]:
-    """(the cluster of each pair for paired_bootstrap, {"unit", "n"}): the pairs' images when every pair
-    names one, else one cluster per question (result files written before rows carried image_id). A file
-    with some rows lacking it resamples questions too: an image count that leaves some out would mislead."""
-    images = [p.get("image_id") for p in pairs]
-    if pairs and all(i is not None for i in images):
-        return images, {"unit": "image", "n": len(set(images))}
-    return None, {"unit": "question", "n": len(pairs)}
-
-
-# a zero-shot run warns when even its interval's top lies this far below the checkpoint's lowest published number
-# (room for 4-bit NF4 and for transformers vs LAVIS; a broken setup lands 10+ points below: docs/details.md)
-FAR_BELOW_POINTS = 3.0
-
-
-def accuracy_interval(rows: Sequence[dict], n_resamples: int = 1000, seed: int = 0) -> dict:
-    """The VQA accuracy's 95% bootstrap interval, resampling images as the comparison does (rows with image ids)."""
-    clusters, unit = bootstrap_clusters(rows)
-    scores = [r["vqa_accuracy"] for r in rows]
-    _, low, high = paired_bootstrap([0.0] * len(scores), scores, n_resamples, seed, clusters)
-    return {"low": low, "high": high, "level": 0.95, "resampled": unit}
-
-
-def zero_shot_reference(record: dict, metrics: dict, published: dict = PUBLISHED) -> dict | None:
-    """For a zero-shot val run of a checkpoint and prompt with a published number: that number, the settings in
-    which this run differs from the published one, and whether the run lands far below every published number."""
-    entry = published.get((record.get("model_id"), record.get("prompt")))
-    if entry is None or record.get("adapter") or record.get("split") != "val" or metrics.get("vqa_accuracy") is None:
-        return None
-    run = {"decoding": (record.get("decoding") or {}).get("preset"), "quantization": record.get("quantization"),
-           "dataset": record.get("dataset"), "questions": metrics["n"]}
-    differs = {key: {"run": run[key], "published": entry[key]} for key in run
-               if run[key] not in (entry[key] if isinstance(entry[key], tuple) else (entry[key],))}
-    warn_below = min(e["accuracy"] for (model, _), e in published.items() if model == record["model_id"]) \
-        - FAR_BELOW_POINTS
-    return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],
-            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"],
-            "interval": metrics["vqa_accuracy_interval"],
-            "source": entry["source"], "differs": differs, "warn_below": warn_below,
-            "far_below": metrics["vqa_accuracy_interval"]["high"] < warn_below}
-
-
-def is_scorable(row: dict) -> bool:
-    """A row that holds a prediction: no error recorded and a string answer."""
-    return not row.get("error") and isinstance(row.get("answer"), str)
 
 
 _NUMBER = (int, float)
@@ -143,8 +44,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _writable(text: str) -> str:
-    """`text` with unpaired surrogates (valid in JSON, but not UTF-8: no report or chart could hold them)
-    replaced by "\ufffd"."""
+    """`text` with unpaired surrogates (valid JSON, not UTF-8) replaced by "\ufffd", so reports can hold it."""
     return _SURROGATE.sub("\ufffd", text)
 
 
@@ -240,29 +140,8 @@ def _counts(pairs: list[dict]) -> dict:
 
 def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
                  n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Compare two result files question by question, joined on question_id (never row order).
-
-    Questions in only one file, and questions whose row in either file is an error, are left out
-    and counted. Scores are recomputed with src.vqa_eval from `answer` and `gt_answers`. Returns
-
-        {"n": compared questions,
-         "coverage": coverage(...),
-         "errors": {"baseline": error rows, "finetuned": error rows, "excluded": common ids left out},
-         "mismatched": {"n": ..., "question_ids": first 20}  # same id, different question or answers
-         "baseline" / "finetuned": {"vqa_accuracy": %, "exact_match": %, "n", "per_answer_type"},
-         "change": {"vqa_accuracy": {"diff", "low", "high"}, "exact_match": {...},   # points, 95% CI
-                    "clusters": {"unit": "image" (or "question" without image ids), "n": images resampled},
-                    "per_answer_type": {type: {"n", "clusters", "vqa_accuracy": {...}, "exact_match": {...}}}},
-         "clusters": change["clusters"] (what the overall intervals resampled),
-         "outcomes": {"better", "worse", "same", "answer_changed", "per_answer_type": {type: {...}}},
-         "answer_processing": {"baseline" / "finetuned": processing_changes(...) of the compared rows},
-         "pairs": [one dict per compared question, by question_id: question_id, image_id, image_path,
-                   question, gt_answers, answer_type, question_type, baseline_answer, finetuned_answer,
-                   baseline_raw_answer, finetuned_raw_answer (None when not recorded),
-                   baseline_vqa, finetuned_vqa, baseline_em, finetuned_em (0-1), outcome]}
-
-    A question is "better" when its VQA accuracy rose, "worse" when it fell, else "same";
-    "answer_changed" counts answers that differ beyond case and surrounding spaces."""
+    """Two result files compared on the questions both answered, scored again with src.vqa_eval; error rows
+    and mismatched questions are left out and counted. The result's keys: docs/notes.md."""
     base_by_id = index_by_question_id(base_rows, "baseline rows")
     ft_by_id = index_by_question_id(ft_rows, "fine-tuned rows")
     common = sorted(set(base_by_id) & set(ft_by_id), key=lambda q: (str(type(q)), q))
@@ -320,15 +199,6 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
             "pairs": pairs}
 
 
-def processing_changes(rows: Sequence[dict]) -> dict:
-    """How many answers the answer processing changed: rows whose `raw_answer` (the model's text) exists
-    and differs from `answer` (after the official VQA processing). Rows without raw_answer count as
-    unchanged; `with_raw` says how many rows record one."""
-    raws = [r.get("raw_answer") for r in rows]
-    return {"n": len(rows), "with_raw": sum(raw is not None for raw in raws),
-            "changed": sum(raw is not None and raw != r.get("answer") for raw, r in zip(raws, rows))}
-
-
 def score_baseline_only(rows: Sequence[dict]) -> tuple[dict, list[dict]]:
     """(result, pairs) for a report without fine-tuned results: the keys of compare_rows' result, with
     the fine-tuned ones None; pairs carry the baseline fields only."""
@@ -362,8 +232,7 @@ def settings_of(rows: Sequence[dict], source: str, warnings_out: list[str]) -> d
 
 
 def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
-    """The comparison is fair only with the same base model, precision, prompt and decoding (a key `ft` does not
-    state yet is not compared)."""
+    """Warn unless both runs share base model, precision, prompt and decoding (a key `ft` lacks is not compared)."""
     for key in ("model_id", "quantization", "prompt", "decoding"):
         if key in ft and base.get(key) != ft.get(key):
             warnings_out.append(f"{key} differs: baseline {base.get(key)!r}, fine-tuned {ft.get(key)!r}; "
@@ -408,9 +277,8 @@ def group_members(pairs: Sequence[dict], comparing: bool) -> dict[str, list[dict
 
 
 def select_cases(pairs: Sequence[dict], comparing: bool, k: int, seed: int) -> dict[str, list[dict]]:
-    """Examples per group. Improved/worsened: the largest changes first; unchanged: questions whose
-    answer text changed first (they show that a different answer need not score differently).
-    Ties are broken by a seeded shuffle so reruns pick the same questions."""
+    """`k` examples per group: the largest changes first, unchanged ones with a changed answer text first;
+    ties broken by a seeded shuffle, so reruns pick the same questions."""
     order = list(pairs)
     random.Random(seed).shuffle(order)
     groups = group_members(order, comparing)
@@ -421,3 +289,23 @@ def select_cases(pairs: Sequence[dict], comparing: bool, k: int, seed: int) -> d
         groups["worsened"].sort(key=delta)
         groups["unchanged"].sort(key=same_text)
     return {g: ps[:k] for g, ps in groups.items()}
+
+
+def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n_resamples: int, seed: int) -> None:
+    """The console comparison of evaluate_vqav2_finetuned.py: the headline table, then `n_cases` random
+    questions side by side."""
+    cmp = compare_rows(base_rows, rows, n_resamples=n_resamples, seed=seed)
+    cov = cmp["coverage"]
+    if cov["only_baseline"] or cov["only_finetuned"]:
+        print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
+              f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
+              "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
+    print()
+    print(console_comparison(cmp, texts("en")))
+    pairs = cmp["pairs"]
+    if pairs and n_cases > 0:
+        print(f"{min(n_cases, len(pairs))} random cases:")
+        for p in random.Random(seed).sample(pairs, min(n_cases, len(pairs))):
+            print(f"  [{p['question_id']}] {p['question']}  (ground truth: {p['gt_answers'][0]!r}...)")
+            print(f"      baseline:   {p['baseline_answer']!r} ({p['baseline_vqa']:.2f})")
+            print(f"      fine-tuned: {p['finetuned_answer']!r} ({p['finetuned_vqa']:.2f})")

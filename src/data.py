@@ -1,10 +1,5 @@
-"""The one dataset wrapper: VQAv2 (official JSON + COCO images, or the parquet of a hub dataset such as
-lmms-lab/VQAv2: "vqav2_hub"), easy-VQA (converted once into the same official layout) and the course
-mini set data/tiny.jsonl, all read as `VQASample`s.
-
-Splits are "train" (fine-tuning), "val" (evaluation; easy-VQA's test set) and VQAv2's "testdev" and
-"test" (questions only: their answers are held by the EvalAI server, which scores a submission file).
-"""
+"""The data sources, all read as `VQASample`s: VQAv2 (official JSON + COCO images, or a hub dataset's
+parquet: "vqav2_hub"), easy-VQA and data/tiny.jsonl; splits train, val, testdev and test (no answers)."""
 
 from __future__ import annotations
 
@@ -45,19 +40,6 @@ LAYOUTS = {
     },
 }
 TINY_FILE = "tiny.jsonl"
-# the EvalAI results file of a test split: [{"question_id": int, "answer": str}] (visualqa.org/evaluation.html),
-# named vqa_[task_type]_[dataset]_[subtype]_[alg_name]_results.json as visualqa.org's submission page asks
-EVALAI_PHASES = {"testdev": "Test-Dev", "test": "Test-Standard"}  # the EvalAI VQA challenge phase to submit to
-
-
-def evalai_file_name(split: str, run_name: str) -> str:
-    return f"vqa_OpenEnded_mscoco_{SUBTYPES[split][0]}_{run_name}_results.json"
-
-
-def no_answers_line(run_file: str, split: str, evalai_file: str | Path) -> str:
-    """The one line the scripts and the demo say about a run of a split without public answers."""
-    return (f"{run_file} is a {split} run: it has no answers to compare; submit {evalai_file} to EvalAI "
-            f"(VQA Challenge, phase {EVALAI_PHASES[split]})")
 
 
 def _check_split(dataset: str, split: str) -> None:
@@ -89,13 +71,8 @@ def hub_record(cache_dir: str | Path, split: str) -> dict | None:
 def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_dataset: str = "lmms-lab/VQAv2",
                  hf_revision: str = "", cache_dir: str | Path | None = None,
                  hub_stall_s: float = STALL_S) -> list[VQASample]:
-    """All samples of a split, ordered by question_id. Every entry is checked before any model loads.
-    testdev / test: questions only, each sample without answers (VQASample.has_answers is False).
-
-    dataset="vqav2_hub" reads VQAv2 from the hub dataset (or local parquet folder) `hf_dataset` at
-    `hf_revision`, keeping its question table in `cache_dir` (see src/hub_data.py, `hub_cache_dir`);
-    its image_path fields name the parquet row until `materialize_images` caches the pictures; a hub read
-    that stalls for `hub_stall_s` seconds stops with one line."""
+    """All samples of a split by question_id, every entry checked before any model loads (testdev / test: no
+    answers). vqav2_hub reads `hf_dataset` at `hf_revision`, caching in `cache_dir` (src/hub_data.py)."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} (e.g. --dataset=easy_vqa)")
     _check_split(dataset, split)
@@ -112,13 +89,8 @@ def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_
 def submission_question_ids(samples: list[VQASample], dataset: str, split: str, data_dir: str | Path = "data", *,
                             hf_dataset: str = "lmms-lab/VQAv2", hf_revision: str = "",
                             cache_dir: str | Path | None = None, hub_stall_s: float = STALL_S) -> list[int]:
-    """Every question id an EvalAI results file of `split` must answer: all of test2015, in every phase.
-
-    EvalAI's VQAv2 challenge takes answers for all test2015 questions even in the test-dev phase (which
-    scores the test-dev subset): a test-dev-only file fails there (github.com/Cadene/murel.bootstrap.pytorch
-    issue 9), and LLaVA's scripts/convert_vqav2_for_submission.py and OpenFlamingo's
-    open_flamingo/scripts/fill_vqa_testdev_results.py fill the other test2015 questions with "".
-    `samples` are the split's; for testdev the test2015 questions are read too (same files or hub dataset)."""
+    """Every question id an EvalAI results file of `split` must answer: all of test2015, in the test-dev
+    phase too (docs/notes.md); for testdev the test2015 questions are read as well."""
     if split not in TEST_SPLITS:
         raise ValueError(f"submission_question_ids is for {' / '.join(TEST_SPLITS)}, not {split}")
     if split == "test":
@@ -138,9 +110,8 @@ def submission_question_ids(samples: list[VQASample], dataset: str, split: str, 
 
 def materialize_images(samples: list[VQASample], dataset: str, cache_dir: str | Path,
                        split: str = "val", hub_stall_s: float = STALL_S) -> list[VQASample]:
-    """The samples with image files a model can open: for vqav2_hub, decode the sample's pictures from
-    the parquet files once into <cache_dir>/vqav2_hub/images/ (<cache_dir>/<split>/... for splits other
-    than val; the report and the demo show them from there); other datasets already point at image files."""
+    """The samples with image files a model can open: vqav2_hub's pictures are decoded once from the parquet
+    into the split's cache (hub_cache_dir); other datasets already point at files."""
     if dataset != "vqav2_hub":
         return samples
     return cache_hub_images(samples, hub_cache_dir(cache_dir, split), hub_stall_s)

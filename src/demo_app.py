@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import EVALAI_PHASES
+from .evaluation import EVALAI_PHASES
 from .errors import UserError
 from .formatting import detail_lines, group_title, score_table
 from .i18n import texts

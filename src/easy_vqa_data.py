@@ -13,6 +13,7 @@ from .locks import exclusive_lock
 
 
 def _easy_vqa_question_type(question: str) -> str:
+    """VQAv2-style question type: the first three words."""
     return " ".join(question.rstrip("?").split()[:3])
 
 
@@ -33,12 +34,8 @@ def _easy_vqa_complete(root: Path) -> bool:
 
 
 def prepare_easy_vqa(data_dir: str | Path = "data") -> Path:
-    """Convert the dataset shipped by the `easy-vqa` package into the official VQA JSON layout
-    under <data_dir>/easy_vqa/ (once; later calls find it done). easy-VQA has one answer per
-    question: it becomes the ten annotator answers. Its test set is our "val" split.
-
-    Safe when several runs start at once: one converts (into a temporary folder, renamed into place
-    under an exclusive lock) while the others wait; an interrupted conversion is redone."""
+    """Convert the `easy-vqa` package's data once into <data_dir>/easy_vqa/ (its one answer becomes the ten
+    annotators', its test set our "val"); concurrent runs wait on a lock, an interrupted conversion is redone."""
     data_dir = Path(data_dir)
     root = data_dir / "easy_vqa"
     if _easy_vqa_complete(root):

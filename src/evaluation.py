@@ -1,37 +1,21 @@
-"""Zero-shot / fine-tuned VQA over a frozen sample: batched, resumable, data-parallel.
-
-The steps of create_vqav2_baseline.py and evaluate_vqav2_finetuned.py, so both runs share the
-prompt, decoding, batching and scorer: eval_record, run_vqa (answer),
-score_and_write (score, write) and, for the fine-tuned run, print_comparison.
-Rows are appended (flushed, fsynced) as batches finish; a rerun skips question ids already written,
-so a killed run resumes where it stopped. Under `accelerate launch` / `torchrun` each process takes
-every world_size-th batch and appends to its own part file; the main process merges the parts at the end.
-"""
+"""Zero-shot or fine-tuned VQA over a frozen sample (README steps 3 and 5): answer, score, write; resumable
+(a rerun skips the ids written) and data-parallel (each process appends a part file, the main one merges)."""
 
 from __future__ import annotations
 
-import os
-
-import random
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from torch.utils.data import DataLoader, Dataset
-
-from .compare import accuracy_interval, compare_rows, is_scorable, processing_changes, zero_shot_reference
 from .config import write_config
-from .data import EVALAI_PHASES, evalai_file_name
-from .samples import VQASample
 from .errors import UserError
-from .formatting import console_comparison, reference_lines
-from .i18n import texts
-from .images import load_images
-from .inference import fit_question, generate_batch, question_token_budget
 from .files import JsonlAppender, iter_chunks, read_jsonl, resolved_if_local, write_json, write_jsonl
+from .images import load_images
 from .modeling import IMAGE_BACKEND
-from .prompts import format_prompt, generation_record, get_decoding
-from .vqa_eval import exact_match, normalize_answer, score_rows, vqa_accuracy
+from .prompts import PUBLISHED, format_prompt, generation_record, get_decoding
+from .samples import VQASample
+from .vqa_eval import (accuracy_interval, exact_match, is_scorable, normalize_answer, processing_changes, score_rows,
+                       vqa_accuracy)
 
 # settings that must not change between a run and its resumption
 # every row carries these; a resumed run keeps a row only if all of them equal this run's
@@ -39,16 +23,32 @@ RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_pro
                "dataset", "answer_processing", "image_backend")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
 SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn once by the baseline
+# a test split's EvalAI challenge phase, and its subtype in the results file's name (visualqa.org/evaluation.html)
+EVALAI_PHASES = {"testdev": "Test-Dev", "test": "Test-Standard"}
+EVALAI_SUBTYPES = {"testdev": "test-dev2015", "test": "test2015"}
+# a zero-shot run warns when even its interval's top lies this far below the checkpoint's lowest published number
+# (room for 4-bit NF4 and for transformers vs LAVIS; a broken setup lands 10+ points below: docs/details.md)
+FAR_BELOW_POINTS = 3.0
+
+
+def evalai_file_name(split: str, run_name: str) -> str:
+    """The EvalAI results file of a test split, named as visualqa.org's submission page asks."""
+    return f"vqa_OpenEnded_mscoco_{EVALAI_SUBTYPES[split]}_{run_name}_results.json"
+
+
+def no_answers_line(run_file: str, split: str, evalai_file: str | Path) -> str:
+    """The one line the scripts say about a run of a split without public answers."""
+    return (f"{run_file} is a {split} run: it has no answers to compare; submit {evalai_file} to EvalAI "
+            f"(VQA Challenge, phase {EVALAI_PHASES[split]})")
 
 
 def _as_is(item):
-    """The DataLoader's collate_fn: a _BatchImages item is a batch already. Module-level, so that workers
-    started with spawn or forkserver (macOS, Windows, Linux from Python 3.14) can pickle it."""
+    """The DataLoader's collate_fn (an item is a batch already); module-level, so spawned workers can pickle it."""
     return item
 
 
-class _BatchImages(Dataset):
-    """Batch i -> its distinct images decoded and preprocessed (in DataLoader workers)."""
+class _BatchImages:
+    """Batch i -> its distinct images decoded and preprocessed: the DataLoader's dataset, read in its workers."""
 
     def __init__(self, batches: list[list[VQASample]], image_processor):
         self.batches = batches
@@ -67,12 +67,13 @@ class _BatchImages(Dataset):
 
 
 def part_path(out_path: Path, rank: int) -> Path:
+    """The part file process `rank` appends to in a data-parallel run."""
     return out_path.with_name(f"{out_path.name}.rank{rank}.part")
 
 
 def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
-    """Rows written so far (main file and any per-process parts), by question_id: the first one, or the first
-    answered one after an error row (a question tried again). `where`, when given, receives "file:line" of each."""
+    """Rows written so far (main file and parts) by question_id, an answered row winning over an error row;
+    `where`, when given, receives each row's "file, line"."""
     rows: dict[int, dict] = {}
     for path in [out_path, *sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))]:
         if path.exists():
@@ -105,10 +106,8 @@ def check_rows_match(done: dict[int, dict], record: dict, where: dict[int, str])
 
 def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error: str | None = None,
                truncated: bool = False) -> dict:
-    """One output row: the sample, the model's answer and its scores (or the error that left it
-    unanswered), then this run's settings."""
-    # scored and submitted after the official answer processing, as every published BLIP-2 VQAv2
-    # number is (LAVIS, LLaVA, lmms-eval); the model's text stays as raw_answer
+    """One output row: the sample, the answer and its scores (or the error), then this run's settings. The
+    answer is the model's text (raw_answer) after the official processing, as published numbers are scored."""
     answer = None if raw_answer is None else normalize_answer(raw_answer)
     scored = answer is not None and s.has_answers  # test-dev / test: no answers, no scores (null, never 0)
     row = {"question_id": s.question_id, "image_id": s.image_id, "image_path": s.image_path, "question": s.question,
@@ -143,8 +142,10 @@ def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict
 
 
 def fitted_prompts(processor, batches: list[list[VQASample]], prompt: str, budget: int) -> tuple[dict[int, str], set[int]]:
-    """({question_id: the prompt with its question}, ids of the questions cut to `budget` tokens, with a
-    warning each), so that a long question still ends in the prompt's "Answer:" instead of losing it."""
+    """({question_id: prompt}, ids of questions cut to `budget` tokens with a warning), so a long question
+    still ends in the prompt's "Answer:"."""
+    from .inference import fit_question
+
     prompts, cut = {}, set()
     for s in (s for batch in batches for s in batch):
         question, was_cut = fit_question(processor, s.question, budget)
@@ -157,9 +158,12 @@ def fitted_prompts(processor, batches: list[list[VQASample]], prompt: str, budge
 
 def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
             batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
-    """Answer every sample not yet in `out_path` with the prompt and decoding of `record` (eval_record);
-    appends one result row per question: answer, scores and the record."""
+    """Answer every sample not yet in `out_path` with the prompt and decoding of `record` (eval_record),
+    appending one row per question. torch loads here, so reading results needs none."""
+    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
+
+    from .inference import generate_batch, question_token_budget
 
     out_path = Path(out_path)
     mine = batches_to_answer(samples, out_path, record, batch_size, accelerator, desc)
@@ -219,9 +223,8 @@ def merge_parts(out_path: Path) -> None:
 
 
 def write_evalai_file(path: str | Path, rows: Sequence[dict], question_ids: Sequence[int]) -> int:
-    """The EvalAI results file: one {"question_id", "answer"} per id of `question_ids` (all of test2015, see
-    src.data.submission_question_ids), this run's answer where it has one and "" otherwise (a question
-    outside the sample, or an error row), as LLaVA and OpenFlamingo fill theirs. Returns how many got ""."""
+    """The EvalAI results file: an answer for every id of `question_ids` (all of test2015), "" where this run
+    has none (docs/notes.md); returns how many got ""."""
     answer_of = {r["question_id"]: r["answer"] for r in rows if is_scorable(r)}
     write_json(path, [{"question_id": q, "answer": answer_of.get(q, "")} for q in question_ids])
     return sum(q not in answer_of for q in question_ids)
@@ -237,9 +240,8 @@ def _unscored_metrics(rows: list[dict], scorable: list[dict], errors: list[dict]
 
 def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: str | Path,
              results_path: str | Path, extra: dict | None = None) -> tuple[list[dict], dict]:
-    """Order the rows like the sample, check each id is there once, write metrics and the official
-    results file ([{"question_id", "answer"}]); return (rows, metrics). Samples without answers (test-dev,
-    test) are not scored: the metrics say so (scored False, n_scored 0, accuracy null)."""
+    """Rewrite the rows in sample order, write the metrics and the official results file; return (rows,
+    metrics). A split without answers is not scored (scored False, accuracy null)."""
     out_path = Path(out_path)
     by_id = read_rows(out_path)
     missing = [s.question_id for s in samples if s.question_id not in by_id]
@@ -268,6 +270,7 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
 
 
 def print_metrics(title: str, metrics: dict) -> None:
+    """The run's accuracy, its interval and the per-answer-type lines."""
     interval = metrics.get("vqa_accuracy_interval")
     print(f"{title}: VQA accuracy {metrics['vqa_accuracy']:.2f}  exact match {metrics['exact_match']:.2f}  "
           f"(n={metrics['n']}" + (f", {metrics['n_errors']} error rows" if metrics.get("n_errors") else "") + ")")
@@ -282,6 +285,7 @@ def print_metrics(title: str, metrics: dict) -> None:
 
 
 def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
+    """The questions left unanswered (error rows), the first `limit` of them named."""
     errors = [r for r in rows if r.get("error")]
     if errors:
         print(f"{len(errors)} question(s) could not be answered (kept as error rows, left out of the metrics):")
@@ -291,20 +295,37 @@ def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
 
 def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
                 vqa_decoding: str, split: str | None = None) -> dict:
-    """What every row of a run carries about how it was made (a resumed run must match it: RESUME_KEYS, the
-    split too, also when the frozen sample that records it was deleted). Local folders are recorded resolved,
-    so `/x/./a`, `/x/a` and a relative spelling are the same run."""
+    """What every row of a run records about how it was made (a resumed run must match: RESUME_KEYS); local
+    folders resolved, so every spelling of one path is the same run."""
     return {"model_id": resolved_if_local(model_id), "adapter": resolved_if_local(adapter), "quantization": quantization, "dataset": dataset,
             "split": split, "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,
             **generation_record(vqa_prompt, vqa_decoding)}
 
 
+def zero_shot_reference(record: dict, metrics: dict, published: dict = PUBLISHED) -> dict | None:
+    """For a zero-shot val run of a checkpoint and prompt with a published number: that number, the settings in
+    which this run differs from it, and whether the run lands far below every published number."""
+    entry = published.get((record.get("model_id"), record.get("prompt")))
+    if entry is None or record.get("adapter") or record.get("split") != "val" or metrics.get("vqa_accuracy") is None:
+        return None
+    run = {"decoding": (record.get("decoding") or {}).get("preset"), "quantization": record.get("quantization"),
+           "dataset": record.get("dataset"), "questions": metrics["n"]}
+    differs = {key: {"run": run[key], "published": entry[key]} for key in run
+               if run[key] not in (entry[key] if isinstance(entry[key], tuple) else (entry[key],))}
+    warn_below = min(e["accuracy"] for (model, _), e in published.items() if model == record["model_id"]) \
+        - FAR_BELOW_POINTS
+    return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],
+            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"],
+            "interval": metrics["vqa_accuracy_interval"],
+            "source": entry["source"], "differs": differs, "warn_below": warn_below,
+            "far_below": metrics["vqa_accuracy_interval"]["high"] < warn_below}
+
+
 def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, *, config: dict, record: dict,
-                    split: str, submission_ids: Sequence[int] | None = None) -> tuple[list[dict], dict]:
-    """Score the finished run and write <run_name>.jsonl (in sample order), _metrics.json (with the
-    dataset, split, model and adapter of `record`), _results.json and _config.json; print the summary.
-    A test split (`submission_ids`: every question id EvalAI wants) is not scored: it also writes the
-    EvalAI file (evalai_file_name) and says in one line that there are no answers to score."""
+                    split: str, submission_ids: Sequence[int] | None = None,
+                    published_lines: Callable[[dict], list[str]] | None = None) -> tuple[list[dict], dict]:
+    """Score the finished run, write its .jsonl, _metrics.json, _results.json, _config.json (test split: the
+    EvalAI file for `submission_ids` instead of scores) and print the summary, worded by `published_lines`."""
     out_path = out_dir / f"{run_name}.jsonl"
     facts = {"dataset": record["dataset"], "split": split, "model_id": record["model_id"], "adapter": record["adapter"]}
     if submission_ids is not None:
@@ -320,9 +341,9 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
     report_errors(rows)
     if submission_ids is None:
         print_metrics(f"{run_name} ({facts['dataset']} {facts['split']})", metrics)
-        if reference:
+        if reference and published_lines:
             print("\n".join("  " + line if not line.startswith("warning") else line
-                            for line in reference_lines(reference, texts("en"))), flush=True)
+                            for line in published_lines(reference)), flush=True)
         print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
         return rows, metrics
     evalai_path = out_dir / facts["evalai_file"]
@@ -340,22 +361,3 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
     print(f"submit {evalai_path} to EvalAI (VQA Challenge, phase {EVALAI_PHASES[split]})")
     return rows, metrics
 
-
-def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n_resamples: int, seed: int) -> None:
-    """Baseline against this run on their common questions: the headline table, then `n_cases`
-    random questions side by side."""
-    cmp = compare_rows(base_rows, rows, n_resamples=n_resamples, seed=seed)
-    cov = cmp["coverage"]
-    if cov["only_baseline"] or cov["only_finetuned"]:
-        print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
-              f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
-              "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
-    print()
-    print(console_comparison(cmp, texts("en")))
-    pairs = cmp["pairs"]
-    if pairs and n_cases > 0:
-        print(f"{min(n_cases, len(pairs))} random cases:")
-        for p in random.Random(seed).sample(pairs, min(n_cases, len(pairs))):
-            print(f"  [{p['question_id']}] {p['question']}  (ground truth: {p['gt_answers'][0]!r}...)")
-            print(f"      baseline:   {p['baseline_answer']!r} ({p['baseline_vqa']:.2f})")
-            print(f"      fine-tuned: {p['finetuned_answer']!r} ({p['finetuned_vqa']:.2f})")

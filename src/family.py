@@ -1,24 +1,5 @@
 """The one model-family switch: what differs between BLIP-2 on OPT (decoder-only) and on Flan-T5
-(encoder-decoder), read from the model's config, never from its name.
-
-    family_of(config)   # config.use_decoder_only_language_model and text_config.model_type
-
-                      OPT (blip2-opt-2.7b, -6.7b)          Flan-T5 (blip2-flan-t5-xl, -xxl)
-  training example    one sequence: image, prompt, " answer"   encoder: image, prompt, </s>
-                      + end token; loss on the answer only      labels: answer </s> (decoder input = shifted labels)
-  padding             left (generation continues the last token) right (as LAVIS and the T5 tokenizer pad)
-  answer              new tokens after the prompt, cut at the    the decoder's tokens, ending on </s>
-                      first newline (the end token, 50118)
-  LoRA targets        q_proj k_proj v_proj out_proj fc1 fc2      q k v o wi_0 wi_1 wo (adapting q, v only collapses
-                                                                 flan-t5: peft #376)
-  4-bit skips         vision_model language_projection lm_head   the same, and T5's `wo` (as transformers' own T5 load)
-  compute on a GPU    bf16 where native, else fp16               bf16 where native, else fp32: T5 was trained in bf16
-  without native bf16                                            and overflows in fp16 (transformers #20287 / #10830)
-  VQA prompt          vqa_opt "Question: {} Answer:"             vqa_t5 "Question: {} Short answer:" (BLIP-2 paper)
-  VQA decoding        vqa_beam5 (LAVIS: min_new_tokens 1)      vqa_beam5_t5 (LAVIS: min_length 1, may end at once)
-
-Prompts and decoding presets (src/prompts.py) declare the families they suit; "auto" picks the family's own.
-"""
+(encoder-decoder), read from the model's config, never its name. The differences in a table: docs/notes.md."""
 
 from __future__ import annotations
 
@@ -122,9 +103,8 @@ class LoraSettings:
 
     @classmethod
     def of_settings(cls, s: dict) -> "LoraSettings":
-        """The LoRA that settings named as in the fine-tuning script state (LORA_R, LORA_ALPHA,
-        LORA_DROPOUT, TARGET_MODULES, LORA_SCOPE): its globals(), or its settings block as
-        src.config.script_settings reads it (bench/ does, so it follows what a user edits there)."""
+        """The LoRA of the fine-tuning script's LORA_* and TARGET_MODULES settings: its globals(), or its
+        settings block as src.config.script_settings reads it (bench/ does)."""
         targets = s["TARGET_MODULES"]  # a list, or a string: "auto" (the model family's) or comma-separated names
         targets = tuple(t.strip() for t in targets.split(",") if t.strip()) if isinstance(targets, str) else tuple(targets)
         return cls(r=s["LORA_R"], alpha=s["LORA_ALPHA"], dropout=s["LORA_DROPOUT"], target_modules=targets,

@@ -13,6 +13,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, transparency on white and 16-bit grey scaled to 8 bit."""
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -32,16 +33,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_orientation: bool = False) -> Image.Image:
-    """Open an image file as RGB, first frame of animations.
-
-    `exif_orientation=True` turns the picture upright as its EXIF Orientation tag says: right for a
-    photo a user uploads (the demo, the CLI, mini_infer, the ten demo images). Dataset images (VQAv2/COCO,
-    easy-VQA, the hub parquet) keep their stored orientation, which is what the VQA annotators and
-    LAVIS saw, so evaluation and training read them as stored.
-
-    Raises UserError naming the file for: missing file, empty file, unreadable file (permissions), not an image,
-    truncated/corrupt data, or an image larger than `max_pixels` (checked from the
-    header, before decoding)."""
+    """An image file as RGB (first frame), or one UserError naming the file and what is wrong with it.
+    `exif_orientation` turns a user's photo upright; dataset images stay as stored (docs/notes.md)."""
     path = Path(path)
     try:
         if not path.exists():
@@ -76,8 +69,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_ori
 
 
 def shown_path(path: str | Path) -> str:
-    """`path` as text that can be printed and written as UTF-8: a file name that is not valid UTF-8
-    (Python keeps its bytes as lone surrogates) gets those bytes escaped as \\xNN."""
+    """`path` as printable UTF-8 text: bytes of a name that is not valid UTF-8 escaped as \\xNN."""
     text = str(path)
     try:
         text.encode("utf-8")
@@ -105,8 +97,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_images(paths, *, exif_orientation: bool = False) -> tuple[dict, dict]:
-    """Open each distinct path once: ({path: RGB image}, {path: error message}) — a bad file
-    becomes an error entry instead of stopping a batch run. `exif_orientation` as in load_image."""
+    """({path: RGB image}, {path: error}) of each distinct path: a bad file is an error entry, not a stopped run."""
     images, errors = {}, {}
     for p in dict.fromkeys(paths):
         try:

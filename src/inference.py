@@ -1,21 +1,17 @@
-"""Batched caption and VQA generation, padded as the model family needs (OPT left, Flan-T5 right).
-
-Built from the model's public pieces (`get_image_features`, `get_input_embeddings`,
-`language_model.generate`) so that an image shared by several questions in a batch is
-encoded (vision encoder + Q-Former) once. The token layout is exactly the processor's:
-`num_query_tokens` image tokens, then left padding, then the prompt; the answers equal
-`Blip2ForConditionalGeneration.generate` run one input at a time (tests/test_inference.py).
-"""
+"""Batched caption and VQA generation from the model's public pieces, so an image shared by several
+questions of a batch is encoded once; answers equal `generate` run one input at a time (docs/notes.md)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
 
 from .family import family_of
+from .images import shown_path
 from .modeling import blip2_core
-from .prompts import first_line, generate_kwargs
+from .prompts import first_line, format_prompt, generate_kwargs, generation_record, get_decoding
 
 
 def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
@@ -25,6 +21,7 @@ def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 
 def preprocess_images(processor, images: Sequence) -> torch.Tensor:
+    """The pixel values of PIL images."""
     return processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
 
 
@@ -53,8 +50,8 @@ def tokenize_prompts(processor, prompts: Sequence[str], image_token_id: int, num
 @torch.no_grad()
 def generate_from_features(model, processor, image_features: torch.Tensor, prompts: Sequence[str],
                            decoding: dict) -> list[str]:
-    """Generate one answer per prompt; row i uses image_features[i]. A preset's prompt-token cap
-    (`max_prompt_tokens`, e.g. vqa_lavis's 32) cuts the prompt as LAVIS does."""
+    """One answer per prompt, row i on image_features[i]; a preset's `max_prompt_tokens` cuts the prompt as
+    LAVIS does."""
     core = blip2_core(model)
     decoding, cap = generate_kwargs(decoding)
     input_ids, attention_mask = tokenize_prompts(processor, prompts, core.config.image_token_id,
@@ -89,10 +86,8 @@ def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequen
 
 
 def question_token_budget(model, processor, prompt_name: str, decoding: dict) -> int:
-    """How many question tokens fit: the language model's positions minus the image tokens, the
-    prompt's own tokens and the tokens to generate."""
-    from .prompts import format_prompt
-
+    """How many question tokens fit: the language model's positions less the image tokens, the prompt's
+    own and the tokens to generate."""
     core = blip2_core(model)
     prompt_tokens = len(processor.tokenizer(format_prompt(prompt_name, ""))["input_ids"])
     if not family_of(core.config).decoder_only:  # Flan-T5: the encoder's side only (the answer is the decoder's)
@@ -103,8 +98,7 @@ def question_token_budget(model, processor, prompt_name: str, decoding: dict) ->
 
 
 def fit_question(processor, question: str, budget: int) -> tuple[str, bool]:
-    """The question cut to `budget` tokens (and whether it was cut), so that it still ends in the
-    prompt's "Answer:" instead of losing it to truncation."""
+    """(the question cut to `budget` tokens, whether it was cut), so the prompt's "Answer:" is never lost."""
     ids = processor.tokenizer(question, add_special_tokens=False)["input_ids"]
     if len(ids) <= budget:
         return question, False
@@ -117,17 +111,10 @@ def generate_for_images(model, processor, images: Sequence, prompts: Sequence[st
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         imgs, texts = images[start:start + batch_size], prompts[start:start + batch_size]
-        distinct: list = []
-        index = []
-        for img in imgs:
-            for j, seen in enumerate(distinct):
-                if seen is img:
-                    index.append(j)
-                    break
-            else:
-                index.append(len(distinct))
-                distinct.append(img)
-        answers += generate_batch(model, processor, preprocess_images(processor, distinct), texts, decoding, index)
+        distinct = list({id(img): img for img in imgs}.values())  # each image object once, first seen first
+        position = {id(img): j for j, img in enumerate(distinct)}
+        answers += generate_batch(model, processor, preprocess_images(processor, distinct), texts, decoding,
+                                  [position[id(img)] for img in imgs])
     return answers
 
 
@@ -135,14 +122,10 @@ def caption_and_answer(model, processor, images: Sequence, question: str | None,
                        vqa_decoding: str, caption_prompt: str, caption_decoding: str,
                        batch_size: int = 8) -> list[dict]:
     """Caption every image and, when a question is given, answer it: [{"caption", "answer"}]."""
-    from .prompts import format_prompt, get_decoding
-
     captions = generate_for_images(model, processor, images, [format_prompt(caption_prompt)] * len(images),
                                    get_decoding(caption_decoding), batch_size)
     answers = [None] * len(images)
     if question is not None:
-        import sys
-
         decoding = get_decoding(vqa_decoding)
         budget = question_token_budget(model, processor, vqa_prompt, decoding)
         fitted, cut = fit_question(processor, question, budget)
@@ -157,12 +140,8 @@ def caption_and_answer(model, processor, images: Sequence, question: str | None,
 def caption_rows(model, processor, paths: Sequence, images: dict, question: str | None, *, model_id: str,
                  adapter: str | None, vqa_prompt: str, vqa_decoding: str, caption_prompt: str,
                  caption_decoding: str, errors: dict | None = None, batch_size: int = 8) -> list[dict]:
-    """The caption rows of mini_infer.py, create_baseline.py and blip2_cli.py: one per path, in order,
-    with its caption, the answer to `question` (when one is asked) and how both were made. A path
-    missing from `images` has its `errors` text instead (rows carry an "error" field when `errors` is given)."""
-    from .images import shown_path
-    from .prompts import generation_record
-
+    """The caption rows of mini_infer.py, create_baseline.py and blip2_cli.py, one per path: caption, answer
+    (when `question` is asked), how both were made, and the path's `errors` text when it failed to load."""
     good = [p for p in paths if p in images]
     outs = dict(zip(good, caption_and_answer(
         model, processor, [images[p] for p in good], question, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,

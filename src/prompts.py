@@ -1,34 +1,5 @@
-"""The one prompt registry and the decoding presets every script uses.
-
-BLIP-2's OPT models were evaluated zero-shot on VQAv2 with the prompt "Question: {} Answer:", beam
-search of width 5 and at most 10 new tokens (BLIP-2 paper, sec. 4.1), through LAVIS, which first passes
-every question through its `blip_question` processor (lavis/processors/blip_processors.py, pre_question:
-lower-case, drop .!"()*#:;~, strip trailing spaces, at most 50 words). " What" and " what" are different
-OPT tokens, so that processing changes the answers. Captions use an empty text prompt.
-
-BLIP-2's Flan-T5 models were evaluated with "Question: {} Short answer:" and the same beam search (paper,
-sec. 4.1; LAVIS lavis/projects/blip2/eval/vqav2_zeroshot_flant5xl_eval.yaml and blip2_t5.predict_answers:
-beam 5, max_len 10, min_len 1, length_penalty -1). Each prompt and preset declares the model families it
-suits (PROMPT_FAMILIES, DECODING_FAMILIES; src/family.py); "auto" is the model family's own.
-
-Prompts (question processing in brackets); PUBLISHED holds the zero-shot VQAv2 val numbers reported for each:
-  vqa_opt        "Question: {} Answer:"        [lavis]  the paper's OPT prompt
-  vqa_opt_raw    "Question: {} Answer:"        [raw]    the same prompt with the question as written
-  vqa_opt_lavis  "Question: {} Short answer:"  [lavis]  LAVIS's released zero-shot OPT config
-                 (lavis/projects/blip2/eval/vqav2_zeroshot_opt_eval.yaml), decoded with `vqa_lavis` below
-  vqa_t5         "Question: {} Short answer:"  [lavis]  the paper's and LAVIS's Flan-T5 prompt
-
-Decoding presets:
-  vqa_beam5      beam 5, length penalty -1, 1-10 new tokens (the paper's description; LAVIS's OPT call)
-  vqa_beam5_t5   LAVIS's Flan-T5 call (blip2_t5.predict_answers): the same, but min_length=1 where OPT's has
-                 min_new_tokens=1; the decoder's start token already counts, so `</s>` is never blocked and an
-                 empty answer is possible (vqa_beam5 on Flan-T5 is the stricter alternative)
-  vqa_lavis      what LAVIS's predict_answers runs with that yaml: beam 5, length penalty 0 (its default; neither
-                 lavis/tasks/vqa.py nor the yaml sets one), 1-10 new tokens, the prompt cut to max_txt_len = 32
-                 tokens (BOS included, cut at the end as the tokenizer truncates)
-Note: transformers 5 counts the end token in a finished beam's length (cur_len + 1 in
-generation/utils.py), LAVIS's transformers 4.33 did not; with length penalty 0 that makes no difference.
-"""
+"""The one prompt registry and the decoding presets every script uses, each declaring the model families it
+suits ("auto" = the family's own), and the published zero-shot numbers. Sources: docs/notes.md."""
 
 from __future__ import annotations
 
@@ -87,7 +58,6 @@ PROMPT_KEYS = ("max_prompt_tokens",)
 AUTO = "auto"  # in a script's VQA_PROMPT / VQA_DECODING: the model family's own (src/family.py)
 DEFAULT_VQA_PROMPT = "vqa_opt"  # what "auto" is for the default model, Salesforce/blip2-opt-2.7b
 DEFAULT_VQA_DECODING = "vqa_beam5"
-DEFAULT_CAPTION_PROMPT = "caption"
 DEFAULT_CAPTION_DECODING = "caption_beam5"
 
 

@@ -1,35 +1,27 @@
-"""QLoRA fine-tuning pieces: training examples, a deterministic resumable data order, LoRA setup, the
-optimizer step, self-describing checkpoints (saved to a temporary folder and renamed into place), and
-the optional curves in accelerate's experiment trackers (TensorBoard).
-
-finetune_vqav2_lora.py and bench/gpu_check.py both train through `add_lora`, `make_optimizer` and
-`training_step`, so the GPU check measures the very step the fine-tuning script takes.
-"""
+"""QLoRA fine-tuning (README step 4): examples, a resumable data order, LoRA, the optimizer step and
+self-describing checkpoints, shared by finetune_vqav2_lora.py and bench/gpu_check.py so both run one step."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import math
 import os
 import random
 import re
 import shutil
-import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from .charts import plot_loss  # loss_curve.png is drawn with the other charts
 from .samples import VQASample, training_answer
 from .errors import UserError
 from .images import load_image
-from .family import OPT, Family, LoraSettings, family_of, lora_target_regex  # noqa: F401 (here as before)
-from .files import DISK_FULL, give_default_permissions, replace_folder, write_json
+from .family import OPT, Family, LoraSettings, family_of, lora_target_regex, lora_targets  # noqa: F401 (LoraSettings for callers)
+from .files import DISK_FULL, give_default_permissions, read_jsonl, replace_folder, safetensors_problem, write_json
+from .modeling import blip2_core
 from .prompts import format_prompt
 
 IGNORE_INDEX = -100
@@ -40,16 +32,8 @@ TRAINING_STATE = "training_state.pt"
 # --- examples ------------------------------------------------------------------------------------
 
 def encode_example(tokenizer, prompt: str, answer: str, end_id: int, family: Family = OPT) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one training example, laid out for the model family (src/family.py).
-
-    OPT (decoder-only): the ids of `prompt + " " + answer + end` and labels that score only the answer
-    and the end token. The prompt is tokenized on its own, exactly as at evaluation time, so the model
-    learns to continue the very token sequence it will see when answering. `end_id` is the token
-    generation stops on (`src.modeling.end_token_id`: the newline for OPT-based BLIP-2, not `</s>`).
-
-    Flan-T5 (encoder-decoder): the prompt as the tokenizer ends it (with `</s>`) goes to the encoder, as
-    at evaluation time; the labels are the answer and `end_id` (`</s>`); the decoder reads them shifted
-    right behind its start token, so nothing needs masking (LAVIS's blip2_t5 does the same)."""
+    """(input ids, labels) of one example for the model family: the prompt tokenized alone, as when answering,
+    and labels on the answer and `end_id` only (layout per family: docs/notes.md)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     if not family.decoder_only:
         return prompt_ids, tokenizer(answer, add_special_tokens=False)["input_ids"] + [end_id]
@@ -59,10 +43,8 @@ def encode_example(tokenizer, prompt: str, answer: str, end_id: int, family: Fam
 
 def collate_examples(tokenizer, num_query_tokens: int, image_token_id: int, encoded: Sequence[tuple[list[int], list[int]]],
                      family: Family = OPT):
-    """(input ids, attention mask, labels) of a batch with the image tokens first, as the processor puts
-    them at inference. OPT: left padding (generation continues every row from its last real token), the
-    labels as wide as the input ids. Flan-T5: right padding, as LAVIS and the T5 tokenizer pad; the labels
-    (the decoder's side) padded with -100 to their own width."""
+    """(input ids, attention mask, labels) of a batch, image tokens first as the processor puts them; OPT
+    padded left (generation continues the last token), Flan-T5 right with labels padded to their own width."""
     width = max(len(ids) for ids, _ in encoded)
     label_width = max(len(labs) for _, labs in encoded)
     input_ids, attention, labels = [], [], []
@@ -94,12 +76,8 @@ def micro_batch_indices(n_samples: int, seed: int, micro_batch: int, index: int,
 
 
 class TrainBatches(Dataset):
-    """Micro-batch k (from `first`) of this process: pixel values, input ids, attention mask, labels.
-    Runs in DataLoader workers; an unreadable image stops training with its path.
-
-    A resumed run starts at micro-batch `first` by index arithmetic (`micro_batch_indices`), so the
-    batches before it are never read; accelerate's `skip_first_batches` would load and decode every
-    one of them on a plain DataLoader to throw it away."""
+    """Micro-batch `first + k` of this process, read in DataLoader workers; a resumed run starts there by
+    index arithmetic, reading no earlier batch (docs/notes.md). An unreadable image comes back as {"error"}."""
 
     def __init__(self, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
                  micro_batch: int, first: int, count: int, world_size: int, rank: int):
@@ -131,16 +109,8 @@ class TrainBatches(Dataset):
 # --- LoRA ----------------------------------------------------------------------------------------
 
 def freeze_base(model, gradient_checkpointing: bool):
-    """Freeze every base weight, keeping its dtype, and prepare gradient checkpointing.
-
-    Unlike peft's prepare_model_for_kbit_training this casts nothing to fp32: with only the language
-    model in 4-bit, that would put the 1B-parameter ViT-g in fp32 (about 4 GB). Autocast runs layer
-    norms in fp32 anyway, and the LoRA weights peft adds are fp32.
-
-    No input-embedding hooks (`enable_input_require_grads`): non-reentrant checkpointing needs no input
-    that requires grad, and in transformers 5 that hook goes on every sub-model's embeddings, the vision
-    tower's included, which would make autograd keep every ViT-g activation and run its backward down to
-    the patch embedding for nothing (see `training_loss`)."""
+    """Freeze every base weight in its dtype (no fp32 cast, no input-embedding hooks: docs/notes.md) and
+    set up gradient checkpointing."""
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:
@@ -153,9 +123,6 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
     """Freeze the base model and wrap it in peft with `lora`'s trainable adapters (target modules
     ("auto",): the model family's, src/family.py)."""
     from peft import LoraConfig, get_peft_model
-
-    from .family import lora_targets
-    from .modeling import blip2_core
 
     targets = lora_targets(lora.target_modules, family_of(blip2_core(model).config))
     model = freeze_base(model, gradient_checkpointing)
@@ -173,11 +140,8 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
 
 
 def set_train_mode(model):
-    """Train mode for the language model that holds the LoRA layers; eval mode for the frozen vision
-    tower, Q-Former and projection, so that their dropout (0.1 in the Q-Former) does not make the
-    image features differ from what evaluation sees."""
-    from .modeling import blip2_core
-
+    """Train mode for the language model; eval mode for the frozen vision tower, Q-Former and projection, so
+    their dropout does not make the image features differ from evaluation's."""
     model.train()
     core = blip2_core(model)
     for frozen in (core.vision_model, core.qformer, core.language_projection):
@@ -186,15 +150,8 @@ def set_train_mode(model):
 
 
 def training_loss(model, batch: dict):
-    """The loss of one micro-batch (answer tokens only).
-
-    The vision tower, Q-Former and projection hand their image features to the model (`mm_encoder_outputs`);
-    when none of them holds a trainable (LoRA) weight they run under no_grad: autograd keeps no ViT-g
-    activation and the backward pass stops at the language model, with the same gradients as through the full
-    graph. No KV cache: nothing is generated, and a cache would only hold memory when gradient checkpointing is
-    off. `model` may be wrapped (DDP, peft)."""
-    from .modeling import blip2_core
-
+    """The loss of one micro-batch (answer tokens only), the frozen image encoder under no_grad and no KV
+    cache (docs/notes.md); `model` may be wrapped (DDP, peft)."""
     core = blip2_core(getattr(model, "module", model))
     encoder = (core.vision_model, core.qformer, core.language_projection)
     with torch.set_grad_enabled(any(p.requires_grad for part in encoder for p in part.parameters())):
@@ -229,18 +186,8 @@ class StepResult(NamedTuple):
 
 
 def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_grad_norm: float) -> StepResult:
-    """One optimizer step.
-
-    Every micro-batch runs forward and backward inside `accelerator.accumulate`, which skips the
-    gradient all-reduce of data parallelism on all but the last one and divides each loss by the
-    accelerator's gradient_accumulation_steps, which must equal the number of micro-batches. The loss
-    is their mean, averaged over processes. If it is not finite, NonFiniteLoss is raised before
-    anything is stepped, so the newest checkpoint stays the last good state. Otherwise the gradients
-    are clipped to `max_grad_norm`, the optimizer (prepared by the accelerator) and the scheduler step,
-    and the gradients are cleared. Under fp16 loss scaling (T4, V100) the scaler skips the update when
-    the scaled gradients overflow; the schedule then stays where it is, as the weights do, and the result
-    says so (accelerate's `optimizer_step_was_skipped`).
-    """
+    """One optimizer step over `micro_batches` (as many as the accelerator accumulates): a non-finite loss
+    raises NonFiniteLoss before anything steps; fp16 overflow skips the update (docs/notes.md)."""
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in micro_batches:
         if "error" in batch:  # TrainBatches could not read an image
@@ -292,9 +239,8 @@ def describe_wrapped(wrapped: list[str]) -> str:
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def save_adapter_weights(model, folder: Path) -> None:
-    """The LoRA adapter (safetensors + adapter_config.json). save_embedding_layers=False: peft's default
-    ("auto") asks the hub whether the base model's config exists at every save, a network time-out on an
-    offline cluster node, for an answer that never applies to BLIP-2 (its embeddings are not trained)."""
+    """The LoRA adapter (safetensors + adapter_config.json), without peft's hub lookup for embedding layers
+    that BLIP-2 never trains (it times out offline)."""
     model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
 
 
@@ -315,8 +261,6 @@ MANIFEST = "manifest.json"  # written last: every file of the checkpoint with it
 def checkpoint_problem(d: Path) -> str | None:
     """Why checkpoint `d` cannot be trusted, or None: every file the manifest lists is there with its
     size, the safetensors header reads, the JSON files parse and the training state loads."""
-    from .files import safetensors_problem
-
     for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
         if not (d / name).exists():
             return f"{name} missing"
@@ -363,17 +307,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
                     processor=None, *, rng_states: list[dict] | None = None, scaler=None) -> Path:
-    """adapter + optimizer + scheduler + step + RNG + config, written to a temporary folder and
-    renamed into place: a kill leaves the previous checkpoints and at most a stray temp folder.
-
-    `rng_states` holds every process's random state in rank order (default: this process's), so each
-    rank of a data-parallel run resumes from its own; `scaler`, fp16's GradScaler, is saved with its scale,
-    so a resumed run does not start again at 65536 and skip the steps the uninterrupted one did not.
-
-    Not accelerate's `save_state`: that saves the whole model's state dict (here the frozen 4-bit base,
-    gigabytes per checkpoint, against megabytes for the adapter) and writes in place, with no manifest
-    to tell a complete checkpoint from one cut short, so `latest_checkpoint` could not fall back to the
-    one before."""
+    """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
+    folder with a manifest and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = ckpt_root / f".tmp-{final.name}"
@@ -407,9 +342,8 @@ _LOW_SPACE = 2**20  # bytes left after a failed save that mean it failed for lac
 @contextmanager
 def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intact: free some space and rerun the "
                 "same command, it resumes from the last complete checkpoint"):
-    """A save into the temporary folder `tmp` that fails for lack of space (safetensors and torch.save
-    report that as their own errors, not as OSError) becomes one line ending with `kept` (what is intact, what
-    to do); `tmp` is removed, so what was saved before stays as it was."""
+    """A save into `tmp` that fails for lack of space becomes one line ending with `kept`; `tmp` is removed,
+    so what was saved before stays as it was."""
     try:
         yield
     except Exception as e:
@@ -459,15 +393,15 @@ def load_checkpoint(d: Path, model, optimizer, scheduler, *, rank: int = 0, scal
 
 
 def read_config(d: Path) -> dict:
+    """The config a checkpoint was saved with."""
     with open(d / "config.json", encoding="utf-8") as f:
         return json.load(f)
 
 
-def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_path: Path, plot_title: str) -> None:
-    """adapter (safetensors) + processor + resolved config + train_log.jsonl + loss_curve.png, built in
-    a temporary folder and swapped in, so <adapter_dir> is always either the old or the new adapter."""
-    from .files import read_jsonl
-
+def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_path: Path,
+                       draw_loss: Callable[[list[dict], Path], None] | None = None) -> None:
+    """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
+    built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     with saving_into(tmp, "the final adapter"):
@@ -478,96 +412,6 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
         give_default_permissions(tmp)
         rows = read_jsonl(log_path) if log_path.exists() else []
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
-        if rows:
-            plot_loss(rows, tmp / "loss_curve.png", plot_title)
+        if rows and draw_loss:
+            draw_loss(rows, tmp / "loss_curve.png")
     replace_folder(tmp, adapter_dir)
-
-
-# --- experiment tracking (accelerate's trackers) -------------------------------------------------
-
-# REPORT_TO value: (the module accelerate's tracker imports, the pip package that provides it). accelerate
-# also has "wandb" and "swanlab"; each would be one more line here, with how its runs continue on resume.
-TRACKERS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard")}
-
-
-def check_report_to(report_to: str) -> str | None:
-    """The accelerate tracker that REPORT_TO names, or None for "" (no tracking); UserError, before any
-    work, for an unknown name or a tracker whose package is not installed."""
-    if not report_to:
-        return None
-    if report_to not in TRACKERS:
-        raise UserError(f"--report_to={report_to!r}: unknown tracker; use "
-                        + ", ".join(f"--report_to={t}" for t in TRACKERS) + " or --report_to= (no tracking)")
-    module, package = TRACKERS[report_to]
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"--report_to={report_to} needs the {package} package ({why}); pip install {package}, "
-                        f"or train without it (--report_to=)") from None
-    return report_to
-
-
-def tracker_config(config: dict) -> dict:
-    """The resolved config as TensorBoard's hparams take it: bool, int, float and str as they are, lists
-    as "a,b,c" (the way --target_modules= is written), anything else as its text."""
-    def plain(v):
-        if isinstance(v, (bool, int, float, str)):
-            return v
-        if isinstance(v, (list, tuple)):
-            return ",".join(map(str, v))
-        return str(v)
-
-    return {k: plain(v) for k, v in config.items()}
-
-
-class OptionalCurves:
-    """The tracker's curves are optional: a call that fails for the disk (a full --log_dir) warns once, and
-    training goes on without them (train_log.jsonl holds every step). The writer thread's own traceback stays off
-    the console: its error reaches the next call here."""
-
-    def __init__(self, accelerator, on: bool):
-        self.accelerator, self.on = accelerator, on
-        if on:
-            hook = threading.excepthook
-            threading.excepthook = lambda args: None if type(args.thread).__name__ == "_AsyncWriterThread" else hook(args)
-
-    def call(self, what: str, *args, **kwargs) -> None:
-        if self.on:
-            self._guarded(getattr(self.accelerator, what), *args, **kwargs)
-
-    def end(self) -> None:
-        """accelerate's end_training on every process, as without a tracker."""
-        self._guarded(self.accelerator.end_training)
-
-    def _guarded(self, call, *args, **kwargs) -> None:
-        try:
-            call(*args, **kwargs)
-        except OSError as e:
-            if self.on:
-                print(f"warning: the training curves could not be written ({e.strerror or e}); training goes on "
-                      "without them (train_log.jsonl holds every step)", flush=True)
-            self.on = False
-
-
-def tracker_run_name(out_dir) -> str:
-    """The tracker's run of an output folder: its name and a hash of its full path, so two folders of the same
-    name (a/outputs, b/outputs) sharing one --log_dir never write into one run, and a resumed run continues its own."""
-    folder = Path(out_dir).resolve()
-    return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
-
-
-def tracker_init_kwargs(tracker: str, start_step: int) -> dict:
-    """accelerate's init_kwargs for a run that starts after optimizer step `start_step` (0, or the step of
-    the checkpoint it resumes from). TensorBoard: SummaryWriter's purge_step, so the steps after
-    `start_step` that an interrupted earlier attempt logged are hidden and each step shows once."""
-    return {"tensorboard": {"purge_step": start_step + 1}} if tracker == "tensorboard" else {}
-
-
-def tracker_values(result: StepResult, lr: float, skipped_so_far: int) -> dict:
-    """The scalars of one optimizer step: loss, learning rate, gradient norm (none on a step fp16's loss
-    scaling skipped) and the number of skipped steps so far."""
-    values = {"train/loss": result.loss, "train/lr": lr, "train/skipped_steps": skipped_so_far}
-    if result.grad_norm is not None:
-        values["train/grad_norm"] = result.grad_norm
-    return values

@@ -1,34 +1,5 @@
-"""VQA accuracy exactly as the official VQAv2 evaluation computes it: the one scorer of this project.
-
-Every number matches GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py` (2021 master,
-commit a013f00 'Fixed processing answers bug'), quirks included, so results compare with papers and
-EvalAI (tests/vqa_official.py transcribes that tool; the tests and bench/bench_vqa_eval.py check every
-number against it). The drop-in for the official tool on the official files, built on these rules,
-is `python -m bench.vqa_eval`.
-
-For scripts: `vqa_accuracy(prediction, gt_answers)`, `exact_match(prediction, gt_answers)`,
-`score_batch(predictions, gt_answer_lists)` and `score_rows(rows)`.
-
-The official rules, per question, one function each below:
- 1. `clean_whitespace`: in the prediction and every ground-truth answer '\\n' and '\\t' become spaces,
-    then strip.
- 2. `compared_answers`: only if the ground-truth strings are not all identical are the prediction and
-    the ground truths normalised, by (3) then (4); a unanimous question compares raw strings ("Yes"
-    scores 0 against ten "yes").
- 3. `process_punctuation`: each mark p (table order) is deleted everywhere if "p " or " p" occurs in
-    the original string or the string has a digit-comma-digit, else replaced by a space; then periods
-    not followed by a digit are deleted, at most 32 of them (the official code passes re.UNICODE,
-    which is 32, as re.sub's count).
- 4. `process_digit_article`: lower-case, split on white space, map number words to digits, drop
-    articles, expand contractions, join with single spaces.
- 5. `leave_one_out`: for each ground-truth answer, k = how many of the others equal the prediction;
-    score min(1, k/3); the question's accuracy is the mean of these scores. The official loop leaves
-    out every answer object equal to the current one, which matters only for repeated objects.
- 6. `percent`: overall / per type = 100 * mean over the questions, rounded to 2 decimals.
-
-Exact match (not an official number): the processed prediction (rules 1-4, applied exactly when
-the VQA metric applies them) equals the majority processed ground-truth answer, the most frequent
-one with ties going to the one that occurs first; 1.0 or 0.0 per question.
+"""VQA accuracy exactly as the official VQAv2 evaluation computes it (the project's one scorer), and the
+bootstrap intervals of an accuracy and of a paired change. Source of the rules 1-6 below: docs/notes.md.
 """
 
 from __future__ import annotations
@@ -102,8 +73,7 @@ def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable
 
 
 def leave_one_out(matches: Sequence[bool], copies: Sequence[int] | None = None) -> float:
-    """Rule 5 from which ground truths equal the prediction, with the official float operations in the
-    official order (min(1, float(k)/3) per answer, float(sum(...))/len(...)), so results agree to the bit.
+    """Rule 5 with the official float operations in the official order, so results agree to the bit;
     `copies[i]`: how many answer objects equal the i-th, itself included (one each when omitted)."""
     total = sum(matches)
     scores = [min(1, float(total - m * c) / 3) for m, c in zip(matches, copies or [1] * len(matches))]
@@ -164,19 +134,14 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
 
 
 def exact_match(prediction: str, gt_answers: Sequence[str]) -> float:
-    """1.0 if the processed prediction equals the majority processed ground-truth answer, else 0.0.
-
-    Processing is the VQA metric's (rules 1-4, with the unanimous-answer exception); the majority is
-    the most frequent processed answer, ties going to the first to occur."""
+    """1.0 if the prediction equals the most frequent ground-truth answer (first on a tie), both processed as
+    the VQA metric processes them (rules 1-4), else 0.0. Not an official number."""
     return float(score_batch([prediction], [gt_answers])[1][0])
 
 
 def score_rows(rows: Sequence[dict]) -> dict:
-    """Metrics of prediction rows (each with `answer`, `gt_answers`, and `answer_type` /
-    `question_type` where known), aggregated the way the official tool aggregates its overall number.
-
-    Returns {"vqa_accuracy": %, "exact_match": %, "n": int, "per_answer_type": {type: {...}},
-    "per_question_type": {type: {...}}}; rows without a type are left out of that breakdown."""
+    """{"vqa_accuracy": %, "exact_match": %, "n", "per_answer_type", "per_question_type"} of rows with `answer`
+    and `gt_answers`, aggregated as the official tool does; rows without a type are left out of its breakdown."""
     rows = list(rows)
     if not rows:
         raise UserError("no prediction rows to score")
@@ -213,3 +178,75 @@ def score_rows(rows: Sequence[dict]) -> dict:
     out["per_answer_type"] = breakdown("answer_type")
     out["per_question_type"] = breakdown("question_type")
     return out
+
+
+# --- rows and bootstrap intervals ----------------------------------------------------------------
+
+# one bootstrap chunk holds at most this many drawn indices (~80 MB of int64), so a full
+# VQAv2 val2014 run (214k questions x 1000 resamples) never needs gigabytes at once
+_BOOTSTRAP_CHUNK = 10_000_000
+
+
+def is_scorable(row: dict) -> bool:
+    """A row that holds a prediction: no error recorded and a string answer."""
+    return not row.get("error") and isinstance(row.get("answer"), str)
+
+
+def processing_changes(rows: Sequence[dict]) -> dict:
+    """How many rows' `raw_answer` (the model's text) the official processing changed into `answer`;
+    `with_raw` counts the rows that record one."""
+    raws = [r.get("raw_answer") for r in rows]
+    return {"n": len(rows), "with_raw": sum(raw is not None for raw in raws),
+            "changed": sum(raw is not None and raw != r.get("answer") for raw, r in zip(raws, rows))}
+
+
+def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n_resamples: int = 1000,
+                     seed: int = 0, clusters: Sequence | None = None) -> tuple[float, float, float]:
+    """(mean change ft - base, 2.5th and 97.5th percentiles) in points, resampling `clusters` (one per
+    question, e.g. its image; None: the questions) with the same draws for both models (docs/notes.md)."""
+    base = np.asarray(base_scores, dtype=np.float64)
+    ft = np.asarray(ft_scores, dtype=np.float64)
+    if base.ndim != 1 or base.shape != ft.shape:
+        raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists, got {base.shape} and {ft.shape}")
+    if base.size == 0:
+        raise ValueError("paired_bootstrap needs at least one question")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    diff = ft - base
+    if clusters is None:
+        sums, counts = diff, None  # every draw holds exactly n questions
+    else:
+        if len(clusters) != diff.size:
+            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
+        number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
+        ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
+        sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
+    n = sums.size
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples, dtype=np.float64)
+    per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
+    # drawing row blocks one after another yields exactly the stream of a single (n_resamples, n) draw
+    for start in range(0, n_resamples, per_chunk):
+        stop = min(n_resamples, start + per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        drawn = n if counts is None else counts[idx].sum(axis=1)
+        means[start:stop] = sums[idx].sum(axis=1) / drawn
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(100 * diff.mean()), float(100 * low), float(100 * high)
+
+
+def bootstrap_clusters(pairs: Sequence[dict]) -> tuple[list | None, dict]:
+    """(each row's cluster for paired_bootstrap, {"unit", "n"}): the images when every row names one, else
+    the questions (rows written before they carried image_id): a partial image count would mislead."""
+    images = [p.get("image_id") for p in pairs]
+    if pairs and all(i is not None for i in images):
+        return images, {"unit": "image", "n": len(set(images))}
+    return None, {"unit": "question", "n": len(pairs)}
+
+
+def accuracy_interval(rows: Sequence[dict], n_resamples: int = 1000, seed: int = 0) -> dict:
+    """The VQA accuracy's 95% bootstrap interval, resampling images as the comparison does."""
+    clusters, unit = bootstrap_clusters(rows)
+    scores = [r["vqa_accuracy"] for r in rows]
+    _, low, high = paired_bootstrap([0.0] * len(scores), scores, n_resamples, seed, clusters)
+    return {"low": low, "high": high, "level": 0.95, "resampled": unit}

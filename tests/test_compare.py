@@ -21,8 +21,8 @@ from helpers import assert_one_line_error, module_fixture
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from src.compare import compare_rows, paired_bootstrap  # noqa: E402
-from src.vqa_eval import exact_match, vqa_accuracy  # noqa: E402
+from src.compare import compare_rows  # noqa: E402
+from src.vqa_eval import exact_match, paired_bootstrap, vqa_accuracy  # noqa: E402
 
 SCRIPT = "compare_baseline_finetuned.py"
 MODEL_ID = "Salesforce/blip2-opt-2.7b"

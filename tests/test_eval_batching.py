@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import REPO
-import src.evaluation
+import src.inference
 from src.data import load_samples
 from src.evaluation import read_rows, run_vqa
 from src.images import load_image
@@ -54,14 +54,14 @@ def test_run_vqa_with_workers_equals_one_at_a_time(tiny_model_dir, tmp_path, one
     model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu")
     samples = shared_image_questions()
     seen = []  # (prompt, pixel values it was answered with, images encoded in its batch, batch size)
-    real_generate_batch = src.evaluation.generate_batch
+    real_generate_batch = src.inference.generate_batch
 
     def spy(model_, processor_, pixel_values, prompts, decoding, image_index=None, **kwargs):
         index = list(range(len(prompts))) if image_index is None else list(image_index)
         seen.extend((p, pixel_values[i], len(pixel_values), len(prompts)) for p, i in zip(prompts, index))
         return real_generate_batch(model_, processor_, pixel_values, prompts, decoding, image_index=image_index, **kwargs)
 
-    monkeypatch.setattr(src.evaluation, "generate_batch", spy)
+    monkeypatch.setattr(src.inference, "generate_batch", spy)  # run_vqa imports it when called
     out_path = tmp_path / "answers.jsonl"
     record = {"model_id": tiny_model_dir, "adapter": None, **generation_record(PROMPT, DECODING)}
     # batch 8: an image's questions span batches and a batch holds several images, some shared

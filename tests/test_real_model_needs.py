@@ -38,6 +38,7 @@ def test_raw_answers_score_zero_and_processed_answers_score_as_published(raw, gt
 
 def test_run_vqa_keeps_raw_answer_and_scores_the_processed_one(tiny_model_dir, tmp_path, monkeypatch):
     import src.evaluation as E
+    import src.inference
     from src.modeling import load_blip2
     from src.prompts import generation_record
     from src.modeling import make_accelerator
@@ -47,7 +48,7 @@ def test_run_vqa_keeps_raw_answer_and_scores_the_processed_one(tiny_model_dir, t
     samples = [VQASample(i, i, image, f"question {i}?", [gt] * 10, gt, "other", "what") for i, gt in
                enumerate(["2", "yes", "dog", "red"], start=1)]
     raw = {"question 1?": "Two", "question 2?": "Yes.", "question 3?": "a dog", "question 4?": "red"}
-    monkeypatch.setattr(E, "generate_batch", lambda m, p, pix, prompts, dec, image_index=None, **k:
+    monkeypatch.setattr(src.inference, "generate_batch", lambda m, p, pix, prompts, dec, image_index=None, **k:
                         [raw[next(q for q in raw if q in pr)] for pr in prompts])
     out = tmp_path / "run.jsonl"
     E.run_vqa(samples, out, model=model, processor=processor, accelerator=make_accelerator(),
@@ -203,7 +204,7 @@ def test_a_baseline_prints_its_interval_the_published_number_and_warns_only_far_
 def test_the_accuracy_interval_is_about_1_96_image_clustered_standard_errors():
     import numpy as np
 
-    from src.compare import accuracy_interval
+    from src.vqa_eval import accuracy_interval
 
     rng = np.random.default_rng(1)
     skill = rng.uniform(0, 1, 80)  # questions about one image go together
@@ -222,7 +223,7 @@ def test_the_accuracy_interval_is_about_1_96_image_clustered_standard_errors():
 
 
 def test_the_published_numbers_and_the_band_of_the_real_checkpoints():
-    from src.compare import FAR_BELOW_POINTS, zero_shot_reference
+    from src.evaluation import FAR_BELOW_POINTS, zero_shot_reference
 
     record = {"model_id": "Salesforce/blip2-opt-2.7b", "prompt": "vqa_opt", "adapter": None, "split": "val",
               "decoding": {"preset": "vqa_beam5"}, "quantization": "4bit", "dataset": "vqav2_hub"}
@@ -551,7 +552,7 @@ out = Path(sys.argv[1])
 opt, sch = make_optimizer(model, 1e-3, 0.0, 1, 4)
 save_checkpoint(out / "ckpts", 1, model, opt, sch, {}, keep=2)
 (out / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\\n')
-save_final_adapter(out / "adapter", model, processor, {}, out / "log.jsonl", "t")
+save_final_adapter(out / "adapter", model, processor, {}, out / "log.jsonl")
 """
     peft_default = setup + "model.save_pretrained(out / 'peft_default')\n"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)

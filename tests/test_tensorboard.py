@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, run_on_small_disk, run_script, start_script
-from src.training import tracker_run_name
+from src.tracking import tracker_run_name
 
 TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
 STEPS = 8
@@ -128,7 +128,7 @@ def test_a_missing_package_names_pip_install(monkeypatch):
     import sys
 
     from src.errors import UserError
-    from src.training import check_report_to
+    from src.tracking import check_report_to
 
     assert check_report_to("") is None and check_report_to("tensorboard") == "tensorboard"
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
@@ -139,7 +139,8 @@ def test_a_missing_package_names_pip_install(monkeypatch):
 
 
 def test_tracker_config_and_values_are_what_tensorboard_takes():
-    from src.training import StepResult, tracker_config, tracker_values
+    from src.tracking import tracker_config, tracker_values
+    from src.training import StepResult
 
     config = tracker_config({"target_modules": ["q_proj", "v_proj"], "lr": 1e-4, "use_4bit": True, "steps": 3,
                              "dataset": "tiny", "nothing": None, "pair": (1, 2)})

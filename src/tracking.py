@@ -1,0 +1,95 @@
+"""The fine-tuning's optional curves in accelerate's experiment trackers (TensorBoard), apart from the
+training itself: a tracker that fails never stops training (train_log.jsonl holds every step)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import threading
+from pathlib import Path
+
+from .errors import UserError
+
+# REPORT_TO value: (the module accelerate's tracker imports, the pip package that provides it)
+TRACKERS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard")}
+
+
+def check_report_to(report_to: str) -> str | None:
+    """The accelerate tracker that REPORT_TO names, or None for "" (no tracking); UserError, before any
+    work, for an unknown name or a tracker whose package is not installed."""
+    if not report_to:
+        return None
+    if report_to not in TRACKERS:
+        raise UserError(f"--report_to={report_to!r}: unknown tracker; use "
+                        + ", ".join(f"--report_to={t}" for t in TRACKERS) + " or --report_to= (no tracking)")
+    module, package = TRACKERS[report_to]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--report_to={report_to} needs the {package} package ({why}); pip install {package}, "
+                        f"or train without it (--report_to=)") from None
+    return report_to
+
+
+def tracker_config(config: dict) -> dict:
+    """The resolved config as TensorBoard's hparams take it: bool, int, float and str as they are, lists
+    as "a,b,c" (the way --target_modules= is written), anything else as its text."""
+    def plain(v):
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v))
+        return str(v)
+
+    return {k: plain(v) for k, v in config.items()}
+
+
+class OptionalCurves:
+    """The tracker's curves are optional: a call failing for the disk warns once and training goes on
+    without them; the writer thread's traceback stays off the console."""
+
+    def __init__(self, accelerator, on: bool):
+        self.accelerator, self.on = accelerator, on
+        if on:
+            hook = threading.excepthook
+            threading.excepthook = lambda args: None if type(args.thread).__name__ == "_AsyncWriterThread" else hook(args)
+
+    def call(self, what: str, *args, **kwargs) -> None:
+        if self.on:
+            self._guarded(getattr(self.accelerator, what), *args, **kwargs)
+
+    def end(self) -> None:
+        """accelerate's end_training on every process, as without a tracker."""
+        self._guarded(self.accelerator.end_training)
+
+    def _guarded(self, call, *args, **kwargs) -> None:
+        try:
+            call(*args, **kwargs)
+        except OSError as e:
+            if self.on:
+                print(f"warning: the training curves could not be written ({e.strerror or e}); training goes on "
+                      "without them (train_log.jsonl holds every step)", flush=True)
+            self.on = False
+
+
+def tracker_run_name(out_dir) -> str:
+    """The tracker's run of an output folder: its name and a hash of its full path, so same-named folders
+    never share a run and a resumed run continues its own."""
+    folder = Path(out_dir).resolve()
+    return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
+
+
+def tracker_init_kwargs(tracker: str, start_step: int) -> dict:
+    """accelerate's init_kwargs for a run starting after step `start_step`: TensorBoard's purge_step hides
+    what an interrupted attempt logged after it."""
+    return {"tensorboard": {"purge_step": start_step + 1}} if tracker == "tensorboard" else {}
+
+
+def tracker_values(result, lr: float, skipped_so_far: int) -> dict:
+    """The scalars of one optimizer step (a src.training.StepResult): loss, learning rate, gradient norm (none
+    on a step fp16's loss scaling skipped) and the number of skipped steps so far."""
+    values = {"train/loss": result.loss, "train/lr": lr, "train/skipped_steps": skipped_so_far}
+    if result.grad_norm is not None:
+        values["train/grad_norm"] = result.grad_norm
+    return values
