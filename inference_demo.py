@@ -109,8 +109,7 @@ def main():
         print("warning: SHARE=True publishes the demo on a public gradio.live link that anyone with the address "
               "can use", flush=True)
 
-    check_model(MODEL_ID, QUANTIZATION, DEVICE)
-    if RUN_COMPARISON:
+    if RUN_COMPARISON:  # the report is seconds of work, shown even when the model turns out to be missing
         run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
 
     from src.modeling import generation_names, load_blip2, resolve_adapter_dir
@@ -135,6 +134,7 @@ def main():
 
     print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
+    check_model(MODEL_ID, QUANTIZATION, DEVICE)
     model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, launch_data_parallel, module_fixture,
-                     quickstart_run, readme_commands, run_script)
+                     quickstart_run, random_adapter, readme_commands, run_script)
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 
@@ -211,8 +211,9 @@ def test_missing_dataset_files_name_the_path_and_the_readme(tiny_model_dir, tmp_
 def test_sample_ids_from_another_dataset_are_refused(tiny_model_dir, tmp_path):
     run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=4",
                f"--output_dir={tmp_path}", check=True)
+    adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")  # the adapter is checked before the data
     proc = run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa",
-                      f"--output_dir={tmp_path}")
+                      f"--output_dir={tmp_path}", f"--adapter_dir={adapter}")
     assert_one_line_error(proc, "vqav2_sample_ids.json", "dataset=tiny", "dataset=easy_vqa")
     proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=5",
                       f"--output_dir={tmp_path}")
