@@ -103,7 +103,7 @@ def _deal_the_tiers(config, items) -> None:
     from tiers import in_full_tier
 
     for item in items:
-        if in_full_tier(item.path.name, item.originalname):
+        if in_full_tier(item.path.name, item.originalname, item.name):
             item.add_marker(pytest.mark.full)
     if config.getoption("full") or config.getoption("markexpr"):
         return

@@ -9,7 +9,8 @@ from tiers import ALL, FULL_TIER
 def test_every_name_in_the_full_tier_is_a_test_of_its_module():
     for module, tests in FULL_TIER.items():
         source = (REPO / "tests" / module).read_text(encoding="utf-8")
-        assert tests == ALL or all(re.search(rf"^def {name}\(", source, re.M) for name in tests), module
+        for name in () if tests == ALL else tests:
+            assert re.search(rf"^def {name.split('[')[0]}\(", source, re.M), (module, name)
         assert tests == ALL or tests, module
 
 
