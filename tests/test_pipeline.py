@@ -308,8 +308,8 @@ def test_resume_checks_every_row_and_names_the_foreign_one(tiny_model_dir, tmp_p
     assert_one_line_error(proc, f"{out}, line 1", "quantization='none'", "quantization='4bit'")
 
 
-DAMAGE_ARGS = ["finetune_vqav2_lora.py", "--dataset=easy_vqa", "--train_steps=8", "--per_device_batch=4",
-               "--grad_accum=1", "--save_every=4", "--preview_samples=0", "--num_workers=0"]
+DAMAGE_ARGS = ["finetune_vqav2_lora.py", "--dataset=easy_vqa", "--use_4bit=False", "--train_steps=8",
+               "--per_device_batch=4", "--grad_accum=1", "--save_every=4", "--preview_samples=0", "--num_workers=0"]
 
 
 @module_fixture
