@@ -145,6 +145,20 @@ def module_fixture(fn):
     return pytest.fixture(scope="module")(fn)
 
 
+def random_twin(family: str = "opt") -> str:
+    """The twin of `family` with random weights (seconds to build; kept in tests/artifacts beside the pre-trained
+    ones): enough where two runs of one model are compared, as kill/resume and data parallel are."""
+    from filelock import FileLock
+
+    from twin import build_tiny_blip2
+
+    folder = REPO / "tests" / "artifacts" / f"random-blip2-{family}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        build_tiny_blip2(folder, pretrain_steps=0, family=family)
+    return str(folder)
+
+
 def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_proj")) -> Path:
     """A LoRA adapter saved as the fine-tuning script saves it, with random weights big enough to change
     the answers (seeded: the same adapter every time)."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, assert_one_line_error, run_script
+from helpers import REPO, assert_one_line_error, random_twin, run_script
 from src.samples import VQASample
 from src.errors import UserError
 from src.vqa_eval import normalize_answer, vqa_accuracy
@@ -399,7 +399,8 @@ def test_a_checkpoint_keeps_the_fp16_loss_scale_and_every_ranks_random_state(tin
     assert torch.equal(torch.get_rng_state(), rank0["torch"])
 
 
-def test_a_two_process_resume_gives_each_rank_its_own_random_state(tiny_model_dir, tmp_path):
+@pytest.mark.slow
+def test_a_two_process_resume_gives_each_rank_its_own_random_state(tmp_path):
     """Two gloo ranks (torchrun), dropout on: resumed from step 2, each rank continues from its own random
     state, so steps 3-4 and the step-4 checkpoint's per-rank states equal the uninterrupted run's."""
     import os
@@ -408,7 +409,7 @@ def test_a_two_process_resume_gives_each_rank_its_own_random_state(tiny_model_di
     import sys
 
     out = tmp_path / "run"
-    args = ["finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", f"--output_dir={out}",
+    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin()}", "--dataset=tiny", f"--output_dir={out}",
             "--train_steps=4", "--save_every=2", "--per_device_batch=2", "--grad_accum=1", "--lr=3e-3",
             "--warmup_steps=1", "--lora_dropout=0.3", "--num_workers=0", "--preview_samples=0", "--use_4bit=False"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, fresh_copy, killed_at_marker, module_fixture,
-                     random_adapter, readme_commands, run_command, run_script, start_script)
+                     random_adapter, random_twin, readme_commands, run_command, run_script, start_script)
 from src.errors import UserError
 from src.family import OPT, T5, family_of, lora_targets, resolve
 from twin import ARCHITECTURES, SIZES, T5_TEXT_SIZES
@@ -331,11 +331,13 @@ def test_t5_comparison_report(t5_chain):
     HTMLParser().feed((out / "comparisons" / "report.html").read_text(encoding="utf-8"))
 
 
-def test_t5_resume_after_a_kill_equals_the_uninterrupted_run(tiny_t5_dir, tmp_path):
+@pytest.mark.slow
+def test_t5_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    """On the random-weight Flan-T5 twin, as the data-parallel test below: two runs of one model are compared."""
     import torch
     from safetensors.torch import load_file
 
-    args = ["finetune_vqav2_lora.py", f"--model_id={tiny_t5_dir}", "--dataset=easy_vqa", "--train_steps=12",
+    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin('t5')}", "--dataset=easy_vqa", "--train_steps=12",
             "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=2", "--save_every=4",
             "--preview_samples=0"]
     run_script(*args, f"--output_dir={tmp_path / 'full'}", check=True)
@@ -351,10 +353,11 @@ def test_t5_resume_after_a_kill_equals_the_uninterrupted_run(tiny_t5_dir, tmp_pa
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def test_t5_two_processes_train_and_evaluate_data_parallel(tiny_t5_dir, tmp_path):
+@pytest.mark.slow
+def test_t5_two_processes_train_and_evaluate_data_parallel(tmp_path):
     from helpers import launch_data_parallel
 
-    common = [f"--model_id={tiny_t5_dir}", "--dataset=easy_vqa", f"--output_dir={tmp_path}", "--num_workers=0"]
+    common = [f"--model_id={random_twin('t5')}", "--dataset=easy_vqa", f"--output_dir={tmp_path}", "--num_workers=0"]
     log = launch_data_parallel("create_vqav2_baseline.py", *common, "--max_samples=16", "--eval_batch=4")
     counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
     assert len(counts) == 2 and sum(counts) == 16

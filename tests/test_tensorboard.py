@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, run_on_small_disk, run_script, start_script
+from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, random_twin, run_on_small_disk, run_script,
+                     start_script)
 from src.tracking import tracker_run_name
 
 TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
@@ -44,9 +45,10 @@ def raw_loss_steps(run_dir: Path) -> list[list[int]]:
             for f in files]
 
 
-def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(tiny_model_dir, tmp_path):
+@pytest.mark.slow
+def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(tmp_path):
     out, logs = tmp_path / "run-a", tmp_path / "tf-logs"
-    args = fine_tuning(tiny_model_dir, out, "--report_to=tensorboard", f"--log_dir={logs}")
+    args = fine_tuning(random_twin(), out, "--report_to=tensorboard", f"--log_dir={logs}")
     log = out / "lora_adapter_checkpoints" / "train_log.jsonl"
     # killed after step 5 is in the log: the checkpoint of step 3 holds, steps 4.. were logged and are lost
     proc = start_script(*args, kill_at=("src.files:JsonlAppender.write", 5), hook_dir=tmp_path)  # after step 5's row
