@@ -201,7 +201,7 @@ def test_max_test_samples_warns_and_a_killed_run_keeps_its_rows(tiny_model_dir, 
     assert [q for q, a in submission.items() if q not in frozen["question_ids"] and a != ""] == []
 
 
-def test_a_val_sample_and_a_testdev_run_do_not_mix(tiny_model_dir, official_test_data, tmp_path):
+def test_a_val_sample_and_a_testdev_run_do_not_mix(tiny_model_dir, official_test_data, adapter, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "vqav2_sample_ids.json").write_text(json.dumps(
@@ -209,7 +209,8 @@ def test_a_val_sample_and_a_testdev_run_do_not_mix(tiny_model_dir, official_test
     proc = baseline(tiny_model_dir, official_test_data, out)
     assert_one_line_error(proc, "was drawn from dataset=vqav2 split=val", "split=testdev", "--split")
     proc = run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--quantization=none",
-                      "--dataset=vqav2", "--split=testdev", f"--data_dir={official_test_data}", f"--output_dir={out}")
+                      "--dataset=vqav2", "--split=testdev", f"--data_dir={official_test_data}", f"--output_dir={out}",
+                      f"--adapter_dir={adapter}")  # the adapter is checked before the data
     assert_one_line_error(proc, "was drawn from dataset=vqav2 split=val", "split=testdev")
     assert not (out / "vqav2_baseline.jsonl").exists() and not (out / EVALAI_FILE).exists()
 
