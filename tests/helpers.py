@@ -49,6 +49,47 @@ def run_script(*args, timeout=600, env=None, check=False, cwd=REPO) -> subproces
     return proc
 
 
+def run_in_process(*args, env=None) -> subprocess.CompletedProcess:
+    """`python <script> <args...>` inside this process, as HF's example tests call main(): for error matrices,
+    whose runs end before the model loads and would otherwise pay a new interpreter's imports each. The script
+    runs as __main__ in a fresh namespace from the repo root; stderr says MODEL LOAD STARTED when BLIP-2's
+    weights start loading (as the sitecustomize hook of the subprocess tests does)."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+
+    from transformers import Blip2ForConditionalGeneration as Blip2
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, environ, cwd, load = sys.argv, dict(os.environ), os.getcwd(), Blip2.from_pretrained
+
+    def marked_load(cls, *a, **k):
+        print("MODEL LOAD STARTED", file=sys.stderr, flush=True)
+        return load(*a, **k)
+
+    sys.argv = [str(args[0]), *map(str, args[1:])]
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    Blip2.from_pretrained = classmethod(marked_load)
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(REPO / args[0]), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            except BaseException:  # what a subprocess would print before exiting with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(cwd)
+        del Blip2.from_pretrained  # the inherited classmethod again
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv = argv
+    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
 def run_command(command: str, cwd: Path, timeout=900, env=None) -> subprocess.CompletedProcess:
     """Run one README command line (see `command_argv`) in `cwd`."""
     return subprocess.run(command_argv(command), cwd=cwd, capture_output=True, text=True, timeout=timeout,

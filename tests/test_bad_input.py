@@ -8,12 +8,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, module_fixture, random_adapter, run_script
+from helpers import REPO, assert_one_line_error, module_fixture, random_adapter, run_in_process, run_script
 from src.config import apply_overrides, script_settings
 from src.errors import UserError
 from src.preflight import EMPTY_MEANS, check_value
@@ -127,10 +126,10 @@ def write_vqav2(root: Path, question: str = "What color is it?") -> None:
 def test_damaged_data_files_are_one_line_before_the_model_loads(tiny_model_dir, tmp_path, case, damage, fragments):
     write_vqav2(tmp_path / "data")
     damage(tmp_path / "data" / "vqa" / Q_FILE)
-    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--quantization=none",
-                      f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'out'}")
+    proc = run_in_process("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--quantization=none",
+                          f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'out'}")
     assert_one_line_error(proc, *fragments)
-    assert "Loading weights" not in proc.stderr
+    assert "MODEL LOAD STARTED" not in proc.stderr
 
 
 # --- the frozen sample ----------------------------------------------------------------------------
@@ -157,8 +156,8 @@ def test_a_damaged_frozen_sample_is_refused_and_the_rows_are_kept(tiny_model_dir
     rows = (out / "vqav2_baseline.jsonl").read_bytes()
     sample = json.loads((out / "vqav2_sample_ids.json").read_text())
     (out / "vqav2_sample_ids.json").write_text(json.dumps({**sample, "question_ids": ids}))
-    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
-                      "--quantization=none", f"--output_dir={out}", "--max_samples=1000")
+    proc = run_in_process("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
+                          "--quantization=none", f"--output_dir={out}", "--max_samples=1000")
     assert_one_line_error(proc, "vqav2_sample_ids.json", fragment)
     assert (out / "vqav2_baseline.jsonl").read_bytes() == rows
 
@@ -269,7 +268,8 @@ def test_damaged_model_folders_name_the_file(tiny_model_dir, tmp_path, case, dam
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     damage(model)
-    proc = run_script("mini_infer.py", f"--model_id={model}", "--quantization=none", f"--output_dir={tmp_path / 'o'}")
+    proc = run_in_process("mini_infer.py", f"--model_id={model}", "--quantization=none",
+                          f"--output_dir={tmp_path / 'o'}")
     msg = assert_one_line_error(proc, *fragments)
     assert "predate" not in msg and "huggingface-cli download" not in msg
 

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, random_twin,
-                     run_on_small_disk, run_script, start_script)
+                     run_in_process, run_on_small_disk, run_script, start_script)
 from src.errors import UserError
 from src.images import load_image
 
@@ -478,12 +478,12 @@ BROKEN_INPUTS = {  # case: (scripts, build(tmp, tiny model, adapters) -> (extra 
 
 
 @pytest.mark.parametrize("case,script", [(c, s) for c, (scripts, _) in BROKEN_INPUTS.items() for s in scripts])
-def test_broken_input_is_one_line_before_the_model_loads(case, script, tiny_model_dir, adapters, load_marker, tmp_path):
+def test_broken_input_is_one_line_before_the_model_loads(case, script, tiny_model_dir, adapters, tmp_path):
     extra, fragments = BROKEN_INPUTS[case][1](tmp_path, tiny_model_dir, adapters)
     dataset = ["--dataset=tiny"] if "vqav2" in script else []
     quantization = "--use_4bit=False" if script == "finetune_vqav2_lora.py" else "--quantization=none"
-    proc = run_script(script, f"--model_id={tiny_model_dir}", quantization, f"--output_dir={tmp_path / 'out'}",
-                      *dataset, *extra, env=load_marker)
+    proc = run_in_process(script, f"--model_id={tiny_model_dir}", quantization, f"--output_dir={tmp_path / 'out'}",
+                          *dataset, *extra)
     assert_one_line_error(proc, *fragments)
     assert "MODEL LOAD STARTED" not in proc.stderr
 

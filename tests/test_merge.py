@@ -7,7 +7,6 @@ merge leaves no folder that looks complete, and bad input is one line before the
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, random_adapter,
-                     run_on_small_disk, run_script, script_env, start_script)
+                     run_in_process, run_on_small_disk, run_script, script_env, start_script)
 
 N_QUESTIONS = 400  # the quick start's frozen easy-VQA sample
 CHECKED = 200  # of them answered again by each model below (the suite's time; plenty for a 95% rate)
@@ -439,17 +438,6 @@ def test_replace_folder_moves_only_the_kept_entries_and_finishes_a_killed_replac
 
 # --- bad input: one line, before the model loads ------------------------------------------------
 
-LOAD_MARKER = """
-import sys
-import src.modeling as modeling  # light: the one loader imports torch and transformers only when called
-_load = modeling.load_blip2
-def load_blip2(*args, **kwargs):
-    print("MODEL LOAD STARTED", file=sys.stderr, flush=True)
-    return _load(*args, **kwargs)
-modeling.load_blip2 = load_blip2
-"""
-
-
 def _missing_adapter(t, adapter, model):
     return {"adapter_dir": t / "nothing"}, ["no LoRA adapter in", "adapter_config.json missing"]
 
@@ -506,13 +494,10 @@ BAD_INPUTS = {f.__name__.lstrip("_"): f for f in (
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_before_the_model_loads(case, plain_adapter, tiny_model_dir, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(LOAD_MARKER)
     changed, fragments = BAD_INPUTS[case](tmp_path, plain_adapter, tiny_model_dir)
     settings = {"model_id": tiny_model_dir, "adapter_dir": plain_adapter, "merged_dir": tmp_path / "out", **changed}
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = merge(*(f"--{k}={v}" for k, v in settings.items()), env={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}"})
+    proc = run_in_process("merge_lora_adapter.py", *(f"--{k}={v}" for k, v in settings.items()))
     assert_one_line_error(proc, *fragments)
     assert "MODEL LOAD STARTED" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing removed
