@@ -84,8 +84,8 @@ def try_lock(lock: Path, work: Path) -> tuple[bool, str]:
     print(f"install: {time.time() - start:.0f} s", flush=True)
     start = time.time()
     env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    suite = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env, capture_output=True,
-                text=True)
+    suite = run([python, "-m", "pytest", "-q", "--full", "-p", "no:cacheprovider"], cwd=REPO, env=env,
+                capture_output=True, text=True)
     print(f"suite: {time.time() - start:.0f} s", flush=True)
     tail = [line for line in suite.stdout.splitlines() if re.match(r"(FAILED|ERROR) |=+ .* in [\d.]+s", line)]
     return suite.returncode == 0, "\n".join(tail) or suite.stdout[-3000:]

@@ -283,9 +283,9 @@ def strong_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     return random_adapter(tiny_model_dir, folder, ("q_proj", "v_proj", "fc2"))
 
 
-def _mini_infer(tiny_model_dir, out: Path, *args) -> subprocess.CompletedProcess:
-    return run_script("mini_infer.py", f"--model_id={tiny_model_dir}", "--quantization=none", f"--output_dir={out}",
-                      "--question=What shape is in the image?", *args)
+def _mini_infer(tiny_model_dir, out: Path, *args, run=run_script) -> subprocess.CompletedProcess:
+    return run("mini_infer.py", f"--model_id={tiny_model_dir}", "--quantization=none", f"--output_dir={out}",
+               "--question=What shape is in the image?", *args)
 
 
 def _rename_keys(d: Path) -> None:
@@ -316,7 +316,7 @@ def test_an_adapter_must_change_the_model_damaged_ones_are_refused(tiny_model_di
     adapter = tmp_path / "adapter"
     shutil.copytree(strong_adapter, adapter)
     damage(adapter)
-    proc = _mini_infer(tiny_model_dir, tmp_path / "o", f"--adapter_dir={adapter}")
+    proc = _mini_infer(tiny_model_dir, tmp_path / "o", f"--adapter_dir={adapter}", run=run_in_process)
     msg = assert_one_line_error(proc, fragment, str(adapter))
     assert "which is not the model loaded" not in msg
 
