@@ -11,6 +11,7 @@ from pathlib import Path
 from .easy_vqa_data import prepare_easy_vqa
 from .errors import UserError
 from .files import read_json, read_jsonl, write_json
+from .evaluation import EVALAI_SUBTYPES
 from .hub_data import STALL_S, cache_hub_images, hub_test_files_advice, load_hub_samples
 from .samples import (VQASample, _answers, _entry, _entry_list, _int_id, _short, _text, _unique,
                       _warn_answer_counts, build_samples)
@@ -20,7 +21,7 @@ SPLITS = ("train", "val", "testdev", "test")
 TEST_SPLITS = ("testdev", "test")  # no public answers: nothing is scored, an EvalAI file is written instead
 # the official names of each split: the file subtype and the COCO image folder (visualqa.org/download.html)
 SUBTYPES = {"train": ("train2014", "train2014"), "val": ("val2014", "val2014"),
-            "testdev": ("test-dev2015", "test2015"), "test": ("test2015", "test2015")}
+            **{split: (subtype, "test2015") for split, subtype in EVALAI_SUBTYPES.items()}}
 
 # where each dataset's files live, relative to the data folder (see data/vqa/README.md, data/images/README.md)
 LAYOUTS = {
