@@ -68,7 +68,8 @@ def run_in_process(*args, env=None) -> subprocess.CompletedProcess:
         print("MODEL LOAD STARTED", file=sys.stderr, flush=True)
         return load(*a, **k)
 
-    sys.argv = [str(args[0]), *map(str, args[1:])]
+    command = [str(args[0]), *map(str, args[1:])]
+    sys.argv = list(command)
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     Blip2.from_pretrained = classmethod(marked_load)
     os.chdir(REPO)
@@ -87,7 +88,7 @@ def run_in_process(*args, env=None) -> subprocess.CompletedProcess:
         os.environ.clear()
         os.environ.update(environ)
         sys.argv = argv
-    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
 
 
 def run_command(command: str, cwd: Path, timeout=900, env=None) -> subprocess.CompletedProcess:
