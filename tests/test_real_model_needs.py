@@ -514,30 +514,51 @@ def test_a_tokenizer_that_drops_bos_is_refused_naming_its_files(tiny_model_dir, 
     assert_one_line_error(proc, "BOS", str(twin / "tokenizer.json"), "copy the model folder again")
 
 
+class _Recorder:
+    """A real HTTP server on 127.0.0.1 that answers 404 to everything and records what it was asked."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                requests.append((self.command, self.path))
+                self.send_response(404)
+                self.end_headers()
+
+            do_GET = do_HEAD = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+    def run(self, code: str, *args) -> list:
+        """What `python -c code args` (HF_HUB_OFFLINE unset, HF_ENDPOINT here) asked this server."""
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "LOCAL_KERNELS")}
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.requests.clear()
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                              env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [path for _, path in self.requests]
+
+
 def test_a_checkpoint_save_asks_no_server(tiny_model_dir, tmp_path):
     """peft's save_embedding_layers="auto" asks the hub for the base model's config.json at every save; with
     HF_HUB_OFFLINE unset and HF_ENDPOINT at a real local server, our checkpoint and final saves ask it nothing
-    about the base model, while the same save with peft's default does (so the server would see it). What this
-    proves is that one thing: requests of the libraries' own that name no model (bitsandbytes' optional CPU
-    kernel, fetched at import on AVX512-BF16 machines) are outside it."""
-    import http.server
-    import subprocess
-    import sys
-    import threading
-
-    requests = []
-
-    class Recorder(http.server.BaseHTTPRequestHandler):
-        def _any(self):
-            requests.append((self.command, self.path))
-            self.send_response(404)
-            self.end_headers()
-
-        do_GET = do_HEAD = _any
-
-        def log_message(self, *a):
-            pass
-
+    about the base model, while the same save with peft's default does (so the server would see it)."""
     setup = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
@@ -555,26 +576,24 @@ save_checkpoint(out / "ckpts", 1, model, opt, sch, {}, keep=2)
 (out / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\\n')
 save_final_adapter(out / "adapter", model, processor, {}, out / "log.jsonl")
 """
-    peft_default = setup + "model.save_pretrained(out / 'peft_default')\n"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        seen = []
-        for code in (ours, peft_default):
-            proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                                  timeout=300, env=env, cwd=REPO)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            seen.append(list(requests))
-            requests.clear()
-    finally:
-        server.shutdown()
-    about_the_model = [[path for _, path in run if "blip2-opt-2.7b" in path] for run in seen]
+    with _Recorder() as server:
+        seen = [server.run(code, str(tmp_path)) for code in (ours, setup + "model.save_pretrained(out / 'peft_default')\n")]
+    about_the_model = [[path for path in run if "blip2-opt-2.7b" in path] for run in seen]
     assert about_the_model[0] == [], seen[0]
     assert (tmp_path / "ckpts" / "step-000001" / "adapter_model.safetensors").exists()
     assert about_the_model[1], seen[1]  # peft's default asked the server
-    assert not any("agent-harnesses" in path for _, path in seen[0] + seen[1]), seen  # telemetry is off (src)
+    assert not any("agent-harnesses" in path for path in seen[0] + seen[1]), seen  # telemetry is off (src)
+
+
+def test_the_libraries_fetch_no_kernel_from_the_hub():
+    """bitsandbytes 0.50 fetches an optional CPU kernel through `kernels` at import on AVX512-BF16 CPUs. With src
+    imported, neither that import nor the same fetch called directly (whatever this CPU) asks the server anything;
+    without src the direct fetch does ask it (so the server would see one)."""
+    fetch = ("from kernels import get_kernel\n"
+             "try:\n    get_kernel('kernels-community/quantization-bitsandbytes', version=1)\nexcept Exception:\n    pass\n")
+    with _Recorder() as server:
+        assert server.run("import src, bitsandbytes, peft, transformers\n" + fetch) == []
+        assert server.run(fetch), "the kernel fetch asked no server even without src: the test proves nothing"
 
 
 def test_an_unquantised_load_maps_every_weight_to_the_device(tiny_model_dir, monkeypatch):
