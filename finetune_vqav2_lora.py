@@ -111,7 +111,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
 
     from src.data import load_samples, sample_question_ids, select
     from src.family import family_of
-    from src.modeling import end_token_id, load_blip2
+    from src.modeling import base_fingerprint, end_token_id, load_blip2
     from src import tracking, training as T
 
     ckpt_root = out_dir / "lora_adapter_checkpoints"
@@ -125,6 +125,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
 
     model, processor = load_blip2(MODEL_ID, "4bit" if USE_4BIT else "none", device=str(accelerator.device))
     resolve_family_settings(config, family_of(model.config))  # "auto" settings of a hub id seen the first time
+    config["base_fingerprint"] = base_fingerprint(model)  # what the adapter is applied to later is compared with it
     model_config, end_id = model.config, end_token_id(model)
     model = T.set_train_mode(T.add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     optimizer, scheduler = T.make_optimizer(model, LR, WEIGHT_DECAY, WARMUP_STEPS, TRAIN_STEPS)

@@ -298,6 +298,12 @@ def apply_adapter(model, adapter: str | Path, trainable: bool = False):
     problem = adapter_mismatch(model, adapter)
     if problem:
         raise mismatch_error(adapter, loaded, problem)
+    differs = fingerprint_differs(recorded_fingerprint(adapter), model)
+    if differs:
+        base = _adapter_config(adapter).get("base_model_name_or_path")
+        raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): another "
+                        f"checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model it was trained "
+                        f"on{f' (--model_id={base})' if base else ''}, or an adapter trained on {loaded}")
     try:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     except RuntimeError as e:
@@ -313,6 +319,42 @@ def apply_adapter(model, adapter: str | Path, trainable: bool = False):
 def _adapter_config(adapter: str | Path) -> dict:
     """adapter_config.json as is (src.preflight.check_adapter_dir checks it before a script loads anything)."""
     return json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+
+
+def base_fingerprint(model, n: int = 64) -> dict[str, list[float]]:
+    """n evenly spaced values of each never-quantised weight below: the fine-tuning records its base's, so that
+    another checkpoint of the same shapes is told from a copy of the base (in any precision)."""
+    import torch
+
+    core = blip2_core(model)
+    parts = {"query_tokens": core.query_tokens, "qformer": core.qformer.encoder.layer[0].attention.attention.query.weight,
+             "language_projection": core.language_projection.weight, "embeddings": core.get_input_embeddings().weight}
+    flat = {name: t.detach().reshape(-1) for name, t in parts.items()}
+    return {name: [float(f"{v:.6g}") for v in t[torch.linspace(0, t.numel() - 1, n).long().to(t.device)].float().tolist()]
+            for name, t in flat.items()}
+
+
+def recorded_fingerprint(adapter: str | Path) -> dict | None:
+    """The base fingerprint in the training_config.json the fine-tuning saved beside the adapter, or None."""
+    path = Path(adapter) / "training_config.json"
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("base_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, dict) and found else None
+
+
+def fingerprint_differs(recorded: dict | None, model) -> str | None:
+    """Which of `model`'s fingerprinted weights differ from `recorded` beyond another precision's rounding, or None."""
+    now = base_fingerprint(model)
+    for name, values in (recorded or {}).items():
+        ours = now.get(name, [])
+        if not isinstance(values, list) or len(values) != len(ours):
+            return f"its record of {name} does not fit this model"
+        off = sum(type(a) is not float or abs(a - b) > 2 ** -7 * max(abs(a), abs(b)) + 1e-6 for a, b in zip(values, ours))
+        if off > len(values) // 10:
+            return f"{off} of {len(values)} sampled values of {name} differ"
+    return None
 
 
 def mismatch_error(adapter, model_id: str, problem: str) -> UserError:

@@ -16,7 +16,7 @@ from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
 from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES
 from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, adapter_mismatch, default_device, fetch_error, is_local,
-                       mismatch_error)
+                       mismatch_error, recorded_fingerprint)
 
 # --- settings: one rule per setting name, so every script (and a setting added later) is covered ----------
 
@@ -261,7 +261,8 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
     base = config.get("base_model_name_or_path")
-    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
+    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)) \
+            and recorded_fingerprint(adapter) is None:  # with one, the load compares the base's weights
         skeleton = _model_skeleton(model_id)
         problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
         if problem:

@@ -42,7 +42,7 @@ def tracker_config(config: dict) -> dict:
             return ",".join(map(str, v))
         return str(v)
 
-    return {k: plain(v) for k, v in config.items()}
+    return {k: plain(v) for k, v in config.items() if k != "base_fingerprint"}  # 256 numbers, no hparam
 
 
 class OptionalCurves:

@@ -191,3 +191,32 @@ def test_an_adapter_trained_on_another_name_of_the_same_shapes_is_warned_about(t
     proc = run_script("mini_infer.py", f"--model_id={spelled}", "--quantization=none", f"--adapter_dir={adapter}",
                       f"--output_dir={tmp_path / 'o'}", check=True)
     assert "warning" not in proc.stdout
+
+
+def test_an_adapter_is_refused_on_another_checkpoint_of_the_same_shapes_and_taken_on_a_copy(quickstart, tmp_path):
+    """The fine-tuning records sampled values of its base's never-quantised weights: applied to a copy of that base
+    in another folder (and another precision: trained in 4-bit, loaded unquantised) the adapter loads without a
+    word; applied to a checkpoint whose query tokens were trained further, as blip2-opt-2.7b-coco's were, the
+    evaluation and the merge refuse in one line before answering or writing anything."""
+    from safetensors.torch import load_file, save_file
+
+    from helpers import run_in_process
+
+    adapter = quickstart["out"] / "lora_adapter"
+    recorded = json.loads((adapter / "training_config.json").read_text())["base_fingerprint"]
+    assert sorted(recorded) == ["embeddings", "language_projection", "qformer", "query_tokens"]
+    copy, other = tmp_path / "copy", tmp_path / "coco-like"
+    shutil.copytree(quickstart["model"], copy)
+    shutil.copytree(quickstart["model"], other)
+    weights = load_file(other / "model.safetensors")
+    weights["query_tokens"] = weights["query_tokens"] * 1.05 + 0.01
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+
+    ok = run_in_process("mini_infer.py", f"--model_id={copy}", "--quantization=none", f"--adapter_dir={adapter}",
+                        f"--output_dir={tmp_path / 'o'}")
+    assert ok.returncode == 0 and "warning" not in ok.stdout + ok.stderr, (ok.stdout[-2000:], ok.stderr[-2000:])
+    for script, *args in (("mini_infer.py", "--quantization=none", f"--output_dir={tmp_path / 'o2'}"),
+                          ("merge_lora_adapter.py", f"--merged_dir={tmp_path / 'merged'}")):
+        proc = run_in_process(script, f"--model_id={other}", f"--adapter_dir={adapter}", *args)
+        assert_one_line_error(proc, str(other), "is not the base", str(adapter), "query_tokens differ")
+    assert not (tmp_path / "o2" / "mini_infer.json").exists() and not (tmp_path / "merged").exists()

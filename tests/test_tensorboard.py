@@ -145,7 +145,7 @@ def test_tracker_config_and_values_are_what_tensorboard_takes():
     from src.training import StepResult
 
     config = tracker_config({"target_modules": ["q_proj", "v_proj"], "lr": 1e-4, "use_4bit": True, "steps": 3,
-                             "dataset": "tiny", "nothing": None, "pair": (1, 2)})
+                             "dataset": "tiny", "nothing": None, "pair": (1, 2), "base_fingerprint": {"qformer": [0.1]}})
     assert config == {"target_modules": "q_proj,v_proj", "lr": 1e-4, "use_4bit": True, "steps": 3, "dataset": "tiny",
                       "nothing": "None", "pair": "1,2"}
     assert tracker_values(StepResult(2.5, 0.75, False), 1e-3, 0) == {
