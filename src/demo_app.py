@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .evaluation import EVALAI_PHASES
 from .errors import UserError
-from .formatting import detail_lines, group_title, is_multirun, runs_table, score_table
+from .formatting import detail_lines, group_title, is_multirun, score_table
 from .i18n import texts
 from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
@@ -194,8 +194,7 @@ def comparison_view(comparisons_dir: str | Path, lang: str = "zh"):
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         text = comparison_markdown(result, comparisons_dir, lang)
-        table = None if result.get("mode") == "no_answers" else (runs_table if is_multirun(result) else score_table)(
-            result, tr)
+        table = None if result.get("mode") == "no_answers" else score_table(result, tr)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return (tr("cmp_broken", path=md_text(path), error=md_text(f"{type(e).__name__}: {e}"),
                    command=COMPARE_COMMAND), None, [], [], None)

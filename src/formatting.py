@@ -69,7 +69,10 @@ def group_title(group: str, tr: Callable[..., str]) -> str:
 
 def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the headline table: overall and per answer type, VQA accuracy and exact match before /
-    after / change, better / worse / same; a baseline-only result gets the baseline columns."""
+    after / change, better / worse / same; a baseline-only result gets the baseline columns, several runs
+    runs_table's."""
+    if is_multirun(result):
+        return runs_table(result, tr)
     base, ft = result["baseline"], result.get("finetuned")
     comparing = ft is not None
     vqa, em = tr("vqa_accuracy"), tr("exact_match")
@@ -192,9 +195,9 @@ def interval_line(result: dict, tr: Callable[..., str]) -> str:
 def detail_lines(result: dict, tr: Callable[..., str]) -> list[str]:
     """The lines under the headline table in summary.txt and the demo: outcomes, processing, length, interval."""
     if is_multirun(result):
-        return [tr("disagreements", n=result["disagreements"]["n"], total=result["n"]),
-                *(tr("run_outcomes", label=r["label"], line=outcome_line(r, tr)) for r in result["runs"]), tr("accuracy_interval"),
-                interval_line(result, tr), *heldout_lines(result, tr)]
+        outcomes = [tr("run_outcomes", label=r["label"], line=outcome_line(r, tr)) for r in result["runs"]]
+        return [tr("disagreements", n=result["disagreements"]["n"], total=result["n"]), *outcomes,
+                tr("accuracy_interval"), interval_line(result, tr), *heldout_lines(result, tr)]
     comparing = result.get("finetuned") is not None and result.get("outcomes")
     lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
              interval_line(result, tr) if comparing and result.get("bootstrap") else None]
@@ -247,7 +250,7 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
     out.append(tr("questions_compared" if comparing else "questions_scored", n=result["n"])
                + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"], ft_errors=ft_errors))
     out.append("")
-    out += text_table(*(runs_table if is_multirun(result) else score_table)(result, tr))
+    out += text_table(*score_table(result, tr))
     out.append("")
     out += detail_lines(result, tr)
     if result.get("published"):

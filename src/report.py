@@ -12,7 +12,7 @@ from typing import Callable
 from .charts import ImageCache, jpeg_data_uri
 from .compare import group_members
 from .formatting import (clip, detail_lines, group_title, gt_summary, interval_line, is_multirun, length_line,
-                         processing_line, reference_lines, runs_table, score_table, signed)
+                         processing_line, reference_lines, score_table, signed)
 from .i18n import texts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -131,7 +131,7 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
     multi = is_multirun(result)
     comparing = multi or result["finetuned"] is not None
     thumbs = Thumbnails(cache, thumb_size, max_thumbnails)
-    header, rows = (runs_table if multi else score_table)(result, tr)
+    header, rows = score_table(result, tr)
     oc = result.get("outcomes") or {}
     filters = [("all", tr("filter_all"), len(pairs))]
     if multi:
