@@ -129,12 +129,6 @@ def runs_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[li
     return header, rows
 
 
-def heldout_lines(result: dict, tr: Callable[..., str]) -> list[str]:
-    """One line per run whose adapter folder holds no held-out curve (train_log.jsonl rows with "heldout")."""
-    return [tr("heldout_missing", label=r["label"], log=r["heldout"]["log"]) if r["heldout"]["log"]
-            else tr("heldout_no_adapter", label=r["label"]) for r in result["runs"] if not r["heldout"]["points"]]
-
-
 def display_width(text: str) -> int:
     """Columns a string takes in a terminal: CJK characters take two."""
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
@@ -196,8 +190,10 @@ def detail_lines(result: dict, tr: Callable[..., str]) -> list[str]:
     """The lines under the headline table in summary.txt and the demo: outcomes, processing, length, interval."""
     if is_multirun(result):
         outcomes = [tr("run_outcomes", label=r["label"], line=outcome_line(r, tr)) for r in result["runs"]]
+        no_curve = [tr("heldout_missing", label=r["label"], log=r["heldout"]["log"]) if r["heldout"]["log"] else
+                    tr("heldout_no_adapter", label=r["label"]) for r in result["runs"] if not r["heldout"]["points"]]
         return [tr("disagreements", n=result["disagreements"]["n"], total=result["n"]), *outcomes,
-                tr("accuracy_interval"), interval_line(result, tr), *heldout_lines(result, tr)]
+                tr("accuracy_interval"), interval_line(result, tr), *no_curve]  # a run without a held-out curve
     comparing = result.get("finetuned") is not None and result.get("outcomes")
     lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
              interval_line(result, tr) if comparing and result.get("bootstrap") else None]

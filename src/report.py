@@ -109,8 +109,6 @@ def _file_lines(result: dict, tr) -> list[str]:
 
 
 def _demo_missing(result: dict, tr) -> list[str]:
-    if is_multirun(result):  # the demo images are a two-run view
-        return []
     demo, files = result["demo"], result["files"]
     out = []
     for who, present, path, hint in (
@@ -152,6 +150,7 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         charts=[(png_data_uri(charts[name]), alt) for name, alt in chart_alts.items() if name in charts],
         case_groups=_case_groups(result, pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
         demo_rows=[{**row, "thumb": thumbs.cell(row["image_path"])} for row in demo_rows],
-        demo_missing=_demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr), filters=filters)
+        demo_missing=[] if multi else _demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr),
+        filters=filters)
     context["thumb_rules"] = thumbs.rules()  # after every cell above has registered its picture
     return env.get_template("report.html.j2").render(**context)
