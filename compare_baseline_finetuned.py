@@ -87,8 +87,8 @@ _ARTEFACTS = ["summary.txt", "comparison.json", "report.html", "accuracy.png", "
 
 # --- reading -------------------------------------------------------------------------------------
 
-def resolve_image(path: str | None) -> Path | None:
-    """Rows store image paths relative to the repository root (or absolute)."""
+def resolve_path(path: str | None) -> Path | None:
+    """Rows store image and adapter paths relative to the repository root (or absolute)."""
     if not path:
         return None
     p = Path(path)
@@ -372,7 +372,7 @@ def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, 
 
 def on_frozen_sample(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path,
                      ft_paths: list[Path]) -> tuple[list[dict], list[list[dict]], dict]:
-    """The rows of the questions every run answered, and (coverage, errors) in words of counts. A run on other
+    """The rows of the questions every run answered, and their coverage and error counts. A run on other
     questions than the baseline's (another frozen sample) is refused; ALLOW_PARTIAL keeps the ones all share.
     A question some run answered with an error row is left out of every run, so each counts the same ones."""
     base_ids = {r["question_id"] for r in base_rows}
@@ -416,7 +416,7 @@ def heldout_curve(adapter: str | None) -> dict:
     folder (its "heldout" rows); no points when the folder, the log or such rows are missing or unreadable."""
     if not adapter:
         return {"log": None, "points": []}
-    log = resolve_image(adapter) / "train_log.jsonl"
+    log = resolve_path(adapter) / "train_log.jsonl"
     try:
         rows = read_jsonl_lines(log, allow_torn_tail=True) if log.is_file() else []
     except UserError:  # a damaged log costs the curve, not the report
@@ -502,7 +502,7 @@ def write_files(config: dict, started: float, tr, report_dir: Path, result: dict
                 demo_rows: list[dict], cases: dict) -> None:
     """Draw the pictures and write summary.txt, comparison.json, report.html and config.json."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    cache = ImageCache(resolve_image)
+    cache = ImageCache(resolve_path)
     charts, case_files = draw_pictures(result, pairs, demo_rows, cases, report_dir, cache, tr)
     result["artefacts"] = {
         "summary": "summary.txt", "report": "report.html", "config": "config.json",

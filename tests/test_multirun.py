@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, module_fixture
+from helpers import assert_one_line_error, module_fixture, run_script
 from test_compare import _majority, clustered_interval, make_rows, run, summary_rows, write_jsonl
 from vqa_official import official_scores
 
@@ -301,3 +301,30 @@ def test_one_file_in_finetuned_files_is_the_two_run_report(three_runs, tmp_path)
     assert result["mode"] == "comparison" and "runs" not in result
     assert not (tmp_path / "a" / "heldout_curve.png").exists()
 
+
+
+def test_two_evaluations_of_the_twin_in_one_folder_compare_side_by_side(tiny_model_dir, tmp_path):
+    """The real chain on the twin: a baseline, one short fine-tuning, its adapter evaluated twice under two
+    --run_name= in the baseline's folder; the comparison finds the adapter's train_log.jsonl through the rows
+    (held-out rows added here, as a fine-tuning with --eval_every= writes them) and draws its curve."""
+    out = tmp_path / "out"
+    common = [f"--model_id={tiny_model_dir}", "--dataset=tiny", "--num_workers=0", f"--output_dir={out}"]
+    run_script("create_vqav2_baseline.py", *common, "--quantization=none", check=True)
+    run_script("finetune_vqav2_lora.py", *common, "--use_4bit=False", "--train_steps=2", "--per_device_batch=2",
+               "--grad_accum=1", "--save_every=2", "--preview_samples=0", check=True)
+    for name in ("ft_a", "ft_b"):
+        run_script("evaluate_vqav2_finetuned.py", *common, "--quantization=none", f"--run_name={name}", check=True)
+    log = out / "lora_adapter" / "train_log.jsonl"
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    for row, accuracy in zip(rows, (12.5, 25.0)):
+        row["heldout"] = {"accuracy": accuracy, "per_answer_type": {"yes/no": accuracy}, "questions": 8,
+                          "decoding": "vqa_beam5"}
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    proc = run_script("compare_baseline_finetuned.py", f"--output_dir={out}", "--finetuned_files=ft_a.jsonl,ft_b.jsonl",
+                      "--lang=en", check=True)
+    result = json.loads((out / "comparisons" / "comparison.json").read_text(encoding="utf-8"))
+    assert [r["label"] for r in result["runs"]] == ["ft_a", "ft_b"] and result["n"] == 16
+    assert [p["accuracy"] for p in result["runs"][0]["heldout"]["points"]] == [12.5, 25.0]
+    assert result["runs"][0]["heldout"]["log"] == str(log.resolve())
+    assert (out / "comparisons" / "heldout_curve.png").is_file() and "no held-out curve" not in proc.stdout
+    assert result["disagreements"]["n"] == 0  # one adapter, answered twice the same way

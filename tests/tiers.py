@@ -104,6 +104,7 @@ FULL_TIER: dict[str, set[str] | str] = {
     "test_multirun.py": {
         "test_one_file_in_finetuned_files_is_the_two_run_report",
         "test_the_demos_comparison_tab_shows_the_three_runs_in_a_browser",
+        "test_two_evaluations_of_the_twin_in_one_folder_compare_side_by_side",
     },
     "test_compare.py": {
         "test_allow_partial_compares_the_intersection",
