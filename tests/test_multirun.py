@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import assert_one_line_error, module_fixture, run_script
 from test_compare import _majority, clustered_interval, make_rows, run, summary_rows, write_jsonl
@@ -147,6 +148,7 @@ def test_curves_cases_and_missing_curve_line(three_runs):
         assert [(p["step"], p["accuracy"]) for p in curves["LM"]] == [(s, 30.0 + s) for s in (5, 10, 15, 20)]
         assert curves["Q-Former"][0]["per_answer_type"]["number"] == 35.0 and curves["both"] == []
         assert result["artefacts"]["heldout_curve"] == "heldout_curve.png"
+        assert Image.open(report / "heldout_curve.png").size[0] == 640  # one panel unless --heldout_per_type=True
         log = three_runs["out"] / "ft_both" / "lora_adapter" / "train_log.jsonl"
         missing = tr("heldout_missing", label="both", log=str(log))
         assert missing in (report / "summary.txt").read_text(encoding="utf-8")
@@ -284,6 +286,12 @@ def test_partial_runs_and_missing_curves_say_so(tmp_path):
     assert not (report / "heldout_curve.png").exists()
     for label in ("ft_lm", "ft_qformer"):
         assert f"no held-out curve for {label}:" in proc.stdout
+    # one run with a curve, drawn with a panel per answer type besides the overall one
+    write_run(out, "ft_qformer", rows["base"], lambda i, b: b["answer"] or "no", 40.0)
+    proc = run(out, report, "--finetuned_files=ft_lm.jsonl,ft_qformer.jsonl", "--allow_partial=True",
+               "--heldout_per_type=True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Image.open(report / "heldout_curve.png").size[0] == 100 * (6.4 + 3 * 3.2)
 
 
 @pytest.mark.slow
