@@ -18,6 +18,11 @@ question_id, rescores both with src.vqa_eval and writes to REPORT_DIR:
     python compare_baseline_finetuned.py --allow_partial=True              # compare the questions both files have
     python compare_baseline_finetuned.py --output_dir=runs/a            # runs/a -> runs/a/comparisons/
     python compare_baseline_finetuned.py --lang=en                       # report, summary and charts in English
+    python compare_baseline_finetuned.py --finetuned_files=ft_lm.jsonl,ft_qformer.jsonl,ft_both.jsonl --labels=LM,Q-Former,both
+
+Several fine-tuned runs (--finetuned_files=, each from `python evaluate_vqav2_finetuned.py --run_name=...` in the
+baseline's folder, so on its frozen sample) are shown side by side: accuracy with intervals per run, each run's
+held-out curve (from the train_log.jsonl of the adapter its rows name), and the questions the runs disagree on.
 
 Inputs (in OUTPUT_DIR): vqav2_baseline.jsonl from `python create_vqav2_baseline.py`, vqav2_finetuned.jsonl
 from `python evaluate_vqav2_finetuned.py`; optionally baseline.jsonl / baseline_finetuned.jsonl (the ten
@@ -32,10 +37,12 @@ template), the number formats in src/formatting.py and every string of both lang
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
-from src.charts import ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, length_chart, setup_matplotlib
+from src.charts import (ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, heldout_chart, length_chart,
+                        setup_matplotlib)
 from src.compare import (bootstrap_clusters, check_result_rows, check_same_setup, compare_rows,
                          count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
                          score_baseline_only, select_cases, settings_of)
@@ -44,7 +51,7 @@ from src.data import TEST_SPLITS
 from src.evaluation import evalai_file_name, no_answers_line, zero_shot_reference
 from src.vqa_eval import accuracy_interval
 from src.errors import UserError, run_main
-from src.formatting import summary_text
+from src.formatting import is_multirun, summary_text
 from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
@@ -56,6 +63,9 @@ OUTPUT_DIR: str = "outputs"  # folder holding the result files below
 REPORT_DIR: str = ""  # where the report goes; "" = assets/comparisons, or <output_dir>/comparisons with --output_dir
 BASELINE_FILE: str = "vqav2_baseline.jsonl"  # zero-shot rows in OUTPUT_DIR (create_vqav2_baseline.py)
 FINETUNED_FILE: str = "vqav2_finetuned.jsonl"  # fine-tuned rows for the same questions (evaluate_vqav2_finetuned.py)
+FINETUNED_FILES: str = ""  # several fine-tuned runs side by side: comma-separated files in OUTPUT_DIR; "" = FINETUNED_FILE
+LABELS: str = ""  # the runs' names in the report, comma-separated in FINETUNED_FILES' order; "" = file names without .jsonl
+HELDOUT_PER_TYPE: bool = False  # several runs: the held-out curve chart gets a panel per answer type
 DEMO_BASELINE_FILE: str = "baseline.jsonl"  # the ten demo images, base model (create_baseline.py); optional
 DEMO_FINETUNED_FILE: str = "baseline_finetuned.jsonl"  # the ten demo images with the adapter; optional
 CASES_PER_GROUP: int = 4  # examples drawn per group (improved / worsened / unchanged)
@@ -72,13 +82,13 @@ DEBUG: bool = False  # show tracebacks instead of one-line errors
 REPO = Path(__file__).resolve().parent
 # every artefact this script may write, so a rerun removes the ones it did not write this time
 _ARTEFACTS = ["summary.txt", "comparison.json", "report.html", "accuracy.png", "answer_length.png",
-              "demo_images.png", "contact_sheet.png", "config.json"]
+              "demo_images.png", "heldout_curve.png", "contact_sheet.png", "config.json"]
 
 
 # --- reading -------------------------------------------------------------------------------------
 
-def resolve_image(path: str | None) -> Path | None:
-    """Rows store image paths relative to the repository root (or absolute)."""
+def resolve_path(path: str | None) -> Path | None:
+    """Rows store image and adapter paths relative to the repository root (or absolute)."""
     if not path:
         return None
     p = Path(path)
@@ -192,8 +202,19 @@ def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases:
     cases_dir.mkdir(parents=True, exist_ok=True)
     plt = setup_matplotlib()
     charts = {"accuracy": report_dir / "accuracy.png", "answer_length": report_dir / "answer_length.png"}
-    accuracy_chart(plt, result["baseline"], result["finetuned"], result["change"], charts["accuracy"], tr)
-    length_chart(plt, result["answer_length"], charts["answer_length"], tr)
+    if is_multirun(result):
+        runs = [(r["label"], r["finetuned"], r["change"]) for r in result["runs"]]
+        lengths = [(tr("baseline"), result["answer_length"]["baseline"])] + [
+            (r["label"], r["answer_length"]) for r in result["runs"]]
+        curves = [(r["label"], r["heldout"]["points"]) for r in result["runs"]]
+        if any(points for _, points in curves):
+            charts["heldout_curve"] = report_dir / "heldout_curve.png"
+            heldout_chart(plt, curves, charts["heldout_curve"], tr, per_type=HELDOUT_PER_TYPE)
+    else:
+        runs = [(tr("finetuned"), result["finetuned"], result["change"])] if result["finetuned"] else []
+        lengths = [(tr(who), stats) for who, stats in result["answer_length"].items() if stats]
+    accuracy_chart(plt, result["baseline"], runs, charts["accuracy"], tr)
+    length_chart(plt, lengths, charts["answer_length"], tr)
     if demo_rows:
         charts["demo_images"] = report_dir / "demo_images.png"
         demo_chart(plt, demo_rows, cache, charts["demo_images"], tr)
@@ -226,14 +247,33 @@ def main() -> None:
     # the repository's outputs/ (however spelled) reports to assets/comparisons, where the demo's tab looks
     ours = output_dir.resolve() == (REPO / "outputs").resolve()
     report_dir = Path(REPORT_DIR) if REPORT_DIR else REPO / "assets" / "comparisons" if ours else output_dir / "comparisons"
-    base_path, ft_path = output_dir / BASELINE_FILE, output_dir / FINETUNED_FILE
+    base_path = output_dir / BASELINE_FILE
+    ft_paths = [output_dir / name.strip() for name in FINETUNED_FILES.split(",") if name.strip()] or \
+        [output_dir / FINETUNED_FILE]
     if not base_path.exists():
         raise UserError(f"baseline results not found: {base_path}; create them with `python create_vqav2_baseline.py` "
                         f"(or point --output_dir= at the folder holding {BASELINE_FILE})")
+    labels = run_labels(ft_paths)
     check_output_dir(report_dir, setting="--report_dir")  # a file, or read-only: said before any work
     check_report_folder(report_dir)
     with hold_output_lock(report_dir):  # two comparisons into one folder would mix their pictures
-        write_report(config, started, tr, output_dir, report_dir, base_path, ft_path)
+        write_report(config, started, tr, output_dir, report_dir, base_path, ft_paths, labels)
+
+
+def run_labels(ft_paths: list[Path]) -> list[str]:
+    """The runs' names (LABELS, or the file names); several runs must all exist, each with its own name."""
+    if len(ft_paths) < 2:
+        return ["finetuned"]
+    missing = [p for p in ft_paths if not p.is_file()]
+    if missing:
+        raise UserError(f"fine-tuned results not found: {', '.join(map(str, missing))}; write each with `python "
+                        f"evaluate_vqav2_finetuned.py --output_dir={OUTPUT_DIR} --run_name={missing[0].stem} "
+                        f"--adapter_dir=...` (the baseline's folder, so its frozen sample)")
+    labels = [label.strip() for label in LABELS.split(",")] if LABELS else [p.stem for p in ft_paths]
+    if len(labels) != len(ft_paths) or not all(labels) or len(set(labels)) < len(labels):
+        raise UserError(f"--labels={LABELS!r} must give {len(ft_paths)} distinct names, one per --finetuned_files= "
+                        f"entry in the same order (the file names {[p.name for p in ft_paths]} when left empty)")
+    return labels
 
 
 def check_report_folder(report_dir: Path) -> None:
@@ -270,16 +310,30 @@ def write_no_answers(config: dict, report_dir: Path, runs: list[tuple[Path, str]
 
 
 def write_report(config: dict, started: float, tr, output_dir: Path, report_dir: Path, base_path: Path,
-                 ft_path: Path) -> None:
+                 ft_paths: list[Path], labels: list[str]) -> None:
     # read and compare
     warns: list[str] = []
     base_rows = read_results(base_path, "python create_vqav2_baseline.py")
-    comparing = ft_path.exists()
-    ft_rows = read_results(ft_path, "python evaluate_vqav2_finetuned.py") if comparing else []
-    runs = [(path, split) for path, rows in ((base_path, base_rows), (ft_path, ft_rows)) if (split := unanswered_split(rows))]
+    comparing = ft_paths[0].exists()
+    ft_rows = [read_results(p, "python evaluate_vqav2_finetuned.py") for p in ft_paths] if comparing else []
+    runs = [(path, split) for path, rows in ((base_path, base_rows), *zip(ft_paths, ft_rows))
+            if (split := unanswered_split(rows))]
     if runs:  # test-dev / test: nothing to score, so nothing to compare; every such run's EvalAI file is named
         write_no_answers(config, report_dir, runs)
         return
+    if len(ft_paths) > 1:
+        result, pairs, cases = multirun_result(base_rows, ft_rows, base_path, ft_paths, labels, warns)
+        demo_rows: list[dict] = []
+    else:
+        result, pairs, demo_rows, cases = two_run_result(base_rows, ft_rows[0] if comparing else [], base_path,
+                                                         ft_paths[0], output_dir, warns)
+    write_files(config, started, tr, report_dir, result, pairs, demo_rows, cases)
+
+
+def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, ft_path: Path, output_dir: Path,
+                   warns: list[str]) -> tuple[dict, list[dict], list[dict], dict]:
+    """(result, pairs, demo rows, cases) of the baseline against one fine-tuned run (or alone, without one)."""
+    comparing = bool(ft_rows)
     settings = {"baseline": settings_of(base_rows, str(base_path), warns), "finetuned": None}
     if comparing:
         numbers, pairs = compare_files(base_rows, ft_rows, base_path, ft_path, warns)
@@ -288,15 +342,8 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
     else:
         numbers, pairs = score_baseline(base_rows, base_path)
     clusters = numbers.get("clusters") or bootstrap_clusters(pairs)[1]  # what the intervals resampled
-    # a zero-shot baseline of a checkpoint and prompt with a published number: held against it
-    scores = [{"image_id": p["image_id"], "vqa_accuracy": p["baseline_vqa"]} for p in pairs]
-    published = zero_shot_reference(next(r for r in base_rows if is_scorable(r)), {
-        "vqa_accuracy": numbers["baseline"]["vqa_accuracy"], "n": len(pairs),
-        "vqa_accuracy_interval": accuracy_interval(scores, BOOTSTRAP_RESAMPLES, SEED)})
-    for who, n in numbers["stored_score_mismatches"].items():
-        if n:
-            warns.append(f"{n} {who} rows store a VQA accuracy / exact match that differs from src/vqa_eval.py; "
-                         f"the recomputed scores are used")
+    published = published_of(base_rows, pairs, numbers["baseline"])
+    score_warnings(numbers["stored_score_mismatches"], warns)
     demo_base = read_demo(output_dir / DEMO_BASELINE_FILE, warns)
     demo_ft = read_demo(output_dir / DEMO_FINETUNED_FILE, warns)
     demo_rows = demo_rows_of(demo_base, demo_ft)
@@ -312,8 +359,7 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
         **numbers,
         "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs]),
                           "finetuned": length_stats([p["finetuned_answer"] for p in pairs]) if comparing else None},
-        "bootstrap": {"method": f"paired percentile bootstrap over {clusters['unit']}s", "confidence": 0.95,
-                      "n_resamples": BOOTSTRAP_RESAMPLES, "seed": SEED, "clusters": clusters},
+        "bootstrap": bootstrap_record(clusters),
         "cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()},
         "cases_per_group": CASES_PER_GROUP,
         "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,
@@ -321,10 +367,142 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
         "published": published,
         "warnings": warns,
     }
+    return result, pairs, demo_rows, cases
 
-    # draw and write
+
+def on_frozen_sample(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path,
+                     ft_paths: list[Path]) -> tuple[list[dict], list[list[dict]], dict]:
+    """The rows of the questions every run answered, and their coverage and error counts. A run on other
+    questions than the baseline's (another frozen sample) is refused; ALLOW_PARTIAL keeps the ones all share.
+    A question some run answered with an error row is left out of every run, so each counts the same ones."""
+    base_ids = {r["question_id"] for r in base_rows}
+    common, union = set(base_ids), set()
+    for path, rows in zip(ft_paths, ft_rows):
+        ids = {r["question_id"] for r in rows}
+        if ids != base_ids and not ALLOW_PARTIAL:
+            raise UserError(
+                f"{path} is not on the frozen sample of {base_path}: {len(ids - base_ids)} of its {len(ids)} "
+                f"questions are not in the baseline and {len(base_ids - ids)} of the baseline's {len(base_ids)} are "
+                f"missing; evaluate it in the baseline's folder (python evaluate_vqav2_finetuned.py --output_dir="
+                f"{base_path.parent} --run_name={path.stem} --adapter_dir=...), or pass --allow_partial=True to "
+                f"compare the questions all runs share")
+        common, union = common & ids, union | ids
+    failed = {r["question_id"] for rows in (base_rows, *ft_rows) for r in rows if not is_scorable(r)} & common
+    keep = common - failed
+    counts = {"coverage": {"baseline_questions": len(base_ids), "finetuned_questions": len(union),
+                           "common": len(common), "only_baseline": len(base_ids - common),
+                           "only_finetuned": len(union - common)},
+              "errors": {"baseline": sum(not is_scorable(r) for r in base_rows),
+                         "finetuned": sum(not is_scorable(r) for rows in ft_rows for r in rows),
+                         "excluded": len(failed)}}
+    return [r for r in base_rows if r["question_id"] in keep], \
+        [[r for r in rows if r["question_id"] in keep] for rows in ft_rows], counts
+
+
+def accuracy_intervals(pairs: list[dict], key: str) -> dict:
+    """The 95% interval of one model's VQA accuracy, overall and per answer type (resampling as the change's)."""
+    def interval(ps):
+        i = accuracy_interval([{"image_id": p["image_id"], "vqa_accuracy": p[key]} for p in ps],
+                              BOOTSTRAP_RESAMPLES, SEED)
+        return {"low": round(i["low"], 2), "high": round(i["high"], 2)}
+
+    types = sorted({p["answer_type"] for p in pairs if p["answer_type"] is not None})
+    return {"overall": interval(pairs),
+            "per_answer_type": {t: interval([p for p in pairs if p["answer_type"] == t]) for t in types}}
+
+
+def heldout_curve(adapter: str | None) -> dict:
+    """{"log", "points"}: the held-out accuracy per optimizer step in the train_log.jsonl of a run's adapter
+    folder (its "heldout" rows); no points when the folder, the log or such rows are missing or unreadable."""
+    if not adapter:
+        return {"log": None, "points": []}
+    log = resolve_path(adapter) / "train_log.jsonl"
+    try:
+        rows = read_jsonl_lines(log, allow_torn_tail=True) if log.is_file() else []
+    except UserError:  # a damaged log costs the curve, not the report
+        rows = []
+    points = []
+    for _, row in rows:
+        h = row.get("heldout")
+        if isinstance(h, dict) and isinstance(row.get("step"), int) and isinstance(h.get("accuracy"), (int, float)):
+            per_type = h.get("per_answer_type") if isinstance(h.get("per_answer_type"), dict) else {}
+            points.append({"step": row["step"], "accuracy": h["accuracy"], "per_answer_type": per_type,
+                           "questions": h.get("questions"), "decoding": h.get("decoding")})
+    return {"log": str(log), "points": points}
+
+
+def multirun_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path, ft_paths: list[Path],
+                    labels: list[str], warns: list[str]) -> tuple[dict, list[dict], dict]:
+    """(result, rows, cases) of several fine-tuned runs against the baseline on its frozen sample: each run
+    compared as in the two-run report, then joined per question; the cases are questions the runs disagree on."""
+    base_rows, ft_rows, counts = on_frozen_sample(base_rows, ft_rows, base_path, ft_paths)
+    s_base = settings_of(base_rows, str(base_path), warns)
+    runs, run_pairs = [], []
+    for label, path, rows in zip(labels, ft_paths, ft_rows):
+        numbers, pairs = compare_files(base_rows, rows, base_path, path, warns)
+        settings, differs = settings_of(rows, str(path), warns), []
+        check_same_setup(s_base, settings, differs)
+        warns += [f"{label}: {line}" for line in differs]
+        score_warnings({label: numbers["stored_score_mismatches"]["finetuned"]}, warns)
+        runs.append({"label": label, "file": str(path), "settings": settings, "finetuned": numbers["finetuned"],
+                     "interval": accuracy_intervals(pairs, "finetuned_vqa"), "change": numbers["change"],
+                     "outcomes": numbers["outcomes"],
+                     "answer_length": length_stats([p["finetuned_answer"] for p in pairs]),
+                     "heldout": heldout_curve(settings["adapter"])})
+        run_pairs.append(pairs)
+    score_warnings({"baseline": numbers["stored_score_mismatches"]["baseline"]}, warns)
+    merged = []
+    for ps in zip(*run_pairs):  # the same questions in the same order in every run
+        scores = [p["finetuned_vqa"] for p in ps]
+        merged.append({**{k: v for k, v in ps[0].items() if not k.startswith("finetuned_")},
+                       "runs": [{"label": label, **{k: v for k, v in p.items() if k.startswith("finetuned_")}}
+                                for label, p in zip(labels, ps)],
+                       "spread": max(scores) - min(scores),
+                       "outcome": "disagree" if max(scores) - min(scores) > 1e-9 else "agree"})
+    disagree = [p for p in merged if p["outcome"] == "disagree"]
+    order = random.Random(SEED).sample(disagree, len(disagree))  # the largest spread first, ties seeded
+    cases = {"disagree": sorted(order, key=lambda p: -p["spread"])[:CASES_PER_GROUP]}
+    baseline = numbers["baseline"]
+    result = {
+        "mode": "multirun", "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG,
+        "files": {"baseline": str(base_path), "finetuned": [str(p) for p in ft_paths]},
+        "settings": {"baseline": s_base}, "n": len(merged), **counts,
+        "partial": counts["coverage"]["only_baseline"] + counts["coverage"]["only_finetuned"] > 0,
+        "baseline": baseline, "baseline_interval": accuracy_intervals(merged, "baseline_vqa"), "runs": runs,
+        "disagreements": {"n": len(disagree), "question_ids": [p["question_id"] for p in disagree]},
+        "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in merged])},
+        "bootstrap": bootstrap_record(runs[0]["change"]["clusters"]),
+        "cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()}, "cases_per_group": CASES_PER_GROUP,
+        "published": published_of(base_rows, merged, baseline), "warnings": warns,
+    }
+    return result, merged, cases
+
+
+def bootstrap_record(clusters: dict) -> dict:
+    return {"method": f"paired percentile bootstrap over {clusters['unit']}s", "confidence": 0.95,
+            "n_resamples": BOOTSTRAP_RESAMPLES, "seed": SEED, "clusters": clusters}
+
+
+def published_of(base_rows: list[dict], pairs: list[dict], baseline: dict) -> dict | None:
+    """A zero-shot baseline of a checkpoint and prompt with a published number: held against it."""
+    scores = [{"image_id": p["image_id"], "vqa_accuracy": p["baseline_vqa"]} for p in pairs]
+    return zero_shot_reference(next(r for r in base_rows if is_scorable(r)), {
+        "vqa_accuracy": baseline["vqa_accuracy"], "n": len(pairs),
+        "vqa_accuracy_interval": accuracy_interval(scores, BOOTSTRAP_RESAMPLES, SEED)})
+
+
+def score_warnings(mismatches: dict, warns: list[str]) -> None:
+    for who, n in mismatches.items():
+        if n:
+            warns.append(f"{n} {who} rows store a VQA accuracy / exact match that differs from src/vqa_eval.py; "
+                         f"the recomputed scores are used")
+
+
+def write_files(config: dict, started: float, tr, report_dir: Path, result: dict, pairs: list[dict],
+                demo_rows: list[dict], cases: dict) -> None:
+    """Draw the pictures and write summary.txt, comparison.json, report.html and config.json."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    cache = ImageCache(resolve_image)
+    cache = ImageCache(resolve_path)
     charts, case_files = draw_pictures(result, pairs, demo_rows, cases, report_dir, cache, tr)
     result["artefacts"] = {
         "summary": "summary.txt", "report": "report.html", "config": "config.json",

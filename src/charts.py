@@ -27,8 +27,9 @@ NO_CJK_WARNING = ("warning: no CJK font found: Chinese text in the charts will s
                   "`pip install -r requirements.txt` brings one (the mplfonts package)")
 _CASE_IMAGE_SIZE = 300  # longest side of the picture inside a case PNG
 _GROUP_COLOURS = {"improved": "#2e7d32", "worsened": "#c62828", "unchanged": "#546e7a", "correct": "#2e7d32",
-                  "wrong": "#c62828"}
+                  "wrong": "#c62828", "disagree": "#6a1b9a"}
 _BASE_COLOUR, _FT_COLOUR = "#90a4ae", "#1e88e5"
+_RUN_COLOURS = (_FT_COLOUR, "#fb8c00", "#43a047", "#8e24aa", "#6d4c41", "#00acc1")  # fine-tuned runs, in order
 _warned = []  # the no-CJK warning is printed once per process
 
 
@@ -78,6 +79,10 @@ def _save(plt, fig, out: Path, tight: bool = True) -> None:
         fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def _run_colour(i: int) -> str:
+    return _RUN_COLOURS[i % len(_RUN_COLOURS)]
 
 
 def jpeg_data_uri(img, quality: int) -> str:
@@ -166,33 +171,42 @@ def draw_picture(ax, img, path: str | None, tr) -> None:
 
 
 def _answer_lines(pair: dict, tr) -> list[tuple[str, str, float, str | None]]:
-    """(who, answer, score, raw answer when the answer processing changed it) per model."""
+    """(who, answer, score, raw answer when the answer processing changed it) per model; a pair of several
+    fine-tuned runs carries them in "runs"."""
+    runs = [("finetuned", pair)] if "runs" not in pair else [(r["label"], r) for r in pair["runs"]]
     out = []
-    for who in ("baseline", "finetuned"):
-        answer, raw = pair[f"{who}_answer"], pair.get(f"{who}_raw_answer")
+    for who, row, key in (("baseline", pair, "baseline"), *((w, r, "finetuned") for w, r in runs)):
+        answer, raw = row[f"{key}_answer"], row.get(f"{key}_raw_answer")
         if answer is not None:
-            out.append((tr(who), answer, pair[f"{who}_vqa"], raw if raw is not None and raw != answer else None))
+            out.append((tr(who) if key == who else who, answer, row[f"{key}_vqa"],
+                        raw if raw is not None and raw != answer else None))
     return out
 
 
 def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> None:
-    """One example: picture, question, ground truth, and each model's answer with its score (and raw text)."""
-    fig = plt.figure(figsize=(7.2, 2.6))
-    draw_picture(fig.add_axes([0.01, 0.04, 0.33, 0.92]), cache.small(pair["image_path"]), pair["image_path"], tr)
-    fig.text(0.37, 0.9, tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
-                           answer_type=pair["answer_type"]),
+    """One example: picture, question, ground truth, and each model's answer with its score (and raw text);
+    a taller picture for more than two answers."""
+    answers = _answer_lines(pair, tr)
+    height = 2.6 + 0.52 * max(0, len(answers) - 2)
+    top = lambda y: 1 - (1 - y) * 2.6 / height  # noqa: E731  a height laid out for 2.6 inches, from the top
+    fig = plt.figure(figsize=(7.2, height))
+    draw_picture(fig.add_axes([0.01, top(0.04), 0.33, 0.92 * 2.6 / height]),
+                 cache.small(pair["image_path"]), pair["image_path"], tr)
+    fig.text(0.37, top(0.9), tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
+                                answer_type=pair["answer_type"]),
              fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"), parse_math=False)
-    fig.text(0.37, 0.8, tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top",
+    fig.text(0.37, top(0.8), tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top",
              parse_math=False)
-    fig.text(0.37, 0.56, clip(tr("case_gt", answers=gt_summary(pair["gt_answers"])), 70), fontsize=9,
+    fig.text(0.37, top(0.56), clip(tr("case_gt", answers=gt_summary(pair["gt_answers"])), 70), fontsize=9,
              color="#37474f", va="top", parse_math=False)
-    for i, (who, answer, score, raw) in enumerate(_answer_lines(pair, tr)):
-        y = 0.36 - 0.2 * i
-        fig.text(0.37, y, f"{who}:", fontsize=9, fontweight="bold", va="center", parse_math=False)
-        fig.text(0.52, y + (0.03 if raw else 0), clip(answer, 40), fontsize=10, va="center", parse_math=False)
+    inch = 2.6 / height  # 0.2 of the 2.6-inch picture per answer
+    for i, (who, answer, score, raw) in enumerate(answers):
+        y = top(0.36) - 0.2 * inch * i
+        fig.text(0.37, y, f"{clip(who, 16)}:", fontsize=9, fontweight="bold", va="center", parse_math=False)
+        fig.text(0.52, y + (0.03 * inch if raw else 0), clip(answer, 40), fontsize=10, va="center", parse_math=False)
         if raw:
-            fig.text(0.52, y - 0.06, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center", color="#607d8b",
-                     parse_math=False)
+            fig.text(0.52, y - 0.06 * inch, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center",
+                     color="#607d8b", parse_math=False)
         fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white",
                  fontweight="bold", parse_math=False,
                  bbox={"boxstyle": "round,pad=0.3", "facecolor": score_colour(score), "edgecolor": "none"})
@@ -221,16 +235,12 @@ def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 180
 
 # --- charts of the numbers -----------------------------------------------------------------------
 
-def _bar_panel(ax, groups, labels, base, ft, metric, title, tr) -> None:
-    def values(metrics):
-        return [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan) for g in groups[1:]]
-
-    series = [(tr("baseline"), values(base), _BASE_COLOUR)]
-    if ft is not None:
-        series.append((tr("finetuned"), values(ft), _FT_COLOUR))
+def _bar_panel(ax, groups, labels, series, metric, title) -> None:
+    """Bars of `metric` per group, one series (who, metrics, colour) beside the other."""
     width = 0.8 / len(series)
     x = list(range(len(groups)))
-    for si, (who, vals, colour) in enumerate(series):
+    for si, (who, metrics, colour) in enumerate(series):
+        vals = [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan) for g in groups[1:]]
         bars = ax.bar([xi - 0.4 + width * (si + 0.5) for xi in x], vals, width, label=who, color=colour)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks(x, labels, fontsize=8)
@@ -240,53 +250,81 @@ def _bar_panel(ax, groups, labels, base, ft, metric, title, tr) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def _change_panel(ax, groups, labels, change, tr) -> None:
+def _change_panel(ax, groups, labels, points, tr) -> None:
+    """Each change with its interval, the points (label, change, metric, colour) side by side per group."""
     x = list(range(len(groups)))
-    for offset, metric, colour in ((-0.12, "vqa_accuracy", _FT_COLOUR), (0.12, "exact_match", "#8e24aa")):
+    for k, (label, change, metric, colour) in enumerate(points):
+        offset = 0.24 * (k - (len(points) - 1) / 2)
         cs = [change[metric]] + [change["per_answer_type"].get(g, {}).get(metric) for g in groups[1:]]
         for xi, c in zip(x, cs):
             if c is not None:
                 ax.errorbar(xi + offset, c["diff"], yerr=[[c["diff"] - c["low"]], [c["high"] - c["diff"]]], fmt="o",
-                            color=colour, capsize=3, markersize=5, label=tr(metric) if xi == 0 else None)
+                            color=colour, capsize=3, markersize=5, label=label if xi == 0 else None)
     ax.axhline(0, color="#616161", linewidth=0.8)
     ax.set_xticks(x, labels, fontsize=8)
-    unit = (change.get("clusters") or {"unit": "question"})["unit"]  # older changes resampled questions
+    unit = (points[0][1].get("clusters") or {"unit": "question"})["unit"]  # older changes resampled questions
     ax.set_title(tr("chart_change_title", unit=tr(f"chart_unit_{unit}")), fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def accuracy_chart(plt, base: dict, ft: dict | None, change: dict | None, out: Path, tr) -> None:
-    """accuracy.png: VQA accuracy and exact match before / after, overall and per answer type, and the change
-    with its interval."""
+def accuracy_chart(plt, base: dict, runs: list[tuple[str, dict, dict]], out: Path, tr) -> None:
+    """accuracy.png: VQA accuracy and exact match of the baseline and each fine-tuned run (who, metrics, change),
+    overall and per answer type, and the change with its interval (one run: both metrics; several: VQA)."""
     groups = [None, *type_order(base["per_answer_type"])]
     labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
               for g in groups]
-    panels = 3 if ft is not None and change is not None else 2
+    series = [(tr("baseline"), base, _BASE_COLOUR)] + [(who, m, _run_colour(i)) for i, (who, m, _) in enumerate(runs)]
+    if len(runs) == 1:
+        points = [(tr(metric), runs[0][2], metric, colour)
+                  for metric, colour in (("vqa_accuracy", _FT_COLOUR), ("exact_match", "#8e24aa"))]
+    else:
+        points = [(who, change, "vqa_accuracy", _run_colour(i)) for i, (who, _, change) in enumerate(runs)]
+    panels = 3 if runs else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0))
     for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
-        _bar_panel(ax, groups, labels, base, ft, metric, tr(title), tr)
+        _bar_panel(ax, groups, labels, series, metric, tr(title))
     if panels == 3:
-        _change_panel(axes[2], groups, labels, change, tr)
+        _change_panel(axes[2], groups, labels, points, tr)
     _save(plt, fig, out)
 
 
-def length_chart(plt, lengths: dict, out: Path, tr) -> None:
-    """answer_length.png: histogram of words per answer, before / after."""
+def length_chart(plt, series: list[tuple[str, dict]], out: Path, tr) -> None:
+    """answer_length.png: histogram of words per answer, the baseline's first, then each run's (who, stats)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    labels = list(lengths["baseline"]["histogram"])
-    series = [(who, stats) for who, stats in lengths.items() if stats is not None]
+    labels = list(series[0][1]["histogram"])
     width = 0.8 / len(series)
     for si, (who, stats) in enumerate(series):
         xs = [i - 0.4 + width * (si + 0.5) for i in range(len(labels))]
-        ax.bar(xs, list(stats["histogram"].values()), width, color=_BASE_COLOUR if who == "baseline" else _FT_COLOUR,
-               label=tr("chart_length_legend", who=tr(who), mean=f"{stats['mean_words']:.1f}"))
+        ax.bar(xs, list(stats["histogram"].values()), width, color=_BASE_COLOUR if si == 0 else _run_colour(si - 1),
+               label=tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"))
     ax.set_xticks(range(len(labels)), labels)
     ax.set_xlabel(tr("chart_length_x"))
     ax.set_ylabel(tr("chart_length_y"))
     ax.set_title(tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
+    _save(plt, fig, out)
+
+
+def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_type: bool = False) -> None:
+    """heldout_curve.png: each run's held-out VQA accuracy by optimizer step (train_log.jsonl's "heldout"
+    rows), one line per run; `per_type` adds a panel per answer type."""
+    types = type_order({t for _, points in curves for p in points for t in p.get("per_answer_type") or {}})
+    panels = [None, *(types if per_type else [])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 + 3.2 * (len(panels) - 1), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], panels):
+        for i, (who, points) in enumerate(curves):
+            xy = [(p["step"], p["accuracy"] if t is None else (p.get("per_answer_type") or {}).get(t)) for p in points]
+            xy = [(x, y) for x, y in xy if y is not None]
+            if xy:
+                ax.plot(*zip(*xy), marker="o", markersize=3, color=_run_colour(i), label=who)
+        ax.set_title(tr("chart_heldout_title") if t is None else t, fontsize=10)
+        ax.set_xlabel(tr("chart_heldout_x"))
+        ax.set_ylabel(tr("chart_heldout_y"))
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].legend(fontsize=8, frameon=False)
     _save(plt, fig, out)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .evaluation import EVALAI_PHASES
 from .errors import UserError
-from .formatting import detail_lines, group_title, score_table
+from .formatting import detail_lines, group_title, is_multirun, score_table
 from .i18n import texts
 from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
@@ -25,7 +25,8 @@ COMPARE_COMMAND = "python compare_baseline_finetuned.py"
 MAX_QUESTION_CHARS = 500  # VQAv2 questions are ~6 words; this keeps the prompt far below OPT's 2048 positions
 # the pictures the compare script may write, in the order the tab shows them, with their i18n title keys
 _CHARTS = [("accuracy.png", "charts_accuracy"), ("answer_length.png", "charts_length"),
-           ("demo_images.png", "charts_demo"), ("contact_sheet.png", "charts_contact")]
+           ("heldout_curve.png", "charts_heldout"), ("demo_images.png", "charts_demo"),
+           ("contact_sheet.png", "charts_contact")]
 _CASE_NAME = re.compile(r"case_(?P<group>[a-z]+)_(?P<i>\d+)_q(?P<qid>.+)\.png$")
 # src.images' refusals, by the start of their message, as i18n keys (the message itself is English)
 _IMAGE_PROBLEMS = {"not an image": "problem_not_image", "image too large": "problem_pixels",
@@ -155,15 +156,21 @@ def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "
         return no_answers_markdown(result, tr)
     settings = result.get("settings") or {}
     s_base, s_ft = settings.get("baseline") or {}, settings.get("finetuned") or {}
+    multi = is_multirun(result)
     where = md_text(f"{comparisons_dir}/")
     out = [tr("cmp_heading"),
            tr("cmp_source", path=where + "comparison.json", when=md_text(result.get("generated", "?")),
               command=COMPARE_COMMAND, report=where + "report.html"), ""]
     if result.get("partial"):
         out.append(tr("cmp_partial", common=md_text(result["coverage"]["common"])))
-    out += [tr("cmp_compared", n=md_text(result["n"]), model=md_text(s_base.get("model_id")),
-               prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
-    if result.get("finetuned") is None:
+    if multi:  # several fine-tuned runs: each one's name and adapter
+        runs = "; ".join(f"{md_text(r['label'])} ({md_text(r['settings'].get('adapter'))})" for r in result["runs"])
+        out += [tr("cmp_runs", n=md_text(result["n"]), model=md_text(s_base.get("model_id")),
+                   prompt=md_text(s_base.get("prompt")), runs=runs), ""]
+    else:
+        out += [tr("cmp_compared", n=md_text(result["n"]), model=md_text(s_base.get("model_id")),
+                   prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
+    if result.get("finetuned") is None and not multi:
         out += [tr("cmp_missing_ft", command=COMPARE_COMMAND), ""]
     out += [md_text(line) + "  " for line in detail_lines(result, tr)]
     for w in result.get("warnings") or []:

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Callable
 
 ANSWER_TYPE_ORDER = ["yes/no", "number", "other"]  # VQAv2's answer types, in the order every table shows them
-GROUP_KEYS = ("improved", "worsened", "unchanged", "correct", "wrong")  # example-case groups (src.compare)
+GROUP_KEYS = ("improved", "worsened", "unchanged", "correct", "wrong", "disagree")  # example-case groups
 
 
 def pts(value) -> str:
@@ -69,7 +69,10 @@ def group_title(group: str, tr: Callable[..., str]) -> str:
 
 def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the headline table: overall and per answer type, VQA accuracy and exact match before /
-    after / change, better / worse / same; a baseline-only result gets the baseline columns."""
+    after / change, better / worse / same; a baseline-only result gets the baseline columns, several runs
+    runs_table's."""
+    if is_multirun(result):
+        return runs_table(result, tr)
     base, ft = result["baseline"], result.get("finetuned")
     comparing = ft is not None
     vqa, em = tr("vqa_accuracy"), tr("exact_match")
@@ -92,6 +95,36 @@ def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[l
                     f"{o.get('better', '–')} / {o.get('worse', '–')} / {o.get('same', '–')}"]
         else:
             row.append(pts(b["exact_match"]))
+        rows.append(row)
+    return header, rows
+
+
+def is_multirun(result: dict) -> bool:
+    """A report of several fine-tuned runs side by side (compare_baseline_finetuned.py --finetuned_files=)."""
+    return result.get("mode") == "multirun"
+
+
+def runs_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of several fine-tuned runs side by side, overall and per answer type: the VQA accuracy
+    [95% CI] of the baseline and of each run, and each run's change from the baseline [95% CI]."""
+    base, runs = result["baseline"], result["runs"]
+    vqa = tr("vqa_accuracy")
+    header = [tr("answer_type"), tr("n"), f"{vqa} {tr('baseline')}"]
+    for r in runs:
+        header += [f"{vqa} {r['label']}", f"{r['label']} {tr('change_ci')}"]
+
+    def accuracy(metrics: dict, interval: dict, t) -> str:
+        m = metrics if t is None else metrics["per_answer_type"].get(t, {})
+        i = interval["overall"] if t is None else interval["per_answer_type"].get(t)
+        return pts(m.get("vqa_accuracy")) + (f" [{i['low']:.2f}, {i['high']:.2f}]" if i else "")
+
+    rows = []
+    for t in [None, *type_order(base["per_answer_type"])]:
+        n = base["n"] if t is None else base["per_answer_type"][t]["n"]
+        row = [tr("overall") if t is None else str(t), str(n), accuracy(base, result["baseline_interval"], t)]
+        for r in runs:
+            c = r["change"] if t is None else r["change"]["per_answer_type"].get(t, {})
+            row += [accuracy(r["finetuned"], r["interval"], t), format_change(c.get("vqa_accuracy"))]
         rows.append(row)
     return header, rows
 
@@ -155,6 +188,12 @@ def interval_line(result: dict, tr: Callable[..., str]) -> str:
 
 def detail_lines(result: dict, tr: Callable[..., str]) -> list[str]:
     """The lines under the headline table in summary.txt and the demo: outcomes, processing, length, interval."""
+    if is_multirun(result):
+        outcomes = [tr("run_outcomes", label=r["label"], line=outcome_line(r, tr)) for r in result["runs"]]
+        no_curve = [tr("heldout_missing", label=r["label"], log=r["heldout"]["log"]) if r["heldout"]["log"] else
+                    tr("heldout_no_adapter", label=r["label"]) for r in result["runs"] if not r["heldout"]["points"]]
+        return [tr("disagreements", n=result["disagreements"]["n"], total=result["n"]), *outcomes,
+                tr("accuracy_interval"), interval_line(result, tr), *no_curve]  # a run without a held-out curve
     comparing = result.get("finetuned") is not None and result.get("outcomes")
     lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
              interval_line(result, tr) if comparing and result.get("bootstrap") else None]
@@ -185,12 +224,15 @@ def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = Fal
 
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
     """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
-    files, ft = result["files"], result["finetuned"]
-    s_base, s_ft = result["settings"]["baseline"], result["settings"]["finetuned"]
+    files, ft = result["files"], result.get("finetuned")
+    s_base, s_ft = result["settings"]["baseline"], result["settings"].get("finetuned")
     out = [tr("title"), ""]
     out.append(tr("file_line", who=tr("baseline"), path=files["baseline"], model=s_base["model_id"],
                   adapter=s_base["adapter"] or tr("none"), prompt=s_base["prompt"]))
-    if ft is None:
+    if is_multirun(result):
+        out += [tr("file_line", who=r["label"], path=r["file"], model=r["settings"]["model_id"],
+                   adapter=r["settings"]["adapter"] or tr("none"), prompt=r["settings"]["prompt"]) for r in result["runs"]]
+    elif ft is None:
         out.append(tr("missing_ft", path=files["finetuned"]))
     else:
         out.append(tr("file_line", who=tr("finetuned"), path=files["finetuned"], model=s_ft["model_id"],
@@ -199,8 +241,9 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
     cov, err = result["coverage"], result["errors"]
     if result["partial"]:
         out.append(tr("partial", common=cov["common"], only_base=cov["only_baseline"], only_ft=cov["only_finetuned"]))
-    ft_errors = tr("excluded_ft", n=err["finetuned"]) if ft is not None else ""
-    out.append(tr("questions_compared" if ft is not None else "questions_scored", n=result["n"])
+    comparing = ft is not None or is_multirun(result)
+    ft_errors = tr("excluded_ft", n=err["finetuned"]) if comparing else ""
+    out.append(tr("questions_compared" if comparing else "questions_scored", n=result["n"])
                + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"], ft_errors=ft_errors))
     out.append("")
     out += text_table(*score_table(result, tr))

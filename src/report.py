@@ -11,8 +11,8 @@ from typing import Callable
 
 from .charts import ImageCache, jpeg_data_uri
 from .compare import group_members
-from .formatting import (clip, group_title, gt_summary, interval_line, length_line, processing_line, reference_lines,
-                         score_table, signed)
+from .formatting import (clip, detail_lines, group_title, gt_summary, interval_line, is_multirun, length_line,
+                         processing_line, reference_lines, score_table, signed)
 from .i18n import texts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -49,6 +49,12 @@ class Thumbnails:
 
 
 def _cards(result: dict, tr) -> list[tuple[str, str, str]]:
+    if is_multirun(result):  # each run's accuracy and change, and how often the runs disagree
+        return [(tr("card_questions"), str(result["n"]), tr("card_excluded", n=result["errors"]["excluded"])),
+                *((r["label"], f"{result['baseline']['vqa_accuracy']:.2f} → {r['finetuned']['vqa_accuracy']:.2f}",
+                   tr("card_change", **{k: signed(v) for k, v in r["change"]["vqa_accuracy"].items()}))
+                  for r in result["runs"]),
+                (tr("card_disagree"), str(result["disagreements"]["n"]), tr("card_disagree_sub"))]
     base, ft = result["baseline"], result["finetuned"]
     cards = [(tr("card_questions" if ft else "card_questions_baseline"), str(result["n"]),
               tr("card_excluded", n=result["errors"]["excluded"]))]
@@ -71,7 +77,8 @@ def _cards(result: dict, tr) -> list[tuple[str, str, str]]:
 
 
 def _case_groups(result: dict, pairs: list[dict], case_files: dict[str, list[Path]], cases_shown: int, tr) -> list:
-    totals = {g: len(ps) for g, ps in group_members(pairs, result["finetuned"] is not None).items()}
+    totals = {"disagree": result["disagreements"]["n"]} if is_multirun(result) else \
+        {g: len(ps) for g, ps in group_members(pairs, result["finetuned"] is not None).items()}
     groups = []
     for key, files in case_files.items():
         uris = [png_data_uri(f, as_jpeg=True) for f in files]
@@ -83,7 +90,7 @@ def _case_groups(result: dict, pairs: list[dict], case_files: dict[str, list[Pat
 def _question_rows(pairs: list[dict], thumbs: Thumbnails, tr) -> list[dict]:
     rows = []
     for p in pairs:
-        delta = None if p["finetuned_vqa"] is None else signed(p["finetuned_vqa"] - p["baseline_vqa"])
+        delta = None if p.get("finetuned_vqa") is None else signed(p["finetuned_vqa"] - p["baseline_vqa"])
         rows.append({**p, "thumb": thumbs.cell(p["image_path"]), "gt": gt_summary(p["gt_answers"], 10),
                      "delta": delta, "outcome_label": tr(f"outcome_{p['outcome']}") if p["outcome"] else ""})
     return rows
@@ -91,9 +98,11 @@ def _question_rows(pairs: list[dict], thumbs: Thumbnails, tr) -> list[dict]:
 
 def _file_lines(result: dict, tr) -> list[str]:
     files, settings = result["files"], result["settings"]
-    s_base, s_ft = settings["baseline"], settings["finetuned"]
+    s_base, s_ft = settings["baseline"], settings.get("finetuned")
     lines = [tr("report_baseline_file", path=files["baseline"], model=s_base["model_id"], prompt=s_base["prompt"],
                 decoding=json.dumps(s_base["decoding"]))]
+    lines += [tr("report_run_file", label=r["label"], path=r["file"], adapter=r["settings"]["adapter"])
+              for r in result.get("runs") or []]
     if s_ft:
         lines.append(tr("report_ft_file", path=files["finetuned"], adapter=s_ft["adapter"]))
     return lines + (reference_lines(result["published"], tr, with_interval=True) if result.get("published") else [])
@@ -117,25 +126,31 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
     import jinja2
 
     tr: Callable[..., str] = texts(lang)
-    comparing = result["finetuned"] is not None
+    multi = is_multirun(result)
+    comparing = multi or result["finetuned"] is not None
     thumbs = Thumbnails(cache, thumb_size, max_thumbnails)
     header, rows = score_table(result, tr)
-    oc = result["outcomes"] or {}
+    oc = result.get("outcomes") or {}
     filters = [("all", tr("filter_all"), len(pairs))]
-    if comparing:
+    if multi:
+        filters.append(("disagree", tr("outcome_disagree"), result["disagreements"]["n"]))
+    elif comparing:
         filters += [(k, tr(f"outcome_{k}"), oc[k]) for k in ("better", "worse", "same")]
-    chart_alts = {"accuracy": tr("charts_accuracy"), "answer_length": tr("charts_length")}
+    chart_alts = {"accuracy": tr("charts_accuracy"), "answer_length": tr("charts_length"),
+                  "heldout_curve": tr("charts_heldout")}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              finalize=lambda v: "" if v is None else v)
     context = dict(
-        tr=tr, lang=lang, result=result, comparing=comparing, thumb_size=thumb_size,
+        tr=tr, lang=lang, result=result, comparing=comparing, multi=multi, thumb_size=thumb_size,
         file_lines=_file_lines(result, tr), cards=_cards(result, tr), table_header=header, table_rows=rows,
         # the interval line sits under the table whose brackets it explains
-        notes=[line for line in (interval_line(result, tr) if comparing else None, length_line(result, tr)) if line],
+        notes=detail_lines(result, tr) if multi else
+        [line for line in (interval_line(result, tr) if comparing else None, length_line(result, tr)) if line],
         charts=[(png_data_uri(charts[name]), alt) for name, alt in chart_alts.items() if name in charts],
         case_groups=_case_groups(result, pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
         demo_rows=[{**row, "thumb": thumbs.cell(row["image_path"])} for row in demo_rows],
-        demo_missing=_demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr), filters=filters)
+        demo_missing=[] if multi else _demo_missing(result, tr), questions=_question_rows(pairs, thumbs, tr),
+        filters=filters)
     context["thumb_rules"] = thumbs.rules()  # after every cell above has registered its picture
     return env.get_template("report.html.j2").render(**context)

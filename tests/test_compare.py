@@ -549,7 +549,7 @@ def test_change_chart_title_names_what_was_resampled():
     for name, cmp in (("images", with_images), ("questions", without)):
         for lang in ("zh", "en"):
             fig, ax = plt.subplots()
-            _change_panel(ax, [None], ["overall"], cmp["change"], texts(lang))
+            _change_panel(ax, [None], ["overall"], [("VQA", cmp["change"], "vqa_accuracy", "#1e88e5")], texts(lang))
             titles[name, lang] = ax.get_title()
             plt.close(fig)
     assert titles["images", "zh"] == "变化（百分点）\n95% 置信区间：配对 bootstrap，按图片整组重采样"

@@ -101,6 +101,11 @@ FULL_TIER: dict[str, set[str] | str] = {
         "test_two_first_time_runs_at_once_both_succeed_with_one_complete_folder",
         "test_waiting_lock_goes_on_when_the_holder_finishes",
     },
+    "test_multirun.py": {
+        "test_one_file_in_finetuned_files_is_the_two_run_report",
+        "test_the_demos_comparison_tab_shows_the_three_runs_in_a_browser",
+        "test_two_evaluations_of_the_twin_in_one_folder_compare_side_by_side",
+    },
     "test_compare.py": {
         "test_allow_partial_compares_the_intersection",
         "test_an_unbroken_long_answer_wraps_inside_the_report",
