@@ -35,7 +35,7 @@ HF_DATASET: str = "lmms-lab/VQAv2"  # vqav2_hub: the baseline's hub dataset id o
 HF_DATASET_REVISION: str = ""  # vqav2_hub: the baseline's revision; "" = newest
 HUB_STALL_S: float = 120.0  # vqav2_hub: a hub read that brings under 64 KiB for this many seconds stops the run
 DATA_DIR: str = "data"
-MAX_SAMPLES: int = 0  # training questions to draw with SEED (0 = the whole train split)
+MAX_SAMPLES: int = 0  # training questions to draw with SEED (0 = the whole train split, or vqav2_hub's whole pool)
 MODEL_ID: str = "Salesforce/blip2-opt-2.7b"
 USE_4BIT: bool = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
 LORA_R: int = 16  # LoRA rank (bench/ reads the LoRA settings from here)
@@ -121,6 +121,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     from src import tracking, training as T
 
     ckpt_root = out_dir / "lora_adapter_checkpoints"
+    # heldout_image_ids=: the held-out slice's pictures, also left out of vqav2_hub's training pool
     samples = training_samples(config, out_dir, accelerator)
     set_seed(SEED)
     lora = lora_settings()
@@ -166,15 +167,12 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
 
 # --- the training questions: the train split, or for vqav2_hub the val split minus every evaluated picture --
 
-HUB_EXCLUDED_ELSEWHERE: frozenset[int] = frozenset()  # image ids of the held-out slice, also left out of the hub pool
-                                                      # (the same on every run of an output folder, or resume refuses)
-
-
-def training_samples(config: dict, out_dir, accelerator) -> list:
+def training_samples(config: dict, out_dir, accelerator, heldout_image_ids: frozenset[int] = frozenset()) -> list:
     """The training questions (MAX_SAMPLES of them drawn with SEED), and their record in config["training_data"]
     (+ "training_image_ids" for a val-trained adapter), which the evaluations check (src.preflight.check_train_overlap).
-    vqav2_hub has no train split: its pool is val minus the pictures of the frozen evaluation sample and of
-    HUB_EXCLUDED_ELSEWHERE, and only the pictures of the rows the steps read are cached (main process first)."""
+    vqav2_hub has no train split: its pool is val minus the pictures of the frozen evaluation sample and of the
+    held-out slice (`heldout_image_ids`: the same on every run of an output folder, or resume refuses), and only
+    the pictures of the rows the steps read are cached (main process first)."""
     import hashlib
 
     from src.data import hub_record, image_set, load_samples, materialize_images, read_sample_ids, sample_question_ids, select
@@ -195,16 +193,14 @@ def training_samples(config: dict, out_dir, accelerator) -> list:
         pool = load_samples(DATASET, split, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
                             cache_dir=out_dir, hub_stall_s=HUB_STALL_S)
         frozen = read_json(frozen_path, "sample-ids file")
-        frozen_set = image_set(str(frozen.get("dataset")), str(frozen.get("split"))) if isinstance(frozen, dict) \
-            and frozen.get("split") in ("val", "testdev", "test") else None
         evaluated = set()  # a frozen test-dev / test sample asks about test2015 pictures: none of val's
-        if frozen_set == image_set(DATASET, split):
-            evaluated = {s.image_id for s in select(pool, read_sample_ids(frozen_path, frozen["dataset"], split),
+        if isinstance(frozen, dict) and frozen.get("split") == split:  # drawn from vqav2_hub or vqav2 (same pictures)
+            evaluated = {s.image_id for s in select(pool, read_sample_ids(frozen_path, frozen.get("dataset"), split),
                                                     str(frozen_path))}
-        excluded = evaluated | set(HUB_EXCLUDED_ELSEWHERE)
+        excluded = evaluated | set(heldout_image_ids)
         pool = [s for s in pool if s.image_id not in excluded]
         record["excluded"] = (f"the {len(evaluated):,} pictures of the frozen evaluation sample ({SAMPLE_IDS_FILE})"
-                              + (f" and {len(HUB_EXCLUDED_ELSEWHERE):,} of the held-out slice" if HUB_EXCLUDED_ELSEWHERE else ""))
+                              + (f" and {len(heldout_image_ids):,} of the held-out slice" if heldout_image_ids else ""))
     if MAX_SAMPLES:
         pool = select(pool, sample_question_ids(pool, MAX_SAMPLES, SEED), f"{DATASET} {split}")
     read = rows_the_steps_read(len(pool), accelerator.num_processes)

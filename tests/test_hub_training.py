@@ -259,3 +259,15 @@ def test_the_demo_and_the_demo_captions_refuse_pictures_the_adapter_trained_on(t
     assert "warning: 2 of these questions ask about 2 pictures" in allowed.stdout
     config = json.loads((tmp_path / "out" / "baseline_finetuned.jsonl.config.json").read_text())
     assert config["training_data"]["overlap_images"] == 2
+
+
+@pytest.mark.parametrize("n, batch, accum, steps, world", [(50, 4, 2, 3, 1), (50, 4, 2, 9, 2), (30, 3, 1, 40, 1)])
+def test_the_rows_cached_for_training_are_the_rows_the_steps_read(n, batch, accum, steps, world, monkeypatch):
+    """Against src.training.micro_batch_indices itself, over every micro-batch of every process (several epochs)."""
+    import finetune_vqav2_lora as script
+    from src.training import micro_batch_indices
+
+    for name, value in {"PER_DEVICE_BATCH": batch, "GRAD_ACCUM": accum, "TRAIN_STEPS": steps, "SEED": 5}.items():
+        monkeypatch.setattr(script, name, value)
+    read = {i for k in range(steps * accum) for rank in range(world) for i in micro_batch_indices(n, 5, batch, k, world, rank)}
+    assert script.rows_the_steps_read(n, world) == sorted(read)
