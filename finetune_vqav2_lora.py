@@ -67,8 +67,8 @@ DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 # settings a resumed run must share with the checkpoint it resumes from
-RESUME_MUST_MATCH = ("dataset", "training_data", "max_samples", "model_id", "use_4bit", "lora_r", "lora_alpha", "lora_dropout",
-                     "target_modules", "lora_scope", "train_steps", "per_device_batch", "grad_accum", "lr",
+RESUME_MUST_MATCH = ("dataset", "training_data", "max_samples", "model_id", "use_4bit", "lora_r", "lora_alpha",
+                     "lora_dropout", "target_modules", "lora_scope", "train_steps", "per_device_batch", "grad_accum", "lr",
                      "warmup_steps", "weight_decay", "seed", "vqa_prompt", "world_size")
 
 
@@ -144,7 +144,8 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
                           world_size=world, rank=accelerator.process_index)
     if accelerator.is_main_process:
         print("***** Running QLoRA fine-tuning *****")
-        print(f"  examples: {len(samples)} ({DATASET} {config['training_data']['split']})   steps: {TRAIN_STEPS} (from {start_step})   "
+        split = config["training_data"]["split"]
+        print(f"  examples: {len(samples)} ({DATASET} {split})   steps: {TRAIN_STEPS} (from {start_step})   "
               f"batch: {PER_DEVICE_BATCH} x {GRAD_ACCUM} accum x {world} process(es) = "
               f"{PER_DEVICE_BATCH * GRAD_ACCUM * world} per step")
         print(f"  base: {MODEL_ID} ({'4-bit NF4' if USE_4BIT else 'full precision'})   mixed precision: {mixed}")
@@ -175,7 +176,8 @@ def training_samples(config: dict, out_dir, accelerator, heldout_image_ids: froz
     the pictures of the rows the steps read are cached (main process first)."""
     import hashlib
 
-    from src.data import hub_record, image_set, load_samples, materialize_images, read_sample_ids, sample_question_ids, select
+    from src.data import (hub_record, image_set, load_samples, materialize_images, read_sample_ids, sample_question_ids,
+                          select)
     from src.errors import UserError
     from src.evaluation import SAMPLE_IDS_FILE
     from src.files import read_json
@@ -267,7 +269,8 @@ def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, sta
     from src import tracking
 
     run_name = tracking.tracker_run_name(out_dir)
-    curves.call("init_trackers", run_name, config=tracking.tracker_config({k: v for k, v in config.items() if k != "training_image_ids"}),
+    hparams = {k: v for k, v in config.items() if k != "training_image_ids"}  # the list: in training_config.json
+    curves.call("init_trackers", run_name, config=tracking.tracker_config(hparams),
                 init_kwargs=tracking.tracker_init_kwargs(tracker, start_step))
     if curves.on:
         log_dir = Path(accelerator.logging_dir)

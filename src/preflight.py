@@ -401,11 +401,12 @@ def check_train_overlap(adapter: str | Path | None, pictures: list[tuple[str, in
     shared = sorted(set(hits))
     if shared and not allow:
         raise UserError(f"{what} share {len(shared):,} pictures ({len(hits):,} questions, image ids "
-                        f"{', '.join(map(str, shared[:5]))}{', ...' if len(shared) > 5 else ''}) with the training data of "
-                        f"{adapter} ({describe_training_data(record)}), so their scores show memory, not a gain: "
+                        f"{', '.join(map(str, shared[:5]))}{', ...' if len(shared) > 5 else ''}) with the training questions of "
+                        f"{adapter} ({record['dataset']} {record['split']}), so their scores show memory, not a gain: "
                         f"evaluate on a sample drawn before fine-tuning (the fine-tuning leaves its pictures out), "
                         f"or pass {OVERLAP_FLAG} to go on (the results then say so)")
-    return {**record, "overlap_images": len(shared), "overlap_questions": len(hits)}
+    return {**record, "overlap_images": len(shared), "overlap_questions": len(hits),
+            "evaluated_images_from": sorted({where for where, _ in pictures})}
 
 
 def training_data_note(result: dict | None, adapter) -> str:
@@ -416,4 +417,9 @@ def training_data_note(result: dict | None, adapter) -> str:
     if result["overlap_images"]:
         return (f"warning: {result['overlap_questions']:,} of these questions ask about {result['overlap_images']:,} "
                 f"pictures the adapter trained on ({OVERLAP_FLAG}); their scores are not a fair gain. {line[6:]}")
-    return line + ("; none of these pictures is among them" if result["split"] != "train" else "")
+    if result["split"] == "train":
+        return line
+    evaluated = result["evaluated_images_from"]
+    if evaluated and result["images_from"] not in evaluated:
+        return line + f"; these questions ask about {', '.join(evaluated)}, another picture set: fine (a test-dev submission too)"
+    return line + "; none of these pictures is among them"
