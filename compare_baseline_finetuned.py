@@ -47,7 +47,7 @@ from src.compare import (bootstrap_clusters, check_result_rows, check_same_setup
                          count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
                          score_baseline_only, select_cases, settings_of)
 from src.config import apply_overrides, write_config
-from src.data import TEST_SPLITS
+from src.data import TEST_SPLITS, image_set
 from src.evaluation import evalai_file_name, no_answers_line, zero_shot_reference
 from src.vqa_eval import accuracy_interval
 from src.errors import UserError, run_main
@@ -56,7 +56,7 @@ from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
 from src.outputs import LOCK_FILE, hold_output_lock
-from src.preflight import check_output_dir, check_value
+from src.preflight import check_output_dir, check_train_overlap, check_value
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR: str = "outputs"  # folder holding the result files below
@@ -75,6 +75,7 @@ BOOTSTRAP_RESAMPLES: int = 1000  # resamples of the paired bootstrap interval of
 THUMB_SIZE: int = 96  # longest side, in pixels, of the thumbnails embedded in report.html
 MAX_THUMBNAILS: int = 2000  # distinct images embedded in the report table; later rows show the path only
 ALLOW_PARTIAL: bool = False  # compare only the questions both files have instead of stopping when they differ
+ALLOW_TRAIN_OVERLAP: bool = False  # True: compare even questions about pictures the adapter trained on (the report says so)
 LANG: str = "zh"  # language of summary.txt, report.html and the charts: "zh" or "en"
 DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
@@ -276,6 +277,24 @@ def run_labels(ft_paths: list[Path]) -> list[str]:
     return labels
 
 
+def training_data_of(ft_rows: list[dict], tr, warns: list[str]) -> dict | None:
+    """The fine-tuned rows' adapter's training record with its line for the report; questions about its training
+    pictures are refused in one line (src.preflight.check_train_overlap) unless ALLOW_TRAIN_OVERLAP, then warned."""
+    adapter = next((r["adapter"] for r in ft_rows if r.get("adapter")), None)
+    pictures = [(image_set(r.get("dataset") or "vqav2", r.get("split") or "val"), r["image_id"]) for r in ft_rows]
+    record = check_train_overlap(adapter, pictures, ALLOW_TRAIN_OVERLAP, what="the compared questions")
+    if record is None:
+        return None
+    setting = tr("training_paper" if record["images_from"] == "COCO train2014" else
+                 "training_train_split" if record["split"] == "train" else "training_not_paper")
+    line = tr("training_data", questions=f"{record.get('questions', 0):,}", images=f"{record.get('images', 0):,}",
+              source=record.get("hf_dataset") or record["dataset"], split=record["split"], setting=setting)
+    if record["overlap_images"]:
+        warns.append(tr("training_overlap", questions=f"{record['overlap_questions']:,}",
+                        images=f"{record['overlap_images']:,}"))
+    return {**record, "line": line}
+
+
 def check_report_folder(report_dir: Path) -> None:
     """The report folder holds only what this script writes: it never writes into a model's folder or among
     another tool's files (its config.json would replace a model's)."""
@@ -339,8 +358,9 @@ def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, 
         numbers, pairs = compare_files(base_rows, ft_rows, base_path, ft_path, warns)
         settings["finetuned"] = settings_of(ft_rows, str(ft_path), warns)
         check_same_setup(settings["baseline"], settings["finetuned"], warns)
+        training = training_data_of(ft_rows, tr, warns)
     else:
-        numbers, pairs = score_baseline(base_rows, base_path)
+        numbers, pairs, training = *score_baseline(base_rows, base_path), None
     clusters = numbers.get("clusters") or bootstrap_clusters(pairs)[1]  # what the intervals resampled
     published = published_of(base_rows, pairs, numbers["baseline"])
     score_warnings(numbers["stored_score_mismatches"], warns)
@@ -365,6 +385,7 @@ def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, 
         "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,
                  "rows": demo_rows},
         "published": published,
+        "training_data": training,
         "warnings": warns,
     }
     return result, pairs, demo_rows, cases

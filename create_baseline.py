@@ -8,7 +8,8 @@
 One JSON row per image: image_path, caption, question, answer, model_id, adapter, prompt and
 decoding settings (an unreadable image becomes a row with an "error" and the rest completes).
 The resolved config goes to <output file>.config.json. One run at a time writes into an output folder
-(<output_dir>/.output.lock); the model, adapter, images and output folder are checked before the model loads.
+(<output_dir>/.output.lock); the model, adapter, images and output folder are checked before the model loads,
+and with an adapter, pictures it trained on (known by their file names) are refused unless --allow_train_overlap=True.
 """
 
 from src.config import apply_overrides, write_config
@@ -28,11 +29,13 @@ VQA_DECODING: str = "auto"  # "auto" = vqa_beam5
 CAPTION_PROMPT: str = "caption"
 CAPTION_DECODING: str = "caption_beam5"
 DEVICE: str = ""  # "" = cuda if available, else cpu
+ALLOW_TRAIN_OVERLAP: bool = False  # True: answer even pictures the adapter trained on (the config says so)
 DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 def main():
-    from src.preflight import check_model, check_output_dir, check_output_files, check_value
+    from src.preflight import (check_model, check_output_dir, check_output_files, check_train_overlap, check_value,
+                               picture_ids, training_data_note)
 
     config = apply_overrides(globals(), check=check_value)
     from src.images import list_images, load_images
@@ -51,6 +54,10 @@ def main():
     check_output_files(out_dir, [out_path.name], "--output_file")
     images, errors = load_images(paths, exif_orientation=True)  # photos: upright as their cameras meant
     check_model(MODEL_ID, QUANTIZATION, DEVICE, adapter)
+    if adapter:  # the leakage guard: pictures the adapter trained on (known by their file names) are refused
+        config["training_data"] = check_train_overlap(adapter, picture_ids(paths), ALLOW_TRAIN_OVERLAP,
+                                                      what=f"the pictures in {IMAGES_DIR}")
+        print(training_data_note(config["training_data"], adapter))
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
 

@@ -16,6 +16,8 @@ random cases side by side. ADAPTER_DIR="" is refused: the base model's run is cr
 --split=testdev / --split=test (after create_vqav2_baseline.py with that split and --output_dir): the
 baseline's questions are answered, nothing is scored or compared (no public answers), and
 vqa_OpenEnded_mscoco_test-dev2015_vqav2_finetuned_results.json (or ..._test2015_...) is the file to submit to EvalAI.
+Questions about pictures the adapter trained on (its training_config.json records them) are refused in one
+line before the model loads; --allow_train_overlap=True evaluates them anyway and the results config says how many.
 """
 
 from src.config import apply_overrides, next_command
@@ -40,15 +42,17 @@ RUN_NAME: str = "vqav2_finetuned"
 N_CASES: int = 5  # random questions printed side by side
 BOOTSTRAP_RESAMPLES: int = 1000
 SEED: int = 0  # for the cases and the bootstrap
+ALLOW_TRAIN_OVERLAP: bool = False  # True: evaluate even questions about pictures the adapter trained on (the results say so)
 DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 
 def main():
-    from src.preflight import check_model, check_output_dir, check_output_files, check_value
+    from src.preflight import (check_model, check_output_dir, check_output_files, check_train_overlap, check_value,
+                               training_data_note)
 
     config = apply_overrides(globals(), check=check_value)
-    from src.data import TEST_SPLITS, hub_record, load_samples, read_frozen_sample, submission_question_ids
+    from src.data import TEST_SPLITS, hub_record, image_set, load_samples, read_frozen_sample, submission_question_ids
     from src.errors import UserError
     from src.evaluation import (SAMPLE_IDS_FILE, eval_record, evalai_file_name, no_answers_line, run_vqa,
                                 score_and_write)
@@ -88,6 +92,11 @@ def main():
         if DATASET == "vqav2_hub":  # the dataset and commit read (the default may have moved): in _config.json
             config["hub_source"] = hub_record(out_dir, SPLIT)
         chosen = read_frozen_sample(out_dir / SAMPLE_IDS_FILE, samples, DATASET, SPLIT, cache_dir=out_dir)
+        # the leakage guard: questions about the adapter's training pictures are refused (or, allowed, recorded)
+        config["training_data"] = check_train_overlap(adapter, [(image_set(DATASET, SPLIT), s.image_id) for s in chosen],
+                                                      ALLOW_TRAIN_OVERLAP)
+        if accelerator.is_main_process:
+            print(training_data_note(config["training_data"], adapter), flush=True)
         submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
                                                  hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
         # 2. the base model with the adapter answers (resumable: rows already written are kept)

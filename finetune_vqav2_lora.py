@@ -1,6 +1,7 @@
 """QLoRA fine-tuning of BLIP-2 on VQAv2 train (README step 4): 4-bit NF4 base + LoRA adapters.
 
     python finetune_vqav2_lora.py                                   # 1000 steps on VQAv2 train2014
+    python finetune_vqav2_lora.py --dataset=vqav2_hub               # no COCO: the hub's val minus the evaluated pictures
     python finetune_vqav2_lora.py --train_steps=2000 --per_device_batch=8 --lr=1e-4
     python finetune_vqav2_lora.py --model_id=Salesforce/blip2-flan-t5-xl   # any BLIP-2 checkpoint (OPT or Flan-T5)
     python finetune_vqav2_lora.py --memory_plan_only=True            # the weight-memory estimate only (no download)
@@ -14,7 +15,9 @@ The example is laid out for the model's family (src/family.py, read from its con
 evaluation prompt "Question: {q} Answer:" followed by " {answer}" and the end token (the newline), the
 loss on the answer tokens only (image, prompt and padding are masked). Flan-T5: the prompt
 "Question: {q} Short answer:" goes to the encoder, "{answer}</s>" is the decoder's target. The answer
-is the most frequent of the ten human answers. Every SAVE_EVERY steps a checkpoint (adapter,
+is the most frequent of the ten human answers. The adapter records its training questions
+(training_config.json "training_data", and for val-trained ones the picture ids): every evaluation refuses
+questions about those pictures unless told --allow_train_overlap=True. Every SAVE_EVERY steps a checkpoint (adapter,
 optimizer, scheduler, step, RNG, config) goes to <output_dir>/lora_adapter_checkpoints/; a rerun of
 the same command resumes from the newest one. The final adapter (safetensors), processor,
 resolved config, train_log.jsonl and loss_curve.png go to <output_dir>/lora_adapter/.
@@ -26,9 +29,13 @@ from src.config import apply_overrides, next_command
 from src.errors import run_main
 
 # -----------------------------------------------------------------------------
-DATASET: str = "vqav2"  # "vqav2", "easy_vqa" or "tiny"
+DATASET: str = "vqav2"  # "vqav2" (COCO train2014 + JSON), "vqav2_hub" (the hub's val minus the evaluated pictures,
+                         # no COCO download: after create_vqav2_baseline.py --dataset=vqav2_hub), "easy_vqa" or "tiny"
+HF_DATASET: str = "lmms-lab/VQAv2"  # vqav2_hub: the baseline's hub dataset id or local parquet folder
+HF_DATASET_REVISION: str = ""  # vqav2_hub: the baseline's revision; "" = newest
+HUB_STALL_S: float = 120.0  # vqav2_hub: a hub read that brings under 64 KiB for this many seconds stops the run
 DATA_DIR: str = "data"
-MAX_SAMPLES: int = 0  # training questions to draw with SEED (0 = the whole train split)
+MAX_SAMPLES: int = 0  # training questions to draw with SEED (0 = the whole train split, or vqav2_hub's whole pool)
 MODEL_ID: str = "Salesforce/blip2-opt-2.7b"
 USE_4BIT: bool = True  # QLoRA: frozen base in 4-bit NF4 with double quantisation
 LORA_R: int = 16  # LoRA rank (bench/ reads the LoRA settings from here)
@@ -60,8 +67,8 @@ DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 # settings a resumed run must share with the checkpoint it resumes from
-RESUME_MUST_MATCH = ("dataset", "max_samples", "model_id", "use_4bit", "lora_r", "lora_alpha", "lora_dropout",
-                     "target_modules", "lora_scope", "train_steps", "per_device_batch", "grad_accum", "lr",
+RESUME_MUST_MATCH = ("dataset", "training_data", "max_samples", "model_id", "use_4bit", "lora_r", "lora_alpha",
+                     "lora_dropout", "target_modules", "lora_scope", "train_steps", "per_device_batch", "grad_accum", "lr",
                      "warmup_steps", "weight_decay", "seed", "vqa_prompt", "world_size")
 
 
@@ -109,15 +116,13 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     """Load the data and the model, resume from the newest good checkpoint, train, save the adapter."""
     from accelerate.utils import set_seed
 
-    from src.data import load_samples, sample_question_ids, select
     from src.family import family_of
     from src.modeling import base_fingerprint, end_token_id, load_blip2
     from src import tracking, training as T
 
     ckpt_root = out_dir / "lora_adapter_checkpoints"
-    samples = load_samples(DATASET, "train", DATA_DIR)
-    if MAX_SAMPLES:
-        samples = select(samples, sample_question_ids(samples, MAX_SAMPLES, SEED), f"{DATASET} train")
+    # heldout_image_ids=: the held-out slice's pictures, also left out of vqav2_hub's training pool
+    samples = training_samples(config, out_dir, accelerator)
     set_seed(SEED)
     lora = lora_settings()
     if accelerator.is_main_process:
@@ -140,7 +145,8 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
                           world_size=world, rank=accelerator.process_index)
     if accelerator.is_main_process:
         print("***** Running QLoRA fine-tuning *****")
-        print(f"  examples: {len(samples)} ({DATASET} train)   steps: {TRAIN_STEPS} (from {start_step})   "
+        split = config["training_data"]["split"]
+        print(f"  examples: {len(samples)} ({DATASET} {split})   steps: {TRAIN_STEPS} (from {start_step})   "
               f"batch: {PER_DEVICE_BATCH} x {GRAD_ACCUM} accum x {world} process(es) = "
               f"{PER_DEVICE_BATCH * GRAD_ACCUM * world} per step")
         print(f"  base: {MODEL_ID} ({'4-bit NF4' if USE_4BIT else 'full precision'})   mixed precision: {mixed}")
@@ -161,6 +167,100 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     curves.end()
 
 
+# --- the training questions: the train split, or for vqav2_hub the val split minus every evaluated picture --
+
+def training_samples(config: dict, out_dir, accelerator, heldout_image_ids: frozenset[int] = frozenset()) -> list:
+    """The training questions (MAX_SAMPLES of them drawn with SEED), and their record in config["training_data"]
+    (+ "training_image_ids" for a val-trained adapter), which the evaluations check (src.preflight.check_train_overlap).
+    vqav2_hub has no train split: its pool is val minus the pictures of the frozen evaluation sample and of the
+    held-out slice (`heldout_image_ids`: the same on every run of an output folder, or resume refuses), and only
+    the pictures of the rows the steps read are cached (main process first)."""
+    import hashlib
+
+    from src.data import (hub_record, image_set, load_samples, materialize_images, read_sample_ids, sample_question_ids,
+                          select)
+    from src.errors import UserError
+    from src.evaluation import SAMPLE_IDS_FILE
+    from src.files import read_json
+
+    split, record = "train", {}
+    if DATASET != "vqav2_hub":
+        pool, excluded = load_samples(DATASET, "train", DATA_DIR), set()
+        record["excluded"] = "nothing: the train split shares no picture with val, test-dev or test"
+    else:
+        split, frozen_path = "val", out_dir / SAMPLE_IDS_FILE
+        if not frozen_path.exists():
+            raise UserError(f"fine-tuning on vqav2_hub trains on VQAv2 val minus the pictures of the frozen evaluation "
+                            f"sample, and {frozen_path} does not exist yet: run step 3 first, python "
+                            f"create_vqav2_baseline.py --dataset=vqav2_hub --output_dir={OUTPUT_DIR}")
+        pool = load_samples(DATASET, split, hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION,
+                            cache_dir=out_dir, hub_stall_s=HUB_STALL_S)
+        frozen = read_json(frozen_path, "sample-ids file")
+        evaluated = set()  # a frozen test-dev / test sample asks about test2015 pictures: none of val's
+        if isinstance(frozen, dict) and frozen.get("split") == split:  # drawn from vqav2_hub or vqav2 (same pictures)
+            evaluated = {s.image_id for s in select(pool, read_sample_ids(frozen_path, frozen.get("dataset"), split),
+                                                    str(frozen_path))}
+        excluded = evaluated | set(heldout_image_ids)
+        pool = [s for s in pool if s.image_id not in excluded]
+        record["excluded"] = (f"the {len(evaluated):,} pictures of the frozen evaluation sample ({SAMPLE_IDS_FILE})"
+                              + (f" and {len(heldout_image_ids):,} of the held-out slice" if heldout_image_ids else ""))
+    if MAX_SAMPLES:
+        pool = select(pool, sample_question_ids(pool, MAX_SAMPLES, SEED), f"{DATASET} {split}")
+    read = rows_the_steps_read(len(pool), accelerator.num_processes)
+    if DATASET == "vqav2_hub":
+        with accelerator.main_process_first():  # one process downloads, the others then find the files
+            cached = materialize_images([pool[i] for i in read], DATASET, out_dir, split, HUB_STALL_S)
+        for i, s in zip(read, cached):
+            pool[i] = s
+    image_ids = sorted({pool[i].image_id for i in read})
+    source = hub_record(out_dir, split) if DATASET == "vqav2_hub" else {}  # the dataset and commit read
+    config["training_data"] = {
+        "dataset": DATASET, "split": split, "images_from": image_set(DATASET, split),
+        "hf_dataset": source.get("dataset"), "revision": source.get("revision"),
+        "questions": len(read), "images": len(image_ids), "pool_questions": len(pool),
+        "pool_images": len({s.image_id for s in pool}), "excluded_images": len(excluded), **record,
+        "image_ids_sha256": hashlib.sha256(",".join(map(str, image_ids)).encode()).hexdigest()}
+    if split != "train":  # a split that evaluations read: the guard needs the very pictures
+        config["training_image_ids"] = image_ids
+    if accelerator.is_main_process:
+        from src.preflight import describe_training_data
+
+        print(f"training data: {describe_training_data(config['training_data'])}; the steps read "
+              f"{len(read):,} of the pool's {len(pool):,} questions", flush=True)
+    return pool
+
+
+def rows_the_steps_read(n: int, world: int) -> list[int]:
+    """The indices into n training samples that TRAIN_STEPS optimizer steps read on `world` processes: each
+    epoch's seeded permutation of src.training.micro_batch_indices, as far as the steps go into it."""
+    import torch
+
+    from src.training import micro_batch_indices
+
+    micro_batch_indices(n, SEED, PER_DEVICE_BATCH, 0, world, 0)  # fewer samples than one global batch: its line
+    per_epoch = n // (PER_DEVICE_BATCH * world) * PER_DEVICE_BATCH * world
+    left, epoch, rows = TRAIN_STEPS * GRAD_ACCUM * PER_DEVICE_BATCH * world, 0, set()
+    while left > 0 and len(rows) < n:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SEED + epoch))
+        rows.update(perm[:min(left, per_epoch)].tolist())
+        left, epoch = left - per_epoch, epoch + 1
+    return sorted(rows)
+
+
+def preview_questions(out_dir) -> list:
+    """Val questions the adapter never trained on, for the preview: vqav2_hub's frozen evaluation sample
+    (its pictures are cached), else the whole val split."""
+    from src.data import load_samples, read_frozen_sample
+
+    if DATASET != "vqav2_hub":
+        return load_samples(DATASET, "val", DATA_DIR)
+    from src.evaluation import SAMPLE_IDS_FILE
+
+    val = load_samples(DATASET, "val", hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION, cache_dir=out_dir,
+                       hub_stall_s=HUB_STALL_S)
+    return read_frozen_sample(out_dir / SAMPLE_IDS_FILE, val, DATASET, "val", out_dir, HUB_STALL_S)
+
+
 def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, start_step: int) -> None:
     """The tracker's run is named after the output folder (its name and path hash), so a resumed run (same
     folder) continues its curve at step start_step + 1; TensorBoard hides what an interrupted attempt logged
@@ -170,7 +270,8 @@ def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, sta
     from src import tracking
 
     run_name = tracking.tracker_run_name(out_dir)
-    curves.call("init_trackers", run_name, config=tracking.tracker_config(config),
+    hparams = {k: v for k, v in config.items() if k != "training_image_ids"}  # the list: in training_config.json
+    curves.call("init_trackers", run_name, config=tracking.tracker_config(hparams),
                 init_kwargs=tracking.tracker_init_kwargs(tracker, start_step))
     if curves.on:
         log_dir = Path(accelerator.logging_dir)
@@ -324,6 +425,7 @@ def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
     first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
     print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
     print(next_command("evaluate_vqav2_finetuned.py", model_id=MODEL_ID, dataset=DATASET,
+                       hf_dataset=HF_DATASET if DATASET == "vqav2_hub" and HF_DATASET != "lmms-lab/VQAv2" else None,
                        quantization=None if USE_4BIT else "none", adapter_dir=adapter_dir,
                        output_dir=OUTPUT_DIR if OUTPUT_DIR != "outputs" else None))
 
@@ -354,7 +456,7 @@ def preview(model, processor, adapter_dir):
     if PREVIEW_SAMPLES <= 0:
         return
 
-    from src.data import load_samples, sample_question_ids, select
+    from src.data import sample_question_ids, select
     from src.errors import UserError
     from src.images import load_image
     from src.inference import generate_for_images
@@ -362,7 +464,7 @@ def preview(model, processor, adapter_dir):
     from src.prompts import format_prompt, get_decoding
 
     try:
-        val = load_samples(DATASET, "val", DATA_DIR)
+        val = preview_questions(adapter_dir.parent)
     except UserError as e:
         print(f"(no preview: {e})")
         return

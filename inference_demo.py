@@ -17,7 +17,9 @@ Tab "Ask": upload, drop, paste or photograph (webcam) a picture, or click one of
 (EXAMPLES_DIR, at most MAX_EXAMPLES of them), type a question, press Ask. When a LoRA
 adapter exists in ADAPTER_DIR (from `python finetune_vqav2_lora.py`; by default <output_dir>/lora_adapter,
 "{output_dir}" standing for OUTPUT_DIR), the base model (adapter switched off) and the fine-tuned model
-(adapter on) answer side by side, from the one model in memory.
+(adapter on) answer side by side, from the one model in memory. Example pictures the adapter trained on
+(known by their file names: COCO_val2014_*.jpg, the hub image cache, easy-VQA's folders) are refused in one
+line unless --allow_train_overlap=True.
 Tab "Comparison": the numbers, charts and example cases that `python compare_baseline_finetuned.py`
 wrote to COMPARISONS_DIR, re-read on every page load and on Reload.
 
@@ -59,6 +61,7 @@ MAX_QUEUE: int = 20  # requests allowed to wait for the model; more are refused 
 MAX_UPLOAD_MB: float = 10.0  # largest upload accepted, in megabytes (pixels are limited by src/images.py)
 EXAMPLES_DIR: str = "baseline_images"  # pictures offered as clickable thumbnails, e.g. data/easy_vqa/images/val
 MAX_EXAMPLES: int = 24  # at most this many of them, first by file name
+ALLOW_TRAIN_OVERLAP: bool = False  # True: offer example pictures the adapter trained on (it warns)
 COMPARISONS_DIR: str = "assets/comparisons"  # what compare_baseline_finetuned.py wrote, shown in tab "Comparison"
 RUN_COMPARISON: bool = False  # True: run compare_baseline_finetuned.py once before serving (the README's old behaviour)
 OUTPUT_DIR: str = "outputs"  # where that comparison reads the result files; {output_dir} in ADAPTER_DIR
@@ -96,7 +99,7 @@ def run_comparison(output_dir: str, report_dir: str) -> bool:
 
 
 def main():
-    from src.preflight import check_adapter_dir, check_model, check_value
+    from src.preflight import check_adapter_dir, check_model, check_train_overlap, check_value, picture_ids, training_data_note
 
     config = apply_overrides(globals(), check=check_value)  # prompts, decodings, upload limit, queue: checked
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -129,6 +132,16 @@ def main():
     if EXAMPLES_DIR and not Path(EXAMPLES_DIR).is_dir():
         print(f"no example pictures: {EXAMPLES_DIR} is not a folder (easy-VQA's pictures appear in "
               f"data/easy_vqa/images/ after the first run with --dataset=easy_vqa)", flush=True)
+    elif adapter and EXAMPLES_DIR:  # the leakage guard: example pictures the adapter trained on are refused
+        from src.images import list_images
+
+        try:
+            examples = list_images(EXAMPLES_DIR)[:MAX_EXAMPLES]
+        except UserError:  # no pictures there: the page goes on without examples
+            examples = []
+        config["training_data"] = check_train_overlap(adapter, picture_ids(examples), ALLOW_TRAIN_OVERLAP,
+                                                      what=f"the example pictures in {EXAMPLES_DIR}")
+        print(training_data_note(config["training_data"], adapter), flush=True)
 
     from src.demo_app import DemoOptions, build_demo, demo_css
 

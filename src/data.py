@@ -51,6 +51,12 @@ def _check_split(dataset: str, split: str) -> None:
                         f"{dataset} does not have; use --dataset=vqav2 or --dataset=vqav2_hub, or --split=val")
 
 
+def image_set(dataset: str, split: str) -> str:
+    """The pictures a split asks about: VQAv2 read from the JSON files or from the hub shares COCO's
+    (train2014, val2014; test2015 for testdev and test); easy-VQA and tiny have their own."""
+    return f"COCO {SUBTYPES[split][1]}" if dataset in ("vqav2", "vqav2_hub") else f"{dataset} {split}"
+
+
 def hub_cache_dir(cache_dir: str | Path | None, split: str) -> Path | None:
     """Where the hub reader keeps a split's question table and images: the output folder itself for val
     (as always), <output folder>/<split>/ for the others, so the splits' caches never mix."""

@@ -237,6 +237,7 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
     else:
         out.append(tr("file_line", who=tr("finetuned"), path=files["finetuned"], model=s_ft["model_id"],
                       adapter=s_ft["adapter"] or tr("none"), prompt=s_ft["prompt"]))
+        out += [result["training_data"]["line"]] if result.get("training_data") else []
     out += [tr("decoding", decoding=json.dumps(s_base["decoding"])), ""]
     cov, err = result["coverage"], result["errors"]
     if result["partial"]:

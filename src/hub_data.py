@@ -325,7 +325,7 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
     image_path names its parquet row; the question table is kept in <cache_dir>/vqav2_hub/ (one per split)."""
     if split not in SPLIT_FILES:
         raise UserError(f"dataset vqav2_hub holds VQAv2's evaluation splits only (val, testdev, test; not {split}); "
-                        "fine-tuning needs COCO train2014 + the official JSON: --dataset=vqav2 (README 数据集准备, option B)")
+                        "fine-tuning with --dataset=vqav2_hub trains on val minus the evaluated images (docs/data.md)")
     if not hf_dataset:
         raise UserError("--hf_dataset is empty; use a hub dataset id (lmms-lab/VQAv2) or a local parquet folder")
     if looks_like_path(hf_dataset) and not Path(hf_dataset).expanduser().is_dir():
@@ -426,6 +426,7 @@ def _write_images(todo: dict, images: Path, sources: dict, have: dict, reads: Hu
                     sources[str(rows[r])] = {"file": name, "source": f"{file}{ROW_MARK}{r}"}
                     have[rows[r]] = name
                     bar.update(1)
+                write_json(images / "sources.json", sources)  # a killed run refetches at most this row group
             start = end
 
     for file, rows in todo.items():

@@ -350,3 +350,77 @@ def check_merged_dir(merged: Path, overwrite: bool, inputs: dict[str, str]) -> N
                         f"replaced even with --overwrite=True; {elsewhere}, or empty it yourself")
     if not overwrite:
         raise UserError(f"{merged} already holds a merged model; pass --overwrite=True to replace it, or {elsewhere}")
+
+
+# --- the leakage guard: no evaluation scores questions about the pictures an adapter trained on ----------
+
+OVERLAP_FLAG = "--allow_train_overlap=True"
+_HUB_SPLIT_FILE = re.compile(r"/data/(validation|testdev|test)-[^/]*\.parquet#row=")
+
+
+def describe_training_data(record: dict) -> str:
+    """One line of English: which questions trained the adapter."""
+    source = record.get("hf_dataset") or record["dataset"]
+    return (f"{record.get('questions', 0):,} questions on {record.get('images', 0):,} pictures of {source} "
+            f"{record['split']} ({record['images_from']}; excluded: {record.get('excluded', 'nothing')})")
+
+
+def picture_ids(paths) -> list[tuple[str, int]]:
+    """(picture set, image id) of the picture files recognised by name: COCO_<set>_<id>.jpg, easy-VQA's
+    images/<split>/<id>.png and the hub image cache (its sources.json names each file's parquet row)."""
+    from .data import image_set
+
+    found, caches = [], {}
+    for p in map(Path, paths):
+        if m := re.fullmatch(r"COCO_([a-z]+\d{4})_(\d+)\.\w+", p.name):
+            found.append((f"COCO {m[1]}", int(m[2])))
+        elif p.parent.parent.name == "images" and p.parents[2].name == "easy_vqa" and p.stem.isdigit():
+            found.append((image_set("easy_vqa", p.parent.name), int(p.stem)))
+        elif (p.parent / "sources.json").is_file() and p.stem.isdigit():
+            if p.parent not in caches:
+                sources = read_json(p.parent / "sources.json", "hub image cache record")
+                caches[p.parent] = {v.get("file"): v.get("source", "") for v in sources.values()} \
+                    if isinstance(sources, dict) else {}
+            if m := _HUB_SPLIT_FILE.search(caches[p.parent].get(p.name, "")):
+                found.append((image_set("vqav2_hub", {"validation": "val"}.get(m[1], m[1])), int(p.stem)))
+    return found
+
+
+def check_train_overlap(adapter: str | Path | None, pictures: list[tuple[str, int]], allow: bool,
+                        what: str = "the evaluated questions") -> dict | None:
+    """The adapter's training record (its training_config.json) for a run's config and report, with how many of
+    `pictures` ((picture set, image id), one per question) it trained on; such an overlap is refused in one line
+    unless `allow`. None for an adapter made without the record."""
+    path = Path(adapter or "") / "training_config.json"
+    config = read_json(path, "adapter training config", fix="copy the adapter folder again") if adapter and \
+        path.is_file() else {}
+    record = config.get("training_data") if isinstance(config, dict) else None
+    if not isinstance(record, dict):
+        return None
+    trained = set(config.get("training_image_ids") or [])
+    hits = [i for where, i in pictures if where == record["images_from"] and i in trained]
+    shared = sorted(set(hits))
+    if shared and not allow:
+        raise UserError(f"{what} share {len(shared):,} pictures ({len(hits):,} questions, image ids "
+                        f"{', '.join(map(str, shared[:5]))}{', ...' if len(shared) > 5 else ''}) with the training questions of "
+                        f"{adapter} ({record['dataset']} {record['split']}), so their scores show memory, not a gain: "
+                        f"evaluate on a sample drawn before fine-tuning (the fine-tuning leaves its pictures out), "
+                        f"or pass {OVERLAP_FLAG} to go on (the results then say so)")
+    return {**record, "overlap_images": len(shared), "overlap_questions": len(hits),
+            "evaluated_images_from": sorted({where for where, _ in pictures})}
+
+
+def training_data_note(result: dict | None, adapter) -> str:
+    """What a script prints about its adapter's training data (the guard's result)."""
+    if result is None:
+        return f"note: {adapter} records no training data (made before the record existed): no overlap check"
+    line = f"note: the adapter was trained on {describe_training_data(result)}"
+    if result["overlap_images"]:
+        return (f"warning: {result['overlap_questions']:,} of these questions ask about {result['overlap_images']:,} "
+                f"pictures the adapter trained on ({OVERLAP_FLAG}); their scores are not a fair gain. {line[6:]}")
+    if result["split"] == "train":
+        return line
+    evaluated = result["evaluated_images_from"]
+    if evaluated and result["images_from"] not in evaluated:
+        return line + f"; these questions ask about {', '.join(evaluated)}, another picture set: fine (a test-dev submission too)"
+    return line + "; none of these pictures is among them"

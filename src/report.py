@@ -105,6 +105,7 @@ def _file_lines(result: dict, tr) -> list[str]:
               for r in result.get("runs") or []]
     if s_ft:
         lines.append(tr("report_ft_file", path=files["finetuned"], adapter=s_ft["adapter"]))
+        lines += [result["training_data"]["line"]] if result.get("training_data") else []
     return lines + (reference_lines(result["published"], tr, with_interval=True) if result.get("published") else [])
 
 

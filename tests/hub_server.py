@@ -244,3 +244,22 @@ def _handler(hub: HubServer):
                     pass  # the client closed early (e.g. on seeing a 200 to its range request)
 
     return Handler
+
+
+# --- what the tests serve and how a script is pointed at it ----------------------------------------------
+
+def lmms_features():
+    """The `datasets` features of lmms-lab/VQAv2's parquet files."""
+    from datasets import Features, Image, List, Value
+
+    return Features({
+        "question_type": Value("string"), "multiple_choice_answer": Value("string"),
+        "answers": List({"answer": Value("string"), "answer_confidence": Value("string"), "answer_id": Value("int64")}),
+        "image_id": Value("int64"), "answer_type": Value("string"), "question_id": Value("int64"),
+        "question": Value("string"), "image": Image()})
+
+
+def hub_env(hub: HubServer, tmp_path: Path) -> dict:
+    """A script's environment for the server: HF_ENDPOINT, its own hub cache, the hub's timeouts short."""
+    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(tmp_path / "hf_cache"),
+            "HF_HUB_ETAG_TIMEOUT": "10", "HF_HUB_DOWNLOAD_TIMEOUT": "10", "HF_HUB_OFFLINE": "0"}

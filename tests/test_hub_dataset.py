@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, assert_one_line_error, module_fixture, run_script
-from hub_server import SHA, HubServer
+from hub_server import SHA, HubServer, hub_env, lmms_features
 
 from src.data import load_samples, materialize_images, sample_question_ids, select
 from src.errors import UserError
@@ -27,16 +27,6 @@ from src.files import read_jsonl
 from src.hub_data import hub_source
 
 TINY = [json.loads(line) for line in (REPO / "data" / "tiny.jsonl").read_text().splitlines() if line.strip()]
-
-
-def lmms_features():
-    from datasets import Features, Image, List, Value
-
-    return Features({
-        "question_type": Value("string"), "multiple_choice_answer": Value("string"),
-        "answers": List({"answer": Value("string"), "answer_confidence": Value("string"), "answer_id": Value("int64")}),
-        "image_id": Value("int64"), "answer_type": Value("string"), "question_id": Value("int64"),
-        "question": Value("string"), "image": Image()})
 
 
 def lmms_row(t: dict) -> dict:
@@ -259,12 +249,6 @@ def serving(monkeypatch, repos: dict, **kw):
     with HubServer(repos, **kw) as hub:
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
         yield hub
-
-
-def hub_env(hub: HubServer, tmp_path: Path) -> dict:
-    """A script's environment for the server: HF_ENDPOINT, its own hub cache, the hub's timeouts short."""
-    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(tmp_path / "hf_cache"),
-            "HF_HUB_ETAG_TIMEOUT": "10", "HF_HUB_DOWNLOAD_TIMEOUT": "10", "HF_HUB_OFFLINE": "0"}
 
 
 def notes(text: str) -> list[str]:

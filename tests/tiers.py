@@ -69,6 +69,13 @@ FULL_TIER: dict[str, set[str] | str] = {
     "test_hub_dataset.py": {
         "test_baseline_from_a_rate_limiting_mirror_without_the_default_repo",
     },
+    "test_hub_training.py": {
+        "test_a_killed_hub_fine_tuning_resumes_to_the_uninterrupted_adapter",
+        "test_an_evaluation_on_the_training_pictures_is_refused_unless_allowed",
+        "test_hub_fine_tuning_leaves_out_the_frozen_sample_and_records_its_pictures",
+        "test_the_demo_and_the_demo_captions_refuse_pictures_the_adapter_trained_on",
+        "test_the_twin_reads_the_image_after_hub_fine_tuning",
+    },
     "test_scripts.py": {
         "test_a_baseline_and_an_evaluation_of_different_precision_are_said_to_differ",
         "test_an_adapter_trained_on_another_name_of_the_same_shapes_is_warned_about",
