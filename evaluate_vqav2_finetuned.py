@@ -118,7 +118,9 @@ def main():
         return
     # 4. against the baseline, question by question
     print_comparison(base_rows, rows, n_cases=N_CASES, n_resamples=BOOTSTRAP_RESAMPLES, seed=SEED)
-    print(next_command("compare_baseline_finetuned.py", output_dir=OUTPUT_DIR if OUTPUT_DIR != "outputs" else None))
+    print(next_command("compare_baseline_finetuned.py", output_dir=OUTPUT_DIR if OUTPUT_DIR != "outputs" else None,
+                       finetuned_file=f"{RUN_NAME}.jsonl" if RUN_NAME != "vqav2_finetuned" else None,
+                       allow_train_overlap=ALLOW_TRAIN_OVERLAP or None))
 
 
 if __name__ == "__main__":
