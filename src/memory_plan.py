@@ -263,8 +263,7 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
 
     requested = lora.target_modules
     auto = requested == AUTO or not isinstance(requested, str) and tuple(requested) == (AUTO,)
-    lora = _lora_plan(model, lora.r, resolve_lora_targets(requested, family, lora.scope), lora.scope,
-                       auto=auto)
+    lora = _lora_plan(model, lora.r, resolve_lora_targets(requested, family, lora.scope), lora.scope, auto=auto)
     # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
     qlora = {
         "weights_bytes": precisions["nf4"]["bytes"],
