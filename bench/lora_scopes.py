@@ -3,7 +3,7 @@
 evaluate_vqav2_finetuned.py on the same frozen sample as the zero-shot baseline.
 
     python -m bench.lora_scopes                                   # the three scopes, the quick start's settings
-    python -m bench.lora_scopes --train_steps=100 --write_results=False   # shorter, print only
+    python -m bench.lora_scopes --steps=100 --write_results=False   # shorter, print only
     python -m bench.lora_scopes --model_id=outputs/tiny-blip2-t5  # the Flan-T5 twin (python -m twin DIR --family=t5)
 
 Each run uses the README's quick-start commands (create_vqav2_baseline.py, finetune_vqav2_lora.py,
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # -----------------------------------------------------------------------------
 MODEL_ID: str = "outputs/tiny-blip2"  # the twin (built here with `python -m twin` when the folder is missing)
 SCOPES: str = "language_model,qformer,both"  # LORA_SCOPE values, comma-separated
-TRAIN_STEPS: int = 0  # 0 = the quick start's
+STEPS: int = 0  # fine-tuning steps; 0 = the quick start's
 EVAL_EVERY: int = 50  # held-out curve: steps between held-out evaluations (passed only if the script has it)
 EVAL_SAMPLES: int = 100  # held-out questions per point of the curve (passed only if the script has it)
 OUTPUT_DIR: str = ""  # "" = a temporary folder
@@ -69,7 +69,7 @@ def one_scope(scope: str, work: Path, zero_shot: dict, curve_settings: dict) -> 
     """Fine-tune with `scope`, evaluate on the frozen sample; the figures."""
     from tests.twin_story import accuracy_by_kind
 
-    steps = {"train_steps": TRAIN_STEPS} if TRAIN_STEPS else {}
+    steps = {"train_steps": STEPS} if STEPS else {}
     train, train_s = run(with_settings(quickstart_argv("finetune_vqav2_lora.py"), model_id=MODEL_ID, lora_scope=scope,
                                        output_dir=work / scope, **steps, **curve_settings))
     adapter = work / scope / "lora_adapter"
@@ -134,13 +134,13 @@ def main():
             results[scope] = one_scope(scope, work, zero_shot, curve_settings)
     first = next(iter(results.values()))
     finetune = " ".join(with_settings(quickstart_argv("finetune_vqav2_lora.py"), model_id=MODEL_ID,
-                                      **({"train_steps": TRAIN_STEPS} if TRAIN_STEPS else {}))[1:])
+                                      **({"train_steps": STEPS} if STEPS else {}))[1:])
     lines = [
         "## lora_scopes: where the LoRA goes (LORA_SCOPE), the offline twin on easy-VQA",
         "",
         f"- date: {datetime.date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; twin: {MODEL_ID}",
-        f"- command: `python -m bench.lora_scopes{' --train_steps=' + str(TRAIN_STEPS) if TRAIN_STEPS else ''}`; "
+        f"- command: `python -m bench.lora_scopes{' --steps=' + str(STEPS) if STEPS else ''}`; "
         f"each scope: `python {finetune} --lora_scope=SCOPE` ({first['steps']} steps), then the quick start's "
         f"evaluation on the same frozen sample of {first['n']} questions as the zero-shot baseline (4-bit NF4)",
         "",
