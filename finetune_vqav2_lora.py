@@ -41,9 +41,10 @@ USE_4BIT: bool = True  # QLoRA: frozen base in 4-bit NF4 with double quantisatio
 LORA_R: int = 16  # LoRA rank (bench/ reads the LoRA settings from here)
 LORA_ALPHA: int = 32
 LORA_DROPOUT: float = 0.05
-TARGET_MODULES: str | list = "auto"  # Linear layers to adapt: "auto" = the family's, OPT q_proj,k_proj,v_proj,out_proj,fc1,fc2,
-                         # Flan-T5 q,k,v,o,wi_0,wi_1,wo; or a list / comma-separated names ...
-LORA_SCOPE: str = "language_model"  # ... inside this part of the model (the OPT decoder or the T5 encoder-decoder)
+TARGET_MODULES: str | list = "auto"  # Linear layers to adapt: "auto" = the family's for the scope (language model: OPT
+                         # q_proj,k_proj,v_proj,out_proj,fc1,fc2, Flan-T5 q,k,v,o,wi_0,wi_1,wo; Q-Former: query,key,
+                         # value,dense + language_projection); or a list / comma-separated names ...
+LORA_SCOPE: str = "language_model"  # ... inside "language_model", "qformer" or "both" (docs/lora_scopes.md)
 TRAIN_STEPS: int = 1000  # optimizer steps
 PER_DEVICE_BATCH: int = 4  # questions per process per micro-batch
 GRAD_ACCUM: int = 4  # micro-batches per optimizer step
@@ -280,15 +281,17 @@ def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, sta
 
 def resolve_family_settings(config: dict, family) -> None:
     """"auto" in VQA_PROMPT, PREVIEW_DECODING and TARGET_MODULES becomes the model family's own
-    (src/family.py); a prompt or preset of the other family is refused in one line. The resolved values
-    go into the config, which a resumed run must match."""
+    (src/family.py; the targets for LORA_SCOPE); a prompt or preset of the other family is refused in one
+    line. The resolved values go into the config, which a resumed run must match."""
     global VQA_PROMPT, PREVIEW_DECODING, TARGET_MODULES
     from src.family import lora_targets, resolve
 
     VQA_PROMPT = resolve("prompt", VQA_PROMPT, family, MODEL_ID)
     PREVIEW_DECODING = resolve("decoding", PREVIEW_DECODING, family, MODEL_ID, flag="--preview_decoding")
-    TARGET_MODULES = list(lora_targets(TARGET_MODULES, family))
-    config.update(vqa_prompt=VQA_PROMPT, preview_decoding=PREVIEW_DECODING, target_modules=TARGET_MODULES)
+    TARGET_MODULES = list(lora_targets(TARGET_MODULES, family, LORA_SCOPE))
+    # the family, for the adapter checks: a Q-Former adapter's layer names are the same in both families
+    config.update(vqa_prompt=VQA_PROMPT, preview_decoding=PREVIEW_DECODING, target_modules=TARGET_MODULES,
+                  family=family.name)
 
 
 def lora_settings():

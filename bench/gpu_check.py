@@ -428,7 +428,7 @@ def qlora_training(model, processor, family, device: str) -> tuple[list[dict], d
     image_token_id = model.config.image_token_id
     end_id = end_token_id(model)  # what the fine-tuning target ends with: OPT's newline, Flan-T5's </s>
     lora = finetune_lora()
-    lora = dataclasses.replace(lora, target_modules=lora_targets(lora.target_modules, family))
+    lora = dataclasses.replace(lora, target_modules=lora_targets(lora.target_modules, family, lora.scope))
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     trainable, total, wrapped = lora_summary(model)
     steps = len(TRAIN_PATHS) * len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)

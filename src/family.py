@@ -58,11 +58,22 @@ def family_of(config) -> Family:
                     "(e.g. --model_id=Salesforce/blip2-opt-2.7b or --model_id=Salesforce/blip2-flan-t5-xl)")
 
 
-def lora_targets(value, family: Family) -> tuple[str, ...]:
+# Where the LoRA goes (LORA_SCOPE, docs/lora_scopes.md): a named scope is one or two parts of BLIP-2; any other
+# value is one module-path prefix (e.g. "vision_model"). The Q-Former is the same BERT-style module in both
+# families: its Linear layers (self- and cross-attention, feed-forward) and the projection into the language model.
+SCOPES = {"language_model": ("language_model",), "qformer": ("qformer",), "both": ("language_model", "qformer")}
+QFORMER_TARGETS = ("query", "key", "value", "dense")
+PROJECTION = "language_projection"  # no part's prefix: adapted wherever TARGET_MODULES names it
+
+
+def lora_targets(value, family: Family, scope: str = "language_model") -> tuple[str, ...]:
     """TARGET_MODULES as the layer names to adapt: "auto" (or ("auto",), as LoraSettings holds it) is the
-    family's default; a comma-separated string or a list names them."""
+    family's own for `scope` (the Q-Former's and the projection for "qformer", both sets for "both"); a
+    comma-separated string or a list names them."""
     if value == AUTO or value in ("", None) or (not isinstance(value, str) and tuple(value) == (AUTO,)):
-        return family.lora_targets
+        parts = SCOPES.get(scope, (scope,))
+        return (() if parts == ("qformer",) else family.lora_targets) + \
+            ((*QFORMER_TARGETS, PROJECTION) if "qformer" in parts else ())
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",")]
     names = tuple(str(v) for v in value if str(v).strip())
@@ -92,8 +103,8 @@ def resolve(kind: str, name: str, family: Family, model_id: str, flag: str | Non
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """A LoRA on BLIP-2's language model: `target_modules` (Linear layer names; ("auto",) = the model
-    family's, src/family.py) inside `scope`."""
+    """A LoRA on BLIP-2: `target_modules` (Linear layer names; ("auto",) = the model family's for the scope)
+    inside `scope` ("language_model", "qformer", "both" or a module-path prefix)."""
 
     r: int
     alpha: int
@@ -112,7 +123,13 @@ class LoraSettings:
 
 
 def lora_target_regex(target_modules: Sequence[str], scope: str) -> str:
-    """peft target regex: the named Linear layers inside `scope` only (OPT's fc1/fc2 share names
-    with the vision tower's MLP)."""
-    names = "|".join(re.escape(m) for m in target_modules)
-    return rf".*{re.escape(scope)}\..*\.({names})$" if scope else rf".*\.({names})$"
+    """peft target regex: the named Linear layers inside the scope's parts only (OPT's fc1/fc2 share names
+    with the vision tower's MLP), plus the projection when named."""
+    parts = SCOPES.get(scope, (scope,) if scope else ())
+    inside = "|".join(re.escape(p) for p in parts)
+    inside = f"(?:{inside})" if len(parts) > 1 else inside
+    names = "|".join(re.escape(m) for m in target_modules if m != PROJECTION)
+    regex = (rf".*{inside}\..*\.({names})$" if parts else rf".*\.({names})$") if names else ""
+    if PROJECTION in target_modules:
+        regex = (f"(?:{regex})|" if regex else "") + rf"(?:.*\.)?{PROJECTION}$"
+    return regex

@@ -230,12 +230,12 @@ def _lora_modules(model, lora_targets, lora_scope) -> tuple[str, dict[str, Any]]
     return regex, matched
 
 
-def resolve_lora_targets(targets, family: Family) -> str | tuple[str, ...]:
-    """TARGET_MODULES for `family`: "auto" or ("auto",) is the family's layer names (src.family.lora_targets);
-    names are checked there; any other str is a peft regex and stays as it is."""
+def resolve_lora_targets(targets, family: Family, scope: str = "language_model") -> str | tuple[str, ...]:
+    """TARGET_MODULES for `family`: "auto" or ("auto",) is the family's layer names for `scope`
+    (src.family.lora_targets); names are checked there; any other str is a peft regex and stays as it is."""
     if isinstance(targets, str) and targets != AUTO:
         return targets
-    return lora_targets(targets, family)
+    return lora_targets(targets, family, scope)
 
 
 def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:
@@ -263,7 +263,7 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
 
     requested = lora.target_modules
     auto = requested == AUTO or not isinstance(requested, str) and tuple(requested) == (AUTO,)
-    lora = _lora_plan(model, lora.r, resolve_lora_targets(requested, family), lora.scope, auto=auto)
+    lora = _lora_plan(model, lora.r, resolve_lora_targets(requested, family, lora.scope), lora.scope, auto=auto)
     # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
     qlora = {
         "weights_bytes": precisions["nf4"]["bytes"],
@@ -352,6 +352,7 @@ def _lora_plan(model, lora_r: int, lora_targets, lora_scope, auto: bool = False)
         "scope": lora_scope,
         "regex": regex,
         "modules": len(lora_modules),
+        "parts": sorted({name.split(".")[0] for name in lora_modules}),  # e.g. ["language_model", "qformer"]
         "params": lora_params,
         "total_bytes": lora_params * (LORA_PARAM_BYTES + LORA_GRAD_BYTES + ADAMW_STATE_BYTES),
     }
@@ -437,7 +438,11 @@ def format_plan(plan: dict) -> str:
                  f"tensor at a time, streamed from the memory-mapped checkpoint to the device; the largest is "
                  f"{host['largest_tensor']} ({host['largest_tensor_params']:,} params, "
                  f"{host['largest_tensor_fp32_bytes'] / 2**20:,.0f} MiB in fp32)")
-    lines.append("Activations, CUDA context and allocator overhead are not estimated. Training keeps no activation of "
-                 "the vision tower or the Q-Former (their image features are computed under no_grad; "
-                 "python -m bench.train_step compares the two steps on the twin).")
+    encoder = {"vision_model": "vision tower", "qformer": "Q-Former", "language_projection": "projection"}
+    adapted = [label for part, label in encoder.items() if part in lora["parts"]]
+    lines.append("Activations, CUDA context and allocator overhead are not estimated. " + (
+        f"The image encoder runs with gradients (LoRA in its {', '.join(adapted)}): training keeps its activations "
+        "from the first adapted part on" if adapted else "Training keeps no activation of the vision tower or the "
+        "Q-Former (their image features are computed under no_grad; python -m bench.train_step compares the two "
+        "steps on the twin)") + ".")
     return "\n".join(lines)

@@ -379,9 +379,9 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     prefix = "base_model.model."
     config = _adapter_config(adapter)
-    theirs, ours = _adapter_family(shapes), family_of(blip2_core(model).config)
+    theirs, ours = _adapter_family(shapes, adapter), family_of(blip2_core(model).config)
     if theirs is not None and theirs != ours:
-        return (f"its LoRA layers are those of BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
+        return (f"it adapts BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
                 "(an adapter works only on the model family it was trained on)")
     landed = 0
     for key, shape in sorted(shapes.items()):
@@ -407,17 +407,18 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     return None
 
 
-def _adapter_family(keys) -> Family | None:
-    """The model family whose language-model layers an adapter's tensor names adapt, or None (none of its
-    names is a language-model layer: the per-layer check reports that)."""
-    from .family import T5
+def _adapter_family(keys, adapter: str | Path) -> Family | None:
+    """The model family whose language-model layers an adapter's tensor names adapt; for one without them (a
+    Q-Former adapter: its names are the same in both families) the family its training config records; or None."""
+    from .family import FAMILIES, T5
+    from .merging import read_training_config
 
     for key in keys:
         if ".language_model.model.decoder.layers." in key:
             return OPT
         if ".language_model.encoder.block." in key or ".language_model.decoder.block." in key:
             return T5
-    return None
+    return FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))
 
 
 def resolve_adapter_dir(adapter_dir: str, output_dir: str | Path) -> str | None:

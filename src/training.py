@@ -121,10 +121,10 @@ def freeze_base(model, gradient_checkpointing: bool):
 
 def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
     """Freeze the base model and wrap it in peft with `lora`'s trainable adapters (target modules
-    ("auto",): the model family's, src/family.py)."""
+    ("auto",): the model family's for the scope, src/family.py)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_targets(lora.target_modules, family_of(blip2_core(model).config))
+    targets = lora_targets(lora.target_modules, family_of(blip2_core(model).config), lora.scope)
     model = freeze_base(model, gradient_checkpointing)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                         target_modules=lora_target_regex(targets, lora.scope))
@@ -231,8 +231,8 @@ def describe_wrapped(wrapped: list[str]) -> str:
     for name in wrapped:
         leaf = name.rsplit(".", 1)[-1]
         counts[leaf] = counts.get(leaf, 0) + 1
-    common = os.path.commonprefix(wrapped).rsplit(".", 1)[0] if wrapped else ""
-    common = common.replace("base_model.model.", "")
+    common = os.path.commonprefix([name.removeprefix("base_model.model.") for name in wrapped])
+    common = common.rsplit(".", 1)[0] if "." in common else ""  # "language_" of language_model and _projection: none
     return ", ".join(f"{k} x{v}" for k, v in counts.items()) + (f" (under {common}.*)" if common else "")
 
 

@@ -201,7 +201,7 @@ def random_twin(family: str = "opt") -> str:
     return str(folder)
 
 
-def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_proj")) -> Path:
+def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_proj"), scope="language_model") -> Path:
     """A LoRA adapter saved as the fine-tuning script saves it, with random weights big enough to change
     the answers (seeded: the same adapter every time)."""
     import torch
@@ -211,7 +211,7 @@ def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_pr
 
     model = Blip2ForConditionalGeneration.from_pretrained(model_dir)
     model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=tuple(target_modules),
-                                         scope="language_model"), gradient_checkpointing=False)
+                                         scope=scope), gradient_checkpointing=False)
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -87,6 +87,13 @@ FULL_TIER: dict[str, set[str] | str] = {
     "test_training.py": {
         "test_lora_inside_the_vision_tower_trains",
     },
+    "test_lora_scopes.py": {
+        "test_a_4bit_both_adapter_merges_onto_the_dequantised_language_model_and_the_plain_qformer",
+        "test_a_run_resumed_with_another_scope_is_refused_in_one_line",
+        "test_each_scope_fine_tunes_every_adapted_layer_and_changes_the_answers",
+        "test_each_scope_merges_into_a_model_that_answers_as_base_plus_adapter",
+        "test_the_training_banner_counts_what_the_memory_plan_counts",
+    },
     "test_demo.py": {
         "test_browser_comparison_tab_shows_result_text_as_text",
         "test_browser_language_switch_and_report_in_both_languages",
