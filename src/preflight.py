@@ -261,13 +261,14 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
     base = config.get("base_model_name_or_path")
-    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)) \
-            and recorded_fingerprint(adapter) is None:  # with one, the load compares the base's weights
+    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
         skeleton = _model_skeleton(model_id)
         problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
         if problem:
             raise mismatch_error(adapter, model_id, problem)
-        # same shapes, another name: a copy of the base, or another checkpoint whose answers would be wrong
+        if recorded_fingerprint(adapter) is not None:
+            return  # same shapes, another name: the load compares the base's weights with the recorded ones
+        # without that record: a copy of the base, or another checkpoint whose answers would be wrong
         print(f"warning: the LoRA adapter in {adapter} was trained on {base}, not on {model_id}; that is right only "
               f"if {model_id} is a copy of {base} (else pass --model_id={base})", flush=True)
 
