@@ -341,15 +341,15 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
         write_no_answers(config, report_dir, runs)
         return
     if len(ft_paths) > 1:
-        result, pairs, cases = multirun_result(base_rows, ft_rows, base_path, ft_paths, labels, warns)
+        result, pairs, cases = multirun_result(base_rows, ft_rows, base_path, ft_paths, labels, tr, warns)
         demo_rows: list[dict] = []
     else:
         result, pairs, demo_rows, cases = two_run_result(base_rows, ft_rows[0] if comparing else [], base_path,
-                                                         ft_paths[0], output_dir, warns)
+                                                         ft_paths[0], output_dir, tr, warns)
     write_files(config, started, tr, report_dir, result, pairs, demo_rows, cases)
 
 
-def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, ft_path: Path, output_dir: Path,
+def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, ft_path: Path, output_dir: Path, tr,
                    warns: list[str]) -> tuple[dict, list[dict], list[dict], dict]:
     """(result, pairs, demo rows, cases) of the baseline against one fine-tuned run (or alone, without one)."""
     comparing = bool(ft_rows)
@@ -453,7 +453,7 @@ def heldout_curve(adapter: str | None) -> dict:
 
 
 def multirun_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path, ft_paths: list[Path],
-                    labels: list[str], warns: list[str]) -> tuple[dict, list[dict], dict]:
+                    labels: list[str], tr, warns: list[str]) -> tuple[dict, list[dict], dict]:
     """(result, rows, cases) of several fine-tuned runs against the baseline on its frozen sample: each run
     compared as in the two-run report, then joined per question; the cases are questions the runs disagree on."""
     base_rows, ft_rows, counts = on_frozen_sample(base_rows, ft_rows, base_path, ft_paths)
@@ -465,11 +465,14 @@ def multirun_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path:
         check_same_setup(s_base, settings, differs)
         warns += [f"{label}: {line}" for line in differs]
         score_warnings({label: numbers["stored_score_mismatches"]["finetuned"]}, warns)
+        overlap: list[str] = []
+        training = training_data_of(rows, tr, overlap)
+        warns += [f"{label}: {line}" for line in overlap]
         runs.append({"label": label, "file": str(path), "settings": settings, "finetuned": numbers["finetuned"],
                      "interval": accuracy_intervals(pairs, "finetuned_vqa"), "change": numbers["change"],
                      "outcomes": numbers["outcomes"],
                      "answer_length": length_stats([p["finetuned_answer"] for p in pairs]),
-                     "heldout": heldout_curve(settings["adapter"])})
+                     "heldout": heldout_curve(settings["adapter"]), "training_data": training})
         run_pairs.append(pairs)
     score_warnings({"baseline": numbers["stored_score_mismatches"]["baseline"]}, warns)
     merged = []

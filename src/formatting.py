@@ -230,8 +230,10 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
     out.append(tr("file_line", who=tr("baseline"), path=files["baseline"], model=s_base["model_id"],
                   adapter=s_base["adapter"] or tr("none"), prompt=s_base["prompt"]))
     if is_multirun(result):
-        out += [tr("file_line", who=r["label"], path=r["file"], model=r["settings"]["model_id"],
-                   adapter=r["settings"]["adapter"] or tr("none"), prompt=r["settings"]["prompt"]) for r in result["runs"]]
+        for r in result["runs"]:
+            out += [tr("file_line", who=r["label"], path=r["file"], model=r["settings"]["model_id"],
+                       adapter=r["settings"]["adapter"] or tr("none"), prompt=r["settings"]["prompt"])]
+            out += [f"{r['label']}: {r['training_data']['line']}"] if r.get("training_data") else []
     elif ft is None:
         out.append(tr("missing_ft", path=files["finetuned"]))
     else:

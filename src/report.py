@@ -101,8 +101,9 @@ def _file_lines(result: dict, tr) -> list[str]:
     s_base, s_ft = settings["baseline"], settings.get("finetuned")
     lines = [tr("report_baseline_file", path=files["baseline"], model=s_base["model_id"], prompt=s_base["prompt"],
                 decoding=json.dumps(s_base["decoding"]))]
-    lines += [tr("report_run_file", label=r["label"], path=r["file"], adapter=r["settings"]["adapter"])
-              for r in result.get("runs") or []]
+    for r in result.get("runs") or []:
+        lines += [tr("report_run_file", label=r["label"], path=r["file"], adapter=r["settings"]["adapter"])]
+        lines += [f"{r['label']}: {r['training_data']['line']}"] if r.get("training_data") else []
     if s_ft:
         lines.append(tr("report_ft_file", path=files["finetuned"], adapter=s_ft["adapter"]))
         lines += [result["training_data"]["line"]] if result.get("training_data") else []
