@@ -176,10 +176,11 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
 HELDOUT_FILE = "heldout_sample_ids.json"  # the held-out slice, in the output folder beside the evaluation's sample
 
 
-def draw_heldout(out_dir, train_samples, write: bool) -> list:
+def draw_heldout(out_dir, train_samples, write: bool, train_split: str = "train") -> list:
     """The held-out slice: EVAL_SAMPLES val questions drawn once with SEED from the images in neither the
-    training examples (by file) nor the frozen evaluation sample (by image id), frozen in
-    <output_dir>/heldout_sample_ids.json and read back from there; [] when EVAL_EVERY is 0."""
+    training examples (by file, and by image id when they come from val too) nor the frozen evaluation sample
+    (by image id), frozen in <output_dir>/heldout_sample_ids.json and read back from there; [] when EVAL_EVERY
+    is 0."""
     if not EVAL_EVERY:
         return []
     from src.data import load_samples, read_sample_ids, sample_question_ids, select
@@ -201,9 +202,11 @@ def draw_heldout(out_dir, train_samples, write: bool) -> list:
         raise UserError(f"--eval_every={EVAL_EVERY}: the held-out slice must avoid the images of the frozen evaluation "
                         f"sample {eval_path}, which is not there yet; run create_vqav2_baseline.py first (README step 3, "
                         "same --output_dir and --dataset), or train with --eval_every=0")
-    evaluated = {s.image_id for s in select(val, read_sample_ids(eval_path, DATASET, "val"), str(eval_path))}
+    taken = {s.image_id for s in select(val, read_sample_ids(eval_path, DATASET, "val"), str(eval_path))}
+    if train_split == "val":  # one split: the same image id is the same picture
+        taken |= {s.image_id for s in train_samples}
     trained = {s.image_path for s in train_samples}
-    pool = [s for s in val if s.image_id not in evaluated and s.image_path not in trained]
+    pool = [s for s in val if s.image_id not in taken and s.image_path not in trained]
     if not pool:
         raise UserError(f"--eval_every={EVAL_EVERY}: every {DATASET} val image is in the training examples or the "
                         f"frozen evaluation sample, so no held-out slice can be drawn; use another --dataset, "

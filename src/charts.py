@@ -109,8 +109,6 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
     ax.set_xlabel("" if points else tr("loss_x"))
     ax.set_ylabel(tr("loss_y"))
     ax.set_title(title, fontsize=9)
-    for ax in (a[0] for a in axes):
-        ax.grid(alpha=0.3)
     if points:
         ax = axes[1][0]
         x = [r["step"] for r in points]
@@ -121,7 +119,8 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
         ax.set_title(tr("heldout_title", n=last["questions"], decoding=last["decoding"]), fontsize=9)
         ax.set_xlabel(tr("loss_x"))
         ax.set_ylabel(tr("heldout_y"))
-    for ax in (a[0] for a in axes):
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(plt, fig, path)
 

@@ -22,7 +22,8 @@ from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, adapter_mismatch, defaul
 
 INT_MAX = 2**31 - 1  # no count in these scripts comes near it; a bigger one is a typo
 _COUNTS_FROM_1 = {"batch_size", "eval_batch", "per_device_batch", "grad_accum", "train_steps", "save_every",
-                  "keep_checkpoints", "lora_r", "eval_samples", "bootstrap_resamples", "max_queue", "cases_per_group", "cases_shown"}
+                  "keep_checkpoints", "lora_r", "eval_samples", "bootstrap_resamples", "max_queue", "cases_per_group",
+                  "cases_shown"}
 _RANGES = {"seed": (0, 2**32 - 1), "port": (1, 65535), "thumb_size": (16, 1024), "num_workers": (0, 256)}
 _FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
     "lr": (0.0, False, None, "the learning rate"),

@@ -85,6 +85,14 @@ def test_the_slice_shares_no_image_with_the_training_examples_or_the_evaluation_
     assert not set(frozen["image_ids"]) & {s.image_id for s in trained}
     assert not set(frozen["image_ids"]) & {image_of[q] for q in evaluated}
     assert frozen["dataset"] == "tiny" and frozen["split"] == "val" and frozen["seed"] == 42
+    # training examples of the val split read from elsewhere (another file name): excluded by image id
+    import dataclasses
+
+    (out / "heldout_sample_ids.json").rename(out / "first.json")
+    elsewhere = [dataclasses.replace(s, image_path=f"/cache/{s.question_id}.jpg") for s in val if s.image_id in (2, 3, 6)]
+    again = script.draw_heldout(out, elsewhere, write=False, train_split="val")
+    assert again and not {s.image_id for s in again} & ({2, 3, 6} | {image_of[q] for q in evaluated})
+    (out / "first.json").rename(out / "heldout_sample_ids.json")
     # read back as it is on resume, even when the training examples would now allow other images
     assert script.draw_heldout(out, [], write=True) == chosen
     monkeypatch.setattr(script, "EVAL_SAMPLES", 9)
@@ -196,7 +204,7 @@ def test_the_picture_and_tensorboard_show_the_curve(curve_run):
     out = curve_run["out"]
     log = [r for r in rows_of(out / "lora_adapter" / "train_log.jsonl") if "heldout" in r]
     with Image.open(out / "lora_adapter" / "loss_curve.png") as im:
-        assert im.size[1] > 600  # two panels (a loss-only picture is 440 pixels tall)
+        assert im.size[1] > 600  # two panels (a loss-only picture is 400 pixels tall)
     scalars = curves(out / "tf-logs" / tracker_run_name(out))
     assert scalars["heldout/accuracy"] == [(r["step"], pytest.approx(r["heldout"]["accuracy"])) for r in log]
     assert scalars["heldout/yes_no"] == [(r["step"], pytest.approx(r["heldout"]["per_answer_type"]["yes/no"]))
