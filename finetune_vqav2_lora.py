@@ -6,6 +6,7 @@
     python finetune_vqav2_lora.py --model_id=Salesforce/blip2-flan-t5-xl   # any BLIP-2 checkpoint (OPT or Flan-T5)
     python finetune_vqav2_lora.py --memory_plan_only=True            # the weight-memory estimate only (no download)
     python finetune_vqav2_lora.py --report_to=tensorboard            # curves: tensorboard --logdir outputs/tf-logs
+    python finetune_vqav2_lora.py --eval_every=200                   # held-out accuracy every 200 steps, best adapter kept
     accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
     # offline CPU smoke run: the offline twin (python -m twin) on easy-VQA (pip install easy-vqa)
     python -m twin outputs/tiny-blip2
@@ -21,6 +22,10 @@ questions about those pictures unless told --allow_train_overlap=True. Every SAV
 optimizer, scheduler, step, RNG, config) goes to <output_dir>/lora_adapter_checkpoints/; a rerun of
 the same command resumes from the newest one. The final adapter (safetensors), processor,
 resolved config, train_log.jsonl and loss_curve.png go to <output_dir>/lora_adapter/.
+With --eval_every=N the model answers a frozen held-out slice of val questions (EVAL_SAMPLES, on images in
+neither the training examples nor the frozen evaluation sample) every N steps and after the last, scored
+with the official VQA metric: the step's row of train_log.jsonl gets a "heldout" entry, loss_curve.png a
+second panel, and the adapter of the best held-out accuracy is kept in <output_dir>/lora_adapter_best/.
 With --report_to=tensorboard the same steps' loss, learning rate, gradient norm and skipped-step count
 also go to TensorBoard, in <log_dir>/<output folder's name>-<hash of its path>/; a resumed run continues that curve.
 """
@@ -60,6 +65,10 @@ SEED: int = 42
 VQA_PROMPT: str = "auto"  # the evaluation's prompt: "auto" = the family's own (vqa_opt for OPT, vqa_t5 for Flan-T5)
 PREVIEW_SAMPLES: int = 8  # after training, answer this many held-out (val) questions with the trained model
 PREVIEW_DECODING: str = "auto"  # decoding of that preview (the evaluation's; "auto" = vqa_beam5)
+EVAL_EVERY: int = 0  # steps between held-out evaluations (and one after the last step); 0 = none
+EVAL_SAMPLES: int = 200  # questions of the held-out slice (val, on images in neither the training data nor the
+                         # frozen evaluation sample; drawn once with SEED into <output_dir>/heldout_sample_ids.json)
+EVAL_DECODING: str = "auto"  # their decoding: "auto" = the evaluation's preset (vqa_beam5); greedy is cheaper
 OUTPUT_DIR: str = "outputs"
 REPORT_TO: str = ""  # "tensorboard": per-step curves in LOG_DIR (pip install tensorboard); "" = none
 LOG_DIR: str = "{output_dir}/tf-logs"  # the tracker's folder ({output_dir} = OUTPUT_DIR); AutoDL's panel reads /root/tf-logs
@@ -122,8 +131,13 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     from src import tracking, training as T
 
     ckpt_root = out_dir / "lora_adapter_checkpoints"
-    # heldout_image_ids=: the held-out slice's pictures, also left out of vqav2_hub's training pool
-    samples = training_samples(config, out_dir, accelerator)
+    if DATASET == "vqav2_hub":  # val minus the evaluated pictures: the slice first, then the pool leaves it out
+        with accelerator.main_process_first():  # one process downloads the slice's pictures and writes its file
+            heldout = draw_heldout(out_dir, [], write=accelerator.is_main_process, train_split="val")
+        samples = training_samples(config, out_dir, accelerator, frozenset(s.image_id for s in heldout))
+    else:
+        samples = training_samples(config, out_dir, accelerator)
+        heldout = draw_heldout(out_dir, samples, write=accelerator.is_main_process)  # [] without --eval_every
     set_seed(SEED)
     lora = lora_settings()
     if accelerator.is_main_process:
@@ -159,10 +173,13 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     curves = tracking.OptionalCurves(accelerator, on=bool(tracker) and accelerator.is_main_process)
     if tracker:
         start_tracking(accelerator, curves, tracker, config, out_dir, start_step)
-    run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root, curves)
+    curve = HeldoutCurve(heldout, config, accelerator, model, processor, out_dir, curves)
+    if curve.due(start_step):  # a run killed during the held-out evaluation of the step it resumes from
+        curve.point(start_step)
+    run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root, curves, curve)
     check_replicas_agree(accelerator, model)
     if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), processor, config, out_dir, ckpt_root / "train_log.jsonl")
+        save_adapter(accelerator.unwrap_model(model), processor, config, out_dir, ckpt_root / "train_log.jsonl", curve)
     # every rank waits for the main process to finish saving before the process group goes away
     accelerator.wait_for_everyone()
     curves.end()
@@ -251,15 +268,157 @@ def rows_the_steps_read(n: int, world: int) -> list[int]:
 def preview_questions(out_dir) -> list:
     """Val questions the adapter never trained on, for the preview: vqav2_hub's frozen evaluation sample
     (its pictures are cached), else the whole val split."""
-    from src.data import load_samples, read_frozen_sample
+    from src.data import read_frozen_sample
+    from src.evaluation import SAMPLE_IDS_FILE
+
+    val = val_samples(out_dir)
+    if DATASET != "vqav2_hub":
+        return val
+    return read_frozen_sample(out_dir / SAMPLE_IDS_FILE, val, DATASET, "val", out_dir, HUB_STALL_S)
+
+
+def val_samples(out_dir) -> list:
+    """The val split of DATASET (vqav2_hub: the question table, cached in the output folder; no pictures yet)."""
+    from src.data import load_samples
 
     if DATASET != "vqav2_hub":
         return load_samples(DATASET, "val", DATA_DIR)
-    from src.evaluation import SAMPLE_IDS_FILE
+    return load_samples(DATASET, "val", hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION, cache_dir=out_dir,
+                        hub_stall_s=HUB_STALL_S)
 
-    val = load_samples(DATASET, "val", hf_dataset=HF_DATASET, hf_revision=HF_DATASET_REVISION, cache_dir=out_dir,
-                       hub_stall_s=HUB_STALL_S)
-    return read_frozen_sample(out_dir / SAMPLE_IDS_FILE, val, DATASET, "val", out_dir, HUB_STALL_S)
+
+HELDOUT_FILE = "heldout_sample_ids.json"  # the held-out slice, in the output folder beside the evaluation's sample
+
+
+def draw_heldout(out_dir, train_samples, write: bool, train_split: str = "train") -> list:
+    """The held-out slice: EVAL_SAMPLES val questions drawn once with SEED from the images in neither the
+    training examples (by file, and by image id when they come from val too) nor the frozen evaluation sample
+    (by image id), frozen in <output_dir>/heldout_sample_ids.json and read back from there; [] when EVAL_EVERY
+    is 0."""
+    if not EVAL_EVERY:
+        return []
+    from src.data import materialize_images, read_sample_ids, sample_question_ids, select
+    from src.errors import UserError
+    from src.evaluation import SAMPLE_IDS_FILE
+    from src.files import read_json, write_json
+
+    path, eval_path = out_dir / HELDOUT_FILE, out_dir / SAMPLE_IDS_FILE
+    val = val_samples(out_dir)
+    if path.exists():
+        ids, frozen = read_sample_ids(path, DATASET, "val"), read_json(path, "held-out slice file")
+        if (frozen.get("seed"), frozen.get("eval_samples")) != (SEED, EVAL_SAMPLES):
+            raise UserError(f"{path} holds a held-out slice drawn with seed={frozen.get('seed')} "
+                            f"eval_samples={frozen.get('eval_samples')}, but this run asks for --seed={SEED} "
+                            f"--eval_samples={EVAL_SAMPLES}; the slice is frozen: use those settings, or another "
+                            "--output_dir for a new slice")
+        return materialize_images(select(val, ids, str(path)), DATASET, out_dir, "val", HUB_STALL_S)
+    if not eval_path.exists():
+        raise UserError(f"--eval_every={EVAL_EVERY}: the held-out slice must avoid the images of the frozen evaluation "
+                        f"sample {eval_path}, which is not there yet; run create_vqav2_baseline.py first (README step 3, "
+                        "same --output_dir and --dataset), or train with --eval_every=0")
+    taken = {s.image_id for s in select(val, read_sample_ids(eval_path, DATASET, "val"), str(eval_path))}
+    if train_split == "val":  # one split: the same image id is the same picture
+        taken |= {s.image_id for s in train_samples}
+    trained = {s.image_path for s in train_samples}
+    pool = [s for s in val if s.image_id not in taken and s.image_path not in trained]
+    if not pool:
+        raise UserError(f"--eval_every={EVAL_EVERY}: every {DATASET} val image is in the training examples or the "
+                        f"frozen evaluation sample, so no held-out slice can be drawn; use another --dataset, "
+                        "or train with --eval_every=0")
+    chosen = select(pool, sample_question_ids(pool, EVAL_SAMPLES, SEED), f"{DATASET} val")
+    chosen = materialize_images(chosen, DATASET, out_dir, "val", HUB_STALL_S)  # vqav2_hub: cache the pictures
+    if write:  # every process draws the same slice; one writes it
+        write_json(path, {"dataset": DATASET, "split": "val", "seed": SEED, "eval_samples": EVAL_SAMPLES,
+                          "n": len(chosen), "question_ids": [s.question_id for s in chosen],
+                          "image_ids": sorted({s.image_id for s in chosen}),
+                          "excluded": f"images of {SAMPLE_IDS_FILE} and of the training examples"})
+    return chosen
+
+
+class HeldoutCurve:
+    """The held-out accuracy at every EVAL_EVERY-th step and the last: the slice answered with the
+    evaluation's prompt and batched code (src.evaluation.run_vqa: split over the processes, gathered,
+    resumable), scored with the official metric, written into that step's row of the training log and the
+    tracker; the adapter of the best step (the earliest on a tie) is kept in <output_dir>/lora_adapter_best/."""
+
+    def __init__(self, heldout: list, config: dict, accelerator, model, processor, out_dir, curves):
+        self.heldout, self.config, self.accelerator, self.curves = heldout, config, accelerator, curves
+        self.model, self.processor = model, processor
+        self.ckpt_root = out_dir / "lora_adapter_checkpoints"
+        self.log_path = self.ckpt_root / "train_log.jsonl"
+        self.best_dir = out_dir / "lora_adapter_best"
+
+    def due(self, step: int) -> bool:
+        return bool(self.heldout) and step > 0 and (step % EVAL_EVERY == 0 or step == TRAIN_STEPS)
+
+    def point(self, step: int) -> None:
+        """Answer and score the slice with the model of `step` (its checkpoint is saved already)."""
+        import json
+
+        import torch
+
+        from src.evaluation import eval_record, read_rows, run_vqa
+        from src.files import read_jsonl, write_jsonl
+        from src.vqa_eval import score_rows
+        from src import tracking, training as T
+
+        acc, model = self.accelerator, self.accelerator.unwrap_model(self.model)
+        answers = self.ckpt_root / "heldout" / f"step-{step:06d}.jsonl"
+        record = eval_record(model_id=MODEL_ID, adapter=f"step {step}", quantization="4bit" if USE_4BIT else "none",
+                             dataset=DATASET, vqa_prompt=VQA_PROMPT, vqa_decoding=EVAL_DECODING, split="val")
+        model.eval()
+        # answering takes no randomness from training: a run resumed after this point continues identically
+        with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+            run_vqa(self.heldout, answers, model=model, processor=self.processor, accelerator=acc, record=record,
+                    batch_size=PER_DEVICE_BATCH, desc=f"held-out (step {step})")
+        T.set_train_mode(model)
+        if not acc.is_main_process:
+            return
+        scored = score_rows([r for r in read_rows(answers).values() if not r.get("error")])
+        point = {"accuracy": scored["vqa_accuracy"], "questions": scored["n"], "decoding": EVAL_DECODING,
+                 "per_answer_type": {t: m["vqa_accuracy"] for t, m in sorted(scored["per_answer_type"].items())}}
+        print(f"held-out accuracy at step {step}: {point['accuracy']:.2f} ("
+              + ", ".join(f"{t} {a:.2f}" for t, a in point["per_answer_type"].items())
+              + f"; {point['questions']} questions, {EVAL_DECODING})", flush=True)
+        rows = read_jsonl(self.log_path)
+        for row in rows:
+            if row["step"] == step and row.get("heldout") != point:
+                row["heldout"] = point
+                self.curves.call("log", tracking.heldout_values(point), step=step)
+                write_jsonl(self.log_path, rows)
+        best = max(((r["heldout"]["accuracy"], -r["step"]) for r in rows if "heldout" in r), default=(None, None))
+        config = json.loads(json.dumps({**self.config, "best": {"step": step, "heldout_accuracy": best[0]}}))
+        if best[1] == -step and read_json_or_none(self.best_dir / "training_config.json") != config:  # not kept yet
+            T.save_final_adapter(self.best_dir, model, self.processor, config, self.log_path, draw_loss=draw_loss)
+
+    def summary(self) -> None:
+        """The curve in one line and where the best adapter is (main process, after the final adapter)."""
+        from src.files import read_jsonl
+
+        points = [(r["step"], r["heldout"]["accuracy"]) for r in read_jsonl(self.log_path) if "heldout" in r]
+        if not self.heldout or not points:
+            return
+        best = max(points, key=lambda p: (p[1], -p[0]))
+        print(f"held-out accuracy ({len(self.heldout)} val questions, {EVAL_DECODING}): "
+              + ", ".join(f"step {s} {a:.2f}" for s, a in points))
+        print(f"best: step {best[0]} ({best[1]:.2f}), kept in {self.best_dir}; to evaluate it: python "
+              f"evaluate_vqav2_finetuned.py ... --adapter_dir={self.best_dir} --run_name=vqav2_finetuned_best")
+
+
+def read_json_or_none(path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def draw_loss(rows: list[dict], path) -> None:
+    """loss_curve.png: the loss per step, and the held-out accuracy when there is one."""
+    from src.charts import plot_loss
+
+    plot_loss(rows, path, f"QLoRA on {DATASET}: {MODEL_ID}")
 
 
 def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, start_step: int) -> None:
@@ -280,18 +439,19 @@ def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, sta
 
 
 def resolve_family_settings(config: dict, family) -> None:
-    """"auto" in VQA_PROMPT, PREVIEW_DECODING and TARGET_MODULES becomes the model family's own
+    """"auto" in VQA_PROMPT, PREVIEW_DECODING, EVAL_DECODING and TARGET_MODULES becomes the model family's own
     (src/family.py; the targets for LORA_SCOPE); a prompt or preset of the other family is refused in one
     line. The resolved values go into the config, which a resumed run must match."""
-    global VQA_PROMPT, PREVIEW_DECODING, TARGET_MODULES
+    global VQA_PROMPT, PREVIEW_DECODING, EVAL_DECODING, TARGET_MODULES
     from src.family import lora_targets, resolve
 
     VQA_PROMPT = resolve("prompt", VQA_PROMPT, family, MODEL_ID)
     PREVIEW_DECODING = resolve("decoding", PREVIEW_DECODING, family, MODEL_ID, flag="--preview_decoding")
+    EVAL_DECODING = resolve("decoding", EVAL_DECODING, family, MODEL_ID, flag="--eval_decoding")
     TARGET_MODULES = list(lora_targets(TARGET_MODULES, family, LORA_SCOPE))
     # the family, for the adapter checks: a Q-Former adapter's layer names are the same in both families
-    config.update(vqa_prompt=VQA_PROMPT, preview_decoding=PREVIEW_DECODING, target_modules=TARGET_MODULES,
-                  family=family.name)
+    config.update(vqa_prompt=VQA_PROMPT, preview_decoding=PREVIEW_DECODING, eval_decoding=EVAL_DECODING,
+                  target_modules=TARGET_MODULES, family=family.name)
 
 
 def lora_settings():
@@ -352,12 +512,17 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
             if row["step"] <= start_step:
                 kept.append(row)
         write_jsonl(log_path, kept)
+        for answers in (ckpt_root / "heldout").glob("step-*.jsonl*"):  # redone with the steps after start_step
+            if answers.name[5:11].isdigit() and int(answers.name[5:11]) > start_step:
+                answers.unlink()
     return ckpt, start_step
 
 
-def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, start_step: int, ckpt_root, curves) -> None:
+def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, start_step: int, ckpt_root, curves,
+              curve) -> None:
     """Optimizer steps start_step+1 .. TRAIN_STEPS (`src.training.training_step`), one log row each (and a
-    point of each curve), a checkpoint every SAVE_EVERY steps and after the last."""
+    point of each curve), a checkpoint every SAVE_EVERY steps and after the last; at a held-out step the
+    checkpoint first, then the held-out point, so a kill during it loses no step."""
     import itertools
     import time
 
@@ -379,7 +544,6 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
                               generator=torch.Generator().manual_seed(SEED)))
     bar = tqdm(total=TRAIN_STEPS, initial=start_step, desc="train", unit="step", disable=not main_proc,
                dynamic_ncols=True)
-    log = JsonlAppender(log_path) if main_proc else None
     t0 = time.perf_counter()
     for step in range(start_step + 1, TRAIN_STEPS + 1):
         try:
@@ -398,35 +562,35 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
             elapsed = time.perf_counter() - t0
             seen = (step - start_step) * PER_DEVICE_BATCH * GRAD_ACCUM * accelerator.num_processes
             # a step fp16's loss scaling skipped (overflowing gradients): no update, no schedule step
-            log.write([{"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                        "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
-                        "samples_per_s": round(seen / elapsed, 2)}])
+            with JsonlAppender(log_path) as log:  # opened per row: a held-out point rewrites the file
+                log.write([{"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                            "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
+                            "samples_per_s": round(seen / elapsed, 2)}])
             skipped_so_far += result.skipped
             curves.call("log", tracking.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
-        if step % SAVE_EVERY == 0 or step == TRAIN_STEPS:
+        if step % SAVE_EVERY == 0 or step == TRAIN_STEPS or curve.due(step):
             rng_states = gather_object([T.rng_state()])  # every rank's, in rank order: each resumes from its own
             if main_proc:
                 T.save_checkpoint(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler,
                                   config, KEEP_CHECKPOINTS, rng_states=rng_states, scaler=accelerator.scaler)
             accelerator.wait_for_everyone()
+        if curve.due(step):
+            curve.point(step)
     bar.close()
-    if log:
-        log.close()
 
 
-def save_adapter(model, processor, config: dict, out_dir, log_path) -> None:
+def save_adapter(model, processor, config: dict, out_dir, log_path, curve) -> None:
     """The final adapter folder, the held-out preview and the closing lines (main process only)."""
-    from src.charts import plot_loss
     from src.files import read_jsonl
     from src import training as T
 
     adapter_dir = out_dir / "lora_adapter"
     rows = read_jsonl(log_path)
-    T.save_final_adapter(adapter_dir, model, processor, config, log_path,
-                         draw_loss=lambda log, path: plot_loss(log, path, f"QLoRA on {DATASET}: {MODEL_ID}"))
+    T.save_final_adapter(adapter_dir, model, processor, config, log_path, draw_loss=draw_loss)
     preview(model, processor, adapter_dir)
     first, last = rows[0]["loss"] if rows else float("nan"), rows[-1]["loss"] if rows else float("nan")
     print(f"training loss {first:.4f} (step 1) -> {last:.4f} (step {TRAIN_STEPS}); adapter saved to {adapter_dir}")
+    curve.summary()
     print(next_command("evaluate_vqav2_finetuned.py", model_id=MODEL_ID, dataset=DATASET,
                        hf_dataset=HF_DATASET if DATASET == "vqav2_hub" and HF_DATASET != "lmms-lab/VQAv2" else None,
                        quantization=None if USE_4BIT else "none", adapter_dir=adapter_dir,

@@ -95,10 +95,14 @@ def jpeg_data_uri(img, quality: int) -> str:
 # --- training ------------------------------------------------------------------------------------
 
 def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> None:
-    """loss_curve.png of a training run: the loss per step and its moving average."""
+    """loss_curve.png of a training run: the loss per step and its moving average; below it the held-out
+    accuracy (overall and per answer type) of the steps whose row has a "heldout" entry."""
     tr = texts(lang)
     plt = setup_matplotlib()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    points = [r for r in rows if isinstance(r.get("heldout"), dict)]
+    fig, axes = plt.subplots(2 if points else 1, 1, figsize=(7, 6.5 if points else 4), dpi=110, squeeze=False,
+                             sharex=True)
+    ax = axes[0][0]
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
     ax.plot(steps, losses, lw=1, alpha=0.4, label=tr("loss_per_step"))
@@ -107,11 +111,22 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
         windows = [losses[max(0, i - k + 1):i + 1] for i in range(len(losses))]
         smooth = [sum(w) / len(w) for w in windows]
         ax.plot(steps, smooth, lw=2, label=tr("loss_moving_average", k=k))
-    ax.set_xlabel(tr("loss_x"))
+    ax.set_xlabel("" if points else tr("loss_x"))
     ax.set_ylabel(tr("loss_y"))
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if points:
+        ax = axes[1][0]
+        x = [r["step"] for r in points]
+        ax.plot(x, [r["heldout"]["accuracy"] for r in points], "o-", lw=2, label=tr("overall"))
+        for t in type_order({t: None for r in points for t in r["heldout"]["per_answer_type"]}):
+            ax.plot(x, [r["heldout"]["per_answer_type"].get(t, math.nan) for r in points], ".--", lw=1, label=t)
+        last = points[-1]["heldout"]
+        ax.set_title(tr("heldout_title", n=last["questions"], decoding=last["decoding"]), fontsize=9)
+        ax.set_xlabel(tr("loss_x"))
+        ax.set_ylabel(tr("heldout_y"))
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     _save(plt, fig, path)
 
 

@@ -22,7 +22,8 @@ from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, adapter_mismatch, defaul
 
 INT_MAX = 2**31 - 1  # no count in these scripts comes near it; a bigger one is a typo
 _COUNTS_FROM_1 = {"batch_size", "eval_batch", "per_device_batch", "grad_accum", "train_steps", "save_every",
-                  "keep_checkpoints", "lora_r", "bootstrap_resamples", "max_queue", "cases_per_group", "cases_shown"}
+                  "keep_checkpoints", "lora_r", "eval_samples", "bootstrap_resamples", "max_queue", "cases_per_group",
+                  "cases_shown"}
 _RANGES = {"seed": (0, 2**32 - 1), "port": (1, 65535), "thumb_size": (16, 1024), "num_workers": (0, 256)}
 _FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
     "lr": (0.0, False, None, "the learning rate"),
@@ -39,7 +40,7 @@ EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_d
                "output_file": "the default name", "hf_dataset_revision": "the newest"}
 _FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
 _NAMED = {"vqa_prompt": "prompt", "caption_prompt": "prompt", "vqa_decoding": "decoding",
-          "caption_decoding": "decoding", "preview_decoding": "decoding"}
+          "caption_decoding": "decoding", "preview_decoding": "decoding", "eval_decoding": "decoding"}
 _DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
 
 

@@ -93,3 +93,10 @@ def tracker_values(result, lr: float, skipped_so_far: int) -> dict:
     if result.grad_norm is not None:
         values["train/grad_norm"] = result.grad_norm
     return values
+
+
+def heldout_values(point: dict) -> dict:
+    """The scalars of one held-out point (a "heldout" entry of train_log.jsonl): the accuracy, overall and per
+    answer type ("yes/no" as heldout/yes_no)."""
+    return {"heldout/accuracy": point["accuracy"],
+            **{f"heldout/{t.replace('/', '_')}": a for t, a in point["per_answer_type"].items()}}

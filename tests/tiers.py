@@ -9,6 +9,13 @@ ALL = "*"
 
 FULL_TIER: dict[str, set[str] | str] = {
     "test_faults.py": ALL,
+    "test_heldout.py": {
+        "test_a_kill_inside_a_heldout_evaluation_resumes_to_the_files_of_an_uninterrupted_run",
+        "test_each_point_is_the_slice_answered_again_with_the_saved_adapter",
+        "test_the_best_adapter_survives_rotation_and_evaluates",
+        "test_the_picture_and_tensorboard_show_the_curve",
+        "test_two_processes_share_the_slice",
+    },
     "test_t5_family.py": ALL,
     "test_testdev.py": ALL,
     "test_tensorboard.py": {
