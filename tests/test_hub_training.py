@@ -58,8 +58,8 @@ def rows_of(path: Path) -> list[dict]:
 
 @module_fixture
 def course(easy_hub, tiny_model_dir, tmp_path_factory) -> dict:
-    """The quick start's steps 3-5 and the comparison with --dataset=vqav2_hub, no data folder at all, and two
-    rate-limited answers while the fine-tuning caches its pictures."""
+    """The quick start's steps 3-5 and the comparison with --dataset=vqav2_hub, no data folder at all, a held-out
+    curve, and two rate-limited answers while the fine-tuning caches its pictures."""
     root = tmp_path_factory.mktemp("hub_course")
     out = root / "out"
     common = [f"--model_id={tiny_model_dir}", "--dataset=vqav2_hub", f"--data_dir={root / 'no_data'}",
@@ -68,7 +68,8 @@ def course(easy_hub, tiny_model_dir, tmp_path_factory) -> dict:
         env = hub_env(hub, root)
         runs = {"baseline": run_script("create_vqav2_baseline.py", *common, "--max_samples=400", env=env, check=True)}
         hub.fail("range", 429, times=2, retry_after="0")
-        runs["train"] = run_script("finetune_vqav2_lora.py", *common, *QUICK_START, env=env, check=True)
+        runs["train"] = run_script("finetune_vqav2_lora.py", *common, *QUICK_START, "--eval_every=150",
+                                   "--eval_samples=60", env=env, check=True)
         runs["evaluate"] = run_script("evaluate_vqav2_finetuned.py", *common, env=env, check=True)
     runs["compare"] = run_script("compare_baseline_finetuned.py", f"--output_dir={out}", check=True)
     assert not (root / "no_data").exists()
@@ -83,16 +84,20 @@ def test_hub_fine_tuning_leaves_out_the_frozen_sample_and_records_its_pictures(c
     val = load_samples("vqav2_hub", "val", hf_dataset=str(easy_hub), cache_dir=course["root"] / "check")
     frozen = set(json.loads((out / "vqav2_sample_ids.json").read_text())["question_ids"])
     evaluated = {s.image_id for s in val if s.question_id in frozen}
-    pool = [s for s in val if s.image_id not in evaluated]
+    heldout = set(json.loads((out / "heldout_sample_ids.json").read_text())["image_ids"])
+    assert heldout and not heldout & evaluated  # the held-out slice: val pictures neither evaluated nor trained on
+    pool = [s for s in val if s.image_id not in evaluated | heldout]
     assert data["dataset"] == "vqav2_hub" and data["split"] == "val" and data["images_from"] == "COCO val2014"
     assert data["hf_dataset"] == "lmms-lab/VQAv2" and data["revision"]
-    assert data["pool_questions"] == len(pool) and data["excluded_images"] == len(evaluated) > 300
+    assert data["pool_questions"] == len(pool) and data["excluded_images"] == len(evaluated | heldout) > 300
     trained = set(config["training_image_ids"])
-    assert trained and not trained & evaluated and trained <= {s.image_id for s in pool}
+    assert trained and not trained & (evaluated | heldout) and trained <= {s.image_id for s in pool}
     assert data["images"] == len(trained) and 0 < data["questions"] <= 300 * 16
-    # only the pictures the steps read (and the frozen sample's) were cached
+    # only the pictures the steps read (and the frozen sample's and the slice's) were cached
     cached = {int(p.stem) for p in (out / "vqav2_hub" / "images").glob("*.png")}
-    assert cached == trained | evaluated
+    assert cached == trained | evaluated | heldout
+    points = [r["heldout"]["accuracy"] for r in rows_of(out / "lora_adapter" / "train_log.jsonl") if "heldout" in r]
+    assert len(points) == 2 and points[-1] > 50, points
     # the 429s were waited out, the rule and the pool were printed, the evaluation said where the adapter came from
     train = course["runs"]["train"]
     assert "answered HTTP 429" in train.stdout + train.stderr
