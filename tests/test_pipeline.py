@@ -120,8 +120,10 @@ def test_adapter_folder_is_complete(chain):
     assert "trainable parameters:" in s and "q_proj x2" in s and "fc2 x2" in s
     assert "QLoRA" in s and "nf4" in s.lower()  # the memory estimate before loading
     save_every = 200  # finetune_vqav2_lora.py's SAVE_EVERY; the quick start keeps it
+    eval_every = readme_setting("finetune_vqav2_lora.py", "eval_every")  # a checkpoint before each held-out point
+    saved = {s for s in range(1, TRAIN_STEPS + 1) if s % save_every == 0 or s % eval_every == 0} | {TRAIN_STEPS}
     kept = sorted(p.name for p in (chain["out"] / "lora_adapter_checkpoints").iterdir() if p.is_dir())
-    assert kept == [f"step-{s:06d}" for s in (save_every * (TRAIN_STEPS // save_every), TRAIN_STEPS)]
+    assert kept == ["heldout"] + [f"step-{s:06d}" for s in sorted(saved)[-2:]]  # KEEP_CHECKPOINTS = 2
 
 
 def test_reloaded_adapter_reproduces_in_memory_predictions(chain):
