@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -70,6 +71,8 @@ def one_scope(scope: str, work: Path, zero_shot: dict, curve_settings: dict) -> 
     from tests.twin_story import accuracy_by_kind
 
     steps = {"train_steps": STEPS} if STEPS else {}
+    (work / scope).mkdir(exist_ok=True)  # the held-out slice avoids the baseline's frozen sample: the same one here
+    shutil.copyfile(work / "vqav2_sample_ids.json", work / scope / "vqav2_sample_ids.json")
     train, train_s = run(with_settings(quickstart_argv("finetune_vqav2_lora.py"), model_id=MODEL_ID, lora_scope=scope,
                                        output_dir=work / scope, **steps, **curve_settings))
     adapter = work / scope / "lora_adapter"
