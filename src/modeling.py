@@ -335,12 +335,10 @@ def base_fingerprint(model, n: int = 64) -> dict[str, list[float]]:
 
 
 def recorded_fingerprint(adapter: str | Path) -> dict | None:
-    """The base fingerprint in the training_config.json the fine-tuning saved beside the adapter, or None."""
-    path = Path(adapter) / "training_config.json"
-    try:
-        found = json.loads(path.read_text(encoding="utf-8")).get("base_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The base fingerprint in the training config the fine-tuning saved beside the adapter, or None."""
+    from .merging import read_training_config
+
+    found = (read_training_config(adapter)[1] or {}).get("base_fingerprint")
     return found if isinstance(found, dict) and found else None
 
 
