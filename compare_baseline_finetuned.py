@@ -37,21 +37,20 @@ template), the number formats in src/formatting.py and every string of both lang
 from __future__ import annotations
 
 import os
-import random
 import time
 from pathlib import Path
 
 from src.charts import (ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, heldout_chart, length_chart,
                         setup_matplotlib)
-from src.compare import (bootstrap_clusters, check_result_rows, check_same_setup, compare_rows,
+from src.compare import (check_result_rows, check_same_setup, compare_rows,
                          count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
-                         score_baseline_only, select_cases, settings_of)
+                         select_cases, settings_of)
 from src.config import apply_overrides, write_config
 from src.data import TEST_SPLITS, image_set
 from src.evaluation import evalai_file_name, no_answers_line, zero_shot_reference
 from src.vqa_eval import accuracy_interval
 from src.errors import UserError, run_main
-from src.formatting import is_multirun, summary_text
+from src.formatting import runs_of, summary_text
 from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
@@ -147,10 +146,11 @@ def demo_rows_of(demo_base: dict | None, demo_ft: dict | None) -> list[dict]:
 
 # --- comparing -----------------------------------------------------------------------------------
 
-def compare_files(base_rows: list[dict], ft_rows: list[dict], base_path: Path, ft_path: Path,
-                  warns: list[str]) -> tuple[dict, list[dict]]:
-    """(result numbers, pairs) of baseline vs fine-tuned; stops on files that cannot be compared."""
-    cov = coverage(base_rows, ft_rows)
+def compare_files(base_rows: list[dict], ft_rows: list[dict] | None, base_path: Path,
+                  ft_path: Path) -> tuple[dict, list[dict]]:
+    """(result numbers, pairs) of baseline vs fine-tuned, or of the baseline alone (`ft_rows` None); stops on
+    files that cannot be compared."""
+    cov = coverage(base_rows, ft_rows or base_rows)
     if (cov["only_baseline"] or cov["only_finetuned"]) and not ALLOW_PARTIAL:
         raise UserError(
             f"the files cover different questions: {base_path} has {cov['baseline_questions']}, {ft_path} has "
@@ -163,27 +163,17 @@ def compare_files(base_rows: list[dict], ft_rows: list[dict], base_path: Path, f
         raise UserError(f"{cmp['mismatched']['n']} question ids have a different question or ground truth in "
                         f"{base_path} and {ft_path} (e.g. {ids}): the files come from different question sets")
     if cmp["n"] == 0:
-        raise UserError(f"no question can be compared: {cov['common']} ids in common, all of them error rows "
+        raise UserError(f"{base_path}: every row is an error row; nothing to report" if ft_rows is None else
+                        f"no question can be compared: {cov['common']} ids in common, all of them error rows "
                         f"in one of the files")
     pairs = cmp.pop("pairs")
     del cmp["mismatched"]
     cmp["partial"] = bool(cov["only_baseline"] or cov["only_finetuned"])
     cmp["stored_score_mismatches"] = {
         "baseline": count_stored_mismatches(pairs, index_by_question_id(base_rows, str(base_path)), "baseline"),
-        "finetuned": count_stored_mismatches(pairs, index_by_question_id(ft_rows, str(ft_path)), "finetuned")}
+        "finetuned": ft_rows and count_stored_mismatches(pairs, index_by_question_id(ft_rows, str(ft_path)),
+                                                         "finetuned")}
     return cmp, pairs
-
-
-def score_baseline(base_rows: list[dict], base_path: Path) -> tuple[dict, list[dict]]:
-    """(result numbers, pairs) of a baseline-only report."""
-    result, pairs = score_baseline_only(base_rows)
-    if not pairs:
-        raise UserError(f"{base_path}: every row is an error row; nothing to report")
-    by_id = index_by_question_id(base_rows, str(base_path))
-    result["partial"] = False
-    result["stored_score_mismatches"] = {"baseline": count_stored_mismatches(pairs, by_id, "baseline"),
-                                         "finetuned": None}
-    return result, pairs
 
 
 def unanswered_split(rows: list[dict]) -> str | None:
@@ -201,19 +191,13 @@ def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases:
         for old in cases_dir.glob("case_*.png"):
             old.unlink()
     cases_dir.mkdir(parents=True, exist_ok=True)
-    plt = setup_matplotlib()
+    plt, runs = setup_matplotlib(), runs_of(result, tr)
     charts = {"accuracy": report_dir / "accuracy.png", "answer_length": report_dir / "answer_length.png"}
-    if is_multirun(result):
-        runs = [(r["label"], r["finetuned"], r["change"]) for r in result["runs"]]
-        lengths = [(tr("baseline"), result["answer_length"]["baseline"])] + [
-            (r["label"], r["answer_length"]) for r in result["runs"]]
-        curves = [(r["label"], r["heldout"]["points"]) for r in result["runs"]]
-        if any(points for _, points in curves):
-            charts["heldout_curve"] = report_dir / "heldout_curve.png"
-            heldout_chart(plt, curves, charts["heldout_curve"], tr, per_type=HELDOUT_PER_TYPE)
-    else:
-        runs = [(tr("finetuned"), result["finetuned"], result["change"])] if result["finetuned"] else []
-        lengths = [(tr(who), stats) for who, stats in result["answer_length"].items() if stats]
+    curves = [(r["label"], r["heldout"]["points"]) for r in runs if "heldout" in r]
+    if any(points for _, points in curves):
+        charts["heldout_curve"] = report_dir / "heldout_curve.png"
+        heldout_chart(plt, curves, charts["heldout_curve"], tr, per_type=HELDOUT_PER_TYPE)
+    lengths = [(tr("baseline"), result["answer_length"]["baseline"]), *((r["label"], r["answer_length"]) for r in runs)]
     accuracy_chart(plt, result["baseline"], runs, charts["accuracy"], tr)
     length_chart(plt, lengths, charts["answer_length"], tr)
     if demo_rows:
@@ -330,7 +314,6 @@ def write_no_answers(config: dict, report_dir: Path, runs: list[tuple[Path, str]
 
 def write_report(config: dict, started: float, tr, output_dir: Path, report_dir: Path, base_path: Path,
                  ft_paths: list[Path], labels: list[str]) -> None:
-    # read and compare
     warns: list[str] = []
     base_rows = read_results(base_path, "python create_vqav2_baseline.py")
     comparing = ft_paths[0].exists()
@@ -340,55 +323,83 @@ def write_report(config: dict, started: float, tr, output_dir: Path, report_dir:
     if runs:  # test-dev / test: nothing to score, so nothing to compare; every such run's EvalAI file is named
         write_no_answers(config, report_dir, runs)
         return
-    if len(ft_paths) > 1:
-        result, pairs, cases = multirun_result(base_rows, ft_rows, base_path, ft_paths, labels, tr, warns)
-        demo_rows: list[dict] = []
-    else:
-        result, pairs, demo_rows, cases = two_run_result(base_rows, ft_rows[0] if comparing else [], base_path,
-                                                         ft_paths[0], output_dir, tr, warns)
+    result, pairs, demo_rows, cases = build_result(base_rows, ft_rows, base_path, ft_paths, labels, output_dir, tr,
+                                                   warns)
     write_files(config, started, tr, report_dir, result, pairs, demo_rows, cases)
 
 
-def two_run_result(base_rows: list[dict], ft_rows: list[dict], base_path: Path, ft_path: Path, output_dir: Path, tr,
-                   warns: list[str]) -> tuple[dict, list[dict], list[dict], dict]:
-    """(result, pairs, demo rows, cases) of the baseline against one fine-tuned run (or alone, without one)."""
-    comparing = bool(ft_rows)
-    settings = {"baseline": settings_of(base_rows, str(base_path), warns), "finetuned": None}
-    if comparing:
-        numbers, pairs = compare_files(base_rows, ft_rows, base_path, ft_path, warns)
-        settings["finetuned"] = settings_of(ft_rows, str(ft_path), warns)
-        check_same_setup(settings["baseline"], settings["finetuned"], warns)
-        training = training_data_of(ft_rows, tr, warns)
-    else:
-        numbers, pairs, training = *score_baseline(base_rows, base_path), None
-    clusters = numbers.get("clusters") or bootstrap_clusters(pairs)[1]  # what the intervals resampled
-    published = published_of(base_rows, pairs, numbers["baseline"])
-    score_warnings(numbers["stored_score_mismatches"], warns)
-    demo_base = read_demo(output_dir / DEMO_BASELINE_FILE, warns)
-    demo_ft = read_demo(output_dir / DEMO_FINETUNED_FILE, warns)
-    demo_rows = demo_rows_of(demo_base, demo_ft)
-    cases = select_cases(pairs, comparing, CASES_PER_GROUP, SEED)
-    result = {
-        "mode": "comparison" if comparing else "baseline_only",
-        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "lang": LANG,
-        "files": {"baseline": str(base_path), "finetuned": str(ft_path), "finetuned_exists": comparing,
-                  "demo_baseline": str(output_dir / DEMO_BASELINE_FILE),
-                  "demo_finetuned": str(output_dir / DEMO_FINETUNED_FILE)},
-        "settings": settings,
-        **numbers,
-        "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs]),
-                          "finetuned": length_stats([p["finetuned_answer"] for p in pairs]) if comparing else None},
-        "bootstrap": bootstrap_record(clusters),
-        "cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()},
-        "cases_per_group": CASES_PER_GROUP,
-        "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,
-                 "rows": demo_rows},
-        "published": published,
-        "training_data": training,
-        "warnings": warns,
-    }
+def build_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path, ft_paths: list[Path],
+                 labels: list[str], output_dir: Path, tr, warns: list[str]) -> tuple[dict, list, list, dict]:
+    """(result, pairs, demo rows, cases): the baseline against each fine-tuned run. One run (or none: the baseline
+    alone) is the two-run report with the demo images; several stand side by side on the questions all of them
+    answered, with intervals, held-out curves and, as the cases, the questions they disagree on."""
+    multi = len(ft_rows) > 1
+    if multi:
+        base_rows, ft_rows, counts = on_frozen_sample(base_rows, ft_rows, base_path, ft_paths)
+    s_base = settings_of(base_rows, str(base_path), warns)
+    runs, mismatches = [], {}
+    for label, path, rows in zip(labels, ft_paths, ft_rows):
+        numbers, pairs = compare_files(base_rows, rows, base_path, path)
+        settings, notes = settings_of(rows, str(path), warns), []
+        check_same_setup(s_base, settings, notes)
+        training = training_data_of(rows, tr, notes)
+        warns += [f"{label}: {line}" if multi else line for line in notes]
+        mismatches[label] = numbers["stored_score_mismatches"]["finetuned"]
+        runs.append({"label": label, "file": str(path), "settings": settings, "training_data": training,
+                     "numbers": numbers, "pairs": pairs})
+    if not runs:
+        numbers, pairs = compare_files(base_rows, None, base_path, ft_paths[0])
+    score_warnings({"baseline": numbers["stored_score_mismatches"]["baseline"], **mismatches}, warns)
+    result = {"mode": "multirun" if multi else "comparison" if runs else "baseline_only",
+              "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG}
+    if not multi:
+        demo_base = read_demo(output_dir / DEMO_BASELINE_FILE, warns)
+        demo_ft = read_demo(output_dir / DEMO_FINETUNED_FILE, warns)
+        demo_rows = demo_rows_of(demo_base, demo_ft)
+        result.update({
+            "files": {"baseline": str(base_path), "finetuned": str(ft_paths[0]), "finetuned_exists": bool(runs),
+                      "demo_baseline": str(output_dir / DEMO_BASELINE_FILE),
+                      "demo_finetuned": str(output_dir / DEMO_FINETUNED_FILE)},
+            "settings": {"baseline": s_base, "finetuned": runs[0]["settings"] if runs else None},
+            **numbers,
+            "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs]),
+                              "finetuned": length_stats([p["finetuned_answer"] for p in pairs]) if runs else None},
+            "bootstrap": bootstrap_record(numbers["clusters"]),
+            "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,
+                     "rows": demo_rows},
+            "training_data": runs[0]["training_data"] if runs else None})
+    else:  # each run compared as in the two-run report, then joined per question (the same ones in every run)
+        demo_rows, pairs = [], [join_runs(labels, ps) for ps in zip(*(r["pairs"] for r in runs))]
+        result.update({
+            "files": {"baseline": str(base_path), "finetuned": [str(p) for p in ft_paths]},
+            "settings": {"baseline": s_base}, "n": len(pairs), **counts,
+            "partial": counts["coverage"]["only_baseline"] + counts["coverage"]["only_finetuned"] > 0,
+            "baseline": numbers["baseline"], "baseline_interval": accuracy_intervals(pairs, "baseline_vqa"),
+            "runs": [{"label": r["label"], "file": r["file"], "settings": r["settings"],
+                      "finetuned": r["numbers"]["finetuned"], "change": r["numbers"]["change"],
+                      "interval": accuracy_intervals(r["pairs"], "finetuned_vqa"), "outcomes": r["numbers"]["outcomes"],
+                      "answer_length": length_stats([p["finetuned_answer"] for p in r["pairs"]]),
+                      "heldout": heldout_curve(r["settings"]["adapter"]), "training_data": r["training_data"]}
+                     for r in runs],
+            "disagreements": {"n": sum(p["outcome"] == "disagree" for p in pairs),
+                              "question_ids": [p["question_id"] for p in pairs if p["outcome"] == "disagree"]},
+            "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs])},
+            "bootstrap": bootstrap_record(numbers["clusters"])})
+    cases = select_cases(pairs, CASES_PER_GROUP, SEED)
+    result.update({"cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()},
+                   "cases_per_group": CASES_PER_GROUP, "published": published_of(base_rows, pairs, numbers["baseline"]),
+                   "warnings": warns})
     return result, pairs, demo_rows, cases
+
+
+def join_runs(labels: list[str], pairs: tuple[dict, ...]) -> dict:
+    """One question's pairs of several runs as one: the baseline's fields, each run's answer and scores in "runs",
+    and whether their scores differ."""
+    scores = [p["finetuned_vqa"] for p in pairs]
+    return {**{k: v for k, v in pairs[0].items() if not k.startswith("finetuned_")},
+            "runs": [{"label": label, **{k: v for k, v in p.items() if k.startswith("finetuned_")}}
+                     for label, p in zip(labels, pairs)],
+            "spread": max(scores) - min(scores), "outcome": "disagree" if max(scores) - min(scores) > 1e-9 else "agree"}
 
 
 def on_frozen_sample(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path,
@@ -450,56 +461,6 @@ def heldout_curve(adapter: str | None) -> dict:
             points.append({"step": row["step"], "accuracy": h["accuracy"], "per_answer_type": per_type,
                            "questions": h.get("questions"), "decoding": h.get("decoding")})
     return {"log": str(log), "points": points}
-
-
-def multirun_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Path, ft_paths: list[Path],
-                    labels: list[str], tr, warns: list[str]) -> tuple[dict, list[dict], dict]:
-    """(result, rows, cases) of several fine-tuned runs against the baseline on its frozen sample: each run
-    compared as in the two-run report, then joined per question; the cases are questions the runs disagree on."""
-    base_rows, ft_rows, counts = on_frozen_sample(base_rows, ft_rows, base_path, ft_paths)
-    s_base = settings_of(base_rows, str(base_path), warns)
-    runs, run_pairs = [], []
-    for label, path, rows in zip(labels, ft_paths, ft_rows):
-        numbers, pairs = compare_files(base_rows, rows, base_path, path, warns)
-        settings, differs = settings_of(rows, str(path), warns), []
-        check_same_setup(s_base, settings, differs)
-        warns += [f"{label}: {line}" for line in differs]
-        score_warnings({label: numbers["stored_score_mismatches"]["finetuned"]}, warns)
-        overlap: list[str] = []
-        training = training_data_of(rows, tr, overlap)
-        warns += [f"{label}: {line}" for line in overlap]
-        runs.append({"label": label, "file": str(path), "settings": settings, "finetuned": numbers["finetuned"],
-                     "interval": accuracy_intervals(pairs, "finetuned_vqa"), "change": numbers["change"],
-                     "outcomes": numbers["outcomes"],
-                     "answer_length": length_stats([p["finetuned_answer"] for p in pairs]),
-                     "heldout": heldout_curve(settings["adapter"]), "training_data": training})
-        run_pairs.append(pairs)
-    score_warnings({"baseline": numbers["stored_score_mismatches"]["baseline"]}, warns)
-    merged = []
-    for ps in zip(*run_pairs):  # the same questions in the same order in every run
-        scores = [p["finetuned_vqa"] for p in ps]
-        merged.append({**{k: v for k, v in ps[0].items() if not k.startswith("finetuned_")},
-                       "runs": [{"label": label, **{k: v for k, v in p.items() if k.startswith("finetuned_")}}
-                                for label, p in zip(labels, ps)],
-                       "spread": max(scores) - min(scores),
-                       "outcome": "disagree" if max(scores) - min(scores) > 1e-9 else "agree"})
-    disagree = [p for p in merged if p["outcome"] == "disagree"]
-    order = random.Random(SEED).sample(disagree, len(disagree))  # the largest spread first, ties seeded
-    cases = {"disagree": sorted(order, key=lambda p: -p["spread"])[:CASES_PER_GROUP]}
-    baseline = numbers["baseline"]
-    result = {
-        "mode": "multirun", "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG,
-        "files": {"baseline": str(base_path), "finetuned": [str(p) for p in ft_paths]},
-        "settings": {"baseline": s_base}, "n": len(merged), **counts,
-        "partial": counts["coverage"]["only_baseline"] + counts["coverage"]["only_finetuned"] > 0,
-        "baseline": baseline, "baseline_interval": accuracy_intervals(merged, "baseline_vqa"), "runs": runs,
-        "disagreements": {"n": len(disagree), "question_ids": [p["question_id"] for p in disagree]},
-        "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in merged])},
-        "bootstrap": bootstrap_record(runs[0]["change"]["clusters"]),
-        "cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()}, "cases_per_group": CASES_PER_GROUP,
-        "published": published_of(base_rows, merged, baseline), "warnings": warns,
-    }
-    return result, merged, cases
 
 
 def bootstrap_record(clusters: dict) -> dict:

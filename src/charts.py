@@ -4,10 +4,8 @@ pictures, labelled through src.i18n and drawn with a CJK fallback font for Chine
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib.util
-import io
 import math
 import sys
 import warnings
@@ -85,13 +83,6 @@ def _run_colour(i: int) -> str:
     return _RUN_COLOURS[i % len(_RUN_COLOURS)]
 
 
-def jpeg_data_uri(img, quality: int) -> str:
-    """A PIL image as an inline JPEG data URI: report.html carries its pictures inside itself."""
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 # --- training ------------------------------------------------------------------------------------
 
 def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> None:
@@ -139,7 +130,6 @@ class ImageCache:
     def __init__(self, resolve: Callable[[str | None], Path | None]):
         self.resolve = resolve
         self._small: dict = {}
-        self._thumb: dict = {}
 
     def small(self, path: str | None):
         if path not in self._small:
@@ -156,15 +146,6 @@ class ImageCache:
                 img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
             self._small[path] = img
         return self._small[path]
-
-    def thumbnail_data_uri(self, path: str | None, size: int) -> str | None:
-        if path not in self._thumb:
-            thumb = self.small(path)
-            if thumb is not None:
-                thumb = thumb.copy()
-                thumb.thumbnail((size, size))
-            self._thumb[path] = None if thumb is None else jpeg_data_uri(thumb, quality=75)
-        return self._thumb[path]
 
 
 def score_colour(score: float | None) -> str:
@@ -250,19 +231,32 @@ def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 180
 
 # --- charts of the numbers -----------------------------------------------------------------------
 
+def _tidy(ax, title: str, xlabel: str = "", ylabel: str = "", legend: bool = True, **legend_options) -> None:
+    """The look every chart of numbers shares: small title and legend, no frame on the top and right."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=8, frameon=False, **legend_options)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _bars(ax, series: list[tuple[str, list[float], str]], labels: list[str], fontsize=None) -> list:
+    """One bar per label for each series (who, values, colour), the series side by side."""
+    width = 0.8 / len(series)
+    ax.set_xticks(range(len(labels)), labels, fontsize=fontsize)
+    return [ax.bar([x - 0.4 + width * (si + 0.5) for x in range(len(values))], values, width, label=who, color=colour)
+            for si, (who, values, colour) in enumerate(series)]
+
+
 def _bar_panel(ax, groups, labels, series, metric, title) -> None:
     """Bars of `metric` per group, one series (who, metrics, colour) beside the other."""
-    width = 0.8 / len(series)
-    x = list(range(len(groups)))
-    for si, (who, metrics, colour) in enumerate(series):
-        vals = [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan) for g in groups[1:]]
-        bars = ax.bar([xi - 0.4 + width * (si + 0.5) for xi in x], vals, width, label=who, color=colour)
+    values = [(who, [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan)
+                                         for g in groups[1:]], colour) for who, metrics, colour in series]
+    for bars in _bars(ax, values, labels, fontsize=8):
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 109)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", frameon=False, ncols=2)
-    ax.spines[["top", "right"]].set_visible(False)
+    _tidy(ax, title, loc="upper left", ncols=2)
 
 
 def _change_panel(ax, groups, labels, points, tr) -> None:
@@ -278,23 +272,22 @@ def _change_panel(ax, groups, labels, points, tr) -> None:
     ax.axhline(0, color="#616161", linewidth=0.8)
     ax.set_xticks(x, labels, fontsize=8)
     unit = (points[0][1].get("clusters") or {"unit": "question"})["unit"]  # older changes resampled questions
-    ax.set_title(tr("chart_change_title", unit=tr(f"chart_unit_{unit}")), fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+    _tidy(ax, tr("chart_change_title", unit=tr(f"chart_unit_{unit}")))
 
 
-def accuracy_chart(plt, base: dict, runs: list[tuple[str, dict, dict]], out: Path, tr) -> None:
-    """accuracy.png: VQA accuracy and exact match of the baseline and each fine-tuned run (who, metrics, change),
-    overall and per answer type, and the change with its interval (one run: both metrics; several: VQA)."""
+def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
+    """accuracy.png: VQA accuracy and exact match of the baseline and each fine-tuned run (label, finetuned,
+    change), overall and per answer type, and the change with its interval (one run: both metrics; several: VQA)."""
     groups = [None, *type_order(base["per_answer_type"])]
     labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
               for g in groups]
-    series = [(tr("baseline"), base, _BASE_COLOUR)] + [(who, m, _run_colour(i)) for i, (who, m, _) in enumerate(runs)]
+    series = [(tr("baseline"), base, _BASE_COLOUR)] + [(r["label"], r["finetuned"], _run_colour(i))
+                                                       for i, r in enumerate(runs)]
     if len(runs) == 1:
-        points = [(tr(metric), runs[0][2], metric, colour)
+        points = [(tr(metric), runs[0]["change"], metric, colour)
                   for metric, colour in (("vqa_accuracy", _FT_COLOUR), ("exact_match", "#8e24aa"))]
     else:
-        points = [(who, change, "vqa_accuracy", _run_colour(i)) for i, (who, _, change) in enumerate(runs)]
+        points = [(r["label"], r["change"], "vqa_accuracy", _run_colour(i)) for i, r in enumerate(runs)]
     panels = 3 if runs else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0))
     for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
@@ -307,18 +300,11 @@ def accuracy_chart(plt, base: dict, runs: list[tuple[str, dict, dict]], out: Pat
 def length_chart(plt, series: list[tuple[str, dict]], out: Path, tr) -> None:
     """answer_length.png: histogram of words per answer, the baseline's first, then each run's (who, stats)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    labels = list(series[0][1]["histogram"])
-    width = 0.8 / len(series)
-    for si, (who, stats) in enumerate(series):
-        xs = [i - 0.4 + width * (si + 0.5) for i in range(len(labels))]
-        ax.bar(xs, list(stats["histogram"].values()), width, color=_BASE_COLOUR if si == 0 else _run_colour(si - 1),
-               label=tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"))
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel(tr("chart_length_x"))
-    ax.set_ylabel(tr("chart_length_y"))
-    ax.set_title(tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+    _bars(ax, [(tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"), list(stats["histogram"].values()),
+                _BASE_COLOUR if si == 0 else _run_colour(si - 1)) for si, (who, stats) in enumerate(series)],
+          list(series[0][1]["histogram"]))
+    _tidy(ax, tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), tr("chart_length_x"),
+          tr("chart_length_y"))
     _save(plt, fig, out)
 
 
@@ -334,12 +320,9 @@ def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_
             xy = [(x, y) for x, y in xy if y is not None]
             if xy:
                 ax.plot(*zip(*xy), marker="o", markersize=3, color=_run_colour(i), label=who)
-        ax.set_title(tr("chart_heldout_title") if t is None else t, fontsize=10)
-        ax.set_xlabel(tr("chart_heldout_x"))
-        ax.set_ylabel(tr("chart_heldout_y"))
         ax.grid(alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0][0].legend(fontsize=8, frameon=False)
+        _tidy(ax, tr("chart_heldout_title") if t is None else t, tr("chart_heldout_x"), tr("chart_heldout_y"),
+              legend=t is None)
     _save(plt, fig, out)
 
 

@@ -138,52 +138,53 @@ def _counts(pairs: list[dict]) -> dict:
     return counts
 
 
-def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
+def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
                  n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Two result files compared on the questions both answered, scored again with src.vqa_eval; error rows
-    and mismatched questions are left out and counted. The result's keys: docs/notes.md."""
+    """Two result files compared on the questions both answered (or the baseline alone: `ft_rows` None), scored
+    again with src.vqa_eval; error rows and mismatched questions are left out and counted. Keys: docs/notes.md."""
     base_by_id = index_by_question_id(base_rows, "baseline rows")
-    ft_by_id = index_by_question_id(ft_rows, "fine-tuned rows")
+    ft_by_id = base_by_id if ft_rows is None else index_by_question_id(ft_rows, "fine-tuned rows")
     common = sorted(set(base_by_id) & set(ft_by_id), key=lambda q: (str(type(q)), q))
     kept, excluded, mismatched = [], 0, []
     for qid in common:
-        b, f = base_by_id[qid], ft_by_id[qid]
-        if not (is_scorable(b) and is_scorable(f)):
+        b, f = base_by_id[qid], None if ft_rows is None else ft_by_id[qid]
+        if not (is_scorable(b) and (f is None or is_scorable(f))):
             excluded += 1
-            continue
-        if b.get("question") != f.get("question") or list(b.get("gt_answers") or []) != list(f.get("gt_answers") or []):
+        elif f and (b.get("question") != f.get("question") or list(b["gt_answers"]) != list(f["gt_answers"])):
             mismatched.append(qid)
-            continue
-        kept.append((b, f))
-    result = {
-        "n": len(kept),
-        "coverage": coverage(base_rows, ft_rows),
-        "errors": {"baseline": sum(not is_scorable(r) for r in base_rows),
-                   "finetuned": sum(not is_scorable(r) for r in ft_rows), "excluded": excluded},
-        "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]},
-    }
+        else:
+            kept.append((b, f))
+    n_errors = {"baseline": sum(not is_scorable(r) for r in base_rows),
+                "finetuned": None if ft_rows is None else sum(not is_scorable(r) for r in ft_rows)}
+    result = {"n": len(kept), "coverage": coverage(base_rows, ft_rows or []),
+              "errors": {**n_errors, "excluded": excluded},
+              "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]}}
+    base_list = [b for b, _ in kept]
+    # the fine-tuned rows take the baseline's answer and question types: one question, one type
+    ft_list = [{**f, "answer_type": b.get("answer_type"), "question_type": b.get("question_type")} for b, f in kept
+               if f is not None]
     if not kept:
         return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None, "clusters": None,
                 "answer_processing": None, "pairs": []}
-
-    base_list = [b for b, _ in kept]
-    ft_list = [{**f, "answer_type": b.get("answer_type"), "question_type": b.get("question_type")} for b, f in kept]
     gts = [b["gt_answers"] for b in base_list]
-    base_vqa, base_em = score_batch([b["answer"] for b in base_list], gts)
-    ft_vqa, ft_em = score_batch([f["answer"] for f in ft_list], gts)
+    scores = {"baseline": score_batch([b["answer"] for b in base_list], gts)}
+    scores["finetuned"] = score_batch([f["answer"] for f in ft_list], gts) if ft_list else ([None] * len(kept),) * 2
     pairs = []
     for i, (b, f) in enumerate(kept):
-        pairs.append({
-            "question_id": b["question_id"], "image_id": b.get("image_id"), "image_path": b.get("image_path"),
-            "question": b.get("question"), "gt_answers": b["gt_answers"],
-            "answer_type": b.get("answer_type"), "question_type": b.get("question_type"),
-            "baseline_answer": b["answer"], "finetuned_answer": f["answer"],
-            "baseline_raw_answer": b.get("raw_answer"), "finetuned_raw_answer": f.get("raw_answer"),
-            "baseline_vqa": float(base_vqa[i]), "finetuned_vqa": float(ft_vqa[i]),
-            "baseline_em": float(base_em[i]), "finetuned_em": float(ft_em[i]),
-            "outcome": _outcome(float(base_vqa[i]), float(ft_vqa[i])),
-        })
-
+        pair = {key: b.get(key) for key in ("question_id", "image_id", "image_path", "question", "gt_answers",
+                                            "answer_type", "question_type")}
+        for who, row in (("baseline", b), ("finetuned", f or {})):
+            vqa, em = (None if s[i] is None else float(s[i]) for s in scores[who])
+            pair.update({f"{who}_answer": row.get("answer"), f"{who}_raw_answer": row.get("raw_answer"),
+                         f"{who}_vqa": vqa, f"{who}_em": em})
+        pair["outcome"] = f and _outcome(pair["baseline_vqa"], pair["finetuned_vqa"])
+        pairs.append(pair)
+    processing = {"baseline": processing_changes(base_list),
+                  "finetuned": processing_changes(ft_list) if ft_list else None}
+    if not ft_list:
+        return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": None, "change": None,
+                "outcomes": None, "clusters": bootstrap_clusters(pairs)[1], "answer_processing": processing,
+                "pairs": pairs}
     change = _bootstrap_changes(pairs, n_resamples, seed)
     outcomes = _counts(pairs)
     by_type: dict = {}
@@ -194,30 +195,8 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict],
                                  for t, ps in sorted(by_type.items())}
     outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
     return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
-            "change": change, "outcomes": outcomes, "clusters": change["clusters"],
-            "answer_processing": {"baseline": processing_changes(base_list), "finetuned": processing_changes(ft_list)},
+            "change": change, "outcomes": outcomes, "clusters": change["clusters"], "answer_processing": processing,
             "pairs": pairs}
-
-
-def score_baseline_only(rows: Sequence[dict]) -> tuple[dict, list[dict]]:
-    """(result, pairs) for a report without fine-tuned results: the keys of compare_rows' result, with
-    the fine-tuned ones None; pairs carry the baseline fields only."""
-    valid = sorted((r for r in rows if is_scorable(r)), key=lambda r: (str(type(r["question_id"])), r["question_id"]))
-    if not valid:
-        return {}, []
-    vqa, em = score_batch([r["answer"] for r in valid], [r["gt_answers"] for r in valid])
-    pairs = [{"question_id": r["question_id"], "image_id": r.get("image_id"), "image_path": r.get("image_path"),
-              "question": r.get("question"), "gt_answers": r["gt_answers"], "answer_type": r.get("answer_type"),
-              "question_type": r.get("question_type"), "baseline_answer": r["answer"], "finetuned_answer": None,
-              "baseline_raw_answer": r.get("raw_answer"), "finetuned_raw_answer": None,
-              "baseline_vqa": float(vqa[i]), "finetuned_vqa": None, "baseline_em": float(em[i]),
-              "finetuned_em": None, "outcome": None} for i, r in enumerate(valid)]
-    n_err = sum(not is_scorable(r) for r in rows)
-    result = {"n": len(pairs), "coverage": {**coverage(rows, []), "common": 0},
-              "errors": {"baseline": n_err, "finetuned": None, "excluded": n_err},
-              "baseline": _metrics(score_rows(valid)), "finetuned": None, "change": None, "outcomes": None,
-              "answer_processing": {"baseline": processing_changes(valid), "finetuned": None}}
-    return result, pairs
 
 
 def settings_of(rows: Sequence[dict], source: str, warnings_out: list[str]) -> dict:
@@ -265,30 +244,26 @@ def length_stats(answers: Sequence[str | None]) -> dict:
             "histogram": {labels[i]: hist.get(i, 0) for i in range(_LENGTH_BINS + 1)}}
 
 
-def group_members(pairs: Sequence[dict], comparing: bool) -> dict[str, list[dict]]:
-    """Every pair in its example group: improved / worsened / unchanged, or (baseline only) the
-    questions the baseline got right / wrong."""
-    if comparing:
-        return {"improved": [p for p in pairs if p["outcome"] == "better"],
-                "worsened": [p for p in pairs if p["outcome"] == "worse"],
-                "unchanged": [p for p in pairs if p["outcome"] == "same"]}
-    return {"correct": [p for p in pairs if p["baseline_vqa"] >= 1.0],
-            "wrong": [p for p in pairs if p["baseline_vqa"] <= 0.0]}
+def group_members(pairs: Sequence[dict]) -> dict[str, list[dict]]:
+    """Every pair in its example group: improved / worsened / unchanged, the questions several runs disagree on,
+    or (baseline only) the questions the baseline got right / wrong."""
+    if pairs and pairs[0]["outcome"] is None:
+        return {"correct": [p for p in pairs if p["baseline_vqa"] >= 1.0],
+                "wrong": [p for p in pairs if p["baseline_vqa"] <= 0.0]}
+    groups = {"disagree": "disagree"} if pairs and "runs" in pairs[0] else \
+        {"improved": "better", "worsened": "worse", "unchanged": "same"}
+    return {g: [p for p in pairs if p["outcome"] == outcome] for g, outcome in groups.items()}
 
 
-def select_cases(pairs: Sequence[dict], comparing: bool, k: int, seed: int) -> dict[str, list[dict]]:
-    """`k` examples per group: the largest changes first, unchanged ones with a changed answer text first;
-    ties broken by a seeded shuffle, so reruns pick the same questions."""
+def select_cases(pairs: Sequence[dict], k: int, seed: int) -> dict[str, list[dict]]:
+    """`k` examples per group: the largest changes (or spreads between runs) first, unchanged ones with a changed
+    answer text first; ties broken by a seeded shuffle, so reruns pick the same questions."""
     order = list(pairs)
     random.Random(seed).shuffle(order)
-    groups = group_members(order, comparing)
-    if comparing:
-        delta = lambda p: p["finetuned_vqa"] - p["baseline_vqa"]  # noqa: E731
-        same_text = lambda p: p["baseline_answer"].strip().lower() == p["finetuned_answer"].strip().lower()  # noqa: E731
-        groups["improved"].sort(key=lambda p: -delta(p))
-        groups["worsened"].sort(key=delta)
-        groups["unchanged"].sort(key=same_text)
-    return {g: ps[:k] for g, ps in groups.items()}
+    delta = lambda p: p["finetuned_vqa"] - p["baseline_vqa"]  # noqa: E731
+    first = {"improved": lambda p: -delta(p), "worsened": delta, "disagree": lambda p: -p["spread"],
+             "unchanged": lambda p: p["baseline_answer"].strip().lower() == p["finetuned_answer"].strip().lower()}
+    return {g: sorted(ps, key=first[g])[:k] if g in first else ps[:k] for g, ps in group_members(order).items()}
 
 
 def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n_resamples: int, seed: int) -> None:

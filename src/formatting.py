@@ -26,9 +26,7 @@ def signed(value) -> str:
 
 def format_change(c: dict | None) -> str:
     """'+1.23 [-0.40, +2.90]': the change in points and its 95% interval."""
-    if not c:
-        return "–"
-    return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+    return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]" if c else "–"
 
 
 def type_order(types) -> list[str]:
@@ -67,36 +65,16 @@ def group_title(group: str, tr: Callable[..., str]) -> str:
     return tr(f"group_{group}") if group in GROUP_KEYS else safe_text(group)
 
 
-def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the headline table: overall and per answer type, VQA accuracy and exact match before /
-    after / change, better / worse / same; a baseline-only result gets the baseline columns, several runs
-    runs_table's."""
+def runs_of(result: dict, tr: Callable[..., str]) -> list[dict]:
+    """The fine-tuned runs of a result, each with label, file, settings and numbers: a several-run report's
+    "runs", the one run of a two-run report, or none."""
     if is_multirun(result):
-        return runs_table(result, tr)
-    base, ft = result["baseline"], result.get("finetuned")
-    comparing = ft is not None
-    vqa, em = tr("vqa_accuracy"), tr("exact_match")
-    header = [tr("answer_type"), tr("n"), f"{vqa} {tr('baseline')}"]
-    if comparing:
-        header += [f"{vqa} {tr('finetuned')}", tr("change_ci")]
-    header.append(f"{em} {tr('baseline')}")
-    if comparing:
-        header += [f"{em} {tr('finetuned')}", tr("change_ci"), tr("better_worse_same")]
-    rows = []
-    for t in [None, *type_order(base["per_answer_type"])]:
-        b = base if t is None else base["per_answer_type"][t]
-        row = [tr("overall") if t is None else str(t), str(b["n"]), pts(b["vqa_accuracy"])]
-        if comparing:
-            f = ft if t is None else ft["per_answer_type"].get(t, {})
-            c = result["change"] if t is None else result["change"]["per_answer_type"].get(t, {})
-            o = result["outcomes"] if t is None else result["outcomes"]["per_answer_type"].get(t, {})
-            row += [pts(f.get("vqa_accuracy")), format_change(c.get("vqa_accuracy")), pts(b["exact_match"]),
-                    pts(f.get("exact_match")), format_change(c.get("exact_match")),
-                    f"{o.get('better', '–')} / {o.get('worse', '–')} / {o.get('same', '–')}"]
-        else:
-            row.append(pts(b["exact_match"]))
-        rows.append(row)
-    return header, rows
+        return result["runs"]
+    if result.get("finetuned") is None:
+        return []
+    return [{**result, "label": tr("finetuned"), "file": (result.get("files") or {}).get("finetuned"),
+             "settings": (result.get("settings") or {}).get("finetuned"),
+             "answer_length": (result.get("answer_length") or {}).get("finetuned")}]
 
 
 def is_multirun(result: dict) -> bool:
@@ -104,27 +82,36 @@ def is_multirun(result: dict) -> bool:
     return result.get("mode") == "multirun"
 
 
-def runs_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of several fine-tuned runs side by side, overall and per answer type: the VQA accuracy
-    [95% CI] of the baseline and of each run, and each run's change from the baseline [95% CI]."""
-    base, runs = result["baseline"], result["runs"]
-    vqa = tr("vqa_accuracy")
-    header = [tr("answer_type"), tr("n"), f"{vqa} {tr('baseline')}"]
-    for r in runs:
-        header += [f"{vqa} {r['label']}", f"{r['label']} {tr('change_ci')}"]
+def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the headline table, overall and per answer type: each metric of the baseline and of each
+    run with its change [95% CI]; one run adds exact match and better / worse / same, several runs each
+    accuracy's interval."""
+    multi, base, runs = is_multirun(result), result["baseline"], runs_of(result, tr)
+    metrics = ["vqa_accuracy"] if multi else ["vqa_accuracy", "exact_match"]
+    header = [tr("answer_type"), tr("n")]
+    for m in metrics:
+        header.append(f"{tr(m)} {tr('baseline')}")
+        for r in runs:
+            header += [f"{tr(m)} {r['label']}", f"{r['label']} {tr('change_ci')}" if multi else tr("change_ci")]
+    header += [tr("better_worse_same")] if runs and not multi else []
 
-    def accuracy(metrics: dict, interval: dict, t) -> str:
-        m = metrics if t is None else metrics["per_answer_type"].get(t, {})
-        i = interval["overall"] if t is None else interval["per_answer_type"].get(t)
-        return pts(m.get("vqa_accuracy")) + (f" [{i['low']:.2f}, {i['high']:.2f}]" if i else "")
+    def part(numbers: dict, t) -> dict:
+        return numbers if t is None else numbers["per_answer_type"].get(t, {})
+
+    def cell(numbers: dict, interval: dict | None, metric: str, t) -> str:
+        i = interval and (interval["overall"] if t is None else interval["per_answer_type"].get(t))
+        return pts(part(numbers, t).get(metric)) + (f" [{i['low']:.2f}, {i['high']:.2f}]" if i else "")
 
     rows = []
     for t in [None, *type_order(base["per_answer_type"])]:
-        n = base["n"] if t is None else base["per_answer_type"][t]["n"]
-        row = [tr("overall") if t is None else str(t), str(n), accuracy(base, result["baseline_interval"], t)]
-        for r in runs:
-            c = r["change"] if t is None else r["change"]["per_answer_type"].get(t, {})
-            row += [accuracy(r["finetuned"], r["interval"], t), format_change(c.get("vqa_accuracy"))]
+        row = [tr("overall") if t is None else str(t), str(part(base, t)["n"])]
+        for m in metrics:
+            row.append(cell(base, result.get("baseline_interval"), m, t))
+            for r in runs:
+                row += [cell(r["finetuned"], r.get("interval"), m, t), format_change(part(r["change"], t).get(m))]
+        if runs and not multi:
+            o = part(result["outcomes"], t)
+            row.append(f"{o.get('better', '–')} / {o.get('worse', '–')} / {o.get('same', '–')}")
         rows.append(row)
     return header, rows
 
@@ -222,29 +209,29 @@ def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = Fal
     return lines
 
 
+def file_lines(result: dict, tr: Callable[..., str], baseline_key: str, run_key: str) -> list[str]:
+    """A line per result file (its model, adapter, prompt, decoding), each run's training data under its own."""
+    multi, s_base = is_multirun(result), result["settings"]["baseline"]
+    out = []
+    for who, path, s, training, key in [(tr("baseline"), result["files"]["baseline"], s_base, None, baseline_key), *(
+            (r["label"], r["file"], r["settings"], r.get("training_data"), run_key) for r in runs_of(result, tr))]:
+        out.append(tr(key, who=who, path=path, model=s["model_id"], adapter=s["adapter"] or tr("none"),
+                      prompt=s["prompt"], decoding=json.dumps(s["decoding"])))
+        out += [(f"{who}: " if multi else "") + training["line"]] if training else []
+    return out
+
+
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
     """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
-    files, ft = result["files"], result.get("finetuned")
-    s_base, s_ft = result["settings"]["baseline"], result["settings"].get("finetuned")
-    out = [tr("title"), ""]
-    out.append(tr("file_line", who=tr("baseline"), path=files["baseline"], model=s_base["model_id"],
-                  adapter=s_base["adapter"] or tr("none"), prompt=s_base["prompt"]))
-    if is_multirun(result):
-        for r in result["runs"]:
-            out += [tr("file_line", who=r["label"], path=r["file"], model=r["settings"]["model_id"],
-                       adapter=r["settings"]["adapter"] or tr("none"), prompt=r["settings"]["prompt"])]
-            out += [f"{r['label']}: {r['training_data']['line']}"] if r.get("training_data") else []
-    elif ft is None:
-        out.append(tr("missing_ft", path=files["finetuned"]))
-    else:
-        out.append(tr("file_line", who=tr("finetuned"), path=files["finetuned"], model=s_ft["model_id"],
-                      adapter=s_ft["adapter"] or tr("none"), prompt=s_ft["prompt"]))
-        out += [result["training_data"]["line"]] if result.get("training_data") else []
+    runs, s_base = runs_of(result, tr), result["settings"]["baseline"]
+    out = [tr("title"), "", *file_lines(result, tr, "file_line", "file_line")]
+    if not runs:
+        out.append(tr("missing_ft", path=result["files"]["finetuned"]))
     out += [tr("decoding", decoding=json.dumps(s_base["decoding"])), ""]
     cov, err = result["coverage"], result["errors"]
     if result["partial"]:
         out.append(tr("partial", common=cov["common"], only_base=cov["only_baseline"], only_ft=cov["only_finetuned"]))
-    comparing = ft is not None or is_multirun(result)
+    comparing = bool(runs)
     ft_errors = tr("excluded_ft", n=err["finetuned"]) if comparing else ""
     out.append(tr("questions_compared" if comparing else "questions_scored", n=result["n"])
                + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"], ft_errors=ft_errors))
