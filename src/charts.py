@@ -1,6 +1,5 @@
-"""Every picture the project draws: the training loss curve, the comparison charts and the example-case
-pictures, labelled through src.i18n and drawn with a CJK fallback font for Chinese (docs/details.md).
-"""
+"""Every picture the project draws: the training loss curve, the comparison charts and the example cases,
+labelled through src.i18n and drawn with a CJK fallback font for Chinese (docs/details.md)."""
 
 from __future__ import annotations
 
@@ -69,6 +68,7 @@ def setup_matplotlib():
     warnings.filterwarnings("ignore", message=r"Glyph .* missing from", category=UserWarning)
     plt.rcParams["font.family"] = ["DejaVu Sans", *cjk[:1]]  # Latin from DejaVu, the rest falls back
     plt.rcParams["savefig.dpi"] = 100
+    plt.rcParams["text.parse_math"] = False  # questions and answers are text: "$5" stays "$5"
     return plt
 
 
@@ -158,7 +158,7 @@ def draw_picture(ax, img, path: str | None, tr) -> None:
     if img is None:
         ax.set_facecolor("#bdbdbd")
         ax.text(0.5, 0.5, tr("image_not_found") + "\n" + wrap(path or tr("no_path"), 28, 4), ha="center",
-                va="center", fontsize=8, color="#424242", transform=ax.transAxes, parse_math=False)
+                va="center", fontsize=8, color="#424242", transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
     else:
@@ -190,21 +190,18 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
                  cache.small(pair["image_path"]), pair["image_path"], tr)
     fig.text(0.37, top(0.9), tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
                                 answer_type=pair["answer_type"]),
-             fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"), parse_math=False)
-    fig.text(0.37, top(0.8), tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top",
-             parse_math=False)
+             fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"))
+    fig.text(0.37, top(0.8), tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top")
     fig.text(0.37, top(0.56), clip(tr("case_gt", answers=gt_summary(pair["gt_answers"])), 70), fontsize=9,
-             color="#37474f", va="top", parse_math=False)
+             color="#37474f", va="top")
     inch = 2.6 / height  # 0.2 of the 2.6-inch picture per answer
     for i, (who, answer, score, raw) in enumerate(answers):
         y = top(0.36) - 0.2 * inch * i
-        fig.text(0.37, y, f"{clip(who, 16)}:", fontsize=9, fontweight="bold", va="center", parse_math=False)
-        fig.text(0.52, y + (0.03 * inch if raw else 0), clip(answer, 40), fontsize=10, va="center", parse_math=False)
+        fig.text(0.37, y, f"{clip(who, 16)}:", fontsize=9, fontweight="bold", va="center")
+        fig.text(0.52, y + (0.03 * inch if raw else 0), clip(answer, 40), fontsize=10, va="center")
         if raw:
-            fig.text(0.52, y - 0.06 * inch, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center",
-                     color="#607d8b", parse_math=False)
-        fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white",
-                 fontweight="bold", parse_math=False,
+            fig.text(0.52, y - 0.06 * inch, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center", color="#607d8b")
+        fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white", fontweight="bold",
                  bbox={"boxstyle": "round,pad=0.3", "facecolor": score_colour(score), "edgecolor": "none"})
     _save(plt, fig, out, tight=False)
 
@@ -300,9 +297,9 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
 def length_chart(plt, series: list[tuple[str, dict]], out: Path, tr) -> None:
     """answer_length.png: histogram of words per answer, the baseline's first, then each run's (who, stats)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    _bars(ax, [(tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"), list(stats["histogram"].values()),
-                _BASE_COLOUR if si == 0 else _run_colour(si - 1)) for si, (who, stats) in enumerate(series)],
-          list(series[0][1]["histogram"]))
+    _bars(ax, [(tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"),
+                list(stats["histogram"].values()), _BASE_COLOUR if si == 0 else _run_colour(si - 1))
+               for si, (who, stats) in enumerate(series)], list(series[0][1]["histogram"]))
     _tidy(ax, tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), tr("chart_length_x"),
           tr("chart_length_y"))
     _save(plt, fig, out)
@@ -342,9 +339,9 @@ def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> 
                  (tr("case_question", question=row["question"]), row["baseline_answer"], row["finetuned_answer"])]
         for li, (what, before, after) in enumerate(lines):
             y = y0 + h * (0.68 - 0.4 * li)
-            fig.text(0.14, y, wrap(what, 30, 2), fontsize=8, fontweight="bold", va="center", parse_math=False)
+            fig.text(0.14, y, wrap(what, 30, 2), fontsize=8, fontweight="bold", va="center")
             fig.text(0.35, y, wrap(before if before is not None else "—", 55, 2), fontsize=8, va="center",
-                     color="#455a64", parse_math=False)
+                     color="#455a64")
             fig.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
-                     fontsize=8, va="center", color="#0d47a1", parse_math=False)
+                     fontsize=8, va="center", color="#0d47a1")
     _save(plt, fig, out, tight=False)

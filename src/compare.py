@@ -1,6 +1,5 @@
-"""Baseline against fine-tuned on the same questions, joined on question_id: per-question outcomes, the
-paired bootstrap of the change, the report's statistics and cases, and the console comparison.
-"""
+"""Baseline against fine-tuned on the same questions, joined on question_id: per-question outcomes, the paired
+bootstrap of the change, the report's statistics and cases, and the console comparison."""
 
 from __future__ import annotations
 
@@ -22,63 +21,42 @@ _LENGTH_BINS = 10  # answer-length histogram bins: 0..9 words and "10+"
 _SETTING_KEYS = ("model_id", "adapter", "prompt", "decoding", "quantization")
 
 
-_NUMBER = (int, float)
-# field: (allowed types, required); None in the types means the field may be null
-RESULT_FIELDS = {
-    "question_id": ((int,), True),
-    "gt_answers": ((list,), True),
-    "question": ((str, None), False),
-    "image_path": ((str, None), False),
-    "image_id": ((int, str, None), False),
-    "answer": ((str, None), False),
-    "raw_answer": ((str, None), False),
-    "answer_type": ((str, None), False),
-    "question_type": ((str, None), False),
-    "vqa_accuracy": ((*_NUMBER, None), False),
-    "exact_match": ((*_NUMBER, None), False),
-    "error": ((str, None), False),
-}
+# field: the JSON types it may hold, "?" when it may be null; the fields without "?" are required
+RESULT_FIELDS = {"question_id": "integer", "gt_answers": "list of strings", "question": "string?",
+                 "image_path": "string?", "image_id": "integer or string?", "answer": "string?", "raw_answer": "string?",
+                 "answer_type": "string?", "question_type": "string?", "vqa_accuracy": "number?",
+                 "exact_match": "number?", "error": "string?"}
+_JSON_TYPES = {"integer": int, "string": str, "number": (int, float), "list of strings": list}
+_SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired surrogates: valid JSON, not UTF-8
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _writable(text: str) -> str:
-    """`text` with unpaired surrogates (valid JSON, not UTF-8) replaced by "\ufffd", so reports can hold it."""
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def _type_names(types) -> str:
-    return " or ".join("null" if t is None else {"int": "integer", "str": "string", "list": "list",
-                                                   "float": "number"}[t.__name__] for t in types)
+def _fits(value, spec: str) -> bool:
+    if value is None:
+        return spec.endswith("?")
+    types = tuple(_JSON_TYPES[name] for name in spec.rstrip("?").split(" or "))
+    # a bool is an int to isinstance, but no field holds one
+    return isinstance(value, types) and not isinstance(value, bool) and \
+        (not isinstance(value, list) or all(isinstance(a, str) for a in value))
 
 
 def check_result_rows(numbered_rows, path) -> list[dict]:
-    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of the right type,
-    or one line naming the file, the line and the field. Returns the rows."""
+    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of its type, or one line
+    naming the file, the line and the field; unpaired surrogates become "\ufffd", so reports can hold them."""
     rows = []
     for line, row in numbered_rows:
-        for field, (types, required) in RESULT_FIELDS.items():
-            if field not in row:
-                if required:
-                    raise UserError(f"{path}, line {line}: no {field!r} field; this file was not written by these "
-                                    "scripts (or was edited): rerun the script that wrote it")
-                continue
-            value = row[field]
-            if value is None:
-                ok = None in types
-            else:  # a bool is an int to isinstance, but no field holds one
-                ok = isinstance(value, tuple(t for t in types if t is not None)) and not isinstance(value, bool)
-            if ok and field == "gt_answers":
-                ok = all(isinstance(a, str) for a in value)
-            if not ok:
-                raise UserError(f"{path}, line {line}: field {field!r} is {type(value).__name__} {str(value)[:40]!r}, not "
-                                f"{_type_names(types)}{' (of strings)' if field == 'gt_answers' else ''}; fix that line "
-                                "or rerun the script that wrote the file")
-            if field == "gt_answers":
-                row[field] = [_writable(a) for a in value]
-            elif isinstance(value, str):
-                row[field] = _writable(value)
+        for field, spec in RESULT_FIELDS.items():
+            if field not in row and not spec.endswith("?"):
+                raise UserError(f"{path}, line {line}: no {field!r} field; this file was not written by these "
+                                "scripts (or was edited): rerun the script that wrote it")
+            value = row.get(field)
+            if field in row and not _fits(value, spec):
+                raise UserError(f"{path}, line {line}: field {field!r} is {type(value).__name__} {str(value)[:40]!r}, "
+                                f"not {spec.replace('?', ' or null')}; fix that line or rerun the script that wrote "
+                                "the file")
+            if isinstance(value, str):
+                row[field] = _SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, list):
+                row[field] = [_SURROGATE.sub("\ufffd", a) for a in value]
         rows.append(row)
     return rows
 
@@ -107,16 +85,11 @@ def coverage(base_rows: Sequence[dict], ft_rows: Sequence[dict]) -> dict:
 
 
 def _outcome(base: float, ft: float) -> str:
-    if ft > base + _SAME_TOLERANCE:
-        return "better"
-    if ft < base - _SAME_TOLERANCE:
-        return "worse"
-    return "same"
+    return "better" if ft > base + _SAME_TOLERANCE else "worse" if ft < base - _SAME_TOLERANCE else "same"
 
 
 def _metrics(scored: dict) -> dict:
-    return {"vqa_accuracy": scored["vqa_accuracy"], "exact_match": scored["exact_match"], "n": scored["n"],
-            "per_answer_type": scored["per_answer_type"]}
+    return {key: scored[key] for key in ("vqa_accuracy", "exact_match", "n", "per_answer_type")}
 
 
 def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
@@ -130,9 +103,7 @@ def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
 
 
 def _counts(pairs: list[dict]) -> dict:
-    counts = {"better": 0, "worse": 0, "same": 0}
-    for p in pairs:
-        counts[p["outcome"]] += 1
+    counts = {outcome: sum(p["outcome"] == outcome for p in pairs) for outcome in ("better", "worse", "same")}
     counts["answer_changed"] = sum(p["baseline_answer"].strip().lower() != p["finetuned_answer"].strip().lower()
                                    for p in pairs)
     return counts
@@ -223,16 +194,10 @@ def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
 
 
 def count_stored_mismatches(pairs: Sequence[dict], rows_by_id: dict, who: str) -> int:
-    """Rows carry the scores their writer computed; ours are recomputed. Count disagreements."""
-    n = 0
-    for p in pairs:
-        row = rows_by_id[p["question_id"]]
-        for stored_key, ours in (("vqa_accuracy", p[f"{who}_vqa"]), ("exact_match", p[f"{who}_em"])):
-            stored = row.get(stored_key)
-            if isinstance(stored, (int, float)) and abs(float(stored) - ours) > 1e-6:
-                n += 1
-                break
-    return n
+    """Rows carry the scores their writer computed; ours are recomputed. Count the rows that disagree."""
+    return sum(any(isinstance(stored := rows_by_id[p["question_id"]].get(key), (int, float))
+                   and abs(float(stored) - p[f"{who}_{short}"]) > 1e-6
+                   for key, short in (("vqa_accuracy", "vqa"), ("exact_match", "em"))) for p in pairs)
 
 
 def length_stats(answers: Sequence[str | None]) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 import threading
 import time
 from contextlib import nullcontext
@@ -65,8 +66,6 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
     from .inference import caption_and_answer
     from .prompts import check_question
 
-    if adapter_available and not hasattr(model, "disable_adapter"):
-        raise ValueError("adapter_available=True needs a peft PeftModel (load_blip2(..., adapter=DIR))")
     tr = texts(lang)
     lock = threading.Lock()  # even past the queue: disable_adapter() switches the shared model while it is held
     settings = dict(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=caption_prompt,
@@ -106,38 +105,16 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
     return answer
 
 
-def check_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IMAGE_PIXELS,
-                 lang: str = "zh") -> tuple[bool, str]:
-    """(usable, status text) right after an upload, so a bad file is reported before asking."""
-    tr = texts(lang)
-    if not path:
-        return True, tr("ready")
-    try:
-        image = open_upload(path, max_upload_mb, max_pixels, lang)
-    except UserError as e:
-        return False, tr("cannot_use", problem=e)
-    return True, tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
-
-
 # --- the comparison tab -------------------------------------------------------------------------
 
-_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+# HTML characters as entities, other ASCII punctuation backslash-escaped, line breaks and tabs as spaces
+_MD_ESCAPES = str.maketrans({**{ch: "\\" + ch for ch in string.punctuation}, "&": "&amp;", "<": "&lt;", ">": "&gt;",
+                             '"': "&quot;", "'": "&#39;", "\r": " ", "\n": " ", "\t": " "})
 
 
 def md_text(value) -> str:
-    """Text from a result file, safe inside Markdown: HTML characters as entities, other ASCII punctuation
-    backslash-escaped, so no tag, link, image or emphasis can form."""
-    out = []
-    for ch in "" if value is None else str(value):
-        if ch in _MD_ENTITIES:
-            out.append(_MD_ENTITIES[ch])
-        elif ch in "\r\n\t":
-            out.append(" ")
-        elif ch.isascii() and not ch.isalnum() and ch != " " and ch.isprintable():
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)
+    """Text from a result file, safe inside Markdown: no tag, link, image or emphasis can form."""
+    return ("" if value is None else str(value)).translate(_MD_ESCAPES)
 
 
 def no_answers_markdown(result: dict, tr) -> str:
@@ -230,11 +207,8 @@ class DemoOptions:
 
 
 def payload_path(payload) -> str | None:
-    """The uploaded file's path from an Image event's raw payload, or a plain path as it is; the events run
-    with preprocess=False so that src.images checks every upload first (docs/details.md)."""
-    if isinstance(payload, dict):
-        return payload.get("path")
-    return payload
+    """The file's path from an Image event's raw payload (preprocess=False: src.images checks it; docs/details.md)."""
+    return payload.get("path") if isinstance(payload, dict) else payload
 
 
 def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
@@ -314,12 +288,15 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
     def ask_about(payload, question):
         return answer(payload_path(payload), question)
 
-    def on_upload(payload):
+    def on_upload(payload):  # a bad file is reported right after its upload, before asking
         path = payload_path(payload)
-        usable, status = check_upload(path, opts.max_upload_mb, opts.max_pixels, opts.lang)
         if not path:  # cleared (by the user, or below after a refusal): keep the message
             return gr.skip(), gr.skip()
-        return (gr.skip() if usable else None), status  # a refused file is taken off the page
+        try:
+            image = open_upload(path, opts.max_upload_mb, opts.max_pixels, opts.lang)
+        except UserError as e:
+            return None, tr("cannot_use", problem=e)  # a refused file is taken off the page
+        return gr.skip(), tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
 
     def load_comparison():
         text, table, chart_files, case_files, report_file = comparison_view(opts.comparisons_dir, opts.lang)
@@ -355,10 +332,4 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
 
 def demo_css() -> str:
     """Gradio 6 takes css in launch(), not in Blocks()."""
-    return """
-#status {min-height: 1.5em}
-#status p {margin: 0}
-/* the case pictures are 720x260: wide cells instead of the gallery's square ones (cosmetic) */
-#comparison_cases .thumbnail-item {aspect-ratio: 720 / 260}
-#comparison_cases .grid-wrap {height: auto; max-height: none}
-"""
+    return (Path(__file__).resolve().parent / "templates" / "demo.css").read_text(encoding="utf-8")

@@ -1,8 +1,5 @@
-"""Every user-facing string of the demo, the comparison report, summary.txt and the charts, by language.
-
-The strings live in src/locales/<lang>.json (edit a word there; docs/details.md). Model answers, questions,
-file names and numbers are never translated.
-"""
+"""Every user-facing string of the demo, the report, summary.txt and the charts, by language, from
+src/locales/<lang>.json (docs/details.md); answers, questions, file names and numbers are never translated."""
 
 from __future__ import annotations
 
@@ -32,13 +29,4 @@ def _table(lang: str) -> dict[str, str]:
 def texts(lang: str) -> Callable[..., str]:
     """tr(key, **values) for `lang`; values fill the {placeholders} of the string."""
     table = _table(check_lang(lang))
-
-    def tr(key: str, **values) -> str:
-        return table[key].format(**values) if values else table[key]
-
-    return tr
-
-
-def all_strings() -> dict[str, dict[str, str]]:
-    """{lang: {key: template}}, for the test that both languages have the same keys and placeholders."""
-    return {lang: dict(_table(lang)) for lang in LANGS}
+    return lambda key, **values: table[key].format(**values) if values else table[key]
