@@ -31,7 +31,7 @@ demo images). With only the baseline file it writes a baseline-only report. A ru
 comparison.json records that (mode "no_answers") for the demo. Needs no GPU and no model:
 a smoke run is `python -m pytest tests/test_compare.py -q`, which builds small result files and runs this.
 Statistics live in src/compare.py, pictures in src/charts.py, the page in src/report.py (a Jinja2
-template), the number formats in src/formatting.py and every string of both languages in src/i18n.py.
+template), the number formats in src/formatting.py and every string of both languages in src/locales/.
 """
 
 from __future__ import annotations
@@ -124,16 +124,13 @@ def read_demo(path: Path, warnings_out: list[str]) -> dict | None:
     return out
 
 
-def demo_text(row: dict, key: str) -> str | None:
-    """A demo row's caption or answer; an error row shows its error instead."""
-    if row.get("error"):
-        return f"(error: {row['error']})"
-    return row.get(key)
-
-
 def demo_rows_of(demo_base: dict | None, demo_ft: dict | None) -> list[dict]:
-    """One row per demo image in either file: captions and answers before / after."""
+    """One row per demo image in either file: captions and answers before / after (an error row: its error)."""
     demo_base, demo_ft = demo_base or {}, demo_ft or {}
+
+    def demo_text(row: dict, key: str) -> str | None:
+        return f"(error: {row['error']})" if row.get("error") else row.get(key)
+
     rows = []
     for key in list(demo_base) + [k for k in demo_ft if k not in demo_base]:
         b, f = demo_base.get(key, {}), demo_ft.get(key, {})
@@ -187,9 +184,6 @@ def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases:
                   cache: ImageCache, tr) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """The charts and the example-case PNGs; ({chart name: path}, {group: [case paths]})."""
     cases_dir = report_dir / "cases"
-    if cases_dir.is_dir():  # remove the examples of an earlier run; only files this script names
-        for old in cases_dir.glob("case_*.png"):
-            old.unlink()
     cases_dir.mkdir(parents=True, exist_ok=True)
     plt, runs = setup_matplotlib(), runs_of(result, tr)
     charts = {"accuracy": report_dir / "accuracy.png", "answer_length": report_dir / "answer_length.png"}
@@ -197,9 +191,9 @@ def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases:
     if any(points for _, points in curves):
         charts["heldout_curve"] = report_dir / "heldout_curve.png"
         heldout_chart(plt, curves, charts["heldout_curve"], tr, per_type=HELDOUT_PER_TYPE)
-    lengths = [(tr("baseline"), result["answer_length"]["baseline"]), *((r["label"], r["answer_length"]) for r in runs)]
     accuracy_chart(plt, result["baseline"], runs, charts["accuracy"], tr)
-    length_chart(plt, lengths, charts["answer_length"], tr)
+    length_chart(plt, [(tr("baseline"), result["answer_length"]["baseline"]),
+                       *((r["label"], r["answer_length"]) for r in runs)], charts["answer_length"], tr)
     if demo_rows:
         charts["demo_images"] = report_dir / "demo_images.png"
         demo_chart(plt, demo_rows, cache, charts["demo_images"], tr)
@@ -214,12 +208,11 @@ def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases:
     return charts, case_files
 
 
-def remove_stale(report_dir: Path, charts: dict[str, Path]) -> None:
-    """Delete artefacts of an earlier run that this run did not write (e.g. demo_images.png)."""
-    written = {"summary.txt", "comparison.json", "report.html", "config.json"} | {p.name for p in charts.values()}
-    for name in _ARTEFACTS:
-        if name not in written and (report_dir / name).is_file():
-            (report_dir / name).unlink()
+def remove_stale(report_dir: Path, written: set[Path]) -> None:
+    """Delete what an earlier run wrote and this one did not (e.g. demo_images.png); only files this script names."""
+    for old in [*(report_dir / "cases").glob("case_*.png"), *(report_dir / name for name in _ARTEFACTS)]:
+        if old not in written and old.is_file():
+            old.unlink()
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -301,9 +294,7 @@ def write_no_answers(config: dict, report_dir: Path, runs: list[tuple[Path, str]
         f["evalai_exists"] = Path(f["evalai"]).is_file()
     lines = [no_answers_line(Path(f["run"]).name, f["split"], f["evalai"]) for f in files]
     report_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*(report_dir / "cases").glob("case_*.png"), *(report_dir / name for name in _ARTEFACTS)]:
-        if old.is_file():
-            old.unlink()
+    remove_stale(report_dir, set())
     write_json(report_dir / "comparison.json", {
         "mode": "no_answers", "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG, "split": runs[0][1],
         "files": files[0], "runs": files, "message": "\n".join(lines), "artefacts": {"config": "config.json"},
@@ -349,7 +340,9 @@ def build_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Pa
                      "numbers": numbers, "pairs": pairs})
     if not runs:
         numbers, pairs = compare_files(base_rows, None, base_path, ft_paths[0])
-    score_warnings({"baseline": numbers["stored_score_mismatches"]["baseline"], **mismatches}, warns)
+    for who, n in {"baseline": numbers["stored_score_mismatches"]["baseline"], **mismatches}.items():
+        warns += [f"{n} {who} rows store a VQA accuracy / exact match that differs from src/vqa_eval.py; the "
+                  "recomputed scores are used"] if n else []
     result = {"mode": "multirun" if multi else "comparison" if runs else "baseline_only",
               "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "lang": LANG}
     if not multi:
@@ -364,7 +357,6 @@ def build_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Pa
             **numbers,
             "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs]),
                               "finetuned": length_stats([p["finetuned_answer"] for p in pairs]) if runs else None},
-            "bootstrap": bootstrap_record(numbers["clusters"]),
             "demo": {"baseline_exists": demo_base is not None, "finetuned_exists": demo_ft is not None,
                      "rows": demo_rows},
             "training_data": runs[0]["training_data"] if runs else None})
@@ -383,10 +375,12 @@ def build_result(base_rows: list[dict], ft_rows: list[list[dict]], base_path: Pa
                      for r in runs],
             "disagreements": {"n": sum(p["outcome"] == "disagree" for p in pairs),
                               "question_ids": [p["question_id"] for p in pairs if p["outcome"] == "disagree"]},
-            "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs])},
-            "bootstrap": bootstrap_record(numbers["clusters"])})
+            "answer_length": {"baseline": length_stats([p["baseline_answer"] for p in pairs])}})
     cases = select_cases(pairs, CASES_PER_GROUP, SEED)
-    result.update({"cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()},
+    clusters = numbers["clusters"]
+    result.update({"bootstrap": {"method": f"paired percentile bootstrap over {clusters['unit']}s", "confidence": 0.95,
+                                 "n_resamples": BOOTSTRAP_RESAMPLES, "seed": SEED, "clusters": clusters},
+                   "cases": {g: [p["question_id"] for p in ps] for g, ps in cases.items()},
                    "cases_per_group": CASES_PER_GROUP, "published": published_of(base_rows, pairs, numbers["baseline"]),
                    "warnings": warns})
     return result, pairs, demo_rows, cases
@@ -463,24 +457,12 @@ def heldout_curve(adapter: str | None) -> dict:
     return {"log": str(log), "points": points}
 
 
-def bootstrap_record(clusters: dict) -> dict:
-    return {"method": f"paired percentile bootstrap over {clusters['unit']}s", "confidence": 0.95,
-            "n_resamples": BOOTSTRAP_RESAMPLES, "seed": SEED, "clusters": clusters}
-
-
 def published_of(base_rows: list[dict], pairs: list[dict], baseline: dict) -> dict | None:
     """A zero-shot baseline of a checkpoint and prompt with a published number: held against it."""
     scores = [{"image_id": p["image_id"], "vqa_accuracy": p["baseline_vqa"]} for p in pairs]
     return zero_shot_reference(next(r for r in base_rows if is_scorable(r)), {
         "vqa_accuracy": baseline["vqa_accuracy"], "n": len(pairs),
         "vqa_accuracy_interval": accuracy_interval(scores, BOOTSTRAP_RESAMPLES, SEED)})
-
-
-def score_warnings(mismatches: dict, warns: list[str]) -> None:
-    for who, n in mismatches.items():
-        if n:
-            warns.append(f"{n} {who} rows store a VQA accuracy / exact match that differs from src/vqa_eval.py; "
-                         f"the recomputed scores are used")
 
 
 def write_files(config: dict, started: float, tr, report_dir: Path, result: dict, pairs: list[dict],
@@ -494,7 +476,9 @@ def write_files(config: dict, started: float, tr, report_dir: Path, result: dict
         **{name: path.name for name, path in charts.items()},
         "cases": [str(f.relative_to(report_dir)) for fs in case_files.values() for f in fs],
     }
-    remove_stale(report_dir, charts)
+    remove_stale(report_dir, {*charts.values(), *(f for fs in case_files.values() for f in fs),
+                              *(report_dir / name for name in ("summary.txt", "comparison.json", "report.html",
+                                                               "config.json"))})
     summary = summary_text(result, tr)
     atomic_write_text(report_dir / "summary.txt", summary)
     write_json(report_dir / "comparison.json", result)
