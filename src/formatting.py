@@ -1,6 +1,5 @@
-"""The one set of formatters behind summary.txt, report.html, the demo's comparison tab and the console, so
-a number reads the same in each; they read a comparison result (src.compare.compare_rows, comparison.json).
-"""
+"""The one set of formatters behind summary.txt, report.html, the demo's comparison tab and the console, so a
+number reads the same in each; they read a comparison result (src.compare.compare_rows, comparison.json)."""
 
 from __future__ import annotations
 
@@ -126,11 +125,8 @@ def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(display_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells):
-        out = []
-        for i, (cell, w) in enumerate(zip(cells, widths)):
-            pad = " " * (w - display_width(cell))
-            out.append(cell + pad if i == 0 else pad + cell)
-        return "  ".join(out).rstrip()
+        pads = [" " * (w - display_width(cell)) for cell, w in zip(cells, widths)]
+        return "  ".join([cells[0] + pads[0], *(pad + cell for pad, cell in zip(pads[1:], cells[1:]))]).rstrip()
 
     return [line(header), *(line(r) for r in rows)]
 

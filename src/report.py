@@ -11,7 +11,7 @@ from pathlib import Path
 from .charts import ImageCache
 from .compare import group_members
 from .formatting import (clip, detail_lines, file_lines, group_title, gt_summary, interval_line, is_multirun,
-                         length_line, processing_line, reference_lines, runs_of, score_table, signed)
+                         length_line, processing_line, reference_lines, runs_of, score_table)
 from .i18n import texts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -50,31 +50,6 @@ class Thumbnails:
         return {"cls": self.uris[path] and self.uris[path][0], "path": path, "label": clip(path, 80)}
 
 
-def _cards(result: dict, tr) -> list[tuple[str, str, str]]:
-    """(title, value, note) of the boxes above the table: questions, each run's change, outcomes, processing."""
-    multi, runs, base = is_multirun(result), runs_of(result, tr), result["baseline"]
-    cards = [(tr("card_questions" if runs else "card_questions_baseline"), str(result["n"]),
-              tr("card_excluded", n=result["errors"]["excluded"]))]
-    for metric in ["vqa_accuracy"] if multi else ["vqa_accuracy", "exact_match"]:
-        if not runs:
-            cards.append((f"{tr(metric)} ({tr('baseline')})", f"{base[metric]:.2f}", tr("card_percent")))
-        for r in runs:
-            c = r["change"][metric]
-            cards.append((r["label"] if multi else tr(metric), f"{base[metric]:.2f} → {r['finetuned'][metric]:.2f}",
-                          tr("card_change", diff=signed(c["diff"]), low=signed(c["low"]), high=signed(c["high"]))))
-    if multi:  # how often the runs disagree
-        cards.append((tr("card_disagree"), str(result["disagreements"]["n"]), tr("card_disagree_sub")))
-    elif runs:
-        oc = result["outcomes"]
-        cards.append((tr("better_worse_same"), f"{oc['better']} / {oc['worse']} / {oc['same']}",
-                      tr("card_outcomes_sub")))
-    if processing_line(result, tr):
-        proc = result["answer_processing"]
-        counts = " / ".join(str(proc[who]["changed"]) for who in ("baseline", "finetuned") if proc.get(who))
-        cards.append((tr("card_processing"), counts, tr("card_processing_sub")))
-    return cards
-
-
 def _case_groups(pairs: list[dict], case_files: dict[str, list[Path]], cases_shown: int, tr) -> list:
     totals = {g: len(ps) for g, ps in group_members(pairs).items()}
     groups = []
@@ -92,23 +67,21 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
     import jinja2
 
     tr = texts(lang)
-    multi = is_multirun(result)
-    comparing = bool(runs_of(result, tr))
+    multi, runs = is_multirun(result), runs_of(result, tr)
+    comparing = bool(runs)
     thumbs = Thumbnails(cache, thumb_size, max_thumbnails)
     header, rows = score_table(result, tr)
-    filters = [("all", tr("filter_all"), len(pairs))]
-    if multi:
-        filters.append(("disagree", tr("outcome_disagree"), result["disagreements"]["n"]))
-    elif comparing:
-        filters += [(k, tr(f"outcome_{k}"), result["outcomes"][k]) for k in ("better", "worse", "same")]
     chart_alts = {"accuracy": tr("charts_accuracy"), "answer_length": tr("charts_length"),
                   "heldout_curve": tr("charts_heldout")}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              finalize=lambda v: "" if v is None else v)
     context = dict(
-        tr=tr, gt_summary=gt_summary, lang=lang, result=result, comparing=comparing, multi=multi,
-        thumb_size=thumb_size, cards=_cards(result, tr), table_header=header, table_rows=rows, filters=filters,
+        tr=tr, gt_summary=gt_summary, lang=lang, result=result, runs=runs, comparing=comparing, multi=multi,
+        thumb_size=thumb_size, table_header=header, table_rows=rows,
+        # answers the processing changed, baseline / fine-tuned, when the rows record the raw answers
+        processing=processing_line(result, tr) and " / ".join(
+            str(counts["changed"]) for counts in result["answer_processing"].values() if counts),
         file_lines=file_lines(result, tr, "report_baseline_file", "report_run_file") + (
             reference_lines(result["published"], tr, with_interval=True) if result.get("published") else []),
         # the interval line sits under the table whose brackets it explains
