@@ -143,8 +143,10 @@ def _part_label(key: str, part: dict, plan: dict) -> str:
 
 def format_full_plan(plan: dict) -> str:
     """Every precision column of `plan` (with its "bnb" details) and the notes that make the numbers readable."""
-    from src.memory_plan import NF4_BLOCKSIZE, NF4_NESTED_BLOCKSIZE, PRECISIONS, nf4_weight_bytes
+    import transformers
+
     from src.family import FAMILIES
+    from src.memory_plan import NF4_BLOCKSIZE, NF4_NESTED_BLOCKSIZE, PRECISIONS, nf4_weight_bytes
 
     family = FAMILIES[plan["family"]]
     compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[plan["compute_dtype"]]
@@ -157,7 +159,7 @@ def format_full_plan(plan: dict) -> str:
     width = max(len(label) for label in labels.values()) + 4
     lines = [
         f"***** BLIP-2 weight memory plan ({plan['model']} on {family.title}, transformers "
-        f"{plan['transformers_version']}, {unit_name}) *****",
+        f"{transformers.__version__}, {unit_name}) *****",
         f"{'part':<{width}}{'params':>15}" + "".join(f"{heads[p]:>11}" for p in PRECISIONS),
     ]
     for key, part in parts.items():

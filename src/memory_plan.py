@@ -160,7 +160,6 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     """Parameters and weight bytes of BLIP-2 (`config` as `load_blip2_config` takes it) per part and precision, plus
     `lora` and its training state; `compute_dtype` is what bitsandbytes leaves unquantised in the int8 / nf4 columns."""
     import torch
-    import transformers
 
     cfg = load_blip2_config(config)
     family = family_of(cfg)
@@ -174,7 +173,6 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     return {
         "model": type(model).__name__,
         "family": family.name,
-        "transformers_version": transformers.__version__,
         "compute_dtype": compute_dtype,
         "total_params": sum(p["params"] for p in parts.values()),
         "parts": parts,
