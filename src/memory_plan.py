@@ -71,11 +71,11 @@ def checkpoint_tensor_names(config: Any) -> set[str] | None:
 
     if not isinstance(config, (str, Path)):
         return None
-    index, single = Path(_shipped(config)) / "model.safetensors.index.json", Path(_shipped(config)) / "model.safetensors"
-    if index.is_file():
-        return set(read_json(index, "checkpoint index")["weight_map"])
-    if single.is_file():
-        with safe_open(str(single), "pt") as f:
+    folder = Path(_shipped(config))
+    if (folder / "model.safetensors.index.json").is_file():
+        return set(read_json(folder / "model.safetensors.index.json", "checkpoint index")["weight_map"])
+    if (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
             return set(f.keys())
     return None
 
