@@ -146,10 +146,10 @@ def format_full_plan(plan: dict) -> str:
     import transformers
 
     from src.family import FAMILIES
-    from src.memory_plan import NF4_BLOCKSIZE, NF4_NESTED_BLOCKSIZE, PRECISIONS, nf4_weight_bytes
+    from src.memory_plan import NF4_BLOCKSIZE, NF4_NESTED_BLOCKSIZE, PRECISIONS, SHORT, nf4_weight_bytes
 
     family = FAMILIES[plan["family"]]
-    compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[plan["compute_dtype"]]
+    compute = SHORT[plan["compute_dtype"]]
     heads = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": f"int8+{compute}", "nf4": f"nf4+{compute}"}
     # the tiny test model would print as zeros in GiB
     unit, unit_name = (GIB, "GiB") if plan["precisions"]["fp32"]["bytes"] >= GIB else (1024**2, "MiB")
@@ -368,9 +368,9 @@ def gpu_check_lines(check: dict) -> list[str]:
 
 def checkpoint_table(lora) -> list[str]:
     """Markdown rows: every shipped architecture's size and memory at COMPUTE_DTYPE, with the script's LoRA."""
-    from src.memory_plan import KNOWN_ARCHITECTURES, plan_memory
+    from src.memory_plan import KNOWN_ARCHITECTURES, SHORT, plan_memory
 
-    compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[COMPUTE_DTYPE]
+    compute = SHORT[COMPUTE_DTYPE]
     rows = [f"| checkpoint | family | params | bf16 GiB | NF4 + {compute} weights GiB | QLoRA weights + LoRA state GiB "
             f"| LoRA params (r={lora.r}, {', '.join(lora.target_modules)}) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]

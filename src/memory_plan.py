@@ -137,7 +137,7 @@ def bnb_quantized_linears(model, modules_to_not_convert: list[str]) -> dict[str,
     }
 
 
-def part_of(name: str, param, model) -> str:
+def _part_of(name: str, param, model) -> str:
     """The part of BLIP-2 a parameter counts to: a top-level module, or a piece of the language model."""
     if param is model.get_input_embeddings().weight:
         return "language_model.embed_tokens"  # OPT's embed_tokens, T5's shared (its encoder's and decoder's)
@@ -197,7 +197,7 @@ def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> dict[str,
               for p, d in dtypes.items()}
     parts: dict[str, dict] = {}
     for name, param in model.named_parameters():  # shared (tied) parameters come once
-        part = parts.setdefault(part_of(name, param, model), {"params": 0, "bytes": dict.fromkeys(PRECISIONS, 0)})
+        part = parts.setdefault(_part_of(name, param, model), {"params": 0, "bytes": dict.fromkeys(PRECISIONS, 0)})
         n = param.numel()
         part["params"] += n
         if layer := _LAYER_INDEX.search(name):
@@ -231,7 +231,7 @@ def _lora_plan(model, lora: LoraSettings, family: Family, parts: dict) -> dict:
     if not_linear:
         raise UserError(f"LoRA targets match modules that are not Linear layers: {', '.join(not_linear[:5])}")
     for name, m in modules.items():
-        part = parts[part_of(f"{name}.weight", m.weight, model)]
+        part = parts[_part_of(f"{name}.weight", m.weight, model)]
         part["lora_params"] = part.get("lora_params", 0) + lora.r * (m.in_features + m.out_features)
     params = sum(part.get("lora_params", 0) for part in parts.values())
     return {
