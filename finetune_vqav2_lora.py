@@ -83,7 +83,7 @@ RESUME_MUST_MATCH = ("dataset", "training_data", "max_samples", "model_id", "use
 
 
 def main():
-    from src.preflight import check_model, check_output_dir, check_value
+    from src.preflight import check_model, check_model_dir, check_output_dir, check_value
 
     config = apply_overrides(globals(), check=check_value)
     import torch
@@ -112,6 +112,7 @@ def main():
     accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM, **tracking)
     main_proc = accelerator.is_main_process
     if MEMORY_PLAN_ONLY:
+        check_model_dir(MODEL_ID)  # a folder with no BLIP-2 config: one line (a hub id: its shipped architecture)
         return print_memory_plan(lora_settings(), str(accelerator.device), strict=True) if main_proc else None
     config["world_size"] = accelerator.num_processes
     check_model(MODEL_ID, "4bit" if USE_4BIT else "none", str(accelerator.device))
@@ -470,7 +471,7 @@ def print_memory_plan(lora, device: str, strict: bool = False) -> None:
     try:  # the architecture of MODEL_ID (shipped for the public BLIP-2 checkpoints, else its config.json)
         dtype = compute_dtype(device, family_of(load_blip2_config(MODEL_ID)))
         plan = plan_memory(MODEL_ID, lora=lora, compute_dtype=str(dtype).replace("torch.", ""))
-        print(format_plan(plan), flush=True)
+        print(format_plan(plan, "4bit" if USE_4BIT else "none"), flush=True)
     except UserError as e:
         if strict:  # asked for the estimate only
             raise

@@ -2,7 +2,8 @@
 
 Prints one row per checkpoint whose architecture ships with the repo (blip2-opt-2.7b, -opt-6.7b,
 -flan-t5-xl, -flan-t5-xxl: parameters, bf16 and NF4 weight memory, QLoRA weights + LoRA state, LoRA
-size), then `src.memory_plan`'s full plan for blip2-opt-2.7b (meta device, no weights, no GPU),
+size), then `src.memory_plan`'s plan for blip2-opt-2.7b with every precision side by side (meta device, no
+weights, no GPU; the fine-tuning script prints only the precision it loads),
 reproduces the model card's table ("float16/bfloat16 7.21 GB, int8 3.61 GB, int4 1.8 GB",
 largest layer 490.94 MB) the way `accelerate estimate-memory` computes it, explains the
 difference line by line with numbers that add up exactly, and replaces this script's section
@@ -78,6 +79,143 @@ def accelerate_estimate(config) -> dict:
         "still_tied": head is not None and head.weight is embed,
         "embedding_params": embed.numel(),
     }
+
+
+def bnb_details(config, compute_dtype: str = "bfloat16") -> dict:
+    """What transformers quantises, skips and loads in fp32 for BLIP-2 `config` (src.memory_plan's rules, the
+    transformers functions it asks), per precision column."""
+    import torch
+
+    from src.memory_plan import bnb_modules_to_not_convert, bnb_quantized_linears, build_meta_model
+    from src.memory_plan import checkpoint_tensor_names, load_blip2_config
+
+    model = build_meta_model(load_blip2_config(config), checkpoint_tensor_names(config))
+    not_convert = bnb_modules_to_not_convert(model)
+    quantized = bnb_quantized_linears(model, not_convert)
+    compute = getattr(torch, compute_dtype)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
+    return {
+        "modules_to_not_convert": not_convert,
+        "quantized_linears": sorted(quantized),
+        "quantized_linear_count": len(quantized),
+        "quantized_params": sum(m.weight.numel() for m in quantized.values()),
+        # parameter-name patterns transformers loads in fp32 when asked for each dtype (its _get_dtype_plan)
+        "fp32_patterns": {p: sorted(k for k, v in model._get_dtype_plan(d).items() if v == torch.float32)
+                          for p, d in dtypes.items()},
+        "keep_in_fp32_modules": sorted(model._keep_in_fp32_modules),
+    }
+
+
+PART_LABELS = {
+    "vision_model": "vision_model",
+    "query_tokens": "query_tokens",
+    "qformer": "qformer",
+    "language_projection": "language_projection",
+    "language_model.embed_tokens": "LM token embedding",  # format_full_plan adds what is tied to it
+    "language_model.lm_head": "LM lm_head (untied)",
+    "language_model.embed_positions": "LM embed_positions",
+    "language_model.layers": "LM decoder layers",  # OPT
+    "language_model.encoder_layers": "LM encoder layers",  # T5
+    "language_model.decoder_layers": "LM decoder layers",  # T5
+    "language_model.final_norm_etc": "LM final norm etc.",
+}
+
+
+def _gib(nbytes: float, unit: int = GIB) -> str:
+    return f"{nbytes / unit:.3f}"
+
+
+def _part_label(key: str, part: dict, plan: dict) -> str:
+    label = PART_LABELS.get(key, key)
+    if "layers" in part:
+        label += f" ({part['layers']})"
+    if key == "language_model.embed_tokens":  # what is tied to it: "lm_head" (OPT), "encoder/decoder embed_tokens" (T5)
+        embed = next(iter(plan["tied_weights"].values()), None)
+        owners: dict[str, list[str]] = {}
+        for target, source in plan["tied_weights"].items():
+            if source == embed:
+                *path, module = target.removeprefix("language_model.").removesuffix(".weight").split(".")
+                owners.setdefault(module, []).append(".".join(path))
+        tied = ["/".join(o for o in paths if o) + (" " if any(paths) else "") + module for module, paths in owners.items()]
+        label += f" (= tied {', '.join(tied)}, once)" if tied else ""
+    return label
+
+
+def format_full_plan(plan: dict) -> str:
+    """Every precision column of `plan` (with its "bnb" details) and the notes that make the numbers readable."""
+    import transformers
+
+    from src.family import FAMILIES
+    from src.memory_plan import NF4_BLOCKSIZE, NF4_NESTED_BLOCKSIZE, PRECISIONS, SHORT, nf4_weight_bytes
+
+    family = FAMILIES[plan["family"]]
+    compute = SHORT[plan["compute_dtype"]]
+    heads = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": f"int8+{compute}", "nf4": f"nf4+{compute}"}
+    # the tiny test model would print as zeros in GiB
+    unit, unit_name = (GIB, "GiB") if plan["precisions"]["fp32"]["bytes"] >= GIB else (1024**2, "MiB")
+    order = [*PART_LABELS, "buffers"]
+    parts = dict(sorted(plan["parts"].items(), key=lambda kv: order.index(kv[0])))
+    labels = {key: _part_label(key, part, plan) for key, part in parts.items()}
+    width = max(len(label) for label in labels.values()) + 4
+    lines = [
+        f"***** BLIP-2 weight memory plan ({plan['model']} on {family.title}, transformers "
+        f"{transformers.__version__}, {unit_name}) *****",
+        f"{'part':<{width}}{'params':>15}" + "".join(f"{heads[p]:>11}" for p in PRECISIONS),
+    ]
+    for key, part in parts.items():
+        row = f"{labels[key]:<{width}}{part['params']:>15,}"
+        lines.append(row + "".join(f"{_gib(part['bytes'][p], unit):>11}" for p in PRECISIONS))
+    lines.append(
+        f"{'total':<{width}}{plan['total_params']:>15,}" + "".join(f"{_gib(plan['precisions'][p]['bytes'], unit):>11}" for p in PRECISIONS)
+    )
+    bnb = plan["bnb"]
+    share = bnb["quantized_params"] / plan["total_params"]
+    lines.append(
+        f"int8/nf4 quantise {bnb['quantized_linear_count']} Linear weights ({bnb['quantized_params']:,} params, {share:.1%}); "
+        f"only the language model's Linear layers are quantised; kept in {compute}: embeddings, norms, biases and "
+        f"{', '.join(bnb['modules_to_not_convert'])}"
+    )
+    per_weight = nf4_weight_bytes(NF4_BLOCKSIZE * NF4_NESTED_BLOCKSIZE * 1024) / (NF4_BLOCKSIZE * NF4_NESTED_BLOCKSIZE * 1024)
+    lines.append(
+        "int8 = 1 B/weight + fp32 scale per output row; nf4 (double quant) = 4-bit codes + uint8 absmax per 64 "
+        f"+ fp32 absmax per 16384 = {per_weight:.4f} B/weight, + 1.1 KB of lookup tables per layer"
+    )
+    fp16_up = ", ".join(bnb["fp32_patterns"]["fp16"]) or "nothing"
+    line = f"fp32 upcast (transformers _keep_in_fp32_modules, fp16 loads only; a bf16 load runs them in bf16): {fp16_up}"
+    if not family.fp16_ok:
+        line += (f"; load_blip2 never loads {family.title} in fp16 (bf16, or fp32 on GPUs without bf16), so its "
+                 "fp16 column is for comparison only")
+    lines.append(line)
+    if plan["tied_weights"]:
+        lines.append(f"tied, counted once: {', '.join(f'{k} = {v}' for k, v in plan['tied_weights'].items())}")
+    if plan["untied_output_embedding"]:
+        lines.append("lm_head is a tensor of its own: the checkpoint stores it apart from the input embedding "
+                     "(tie_word_embeddings false), and transformers then does not tie them")
+    lora = plan["lora"]
+    lines.append(
+        f"LoRA r={lora['r']} on {lora['modules']} Linear modules ({lora['regex']}"
+        f"{', auto: the ' + family.title + ' default' if lora['auto'] else ''}): {lora['params']:,} params; "
+        f"fp32 params + grads + AdamW moments = {_gib(lora['total_bytes'], unit)} {unit_name}"
+    )
+    q = plan["qlora_training"]
+    lines.append(
+        f"QLoRA training, weights + LoRA state: nf4 language model + {compute} rest {_gib(q['weights_bytes'], unit)} + "
+        f"{_gib(q['lora_bytes'], unit)} = {_gib(q['total_bytes'], unit)} {unit_name} (src.training.freeze_base casts "
+        "nothing to fp32)"
+    )
+    host = plan["host_ram"]
+    lines.append(f"host RAM while loading: beyond the Python process (torch and CUDA libraries, 2-3 GB), about one "
+                 f"tensor at a time, streamed from the memory-mapped checkpoint to the device; the largest is "
+                 f"{host['largest_tensor']} ({host['largest_tensor_params']:,} params, "
+                 f"{4 * host['largest_tensor_params'] / 2**20:,.0f} MiB in fp32)")
+    encoder = {"vision_model": "vision tower", "qformer": "Q-Former", "language_projection": "projection"}
+    adapted = [label for part, label in encoder.items() if part in lora["parts"]]
+    lines.append("Activations, CUDA context and allocator overhead are not estimated. " + (
+        f"The image encoder runs with gradients (LoRA in its {', '.join(adapted)}): training keeps its activations "
+        "from the first adapted part on" if adapted else "Training keeps no activation of the vision tower or the "
+        "Q-Former (their image features are computed under no_grad; python -m bench.train_step compares the two "
+        "steps on the twin)") + ".")
+    return "\n".join(lines)
 
 
 def unquantized_params_by_dtype(plan: dict, precision: str) -> dict[str, int]:
@@ -230,9 +368,9 @@ def gpu_check_lines(check: dict) -> list[str]:
 
 def checkpoint_table(lora) -> list[str]:
     """Markdown rows: every shipped architecture's size and memory at COMPUTE_DTYPE, with the script's LoRA."""
-    from src.memory_plan import KNOWN_ARCHITECTURES, plan_memory
+    from src.memory_plan import KNOWN_ARCHITECTURES, SHORT, plan_memory
 
-    compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[COMPUTE_DTYPE]
+    compute = SHORT[COMPUTE_DTYPE]
     rows = [f"| checkpoint | family | params | bf16 GiB | NF4 + {compute} weights GiB | QLoRA weights + LoRA state GiB "
             f"| LoRA params (r={lora.r}, {', '.join(lora.target_modules)}) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -336,7 +474,7 @@ def main() -> None:
 
     config = apply_overrides(globals(), check=check_value)
     from src.files import write_json
-    from src.memory_plan import format_plan, load_blip2_config, plan_memory
+    from src.memory_plan import load_blip2_config, plan_memory
 
     check_json = REPO / GPU_CHECK_DIR / "gpu_check.json"
     if GPU_CHECK:
@@ -348,7 +486,8 @@ def main() -> None:
     checkpoints = checkpoint_table(lora)
     print("Every shipped checkpoint (weights only; activations not estimated):\n" + "\n".join(checkpoints) + "\n")
     plan = plan_memory(None, lora=lora, compute_dtype=COMPUTE_DTYPE)  # Salesforce/blip2-opt-2.7b
-    table = format_plan(plan)
+    plan["bnb"] = bnb_details(None, COMPUTE_DTYPE)
+    table = format_full_plan(plan)
     print(table)
 
     card_era = load_blip2_config(None)

@@ -4,17 +4,12 @@ under <data_dir>/easy_vqa/, so that it is read like VQAv2 (src/data.py)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .files import atomic_write_text, replace_folder
 from .locks import exclusive_lock
-
-
-def _easy_vqa_question_type(question: str) -> str:
-    """VQAv2-style question type: the first three words."""
-    return " ".join(question.rstrip("?").split()[:3])
 
 
 def _easy_vqa_complete(root: Path) -> bool:
@@ -49,17 +44,10 @@ def prepare_easy_vqa(data_dir: str | Path = "data") -> Path:
             return root
         if root.exists():
             print(f"note: {root} is incomplete (an interrupted conversion?); converting it again", flush=True)
-        for leftover in [*data_dir.glob("easy_vqa.tmp*"), *data_dir.glob("easy_vqa.old*")]:
-            shutil.rmtree(leftover, ignore_errors=True)  # from killed runs; we hold the lock
-        tmp = data_dir / f"easy_vqa.tmp-{os.getpid()}"
+        tmp = data_dir / ".tmp-easy_vqa"
+        shutil.rmtree(tmp, ignore_errors=True)  # from a killed run; we hold the lock
         _convert_easy_vqa(easy_vqa, tmp)
-        if root.exists():
-            old = data_dir / f"easy_vqa.old-{os.getpid()}"
-            root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(root)
+        replace_folder(tmp, root)
     return root
 
 
@@ -74,7 +62,7 @@ def _convert_easy_vqa(easy_vqa, out: Path) -> None:
         for qid, (text, answer, image_id) in enumerate(zip(texts, answers, image_ids)):
             questions.append({"image_id": image_id, "question": text, "question_id": qid})
             annotations.append({
-                "question_type": _easy_vqa_question_type(text),
+                "question_type": " ".join(text.rstrip("?").split()[:3]),  # VQAv2-style: the first three words
                 "multiple_choice_answer": answer,
                 "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
                 "image_id": image_id,
@@ -91,10 +79,7 @@ def _convert_easy_vqa(easy_vqa, out: Path) -> None:
                                                         "data_subtype": split, "questions": questions}),
                           (f"{split}_annotations.json", {"info": info, "data_type": "easy_vqa", "data_subtype": split,
                                                           "annotations": annotations})):
-            with open(out / name, "w") as f:
-                json.dump(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
+            atomic_write_text(out / name, json.dumps(obj))
             files[name] = (out / name).stat().st_size
         marker["splits"][split] = {"questions": len(questions), "images": len(images), "files": files}
     (out / "CONVERTED").write_text(json.dumps(marker, indent=2) + "\n")  # last: it vouches for the rest

@@ -62,13 +62,9 @@ def _holder(path: Path) -> str:
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: float = 0.2,
                    busy: str | None = None) -> Iterator[Path | None]:
-    """Hold `path` as an exclusive lock for the duration of the block; yields the lock file's path
-    (None where the filesystem cannot lock: then it warns and runs unguarded).
-
-    When another live process holds it: with wait=False refuse at once with a UserError naming
-    `what` and the holder's PID (`busy`, if given, is the message, with {pid} and {path} filled in);
-    with wait=True wait until it is released (e.g. a second process that only needs the first one's
-    result). A lock file left by a killed holder is taken over, with a note."""
+    """Hold `path` as an exclusive lock for the block; yields its path, or None where the filesystem cannot lock
+    (then it warns and runs unguarded). A live holder: a UserError at once naming `what` and its PID (`busy`, if
+    given, with {pid} and {path} filled in), or with wait=True a wait for it; a killed holder's file is taken over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     announced = False

@@ -58,16 +58,16 @@ def merge_device(device: str, model_id: str) -> tuple[str, str]:
 
     from .memory_plan import GIB, build_meta_model, checkpoint_tensor_names, load_blip2_config
 
-    need = 4 * sum(p.numel() for p in build_meta_model(load_blip2_config(model_id),
-                                                       checkpoint_tensor_names(model_id)).parameters())
+    need = 4 * build_meta_model(load_blip2_config(model_id), checkpoint_tensor_names(model_id)).num_parameters()
+    takes = f"the float32 model takes {need / GIB:.1f} GiB"
     if device:
-        return device, f"--device={device}; the float32 model takes {need / GIB:.1f} GiB"
+        return device, f"--device={device}; {takes}"
     if not torch.cuda.is_available():
-        return "cpu", f"no GPU; the float32 model takes {need / GIB:.1f} GiB of RAM"
+        return "cpu", f"no GPU; {takes} of RAM"
     free = torch.cuda.mem_get_info()[0]
     if free >= 1.1 * need:
-        return "cuda", f"the float32 model takes {need / GIB:.1f} GiB, the GPU has {free / GIB:.1f} GiB free"
-    return "cpu", f"the float32 model takes {need / GIB:.1f} GiB, more than the GPU's {free / GIB:.1f} GiB free"
+        return "cuda", f"{takes}, the GPU has {free / GIB:.1f} GiB free"
+    return "cpu", f"{takes}, more than the GPU's {free / GIB:.1f} GiB free"
 
 
 def nf4_round_trip(model, dtype) -> None:

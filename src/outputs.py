@@ -13,16 +13,9 @@ LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while
 
 @contextmanager
 def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[Path | None]:
-    """Be the only run writing into `output_dir` until the block ends.
-
-        with hold_output_lock(out_dir, enabled=accelerator.is_main_process):
-            ...  # every write into out_dir
-
-    A second run into the same folder gets a UserError at once, naming the holder's PID. The lock
-    (src.locks) is an OS file lock on <output_dir>/.output.lock, so it is released when the holder
-    dies, even by SIGKILL: the next run takes the folder over (and says so). Under torchrun /
-    accelerate only the main process takes it (`enabled=False` elsewhere); the other ranks write
-    through it. Yields the lock file's path, or None when no lock was taken."""
+    """Be the only run writing into `output_dir` until the block ends: a second run gets a UserError naming the
+    holder's PID; the OS lock (src.locks) dies with its holder, even by SIGKILL, and the next run takes over. Under
+    torchrun / accelerate only the main process takes it (`enabled=False` elsewhere); yields the lock file or None."""
     if not enabled:
         yield None
         return

@@ -4,31 +4,26 @@ training itself: a tracker that fails never stops training (train_log.jsonl hold
 from __future__ import annotations
 
 import hashlib
-import importlib
 import threading
 from pathlib import Path
 
 from .errors import UserError
 
-# REPORT_TO value: (the module accelerate's tracker imports, the pip package that provides it)
-TRACKERS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard")}
-
 
 def check_report_to(report_to: str) -> str | None:
-    """The accelerate tracker that REPORT_TO names, or None for "" (no tracking); UserError, before any
-    work, for an unknown name or a tracker whose package is not installed."""
+    """The accelerate tracker REPORT_TO names ("tensorboard"), or None for "" (no tracking); one line, before any
+    work, for another name or a missing tensorboard package."""
     if not report_to:
         return None
-    if report_to not in TRACKERS:
-        raise UserError(f"--report_to={report_to!r}: unknown tracker; use "
-                        + ", ".join(f"--report_to={t}" for t in TRACKERS) + " or --report_to= (no tracking)")
-    module, package = TRACKERS[report_to]
+    if report_to != "tensorboard":
+        raise UserError(f"--report_to={report_to!r}: unknown tracker; use --report_to=tensorboard or --report_to= "
+                        "(no tracking)")
     try:
-        importlib.import_module(module)
+        import torch.utils.tensorboard  # noqa: F401 (what accelerate's TensorBoard tracker imports)
     except ImportError as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"--report_to={report_to} needs the {package} package ({why}); pip install {package}, "
-                        f"or train without it (--report_to=)") from None
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--report_to=tensorboard needs the tensorboard package ({why}); pip install tensorboard, "
+                        "or train without it (--report_to=)") from None
     return report_to
 
 
@@ -60,8 +55,7 @@ class OptionalCurves:
             self._guarded(getattr(self.accelerator, what), *args, **kwargs)
 
     def end(self) -> None:
-        """accelerate's end_training on every process, as without a tracker."""
-        self._guarded(self.accelerator.end_training)
+            self._guarded(self.accelerator.end_training)
 
     def _guarded(self, call, *args, **kwargs) -> None:
         try:
@@ -83,12 +77,11 @@ def tracker_run_name(out_dir) -> str:
 def tracker_init_kwargs(tracker: str, start_step: int) -> dict:
     """accelerate's init_kwargs for a run starting after step `start_step`: TensorBoard's purge_step hides
     what an interrupted attempt logged after it."""
-    return {"tensorboard": {"purge_step": start_step + 1}} if tracker == "tensorboard" else {}
+    return {tracker: {"purge_step": start_step + 1}}
 
 
 def tracker_values(result, lr: float, skipped_so_far: int) -> dict:
-    """The scalars of one optimizer step (a src.training.StepResult): loss, learning rate, gradient norm (none
-    on a step fp16's loss scaling skipped) and the number of skipped steps so far."""
+    """The scalars of one optimizer step (a src.training.StepResult); no gradient norm on a step fp16 skipped."""
     values = {"train/loss": result.loss, "train/lr": lr, "train/skipped_steps": skipped_so_far}
     if result.grad_norm is not None:
         values["train/grad_norm"] = result.grad_norm
@@ -96,7 +89,6 @@ def tracker_values(result, lr: float, skipped_so_far: int) -> dict:
 
 
 def heldout_values(point: dict) -> dict:
-    """The scalars of one held-out point (a "heldout" entry of train_log.jsonl): the accuracy, overall and per
-    answer type ("yes/no" as heldout/yes_no)."""
+    """The scalars of one held-out point (a train_log.jsonl "heldout"): accuracy, overall and per answer type."""
     return {"heldout/accuracy": point["accuracy"],
             **{f"heldout/{t.replace('/', '_')}": a for t, a in point["per_answer_type"].items()}}

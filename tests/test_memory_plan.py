@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from bench.memory_plan import held_bytes
+from bench.memory_plan import bnb_details, held_bytes
 from helpers import assert_one_line_error, module_fixture, run_script, script_lora
 from src.family import OPT, T5, family_of
 from src.memory_plan import ARCHITECTURE_JSON, load_blip2_config, nf4_weight_bytes, plan_memory
@@ -94,9 +94,10 @@ def test_tiny_nf4_plan_equals_a_real_4bit_load(tiny_model_dir, dtype):
     actual = held_bytes(model)
 
     plan = plan_memory(tiny_model_dir, lora=script_lora(), compute_dtype=str(dtype).removeprefix("torch."))
-    assert plan["bnb"]["quantized_linears"] == sorted(quantized)
+    bnb = bnb_details(tiny_model_dir)
+    assert bnb["quantized_linears"] == sorted(quantized)
     assert plan["precisions"]["nf4"]["bytes"] == actual
-    assert {"qformer", "lm_head", "vision_model", "language_projection"} <= set(plan["bnb"]["modules_to_not_convert"])
+    assert {"qformer", "lm_head", "vision_model", "language_projection"} <= set(bnb["modules_to_not_convert"])
     assert quantized and all(n.startswith("language_model.model.decoder.layers.") for n in quantized)
     qformer_dtype = torch.float32 if dtype == torch.float16 else dtype
     assert model.qformer.layernorm.weight.dtype == qformer_dtype and model.query_tokens.dtype == qformer_dtype
@@ -113,7 +114,7 @@ def test_tiny_plan_equals_a_real_cuda_load(tiny_model_dir, quantization):
     layer = {"8bit": bnb.nn.Linear8bitLt, "4bit": bnb.nn.Linear4bit, "none": ()}[quantization]
     quantized = sorted(n for n, m in model.named_modules() if layer and isinstance(m, layer))
     column = {"8bit": "int8", "4bit": "nf4", "none": {torch.bfloat16: "bf16", torch.float16: "fp16"}[model.dtype]}[quantization]
-    assert quantized == (plan["bnb"]["quantized_linears"] if layer else [])
+    assert quantized == (bnb_details(tiny_model_dir)["quantized_linears"] if layer else [])
     assert held_bytes(model) == plan["precisions"][column]["bytes"]
 
 
@@ -134,7 +135,7 @@ def test_full_parts_add_up_to_the_stated_total():
     assert not re.fullmatch(plan["lora"]["regex"], "vision_model.encoder.layers.0.mlp.fc1")
     assert plan["lora"]["total_bytes"] == 16 * plan["lora"]["params"]
     # only the OPT decoder's Linear layers are quantised: not the ViT-g, the projection, the Q-Former or lm_head
-    assert plan["bnb"]["quantized_linear_count"] == 32 * 6
+    assert bnb_details(None)["quantized_linear_count"] == 32 * 6
     assert plan["parts"]["vision_model"]["bytes"]["nf4"] == plan["parts"]["vision_model"]["bytes"]["bf16"]
     # on paper, QLoRA with batch 4 fits a 10 GB budget: weights + LoRA state leave > 5 GiB for activations
     assert plan["qlora_training"]["total_bytes"] < 4.5 * 1024**3
@@ -174,8 +175,19 @@ def test_the_fine_tuning_script_prints_the_table_alone(tiny_model_dir, tmp_path)
     with safe_open(f"{tiny_model_dir}/model.safetensors", "pt") as f:  # the twin's checkpoint, header only
         largest = max(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     assert "host RAM while loading" in proc.stdout and f"({largest:,} params" in proc.stdout
+    # the total row: the weights as the run loads them (4-bit by default; on CPU the rest in fp32), the LoRA it adds
+    plan = plan_memory(tiny_model_dir, lora=dataclasses.replace(script_lora(), r=8), compute_dtype="float32")
+    total = next(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("total"))
+    assert total == [f"{plan['total_params']:,}", f"{plan['precisions']['nf4']['bytes'] / 2**20:.3f}",
+                     f"{plan['lora']['params']:,}"]
+    layers = next(line.split() for line in proc.stdout.splitlines() if line.startswith("LM layers"))
+    assert layers[-1] == total[-1] != "0"  # every LoRA parameter is in the language model's layers
+    from src.memory_plan import format_plan
+
+    unquantised = next(line.split() for line in format_plan(plan, "none").splitlines() if line.startswith("total"))
+    assert unquantised[2] == f"{plan['precisions']['fp32']['bytes'] / 2**20:.3f}"  # --use_4bit=False on CPU
     proc = run_script("finetune_vqav2_lora.py", f"--model_id={tmp_path / 'nowhere'}", "--memory_plan_only=True")
-    assert_one_line_error(proc, "nowhere", "pass a config.json, a model folder")
+    assert_one_line_error(proc, "nowhere", "model folder not found")
     assert "no memory estimate" not in proc.stdout
 
 
@@ -277,7 +289,7 @@ def test_flan_t5_lora_and_quantisation(shipped_plans):
         assert re.fullmatch(regex, name)
     assert not re.fullmatch(regex, "qformer.encoder.layer.0.attention.attention.query")
 
-    bnb = plan["bnb"]
+    bnb = bnb_details("Salesforce/blip2-flan-t5-xl")
     assert "wo" in bnb["modules_to_not_convert"] and "wo" in bnb["keep_in_fp32_modules"]
     assert not [n for n in bnb["quantized_linears"] if n.endswith(".wo") or "lm_head" in n]
     assert bnb["quantized_linear_count"] == 24 * 6 + 24 * 10 == 384
@@ -296,23 +308,25 @@ def test_flan_t5_lora_and_quantisation(shipped_plans):
 def test_opt_6_7b_lora_is_the_opt_default(shipped_plans):
     plan = shipped_plans["Salesforce/blip2-opt-6.7b"]
     d, ffn, r = 4096, 16384, 16
-    assert plan["lora"]["modules"] == 32 * 6 and plan["bnb"]["quantized_linear_count"] == 32 * 6
+    assert plan["lora"]["modules"] == 32 * 6
+    assert bnb_details("Salesforce/blip2-opt-6.7b")["quantized_linear_count"] == 32 * 6
     assert plan["lora"]["params"] == 32 * r * (4 * (d + d) + 2 * (d + ffn))
     assert plan["parts"]["language_model.embed_tokens"]["params"] == 50_304 * d  # tied lm_head counted once
 
 
-def test_lora_targets_auto_and_names():
-    """"auto" (a string or ("auto",), as LoraSettings holds TARGET_MODULES = "auto") is the family's; names
-    are kept; a list with no layer in the model is refused like the fine-tuning script refuses it."""
+def test_the_plan_adapts_the_layers_the_training_adapts(tiny_config):
+    """"auto" (as LoraSettings holds TARGET_MODULES = "auto") is the family's layers; names are kept; a list naming
+    no layer is refused as the fine-tuning script refuses it (both ask src.family.lora_targets)."""
     from src.errors import UserError
-    from src.memory_plan import resolve_lora_targets
 
-    assert resolve_lora_targets("auto", T5) == resolve_lora_targets(("auto",), T5) == T5.lora_targets
-    assert resolve_lora_targets(("auto",), OPT) == OPT.lora_targets
-    assert resolve_lora_targets(["q", "v"], T5) == ("q", "v")
-    assert resolve_lora_targets(LORA_REGEX, OPT) == LORA_REGEX  # a peft regex stays as it is
+    lora = script_lora()
+    auto = plan_memory(tiny_config, lora=lora)["lora"]
+    assert auto["targets"] == list(OPT.lora_targets) and auto["auto"]
+    named = plan_memory(tiny_config, lora=dataclasses.replace(lora, target_modules=("q_proj", "v_proj")))["lora"]
+    assert named["targets"] == ["q_proj", "v_proj"] and not named["auto"]
+    assert named["modules"] == 2 * tiny_config.text_config.num_hidden_layers
     with pytest.raises(UserError):
-        resolve_lora_targets([" "], T5)
+        plan_memory(tiny_config, lora=dataclasses.replace(lora, target_modules=(" ",)))
 
 
 # --- a tiny BLIP-2 on Flan-T5 (the shipped xl architecture, small sizes): what transformers really loads ------
@@ -399,7 +413,7 @@ def test_tiny_t5_nf4_plan_equals_a_real_4bit_load(tiny_t5_checkpoints, dtype):
     )
     quantized = sorted(n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
     plan = plan_memory(folder, lora=script_lora(), compute_dtype=str(dtype).removeprefix("torch."))
-    assert plan["bnb"]["quantized_linears"] == quantized and len(quantized) == 2 * 6 + 2 * 10
+    assert bnb_details(folder)["quantized_linears"] == quantized and len(quantized) == 2 * 6 + 2 * 10
     assert plan["precisions"]["nf4"]["bytes"] == held_bytes(model)
     wo = model.language_model.encoder.block[0].layer[1].DenseReluDense.wo
     assert type(wo) is torch.nn.Linear and wo.weight.dtype == (torch.float32 if dtype == torch.float16 else dtype)
@@ -428,4 +442,4 @@ def test_the_plan_of_a_folder_without_a_model_config_is_refused(tmp_path):
     """--memory_plan_only with a folder that holds no config.json: one line, not transformers' default config."""
     (tmp_path / "not-a-model").mkdir()
     proc = run_script("finetune_vqav2_lora.py", "--memory_plan_only=True", f"--model_id={tmp_path / 'not-a-model'}")
-    assert_one_line_error(proc, str(tmp_path / "not-a-model"), "no config.json", "copy the whole model folder")
+    assert_one_line_error(proc, str(tmp_path / "not-a-model"), "no config.json", "not a model saved with save_pretrained")
