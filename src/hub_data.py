@@ -1,13 +1,11 @@
-"""VQAv2 evaluation splits from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2) or a local
-folder with its layout: question columns by range requests, then only the sample's images. Requests go through
-huggingface_hub's client (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE hold); ours are only what it lacks: range answers
-checked, a bounded retry with one note, a stall deadline on every read (docs/data.md says why)."""
+"""VQAv2 evaluation splits from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2) or a local folder
+with its layout: question columns by range requests, then only the sample's images. Every request goes through
+huggingface_hub's client; ours is only what it lacks (checked ranges, bounded retries, a stall deadline: docs/data.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import itertools
 import os
 import re
@@ -40,8 +38,9 @@ FIRST_WAIT_S = 1.0  # wait before the second try without Retry-After; doubled fo
 LONGEST_WAIT_S = 60.0  # a longer Retry-After is not waited out: the run stops with the error line
 STALL_S = 120.0  # a read that brings less than PROGRESS_BYTES (and does not end) for this long stops the run
 PROGRESS_BYTES = 64 << 10
+IMAGE_SUFFIXES = {b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp"}  # by an image's first bytes; else JPEG (COCO)
 INT, TEXT = (r"u?int\d+", "an integer (int64)"), (r"(large_)?string", "string")
-COLUMNS = {  # the lmms-lab/VQAv2 columns read, as pyarrow prints their types (`image` is a datasets Image)
+COLUMNS = {  # the lmms-lab/VQAv2 columns used: (their pyarrow type as printed, what lmms-lab/VQAv2 has)
     "question_id": INT, "image_id": INT, "question": TEXT,
     "answers": (r"(large_)?list<.*struct<(.*, )?answer: (large_)?string.*",
                 "list<struct<answer: string, answer_confidence: string, answer_id: int64>>"),
@@ -52,12 +51,7 @@ ANSWER_COLUMNS = QUESTION_COLUMNS[3:]  # neither read nor required for testdev /
 
 
 class HubTrouble(Exception):
-    """The hub failed a request for good: `reason` completes "the hub at <endpoint> ...", `retry` says when a
-    rerun may help."""
-
-    def __init__(self, reason: str, retry: str = "wait a few minutes and rerun"):
-        super().__init__(reason)
-        self.reason, self.retry = reason, retry
+    """The hub failed a request for good: args = (what completes "the hub at <endpoint> ...", when to rerun)."""
 
 
 class RangesUnusable(Exception):
@@ -67,7 +61,7 @@ class RangesUnusable(Exception):
 @dataclasses.dataclass
 class HubReads:
     """One reading pass: where whole files go, the stall deadline, whether range answers can be used, the notes
-    already printed (each once) and a bar counting the bytes received."""
+    already printed (each once) and the bar counting the bytes received."""
     whole_dir: Path
     stall_s: float = STALL_S
     ranges_ok: bool = True
@@ -83,7 +77,7 @@ class HubReads:
 def endpoint() -> str:
     from huggingface_hub import constants
 
-    return constants.ENDPOINT  # read at call time: HF_ENDPOINT as the process started, or as a test set it
+    return constants.ENDPOINT  # at call time: HF_ENDPOINT as the process started, or as a test points it
 
 
 def retrying(what: str, call, reads: HubReads):
@@ -106,12 +100,12 @@ def retrying(what: str, call, reads: HubReads):
         except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
             failure = f"{type(e).__name__} ({str(e)[:60]})"
             if time.monotonic() + wait - began > reads.stall_s:  # silent, not refusing: the stall deadline
-                raise HubTrouble(f"sent nothing usable to {what} for over {reads.stall_s:g} s ({failure}; it "
-                                 "stalls)", "rerun later") from None
+                raise HubTrouble(f"sent nothing usable to {what} for over {reads.stall_s:g} s ({failure}; it stalls)",
+                                 "rerun later") from None
         if wait > LONGEST_WAIT_S:
-            hours = f"{wait / 3600:.0f} h" if wait >= 3600 else f"{wait / 60:.0f} min"
             raise HubTrouble(f"answered {failure} to {what} and asks to wait {wait:.0f} s (Retry-After)",
-                             f"wait {hours} as it asks and rerun") from None
+                             f"wait {f'{wait / 3600:.0f} h' if wait >= 3600 else f'{wait / 60:.0f} min'} as it asks "
+                             "and rerun") from None
         if tries == TRIES:
             raise HubTrouble(f"still answered {failure} to {what} after {TRIES} tries") from None
         reads.note("retry", f"{endpoint()} answered {failure} to {what}; waiting {wait:g} s and trying again (up to "
@@ -119,42 +113,40 @@ def retrying(what: str, call, reads: HubReads):
         time.sleep(wait)
 
 
-def _fetch(url: str, what: str, reads: HubReads, sink, start: int = 0, end: int | None = None, size: int = 0,
-           bar=None) -> int:
-    """GET url, or bytes [start, end) checked to come as asked, passing the body to sink(chunk) as it arrives (counted
-    on the bar); HubTrouble once PROGRESS_BYTES take longer than reads.stall_s (a mirror dripping bytes, each
-    within the read timeout, that no timeout of huggingface_hub's client ends)."""
+def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0, end: int | None = None) -> None:
+    """GET url, or bytes [start, end) checked to come as asked, to sink(chunk) as they arrive (counted on reads.bar);
+    HubTrouble once PROGRESS_BYTES take over reads.stall_s (a mirror dripping bytes, each within the read timeout)."""
     from huggingface_hub import constants, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    ranged = end is not None
-    headers = {**build_hf_headers(), "Accept-Encoding": "identity"}  # identity: a compressed length is not the file's
+    asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}  # identity: a compressed length is not the file's
     with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                              headers={**headers, "Range": f"bytes={start}-{end - 1}"} if ranged else headers) as r:
+                              headers={**build_hf_headers(), "Accept-Encoding": "identity", **asked}) as r:
         hf_raise_for_status(r)  # it reads an error's body itself
-        answer = r.headers.get("Content-Range", "")
-        if ranged and r.status_code == 206 and answer.strip() not in (f"bytes {start}-{end - 1}/{s}" for s in (size, "*")):
+        answer = r.headers.get("Content-Range", "").strip()
+        if asked and r.status_code == 206 and answer not in (f"bytes {start}-{end - 1}/{n}" for n in (size, "*")):
             raise RangesUnusable(f"answered a request for bytes {start}-{end - 1} with Content-Range {answer!r}")
-        if ranged and r.status_code != 206 and (start, end) != (0, size):
-            raise RangesUnusable(f"answered a range request with HTTP {r.status_code} and the whole file (it ignores Range)")
-        got, since, mark, bar = 0, time.monotonic(), 0, bar or reads.bar
+        if asked and r.status_code != 206 and (start, end) != (0, size):
+            raise RangesUnusable(f"answered a range request with HTTP {r.status_code} and the whole file (it ignores "
+                                 "Range)")
+        got, mark, since = 0, 0, time.monotonic()
         for chunk in r.iter_bytes():  # only now: a whole file sent instead of a range is never read
             sink(chunk)
             got += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
+            if reads.bar is not None:
+                reads.bar.update(len(chunk))
             if got - mark >= PROGRESS_BYTES:
                 since, mark = time.monotonic(), got
             elif time.monotonic() - since > reads.stall_s:
                 raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)", "rerun later")
-    if ranged and got != end - start:
-        raise RangesUnusable(f"sent {got} bytes for a range of {end - start}")
-    return got
+    if got != (size if end is None else end - start):
+        raise RangesUnusable(f"sent {got} bytes for a range of {end - start}") if asked else HubTrouble(
+            f"sent {got} of the {size} bytes {what}")
 
 
 def _hub_file(url: str, name: str, reads: HubReads):
-    """A hub file as a seekable binary file whose every read is one checked range request of exactly the bytes
-    asked for (HfFileSystem's files read ahead into the image columns and check no answer)."""
+    """A hub file whose every read is one checked range request of exactly the bytes asked for (HfFileSystem's
+    files read ahead into the image columns and check no answer); its size from huggingface_hub's HEAD."""
     from fsspec.spec import AbstractBufferedFile
     from huggingface_hub import constants, get_hf_file_metadata
     from huggingface_hub.errors import HfHubHTTPError
@@ -163,7 +155,7 @@ def _hub_file(url: str, name: str, reads: HubReads):
         def _fetch_range(self, start: int, end: int) -> bytes:
             def attempt() -> bytes:
                 data = bytearray()
-                _fetch(url, what, reads, data.extend, start, min(end, size), size)
+                _fetch(url, what, reads, data.extend, size, start, min(end, size))
                 return bytes(data)
 
             what = f"a range read of {name}"
@@ -180,26 +172,6 @@ def _hub_file(url: str, name: str, reads: HubReads):
     if size is None:
         raise HubTrouble(f"gave no size for {name}")
     return RangedFile(None, url, size=size, cache_type="none")
-
-
-def _download_whole(url: str, dest: Path, name: str, size: int, reads: HubReads) -> None:
-    """The whole file to `dest` (through a temporary name), checked to be `size` bytes (not hf_hub_download:
-    it hands on 10 MB chunks, so a mirror dripping bytes never meets the stall deadline)."""
-    from tqdm.auto import tqdm
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-
-    def attempt() -> int:
-        with open(tmp, "wb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {name}") as bar:
-            return _fetch(url, f"downloading {name}", reads, f.write, bar=bar)
-
-    try:
-        if (got := retrying(f"downloading {name}", attempt, reads)) != size:
-            raise HubTrouble(f"sent {got} of the {size} bytes of {name}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_schema(schema, where: str, with_answers: bool = True) -> None:
@@ -232,7 +204,8 @@ def _reading(file: str):
 
 def _with_parquet(file: str, reads: HubReads, action):
     """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (pre_buffer: one
-    per row group), or its whole copy once ranges proved unusable."""
+    per row group), or its whole copy once ranges proved unusable (not hf_hub_download: it hands on 10 MB
+    chunks, so a mirror dripping bytes never meets the stall deadline)."""
     import pyarrow.parquet as pq
 
     m = HUB_URL.fullmatch(file)
@@ -247,7 +220,18 @@ def _with_parquet(file: str, reads: HubReads, action):
                 reads.ranges_ok = False
                 reads.note("ranges", f"{endpoint()} {e} for {m[3]}; those bytes are not used: the files are "
                                      f"downloaded whole once to {reads.whole_dir} and read there")
-        _download_whole(remote.path, local, m[3], remote.size, reads)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {m[3]}"
+
+        def attempt() -> None:
+            with open(tmp, "wb") as f:
+                _fetch(remote.path, what, reads, f.write, remote.size)
+
+        try:
+            retrying(what, attempt, reads)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
     with _reading(local.as_posix()):
         return action(pq.ParquetFile(local, pre_buffer=True))
 
@@ -277,16 +261,17 @@ def _hub_errors(hf_dataset: str, cache: Path | None):
     try:
         yield
     except HubTrouble as e:
-        raise UserError(f"the Hugging Face hub at {endpoint()} {e.reason}, reading {hf_dataset}; {e.retry} "
-                        f"({kept}), or {download_advice(hf_dataset)}") from None
+        reason, retry = (*e.args, "wait a few minutes and rerun")[:2]
+        raise UserError(f"the Hugging Face hub at {endpoint()} {reason}, reading {hf_dataset}; {retry} ({kept}), "
+                        f"or {download_advice(hf_dataset)}") from None
     except HfHubHTTPError as e:  # reached: it answered an error (huggingface_hub's message spans several lines)
         raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
                         f"{hf_dataset} ({' '.join(str(e).split())[:200]}); {kept}; {download_advice(hf_dataset)}") from None
     except (httpx2.HTTPError, OSError) as e:
-        where = f"{cache} holds no copy yet" if cache is not None else "there is no local copy"
         reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
                   else f"{endpoint()}: {type(e).__name__}: {' '.join(str(e).split())[:100]}")
-        raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and {where}; "
+        raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
+                        f"{f'{cache} holds no copy yet' if cache else 'there is no local copy'}; "
                         f"{download_advice(hf_dataset)}") from None
 
 
@@ -319,12 +304,12 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
     folder = Path(hf_dataset)
     if folder.is_dir():
         files = sorted(p.resolve().as_posix() for p in folder.glob(pattern))
-        if not files:
-            raise UserError(f"{folder} has no {pattern} files; a local --hf_dataset folder needs the hub "
-                            "layout, e.g. data/validation-00000-of-00014.parquet")
         names = {f.rsplit("/", 1)[1] for f in files}  # a set <split>-<k>-of-<n>.parquet: a download may have stopped
         missing = sorted({f"{m[1]}{k:05d}-of-{m[3]}.parquet" for m in map(SHARD.fullmatch, names) if m
                           for k in range(int(m[3]))} - names)
+        if not files:
+            raise UserError(f"{folder} has no {pattern} files; a local --hf_dataset folder needs the hub "
+                            "layout, e.g. data/validation-00000-of-00014.parquet")
         if missing:
             raise UserError(f"{folder} lacks {len(missing)} of the files of {pattern} ({', '.join(missing[:3])}"
                             f"{', ...' if len(missing) > 3 else ''}), a download that stopped early; rerun hf download "
@@ -342,11 +327,15 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
         return hf_dataset, files, sha
     moved_why, files, sha = _hub_files(MOVED_DATASET, revision, pattern, reads)
     if moved_why is not None:
-        check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
         raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
-                        f"lmms-eval moved it) {moved_why}; check {check}, or {download_advice(hf_dataset)}")
+                        f"lmms-eval moved it) {moved_why}; check --hf_dataset{' and --hf_dataset_revision' * bool(revision)}"
+                        f", or {download_advice(hf_dataset)}")
     reads.note("moved", f"{hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
     return MOVED_DATASET, files, sha
+
+
+def _source_name(hf_dataset: str) -> str:
+    return Path(hf_dataset).resolve().as_posix() if Path(hf_dataset).is_dir() else hf_dataset
 
 
 def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, cache: Path | None, stall_s: float):
@@ -379,18 +368,14 @@ def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, ca
                    "revision": sha, "files": files, "rows": table.num_rows}
 
 
-def _source_name(hf_dataset: str) -> str:
-    return Path(hf_dataset).resolve().as_posix() if Path(hf_dataset).is_dir() else hf_dataset
-
-
 def hub_source(cache_dir: str | Path) -> dict | None:
     """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision` as
     asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
     path = Path(cache_dir) / CACHE_FOLDER / "source.json"
-    source = read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun: the "
-                       "questions are read again from the dataset") if path.exists() else None
+    fix = f"delete the folder {path.parent} and rerun: the questions are read again from the dataset"
+    source = read_json(path, "hub question cache record", fix=fix) if path.exists() else None
     if source is not None and not isinstance(source, dict):
-        raise UserError(f"{path} is damaged (not a JSON object); delete the folder {path.parent} and rerun")
+        raise UserError(f"{path} is damaged (not a JSON object); {fix}")
     return source
 
 
@@ -402,9 +387,8 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
     if source is None:
         table, source = _read_source(hf_dataset, revision, split, cache / "files", cache, stall_s)
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".questions.parquet.{os.getpid()}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, cache / "questions.parquet")
+        pq.write_table(table, cache / f".questions.parquet.{os.getpid()}.tmp")
+        os.replace(cache / f".questions.parquet.{os.getpid()}.tmp", cache / "questions.parquet")
         write_json(cache / "source.json", source)  # last: it vouches for questions.parquet
         return table, source
     if (source.get("hf_dataset"), source.get("requested_revision")) != (_source_name(hf_dataset), revision):
@@ -412,11 +396,8 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
                         f"{source.get('requested_revision') or 'newest'}, but this run asks for "
                         f"{_source_name(hf_dataset)} revision {revision or 'newest'}; use the baseline's --hf_dataset "
                         "and --hf_dataset_revision, or another --output_dir")
-    try:
+    with _reading((cache / "questions.parquet").as_posix()):
         return pq.read_table(cache / "questions.parquet"), source
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {cache / 'questions.parquet'} ({str(e)[:100]}); delete {cache / 'source.json'} "
-                        "to read the questions again") from None
 
 
 def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None,
@@ -439,10 +420,10 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
     else:
         cache = Path(cache_dir) / CACHE_FOLDER
         # several processes (accelerate) or runs: one reads, the others wait and use its copy
-        with exclusive_lock(cache / ".lock", f"the hub question cache {cache}", wait=True) if not (
-                cache / "source.json").exists() else contextlib.nullcontext():
+        with contextlib.nullcontext() if (cache / "source.json").exists() else exclusive_lock(
+                cache / ".lock", f"the hub question cache {cache}", wait=True):
             table, source = _cached_table(cache, hf_dataset, revision, split, stall_s)
-    # answers as lists of their strings, flattened in Arrow (answer_confidence and answer_id unused): half the time
+    # each `answers` a list of its strings, flattened in Arrow (answer_confidence and answer_id unused): half the time
     columns = {n: table.column(n).to_pylist() for n in table.column_names if n != "answers"}
     if split == "val":
         flat = iter(pc.struct_field(pc.list_flatten(table.column("answers")), "answer").to_pylist())
@@ -461,16 +442,6 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
                          questions_source=name, annotations_source=name if split == "val" else None)
 
 
-def _image_suffix(data: bytes) -> str:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return {"JPEG": ".jpg", "PNG": ".png"}.get(img.format, f".{(img.format or 'img').lower()}")
-    except (UnidentifiedImageError, OSError, ValueError):
-        return ".img"  # written anyway: opening it later gives the usual per-question image error row
-
-
 def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: float = STALL_S) -> list[VQASample]:
     """The samples with image_path set to their pictures, written as stored to <cache_dir>/vqav2_hub/images/ from
     only the row groups that hold them (images/sources.json: each file's parquet row, recorded per row group)."""
@@ -480,11 +451,10 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
     if not any(ROW_MARK in s.image_path for s in samples):
         return samples
     with exclusive_lock(images.parent / ".lock", f"the hub image cache {images}", wait=True):
-        path, fix = images / "sources.json", f"delete the folder {images} and rerun, the pictures are fetched again"
-        sources = read_json(path, "hub image cache record", fix=fix) if path.exists() else {}
-        if not isinstance(sources, dict) or not all(isinstance(v, dict) and "file" in v for v in sources.values()):
-            raise UserError(f"{path} is damaged (not an object of image records); {fix}")
-        # one file per image_id: VQAv2's questions on one picture share it
+        path = images / "sources.json"
+        sources = read_json(path, "hub image cache record", fix=f"delete the folder {images} and rerun, the pictures "
+                            "are fetched again") if path.exists() else {}
+        # only what sources.json records (a picture cut off by a kill is not): one file per image_id
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
         todo = defaultdict(dict)  # parquet file -> {row: image_id}
         for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in samples
@@ -492,31 +462,30 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
             todo[file][int(row)] = image_id
 
         def write_images(pf, file: str, rows: dict) -> None:
-            ends = itertools.accumulate(pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups))
-            for g, (start, end) in enumerate(itertools.pairwise(itertools.chain([0], ends))):
+            ends = list(itertools.accumulate(pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)))
+            for g, (start, end) in enumerate(zip([0, *ends], ends)):
                 wanted = [r for r in rows if start <= r < end and rows[r] not in have]  # a whole copy's rerun: the rest
-                if not wanted:
-                    continue
-                with _reading(file):
-                    column = pf.read_row_group(g, columns=["image"]).column("image")
+                if wanted:
+                    with _reading(file):
+                        column = pf.read_row_group(g, columns=["image"]).column("image")
                 for r in wanted:
-                    cell = column[r - start].as_py() or {}
-                    if not cell.get("bytes"):
-                        raise UserError(f"{file} row {r}: the image column holds no bytes (path {cell.get('path')!r});"
-                                        " the dataset must embed its images like lmms-lab/VQAv2")
-                    name = f"{rows[r]:012d}{_image_suffix(cell['bytes'])}"
-                    (images / f".{name}.{os.getpid()}.tmp").write_bytes(cell["bytes"])
-                    os.replace(images / f".{name}.{os.getpid()}.tmp", images / name)
+                    data = (column[r - start].as_py() or {}).get("bytes")
+                    if not data:
+                        raise UserError(f"{file} row {r}: the image column holds no bytes; the dataset must embed its "
+                                        "images like lmms-lab/VQAv2")
+                    name = f"{rows[r]:012d}{IMAGE_SUFFIXES.get(data[:4], '.jpg')}"
+                    (images / name).write_bytes(data)  # stored bytes, not re-encoded
                     sources[str(rows[r])], have[rows[r]] = {"file": name, "source": f"{file}{ROW_MARK}{r}"}, name
                     bar.update(1)
-                write_json(path, sources)  # a killed run refetches at most this row group
+                if wanted:
+                    write_json(path, sources)  # a killed run refetches at most this row group
 
         if todo:
             images.mkdir(parents=True, exist_ok=True)
-            reads, m = HubReads(images.parent / "files", stall_s), HUB_URL.fullmatch(next(iter(todo)))
+            reads, first = HubReads(images.parent / "files", stall_s), next(iter(todo))
             try:
-                with _hub_errors(m[1] if m else next(iter(todo)), images.parent), \
-                        tqdm(total=sum(map(len, todo.values())), desc="caching the sample's images", unit="img") as bar:
+                with _hub_errors(m[1] if (m := HUB_URL.fullmatch(first)) else first, images.parent), tqdm(
+                        total=sum(map(len, todo.values())), desc="caching the sample's images", unit="img") as bar:
                     for file, rows in todo.items():
                         _with_parquet(file, reads, lambda pf: write_images(pf, file, rows))
             finally:  # the pictures written so far are recorded, so a rerun after an error fetches only the rest
