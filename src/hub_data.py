@@ -9,7 +9,6 @@ import dataclasses
 import itertools
 import os
 import re
-import tempfile
 import time
 from collections import defaultdict
 from fnmatch import fnmatch
@@ -60,8 +59,7 @@ class RangesUnusable(Exception):
 
 @dataclasses.dataclass
 class HubReads:
-    """One reading pass: where whole files go, the stall deadline, whether range answers can be used, the notes
-    already printed (each once) and the bar counting the bytes received."""
+    """One reading pass: where whole files go, the stall deadline, whether ranges work, notes said, a bytes bar."""
     whole_dir: Path
     stall_s: float = STALL_S
     ranges_ok: bool = True
@@ -119,7 +117,7 @@ def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0
     from huggingface_hub import constants, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}  # identity: a compressed length is not the file's
+    asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}  # identity: a compressed size is not the file's
     with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
                               headers={**build_hf_headers(), "Accept-Encoding": "identity", **asked}) as r:
         hf_raise_for_status(r)  # it reads an error's body itself
@@ -127,8 +125,7 @@ def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0
         if asked and r.status_code == 206 and answer not in (f"bytes {start}-{end - 1}/{n}" for n in (size, "*")):
             raise RangesUnusable(f"answered a request for bytes {start}-{end - 1} with Content-Range {answer!r}")
         if asked and r.status_code != 206 and (start, end) != (0, size):
-            raise RangesUnusable(f"answered a range request with HTTP {r.status_code} and the whole file (it ignores "
-                                 "Range)")
+            raise RangesUnusable(f"answered a range request with HTTP {r.status_code} (it ignores Range)")
         got, mark, since = 0, 0, time.monotonic()
         for chunk in r.iter_bytes():  # only now: a whole file sent instead of a range is never read
             sink(chunk)
@@ -138,10 +135,11 @@ def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0
             if got - mark >= PROGRESS_BYTES:
                 since, mark = time.monotonic(), got
             elif time.monotonic() - since > reads.stall_s:
-                raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)", "rerun later")
+                raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)",
+                                 "rerun later")
     if got != (size if end is None else end - start):
         raise RangesUnusable(f"sent {got} bytes for a range of {end - start}") if asked else HubTrouble(
-            f"sent {got} of the {size} bytes {what}")
+            f"sent {got} of the {size} bytes to {what}")
 
 
 def _hub_file(url: str, name: str, reads: HubReads):
@@ -252,27 +250,27 @@ def hub_test_files_advice(hf_dataset: str) -> str:
 
 
 @contextlib.contextmanager
-def _hub_errors(hf_dataset: str, cache: Path | None):
+def _hub_errors(hf_dataset: str, cache: Path):
     """Network and hub failures as one line saying what happened and how to get the data."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    kept = f"what is in {cache} is kept" if cache is not None else "nothing was kept"
     try:
         yield
     except HubTrouble as e:
         reason, retry = (*e.args, "wait a few minutes and rerun")[:2]
-        raise UserError(f"the Hugging Face hub at {endpoint()} {reason}, reading {hf_dataset}; {retry} ({kept}), "
+        raise UserError(f"the Hugging Face hub at {endpoint()} {reason}, reading {hf_dataset}; {retry} (what is in "
+                        f"{cache} is kept), "
                         f"or {download_advice(hf_dataset)}") from None
     except HfHubHTTPError as e:  # reached: it answered an error (huggingface_hub's message spans several lines)
         raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
-                        f"{hf_dataset} ({' '.join(str(e).split())[:200]}); {kept}; {download_advice(hf_dataset)}") from None
+                        f"{hf_dataset} ({' '.join(str(e).split())[:200]}); what is in {cache} is kept; "
+                        f"{download_advice(hf_dataset)}") from None
     except (httpx2.HTTPError, OSError) as e:
         reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
                   else f"{endpoint()}: {type(e).__name__}: {' '.join(str(e).split())[:100]}")
         raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
-                        f"{f'{cache} holds no copy yet' if cache else 'there is no local copy'}; "
-                        f"{download_advice(hf_dataset)}") from None
+                        f"{cache} holds no copy yet; {download_advice(hf_dataset)}") from None
 
 
 def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
@@ -338,13 +336,13 @@ def _source_name(hf_dataset: str) -> str:
     return Path(hf_dataset).resolve().as_posix() if Path(hf_dataset).is_dir() else hf_dataset
 
 
-def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, cache: Path | None, stall_s: float):
+def _read_source(hf_dataset: str, revision: str, split: str, cache: Path, stall_s: float):
     """(question table, source record) of `split` read from the dataset itself: the question columns of every
     file (no image bytes; answers for val only), each row with its file index and row number."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    reads = HubReads(whole_dir, stall_s)
+    reads = HubReads(cache / "files", stall_s)
     with _hub_errors(hf_dataset, cache):
         used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
     columns = [c for c in QUESTION_COLUMNS if split == "val" or c not in ANSWER_COLUMNS]
@@ -372,11 +370,8 @@ def hub_source(cache_dir: str | Path) -> dict | None:
     """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision` as
     asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
     path = Path(cache_dir) / CACHE_FOLDER / "source.json"
-    fix = f"delete the folder {path.parent} and rerun: the questions are read again from the dataset"
-    source = read_json(path, "hub question cache record", fix=fix) if path.exists() else None
-    if source is not None and not isinstance(source, dict):
-        raise UserError(f"{path} is damaged (not a JSON object); {fix}")
-    return source
+    return read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun: the "
+                     "questions are read again from the dataset") if path.exists() else None
 
 
 def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall_s: float):
@@ -385,7 +380,7 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
 
     source = hub_source(cache.parent)
     if source is None:
-        table, source = _read_source(hf_dataset, revision, split, cache / "files", cache, stall_s)
+        table, source = _read_source(hf_dataset, revision, split, cache, stall_s)
         cache.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, cache / f".questions.parquet.{os.getpid()}.tmp")
         os.replace(cache / f".questions.parquet.{os.getpid()}.tmp", cache / "questions.parquet")
@@ -400,7 +395,7 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
         return pq.read_table(cache / "questions.parquet"), source
 
 
-def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None,
+def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path,
                      stall_s: float = STALL_S) -> list[VQASample]:
     """Every question of `split` (val, testdev, test; the last two without answers) as checked VQASamples whose
     image_path names its parquet row; the question table is kept in <cache_dir>/vqav2_hub/ (one per split)."""
@@ -414,15 +409,11 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
     if looks_like_path(hf_dataset) and not Path(hf_dataset).expanduser().is_dir():
         raise UserError(f"--hf_dataset={hf_dataset}: no such folder (a hub id looks like lmms-lab/VQAv2; a local "
                         f"folder must hold the hub layout, {SPLIT_FILES['val']})")
-    if cache_dir is None:
-        with tempfile.TemporaryDirectory(prefix="vqav2_hub-") as whole_dir:  # files read whole, if any
-            table, source = _read_source(hf_dataset, revision, split, Path(whole_dir), None, stall_s)
-    else:
-        cache = Path(cache_dir) / CACHE_FOLDER
-        # several processes (accelerate) or runs: one reads, the others wait and use its copy
-        with contextlib.nullcontext() if (cache / "source.json").exists() else exclusive_lock(
-                cache / ".lock", f"the hub question cache {cache}", wait=True):
-            table, source = _cached_table(cache, hf_dataset, revision, split, stall_s)
+    cache = Path(cache_dir) / CACHE_FOLDER
+    # several processes (accelerate) or runs: one reads, the others wait and use its copy
+    with contextlib.nullcontext() if (cache / "source.json").exists() else exclusive_lock(
+            cache / ".lock", f"the hub question cache {cache}", wait=True):
+        table, source = _cached_table(cache, hf_dataset, revision, split, stall_s)
     # each `answers` a list of its strings, flattened in Arrow (answer_confidence and answer_id unused): half the time
     columns = {n: table.column(n).to_pylist() for n in table.column_names if n != "answers"}
     if split == "val":
