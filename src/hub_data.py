@@ -260,8 +260,7 @@ def _hub_errors(hf_dataset: str, cache: Path):
     except HubTrouble as e:
         reason, retry = (*e.args, "wait a few minutes and rerun")[:2]
         raise UserError(f"the Hugging Face hub at {endpoint()} {reason}, reading {hf_dataset}; {retry} (what is in "
-                        f"{cache} is kept), "
-                        f"or {download_advice(hf_dataset)}") from None
+                        f"{cache} is kept), or {download_advice(hf_dataset)}") from None
     except HfHubHTTPError as e:  # reached: it answered an error (huggingface_hub's message spans several lines)
         raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
                         f"{hf_dataset} ({' '.join(str(e).split())[:200]}); what is in {cache} is kept; "
@@ -391,8 +390,11 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
                         f"{source.get('requested_revision') or 'newest'}, but this run asks for "
                         f"{_source_name(hf_dataset)} revision {revision or 'newest'}; use the baseline's --hf_dataset "
                         "and --hf_dataset_revision, or another --output_dir")
-    with _reading((cache / "questions.parquet").as_posix()):
+    try:
         return pq.read_table(cache / "questions.parquet"), source
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {cache / 'questions.parquet'} ({str(e)[:100]}); delete {cache / 'source.json'} "
+                        "to read the questions again") from None
 
 
 def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path,
