@@ -1,145 +1,189 @@
-"""VQAv2 evaluation splits from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2) or a
-local folder with its layout: question columns by range requests, then only the sample's images (docs/data.md)."""
+"""VQAv2 evaluation splits from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2) or a local folder
+with its layout: question columns by range requests, then only the sample's images. Every request goes through
+huggingface_hub's client; ours is only what it lacks (checked ranges, bounded retries, a stall deadline: docs/data.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import itertools
 import os
 import re
-import tempfile
+import time
 from collections import defaultdict
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
 
 from .config import looks_like_path
-from .samples import VQASample, build_samples
 from .errors import UserError
 from .files import read_json, write_json
-from .hub_http import STALL_S, HubReads, HubTrouble, RangedFile, RangesUnusable, download_whole, endpoint, retrying
 from .locks import exclusive_lock
+from .samples import VQASample, build_samples
 
 DEFAULT_DATASET = "lmms-lab/VQAv2"
 MOVED_DATASET = "lmms-lab-encoder/VQAv2"  # where lmms-eval moved the data (July 2026); read when the default is missing
 # split -> its files in the hub layout; "data/test-*" does not match data/testdev-* (fnmatch: "-" after "test")
 SPLIT_FILES = {"val": "data/validation-*.parquet", "testdev": "data/testdev-*.parquet", "test": "data/test-*.parquet"}
 SPLIT_NAMES = {"val": "validation", "testdev": "testdev", "test": "test"}  # as the hub names them, for messages
-ANSWERED_SPLITS = ("val",)  # testdev / test: questions only (their answers are on the EvalAI server)
-VALIDATION_FILES = SPLIT_FILES["val"]
 CACHE_FOLDER = "vqav2_hub"
-WHOLE_FILES = "files"  # <cache>/files/<repo>/<commit>/<path>: files downloaded whole (a server that ignores Range)
 MIRROR = "https://hf-mirror.com"
-# the lmms-lab/VQAv2 columns this reader needs (its `image` is a datasets Image: struct<bytes, path>)
-QUESTION_COLUMNS = ("question_id", "image_id", "question", "answers", "multiple_choice_answer", "answer_type",
-                    "question_type")
-ANSWER_COLUMNS = QUESTION_COLUMNS[3:]  # neither read nor required for testdev / test
 ROW_MARK = "#row="  # image_path of a not yet cached image: <parquet file>#row=<row in that file>
 HUB_URL = re.compile(r"hf://datasets/([^/@]+/[^/@]+)@([^/]+)/(.+)")
 SHARD = re.compile(r"(.*-)(\d{5})-of-(\d{5})\.parquet")  # the hub's file names: <split>-<k>-of-<n>.parquet
+RETRY_STATUSES = (429, 500, 502, 503, 504)  # rate limited, or the server failing for now
+TRIES = 5  # tries per request, the first included
+FIRST_WAIT_S = 1.0  # wait before the second try without Retry-After; doubled for each further try
+LONGEST_WAIT_S = 60.0  # a longer Retry-After is not waited out: the run stops with the error line
+STALL_S = 120.0  # a read that brings less than PROGRESS_BYTES (and does not end) for this long stops the run
+PROGRESS_BYTES = 64 << 10
+IMAGE_SUFFIXES = {b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp"}  # by an image's first bytes; else JPEG (COCO)
+INT, TEXT = (r"u?int\d+", "an integer (int64)"), (r"(large_)?string", "string")
+COLUMNS = {  # the lmms-lab/VQAv2 columns used: (their pyarrow type as printed, what lmms-lab/VQAv2 has)
+    "question_id": INT, "image_id": INT, "question": TEXT,
+    "answers": (r"(large_)?list<.*struct<(.*, )?answer: (large_)?string.*",
+                "list<struct<answer: string, answer_confidence: string, answer_id: int64>>"),
+    "multiple_choice_answer": TEXT, "answer_type": TEXT, "question_type": TEXT,
+    "image": (r"struct<(.*, )?bytes: (large_)?binary.*", "a datasets Image (struct<bytes: binary, path: string>)")}
+QUESTION_COLUMNS = tuple(COLUMNS)[:-1]
+ANSWER_COLUMNS = QUESTION_COLUMNS[3:]  # neither read nor required for testdev / test
 
 
-def _schema_checks():
-    import pyarrow as pa
+class HubTrouble(Exception):
+    """The hub failed a request for good: args = (what completes "the hub at <endpoint> ...", when to rerun)."""
 
-    t = pa.types
 
-    def field(x, name, ok):
-        return t.is_struct(x) and x.get_field_index(name) >= 0 and ok(x.field(name).type)
+class RangesUnusable(Exception):
+    """The server did not answer a range request with exactly the bytes asked for."""
 
-    ints = (t.is_integer, "an integer (int64)")
-    text = (lambda x: t.is_string(x) or t.is_large_string(x), "string")
-    answers = (lambda x: (t.is_list(x) or t.is_large_list(x)) and field(x.value_type, "answer", text[0]),
-               "list<struct<answer: string, answer_confidence: string, answer_id: int64>>")
-    image = (lambda x: field(x, "bytes", lambda b: t.is_binary(b) or t.is_large_binary(b)),
-             "a datasets Image (struct<bytes: binary, path: string>)")
-    return {"question_id": ints, "image_id": ints, "question": text, "answers": answers, "multiple_choice_answer": text,
-            "answer_type": text, "question_type": text, "image": image}
+
+@dataclasses.dataclass
+class HubReads:
+    """One reading pass: where whole files go, the stall deadline, whether ranges work, notes said, a bytes bar."""
+    whole_dir: Path
+    stall_s: float = STALL_S
+    ranges_ok: bool = True
+    said: set = dataclasses.field(default_factory=set)
+    bar: object = None
+
+    def note(self, key: str, text: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            print(f"note: {text}", flush=True)
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT  # at call time: HF_ENDPOINT as the process started, or as a test points it
+
+
+def retrying(what: str, call, reads: HubReads):
+    """call() tried again after a 429/5xx answer or a broken-off connection, TRIES times in all, with one note.
+    Not http_backoff: it sleeps out any Retry-After (a day too), only logs, and has no stall deadline."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    began = time.monotonic()
+    for tries in range(1, TRIES + 1):
+        wait = FIRST_WAIT_S * 2 ** (tries - 1)
+        try:
+            return call()
+        except HfHubHTTPError as e:
+            if e.response is None or e.response.status_code not in RETRY_STATUSES:
+                raise
+            failure = f"HTTP {e.response.status_code} ({e.response.reason_phrase})"
+            after = (e.response.headers.get("Retry-After") or "").strip()  # a date: absent, as huggingface_hub reads it
+            wait = float(after) if after.isdecimal() else wait
+        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
+            failure = f"{type(e).__name__} ({str(e)[:60]})"
+            if time.monotonic() + wait - began > reads.stall_s:  # silent, not refusing: the stall deadline
+                raise HubTrouble(f"sent nothing usable to {what} for over {reads.stall_s:g} s ({failure}; it stalls)",
+                                 "rerun later") from None
+        if wait > LONGEST_WAIT_S:
+            raise HubTrouble(f"answered {failure} to {what} and asks to wait {wait:.0f} s (Retry-After)",
+                             f"wait {f'{wait / 3600:.0f} h' if wait >= 3600 else f'{wait / 60:.0f} min'} as it asks "
+                             "and rerun") from None
+        if tries == TRIES:
+            raise HubTrouble(f"still answered {failure} to {what} after {TRIES} tries") from None
+        reads.note("retry", f"{endpoint()} answered {failure} to {what}; waiting {wait:g} s and trying again (up to "
+                            f"{TRIES} tries per request)")
+        time.sleep(wait)
+
+
+def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0, end: int | None = None) -> None:
+    """GET url, or bytes [start, end) checked to come as asked, to sink(chunk) as they arrive (counted on reads.bar);
+    HubTrouble once PROGRESS_BYTES take over reads.stall_s (a mirror dripping bytes, each within the read timeout)."""
+    from huggingface_hub import constants, get_session
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+    asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}  # identity: a compressed size is not the file's
+    with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                              headers={**build_hf_headers(), "Accept-Encoding": "identity", **asked}) as r:
+        hf_raise_for_status(r)  # it reads an error's body itself
+        answer = r.headers.get("Content-Range", "").strip()
+        if asked and r.status_code == 206 and answer not in (f"bytes {start}-{end - 1}/{n}" for n in (size, "*")):
+            raise RangesUnusable(f"answered a request for bytes {start}-{end - 1} with Content-Range {answer!r}")
+        if asked and r.status_code != 206 and (start, end) != (0, size):
+            raise RangesUnusable(f"answered a range request with HTTP {r.status_code} (it ignores Range)")
+        got, mark, since = 0, 0, time.monotonic()
+        for chunk in r.iter_bytes():  # only now: a whole file sent instead of a range is never read
+            sink(chunk)
+            got += len(chunk)
+            if reads.bar is not None:
+                reads.bar.update(len(chunk))
+            if got - mark >= PROGRESS_BYTES:
+                since, mark = time.monotonic(), got
+            elif time.monotonic() - since > reads.stall_s:
+                raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)",
+                                 "rerun later")
+    if got != (size if end is None else end - start):
+        raise RangesUnusable(f"sent {got} bytes for a range of {end - start}") if asked else HubTrouble(
+            f"sent {got} of the {size} bytes to {what}")
+
+
+def _hub_file(url: str, name: str, reads: HubReads):
+    """A hub file whose every read is one checked range request of exactly the bytes asked for (HfFileSystem's
+    files read ahead into the image columns and check no answer); its size from huggingface_hub's HEAD."""
+    from fsspec.spec import AbstractBufferedFile
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
+
+    class RangedFile(AbstractBufferedFile):
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            def attempt() -> bytes:
+                data = bytearray()
+                _fetch(url, what, reads, data.extend, size, start, min(end, size))
+                return bytes(data)
+
+            what = f"a range read of {name}"
+            return retrying(what, attempt, reads)
+
+    try:
+        size = retrying(f"the size of {name} (HEAD)", lambda: get_hf_file_metadata(
+            url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads).size
+    except HfHubHTTPError as e:
+        if e.response is None or e.response.status_code != 404:
+            raise
+        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
+                         "rerun later") from None
+    if size is None:
+        raise HubTrouble(f"gave no size for {name}")
+    return RangedFile(None, url, size=size, cache_type="none")
 
 
 def check_schema(schema, where: str, with_answers: bool = True) -> None:
-    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (the answer
-    columns only `with_answers`: testdev / test files may lack them)."""
-    checks = _schema_checks()
-    for name, (ok, want) in checks.items():
+    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (the answer columns only
+    `with_answers`: testdev / test files may lack them)."""
+    for name, (pattern, want) in COLUMNS.items():
         if not with_answers and name in ANSWER_COLUMNS:
             continue
         if name not in schema.names:
-            raise UserError(f"{where}: no column {name!r} (the lmms-lab/VQAv2 schema has {', '.join(checks)}); "
+            raise UserError(f"{where}: no column {name!r} (the lmms-lab/VQAv2 schema has {', '.join(COLUMNS)}); "
                             "is --hf_dataset a VQAv2 parquet dataset?")
-        if not ok(schema.field(name).type):
+        if not re.fullmatch(pattern, str(schema.field(name).type)):
             raise UserError(f"{where}: column {name!r} has type {schema.field(name).type}, expected {want} "
                             "as in lmms-lab/VQAv2")
-
-
-def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (pre_buffer:
-    one per row group), or its whole copy once ranges proved unusable."""
-    import pyarrow.parquet as pq
-
-    m = HUB_URL.fullmatch(file)
-    if m is None:
-        with _reading(file):
-            return action(pq.ParquetFile(file, pre_buffer=True))
-    repo, commit, path = m.groups()
-    local = reads.whole_dir / repo.replace("/", "--") / commit / path
-    if not local.exists():
-        remote = RangedFile(f"{endpoint()}/datasets/{repo}/resolve/{commit}/{quote(path)}", path, reads)
-        if reads.ranges_ok:
-            try:
-                with _reading(file):
-                    return action(pq.ParquetFile(remote, pre_buffer=True))
-            except RangesUnusable as e:
-                reads.ranges_ok = False
-                reads.note("ranges", f"note: {endpoint()} {e} for {path}; those bytes are not used: the files are "
-                                     f"downloaded whole once to {reads.whole_dir} and read there")
-        download_whole(remote.url, local, path, remote.size, reads)
-    with _reading(local.as_posix()):
-        return action(pq.ParquetFile(local, pre_buffer=True))
-
-
-def download_advice(hf_dataset: str, include: str = VALIDATION_FILES) -> str:
-    """How to get the files another way (the end of every can't-read-the-hub line)."""
-    other = ("unset HF_ENDPOINT to try huggingface.co itself" if endpoint().rstrip("/") == MIRROR
-             else f"set HF_ENDPOINT={MIRROR} (a mirror reachable from China)")
-    return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{include}\" "
-            f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub")
-
-
-def hub_test_files_advice(hf_dataset: str) -> str:
-    """The fix for test-dev questions missing from the test files of a hub dataset or local folder."""
-    hub_id = DEFAULT_DATASET if Path(hf_dataset).is_dir() else hf_dataset
-    return ("read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset "
-            f"(--hf_dataset_revision=<commit>, another --output_dir), or {download_advice(hub_id, 'data/test*.parquet')}")
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:200]  # huggingface_hub's messages span several lines
-
-
-@contextlib.contextmanager
-def _hub_errors(hf_dataset: str, cache: Path | None):
-    """Network and hub failures as one line saying what happened and how to get the data."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    kept = f"what is in {cache} is kept" if cache is not None else "nothing was kept"
-    try:
-        yield
-    except HubTrouble as e:
-        raise UserError(f"the Hugging Face hub at {endpoint()} {e.reason}, reading {hf_dataset}; {e.retry} "
-                        f"({kept}), or {download_advice(hf_dataset)}") from None
-    except HfHubHTTPError as e:  # reached: it answered an error
-        raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
-                        f"{hf_dataset} ({_one_line(e)}); {kept}; {download_advice(hf_dataset)}") from None
-    except (httpx2.HTTPError, OSError) as e:
-        where = f"{cache} holds no copy yet" if cache is not None else "there is no local copy"
-        reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
-                  else f"{endpoint()}: {type(e).__name__}: {_one_line(e)[:100]}")
-        raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
-                        f"{where}; {download_advice(hf_dataset)}") from None
 
 
 @contextlib.contextmanager
@@ -156,6 +200,78 @@ def _reading(file: str):
                         "download it again") from None
 
 
+def _with_parquet(file: str, reads: HubReads, action):
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (pre_buffer: one
+    per row group), or its whole copy once ranges proved unusable (not hf_hub_download: it hands on 10 MB
+    chunks, so a mirror dripping bytes never meets the stall deadline)."""
+    import pyarrow.parquet as pq
+
+    m = HUB_URL.fullmatch(file)
+    local = Path(file) if m is None else reads.whole_dir / m[1].replace("/", "--") / m[2] / m[3]
+    if m is not None and not local.exists():
+        remote = _hub_file(f"{endpoint()}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3], reads)
+        if reads.ranges_ok:
+            try:
+                with _reading(file):
+                    return action(pq.ParquetFile(remote, pre_buffer=True))
+            except RangesUnusable as e:
+                reads.ranges_ok = False
+                reads.note("ranges", f"{endpoint()} {e} for {m[3]}; those bytes are not used: the files are "
+                                     f"downloaded whole once to {reads.whole_dir} and read there")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {m[3]}"
+
+        def attempt() -> None:
+            with open(tmp, "wb") as f:
+                _fetch(remote.path, what, reads, f.write, remote.size)
+
+        try:
+            retrying(what, attempt, reads)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+    with _reading(local.as_posix()):
+        return action(pq.ParquetFile(local, pre_buffer=True))
+
+
+def download_advice(hf_dataset: str, include: str = SPLIT_FILES["val"]) -> str:
+    """How to get the files another way (the end of every can't-read-the-hub line)."""
+    other = ("unset HF_ENDPOINT to try huggingface.co itself" if endpoint().rstrip("/") == MIRROR
+             else f"set HF_ENDPOINT={MIRROR} (a mirror reachable from China)")
+    return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{include}\" "
+            f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub")
+
+
+def hub_test_files_advice(hf_dataset: str) -> str:
+    """The fix for test-dev questions missing from the test files of a hub dataset or local folder."""
+    hub_id = DEFAULT_DATASET if Path(hf_dataset).is_dir() else hf_dataset
+    return ("read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset "
+            f"(--hf_dataset_revision=<commit>, another --output_dir), or {download_advice(hub_id, 'data/test*.parquet')}")
+
+
+@contextlib.contextmanager
+def _hub_errors(hf_dataset: str, cache: Path):
+    """Network and hub failures as one line saying what happened and how to get the data."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except HubTrouble as e:
+        reason, retry = (*e.args, "wait a few minutes and rerun")[:2]
+        raise UserError(f"the Hugging Face hub at {endpoint()} {reason}, reading {hf_dataset}; {retry} (what is in "
+                        f"{cache} is kept), or {download_advice(hf_dataset)}") from None
+    except HfHubHTTPError as e:  # reached: it answered an error (huggingface_hub's message spans several lines)
+        raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
+                        f"{hf_dataset} ({' '.join(str(e).split())[:200]}); what is in {cache} is kept; "
+                        f"{download_advice(hf_dataset)}") from None
+    except (httpx2.HTTPError, OSError) as e:
+        reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
+                  else f"{endpoint()}: {type(e).__name__}: {' '.join(str(e).split())[:100]}")
+        raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
+                        f"{cache} holds no copy yet; {download_advice(hf_dataset)}") from None
+
+
 def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
     """(why the hub dataset cannot be read, or None; hf:// URLs of its `pattern` files; commit) at `revision`
     ("" = newest); a plain 404 (a mirror without the hub's X-Error-Code) means not found too."""
@@ -163,7 +279,7 @@ def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) ->
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        info = retrying(f"the dataset info of {hf_dataset}", lambda: HfApi().dataset_info(
+        info = retrying(f"the dataset info of {hf_dataset}", lambda: HfApi(endpoint=endpoint()).dataset_info(
             hf_dataset, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT), reads)
     except RevisionNotFoundError:
         return f"has no revision {revision}", [], ""
@@ -174,95 +290,106 @@ def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) ->
     except ValueError as e:  # JSONDecodeError: a cut-off answer
         raise HubTrouble(f"answered the dataset info request for {hf_dataset} with broken JSON ({str(e)[:60]})",
                          "rerun") from None
-    files = sorted(s.rfilename for s in info.siblings or [] if fnmatch(s.rfilename, pattern))
-    urls = [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in files]
-    return (None if files else f"has no {pattern} files"), urls, info.sha
-
-
-def _check_shards(files: list[str], where: str, pattern: str) -> None:
-    """Every file of a set named <split>-<k>-of-<n>.parquet is there (a download may have stopped early)."""
-    names = {f.rsplit("/", 1)[1] for f in files}
-    missing = sorted({f"{m[1]}{k:05d}-of-{m[3]}.parquet" for m in map(SHARD.fullmatch, names) if m
-                      for k in range(int(m[3]))} - names)
-    if missing:
-        raise UserError(f"{where} lacks {len(missing)} of the files of {pattern} ({', '.join(missing[:3])}"
-                        f"{', ...' if len(missing) > 3 else ''}), a download that stopped early; rerun "
-                        f"hf download {DEFAULT_DATASET} --repo-type dataset --include \"{pattern}\" "
-                        f"--local-dir {where} (it fetches only what is missing)")
+    files = [f"hf://datasets/{hf_dataset}@{info.sha}/{f}" for f in sorted(s.rfilename for s in info.siblings or [])
+             if fnmatch(f, pattern)]
+    return (None if files else f"has no {pattern} files"), files, info.sha
 
 
 def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str, list[str], str]:
-    """(dataset used, its files matching `pattern`, resolved revision) of a local folder or a hub dataset.
-    The default dataset unusable on the hub means MOVED_DATASET, an explicitly named one never."""
+    """(dataset used, its files matching `pattern`, resolved revision) of a local folder or a hub dataset. The
+    default dataset unusable on the hub means MOVED_DATASET, an explicitly named one never."""
     folder = Path(hf_dataset)
     if folder.is_dir():
         files = sorted(p.resolve().as_posix() for p in folder.glob(pattern))
+        names = {f.rsplit("/", 1)[1] for f in files}  # a set <split>-<k>-of-<n>.parquet: a download may have stopped
+        missing = sorted({f"{m[1]}{k:05d}-of-{m[3]}.parquet" for m in map(SHARD.fullmatch, names) if m
+                          for k in range(int(m[3]))} - names)
         if not files:
             raise UserError(f"{folder} has no {pattern} files; a local --hf_dataset folder needs the hub "
                             "layout, e.g. data/validation-00000-of-00014.parquet")
-        _check_shards(files, folder.as_posix(), pattern)
+        if missing:
+            raise UserError(f"{folder} lacks {len(missing)} of the files of {pattern} ({', '.join(missing[:3])}"
+                            f"{', ...' if len(missing) > 3 else ''}), a download that stopped early; rerun hf download "
+                            f"{DEFAULT_DATASET} --repo-type dataset --include \"{pattern}\" --local-dir {folder} (it "
+                            "fetches only what is missing)")
         return folder.resolve().as_posix(), files, ""
     why, files, sha = _hub_files(hf_dataset, revision, pattern, reads)
-    if why is None:
-        return hf_dataset, files, sha
-    if hf_dataset != DEFAULT_DATASET:
+    if why is not None and hf_dataset != DEFAULT_DATASET:
         fix = ("check --hf_dataset (e.g. lmms-lab/VQAv2)" if why == "is not found"
                else "is it a VQAv2 parquet dataset like lmms-lab/VQAv2?" if why.startswith("has no data/")
                else "use a commit hash, branch or tag of that dataset, or \"\" for the newest")
         raise UserError(f"dataset {hf_dataset} {why.removeprefix('is ')} on the hub at {endpoint()} (nor a local "
                         f"folder of that name); {fix}")
+    if why is None:
+        return hf_dataset, files, sha
     moved_why, files, sha = _hub_files(MOVED_DATASET, revision, pattern, reads)
     if moved_why is not None:
-        check = "--hf_dataset and --hf_dataset_revision" if revision else "--hf_dataset"
         raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
-                        f"lmms-eval moved it) {moved_why}; check {check}, or {download_advice(hf_dataset)}")
-    reads.note("moved", f"note: {hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
+                        f"lmms-eval moved it) {moved_why}; check --hf_dataset{' and --hf_dataset_revision' * bool(revision)}"
+                        f", or {download_advice(hf_dataset)}")
+    reads.note("moved", f"{hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
     return MOVED_DATASET, files, sha
 
 
-def read_question_table(files: list[str], reads: HubReads, with_answers: bool = True):
-    """The question columns of every file (no image bytes, no answer columns unless `with_answers`),
-    with each row's file index and row number; the bar counts the bytes received from the hub."""
+def _source_name(hf_dataset: str) -> str:
+    return Path(hf_dataset).resolve().as_posix() if Path(hf_dataset).is_dir() else hf_dataset
+
+
+def _read_source(hf_dataset: str, revision: str, split: str, cache: Path, stall_s: float):
+    """(question table, source record) of `split` read from the dataset itself: the question columns of every
+    file (no image bytes; answers for val only), each row with its file index and row number."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    columns = [c for c in QUESTION_COLUMNS if with_answers or c not in ANSWER_COLUMNS]
+    reads = HubReads(cache / "files", stall_s)
+    with _hub_errors(hf_dataset, cache):
+        used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
+    columns = [c for c in QUESTION_COLUMNS if split == "val" or c not in ANSWER_COLUMNS]
 
     def questions(pf, file: str):
-        check_schema(pf.schema_arrow, file, with_answers)
+        check_schema(pf.schema_arrow, file, with_answers=split == "val")
         return pf.read(columns=columns)
 
+    print(f"reading the question columns of {len(files)} {SPLIT_NAMES[split]} file(s) of {used} (images later, "
+          "only the sample's)", flush=True)
     tables = []
-    with tqdm(desc=f"question columns of {len(files)} file(s)", unit="B", unit_scale=True,
-              disable=not files[0].startswith("hf://")) as reads.bar:
+    with _hub_errors(used, cache), tqdm(desc=f"question columns of {len(files)} file(s)", unit="B", unit_scale=True,
+                                        disable=not files[0].startswith("hf://")) as reads.bar:
         for k, file in enumerate(files):
             reads.bar.set_postfix_str(f"file {k + 1}/{len(files)}", refresh=False)
             t = _with_parquet(file, reads, lambda pf: questions(pf, file))
-            t = t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
-            tables.append(t.append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
-    return pa.concat_tables(tables, promote_options="permissive")
+            tables.append(t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
+                          .append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table, {"hf_dataset": _source_name(hf_dataset), "requested_revision": revision, "used_dataset": used,
+                   "revision": sha, "files": files, "rows": table.num_rows}
 
 
-def _source_key(hf_dataset: str, revision: str) -> dict:
-    folder = Path(hf_dataset)
-    return {"hf_dataset": folder.resolve().as_posix() if folder.is_dir() else hf_dataset, "requested_revision": revision}
+def hub_source(cache_dir: str | Path) -> dict | None:
+    """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision` as
+    asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
+    path = Path(cache_dir) / CACHE_FOLDER / "source.json"
+    return read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun: the "
+                     "questions are read again from the dataset") if path.exists() else None
 
 
-def _read_cache(cache: Path, key: dict):
+def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall_s: float):
+    """(question table, source record) from <cache>, written there first by reading the dataset."""
     import pyarrow.parquet as pq
 
-    source_path = cache / "source.json"
-    if not source_path.exists():
-        return None
-    fix = f"delete the folder {cache} and rerun: the questions are read again from the dataset"
-    source = read_json(source_path, "hub question cache record", fix=fix)
-    if not isinstance(source, dict):
-        raise UserError(f"{source_path} is damaged (not a JSON object); {fix}")
-    if {k: source.get(k) for k in key} != key:
+    source = hub_source(cache.parent)
+    if source is None:
+        table, source = _read_source(hf_dataset, revision, split, cache, stall_s)
+        cache.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, cache / f".questions.parquet.{os.getpid()}.tmp")
+        os.replace(cache / f".questions.parquet.{os.getpid()}.tmp", cache / "questions.parquet")
+        write_json(cache / "source.json", source)  # last: it vouches for questions.parquet
+        return table, source
+    if (source.get("hf_dataset"), source.get("requested_revision")) != (_source_name(hf_dataset), revision):
         raise UserError(f"{cache} holds questions read from {source.get('hf_dataset')} revision "
-                        f"{source.get('requested_revision') or 'newest'}, but this run asks for {key['hf_dataset']} "
-                        f"revision {key['requested_revision'] or 'newest'}; use the baseline's --hf_dataset and "
-                        "--hf_dataset_revision, or another --output_dir")
+                        f"{source.get('requested_revision') or 'newest'}, but this run asks for "
+                        f"{_source_name(hf_dataset)} revision {revision or 'newest'}; use the baseline's --hf_dataset "
+                        "and --hf_dataset_revision, or another --output_dir")
     try:
         return pq.read_table(cache / "questions.parquet"), source
     except (OSError, ValueError) as e:
@@ -270,59 +397,12 @@ def _read_cache(cache: Path, key: dict):
                         "to read the questions again") from None
 
 
-def _read_source(hf_dataset: str, revision: str, split: str, whole_dir: Path, cache: Path | None, stall_s: float):
-    """(question table, source record) of `split` read from the dataset itself."""
-    reads = HubReads(whole_dir, stall_s)
-    with _hub_errors(hf_dataset, cache):
-        used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
-    with _hub_errors(used, cache):
-        print(f"reading the question columns of {len(files)} {SPLIT_NAMES[split]} file(s) of {used} (images later, "
-              "only the sample's)", flush=True)
-        table = read_question_table(files, reads, with_answers=split in ANSWERED_SPLITS)
-    return table, {**_source_key(hf_dataset, revision), "used_dataset": used, "revision": sha, "files": files,
-                   "rows": table.num_rows}
-
-
-def _build_cache(cache: Path, hf_dataset: str, revision: str, split: str, stall_s: float):
-    import pyarrow.parquet as pq
-
-    table, source = _read_source(hf_dataset, revision, split, cache / WHOLE_FILES, cache, stall_s)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".questions.parquet.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, cache / "questions.parquet")
-    write_json(cache / "source.json", source)  # last: it vouches for questions.parquet
-    return table, source
-
-
-def hub_source(cache_dir: str | Path) -> dict | None:
-    """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision`
-    as asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
-    path = Path(cache_dir) / CACHE_FOLDER / "source.json"
-    return read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun") \
-        if path.exists() else None
-
-
-def _rows(table) -> list[dict]:
-    """The question table as dicts, each `answers` a list of the answer strings (answer_confidence and
-    answer_id are not used: leaving them in Arrow halves the time and memory of this step)."""
-    import pyarrow.compute as pc
-
-    if "answers" not in table.column_names:  # testdev / test: questions only
-        return [dict(zip(table.column_names, values)) for values in zip(*(c.to_pylist() for c in table.columns))]
-    lengths = pc.list_value_length(table.column("answers")).to_pylist()  # None for a null list
-    flat = iter(pc.struct_field(pc.list_flatten(table.column("answers")), "answer").to_pylist())
-    answers = [None if n is None else list(itertools.islice(flat, n)) for n in lengths]
-    names = [n for n in table.column_names if n != "answers"]
-    columns = [table.column(n).to_pylist() for n in names] + [answers]
-    names.append("answers")
-    return [dict(zip(names, values)) for values in zip(*columns)]
-
-
-def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path | None,
+def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path,
                      stall_s: float = STALL_S) -> list[VQASample]:
     """Every question of `split` (val, testdev, test; the last two without answers) as checked VQASamples whose
     image_path names its parquet row; the question table is kept in <cache_dir>/vqav2_hub/ (one per split)."""
+    import pyarrow.compute as pc
+
     if split not in SPLIT_FILES:
         raise UserError(f"dataset vqav2_hub holds VQAv2's evaluation splits only (val, testdev, test; not {split}); "
                         "fine-tuning with --dataset=vqav2_hub trains on val minus the evaluated images (docs/data.md)")
@@ -330,105 +410,78 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
         raise UserError("--hf_dataset is empty; use a hub dataset id (lmms-lab/VQAv2) or a local parquet folder")
     if looks_like_path(hf_dataset) and not Path(hf_dataset).expanduser().is_dir():
         raise UserError(f"--hf_dataset={hf_dataset}: no such folder (a hub id looks like lmms-lab/VQAv2; a local "
-                        f"folder must hold the hub layout, {VALIDATION_FILES})")
-    if cache_dir is None:
-        with tempfile.TemporaryDirectory(prefix="vqav2_hub-") as whole_dir:  # files read whole, if any
-            table, source = _read_source(hf_dataset, revision, split, Path(whole_dir), None, stall_s)
-    else:
-        cache, key = Path(cache_dir) / CACHE_FOLDER, _source_key(hf_dataset, revision)
-        cached = _read_cache(cache, key)
-        if cached is None:
-            # several processes (accelerate) or runs: one reads, the others wait and use its copy
-            with exclusive_lock(cache / ".lock", f"the hub question cache {cache}", wait=True):
-                cached = _read_cache(cache, key) or _build_cache(cache, hf_dataset, revision, split, stall_s)
-        table, source = cached
-    rows = _rows(table)
+                        f"folder must hold the hub layout, {SPLIT_FILES['val']})")
+    cache = Path(cache_dir) / CACHE_FOLDER
+    # several processes (accelerate) or runs: one reads, the others wait and use its copy
+    with contextlib.nullcontext() if (cache / "source.json").exists() else exclusive_lock(
+            cache / ".lock", f"the hub question cache {cache}", wait=True):
+        table, source = _cached_table(cache, hf_dataset, revision, split, stall_s)
+    # each `answers` a list of its strings, flattened in Arrow (answer_confidence and answer_id unused): half the time
+    columns = {n: table.column(n).to_pylist() for n in table.column_names if n != "answers"}
+    if split == "val":
+        flat = iter(pc.struct_field(pc.list_flatten(table.column("answers")), "answer").to_pylist())
+        columns["answers"] = [None if n is None else list(itertools.islice(flat, n))
+                              for n in pc.list_value_length(table.column("answers")).to_pylist()]
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     files, used = source["files"], source.get("used_dataset", hf_dataset)  # records before used_dataset: as asked
-    questions = [{"question_id": r["question_id"], "image_id": r["image_id"], "question": r["question"]} for r in rows]
 
     def entry(i: int) -> str:
         return f"{files[rows[i]['source_file']]}: row {rows[i]['source_row']}"
 
-    source_name = f"{used} {SPLIT_NAMES[split]}"
-    answered = split in ANSWERED_SPLITS
-    return build_samples(questions, rows if answered else None, question_entry=entry, annotation_entry=entry,
+    name = f"{used} {SPLIT_NAMES[split]}"
+    return build_samples([{k: r[k] for k in ("question_id", "image_id", "question")} for r in rows],
+                         rows if split == "val" else None, question_entry=entry, annotation_entry=entry,
                          image_path=lambda i, _: f"{files[rows[i]['source_file']]}{ROW_MARK}{rows[i]['source_row']}",
-                         questions_source=source_name, annotations_source=source_name if answered else None)
-
-
-def _image_suffix(data: bytes) -> str:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return {"JPEG": ".jpg", "PNG": ".png"}.get(img.format, f".{(img.format or 'img').lower()}")
-    except (UnidentifiedImageError, OSError, ValueError):
-        return ".img"  # written anyway: opening it later gives the usual per-question image error row
+                         questions_source=name, annotations_source=name if split == "val" else None)
 
 
 def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: float = STALL_S) -> list[VQASample]:
-    """The samples with image_path set to their pictures, written as stored to <cache_dir>/vqav2_hub/images/
-    from only the row groups that hold them (images/sources.json: each file's parquet row)."""
+    """The samples with image_path set to their pictures, written as stored to <cache_dir>/vqav2_hub/images/ from
+    only the row groups that hold them (images/sources.json: each file's parquet row, recorded per row group)."""
     from tqdm.auto import tqdm
 
     images = Path(cache_dir) / CACHE_FOLDER / "images"
-    pending = [s for s in samples if ROW_MARK in s.image_path]
-    if not pending:
+    if not any(ROW_MARK in s.image_path for s in samples):
         return samples
     with exclusive_lock(images.parent / ".lock", f"the hub image cache {images}", wait=True):
-        sources_path = images / "sources.json"
-        sources = read_json(sources_path, "hub image cache record", fix=f"delete the folder {images} and rerun") \
-            if sources_path.exists() else {}
-        if not isinstance(sources, dict) or not all(isinstance(v, dict) and "file" in v for v in sources.values()):
-            raise UserError(f"{sources_path} is damaged (not an object of image records); delete the folder "
-                            f"{images} and rerun, the pictures are fetched again")
-        # one file per image_id: VQAv2's questions on one picture share it
+        path = images / "sources.json"
+        sources = read_json(path, "hub image cache record", fix=f"delete the folder {images} and rerun, the pictures "
+                            "are fetched again") if path.exists() else {}
+        # only what sources.json records (a picture cut off by a kill is not): one file per image_id
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
         todo = defaultdict(dict)  # parquet file -> {row: image_id}
-        for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in pending
-                                      if s.image_id not in have}.items():
+        for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in samples
+                                      if ROW_MARK in s.image_path and s.image_id not in have}.items():
             todo[file][int(row)] = image_id
+
+        def write_images(pf, file: str, rows: dict) -> None:
+            ends = list(itertools.accumulate(pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)))
+            for g, (start, end) in enumerate(zip([0, *ends], ends)):
+                wanted = [r for r in rows if start <= r < end and rows[r] not in have]  # a whole copy's rerun: the rest
+                if wanted:
+                    with _reading(file):
+                        column = pf.read_row_group(g, columns=["image"]).column("image")
+                for r in wanted:
+                    data = (column[r - start].as_py() or {}).get("bytes")
+                    if not data:
+                        raise UserError(f"{file} row {r}: the image column holds no bytes; the dataset must embed its "
+                                        "images like lmms-lab/VQAv2")
+                    name = f"{rows[r]:012d}{IMAGE_SUFFIXES.get(data[:4], '.jpg')}"
+                    (images / name).write_bytes(data)  # stored bytes, not re-encoded
+                    sources[str(rows[r])], have[rows[r]] = {"file": name, "source": f"{file}{ROW_MARK}{r}"}, name
+                    bar.update(1)
+                if wanted:
+                    write_json(path, sources)  # a killed run refetches at most this row group
+
         if todo:
             images.mkdir(parents=True, exist_ok=True)
-            first = next(iter(todo))
-            m = HUB_URL.fullmatch(first)
+            reads, first = HubReads(images.parent / "files", stall_s), next(iter(todo))
             try:
-                with _hub_errors(m[1] if m else first, images.parent):
-                    _write_images(todo, images, sources, have, HubReads(images.parent / WHOLE_FILES, stall_s), tqdm)
+                with _hub_errors(m[1] if (m := HUB_URL.fullmatch(first)) else first, images.parent), tqdm(
+                        total=sum(map(len, todo.values())), desc="caching the sample's images", unit="img") as bar:
+                    for file, rows in todo.items():
+                        _with_parquet(file, reads, lambda pf: write_images(pf, file, rows))
             finally:  # the pictures written so far are recorded, so a rerun after an error fetches only the rest
-                write_json(sources_path, sources)
+                write_json(path, sources)
     return [dataclasses.replace(s, image_path=(images / have[s.image_id]).as_posix()) if ROW_MARK in s.image_path
             else s for s in samples]
-
-
-def _write_images(todo: dict, images: Path, sources: dict, have: dict, reads: HubReads, tqdm) -> None:
-    n = sum(len(rows) for rows in todo.values())
-    bar = tqdm(total=n, desc="caching the sample's images", unit="img")
-
-    def write_file_images(pf, file: str, rows: dict) -> None:
-        start = 0
-        for g in range(pf.metadata.num_row_groups):
-            end = start + pf.metadata.row_group(g).num_rows
-            wanted = [r for r in rows if start <= r < end and rows[r] not in have]  # a rerun on a whole copy: the rest
-            if wanted:
-                with _reading(file):
-                    column = pf.read_row_group(g, columns=["image"]).column("image")
-                for r in wanted:
-                    cell = column[r - start].as_py() or {}
-                    data = cell.get("bytes")
-                    if not data:
-                        raise UserError(f"{file} row {r}: the image column holds no bytes (path {cell.get('path')!r}); "
-                                        "the dataset must embed its images like lmms-lab/VQAv2")
-                    name = f"{rows[r]:012d}{_image_suffix(data)}"
-                    tmp = images / f".{name}.{os.getpid()}.tmp"
-                    tmp.write_bytes(data)
-                    os.replace(tmp, images / name)
-                    sources[str(rows[r])] = {"file": name, "source": f"{file}{ROW_MARK}{r}"}
-                    have[rows[r]] = name
-                    bar.update(1)
-                write_json(images / "sources.json", sources)  # a killed run refetches at most this row group
-            start = end
-
-    for file, rows in todo.items():
-        _with_parquet(file, reads, lambda pf: write_file_images(pf, file, rows))
-    bar.close()
