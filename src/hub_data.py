@@ -16,7 +16,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import looks_like_path
-from .samples import VQASample, build_samples
+from .preflight import build_samples
+from .samples import VQASample
 from .errors import UserError
 from .files import read_json, write_json
 from .hub_http import STALL_S, HubReads, HubTrouble, RangedFile, RangesUnusable, download_whole, endpoint, retrying
