@@ -78,8 +78,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     from src.inference import caption_rows
-    from src.modeling import generation_names, load_blip2
-    from src.preflight import check_model, check_value
+    from src.modeling import apply_adapter, generation_names, load_blip2
+    from src.preflight import check_adapter_fits, check_model, check_value
     from src.prompts import check_question
 
     for name in ("batch_size", "model_id", "adapter_dir", "device"):  # the rules every script's settings follow
@@ -91,7 +91,10 @@ def main(argv=None):
     adapter = args.adapter_dir or None  # "" = base model only, as ADAPTER_DIR in the other scripts
     check_model(args.model_id, args.quantization, args.device, adapter)
     vqa_prompt, vqa_decoding = generation_names(args.model_id, args.vqa_prompt, args.vqa_decoding)  # no download
-    model, processor = load_blip2(args.model_id, args.quantization, adapter=adapter, device=args.device or None)
+    model, processor = load_blip2(args.model_id, args.quantization, device=args.device or None)
+    if adapter:
+        check_adapter_fits(model, adapter)  # trained on this very base, or one line says what to pass
+        model = apply_adapter(model, adapter)
     vqa_prompt, vqa_decoding = generation_names(args.model_id, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
     rows = caption_rows(model, processor, paths, dict(zip(paths, images)), question, model_id=args.model_id,
                         adapter=adapter, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,

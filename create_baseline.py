@@ -34,14 +34,15 @@ DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 def main():
-    from src.preflight import (check_model, check_output_dir, check_output_files, check_train_overlap, check_value,
-                               picture_ids, training_data_note)
+    from src.preflight import (check_adapter_fits, check_model, check_output_dir, check_output_files,
+                               check_train_overlap, check_value, training_data_note)
 
     config = apply_overrides(globals(), check=check_value)
+    from src.data import picture_ids
     from src.images import list_images, load_images
     from src.inference import caption_rows
     from src.files import write_jsonl
-    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import apply_adapter, generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
     from src.outputs import hold_output_lock
 
@@ -62,7 +63,10 @@ def main():
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
 
     with hold_output_lock(out_dir):
-        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=DEVICE or None)
+        if adapter:
+            check_adapter_fits(model, adapter)  # trained on this very base, or one line says what to pass
+            model = apply_adapter(model, adapter)
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
         config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         good = [p for p in paths if p in images]

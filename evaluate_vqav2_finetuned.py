@@ -48,8 +48,8 @@ DEBUG: bool = False
 
 
 def main():
-    from src.preflight import (check_model, check_output_dir, check_output_files, check_train_overlap, check_value,
-                               training_data_note)
+    from src.preflight import (check_adapter_fits, check_model, check_output_dir, check_output_files,
+                               check_train_overlap, check_value, training_data_note)
 
     config = apply_overrides(globals(), check=check_value)
     from src.data import TEST_SPLITS, hub_record, image_set, load_samples, read_frozen_sample, submission_question_ids
@@ -58,7 +58,7 @@ def main():
                                 score_and_write)
     from src.compare import check_result_rows, check_same_setup, print_comparison, settings_of
     from src.files import read_jsonl_lines, resolved_if_local
-    from src.modeling import generation_names, load_blip2, make_accelerator, resolve_adapter_dir
+    from src.modeling import apply_adapter, generation_names, load_blip2, make_accelerator, resolve_adapter_dir
     from src.outputs import hold_output_lock
 
     out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
@@ -100,7 +100,10 @@ def main():
         submission_ids = submission_question_ids(samples, DATASET, SPLIT, DATA_DIR, hf_dataset=HF_DATASET,
                                                  hf_revision=HF_DATASET_REVISION, cache_dir=out_dir) if testing else None
         # 2. the base model with the adapter answers (resumable: rows already written are kept)
-        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=str(accelerator.device))
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=str(accelerator.device))
+        if adapter:
+            check_adapter_fits(model, adapter)  # trained on this very base, or one line says what to pass
+            model = apply_adapter(model, adapter)
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
         config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         record = eval_record(model_id=MODEL_ID, adapter=adapter, quantization=QUANTIZATION, dataset=DATASET,

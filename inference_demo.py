@@ -99,7 +99,8 @@ def run_comparison(output_dir: str, report_dir: str) -> bool:
 
 
 def main():
-    from src.preflight import check_adapter_dir, check_model, check_train_overlap, check_value, picture_ids, training_data_note
+    from src.preflight import (check_adapter_dir, check_adapter_fits, check_model, check_train_overlap, check_value,
+                               training_data_note)
 
     config = apply_overrides(globals(), check=check_value)  # prompts, decodings, upload limit, queue: checked
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -115,7 +116,7 @@ def main():
     if RUN_COMPARISON:  # the report is seconds of work, shown even when the model turns out to be missing
         run_comparison(OUTPUT_DIR, COMPARISONS_DIR)
 
-    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import apply_adapter, generation_names, load_blip2, resolve_adapter_dir
 
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
@@ -133,6 +134,7 @@ def main():
         print(f"no example pictures: {EXAMPLES_DIR} is not a folder (easy-VQA's pictures appear in "
               f"data/easy_vqa/images/ after the first run with --dataset=easy_vqa)", flush=True)
     elif adapter and EXAMPLES_DIR:  # the leakage guard: example pictures the adapter trained on are refused
+        from src.data import picture_ids
         from src.images import list_images
 
         try:
@@ -148,7 +150,10 @@ def main():
     print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
     check_model(MODEL_ID, QUANTIZATION, DEVICE)
-    model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+    model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=DEVICE or None)
+    if adapter:
+        check_adapter_fits(model, adapter)  # trained on this very base, or one line says what to pass
+        model = apply_adapter(model, adapter)
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     options = DemoOptions(comparisons_dir=COMPARISONS_DIR, examples_dir=EXAMPLES_DIR, max_examples=MAX_EXAMPLES,

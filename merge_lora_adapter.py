@@ -35,7 +35,7 @@ DEBUG: bool = False
 
 
 def main():
-    from src.preflight import (check_adapter_dir, check_download_room, check_merged_dir, check_model_dir,
+    from src.preflight import (check_adapter_dir, check_adapter_fits, check_download_room, check_merged_dir, check_model_dir,
                                check_output_dir, check_quantization, check_value)
 
     config = apply_overrides(globals(), check=check_value)
@@ -83,6 +83,7 @@ def main():
             nf4_from = str(quantized_from).removeprefix("torch.")
             M.nf4_round_trip(model, quantized_from)
         # 3. the adapter, merged into the float32 weights
+        check_adapter_fits(model, adapter)
         model = apply_adapter(model, adapter)
         wrapped = lora_summary(model)[2]
         print("***** Merging the LoRA adapter *****")

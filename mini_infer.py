@@ -29,13 +29,13 @@ DEBUG: bool = False  # show tracebacks
 
 
 def main():
-    from src.preflight import check_model, check_output_dir, check_value
+    from src.preflight import check_adapter_fits, check_model, check_output_dir, check_value
 
     config = apply_overrides(globals(), check=check_value)
     from src.images import load_image
     from src.inference import caption_rows
     from src.files import write_json
-    from src.modeling import generation_names, load_blip2, resolve_adapter_dir
+    from src.modeling import apply_adapter, generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
     from src.outputs import hold_output_lock
 
@@ -48,7 +48,10 @@ def main():
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
     with hold_output_lock(out_dir):
-        model, processor = load_blip2(MODEL_ID, QUANTIZATION, adapter=adapter, device=DEVICE or None)
+        model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=DEVICE or None)
+        if adapter:
+            check_adapter_fits(model, adapter)  # trained on this very base, or one line says what to pass
+            model = apply_adapter(model, adapter)
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time
         config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
         result = caption_rows(model, processor, [IMAGE], {IMAGE: image}, question, model_id=MODEL_ID, adapter=adapter,

@@ -107,7 +107,7 @@ def run_chain(work: Path, model: Path) -> dict[str, float]:
 
 def figures_of(work: Path, model: Path) -> dict:
     """Every figure of one chain's files (FIGURES), the shuffled-image control run here."""
-    from src.modeling import load_blip2
+    from src.modeling import apply_adapter, load_blip2
     from src.prompts import get_decoding
     from tests.twin_story import accuracy_by_kind, attribute_shown, one_word_share, shuffled_image_control
 
@@ -116,7 +116,8 @@ def figures_of(work: Path, model: Path) -> dict:
             for run in ("baseline", "finetuned")}
     zero, tuned = accuracy_by_kind(rows["baseline"]), accuracy_by_kind(rows["finetuned"])
     shown = [r for r in rows["finetuned"] if attribute_shown(r)]
-    model_, processor = load_blip2(str(model), "4bit", adapter=str(work / "lora_adapter"))
+    model_, processor = load_blip2(str(model), "4bit")
+    model_ = apply_adapter(model_, str(work / "lora_adapter"))
     control = shuffled_image_control(model_, processor, rows["finetuned"], rows["finetuned"][0]["prompt"],
                                      get_decoding("vqa_beam5"), seed=SHUFFLE_SEED)
     return {"caption_accuracy": card["caption_accuracy"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from .errors import UserError
 from .files import read_json, read_jsonl, write_json
 from .evaluation import EVALAI_SUBTYPES
 from .hub_data import STALL_S, cache_hub_images, hub_test_files_advice, load_hub_samples
-from .samples import (VQASample, _answers, _entry, _entry_list, _int_id, _short, _text, _unique,
-                      _warn_answer_counts, build_samples)
+from .preflight import (_answers, _entry, _entry_list, _int_id, _short, _text, _unique, _warn_answer_counts,
+                        build_samples)
+from .samples import VQASample
 
 DATASETS = ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
 SPLITS = ("train", "val", "testdev", "test")
@@ -55,6 +57,28 @@ def image_set(dataset: str, split: str) -> str:
     """The pictures a split asks about: VQAv2 read from the JSON files or from the hub shares COCO's
     (train2014, val2014; test2015 for testdev and test); easy-VQA and tiny have their own."""
     return f"COCO {SUBTYPES[split][1]}" if dataset in ("vqav2", "vqav2_hub") else f"{dataset} {split}"
+
+
+_HUB_SPLIT_FILE = re.compile(r"/data/(validation|testdev|test)-[^/]*\.parquet#row=")  # a hub image cache's source
+
+
+def picture_ids(paths) -> list[tuple[str, int]]:
+    """(picture set, image id) of the picture files recognised by name: COCO_<set>_<id>.jpg, easy-VQA's
+    images/<split>/<id>.png and the hub image cache (its sources.json names each file's parquet row)."""
+    found, caches = [], {}
+    for p in map(Path, paths):
+        if m := re.fullmatch(r"COCO_([a-z]+\d{4})_(\d+)\.\w+", p.name):
+            found.append((f"COCO {m[1]}", int(m[2])))
+        elif p.parent.parent.name == "images" and p.parents[2].name == "easy_vqa" and p.stem.isdigit():
+            found.append((image_set("easy_vqa", p.parent.name), int(p.stem)))
+        elif (p.parent / "sources.json").is_file() and p.stem.isdigit():
+            if p.parent not in caches:
+                sources = read_json(p.parent / "sources.json", "hub image cache record")
+                caches[p.parent] = {v.get("file"): v.get("source", "") for v in sources.values()} \
+                    if isinstance(sources, dict) else {}
+            if m := _HUB_SPLIT_FILE.search(caches[p.parent].get(p.name, "")):
+                found.append((image_set("vqav2_hub", {"validation": "val"}.get(m[1], m[1])), int(p.stem)))
+    return found
 
 
 def hub_cache_dir(cache_dir: str | Path | None, split: str) -> Path | None:

@@ -19,7 +19,8 @@ from .config import looks_like_path
 from .errors import UserError
 from .files import read_json, write_json
 from .locks import exclusive_lock
-from .samples import VQASample, build_samples
+from .preflight import build_samples
+from .samples import VQASample
 
 DEFAULT_DATASET = "lmms-lab/VQAv2"
 MOVED_DATASET = "lmms-lab-encoder/VQAv2"  # where lmms-eval moved the data (July 2026); read when the default is missing

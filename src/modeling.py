@@ -158,13 +158,11 @@ def load_processor(model_id: str, family: Family = OPT):
 def load_blip2(
     model_id: str = DEFAULT_MODEL_ID,
     quantization: str = "4bit",
-    adapter: str | None = None,
     device: str | None = None,
-    trainable_adapter: bool = False,
     dtype=None,
 ):
-    """(model, processor), quantised "4bit" (NF4), "8bit" (GPU) or "none", with the LoRA `adapter` applied;
-    `dtype` overrides the device's compute dtype (the merge loads float32)."""
+    """(model, processor) in eval mode, quantised "4bit" (NF4), "8bit" (GPU) or "none" (a LoRA adapter goes on
+    with apply_adapter); `dtype` overrides the device's compute dtype (the merge loads float32)."""
     import torch
     from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
 
@@ -212,12 +210,7 @@ def load_blip2(
                         "cannot be padded: " + again("model's tokenizer files"))
     if quantization == "4bit" and not str(device).startswith("cuda"):
         _disable_cpu_repacking(model)
-
-    if adapter:
-        model = apply_adapter(model, adapter, trainable=trainable_adapter)
-    if not trainable_adapter:
-        model.eval()
-    return model, processor
+    return model.eval(), processor
 
 
 def check_image_tokens(model, processor, model_id: str) -> None:
@@ -290,35 +283,20 @@ def end_token_id(model) -> int:
 
 
 def apply_adapter(model, adapter: str | Path, trainable: bool = False):
-    """Load the LoRA adapter in `adapter` onto `model`, refusing in one line an adapter whose layers
-    don't fit it (trained on another base model)."""
+    """Load the LoRA adapter in `adapter` onto `model` (src.preflight.check_adapter_fits tells first, in one
+    line, whether it was trained on this base)."""
     from peft import PeftModel
 
     loaded = getattr(model.config, "_name_or_path", "") or "the loaded model"
-    problem = adapter_mismatch(model, adapter)
-    if problem:
-        raise mismatch_error(adapter, loaded, problem)
-    differs = fingerprint_differs(recorded_fingerprint(adapter), model)
-    if differs:
-        base = _adapter_config(adapter).get("base_model_name_or_path")
-        raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): another "
-                        f"checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model it was trained "
-                        f"on{f' (--model_id={base})' if base else ''}, or an adapter trained on {loaded}")
     try:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-    except RuntimeError as e:
-        if "size mismatch" not in str(e):
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    except (RuntimeError, ValueError) as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        if isinstance(e, RuntimeError) and "size mismatch" not in str(e):
             raise
-        raise mismatch_error(adapter, loaded, str(e).strip().splitlines()[-1].strip()[:200]) from None
-    except ValueError as e:  # peft's NoMatchingPeftModuleError is one: target_modules names no layer
-        raise UserError(f"the LoRA adapter in {adapter} does not fit {loaded}: {str(e).splitlines()[0][:200]}; check "
-                        f"target_modules in {Path(adapter) / 'adapter_config.json'}, or pass an adapter trained on "
-                        f"{loaded}") from None
-
-
-def _adapter_config(adapter: str | Path) -> dict:
-    """adapter_config.json as is (src.preflight.check_adapter_dir checks it before a script loads anything)."""
-    return json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+        fix = "" if isinstance(e, RuntimeError) else f"check target_modules in {Path(adapter) / 'adapter_config.json'}, or "
+        raise UserError(f"the LoRA adapter in {adapter} does not fit {loaded}: {str(e).strip().splitlines()[-1][:200]}; "
+                        f"{fix}pass an adapter trained on {loaded}") from None
+    return model if trainable else model.eval()
 
 
 def base_fingerprint(model, n: int = 64) -> dict[str, list[float]]:
@@ -332,91 +310,6 @@ def base_fingerprint(model, n: int = 64) -> dict[str, list[float]]:
     flat = {name: t.detach().reshape(-1) for name, t in parts.items()}
     return {name: [float(f"{v:.6g}") for v in t[torch.linspace(0, t.numel() - 1, n).long().to(t.device)].float().tolist()]
             for name, t in flat.items()}
-
-
-def recorded_fingerprint(adapter: str | Path) -> dict | None:
-    """The base fingerprint in the training config the fine-tuning saved beside the adapter, or None."""
-    from .merging import read_training_config
-
-    found = (read_training_config(adapter)[1] or {}).get("base_fingerprint")
-    return found if isinstance(found, dict) and found else None
-
-
-def fingerprint_differs(recorded: dict | None, model) -> str | None:
-    """Which of `model`'s fingerprinted weights differ from `recorded` beyond another precision's rounding, or None."""
-    now = base_fingerprint(model)
-    for name, values in (recorded or {}).items():
-        ours = now.get(name, [])
-        if not isinstance(values, list) or len(values) != len(ours):
-            return f"its record of {name} does not fit this model"
-        off = sum(type(a) is not float or abs(a - b) > 2 ** -7 * max(abs(a), abs(b)) + 1e-6 for a, b in zip(values, ours))
-        if off > len(values) // 10:
-            return f"{off} of {len(values)} sampled values of {name} differ"
-    return None
-
-
-def mismatch_error(adapter, model_id: str, problem: str) -> UserError:
-    base = _adapter_config(adapter).get("base_model_name_or_path")
-    if base and os.path.normpath(str(base)) == os.path.normpath(str(model_id)):
-        return UserError(f"the LoRA adapter in {adapter} does not fit its own base model {model_id}: {problem}; its "
-                         "adapter_config.json and adapter_model.safetensors disagree (edited or mixed up): "
-                         f"{again('adapter folder', download=False, retrain=True)}")
-    if not base:
-        return UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
-                         f"({model_id}): {problem}; pass an adapter trained on {model_id}")
-    return UserError(f"the LoRA adapter in {adapter} was trained on {base}, which is not the model loaded "
-                     f"({model_id}): {problem}; pass --model_id={base}, or an adapter trained on {model_id}")
-
-
-def adapter_mismatch(model, adapter: str | Path) -> str | None:
-    """Why the adapter's LoRA weights don't fit `model`'s layers (first misfit), or None.
-    Reads only the adapter's safetensors header; `model` may be on the meta device."""
-    from safetensors import safe_open
-
-    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
-        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    prefix = "base_model.model."
-    config = _adapter_config(adapter)
-    theirs, ours = _adapter_family(shapes, adapter), family_of(blip2_core(model).config)
-    if theirs is not None and theirs != ours:
-        return (f"it adapts BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
-                "(an adapter works only on the model family it was trained on)")
-    landed = 0
-    for key, shape in sorted(shapes.items()):
-        if key.endswith(".lora_A.weight") and len(shape) == 2 and shape[0] != config["r"] \
-                and not config.get("rank_pattern"):
-            return (f"its adapter_config.json says rank r={config['r']}, but its weights have rank {shape[0]} "
-                    f"({key}): a rank mismatch")
-        for part, dim, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
-            if not (key.startswith(prefix) and key.endswith(part)) or len(shape) != 2:
-                continue
-            name = key[len(prefix):-len(part)]
-            try:
-                layer = model.get_submodule(name)
-            except AttributeError:
-                return f"the model has no layer {name}"
-            want = getattr(layer, attr, None)
-            if want is not None and want != shape[dim]:
-                return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {shape[dim]}"
-            landed += 1
-    if not landed:
-        return (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / …lora_B.weight) of a layer of "
-                "the model, so it would change nothing (an empty or renamed weights file)")
-    return None
-
-
-def _adapter_family(keys, adapter: str | Path) -> Family | None:
-    """The model family whose language-model layers an adapter's tensor names adapt; for one without them (a
-    Q-Former adapter: its names are the same in both families) the family its training config records; or None."""
-    from .family import FAMILIES, T5
-    from .merging import read_training_config
-
-    for key in keys:
-        if ".language_model.model.decoder.layers." in key:
-            return OPT
-        if ".language_model.encoder.block." in key or ".language_model.decoder.block." in key:
-            return T5
-    return FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))
 
 
 def resolve_adapter_dir(adapter_dir: str, output_dir: str | Path) -> str | None:

@@ -7,16 +7,18 @@ import errno
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .config import UNSAFE_TEXT, is_path_setting
+from .samples import VQASample
 from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
-from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES
-from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, adapter_mismatch, default_device, fetch_error, is_local,
-                       mismatch_error, recorded_fingerprint)
+from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES, read_training_config
+from .family import FAMILIES, OPT, T5, Family, family_of
+from .modeling import DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, default_device, fetch_error, is_local
 
 # --- settings: one rule per setting name, so every script (and a setting added later) is covered ----------
 
@@ -307,6 +309,237 @@ def _model_skeleton(model_id: str):
         return Blip2ForConditionalGeneration(config)
 
 
+def check_adapter_fits(model, adapter: str | Path) -> None:
+    """After the load, before apply_adapter: the adapter's layers fit `model` and it was trained on this very base
+    (its recorded fingerprint, allowing another precision's rounding), or one line says what to pass instead."""
+    loaded = getattr(model.config, "_name_or_path", "") or "the loaded model"
+    problem = adapter_mismatch(model, adapter)
+    if problem:
+        raise mismatch_error(adapter, loaded, problem)
+    differs = fingerprint_differs(recorded_fingerprint(adapter), model)
+    if differs:
+        base = read_json(Path(adapter) / "adapter_config.json", "adapter config").get("base_model_name_or_path")
+        raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): another "
+                        f"checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model it was trained "
+                        f"on{f' (--model_id={base})' if base else ''}, or an adapter trained on {loaded}")
+
+
+def recorded_fingerprint(adapter: str | Path) -> dict | None:
+    """The base fingerprint in the training config the fine-tuning saved beside the adapter, or None."""
+    found = (read_training_config(adapter)[1] or {}).get("base_fingerprint")
+    return found if isinstance(found, dict) and found else None
+
+
+def fingerprint_differs(recorded: dict | None, model) -> str | None:
+    """Which of `model`'s fingerprinted weights differ from `recorded` beyond another precision's rounding, or None."""
+    now = base_fingerprint(model)
+    for name, values in (recorded or {}).items():
+        ours = now.get(name, [])
+        if not isinstance(values, list) or len(values) != len(ours):
+            return f"its record of {name} does not fit this model"
+        off = sum(type(a) is not float or abs(a - b) > 2 ** -7 * max(abs(a), abs(b)) + 1e-6 for a, b in zip(values, ours))
+        if off > len(values) // 10:
+            return f"{off} of {len(values)} sampled values of {name} differ"
+    return None
+
+
+def mismatch_error(adapter, model_id: str, problem: str) -> UserError:
+    base = read_json(Path(adapter) / "adapter_config.json", "adapter config").get("base_model_name_or_path")
+    if base and os.path.normpath(str(base)) == os.path.normpath(str(model_id)):
+        return UserError(f"the LoRA adapter in {adapter} does not fit its own base model {model_id}: {problem}; its "
+                         "adapter_config.json and adapter_model.safetensors disagree (edited or mixed up): "
+                         f"{again('adapter folder', download=False, retrain=True)}")
+    if not base:
+        return UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
+                         f"({model_id}): {problem}; pass an adapter trained on {model_id}")
+    return UserError(f"the LoRA adapter in {adapter} was trained on {base}, which is not the model loaded "
+                     f"({model_id}): {problem}; pass --model_id={base}, or an adapter trained on {model_id}")
+
+
+def adapter_mismatch(model, adapter: str | Path) -> str | None:
+    """Why the adapter's LoRA weights don't fit `model`'s layers (first misfit), or None.
+    Reads only the adapter's safetensors header; `model` may be on the meta device."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    prefix = "base_model.model."
+    config = read_json(Path(adapter) / "adapter_config.json", "adapter config")
+    theirs, ours = _adapter_family(shapes, adapter), family_of(blip2_core(model).config)
+    if theirs is not None and theirs != ours:
+        return (f"it adapts BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
+                "(an adapter works only on the model family it was trained on)")
+    landed = 0
+    for key, shape in sorted(shapes.items()):
+        if key.endswith(".lora_A.weight") and len(shape) == 2 and shape[0] != config["r"] \
+                and not config.get("rank_pattern"):
+            return (f"its adapter_config.json says rank r={config['r']}, but its weights have rank {shape[0]} "
+                    f"({key}): a rank mismatch")
+        for part, dim, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
+            if not (key.startswith(prefix) and key.endswith(part)) or len(shape) != 2:
+                continue
+            name = key[len(prefix):-len(part)]
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError:
+                return f"the model has no layer {name}"
+            want = getattr(layer, attr, None)
+            if want is not None and want != shape[dim]:
+                return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {shape[dim]}"
+            landed += 1
+    if not landed:
+        return (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / …lora_B.weight) of a layer of "
+                "the model, so it would change nothing (an empty or renamed weights file)")
+    return None
+
+
+def _adapter_family(keys, adapter: str | Path) -> Family | None:
+    """The model family whose language-model layers an adapter's tensor names adapt; for one without them (a
+    Q-Former adapter: its names are the same in both families) the family its training config records; or None."""
+    for key in keys:
+        if ".language_model.model.decoder.layers." in key:
+            return OPT
+        if ".language_model.encoder.block." in key or ".language_model.decoder.block." in key:
+            return T5
+    return FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))
+
+
+# --- data entries: every entry checked, one line naming the file and the first bad entry ----------------
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int_id(value, where: str, key: str) -> int:
+    """An integer id; a string of digits counts as that number (so "1001" and 1001 are the same id)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value)
+    raise UserError(f"{where}: {key} must be an integer, got {type(value).__name__} {_short(value)}")
+
+
+def _text(value, where: str, key: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise UserError(f"{where}: {key} must be a non-empty string, got {type(value).__name__} {_short(value)}")
+    bad = UNSAFE_TEXT.search(value)
+    if bad:  # a lone surrogate is valid JSON but no tokenizer or font takes it: every rerun would die there
+        raise UserError(f"{where}: {key} holds {'an unpaired surrogate' if bad.group() >= chr(0xd800) else 'a control character'} "
+                        f"({bad.group()!r} at position {bad.start()}): {_short(value)}; fix or remove that text")
+    return value
+
+
+def _answers(value, where: str) -> list[str]:
+    """The annotators' answers: a list of strings or of {"answer": ...} items (official format)."""
+    if not isinstance(value, list):
+        raise UserError(f"{where}: answers must be a list of the annotators' answers, got "
+                        f"{type(value).__name__} {_short(value)}")
+    if not value:
+        raise UserError(f"{where}: answers is empty; each question needs its annotators' answers (VQAv2 has 10)")
+    answers = [item.get("answer") if type(item) is dict else item for item in value]
+    if all(isinstance(a, str) for a in answers):
+        for k, a in enumerate(answers):
+            _text(a, where, f"answers[{k}]", allow_empty=True)
+        return answers
+    k = next(k for k, a in enumerate(answers) if not isinstance(a, str))
+    raise UserError(f"{where}: answers[{k}] must be a string or an object with an \"answer\" string, "
+                    f"got {_short(value[k])}")
+
+
+def _entry(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected an object, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def _entry_list(obj, key: str, path: Path, kind: str) -> list:
+    if not isinstance(obj, dict) or key not in obj:
+        raise UserError(f"{path}: missing key {key!r} (is this an official VQA {kind} file?)")
+    if not isinstance(obj[key], list):
+        raise UserError(f"{path}: {key!r} must be a list, got {type(obj[key]).__name__}")
+    if not obj[key]:
+        raise UserError(f"{path}: {key!r} is empty; the file holds no {key}")
+    return obj[key]
+
+
+def _unique(ids: dict, qid: int, where: str, first: str) -> None:
+    if qid in ids:
+        raise UserError(f"{where}: duplicate question_id {qid} (also {ids[qid]}); question ids must be unique")
+    ids[qid] = first
+
+
+def _warn_answer_counts(counts: dict[int, int], source: str) -> None:
+    odd = {qid: n for qid, n in counts.items() if n != 10}
+    if odd:
+        qid, n = next(iter(odd.items()))
+        print(f"warning: {source}: {len(odd)} question(s) have other than 10 answers (first: question_id {qid} "
+              f"with {n}); their VQA accuracy still averages over every leave-one-out subset of their answers",
+              file=sys.stderr, flush=True)
+
+
+def _questions_by_id(questions: list, question_entry) -> dict[int, tuple[int, str, int]]:
+    """{question_id: (image_id, question, position in `questions`)}, every entry checked."""
+    by_id, seen = {}, {}
+    for i, q in enumerate(questions):
+        where = question_entry(i)
+        q = _entry(q, where)
+        for key in ("question_id", "image_id", "question"):
+            if key not in q:
+                raise UserError(f"{where}: no key {key!r}")
+        qid = _int_id(q["question_id"], where, "question_id")
+        _unique(seen, qid, where, where)
+        by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"), i)
+    return by_id
+
+
+def _unanswered_samples(questions: list, by_id: dict, image_path) -> list[VQASample]:
+    """The samples of a split without public answers (VQAv2 test-dev / test): answers [] and no types."""
+    samples = [VQASample(question_id=qid, image_id=image_id, image_path=image_path(i, questions[i]), question=question,
+                         answers=[], multiple_choice_answer=None, answer_type=None, question_type=None)
+               for qid, (image_id, question, i) in by_id.items()]
+    samples.sort(key=lambda s: s.question_id)
+    return samples
+
+
+def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
+                  questions_source: str, annotations_source: str | None) -> list[VQASample]:
+    """VQASamples from official-format entries, every entry checked; `question_entry(i)` / `annotation_entry(i)`
+    name entry i in messages. annotations=None (test-dev / test): samples without answers, image_path per question."""
+    by_id = _questions_by_id(questions, question_entry)
+    if annotations is None:
+        return _unanswered_samples(questions, by_id, image_path)
+    samples, annotated, counts = [], {}, {}
+    for i, ann in enumerate(annotations):
+        where = annotation_entry(i)
+        ann = _entry(ann, where)
+        for key in ("question_id", "image_id", "answers", "multiple_choice_answer", "answer_type", "question_type"):
+            if key not in ann:
+                raise UserError(f"{where} (question_id {ann.get('question_id')}): no key {key!r}")
+        qid = _int_id(ann["question_id"], where, "question_id")
+        _unique(annotated, qid, f"{where} (question_id {qid})", where)
+        where = f"{where} (question_id {qid})"
+        if qid not in by_id:
+            raise UserError(f"{where}: has no question in {questions_source}")
+        image_id, question, _ = by_id[qid]
+        if _int_id(ann["image_id"], where, "image_id") != image_id:
+            raise UserError(f"{where}: image_id {ann['image_id']} differs from its question's image_id {image_id}")
+        answers = _answers(ann["answers"], where)
+        counts[qid] = len(answers)
+        samples.append(VQASample(
+            question_id=qid, image_id=image_id, image_path=image_path(i, ann), question=question, answers=answers,
+            multiple_choice_answer=_text(ann["multiple_choice_answer"], where, "multiple_choice_answer", True),
+            answer_type=_text(ann["answer_type"], where, "answer_type"),
+            question_type=_text(ann["question_type"], where, "question_type")))
+    unanswered = [qid for qid in by_id if qid not in annotated]
+    if unanswered:
+        raise UserError(f"{questions_source}: question_id {unanswered[0]} has no annotation in {annotations_source} "
+                        f"({len(unanswered)} such questions); use matching files")
+    _warn_answer_counts(counts, annotations_source)
+    samples.sort(key=lambda s: s.question_id)
+    return samples
+
+
 # --- where the results go --------------------------------------------------------------------------------
 
 def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
@@ -357,7 +590,6 @@ def check_merged_dir(merged: Path, overwrite: bool, inputs: dict[str, str]) -> N
 # --- the leakage guard: no evaluation scores questions about the pictures an adapter trained on ----------
 
 OVERLAP_FLAG = "--allow_train_overlap=True"
-_HUB_SPLIT_FILE = re.compile(r"/data/(validation|testdev|test)-[^/]*\.parquet#row=")
 
 
 def describe_training_data(record: dict) -> str:
@@ -365,27 +597,6 @@ def describe_training_data(record: dict) -> str:
     source = record.get("hf_dataset") or record["dataset"]
     return (f"{record.get('questions', 0):,} questions on {record.get('images', 0):,} pictures of {source} "
             f"{record['split']} ({record['images_from']}; excluded: {record.get('excluded', 'nothing')})")
-
-
-def picture_ids(paths) -> list[tuple[str, int]]:
-    """(picture set, image id) of the picture files recognised by name: COCO_<set>_<id>.jpg, easy-VQA's
-    images/<split>/<id>.png and the hub image cache (its sources.json names each file's parquet row)."""
-    from .data import image_set
-
-    found, caches = [], {}
-    for p in map(Path, paths):
-        if m := re.fullmatch(r"COCO_([a-z]+\d{4})_(\d+)\.\w+", p.name):
-            found.append((f"COCO {m[1]}", int(m[2])))
-        elif p.parent.parent.name == "images" and p.parents[2].name == "easy_vqa" and p.stem.isdigit():
-            found.append((image_set("easy_vqa", p.parent.name), int(p.stem)))
-        elif (p.parent / "sources.json").is_file() and p.stem.isdigit():
-            if p.parent not in caches:
-                sources = read_json(p.parent / "sources.json", "hub image cache record")
-                caches[p.parent] = {v.get("file"): v.get("source", "") for v in sources.values()} \
-                    if isinstance(sources, dict) else {}
-            if m := _HUB_SPLIT_FILE.search(caches[p.parent].get(p.name, "")):
-                found.append((image_set("vqav2_hub", {"validation": "val"}.get(m[1], m[1])), int(p.stem)))
-    return found
 
 
 def check_train_overlap(adapter: str | Path | None, pictures: list[tuple[str, int]], allow: bool,

@@ -201,6 +201,14 @@ def random_twin(family: str = "opt") -> str:
     return str(folder)
 
 
+
+def load_tuned(model_dir: str, quantization: str, adapter, **kwargs):
+    """load_blip2 + apply_adapter, as the scripts do after their checks: (model with the adapter, processor)."""
+    from src.modeling import apply_adapter, load_blip2
+
+    model, processor = load_blip2(model_dir, quantization, **kwargs)
+    return apply_adapter(model, str(adapter)), processor
+
 def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_proj"), scope="language_model") -> Path:
     """A LoRA adapter saved as the fine-tuning script saves it, with random weights big enough to change
     the answers (seeded: the same adapter every time)."""

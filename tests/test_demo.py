@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import REPO, assert_one_line_error, module_fixture, run_script
+from helpers import REPO, assert_one_line_error, load_tuned, module_fixture, run_script
 from PIL import Image
 
 from src.demo_app import DemoOptions, comparison_view, make_answer_fn
@@ -77,7 +77,7 @@ def lora_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 
 @module_fixture
 def tiny(tiny_model_dir, lora_adapter, demo_process):
-    """The plain tiny model, a second copy with the adapter loaded (the server's way: load_blip2(adapter=)),
+    """The plain tiny model, a second copy with the adapter loaded (the server's way: load_blip2, then apply_adapter),
     and the answers of both computed directly with src.inference. (demo_process is requested so that the
     server loads in the background while the in-process tests run.)"""
     import torch
@@ -87,7 +87,7 @@ def tiny(tiny_model_dir, lora_adapter, demo_process):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model gains nothing from threads; on 2 shared cores they cost 10x
     plain, processor = load_blip2(tiny_model_dir, "none", device="cpu")
-    tuned, _ = load_blip2(tiny_model_dir, "none", adapter=str(lora_adapter), device="cpu")
+    tuned, _ = load_tuned(tiny_model_dir, "none", str(lora_adapter), device="cpu")
     ref_base, ref_tuned = reference(plain, processor), reference(tuned, processor)
     assert ref_base != ref_tuned, "the random adapter should change the outputs"
     yield {"plain": plain, "tuned": tuned, "processor": processor, "ref_base": ref_base, "ref_tuned": ref_tuned}

@@ -489,11 +489,12 @@ def test_broken_input_is_one_line_before_the_model_loads(case, script, tiny_mode
 
 
 def test_adapter_from_other_base_model_in_the_demo_and_the_cli(tiny_model_dir, adapters, load_marker):
-    """The demo loads through load_blip2(adapter=) -> apply_adapter, after its own warning."""
+    """The demo loads the model, then check_adapter_fits refuses the adapter, after the demo's own warning."""
     from src.modeling import load_blip2
+    from src.preflight import check_adapter_fits
 
     with pytest.raises(UserError) as e:
-        load_blip2(tiny_model_dir, "none", adapter=adapters["other"], device="cpu")
+        check_adapter_fits(load_blip2(tiny_model_dir, "none", device="cpu")[0], adapters["other"])
     assert f"was trained on {adapters['other_base']}" in str(e.value) and tiny_model_dir in str(e.value)
     proc = run_script("inference_demo.py", f"--model_id={tiny_model_dir}", "--quantization=none",
                       f"--adapter_dir={adapters['other']}", "--port=7797", env=load_marker)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (REPO, assert_one_line_error, killed_at_marker, launch_data_parallel, module_fixture,
+from helpers import (REPO, assert_one_line_error, killed_at_marker, launch_data_parallel, load_tuned, module_fixture,
                      quickstart_run, random_twin, run_in_process, run_script, start_script)
 from src.errors import UserError
 
@@ -43,12 +43,11 @@ def answer_slice_again(model_dir: str, adapter: Path, heldout_ids: list[int]) ->
     from src.data import load_samples, select
     from src.images import load_image
     from src.inference import generate_for_images
-    from src.modeling import load_blip2
     from src.prompts import format_prompt, get_decoding
     from src.vqa_eval import normalize_answer, vqa_accuracy
 
     samples = select(load_samples("easy_vqa", "val", REPO / "data"), heldout_ids, "held-out slice")
-    model, processor = load_blip2(model_dir, "none", adapter=str(adapter), device="cpu")
+    model, processor = load_tuned(model_dir, "none", str(adapter), device="cpu")
     answers = generate_for_images(model, processor, [load_image(s.image_path) for s in samples],
                                   [format_prompt("vqa_opt", s.question) for s in samples], get_decoding("vqa_beam5"))
     return round(100 * sum(vqa_accuracy(normalize_answer(a), s.answers) for a, s in zip(answers, samples))

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, killed_at_marker, module_fixture, random_twin, run_script, start_script
+from helpers import REPO, assert_one_line_error, killed_at_marker, load_tuned, module_fixture, random_twin, run_script, start_script
 from hub_server import HubServer, hub_env, lmms_features
 
 from src.data import freeze_sample, load_samples
 from src.easy_vqa_data import prepare_easy_vqa
 from src.errors import UserError
-from src.preflight import check_train_overlap, picture_ids, training_data_note
+from src.data import picture_ids
+from src.preflight import check_train_overlap, training_data_note
 
 TRAIN_IDS = 100_000  # easy-VQA train pictures and questions join its val ones under ids of their own
 QUICK_START = ["--train_steps=300", "--per_device_batch=16", "--grad_accum=1", "--lr=3e-3", "--warmup_steps=20"]
@@ -112,7 +113,6 @@ def test_hub_fine_tuning_leaves_out_the_frozen_sample_and_records_its_pictures(c
 @pytest.mark.slow
 def test_the_twin_reads_the_image_after_hub_fine_tuning(course, tiny_model_dir):
     """The grounding thresholds of tests/test_pipeline.py on a hub-trained adapter."""
-    from src.modeling import load_blip2
     from src.prompts import get_decoding
     from twin_story import accuracy_by_kind, one_word_share, shuffled_image_control
 
@@ -123,7 +123,7 @@ def test_the_twin_reads_the_image_after_hub_fine_tuning(course, tiny_model_dir):
     assert ft["colour"]["n"] >= 30 and ft["shape"]["n"] >= 30, ft
     assert ft["colour"]["accuracy"] >= 85 and ft["shape"]["accuracy"] >= 55, (base, ft)
     assert one_word_share(ft_rows) >= 95
-    model, processor = load_blip2(tiny_model_dir, "4bit", adapter=str(out / "lora_adapter"))
+    model, processor = load_tuned(tiny_model_dir, "4bit", str(out / "lora_adapter"))
     control = shuffled_image_control(model, processor, ft_rows, "vqa_opt", get_decoding("vqa_beam5"))
     assert control["accuracy"] <= 35, control
 

@@ -71,8 +71,7 @@ def test_a_scope_adapter_fits_its_family_and_the_other_family_refuses_it_in_one_
                                                                                      tiny_t5_dir, tmp_path):
     """The twins' Q-Former and projection have the same shapes in both families, so a Q-Former adapter's family
     is the one its training config records."""
-    from src.modeling import adapter_mismatch
-    from src.preflight import check_adapter_dir
+    from src.preflight import adapter_mismatch, check_adapter_dir
     from transformers import Blip2ForConditionalGeneration
 
     dirs = {"opt": tiny_model_dir, "t5": tiny_t5_dir}

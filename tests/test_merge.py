@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, random_adapter,
-                     run_in_process, run_on_small_disk, run_script, script_env, start_script)
-
+from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, load_tuned, module_fixture,
+                     random_adapter, run_in_process, run_on_small_disk, run_script, script_env, start_script)
 N_QUESTIONS = 400  # the quick start's frozen easy-VQA sample
 CHECKED = 200  # of them answered again by each model below (the suite's time; plenty for a 95% rate)
 DECODING = "vqa_beam5"  # the evaluation's
@@ -131,7 +130,7 @@ def test_unquantised_adapter_merged_answers_exactly_as_base_plus_adapter(plain_m
     merged, processor = load_blip2(str(plain_merged["folder"]), "none", device="cpu")
     questions = val_samples[:CHECKED]
     got = answers(merged, processor, questions)
-    with_adapter, processor = load_blip2(tiny_model_dir, "none", adapter=str(plain_adapter), device="cpu")
+    with_adapter, processor = load_tuned(tiny_model_dir, "none", str(plain_adapter), device="cpu")
     expected = answers(with_adapter, processor, questions)
     base, processor = load_blip2(tiny_model_dir, "none", device="cpu")
     zero_shot = answers(base, processor, questions)

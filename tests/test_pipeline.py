@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, launch_data_parallel, module_fixture,
+from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, launch_data_parallel, load_tuned, module_fixture,
                      quickstart_run, random_adapter, random_twin, readme_commands, run_script)
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
@@ -77,7 +77,6 @@ def test_metrics_files_equal_the_scorer(chain):
 def test_fine_tuning_learns_to_read_the_image(chain):
     """(a) colour >= 85% and shape >= 55% after fine-tuning, (b) >= 95% one-word answers,
     (c) the same adapter on shuffled images falls to chance on colour (<= 35%)."""
-    from src.modeling import load_blip2
     from src.prompts import get_decoding
     from twin_story import accuracy_by_kind, one_word_share, shuffled_image_control
 
@@ -90,7 +89,7 @@ def test_fine_tuning_learns_to_read_the_image(chain):
     assert ft["shape"]["accuracy"] >= 55, (base, ft)
     assert ft["overall"]["accuracy"] >= base["overall"]["accuracy"] + 30, (base, ft)
     assert one_word_share(ft_rows) >= 95
-    model, processor = load_blip2(chain["model"], "4bit", adapter=str(out / "lora_adapter"))
+    model, processor = load_tuned(chain["model"], "4bit", str(out / "lora_adapter"))
     in_repo = [{**r, "image_path": str(chain["repo"] / r["image_path"])} for r in ft_rows]  # paths are the copy's
     control = shuffled_image_control(model, processor, in_repo, "vqa_opt", get_decoding("vqa_beam5"))
     assert control["n"] == ft["colour"]["n"]
@@ -130,13 +129,12 @@ def test_reloaded_adapter_reproduces_in_memory_predictions(chain):
     from src.data import load_samples
     from src.images import load_image
     from src.inference import generate_for_images
-    from src.modeling import load_blip2
     from src.prompts import format_prompt, get_decoding
 
     preview = rows_of(chain["out"] / "lora_adapter" / "preview.jsonl")
     assert len(preview) == 8
     by_id = {s.question_id: s for s in load_samples("easy_vqa", "val", chain["repo"] / "data")}
-    model, processor = load_blip2(chain["model"], "4bit", adapter=str(chain["out"] / "lora_adapter"))
+    model, processor = load_tuned(chain["model"], "4bit", str(chain["out"] / "lora_adapter"))
     samples = [by_id[r["question_id"]] for r in preview]
     answers = generate_for_images(model, processor, [load_image(s.image_path) for s in samples],
                                   [format_prompt("vqa_opt", s.question) for s in samples], get_decoding("vqa_beam5"))
@@ -272,13 +270,12 @@ def test_demo_on_the_twin_answers_colour_after_fine_tuning(chain):
     from pathlib import Path as P
 
     from src.demo_app import make_answer_fn
-    from src.modeling import load_blip2
     from twin import easy_vqa_captions
 
     truth = {P(p).stem: c.split()[1] for p, c in zip(*easy_vqa_captions("val"))}
     examples = sorted((chain["repo"] / "data" / "easy_vqa" / "images" / "val").glob("*.png"))
     examples = [p for p in examples if p.stem in truth][:12]
-    model, processor = load_blip2(chain["model"], "4bit", adapter=str(chain["out"] / "lora_adapter"))
+    model, processor = load_tuned(chain["model"], "4bit", str(chain["out"] / "lora_adapter"))
     answer = make_answer_fn(model, processor, adapter_available=True, vqa_prompt="vqa_opt", vqa_decoding="vqa_beam5",
                             caption_prompt="caption", caption_decoding="caption_beam5", max_upload_mb=10, lang="zh")
     right_ft = right_base = 0

@@ -104,7 +104,7 @@ def test_frozen_parts_give_identical_image_features_in_training_mode(tiny_model_
     from src.modeling import load_blip2
     from src.training import LoraSettings, add_lora, set_train_mode
 
-    model, processor = load_blip2(tiny_model_dir, quantization="4bit", device="cpu", trainable_adapter=True)
+    model, processor = load_blip2(tiny_model_dir, quantization="4bit", device="cpu")
     lora = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "v_proj"), scope="language_model")
     model = add_lora(model, lora, gradient_checkpointing=False)
     set_train_mode(model)
@@ -248,7 +248,7 @@ def test_training_forward_uses_no_cache(tiny_model_dir):
     from src.modeling import load_blip2
     from src.training import LoraSettings, add_lora, training_loss
 
-    model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu", trainable_adapter=True)
+    model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu")
     lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj",), scope="language_model")
     model = add_lora(model, lora, gradient_checkpointing=False)
     seen = []
@@ -296,7 +296,7 @@ def _lora_twin(tiny_model_dir, quantization: str, checkpointing: bool):
     from src.modeling import load_blip2
     from src.training import LoraSettings, add_lora, set_train_mode
 
-    model, processor = load_blip2(tiny_model_dir, quantization=quantization, device="cpu", trainable_adapter=True)
+    model, processor = load_blip2(tiny_model_dir, quantization=quantization, device="cpu")
     lora = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "v_proj", "fc1"), scope="language_model")
     torch.manual_seed(0)
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=checkpointing))
@@ -565,7 +565,7 @@ sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
 from src.modeling import load_blip2
 from src.training import LoraSettings, add_lora, make_optimizer, save_checkpoint, save_final_adapter
-model, processor = load_blip2({tiny_model_dir!r}, quantization="none", device="cpu", trainable_adapter=True)
+model, processor = load_blip2({tiny_model_dir!r}, quantization="none", device="cpu")
 model = add_lora(model, LoraSettings(4, 8, 0.0, ("q_proj",), "language_model"), gradient_checkpointing=False)
 model.peft_config["default"].base_model_name_or_path = "Salesforce/blip2-opt-2.7b"  # a hub id, as for users
 out = Path(sys.argv[1])

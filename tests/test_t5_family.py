@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, fresh_copy, killed_at_marker, module_fixture,
-                     random_adapter, random_twin, readme_commands, run_command, run_script, start_script)
+from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, fresh_copy, killed_at_marker, load_tuned,
+                     module_fixture, random_adapter, random_twin, readme_commands, run_command, run_script,
+                     start_script)
 from src.errors import UserError
 from src.family import OPT, T5, family_of, lora_targets, resolve
 from twin import ARCHITECTURES, SIZES, T5_TEXT_SIZES
@@ -291,7 +292,6 @@ def test_the_readme_t5_block_runs_as_written(t5_chain):
 def test_t5_fine_tuning_learns_to_read_the_image(t5_chain):
     """The OPT twin's grounding checks: colour >= 85%, shape >= 55%, >= 95% one-word answers after
     QLoRA, and the same adapter on shuffled images falls to chance on colour (<= 35%)."""
-    from src.modeling import load_blip2
     from src.prompts import get_decoding
     from twin_story import accuracy_by_kind, one_word_share, shuffled_image_control
 
@@ -306,7 +306,7 @@ def test_t5_fine_tuning_learns_to_read_the_image(t5_chain):
     assert ft["shape"]["accuracy"] >= 55, (base, ft)
     assert ft["overall"]["accuracy"] >= base["overall"]["accuracy"] + 30, (base, ft)
     assert one_word_share(ft_rows) >= 95
-    model, processor = load_blip2(t5_chain["model"], "4bit", adapter=str(out / "lora_adapter"))
+    model, processor = load_tuned(t5_chain["model"], "4bit", str(out / "lora_adapter"))
     control = shuffled_image_control(model, processor, in_repo, "vqa_t5", get_decoding("vqa_beam5_t5"))
     assert control["accuracy"] <= 35, control
     assert control["answers_naming_the_shown_colour"] >= 60, control
@@ -473,7 +473,7 @@ def test_a_t5_adapter_merged_answers_as_base_plus_adapter(tiny_t5_dir, tmp_path)
     generation = dict(vqa_prompt="vqa_t5", vqa_decoding="vqa_beam5_t5", caption_prompt="caption",
                       caption_decoding="caption_beam5")
     images = [load_image(REPO / f"baseline_images/pic_0{i}.jpg") for i in (1, 2, 3)]
-    tuned = caption_and_answer(*load_blip2(tiny_t5_dir, "none", adapter=str(adapter)), images, "What is in the image?",
+    tuned = caption_and_answer(*load_tuned(tiny_t5_dir, "none", str(adapter)), images, "What is in the image?",
                                **generation)
     merged = caption_and_answer(*load_blip2(str(tmp_path / "merged"), "none"), images, "What is in the image?", **generation)
     base = caption_and_answer(*load_blip2(tiny_t5_dir, "none"), images, "What is in the image?", **generation)

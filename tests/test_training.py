@@ -19,7 +19,7 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
     from src.modeling import make_accelerator
     from src.training import LoraSettings, TrainBatches, add_lora, make_optimizer, training_loss, training_step
 
-    model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu", trainable_adapter=True)
+    model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu")
     samples = load_samples("tiny", "train", str(REPO / "data"))
     data = TrainBatches(samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
                         first=0, count=2, world_size=1, rank=0)
