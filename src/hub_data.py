@@ -370,8 +370,11 @@ def hub_source(cache_dir: str | Path) -> dict | None:
     """What <cache_dir>/vqav2_hub holds (None before the first read): `hf_dataset` and `requested_revision` as
     asked, `used_dataset` (MOVED_DATASET when the default was missing), `revision` read and `files`."""
     path = Path(cache_dir) / CACHE_FOLDER / "source.json"
-    return read_json(path, "hub question cache record", fix=f"delete the folder {path.parent} and rerun: the "
-                     "questions are read again from the dataset") if path.exists() else None
+    fix = f"delete the folder {path.parent} and rerun: the questions are read again from the dataset"
+    source = read_json(path, "hub question cache record", fix=fix) if path.exists() else None
+    if source is not None and not isinstance(source, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); {fix}")
+    return source
 
 
 def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall_s: float):
@@ -446,8 +449,10 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
         return samples
     with exclusive_lock(images.parent / ".lock", f"the hub image cache {images}", wait=True):
         path = images / "sources.json"
-        sources = read_json(path, "hub image cache record", fix=f"delete the folder {images} and rerun, the pictures "
-                            "are fetched again") if path.exists() else {}
+        fix = f"delete the folder {images} and rerun, the pictures are fetched again"
+        sources = read_json(path, "hub image cache record", fix=fix) if path.exists() else {}
+        if not isinstance(sources, dict) or not all(isinstance(v, dict) and "file" in v for v in sources.values()):
+            raise UserError(f"{path} is damaged (not an object of image records); {fix}")
         # only what sources.json records (a picture cut off by a kill is not): one file per image_id
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
         todo = defaultdict(dict)  # parquet file -> {row: image_id}

@@ -16,6 +16,7 @@ from .config import UNSAFE_TEXT, is_path_setting
 from .samples import VQASample
 from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
+from .memory_plan import build_meta_model
 from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES, read_training_config
 from .family import FAMILIES, OPT, T5, Family, family_of
 from .modeling import DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, default_device, fetch_error, is_local
@@ -298,15 +299,12 @@ def _check_adapter_config(path: Path) -> dict:
 def _model_skeleton(model_id: str):
     """BLIP-2 built from its config on the meta device (no weights, about a second), or None when
     the config can't be read here (a hub id not downloaded yet: the load reports that)."""
-    import torch
-    from transformers import Blip2Config, Blip2ForConditionalGeneration
+    from transformers import Blip2Config
 
     try:
-        config = Blip2Config.from_pretrained(model_id)
+        return build_meta_model(Blip2Config.from_pretrained(model_id))
     except (OSError, ValueError):
         return None
-    with torch.device("meta"):
-        return Blip2ForConditionalGeneration(config)
 
 
 def check_adapter_fits(model, adapter: str | Path) -> None:

@@ -601,3 +601,20 @@ def test_a_silent_mirror_stops_at_the_stall_deadline_not_after_every_retry(both,
     assert "\n" not in msg and "sent nothing usable to a range read of" in msg and "ReadTimeout" in msg, msg
     assert "for over 3 s" in msg and "rerun later" in msg and took < 8, (took, msg)
     assert 2 <= len(hub.seen("range")) < 5  # retried, but not the five tries of a failing answer
+
+
+@pytest.mark.parametrize("record", ["[1, 2]", '{"1": 3}'])
+def test_a_cache_record_that_is_json_but_not_a_record_is_one_line(tmp_path, record):
+    """source.json (the question cache) and images/sources.json (the image cache) that parse but hold no record."""
+    from src.hub_data import CACHE_FOLDER, ROW_MARK, cache_hub_images
+    from src.samples import VQASample
+
+    images = tmp_path / CACHE_FOLDER / "images"
+    images.mkdir(parents=True)
+    (tmp_path / CACHE_FOLDER / "source.json").write_text("[1, 2]")
+    (images / "sources.json").write_text(record)
+    with pytest.raises(UserError, match=r"source\.json is damaged .*delete the folder"):
+        hub_source(tmp_path)
+    sample = VQASample(1, 1, f"data/validation-00000-of-00001.parquet{ROW_MARK}0", "q?", ["a"], "a", "other", "what")
+    with pytest.raises(UserError, match=r"sources\.json is damaged .*delete the folder"):
+        cache_hub_images([sample], tmp_path)

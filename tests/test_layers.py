@@ -11,7 +11,7 @@ from helpers import REPO
 CORE = {"errors", "config", "family", "prompts", "images", "modeling", "inference", "evaluation", "vqa_eval",
         "training", "files", "samples"}
 OUTSIDE_CORE = {"compare", "charts", "formatting", "i18n", "report", "demo_app",  # the presentation
-                "hub_data", "hub_http",  # the hub client
+                "hub_data",  # the hub client
                 "preflight",  # the checks
                 "data"}  # the data sources, which may use the hub client
 
