@@ -127,9 +127,8 @@ def _check_in_file(key: str, value: Any, types: tuple[type, ...], script: str) -
 
 def apply_overrides(namespace: dict, argv: list[str] | None = None,
                     check: Callable[[str, Any, Any], Any] = lambda key, value, default: value) -> dict:
-    """Apply `--name=value` overrides to `namespace` (a script's globals); return the resolved config. The
-    constants as the file states them are held to the same types; `check(key, value, default)` returns each
-    value as it may be used (scripts pass src.preflight.check_value)."""
+    """Apply `--name=value` overrides to a script's globals, the file's own values held to the same types, each
+    value passed through `check(key, value, default)` (src.preflight.check_value); return the resolved config."""
     argv = sys.argv[1:] if argv is None else argv
     types = _namespace_types(namespace)
     keys = list(types)
@@ -173,9 +172,8 @@ def looks_like_path(value: str) -> bool:
 
 
 def is_repo_path(key: str, value) -> bool:
-    """A relative path as a script's file states it (data/, outputs/, baseline_images/...): one inside the
-    repository. Hub ids (model_id, hf_dataset), "{output_dir}/..." templates and *_FILE names (files inside the
-    script's output folder) are not."""
+    """A relative path as a script's file states it (data/, outputs/...): one inside the repository; hub ids,
+    "{output_dir}/..." templates and *_FILE names (inside the script's output folder) are not."""
     return (isinstance(value, str) and bool(value) and is_path_setting(key) and not key.lower().endswith("_file")
             and key.lower() not in ("model_id", "hf_dataset") and "{" not in value
             and not os.path.isabs(os.path.expanduser(value)))

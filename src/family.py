@@ -67,9 +67,8 @@ PROJECTION = "language_projection"  # no part's prefix: adapted wherever TARGET_
 
 
 def lora_targets(value, family: Family, scope: str = "language_model") -> tuple[str, ...]:
-    """TARGET_MODULES as the layer names to adapt: "auto" (or ("auto",), as LoraSettings holds it) is the
-    family's own for `scope` (the Q-Former's and the projection for "qformer", both sets for "both"); a
-    comma-separated string or a list names them."""
+    """TARGET_MODULES as layer names: "auto" (or ("auto",)) is the family's own for `scope` (the Q-Former's and
+    the projection for "qformer", both sets for "both"); a comma-separated string or a list names them."""
     if value == AUTO or value in ("", None) or (not isinstance(value, str) and tuple(value) == (AUTO,)):
         parts = SCOPES.get(scope, (scope,))
         return (() if parts == ("qformer",) else family.lora_targets) + \

@@ -82,9 +82,8 @@ def is_multirun(result: dict) -> bool:
 
 
 def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the headline table, overall and per answer type: each metric of the baseline and of each
-    run with its change [95% CI]; one run adds exact match and better / worse / same, several runs each
-    accuracy's interval."""
+    """(header, rows) of the headline table per answer type: each run's metrics with their change [95% CI]; one
+    run adds exact match and better / worse / same, several runs each accuracy's interval."""
     multi, base, runs = is_multirun(result), result["baseline"], runs_of(result, tr)
     metrics = ["vqa_accuracy"] if multi else ["vqa_accuracy", "exact_match"]
     header = [tr("answer_type"), tr("n")]

@@ -1,6 +1,5 @@
-"""VQAv2 evaluation splits from a parquet dataset on the Hugging Face hub (default lmms-lab/VQAv2) or a local folder
-with its layout: question columns by range requests, then only the sample's images. Every request goes through
-huggingface_hub's client; ours is only what it lacks (checked ranges, bounded retries, a stall deadline: docs/data.md)."""
+"""VQAv2 splits from a parquet dataset on the hub (default lmms-lab/VQAv2) or a local copy: question columns by range
+requests, then only the sample's images, through huggingface_hub's client plus what it lacks (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -202,9 +201,8 @@ def _reading(file: str):
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (pre_buffer: one
-    per row group), or its whole copy once ranges proved unusable (not hf_hub_download: it hands on 10 MB
-    chunks, so a mirror dripping bytes never meets the stall deadline)."""
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (one per row
+    group), or its whole copy once ranges proved unusable (why not hf_hub_download: docs/data.md)."""
     import pyarrow.parquet as pq
 
     m = HUB_URL.fullmatch(file)

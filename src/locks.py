@@ -62,9 +62,8 @@ def _holder(path: Path) -> str:
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: float = 0.2,
                    busy: str | None = None) -> Iterator[Path | None]:
-    """Hold `path` as an exclusive lock for the block; yields its path, or None where the filesystem cannot lock
-    (then it warns and runs unguarded). A live holder: a UserError at once naming `what` and its PID (`busy`, if
-    given, with {pid} and {path} filled in), or with wait=True a wait for it; a killed holder's file is taken over."""
+    """Hold `path` as an exclusive lock for the block (yields it, or None where the filesystem cannot lock); a live
+    holder means a UserError naming `what` and its PID (`busy`), or with wait=True a wait; a dead one's is taken."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     announced = False

@@ -13,9 +13,8 @@ LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while
 
 @contextmanager
 def hold_output_lock(output_dir: str | Path, enabled: bool = True) -> Iterator[Path | None]:
-    """Be the only run writing into `output_dir` until the block ends: a second run gets a UserError naming the
-    holder's PID; the OS lock (src.locks) dies with its holder, even by SIGKILL, and the next run takes over. Under
-    torchrun / accelerate only the main process takes it (`enabled=False` elsewhere); yields the lock file or None."""
+    """Be the only run writing into `output_dir` until the block ends (a second one is told the holder's PID; the OS
+    lock dies with its holder, even by SIGKILL); only the main process takes it (`enabled`)."""
     if not enabled:
         yield None
         return

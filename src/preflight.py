@@ -211,9 +211,8 @@ def _free_bytes(folder: Path) -> int:
 
 
 def check_download_room(model_id: str) -> None:
-    """Before a hub model's first download: its files (as the hub lists their sizes) must fit the free space of
-    the hub cache's disk, or one line says where to put the cache; a hub that cannot say gets a warning when that
-    disk has less than ROOM_WARNING_GB free."""
+    """Before a hub model's first download: its files must fit the hub cache's disk, or one line says where to put
+    the cache; a hub that cannot size them gets a warning below ROOM_WARNING_GB free."""
     from huggingface_hub import HfApi, constants, try_to_load_from_cache
 
     if is_local(model_id) or constants.HF_HUB_OFFLINE:
@@ -599,9 +598,8 @@ def describe_training_data(record: dict) -> str:
 
 def check_train_overlap(adapter: str | Path | None, pictures: list[tuple[str, int]], allow: bool,
                         what: str = "the evaluated questions") -> dict | None:
-    """The adapter's training record (its training_config.json) for a run's config and report, with how many of
-    `pictures` ((picture set, image id), one per question) it trained on; such an overlap is refused in one line
-    unless `allow`. None for an adapter made without the record."""
+    """The adapter's training record with how many of `pictures` ((picture set, image id) per question) it trained
+    on, such an overlap refused in one line unless `allow`; None for an adapter without the record."""
     path = Path(adapter or "") / "training_config.json"
     config = read_json(path, "adapter training config", fix="copy the adapter folder again") if adapter and \
         path.is_file() else {}

@@ -1,6 +1,5 @@
 """report.html of compare_baseline_finetuned.py, rendered from templates/report.html.j2 (Jinja2 escapes every
-value). Every picture is inline, so the one file can be mailed or opened offline.
-"""
+value), every picture inline, so the one file can be mailed or opened offline."""
 
 from __future__ import annotations
 

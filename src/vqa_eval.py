@@ -1,6 +1,5 @@
-"""VQA accuracy exactly as the official VQAv2 evaluation computes it (the project's one scorer), and the
-bootstrap intervals of an accuracy and of a paired change. Source of the rules 1-6 below: docs/notes.md.
-"""
+"""VQA accuracy exactly as the official VQAv2 evaluation computes it (the project's one scorer; rules 1-6 below:
+docs/notes.md), and the bootstrap intervals of an accuracy and of a paired change."""
 
 from __future__ import annotations
 
