@@ -1,8 +1,9 @@
 """Shared fixtures: the tiny BLIP-2 (built once per test session) and a subprocess runner.
 
 The suite runs on two worker processes (pytest-xdist, `-n 2` in pytest.ini). Tests sharing an
-expensive fixture stay on one worker: those of the README quick start as one group, and each module
-whose tests share a module-scoped fixture as another; all other tests are dealt out one by one. Each
+expensive fixture stay on one worker: those of the README quick start as one group, each module
+whose tests share a module-scoped fixture as another, and the tests of any module that read one session run
+(SHARED_RUNS, e.g. the OPT family's one two-process run) as a third; all other tests are dealt out one by one. Each
 worker, and every script it starts, uses one CPU thread, so two workers fill two cores without
 fighting over them. `python -m pytest -n 0` runs everything in one process.
 
@@ -13,9 +14,11 @@ no longer reads), so `--dist loadgroup` alone would spread a group over both wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -56,6 +59,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per scrip
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
 TINY_T5 = REPO / "tests" / "artifacts" / "tiny-blip2-t5"
 TWIN_FIXTURES = {"tiny_model_dir", "tiny_t5_dir", "quickstart"}  # tests that need a twin (none is -m quick)
+SHARED_RUNS = {"opt_data_parallel"}  # session fixtures whose tests, in any module, form one group
 GROUPS_FILE = pytest.StashKey[str]()  # where the workers write {test id: group} for the controller's scheduler
 
 
@@ -129,6 +133,8 @@ def pytest_collection_modifyitems(config, items):
             group = "quickstart"
         elif MODULE_FIXTURES & set(item.fixturenames):  # helpers.module_fixture, e.g. a script run once per module
             group = item.module.__name__
+        elif SHARED_RUNS & set(item.fixturenames):  # a session's run that tests of several modules read
+            group = next(iter(SHARED_RUNS & set(item.fixturenames)))
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
@@ -192,3 +198,42 @@ def quickstart(tiny_model_dir, tmp_path_factory) -> dict:
         if proc.returncode != 0:
             break
     return {"repo": repo, "out": repo / "outputs", "runs": runs, "model": str(repo / "outputs" / "tiny-blip2")}
+
+
+@contextlib.contextmanager
+def busy_cpu():
+    """A CPU-bound process beside a run, as on a busy machine (where rank timing goes wrong). When the suite runs
+    on several workers, the other workers' tests are that load already."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        yield
+        return
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
+
+
+OPT_DATA_PARALLEL = {"questions": 24, "train_steps": 6, "eval_every": 3, "eval_samples": 24}
+
+
+@pytest.fixture(scope="session")
+def opt_data_parallel(tmp_path_factory) -> dict:
+    """One two-process run (torchrun, gloo) on the random-weight OPT twin, made once per session: the baseline,
+    the fine-tuning with its held-out curve and the evaluation. Every data-parallel check of the OPT family reads
+    it (tests/test_pipeline.py: the sharing of questions and steps; tests/test_heldout.py: the held-out slice);
+    those tests are one group, on one worker."""
+    from helpers import launch_data_parallel, random_twin
+
+    n, out = OPT_DATA_PARALLEL, tmp_path_factory.mktemp("opt-data-parallel")
+    common = [f"--model_id={random_twin()}", "--dataset=easy_vqa", f"--output_dir={out}", "--num_workers=0"]
+    with busy_cpu():
+        logs = {"baseline": launch_data_parallel("create_vqav2_baseline.py", *common, f"--max_samples={n['questions']}",
+                                                 "--eval_batch=4")}
+        logs["finetune"] = launch_data_parallel(
+            "finetune_vqav2_lora.py", *common, f"--train_steps={n['train_steps']}", "--per_device_batch=4",
+            "--grad_accum=2", "--save_every=3", "--lr=3e-3", "--warmup_steps=2", "--preview_samples=0",
+            f"--eval_every={n['eval_every']}", f"--eval_samples={n['eval_samples']}", "--keep_checkpoints=1")
+        logs["evaluate"] = launch_data_parallel("evaluate_vqav2_finetuned.py", *common, "--eval_batch=4")
+    return {"out": out, **logs, **n}

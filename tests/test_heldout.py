@@ -6,12 +6,13 @@ evaluation resumes to the files of an uninterrupted run; two data-parallel proce
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from helpers import (REPO, assert_one_line_error, killed_at_marker, launch_data_parallel, load_tuned, module_fixture,
-                     quickstart_run, random_twin, run_in_process, run_script, start_script)
+from helpers import (REPO, assert_one_line_error, killed_at_marker, load_tuned, module_fixture, quickstart_run,
+                     run_in_process, run_script, start_script)
 from src.errors import UserError
 
 STEPS, EVERY, SLICE = 12, 4, 24
@@ -19,15 +20,6 @@ STEPS, EVERY, SLICE = 12, 4, 24
 
 def rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def freeze_evaluation_sample(out: Path, n: int = 16) -> list[int]:
-    """The frozen evaluation sample that create_vqav2_baseline.py would draw (easy-VQA val, seed 42)."""
-    from src.data import freeze_sample, load_samples
-    from src.evaluation import SAMPLE_IDS_FILE
-
-    out.mkdir(parents=True, exist_ok=True)
-    return freeze_sample(out / SAMPLE_IDS_FILE, "easy_vqa", "val", load_samples("easy_vqa", "val", REPO / "data"), n, 42)
 
 
 def fine_tuning(model_dir: str, out: Path, *extra) -> list[str]:
@@ -138,13 +130,18 @@ def test_the_quick_start_draws_the_curve_and_keeps_the_best_adapter(quickstart):
 
 # --- the curve and the best adapter ------------------------------------------------------------------------
 
+CURVE_EXTRA = ("--report_to=tensorboard",)
+
+
 @module_fixture
 def curve_run(tiny_model_dir, tmp_path_factory) -> dict:
+    """One fine-tuning with its curve: the points, the best adapter, the picture and TensorBoard are checked on it,
+    and it is the uninterrupted run a killed one must equal."""
     out = tmp_path_factory.mktemp("curve") / "out"
     run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--quantization=none",
                "--max_samples=16", "--num_workers=0", f"--output_dir={out}", check=True)  # the frozen sample
     evaluated = json.loads((out / "vqav2_sample_ids.json").read_text())["question_ids"]
-    proc = run_script(*fine_tuning(tiny_model_dir, out, "--report_to=tensorboard"), check=True)
+    proc = run_script(*fine_tuning(tiny_model_dir, out, *CURVE_EXTRA), check=True)
     return {"out": out, "proc": proc, "evaluated": evaluated}
 
 
@@ -211,27 +208,27 @@ def test_the_picture_and_tensorboard_show_the_curve(curve_run):
 # --- kill, resume and data parallel ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_kill_inside_a_heldout_evaluation_resumes_to_the_files_of_an_uninterrupted_run(tiny_model_dir, tmp_path):
+def test_a_kill_inside_a_heldout_evaluation_resumes_to_the_files_of_an_uninterrupted_run(curve_run, tiny_model_dir,
+                                                                                          tmp_path):
     """Rows go to disk through JsonlAppender.write: a training step's row, then one call per held-out batch of 8
     (3 per point). Kills after the 5th call (in the point of step 4) and, in the resumed run, after its 7th
-    (in the point of step 8); the third run finishes."""
+    (in the point of step 8); the third run finishes. The uninterrupted run is curve_run (the same settings and
+    frozen sample)."""
     from safetensors.torch import load_file
 
-    full, out = tmp_path / "full", tmp_path / "killed"
-    for d in (full, out):
-        freeze_evaluation_sample(d)
-    run_script(*fine_tuning(tiny_model_dir, full), check=True)
+    full, out = curve_run["out"], tmp_path / "killed"
+    out.mkdir()
+    shutil.copy(full / "vqav2_sample_ids.json", out)
+    args = fine_tuning(tiny_model_dir, out, *CURVE_EXTRA)
     ckpts = out / "lora_adapter_checkpoints"
-    proc = start_script(*fine_tuning(tiny_model_dir, out), kill_at=("src.files:JsonlAppender.write", 5),
-                        hook_dir=tmp_path)
+    proc = start_script(*args, kill_at=("src.files:JsonlAppender.write", 5), hook_dir=tmp_path)
     assert killed_at_marker(proc)
     assert [r["step"] for r in rows_of(ckpts / "train_log.jsonl")] == [1, 2, 3, 4]  # step 4 without its point yet
     assert len(rows_of(ckpts / "heldout" / "step-000004.jsonl")) == 8
-    proc = start_script(*fine_tuning(tiny_model_dir, out), kill_at=("src.files:JsonlAppender.write", 7),
-                        hook_dir=tmp_path)
+    proc = start_script(*args, kill_at=("src.files:JsonlAppender.write", 7), hook_dir=tmp_path)
     assert killed_at_marker(proc)
     assert [("heldout" in r) for r in rows_of(ckpts / "train_log.jsonl")] == [False] * 3 + [True] + [False] * 4
-    proc = run_script(*fine_tuning(tiny_model_dir, out), check=True)
+    proc = run_script(*args, check=True)
     assert "resumed from" in proc.stdout and "8 already done, 16 to go" in proc.stdout
 
     def points(d):
@@ -250,24 +247,24 @@ def test_a_kill_inside_a_heldout_evaluation_resumes_to_the_files_of_an_uninterru
 
 
 @pytest.mark.slow
-def test_two_processes_share_the_slice(tmp_path):
-    """On the random-weight twin (what is checked is the sharing): each process answers part of the slice,
-    the main one gathers and scores it, and the point is the score of the gathered answers."""
+def test_two_processes_share_the_slice(opt_data_parallel):
+    """On the random-weight twin (what is checked is the sharing), in the session's one two-process run: each
+    process answers part of the slice, the main one gathers and scores it, and the point is the score of the
+    gathered answers."""
     from src.vqa_eval import score_rows
 
-    freeze_evaluation_sample(tmp_path)
-    args = fine_tuning(random_twin(), tmp_path)
-    args = [a for a in args if not a.startswith(("--train_steps", "--per_device_batch", "--eval_every"))]
-    log = launch_data_parallel(*args, "--train_steps=4", "--per_device_batch=4", "--eval_every=2")
+    out, slice_size, every = opt_data_parallel["out"], opt_data_parallel["eval_samples"], opt_data_parallel["eval_every"]
+    log = opt_data_parallel["finetune"]
     counts = [json.loads(part.split("\n")[0]) for part in log.split("questions answered per process: ")[1:]]
-    assert len(counts) == 2 and all(len(c) == 2 and min(c) > 0 and sum(c) == SLICE for c in counts)
-    ckpts = tmp_path / "lora_adapter_checkpoints"
+    assert len(counts) == 2 and all(len(c) == 2 and min(c) > 0 and sum(c) == slice_size for c in counts)
+    ckpts = out / "lora_adapter_checkpoints"
     points = {r["step"]: r["heldout"] for r in rows_of(ckpts / "train_log.jsonl") if "heldout" in r}
-    assert sorted(points) == [2, 4]
+    assert sorted(points) == list(range(every, opt_data_parallel["train_steps"] + 1, every)) and len(points) == 2
+    heldout = json.loads((out / "heldout_sample_ids.json").read_text())["question_ids"]
+    assert len(heldout) == slice_size
     for step, point in points.items():
         answers = rows_of(ckpts / "heldout" / f"step-{step:06d}.jsonl")
-        assert sorted(r["question_id"] for r in answers) == json.loads((tmp_path / "heldout_sample_ids.json")
-                                                                       .read_text())["question_ids"]
+        assert sorted(r["question_id"] for r in answers) == heldout
         assert point["accuracy"] == score_rows(answers)["vqa_accuracy"]
     assert not list(ckpts.glob("heldout/*.part"))
-    assert (tmp_path / "lora_adapter_best" / "adapter_model.safetensors").exists()
+    assert (out / "lora_adapter_best" / "adapter_model.safetensors").exists()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, launch_data_parallel, load_tuned, module_fixture,
-                     quickstart_run, random_adapter, random_twin, readme_commands, run_script)
+from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, load_tuned, module_fixture, quickstart_run,
+                     random_adapter, readme_commands, run_script)
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 
@@ -145,39 +145,26 @@ def test_reloaded_adapter_reproduces_in_memory_predictions(chain):
 
 # --- data parallel ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def busy_cpu():
-    """A CPU-bound process beside the test, as on a busy machine (where rank timing goes wrong). When the
-    suite runs on several workers, the other workers' tests are that load already."""
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-        yield
-        return
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield
-    burner.kill()
-    burner.wait()
-
-
 @pytest.mark.slow
-def test_two_processes_train_and_evaluate_data_parallel(tmp_path, busy_cpu):
-    """On the random-weight twin: what is checked is how the work is shared, not what the model answers."""
-    common = [f"--model_id={random_twin()}", "--dataset=easy_vqa", f"--output_dir={tmp_path}", "--num_workers=0"]
-    log = launch_data_parallel("create_vqav2_baseline.py", *common, "--max_samples=24", "--eval_batch=4")
+def test_two_processes_train_and_evaluate_data_parallel(opt_data_parallel):
+    """On the random-weight twin: what is checked is how the work is shared, not what the model answers (the
+    session's one two-process run, tests/conftest.py, made beside a busy CPU)."""
+    out, n = opt_data_parallel["out"], opt_data_parallel["questions"]
+    log = opt_data_parallel["baseline"]
     assert "batch 4 x 2 process(es)" in log
     counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
-    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 24
-    log = launch_data_parallel("finetune_vqav2_lora.py", *common, "--train_steps=6", "--per_device_batch=4",
-                               "--grad_accum=2", "--save_every=3", "--lr=3e-3", "--warmup_steps=2", "--preview_samples=0")
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == n
+    log = opt_data_parallel["finetune"]
     assert "x 2 process(es) = 16 per step" in log
     assert "LoRA weights identical on all 2 processes" in log
-    log = launch_data_parallel("evaluate_vqav2_finetuned.py", *common, "--eval_batch=4")
+    log = opt_data_parallel["evaluate"]
     counts = json.loads(log.split("questions answered per process: ")[1].splitlines()[0])
-    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == 24
-    frozen = json.loads((tmp_path / "vqav2_sample_ids.json").read_text())["question_ids"]
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == n
+    frozen = json.loads((out / "vqav2_sample_ids.json").read_text())["question_ids"]
     for run in ("vqav2_baseline", "vqav2_finetuned"):
-        assert [r["question_id"] for r in rows_of(tmp_path / f"{run}.jsonl")] == frozen
-        assert not list(tmp_path.glob(f"{run}.jsonl.rank*.part"))
-    assert json.loads((tmp_path / "lora_adapter" / "training_config.json").read_text())["world_size"] == 2
+        assert [r["question_id"] for r in rows_of(out / f"{run}.jsonl")] == frozen
+        assert not list(out.glob(f"{run}.jsonl.rank*.part"))
+    assert json.loads((out / "lora_adapter" / "training_config.json").read_text())["world_size"] == 2
 
 
 # --- bad input --------------------------------------------------------------------------------------
