@@ -337,15 +337,15 @@ def test_t5_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin('t5')}", "--dataset=easy_vqa", "--train_steps=6",
-            "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=2", "--save_every=2",
+    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin('t5')}", "--dataset=easy_vqa", "--train_steps=12",
+            "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=2", "--save_every=4",
             "--preview_samples=0"]
     run_script(*args, f"--output_dir={tmp_path / 'full'}", check=True)
     out = tmp_path / "killed"
-    proc = start_script(*args, f"--output_dir={out}", kill_at=("src.files:JsonlAppender.write", 3), hook_dir=tmp_path)
+    proc = start_script(*args, f"--output_dir={out}", kill_at=("src.files:JsonlAppender.write", 6), hook_dir=tmp_path)
     assert killed_at_marker(proc)
     proc = run_script(*args, f"--output_dir={out}", check=True)
-    assert "resumed from" in proc.stdout and "steps: 6 (from 2)" in proc.stdout
+    assert "resumed from" in proc.stdout and "steps: 12 (from 4)" in proc.stdout
     a = load_file(str(tmp_path / "full" / "lora_adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any(".encoder.block." in k for k in a) and any(".decoder.block." in k for k in a)
