@@ -139,11 +139,17 @@ def pytest_collection_modifyitems(config, items):
             continue
         item.add_marker(pytest.mark.xdist_group(group))
 
+    needs = {}  # group: the twins its tests need (a group's tests stay together, so its module fixtures live on)
+    for item in items:
+        if m := item.get_closest_marker("xdist_group"):
+            needs.setdefault(m.args[0], set()).update(TWIN_FIXTURES & set(item.fixturenames))
+    with_t5 = {group for group, twins in needs.items() if twins == {"tiny_t5_dir"}}  # not waiting for the OPT twin
+
     def order(item) -> int:
         group = item.get_closest_marker("xdist_group")
         if group and group.args[0] == "quickstart":
             return 0
-        if group and "tiny_t5_dir" in item.fixturenames:  # the Flan-T5 twin's chain: its build on the other worker
+        if group and group.args[0] in with_t5:  # the Flan-T5 twin's chain: its build on the other worker
             return 1
         if not group and not TWIN_FIXTURES & set(item.fixturenames):
             return 2

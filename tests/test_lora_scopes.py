@@ -127,8 +127,10 @@ def scope_runs(model: str, out: Path, family: str, scopes: tuple[str, ...]) -> d
 
 
 @pytest.fixture(params=["opt", "t5"])
-def scopes(request):
-    return request.getfixturevalue(f"{request.param}_scopes")
+def scopes(request, opt_scopes, t5_scopes):
+    """Both families' runs named here, not fetched by name, so that conftest sees the module fixtures and keeps these
+    tests on the module's one worker (each run made once)."""
+    return {"opt": opt_scopes, "t5": t5_scopes}[request.param]
 
 
 def test_each_scope_fine_tunes_every_adapted_layer_and_changes_the_answers(scopes):
