@@ -233,10 +233,10 @@ def test_the_merged_folder_loads_and_answers_without_peft(qlora_merged, val_samp
     assert result["answers"] == answers(model, processor, questions)
 
 
-def test_the_merged_model_with_its_own_adapter_again_is_refused(qlora_merged, tmp_path):
+def test_the_merged_model_with_its_own_adapter_again_is_refused(plain_merged, plain_adapter, tmp_path):
     """--model_id=<the merged model> with the adapter it holds (the default ADAPTER_DIR after a merge): one line
     before any answer, not the LoRA update added twice; with --adapter_dir= the merged model answers alone."""
-    folder, adapter = qlora_merged["folder"], qlora_merged["adapter"]
+    folder, adapter = plain_merged["folder"], plain_adapter
     proc = run_script("mini_infer.py", f"--model_id={folder}", "--quantization=none", f"--adapter_dir={adapter}",
                       f"--output_dir={tmp_path / 'o'}")
     assert_one_line_error(proc, f"{folder} is a merged model that already holds the LoRA adapter in {adapter}",
