@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, load_tuned, module_fixture, quickstart_run,
-                     random_adapter, readme_commands, run_script)
+                     random_adapter, readme_commands, run_in_process, run_script)
 from src.vqa_eval import exact_match, score_rows, vqa_accuracy
 
 
@@ -192,24 +192,26 @@ def test_missing_and_corrupt_images_become_error_rows(tiny_model_dir, tmp_path):
 
 
 def test_missing_dataset_files_name_the_path_and_the_readme(tiny_model_dir, tmp_path):
-    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", f"--data_dir={tmp_path}",
-                      f"--output_dir={tmp_path / 'out'}")
+    proc = run_in_process("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", f"--data_dir={tmp_path}",
+                          f"--output_dir={tmp_path / 'out'}")
     assert_one_line_error(proc, "v2_OpenEnded_mscoco_val2014_questions.json", "data/vqa/README.md")
+    assert "MODEL LOAD STARTED" not in proc.stderr
 
 
 def test_sample_ids_from_another_dataset_are_refused(tiny_model_dir, tmp_path):
     run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=4",
                f"--output_dir={tmp_path}", check=True)
     adapter = random_adapter(tiny_model_dir, tmp_path / "adapter")  # the adapter is checked before the data
-    proc = run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa",
-                      f"--output_dir={tmp_path}", f"--adapter_dir={adapter}")
+    proc = run_in_process("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa",
+                          f"--output_dir={tmp_path}", f"--adapter_dir={adapter}")
     assert_one_line_error(proc, "vqav2_sample_ids.json", "dataset=tiny", "dataset=easy_vqa")
-    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny", "--max_samples=5",
-                      f"--output_dir={tmp_path}")
-    assert_one_line_error(proc, "max_samples=4", "--max_samples=5")
-    proc = run_script("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
-                      f"--output_dir={tmp_path}")  # nothing trained yet
-    assert_one_line_error(proc, f"no LoRA adapter in {tmp_path / 'lora_adapter'}", "finetune_vqav2_lora.py")
+    proc2 = run_in_process("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
+                           "--max_samples=5", f"--output_dir={tmp_path}")
+    assert_one_line_error(proc2, "max_samples=4", "--max_samples=5")
+    proc3 = run_in_process("evaluate_vqav2_finetuned.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
+                           f"--output_dir={tmp_path}")  # nothing trained yet
+    assert_one_line_error(proc3, f"no LoRA adapter in {tmp_path / 'lora_adapter'}", "finetune_vqav2_lora.py")
+    assert not any("MODEL LOAD STARTED" in p.stderr for p in (proc, proc2, proc3))  # each said before the load
 
 
 def test_compare_on_the_pipeline_files(chain):
