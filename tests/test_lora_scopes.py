@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, assert_one_line_error, module_fixture, random_adapter, run_in_process, run_script
+from helpers import (REPO, assert_one_line_error, module_fixture, random_adapter, random_twin, run_in_process,
+                     run_script)
 
 SCOPES = ("language_model", "qformer", "both")
 QUESTIONS = 16  # the frozen easy-VQA sample each family's scopes are evaluated on
@@ -31,10 +32,6 @@ def expected_layers(model, scope: str) -> set[str]:
     return {"language_model": lm, "qformer": qformer, "both": lm | qformer}[scope]
 
 
-def model_dir(request, family: str) -> str:
-    return request.getfixturevalue("tiny_model_dir" if family == "opt" else "tiny_t5_dir")
-
-
 def scope_adapter(model_dir: str, folder: Path, scope: str, family: str) -> Path:
     """An adapter of `scope` with random weights, saved with the training config the fine-tuning script writes
     beside it (the family it records is what tells a Q-Former adapter's family)."""
@@ -46,13 +43,13 @@ def scope_adapter(model_dir: str, folder: Path, scope: str, family: str) -> Path
 
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("family", ["opt", "t5"])
-def test_each_scope_trains_exactly_its_layers_and_the_memory_plan_counts_them(family, scope, request):
+def test_each_scope_trains_exactly_its_layers_and_the_memory_plan_counts_them(family, scope):
     from transformers import Blip2ForConditionalGeneration
 
     from src.memory_plan import plan_memory
     from src.training import LoraSettings, add_lora
 
-    folder = model_dir(request, family)
+    folder = random_twin(family)  # the twin's layers, without waiting for its pre-training
     lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("auto",), scope=scope)
     base = Blip2ForConditionalGeneration.from_pretrained(folder)
     layers = expected_layers(base, scope)

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, load_tuned, module_fixture,
-                     random_adapter, run_in_process, run_on_small_disk, run_script, script_env, start_script)
+                     random_adapter, random_twin, run_in_process, run_on_small_disk, run_script, script_env,
+                     start_script)
 N_QUESTIONS = 400  # the quick start's frozen easy-VQA sample
 CHECKED = 200  # of them answered again by each model below (the suite's time; plenty for a 95% rate)
 DECODING = "vqa_beam5"  # the evaluation's
@@ -286,13 +287,13 @@ HALF_ULP = {"float32": 2**-23, "float16": 2**-11, "bfloat16": 2**-8}  # relative
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("family", ["opt", "t5"])
-def test_a_qlora_merge_is_w_plus_ba_to_the_rounding_of_its_dtype(family, dtype, request, tmp_path):
+def test_a_qlora_merge_is_w_plus_ba_to_the_rounding_of_its_dtype(family, dtype, tmp_path):
     """Every saved tensor is the float32 merge (NF4 round trip of W where 4-bit quantises, + B @ A * alpha / r where
     adapted, both computed here from the files) rounded once to the saved dtype; what stays float32 is what
     transformers loads so, the card says which with its size, and the file holds nothing more."""
     from safetensors.torch import load_file
 
-    model_dir = request.getfixturevalue("tiny_model_dir" if family == "opt" else "tiny_t5_dir")
+    model_dir = random_twin(family)  # the twin's layers; its pre-training plays no part in W + B·A
     targets = ("q_proj", "v_proj", "fc2") if family == "opt" else ("q", "wi_1", "wo")
     adapter = random_adapter(model_dir, tmp_path / "adapter", targets)
     folder = tmp_path / "merged"

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import random_twin
 from src.inference import generate_for_images
 from src.prompts import format_prompt, get_decoding
 
@@ -65,12 +66,11 @@ FP32_UNDER_FP16 = ("qformer", "query_tokens", "wo")
 
 @pytest.mark.parametrize("family, dtype", [("opt", torch.bfloat16), ("opt", torch.float16), ("opt", torch.float32),
                                            ("t5", torch.bfloat16), ("t5", torch.float32)])
-def test_4bit_parts_run_in_the_dtypes_the_notes_say(family, dtype, request):
+def test_4bit_parts_run_in_the_dtypes_the_notes_say(family, dtype):
     from src.family import FAMILIES
     from src.modeling import load_blip2
 
-    model_dir = request.getfixturevalue("tiny_model_dir" if family == "opt" else "tiny_t5_dir")
-    model, _ = load_blip2(model_dir, "4bit", device="cpu", dtype=dtype)
+    model, _ = load_blip2(random_twin(family), "4bit", device="cpu", dtype=dtype)
     seen = {}
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if not tensor.is_floating_point() and tensor.dtype != torch.uint8:
