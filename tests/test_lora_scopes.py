@@ -65,13 +65,14 @@ def test_each_scope_trains_exactly_its_layers_and_the_memory_plan_counts_them(fa
 
 
 @pytest.mark.parametrize("scope", SCOPES)
-def test_a_scope_adapter_fits_its_family_and_the_other_family_refuses_it_in_one_line(scope, tmp_path):
+def test_a_scope_adapter_fits_its_family_and_the_other_family_refuses_it_in_one_line(scope, tiny_model_dir,
+                                                                                     tiny_t5_dir, tmp_path):
     """The twins' Q-Former and projection have the same shapes in both families, so a Q-Former adapter's family
-    is the one its training config records (the twins' layers and configs: the random-weight ones do)."""
+    is the one its training config records."""
     from src.preflight import adapter_mismatch, check_adapter_dir
     from transformers import Blip2ForConditionalGeneration
 
-    dirs = {"opt": random_twin("opt"), "t5": random_twin("t5")}
+    dirs = {"opt": tiny_model_dir, "t5": tiny_t5_dir}
     titles = {"opt": "BLIP-2 on OPT (decoder-only)", "t5": "BLIP-2 on Flan-T5 (encoder-decoder)"}
     for family, other in (("opt", "t5"), ("t5", "opt")):
         adapter = scope_adapter(dirs[family], tmp_path / family, scope, family)
