@@ -276,6 +276,11 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
               f"if {model_id} is a copy of {base} (else pass --model_id={base})", flush=True)
 
 
+def _adapter_config(adapter: str | Path) -> dict:
+    """adapter_config.json as is (check_adapter_dir has checked it before a script loads anything)."""
+    return read_json(Path(adapter) / "adapter_config.json", "adapter config")
+
+
 def _check_adapter_config(path: Path) -> dict:
     """adapter_config.json of a LoRA adapter, with the keys the loaders read."""
     fix = again("adapter folder", download=False, retrain=True)
@@ -315,7 +320,7 @@ def check_adapter_fits(model, adapter: str | Path) -> None:
         raise mismatch_error(adapter, loaded, problem)
     differs = fingerprint_differs(recorded_fingerprint(adapter), model)
     if differs:
-        base = read_json(Path(adapter) / "adapter_config.json", "adapter config").get("base_model_name_or_path")
+        base = _adapter_config(adapter).get("base_model_name_or_path")
         raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): another "
                         f"checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model it was trained "
                         f"on{f' (--model_id={base})' if base else ''}, or an adapter trained on {loaded}")
@@ -341,7 +346,7 @@ def fingerprint_differs(recorded: dict | None, model) -> str | None:
 
 
 def mismatch_error(adapter, model_id: str, problem: str) -> UserError:
-    base = read_json(Path(adapter) / "adapter_config.json", "adapter config").get("base_model_name_or_path")
+    base = _adapter_config(adapter).get("base_model_name_or_path")
     if base and os.path.normpath(str(base)) == os.path.normpath(str(model_id)):
         return UserError(f"the LoRA adapter in {adapter} does not fit its own base model {model_id}: {problem}; its "
                          "adapter_config.json and adapter_model.safetensors disagree (edited or mixed up): "
@@ -361,7 +366,7 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     prefix = "base_model.model."
-    config = read_json(Path(adapter) / "adapter_config.json", "adapter config")
+    config = _adapter_config(adapter)
     theirs, ours = _adapter_family(shapes, adapter), family_of(blip2_core(model).config)
     if theirs is not None and theirs != ours:
         return (f"it adapts BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
