@@ -14,20 +14,6 @@ ANSWER_TYPE_ORDER = ["yes/no", "number", "other"]  # VQAv2's answer types, in th
 GROUP_KEYS = ("improved", "worsened", "unchanged", "correct", "wrong", "disagree")  # example-case groups
 
 
-def pts(value) -> str:
-    """A percentage (0-100) with two decimals, or a dash when there is none."""
-    return "–" if value is None else f"{value:.2f}"
-
-
-def signed(value) -> str:
-    return "–" if value is None else f"{value:+.2f}"
-
-
-def format_change(c: dict | None) -> str:
-    """'+1.23 [-0.40, +2.90]': the change in points and its 95% interval."""
-    return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]" if c else "–"
-
-
 def type_order(types) -> list[str]:
     types = list(types)
     return [t for t in ANSWER_TYPE_ORDER if t in types] + sorted(t for t in types if t not in ANSWER_TYPE_ORDER)
@@ -96,9 +82,13 @@ def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[l
     def part(numbers: dict, t) -> dict:
         return numbers if t is None else numbers["per_answer_type"].get(t, {})
 
-    def cell(numbers: dict, interval: dict | None, metric: str, t) -> str:
+    def cell(numbers: dict, interval: dict | None, metric: str, t) -> str:  # a percentage, its interval if any
+        value = part(numbers, t).get(metric)
         i = interval and (interval["overall"] if t is None else interval["per_answer_type"].get(t))
-        return pts(part(numbers, t).get(metric)) + (f" [{i['low']:.2f}, {i['high']:.2f}]" if i else "")
+        return ("–" if value is None else f"{value:.2f}") + (f" [{i['low']:.2f}, {i['high']:.2f}]" if i else "")
+
+    def change(c: dict | None) -> str:  # '+1.23 [-0.40, +2.90]': the change in points and its 95% interval
+        return f"{c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]" if c else "–"
 
     rows = []
     for t in [None, *type_order(base["per_answer_type"])]:
@@ -106,7 +96,7 @@ def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[l
         for m in metrics:
             row.append(cell(base, result.get("baseline_interval"), m, t))
             for r in runs:
-                row += [cell(r["finetuned"], r.get("interval"), m, t), format_change(part(r["change"], t).get(m))]
+                row += [cell(r["finetuned"], r.get("interval"), m, t), change(part(r["change"], t).get(m))]
         if runs and not multi:
             o = part(result["outcomes"], t)
             row.append(f"{o.get('better', '–')} / {o.get('worse', '–')} / {o.get('same', '–')}")
@@ -114,13 +104,11 @@ def score_table(result: dict, tr: Callable[..., str]) -> tuple[list[str], list[l
     return header, rows
 
 
-def display_width(text: str) -> int:
-    """Columns a string takes in a terminal: CJK characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
 def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """Fixed-width text lines; the first column left-aligned, numbers right-aligned."""
+    def display_width(text: str) -> int:  # columns in a terminal: CJK characters take two
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
     widths = [max(display_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells):
@@ -218,22 +206,18 @@ def file_lines(result: dict, tr: Callable[..., str], baseline_key: str, run_key:
 
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
     """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
-    runs, s_base = runs_of(result, tr), result["settings"]["baseline"]
+    runs = runs_of(result, tr)
     out = [tr("title"), "", *file_lines(result, tr, "file_line", "file_line")]
     if not runs:
         out.append(tr("missing_ft", path=result["files"]["finetuned"]))
-    out += [tr("decoding", decoding=json.dumps(s_base["decoding"])), ""]
+    out += [tr("decoding", decoding=json.dumps(result["settings"]["baseline"]["decoding"])), ""]
     cov, err = result["coverage"], result["errors"]
     if result["partial"]:
         out.append(tr("partial", common=cov["common"], only_base=cov["only_baseline"], only_ft=cov["only_finetuned"]))
-    comparing = bool(runs)
-    ft_errors = tr("excluded_ft", n=err["finetuned"]) if comparing else ""
-    out.append(tr("questions_compared" if comparing else "questions_scored", n=result["n"])
-               + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"], ft_errors=ft_errors))
-    out.append("")
-    out += text_table(*score_table(result, tr))
-    out.append("")
-    out += detail_lines(result, tr)
+    out.append(tr("questions_compared" if runs else "questions_scored", n=result["n"])
+               + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"],
+                    ft_errors=tr("excluded_ft", n=err["finetuned"]) if runs else ""))
+    out += ["", *text_table(*score_table(result, tr)), "", *detail_lines(result, tr)]
     if result.get("published"):
         out += reference_lines(result["published"], tr, with_interval=True)
     out += [tr("warning", text=w) for w in result["warnings"]]
