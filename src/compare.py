@@ -84,10 +84,6 @@ def coverage(base_rows: Sequence[dict], ft_rows: Sequence[dict]) -> dict:
             "only_finetuned": len(ft_ids - base_ids)}
 
 
-def _outcome(base: float, ft: float) -> str:
-    return "better" if ft > base + _SAME_TOLERANCE else "worse" if ft < base - _SAME_TOLERANCE else "same"
-
-
 def _metrics(scored: dict) -> dict:
     return {key: scored[key] for key in ("vqa_accuracy", "exact_match", "n", "per_answer_type")}
 
@@ -129,14 +125,15 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
                 "finetuned": None if ft_rows is None else sum(not is_scorable(r) for r in ft_rows)}
     result = {"n": len(kept), "coverage": coverage(base_rows, ft_rows or []),
               "errors": {**n_errors, "excluded": excluded},
-              "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]}}
+              "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]}, "baseline": None,
+              "finetuned": None, "change": None, "outcomes": None, "clusters": None, "answer_processing": None,
+              "pairs": []}
+    if not kept:
+        return result
     base_list = [b for b, _ in kept]
     # the fine-tuned rows take the baseline's answer and question types: one question, one type
     ft_list = [{**f, "answer_type": b.get("answer_type"), "question_type": b.get("question_type")} for b, f in kept
                if f is not None]
-    if not kept:
-        return {**result, "baseline": None, "finetuned": None, "change": None, "outcomes": None, "clusters": None,
-                "answer_processing": None, "pairs": []}
     gts = [b["gt_answers"] for b in base_list]
     scores = {"baseline": score_batch([b["answer"] for b in base_list], gts)}
     scores["finetuned"] = score_batch([f["answer"] for f in ft_list], gts) if ft_list else ([None] * len(kept),) * 2
@@ -148,14 +145,15 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
             vqa, em = (None if s[i] is None else float(s[i]) for s in scores[who])
             pair.update({f"{who}_answer": row.get("answer"), f"{who}_raw_answer": row.get("raw_answer"),
                          f"{who}_vqa": vqa, f"{who}_em": em})
-        pair["outcome"] = f and _outcome(pair["baseline_vqa"], pair["finetuned_vqa"])
+        delta = f and pair["finetuned_vqa"] - pair["baseline_vqa"]
+        pair["outcome"] = f and ("better" if delta > _SAME_TOLERANCE else
+                                 "worse" if delta < -_SAME_TOLERANCE else "same")
         pairs.append(pair)
-    processing = {"baseline": processing_changes(base_list),
-                  "finetuned": processing_changes(ft_list) if ft_list else None}
+    result.update(baseline=_metrics(score_rows(base_list)), clusters=bootstrap_clusters(pairs)[1], pairs=pairs,
+                  answer_processing={"baseline": processing_changes(base_list),
+                                     "finetuned": processing_changes(ft_list) if ft_list else None})
     if not ft_list:
-        return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": None, "change": None,
-                "outcomes": None, "clusters": bootstrap_clusters(pairs)[1], "answer_processing": processing,
-                "pairs": pairs}
+        return result
     change = _bootstrap_changes(pairs, n_resamples, seed)
     outcomes = _counts(pairs)
     by_type: dict = {}
@@ -165,9 +163,9 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
     change["per_answer_type"] = {t: {"n": len(ps), **_bootstrap_changes(ps, n_resamples, seed)}
                                  for t, ps in sorted(by_type.items())}
     outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
-    return {**result, "baseline": _metrics(score_rows(base_list)), "finetuned": _metrics(score_rows(ft_list)),
-            "change": change, "outcomes": outcomes, "clusters": change["clusters"], "answer_processing": processing,
-            "pairs": pairs}
+    result.update(finetuned=_metrics(score_rows(ft_list)), change=change, outcomes=outcomes,
+                  clusters=change["clusters"])
+    return result
 
 
 def settings_of(rows: Sequence[dict], source: str, warnings_out: list[str]) -> dict:
