@@ -148,12 +148,6 @@ class ImageCache:
         return self._small[path]
 
 
-def score_colour(score: float | None) -> str:
-    if score is None:
-        return "#546e7a"
-    return "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"
-
-
 def draw_picture(ax, img, path: str | None, tr) -> None:
     if img is None:
         ax.set_facecolor("#bdbdbd")
@@ -166,23 +160,13 @@ def draw_picture(ax, img, path: str | None, tr) -> None:
         ax.axis("off")
 
 
-def _answer_lines(pair: dict, tr) -> list[tuple[str, str, float, str | None]]:
-    """(who, answer, score, raw answer when the answer processing changed it) per model; a pair of several
-    fine-tuned runs carries them in "runs"."""
-    runs = [("finetuned", pair)] if "runs" not in pair else [(r["label"], r) for r in pair["runs"]]
-    out = []
-    for who, row, key in (("baseline", pair, "baseline"), *((w, r, "finetuned") for w, r in runs)):
-        answer, raw = row[f"{key}_answer"], row.get(f"{key}_raw_answer")
-        if answer is not None:
-            out.append((tr(who) if key == who else who, answer, row[f"{key}_vqa"],
-                        raw if raw is not None and raw != answer else None))
-    return out
-
-
 def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> None:
-    """One example: picture, question, ground truth, and each model's answer with its score (and raw text);
-    a taller picture for more than two answers."""
-    answers = _answer_lines(pair, tr)
+    """One example: picture, question, ground truth, and each model's answer with its score (and raw text, when
+    the answer processing changed it); a pair of several fine-tuned runs carries them in "runs"."""
+    runs = [("finetuned", pair)] if "runs" not in pair else [(r["label"], r) for r in pair["runs"]]
+    answers = [(tr(who) if key == who else who, row[f"{key}_answer"], row[f"{key}_vqa"], row.get(f"{key}_raw_answer"))
+               for who, row, key in (("baseline", pair, "baseline"), *((w, r, "finetuned") for w, r in runs))
+               if row[f"{key}_answer"] is not None]
     height = 2.6 + 0.52 * max(0, len(answers) - 2)
     top = lambda y: 1 - (1 - y) * 2.6 / height  # noqa: E731  a height laid out for 2.6 inches, from the top
     fig = plt.figure(figsize=(7.2, height))
@@ -196,13 +180,15 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
              color="#37474f", va="top")
     inch = 2.6 / height  # 0.2 of the 2.6-inch picture per answer
     for i, (who, answer, score, raw) in enumerate(answers):
+        raw = raw if raw != answer else None
         y = top(0.36) - 0.2 * inch * i
         fig.text(0.37, y, f"{clip(who, 16)}:", fontsize=9, fontweight="bold", va="center")
         fig.text(0.52, y + (0.03 * inch if raw else 0), clip(answer, 40), fontsize=10, va="center")
         if raw:
             fig.text(0.52, y - 0.06 * inch, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center", color="#607d8b")
         fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white", fontweight="bold",
-                 bbox={"boxstyle": "round,pad=0.3", "facecolor": score_colour(score), "edgecolor": "none"})
+                 bbox={"boxstyle": "round,pad=0.3", "edgecolor": "none",
+                       "facecolor": "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"})
     _save(plt, fig, out, tight=False)
 
 
