@@ -57,8 +57,8 @@ def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IM
 def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str, vqa_decoding: str,
                    caption_prompt: str, caption_decoding: str, max_upload_mb: float,
                    max_pixels: int = MAX_IMAGE_PIXELS, lang: str = "zh"):
-    """fn(image_path, question) -> (caption, answer_base, caption_finetuned, answer_finetuned, status); problems
-    the user can fix (bad image or question, GPU out of memory) come back as the status, never as an exception."""
+    """fn(image path or Image event payload, question) -> (caption, answer_base, caption_finetuned, answer_finetuned,
+    status); problems the user can fix (bad image or question, GPU out of memory) come back as the status."""
     import torch
 
     from .inference import caption_and_answer
@@ -69,20 +69,16 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
     settings = dict(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding, caption_prompt=caption_prompt,
                     caption_decoding=caption_decoding, batch_size=1)
 
-    def problems_of(image_path, question) -> tuple[object, list[str]]:
+    def answer(payload, question: str | None):
         problems, image = [], None
         try:
-            image = open_upload(image_path, max_upload_mb, max_pixels, lang)
+            image = open_upload(payload_path(payload), max_upload_mb, max_pixels, lang)
         except UserError as e:
             problems.append(str(e))
         if not (question or "").strip():
             problems.append(tr("question_empty"))
         elif len(question.strip()) > MAX_QUESTION_CHARS:
             problems.append(tr("question_too_long", n=len(question.strip()), limit=MAX_QUESTION_CHARS))
-        return image, problems
-
-    def answer(image_path: str | None, question: str | None):
-        image, problems = problems_of(image_path, question)
         if problems:
             return "", "", "", "", tr("cannot_answer", problems=" ".join(problems))
         question = check_question(question)
@@ -115,20 +111,15 @@ def md_text(value) -> str:
     return ("" if value is None else str(value)).translate(_MD_ESCAPES)
 
 
-def no_answers_markdown(result: dict, tr) -> str:
-    """A run without public answers (test-dev / test): nothing to compare, and which file to submit to EvalAI."""
-    runs = result.get("runs") or [{**(result.get("files") or {}), "split": result.get("split")}]
-    return "\n\n".join(tr("cmp_no_answers", run=md_text(Path(str(f.get("run"))).name), split=md_text(f.get("split")),
-                            evalai=md_text(f.get("evalai")), phase=md_text(EVALAI_PHASES.get(f.get("split"), "?")))
-                         for f in runs)
-
-
 def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "zh") -> str:
     """comparison.json as Markdown, but for its score table (a gr.Dataframe); every value read from the file
     goes through md_text, as it may hold any text (a model answer)."""
     tr = texts(lang)
-    if result.get("mode") == "no_answers":
-        return no_answers_markdown(result, tr)
+    if result.get("mode") == "no_answers":  # test-dev / test: nothing to compare; which file to submit to EvalAI
+        runs = result.get("runs") or [{**(result.get("files") or {}), "split": result.get("split")}]
+        return "\n\n".join(tr("cmp_no_answers", run=md_text(Path(str(f.get("run"))).name),
+                                split=md_text(f.get("split")), evalai=md_text(f.get("evalai")),
+                                phase=md_text(EVALAI_PHASES.get(f.get("split"), "?"))) for f in runs)
     settings = result.get("settings") or {}
     s_base, s_ft = settings.get("baseline") or {}, settings.get("finetuned") or {}
     multi = is_multirun(result)
@@ -138,13 +129,12 @@ def comparison_markdown(result: dict, comparisons_dir: str | Path, lang: str = "
               command=COMPARE_COMMAND, report=where + "report.html"), ""]
     if result.get("partial"):
         out.append(tr("cmp_partial", common=md_text(result["coverage"]["common"])))
+    compared = dict(n=md_text(result["n"]), model=md_text(s_base.get("model_id")), prompt=md_text(s_base.get("prompt")))
     if multi:  # several fine-tuned runs: each one's name and adapter
         runs = "; ".join(f"{md_text(r['label'])} ({md_text(r['settings'].get('adapter'))})" for r in result["runs"])
-        out += [tr("cmp_runs", n=md_text(result["n"]), model=md_text(s_base.get("model_id")),
-                   prompt=md_text(s_base.get("prompt")), runs=runs), ""]
+        out += [tr("cmp_runs", runs=runs, **compared), ""]
     else:
-        out += [tr("cmp_compared", n=md_text(result["n"]), model=md_text(s_base.get("model_id")),
-                   prompt=md_text(s_base.get("prompt")), adapter=md_text(s_ft.get("adapter") or tr("none"))), ""]
+        out += [tr("cmp_compared", adapter=md_text(s_ft.get("adapter") or tr("none")), **compared), ""]
     if result.get("finetuned") is None and not multi:
         out += [tr("cmp_missing_ft", command=COMPARE_COMMAND), ""]
     out += [md_text(line) + "  " for line in detail_lines(result, tr)]
@@ -196,7 +186,6 @@ class DemoOptions:
     caption_prompt: str = "caption"
     caption_decoding: str = DEFAULT_CAPTION_DECODING
     max_upload_mb: float = 10
-    max_pixels: int = MAX_IMAGE_PIXELS
     max_queue: int = 20  # requests waiting for the model; more are refused
     model_label: str = ""  # shown in the header
     adapter_label: str = ""
@@ -261,16 +250,6 @@ def _comparison_tab(gr, tr, opts: DemoOptions) -> dict:
     return c
 
 
-def _header(tr, opts: DemoOptions, adapter_available: bool) -> str:
-    who = md_text(opts.model_label) if opts.model_label else "BLIP-2"
-    if adapter_available:
-        mode = tr("demo_mode_adapter", adapter=md_text(opts.adapter_label))
-    else:
-        where = tr("demo_mode_where", path=md_text(opts.adapter_label)) if opts.adapter_label else ""
-        mode = tr("demo_mode_base", where=where)
-    return tr("demo_heading", who=who, mode=mode)
-
-
 def build_demo(model, processor, *, adapter_available: bool, options: DemoOptions | None = None):
     """The Blocks app, tabs "Ask" and "Comparison": model calls one at a time behind a queue of `max_queue`, file
     reads beside them. Call `.launch(css=demo_css(), ...)` on it."""
@@ -280,18 +259,14 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
     tr = texts(opts.lang)
     answer = make_answer_fn(model, processor, adapter_available=adapter_available, vqa_prompt=opts.vqa_prompt,
                             vqa_decoding=opts.vqa_decoding, caption_prompt=opts.caption_prompt,
-                            caption_decoding=opts.caption_decoding, max_upload_mb=opts.max_upload_mb,
-                            max_pixels=opts.max_pixels, lang=opts.lang)
-
-    def ask_about(payload, question):
-        return answer(payload_path(payload), question)
+                            caption_decoding=opts.caption_decoding, max_upload_mb=opts.max_upload_mb, lang=opts.lang)
 
     def on_upload(payload):  # a bad file is reported right after its upload, before asking
         path = payload_path(payload)
         if not path:  # cleared (by the user, or below after a refusal): keep the message
             return gr.skip(), gr.skip()
         try:
-            image = open_upload(path, opts.max_upload_mb, opts.max_pixels, opts.lang)
+            image = open_upload(path, opts.max_upload_mb, lang=opts.lang)
         except UserError as e:
             return None, tr("cannot_use", problem=e)  # a refused file is taken off the page
         return gr.skip(), tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
@@ -305,8 +280,12 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
                 gr.Gallery(value=case_files, visible=bool(case_files)),
                 gr.File(value=report_file, visible=report_file is not None))
 
+    where = tr("demo_mode_where", path=md_text(opts.adapter_label)) if opts.adapter_label else ""
+    mode = tr("demo_mode_adapter", adapter=md_text(opts.adapter_label)) if adapter_available else \
+        tr("demo_mode_base", where=where)
     with gr.Blocks(title=tr("demo_title"), analytics_enabled=False) as demo:
-        gr.Markdown(_header(tr, opts, adapter_available), elem_id="header")
+        who = md_text(opts.model_label) if opts.model_label else "BLIP-2"
+        gr.Markdown(tr("demo_heading", who=who, mode=mode), elem_id="header")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab(tr("tab_ask"), id="ask_tab", elem_id="ask_tab"):
                 ask = _ask_tab(gr, tr, opts, adapter_available)
@@ -314,9 +293,9 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
                 cmp = _comparison_tab(gr, tr, opts)
         inputs = [ask["image"], ask["question"]]
         outputs = [ask[k] for k in ("caption", "answer_base", "caption_ft", "answer_ft", "status")]
-        ask["ask"].click(ask_about, inputs, outputs, api_name="ask", concurrency_limit=1, concurrency_id="model",
+        ask["ask"].click(answer, inputs, outputs, api_name="ask", concurrency_limit=1, concurrency_id="model",
                          preprocess=False)
-        ask["question"].submit(ask_about, inputs, outputs, api_visibility="private", concurrency_limit=1,
+        ask["question"].submit(answer, inputs, outputs, api_visibility="private", concurrency_limit=1,
                                concurrency_id="model", preprocess=False)
         # decoding a picture of up to max_pixels takes memory: two at a time, apart from the model queue
         ask["image"].change(on_upload, ask["image"], [ask["image"], ask["status"]], api_visibility="private",
