@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from contextlib import nullcontext
 from pathlib import Path
 
 from .charts import ImageCache
@@ -17,16 +18,14 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def data_uri(picture, quality: int = 0) -> str:
-    """A picture (a file, or a PIL image) as an inline data URI: PNG bytes as they are, JPEG at `quality`."""
+    """A picture as an inline data URI: a PNG file's bytes as they are, or a file or PIL image as JPEG at `quality`."""
     from PIL import Image
 
-    if isinstance(picture, Path):
-        if not quality:
-            return "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode("ascii")
-        with Image.open(picture) as img:
-            return data_uri(img, quality)
+    if not quality:
+        return "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode("ascii")
     buf = io.BytesIO()
-    picture.convert("RGB").save(buf, format="JPEG", quality=quality)
+    with Image.open(picture) if isinstance(picture, Path) else nullcontext(picture) as img:
+        img.convert("RGB").save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
