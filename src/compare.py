@@ -30,15 +30,6 @@ _JSON_TYPES = {"integer": int, "string": str, "number": (int, float), "list of s
 _SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired surrogates: valid JSON, not UTF-8
 
 
-def _fits(value, spec: str) -> bool:
-    if value is None:
-        return spec.endswith("?")
-    types = tuple(_JSON_TYPES[name] for name in spec.rstrip("?").split(" or "))
-    # a bool is an int to isinstance, but no field holds one
-    return isinstance(value, types) and not isinstance(value, bool) and \
-        (not isinstance(value, list) or all(isinstance(a, str) for a in value))
-
-
 def check_result_rows(numbered_rows, path) -> list[dict]:
     """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of its type, or one line
     naming the file, the line and the field; unpaired surrogates become "\ufffd", so reports can hold them."""
@@ -49,7 +40,11 @@ def check_result_rows(numbered_rows, path) -> list[dict]:
                 raise UserError(f"{path}, line {line}: no {field!r} field; this file was not written by these "
                                 "scripts (or was edited): rerun the script that wrote it")
             value = row.get(field)
-            if field in row and not _fits(value, spec):
+            types = tuple(_JSON_TYPES[name] for name in spec.rstrip("?").split(" or "))
+            # a bool is an int to isinstance, but no field holds one
+            fits = spec.endswith("?") if value is None else isinstance(value, types) and not isinstance(value, bool) \
+                and (not isinstance(value, list) or all(isinstance(a, str) for a in value))
+            if field in row and not fits:
                 raise UserError(f"{path}, line {line}: field {field!r} is {type(value).__name__} {str(value)[:40]!r}, "
                                 f"not {spec.replace('?', ' or null')}; fix that line or rerun the script that wrote "
                                 "the file")
