@@ -193,13 +193,11 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
 
 
 def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 1800) -> None:
-    """The case PNGs side by side: one column per group, one row per example."""
+    """The case PNGs (at least one) side by side: one column per group, one row per example."""
     from PIL import Image
 
     columns = list(case_files.values())
-    rows = max((len(c) for c in columns), default=0)
-    if rows == 0:
-        return
+    rows = max(len(c) for c in columns)
     tiles = [[Image.open(f).convert("RGB") for f in c] for c in columns]
     tw, th = next(c for c in tiles if c)[0].size
     gap = 8
@@ -230,16 +228,6 @@ def _bars(ax, series: list[tuple[str, list[float], str]], labels: list[str], fon
     ax.set_xticks(range(len(labels)), labels, fontsize=fontsize)
     return [ax.bar([x - 0.4 + width * (si + 0.5) for x in range(len(values))], values, width, label=who, color=colour)
             for si, (who, values, colour) in enumerate(series)]
-
-
-def _bar_panel(ax, groups, labels, series, metric, title) -> None:
-    """Bars of `metric` per group, one series (who, metrics, colour) beside the other."""
-    values = [(who, [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan)
-                                         for g in groups[1:]], colour) for who, metrics, colour in series]
-    for bars in _bars(ax, values, labels, fontsize=8):
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_ylim(0, 109)
-    _tidy(ax, title, loc="upper left", ncols=2)
 
 
 def _change_panel(ax, groups, labels, points, tr) -> None:
@@ -274,7 +262,12 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
     panels = 3 if runs else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0))
     for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
-        _bar_panel(ax, groups, labels, series, metric, tr(title))
+        values = [(who, [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan)
+                                             for g in groups[1:]], colour) for who, metrics, colour in series]
+        for bars in _bars(ax, values, labels, fontsize=8):  # bars of `metric` per group, one series beside the other
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ax.set_ylim(0, 109)
+        _tidy(ax, tr(title), loc="upper left", ncols=2)
     if panels == 3:
         _change_panel(axes[2], groups, labels, points, tr)
     _save(plt, fig, out)
