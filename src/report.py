@@ -29,25 +29,6 @@ def data_uri(picture, quality: int = 0) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class Thumbnails:
-    """Each distinct picture embedded once, as a CSS class the table cells refer to; after `max_images`
-    pictures, cells show the path."""
-
-    def __init__(self, cache: ImageCache, size: int, max_images: int):
-        self.cache, self.size, self.max_images = cache, size, max_images
-        self.uris: dict = {}  # image path -> (class name, data URI) or None
-
-    def cell(self, path: str | None) -> dict:
-        if path not in self.uris:
-            embedded = sum(v is not None for v in self.uris.values())
-            thumb = self.cache.small(path) if embedded < self.max_images else None
-            if thumb is not None:
-                thumb = thumb.copy()
-                thumb.thumbnail((self.size, self.size))
-            self.uris[path] = None if thumb is None else (f"t{embedded}", data_uri(thumb, quality=75))
-        return {"cls": self.uris[path] and self.uris[path][0], "path": path, "label": clip(path, 80)}
-
-
 def _case_groups(pairs: list[dict], case_files: dict[str, list[Path]], cases_shown: int, tr) -> list:
     totals = {g: len(ps) for g, ps in group_members(pairs).items()}
     groups = []
@@ -67,7 +48,19 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
     tr = texts(lang)
     multi, runs = is_multirun(result), runs_of(result, tr)
     comparing = bool(runs)
-    thumbs = Thumbnails(cache, thumb_size, max_thumbnails)
+    uris: dict = {}  # image path -> (class name, data URI) or None
+
+    def thumb(path: str | None) -> dict:
+        """Each distinct picture embedded once, as a CSS class the cells refer to; past `max_thumbnails`, the path."""
+        if path not in uris:
+            embedded = sum(v is not None for v in uris.values())
+            small = cache.small(path) if embedded < max_thumbnails else None
+            if small is not None:
+                small = small.copy()
+                small.thumbnail((thumb_size, thumb_size))
+            uris[path] = None if small is None else (f"t{embedded}", data_uri(small, quality=75))
+        return {"cls": uris[path] and uris[path][0], "path": path, "label": clip(path, 80)}
+
     header, rows = score_table(result, tr)
     chart_alts = {"accuracy": tr("charts_accuracy"), "answer_length": tr("charts_length"),
                   "heldout_curve": tr("charts_heldout")}
@@ -87,7 +80,7 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         [line for line in (interval_line(result, tr) if comparing else None, length_line(result, tr)) if line],
         charts=[(data_uri(charts[name]), alt) for name, alt in chart_alts.items() if name in charts],
         case_groups=_case_groups(pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
-        demo_rows=[{**row, "thumb": thumbs.cell(row["image_path"])} for row in demo_rows],
-        questions=[{**p, "thumb": thumbs.cell(p["image_path"])} for p in pairs])
-    context["thumb_rules"] = [entry for entry in thumbs.uris.values() if entry]  # after every cell has its picture
+        demo_rows=[{**row, "thumb": thumb(row["image_path"])} for row in demo_rows],
+        questions=[{**p, "thumb": thumb(p["image_path"])} for p in pairs])
+    context["thumb_rules"] = [entry for entry in uris.values() if entry]  # after every cell has its picture
     return env.get_template("report.html.j2").render(**context)
