@@ -116,10 +116,10 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
             mismatched.append(qid)
         else:
             kept.append((b, f))
-    n_errors = {"baseline": sum(not is_scorable(r) for r in base_rows),
-                "finetuned": None if ft_rows is None else sum(not is_scorable(r) for r in ft_rows)}
     result = {"n": len(kept), "coverage": coverage(base_rows, ft_rows or []),
-              "errors": {**n_errors, "excluded": excluded},
+              "errors": {"baseline": sum(not is_scorable(r) for r in base_rows),
+                         "finetuned": None if ft_rows is None else sum(not is_scorable(r) for r in ft_rows),
+                         "excluded": excluded},
               "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]}, "baseline": None,
               "finetuned": None, "change": None, "outcomes": None, "clusters": None, "answer_processing": None,
               "pairs": []}
@@ -233,8 +233,7 @@ def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n
         print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
               f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
               "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
-    print()
-    print(console_comparison(cmp, texts("en")))
+    print("\n" + console_comparison(cmp, texts("en")))
     pairs = cmp["pairs"]
     if pairs and n_cases > 0:
         print(f"{min(n_cases, len(pairs))} random cases:")

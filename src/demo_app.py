@@ -42,10 +42,9 @@ def open_upload(path: str | None, max_upload_mb: float, max_pixels: int = MAX_IM
     if not path:
         raise UserError(tr("upload_first"))
     name = Path(path).name
-    if os.path.isfile(path):
-        size = os.path.getsize(path)
-        if size > max_upload_mb * 1024 * 1024:
-            raise UserError(tr("too_large", name=name, mb=f"{size / 2**20:.1f}", limit=f"{max_upload_mb:g}"))
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    if size > max_upload_mb * 1024 * 1024:
+        raise UserError(tr("too_large", name=name, mb=f"{size / 2**20:.1f}", limit=f"{max_upload_mb:g}"))
     try:
         return load_image(path, max_pixels=max_pixels, exif_orientation=True)  # an upload: upright
     except UserError as e:

@@ -138,10 +138,8 @@ def length_line(result: dict, tr: Callable[..., str]) -> str | None:
     lengths = result.get("answer_length") or {}
     if not lengths.get("baseline"):
         return None
-    line = tr("mean_length", base=f"{lengths['baseline']['mean_words']:.2f}")
-    if lengths.get("finetuned"):
-        line += tr("mean_length_ft", ft=f"{lengths['finetuned']['mean_words']:.2f}")
-    return line
+    return tr("mean_length", base=f"{lengths['baseline']['mean_words']:.2f}") + (
+        tr("mean_length_ft", ft=f"{lengths['finetuned']['mean_words']:.2f}") if lengths.get("finetuned") else "")
 
 
 def bootstrap_unit(clusters: dict | None, n: int, tr: Callable[..., str]) -> str:
