@@ -31,12 +31,9 @@ def data_uri(picture, quality: int = 0) -> str:
 
 def _case_groups(pairs: list[dict], case_files: dict[str, list[Path]], cases_shown: int, tr) -> list:
     totals = {g: len(ps) for g, ps in group_members(pairs).items()}
-    groups = []
-    for key, files in case_files.items():
-        uris = [data_uri(f, quality=85) for f in files]  # photos with text: smaller as JPEG
-        groups.append({"key": key, "title": group_title(key, tr), "drawn": len(files), "total": totals.get(key, 0),
-                       "shown": uris[:cases_shown], "more": uris[cases_shown:]})
-    return groups
+    uris = {key: [data_uri(f, quality=85) for f in files] for key, files in case_files.items()}  # JPEG: smaller
+    return [{"key": key, "title": group_title(key, tr), "drawn": len(files), "total": totals.get(key, 0),
+             "shown": uris[key][:cases_shown], "more": uris[key][cases_shown:]} for key, files in case_files.items()]
 
 
 def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: dict[str, Path],
