@@ -9,7 +9,7 @@ import re
 import string
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,13 +220,10 @@ def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
             gr.Markdown(tr("ft_heading"))
             c["caption_ft"] = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption_finetuned")
             c["answer_ft"] = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_finetuned")
-    try:
-        pictures = list_images(opts.examples_dir)[:opts.max_examples]
-    except UserError:  # no examples folder (or an empty one): the demo works without examples
-        pictures = []
-    if pictures:  # one input: gradio shows the examples as a grid of thumbnails
-        gr.Examples(examples=[[str(p)] for p in pictures], inputs=[c["image"]],
-                    label=tr("examples_label", folder=opts.examples_dir), elem_id="examples", examples_per_page=12)
+    with suppress(UserError):  # no examples folder (or an empty one): the demo works without examples
+        if pictures := list_images(opts.examples_dir)[:opts.max_examples]:  # one input: a grid of thumbnails
+            gr.Examples(examples=[[str(p)] for p in pictures], inputs=[c["image"]], examples_per_page=12,
+                        label=tr("examples_label", folder=opts.examples_dir), elem_id="examples")
     if opts.config:
         with gr.Accordion(tr("settings_label"), open=False):
             gr.Code(json.dumps(opts.config, indent=2, ensure_ascii=False, default=str), language="json")

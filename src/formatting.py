@@ -25,8 +25,7 @@ _UNDRAWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 def safe_text(text) -> str:
     """`text` on one line with control characters and unpaired surrogates as "�": they stop matplotlib's
     text layout and UTF-8 output."""
-    text = "" if text is None else str(text).replace("\n", " ")
-    return _UNDRAWABLE.sub("\ufffd", text)
+    return _UNDRAWABLE.sub("\ufffd", "" if text is None else str(text).replace("\n", " "))
 
 
 def clip(text, n: int) -> str:
