@@ -102,8 +102,7 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
         windows = [losses[max(0, i - k + 1):i + 1] for i in range(len(losses))]
         smooth = [sum(w) / len(w) for w in windows]
         ax.plot(steps, smooth, lw=2, label=tr("loss_moving_average", k=k))
-    ax.set_xlabel("" if points else tr("loss_x"))
-    ax.set_ylabel(tr("loss_y"))
+    ax.set(xlabel="" if points else tr("loss_x"), ylabel=tr("loss_y"))
     ax.set_title(title, fontsize=9)
     if points:
         ax = axes[1][0]
@@ -113,8 +112,7 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
             ax.plot(x, [r["heldout"]["per_answer_type"].get(t, math.nan) for r in points], ".--", lw=1, label=t)
         last = points[-1]["heldout"]
         ax.set_title(tr("heldout_title", n=last["questions"], decoding=last["decoding"]), fontsize=9)
-        ax.set_xlabel(tr("loss_x"))
-        ax.set_ylabel(tr("heldout_y"))
+        ax.set(xlabel=tr("loss_x"), ylabel=tr("heldout_y"))
     for ax in axes[:, 0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -137,13 +135,11 @@ class ImageCache:
 
             from .images import load_image
 
-            resolved = self.resolve(path)
-            try:
-                img = load_image(resolved) if resolved is not None else None
-            except UserError:
-                img = None
-            if img is not None:
-                img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
+            resolved, img = self.resolve(path), None
+            with contextlib.suppress(UserError):  # missing or unreadable: None
+                if resolved is not None:
+                    img = load_image(resolved)
+                    img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
             self._small[path] = img
         return self._small[path]
 
@@ -153,8 +149,7 @@ def draw_picture(ax, img, path: str | None, tr) -> None:
         ax.set_facecolor("#bdbdbd")
         ax.text(0.5, 0.5, tr("image_not_found") + "\n" + wrap(path or tr("no_path"), 28, 4), ha="center",
                 va="center", fontsize=8, color="#424242", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     else:
         ax.imshow(img)
         ax.axis("off")
@@ -215,8 +210,7 @@ def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 180
 def _tidy(ax, title: str, xlabel: str = "", ylabel: str = "", legend: bool = True, **legend_options) -> None:
     """The look every chart of numbers shares: small title and legend, no frame on the top and right."""
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     if legend:
         ax.legend(fontsize=8, frameon=False, **legend_options)
     ax.spines[["top", "right"]].set_visible(False)
