@@ -94,10 +94,9 @@ def _bootstrap_changes(pairs: list[dict], n_resamples: int, seed: int) -> dict:
 
 
 def _counts(pairs: list[dict]) -> dict:
-    counts = {outcome: sum(p["outcome"] == outcome for p in pairs) for outcome in ("better", "worse", "same")}
-    counts["answer_changed"] = sum(p["baseline_answer"].strip().lower() != p["finetuned_answer"].strip().lower()
-                                   for p in pairs)
-    return counts
+    return {**{outcome: sum(p["outcome"] == outcome for p in pairs) for outcome in ("better", "worse", "same")},
+            "answer_changed": sum(p["baseline_answer"].strip().lower() != p["finetuned_answer"].strip().lower()
+                                  for p in pairs)}
 
 
 def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
