@@ -135,21 +135,19 @@ def read_json(path: str | Path, what: str = "file", fix: str = "get the file aga
 
 
 def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> list[dict]:
-    """Rows of a JSONL file. A malformed line is an error naming file and line, except a torn
-    last line (no trailing newline) when `allow_torn_tail`: that is what a killed writer leaves."""
+    """Rows of a JSONL file, as read_jsonl_lines."""
     return [row for _, row in read_jsonl_lines(path, allow_torn_tail)]
 
 
 def read_jsonl_lines(path: str | Path, allow_torn_tail: bool = False) -> list[tuple[int, dict]]:
-    """(line number, row) of each row of a JSONL file, as read_jsonl."""
+    """(line number, row) of each row of a JSONL file. A malformed line is an error naming file and line, except
+    a torn last line (no trailing newline) when `allow_torn_tail`: that is what a killed writer leaves."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"file not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a JSONL file; pass the file (or remove that folder)")
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
+    lines = path.read_bytes().split(b"\n")
     rows = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -167,51 +165,33 @@ def read_jsonl_lines(path: str | Path, allow_torn_tail: bool = False) -> list[tu
     return rows
 
 
-def truncate_torn_tail(path: str | Path) -> None:
-    """Cut a partial last line (a killed writer's) so appends start on a fresh line."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 class JsonlAppender:
-    """Append rows one line at a time, flushed and fsynced, so a kill loses at most the line in flight."""
+    """Append rows one line at a time, flushed and fsynced, so a kill loses at most the line in flight; a partial
+    last line (a killed writer's, or a failed write's) is cut first, so appends start on a fresh line."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._failed = False
         with reported_write_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            truncate_torn_tail(self.path)
-            self._f = open(self.path, "a", encoding="utf-8")
+            with open(self.path, "ab+") as f:
+                f.seek(0)
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
 
     def write(self, rows: Iterable[dict]) -> None:
         text = jsonl_text(rows)
         if text:
-            self._failed = True  # until the rows are on disk; a torn last line is cut on the next run
-            with reported_write_errors(self.path):
-                self._f.write(text)
-                self._f.flush()
-                os.fsync(self._f.fileno())
-            self._failed = False
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            if not self._failed:
-                raise
-            # the rows a failed write() left in the buffer can't be written either; it said so
+            with reported_write_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        pass
 
 
 def iter_chunks(items: list, size: int) -> Iterator[list]:
