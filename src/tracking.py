@@ -51,15 +51,10 @@ class OptionalCurves:
             threading.excepthook = lambda args: None if type(args.thread).__name__ == "_AsyncWriterThread" else hook(args)
 
     def call(self, what: str, *args, **kwargs) -> None:
-        if self.on:
-            self._guarded(getattr(self.accelerator, what), *args, **kwargs)
-
-    def end(self) -> None:
-            self._guarded(self.accelerator.end_training)
-
-    def _guarded(self, call, *args, **kwargs) -> None:
+        """accelerator.<what>(...) while the curves are on; end_training always (it closes what was opened)."""
         try:
-            call(*args, **kwargs)
+            if self.on or what == "end_training":
+                getattr(self.accelerator, what)(*args, **kwargs)
         except OSError as e:
             if self.on:
                 print(f"warning: the training curves could not be written ({e.strerror or e}); training goes on "
@@ -72,12 +67,6 @@ def tracker_run_name(out_dir) -> str:
     never share a run and a resumed run continues its own."""
     folder = Path(out_dir).resolve()
     return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
-
-
-def tracker_init_kwargs(tracker: str, start_step: int) -> dict:
-    """accelerate's init_kwargs for a run starting after step `start_step`: TensorBoard's purge_step hides
-    what an interrupted attempt logged after it."""
-    return {tracker: {"purge_step": start_step + 1}}
 
 
 def tracker_values(result, lr: float, skipped_so_far: int) -> dict:
