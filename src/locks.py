@@ -24,8 +24,7 @@ LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while
 
 
 def _drop_inherited() -> None:
-    """In a forked child (a DataLoader worker): close the inherited lock descriptors. The lock belongs
-    to the parent; a child that kept the descriptor would hold it after the parent is killed."""
+    """In a forked child (a DataLoader worker): close the parent's lock descriptors, or it would hold them on."""
     for fd in list(_HELD):
         with contextlib.suppress(OSError):
             os.close(fd)

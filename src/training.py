@@ -280,33 +280,31 @@ def rng_state() -> dict:
 
 
 @contextmanager
-def _adapter_folder(tmp: Path, what: str, model, processor, config_name: str, config: dict):
-    """A new folder `tmp` with the adapter, the processor (if any) and `config`; the block adds to it."""
+def _adapter_folder(tmp: Path, what: str, model, config_name: str, config: dict):
+    """A new folder `tmp` with the adapter and `config`; the block adds to it."""
     shutil.rmtree(tmp, ignore_errors=True)
     with saving_into(tmp, what):
         tmp.mkdir(parents=True)
         save_adapter_weights(model, tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
         write_json(tmp / config_name, config)
         yield
         give_default_permissions(tmp)
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
-                    processor=None, *, rng_states: list[dict] | None = None, scaler=None) -> Path:
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int, *,
+                    rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
     folder with a manifest and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = ckpt_root / f".tmp-{final.name}"
-    with _adapter_folder(tmp, f"checkpoint step {step}", model, processor, "config.json", {**config, "step": step}):
+    with _adapter_folder(tmp, f"checkpoint step {step}", model, "config.json", {**config, "step": step}):
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states or [rng_state()], "scaler": scaler.state_dict() if scaler else None},
                    tmp / TRAINING_STATE)
         write_json(tmp / MANIFEST, {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in checkpoint_dirs(ckpt_root)[:-keep] if keep > 0 else []:
+    for old in checkpoint_dirs(ckpt_root)[:-keep]:  # keep >= 1 (src.preflight)
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -372,7 +370,8 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
-    with _adapter_folder(tmp, "the final adapter", model, processor, "training_config.json", config):
+    with _adapter_folder(tmp, "the final adapter", model, "training_config.json", config):
+        processor.save_pretrained(tmp)
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
         rows = read_jsonl(log_path)
         if rows and draw_loss:
