@@ -38,8 +38,7 @@ def reported_write_errors(path: str | Path) -> Iterator[None]:
 
 
 def give_default_permissions(folder: str | Path) -> None:
-    """Give files saved into `folder` the permissions open() would (safetensors and mkstemp create
-    them 0600, so other users of a shared machine could not read a model or adapter)."""
+    """Files saved into `folder` get open()'s permissions (safetensors makes them 0600: unreadable to others)."""
     for p in Path(folder).rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600:
             os.chmod(p, FILE_MODE)
@@ -157,8 +156,7 @@ def read_jsonl_lines(path: str | Path, allow_torn_tail: bool = False) -> list[tu
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as e:
-            last = i == len(lines)  # no newline after it
-            if allow_torn_tail and last:
+            if allow_torn_tail and i == len(lines):  # the last line, no newline after it
                 break
             raise UserError(f"{path}, line {i}: malformed JSONL row ({e}); fix or delete that line") from None
         rows.append((i, row))

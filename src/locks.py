@@ -36,8 +36,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _try_lock(fd: int) -> bool | None:
-    """True when locked, False when another process holds it, None where the filesystem has no locks
-    (some network drives)."""
+    """True when locked, False when another process holds it, None where the filesystem cannot lock."""
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,8 +107,7 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False,
 
 
 def hold_output_lock(output_dir: str | Path, enabled: bool = True):
-    """Be the only run writing into `output_dir` (a second one is told the holder's PID; the OS lock dies with its
-    holder, even by SIGKILL); only the main process takes it (`enabled`), the others get None."""
+    """Be the only run writing into `output_dir` (a second is told the holder's PID); `enabled` on the main process."""
     out = Path(output_dir).expanduser()
     busy = ("another run (PID {pid}) is writing into {what} (lock file {path}); wait for it to finish, or choose "
             "another folder with --output_dir=")

@@ -41,8 +41,7 @@ def tracker_config(config: dict) -> dict:
 
 
 class OptionalCurves:
-    """The tracker's curves are optional: a call failing for the disk warns once and training goes on
-    without them; the writer thread's traceback stays off the console."""
+    """A tracker call failing for the disk warns once and training goes on without curves (no thread traceback)."""
 
     def __init__(self, accelerator, on: bool):
         self.accelerator, self.on = accelerator, on
@@ -63,8 +62,7 @@ class OptionalCurves:
 
 
 def tracker_run_name(out_dir) -> str:
-    """The tracker's run of an output folder: its name and a hash of its full path, so same-named folders
-    never share a run and a resumed run continues its own."""
+    """The tracker's run of an output folder: its name and a hash of its path (same-named folders never share one)."""
     folder = Path(out_dir).resolve()
     return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
 

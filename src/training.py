@@ -247,8 +247,7 @@ def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
 
 
 def checkpoint_problem(d: Path) -> str | None:
-    """Why checkpoint `d` cannot be trusted, or None: every file the manifest lists is there with its
-    size, the safetensors header reads, the JSON files parse and the training state loads."""
+    """Why checkpoint `d` cannot be trusted, or None: manifest sizes, safetensors header, JSON, training state."""
     for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
         if not (d / name).exists():
             return f"{name} missing"
@@ -346,8 +345,7 @@ def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(d: Path, model, optimizer, scheduler, *, rank: int = 0, scaler=None) -> int:
-    """Restore adapter weights, optimizer, scheduler, the fp16 scaler and process `rank`'s random state
-    from checkpoint `d`, one that `latest_checkpoint` has verified; returns its step."""
+    """Restore adapter, optimizer, scheduler, fp16 scaler and rank `rank`'s RNG from a verified checkpoint; its step."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
