@@ -54,7 +54,7 @@ from src.formatting import runs_of, summary_text
 from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
-from src.outputs import LOCK_FILE, hold_output_lock
+from src.locks import LOCK_FILE, hold_output_lock
 from src.preflight import check_output_dir, check_train_overlap, check_value
 
 # -----------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def main():
     from src.formatting import reference_lines
     from src.i18n import texts
     from src.modeling import generation_names, load_blip2, make_accelerator
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
 
     accelerator = make_accelerator()  # one process, or one per GPU under `accelerate launch`
     check_model(MODEL_ID, QUANTIZATION, str(accelerator.device))

@@ -59,7 +59,7 @@ def main():
     from src.compare import check_result_rows, check_same_setup, print_comparison, settings_of
     from src.files import read_jsonl_lines, resolved_if_local
     from src.modeling import apply_adapter, generation_names, load_blip2, make_accelerator, resolve_adapter_dir
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
 
     out_dir = check_output_dir(OUTPUT_DIR)  # an empty --output_dir= is refused before anything else
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)

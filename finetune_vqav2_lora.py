@@ -88,7 +88,7 @@ def main():
     config = apply_overrides(globals(), check=check_value)
     import torch
 
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
     from src.family import OPT, T5
     from src.modeling import known_family, make_accelerator, mixed_precision, model_family
     from src.tracking import check_report_to
@@ -183,7 +183,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
         save_adapter(accelerator.unwrap_model(model), processor, config, out_dir, ckpt_root / "train_log.jsonl", curve)
     # every rank waits for the main process to finish saving before the process group goes away
     accelerator.wait_for_everyone()
-    curves.end()
+    curves.call("end_training")
 
 
 # --- the training questions: the train split, or for vqav2_hub the val split minus every evaluated picture --
@@ -433,7 +433,7 @@ def start_tracking(accelerator, curves, tracker: str, config: dict, out_dir, sta
     run_name = tracking.tracker_run_name(out_dir)
     hparams = {k: v for k, v in config.items() if k != "training_image_ids"}  # the list: in training_config.json
     curves.call("init_trackers", run_name, config=tracking.tracker_config(hparams),
-                init_kwargs=tracking.tracker_init_kwargs(tracker, start_step))
+                init_kwargs={tracker: {"purge_step": start_step + 1}})  # TensorBoard's
     if curves.on:
         log_dir = Path(accelerator.logging_dir)
         print(f"  {tracker}: {log_dir / run_name} (tensorboard --logdir {log_dir})")
@@ -482,6 +482,8 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     """Restore the newest checkpoint that verifies, if its settings match; (checkpoint or None, its step).
     Every process takes its own random state and the fp16 loss scale back; the training log is cut back
     to exactly the steps that checkpoint contains."""
+    import json
+
     from src.errors import UserError
     from src.files import read_jsonl_lines, resolved_if_local, write_jsonl
     from src import training as T
@@ -493,7 +495,7 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
         if main_proc:
             print(f"warning: {note}")
     if ckpt is not None:
-        saved = T.read_config(ckpt)
+        saved = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
         same = lambda k, v: resolved_if_local(v) if k == "model_id" else v  # noqa: E731 (/x/./m is /x/m)
         diffs = [k for k in RESUME_MUST_MATCH if same(k, saved.get(k)) != same(k, config.get(k))]
         if diffs:

@@ -49,7 +49,7 @@ def main():
     from src.files import give_default_permissions, recover_replace, replace_folder
     from src.family import family_of
     from src.modeling import apply_adapter, compute_dtype, default_device, load_blip2, resolve_adapter_dir
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
 
     adapter = resolve_adapter_dir(ADAPTER_DIR, OUTPUT_DIR)
     if adapter is None:

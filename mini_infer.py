@@ -37,7 +37,7 @@ def main():
     from src.files import write_json
     from src.modeling import apply_adapter, generation_names, load_blip2, resolve_adapter_dir
     from src.prompts import check_question
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
 
     # every input and the output folder are checked before the slow model load
     question = check_question(QUESTION)

@@ -38,8 +38,7 @@ def reported_write_errors(path: str | Path) -> Iterator[None]:
 
 
 def give_default_permissions(folder: str | Path) -> None:
-    """Give files saved into `folder` the permissions open() would (safetensors and mkstemp create
-    them 0600, so other users of a shared machine could not read a model or adapter)."""
+    """Files saved into `folder` get open()'s permissions (safetensors makes them 0600: unreadable to others)."""
     for p in Path(folder).rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600:
             os.chmod(p, FILE_MODE)
@@ -135,21 +134,19 @@ def read_json(path: str | Path, what: str = "file", fix: str = "get the file aga
 
 
 def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> list[dict]:
-    """Rows of a JSONL file. A malformed line is an error naming file and line, except a torn
-    last line (no trailing newline) when `allow_torn_tail`: that is what a killed writer leaves."""
+    """Rows of a JSONL file, as read_jsonl_lines."""
     return [row for _, row in read_jsonl_lines(path, allow_torn_tail)]
 
 
 def read_jsonl_lines(path: str | Path, allow_torn_tail: bool = False) -> list[tuple[int, dict]]:
-    """(line number, row) of each row of a JSONL file, as read_jsonl."""
+    """(line number, row) of each row of a JSONL file. A malformed line is an error naming file and line, except
+    a torn last line (no trailing newline) when `allow_torn_tail`: that is what a killed writer leaves."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"file not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a JSONL file; pass the file (or remove that folder)")
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
+    lines = path.read_bytes().split(b"\n")
     rows = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -159,59 +156,40 @@ def read_jsonl_lines(path: str | Path, allow_torn_tail: bool = False) -> list[tu
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as e:
-            last = i == len(lines)  # no newline after it
-            if allow_torn_tail and last:
+            if allow_torn_tail and i == len(lines):  # the last line, no newline after it
                 break
             raise UserError(f"{path}, line {i}: malformed JSONL row ({e}); fix or delete that line") from None
         rows.append((i, row))
     return rows
 
 
-def truncate_torn_tail(path: str | Path) -> None:
-    """Cut a partial last line (a killed writer's) so appends start on a fresh line."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 class JsonlAppender:
-    """Append rows one line at a time, flushed and fsynced, so a kill loses at most the line in flight."""
+    """Append rows one line at a time, flushed and fsynced, so a kill loses at most the line in flight; a partial
+    last line (a killed writer's, or a failed write's) is cut first, so appends start on a fresh line."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._failed = False
         with reported_write_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            truncate_torn_tail(self.path)
-            self._f = open(self.path, "a", encoding="utf-8")
+            with open(self.path, "ab+") as f:
+                f.seek(0)
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
 
     def write(self, rows: Iterable[dict]) -> None:
         text = jsonl_text(rows)
         if text:
-            self._failed = True  # until the rows are on disk; a torn last line is cut on the next run
-            with reported_write_errors(self.path):
-                self._f.write(text)
-                self._f.flush()
-                os.fsync(self._f.fileno())
-            self._failed = False
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            if not self._failed:
-                raise
-            # the rows a failed write() left in the buffer can't be written either; it said so
+            with reported_write_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        pass
 
 
 def iter_chunks(items: list, size: int) -> Iterator[list]:

@@ -1,5 +1,5 @@
 """One writer at a time: an OS file lock (flock / msvcrt) holding the owner's PID, released by the kernel
-when its holder dies; why not the `filelock` package: docs/checks.md."""
+when its holder dies (why not the `filelock` package: docs/checks.md); a run's output folder is held so."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ except ImportError:  # Windows
 
 
 _HELD: set[int] = set()  # descriptors of the locks this process holds
+LOCK_FILE = ".output.lock"  # in the output folder, holds the writer's PID while it runs
 
 
 def _drop_inherited() -> None:
-    """In a forked child (a DataLoader worker): close the inherited lock descriptors. The lock belongs
-    to the parent; a child that kept the descriptor would hold it after the parent is killed."""
+    """In a forked child (a DataLoader worker): close the parent's lock descriptors, or it would hold them on."""
     for fd in list(_HELD):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -36,32 +36,27 @@ if hasattr(os, "register_at_fork"):
 
 
 def _try_lock(fd: int) -> bool | None:
-    """True when locked, False when another process holds it, None where the filesystem has no locks
-    (some network drives)."""
+    """True when locked, False when another process holds it, None where the filesystem cannot lock."""
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         return True
-    except (BlockingIOError, PermissionError):
-        return False
-    except OSError as e:
-        if fcntl is None or e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            return False
-        return None
+    except OSError as e:  # held (EWOULDBLOCK; EACCES on Windows) unless the filesystem cannot lock at all
+        return None if fcntl is not None and e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS) else False
 
 
 def _holder(path: Path) -> str:
-    try:
+    with contextlib.suppress(OSError):
         return path.read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"
+    return "unknown"
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: float = 0.2,
-                   busy: str | None = None) -> Iterator[Path | None]:
+def exclusive_lock(path: str | Path, what: str, wait: bool = False,
+                   busy: str = "{what} is in use by another run (PID {pid}, lock file {path}); wait for it to finish, "
+                   "or use another folder") -> Iterator[Path | None]:
     """Hold `path` as an exclusive lock for the block (yields it, or None where the filesystem cannot lock); a live
     holder means a UserError naming `what` and its PID (`busy`), or with wait=True a wait; a dead one's is taken."""
     path = Path(path)
@@ -81,23 +76,19 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: floa
         if locked:
             # the holder before us may have deleted the file between our open and our lock:
             # then we locked an orphaned inode and must start again on the new file
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
                     break
-            except FileNotFoundError:
-                pass
             os.close(fd)
             continue
         os.close(fd)
         holder = _holder(path)
         if not wait:
-            raise UserError(busy.format(pid=holder, path=path) if busy else
-                            f"{what} is in use by another run (PID {holder}, lock file {path}); "
-                            "wait for it to finish, or use another folder")
+            raise UserError(busy.format(what=what, pid=holder, path=path))
         if not announced:
             print(f"waiting for the run with PID {holder} to finish with {what} ({path})", flush=True)
             announced = True
-        time.sleep(poll_s)
+        time.sleep(0.2)
     try:
         stale = _holder(path)
         if stale not in ("unknown", str(os.getpid())):
@@ -113,3 +104,11 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False, poll_s: floa
         with contextlib.suppress(OSError):  # gone already, or (Windows) still open elsewhere
             os.unlink(path)
         os.close(fd)
+
+
+def hold_output_lock(output_dir: str | Path, enabled: bool = True):
+    """Be the only run writing into `output_dir` (a second is told the holder's PID); `enabled` on the main process."""
+    out = Path(output_dir).expanduser()
+    busy = ("another run (PID {pid}) is writing into {what} (lock file {path}); wait for it to finish, or choose "
+            "another folder with --output_dir=")
+    return exclusive_lock(out / LOCK_FILE, str(out), busy=busy) if enabled else contextlib.nullcontext()

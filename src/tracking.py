@@ -41,8 +41,7 @@ def tracker_config(config: dict) -> dict:
 
 
 class OptionalCurves:
-    """The tracker's curves are optional: a call failing for the disk warns once and training goes on
-    without them; the writer thread's traceback stays off the console."""
+    """A tracker call failing for the disk warns once and training goes on without curves (no thread traceback)."""
 
     def __init__(self, accelerator, on: bool):
         self.accelerator, self.on = accelerator, on
@@ -51,15 +50,10 @@ class OptionalCurves:
             threading.excepthook = lambda args: None if type(args.thread).__name__ == "_AsyncWriterThread" else hook(args)
 
     def call(self, what: str, *args, **kwargs) -> None:
-        if self.on:
-            self._guarded(getattr(self.accelerator, what), *args, **kwargs)
-
-    def end(self) -> None:
-            self._guarded(self.accelerator.end_training)
-
-    def _guarded(self, call, *args, **kwargs) -> None:
+        """accelerator.<what>(...) while the curves are on; end_training always (it closes what was opened)."""
         try:
-            call(*args, **kwargs)
+            if self.on or what == "end_training":
+                getattr(self.accelerator, what)(*args, **kwargs)
         except OSError as e:
             if self.on:
                 print(f"warning: the training curves could not be written ({e.strerror or e}); training goes on "
@@ -68,16 +62,9 @@ class OptionalCurves:
 
 
 def tracker_run_name(out_dir) -> str:
-    """The tracker's run of an output folder: its name and a hash of its full path, so same-named folders
-    never share a run and a resumed run continues its own."""
+    """The tracker's run of an output folder: its name and a hash of its path (same-named folders never share one)."""
     folder = Path(out_dir).resolve()
     return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
-
-
-def tracker_init_kwargs(tracker: str, start_step: int) -> dict:
-    """accelerate's init_kwargs for a run starting after step `start_step`: TensorBoard's purge_step hides
-    what an interrupted attempt logged after it."""
-    return {tracker: {"purge_step": start_step + 1}}
 
 
 def tracker_values(result, lr: float, skipped_so_far: int) -> dict:

@@ -7,8 +7,8 @@ import json
 import math
 import os
 import random
-import re
 import shutil
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -109,8 +109,7 @@ class TrainBatches(Dataset):
 # --- LoRA ----------------------------------------------------------------------------------------
 
 def freeze_base(model, gradient_checkpointing: bool):
-    """Freeze every base weight in its dtype (no fp32 cast, no input-embedding hooks: docs/notes.md) and
-    set up gradient checkpointing."""
+    """Freeze every base weight in its dtype (no fp32 cast, no input-embedding hooks: docs/notes.md)."""
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:
@@ -120,8 +119,7 @@ def freeze_base(model, gradient_checkpointing: bool):
 
 
 def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
-    """Freeze the base model and wrap it in peft with `lora`'s trainable adapters (target modules
-    ("auto",): the model family's for the scope, src/family.py)."""
+    """The frozen base wrapped in peft with `lora`'s adapters (targets "auto": the family's for the scope)."""
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(lora.target_modules, family_of(blip2_core(model).config), lora.scope)
@@ -140,8 +138,7 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool):
 
 
 def set_train_mode(model):
-    """Train mode for the language model; eval mode for the frozen vision tower, Q-Former and projection, so
-    their dropout does not make the image features differ from evaluation's."""
+    """Train mode, but eval mode (no dropout) for the frozen image encoder: its features are evaluation's."""
     model.train()
     core = blip2_core(model)
     for frozen in (core.vision_model, core.qformer, core.language_projection):
@@ -227,10 +224,7 @@ def lora_summary(model) -> tuple[int, int, list[str]]:
 
 def describe_wrapped(wrapped: list[str]) -> str:
     """'q_proj x32, v_proj x32 (language_model.model.decoder.layers.*)'"""
-    counts: dict[str, int] = {}
-    for name in wrapped:
-        leaf = name.rsplit(".", 1)[-1]
-        counts[leaf] = counts.get(leaf, 0) + 1
+    counts = Counter(name.rsplit(".", 1)[-1] for name in wrapped)
     common = os.path.commonprefix([name.removeprefix("base_model.model.") for name in wrapped])
     common = common.rsplit(".", 1)[0] if "." in common else ""  # "language_" of language_model and _projection: none
     return ", ".join(f"{k} x{v}" for k, v in counts.items()) + (f" (under {common}.*)" if common else "")
@@ -238,35 +232,27 @@ def describe_wrapped(wrapped: list[str]) -> str:
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
+MANIFEST = "manifest.json"  # written last: every file of the checkpoint with its size
+
+
 def save_adapter_weights(model, folder: Path) -> None:
-    """The LoRA adapter (safetensors + adapter_config.json), without peft's hub lookup for embedding layers
-    that BLIP-2 never trains (it times out offline)."""
+    """The LoRA adapter, without peft's hub lookup for embedding layers BLIP-2 never trains (offline it times out)."""
     model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
 
 
 def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a temporary or half-written one is never listed)."""
-    if not ckpt_root.exists():
-        return []
-    found = []
-    for d in ckpt_root.iterdir():
-        if d.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", d.name):
-            found.append(d)
-    return sorted(found, key=lambda d: int(d.name[len(CHECKPOINT_PREFIX):]))
-
-
-MANIFEST = "manifest.json"  # written last: every file of the checkpoint with its size
+    steps = {d: d.name[len(CHECKPOINT_PREFIX):] for d in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if d.is_dir()}
+    return sorted((d for d, n in steps.items() if n.isdecimal()), key=lambda d: int(steps[d]))
 
 
 def checkpoint_problem(d: Path) -> str | None:
-    """Why checkpoint `d` cannot be trusted, or None: every file the manifest lists is there with its
-    size, the safetensors header reads, the JSON files parse and the training state loads."""
+    """Why checkpoint `d` cannot be trusted, or None: manifest sizes, safetensors header, JSON, training state."""
     for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
         if not (d / name).exists():
             return f"{name} missing"
     try:
-        sizes = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-        for name, size in sizes.items():
+        for name, size in json.loads((d / MANIFEST).read_text(encoding="utf-8")).items():
             if not (d / name).exists():
                 return f"{name} missing"
             if (d / name).stat().st_size != size:
@@ -285,12 +271,6 @@ def checkpoint_problem(d: Path) -> str | None:
     return None
 
 
-def write_manifest(d: Path) -> None:
-    """The sizes of every file in `d`; written after them, so its presence means they are complete."""
-    sizes = {p.name: p.stat().st_size for p in sorted(d.iterdir()) if p.is_file() and p.name != MANIFEST}
-    write_json(d / MANIFEST, sizes)
-
-
 def rng_state() -> dict:
     """This process's random state (torch, CUDA, Python): what it continues from after a resume."""
     return {"torch": torch.get_rng_state(),
@@ -298,40 +278,32 @@ def rng_state() -> dict:
             "python": list(random.getstate()[1])}
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate((3, tuple(state["python"]), None))
+@contextmanager
+def _adapter_folder(tmp: Path, what: str, model, config_name: str, config: dict):
+    """A new folder `tmp` with the adapter and `config`; the block adds to it."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    with saving_into(tmp, what):
+        tmp.mkdir(parents=True)
+        save_adapter_weights(model, tmp)
+        write_json(tmp / config_name, config)
+        yield
+        give_default_permissions(tmp)
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int,
-                    processor=None, *, rng_states: list[dict] | None = None, scaler=None) -> Path:
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int, *,
+                    rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
     folder with a manifest and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = ckpt_root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with saving_into(tmp, f"checkpoint step {step}"):
-        tmp.mkdir()
-        save_adapter_weights(model, tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_states or [rng_state()],
-            "scaler": scaler.state_dict() if scaler is not None else None,
-        }
-        torch.save(state, tmp / TRAINING_STATE)
-        write_json(tmp / "config.json", {**config, "step": step})
-        give_default_permissions(tmp)
-        write_manifest(tmp)
+    with _adapter_folder(tmp, f"checkpoint step {step}", model, "config.json", {**config, "step": step}):
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_states or [rng_state()], "scaler": scaler.state_dict() if scaler else None},
+                   tmp / TRAINING_STATE)
+        write_json(tmp / MANIFEST, {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in checkpoint_dirs(ckpt_root)[:-keep] if keep > 0 else []:
+    for old in checkpoint_dirs(ckpt_root)[:-keep]:  # keep >= 1 (src.preflight)
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -348,11 +320,10 @@ def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intac
         yield
     except Exception as e:
         try:
-            free = shutil.disk_usage(tmp.parent).free
+            full = shutil.disk_usage(tmp.parent).free < _LOW_SPACE  # measured before tmp's files are removed
         except OSError:
-            free = None
-        full = getattr(e, "errno", None) in DISK_FULL or "No space" in str(e) or \
-            (free is not None and free < _LOW_SPACE)
+            full = False
+        full = full or getattr(e, "errno", None) in DISK_FULL or "No space" in str(e)
         shutil.rmtree(tmp, ignore_errors=True)
         if not full:
             raise
@@ -374,28 +345,22 @@ def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(d: Path, model, optimizer, scheduler, *, rank: int = 0, scaler=None) -> int:
-    """Restore adapter weights, optimizer, scheduler, the fp16 scaler and process `rank`'s random state
-    from checkpoint `d`, one that `latest_checkpoint` has verified; returns its step."""
+    """Restore adapter, optimizer, scheduler, fp16 scaler and rank `rank`'s RNG from a verified checkpoint; its step."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    adapter = load_file(str(d / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, adapter)
+    set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")))
     state = torch.load(d / TRAINING_STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    # checkpoints of earlier versions hold the main process's state only
-    states = state.get("rng") or [{"torch": state["torch_rng"], "cuda": state["cuda_rng"], "python": state["python_rng"]}]
-    set_rng_state(states[rank] if rank < len(states) else states[0])
-    if scaler is not None and state.get("scaler"):
+    rng = state["rng"][rank]  # resume refuses a checkpoint of another world size
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate((3, tuple(rng["python"]), None))
+    if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     return int(state["step"])
-
-
-def read_config(d: Path) -> dict:
-    """The config a checkpoint was saved with."""
-    with open(d / "config.json", encoding="utf-8") as f:
-        return json.load(f)
 
 
 def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_path: Path,
@@ -403,15 +368,10 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with saving_into(tmp, "the final adapter"):
-        tmp.mkdir(parents=True)
-        save_adapter_weights(model, tmp)
+    with _adapter_folder(tmp, "the final adapter", model, "training_config.json", config):
         processor.save_pretrained(tmp)
-        write_json(tmp / "training_config.json", config)
-        give_default_permissions(tmp)
-        rows = read_jsonl(log_path) if log_path.exists() else []
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
+        rows = read_jsonl(log_path)
         if rows and draw_loss:
             draw_loss(rows, tmp / "loss_curve.png")
     replace_folder(tmp, adapter_dir)

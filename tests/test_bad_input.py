@@ -208,7 +208,7 @@ def test_comparison_draws_any_answer_on_any_console_and_takes_the_folder_lock(ti
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert (report / "report.html").stat().st_size > 0 and list((report / "cases").glob("case_*.png"))
 
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
 
     with hold_output_lock(report):
         proc = run_script("compare_baseline_finetuned.py", f"--output_dir={out}", f"--report_dir={report}")

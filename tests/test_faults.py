@@ -541,7 +541,7 @@ def test_a_second_run_into_a_busy_folder_refuses_and_a_killed_run_is_taken_over(
 
 @pytest.mark.slow
 def test_output_lock_api(tmp_path):
-    from src.outputs import hold_output_lock
+    from src.locks import hold_output_lock
 
     with hold_output_lock(tmp_path, enabled=False) as held:  # a non-main rank under torchrun
         assert held is None and not (tmp_path / ".output.lock").exists()
@@ -560,13 +560,12 @@ def test_output_lock_on_a_filesystem_without_locks_warns_and_runs(tmp_path, monk
     import errno
 
     import src.locks as L
-    import src.outputs as R
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(L.fcntl, "flock", no_locks)
-    with R.hold_output_lock(tmp_path) as held:
+    with L.hold_output_lock(tmp_path) as held:
         assert held is None
     assert f"warning: cannot lock {tmp_path} (No locks available)" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
