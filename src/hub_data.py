@@ -143,31 +143,6 @@ def _fetch(url: str, what: str, reads: HubReads, size: int, start: int = 0, end:
     return bytes(data)
 
 
-def _hub_file(url: str, name: str, reads: HubReads):
-    """A hub file whose every read is one checked range request of exactly the bytes asked for (HfFileSystem's
-    files read ahead into the image columns and check no answer); its size from huggingface_hub's HEAD."""
-    from fsspec.spec import AbstractBufferedFile
-    from huggingface_hub import constants, get_hf_file_metadata
-    from huggingface_hub.errors import HfHubHTTPError
-
-    class RangedFile(AbstractBufferedFile):
-        def _fetch_range(self, start: int, end: int) -> bytes:
-            what = f"a range read of {name}"
-            return retrying(what, lambda: _fetch(url, what, reads, size, start, min(end, size)), reads)
-
-    try:
-        size = retrying(f"the size of {name} (HEAD)", lambda: get_hf_file_metadata(
-            url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads).size
-    except HfHubHTTPError as e:
-        if e.response is None or e.response.status_code != 404:
-            raise
-        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
-                         "rerun later") from None
-    if size is None:
-        raise HubTrouble(f"gave no size for {name}")
-    return RangedFile(None, url, size=size, cache_type="none")
-
-
 def check_schema(schema, where: str, with_answers: bool) -> None:
     """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (the answer columns only
     `with_answers`: testdev / test files may lack them)."""
@@ -197,31 +172,53 @@ def _read(name: str, source, action):
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (one per row
-    group), or its whole copy once ranges proved unusable (why not hf_hub_download: docs/data.md)."""
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file whose every read is one checked range request
+    of exactly the bytes asked for (its size from a HEAD), or its whole copy once ranges proved unusable. Why not
+    HfFileSystem (it reads ahead into the image columns, checks no answer) or hf_hub_download: docs/data.md."""
+    from fsspec.spec import AbstractBufferedFile
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
+
     m = HUB_URL.fullmatch(file)
     local = Path(file) if m is None else reads.whole_dir / m[1].replace("/", "--") / m[2] / m[3]
-    if m is not None and not local.exists():
-        remote = _hub_file(f"{endpoint()}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3], reads)
-        if reads.ranges_ok:
-            try:
-                return _read(file, remote, action)
-            except RangesUnusable as e:
-                reads.ranges_ok = False
-                reads.note("ranges", f"{endpoint()} {e} for {m[3]}; those bytes are not used: the files are "
-                                     f"downloaded whole once to {reads.whole_dir} and read there")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {m[3]}"
+    if m is None or local.exists():
+        return _read(local.as_posix(), local, action)
+    url, name = f"{endpoint()}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3]
+    try:
+        size = retrying(f"the size of {name} (HEAD)", lambda: get_hf_file_metadata(
+            url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads).size
+    except HfHubHTTPError as e:
+        if e.response is None or e.response.status_code != 404:
+            raise
+        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
+                         "rerun later") from None
+    if size is None:
+        raise HubTrouble(f"gave no size for {name}")
 
-        def attempt() -> None:
-            with open(tmp, "wb") as f:
-                _fetch(remote.path, what, reads, remote.size, into=f)
+    class RangedFile(AbstractBufferedFile):
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            what = f"a range read of {name}"
+            return retrying(what, lambda: _fetch(url, what, reads, size, start, min(end, size)), reads)
 
+    if reads.ranges_ok:
         try:
-            retrying(what, attempt, reads)
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
+            return _read(file, RangedFile(None, url, size=size, cache_type="none"), action)
+        except RangesUnusable as e:
+            reads.ranges_ok = False
+            reads.note("ranges", f"{endpoint()} {e} for {name}; those bytes are not used: the files are "
+                                 f"downloaded whole once to {reads.whole_dir} and read there")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {name}"
+
+    def attempt() -> None:
+        with open(tmp, "wb") as f:
+            _fetch(url, what, reads, size, into=f)
+
+    try:
+        retrying(what, attempt, reads)
+        os.replace(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
     return _read(local.as_posix(), local, action)
 
 
