@@ -3,19 +3,20 @@ parquet: "vqav2_hub"), easy-VQA and data/tiny.jsonl; splits train, val, testdev 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
-from .easy_vqa_data import prepare_easy_vqa
 from .errors import UserError
-from .files import read_json, read_jsonl, write_json
 from .evaluation import EVALAI_SUBTYPES
-from .hub_data import STALL_S, cache_hub_images, hub_test_files_advice, load_hub_samples
-from .preflight import (_answers, _entry, _entry_list, _int_id, _short, _text, _unique, _warn_answer_counts,
-                        build_samples)
+from .files import atomic_write_text, read_json, read_jsonl, replace_folder, write_json
+from .hub_data import STALL_S, cache_hub_images, hub_source, hub_test_files_advice, load_hub_samples
+from .locks import exclusive_lock
+from .preflight import _answers, _entry_list, _short, _text, build_samples
 from .samples import VQASample
 
 DATASETS = ("vqav2", "vqav2_hub", "easy_vqa", "tiny")
@@ -43,23 +44,13 @@ LAYOUTS = {
     },
 }
 TINY_FILE = "tiny.jsonl"
-
-
-def _check_split(dataset: str, split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    if split in TEST_SPLITS and dataset in ("easy_vqa", "tiny"):
-        raise UserError(f"--split={split} is VQAv2's test-dev / test (answers on the EvalAI server), which dataset "
-                        f"{dataset} does not have; use --dataset=vqav2 or --dataset=vqav2_hub, or --split=val")
+_HUB_SPLIT_FILE = re.compile(r"/data/(validation|testdev|test)-[^/]*\.parquet#row=")  # a hub image cache's source
 
 
 def image_set(dataset: str, split: str) -> str:
     """The pictures a split asks about: VQAv2 read from the JSON files or from the hub shares COCO's
     (train2014, val2014; test2015 for testdev and test); easy-VQA and tiny have their own."""
     return f"COCO {SUBTYPES[split][1]}" if dataset in ("vqav2", "vqav2_hub") else f"{dataset} {split}"
-
-
-_HUB_SPLIT_FILE = re.compile(r"/data/(validation|testdev|test)-[^/]*\.parquet#row=")  # a hub image cache's source
 
 
 def picture_ids(paths) -> list[tuple[str, int]]:
@@ -84,16 +75,12 @@ def picture_ids(paths) -> list[tuple[str, int]]:
 def hub_cache_dir(cache_dir: str | Path | None, split: str) -> Path | None:
     """Where the hub reader keeps a split's question table and images: the output folder itself for val
     (as always), <output folder>/<split>/ for the others, so the splits' caches never mix."""
-    if cache_dir is None or split == "val":
-        return None if cache_dir is None else Path(cache_dir)
-    return Path(cache_dir) / split
+    return None if cache_dir is None else Path(cache_dir) / ("" if split == "val" else split)
 
 
 def hub_record(cache_dir: str | Path, split: str) -> dict | None:
     """For a run config: the hub dataset and commit a vqav2_hub split was read from (the default
     lmms-lab/VQAv2 may have been read from where it moved), or None before the first read."""
-    from .hub_data import hub_source
-
     source = hub_source(hub_cache_dir(cache_dir, split))
     return None if source is None else {"dataset": source.get("used_dataset", source.get("hf_dataset")),
                                         "revision": source.get("revision")}
@@ -106,7 +93,11 @@ def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_
     answers). vqav2_hub reads `hf_dataset` at `hf_revision`, caching in `cache_dir` (src/hub_data.py)."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} (e.g. --dataset=easy_vqa)")
-    _check_split(dataset, split)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split in TEST_SPLITS and dataset in ("easy_vqa", "tiny"):
+        raise UserError(f"--split={split} is VQAv2's test-dev / test (answers on the EvalAI server), which dataset "
+                        f"{dataset} does not have; use --dataset=vqav2 or --dataset=vqav2_hub, or --split=val")
     data_dir = Path(data_dir)
     if dataset == "tiny":
         return _load_tiny(data_dir / TINY_FILE)
@@ -120,10 +111,8 @@ def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_
 def submission_question_ids(samples: list[VQASample], dataset: str, split: str, data_dir: str | Path = "data", *,
                             hf_dataset: str = "lmms-lab/VQAv2", hf_revision: str = "",
                             cache_dir: str | Path | None = None, hub_stall_s: float = STALL_S) -> list[int]:
-    """Every question id an EvalAI results file of `split` must answer: all of test2015, in the test-dev
-    phase too (docs/notes.md); for testdev the test2015 questions are read as well."""
-    if split not in TEST_SPLITS:
-        raise ValueError(f"submission_question_ids is for {' / '.join(TEST_SPLITS)}, not {split}")
+    """Every question id an EvalAI results file of `split` (testdev or test) must answer: all of test2015, in the
+    test-dev phase too (docs/notes.md); for testdev the test2015 questions are read as well."""
     if split == "test":
         return [s.question_id for s in samples]
     everything = [s.question_id for s in load_samples(dataset, "test", data_dir, hf_dataset=hf_dataset,
@@ -143,32 +132,15 @@ def materialize_images(samples: list[VQASample], dataset: str, cache_dir: str | 
                        split: str = "val", hub_stall_s: float = STALL_S) -> list[VQASample]:
     """The samples with image files a model can open: vqav2_hub's pictures are decoded once from the parquet
     into the split's cache (hub_cache_dir); other datasets already point at files."""
-    if dataset != "vqav2_hub":
-        return samples
-    return cache_hub_images(samples, hub_cache_dir(cache_dir, split), hub_stall_s)
-
-
-def _how(dataset: str, split: str) -> str:
-    return LAYOUTS[dataset]["test_how" if split in TEST_SPLITS else "how"]
-
-
-def _missing(path: Path, dataset: str, split: str) -> UserError:
-    return UserError(f"{dataset} file not found: {path}; see {_how(dataset, split)} for how to get it")
+    hub = dataset == "vqav2_hub"
+    return cache_hub_images(samples, hub_cache_dir(cache_dir, split), hub_stall_s) if hub else samples
 
 
 def _read_json(path: Path, dataset: str, split: str):
+    how = LAYOUTS[dataset]["test_how" if split in TEST_SPLITS else "how"]
     if not path.exists():
-        raise _missing(path, dataset, split)
-    return read_json(path, f"{dataset} file", fix=f"download it again ({_how(dataset, split)})")
-
-
-def _check_subtype(obj, path: Path, subtype: str) -> None:
-    """An official questions file names its split (data_subtype): a test2015 file saved under the test-dev
-    name would otherwise be answered, and submitted, as test-dev."""
-    named = obj.get("data_subtype") if isinstance(obj, dict) else None
-    if named is not None and named != subtype:
-        raise UserError(f"{path} holds the questions of {named} (its data_subtype), not {subtype}; "
-                        "put each official file under its own name")
+        raise UserError(f"{dataset} file not found: {path}; see {how} for how to get it")
+    return read_json(path, f"{dataset} file", fix=f"download it again ({how})")
 
 
 def _load_official(dataset: str, split: str, data_dir: Path) -> list[VQASample]:
@@ -177,8 +149,10 @@ def _load_official(dataset: str, split: str, data_dir: Path) -> list[VQASample]:
     names = {"split": split, "subtype": subtype, "images": images}
     q_path = data_dir / layout["questions"].format(**names)
     q_file = _read_json(q_path, dataset, split)
-    if dataset == "vqav2":
-        _check_subtype(q_file, q_path, subtype)
+    named = q_file.get("data_subtype") if isinstance(q_file, dict) and dataset == "vqav2" else None
+    if named is not None and named != subtype:  # a test2015 file saved under the test-dev name would be submitted
+        raise UserError(f"{q_path} holds the questions of {named} (its data_subtype), not {subtype}; "
+                        "put each official file under its own name")
     questions = _entry_list(q_file, "questions", q_path, "questions")
     if split in TEST_SPLITS:  # no annotation file exists: the answers are on the EvalAI server
         a_path, annotations = None, None
@@ -193,36 +167,92 @@ def _load_official(dataset: str, split: str, data_dir: Path) -> list[VQASample]:
 
 
 def _load_tiny(path: Path) -> list[VQASample]:
+    """data/tiny.jsonl: rows of the official question and annotation fields together (image_id, answer_type,
+    question_type and multiple_choice_answer may be left out) plus image_path, checked like the official files."""
     if not path.exists():
         raise UserError(f"tiny dataset not found: {path}; it ships with the repository (git checkout data/{TINY_FILE})")
     rows = read_jsonl(path)
     if not rows:
         raise UserError(f"{path} holds no rows (empty file); restore it with git checkout data/{TINY_FILE}")
-    samples, seen, counts = [], {}, {}
-    for i, row in enumerate(rows, 1):
-        where = f"{path}: row {i}"
-        row = _entry(row, where)
-        for key in ("question_id", "image_path", "question", "answers"):
-            if key not in row:
-                raise UserError(f"{where}: no key {key!r}")
-        qid = _int_id(row["question_id"], where, "question_id")
-        _unique(seen, qid, f"{where} (question_id {qid})", f"row {i}")
-        answers = _answers(row["answers"], where)
-        counts[qid] = len(answers)
-        image_path = _text(row["image_path"], where, "image_path")
+
+    def where(i: int) -> str:
+        return f"{path}: row {i + 1}"
+
+    def image_path(i: int, row: dict) -> str:
+        image_path = _text(row["image_path"], where(i), "image_path")
         beside = path.resolve().parent.parent / image_path  # "data/x.jpg" is written from the repository root
         if not os.path.isabs(image_path) and not os.path.exists(image_path) and beside.exists():
-            image_path = str(beside)  # a script started from another folder
-        mca = row.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]
-        samples.append(VQASample(
-            question_id=qid, image_id=_int_id(row.get("image_id", i), where, "image_id"),
-            image_path=image_path, question=_text(row["question"], where, "question"),
-            answers=answers, multiple_choice_answer=_text(mca, where, "multiple_choice_answer"),
-            answer_type=_text(row.get("answer_type", "other"), where, "answer_type"),
-            question_type=_text(row.get("question_type", "none of the above"), where, "question_type")))
-    _warn_answer_counts(counts, str(path))
-    samples.sort(key=lambda s: s.question_id)
-    return samples
+            return str(beside)  # a script started from another folder
+        return image_path
+
+    for i, row in enumerate(rows):
+        for key in ("question_id", "image_path", "question", "answers"):
+            if key not in row:
+                raise UserError(f"{where(i)}: no key {key!r}")
+        mca = row.get("multiple_choice_answer") or Counter(_answers(row["answers"], where(i))).most_common(1)[0][0]
+        rows[i] = {"image_id": i + 1, "answer_type": "other", "question_type": "none of the above", **row,
+                   "multiple_choice_answer": _text(mca, where(i), "multiple_choice_answer")}
+    return build_samples(rows, rows, question_entry=where, annotation_entry=where, image_path=image_path,
+                         questions_source=str(path), annotations_source=str(path))
+
+
+def _easy_vqa_complete(root: Path) -> bool:
+    """True when CONVERTED exists and every file it lists is there: the image counts and the JSON sizes
+    it recorded (written last, so an interrupted conversion is never trusted)."""
+    try:
+        expected = json.loads((root / "CONVERTED").read_text())
+        return all(sum(1 for _ in (root / "images" / split).iterdir()) == want["images"]
+                   and all((root / name).stat().st_size == size for name, size in want["files"].items())
+                   for split, want in expected["splits"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def prepare_easy_vqa(data_dir: str | Path = "data") -> Path:
+    """The `easy-vqa` package's data converted once into the official layout in <data_dir>/easy_vqa/ (its one answer
+    becomes ten annotators', its test set our "val"); concurrent runs wait on a lock, an interrupted one is redone."""
+    data_dir = Path(data_dir)
+    root = data_dir / "easy_vqa"
+    if _easy_vqa_complete(root):
+        return root
+    try:
+        import easy_vqa
+    except ImportError:
+        raise UserError("dataset easy_vqa needs the easy-vqa package: pip install easy-vqa") from None
+    with exclusive_lock(data_dir / "easy_vqa.lock", f"the easy-VQA conversion in {data_dir}", wait=True):
+        if _easy_vqa_complete(root):  # another run finished it while we waited
+            return root
+        if root.exists():
+            print(f"note: {root} is incomplete (an interrupted conversion?); converting it again", flush=True)
+        tmp = data_dir / ".tmp-easy_vqa"
+        shutil.rmtree(tmp, ignore_errors=True)  # from a killed run; we hold the lock
+        marker = {"source": "easy-VQA (pip package easy-vqa), converted to the VQA v2 format", "splits": {}}
+        for split, (texts, answers, image_ids), images in (
+                ("train", easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()),
+                ("val", easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths())):
+            entries = list(enumerate(zip(texts, answers, image_ids)))
+            questions = [{"image_id": image_id, "question": text, "question_id": qid}
+                         for qid, (text, _, image_id) in entries]
+            annotations = [{
+                "question_type": " ".join(text.rstrip("?").split()[:3]),  # VQAv2-style: the first three words
+                "multiple_choice_answer": answer,
+                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
+                "image_id": image_id, "answer_type": "yes/no" if answer in ("yes", "no") else "other",
+                "question_id": qid} for qid, (text, answer, image_id) in entries]
+            (tmp / "images" / split).mkdir(parents=True)
+            for image_id, src in images.items():
+                shutil.copyfile(src, tmp / "images" / split / f"{image_id}.png")
+            header = {"info": {"description": marker["source"], "split": split}, "data_type": "easy_vqa",
+                      "data_subtype": split}
+            files = {f"{split}_questions.json": {**header, "task_type": "Open-Ended", "questions": questions},
+                     f"{split}_annotations.json": {**header, "annotations": annotations}}
+            for name, obj in files.items():
+                atomic_write_text(tmp / name, json.dumps(obj))
+            marker["splits"][split] = {"questions": len(questions), "images": len(images),
+                                       "files": {name: (tmp / name).stat().st_size for name in files}}
+        (tmp / "CONVERTED").write_text(json.dumps(marker, indent=2) + "\n")  # last: it vouches for the rest
+        replace_folder(tmp, root)
+    return root
 
 
 # --- the frozen evaluation sample -------------------------------------------------------------

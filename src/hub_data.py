@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
 import re
 import time
@@ -23,9 +22,9 @@ from .samples import VQASample
 
 DEFAULT_DATASET = "lmms-lab/VQAv2"
 MOVED_DATASET = "lmms-lab-encoder/VQAv2"  # where lmms-eval moved the data (July 2026); read when the default is missing
+SPLIT_NAMES = {"val": "validation", "testdev": "testdev", "test": "test"}  # as the hub names them
 # split -> its files in the hub layout; "data/test-*" does not match data/testdev-* (fnmatch: "-" after "test")
-SPLIT_FILES = {"val": "data/validation-*.parquet", "testdev": "data/testdev-*.parquet", "test": "data/test-*.parquet"}
-SPLIT_NAMES = {"val": "validation", "testdev": "testdev", "test": "test"}  # as the hub names them, for messages
+SPLIT_FILES = {split: f"data/{name}-*.parquet" for split, name in SPLIT_NAMES.items()}
 CACHE_FOLDER = "vqav2_hub"
 MIRROR = "https://hf-mirror.com"
 ROW_MARK = "#row="  # image_path of a not yet cached image: <parquet file>#row=<row in that file>
@@ -111,13 +110,14 @@ def retrying(what: str, call, reads: HubReads):
         time.sleep(wait)
 
 
-def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0, end: int | None = None) -> None:
-    """GET url, or bytes [start, end) checked to come as asked, to sink(chunk) as they arrive (counted on reads.bar);
+def _fetch(url: str, what: str, reads: HubReads, size: int, start: int = 0, end: int | None = None, into=None):
+    """GET url into the file `into`, or bytes [start, end) checked to come as asked, returned; counted on reads.bar.
     HubTrouble once PROGRESS_BYTES take over reads.stall_s (a mirror dripping bytes, each within the read timeout)."""
     from huggingface_hub import constants, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
     asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}  # identity: a compressed size is not the file's
+    data = bytearray()
     with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
                               headers={**build_hf_headers(), "Accept-Encoding": "identity", **asked}) as r:
         hf_raise_for_status(r)  # it reads an error's body itself
@@ -128,7 +128,7 @@ def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0
             raise RangesUnusable(f"answered a range request with HTTP {r.status_code} (it ignores Range)")
         got, mark, since = 0, 0, time.monotonic()
         for chunk in r.iter_bytes():  # only now: a whole file sent instead of a range is never read
-            sink(chunk)
+            into.write(chunk) if into else data.extend(chunk)
             got += len(chunk)
             if reads.bar is not None:
                 reads.bar.update(len(chunk))
@@ -140,39 +140,10 @@ def _fetch(url: str, what: str, reads: HubReads, sink, size: int, start: int = 0
     if got != (size if end is None else end - start):
         raise RangesUnusable(f"sent {got} bytes for a range of {end - start}") if asked else HubTrouble(
             f"sent {got} of the {size} bytes to {what}")
+    return bytes(data)
 
 
-def _hub_file(url: str, name: str, reads: HubReads):
-    """A hub file whose every read is one checked range request of exactly the bytes asked for (HfFileSystem's
-    files read ahead into the image columns and check no answer); its size from huggingface_hub's HEAD."""
-    from fsspec.spec import AbstractBufferedFile
-    from huggingface_hub import constants, get_hf_file_metadata
-    from huggingface_hub.errors import HfHubHTTPError
-
-    class RangedFile(AbstractBufferedFile):
-        def _fetch_range(self, start: int, end: int) -> bytes:
-            def attempt() -> bytes:
-                data = bytearray()
-                _fetch(url, what, reads, data.extend, size, start, min(end, size))
-                return bytes(data)
-
-            what = f"a range read of {name}"
-            return retrying(what, attempt, reads)
-
-    try:
-        size = retrying(f"the size of {name} (HEAD)", lambda: get_hf_file_metadata(
-            url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads).size
-    except HfHubHTTPError as e:
-        if e.response is None or e.response.status_code != 404:
-            raise
-        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
-                         "rerun later") from None
-    if size is None:
-        raise HubTrouble(f"gave no size for {name}")
-    return RangedFile(None, url, size=size, cache_type="none")
-
-
-def check_schema(schema, where: str, with_answers: bool = True) -> None:
+def check_schema(schema, where: str, with_answers: bool) -> None:
     """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (the answer columns only
     `with_answers`: testdev / test files may lack them)."""
     for name, (pattern, want) in COLUMNS.items():
@@ -186,51 +157,69 @@ def check_schema(schema, where: str, with_answers: bool = True) -> None:
                             "as in lmms-lab/VQAv2")
 
 
-@contextlib.contextmanager
-def _reading(file: str):
-    """A damaged parquet file as one line naming it (network failures go on to _hub_errors)."""
+def _read(name: str, source, action):
+    """action(pyarrow ParquetFile of `source`); a damaged file as one line naming it, network failures raised."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
-        yield
+        return action(pq.ParquetFile(source, pre_buffer=True))
     except (OSError, pa.ArrowException) as e:
-        if file.startswith("hf://") and not isinstance(e, pa.ArrowInvalid):
+        if name.startswith("hf://") and not isinstance(e, pa.ArrowInvalid):
             raise
-        raise UserError(f"cannot read {file}: {str(e)[:150]}; the file may be truncated or not parquet, "
+        raise UserError(f"cannot read {name}: {str(e)[:150]}; the file may be truncated or not parquet, "
                         "download it again") from None
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path, a hub file by checked range requests (one per row
-    group), or its whole copy once ranges proved unusable (why not hf_hub_download: docs/data.md)."""
-    import pyarrow.parquet as pq
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file whose every read is one checked range request
+    of exactly the bytes asked for (its size from a HEAD), or its whole copy once ranges proved unusable. Why not
+    HfFileSystem (it reads ahead into the image columns, checks no answer) or hf_hub_download: docs/data.md."""
+    from fsspec.spec import AbstractBufferedFile
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
 
     m = HUB_URL.fullmatch(file)
     local = Path(file) if m is None else reads.whole_dir / m[1].replace("/", "--") / m[2] / m[3]
-    if m is not None and not local.exists():
-        remote = _hub_file(f"{endpoint()}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3], reads)
-        if reads.ranges_ok:
-            try:
-                with _reading(file):
-                    return action(pq.ParquetFile(remote, pre_buffer=True))
-            except RangesUnusable as e:
-                reads.ranges_ok = False
-                reads.note("ranges", f"{endpoint()} {e} for {m[3]}; those bytes are not used: the files are "
-                                     f"downloaded whole once to {reads.whole_dir} and read there")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {m[3]}"
+    if m is None or local.exists():
+        return _read(local.as_posix(), local, action)
+    url, name = f"{endpoint()}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3]
+    try:
+        size = retrying(f"the size of {name} (HEAD)", lambda: get_hf_file_metadata(
+            url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads).size
+    except HfHubHTTPError as e:
+        if e.response is None or e.response.status_code != 404:
+            raise
+        raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
+                         "rerun later") from None
+    if size is None:
+        raise HubTrouble(f"gave no size for {name}")
 
-        def attempt() -> None:
-            with open(tmp, "wb") as f:
-                _fetch(remote.path, what, reads, f.write, remote.size)
+    class RangedFile(AbstractBufferedFile):
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            what = f"a range read of {name}"
+            return retrying(what, lambda: _fetch(url, what, reads, size, start, min(end, size)), reads)
 
+    if reads.ranges_ok:
         try:
-            retrying(what, attempt, reads)
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
-    with _reading(local.as_posix()):
-        return action(pq.ParquetFile(local, pre_buffer=True))
+            return _read(file, RangedFile(None, url, size=size, cache_type="none"), action)
+        except RangesUnusable as e:
+            reads.ranges_ok = False
+            reads.note("ranges", f"{endpoint()} {e} for {name}; those bytes are not used: the files are "
+                                 f"downloaded whole once to {reads.whole_dir} and read there")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {name}"
+
+    def attempt() -> None:
+        with open(tmp, "wb") as f:
+            _fetch(url, what, reads, size, into=f)
+
+    try:
+        retrying(what, attempt, reads)
+        os.replace(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read(local.as_posix(), local, action)
 
 
 def download_advice(hf_dataset: str, include: str = SPLIT_FILES["val"]) -> str:
@@ -313,14 +302,14 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
                             "fetches only what is missing)")
         return folder.resolve().as_posix(), files, ""
     why, files, sha = _hub_files(hf_dataset, revision, pattern, reads)
-    if why is not None and hf_dataset != DEFAULT_DATASET:
+    if why is None:
+        return hf_dataset, files, sha
+    if hf_dataset != DEFAULT_DATASET:
         fix = ("check --hf_dataset (e.g. lmms-lab/VQAv2)" if why == "is not found"
                else "is it a VQAv2 parquet dataset like lmms-lab/VQAv2?" if why.startswith("has no data/")
                else "use a commit hash, branch or tag of that dataset, or \"\" for the newest")
         raise UserError(f"dataset {hf_dataset} {why.removeprefix('is ')} on the hub at {endpoint()} (nor a local "
                         f"folder of that name); {fix}")
-    if why is None:
-        return hf_dataset, files, sha
     moved_why, files, sha = _hub_files(MOVED_DATASET, revision, pattern, reads)
     if moved_why is not None:
         raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
@@ -328,40 +317,6 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
                         f", or {download_advice(hf_dataset)}")
     reads.note("moved", f"{hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
     return MOVED_DATASET, files, sha
-
-
-def _source_name(hf_dataset: str) -> str:
-    return Path(hf_dataset).resolve().as_posix() if Path(hf_dataset).is_dir() else hf_dataset
-
-
-def _read_source(hf_dataset: str, revision: str, split: str, cache: Path, stall_s: float):
-    """(question table, source record) of `split` read from the dataset itself: the question columns of every
-    file (no image bytes; answers for val only), each row with its file index and row number."""
-    import pyarrow as pa
-    from tqdm.auto import tqdm
-
-    reads = HubReads(cache / "files", stall_s)
-    with _hub_errors(hf_dataset, cache):
-        used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
-    columns = [c for c in QUESTION_COLUMNS if split == "val" or c not in ANSWER_COLUMNS]
-
-    def questions(pf, file: str):
-        check_schema(pf.schema_arrow, file, with_answers=split == "val")
-        return pf.read(columns=columns)
-
-    print(f"reading the question columns of {len(files)} {SPLIT_NAMES[split]} file(s) of {used} (images later, "
-          "only the sample's)", flush=True)
-    tables = []
-    with _hub_errors(used, cache), tqdm(desc=f"question columns of {len(files)} file(s)", unit="B", unit_scale=True,
-                                        disable=not files[0].startswith("hf://")) as reads.bar:
-        for k, file in enumerate(files):
-            reads.bar.set_postfix_str(f"file {k + 1}/{len(files)}", refresh=False)
-            t = _with_parquet(file, reads, lambda pf: questions(pf, file))
-            tables.append(t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32()))
-                          .append_column("source_row", pa.array(range(t.num_rows), pa.int64())))
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table, {"hf_dataset": _source_name(hf_dataset), "requested_revision": revision, "used_dataset": used,
-                   "revision": sha, "files": files, "rows": table.num_rows}
 
 
 def hub_source(cache_dir: str | Path) -> dict | None:
@@ -376,31 +331,56 @@ def hub_source(cache_dir: str | Path) -> dict | None:
 
 
 def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall_s: float):
-    """(question table, source record) from <cache>, written there first by reading the dataset."""
+    """(question table, source record) from <cache>, written there first from the dataset itself: the question
+    columns of every file (no image bytes; answers for val only), each row with its file index and row number."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
 
+    asked = Path(hf_dataset).resolve().as_posix() if Path(hf_dataset).is_dir() else hf_dataset
     source = hub_source(cache.parent)
-    if source is None:
-        table, source = _read_source(hf_dataset, revision, split, cache, stall_s)
-        cache.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, cache / f".questions.parquet.{os.getpid()}.tmp")
-        os.replace(cache / f".questions.parquet.{os.getpid()}.tmp", cache / "questions.parquet")
-        write_json(cache / "source.json", source)  # last: it vouches for questions.parquet
-        return table, source
-    if (source.get("hf_dataset"), source.get("requested_revision")) != (_source_name(hf_dataset), revision):
-        raise UserError(f"{cache} holds questions read from {source.get('hf_dataset')} revision "
-                        f"{source.get('requested_revision') or 'newest'}, but this run asks for "
-                        f"{_source_name(hf_dataset)} revision {revision or 'newest'}; use the baseline's --hf_dataset "
-                        "and --hf_dataset_revision, or another --output_dir")
-    try:
-        return pq.read_table(cache / "questions.parquet"), source
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {cache / 'questions.parquet'} ({str(e)[:100]}); delete {cache / 'source.json'} "
-                        "to read the questions again") from None
+    if source is not None:
+        if (source.get("hf_dataset"), source.get("requested_revision")) != (asked, revision):
+            raise UserError(f"{cache} holds questions read from {source.get('hf_dataset')} revision "
+                            f"{source.get('requested_revision') or 'newest'}, but this run asks for {asked} revision "
+                            f"{revision or 'newest'}; use the baseline's --hf_dataset and --hf_dataset_revision, or "
+                            "another --output_dir")
+        try:
+            return pq.read_table(cache / "questions.parquet"), source
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {cache / 'questions.parquet'} ({str(e)[:100]}); delete "
+                            f"{cache / 'source.json'} to read the questions again") from None
+    reads = HubReads(cache / "files", stall_s)
+    with _hub_errors(hf_dataset, cache):
+        used, files, sha = _list_files(hf_dataset, revision, SPLIT_FILES[split], reads)
+    columns = [c for c in QUESTION_COLUMNS if split == "val" or c not in ANSWER_COLUMNS]
+
+    def questions(pf, k: int):
+        check_schema(pf.schema_arrow, files[k], with_answers=split == "val")
+        t = pf.read(columns=columns)
+        return t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32())).append_column(
+            "source_row", pa.array(range(t.num_rows), pa.int64()))
+
+    print(f"reading the question columns of {len(files)} {SPLIT_NAMES[split]} file(s) of {used} (images later, "
+          "only the sample's)", flush=True)
+    tables = []
+    with _hub_errors(used, cache), tqdm(desc=f"question columns of {len(files)} file(s)", unit="B", unit_scale=True,
+                                        disable=not files[0].startswith("hf://")) as reads.bar:
+        for k, file in enumerate(files):
+            reads.bar.set_postfix_str(f"file {k + 1}/{len(files)}", refresh=False)
+            tables.append(_with_parquet(file, reads, lambda pf: questions(pf, k)))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    source = {"hf_dataset": asked, "requested_revision": revision, "used_dataset": used, "revision": sha,
+              "files": files, "rows": table.num_rows}
+    cache.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, cache / f".questions.parquet.{os.getpid()}.tmp")
+    os.replace(cache / f".questions.parquet.{os.getpid()}.tmp", cache / "questions.parquet")
+    write_json(cache / "source.json", source)  # last: it vouches for questions.parquet
+    return table, source
 
 
 def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str | Path,
-                     stall_s: float = STALL_S) -> list[VQASample]:
+                     stall_s: float) -> list[VQASample]:
     """Every question of `split` (val, testdev, test; the last two without answers) as checked VQASamples whose
     image_path names its parquet row; the question table is kept in <cache_dir>/vqav2_hub/ (one per split)."""
     import pyarrow.compute as pc
@@ -418,21 +398,17 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
     with contextlib.nullcontext() if (cache / "source.json").exists() else exclusive_lock(
             cache / ".lock", f"the hub question cache {cache}", wait=True):
         table, source = _cached_table(cache, hf_dataset, revision, split, stall_s)
-    # each `answers` a list of its strings, flattened in Arrow (answer_confidence and answer_id unused): half the time
-    columns = {n: table.column(n).to_pylist() for n in table.column_names if n != "answers"}
-    if split == "val":
-        flat = iter(pc.struct_field(pc.list_flatten(table.column("answers")), "answer").to_pylist())
-        columns["answers"] = [None if n is None else list(itertools.islice(flat, n))
-                              for n in pc.list_value_length(table.column("answers")).to_pylist()]
-    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    files, used = source["files"], source.get("used_dataset", hf_dataset)  # records before used_dataset: as asked
+    if split == "val":  # `answers` as lists of their strings, made in Arrow (the other fields unused): half the time
+        a = table.column("answers").combine_chunks()
+        table = table.set_column(table.column_names.index("answers"), "answers", type(a).from_arrays(
+            a.offsets, pc.struct_field(a.values, "answer"), mask=a.is_null()))
+    rows = table.to_pylist()
+    files, name = source["files"], f"{source.get('used_dataset', hf_dataset)} {SPLIT_NAMES[split]}"
 
-    def entry(i: int) -> str:
+    def entry(i: int) -> str:  # records before used_dataset: the dataset as asked
         return f"{files[rows[i]['source_file']]}: row {rows[i]['source_row']}"
 
-    name = f"{used} {SPLIT_NAMES[split]}"
-    return build_samples([{k: r[k] for k in ("question_id", "image_id", "question")} for r in rows],
-                         rows if split == "val" else None, question_entry=entry, annotation_entry=entry,
+    return build_samples(rows, rows if split == "val" else None, question_entry=entry, annotation_entry=entry,
                          image_path=lambda i, _: f"{files[rows[i]['source_file']]}{ROW_MARK}{rows[i]['source_row']}",
                          questions_source=name, annotations_source=name if split == "val" else None)
 
@@ -459,12 +435,13 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
             todo[file][int(row)] = image_id
 
         def write_images(pf, file: str, rows: dict) -> None:
-            ends = list(itertools.accumulate(pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)))
-            for g, (start, end) in enumerate(zip([0, *ends], ends)):
+            end = 0
+            for g in range(pf.metadata.num_row_groups):
+                start, end = end, end + pf.metadata.row_group(g).num_rows
                 wanted = [r for r in rows if start <= r < end and rows[r] not in have]  # a whole copy's rerun: the rest
-                if wanted:
-                    with _reading(file):
-                        column = pf.read_row_group(g, columns=["image"]).column("image")
+                if not wanted:
+                    continue
+                column = pf.read_row_group(g, columns=["image"]).column("image")
                 for r in wanted:
                     data = (column[r - start].as_py() or {}).get("bytes")
                     if not data:
@@ -474,8 +451,7 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
                     (images / name).write_bytes(data)  # stored bytes, not re-encoded
                     sources[str(rows[r])], have[rows[r]] = {"file": name, "source": f"{file}{ROW_MARK}{r}"}, name
                     bar.update(1)
-                if wanted:
-                    write_json(path, sources)  # a killed run refetches at most this row group
+                write_json(path, sources)  # a killed run refetches at most this row group
 
         if todo:
             images.mkdir(parents=True, exist_ok=True)

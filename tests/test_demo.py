@@ -625,7 +625,7 @@ def test_browser_language_switch_and_report_in_both_languages(browser, server, t
 @needs_browser
 def test_readme_easy_vqa_examples_command(browser, tiny_model_dir, tmp_path):
     """README step 7's offline command: easy-VQA pictures (converted on first use) as example thumbnails."""
-    from src.easy_vqa_data import prepare_easy_vqa
+    from src.data import prepare_easy_vqa
 
     prepare_easy_vqa(REPO / "data")
     readme = (REPO / "README.md").read_text(encoding="utf-8")

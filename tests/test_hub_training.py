@@ -15,7 +15,7 @@ from helpers import REPO, assert_one_line_error, killed_at_marker, load_tuned, m
 from hub_server import HubServer, hub_env, lmms_features
 
 from src.data import freeze_sample, load_samples
-from src.easy_vqa_data import prepare_easy_vqa
+from src.data import prepare_easy_vqa
 from src.errors import UserError
 from src.data import picture_ids
 from src.preflight import check_train_overlap, training_data_note
