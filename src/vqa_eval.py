@@ -3,7 +3,9 @@ docs/notes.md), and the bootstrap intervals of an accuracy and of a paired chang
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,44 +88,27 @@ def percent(values: Sequence[float]) -> float:
 
 # --- questions given as strings --------------------------------------------------------------------
 
-class _Memo(dict):
-    """`function` of each distinct text, computed once: VQAv2 repeats most answer strings many times."""
-
-    def __init__(self, function: Callable[[str], str]):
-        super().__init__()
-        self.function = function
-
-    def __missing__(self, text: str) -> str:
-        value = self[text] = self.function(text)
-        return value
-
-
 def _memoised_rules() -> tuple[Callable[[str], str], Callable[[str], str]]:
-    return _Memo(clean_whitespace).__getitem__, _Memo(_process).__getitem__
+    """Rule 1 and rules 3-4, each computed once per distinct text: VQAv2 repeats most answer strings."""
+    return functools.cache(clean_whitespace), functools.cache(_process)
 
 
-def _majority(answers: Sequence[str]) -> str:
-    """Most frequent answer; a tie goes to the one that occurs first."""
-    counts: dict[str, int] = {}
-    for a in answers:
-        counts[a] = counts.get(a, 0) + 1
-    return max(counts, key=counts.__getitem__)  # max keeps the first of equal keys; dicts keep order
-
-
-def score_batch(predictions: Sequence[str], gt_answer_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """(VQA accuracy, exact match) of each question, two arrays of values in [0, 1]."""
+def score_batch(predictions: Sequence[str], gt_answer_lists: Sequence[Sequence[str]],
+                where: Callable[[int], str] = "question {}".format) -> tuple[np.ndarray, np.ndarray]:
+    """(VQA accuracy, exact match) of each question, two arrays of values in [0, 1]; exact match is against the
+    most frequent compared ground truth (the first on a tie). `where(i)` names question i in errors."""
     if len(predictions) != len(gt_answer_lists):
         raise UserError(f"{len(predictions)} predictions but {len(gt_answer_lists)} ground-truth lists")
     clean, process = _memoised_rules()
     accuracy, exact = [], []
     for i, (prediction, gts) in enumerate(zip(predictions, gt_answer_lists)):
         if not isinstance(gts, (list, tuple)) or not gts or not all(isinstance(a, str) for a in gts):
-            raise UserError(f"question {i}: gt_answers must be a non-empty list of strings, got {gts!r}")
+            raise UserError(f"{where(i)}: 'gt_answers' must be a non-empty list of strings, got {gts!r}")
         if not isinstance(prediction, str):
-            raise UserError(f"question {i}: the prediction must be a string, got {prediction!r}")
+            raise UserError(f"{where(i)}: 'answer' must be a string, got {prediction!r}")
         prediction, gts = compared_answers(prediction, gts, clean, process)
         accuracy.append(leave_one_out([g == prediction for g in gts]))
-        exact.append(float(_majority(gts) == prediction))
+        exact.append(float(Counter(gts).most_common(1)[0][0] == prediction))
     return np.asarray(accuracy, np.float64), np.asarray(exact, np.float64)
 
 
@@ -133,8 +118,7 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
 
 
 def exact_match(prediction: str, gt_answers: Sequence[str]) -> float:
-    """1.0 if the prediction equals the most frequent ground-truth answer (first on a tie), both processed as
-    the VQA metric processes them (rules 1-4), else 0.0. Not an official number."""
+    """1.0 if the prediction equals the majority ground truth as the metric compares them; not an official number."""
     return float(score_batch([prediction], [gt_answers])[1][0])
 
 
@@ -144,22 +128,17 @@ def score_rows(rows: Sequence[dict]) -> dict:
     rows = list(rows)
     if not rows:
         raise UserError("no prediction rows to score")
-    predictions, gt_lists = [], []
+
+    def where(i: int) -> str:
+        return f"row {i}" + (f" (question_id {rows[i]['question_id']})" if "question_id" in rows[i] else "")
+
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"row {i}: expected an object, got {type(row).__name__}")
-        where = f"row {i}" + (f" (question_id {row['question_id']})" if "question_id" in row else "")
         for key in ("answer", "gt_answers"):
             if key not in row:
-                raise UserError(f"{where}: missing '{key}'")
-        if not isinstance(row["answer"], str):
-            raise UserError(f"{where}: 'answer' must be a string, got {row['answer']!r}")
-        gts = row["gt_answers"]
-        if not isinstance(gts, list) or not gts or not all(isinstance(a, str) for a in gts):
-            raise UserError(f"{where}: 'gt_answers' must be a non-empty list of strings, got {gts!r}")
-        predictions.append(row["answer"])
-        gt_lists.append(gts)
-    accuracy, exact = score_batch(predictions, gt_lists)
+                raise UserError(f"{where(i)}: missing '{key}'")
+    accuracy, exact = score_batch([r["answer"] for r in rows], [r["gt_answers"] for r in rows], where)
     accuracy, exact = accuracy.tolist(), exact.tolist()
 
     def summary(indices: list[int]) -> dict:
@@ -215,8 +194,6 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
     if clusters is None:
         sums, counts = diff, None  # every draw holds exactly n questions
     else:
-        if len(clusters) != diff.size:
-            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
         number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
         ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
         sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
