@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,21 +40,14 @@ def process_punctuation(text: str) -> str:
     out = text
     digit_comma_digit = _COMMA_STRIP.search(text) is not None
     for p in _PUNCTUATION:
-        if digit_comma_digit or p + " " in text or " " + p in text:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
+        out = out.replace(p, "" if digit_comma_digit or p + " " in text or " " + p in text else " ")
     return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
-def process_digit_article(text: str) -> str:
-    """Rule 4 (official processDigitArticle, the only step that lower-cases)."""
-    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
-    return " ".join([_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES])
-
-
 def _process(cleaned: str) -> str:
-    return process_digit_article(process_punctuation(cleaned))
+    """Rule 3, then rule 4 (official processDigitArticle, the only step that lower-cases)."""
+    words = [_NUMBER_WORDS.get(word, word) for word in process_punctuation(cleaned).lower().split()]
+    return " ".join([_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES])
 
 
 def normalize_answer(text: str) -> str:
@@ -63,10 +55,9 @@ def normalize_answer(text: str) -> str:
     return _process(clean_whitespace(text))
 
 
-def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable[[str], str] = clean_whitespace,
-                     process: Callable[[str], str] = _process) -> tuple[str, list[str]]:
-    """Rules 1 and 2: the prediction and ground truths as the official metric compares them. `clean` and
-    `process` are rule 1 and rules 3-4 (callers scoring many questions pass memoised ones)."""
+def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable, process: Callable) -> tuple:
+    """Rules 1 and 2: the prediction and ground truths as the official metric compares them, through `clean`
+    and `process`, the memoised rule 1 and rules 3-4 (_memoised_rules)."""
     prediction, gts = clean(prediction), list(map(clean, gt_answers))
     if len(set(gts)) > 1:
         return process(prediction), list(map(process, gts))
@@ -108,7 +99,7 @@ def score_batch(predictions: Sequence[str], gt_answer_lists: Sequence[Sequence[s
             raise UserError(f"{where(i)}: 'answer' must be a string, got {prediction!r}")
         prediction, gts = compared_answers(prediction, gts, clean, process)
         accuracy.append(leave_one_out([g == prediction for g in gts]))
-        exact.append(float(Counter(gts).most_common(1)[0][0] == prediction))
+        exact.append(float(max(dict.fromkeys(gts), key=gts.count) == prediction))  # the first on a tie
     return np.asarray(accuracy, np.float64), np.asarray(exact, np.float64)
 
 
@@ -141,20 +132,17 @@ def score_rows(rows: Sequence[dict]) -> dict:
     accuracy, exact = score_batch([r["answer"] for r in rows], [r["gt_answers"] for r in rows], where)
     accuracy, exact = accuracy.tolist(), exact.tolist()
 
-    def summary(indices: list[int]) -> dict:
+    def summary(indices: Sequence[int]) -> dict:
         return {"vqa_accuracy": percent([accuracy[i] for i in indices]),
                 "exact_match": percent([exact[i] for i in indices]), "n": len(indices)}
 
-    def breakdown(key: str) -> dict:
+    out = summary(range(len(rows)))
+    for key in ("answer_type", "question_type"):
         groups: dict = {}
         for i, row in enumerate(rows):
             if row.get(key) is not None:
                 groups.setdefault(row[key], []).append(i)
-        return {group: summary(indices) for group, indices in groups.items()}
-
-    out = summary(list(range(len(rows))))
-    out["per_answer_type"] = breakdown("answer_type")
-    out["per_question_type"] = breakdown("question_type")
+        out[f"per_{key}"] = {group: summary(indices) for group, indices in groups.items()}
     return out
 
 
@@ -182,14 +170,11 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
                      seed: int = 0, clusters: Sequence | None = None) -> tuple[float, float, float]:
     """(mean change ft - base, 2.5th and 97.5th percentiles) in points, resampling `clusters` (one per
     question, e.g. its image; None: the questions) with the same draws for both models (docs/notes.md)."""
-    base = np.asarray(base_scores, dtype=np.float64)
-    ft = np.asarray(ft_scores, dtype=np.float64)
+    base, ft = np.asarray(base_scores, dtype=np.float64), np.asarray(ft_scores, dtype=np.float64)
     if base.ndim != 1 or base.shape != ft.shape:
         raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists, got {base.shape} and {ft.shape}")
     if base.size == 0:
         raise ValueError("paired_bootstrap needs at least one question")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     diff = ft - base
     if clusters is None:
         sums, counts = diff, None  # every draw holds exactly n questions
