@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
@@ -14,8 +15,6 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB, transparency on white and 16-bit grey scaled to 8 bit."""
-    if img.mode == "RGB":
-        return img
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -23,8 +22,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return background
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grey: scale to 8 bit instead of clipping everything above 255 to white
-        import numpy as np
-
         arr = np.asarray(img, dtype=np.float64)
         scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
         return Image.fromarray((arr * scale).clip(0, 255).astype("uint8"), "L").convert("RGB")
