@@ -36,8 +36,8 @@ DECODING = {
 }
 # LAVIS's OPT-only and Flan-T5-only settings; the others suit both families
 DECODING_FAMILIES = {"vqa_lavis": ("opt",), "vqa_beam5_t5": ("t5",)}
-VQAV2_VAL_QUESTIONS = 214_354  # VQAv2 val2014: the split the published zero-shot numbers are measured on
-PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": VQAV2_VAL_QUESTIONS}
+# the published numbers' setting: all 214,354 questions of VQAv2 val2014
+PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": 214_354}
 # zero-shot VQAv2 val accuracy published per (checkpoint, prompt), with the decoding it was measured with
 PUBLISHED = {(model, prompt): {"accuracy": accuracy, "decoding": decoding, "source": source, **PAPER_SETTING}
              for model, prompt, accuracy, decoding, source in (
@@ -48,8 +48,7 @@ PUBLISHED = {(model, prompt): {"accuracy": accuracy, "decoding": decoding, "sour
      "BLIP-2 paper, Table 2; LAVIS vqav2_zeroshot_flant5xl_eval.yaml: 63.13"),
     ("Salesforce/blip2-flan-t5-xxl", "vqa_t5", 65.2, "vqa_beam5_t5", "BLIP-2 paper, Table 2"))}
 
-AUTO = "auto"  # in a script's VQA_PROMPT / VQA_DECODING: the model family's own (src/family.py)
-DEFAULT_VQA_PROMPT = "vqa_opt"  # what "auto" is for the default model, Salesforce/blip2-opt-2.7b
+DEFAULT_VQA_PROMPT = "vqa_opt"  # what "auto" (src/family.py) is for the default model, Salesforce/blip2-opt-2.7b
 DEFAULT_VQA_DECODING = "vqa_beam5"
 DEFAULT_CAPTION_DECODING = "caption_beam5"
 
