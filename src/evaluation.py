@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,8 +17,7 @@ from .samples import VQASample
 from .vqa_eval import (accuracy_interval, exact_match, is_scorable, normalize_answer, processing_changes, score_rows,
                        vqa_accuracy)
 
-# settings that must not change between a run and its resumption
-# every row carries these; a resumed run keeps a row only if all of them equal this run's
+# settings every row carries; a resumed run keeps a row only if all of them equal this run's
 RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_processing", "decoding", "quantization",
                "split", "dataset", "answer_processing", "image_backend")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
@@ -42,22 +41,11 @@ def no_answers_line(run_file: str, split: str, evalai_file: str | Path) -> str:
             f"(VQA Challenge, phase {EVALAI_PHASES[split]})")
 
 
-class _BatchImages:
-    """Batch i -> its distinct images decoded and preprocessed: the DataLoader's dataset, read in its workers."""
-
-    def __init__(self, batches: list[list[VQASample]], image_processor):
-        self.batches = batches
-        self.image_processor = image_processor
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        batch = self.batches[i]
-        images, errors = load_images(s.image_path for s in batch)
-        pixel_values = self.image_processor(list(images.values()), return_tensors="pt")["pixel_values"] \
-            if images else None
-        return {"index": i, "paths": list(images), "pixel_values": pixel_values, "errors": errors}
+def batch_images(image_processor, batch: list[VQASample]) -> dict:
+    """A batch's distinct images decoded and preprocessed: the DataLoader's collate_fn, run in its workers."""
+    images, errors = load_images(s.image_path for s in batch)
+    pixel_values = image_processor(list(images.values()), return_tensors="pt")["pixel_values"] if images else None
+    return {"paths": list(images), "pixel_values": pixel_values, "errors": errors}
 
 
 def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
@@ -82,8 +70,7 @@ def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
     return rows
 
 
-def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error: str | None = None,
-               truncated: bool = False) -> dict:
+def result_row(s: VQASample, record: dict, raw_answer: str | None, error: str | None, truncated: bool) -> dict:
     """One output row: the sample, the answer and its scores (or the error), then this run's settings. The
     answer is the model's text (raw_answer) after the official processing, as published numbers are scored."""
     answer = None if raw_answer is None else normalize_answer(raw_answer)
@@ -93,9 +80,7 @@ def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error:
            "answer_type": s.answer_type, "question_type": s.question_type,
            "vqa_accuracy": vqa_accuracy(answer, s.answers) if scored else None,
            "exact_match": exact_match(answer, s.answers) if scored else None, "error": error}
-    if truncated:
-        row["question_truncated"] = True
-    return {**row, **record}
+    return {**row, **({"question_truncated": True} if truncated else {}), **record}
 
 
 def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict, batch_size: int, accelerator,
@@ -113,15 +98,13 @@ def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict
                                 "--output_dir")
     retried = {q for q, row in done.items() if row.get("error")}  # e.g. an image missing then: asked again
     done = {q: row for q, row in done.items() if q not in retried}
-    todo = [s for s in samples if s.question_id not in done]
     # questions on the same image sit in the same batch, so the image is encoded once
-    todo.sort(key=lambda s: (s.image_path, s.question_id))
-    batches = list(iter_chunks(todo, batch_size))
+    todo = sorted((s for s in samples if s.question_id not in done), key=lambda s: (s.image_path, s.question_id))
     if accelerator.is_main_process:
         again = f" ({len(retried)} of them error rows asked again)" if retried else ""
         print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go{again}, "
               f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
-    return batches[accelerator.process_index::accelerator.num_processes]
+    return list(iter_chunks(todo, batch_size))[accelerator.process_index::accelerator.num_processes]
 
 
 def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
@@ -144,13 +127,13 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
         print(f"warning: question {qid} is longer than the model reads; cut to {budget} tokens")
     rank = accelerator.process_index
     writer_path = out_path if accelerator.num_processes == 1 else out_path.with_name(f"{out_path.name}.rank{rank}.part")
-    # batch_size=None: each item is a batch already (the default collate leaves it as it is)
-    loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers)
+    # batch_size=None: each item is a batch already; the loader yields them in order
+    loader = DataLoader(mine, batch_size=None, num_workers=num_workers,
+                        collate_fn=functools.partial(batch_images, processor.image_processor))
     bar = tqdm(total=len(todo), desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    start, n_answered, n_errors = time.perf_counter(), 0, 0
+    n_answered, n_errors = 0, 0  # the bar shows the rate itself
     with JsonlAppender(writer_path) as writer:
-        for images in loader:
-            batch = mine[images["index"]]
+        for batch, images in zip(mine, loader):
             answerable = [s for s in batch if s.image_path not in images["errors"]]
             answers = generate_batch(model, processor, images["pixel_values"],
                                      [prompts[s.question_id] for s in answerable], decoding,
@@ -158,13 +141,12 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
                 if answerable else []
             answer_of = {s.question_id: a for s, a in zip(answerable, answers)}
             rows = [result_row(s, record, answer_of.get(s.question_id), images["errors"].get(s.image_path),
-                               truncated=s.question_id in cut)
-                    for s in batch]
+                               s.question_id in cut) for s in batch]
             writer.write(rows)
             n_answered += len(rows)
             n_errors += sum(row["error"] is not None for row in rows)
             bar.update(len(rows))
-            bar.set_postfix(samples_per_s=f"{n_answered / (time.perf_counter() - start):.1f}", errors=n_errors)
+            bar.set_postfix(errors=n_errors)
     bar.close()
     if accelerator.num_processes > 1:  # the main process reports each one's share and merges the part files
         from accelerate.utils import gather_object
@@ -230,9 +212,8 @@ def zero_shot_reference(record: dict, metrics: dict) -> dict | None:
     warn_below = min(e["accuracy"] for (model, _), e in PUBLISHED.items() if model == record["model_id"]) \
         - FAR_BELOW_POINTS
     return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],
-            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"],
-            "interval": metrics["vqa_accuracy_interval"],
-            "source": entry["source"], "differs": differs, "warn_below": warn_below,
+            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"], "source": entry["source"],
+            "interval": metrics["vqa_accuracy_interval"], "differs": differs, "warn_below": warn_below,
             "far_below": metrics["vqa_accuracy_interval"]["high"] < warn_below}
 
 
