@@ -44,7 +44,7 @@ def process_punctuation(text: str) -> str:
     return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
-def _process(cleaned: str) -> str:
+def process_answer(cleaned: str) -> str:
     """Rule 3, then rule 4 (official processDigitArticle, the only step that lower-cases)."""
     words = [_NUMBER_WORDS.get(word, word) for word in process_punctuation(cleaned).lower().split()]
     return " ".join([_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES])
@@ -52,12 +52,12 @@ def _process(cleaned: str) -> str:
 
 def normalize_answer(text: str) -> str:
     """Rules 1, 3 and 4: the form the official metric compares when the ground truths disagree."""
-    return _process(clean_whitespace(text))
+    return process_answer(clean_whitespace(text))
 
 
 def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable, process: Callable) -> tuple:
     """Rules 1 and 2: the prediction and ground truths as the official metric compares them, through `clean`
-    and `process`, the memoised rule 1 and rules 3-4 (_memoised_rules)."""
+    and `process`, rule 1 and rules 3-4 memoised (functools.cache of clean_whitespace and process_answer)."""
     prediction, gts = clean(prediction), list(map(clean, gt_answers))
     if len(set(gts)) > 1:
         return process(prediction), list(map(process, gts))
@@ -79,18 +79,14 @@ def percent(values: Sequence[float]) -> float:
 
 # --- questions given as strings --------------------------------------------------------------------
 
-def _memoised_rules() -> tuple[Callable[[str], str], Callable[[str], str]]:
-    """Rule 1 and rules 3-4, each computed once per distinct text: VQAv2 repeats most answer strings."""
-    return functools.cache(clean_whitespace), functools.cache(_process)
-
-
 def score_batch(predictions: Sequence[str], gt_answer_lists: Sequence[Sequence[str]],
                 where: Callable[[int], str] = "question {}".format) -> tuple[np.ndarray, np.ndarray]:
     """(VQA accuracy, exact match) of each question, two arrays of values in [0, 1]; exact match is against the
     most frequent compared ground truth (the first on a tie). `where(i)` names question i in errors."""
     if len(predictions) != len(gt_answer_lists):
         raise UserError(f"{len(predictions)} predictions but {len(gt_answer_lists)} ground-truth lists")
-    clean, process = _memoised_rules()
+    # each distinct text processed once: VQAv2 repeats most answer strings
+    clean, process = functools.cache(clean_whitespace), functools.cache(process_answer)
     accuracy, exact = [], []
     for i, (prediction, gts) in enumerate(zip(predictions, gt_answer_lists)):
         if not isinstance(gts, (list, tuple)) or not gts or not all(isinstance(a, str) for a in gts):
