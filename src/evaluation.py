@@ -83,10 +83,16 @@ def result_row(s: VQASample, record: dict, raw_answer: str | None, error: str | 
     return {**row, **({"question_truncated": True} if truncated else {}), **record}
 
 
-def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict, batch_size: int, accelerator,
-                      desc: str) -> list[list[VQASample]]:
-    """This process's share of the questions `out_path` does not hold yet, in batches. Rows already
-    written must come from this run's settings (RESUME_KEYS); one that doesn't is never counted."""
+def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, accelerator, record: dict,
+            batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
+    """Answer every sample not yet in `out_path` with the prompt and decoding of `record` (eval_record),
+    appending one row per question. torch loads here, so reading results needs none."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .inference import fit_prompts, generate_batch
+
+    # rows already written must come from this run's settings (RESUME_KEYS); one that doesn't is never counted
     where: dict[int, str] = {}
     done = read_rows(out_path, where)
     accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
@@ -104,25 +110,12 @@ def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict
         again = f" ({len(retried)} of them error rows asked again)" if retried else ""
         print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go{again}, "
               f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
-    return list(iter_chunks(todo, batch_size))[accelerator.process_index::accelerator.num_processes]
-
-
-def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
-            batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
-    """Answer every sample not yet in `out_path` with the prompt and decoding of `record` (eval_record),
-    appending one row per question. torch loads here, so reading results needs none."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .inference import fit_prompts, generate_batch
-
-    out_path = Path(out_path)
-    mine = batches_to_answer(samples, out_path, record, batch_size, accelerator, desc)
+    mine = list(iter_chunks(todo, batch_size))[accelerator.process_index::accelerator.num_processes]
     decoding = get_decoding(record["decoding"]["preset"])
-    todo = [s for batch in mine for s in batch]
-    fitted, was_cut, budget = fit_prompts(model, processor, record["prompt"], decoding, [s.question for s in todo])
-    prompts = {s.question_id: prompt for s, prompt in zip(todo, fitted)}
-    cut = dict.fromkeys(s.question_id for s, c in zip(todo, was_cut) if c)
+    questions = [s for batch in mine for s in batch]
+    fitted, was_cut, budget = fit_prompts(model, processor, record["prompt"], decoding, [s.question for s in questions])
+    prompts = {s.question_id: prompt for s, prompt in zip(questions, fitted)}
+    cut = dict.fromkeys(s.question_id for s, c in zip(questions, was_cut) if c)
     for qid in cut:
         print(f"warning: question {qid} is longer than the model reads; cut to {budget} tokens")
     rank = accelerator.process_index
@@ -130,7 +123,7 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     # batch_size=None: each item is a batch already; the loader yields them in order
     loader = DataLoader(mine, batch_size=None, num_workers=num_workers,
                         collate_fn=functools.partial(batch_images, processor.image_processor))
-    bar = tqdm(total=len(todo), desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    bar = tqdm(total=len(questions), desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
     n_answered, n_errors = 0, 0  # the bar shows the rate itself
     with JsonlAppender(writer_path) as writer:
         for batch, images in zip(mine, loader):
@@ -160,11 +153,10 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
     accelerator.wait_for_everyone()
 
 
-def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: str | Path,
-             results_path: str | Path, extra: dict | None = None) -> tuple[list[dict], dict]:
+def finalize(samples: Sequence[VQASample], out_path: Path, metrics_path: Path, results_path: Path,
+             extra: dict | None = None) -> tuple[list[dict], dict]:
     """Rewrite the rows in sample order, write the metrics and the official results file; return (rows,
     metrics). A split without answers is not scored (scored False, accuracy null)."""
-    out_path = Path(out_path)
     by_id = read_rows(out_path)
     missing = [s.question_id for s in samples if s.question_id not in by_id]
     if missing:
