@@ -217,8 +217,7 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
     out_path = out_dir / f"{run_name}.jsonl"
     facts = {"dataset": record["dataset"], "split": split, "model_id": record["model_id"], "adapter": record["adapter"]}
     if submission_ids is not None:
-        facts["evalai_file"] = evalai_file_name(split, run_name)
-        facts["evalai_questions"] = len(submission_ids)
+        facts.update(evalai_file=evalai_file_name(split, run_name), evalai_questions=len(submission_ids))
     rows, metrics = finalize(samples, out_path, out_dir / f"{run_name}_metrics.json",
                              out_dir / f"{run_name}_results.json", extra=facts)
     reference = zero_shot_reference(record, metrics)

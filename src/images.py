@@ -45,9 +45,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_ori
                 raise UserError(f"image too large: {path} is {w}x{h} pixels (limit {max_pixels:,}); resize it first")
             img.seek(0)
             img.load()
-            if exif_orientation:
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(ImageOps.exif_transpose(img) if exif_orientation else img)
     except PermissionError:  # before OSError: the file is fine, this user just may not read it
         raise UserError(f"permission denied: cannot read image {path}; check its permissions "
                         f"(e.g. chmod a+r {path})") from None

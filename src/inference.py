@@ -22,9 +22,8 @@ def preprocess_images(processor, images: Sequence) -> torch.Tensor:
 @torch.no_grad()
 def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequence[str], decoding: dict,
                    image_index: Sequence[int] | None = None) -> list[str]:
-    """Answers for one batch. pixel_values holds the batch's distinct images; prompt i uses image image_index[i]
-    (default: image i), so a shared image is encoded once. A preset's `max_prompt_tokens` cuts the prompt as
-    LAVIS does."""
+    """Answers for one batch: prompt i on image image_index[i] (default i) of pixel_values, the batch's distinct
+    images, so a shared image is encoded once; a preset's `max_prompt_tokens` cuts the prompt as LAVIS does."""
     core, tokenizer = blip2_core(model), processor.tokenizer
     vision = core.vision_model.embeddings.patch_embedding.weight  # pixel values go to its device, in its dtype
     features = core.get_image_features(pixel_values=pixel_values.to(vision.device, vision.dtype),
@@ -54,9 +53,8 @@ def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequen
 
 def fit_prompts(model, processor, prompt_name: str, decoding: dict,
                 questions: Sequence[str]) -> tuple[list[str], list[bool], int]:
-    """(the prompts of `questions`, which questions were cut, to how many tokens): a question is cut to the
-    language model's positions less the image tokens, the prompt's own and those to generate, so the prompt's
-    "Answer:" is never lost."""
+    """(prompts, which questions were cut, to how many tokens): a question gets the language model's positions
+    less the image tokens, the prompt's own and those to generate, so the prompt's "Answer:" is never lost."""
     core, tokenizer = blip2_core(model), processor.tokenizer
     prompt_tokens = len(tokenizer(format_prompt(prompt_name, ""))["input_ids"])
     if family_of(core.config).decoder_only:

@@ -13,10 +13,9 @@ import numpy as np
 from .errors import UserError
 from .files import read_json
 
-NORMALIZATION_TABLES = Path(__file__).with_name("vqa_normalization.json")
 PRECISION = 2  # decimals of every reported percentage, as the official VQAEval(n=2)
 
-_TABLES = read_json(NORMALIZATION_TABLES, "VQA normalisation tables")
+_TABLES = read_json(Path(__file__).with_name("vqa_normalization.json"), "VQA normalisation tables")
 _PUNCTUATION = tuple(_TABLES["punctuation"])
 _NUMBER_WORDS = dict(_TABLES["number_words"])
 _ARTICLES = frozenset(_TABLES["articles"])
@@ -120,8 +119,6 @@ def score_rows(rows: Sequence[dict]) -> dict:
         return f"row {i}" + (f" (question_id {rows[i]['question_id']})" if "question_id" in rows[i] else "")
 
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise UserError(f"row {i}: expected an object, got {type(row).__name__}")
         for key in ("answer", "gt_answers"):
             if key not in row:
                 raise UserError(f"{where(i)}: missing '{key}'")
