@@ -54,11 +54,13 @@ DEFAULT_CAPTION_DECODING = "caption_beam5"
 
 
 def get_prompt(name: str) -> str:
-    return PROMPTS[name]  # names are checked before any work (src/preflight.py)
+    if name not in PROMPTS:
+        raise UserError(f"unknown prompt {name!r}; known prompts: {', '.join(PROMPTS)}")
+    return PROMPTS[name]
 
 
 def get_decoding(name: str) -> dict:
-    return dict(DECODING[name])
+    return dict(DECODING[name])  # preset names are checked before any work (src/preflight.py)
 
 
 def generate_kwargs(decoding: dict) -> tuple[dict, int | None]:
@@ -70,7 +72,7 @@ def generate_kwargs(decoding: dict) -> tuple[dict, int | None]:
 def format_prompt(name: str, question: str | None = None) -> str:
     """Prompt `name` with `question` put in, processed as QUESTION_PROCESSING says ("lavis": LAVIS's
     BlipQuestionProcessor.pre_question, exactly)."""
-    template = PROMPTS[name]
+    template = get_prompt(name)
     if question and QUESTION_PROCESSING.get(name) == "lavis":
         question = " ".join(_LAVIS_STRIP.sub("", question.lower()).rstrip(" ").split(" ")[:_LAVIS_MAX_WORDS])
     return template.format(question) if "{}" in template else template
@@ -84,7 +86,7 @@ def first_line(text: str) -> str:
 
 def generation_record(prompt_name: str, decoding_name: str) -> dict:
     """What every output row records about how its text was produced."""
-    return {"prompt": prompt_name, "prompt_template": PROMPTS[prompt_name],
+    return {"prompt": prompt_name, "prompt_template": get_prompt(prompt_name),
             "question_processing": QUESTION_PROCESSING.get(prompt_name, "raw"),
             "decoding": {"preset": decoding_name, **get_decoding(decoding_name)}}
 
