@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from src.errors import UserError, run_main
+from src.family import AUTO
 from src.images import list_images
 from src.modeling import DEFAULT_MODEL_ID, QUANTIZATIONS
-from src.prompts import AUTO, DECODING, DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, PROMPTS
+from src.prompts import DECODING, DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, PROMPTS
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other failure

@@ -94,10 +94,11 @@ def one_at_a_time(model, processor, samples, prompt: str, decoding: dict) -> dic
     import torch
 
     from src.images import load_image
-    from src.inference import model_device_dtype
+    from src.modeling import blip2_core
     from src.prompts import first_line, format_prompt
 
-    device, dtype = model_device_dtype(model)
+    vision = blip2_core(model).vision_model.embeddings.patch_embedding.weight  # where pixel values must go
+    device, dtype = vision.device, vision.dtype
     answers = {}
     with torch.no_grad():
         for s in samples:

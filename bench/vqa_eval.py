@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 from src.errors import UserError, run_main
 from src.files import read_json, write_json
-from src.vqa_eval import PRECISION, _memoised_rules, compared_answers, leave_one_out, percent
+from src.vqa_eval import PRECISION, clean_whitespace, compared_answers, leave_one_out, percent, process_answer
 
 @contextlib.contextmanager
 def _gc_paused():
@@ -121,7 +121,7 @@ def _copies(answers: list[dict], matches: Sequence[bool]) -> tuple[int, ...] | N
 
 def _official_loop(order: list, ann_of: dict, answer_of: dict) -> dict:
     """Rules 1-6 over the questions in `order`, as the official loop runs them."""
-    clean, process = _memoised_rules()
+    clean, process = functools.cache(clean_whitespace), functools.cache(process_answer)  # texts repeat
     rule_5 = functools.lru_cache(maxsize=None)(leave_one_out)  # few distinct match patterns
     compared_gts: dict = {}  # the official tool edits the ground truths in place; a repeated id meets them
     values, by_answer_type, by_question_type, per_question = [], {}, {}, {}

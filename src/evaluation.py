@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -12,15 +12,14 @@ from .errors import UserError
 from .files import JsonlAppender, iter_chunks, read_jsonl, resolved_if_local, write_json, write_jsonl
 from .images import load_images
 from .modeling import IMAGE_BACKEND
-from .prompts import PUBLISHED, format_prompt, generation_record, get_decoding
+from .prompts import PUBLISHED, generation_record, get_decoding
 from .samples import VQASample
 from .vqa_eval import (accuracy_interval, exact_match, is_scorable, normalize_answer, processing_changes, score_rows,
                        vqa_accuracy)
 
-# settings that must not change between a run and its resumption
-# every row carries these; a resumed run keeps a row only if all of them equal this run's
-RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_processing", "decoding", "quantization", "split",
-               "dataset", "answer_processing", "image_backend")
+# settings every row carries; a resumed run keeps a row only if all of them equal this run's
+RESUME_KEYS = ("model_id", "adapter", "prompt", "prompt_template", "question_processing", "decoding", "quantization",
+               "split", "dataset", "answer_processing", "image_backend")
 ANSWER_PROCESSING = "official VQA (punctuation, number words, articles, contractions)"
 SAMPLE_IDS_FILE = "vqav2_sample_ids.json"  # the frozen sample, in the output folder: drawn once by the baseline
 # a test split's EvalAI challenge phase, and its subtype in the results file's name (visualqa.org/evaluation.html)
@@ -42,33 +41,11 @@ def no_answers_line(run_file: str, split: str, evalai_file: str | Path) -> str:
             f"(VQA Challenge, phase {EVALAI_PHASES[split]})")
 
 
-def _as_is(item):
-    """The DataLoader's collate_fn (an item is a batch already); module-level, so spawned workers can pickle it."""
-    return item
-
-
-class _BatchImages:
-    """Batch i -> its distinct images decoded and preprocessed: the DataLoader's dataset, read in its workers."""
-
-    def __init__(self, batches: list[list[VQASample]], image_processor):
-        self.batches = batches
-        self.image_processor = image_processor
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        batch = self.batches[i]
-        images, errors = load_images(s.image_path for s in batch)
-        good = list(images)
-        pixel_values = (self.image_processor([images[p] for p in good], return_tensors="pt")["pixel_values"]
-                        if good else None)
-        return {"index": i, "paths": good, "pixel_values": pixel_values, "errors": errors}
-
-
-def part_path(out_path: Path, rank: int) -> Path:
-    """The part file process `rank` appends to in a data-parallel run."""
-    return out_path.with_name(f"{out_path.name}.rank{rank}.part")
+def batch_images(image_processor, batch: list[VQASample]) -> dict:
+    """A batch's distinct images decoded and preprocessed: the DataLoader's collate_fn, run in its workers."""
+    images, errors = load_images(s.image_path for s in batch)
+    pixel_values = image_processor(list(images.values()), return_tensors="pt")["pixel_values"] if images else None
+    return {"paths": list(images), "pixel_values": pixel_values, "errors": errors}
 
 
 def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
@@ -93,19 +70,7 @@ def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
     return rows
 
 
-def check_rows_match(done: dict[int, dict], record: dict, where: dict[int, str]) -> None:
-    """Every row kept on resume must come from this run's settings; one that doesn't is never counted."""
-    for qid, row in done.items():
-        for key in RESUME_KEYS:
-            if row.get(key) != record.get(key):
-                raise UserError(
-                    f"{where.get(qid, 'a result file')} (question {qid}) was made with {key}={row.get(key)!r}, but "
-                    f"this run uses {key}={record.get(key)!r}; delete that file to start over, or use another "
-                    "--output_dir")
-
-
-def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error: str | None = None,
-               truncated: bool = False) -> dict:
+def result_row(s: VQASample, record: dict, raw_answer: str | None, error: str | None, truncated: bool) -> dict:
     """One output row: the sample, the answer and its scores (or the error), then this run's settings. The
     answer is the model's text (raw_answer) after the official processing, as published numbers are scored."""
     answer = None if raw_answer is None else normalize_answer(raw_answer)
@@ -115,70 +80,53 @@ def result_row(s: VQASample, record: dict, raw_answer: str | None = None, error:
            "answer_type": s.answer_type, "question_type": s.question_type,
            "vqa_accuracy": vqa_accuracy(answer, s.answers) if scored else None,
            "exact_match": exact_match(answer, s.answers) if scored else None, "error": error}
-    if truncated:
-        row["question_truncated"] = True
-    return {**row, **record}
+    return {**row, **({"question_truncated": True} if truncated else {}), **record}
 
 
-def batches_to_answer(samples: Sequence[VQASample], out_path: Path, record: dict, batch_size: int, accelerator,
-                      desc: str) -> list[list[VQASample]]:
-    """This process's share of the questions `out_path` does not hold yet, in batches. Rows already
-    written must come from this run's settings (RESUME_KEYS)."""
-    where: dict[int, str] = {}
-    done = read_rows(out_path, where)
-    accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
-    check_rows_match(done, record, where)
-    retried = {q for q, row in done.items() if row.get("error")}  # e.g. an image missing then: asked again
-    done = {q: row for q, row in done.items() if q not in retried}
-    todo = [s for s in samples if s.question_id not in done]
-    # questions on the same image sit in the same batch, so the image is encoded once
-    todo.sort(key=lambda s: (s.image_path, s.question_id))
-    batches = list(iter_chunks(todo, batch_size))
-    if accelerator.is_main_process:
-        again = f" ({len(retried)} of them error rows asked again)" if retried else ""
-        print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go{again}, "
-              f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
-    return batches[accelerator.process_index::accelerator.num_processes]
-
-
-def fitted_prompts(processor, batches: list[list[VQASample]], prompt: str, budget: int) -> tuple[dict[int, str], set[int]]:
-    """({question_id: prompt}, ids of questions cut to `budget` tokens with a warning), so a long question
-    still ends in the prompt's "Answer:"."""
-    from .inference import fit_question
-
-    prompts, cut = {}, set()
-    for s in (s for batch in batches for s in batch):
-        question, was_cut = fit_question(processor, s.question, budget)
-        if was_cut:
-            cut.add(s.question_id)
-            print(f"warning: question {s.question_id} is longer than the model reads; cut to {budget} tokens")
-        prompts[s.question_id] = format_prompt(prompt, question)
-    return prompts, cut
-
-
-def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, processor, accelerator, record: dict,
+def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, accelerator, record: dict,
             batch_size: int, num_workers: int = 0, desc: str = "VQA") -> None:
     """Answer every sample not yet in `out_path` with the prompt and decoding of `record` (eval_record),
     appending one row per question. torch loads here, so reading results needs none."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from .inference import generate_batch, question_token_budget
+    from .inference import fit_prompts, generate_batch
 
-    out_path = Path(out_path)
-    mine = batches_to_answer(samples, out_path, record, batch_size, accelerator, desc)
+    # rows already written must come from this run's settings (RESUME_KEYS); one that doesn't is never counted
+    where: dict[int, str] = {}
+    done = read_rows(out_path, where)
+    accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
+    for qid, row in done.items():
+        for key in RESUME_KEYS:
+            if row.get(key) != record.get(key):
+                raise UserError(f"{where[qid]} (question {qid}) was made with {key}={row.get(key)!r}, but this run "
+                                f"uses {key}={record.get(key)!r}; delete that file to start over, or use another "
+                                "--output_dir")
+    retried = {q for q, row in done.items() if row.get("error")}  # e.g. an image missing then: asked again
+    done = {q: row for q, row in done.items() if q not in retried}
+    # questions on the same image sit in the same batch, so the image is encoded once
+    todo = sorted((s for s in samples if s.question_id not in done), key=lambda s: (s.image_path, s.question_id))
+    if accelerator.is_main_process:
+        again = f" ({len(retried)} of them error rows asked again)" if retried else ""
+        print(f"***** {desc}: {len(samples)} questions, {len(done)} already done, {len(todo)} to go{again}, "
+              f"batch {batch_size} x {accelerator.num_processes} process(es) *****", flush=True)
+    mine = list(iter_chunks(todo, batch_size))[accelerator.process_index::accelerator.num_processes]
     decoding = get_decoding(record["decoding"]["preset"])
-    budget = question_token_budget(model, processor, record["prompt"], decoding)
-    prompts, cut = fitted_prompts(processor, mine, record["prompt"], budget)
-    writer_path = out_path if accelerator.num_processes == 1 else part_path(out_path, accelerator.process_index)
-    loader = DataLoader(_BatchImages(mine, processor.image_processor), batch_size=None, num_workers=num_workers,
-                        collate_fn=_as_is)
-    bar = tqdm(total=sum(len(b) for b in mine), desc=desc, unit="q", disable=not accelerator.is_main_process,
-               dynamic_ncols=True)
-    start, n_answered, n_errors = time.perf_counter(), 0, 0
+    questions = [s for batch in mine for s in batch]
+    fitted, was_cut, budget = fit_prompts(model, processor, record["prompt"], decoding, [s.question for s in questions])
+    prompts = {s.question_id: prompt for s, prompt in zip(questions, fitted)}
+    cut = dict.fromkeys(s.question_id for s, c in zip(questions, was_cut) if c)
+    for qid in cut:
+        print(f"warning: question {qid} is longer than the model reads; cut to {budget} tokens")
+    rank = accelerator.process_index
+    writer_path = out_path if accelerator.num_processes == 1 else out_path.with_name(f"{out_path.name}.rank{rank}.part")
+    # batch_size=None: each item is a batch already; the loader yields them in order
+    loader = DataLoader(mine, batch_size=None, num_workers=num_workers,
+                        collate_fn=functools.partial(batch_images, processor.image_processor))
+    bar = tqdm(total=len(questions), desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    n_answered, n_errors = 0, 0  # the bar shows the rate itself
     with JsonlAppender(writer_path) as writer:
-        for images in loader:
-            batch = mine[images["index"]]
+        for batch, images in zip(mine, loader):
             answerable = [s for s in batch if s.image_path not in images["errors"]]
             answers = generate_batch(model, processor, images["pixel_values"],
                                      [prompts[s.question_id] for s in answerable], decoding,
@@ -186,63 +134,29 @@ def run_vqa(samples: Sequence[VQASample], out_path: str | Path, *, model, proces
                 if answerable else []
             answer_of = {s.question_id: a for s, a in zip(answerable, answers)}
             rows = [result_row(s, record, answer_of.get(s.question_id), images["errors"].get(s.image_path),
-                               truncated=s.question_id in cut)
-                    for s in batch]
+                               s.question_id in cut) for s in batch]
             writer.write(rows)
             n_answered += len(rows)
             n_errors += sum(row["error"] is not None for row in rows)
             bar.update(len(rows))
-            bar.set_postfix(samples_per_s=f"{n_answered / (time.perf_counter() - start):.1f}", errors=n_errors)
+            bar.set_postfix(errors=n_errors)
     bar.close()
-    if accelerator.num_processes > 1:
-        gather_parts(out_path, accelerator, n_answered)
+    if accelerator.num_processes > 1:  # the main process reports each one's share and merges the part files
+        from accelerate.utils import gather_object
+
+        counts = [n for _, n in sorted(gather_object([(accelerator.process_index, n_answered)]))]
+        if accelerator.is_main_process:
+            print(f"questions answered per process: {counts}")
+            write_jsonl(out_path, read_rows(out_path).values())  # an answered row wins over an error row
+            for part in out_path.parent.glob(f"{out_path.name}.rank*.part"):
+                part.unlink()
     accelerator.wait_for_everyone()
 
 
-def gather_parts(out_path: Path, accelerator, n_answered: int) -> None:
-    """Data-parallel end: the main process reports each process's share and merges the part files."""
-    from accelerate.utils import gather_object
-
-    counts = [n for _, n in sorted(gather_object([(accelerator.process_index, n_answered)]))]
-    if accelerator.is_main_process:
-        print(f"questions answered per process: {counts}")
-        merge_parts(out_path)
-
-
-def merge_parts(out_path: Path) -> None:
-    """Append the per-process parts' rows that the main file lacks, then delete the parts."""
-    parts = sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))
-    have = {int(r["question_id"]) for r in read_jsonl(out_path, allow_torn_tail=True)} if out_path.exists() else set()
-    with JsonlAppender(out_path) as writer:
-        for part in parts:
-            rows = [r for r in read_jsonl(part, allow_torn_tail=True) if int(r["question_id"]) not in have]
-            have.update(int(r["question_id"]) for r in rows)
-            writer.write(rows)
-    for part in parts:
-        part.unlink()
-
-
-def write_evalai_file(path: str | Path, rows: Sequence[dict], question_ids: Sequence[int]) -> int:
-    """The EvalAI results file: an answer for every id of `question_ids` (all of test2015), "" where this run
-    has none (docs/notes.md); returns how many got ""."""
-    answer_of = {r["question_id"]: r["answer"] for r in rows if is_scorable(r)}
-    write_json(path, [{"question_id": q, "answer": answer_of.get(q, "")} for q in question_ids])
-    return sum(q not in answer_of for q in question_ids)
-
-
-def _unscored_metrics(rows: list[dict], scorable: list[dict], errors: list[dict]) -> dict:
-    """Metrics of a split without public answers: counts only; no accuracy (null), n_scored 0."""
-    return {"scored": False, "vqa_accuracy": None, "exact_match": None, "n": len(rows), "n_answered": len(scorable),
-            "n_scored": 0, "n_errors": len(errors), "per_answer_type": {}, "per_question_type": {},
-            "answers_changed_by_processing": processing_changes(scorable)["changed"],
-            "why_not_scored": "the split's answers are not public: EvalAI scores the submission file"}
-
-
-def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: str | Path,
-             results_path: str | Path, extra: dict | None = None) -> tuple[list[dict], dict]:
+def finalize(samples: Sequence[VQASample], out_path: Path, metrics_path: Path, results_path: Path,
+             extra: dict | None = None) -> tuple[list[dict], dict]:
     """Rewrite the rows in sample order, write the metrics and the official results file; return (rows,
     metrics). A split without answers is not scored (scored False, accuracy null)."""
-    out_path = Path(out_path)
     by_id = read_rows(out_path)
     missing = [s.question_id for s in samples if s.question_id not in by_id]
     if missing:
@@ -255,69 +169,43 @@ def finalize(samples: Sequence[VQASample], out_path: str | Path, metrics_path: s
     if not scorable:
         raise UserError(f"no question in {out_path} could be answered: every image failed to load "
                         f"(first error: {errors[0]['error']})")
-    if not any(s.has_answers for s in samples):
-        metrics = {**_unscored_metrics(rows, scorable, errors), **(extra or {})}
-    else:
-        scored = score_rows(scorable)
-        metrics = {"vqa_accuracy": scored["vqa_accuracy"], "vqa_accuracy_interval": accuracy_interval(scorable),
-                   "exact_match": scored["exact_match"], "n": scored["n"],
-                   "n_errors": len(errors), "per_answer_type": scored["per_answer_type"],
-                   "answers_changed_by_processing": processing_changes(scorable)["changed"],
-                   "per_question_type": scored["per_question_type"], **(extra or {})}
+    counts = {"n_errors": len(errors), "answers_changed_by_processing": processing_changes(scorable)["changed"]}
+    if any(s.has_answers for s in samples):
+        metrics = {**score_rows(scorable), "vqa_accuracy_interval": accuracy_interval(scorable), **counts}
+    else:  # counts only: no accuracy (null), n_scored 0
+        metrics = {"scored": False, "vqa_accuracy": None, "exact_match": None, "n": len(rows),
+                   "n_answered": len(scorable), "n_scored": 0, "per_answer_type": {}, "per_question_type": {},
+                   **counts, "why_not_scored": "the split's answers are not public: EvalAI scores the submission file"}
+    metrics.update(extra or {})
     write_json(metrics_path, metrics)
     write_json(results_path, [{"question_id": r["question_id"], "answer": r["answer"]} for r in scorable])
     return rows, metrics
-
-
-def print_metrics(title: str, metrics: dict) -> None:
-    """The run's accuracy, its interval and the per-answer-type lines."""
-    interval = metrics.get("vqa_accuracy_interval")
-    print(f"{title}: VQA accuracy {metrics['vqa_accuracy']:.2f}  exact match {metrics['exact_match']:.2f}  "
-          f"(n={metrics['n']}" + (f", {metrics['n_errors']} error rows" if metrics.get("n_errors") else "") + ")")
-    if interval:
-        print(f"  95% interval {interval['low']:.2f} to {interval['high']:.2f} (bootstrap over "
-              f"{interval['resampled']['n']:,} {interval['resampled']['unit']}s)")
-    if "answers_changed_by_processing" in metrics:
-        print(f"  the official answer processing (punctuation, number words, articles) changed "
-              f"{metrics['answers_changed_by_processing']} of {metrics['n']} answers before scoring")
-    for t, m in sorted(metrics["per_answer_type"].items()):
-        print(f"  {t:<8} VQA {m['vqa_accuracy']:6.2f}  EM {m['exact_match']:6.2f}  (n={m['n']})")
-
-
-def report_errors(rows: Sequence[dict], limit: int = 5) -> None:
-    """The questions left unanswered (error rows), the first `limit` of them named."""
-    errors = [r for r in rows if r.get("error")]
-    if errors:
-        print(f"{len(errors)} question(s) could not be answered (kept as error rows, left out of the metrics):")
-        for r in errors[:limit]:
-            print(f"  question {r['question_id']}: {r['error']}")
 
 
 def eval_record(*, model_id: str, adapter: str | None, quantization: str, dataset: str, vqa_prompt: str,
                 vqa_decoding: str, split: str | None = None) -> dict:
     """What every row of a run records about how it was made (a resumed run must match: RESUME_KEYS); local
     folders resolved, so every spelling of one path is the same run."""
-    return {"model_id": resolved_if_local(model_id), "adapter": resolved_if_local(adapter), "quantization": quantization, "dataset": dataset,
-            "split": split, "answer_processing": ANSWER_PROCESSING, "image_backend": IMAGE_BACKEND,
-            **generation_record(vqa_prompt, vqa_decoding)}
+    return {"model_id": resolved_if_local(model_id), "adapter": resolved_if_local(adapter),
+            "quantization": quantization, "dataset": dataset, "split": split, "answer_processing": ANSWER_PROCESSING,
+            "image_backend": IMAGE_BACKEND, **generation_record(vqa_prompt, vqa_decoding)}
 
 
-def zero_shot_reference(record: dict, metrics: dict, published: dict = PUBLISHED) -> dict | None:
+def zero_shot_reference(record: dict, metrics: dict) -> dict | None:
     """For a zero-shot val run of a checkpoint and prompt with a published number: that number, the settings in
     which this run differs from it, and whether the run lands far below every published number."""
-    entry = published.get((record.get("model_id"), record.get("prompt")))
+    entry = PUBLISHED.get((record.get("model_id"), record.get("prompt")))
     if entry is None or record.get("adapter") or record.get("split") != "val" or metrics.get("vqa_accuracy") is None:
         return None
     run = {"decoding": (record.get("decoding") or {}).get("preset"), "quantization": record.get("quantization"),
            "dataset": record.get("dataset"), "questions": metrics["n"]}
     differs = {key: {"run": run[key], "published": entry[key]} for key in run
                if run[key] not in (entry[key] if isinstance(entry[key], tuple) else (entry[key],))}
-    warn_below = min(e["accuracy"] for (model, _), e in published.items() if model == record["model_id"]) \
+    warn_below = min(e["accuracy"] for (model, _), e in PUBLISHED.items() if model == record["model_id"]) \
         - FAR_BELOW_POINTS
     return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],
-            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"],
-            "interval": metrics["vqa_accuracy_interval"],
-            "source": entry["source"], "differs": differs, "warn_below": warn_below,
+            "accuracy": entry["accuracy"], "run_accuracy": metrics["vqa_accuracy"], "source": entry["source"],
+            "interval": metrics["vqa_accuracy_interval"], "differs": differs, "warn_below": warn_below,
             "far_below": metrics["vqa_accuracy_interval"]["high"] < warn_below}
 
 
@@ -329,8 +217,7 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
     out_path = out_dir / f"{run_name}.jsonl"
     facts = {"dataset": record["dataset"], "split": split, "model_id": record["model_id"], "adapter": record["adapter"]}
     if submission_ids is not None:
-        facts["evalai_file"] = evalai_file_name(split, run_name)
-        facts["evalai_questions"] = len(submission_ids)
+        facts.update(evalai_file=evalai_file_name(split, run_name), evalai_questions=len(submission_ids))
     rows, metrics = finalize(samples, out_path, out_dir / f"{run_name}_metrics.json",
                              out_dir / f"{run_name}_results.json", extra=facts)
     reference = zero_shot_reference(record, metrics)
@@ -338,16 +225,32 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
         metrics["published"] = reference
         write_json(out_dir / f"{run_name}_metrics.json", metrics)
     write_config(config, out_dir / f"{run_name}_config.json")
-    report_errors(rows)
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        print(f"{len(errors)} question(s) could not be answered (kept as error rows, left out of the metrics):")
+        for r in errors[:5]:
+            print(f"  question {r['question_id']}: {r['error']}")
     if submission_ids is None:
-        print_metrics(f"{run_name} ({facts['dataset']} {facts['split']})", metrics)
+        interval = metrics["vqa_accuracy_interval"]
+        errors_note = f", {len(errors)} error rows" if errors else ""
+        print(f"{run_name} ({facts['dataset']} {split}): VQA accuracy {metrics['vqa_accuracy']:.2f}  exact match "
+              f"{metrics['exact_match']:.2f}  (n={metrics['n']}{errors_note})")
+        print(f"  95% interval {interval['low']:.2f} to {interval['high']:.2f} (bootstrap over "
+              f"{interval['resampled']['n']:,} {interval['resampled']['unit']}s)")
+        print(f"  the official answer processing (punctuation, number words, articles) changed "
+              f"{metrics['answers_changed_by_processing']} of {metrics['n']} answers before scoring")
+        for t, m in sorted(metrics["per_answer_type"].items()):
+            print(f"  {t:<8} VQA {m['vqa_accuracy']:6.2f}  EM {m['exact_match']:6.2f}  (n={m['n']})")
         if reference and published_lines:
             print("\n".join("  " + line if not line.startswith("warning") else line
                             for line in published_lines(reference)), flush=True)
         print(f"wrote {out_path}, {run_name}_metrics.json and {run_name}_results.json in {out_dir}")
         return rows, metrics
+    # an answer for every id of test2015, "" where this run has none (docs/notes.md)
     evalai_path = out_dir / facts["evalai_file"]
-    blank = write_evalai_file(evalai_path, rows, submission_ids)
+    answer_of = {r["question_id"]: r["answer"] for r in rows if is_scorable(r)}
+    write_json(evalai_path, [{"question_id": q, "answer": answer_of.get(q, "")} for q in submission_ids])
+    blank = sum(q not in answer_of for q in submission_ids)
     print(f"{run_name} ({facts['dataset']} {split}): no answers to score ({split} answers are held by the EvalAI "
           f"server); {metrics['n_answered']} of {metrics['n']} questions answered, accuracy not computed")
     print(f"{evalai_path.name} answers all {len(submission_ids):,} test2015 questions, as EvalAI wants in every "
@@ -355,9 +258,10 @@ def score_and_write(samples: Sequence[VQASample], out_dir: Path, run_name: str, 
           "or error rows)")
     print(f"wrote {out_path}, {run_name}_metrics.json, {run_name}_results.json and {evalai_path.name} in {out_dir}")
     if metrics["n_errors"]:  # their answers would go in as "": fix and rerun first (error rows are asked again)
-        print(f"warning: {metrics['n_errors']} question(s) have error rows (listed above), so {evalai_path.name} is not ready to "
-              "submit: fix what they name (e.g. restore the images) and rerun the same command, which asks them again")
-        return rows, metrics
-    print(f"submit {evalai_path} to EvalAI (VQA Challenge, phase {EVALAI_PHASES[split]})")
+        print(f"warning: {metrics['n_errors']} question(s) have error rows (listed above), so {evalai_path.name} is "
+              "not ready to submit: fix what they name (e.g. restore the images) and rerun the same command, which "
+              "asks them again")
+    else:
+        print(f"submit {evalai_path} to EvalAI (VQA Challenge, phase {EVALAI_PHASES[split]})")
     return rows, metrics
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
@@ -14,8 +15,6 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB, transparency on white and 16-bit grey scaled to 8 bit."""
-    if img.mode == "RGB":
-        return img
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -23,11 +22,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return background
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grey: scale to 8 bit instead of clipping everything above 255 to white
-        import numpy as np
-
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 0
-        scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
         return Image.fromarray((arr * scale).clip(0, 255).astype("uint8"), "L").convert("RGB")
     return img.convert("RGB")
 
@@ -46,16 +42,10 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_ori
         with Image.open(path) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise UserError(
-                    f"image too large: {path} is {w}x{h} pixels (limit {max_pixels:,}); resize it first"
-                )
+                raise UserError(f"image too large: {path} is {w}x{h} pixels (limit {max_pixels:,}); resize it first")
             img.seek(0)
             img.load()
-            if exif_orientation:
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
-    except UserError:
-        raise
+            return _to_rgb(ImageOps.exif_transpose(img) if exif_orientation else img)
     except PermissionError:  # before OSError: the file is fine, this user just may not read it
         raise UserError(f"permission denied: cannot read image {path}; check its permissions "
                         f"(e.g. chmod a+r {path})") from None
@@ -70,12 +60,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *, exif_ori
 
 def shown_path(path: str | Path) -> str:
     """`path` as printable UTF-8 text: bytes of a name that is not valid UTF-8 escaped as \\xNN."""
-    text = str(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import UserError
+
 PROMPTS = {
     "vqa_opt": "Question: {} Answer:",
     "vqa_opt_raw": "Question: {} Answer:",
@@ -19,14 +21,7 @@ QUESTION_PROCESSING = {"vqa_opt": "lavis", "vqa_opt_raw": "raw", "vqa_opt_lavis"
                        "caption": "raw"}
 
 _LAVIS_STRIP = re.compile(r'([.!\"()*#:;~])')
-LAVIS_MAX_WORDS = 50
-
-
-def lavis_question(question: str) -> str:
-    """LAVIS's BlipQuestionProcessor.pre_question, exactly."""
-    question = _LAVIS_STRIP.sub("", question.lower()).rstrip(" ")
-    words = question.split(" ")
-    return " ".join(words[:LAVIS_MAX_WORDS]) if len(words) > LAVIS_MAX_WORDS else question
+_LAVIS_MAX_WORDS = 50
 
 
 DECODING = {
@@ -41,8 +36,8 @@ DECODING = {
 }
 # LAVIS's OPT-only and Flan-T5-only settings; the others suit both families
 DECODING_FAMILIES = {"vqa_lavis": ("opt",), "vqa_beam5_t5": ("t5",)}
-VQAV2_VAL_QUESTIONS = 214_354  # VQAv2 val2014: the split the published zero-shot numbers are measured on
-PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": VQAV2_VAL_QUESTIONS}
+# the published numbers' setting: all 214,354 questions of VQAv2 val2014
+PAPER_SETTING = {"quantization": "none", "dataset": ("vqav2", "vqav2_hub"), "questions": 214_354}
 # zero-shot VQAv2 val accuracy published per (checkpoint, prompt), with the decoding it was measured with
 PUBLISHED = {(model, prompt): {"accuracy": accuracy, "decoding": decoding, "source": source, **PAPER_SETTING}
              for model, prompt, accuracy, decoding, source in (
@@ -52,47 +47,35 @@ PUBLISHED = {(model, prompt): {"accuracy": accuracy, "decoding": decoding, "sour
     ("Salesforce/blip2-flan-t5-xl", "vqa_t5", 63.1, "vqa_beam5_t5",
      "BLIP-2 paper, Table 2; LAVIS vqav2_zeroshot_flant5xl_eval.yaml: 63.13"),
     ("Salesforce/blip2-flan-t5-xxl", "vqa_t5", 65.2, "vqa_beam5_t5", "BLIP-2 paper, Table 2"))}
-# keys of a preset that are not generate() arguments
-PROMPT_KEYS = ("max_prompt_tokens",)
 
-AUTO = "auto"  # in a script's VQA_PROMPT / VQA_DECODING: the model family's own (src/family.py)
-DEFAULT_VQA_PROMPT = "vqa_opt"  # what "auto" is for the default model, Salesforce/blip2-opt-2.7b
+DEFAULT_VQA_PROMPT = "vqa_opt"  # what "auto" (src/family.py) is for the default model, Salesforce/blip2-opt-2.7b
 DEFAULT_VQA_DECODING = "vqa_beam5"
 DEFAULT_CAPTION_DECODING = "caption_beam5"
 
 
 def get_prompt(name: str) -> str:
-    from .errors import UserError
-
     if name not in PROMPTS:
         raise UserError(f"unknown prompt {name!r}; known prompts: {', '.join(PROMPTS)}")
     return PROMPTS[name]
 
 
 def get_decoding(name: str) -> dict:
-    from .errors import UserError
-
-    if name not in DECODING:
-        raise UserError(f"unknown decoding preset {name!r}; known presets: {', '.join(DECODING)}")
-    return dict(DECODING[name])
+    return dict(DECODING[name])  # preset names are checked before any work (src/preflight.py)
 
 
 def generate_kwargs(decoding: dict) -> tuple[dict, int | None]:
     """(the generate() arguments of a preset, its prompt-token cap or None)."""
-    kwargs = {k: v for k, v in decoding.items() if k not in PROMPT_KEYS}
-    return kwargs, decoding.get("max_prompt_tokens")
-
-
-def process_question(name: str, question: str) -> str:
-    """The question as prompt `name` puts it in (QUESTION_PROCESSING)."""
-    return lavis_question(question) if QUESTION_PROCESSING.get(name) == "lavis" else question
+    kwargs = dict(decoding)
+    return kwargs, kwargs.pop("max_prompt_tokens", None)
 
 
 def format_prompt(name: str, question: str | None = None) -> str:
+    """Prompt `name` with `question` put in, processed as QUESTION_PROCESSING says ("lavis": LAVIS's
+    BlipQuestionProcessor.pre_question, exactly)."""
     template = get_prompt(name)
-    if "{}" not in template:
-        return template
-    return template.format(process_question(name, question) if question else question)
+    if question and QUESTION_PROCESSING.get(name) == "lavis":
+        question = " ".join(_LAVIS_STRIP.sub("", question.lower()).rstrip(" ").split(" ")[:_LAVIS_MAX_WORDS])
+    return template.format(question) if "{}" in template else template
 
 
 def first_line(text: str) -> str:
@@ -103,18 +86,13 @@ def first_line(text: str) -> str:
 
 def generation_record(prompt_name: str, decoding_name: str) -> dict:
     """What every output row records about how its text was produced."""
-    return {
-        "prompt": prompt_name,
-        "prompt_template": get_prompt(prompt_name),
-        "question_processing": QUESTION_PROCESSING.get(prompt_name, "raw"),
-        "decoding": {"preset": decoding_name, **get_decoding(decoding_name)},
-    }
+    return {"prompt": prompt_name, "prompt_template": get_prompt(prompt_name),
+            "question_processing": QUESTION_PROCESSING.get(prompt_name, "raw"),
+            "decoding": {"preset": decoding_name, **get_decoding(decoding_name)}}
 
 
 def check_question(question: str) -> str:
     """A question must have text; returns it stripped."""
-    from .errors import UserError
-
     q = (question or "").strip()
     if not q:
         raise UserError("the question is empty; type a question, e.g. --question=\"What is in the image?\"")

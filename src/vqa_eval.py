@@ -3,6 +3,7 @@ docs/notes.md), and the bootstrap intervals of an accuracy and of a paired chang
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,10 +13,9 @@ import numpy as np
 from .errors import UserError
 from .files import read_json
 
-NORMALIZATION_TABLES = Path(__file__).with_name("vqa_normalization.json")
 PRECISION = 2  # decimals of every reported percentage, as the official VQAEval(n=2)
 
-_TABLES = read_json(NORMALIZATION_TABLES, "VQA normalisation tables")
+_TABLES = read_json(Path(__file__).with_name("vqa_normalization.json"), "VQA normalisation tables")
 _PUNCTUATION = tuple(_TABLES["punctuation"])
 _NUMBER_WORDS = dict(_TABLES["number_words"])
 _ARTICLES = frozenset(_TABLES["articles"])
@@ -39,32 +39,24 @@ def process_punctuation(text: str) -> str:
     out = text
     digit_comma_digit = _COMMA_STRIP.search(text) is not None
     for p in _PUNCTUATION:
-        if digit_comma_digit or p + " " in text or " " + p in text:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
+        out = out.replace(p, "" if digit_comma_digit or p + " " in text or " " + p in text else " ")
     return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
-def process_digit_article(text: str) -> str:
-    """Rule 4 (official processDigitArticle, the only step that lower-cases)."""
-    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+def process_answer(cleaned: str) -> str:
+    """Rule 3, then rule 4 (official processDigitArticle, the only step that lower-cases)."""
+    words = [_NUMBER_WORDS.get(word, word) for word in process_punctuation(cleaned).lower().split()]
     return " ".join([_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES])
-
-
-def _process(cleaned: str) -> str:
-    return process_digit_article(process_punctuation(cleaned))
 
 
 def normalize_answer(text: str) -> str:
     """Rules 1, 3 and 4: the form the official metric compares when the ground truths disagree."""
-    return _process(clean_whitespace(text))
+    return process_answer(clean_whitespace(text))
 
 
-def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable[[str], str] = clean_whitespace,
-                     process: Callable[[str], str] = _process) -> tuple[str, list[str]]:
-    """Rules 1 and 2: the prediction and ground truths as the official metric compares them. `clean` and
-    `process` are rule 1 and rules 3-4 (callers scoring many questions pass memoised ones)."""
+def compared_answers(prediction: str, gt_answers: Sequence[str], clean: Callable, process: Callable) -> tuple:
+    """Rules 1 and 2: the prediction and ground truths as the official metric compares them, through `clean`
+    and `process`, rule 1 and rules 3-4 memoised (functools.cache of clean_whitespace and process_answer)."""
     prediction, gts = clean(prediction), list(map(clean, gt_answers))
     if len(set(gts)) > 1:
         return process(prediction), list(map(process, gts))
@@ -86,44 +78,23 @@ def percent(values: Sequence[float]) -> float:
 
 # --- questions given as strings --------------------------------------------------------------------
 
-class _Memo(dict):
-    """`function` of each distinct text, computed once: VQAv2 repeats most answer strings many times."""
-
-    def __init__(self, function: Callable[[str], str]):
-        super().__init__()
-        self.function = function
-
-    def __missing__(self, text: str) -> str:
-        value = self[text] = self.function(text)
-        return value
-
-
-def _memoised_rules() -> tuple[Callable[[str], str], Callable[[str], str]]:
-    return _Memo(clean_whitespace).__getitem__, _Memo(_process).__getitem__
-
-
-def _majority(answers: Sequence[str]) -> str:
-    """Most frequent answer; a tie goes to the one that occurs first."""
-    counts: dict[str, int] = {}
-    for a in answers:
-        counts[a] = counts.get(a, 0) + 1
-    return max(counts, key=counts.__getitem__)  # max keeps the first of equal keys; dicts keep order
-
-
-def score_batch(predictions: Sequence[str], gt_answer_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """(VQA accuracy, exact match) of each question, two arrays of values in [0, 1]."""
+def score_batch(predictions: Sequence[str], gt_answer_lists: Sequence[Sequence[str]],
+                where: Callable[[int], str] = "question {}".format) -> tuple[np.ndarray, np.ndarray]:
+    """(VQA accuracy, exact match) of each question, two arrays of values in [0, 1]; exact match is against the
+    most frequent compared ground truth (the first on a tie). `where(i)` names question i in errors."""
     if len(predictions) != len(gt_answer_lists):
         raise UserError(f"{len(predictions)} predictions but {len(gt_answer_lists)} ground-truth lists")
-    clean, process = _memoised_rules()
+    # each distinct text processed once: VQAv2 repeats most answer strings
+    clean, process = functools.cache(clean_whitespace), functools.cache(process_answer)
     accuracy, exact = [], []
     for i, (prediction, gts) in enumerate(zip(predictions, gt_answer_lists)):
         if not isinstance(gts, (list, tuple)) or not gts or not all(isinstance(a, str) for a in gts):
-            raise UserError(f"question {i}: gt_answers must be a non-empty list of strings, got {gts!r}")
+            raise UserError(f"{where(i)}: 'gt_answers' must be a non-empty list of strings, got {gts!r}")
         if not isinstance(prediction, str):
-            raise UserError(f"question {i}: the prediction must be a string, got {prediction!r}")
+            raise UserError(f"{where(i)}: 'answer' must be a string, got {prediction!r}")
         prediction, gts = compared_answers(prediction, gts, clean, process)
         accuracy.append(leave_one_out([g == prediction for g in gts]))
-        exact.append(float(_majority(gts) == prediction))
+        exact.append(float(max(dict.fromkeys(gts), key=gts.count) == prediction))  # the first on a tie
     return np.asarray(accuracy, np.float64), np.asarray(exact, np.float64)
 
 
@@ -133,8 +104,7 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
 
 
 def exact_match(prediction: str, gt_answers: Sequence[str]) -> float:
-    """1.0 if the prediction equals the most frequent ground-truth answer (first on a tie), both processed as
-    the VQA metric processes them (rules 1-4), else 0.0. Not an official number."""
+    """1.0 if the prediction equals the majority ground truth as the metric compares them; not an official number."""
     return float(score_batch([prediction], [gt_answers])[1][0])
 
 
@@ -144,38 +114,28 @@ def score_rows(rows: Sequence[dict]) -> dict:
     rows = list(rows)
     if not rows:
         raise UserError("no prediction rows to score")
-    predictions, gt_lists = [], []
+
+    def where(i: int) -> str:
+        return f"row {i}" + (f" (question_id {rows[i]['question_id']})" if "question_id" in rows[i] else "")
+
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise UserError(f"row {i}: expected an object, got {type(row).__name__}")
-        where = f"row {i}" + (f" (question_id {row['question_id']})" if "question_id" in row else "")
         for key in ("answer", "gt_answers"):
             if key not in row:
-                raise UserError(f"{where}: missing '{key}'")
-        if not isinstance(row["answer"], str):
-            raise UserError(f"{where}: 'answer' must be a string, got {row['answer']!r}")
-        gts = row["gt_answers"]
-        if not isinstance(gts, list) or not gts or not all(isinstance(a, str) for a in gts):
-            raise UserError(f"{where}: 'gt_answers' must be a non-empty list of strings, got {gts!r}")
-        predictions.append(row["answer"])
-        gt_lists.append(gts)
-    accuracy, exact = score_batch(predictions, gt_lists)
+                raise UserError(f"{where(i)}: missing '{key}'")
+    accuracy, exact = score_batch([r["answer"] for r in rows], [r["gt_answers"] for r in rows], where)
     accuracy, exact = accuracy.tolist(), exact.tolist()
 
-    def summary(indices: list[int]) -> dict:
+    def summary(indices: Sequence[int]) -> dict:
         return {"vqa_accuracy": percent([accuracy[i] for i in indices]),
                 "exact_match": percent([exact[i] for i in indices]), "n": len(indices)}
 
-    def breakdown(key: str) -> dict:
+    out = summary(range(len(rows)))
+    for key in ("answer_type", "question_type"):
         groups: dict = {}
         for i, row in enumerate(rows):
             if row.get(key) is not None:
                 groups.setdefault(row[key], []).append(i)
-        return {group: summary(indices) for group, indices in groups.items()}
-
-    out = summary(list(range(len(rows))))
-    out["per_answer_type"] = breakdown("answer_type")
-    out["per_question_type"] = breakdown("question_type")
+        out[f"per_{key}"] = {group: summary(indices) for group, indices in groups.items()}
     return out
 
 
@@ -203,20 +163,15 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
                      seed: int = 0, clusters: Sequence | None = None) -> tuple[float, float, float]:
     """(mean change ft - base, 2.5th and 97.5th percentiles) in points, resampling `clusters` (one per
     question, e.g. its image; None: the questions) with the same draws for both models (docs/notes.md)."""
-    base = np.asarray(base_scores, dtype=np.float64)
-    ft = np.asarray(ft_scores, dtype=np.float64)
+    base, ft = np.asarray(base_scores, dtype=np.float64), np.asarray(ft_scores, dtype=np.float64)
     if base.ndim != 1 or base.shape != ft.shape:
         raise ValueError(f"paired_bootstrap needs two equally long 1-D score lists, got {base.shape} and {ft.shape}")
     if base.size == 0:
         raise ValueError("paired_bootstrap needs at least one question")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     diff = ft - base
     if clusters is None:
         sums, counts = diff, None  # every draw holds exactly n questions
     else:
-        if len(clusters) != diff.size:
-            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
         number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
         ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
         sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)

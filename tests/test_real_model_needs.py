@@ -486,7 +486,7 @@ def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upr
     """A JPEG with EXIF Orientation 6 (shown rotated 90 degrees): VQAv2/COCO and easy-VQA images are read
     as stored, as the annotators and LAVIS saw them; a photo a user gives the demo or the CLI is turned."""
     from src.demo_app import open_upload
-    from src.evaluation import _BatchImages
+    from src.evaluation import batch_images
     from src.images import load_image
     from src.modeling import load_processor
 
@@ -499,7 +499,7 @@ def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upr
     assert open_upload(str(path), max_upload_mb=10).size == (80, 120)
     processor = load_processor(tiny_model_dir)
     sample = VQASample(1, 1, str(path), "what?", ["a"] * 10, "a", "other", "what")
-    item = _BatchImages([[sample]], processor.image_processor)[0]
+    item = batch_images(processor.image_processor, [sample])
     expected = processor.image_processor([Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]
     assert torch.equal(item["pixel_values"], expected)  # the evaluation's pixels: the stored orientation
 
