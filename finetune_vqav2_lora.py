@@ -89,8 +89,8 @@ def main():
     import torch
 
     from src.locks import hold_output_lock
-    from src.family import OPT, T5
-    from src.modeling import known_family, make_accelerator, mixed_precision, model_family
+    from src.family import OPT, T5, family_of
+    from src.modeling import known_family, make_accelerator, mixed_precision, model_config
     from src.tracking import check_report_to
 
     tracker = check_report_to(REPORT_TO)  # an unknown name or a missing package: one line, before any work
@@ -102,7 +102,7 @@ def main():
     if not MEMORY_PLAN_ONLY:
         family = known_family(MODEL_ID)  # no download (a hub id seen the first time: known once it loads)
         if family is None and mixed_precision(device, OPT) != mixed_precision(device, T5):
-            family = model_family(MODEL_ID)  # a GPU without bf16: the precision depends on it, so its config now
+            family = family_of(model_config(MODEL_ID))  # a GPU without bf16: the precision depends on it
         if family is not None:
             resolve_family_settings(config, family)
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100; fp32 for Flan-T5), fp32 on CPU

@@ -87,11 +87,10 @@ def bnb_details(config, compute_dtype: str = "bfloat16") -> dict:
     import torch
 
     from src.memory_plan import bnb_modules_to_not_convert, bnb_quantized_linears, build_meta_model
-    from src.memory_plan import checkpoint_tensor_names, load_blip2_config
 
-    model = build_meta_model(load_blip2_config(config), checkpoint_tensor_names(config))
+    model = build_meta_model(config)
     not_convert = bnb_modules_to_not_convert(model)
-    quantized = bnb_quantized_linears(model, not_convert)
+    quantized = bnb_quantized_linears(model)
     compute = getattr(torch, compute_dtype)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
     return {
@@ -220,12 +219,12 @@ def format_full_plan(plan: dict) -> str:
 
 def unquantized_params_by_dtype(plan: dict, precision: str) -> dict[str, int]:
     """Parameters of blip2-opt-2.7b that the int8 / nf4 column leaves unquantised, per dtype transformers loads them in."""
-    from src.memory_plan import build_meta_model, load_blip2_config
+    from src.memory_plan import build_meta_model
 
     quantized = {f"{name}.weight" for name in plan["bnb"]["quantized_linears"]}
     upcast = [re.compile(k.replace("*", ".*")) for k in plan["bnb"]["fp32_patterns"][precision]]
     kept: dict[str, int] = {}
-    for name, param in build_meta_model(load_blip2_config(None)).named_parameters():  # tied ones once
+    for name, param in build_meta_model(None).named_parameters():  # tied ones once
         if name not in quantized:
             dtype = "float32" if any(u.search(name) for u in upcast) else plan["compute_dtype"]
             kept[dtype] = kept.get(dtype, 0) + param.numel()

@@ -30,25 +30,13 @@ LORA_STATE_BYTES = 4 + 4 + 8  # per LoRA parameter, fp32 as peft keeps it: weigh
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # a compute dtype's column
 GIB = 1024**3
+LM_HEAD = "language_model.lm_head.weight"  # BLIP-2's output embedding, OPT's and T5's
 
 
 def nf4_weight_bytes(numel: int) -> int:
-    """Bytes of one NF4 weight with double quantisation: packed 4-bit codes, a uint8 absmax per 64 weights,
-    an fp32 absmax per 256 blocks, and the tables."""
+    """Bytes of one NF4 weight with double quantisation: 4-bit codes, uint8 absmax per block, fp32 ones, tables."""
     blocks = math.ceil(numel / NF4_BLOCKSIZE)
     return (numel + 1) // 2 + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCKSIZE) + NF4_TABLE_BYTES
-
-
-def int8_weight_bytes(out_features: int, in_features: int) -> int:
-    """LLM.int8 (Linear8bitLt, has_fp16_weights=False): int8 weight plus one fp32 scale (SCB) per output row."""
-    return out_features * in_features + 4 * out_features
-
-
-def _shipped(config: Any) -> Any:
-    """The architecture file shipped for a known Hub id (None: the default model's), else `config` itself."""
-    if config is None:
-        return ARCHITECTURE_JSON
-    return KNOWN_ARCHITECTURES.get(str(config), config) if not Path(str(config)).exists() else config
 
 
 def load_blip2_config(config: Any = None):
@@ -58,61 +46,50 @@ def load_blip2_config(config: Any = None):
 
     if isinstance(config, Blip2Config):
         return config
+    source = ARCHITECTURE_JSON if config is None else config
+    if not Path(str(source)).exists():  # a known Hub id: the architecture shipped here, no network
+        source = KNOWN_ARCHITECTURES.get(str(config), config)
     try:
-        return Blip2Config.from_pretrained(str(_shipped(config)))
+        return Blip2Config.from_pretrained(str(source))
     except (OSError, ValueError) as e:
         raise UserError(f"no BLIP-2 config at {config!r} ({type(e).__name__}); pass a model folder "
                         f"or one of {', '.join(KNOWN_ARCHITECTURES)}") from None
 
 
-def checkpoint_tensor_names(config: Any) -> set[str] | None:
-    """The tensor names of a model folder's safetensors checkpoint (headers only), or None without one."""
-    from safetensors import safe_open
-
-    if not isinstance(config, (str, Path)):
-        return None
-    folder = Path(_shipped(config))
-    if (folder / "model.safetensors.index.json").is_file():
-        return set(read_json(folder / "model.safetensors.index.json", "checkpoint index")["weight_map"])
-    if (folder / "model.safetensors").is_file():
-        with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            return set(f.keys())
-    return None
-
-
-def build_meta_model(config, checkpoint_keys: set[str] | None = None):
-    """Blip2ForConditionalGeneration with every tensor on the meta device: shapes, no memory. Its output
-    embedding is untied as transformers unties it when loading (`output_embedding_untied`)."""
+def build_meta_model(config: Any = None):
+    """Blip2ForConditionalGeneration of `config` (as load_blip2_config takes it) on the meta device: shapes, no
+    memory; its output embedding untied where loading unties it (`_loading_unties`)."""
     import torch
     from transformers import Blip2ForConditionalGeneration
 
     with torch.device("meta"):
-        model = Blip2ForConditionalGeneration(config)
-        if output_embedding_untied(model, checkpoint_keys):
-            name, head = _output_embedding_name(model), model.get_output_embeddings()
+        model = Blip2ForConditionalGeneration(load_blip2_config(config))
+        if _loading_unties(model, config):
+            head = model.get_output_embeddings()
             head.weight = torch.nn.Parameter(torch.empty_like(head.weight), requires_grad=False)
-            model.all_tied_weights_keys.pop(name, None)  # as tie_weights leaves it after loading
-            model.language_model.all_tied_weights_keys.pop(name.removeprefix("language_model."), None)
+            model.all_tied_weights_keys.pop(LM_HEAD, None)  # as tie_weights leaves it after loading
+            model.language_model.all_tied_weights_keys.pop(LM_HEAD.removeprefix("language_model."), None)
     return model
 
 
-def _output_embedding_name(model) -> str:
-    head = model.get_output_embeddings()
-    return next(f"{n}.weight" for n, m in model.named_modules() if m is head)
-
-
-def output_embedding_untied(model, checkpoint_keys: set[str] | None) -> bool:
+def _loading_unties(model, config: Any) -> bool:
     """Whether loading leaves the output embedding a tensor of its own although the model ties it when built: read
-    off the checkpoint's tensor names, else off `tie_word_embeddings: false` (Flan-T5; docs/details.md)."""
-    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or head.weight is not embed.weight:
+    off a model folder's safetensors tensor names, else off `tie_word_embeddings: false` (Flan-T5; docs/details.md)."""
+    from safetensors import safe_open
+
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
         return False
-    target = _output_embedding_name(model)
-    source = model.all_tied_weights_keys.get(target)
-    if checkpoint_keys is not None:
-        return source is not None and {target, source} <= checkpoint_keys
-    text = model.config.text_config
-    return text.tie_word_embeddings is False or getattr(text, "scale_decoder_outputs", True) is False
+    folder = Path(config) if isinstance(config, (str, Path)) else None  # a model folder, or a Hub id
+    if folder and (folder / "model.safetensors.index.json").is_file():
+        names = set(read_json(folder / "model.safetensors.index.json", "checkpoint index")["weight_map"])
+    elif folder and (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            names = set(f.keys())
+    else:
+        text = model.config.text_config
+        return text.tie_word_embeddings is False or getattr(text, "scale_decoder_outputs", True) is False
+    source = model.all_tied_weights_keys.get(LM_HEAD)
+    return source is not None and {LM_HEAD, source} <= names
 
 
 def bnb_modules_to_not_convert(model) -> list[str]:
@@ -124,33 +101,26 @@ def bnb_modules_to_not_convert(model) -> list[str]:
     return sorted(HfQuantizer.get_modules_to_not_convert(model, skip, model._keep_in_fp32_modules))
 
 
-def bnb_quantized_linears(model, modules_to_not_convert: list[str]) -> dict[str, Any]:
-    """The modules `replace_with_bnb_linear` turns into Linear4bit / Linear8bitLt (same rule, no replacing)."""
+def bnb_quantized_linears(model) -> dict[str, Any]:
+    """The modules `replace_with_bnb_linear` turns into Linear4bit / Linear8bitLt (its rule; BLIP-2 has no Conv1D)."""
     import torch.nn as nn
-    from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if should_convert_module(name, modules_to_not_convert) and (isinstance(module, Conv1D) or type(module) is nn.Linear)
-    }
+    skip = bnb_modules_to_not_convert(model)
+    return {name: m for name, m in model.named_modules() if type(m) is nn.Linear and should_convert_module(name, skip)}
 
 
 def _part_of(name: str, param, model) -> str:
     """The part of BLIP-2 a parameter counts to: a top-level module, or a piece of the language model."""
     if param is model.get_input_embeddings().weight:
         return "language_model.embed_tokens"  # OPT's embed_tokens, T5's shared (its encoder's and decoder's)
-    head = model.get_output_embeddings()
-    if head is not None and param is head.weight:
+    if param is model.get_output_embeddings().weight:
         return "language_model.lm_head"  # only reached when the output embedding is not tied
     if not name.startswith("language_model."):
         return name.split(".", 1)[0]
-    for piece, part in ((".encoder.block.", "encoder_layers"), (".decoder.block.", "decoder_layers"),
-                        (".layers.", "layers"), ("embed_positions", "embed_positions")):
-        if piece in name:
-            return f"language_model.{part}"
-    return "language_model.final_norm_etc"
+    pieces = {".encoder.block.": "encoder_layers", ".decoder.block.": "decoder_layers", ".layers.": "layers",
+              "embed_positions": "embed_positions"}
+    return "language_model." + next((part for piece, part in pieces.items() if piece in name), "final_norm_etc")
 
 
 _LAYER_INDEX = re.compile(r"\.(?:layers|block)\.(\d+)\.")
@@ -159,14 +129,9 @@ _LAYER_INDEX = re.compile(r"\.(?:layers|block)\.(\d+)\.")
 def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:
     """Parameters and weight bytes of BLIP-2 (`config` as `load_blip2_config` takes it) per part and precision, plus
     `lora` and its training state; `compute_dtype` is what bitsandbytes leaves unquantised in the int8 / nf4 columns."""
-    import torch
-
-    cfg = load_blip2_config(config)
-    family = family_of(cfg)
-    model = build_meta_model(cfg, checkpoint_tensor_names(config))
-    compute = getattr(torch, compute_dtype)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
-    parts = _bytes_per_part(model, bnb_quantized_linears(model, bnb_modules_to_not_convert(model)), dtypes)
+    model = build_meta_model(config)
+    family = family_of(model.config)
+    parts = _bytes_per_part(model, compute_dtype)
     lora_plan = _lora_plan(model, lora, family, parts)
     precisions = {p: {"bytes": sum(part["bytes"][p] for part in parts.values())} for p in PRECISIONS}
     largest = max(model.named_parameters(), key=lambda kv: kv[1].numel())
@@ -188,31 +153,32 @@ def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat
     }
 
 
-def _bytes_per_part(model, quantized: dict[str, Any], dtypes: dict) -> dict[str, dict]:
+def _bytes_per_part(model, compute_dtype: str) -> dict[str, dict]:
     """{part: params, layers, bytes per precision}; what transformers loads in fp32 (its dtype plan) counts 4 bytes."""
     import torch
 
-    quantized_weights = {f"{name}.weight": module for name, module in quantized.items()}
+    compute = getattr(torch, compute_dtype)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
+    quantized = {f"{name}.weight": module for name, module in bnb_quantized_linears(model).items()}
     upcast = {p: [re.compile(k.replace("*", ".*")) for k, v in model._get_dtype_plan(d).items() if v == torch.float32]
               for p, d in dtypes.items()}
     parts: dict[str, dict] = {}
     for name, param in model.named_parameters():  # shared (tied) parameters come once
-        part = parts.setdefault(_part_of(name, param, model), {"params": 0, "bytes": dict.fromkeys(PRECISIONS, 0)})
+        part = parts.setdefault(_part_of(name, param, model),
+                                {"params": 0, "bytes": dict.fromkeys(PRECISIONS, 0), "layer_indices": set()})
         n = param.numel()
         part["params"] += n
         if layer := _LAYER_INDEX.search(name):
-            part.setdefault("layer_indices", set()).add(int(layer.group(1)))
-        module = quantized_weights.get(name)
+            part["layer_indices"].add(int(layer.group(1)))
+        module = quantized.get(name)
         for precision, dtype in dtypes.items():
-            if module is not None and precision == "int8":
-                part["bytes"][precision] += int8_weight_bytes(module.out_features, module.in_features)
-            elif module is not None and precision == "nf4":
-                part["bytes"][precision] += nf4_weight_bytes(n)
-            else:
-                part["bytes"][precision] += n * (4 if any(p.search(name) for p in upcast[precision]) else dtype.itemsize)
+            nbytes = n * (4 if any(u.search(name) for u in upcast[precision]) else dtype.itemsize)
+            if module is not None:  # LLM.int8: an int8 weight and an fp32 scale (SCB) per output row
+                nbytes = {"int8": n + 4 * module.out_features, "nf4": nf4_weight_bytes(n)}.get(precision, nbytes)
+            part["bytes"][precision] += nbytes
     for part in parts.values():
-        if "layer_indices" in part:
-            part["layers"] = len(part.pop("layer_indices"))
+        if layers := part.pop("layer_indices"):
+            part["layers"] = len(layers)
     buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
     if buffers:
         parts["buffers"] = {"params": 0, "bytes": dict.fromkeys(PRECISIONS, buffers)}

@@ -56,9 +56,9 @@ def merge_device(device: str, model_id: str) -> tuple[str, str]:
     float32 model (the memory plan's fp32 weights) with 10% to spare, else the CPU."""
     import torch
 
-    from .memory_plan import GIB, build_meta_model, checkpoint_tensor_names, load_blip2_config
+    from .memory_plan import GIB, build_meta_model
 
-    need = 4 * build_meta_model(load_blip2_config(model_id), checkpoint_tensor_names(model_id)).num_parameters()
+    need = 4 * build_meta_model(model_id).num_parameters()
     takes = f"the float32 model takes {need / GIB:.1f} GiB"
     if device:
         return device, f"--device={device}; {takes}"
@@ -75,9 +75,9 @@ def nf4_round_trip(model, dtype) -> None:
     round trip of it loaded in `dtype` (what the 4-bit layers computed with), in float32."""
     import bitsandbytes.functional as F
 
-    from .memory_plan import NF4_BLOCKSIZE, bnb_modules_to_not_convert, bnb_quantized_linears
+    from .memory_plan import NF4_BLOCKSIZE, bnb_quantized_linears
 
-    for layer in bnb_quantized_linears(model, bnb_modules_to_not_convert(model)).values():
+    for layer in bnb_quantized_linears(model).values():
         packed, state = F.quantize_4bit(layer.weight.data.to(dtype), blocksize=NF4_BLOCKSIZE, compress_statistics=True,
                                         quant_type="nf4")
         layer.weight.data = F.dequantize_4bit(packed, state).float()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -14,7 +13,6 @@ from .family import OPT, Family, family_of, resolve
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
-# what 4-bit / 8-bit leave unquantised is the model family's (src/family.py: Family.quantization_skip)
 
 
 def default_device() -> str:
@@ -48,10 +46,7 @@ def mixed_precision(device: str, family: Family = OPT) -> str:
     """accelerate's mixed_precision for training on `device`: "bf16", "fp16" (with loss scaling) or "no"."""
     import torch
 
-    dtype = compute_dtype(device, family)
-    if not str(device).startswith("cuda") or dtype == torch.float32:
-        return "no"
-    return "bf16" if dtype == torch.bfloat16 else "fp16"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(device, family), "no")
 
 
 def model_config(model_id: str):
@@ -64,35 +59,22 @@ def model_config(model_id: str):
         raise fetch_error(model_id, e) from None
 
 
-def model_family(model_id: str) -> Family:
-    """The family (src/family.py) of the BLIP-2 at `model_id`, from its config alone."""
-    return family_of(model_config(model_id))
-
-
 def known_family(model_id: str) -> Family | None:
     """The family of `model_id` where it needs no download (a local folder, a known architecture, the hub
     cache), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
     from .memory_plan import KNOWN_ARCHITECTURES
 
-    folder = Path(os.path.expanduser(str(model_id)))
-    if folder.is_dir():
-        path = folder / "config.json"
-    elif str(model_id) in KNOWN_ARCHITECTURES:
-        path = KNOWN_ARCHITECTURES[str(model_id)]
-    elif is_local(str(model_id)):
-        return None
-    else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(str(model_id), "config.json")
-        except Exception:  # not a valid repo id: the model load says so
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
+    name, folder = str(model_id), Path(os.path.expanduser(str(model_id)))
     try:
-        return family_of(json.loads(path.read_text(encoding="utf-8")))
+        if folder.is_dir():
+            path = folder / "config.json"
+        elif name in KNOWN_ARCHITECTURES or is_local(name):
+            path = KNOWN_ARCHITECTURES.get(name)
+        else:  # a path when cached; raises for an invalid repo id (the model load says so)
+            path = try_to_load_from_cache(name, "config.json")
+        return family_of(json.loads(Path(path).read_text(encoding="utf-8"))) if isinstance(path, (str, Path)) else None
     except (OSError, ValueError, AttributeError):
         return None  # unreadable: src.preflight.check_model_dir and the load report it
 
@@ -109,16 +91,13 @@ def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = 
     return prompt, decoding
 
 
-def _disable_cpu_repacking(model) -> int:
+def _disable_cpu_repacking(model) -> None:
     """Keep CPU 4-bit weights trainable: bitsandbytes' inference repacking breaks a later backward."""
     import bitsandbytes as bnb
 
-    n = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
-            n += 1
-    return n
 
 
 def is_local(model_id: str) -> bool:
@@ -155,30 +134,23 @@ def load_processor(model_id: str, family: Family = OPT):
     return processor
 
 
-def load_blip2(
-    model_id: str = DEFAULT_MODEL_ID,
-    quantization: str = "4bit",
-    device: str | None = None,
-    dtype=None,
-):
+def load_blip2(model_id: str = DEFAULT_MODEL_ID, quantization: str = "4bit", device: str | None = None, dtype=None):
     """(model, processor) in eval mode, quantised "4bit" (NF4), "8bit" (GPU) or "none" (a LoRA adapter goes on
     with apply_adapter); `dtype` overrides the device's compute dtype (the merge loads float32)."""
+    import logging
+
     import torch
     from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
 
     device = device or default_device()
-    family = model_family(model_id)
+    family = family_of(model_config(model_id))
     dtype = dtype or compute_dtype(device, family)
     skip = list(family.quantization_skip)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle downloaded weights
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=skip,
-        )
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=skip)
     elif quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     # every weight straight onto this process's device (also unquantised: no full copy in host RAM first,
@@ -186,9 +158,10 @@ def load_blip2(
     kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
 
     processor = load_processor(model_id, family)
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(_untied_t5_lm_head)
     try:
-        with _quiet_untied_lm_head(family):
-            model, loaded = Blip2ForConditionalGeneration.from_pretrained(model_id, output_loading_info=True, **kwargs)
+        model, loaded = Blip2ForConditionalGeneration.from_pretrained(model_id, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise fetch_error(model_id, e) from None
     except RuntimeError as e:
@@ -197,6 +170,8 @@ def load_blip2(
         detail = next((line.strip() for line in str(e).splitlines() if "shape" in line), str(e).splitlines()[0])
         raise UserError(f"{model_id}: config.json does not match the weights ({detail[:200]}); the config was edited "
                         f"or comes from another model: {again('model folder')}") from None
+    finally:
+        logger.removeFilter(_untied_t5_lm_head)
     # transformers starts a weight the files lack at random and only its load report says so
     odd = [f"{len(keys)} {what} ({', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''})"
            for what, keys in (("missing", loaded["missing_keys"]), ("unexpected", loaded["unexpected_keys"])) if keys]
@@ -229,37 +204,19 @@ def check_image_tokens(model, processor, model_id: str) -> None:
     processor.num_query_tokens = config.num_query_tokens
 
 
-class _UntiedLmHeadFilter:
-    """Drops transformers' warning that a T5 checkpoint holds its lm_head beside the shared embedding:
-    Flan-T5's does (its config says tie_word_embeddings false), and keeping them apart is right."""
-
-    @staticmethod
-    def filter(record) -> bool:
-        text = record.getMessage()
-        return not ("present in the checkpoints with different values, so we will NOT tie them" in text
-                    and "lm_head" in text and "shared" in text)
-
-
-@contextlib.contextmanager
-def _quiet_untied_lm_head(family: Family):
-    import logging
-
-    logger = logging.getLogger("transformers.modeling_utils")
-    if not family.decoder_only:
-        logger.addFilter(_UntiedLmHeadFilter)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_UntiedLmHeadFilter)
+def _untied_t5_lm_head(record) -> bool:
+    """A logging filter against transformers' warning that a T5 checkpoint holds its lm_head beside the shared
+    embedding: Flan-T5's does (its config says tie_word_embeddings false), and keeping them apart is right."""
+    text = record.getMessage()
+    return not ("present in the checkpoints with different values, so we will NOT tie them" in text
+                and "lm_head" in text and "shared" in text)
 
 
 def check_bos(model, processor, model_id: str) -> None:
     """The tokenizer starts every text with the language model's BOS, as the model was trained; a stale
     tokenizer.json would shift every prompt silently (docs/checks.md)."""
-    if not family_of(model.config).decoder_only:  # T5 has no BOS: its decoder starts from the pad token
-        return
     bos = getattr(model.config.text_config, "bos_token_id", None)
-    if bos is None:
+    if bos is None or not family_of(model.config).decoder_only:  # T5 has no BOS (its decoder starts from pad)
         return
     ids = processor.tokenizer("a")["input_ids"]
     if not ids or ids[0] != bos:
@@ -282,21 +239,21 @@ def end_token_id(model) -> int:
     return eos[0] if isinstance(eos, (list, tuple)) else int(eos)
 
 
-def apply_adapter(model, adapter: str | Path, trainable: bool = False):
-    """Load the LoRA adapter in `adapter` onto `model` (src.preflight.check_adapter_fits tells first, in one
-    line, whether it was trained on this base)."""
+def apply_adapter(model, adapter: str | Path):
+    """Load the LoRA adapter in `adapter` onto `model`, in eval mode (src.preflight.check_adapter_fits tells
+    first, in one line, whether it was trained on this base)."""
     from peft import PeftModel
 
     loaded = getattr(model.config, "_name_or_path", "") or "the loaded model"
     try:
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError) as e:  # peft's NoMatchingPeftModuleError is a ValueError
         if isinstance(e, RuntimeError) and "size mismatch" not in str(e):
             raise
         fix = "" if isinstance(e, RuntimeError) else f"check target_modules in {Path(adapter) / 'adapter_config.json'}, or "
         raise UserError(f"the LoRA adapter in {adapter} does not fit {loaded}: {str(e).strip().splitlines()[-1][:200]}; "
                         f"{fix}pass an adapter trained on {loaded}") from None
-    return model if trainable else model.eval()
+    return model.eval()
 
 
 def base_fingerprint(model, n: int = 64) -> dict[str, list[float]]:
@@ -322,9 +279,6 @@ def resolve_adapter_dir(adapter_dir: str, output_dir: str | Path) -> str | None:
 
 
 def blip2_core(model):
-    """The Blip2ForConditionalGeneration inside a PeftModel (LoRA layers are injected in place). Without
-    peft imported there is no PeftModel, so a plain model (e.g. a merged one) needs no peft installed."""
-    import sys
-
-    peft = sys.modules.get("peft")
-    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
+    """The Blip2ForConditionalGeneration inside a PeftModel (LoRA layers are injected in place), else `model`;
+    asked by duck type, so a plain model (e.g. a merged one) needs no peft installed."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
