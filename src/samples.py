@@ -4,7 +4,7 @@ every entry on the way in), and the answer it is fine-tuned on."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass
@@ -23,9 +23,6 @@ class VQASample:
     @property
     def has_answers(self) -> bool:
         return bool(self.answers)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def training_answer(sample: VQASample) -> str:
