@@ -19,15 +19,6 @@ def again(what: str, download: bool = True, retrain: bool = False) -> str:
     return f"copy {'or download ' if download else ''}the {what} again{tail}"
 
 
-def _debug_setting(main: Callable[[], object]) -> bool:
-    """The script's DEBUG when an error arrives: the file's value after the overrides, or `--debug=True`
-    (an error in the overrides themselves comes before they are applied)."""
-    if getattr(main, "__globals__", {}).get("DEBUG") is True:
-        return True
-    return any(name.lower().replace("-", "_") == "__debug" and value.lower() in ("true", "1", "yes")
-               for name, _, value in (arg.partition("=") for arg in sys.argv[1:]))
-
-
 def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
     """Run a script's `main`, reporting UserError, a full disk (and Ctrl-C) as one line, no traceback."""
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show Chinese gets escapes, not a crash
@@ -44,7 +35,11 @@ def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
         if isinstance(e, KeyboardInterrupt):
             print("interrupted; finished rows are kept, rerun to resume", file=sys.stderr)
             sys.exit(130)
-        if debug or (debug is None and _debug_setting(main)):
+        if debug is None:  # the script's DEBUG after the overrides, or --debug=True (the overrides may be what failed)
+            debug = getattr(main, "__globals__", {}).get("DEBUG") is True or any(
+                name.lower().replace("-", "_") == "__debug" and value.lower() in ("true", "1", "yes")
+                for name, _, value in (arg.partition("=") for arg in sys.argv[1:]))
+        if debug:
             traceback.print_exc()
         message = e
         if isinstance(e, OSError):  # a write no script wrapped (e.g. inside a library's save): nothing is lost
