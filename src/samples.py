@@ -28,7 +28,6 @@ class VQASample:
 def training_answer(sample: VQASample) -> str:
     """The most frequent of the ten answers; ties go to multiple_choice_answer, then to the first seen."""
     counts = Counter(a.strip() for a in sample.answers)
-    best = max(counts.values())
-    tied = [a for a in counts if counts[a] == best]
+    first, best = counts.most_common(1)[0]  # of equal counts, the first seen
     mca = sample.multiple_choice_answer.strip()
-    return mca if mca in tied else tied[0]
+    return mca if counts[mca] == best else first
