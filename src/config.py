@@ -114,9 +114,8 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
     value passed through `check(key, value, default)` (src.preflight.check_value); return the resolved config."""
     argv = sys.argv[1:] if argv is None else argv
     types = declared_types(namespace["__file__"])
-    keys = list(types)
-    by_lower = {k.lower(): k for k in keys}
-    defaults = {k: namespace[k] for k in keys}  # as the file states them
+    by_lower = {k.lower(): k for k in types}
+    defaults = {k: namespace[k] for k in types}  # as the file states them
     given = set()
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
@@ -128,7 +127,7 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
         namespace[key] = _coerce(key, raw, types[key], defaults[key])
         given.add(key)
     script = Path(namespace["__file__"]).name
-    for key in keys:
+    for key in types:
         value = namespace[key] if key in given else _check_in_file(key, namespace[key], types[key], script)
         value = check(key, value, defaults[key])
         # a default relative folder (data/, outputs/...) is the repository's, wherever the script is started from;
@@ -138,7 +137,7 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
                 and Path.cwd().resolve() != REPO_ROOT):
             value = str(REPO_ROOT / value)
         namespace[key] = value
-    return {k.lower(): namespace[k] for k in keys}
+    return {k.lower(): namespace[k] for k in types}
 
 
 # control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
