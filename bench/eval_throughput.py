@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.results_md import write_section
-from src.config import apply_overrides, config_keys
+from src.config import apply_overrides, script_settings
 from src.errors import UserError, run_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -270,7 +270,7 @@ def main() -> None:
     from src.preflight import check_value
     from src.prompts import get_decoding
 
-    defaults = {k.lower(): globals()[k] for k in config_keys(globals())}
+    defaults = {k.lower(): v for k, v in script_settings(__file__).items()}
     config = apply_overrides(globals(), check=check_value)
     if min(N_QUESTIONS, EVAL_BATCH, REPEATS) < 1 or NUM_WORKERS < 0:
         raise UserError("--n_questions, --eval_batch and --repeats must be at least 1, --num_workers at least 0")

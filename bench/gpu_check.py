@@ -63,7 +63,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from src.config import apply_overrides, config_keys
+from src.config import apply_overrides, script_settings
 from src.errors import UserError, run_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -750,7 +750,7 @@ def main() -> None:
     print(f"wrote {out_dir}/gpu_check.json and gpu_results.md")
 
 
-_DEFAULTS = {k.lower(): globals()[k] for k in config_keys(globals())}
+_DEFAULTS = {k.lower(): v for k, v in script_settings(__file__).items()}
 
 if __name__ == "__main__":
     run_main(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
+from .files import atomic_write_text
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # relative default paths (data/, outputs/...) are the repository's
@@ -32,15 +33,12 @@ def _settings_block(path: str | Path) -> list[ast.stmt]:
 
 
 def _assigned(node: ast.stmt) -> list[str]:
-    if isinstance(node, (ast.Assign, ast.AnnAssign)):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        return [t.id for t in targets if isinstance(t, ast.Name)]
-    return []
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return [t.id for t in targets if isinstance(t, ast.Name)]
 
 
 def declared_types(path: str | Path) -> dict[str, tuple[type, ...]]:
-    """{setting: the types it may hold} from the annotations of the script's settings block
-    (`MAX_SAMPLES: int = 1000`, `TARGET_MODULES: str | list = "auto"`), in file order."""
+    """{setting: the types its annotation allows}, in file order (`TARGET_MODULES: str | list = "auto"`)."""
     types = {}
     for node in _settings_block(path):
         for name in _assigned(node):
@@ -52,22 +50,8 @@ def declared_types(path: str | Path) -> dict[str, tuple[type, ...]]:
     return types
 
 
-def config_keys(namespace: dict) -> list[str]:
-    """The script's settings: the constants assigned between the first two `# -----` fence lines of
-    the file `namespace["__file__"]` (a script's globals), in file order."""
-    return list(_namespace_types(namespace))
-
-
-def _namespace_types(namespace: dict) -> dict[str, tuple[type, ...]]:
-    path = namespace.get("__file__")
-    if not path:
-        raise ValueError("config_keys needs a script's globals (with __file__)")
-    return declared_types(path)
-
-
 def script_settings(path: str | Path) -> dict[str, Any]:
-    """The settings of the script at `path` as its file states them, read without running it (so `src`
-    and bench code can take a script's defaults without importing the script)."""
+    """The settings of the script at `path` as its file states them, read without running it."""
     return {name: ast.literal_eval(node.value) for node in _settings_block(path) for name in _assigned(node)}
 
 
@@ -79,8 +63,7 @@ def _parse(raw: str) -> Any:
 
 
 def _declared(value: Any, types: tuple[type, ...]) -> Any:
-    """`value` as one of `types` (an int where a float is declared becomes that float; a list and a tuple
-    stand for each other); TypeError when it is none of them (True is no int)."""
+    """`value` as one of `types` (int -> float, list <-> tuple); TypeError when it is none of them (True is no int)."""
     if type(value) in types:
         return value
     if float in types and type(value) is int:
@@ -130,10 +113,9 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
     """Apply `--name=value` overrides to a script's globals, the file's own values held to the same types, each
     value passed through `check(key, value, default)` (src.preflight.check_value); return the resolved config."""
     argv = sys.argv[1:] if argv is None else argv
-    types = _namespace_types(namespace)
-    keys = list(types)
-    by_lower = {k.lower(): k for k in keys}
-    defaults = {k: namespace[k] for k in keys}  # as the file states them
+    types = declared_types(namespace["__file__"])
+    by_lower = {k.lower(): k for k in types}
+    defaults = {k: namespace[k] for k in types}  # as the file states them
     given = set()
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
@@ -145,13 +127,17 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
         namespace[key] = _coerce(key, raw, types[key], defaults[key])
         given.add(key)
     script = Path(namespace["__file__"]).name
-    for key in keys:
+    for key in types:
         value = namespace[key] if key in given else _check_in_file(key, namespace[key], types[key], script)
         value = check(key, value, defaults[key])
-        if value == defaults[key] and is_repo_path(key, value) and Path.cwd().resolve() != REPO_ROOT:
-            value = str(REPO_ROOT / value)  # a default path is the repository's, wherever the script is started from
+        # a default relative folder (data/, outputs/...) is the repository's, wherever the script is started from;
+        # hub ids, "{output_dir}/..." templates and *_FILE names (inside the output folder) are not
+        if (value == defaults[key] and (key.lower().endswith("_dir") or key.lower() == "image") and value
+                and "{" not in value and not os.path.isabs(os.path.expanduser(value))
+                and Path.cwd().resolve() != REPO_ROOT):
+            value = str(REPO_ROOT / value)
         namespace[key] = value
-    return {k.lower(): namespace[k] for k in keys}
+    return {k.lower(): namespace[k] for k in types}
 
 
 # control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
@@ -165,28 +151,16 @@ def is_path_setting(name: str) -> bool:
 
 
 def looks_like_path(value: str) -> bool:
-    """A value that names a file or folder rather than a hub id ("org/name"): absolute, relative with ./ or ../,
-    from ~, with a Windows drive, or more than one "/"."""
+    """A file or folder rather than a hub id ("org/name"): absolute, ./ ../ ~, a Windows drive, or several "/"."""
     return (value.startswith(("/", "./", "../", "~", "\\")) or value.count("/") > 1
             or (len(value) > 1 and value[1] == ":"))
 
 
-def is_repo_path(key: str, value) -> bool:
-    """A relative path as a script's file states it (data/, outputs/...): one inside the repository; hub ids,
-    "{output_dir}/..." templates and *_FILE names (inside the script's output folder) are not."""
-    return (isinstance(value, str) and bool(value) and is_path_setting(key) and not key.lower().endswith("_file")
-            and key.lower() not in ("model_id", "hf_dataset") and "{" not in value
-            and not os.path.isabs(os.path.expanduser(value)))
-
-
 def next_command(script: str, **flags) -> str:
-    """The "next:" line a script prints: `python <script> --name=value ...` for the flags that are not None,
-    each quoted for the shell, so a path with spaces pastes as it is."""
+    """The "next:" line a script prints: `python <script> --name=value ...`, shell-quoted, None flags left out."""
     return "next: " + " ".join(["python", script] + [shlex.quote(f"--{k}={v}") for k, v in flags.items() if v is not None])
 
 
 def write_config(config: dict, path: str | Path) -> None:
     """Write the resolved config as JSON next to a script's output."""
-    from .files import atomic_write_text
-
     atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n")

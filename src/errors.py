@@ -14,56 +14,37 @@ class UserError(Exception):
 
 
 def again(what: str, download: bool = True, retrain: bool = False) -> str:
-    """The fix for a damaged file, worded once: "copy or download the model folder again", "copy the adapter
-    folder again or retrain it with `python finetune_vqav2_lora.py`"."""
+    """The fix for a damaged file, worded once: "copy or download the model folder again"."""
     tail = " or retrain it with `python finetune_vqav2_lora.py`" if retrain else ""
     return f"copy {'or download ' if download else ''}the {what} again{tail}"
 
 
-def _close_progress_bars() -> None:
-    """A bar left open by an error inside its loop ends its line, so the error line starts its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-        bar.close()
-
-
-def _debug_setting(main: Callable[[], object]) -> bool:
-    """The script's DEBUG as it stands when an error arrives: the file's value after the command-line
-    overrides, or, when the error is in the overrides themselves, the file's value or `--debug=True`."""
-    if getattr(main, "__globals__", {}).get("DEBUG") is True:
-        return True
-    for arg in sys.argv[1:]:
-        name, _, value = arg.partition("=")
-        if name.lower().replace("-", "_") == "__debug" and value.lower() in ("true", "1", "yes"):
-            return True
-    return False
-
-
 def run_main(main: Callable[[], object], debug: bool | None = None) -> None:
-    """Run a script's `main`, reporting UserError (and Ctrl-C) as one line, no traceback."""
+    """Run a script's `main`, reporting UserError, a full disk (and Ctrl-C) as one line, no traceback."""
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show Chinese gets escapes, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
         main()
-    except UserError as e:
-        _close_progress_bars()
-        if debug or (debug is None and _debug_setting(main)):
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except (UserError, OSError, KeyboardInterrupt) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        # a write no script wrapped (e.g. inside a library's save): still one line, and nothing is lost
-        _close_progress_bars()
-        if debug or (debug is None and _debug_setting(main)):
+        tqdm = sys.modules.get("tqdm")  # a bar left open inside its loop ends its line, so ours starts its own
+        for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+            bar.close()
+        if isinstance(e, KeyboardInterrupt):
+            print("interrupted; finished rows are kept, rerun to resume", file=sys.stderr)
+            sys.exit(130)
+        if debug is None:  # the script's DEBUG after the overrides, or --debug=True (the overrides may be what failed)
+            debug = getattr(main, "__globals__", {}).get("DEBUG") is True or any(
+                name.lower().replace("-", "_") == "__debug" and value.lower() in ("true", "1", "yes")
+                for name, _, value in (arg.partition("=") for arg in sys.argv[1:]))
+        if debug:
             traceback.print_exc()
-        where = f" writing {e.filename}" if e.filename else ""
-        print(f"error: the disk is full{where} ({e.strerror}); free some space and rerun the same command, "
-              f"it resumes from what was saved", file=sys.stderr)
+        message = e
+        if isinstance(e, OSError):  # a write no script wrapped (e.g. inside a library's save): nothing is lost
+            where = f" writing {e.filename}" if e.filename else ""
+            message = (f"the disk is full{where} ({e.strerror}); free some space and rerun the same command, "
+                       "it resumes from what was saved")
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _close_progress_bars()
-        print("interrupted; finished rows are kept, rerun to resume", file=sys.stderr)
-        sys.exit(130)

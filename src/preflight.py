@@ -18,7 +18,7 @@ from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
 from .memory_plan import build_meta_model
 from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES, read_training_config
-from .family import FAMILIES, OPT, T5, Family, family_of
+from .family import FAMILIES, OPT, T5, family_of
 from .modeling import DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, default_device, fetch_error, is_local
 
 # --- settings: one rule per setting name, so every script (and a setting added later) is covered ----------
@@ -42,8 +42,6 @@ _CHOICES = {"lang": ("zh", "en"), "quantization": QUANTIZATIONS, "split": ("val"
 EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_dir": "the default folder",
                "output_file": "the default name", "hf_dataset_revision": "the newest"}
 _FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
-_NAMED = {"vqa_prompt": "prompt", "caption_prompt": "prompt", "vqa_decoding": "decoding",
-          "caption_decoding": "decoding", "preview_decoding": "decoding", "eval_decoding": "decoding"}
 _DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
 
 
@@ -51,10 +49,9 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     """`value` of setting `key`, checked by its name and type, `~` expanded in paths; UserError naming the
     setting, the value and what it may be. Scripts pass it to apply_overrides(globals(), check=check_value)."""
     name = key.lower()
-    flag = f"--{name}={value}"
 
     def bad(why: str):
-        raise UserError(f"{flag}: {why}")
+        raise UserError(f"--{name}={value}: {why}")
 
     if isinstance(value, bool) or value is None:
         return value
@@ -97,47 +94,39 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
         raise UserError(f"--{name}={value!r}: unknown {name} {value!r}; use one of "
                         + ", ".join(f"--{name}={c}" for c in _CHOICES[name]))
     if name == "device":
-        _check_device(value, bad)
+        if not _DEVICE.fullmatch(value):
+            bad("use cpu, cuda, cuda:N or mps (or leave it empty: the GPU when there is one)")
+        import torch
+
+        if value == "mps" and not torch.backends.mps.is_available():  # torch would run on the CPU, the record say mps
+            bad("this machine has no Apple GPU (MPS) that torch can use; use --device=cpu (or leave it empty)")
+        if value.startswith("cuda") and not torch.cuda.is_available():
+            bad("this machine has no CUDA GPU that torch can use; use --device=cpu (or leave it empty)")
+        if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
+            bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
     if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
         bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
-    if name in _NAMED and value == "auto" and name != "caption_prompt":
-        return value  # the model family's own prompt or preset (src/family.py), resolved once the model is known
-    if name in _NAMED:
-        _check_named(name, value, bad)
-    if is_path_setting(name) and value.startswith("~"):
-        value = os.path.expanduser(value)
-    return value
+    if name.endswith(("_prompt", "_decoding")) and (value != "auto" or name == "caption_prompt"):  # auto: per family
+        from . import prompts
 
-
-def _check_device(value: str, bad) -> None:
-    if not _DEVICE.fullmatch(value):
-        bad("use cpu, cuda, cuda:N or mps (or leave it empty: the GPU when there is one)")
-    import torch
-
-    if value == "mps" and not torch.backends.mps.is_available():  # torch would run on the CPU, the record say "mps"
-        bad("this machine has no Apple GPU (MPS) that torch can use; use --device=cpu (or leave it empty)")
-    if value.startswith("cuda") and not torch.cuda.is_available():
-        bad("this machine has no CUDA GPU that torch can use; use --device=cpu (or leave it empty)")
-    if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
-        bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-
-
-def _check_named(name: str, value: str, bad) -> None:
-    from . import prompts
-
-    registry = prompts.PROMPTS if _NAMED[name] == "prompt" else prompts.DECODING
-    if value not in registry:
-        what = "prompt" if _NAMED[name] == "prompt" else "decoding preset"
-        raise UserError(f"unknown {what} {value!r} (--{name}); known: {', '.join(registry)}")
-    if name == "vqa_prompt" and "{}" not in registry[value]:
-        bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
-            + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
+        prompt = name.endswith("_prompt")
+        registry = prompts.PROMPTS if prompt else prompts.DECODING
+        if value not in registry:
+            raise UserError(f"unknown {'prompt' if prompt else 'decoding preset'} {value!r} (--{name}); "
+                            f"known: {', '.join(registry)}")
+        if name == "vqa_prompt" and "{}" not in registry[value]:
+            bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
+                + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
+    return os.path.expanduser(value) if is_path_setting(name) else value
 
 
 # --- the model, its download and its adapter ---------------------------------------------------------------
 
 ROOM_WARNING_GB = 20  # a model download the hub cannot size: warn when the cache disk has less free space
 OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")  # never downloaded
+# the language-model layers a tensor name adapts, by family (a Q-Former adapter's names are the same in both)
+_LM_LAYERS = {".language_model.model.decoder.layers.": OPT, ".language_model.encoder.block.": T5,
+              ".language_model.decoder.block.": T5}
 
 
 def check_model(model_id: str, quantization: str, device: str | None = None, adapter: str | None = None) -> None:
@@ -157,10 +146,9 @@ def check_quantization(quantization: str, device: str) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as e:  # ImportError, or a broken CUDA setup raising at import time
-        raise UserError(
-            f"--quantization={quantization} needs bitsandbytes, which failed to import ({type(e).__name__}: {e}); "
-            "install it with `pip install bitsandbytes` or run with --quantization=none"
-        ) from None
+        raise UserError(f"--quantization={quantization} needs bitsandbytes, which failed to import "
+                        f"({type(e).__name__}: {e}); install it with `pip install bitsandbytes` or run with "
+                        "--quantization=none") from None
     if quantization == "8bit" and not str(device).startswith("cuda"):
         raise UserError("--quantization=8bit needs a CUDA GPU; on CPU use --quantization=4bit or --quantization=none")
 
@@ -168,7 +156,7 @@ def check_quantization(quantization: str, device: str) -> None:
 def check_model_dir(model_id: str) -> None:
     """A local model folder holds a BLIP-2 config, a tokenizer and whole safetensors weights (read from the
     headers, before the slow load). A hub id is left to the download, which verifies itself."""
-    folder = Path(model_id)
+    folder, fix = Path(model_id), again("model folder")
     if not folder.is_dir():
         if is_local(model_id) and not folder.exists():  # a path, not a hub id: say so now, not after the imports
             raise fetch_error(model_id, FileNotFoundError(model_id))
@@ -180,34 +168,25 @@ def check_model_dir(model_id: str) -> None:
     if not config_path.exists():
         raise UserError(f"no config.json in {folder}: not a model saved with save_pretrained; pass "
                         "--model_id=<folder with config.json and model.safetensors> or a hub id")
-    config = read_json(config_path, "model config", fix=again("model folder"))
+    config = read_json(config_path, "model config", fix=fix)
     if not isinstance(config, dict):
-        raise UserError(f"{config_path} is corrupt (not a JSON object); {again('model folder')}")
-    model_type = config.get("model_type")
-    if model_type != "blip-2":
+        raise UserError(f"{config_path} is corrupt (not a JSON object); {fix}")
+    if (model_type := config.get("model_type")) != "blip-2":
         raise UserError(f"{folder} is not a BLIP-2 model (its config.json says model_type {model_type!r}); "
                         f"pass a BLIP-2 folder, e.g. a saved copy of {DEFAULT_MODEL_ID}")
     for key in ("vision_config", "qformer_config", "text_config"):
         if key in config and not isinstance(config[key], dict):
-            raise UserError(f"{config_path}: {key!r} must be a JSON object, not {type(config[key]).__name__}; "
-                            f"{again('model folder')}")
+            raise UserError(f"{config_path}: {key!r} must be a JSON object, not {type(config[key]).__name__}; {fix}")
     tokenizer_json = folder / "tokenizer.json"
     if not tokenizer_json.exists() and not (folder / "vocab.json").exists():
-        raise UserError(f"{folder} has no tokenizer (tokenizer.json is missing); {again('model folder')}")
+        raise UserError(f"{folder} has no tokenizer (tokenizer.json is missing); {fix}")
     if tokenizer_json.exists():
-        tok = read_json(tokenizer_json, "tokenizer file", fix=again("model folder"))
+        tok = read_json(tokenizer_json, "tokenizer file", fix=fix)
         if not isinstance(tok, dict) or not isinstance(tok.get("added_tokens"), list) or "model" not in tok:
-            raise UserError(f"{tokenizer_json} is damaged (no 'added_tokens' list or no 'model'); {again('model folder')}")
+            raise UserError(f"{tokenizer_json} is damaged (no 'added_tokens' list or no 'model'); {fix}")
     for weights in sorted(folder.glob("*.safetensors")):
-        problem = safetensors_problem(weights)
-        if problem:
+        if problem := safetensors_problem(weights):
             raise UserError(f"{weights} {problem}; {again('model')}")
-
-
-def _free_bytes(folder: Path) -> int:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
 
 
 def check_download_room(model_id: str) -> None:
@@ -221,14 +200,14 @@ def check_download_room(model_id: str) -> None:
                                                                           "model.safetensors")):
         return  # downloaded before (from_pretrained completes a partial download by itself)
     cache = Path(constants.HF_HUB_CACHE)
-    free = _free_bytes(cache)
+    free = shutil.disk_usage(next(p for p in (cache, *cache.parents) if p.exists())).free
     where = (f"the hub cache {cache} has {free / 1e9:.1f} GB free; put it on a bigger disk, e.g. "
              "export HF_HOME=/root/autodl-tmp/hf on AutoDL, or free some space")
     try:
         files = HfApi().model_info(model_id, files_metadata=True).siblings or []
     except Exception:  # no answer now: from_pretrained reports the hub's trouble itself
-        files = None
-    wanted = [f for f in files or [] if not f.rfilename.endswith(OTHER_WEIGHT_FORMATS)]
+        files = []
+    wanted = [f for f in files if not f.rfilename.endswith(OTHER_WEIGHT_FORMATS)]
     if not wanted or any(f.size is None for f in wanted):
         if free < ROOM_WARNING_GB * 1e9:
             print(f"warning: downloading {model_id}, whose size the hub did not say, and {where}", flush=True)
@@ -248,42 +227,37 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     if not (adapter / "adapter_config.json").exists():
         raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing); train one with "
                         "`python finetune_vqav2_lora.py` or pass the folder that holds adapter_config.json")
-    config = _check_adapter_config(adapter / "adapter_config.json")
+    base = _adapter_config(adapter).get("base_model_name_or_path")
     weights = adapter / "adapter_model.safetensors"
     if not weights.exists():
         raise UserError(f"{adapter} has no adapter_model.safetensors; only safetensors adapters are loaded")
-    problem = safetensors_problem(weights)
-    if problem:
+    if problem := safetensors_problem(weights):
         raise UserError(f"{weights} {problem}; {again('adapter', download=False)}, or rerun "
                         "`python finetune_vqav2_lora.py`, which resumes from its last checkpoint")
-    merged = Path(model_id) / MERGE_CONFIG if model_id else None
-    if merged is not None and merged.is_file():  # merge_lora_adapter.py's folder: it holds an adapter already
+    if model_id and (merged := Path(model_id) / MERGE_CONFIG).is_file():  # merge_lora_adapter.py's: holds an adapter
         record = read_json(merged, "merged model's record", fix=again("merged model folder", download=False))
         holds = record.get("adapter_dir") if isinstance(record, dict) else None
         if isinstance(holds, str) and Path(holds).resolve() == adapter.resolve():
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
-    base = config.get("base_model_name_or_path")
     if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
-        skeleton = _model_skeleton(model_id)
-        problem = adapter_mismatch(skeleton, adapter) if skeleton is not None else None
-        if problem:
+        from transformers import Blip2Config
+
+        try:  # the model built from its config on the meta device: shapes only, about a second
+            skeleton = build_meta_model(Blip2Config.from_pretrained(model_id))
+        except (OSError, ValueError):  # a hub id not downloaded yet: the load reports that
+            skeleton = None
+        if skeleton is not None and (problem := adapter_mismatch(skeleton, adapter)):
             raise mismatch_error(adapter, model_id, problem)
-        if recorded_fingerprint(adapter) is not None:
-            return  # same shapes, another name: the load compares the base's weights with the recorded ones
-        # without that record: a copy of the base, or another checkpoint whose answers would be wrong
-        print(f"warning: the LoRA adapter in {adapter} was trained on {base}, not on {model_id}; that is right only "
-              f"if {model_id} is a copy of {base} (else pass --model_id={base})", flush=True)
+        if recorded_fingerprint(adapter) is None:  # with it, the load compares the base's weights with the record
+            # without that record: a copy of the base, or another checkpoint whose answers would be wrong
+            print(f"warning: the LoRA adapter in {adapter} was trained on {base}, not on {model_id}; that is right only "
+                  f"if {model_id} is a copy of {base} (else pass --model_id={base})", flush=True)
 
 
 def _adapter_config(adapter: str | Path) -> dict:
-    """adapter_config.json as is (check_adapter_dir has checked it before a script loads anything)."""
-    return read_json(Path(adapter) / "adapter_config.json", "adapter config")
-
-
-def _check_adapter_config(path: Path) -> dict:
-    """adapter_config.json of a LoRA adapter, with the keys the loaders read."""
-    fix = again("adapter folder", download=False, retrain=True)
+    """adapter_config.json of a LoRA adapter, with the keys the loaders read checked."""
+    path, fix = Path(adapter) / "adapter_config.json", again("adapter folder", download=False, retrain=True)
     config = read_json(path, "adapter config", fix=fix)
     if not isinstance(config, dict):
         raise UserError(f"{path} is corrupt (not a JSON object); {fix}")
@@ -300,49 +274,32 @@ def _check_adapter_config(path: Path) -> dict:
     return config
 
 
-def _model_skeleton(model_id: str):
-    """BLIP-2 built from its config on the meta device (no weights, about a second), or None when
-    the config can't be read here (a hub id not downloaded yet: the load reports that)."""
-    from transformers import Blip2Config
-
-    try:
-        return build_meta_model(Blip2Config.from_pretrained(model_id))
-    except (OSError, ValueError):
-        return None
-
-
 def check_adapter_fits(model, adapter: str | Path) -> None:
     """After the load, before apply_adapter: the adapter's layers fit `model` and it was trained on this very base
     (its recorded fingerprint, allowing another precision's rounding), or one line says what to pass instead."""
     loaded = getattr(model.config, "_name_or_path", "") or "the loaded model"
-    problem = adapter_mismatch(model, adapter)
-    if problem:
+    if problem := adapter_mismatch(model, adapter):
         raise mismatch_error(adapter, loaded, problem)
-    differs = fingerprint_differs(recorded_fingerprint(adapter), model)
-    if differs:
-        base = _adapter_config(adapter).get("base_model_name_or_path")
-        raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): another "
-                        f"checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model it was trained "
-                        f"on{f' (--model_id={base})' if base else ''}, or an adapter trained on {loaded}")
+    now = base_fingerprint(model)
+    for name, values in (recorded_fingerprint(adapter) or {}).items():
+        ours = now.get(name, [])
+        fits = isinstance(values, list) and len(values) == len(ours)
+        off = fits and sum(type(a) is not float or abs(a - b) > 2 ** -7 * max(abs(a), abs(b)) + 1e-6
+                           for a, b in zip(values, ours))
+        if not fits or off > len(values) // 10:
+            differs = f"{off} of {len(values)} sampled values of {name} differ" if fits else \
+                f"its record of {name} does not fit this model"
+            base = _adapter_config(adapter).get("base_model_name_or_path")
+            flag = f" (--model_id={base})" if base else ""
+            raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): "
+                            f"another checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model "
+                            f"it was trained on{flag}, or an adapter trained on {loaded}")
 
 
 def recorded_fingerprint(adapter: str | Path) -> dict | None:
     """The base fingerprint in the training config the fine-tuning saved beside the adapter, or None."""
     found = (read_training_config(adapter)[1] or {}).get("base_fingerprint")
     return found if isinstance(found, dict) and found else None
-
-
-def fingerprint_differs(recorded: dict | None, model) -> str | None:
-    """Which of `model`'s fingerprinted weights differ from `recorded` beyond another precision's rounding, or None."""
-    now = base_fingerprint(model)
-    for name, values in (recorded or {}).items():
-        ours = now.get(name, [])
-        if not isinstance(values, list) or len(values) != len(ours):
-            return f"its record of {name} does not fit this model"
-        off = sum(type(a) is not float or abs(a - b) > 2 ** -7 * max(abs(a), abs(b)) + 1e-6 for a, b in zip(values, ours))
-        if off > len(values) // 10:
-            return f"{off} of {len(values)} sampled values of {name} differ"
-    return None
 
 
 def mismatch_error(adapter, model_id: str, problem: str) -> UserError:
@@ -367,7 +324,10 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     prefix = "base_model.model."
     config = _adapter_config(adapter)
-    theirs, ours = _adapter_family(shapes, adapter), family_of(blip2_core(model).config)
+    theirs = next((family for key in shapes for part, family in _LM_LAYERS.items() if part in key), None)
+    if theirs is None:  # a Q-Former adapter: the family its training config records, if any
+        theirs = FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))
+    ours = family_of(blip2_core(model).config)
     if theirs is not None and theirs != ours:
         return (f"it adapts BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
                 "(an adapter works only on the model family it was trained on)")
@@ -395,17 +355,6 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     return None
 
 
-def _adapter_family(keys, adapter: str | Path) -> Family | None:
-    """The model family whose language-model layers an adapter's tensor names adapt; for one without them (a
-    Q-Former adapter: its names are the same in both families) the family its training config records; or None."""
-    for key in keys:
-        if ".language_model.model.decoder.layers." in key:
-            return OPT
-        if ".language_model.encoder.block." in key or ".language_model.decoder.block." in key:
-            return T5
-    return FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))
-
-
 # --- data entries: every entry checked, one line naming the file and the first bad entry ----------------
 
 def _short(value) -> str:
@@ -425,8 +374,7 @@ def _int_id(value, where: str, key: str) -> int:
 def _text(value, where: str, key: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         raise UserError(f"{where}: {key} must be a non-empty string, got {type(value).__name__} {_short(value)}")
-    bad = UNSAFE_TEXT.search(value)
-    if bad:  # a lone surrogate is valid JSON but no tokenizer or font takes it: every rerun would die there
+    if bad := UNSAFE_TEXT.search(value):  # valid JSON, but no tokenizer or font takes it: every rerun would die there
         raise UserError(f"{where}: {key} holds {'an unpaired surrogate' if bad.group() >= chr(0xd800) else 'a control character'} "
                         f"({bad.group()!r} at position {bad.start()}): {_short(value)}; fix or remove that text")
     return value
@@ -440,13 +388,11 @@ def _answers(value, where: str) -> list[str]:
     if not value:
         raise UserError(f"{where}: answers is empty; each question needs its annotators' answers (VQAv2 has 10)")
     answers = [item.get("answer") if type(item) is dict else item for item in value]
-    if all(isinstance(a, str) for a in answers):
-        for k, a in enumerate(answers):
-            _text(a, where, f"answers[{k}]", allow_empty=True)
-        return answers
-    k = next(k for k, a in enumerate(answers) if not isinstance(a, str))
-    raise UserError(f"{where}: answers[{k}] must be a string or an object with an \"answer\" string, "
-                    f"got {_short(value[k])}")
+    for k, a in enumerate(answers):
+        if not isinstance(a, str):
+            raise UserError(f"{where}: answers[{k}] must be a string or an object with an \"answer\" string, "
+                            f"got {_short(value[k])}")
+    return [_text(a, where, f"answers[{k}]", allow_empty=True) for k, a in enumerate(answers)]
 
 
 def _entry(value, where: str) -> dict:
@@ -472,16 +418,17 @@ def _unique(ids: dict, qid: int, where: str, first: str) -> None:
 
 
 def _warn_answer_counts(counts: dict[int, int], source: str) -> None:
-    odd = {qid: n for qid, n in counts.items() if n != 10}
+    odd = [(qid, n) for qid, n in counts.items() if n != 10]
     if odd:
-        qid, n = next(iter(odd.items()))
-        print(f"warning: {source}: {len(odd)} question(s) have other than 10 answers (first: question_id {qid} "
-              f"with {n}); their VQA accuracy still averages over every leave-one-out subset of their answers",
+        print(f"warning: {source}: {len(odd)} question(s) have other than 10 answers (first: question_id {odd[0][0]} "
+              f"with {odd[0][1]}); their VQA accuracy still averages over every leave-one-out subset of their answers",
               file=sys.stderr, flush=True)
 
 
-def _questions_by_id(questions: list, question_entry) -> dict[int, tuple[int, str, int]]:
-    """{question_id: (image_id, question, position in `questions`)}, every entry checked."""
+def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
+                  questions_source: str, annotations_source: str | None) -> list[VQASample]:
+    """VQASamples sorted by question_id from official-format entries, every entry checked; `question_entry(i)` /
+    `annotation_entry(i)` name entry i in messages. annotations=None (test-dev / test): no answers."""
     by_id, seen = {}, {}
     for i, q in enumerate(questions):
         where = question_entry(i)
@@ -492,25 +439,11 @@ def _questions_by_id(questions: list, question_entry) -> dict[int, tuple[int, st
         qid = _int_id(q["question_id"], where, "question_id")
         _unique(seen, qid, where, where)
         by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"), i)
-    return by_id
-
-
-def _unanswered_samples(questions: list, by_id: dict, image_path) -> list[VQASample]:
-    """The samples of a split without public answers (VQAv2 test-dev / test): answers [] and no types."""
-    samples = [VQASample(question_id=qid, image_id=image_id, image_path=image_path(i, questions[i]), question=question,
-                         answers=[], multiple_choice_answer=None, answer_type=None, question_type=None)
-               for qid, (image_id, question, i) in by_id.items()]
-    samples.sort(key=lambda s: s.question_id)
-    return samples
-
-
-def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
-                  questions_source: str, annotations_source: str | None) -> list[VQASample]:
-    """VQASamples from official-format entries, every entry checked; `question_entry(i)` / `annotation_entry(i)`
-    name entry i in messages. annotations=None (test-dev / test): samples without answers, image_path per question."""
-    by_id = _questions_by_id(questions, question_entry)
     if annotations is None:
-        return _unanswered_samples(questions, by_id, image_path)
+        return sorted((VQASample(question_id=qid, image_id=image_id, image_path=image_path(i, questions[i]),
+                                 question=question, answers=[], multiple_choice_answer=None, answer_type=None,
+                                 question_type=None) for qid, (image_id, question, i) in by_id.items()),
+                      key=lambda s: s.question_id)
     samples, annotated, counts = [], {}, {}
     for i, ann in enumerate(annotations):
         where = annotation_entry(i)
@@ -538,15 +471,13 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
         raise UserError(f"{questions_source}: question_id {unanswered[0]} has no annotation in {annotations_source} "
                         f"({len(unanswered)} such questions); use matching files")
     _warn_answer_counts(counts, annotations_source)
-    samples.sort(key=lambda s: s.question_id)
-    return samples
+    return sorted(samples, key=lambda s: s.question_id)
 
 
 # --- where the results go --------------------------------------------------------------------------------
 
 def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
-    """Create the output folder and make sure we can write there, before any long work.
-    `setting` names the flag in messages (e.g. "--report_dir")."""
+    """Create the output folder and make sure we can write there, before any long work; `setting` names the flag."""
     if not str(output_dir).strip():
         raise UserError(f"{setting}= is empty; pass a folder, e.g. {setting}=outputs")
     out = Path(output_dir).expanduser()  # "~/runs" as a constant means the home folder, not ./~
@@ -554,8 +485,7 @@ def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> P
         raise UserError(f"output folder {out} is a file, not a folder; choose another with {setting}=")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        tempfile.TemporaryFile(dir=out).close()
     except OSError as e:
         why = "it is read-only" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else e.strerror
         raise UserError(f"cannot write to output folder {out} ({why}); choose another with {setting}=") from None
@@ -606,8 +536,8 @@ def check_train_overlap(adapter: str | Path | None, pictures: list[tuple[str, in
     """The adapter's training record with how many of `pictures` ((picture set, image id) per question) it trained
     on, such an overlap refused in one line unless `allow`; None for an adapter without the record."""
     path = Path(adapter or "") / "training_config.json"
-    config = read_json(path, "adapter training config", fix="copy the adapter folder again") if adapter and \
-        path.is_file() else {}
+    config = read_json(path, "adapter training config", fix=again("adapter folder", download=False)) \
+        if adapter and path.is_file() else {}
     record = config.get("training_data") if isinstance(config, dict) else None
     if not isinstance(record, dict):
         return None

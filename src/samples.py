@@ -4,7 +4,7 @@ every entry on the way in), and the answer it is fine-tuned on."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass
@@ -24,14 +24,10 @@ class VQASample:
     def has_answers(self) -> bool:
         return bool(self.answers)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def training_answer(sample: VQASample) -> str:
     """The most frequent of the ten answers; ties go to multiple_choice_answer, then to the first seen."""
     counts = Counter(a.strip() for a in sample.answers)
-    best = max(counts.values())
-    tied = [a for a in counts if counts[a] == best]
+    first, best = counts.most_common(1)[0]  # of equal counts, the first seen
     mca = sample.multiple_choice_answer.strip()
-    return mca if mca in tied else tied[0]
+    return mca if counts[mca] == best else first

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import apply_overrides, config_keys
+from src.config import apply_overrides, declared_types
 from src.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,11 @@ def main():
 if __name__ == "__main__":
     run_main(main)
 '''
+
+
+def config_keys(namespace: dict) -> list[str]:
+    """The settings of the script whose globals are `namespace`, in file order."""
+    return list(declared_types(namespace["__file__"]))
 
 
 def script(tmp_path, text=SCRIPT) -> Path:

@@ -14,6 +14,7 @@ import json
 import random
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_hub_samples_equal_json_samples_and_only_the_sample_images_are_cached(bo
     json_dir, parquet_dir = both
     from_json = load_samples("vqav2", "val", json_dir)
     from_hub = load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), cache_dir=tmp_path)
-    assert without_image_path([s.to_dict() for s in from_hub]) == without_image_path([s.to_dict() for s in from_json])
+    assert without_image_path([asdict(s) for s in from_hub]) == without_image_path([asdict(s) for s in from_json])
     assert len(from_hub) == len(TINY) and all("#row=" in s.image_path for s in from_hub)
     ids = sample_question_ids(from_hub, 5, seed=3)
     assert ids == sample_question_ids(from_json, 5, seed=3)
@@ -101,7 +102,7 @@ def test_cached_questions_and_images_are_reused_without_the_source(both, tmp_pat
     chosen = materialize_images(first[:4], "vqav2_hub", tmp_path / "out")
     shutil.rmtree(copy / "data")  # the source is gone (like being offline): the cache in the output folder serves
     again = load_samples("vqav2_hub", "val", hf_dataset=str(copy), cache_dir=tmp_path / "out")
-    assert [s.to_dict() for s in again] == [s.to_dict() for s in first]
+    assert [asdict(s) for s in again] == [asdict(s) for s in first]
     assert materialize_images(again[:4], "vqav2_hub", tmp_path / "out") == chosen
     with pytest.raises(UserError, match="holds questions read from .* use the baseline's --hf_dataset"):
         load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), hf_revision="v2", cache_dir=tmp_path / "out")
@@ -296,8 +297,8 @@ def test_hub_id_reads_only_the_question_ranges_of_validation_files_at_the_pinned
             if last == sizes[name] - 1:
                 continue  # pyarrow's read of the footer: the file's last 64 KiB, whatever they hold
             assert not any(first < c.stop and c.start <= last for c in chunks[name]), (name, cdn.range)
-        assert without_image_path([s.to_dict() for s in samples]) == without_image_path(
-            [s.to_dict() for s in load_samples("vqav2", "val", json_dir)])
+        assert without_image_path([asdict(s) for s in samples]) == without_image_path(
+            [asdict(s) for s in load_samples("vqav2", "val", json_dir)])
         assert all(s.image_path.startswith(PINNED) for s in samples)
         source = hub_source(tmp_path)
         assert source == json.loads((tmp_path / "vqav2_hub" / "source.json").read_text())
@@ -327,7 +328,7 @@ def test_rate_limits_and_server_errors_are_waited_out_with_one_note(both, tmp_pa
         samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", cache_dir=tmp_path)
         chosen = materialize_images(samples[:4], "vqav2_hub", tmp_path)
     local = load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), cache_dir=tmp_path / "local")
-    assert [s.to_dict() for s in samples] == [{**s.to_dict(), "image_path": h.image_path} for s, h in zip(local, samples)]
+    assert [asdict(s) for s in samples] == [{**asdict(s), "image_path": h.image_path} for s, h in zip(local, samples)]
     for s in chosen:
         assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
     tries = hub.seen(kind)
@@ -392,7 +393,7 @@ def test_range_answers_that_are_not_the_bytes_asked_for_mean_whole_files(both, t
         samples = load_samples("vqav2_hub", "val", hf_dataset="lmms-lab/VQAv2", cache_dir=tmp_path)
         chosen = materialize_images(samples[:5], "vqav2_hub", tmp_path)
     local = load_samples("vqav2_hub", "val", hf_dataset=str(parquet_dir), cache_dir=tmp_path / "local")
-    assert without_image_path([s.to_dict() for s in samples]) == without_image_path([s.to_dict() for s in local])
+    assert without_image_path([asdict(s) for s in samples]) == without_image_path([asdict(s) for s in local])
     for s in chosen:
         assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
     assert len(hub.seen("range")) == 1  # no range is asked again after the first wrong answer
@@ -433,8 +434,8 @@ def test_default_dataset_missing_reads_the_moved_copy_and_records_it(both, tmp_p
         chosen = materialize_images(samples[:4], "vqav2_hub", tmp_path)
         assert {r.kind for r in hub.seen(repo="lmms-lab/VQAv2")} == {"info"}  # no file of it is read
     assert notes(capsys.readouterr().out) == [expected_note]
-    assert without_image_path([s.to_dict() for s in samples]) == without_image_path(
-        [s.to_dict() for s in load_samples("vqav2", "val", json_dir)])
+    assert without_image_path([asdict(s) for s in samples]) == without_image_path(
+        [asdict(s) for s in load_samples("vqav2", "val", json_dir)])
     assert all(s.image_path.startswith(f"hf://datasets/{MOVED}@{SHA}/data/validation-") for s in samples)
     source = hub_source(tmp_path)
     assert (source["hf_dataset"], source["used_dataset"], source["revision"]) == ("lmms-lab/VQAv2", MOVED, SHA)
@@ -444,7 +445,7 @@ def test_default_dataset_missing_reads_the_moved_copy_and_records_it(both, tmp_p
         assert Path(s.image_path).read_bytes() == json_image_bytes(json_dir, s.image_id)
     # the server is gone: the same request is served from the cache, which remembers the dataset used
     again = load_samples("vqav2_hub", "val", hf_revision=revision, cache_dir=tmp_path)
-    assert [s.to_dict() for s in again] == [s.to_dict() for s in samples] and not notes(capsys.readouterr().out)
+    assert [asdict(s) for s in again] == [asdict(s) for s in samples] and not notes(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("hf_dataset, served, fragments", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -288,8 +289,8 @@ def test_hub_testdev_parquet_gives_the_json_samples_and_the_evalai_file(tiny_mod
     write_testdev_parquet(hub, "test-00000-of-00001.parquet", TEST_IDS)
     from_hub = load_samples("vqav2_hub", "testdev", hf_dataset=str(hub), cache_dir=tmp_path / "cache")
     from_json = load_samples("vqav2", "testdev", official_test_data)
-    assert [{k: v for k, v in s.to_dict().items() if k != "image_path"} for s in from_hub] == \
-        [{k: v for k, v in s.to_dict().items() if k != "image_path"} for s in from_json]
+    assert [{k: v for k, v in asdict(s).items() if k != "image_path"} for s in from_hub] == \
+        [{k: v for k, v in asdict(s).items() if k != "image_path"} for s in from_json]
     assert submission_question_ids(from_hub, "vqav2_hub", "testdev", hf_dataset=str(hub),
                                    cache_dir=tmp_path / "cache") == TEST_IDS
     out = tmp_path / "out"
