@@ -565,10 +565,9 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
             elapsed = time.perf_counter() - t0
             seen = (step - start_step) * PER_DEVICE_BATCH * GRAD_ACCUM * accelerator.num_processes
             # a step fp16's loss scaling skipped (overflowing gradients): no update, no schedule step
-            with JsonlAppender(log_path) as log:  # opened per row: a held-out point rewrites the file
-                log.write([{"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                            "skipped": result.skipped, "elapsed_s": round(elapsed, 2),
-                            "samples_per_s": round(seen / elapsed, 2)}])
+            JsonlAppender(log_path).write([{  # one per row: a held-out point rewrites the file
+                "step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, "skipped": result.skipped,
+                "elapsed_s": round(elapsed, 2), "samples_per_s": round(seen / elapsed, 2)}])
             skipped_so_far += result.skipped
             curves.call("log", tracking.tracker_values(result, lr, skipped_so_far), step=step)  # no-op without a tracker
         if step % SAVE_EVERY == 0 or step == TRAIN_STEPS or curve.due(step):

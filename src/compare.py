@@ -143,11 +143,11 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
         pair["outcome"] = f and ("better" if delta > _SAME_TOLERANCE else
                                  "worse" if delta < -_SAME_TOLERANCE else "same")
         pairs.append(pair)
-    result.update(baseline=_metrics(score_rows(base_list)), clusters=bootstrap_clusters(pairs)[1], pairs=pairs,
+    result.update(baseline=_metrics(score_rows(base_list)), pairs=pairs,
                   answer_processing={"baseline": processing_changes(base_list),
                                      "finetuned": processing_changes(ft_list) if ft_list else None})
-    if not ft_list:
-        return result
+    if not ft_list:  # the baseline alone: its interval's resampling unit (with runs: the change's, below)
+        return {**result, "clusters": bootstrap_clusters(pairs)[1]}
     change = _bootstrap_changes(pairs, n_resamples, seed)
     outcomes = _counts(pairs)
     by_type: dict = {}

@@ -125,21 +125,21 @@ def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, a
                         collate_fn=functools.partial(batch_images, processor.image_processor))
     bar = tqdm(total=len(questions), desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
     n_answered, n_errors = 0, 0  # the bar shows the rate itself
-    with JsonlAppender(writer_path) as writer:
-        for batch, images in zip(mine, loader):
-            answerable = [s for s in batch if s.image_path not in images["errors"]]
-            answers = generate_batch(model, processor, images["pixel_values"],
-                                     [prompts[s.question_id] for s in answerable], decoding,
-                                     image_index=[images["paths"].index(s.image_path) for s in answerable]) \
-                if answerable else []
-            answer_of = {s.question_id: a for s, a in zip(answerable, answers)}
-            rows = [result_row(s, record, answer_of.get(s.question_id), images["errors"].get(s.image_path),
-                               s.question_id in cut) for s in batch]
-            writer.write(rows)
-            n_answered += len(rows)
-            n_errors += sum(row["error"] is not None for row in rows)
-            bar.update(len(rows))
-            bar.set_postfix(errors=n_errors)
+    writer = JsonlAppender(writer_path)
+    for batch, images in zip(mine, loader):
+        answerable = [s for s in batch if s.image_path not in images["errors"]]
+        answers = generate_batch(model, processor, images["pixel_values"],
+                                 [prompts[s.question_id] for s in answerable], decoding,
+                                 image_index=[images["paths"].index(s.image_path) for s in answerable]) \
+            if answerable else []
+        answer_of = {s.question_id: a for s, a in zip(answerable, answers)}
+        rows = [result_row(s, record, answer_of.get(s.question_id), images["errors"].get(s.image_path),
+                           s.question_id in cut) for s in batch]
+        writer.write(rows)
+        n_answered += len(rows)
+        n_errors += sum(row["error"] is not None for row in rows)
+        bar.update(len(rows))
+        bar.set_postfix(errors=n_errors)
     bar.close()
     if accelerator.num_processes > 1:  # the main process reports each one's share and merges the part files
         from accelerate.utils import gather_object

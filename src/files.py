@@ -172,10 +172,12 @@ class JsonlAppender:
         with reported_write_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab+") as f:
-                f.seek(0)
-                data = f.read()
-                if data and not data.endswith(b"\n"):
-                    f.truncate(data.rfind(b"\n") + 1)
+                size = f.seek(0, os.SEEK_END)
+                if size:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":  # a torn last line: only then is the whole file read, to find its start
+                        f.seek(0)
+                        f.truncate(f.read().rfind(b"\n") + 1)
 
     def write(self, rows: Iterable[dict]) -> None:
         text = jsonl_text(rows)
@@ -184,12 +186,6 @@ class JsonlAppender:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def iter_chunks(items: list, size: int) -> Iterator[list]:
