@@ -172,6 +172,8 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
     if clusters is None:
         sums, counts = diff, None  # every draw holds exactly n questions
     else:
+        if len(clusters) != diff.size:  # np.fromiter below would drop the surplus silently
+            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
         number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
         ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
         sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
