@@ -59,7 +59,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker and per scrip
 TINY_MODEL = REPO / "tests" / "artifacts" / "tiny-blip2"
 TINY_T5 = REPO / "tests" / "artifacts" / "tiny-blip2-t5"
 TWIN_FIXTURES = {"tiny_model_dir", "tiny_t5_dir", "quickstart"}  # tests that need a twin (none is -m quick)
-SHARED_RUNS = {"opt_data_parallel"}  # session fixtures whose tests, in any module, form one group
+SHARED_RUNS = {"opt_data_parallel", "killed_training", "short_chain"}  # session runs; each one's tests form a group
 GROUPS_FILE = pytest.StashKey[str]()  # where the workers write {test id: group} for the controller's scheduler
 
 
@@ -221,25 +221,114 @@ def busy_cpu():
         burner.wait()
 
 
-OPT_DATA_PARALLEL = {"questions": 24, "train_steps": 6, "eval_every": 3, "eval_samples": 24}
+OPT_DATA_PARALLEL = {"questions": 24, "train_steps": 6, "save_every": 3, "eval_every": 3, "eval_samples": 24}
 
 
 @pytest.fixture(scope="session")
 def opt_data_parallel(tmp_path_factory) -> dict:
     """One two-process run (torchrun, gloo) on the random-weight OPT twin, made once per session: the baseline,
-    the fine-tuning with its held-out curve and the evaluation. Every data-parallel check of the OPT family reads
-    it (tests/test_pipeline.py: the sharing of questions and steps; tests/test_heldout.py: the held-out slice);
-    those tests are one group, on one worker."""
+    the fine-tuning with its held-out curve (dropout on, both checkpoints kept) and the evaluation. Every
+    two-process check of the OPT family reads it (tests/test_pipeline.py: the sharing of questions and steps;
+    tests/test_heldout.py: the held-out slice; tests/test_real_model_needs.py: each rank's random state, against a
+    resume from its first checkpoint); those tests are one group, on one worker."""
     from helpers import launch_data_parallel, random_twin
 
     n, out = OPT_DATA_PARALLEL, tmp_path_factory.mktemp("opt-data-parallel")
     common = [f"--model_id={random_twin()}", "--dataset=easy_vqa", f"--output_dir={out}", "--num_workers=0"]
+    finetune = ["finetune_vqav2_lora.py", *common, f"--train_steps={n['train_steps']}", "--per_device_batch=4",
+                "--grad_accum=2", f"--save_every={n['save_every']}", "--lr=3e-3", "--warmup_steps=2",
+                "--lora_dropout=0.3", "--preview_samples=0", f"--eval_every={n['eval_every']}",
+                f"--eval_samples={n['eval_samples']}", "--keep_checkpoints=2"]
     with busy_cpu():
         logs = {"baseline": launch_data_parallel("create_vqav2_baseline.py", *common, f"--max_samples={n['questions']}",
                                                  "--eval_batch=4")}
-        logs["finetune"] = launch_data_parallel(
-            "finetune_vqav2_lora.py", *common, f"--train_steps={n['train_steps']}", "--per_device_batch=4",
-            "--grad_accum=2", "--save_every=3", "--lr=3e-3", "--warmup_steps=2", "--preview_samples=0",
-            f"--eval_every={n['eval_every']}", f"--eval_samples={n['eval_samples']}", "--keep_checkpoints=1")
+        logs["finetune"] = launch_data_parallel(*finetune)
         logs["evaluate"] = launch_data_parallel("evaluate_vqav2_finetuned.py", *common, "--eval_batch=4")
-    return {"out": out, **logs, **n}
+    return {"out": out, "finetune_args": finetune, **logs, **n}
+
+
+KILLED_TRAINING = {"steps": 12, "save_every": 2, "killed_in_save": 4}
+KILL_IN_SAVE = """
+import os, signal
+import src.training as T
+_save = T.save_checkpoint
+def save_checkpoint(ckpt_root, step, *a, **k):
+    if step == int(os.environ["KILL_IN_SAVE_AT"]):
+        import torch
+        _orig = torch.save
+        def dying_save(obj, f, *x, **y):  # the adapter is written, the training state half-written
+            with open(f, "wb") as fh:
+                fh.write(b"PK\\x03\\x04 half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+    return _save(ckpt_root, step, *a, **k)
+T.save_checkpoint = save_checkpoint
+"""
+
+
+@pytest.fixture(scope="session")
+def killed_training(tmp_path_factory) -> dict:
+    """The session's one interrupted fine-tuning, on the random-weight OPT twin, unquantised (a 4-bit step costs
+    several unquantised ones on a CPU), TensorBoard on, beside its uninterrupted run (a checkpoint every 2 of 12
+    steps; the uninterrupted run's curves in the default --log_dir, the killed run's in a --log_dir of their own).
+    Killed inside the save of step 4 (adapter written, training state torn, never renamed), then at a random step of
+    each of two resumed runs; then its newest checkpoint is torn in place (as a full disk leaves it) and the last run
+    resumes from the one before. The first resumed run spells the model folder /x/./m, the last one relative to the
+    repository (`spellings`). `attempts` holds what each run left for the next. tests/test_faults.py checks the
+    resume against the uninterrupted run, tests/test_tensorboard.py the curves, tests/test_bad_input.py the
+    spellings; one group, one worker."""
+    import random
+    import signal
+
+    from helpers import half_written, killed_at_marker, random_twin, raw_loss_steps, run_script, start_script
+    from src.tracking import tracker_run_name
+
+    n, root, model = KILLED_TRAINING, tmp_path_factory.mktemp("killed-training"), Path(random_twin())
+    logs, out = root / "tf-logs", root / "killed"
+    spellings = [str(model), f"{model.parent}/./{model.name}", str(model), os.path.relpath(model, REPO)]
+    args = ["finetune_vqav2_lora.py", "--dataset=easy_vqa", "--use_4bit=False", f"--train_steps={n['steps']}",
+            "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=3",
+            f"--save_every={n['save_every']}", "--keep_checkpoints=3", "--preview_samples=0", "--report_to=tensorboard"]
+    full = run_script(*args, f"--model_id={model}", f"--output_dir={root / 'full'}", check=True)  # default --log_dir
+    args.append(f"--log_dir={logs}")
+    ckpts, run_dir = out / "lora_adapter_checkpoints", logs / tracker_run_name(out)
+
+    def left(killed: bool) -> dict:
+        log = ckpts / "train_log.jsonl"
+        return {"killed": killed, "checkpoints": sorted(p.name for p in ckpts.glob("*step-*")),
+                "log_rows": log.read_bytes().count(b"\n") if log.exists() else 0, "half_written": half_written(out),
+                "loss_steps": raw_loss_steps(run_dir)}
+
+    hook = root / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_IN_SAVE)
+    args += [f"--output_dir={out}"]
+    proc = start_script(*args, f"--model_id={spellings[0]}", env={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}",
+                                                                  "KILL_IN_SAVE_AT": str(n["killed_in_save"])})
+    attempts = [left(proc.wait(timeout=300) == -signal.SIGKILL)]
+    rng = random.Random(3)
+    for model_id in spellings[1:3]:  # each run killed right after its k-th logged step
+        proc = start_script(*args, f"--model_id={model_id}", hook_dir=root,
+                            kill_at=("src.files:JsonlAppender.write", rng.randint(3, 4)))
+        attempts.append(left(killed_at_marker(proc)))
+    newest, older = sorted(ckpts.glob("step-*"))[-2:][::-1]
+    (newest / "training_state.pt").write_bytes(b"torn")
+    final = run_script(*args, f"--model_id={spellings[3]}", check=True)
+    attempts.append(left(False))
+    return {"out": out, "full": root / "full", "full_run": full, "logs": logs, "run_dir": run_dir, "attempts": attempts,
+            "spellings": spellings, "torn": newest, "older": older, "final": final, **n}
+
+
+@pytest.fixture(scope="session")
+def short_chain(tiny_model_dir, tmp_path_factory) -> Path:
+    """A zero-shot baseline of the twin on data/tiny.jsonl (unquantised) and a 2-step fine-tuning in one output folder,
+    made once: the tests that go on with an evaluation and a comparison copy it (tests/test_scripts.py: a fine-tuned
+    run evaluated in another precision; tests/test_multirun.py: one adapter evaluated twice); one group, one worker."""
+    from helpers import run_script
+
+    out = tmp_path_factory.mktemp("short-chain") / "out"
+    common = [f"--model_id={tiny_model_dir}", "--dataset=tiny", "--num_workers=0", f"--output_dir={out}"]
+    run_script("create_vqav2_baseline.py", *common, "--quantization=none", check=True)
+    run_script("finetune_vqav2_lora.py", *common, "--use_4bit=False", "--train_steps=2", "--per_device_batch=2",
+               "--grad_accum=1", "--save_every=2", "--preview_samples=0", check=True)
+    return out

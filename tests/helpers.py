@@ -150,6 +150,44 @@ def killed_at_marker(proc: subprocess.Popen, timeout: float = 300) -> bool:
     return code == -signal.SIGKILL
 
 
+def half_written(out: Path) -> list[str]:
+    """What a killed run left half-written in `out` (empty when nothing): a JSON file that does not parse, a JSONL
+    line but a torn last one that does not, a listed checkpoint that is not whole, a final adapter without its files."""
+    import json
+
+    from src.training import checkpoint_dirs, checkpoint_problem
+
+    found = []
+    for p in out.rglob("*.json"):
+        try:
+            if not p.name.startswith("."):
+                json.loads(p.read_text())
+        except ValueError:
+            found.append(str(p))
+    for p in out.rglob("*.jsonl"):
+        for line in p.read_bytes().split(b"\n")[:-1]:
+            try:
+                json.loads(line)
+            except ValueError:
+                found.append(f"{p}: {line[:80]!r}")
+    found += [f"{d}: {checkpoint_problem(d)}" for d in checkpoint_dirs(out / "lora_adapter_checkpoints")
+              if checkpoint_problem(d) is not None]
+    adapter = out / "lora_adapter"
+    if adapter.exists() and not all((adapter / f).exists() for f in ("adapter_model.safetensors",
+                                                                      "training_config.json")):
+        found.append(str(adapter))
+    return found
+
+
+def raw_loss_steps(run_dir: Path) -> list[list[int]]:
+    """The steps of train/loss as written, per TensorBoard event file in the order written (nothing hidden)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
+    return [[e.step for e in EventFileLoader(str(f)).Load() if any(v.tag == "train/loss" for v in e.summary.value)]
+            for f in files]
+
+
 def fresh_copy(dst: Path) -> Path:
     """The repository as a clean clone has it (no outputs, no converted data)."""
     ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "easy_vqa", "artifacts", ".venv")

@@ -352,15 +352,17 @@ def test_one_path_rule_home_other_folder_and_spelling(tiny_model_dir, tmp_path):
     assert "16 already done, 0 to go" in proc.stdout, proc.stdout
 
 
-def test_fine_tuning_resumes_with_the_same_model_folder_spelled_differently(tiny_model_dir, tmp_path):
-    """The path rule holds for a resumed fine-tuning too: /x/./m and a relative spelling are the same model."""
-    args = ["finetune_vqav2_lora.py", "--dataset=tiny", "--use_4bit=False", "--train_steps=2", "--per_device_batch=2",
-            "--grad_accum=1", "--save_every=1", "--preview_samples=0", "--num_workers=0", f"--output_dir={tmp_path}"]
-    run_script(*args, f"--model_id={tiny_model_dir}", check=True)
-    for spelled in (f"{Path(tiny_model_dir).parent}/./{Path(tiny_model_dir).name}",
-                    os.path.relpath(tiny_model_dir, REPO)):
-        proc = run_script(*args, f"--model_id={spelled}", check=True)
-        assert f"resumed from {tmp_path / 'lora_adapter_checkpoints' / 'step-000002'}" in proc.stdout
+def test_fine_tuning_resumes_with_the_same_model_folder_spelled_differently(killed_training):
+    """The path rule holds for a resumed fine-tuning too: /x/./m and a relative spelling are the same model (the
+    session's interrupted fine-tuning, tests/conftest.py, spells it so in its resumed runs)."""
+    model, dotted, _, relative = killed_training["spellings"]
+    assert dotted == f"{Path(model).parent}/./{Path(model).name}" and relative == os.path.relpath(model, REPO)
+    # killed in the save of step 4, so the /./ run resumed from step 2: its curve starts at step 3, and it trained
+    first, dotted_run = killed_training["attempts"][:2]
+    assert "step-000002" in first["checkpoints"] and "step-000004" not in first["checkpoints"]
+    assert dotted_run["killed"] and dotted_run["loss_steps"][-1][:2] == [3, 4], dotted_run
+    older = killed_training["out"] / "lora_adapter_checkpoints" / killed_training["older"].name
+    assert f"resumed from {older}" in killed_training["final"].stdout  # the relative spelling
 
 
 def test_file_names_that_are_not_utf8_keep_every_row(tiny_model_dir, tmp_path):

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, module_fixture, random_twin,
+from helpers import (CAN_MOUNT, REPO, assert_one_line_error, half_written, killed_at_marker, module_fixture,
                      run_in_process, run_on_small_disk, run_script, start_script)
 from src.errors import UserError
 from src.images import load_image
@@ -224,25 +224,6 @@ def test_debug_shows_the_traceback(tiny_model_dir):
 
 # --- kills ------------------------------------------------------------------------------------------------
 
-def _assert_nothing_half_written(out: Path) -> None:
-    """Every JSON parses, every JSONL line but a torn last one parses, every listed checkpoint is whole."""
-    from src.training import checkpoint_dirs, checkpoint_problem
-
-    for p in out.rglob("*.json"):
-        if not p.name.startswith("."):
-            json.loads(p.read_text())
-    for p in out.rglob("*.jsonl"):
-        lines = p.read_bytes().split(b"\n")
-        for line in lines[:-1]:
-            json.loads(line)
-    ckpts = out / "lora_adapter_checkpoints"
-    for d in checkpoint_dirs(ckpts):
-        assert checkpoint_problem(d) is None, d
-    adapter = out / "lora_adapter"
-    if adapter.exists():
-        assert (adapter / "adapter_model.safetensors").exists() and (adapter / "training_config.json").exists()
-
-
 def test_inference_survives_kills_at_two_random_points(tiny_model_dir, tmp_path):
     args = ["create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--max_samples=48",
             "--eval_batch=4", "--quantization=none", "--num_workers=1"]
@@ -254,7 +235,7 @@ def test_inference_survives_kills_at_two_random_points(tiny_model_dir, tmp_path)
         proc = start_script(*args, f"--output_dir={out}", kill_at=("src.files:JsonlAppender.write", batches),
                             hook_dir=tmp_path)
         assert killed_at_marker(proc)
-        _assert_nothing_half_written(out)
+        assert half_written(out) == []
     done_before = rows.read_bytes().count(b"\n")
     assert done_before < 48
     with open(rows, "ab") as f:  # what a kill in the middle of a write leaves
@@ -266,70 +247,36 @@ def test_inference_survives_kills_at_two_random_points(tiny_model_dir, tmp_path)
         assert (out / name).read_text() == (tmp_path / "full" / name).read_text(), name
 
 
-TRAIN_STEPS = 12  # the killed fine-tuning's
-KILL_IN_SAVE = """
-import os, signal
-import src.training as T
-_save = T.save_checkpoint
-def save_checkpoint(ckpt_root, step, *a, **k):
-    if step == int(os.environ["KILL_IN_SAVE_AT"]):
-        import torch
-        _orig = torch.save
-        def dying_save(obj, f, *x, **y):  # the adapter is written, the training state half-written
-            with open(f, "wb") as fh:
-                fh.write(b"PK\\x03\\x04 half")
-            os.kill(os.getpid(), signal.SIGKILL)
-        torch.save = dying_save
-    return _save(ckpt_root, step, *a, **k)
-T.save_checkpoint = save_checkpoint
-"""
-
-
 @pytest.mark.slow
-def test_training_survives_kills_including_one_inside_a_checkpoint_save(tmp_path):
-    """On the random-weight twin, unquantised (a 4-bit step costs several unquantised ones on a CPU; the 4-bit
-    base's resume is compared in test_t5_family.py): the resumed run against the uninterrupted one (a
-    checkpoint every 2 of 12 steps)."""
-    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin()}", "--dataset=easy_vqa", "--use_4bit=False",
-            f"--train_steps={TRAIN_STEPS}", "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=3",
-            "--save_every=2", "--keep_checkpoints=3", "--preview_samples=0"]
-    run_script(*args, f"--output_dir={tmp_path / 'full'}", check=True)
-    out = tmp_path / "killed"
+def test_training_survives_kills_including_one_inside_a_checkpoint_save(killed_training):
+    """The session's interrupted fine-tuning (tests/conftest.py: on the random-weight twin, unquantised; the 4-bit
+    base's resume is compared in test_t5_family.py): the resumed run against the uninterrupted one (a checkpoint
+    every 2 of 12 steps)."""
+    out, steps, attempts = killed_training["out"], killed_training["steps"], killed_training["attempts"]
     ckpts = out / "lora_adapter_checkpoints"
-    log = ckpts / "train_log.jsonl"
-
     # 1: a kill inside the save of step 4 (adapter written, training state torn, never renamed)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_IN_SAVE)
-    proc = start_script(*args, f"--output_dir={out}", env={"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "KILL_IN_SAVE_AT": "4"})
-    assert proc.wait(timeout=300) == -signal.SIGKILL
-    assert (ckpts / ".tmp-step-000004").exists() and not (ckpts / "step-000004").exists()
-    _assert_nothing_half_written(out)
+    first = attempts[0]
+    assert first["killed"] and ".tmp-step-000004" in first["checkpoints"] and "step-000004" not in first["checkpoints"]
+    assert first["half_written"] == []
     # 2, 3: kills at random steps of the resumed runs
-    rng = random.Random(3)
-    for steps in (rng.randint(3, 4), rng.randint(3, 4)):  # each run killed right after its k-th logged step
-        proc = start_script(*args, f"--output_dir={out}", kill_at=("src.files:JsonlAppender.write", steps),
-                            hook_dir=tmp_path)
-        assert killed_at_marker(proc)
-        assert log.read_bytes().count(b"\n") < TRAIN_STEPS
-        _assert_nothing_half_written(out)
+    for killed in attempts[1:3]:
+        assert killed["killed"] and killed["log_rows"] < steps and killed["half_written"] == []
     # a checkpoint torn in place (e.g. a disk filled up) is skipped with a warning
-    newest, older = sorted(ckpts.glob("step-*"))[-2:][::-1]
-    (newest / "training_state.pt").write_bytes(b"torn")
-    proc = run_script(*args, f"--output_dir={out}", check=True)
+    newest, older, proc = killed_training["torn"], killed_training["older"], killed_training["final"]
+    assert newest.parent == older.parent == ckpts and newest.name > older.name
     assert f"{newest} is incomplete" in proc.stdout and "falling back" in proc.stdout
-    assert f"resumed from {older}" in proc.stdout and f"steps: {TRAIN_STEPS} (from {int(older.name[5:])})" in proc.stdout
-    _assert_nothing_half_written(out)
+    assert f"resumed from {older}" in proc.stdout and f"steps: {steps} (from {int(older.name[5:])})" in proc.stdout
+    assert attempts[-1]["half_written"] == []
     # the same adapter and the same loss at every step as the uninterrupted run (gradient accumulation included)
-    a = load_file(str(tmp_path / "full" / "lora_adapter" / "adapter_model.safetensors"))
+    full = killed_training["full"]
+    a = load_file(str(full / "lora_adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     log_a, log_b = ([json.loads(l) for l in (d / "lora_adapter" / "train_log.jsonl").read_text().splitlines()]
-                    for d in (tmp_path / "full", out))
-    assert [r["step"] for r in log_b] == list(range(1, TRAIN_STEPS + 1))
+                    for d in (full, out))
+    assert [r["step"] for r in log_b] == list(range(1, steps + 1))
     assert [round(r["loss"], 5) for r in log_a] == [round(r["loss"], 5) for r in log_b]
 
 

@@ -311,15 +311,15 @@ def test_one_file_in_finetuned_files_is_the_two_run_report(three_runs, tmp_path)
 
 
 
-def test_two_evaluations_of_the_twin_in_one_folder_compare_side_by_side(tiny_model_dir, tmp_path):
-    """The real chain on the twin: a baseline, one short fine-tuning, its adapter evaluated twice under two
-    --run_name= in the baseline's folder; the comparison finds the adapter's train_log.jsonl through the rows
-    (held-out rows added here, as a fine-tuning with --eval_every= writes them) and draws its curve."""
-    out = tmp_path / "out"
+def test_two_evaluations_of_the_twin_in_one_folder_compare_side_by_side(short_chain, tiny_model_dir, tmp_path):
+    """The real chain on the twin: a baseline, one short fine-tuning (the session's short chain, tests/conftest.py),
+    its adapter evaluated twice under two --run_name= in the baseline's folder; the comparison finds the adapter's
+    train_log.jsonl through the rows (held-out rows added here, as a fine-tuning with --eval_every= writes them) and
+    draws its curve."""
+    import shutil
+
+    out = shutil.copytree(short_chain, tmp_path / "out")
     common = [f"--model_id={tiny_model_dir}", "--dataset=tiny", "--num_workers=0", f"--output_dir={out}"]
-    run_script("create_vqav2_baseline.py", *common, "--quantization=none", check=True)
-    run_script("finetune_vqav2_lora.py", *common, "--use_4bit=False", "--train_steps=2", "--per_device_batch=2",
-               "--grad_accum=1", "--save_every=2", "--preview_samples=0", check=True)
     for name in ("ft_a", "ft_b"):
         run_script("evaluate_vqav2_finetuned.py", *common, "--quantization=none", f"--run_name={name}", check=True)
     log = out / "lora_adapter" / "train_log.jsonl"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, assert_one_line_error, random_twin, run_script
+from helpers import REPO, assert_one_line_error, run_script
 from src.samples import VQASample
 from src.errors import UserError
 from src.vqa_eval import normalize_answer, vqa_accuracy
@@ -400,50 +400,34 @@ def test_a_checkpoint_keeps_the_fp16_loss_scale_and_every_ranks_random_state(tin
 
 
 @pytest.mark.slow
-def test_a_two_process_resume_gives_each_rank_its_own_random_state(tmp_path):
-    """Two gloo ranks (torchrun), dropout on: resumed from step 2, each rank continues from its own random
-    state, so steps 3-4 and the step-4 checkpoint's per-rank states equal the uninterrupted run's."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def test_a_two_process_resume_gives_each_rank_its_own_random_state(opt_data_parallel, tmp_path):
+    """Two gloo ranks (torchrun), dropout on, in the session's one two-process run (tests/conftest.py): resumed from
+    its first checkpoint, each rank continues from its own random state, so the later steps and the last
+    checkpoint's per-rank states equal the uninterrupted run's."""
+    from helpers import launch_data_parallel
 
-    out = tmp_path / "run"
-    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin()}", "--dataset=tiny", f"--output_dir={out}",
-            "--train_steps=4", "--save_every=2", "--per_device_batch=2", "--grad_accum=1", "--lr=3e-3",
-            "--warmup_steps=1", "--lora_dropout=0.3", "--num_workers=0", "--preview_samples=0", "--use_4bit=False"]
-
-    def launch():
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
-        proc = subprocess.Popen(torchrun + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-                                start_new_session=True)
-        try:
-            log, _ = proc.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        assert proc.returncode == 0, log[-5000:]
-        return log
-
-    ckpts = out / "lora_adapter_checkpoints"
-    launch()
+    out, steps, first = tmp_path / "run", opt_data_parallel["train_steps"], opt_data_parallel["save_every"]
+    shutil.copytree(opt_data_parallel["out"], out)
+    ckpts, last = out / "lora_adapter_checkpoints", f"step-{steps:06d}"
     whole = [json.loads(l) for l in (ckpts / "train_log.jsonl").read_text().splitlines()]
-    state4 = torch.load(ckpts / "step-000004" / "training_state.pt", weights_only=True)
-    assert len(state4["rng"]) == 2 and not torch.equal(state4["rng"][0]["torch"], state4["rng"][1]["torch"])
-    # what a kill after the step-2 checkpoint leaves: that checkpoint and no later one
-    shutil.rmtree(ckpts / "step-000004")
-    log = launch()
-    assert "resumed from" in log and "step-000002" in log
+    state = torch.load(ckpts / last / "training_state.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    # what a kill after the first checkpoint leaves: that checkpoint and no later one
+    shutil.rmtree(ckpts / last)
+    args = [a.replace(str(opt_data_parallel["out"]), str(out)) if a.startswith("--output_dir=") else a
+            for a in opt_data_parallel["finetune_args"]]
+    assert "--lora_dropout=0.3" in args and f"--output_dir={out}" in args
+    log = launch_data_parallel(*args)
+    assert "resumed from" in log and f"step-{first:06d}" in log
     resumed = [json.loads(l) for l in (ckpts / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
     for a, b in zip(whole, resumed):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a, b)
         assert b["skipped"] is False
-    again = torch.load(ckpts / "step-000004" / "training_state.pt", weights_only=True)
+    again = torch.load(ckpts / last / "training_state.pt", weights_only=True)
     for rank in (0, 1):
-        assert torch.equal(again["rng"][rank]["torch"], state4["rng"][rank]["torch"]), rank
-        assert again["rng"][rank]["python"] == state4["rng"][rank]["python"], rank
+        assert torch.equal(again["rng"][rank]["torch"], state["rng"][rank]["torch"]), rank
+        assert again["rng"][rank]["python"] == state["rng"][rank]["python"], rank
 
 
 def test_evaluation_workers_start_under_spawn(tiny_model_dir, tmp_path):

@@ -159,14 +159,12 @@ def test_the_next_lines_paste_as_they_are_with_a_space_in_the_path(tiny_model_di
     assert (out / "vqav2_finetuned.jsonl").exists() and (out / "comparisons" / "report.html").exists()
 
 
-def test_a_baseline_and_an_evaluation_of_different_precision_are_said_to_differ(tiny_model_dir, tmp_path):
+def test_a_baseline_and_an_evaluation_of_different_precision_are_said_to_differ(short_chain, tiny_model_dir, tmp_path):
     """Zero-shot unquantised, fine-tuned evaluated in 4-bit: the evaluation warns before it answers, and the
-    comparison's console, summary and report say the setups differ (the README asks for equal settings)."""
-    out = tmp_path / "out"
+    comparison's console, summary and report say the setups differ (the README asks for equal settings). The
+    baseline and the fine-tuning are the session's short chain (tests/conftest.py)."""
+    out = shutil.copytree(short_chain, tmp_path / "out")
     common = [f"--model_id={tiny_model_dir}", "--dataset=tiny", "--num_workers=0", f"--output_dir={out}"]
-    run_script("create_vqav2_baseline.py", *common, "--quantization=none", check=True)
-    run_script("finetune_vqav2_lora.py", *common, "--use_4bit=False", "--train_steps=1", "--per_device_batch=2",
-               "--grad_accum=1", "--save_every=1", "--preview_samples=0", check=True)
     proc = run_script("evaluate_vqav2_finetuned.py", *common, "--quantization=4bit", check=True)
     said = "quantization differs: baseline 'none', fine-tuned '4bit'"
     assert 0 <= proc.stdout.index(f"warning: {said}") < proc.stdout.index("next: ")

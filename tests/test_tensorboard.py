@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import (CAN_MOUNT, REPO, assert_one_line_error, killed_at_marker, random_twin, run_on_small_disk, run_script,
-                     start_script)
+from helpers import CAN_MOUNT, REPO, assert_one_line_error, run_on_small_disk, run_script
 from src.tracking import tracker_run_name
 
 TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps")
@@ -36,75 +35,72 @@ def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def raw_loss_steps(run_dir: Path) -> list[list[int]]:
-    """The steps of train/loss as written, per event file in the order they were written (nothing hidden)."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    files = sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
-    return [[e.step for e in EventFileLoader(str(f)).Load() if any(v.tag == "train/loss" for v in e.summary.value)]
-            for f in files]
-
-
 @pytest.mark.slow
-def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(tmp_path):
-    out, logs = tmp_path / "run-a", tmp_path / "tf-logs"
-    args = fine_tuning(random_twin(), out, "--report_to=tensorboard", f"--log_dir={logs}")
-    log = out / "lora_adapter_checkpoints" / "train_log.jsonl"
-    # killed after step 5 is in the log: the checkpoint of step 3 holds, steps 4.. were logged and are lost
-    proc = start_script(*args, kill_at=("src.files:JsonlAppender.write", 5), hook_dir=tmp_path)  # after step 5's row
-    assert killed_at_marker(proc)
-    assert log.read_bytes().count(b"\n") == 5
-    assert [p.name for p in (out / "lora_adapter_checkpoints").glob("step-*")] == ["step-000003"]
-    run_dir = logs / tracker_run_name(out)  # the run is named after the output folder
-    assert run_dir.name.startswith("run-a-")
-    killed = raw_loss_steps(run_dir)
-    assert len(killed) == 1 and killed[0][:4] == [1, 2, 3, 4], killed
-
-    proc = run_script(*args, check=True)
-    assert f"resumed from {out / 'lora_adapter_checkpoints' / 'step-000003'}" in proc.stdout
+def test_curves_equal_the_training_log_and_a_killed_run_continues_its_curve(killed_training):
+    """The session's interrupted fine-tuning (tests/conftest.py), TensorBoard on: killed inside the save of step 4,
+    at a random step of two resumed runs, and resumed once more from the checkpoint before a torn one."""
+    out, logs, steps, attempts = killed_training["out"], killed_training["logs"], killed_training["steps"], \
+        killed_training["attempts"]
+    run_dir = killed_training["run_dir"]
+    assert run_dir == logs / tracker_run_name(out) and run_dir.name.startswith("killed-")  # after the output folder
+    # killed in the save of step 4: steps 1-4 are in the log and in the curve, the checkpoint of step 2 holds
+    assert attempts[0]["log_rows"] == 4 and "step-000002" in attempts[0]["checkpoints"]
+    assert len(attempts[0]["loss_steps"]) == 1 and attempts[0]["loss_steps"][0][:4] == [1, 2, 3, 4], attempts[0]
+    # each resumed attempt wrote its own file from the step after the checkpoint it resumed from (no second step 1);
+    # the earlier files' later steps are still on disk, and TensorBoard hides them (purge_step), so each step shows once
+    resumed_from = [max(int(c[5:]) for c in before["checkpoints"] if c.startswith("step-")) for before in attempts[:2]]
+    resumed_from.append(int(killed_training["older"].name[5:]))  # the last run: the newest checkpoint was torn
+    for before, after, start in zip(attempts, attempts[1:], resumed_from):
+        written = after["loss_steps"]
+        assert written[:-1] == before["loss_steps"] and written[-1][:2] == [start + 1, start + 2], (start, written)
+        assert written[-1] == list(range(start + 1, start + 1 + len(written[-1]))), (start, written)
+    assert attempts[-1]["loss_steps"][-1][-1] == steps
+    proc = killed_training["final"]
+    assert f"resumed from {out / 'lora_adapter_checkpoints' / killed_training['older'].name}" in proc.stdout
     assert f"tensorboard: {run_dir} (tensorboard --logdir {logs})" in proc.stdout
-    # the resumed attempt wrote its own file from step 4 on (no second step 1); the earlier file's steps
-    # 4.. are still on disk, and TensorBoard hides them (purge_step), so each step shows once
-    written = raw_loss_steps(run_dir)
-    assert written[0] == killed[0] and written[1] == list(range(4, STEPS + 1)), written
     rows = [json.loads(l) for l in (out / "lora_adapter" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     shown = curves(run_dir)
     assert set(shown) == set(TAGS), shown.keys()
     for tag in TAGS:
-        assert [s for s, _ in shown[tag]] == list(range(1, STEPS + 1)), (tag, shown[tag])
+        assert [s for s, _ in shown[tag]] == list(range(1, steps + 1)), (tag, shown[tag])
     f32 = np.float32
     assert [f32(v) for _, v in shown["train/loss"]] == [f32(r["loss"]) for r in rows]
     assert [f32(v) for _, v in shown["train/lr"]] == [f32(r["lr"]) for r in rows]
     assert [f32(v) for _, v in shown["train/grad_norm"]] == [f32(r["grad_norm"]) for r in rows]
     assert [v for _, v in shown["train/skipped_steps"]] == list(np.cumsum([r["skipped"] for r in rows]))
-    assert len({r["loss"] for r in rows}) == STEPS and len({r["lr"] for r in rows}) > STEPS // 2  # real curves
+    assert len({r["loss"] for r in rows}) == steps and len({r["lr"] for r in rows}) > steps // 2  # real curves
     # the resolved settings as hparams, lists as text, once per attempt
     hparams = sorted(run_dir.glob("*/hparams.yml"))
-    assert len(hparams) == 2
+    assert len(hparams) == len(attempts)
     config = yaml.safe_load(hparams[-1].read_text())
     assert config["target_modules"] == "q_proj,k_proj,v_proj,out_proj,fc1,fc2"
-    assert (config["report_to"], config["log_dir"], config["train_steps"]) == ("tensorboard", str(logs), STEPS)
+    assert (config["report_to"], config["log_dir"], config["train_steps"]) == ("tensorboard", str(logs), steps)
 
 
-def test_off_by_default_writes_no_event_file(tiny_model_dir, tmp_path):
+@pytest.mark.slow
+def test_off_by_default_writes_no_event_file(opt_data_parallel):
+    """The session's two-process run (tests/conftest.py) fine-tunes without --report_to."""
     from src.config import script_settings
 
     settings = script_settings(REPO / "finetune_vqav2_lora.py")
     assert (settings["REPORT_TO"], settings["LOG_DIR"]) == ("", "{output_dir}/tf-logs")
-    out = tmp_path / "out"
-    proc = run_script(*fine_tuning(tiny_model_dir, out, f"--train_steps={STEPS // 4}", "--save_every=2"), check=True)
+    out = opt_data_parallel["out"]
+    assert not any(a.startswith(("--report_to", "--log_dir")) for a in opt_data_parallel["finetune_args"])
     assert (out / "lora_adapter" / "adapter_model.safetensors").exists()
-    assert not (out / "tf-logs").exists() and not list(tmp_path.rglob("events.out.tfevents.*"))
-    assert "tensorboard" not in proc.stdout
+    assert not (out / "tf-logs").exists() and not list(out.rglob("events.out.tfevents.*"))
+    assert "tensorboard" not in opt_data_parallel["finetune"]
 
 
-def test_default_log_dir_is_inside_the_output_folder(tiny_model_dir, tmp_path):
-    """{output_dir} in LOG_DIR stands for --output_dir, as in ADAPTER_DIR; the banner gives the command."""
-    out = tmp_path / "run-b"
-    proc = run_script(*fine_tuning(tiny_model_dir, out, "--train_steps=1", "--report_to=tensorboard"), check=True)
+@pytest.mark.slow
+def test_default_log_dir_is_inside_the_output_folder(killed_training):
+    """{output_dir} in LOG_DIR stands for --output_dir, as in ADAPTER_DIR; the banner gives the command (the
+    uninterrupted run of the session's interrupted fine-tuning, tests/conftest.py, has no --log_dir)."""
+    out, proc = killed_training["full"], killed_training["full_run"]
+    assert "--report_to=tensorboard" in proc.args and not any(str(a).startswith("--log_dir") for a in proc.args)
     assert f"tensorboard --logdir {out / 'tf-logs'})" in proc.stdout
-    assert [s for s, _ in curves(out / "tf-logs" / tracker_run_name(out))["train/loss"]] == [1]
+    steps = killed_training["steps"]
+    assert [s for s, _ in curves(out / "tf-logs" / tracker_run_name(out))["train/loss"]] == list(range(1, steps + 1))
 
 
 def test_two_output_folders_of_one_name_sharing_a_log_dir_keep_their_own_curves(tiny_model_dir, tmp_path):
