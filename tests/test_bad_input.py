@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_one_line_error, module_fixture, random_adapter, run_in_process, run_script
+from helpers import (REPO, assert_one_line_error, module_fixture, random_adapter, random_twin, run_in_process,
+                     run_script)
 from src.config import apply_overrides, script_settings
 from src.errors import UserError
 from src.preflight import EMPTY_MEANS, check_value
@@ -388,12 +389,13 @@ def _used(folder: Path) -> int:
     return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
 
 
-def test_fine_tuning_on_a_full_disk_keeps_its_checkpoints_and_resumes(tiny_model_dir, tmp_path):
+def test_fine_tuning_on_a_full_disk_keeps_its_checkpoints_and_resumes(tmp_path):
     """A real file system that fills up during the second checkpoint: one line, the first checkpoint
-    intact, no half-written one left, and the rerun (after space is freed) resumes from it and finishes."""
-    args = ["finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--dataset=easy_vqa", "--per_device_batch=4",
-            "--grad_accum=1", "--warmup_steps=1", "--save_every=2", "--keep_checkpoints=5", "--preview_samples=0",
-            "--train_steps=4"]
+    intact, no half-written one left, and the rerun (after space is freed) resumes from it and finishes
+    (on the random-weight twin, unquantised: what fills the disk is the checkpoints' files)."""
+    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin()}", "--dataset=easy_vqa", "--use_4bit=False",
+            "--per_device_batch=4", "--grad_accum=1", "--warmup_steps=1", "--save_every=2", "--keep_checkpoints=5",
+            "--preview_samples=0", "--train_steps=4"]
     probe = tmp_path / "probe"
     run_script(*args, f"--output_dir={probe}", check=True)  # how much room each step's files take
     ckpts = probe / "lora_adapter_checkpoints"
@@ -424,10 +426,10 @@ def test_fine_tuning_on_a_full_disk_keeps_its_checkpoints_and_resumes(tiny_model
 @pytest.mark.parametrize("name", ["vqav2_baseline.jsonl", "vqav2_sample_ids.json", "vqav2_baseline_metrics.json"])
 def test_an_output_file_that_is_a_folder_is_said_before_the_run(tiny_model_dir, tmp_path, name):
     (tmp_path / name).mkdir()
-    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
-                      "--quantization=none", f"--output_dir={tmp_path}")
+    proc = run_in_process("create_vqav2_baseline.py", f"--model_id={tiny_model_dir}", "--dataset=tiny",
+                          "--quantization=none", f"--output_dir={tmp_path}")
     assert_one_line_error(proc, str(tmp_path / name), "is a folder")
-    assert "Loading weights" not in proc.stderr
+    assert "MODEL LOAD STARTED" not in proc.stderr
 
 
 def test_vqa_eval_cli_out_paths_and_odd_json(tmp_path):
