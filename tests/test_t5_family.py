@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from helpers import (QUICKSTART_HEADING, REPO, assert_one_line_error, fresh_copy, killed_at_marker, load_tuned,
-                     module_fixture, random_adapter, random_twin, readme_commands, run_command, run_script,
-                     start_script)
+                     module_fixture, random_adapter, random_twin, readme_commands, run_command, run_in_process,
+                     run_script, start_script)
 from src.errors import UserError
 from src.family import OPT, T5, family_of, lora_targets, resolve
 from twin import ARCHITECTURES, SIZES, T5_TEXT_SIZES
@@ -333,19 +333,20 @@ def test_t5_comparison_report(t5_chain):
 
 @pytest.mark.slow
 def test_t5_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
-    """On the random-weight Flan-T5 twin, as the data-parallel test below: two runs of one model are compared."""
+    """On the random-weight Flan-T5 twin, as the data-parallel test below: two runs of one model are compared (4-bit,
+    the default; killed after step 3, resumed from the checkpoint of step 2 for four more steps with accumulation)."""
     import torch
     from safetensors.torch import load_file
 
-    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin('t5')}", "--dataset=easy_vqa", "--train_steps=12",
-            "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=2", "--save_every=4",
+    args = ["finetune_vqav2_lora.py", f"--model_id={random_twin('t5')}", "--dataset=easy_vqa", "--train_steps=6",
+            "--per_device_batch=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=2", "--save_every=2",
             "--preview_samples=0"]
     run_script(*args, f"--output_dir={tmp_path / 'full'}", check=True)
     out = tmp_path / "killed"
-    proc = start_script(*args, f"--output_dir={out}", kill_at=("src.files:JsonlAppender.write", 6), hook_dir=tmp_path)
+    proc = start_script(*args, f"--output_dir={out}", kill_at=("src.files:JsonlAppender.write", 3), hook_dir=tmp_path)
     assert killed_at_marker(proc)
     proc = run_script(*args, f"--output_dir={out}", check=True)
-    assert "resumed from" in proc.stdout and "steps: 12 (from 4)" in proc.stdout
+    assert "resumed from" in proc.stdout and "steps: 6 (from 2)" in proc.stdout
     a = load_file(str(tmp_path / "full" / "lora_adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any(".encoder.block." in k for k in a) and any(".decoder.block." in k for k in a)
@@ -408,15 +409,17 @@ def test_t5_demo_answers_like_src_inference(t5_model):
 
 
 def test_an_adapter_of_the_other_family_is_refused_in_one_line(tiny_model_dir, tiny_t5_dir, tmp_path):
+    """Said before the model loads (in this process: tests/helpers.py's run_in_process)."""
     opt_adapter = random_adapter(tiny_model_dir, tmp_path / "opt", ("q_proj", "v_proj"))
     t5_adapter = random_adapter(tiny_t5_dir, tmp_path / "t5", ("q", "v"))
-    proc = run_script("mini_infer.py", f"--model_id={tiny_t5_dir}", "--quantization=none", f"--adapter_dir={opt_adapter}",
-                      f"--output_dir={tmp_path / 'o1'}")
+    proc = run_in_process("mini_infer.py", f"--model_id={tiny_t5_dir}", "--quantization=none",
+                          f"--adapter_dir={opt_adapter}", f"--output_dir={tmp_path / 'o1'}")
     assert_one_line_error(proc, "BLIP-2 on OPT (decoder-only)", "BLIP-2 on Flan-T5 (encoder-decoder)")
-    proc = run_script("blip2_cli.py", "baseline_images/pic_01.jpg", "--model_id", tiny_model_dir, "--quantization",
-                      "none", "--adapter_dir", str(t5_adapter))
-    assert_one_line_error(proc, "BLIP-2 on Flan-T5 (encoder-decoder)", "the model is BLIP-2 on OPT")
+    proc2 = run_in_process("blip2_cli.py", "baseline_images/pic_01.jpg", "--model_id", tiny_model_dir, "--quantization",
+                           "none", "--adapter_dir", str(t5_adapter))
+    assert_one_line_error(proc2, "BLIP-2 on Flan-T5 (encoder-decoder)", "the model is BLIP-2 on OPT")
     assert not (tmp_path / "o1" / "mini_infer.json").exists()
+    assert not any("MODEL LOAD STARTED" in p.stderr for p in (proc, proc2))
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -424,15 +427,18 @@ def test_an_adapter_of_the_other_family_is_refused_in_one_line(tiny_model_dir, t
     (["--vqa_decoding=vqa_lavis"], "--vqa_decoding=vqa_beam5_t5"),
 ])
 def test_a_prompt_or_preset_of_the_other_family_is_one_line(tiny_t5_dir, tmp_path, args, fragment):
-    proc = run_script("create_vqav2_baseline.py", f"--model_id={tiny_t5_dir}", "--dataset=tiny", "--quantization=none",
-                      f"--output_dir={tmp_path}", *args)
+    """Said before the model loads (in this process: tests/helpers.py's run_in_process)."""
+    proc = run_in_process("create_vqav2_baseline.py", f"--model_id={tiny_t5_dir}", "--dataset=tiny",
+                          "--quantization=none", f"--output_dir={tmp_path}", *args)
     assert_one_line_error(proc, "Flan-T5 (encoder-decoder)", fragment)
     assert not (tmp_path / "vqav2_baseline.jsonl").exists()
-    proc = run_script("inference_demo.py", f"--model_id={tiny_t5_dir}", "--quantization=none", "--port=7798", *args)
-    assert_one_line_error(proc, "Flan-T5 (encoder-decoder)", fragment)
-    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_t5_dir}", "--dataset=easy_vqa",
-                      f"--output_dir={tmp_path / 'ft'}", "--vqa_prompt=vqa_opt")
-    assert_one_line_error(proc, "--vqa_prompt=vqa_t5")
+    proc2 = run_in_process("inference_demo.py", f"--model_id={tiny_t5_dir}", "--quantization=none", "--port=7798",
+                           *args)
+    assert_one_line_error(proc2, "Flan-T5 (encoder-decoder)", fragment)
+    proc3 = run_in_process("finetune_vqav2_lora.py", f"--model_id={tiny_t5_dir}", "--dataset=easy_vqa",
+                           f"--output_dir={tmp_path / 'ft'}", "--vqa_prompt=vqa_opt")
+    assert_one_line_error(proc3, "--vqa_prompt=vqa_t5")
+    assert not any("MODEL LOAD STARTED" in p.stderr for p in (proc, proc2, proc3))
 
 
 @pytest.mark.slow
