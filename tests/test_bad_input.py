@@ -353,6 +353,7 @@ def test_one_path_rule_home_other_folder_and_spelling(tiny_model_dir, tmp_path):
     assert "16 already done, 0 to go" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_fine_tuning_resumes_with_the_same_model_folder_spelled_differently(killed_training):
     """The path rule holds for a resumed fine-tuning too: /x/./m and a relative spelling are the same model (the
     session's interrupted fine-tuning, tests/conftest.py, spells it so in its resumed runs)."""
@@ -389,6 +390,7 @@ def _used(folder: Path) -> int:
     return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_a_full_disk_keeps_its_checkpoints_and_resumes(tmp_path):
     """A real file system that fills up during the second checkpoint: one line, the first checkpoint
     intact, no half-written one left, and the rerun (after space is freed) resumes from it and finishes
