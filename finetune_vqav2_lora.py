@@ -4,7 +4,6 @@
     python finetune_vqav2_lora.py --dataset=vqav2_hub               # no COCO: the hub's val minus the evaluated pictures
     python finetune_vqav2_lora.py --train_steps=2000 --per_device_batch=8 --lr=1e-4
     python finetune_vqav2_lora.py --model_id=Salesforce/blip2-flan-t5-xl   # any BLIP-2 checkpoint (OPT or Flan-T5)
-    python finetune_vqav2_lora.py --memory_plan_only=True            # the weight-memory estimate only (no download)
     python finetune_vqav2_lora.py --report_to=tensorboard            # curves: tensorboard --logdir outputs/tf-logs
     python finetune_vqav2_lora.py --eval_every=200                   # held-out accuracy every 200 steps, best adapter kept
     accelerate launch --multi_gpu --num_processes 2 finetune_vqav2_lora.py   # data-parallel on 2 GPUs
@@ -72,7 +71,6 @@ EVAL_DECODING: str = "auto"  # their decoding: "auto" = the evaluation's preset 
 OUTPUT_DIR: str = "outputs"
 REPORT_TO: str = ""  # "tensorboard": per-step curves in LOG_DIR (pip install tensorboard); "" = none
 LOG_DIR: str = "{output_dir}/tf-logs"  # the tracker's folder ({output_dir} = OUTPUT_DIR); AutoDL's panel reads /root/tf-logs
-MEMORY_PLAN_ONLY: bool = False  # True: print the weight-memory estimate of MODEL_ID with this LoRA, then stop
 DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
@@ -83,7 +81,7 @@ RESUME_MUST_MATCH = ("dataset", "training_data", "max_samples", "model_id", "use
 
 
 def main():
-    from src.preflight import check_model, check_model_dir, check_output_dir, check_value
+    from src.preflight import check_model, check_output_dir, check_value
 
     config = apply_overrides(globals(), check=check_value)
     import torch
@@ -98,28 +96,22 @@ def main():
 
     # every value was checked by src.preflight.check_value: counts, LR, dropout, prompt, decoding
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    family = None
-    if not MEMORY_PLAN_ONLY:
-        family = known_family(MODEL_ID)  # no download (a hub id seen the first time: known once it loads)
-        if family is None and mixed_precision(device, OPT) != mixed_precision(device, T5):
-            family = family_of(model_config(MODEL_ID))  # a GPU without bf16: the precision depends on it
-        if family is not None:
-            resolve_family_settings(config, family)
+    family = known_family(MODEL_ID)  # no download (a hub id seen the first time: known once it loads)
+    if family is None and mixed_precision(device, OPT) != mixed_precision(device, T5):
+        family = family_of(model_config(MODEL_ID))  # a GPU without bf16: the precision depends on it
+    if family is not None:
+        resolve_family_settings(config, family)
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100; fp32 for Flan-T5), fp32 on CPU
     mixed = mixed_precision(device, family or OPT)
     # accumulate() in src.training.training_step syncs gradients on every GRAD_ACCUM-th micro-batch
     tracking = {"log_with": tracker, "project_dir": log_dir} if tracker else {}
     accelerator = make_accelerator(mixed_precision=mixed, gradient_accumulation_steps=GRAD_ACCUM, **tracking)
-    main_proc = accelerator.is_main_process
-    if MEMORY_PLAN_ONLY:
-        check_model_dir(MODEL_ID)  # a folder with no BLIP-2 config: one line (a hub id: its shipped architecture)
-        return print_memory_plan(lora_settings(), str(accelerator.device), strict=True) if main_proc else None
     config["world_size"] = accelerator.num_processes
     check_model(MODEL_ID, "4bit" if USE_4BIT else "none", str(accelerator.device))
     out_dir = check_output_dir(OUTPUT_DIR)
     if tracker:
         check_output_dir(log_dir, "--log_dir")
-    with hold_output_lock(out_dir, enabled=main_proc):  # one run writes into a folder
+    with hold_output_lock(out_dir, enabled=accelerator.is_main_process):  # one run writes into a folder
         train(config, accelerator, out_dir, mixed, tracker)
 
 
@@ -141,9 +133,6 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
         heldout = draw_heldout(out_dir, samples, write=accelerator.is_main_process)  # [] without --eval_every
     set_seed(SEED)
     lora = lora_settings()
-    if accelerator.is_main_process:
-        print_memory_plan(lora, str(accelerator.device))
-
     model, processor = load_blip2(MODEL_ID, "4bit" if USE_4BIT else "none", device=str(accelerator.device))
     resolve_family_settings(config, family_of(model.config))  # "auto" settings of a hub id seen the first time
     config["base_fingerprint"] = base_fingerprint(model)  # what the adapter is applied to later is compared with it
@@ -459,23 +448,6 @@ def lora_settings():
     from src.training import LoraSettings
 
     return LoraSettings.of_settings(globals())
-
-
-def print_memory_plan(lora, device: str, strict: bool = False) -> None:
-    """The weight-memory table of MODEL_ID with this LoRA, before the model loads."""
-    from src.errors import UserError
-    from src.family import family_of
-    from src.memory_plan import format_plan, load_blip2_config, plan_memory
-    from src.modeling import compute_dtype
-
-    try:  # the architecture of MODEL_ID (shipped for the public BLIP-2 checkpoints, else its config.json)
-        dtype = compute_dtype(device, family_of(load_blip2_config(MODEL_ID)))
-        plan = plan_memory(MODEL_ID, lora=lora, compute_dtype=str(dtype).replace("torch.", ""))
-        print(format_plan(plan, "4bit" if USE_4BIT else "none"), flush=True)
-    except UserError as e:
-        if strict:  # asked for the estimate only
-            raise
-        print(f"(no memory estimate: {e})")
 
 
 def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):

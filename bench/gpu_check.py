@@ -3,7 +3,7 @@ blip2-flan-t5-xl, blip2-flan-t5-xxl): 4-bit load memory, QLoRA step time and mem
 throughput at batch 1 vs 32 (4-bit and bf16), all through the project's own code.
 
 The weights' values change neither speed nor memory, so nothing is downloaded: the script builds the
-architecture `src.memory_plan.load_blip2_config(MODEL_ID)` gives (for a known id, the config shipped in
+architecture `src.modeling.load_blip2_config(MODEL_ID)` gives (for a known id, the config shipped in
 src/, e.g. src/blip2_opt_2.7b_architecture.json; or a model folder's config.json) with random weights
 directly on the GPU in the family's compute dtype (src/family.py: OPT or Flan-T5), saves it (with a
 processor: the tokenizer of the family's offline twin, the checkpoint's query tokens and image size) to a
@@ -69,7 +69,7 @@ from src.errors import UserError, run_main
 REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # the architecture: a known checkpoint id (src.memory_plan.KNOWN_ARCHITECTURES) or a model folder
+MODEL_ID: str = "Salesforce/blip2-opt-2.7b"  # the architecture: a known checkpoint id (src.modeling.KNOWN_ARCHITECTURES) or a model folder
 SMOKE: bool = False  # CPU run on a shrunken architecture (2 layers per tower, width 64), 4-bit via bitsandbytes' CPU backend
 WORK_DIR: str = ""  # where the random model is saved (empty: a temporary folder, removed at the end)
 TRAIN_BATCHES: list = [4, 8]  # per-device batch sizes of the QLoRA step
@@ -124,7 +124,7 @@ def tokens_text(row: dict, decoder_only: bool) -> str:
 def model_source(model_id: str) -> tuple[str, str]:
     """(what load_blip2_config reads, where the architecture comes from in words) for MODEL_ID: a known
     checkpoint id (its config shipped in src/) or a model folder / config.json (nothing is downloaded)."""
-    from src.memory_plan import KNOWN_ARCHITECTURES
+    from src.modeling import KNOWN_ARCHITECTURES
 
     path = Path(model_id).expanduser()
     if model_id in KNOWN_ARCHITECTURES and not path.exists():
@@ -156,7 +156,7 @@ def results_section(model_id: str) -> str:
 def architecture(model_id: str, smoke: bool):
     """The checkpoint's config; with smoke, 2 layers per tower (2 + 2 in T5) and width 64 (vocabulary kept)."""
     from src.family import family_of
-    from src.memory_plan import load_blip2_config
+    from src.modeling import load_blip2_config
 
     config = load_blip2_config(model_id)
     family = family_of(config)
@@ -564,7 +564,7 @@ def versions() -> dict:
 def markdown(results: dict) -> str:
     v = results["versions"]
     m = results["model"]
-    from src.memory_plan import KNOWN_ARCHITECTURES
+    from src.modeling import KNOWN_ARCHITECTURES
 
     decoder_only = results["family"] == "opt"
     goals = results["goals"]

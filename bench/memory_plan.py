@@ -1,9 +1,16 @@
-"""Weight memory of every public BLIP-2 checkpoint, and of Salesforce/blip2-opt-2.7b against its model card.
+"""Weight memory of BLIP-2 as a run loads it, and what QLoRA adds, counted on the meta device without loading a
+weight (method: docs/details.md); with --model_id, one model's table, else every public checkpoint and
+Salesforce/blip2-opt-2.7b against its model card.
 
-Prints one row per checkpoint whose architecture ships with the repo (blip2-opt-2.7b, -opt-6.7b,
+    python -m bench.memory_plan --model_id=Salesforce/blip2-flan-t5-xl   # one model (a Hub id or a model folder)
+    python -m bench.memory_plan --model_id=outputs/tiny-blip2 --lora_scope=qformer --use_4bit=False
+
+With --model_id it prints the weights of each part as the fine-tuning script would load them on this machine
+(4-bit by default), the LoRA parameters its settings add to each part (--lora_r, --lora_scope and
+--target_modules change them here) and what weights and LoRA state take together; a known Hub id needs no
+network. Without it, one row per checkpoint whose architecture ships with the repo (blip2-opt-2.7b, -opt-6.7b,
 -flan-t5-xl, -flan-t5-xxl: parameters, bf16 and NF4 weight memory, QLoRA weights + LoRA state, LoRA
-size), then `src.memory_plan`'s plan for blip2-opt-2.7b with every precision side by side (meta device, no
-weights, no GPU; the fine-tuning script prints only the precision it loads),
+size), then the plan for blip2-opt-2.7b with every precision side by side (no weights, no GPU),
 reproduces the model card's table ("float16/bfloat16 7.21 GB, int8 3.61 GB, int4 1.8 GB",
 largest layer 490.94 MB) the way `accelerate estimate-memory` computes it, explains the
 difference line by line with numbers that add up exactly, and replaces this script's section
@@ -22,20 +29,36 @@ A GPU check's figures go to outputs/bench_memory_plan/gpu_check.json; later runs
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import math
 import os
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 from bench import finetune_lora
+from bench.results_md import write_section
 from src.config import apply_overrides
 from src.errors import UserError, run_main
+from src.family import AUTO, FAMILIES, Family, LoraSettings, family_of, lora_target_regex, lora_targets
+from src.files import read_json, write_json
+from src.modeling import (GIB, KNOWN_ARCHITECTURES, NF4_BLOCKSIZE, bnb_modules_to_not_convert, bnb_quantized_linears,
+                          build_meta_model, compute_dtype, default_device, load_blip2, load_blip2_config)
+from src.preflight import check_model_dir, check_value
 
 REPO = Path(__file__).resolve().parent.parent
 
 # -----------------------------------------------------------------------------
-COMPUTE_DTYPE: str = "bfloat16"  # dtype of what bitsandbytes leaves unquantised (load_blip2 on a bf16 GPU)
+MODEL_ID: str = ""  # a Hub id or model folder: print only its table, as the fine-tuning script would load it
+                    # ("" = every shipped checkpoint, the model card and RESULTS.md)
+USE_4BIT: bool = True  # with MODEL_ID: the fine-tuning script's USE_4BIT (False: every weight in the compute dtype)
+LORA_R: int | None = None  # with MODEL_ID: the LoRA rank (None = the fine-tuning script's LORA_R)
+LORA_SCOPE: str = ""  # with MODEL_ID: where the LoRA goes ("" = the fine-tuning script's LORA_SCOPE)
+TARGET_MODULES: str = ""  # with MODEL_ID: comma-separated layer names or "auto" ("" = the script's TARGET_MODULES)
+COMPUTE_DTYPE: str = "auto"  # dtype of what bitsandbytes leaves unquantised; "auto" = with MODEL_ID what the
+                             # fine-tuning script would use on this machine, else bfloat16 (load_blip2 on a bf16 GPU)
 GPU_CHECK: bool = False  # on CUDA: load a BLIP-2 with the real layer shapes (2 layers per tower) and measure it
 GPU_CHECK_DIR: str = "outputs/bench_memory_plan"  # the GPU check's sample model and gpu_check.json (read back by CPU runs)
 WRITE_RESULTS: bool = True  # replace this script's section of bench/RESULTS.md
@@ -43,6 +66,190 @@ DEBUG: bool = False  # show tracebacks instead of one-line errors
 # -----------------------------------------------------------------------------
 
 _RESULTS_MD = REPO / "bench" / "RESULTS.md"
+
+# bitsandbytes 4-bit storage beside NF4_BLOCKSIZE (bnb.functional.quantize_4bit, Linear4bit's defaults)
+NF4_NESTED_BLOCKSIZE = 256  # absmax values per second-level fp32 absmax (double quantisation)
+NF4_TABLE_BYTES = 16 * 4 + 256 * 4 + 4  # per layer, fp32: the NF4 code, the absmax' 8-bit map, their mean
+LORA_STATE_BYTES = 4 + 4 + 8  # per LoRA parameter, fp32 as peft keeps it: weight, gradient, AdamW's two moments
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # a compute dtype's column
+
+
+def nf4_weight_bytes(numel: int) -> int:
+    """Bytes of one NF4 weight with double quantisation: 4-bit codes, uint8 absmax per block, fp32 ones, tables."""
+    blocks = math.ceil(numel / NF4_BLOCKSIZE)
+    return (numel + 1) // 2 + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCKSIZE) + NF4_TABLE_BYTES
+
+
+def fp32_patterns(model, compute_dtype: str) -> dict[str, list[str]]:
+    """Per precision column, the parameter-name patterns transformers loads in fp32 when asked for its dtype (the
+    model's _get_dtype_plan); int8 and nf4 leave what they do not quantise in `compute_dtype`."""
+    import torch
+
+    compute = getattr(torch, compute_dtype)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
+    return {p: sorted(k for k, v in model._get_dtype_plan(d).items() if v == torch.float32) for p, d in dtypes.items()}
+
+
+def _part_of(name: str, param, model) -> str:
+    """The part of BLIP-2 a parameter counts to: a top-level module, or a piece of the language model."""
+    if param is model.get_input_embeddings().weight:
+        return "language_model.embed_tokens"  # OPT's embed_tokens, T5's shared (its encoder's and decoder's)
+    if param is model.get_output_embeddings().weight:
+        return "language_model.lm_head"  # only reached when the output embedding is not tied
+    if not name.startswith("language_model."):
+        return name.split(".", 1)[0]
+    pieces = {".encoder.block.": "encoder_layers", ".decoder.block.": "decoder_layers", ".layers.": "layers",
+              "embed_positions": "embed_positions"}
+    return "language_model." + next((part for piece, part in pieces.items() if piece in name), "final_norm_etc")
+
+
+_LAYER_INDEX = re.compile(r"\.(?:layers|block)\.(\d+)\.")
+
+
+def plan_memory(config: Any, *, lora: LoraSettings, compute_dtype: str = "bfloat16") -> dict:
+    """Parameters and weight bytes of BLIP-2 (`config` as `load_blip2_config` takes it) per part and precision, plus
+    `lora` and its training state; `compute_dtype` is what bitsandbytes leaves unquantised in the int8 / nf4 columns."""
+    model = build_meta_model(config)
+    family = family_of(model.config)
+    parts = _bytes_per_part(model, compute_dtype)
+    lora_plan = _lora_plan(model, lora, family, parts)
+    precisions = {p: {"bytes": sum(part["bytes"][p] for part in parts.values())} for p in PRECISIONS}
+    largest = max(model.named_parameters(), key=lambda kv: kv[1].numel())
+    return {
+        "model": type(model).__name__,
+        "family": family.name,
+        "compute_dtype": compute_dtype,
+        "total_params": sum(p["params"] for p in parts.values()),
+        "parts": parts,
+        "tied_weights": dict(model.all_tied_weights_keys),
+        "untied_output_embedding": "language_model.lm_head" in parts,
+        "precisions": precisions,
+        "lora": lora_plan,
+        # src.training.freeze_base keeps every frozen weight in the dtype it was loaded in
+        "qlora_training": {"weights_bytes": precisions["nf4"]["bytes"], "lora_bytes": lora_plan["total_bytes"],
+                           "total_bytes": precisions["nf4"]["bytes"] + lora_plan["total_bytes"]},
+        # load_blip2 streams one tensor at a time from the memory-mapped checkpoint onto the device (device_map)
+        "host_ram": {"largest_tensor": largest[0], "largest_tensor_params": largest[1].numel()},
+    }
+
+
+def _bytes_per_part(model, compute_dtype: str) -> dict[str, dict]:
+    """{part: params, layers, bytes per precision}; what transformers loads in fp32 (its dtype plan) counts 4 bytes."""
+    import torch
+
+    compute = getattr(torch, compute_dtype)
+    itemsize = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": compute.itemsize, "nf4": compute.itemsize}
+    quantized = {f"{name}.weight": module for name, module in bnb_quantized_linears(model).items()}
+    patterns = fp32_patterns(model, compute_dtype)
+    upcast = {p: [re.compile(k.replace("*", ".*")) for k in keys] for p, keys in patterns.items()}
+    parts: dict[str, dict] = {}
+    for name, param in model.named_parameters():  # shared (tied) parameters come once
+        part = parts.setdefault(_part_of(name, param, model),
+                                {"params": 0, "bytes": dict.fromkeys(PRECISIONS, 0), "layer_indices": set()})
+        n = param.numel()
+        part["params"] += n
+        if layer := _LAYER_INDEX.search(name):
+            part["layer_indices"].add(int(layer.group(1)))
+        module = quantized.get(name)
+        for precision, size in itemsize.items():
+            nbytes = n * (4 if any(u.search(name) for u in upcast[precision]) else size)
+            if module is not None:  # LLM.int8: an int8 weight and an fp32 scale (SCB) per output row
+                nbytes = {"int8": n + 4 * module.out_features, "nf4": nf4_weight_bytes(n)}.get(precision, nbytes)
+            part["bytes"][precision] += nbytes
+    for part in parts.values():
+        if layers := part.pop("layer_indices"):
+            part["layers"] = len(layers)
+    buffers = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
+    if buffers:
+        parts["buffers"] = {"params": 0, "bytes": dict.fromkeys(PRECISIONS, buffers)}
+    return parts
+
+
+def _lora_plan(model, lora: LoraSettings, family: Family, parts: dict) -> dict:
+    """The Linear modules peft wraps for `lora` (as src.training.add_lora names them), their parameters (also
+    per part) and fp32 training state."""
+    import torch.nn as nn
+
+    targets = lora_targets(lora.target_modules, family, lora.scope)
+    regex = lora_target_regex(targets, lora.scope)
+    modules = {name: m for name, m in model.named_modules() if name and re.fullmatch(regex, name)}
+    not_linear = [n for n, m in modules.items() if not isinstance(m, nn.Linear)]
+    if not_linear:
+        raise UserError(f"LoRA targets match modules that are not Linear layers: {', '.join(not_linear[:5])}")
+    for name, m in modules.items():
+        part = parts[_part_of(f"{name}.weight", m.weight, model)]
+        part["lora_params"] = part.get("lora_params", 0) + lora.r * (m.in_features + m.out_features)
+    params = sum(part.get("lora_params", 0) for part in parts.values())
+    return {
+        "r": lora.r,
+        "targets": list(targets),
+        "auto": lora.target_modules in (AUTO, (AUTO,)),  # the targets are the model family's
+        "scope": lora.scope,
+        "regex": regex,
+        "modules": len(modules),
+        "parts": sorted({name.split(".")[0] for name in modules}),  # e.g. ["language_model", "qformer"]
+        "params": params,
+        "total_bytes": params * LORA_STATE_BYTES,
+    }
+
+
+def _unit(plan: dict) -> tuple[int, str]:
+    """GiB, or MiB for a model whose weights would print as zeros in GiB (the twin)."""
+    return (GIB, "GiB") if plan["precisions"]["fp32"]["bytes"] >= GIB else (2**20, "MiB")
+
+
+def _lora_line(plan: dict, unit: int, unit_name: str) -> str:
+    lora, family = plan["lora"], FAMILIES[plan["family"]]
+    return (f"LoRA r={lora['r']} on {lora['modules']} Linear modules ({lora['regex']}"
+            f"{', auto: the ' + family.title + ' default' if lora['auto'] else ''}): {lora['params']:,} params; "
+            f"fp32 params + grads + AdamW moments = {lora['total_bytes'] / unit:.3f} {unit_name}")
+
+
+def format_plan(plan: dict, quantization: str) -> str:
+    """The weights of each part as `quantization` ("4bit" or "none") loads them, the LoRA parameters training adds
+    to each part, and what the weights and the LoRA state take together."""
+    family, compute = FAMILIES[plan["family"]], SHORT[plan["compute_dtype"]]
+    column = "nf4" if quantization == "4bit" else compute
+    load = f"nf4 language model + {compute} rest" if column == "nf4" else compute
+    unit, unit_name = _unit(plan)
+    rows = [(key.replace("language_model.", "LM ").replace("_", " ") + (f" ({p['layers']})" if "layers" in p else ""),
+             p["params"], p["bytes"][column], p.get("lora_params", 0)) for key, p in plan["parts"].items()]
+    lora = plan["lora"]
+    rows.append(("total", plan["total_params"], plan["precisions"][column]["bytes"], lora["params"]))
+    width = max(len(row[0]) for row in rows) + 2
+    lines = [f"***** BLIP-2 weight memory ({plan['model']} on {family.title}; {load}; {unit_name}) *****",
+             f"{'part':<{width}}{'params':>15}{'weights':>10}{'LoRA params':>14}"]
+    lines += [f"{label:<{width}}{n:>15,}{nbytes / unit:>10.3f}{lora_n:>14,}" for label, n, nbytes, lora_n in rows]
+    if plan["tied_weights"]:
+        lines.append(f"tied, counted once: {', '.join(f'{k} = {v}' for k, v in plan['tied_weights'].items())}")
+    lines.append(_lora_line(plan, unit, unit_name))
+    weights = plan["precisions"][column]["bytes"]
+    lines.append(f"training, weights + LoRA state: {weights / unit:.3f} + {lora['total_bytes'] / unit:.3f} = "
+                 f"{(weights + lora['total_bytes']) / unit:.3f} {unit_name}")
+    host = plan["host_ram"]
+    lines.append(f"host RAM while loading: the Python process (torch and CUDA libraries, 2-3 GB) and about one tensor "
+                 f"at a time; the largest is {host['largest_tensor']} ({host['largest_tensor_params']:,} params, "
+                 f"{4 * host['largest_tensor_params'] / 2**20:,.0f} MiB in fp32)")
+    adapted = [label for part, label in (("vision_model", "vision tower"), ("qformer", "Q-Former"),
+                                         ("language_projection", "projection")) if part in lora["parts"]]
+    lines.append("Activations, CUDA context and allocator overhead are not estimated" + (
+        f"; the image encoder runs with gradients (LoRA in its {', '.join(adapted)})" if adapted else "") + ".")
+    return "\n".join(lines)
+
+
+def model_table() -> str:
+    """MODEL_ID's table as the fine-tuning script would load it on this machine, with its LoRA (LORA_R, LORA_SCOPE
+    and TARGET_MODULES here replace its values)."""
+    check_model_dir(MODEL_ID)  # a folder with no BLIP-2 model: one line (a Hub id: its architecture, below)
+    lora = finetune_lora()
+    targets = tuple(TARGET_MODULES.split(",")) if TARGET_MODULES else lora.target_modules
+    lora = dataclasses.replace(lora, r=LORA_R or lora.r, scope=LORA_SCOPE or lora.scope, target_modules=targets)
+    dtype = COMPUTE_DTYPE
+    if dtype == "auto":  # what load_blip2 computes in on this machine
+        dtype = str(compute_dtype(default_device(), family_of(load_blip2_config(MODEL_ID)))).removeprefix("torch.")
+    return format_plan(plan_memory(MODEL_ID, lora=lora, compute_dtype=dtype), "4bit" if USE_4BIT else "none")
+
 
 # The "Memory requirements" table of the Salesforce/blip2-opt-2.7b model card (made with `accelerate estimate-memory`)
 MODEL_CARD = {  # dtype: (largest layer or residual group, total size, training using Adam)
@@ -54,7 +261,6 @@ MODEL_CARD = {  # dtype: (largest layer or residual group, total size, training 
 _CARD_DIVISOR = {"float32": 1, "float16/bfloat16": 2, "int8": 4, "int4": 8}  # accelerate's gather_data
 _CARD_VS_PLAN = {"float32": "fp32", "float16/bfloat16": "bf16", "int8": "int8", "int4": "nf4"}
 OPT_DEFAULT_VOCAB = 50272  # OPTConfig's default, what the Hub config meant before it listed vocab_size 50304
-GIB = 1024**3
 
 
 def accelerate_estimate(config) -> dict:
@@ -82,25 +288,17 @@ def accelerate_estimate(config) -> dict:
 
 
 def bnb_details(config, compute_dtype: str = "bfloat16") -> dict:
-    """What transformers quantises, skips and loads in fp32 for BLIP-2 `config` (src.memory_plan's rules, the
+    """What transformers quantises, skips and loads in fp32 for BLIP-2 `config` (the plan's rules, the
     transformers functions it asks), per precision column."""
-    import torch
-
-    from src.memory_plan import bnb_modules_to_not_convert, bnb_quantized_linears, build_meta_model
-
     model = build_meta_model(config)
     not_convert = bnb_modules_to_not_convert(model)
     quantized = bnb_quantized_linears(model)
-    compute = getattr(torch, compute_dtype)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": compute, "nf4": compute}
     return {
         "modules_to_not_convert": not_convert,
         "quantized_linears": sorted(quantized),
         "quantized_linear_count": len(quantized),
         "quantized_params": sum(m.weight.numel() for m in quantized.values()),
-        # parameter-name patterns transformers loads in fp32 when asked for each dtype (its _get_dtype_plan)
-        "fp32_patterns": {p: sorted(k for k, v in model._get_dtype_plan(d).items() if v == torch.float32)
-                          for p, d in dtypes.items()},
+        "fp32_patterns": fp32_patterns(model, compute_dtype),
         "keep_in_fp32_modules": sorted(model._keep_in_fp32_modules),
     }
 
@@ -144,14 +342,10 @@ def format_full_plan(plan: dict) -> str:
     """Every precision column of `plan` (with its "bnb" details) and the notes that make the numbers readable."""
     import transformers
 
-    from src.family import FAMILIES
-    from src.memory_plan import NF4_BLOCKSIZE, NF4_NESTED_BLOCKSIZE, PRECISIONS, SHORT, nf4_weight_bytes
-
     family = FAMILIES[plan["family"]]
     compute = SHORT[plan["compute_dtype"]]
     heads = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": f"int8+{compute}", "nf4": f"nf4+{compute}"}
-    # the tiny test model would print as zeros in GiB
-    unit, unit_name = (GIB, "GiB") if plan["precisions"]["fp32"]["bytes"] >= GIB else (1024**2, "MiB")
+    unit, unit_name = _unit(plan)
     order = [*PART_LABELS, "buffers"]
     parts = dict(sorted(plan["parts"].items(), key=lambda kv: order.index(kv[0])))
     labels = {key: _part_label(key, part, plan) for key, part in parts.items()}
@@ -191,11 +385,7 @@ def format_full_plan(plan: dict) -> str:
         lines.append("lm_head is a tensor of its own: the checkpoint stores it apart from the input embedding "
                      "(tie_word_embeddings false), and transformers then does not tie them")
     lora = plan["lora"]
-    lines.append(
-        f"LoRA r={lora['r']} on {lora['modules']} Linear modules ({lora['regex']}"
-        f"{', auto: the ' + family.title + ' default' if lora['auto'] else ''}): {lora['params']:,} params; "
-        f"fp32 params + grads + AdamW moments = {_gib(lora['total_bytes'], unit)} {unit_name}"
-    )
+    lines.append(_lora_line(plan, unit, unit_name))
     q = plan["qlora_training"]
     lines.append(
         f"QLoRA training, weights + LoRA state: nf4 language model + {compute} rest {_gib(q['weights_bytes'], unit)} + "
@@ -219,8 +409,6 @@ def format_full_plan(plan: dict) -> str:
 
 def unquantized_params_by_dtype(plan: dict, precision: str) -> dict[str, int]:
     """Parameters of blip2-opt-2.7b that the int8 / nf4 column leaves unquantised, per dtype transformers loads them in."""
-    from src.memory_plan import build_meta_model
-
     quantized = {f"{name}.weight" for name in plan["bnb"]["quantized_linears"]}
     upcast = [re.compile(k.replace("*", ".*")) for k in plan["bnb"]["fp32_patterns"][precision]]
     kept: dict[str, int] = {}
@@ -288,7 +476,6 @@ def build_sample_model(outdir: Path, layers: int = 2) -> Path:
     import torch
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    from src.memory_plan import load_blip2_config
     from twin import build_tiny_blip2
 
     config = load_blip2_config(None)
@@ -308,9 +495,6 @@ def gpu_check(workdir: Path) -> dict:
     import gc
 
     import torch
-
-    from src.memory_plan import plan_memory
-    from src.modeling import load_blip2
 
     if not torch.cuda.is_available():
         raise UserError("--gpu_check=True needs a CUDA GPU; run without it for the plan and the model-card comparison")
@@ -367,8 +551,6 @@ def gpu_check_lines(check: dict) -> list[str]:
 
 def checkpoint_table(lora) -> list[str]:
     """Markdown rows: every shipped architecture's size and memory at COMPUTE_DTYPE, with the script's LoRA."""
-    from src.memory_plan import KNOWN_ARCHITECTURES, SHORT, plan_memory
-
     compute = SHORT[COMPUTE_DTYPE]
     rows = [f"| checkpoint | family | params | bf16 GiB | NF4 + {compute} weights GiB | QLoRA weights + LoRA state GiB "
             f"| LoRA params (r={lora.r}, {', '.join(lora.target_modules)}) |",
@@ -449,8 +631,6 @@ def results_section(command: str, body: list[str], check_json: Path) -> str:
     import torch
     import transformers
 
-    from src.files import read_json
-
     lines = [
         "## memory_plan: weight memory of the BLIP-2 checkpoints; Salesforce/blip2-opt-2.7b vs its model card",
         "",
@@ -468,13 +648,13 @@ def results_section(command: str, body: list[str], check_json: Path) -> str:
 
 
 def main() -> None:
+    global COMPUTE_DTYPE
     defaults = {k.lower(): v for k, v in globals().items() if k.isupper() and not k.startswith("_")}
-    from src.preflight import check_value
-
     config = apply_overrides(globals(), check=check_value)
-    from src.files import write_json
-    from src.memory_plan import load_blip2_config, plan_memory
-
+    if MODEL_ID:  # one model's table, nothing written
+        print(model_table())
+        return
+    COMPUTE_DTYPE = "bfloat16" if COMPUTE_DTYPE == "auto" else COMPUTE_DTYPE
     check_json = REPO / GPU_CHECK_DIR / "gpu_check.json"
     if GPU_CHECK:
         check = gpu_check(REPO / GPU_CHECK_DIR)
@@ -505,8 +685,6 @@ def main() -> None:
         raise UserError("the accelerate method no longer reproduces the model card's table; see the rows above")
 
     if WRITE_RESULTS:
-        from bench.results_md import write_section
-
         command = "python -m bench.memory_plan" + "".join(f" --{k}={v}" for k, v in config.items() if v != defaults[k])
         body = ["Every shipped checkpoint, weights only (activations, CUDA context and allocator overhead not "
                 "estimated; QLoRA = NF4 language model + the rest in " + COMPUTE_DTYPE + ", plus fp32 LoRA weights, "

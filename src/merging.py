@@ -10,6 +10,7 @@ from string import Template
 
 from .errors import UserError, again
 from .files import read_json
+from .modeling import GIB, NF4_BLOCKSIZE, bnb_quantized_linears, build_meta_model
 from .prompts import PROMPTS, get_prompt
 
 MERGE_CONFIG = "merge_config.json"  # the resolved settings, written last: marks a folder as a merged model
@@ -56,8 +57,6 @@ def merge_device(device: str, model_id: str) -> tuple[str, str]:
     float32 model (the memory plan's fp32 weights) with 10% to spare, else the CPU."""
     import torch
 
-    from .memory_plan import GIB, build_meta_model
-
     need = 4 * build_meta_model(model_id).num_parameters()
     takes = f"the float32 model takes {need / GIB:.1f} GiB"
     if device:
@@ -74,8 +73,6 @@ def nf4_round_trip(model, dtype) -> None:
     """Replace, in the float32 `model`, every weight load_blip2(..., "4bit") quantises by bitsandbytes' NF4
     round trip of it loaded in `dtype` (what the 4-bit layers computed with), in float32."""
     import bitsandbytes.functional as F
-
-    from .memory_plan import NF4_BLOCKSIZE, bnb_quantized_linears
 
     for layer in bnb_quantized_linears(model).values():
         packed, state = F.quantize_4bit(layer.weight.data.to(dtype), blocksize=NF4_BLOCKSIZE, compress_statistics=True,

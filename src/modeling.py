@@ -1,18 +1,33 @@
 """The one place that loads BLIP-2, `load_blip2`: the real model and the tiny twin go through the same
-`from_pretrained` calls. Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
+`from_pretrained` calls; `build_meta_model` builds its shapes without weights (for the checks and the merge).
+Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .config import looks_like_path
 from .errors import UserError, again
 from .family import OPT, Family, family_of, resolve
+from .files import read_json
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
+_HERE = Path(__file__).parent
+ARCHITECTURE_JSON = _HERE / "blip2_opt_2.7b_architecture.json"  # DEFAULT_MODEL_ID's
+# Hub ids whose architecture ships with the repo, so their shapes never need the network (sources: docs/checkpoints.md)
+KNOWN_ARCHITECTURES = {
+    DEFAULT_MODEL_ID: ARCHITECTURE_JSON,
+    "Salesforce/blip2-opt-6.7b": _HERE / "blip2_opt_6.7b_architecture.json",
+    "Salesforce/blip2-flan-t5-xl": _HERE / "blip2_flan_t5_xl_architecture.json",
+    "Salesforce/blip2-flan-t5-xxl": _HERE / "blip2_flan_t5_xxl_architecture.json",
+}
+NF4_BLOCKSIZE = 64  # weights per absmax in bitsandbytes' 4-bit storage (Linear4bit's default)
+GIB = 1024**3
+LM_HEAD = "language_model.lm_head.weight"  # BLIP-2's output embedding, OPT's and T5's
 
 
 def default_device() -> str:
@@ -59,12 +74,81 @@ def model_config(model_id: str):
         raise fetch_error(model_id, e) from None
 
 
+def load_blip2_config(config: Any = None):
+    """A Blip2Config from a Blip2Config, a model folder (src.preflight.check_model_dir checked it), a Hub id
+    (known ids: the shipped architecture, no network) or None (the default model)."""
+    from transformers import Blip2Config
+
+    if isinstance(config, Blip2Config):
+        return config
+    source = ARCHITECTURE_JSON if config is None else config
+    if not Path(str(source)).exists():  # a known Hub id: the architecture shipped here, no network
+        source = KNOWN_ARCHITECTURES.get(str(config), config)
+    try:
+        return Blip2Config.from_pretrained(str(source))
+    except (OSError, ValueError) as e:
+        raise UserError(f"no BLIP-2 config at {config!r} ({type(e).__name__}); pass a model folder "
+                        f"or one of {', '.join(KNOWN_ARCHITECTURES)}") from None
+
+
+def build_meta_model(config: Any = None):
+    """Blip2ForConditionalGeneration of `config` (as load_blip2_config takes it) on the meta device: shapes, no
+    memory; its output embedding untied where loading unties it (`_loading_unties`)."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Blip2ForConditionalGeneration(load_blip2_config(config))
+        if _loading_unties(model, config):
+            head = model.get_output_embeddings()
+            head.weight = torch.nn.Parameter(torch.empty_like(head.weight), requires_grad=False)
+            model.all_tied_weights_keys.pop(LM_HEAD, None)  # as tie_weights leaves it after loading
+            model.language_model.all_tied_weights_keys.pop(LM_HEAD.removeprefix("language_model."), None)
+    return model
+
+
+def _loading_unties(model, config: Any) -> bool:
+    """Whether loading leaves the output embedding a tensor of its own although the model ties it when built: read
+    off a model folder's safetensors tensor names, else off `tie_word_embeddings: false` (Flan-T5; docs/details.md)."""
+    from safetensors import safe_open
+
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        return False
+    folder = Path(config) if isinstance(config, (str, Path)) else None  # a model folder, or a Hub id
+    if folder and (folder / "model.safetensors.index.json").is_file():
+        names = set(read_json(folder / "model.safetensors.index.json", "checkpoint index")["weight_map"])
+    elif folder and (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            names = set(f.keys())
+    else:
+        text = model.config.text_config
+        return text.tie_word_embeddings is False or getattr(text, "scale_decoder_outputs", True) is False
+    source = model.all_tied_weights_keys.get(LM_HEAD)
+    return source is not None and {LM_HEAD, source} <= names
+
+
+def bnb_modules_to_not_convert(model) -> list[str]:
+    """What transformers' bitsandbytes quantizers pass to `replace_with_bnb_linear` as modules_to_not_convert,
+    with `llm_int8_skip_modules` set as `load_blip2` sets it."""
+    from transformers.quantizers.base import HfQuantizer
+
+    skip = list(family_of(model.config).quantization_skip)
+    return sorted(HfQuantizer.get_modules_to_not_convert(model, skip, model._keep_in_fp32_modules))
+
+
+def bnb_quantized_linears(model) -> dict[str, Any]:
+    """The modules `replace_with_bnb_linear` turns into Linear4bit / Linear8bitLt (its rule; BLIP-2 has no Conv1D)."""
+    import torch.nn as nn
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skip = bnb_modules_to_not_convert(model)
+    return {name: m for name, m in model.named_modules() if type(m) is nn.Linear and should_convert_module(name, skip)}
+
+
 def known_family(model_id: str) -> Family | None:
     """The family of `model_id` where it needs no download (a local folder, a known architecture, the hub
     cache), else None."""
     from huggingface_hub import try_to_load_from_cache
-
-    from .memory_plan import KNOWN_ARCHITECTURES
 
     name, folder = str(model_id), Path(os.path.expanduser(str(model_id)))
     try:

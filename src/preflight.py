@@ -16,10 +16,10 @@ from .config import UNSAFE_TEXT, is_path_setting
 from .samples import VQASample
 from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
-from .memory_plan import build_meta_model
 from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES, read_training_config
 from .family import FAMILIES, OPT, T5, family_of
-from .modeling import DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, default_device, fetch_error, is_local
+from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, build_meta_model, default_device,
+                       fetch_error, is_local)
 
 # --- settings: one rule per setting name, so every script (and a setting added later) is covered ----------
 

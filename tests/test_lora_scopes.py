@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.memory_plan import format_plan, plan_memory
 from helpers import (REPO, assert_one_line_error, module_fixture, random_adapter, random_twin, run_in_process,
-                     run_script)
+                     run_script, script_lora)
 
 SCOPES = ("language_model", "qformer", "both")
 QUESTIONS = 16  # the frozen easy-VQA sample each family's scopes are evaluated on
@@ -46,7 +47,6 @@ def scope_adapter(model_dir: str, folder: Path, scope: str, family: str) -> Path
 def test_each_scope_trains_exactly_its_layers_and_the_memory_plan_counts_them(family, scope):
     from transformers import Blip2ForConditionalGeneration
 
-    from src.memory_plan import plan_memory
     from src.training import LoraSettings, add_lora
 
     folder = random_twin(family)  # the twin's layers, without waiting for its pre-training
@@ -151,12 +151,16 @@ def test_each_scope_fine_tunes_every_adapted_layer_and_changes_the_answers(scope
 
 
 def test_the_training_banner_counts_what_the_memory_plan_counts(scopes):
-    """The plan printed before the model loads and the trainable parameters peft reports after: one number."""
+    """The table `python -m bench.memory_plan` prints for the model and scope, and the trainable parameters peft
+    reports in training: one number."""
+    import dataclasses
     import re
 
     for scope, run in scopes["runs"].items():
         out = run["train"].stdout
-        planned = re.search(r"LoRA r=16 on (\d+) Linear modules .*?: ([\d,]+) params;", out)
+        lora = dataclasses.replace(script_lora(), scope=scope)
+        table = format_plan(plan_memory(scopes["model"], lora=lora, compute_dtype="float32"), "none")
+        planned = re.search(r"LoRA r=16 on (\d+) Linear modules .*?: ([\d,]+) params;", table)
         trained = re.search(r"trainable parameters: ([\d,]+) of", out)
         wrapped = re.search(r"LoRA r=16 alpha=32 dropout=[\d.]+ on (\d+) modules", out)
         assert planned and trained and wrapped, out[-3000:]

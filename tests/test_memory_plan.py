@@ -8,10 +8,10 @@ import re
 import pytest
 import torch
 
-from bench.memory_plan import bnb_details, held_bytes
-from helpers import assert_one_line_error, module_fixture, run_script, script_lora
+from bench.memory_plan import bnb_details, format_plan, held_bytes, nf4_weight_bytes, plan_memory
+from helpers import REPO, assert_one_line_error, module_fixture, run_script, script_lora
 from src.family import OPT, T5, family_of
-from src.memory_plan import ARCHITECTURE_JSON, load_blip2_config, nf4_weight_bytes, plan_memory
+from src.modeling import ARCHITECTURE_JSON, KNOWN_ARCHITECTURES, load_blip2_config
 
 FULL_PARAMS = 3_744_761_856  # Salesforce/blip2-opt-2.7b with its 50,304-token vocabulary
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$"
@@ -163,13 +163,16 @@ def test_lora_count_equals_peft(tiny_config):
         assert plan["lora"]["modules"] == len(wrapped)
 
 
-def test_the_fine_tuning_script_prints_the_table_alone(tiny_model_dir, tmp_path):
-    """--memory_plan_only=True: the estimate for MODEL_ID with the script's LoRA, and nothing else (no data, no training)."""
-    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tiny_model_dir}", "--lora_r=8", "--memory_plan_only=True",
-                      "--dataset=vqav2", f"--data_dir={tmp_path / 'no-data'}", f"--output_dir={tmp_path / 'out'}",
-                      check=True, timeout=120)
+RESULTS_MD = REPO / "bench" / "RESULTS.md"
+
+
+def test_the_bench_prints_one_models_table(tiny_model_dir, tmp_path):
+    """`python -m bench.memory_plan --model_id=...`: the estimate for that model with the fine-tuning script's LoRA
+    (here r=8), and nothing else (no RESULTS.md section, no data, no training)."""
+    results = RESULTS_MD.read_text(encoding="utf-8")
+    proc = run_script("-m", "bench.memory_plan", f"--model_id={tiny_model_dir}", "--lora_r=8", check=True, timeout=120)
     assert "total" in proc.stdout and "LoRA r=8" in proc.stdout and "not estimated" in proc.stdout
-    assert not (tmp_path / "out").exists()
+    assert "Model card" not in proc.stdout and RESULTS_MD.read_text(encoding="utf-8") == results
     from safetensors import safe_open
 
     with safe_open(f"{tiny_model_dir}/model.safetensors", "pt") as f:  # the twin's checkpoint, header only
@@ -182,13 +185,10 @@ def test_the_fine_tuning_script_prints_the_table_alone(tiny_model_dir, tmp_path)
                      f"{plan['lora']['params']:,}"]
     layers = next(line.split() for line in proc.stdout.splitlines() if line.startswith("LM layers"))
     assert layers[-1] == total[-1] != "0"  # every LoRA parameter is in the language model's layers
-    from src.memory_plan import format_plan
-
     unquantised = next(line.split() for line in format_plan(plan, "none").splitlines() if line.startswith("total"))
     assert unquantised[2] == f"{plan['precisions']['fp32']['bytes'] / 2**20:.3f}"  # --use_4bit=False on CPU
-    proc = run_script("finetune_vqav2_lora.py", f"--model_id={tmp_path / 'nowhere'}", "--memory_plan_only=True")
+    proc = run_script("-m", "bench.memory_plan", f"--model_id={tmp_path / 'nowhere'}")
     assert_one_line_error(proc, "nowhere", "model folder not found")
-    assert "no memory estimate" not in proc.stdout
 
 
 # --- the four public checkpoints (shipped architectures) and the Flan-T5 language model ----------------
@@ -238,8 +238,6 @@ def shipped_plans():
 
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_every_shipped_architecture_loads_with_its_family(model_id):
-    from src.memory_plan import KNOWN_ARCHITECTURES
-
     family, image_token, _ = SHIPPED[model_id]
     raw = json.loads(KNOWN_ARCHITECTURES[model_id].read_text(encoding="utf-8"))
     config = load_blip2_config(model_id)  # a known id: the shipped file, no network
@@ -259,8 +257,6 @@ def test_every_shipped_architecture_loads_with_its_family(model_id):
 @pytest.mark.slow
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_shipped_totals_equal_independent_counts(model_id, shipped_plans):
-    from src.memory_plan import KNOWN_ARCHITECTURES
-
     plan = shipped_plans[model_id]
     arch = json.loads(KNOWN_ARCHITECTURES[model_id].read_text(encoding="utf-8"))
     assert plan["total_params"] == expected_params(arch) == sum(p["params"] for p in plan["parts"].values())
@@ -327,6 +323,8 @@ def test_the_plan_adapts_the_layers_the_training_adapts(tiny_config):
     assert named["modules"] == 2 * tiny_config.text_config.num_hidden_layers
     with pytest.raises(UserError):
         plan_memory(tiny_config, lora=dataclasses.replace(lora, target_modules=(" ",)))
+    with pytest.raises(UserError, match="not Linear layers: language_model.model.decoder.embed_tokens"):
+        plan_memory(tiny_config, lora=dataclasses.replace(lora, target_modules=("embed_tokens",)))
 
 
 # --- a tiny BLIP-2 on Flan-T5 (the shipped xl architecture, small sizes): what transformers really loads ------
@@ -344,8 +342,6 @@ TINY_T5_SIZES = {
 
 def _tiny_t5_config():
     from transformers import Blip2Config
-
-    from src.memory_plan import KNOWN_ARCHITECTURES
 
     arch = json.loads(KNOWN_ARCHITECTURES["Salesforce/blip2-flan-t5-xl"].read_text(encoding="utf-8"))
     for key, sizes in TINY_T5_SIZES.items():
@@ -423,23 +419,23 @@ def test_tiny_t5_nf4_plan_equals_a_real_4bit_load(tiny_t5_checkpoints, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("model_id", ["Salesforce/blip2-flan-t5-xl", "Salesforce/blip2-flan-t5-xxl",
                                       "Salesforce/blip2-opt-6.7b"])
-def test_the_fine_tuning_script_plans_every_checkpoint_offline(model_id, tmp_path):
-    """--memory_plan_only=True for a Hub id needs no network: the shipped architecture, the family's LoRA."""
-    proc = run_script("finetune_vqav2_lora.py", "--memory_plan_only=True", f"--model_id={model_id}",
-                      f"--output_dir={tmp_path / 'out'}", env={"HF_HUB_OFFLINE": "1"}, check=True, timeout=300)
+def test_the_bench_plans_every_checkpoint_offline(model_id):
+    """`python -m bench.memory_plan --model_id=<Hub id>` needs no network: the shipped architecture, the family's
+    LoRA (README: the Flan-T5-XL command)."""
+    results = RESULTS_MD.read_text(encoding="utf-8")
+    proc = run_script("-m", "bench.memory_plan", f"--model_id={model_id}", env={"HF_HUB_OFFLINE": "1"}, check=True,
+                      timeout=300)
     family, _, _ = SHIPPED[model_id]
-    from src.memory_plan import KNOWN_ARCHITECTURES
-
     total = expected_params(json.loads(KNOWN_ARCHITECTURES[model_id].read_text(encoding="utf-8")))
     assert f"{total:,}" in proc.stdout  # the total row
     modules = 432 if family == "t5" else 192
     assert f"on {modules} Linear modules" in proc.stdout and "auto: the" in proc.stdout
     assert ("LM encoder layers (24)" in proc.stdout) is (family == "t5")
-    assert not (tmp_path / "out").exists()
+    assert RESULTS_MD.read_text(encoding="utf-8") == results
 
 
 def test_the_plan_of_a_folder_without_a_model_config_is_refused(tmp_path):
-    """--memory_plan_only with a folder that holds no config.json: one line, not transformers' default config."""
+    """The plan of a folder that holds no config.json: one line, not transformers' default config."""
     (tmp_path / "not-a-model").mkdir()
-    proc = run_script("finetune_vqav2_lora.py", "--memory_plan_only=True", f"--model_id={tmp_path / 'not-a-model'}")
+    proc = run_script("-m", "bench.memory_plan", f"--model_id={tmp_path / 'not-a-model'}")
     assert_one_line_error(proc, str(tmp_path / "not-a-model"), "no config.json", "not a model saved with save_pretrained")

@@ -66,7 +66,7 @@ def test_the_lora_defaults_are_read_from_the_fine_tuning_script(tmp_path):
     without running the script (as bench/ does), and the memory plan follows an edit of it."""
     import finetune_vqav2_lora as script
     from src.config import script_settings
-    from src.memory_plan import plan_memory
+    from bench.memory_plan import plan_memory
     from src.training import LoraSettings
 
     lora = LoraSettings.of_settings(vars(script))

@@ -145,9 +145,8 @@ FULL_TIER: dict[str, set[str] | str] = {
         "test_same_command_same_weights",
     },
     "test_memory_plan.py": {
-        "test_the_fine_tuning_script_plans_every_checkpoint_offline[Salesforce/blip2-flan-t5-xl]",
-        "test_the_fine_tuning_script_plans_every_checkpoint_offline[Salesforce/blip2-flan-t5-xxl]",
-        "test_the_fine_tuning_script_plans_every_checkpoint_offline[Salesforce/blip2-opt-6.7b]",
+        "test_the_bench_plans_every_checkpoint_offline[Salesforce/blip2-flan-t5-xxl]",
+        "test_the_bench_plans_every_checkpoint_offline[Salesforce/blip2-opt-6.7b]",
     },
 }
 

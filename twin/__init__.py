@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from src.family import OPT, family_of
-from src.memory_plan import KNOWN_ARCHITECTURES
+from src.modeling import KNOWN_ARCHITECTURES
 from src.training import IGNORE_INDEX, collate_examples, encode_example
 
 SEED = 1234
