@@ -171,9 +171,8 @@ def _read(name: str, source, action):
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path, a hub file whose every read is one checked range request
-    of exactly the bytes asked for (its size from a HEAD), or its whole copy once ranges proved unusable. Why not
-    HfFileSystem (it reads ahead into the image columns, checks no answer) or hf_hub_download: docs/data.md."""
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file read by checked range requests of exactly the
+    bytes asked for (size from a HEAD), or its whole copy once ranges fail (why not HfFileSystem: docs/data.md)."""
     from fsspec.spec import AbstractBufferedFile
     from huggingface_hub import constants, get_hf_file_metadata
     from huggingface_hub.errors import HfHubHTTPError
