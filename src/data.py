@@ -118,8 +118,7 @@ def submission_question_ids(samples: list[VQASample], dataset: str, split: str, 
     everything = [s.question_id for s in load_samples(dataset, "test", data_dir, hf_dataset=hf_dataset,
                                                       hf_revision=hf_revision, cache_dir=cache_dir,
                                                       hub_stall_s=hub_stall_s)]
-    known = set(everything)
-    stray = [s.question_id for s in samples if s.question_id not in known]
+    stray = sorted({s.question_id for s in samples} - set(everything))
     if stray:
         raise UserError(f"{len(stray)} test-dev question ids are not among the test2015 questions (e.g. {stray[:5]}); "
                         "test-dev is a subset of test2015: " + (
@@ -260,9 +259,7 @@ def prepare_easy_vqa(data_dir: str | Path = "data") -> Path:
 def sample_question_ids(samples: list[VQASample], n: int, seed: int) -> list[int]:
     """n question ids drawn without replacement with `seed` (all of them when n <= 0 or n >= len)."""
     ids = [s.question_id for s in samples]
-    if n <= 0 or n >= len(ids):
-        return ids
-    return sorted(random.Random(seed).sample(ids, n))
+    return ids if n <= 0 or n >= len(ids) else sorted(random.Random(seed).sample(ids, n))
 
 
 def freeze_sample(path: Path, dataset: str, split: str, samples: list[VQASample], n: int, seed: int) -> list[int]:

@@ -9,6 +9,7 @@ import os
 import re
 import time
 from collections import defaultdict
+from io import BytesIO
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
@@ -111,15 +112,15 @@ def retrying(what: str, call, reads: HubReads):
 
 
 def _fetch(url: str, what: str, reads: HubReads, size: int, start: int = 0, end: int | None = None, into=None):
-    """GET url into the file `into`, or bytes [start, end) checked to come as asked, returned; counted on reads.bar.
+    """GET url into a file at `into`, or bytes [start, end) checked to come as asked, returned; counted on reads.bar.
     HubTrouble once PROGRESS_BYTES take over reads.stall_s (a mirror dripping bytes, each within the read timeout)."""
     from huggingface_hub import constants, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}  # identity: a compressed size is not the file's
-    data = bytearray()
-    with get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                              headers={**build_hf_headers(), "Accept-Encoding": "identity", **asked}) as r:
+    asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}
+    headers = {**build_hf_headers(), "Accept-Encoding": "identity", **asked}  # a compressed size is not the file's
+    with (get_session().stream("GET", url, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, headers=headers) as r,
+          open(into, "wb") if into else BytesIO() as f):
         hf_raise_for_status(r)  # it reads an error's body itself
         answer = r.headers.get("Content-Range", "").strip()
         if asked and r.status_code == 206 and answer not in (f"bytes {start}-{end - 1}/{n}" for n in (size, "*")):
@@ -128,7 +129,7 @@ def _fetch(url: str, what: str, reads: HubReads, size: int, start: int = 0, end:
             raise RangesUnusable(f"answered a range request with HTTP {r.status_code} (it ignores Range)")
         got, mark, since = 0, 0, time.monotonic()
         for chunk in r.iter_bytes():  # only now: a whole file sent instead of a range is never read
-            into.write(chunk) if into else data.extend(chunk)
+            f.write(chunk)
             got += len(chunk)
             if reads.bar is not None:
                 reads.bar.update(len(chunk))
@@ -137,18 +138,16 @@ def _fetch(url: str, what: str, reads: HubReads, size: int, start: int = 0, end:
             elif time.monotonic() - since > reads.stall_s:
                 raise HubTrouble(f"sent {got - mark} bytes in over {reads.stall_s:g} s to {what} (it stalls)",
                                  "rerun later")
-    if got != (size if end is None else end - start):
-        raise RangesUnusable(f"sent {got} bytes for a range of {end - start}") if asked else HubTrouble(
-            f"sent {got} of the {size} bytes to {what}")
-    return bytes(data)
+        if got != (size if end is None else end - start):
+            raise RangesUnusable(f"sent {got} bytes for a range of {end - start}") if asked else HubTrouble(
+                f"sent {got} of the {size} bytes to {what}")
+        return None if into else f.getvalue()
 
 
-def check_schema(schema, where: str, with_answers: bool) -> None:
-    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema (the answer columns only
-    `with_answers`: testdev / test files may lack them)."""
-    for name, (pattern, want) in COLUMNS.items():
-        if not with_answers and name in ANSWER_COLUMNS:
-            continue
+def check_schema(schema, where: str, names: list[str]) -> None:
+    """One line naming the first missing or mistyped column of the lmms-lab/VQAv2 schema among `names`."""
+    for name in names:
+        pattern, want = COLUMNS[name]
         if name not in schema.names:
             raise UserError(f"{where}: no column {name!r} (the lmms-lab/VQAv2 schema has {', '.join(COLUMNS)}); "
                             "is --hf_dataset a VQAv2 parquet dataset?")
@@ -172,9 +171,8 @@ def _read(name: str, source, action):
 
 
 def _with_parquet(file: str, reads: HubReads, action):
-    """action(pyarrow ParquetFile of `file`): a local path, a hub file whose every read is one checked range request
-    of exactly the bytes asked for (its size from a HEAD), or its whole copy once ranges proved unusable. Why not
-    HfFileSystem (it reads ahead into the image columns, checks no answer) or hf_hub_download: docs/data.md."""
+    """action(pyarrow ParquetFile of `file`): a local path, a hub file read by checked range requests of exactly the
+    bytes asked for (size from a HEAD), or its whole copy once ranges fail (why not HfFileSystem: docs/data.md)."""
     from fsspec.spec import AbstractBufferedFile
     from huggingface_hub import constants, get_hf_file_metadata
     from huggingface_hub.errors import HfHubHTTPError
@@ -209,13 +207,8 @@ def _with_parquet(file: str, reads: HubReads, action):
                                  f"downloaded whole once to {reads.whole_dir} and read there")
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {name}"
-
-    def attempt() -> None:
-        with open(tmp, "wb") as f:
-            _fetch(url, what, reads, size, into=f)
-
     try:
-        retrying(what, attempt, reads)
+        retrying(what, lambda: _fetch(url, what, reads, size, into=tmp), reads)
         os.replace(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)
@@ -356,7 +349,7 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
     columns = [c for c in QUESTION_COLUMNS if split == "val" or c not in ANSWER_COLUMNS]
 
     def questions(pf, k: int):
-        check_schema(pf.schema_arrow, files[k], with_answers=split == "val")
+        check_schema(pf.schema_arrow, files[k], [*columns, "image"])
         t = pf.read(columns=columns)
         return t.append_column("source_file", pa.array([k] * t.num_rows, pa.int32())).append_column(
             "source_row", pa.array(range(t.num_rows), pa.int64()))
@@ -373,9 +366,8 @@ def _cached_table(cache: Path, hf_dataset: str, revision: str, split: str, stall
     source = {"hf_dataset": asked, "requested_revision": revision, "used_dataset": used, "revision": sha,
               "files": files, "rows": table.num_rows}
     cache.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, cache / f".questions.parquet.{os.getpid()}.tmp")
-    os.replace(cache / f".questions.parquet.{os.getpid()}.tmp", cache / "questions.parquet")
-    write_json(cache / "source.json", source)  # last: it vouches for questions.parquet
+    pq.write_table(table, cache / "questions.parquet")  # read only once source.json vouches for it
+    write_json(cache / "source.json", source)
     return table, source
 
 
@@ -388,8 +380,6 @@ def load_hub_samples(hf_dataset: str, revision: str, split: str, cache_dir: str 
     if split not in SPLIT_FILES:
         raise UserError(f"dataset vqav2_hub holds VQAv2's evaluation splits only (val, testdev, test; not {split}); "
                         "fine-tuning with --dataset=vqav2_hub trains on val minus the evaluated images (docs/data.md)")
-    if not hf_dataset:
-        raise UserError("--hf_dataset is empty; use a hub dataset id (lmms-lab/VQAv2) or a local parquet folder")
     if looks_like_path(hf_dataset) and not Path(hf_dataset).expanduser().is_dir():
         raise UserError(f"--hf_dataset={hf_dataset}: no such folder (a hub id looks like lmms-lab/VQAv2; a local "
                         f"folder must hold the hub layout, {SPLIT_FILES['val']})")

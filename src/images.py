@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
@@ -16,15 +15,12 @@ MAX_IMAGE_PIXELS = 64_000_000
 def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB, transparency on white and 16-bit grey scaled to 8 bit."""
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+        return Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA")).convert("RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grey: scale to 8 bit instead of clipping everything above 255 to white
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
-        return Image.fromarray((arr * scale).clip(0, 255).astype("uint8"), "L").convert("RGB")
+        img = img.convert("I")
+        scale = 255 / 65535 if img.width * img.height and img.getextrema()[1] > 255 else 1
+        return img.point(lambda v: v * scale).convert("RGB")
     return img.convert("RGB")
 
 
