@@ -72,9 +72,7 @@ def setup_matplotlib():
     return plt
 
 
-def _save(plt, fig, out: Path, tight: bool = True) -> None:
-    if tight:
-        fig.tight_layout()
+def _save(plt, fig, out: Path) -> None:
     fig.savefig(out)
     plt.close(fig)
 
@@ -91,8 +89,8 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
     tr = texts(lang)
     plt = setup_matplotlib()
     points = [r for r in rows if isinstance(r.get("heldout"), dict)]
-    fig, axes = plt.subplots(2 if points else 1, 1, figsize=(7, 6.5 if points else 4), dpi=110, squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(2 if points else 1, 1, figsize=(7, 6.5 if points else 4), squeeze=False,
+                             sharex=True, layout="tight")
     ax = axes[0][0]
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
@@ -184,7 +182,7 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
         fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white", fontweight="bold",
                  bbox={"boxstyle": "round,pad=0.3", "edgecolor": "none",
                        "facecolor": "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"})
-    _save(plt, fig, out, tight=False)
+    _save(plt, fig, out)
 
 
 def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 1800) -> None:
@@ -254,7 +252,7 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
     else:
         points = [(r["label"], r["change"], "vqa_accuracy", _run_colour(i)) for i, r in enumerate(runs)]
     panels = 3 if runs else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0))
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0), layout="tight")
     for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
         values = [(who, [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan)
                                              for g in groups[1:]], colour) for who, metrics, colour in series]
@@ -269,7 +267,7 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
 
 def length_chart(plt, series: list[tuple[str, dict]], out: Path, tr) -> None:
     """answer_length.png: histogram of words per answer, the baseline's first, then each run's (who, stats)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), layout="tight")
     _bars(ax, [(tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"),
                 list(stats["histogram"].values()), _BASE_COLOUR if si == 0 else _run_colour(si - 1))
                for si, (who, stats) in enumerate(series)], list(series[0][1]["histogram"]))
@@ -283,7 +281,8 @@ def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_
     rows), one line per run; `per_type` adds a panel per answer type."""
     types = type_order({t for _, points in curves for p in points for t in p.get("per_answer_type") or {}})
     panels = [None, *(types if per_type else [])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 + 3.2 * (len(panels) - 1), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 + 3.2 * (len(panels) - 1), 3.6), squeeze=False,
+                             layout="tight")
     for ax, t in zip(axes[0], panels):
         for i, (who, points) in enumerate(curves):
             xy = [(p["step"], p["accuracy"] if t is None else (p.get("per_answer_type") or {}).get(t)) for p in points]
@@ -317,4 +316,4 @@ def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> 
                      color="#455a64")
             fig.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
                      fontsize=8, va="center", color="#0d47a1")
-    _save(plt, fig, out, tight=False)
+    _save(plt, fig, out)
