@@ -196,9 +196,8 @@ def length_stats(answers: Sequence[str | None]) -> dict:
     """Words per answer: mean, median and a histogram 0..9 and "10+"."""
     lengths = [len(a.split()) if a else 0 for a in answers]
     hist = Counter(min(n, _LENGTH_BINS) for n in lengths)
-    labels = [str(i) for i in range(_LENGTH_BINS)] + [f"{_LENGTH_BINS}+"]
     return {"mean_words": round(statistics.fmean(lengths), 2), "median_words": statistics.median(lengths),
-            "histogram": {labels[i]: hist.get(i, 0) for i in range(_LENGTH_BINS + 1)}}
+            "histogram": {str(i) if i < _LENGTH_BINS else f"{i}+": hist[i] for i in range(_LENGTH_BINS + 1)}}
 
 
 def group_members(pairs: Sequence[dict]) -> dict[str, list[dict]]:
