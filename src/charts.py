@@ -189,12 +189,10 @@ def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 180
     """The case PNGs (at least one) side by side: one column per group, one row per example."""
     from PIL import Image
 
-    columns = list(case_files.values())
-    rows = max(len(c) for c in columns)
-    tiles = [[Image.open(f).convert("RGB") for f in c] for c in columns]
+    tiles = [[Image.open(f).convert("RGB") for f in column] for column in case_files.values()]
     tw, th = next(c for c in tiles if c)[0].size
     gap = 8
-    sheet = Image.new("RGB", (len(columns) * (tw + gap) - gap, rows * (th + gap) - gap), "white")
+    sheet = Image.new("RGB", (len(tiles) * (tw + gap) - gap, max(map(len, tiles)) * (th + gap) - gap), "white")
     for ci, column in enumerate(tiles):
         for ri, tile in enumerate(column):
             sheet.paste(tile, (ci * (tw + gap), ri * (th + gap)))
