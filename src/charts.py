@@ -4,6 +4,7 @@ labelled through src.i18n and drawn with a CJK fallback font for Chinese (docs/d
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import sys
@@ -119,27 +120,23 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
 
 # --- pictures of the questions -------------------------------------------------------------------
 
-class ImageCache:
-    """Each picture opened once, None when missing or unreadable (drawn as a placeholder); `resolve` turns a
-    row's image_path (relative to the repository) into a file path."""
+def image_cache(resolve: Callable[[str | None], Path | None]) -> Callable:
+    """cache(image_path): each picture opened and shrunk once, None when missing or unreadable (drawn as a
+    placeholder); `resolve` turns a row's image_path (relative to the repository) into a file path."""
+    from PIL import Image
 
-    def __init__(self, resolve: Callable[[str | None], Path | None]):
-        self.resolve = resolve
-        self._small: dict = {}
+    from .images import load_image
 
-    def small(self, path: str | None):
-        if path not in self._small:
-            from PIL import Image
+    @functools.cache
+    def small(path: str | None):
+        resolved, img = resolve(path), None
+        with contextlib.suppress(UserError):  # missing or unreadable: None
+            if resolved is not None:
+                img = load_image(resolved)
+                img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
+        return img
 
-            from .images import load_image
-
-            resolved, img = self.resolve(path), None
-            with contextlib.suppress(UserError):  # missing or unreadable: None
-                if resolved is not None:
-                    img = load_image(resolved)
-                    img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
-            self._small[path] = img
-        return self._small[path]
+    return small
 
 
 def draw_picture(ax, img, path: str | None, tr) -> None:
@@ -153,7 +150,7 @@ def draw_picture(ax, img, path: str | None, tr) -> None:
         ax.axis("off")
 
 
-def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> None:
+def draw_case(plt, pair: dict, group: str, cache: Callable, out: Path, tr) -> None:
     """One example: picture, question, ground truth, and each model's answer with its score (and raw text, when
     the answer processing changed it); a pair of several fine-tuned runs carries them in "runs"."""
     runs = [("finetuned", pair)] if "runs" not in pair else [(r["label"], r) for r in pair["runs"]]
@@ -164,7 +161,7 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
     top = lambda y: 1 - (1 - y) * 2.6 / height  # noqa: E731  a height laid out for 2.6 inches, from the top
     fig = plt.figure(figsize=(7.2, height))
     draw_picture(fig.add_axes([0.01, top(0.04), 0.33, 0.92 * 2.6 / height]),
-                 cache.small(pair["image_path"]), pair["image_path"], tr)
+                 cache(pair["image_path"]), pair["image_path"], tr)
     fig.text(0.37, top(0.9), tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
                                 answer_type=pair["answer_type"]),
              fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"))
@@ -293,7 +290,7 @@ def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_
     _save(plt, fig, out)
 
 
-def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> None:
+def demo_chart(plt, demo_rows: list[dict], cache: Callable, out: Path, tr) -> None:
     """demo_images.png: the demo pictures with captions and answers before -> after."""
     n = len(demo_rows)
     height = 1.25 * n + 0.5
@@ -303,7 +300,7 @@ def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> 
     h = top / n
     for i, row in enumerate(demo_rows):
         y0 = top - (i + 1) * h
-        draw_picture(fig.add_axes([0.01, y0 + 0.06 * h, 0.11, 0.88 * h]), cache.small(row["image_path"]),
+        draw_picture(fig.add_axes([0.01, y0 + 0.06 * h, 0.11, 0.88 * h]), cache(row["image_path"]),
                      row["image_path"], tr)
         lines = [(tr("chart_caption"), row["baseline_caption"], row["finetuned_caption"]),
                  (tr("case_question", question=row["question"]), row["baseline_answer"], row["finetuned_answer"])]
