@@ -209,12 +209,10 @@ def _tidy(ax, title: str, xlabel: str = "", ylabel: str = "", legend: bool = Tru
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def _bars(ax, series: list[tuple[str, list[float], str]], labels: list[str], fontsize=None) -> list:
-    """One bar per label for each series (who, values, colour), the series side by side."""
-    width = 0.8 / len(series)
-    ax.set_xticks(range(len(labels)), labels, fontsize=fontsize)
-    return [ax.bar([x - 0.4 + width * (si + 0.5) for x in range(len(values))], values, width, label=who, color=colour)
-            for si, (who, values, colour) in enumerate(series)]
+def _grouped_bars(ax, heights: list[list[float]], names: list[str], tick_labels: list[str]):
+    """The baseline's bars (heights[0]) and each run's beside them in every group, 0.8 wide together."""
+    colours = [_BASE_COLOUR, *map(_run_colour, range(len(names) - 1))]
+    return ax.grouped_bar(heights, tick_labels=tick_labels, labels=names, colors=colours, group_spacing=len(names) / 4)
 
 
 def _change_panel(ax, groups, labels, points, tr) -> None:
@@ -239,8 +237,7 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
     groups = [None, *type_order(base["per_answer_type"])]
     labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
               for g in groups]
-    series = [(tr("baseline"), base, _BASE_COLOUR)] + [(r["label"], r["finetuned"], _run_colour(i))
-                                                       for i, r in enumerate(runs)]
+    numbers, names = [base, *(r["finetuned"] for r in runs)], [tr("baseline"), *(r["label"] for r in runs)]
     if len(runs) == 1:
         points = [(tr(metric), runs[0]["change"], metric, colour)
                   for metric, colour in (("vqa_accuracy", _FT_COLOUR), ("exact_match", "#8e24aa"))]
@@ -249,10 +246,11 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
     panels = 3 if runs else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0), layout="tight")
     for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
-        values = [(who, [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan)
-                                             for g in groups[1:]], colour) for who, metrics, colour in series]
-        for bars in _bars(ax, values, labels, fontsize=8):  # bars of `metric` per group, one series beside the other
+        heights = [[m[metric]] + [m["per_answer_type"].get(g, {}).get(metric, math.nan) for g in groups[1:]]
+                   for m in numbers]
+        for bars in _grouped_bars(ax, heights, names, labels).bar_containers:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ax.tick_params("x", labelsize=8)
         ax.set_ylim(0, 109)
         _tidy(ax, tr(title), loc="upper left", ncols=2)
     if panels == 3:
@@ -263,9 +261,9 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
 def length_chart(plt, series: list[tuple[str, dict]], out: Path, tr) -> None:
     """answer_length.png: histogram of words per answer, the baseline's first, then each run's (who, stats)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4), layout="tight")
-    _bars(ax, [(tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"),
-                list(stats["histogram"].values()), _BASE_COLOUR if si == 0 else _run_colour(si - 1))
-               for si, (who, stats) in enumerate(series)], list(series[0][1]["histogram"]))
+    _grouped_bars(ax, [list(stats["histogram"].values()) for _, stats in series],
+                  [tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}") for who, stats in series],
+                  list(series[0][1]["histogram"]))
     _tidy(ax, tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), tr("chart_length_x"),
           tr("chart_length_y"))
     _save(plt, fig, out)
