@@ -67,9 +67,8 @@ def setup_matplotlib():
         _warned.append(True)
     # the warning above says it once; matplotlib would repeat it for every missing glyph
     warnings.filterwarnings("ignore", message=r"Glyph .* missing from", category=UserWarning)
-    plt.rcParams["font.family"] = ["DejaVu Sans", *cjk[:1]]  # Latin from DejaVu, the rest falls back
-    plt.rcParams["savefig.dpi"] = 100
-    plt.rcParams["text.parse_math"] = False  # questions and answers are text: "$5" stays "$5"
+    # Latin from DejaVu, the rest falls back; questions and answers are text: "$5" stays "$5"
+    plt.rcParams.update({"font.family": ["DejaVu Sans", *cjk[:1]], "savefig.dpi": 100, "text.parse_math": False})
     return plt
 
 
@@ -141,10 +140,9 @@ def image_cache(resolve: Callable[[str | None], Path | None]) -> Callable:
 
 def draw_picture(ax, img, path: str | None, tr) -> None:
     if img is None:
-        ax.set_facecolor("#bdbdbd")
+        ax.set(facecolor="#bdbdbd", xticks=[], yticks=[])
         ax.text(0.5, 0.5, tr("image_not_found") + "\n" + wrap(path or tr("no_path"), 28, 4), ha="center",
                 va="center", fontsize=8, color="#424242", transform=ax.transAxes)
-        ax.set(xticks=[], yticks=[])
     else:
         ax.imshow(img)
         ax.axis("off")
