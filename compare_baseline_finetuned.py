@@ -40,7 +40,7 @@ import os
 import time
 from pathlib import Path
 
-from src.charts import (ImageCache, accuracy_chart, contact_sheet, demo_chart, draw_case, heldout_chart, length_chart,
+from src.charts import (accuracy_chart, contact_sheet, demo_chart, draw_case, heldout_chart, image_cache, length_chart,
                         setup_matplotlib)
 from src.compare import (check_result_rows, check_same_setup, compare_rows,
                          count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
@@ -181,7 +181,7 @@ def unanswered_split(rows: list[dict]) -> str | None:
 # --- writing -------------------------------------------------------------------------------------
 
 def draw_pictures(result: dict, pairs: list[dict], demo_rows: list[dict], cases: dict, report_dir: Path,
-                  cache: ImageCache, tr) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+                  cache, tr) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """The charts and the example-case PNGs; ({chart name: path}, {group: [case paths]})."""
     cases_dir = report_dir / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
@@ -469,7 +469,7 @@ def write_files(config: dict, started: float, tr, report_dir: Path, result: dict
                 demo_rows: list[dict], cases: dict) -> None:
     """Draw the pictures and write summary.txt, comparison.json, report.html and config.json."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    cache = ImageCache(resolve_path)
+    cache = image_cache(resolve_path)
     charts, case_files = draw_pictures(result, pairs, demo_rows, cases, report_dir, cache, tr)
     result["artefacts"] = {
         "summary": "summary.txt", "report": "report.html", "config": "config.json",

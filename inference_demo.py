@@ -145,7 +145,7 @@ def main():
                                                       what=f"the example pictures in {EXAMPLES_DIR}")
         print(training_data_note(config["training_data"], adapter), flush=True)
 
-    from src.demo_app import DemoOptions, build_demo, demo_css
+    from src.demo_app import DEMO_CSS, DemoOptions, build_demo
 
     print(f"***** BLIP-2 demo *****\n  model: {MODEL_ID} ({QUANTIZATION})\n  adapter: {adapter or 'none'}\n"
           f"  comparisons: {COMPARISONS_DIR}\n  queue: {MAX_QUEUE} waiting, one generation at a time", flush=True)
@@ -164,7 +164,7 @@ def main():
     demo = build_demo(model, processor, adapter_available=adapter is not None, options=options)
     allowed = [p for p in (COMPARISONS_DIR, EXAMPLES_DIR) if p]
     demo.launch(server_name=HOST, server_port=PORT, share=SHARE, max_file_size=int(MAX_UPLOAD_MB * 2**20),
-                allowed_paths=allowed, show_error=True, css=demo_css())
+                allowed_paths=allowed, show_error=True, css_paths=DEMO_CSS)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ labelled through src.i18n and drawn with a CJK fallback font for Chinese (docs/d
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import sys
@@ -66,15 +67,12 @@ def setup_matplotlib():
         _warned.append(True)
     # the warning above says it once; matplotlib would repeat it for every missing glyph
     warnings.filterwarnings("ignore", message=r"Glyph .* missing from", category=UserWarning)
-    plt.rcParams["font.family"] = ["DejaVu Sans", *cjk[:1]]  # Latin from DejaVu, the rest falls back
-    plt.rcParams["savefig.dpi"] = 100
-    plt.rcParams["text.parse_math"] = False  # questions and answers are text: "$5" stays "$5"
+    # Latin from DejaVu, the rest falls back; questions and answers are text: "$5" stays "$5"
+    plt.rcParams.update({"font.family": ["DejaVu Sans", *cjk[:1]], "savefig.dpi": 100, "text.parse_math": False})
     return plt
 
 
-def _save(plt, fig, out: Path, tight: bool = True) -> None:
-    if tight:
-        fig.tight_layout()
+def _save(plt, fig, out: Path) -> None:
     fig.savefig(out)
     plt.close(fig)
 
@@ -91,8 +89,8 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
     tr = texts(lang)
     plt = setup_matplotlib()
     points = [r for r in rows if isinstance(r.get("heldout"), dict)]
-    fig, axes = plt.subplots(2 if points else 1, 1, figsize=(7, 6.5 if points else 4), dpi=110, squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(2 if points else 1, 1, figsize=(7, 6.5 if points else 4), squeeze=False,
+                             sharex=True, layout="tight")
     ax = axes[0][0]
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
@@ -121,41 +119,36 @@ def plot_loss(rows: list[dict], path: Path, title: str, lang: str = "zh") -> Non
 
 # --- pictures of the questions -------------------------------------------------------------------
 
-class ImageCache:
-    """Each picture opened once, None when missing or unreadable (drawn as a placeholder); `resolve` turns a
-    row's image_path (relative to the repository) into a file path."""
+def image_cache(resolve: Callable[[str | None], Path | None]) -> Callable:
+    """cache(image_path): each picture opened and shrunk once, None when missing or unreadable (drawn as a
+    placeholder); `resolve` turns a row's image_path (relative to the repository) into a file path."""
+    from PIL import Image
 
-    def __init__(self, resolve: Callable[[str | None], Path | None]):
-        self.resolve = resolve
-        self._small: dict = {}
+    from .images import load_image
 
-    def small(self, path: str | None):
-        if path not in self._small:
-            from PIL import Image
+    @functools.cache
+    def small(path: str | None):
+        resolved, img = resolve(path), None
+        with contextlib.suppress(UserError):  # missing or unreadable: None
+            if resolved is not None:
+                img = load_image(resolved)
+                img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
+        return img
 
-            from .images import load_image
-
-            resolved, img = self.resolve(path), None
-            with contextlib.suppress(UserError):  # missing or unreadable: None
-                if resolved is not None:
-                    img = load_image(resolved)
-                    img.thumbnail((_CASE_IMAGE_SIZE, _CASE_IMAGE_SIZE), Image.Resampling.LANCZOS)
-            self._small[path] = img
-        return self._small[path]
+    return small
 
 
 def draw_picture(ax, img, path: str | None, tr) -> None:
     if img is None:
-        ax.set_facecolor("#bdbdbd")
+        ax.set(facecolor="#bdbdbd", xticks=[], yticks=[])
         ax.text(0.5, 0.5, tr("image_not_found") + "\n" + wrap(path or tr("no_path"), 28, 4), ha="center",
                 va="center", fontsize=8, color="#424242", transform=ax.transAxes)
-        ax.set(xticks=[], yticks=[])
     else:
         ax.imshow(img)
         ax.axis("off")
 
 
-def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> None:
+def draw_case(plt, pair: dict, group: str, cache: Callable, out: Path, tr) -> None:
     """One example: picture, question, ground truth, and each model's answer with its score (and raw text, when
     the answer processing changed it); a pair of several fine-tuned runs carries them in "runs"."""
     runs = [("finetuned", pair)] if "runs" not in pair else [(r["label"], r) for r in pair["runs"]]
@@ -166,7 +159,7 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
     top = lambda y: 1 - (1 - y) * 2.6 / height  # noqa: E731  a height laid out for 2.6 inches, from the top
     fig = plt.figure(figsize=(7.2, height))
     draw_picture(fig.add_axes([0.01, top(0.04), 0.33, 0.92 * 2.6 / height]),
-                 cache.small(pair["image_path"]), pair["image_path"], tr)
+                 cache(pair["image_path"]), pair["image_path"], tr)
     fig.text(0.37, top(0.9), tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
                                 answer_type=pair["answer_type"]),
              fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"))
@@ -184,19 +177,17 @@ def draw_case(plt, pair: dict, group: str, cache: ImageCache, out: Path, tr) -> 
         fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white", fontweight="bold",
                  bbox={"boxstyle": "round,pad=0.3", "edgecolor": "none",
                        "facecolor": "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"})
-    _save(plt, fig, out, tight=False)
+    _save(plt, fig, out)
 
 
 def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 1800) -> None:
     """The case PNGs (at least one) side by side: one column per group, one row per example."""
     from PIL import Image
 
-    columns = list(case_files.values())
-    rows = max(len(c) for c in columns)
-    tiles = [[Image.open(f).convert("RGB") for f in c] for c in columns]
+    tiles = [[Image.open(f).convert("RGB") for f in column] for column in case_files.values()]
     tw, th = next(c for c in tiles if c)[0].size
     gap = 8
-    sheet = Image.new("RGB", (len(columns) * (tw + gap) - gap, rows * (th + gap) - gap), "white")
+    sheet = Image.new("RGB", (len(tiles) * (tw + gap) - gap, max(map(len, tiles)) * (th + gap) - gap), "white")
     for ci, column in enumerate(tiles):
         for ri, tile in enumerate(column):
             sheet.paste(tile, (ci * (tw + gap), ri * (th + gap)))
@@ -216,12 +207,10 @@ def _tidy(ax, title: str, xlabel: str = "", ylabel: str = "", legend: bool = Tru
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def _bars(ax, series: list[tuple[str, list[float], str]], labels: list[str], fontsize=None) -> list:
-    """One bar per label for each series (who, values, colour), the series side by side."""
-    width = 0.8 / len(series)
-    ax.set_xticks(range(len(labels)), labels, fontsize=fontsize)
-    return [ax.bar([x - 0.4 + width * (si + 0.5) for x in range(len(values))], values, width, label=who, color=colour)
-            for si, (who, values, colour) in enumerate(series)]
+def _grouped_bars(ax, heights: list[list[float]], names: list[str], tick_labels: list[str]):
+    """The baseline's bars (heights[0]) and each run's beside them in every group, 0.8 wide together."""
+    colours = [_BASE_COLOUR, *map(_run_colour, range(len(names) - 1))]
+    return ax.grouped_bar(heights, tick_labels=tick_labels, labels=names, colors=colours, group_spacing=len(names) / 4)
 
 
 def _change_panel(ax, groups, labels, points, tr) -> None:
@@ -246,20 +235,20 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
     groups = [None, *type_order(base["per_answer_type"])]
     labels = [f"{tr('overall') if g is None else g}\n(n={base['n'] if g is None else base['per_answer_type'][g]['n']})"
               for g in groups]
-    series = [(tr("baseline"), base, _BASE_COLOUR)] + [(r["label"], r["finetuned"], _run_colour(i))
-                                                       for i, r in enumerate(runs)]
+    numbers, names = [base, *(r["finetuned"] for r in runs)], [tr("baseline"), *(r["label"] for r in runs)]
     if len(runs) == 1:
         points = [(tr(metric), runs[0]["change"], metric, colour)
                   for metric, colour in (("vqa_accuracy", _FT_COLOUR), ("exact_match", "#8e24aa"))]
     else:
         points = [(r["label"], r["change"], "vqa_accuracy", _run_colour(i)) for i, r in enumerate(runs)]
     panels = 3 if runs else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0))
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 4.0), layout="tight")
     for ax, metric, title in zip(axes, ("vqa_accuracy", "exact_match"), ("chart_accuracy_title", "chart_em_title")):
-        values = [(who, [metrics[metric]] + [metrics["per_answer_type"].get(g, {}).get(metric, math.nan)
-                                             for g in groups[1:]], colour) for who, metrics, colour in series]
-        for bars in _bars(ax, values, labels, fontsize=8):  # bars of `metric` per group, one series beside the other
+        heights = [[m[metric]] + [m["per_answer_type"].get(g, {}).get(metric, math.nan) for g in groups[1:]]
+                   for m in numbers]
+        for bars in _grouped_bars(ax, heights, names, labels).bar_containers:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ax.tick_params("x", labelsize=8)
         ax.set_ylim(0, 109)
         _tidy(ax, tr(title), loc="upper left", ncols=2)
     if panels == 3:
@@ -269,10 +258,10 @@ def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:
 
 def length_chart(plt, series: list[tuple[str, dict]], out: Path, tr) -> None:
     """answer_length.png: histogram of words per answer, the baseline's first, then each run's (who, stats)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    _bars(ax, [(tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}"),
-                list(stats["histogram"].values()), _BASE_COLOUR if si == 0 else _run_colour(si - 1))
-               for si, (who, stats) in enumerate(series)], list(series[0][1]["histogram"]))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), layout="tight")
+    _grouped_bars(ax, [list(stats["histogram"].values()) for _, stats in series],
+                  [tr("chart_length_legend", who=who, mean=f"{stats['mean_words']:.1f}") for who, stats in series],
+                  list(series[0][1]["histogram"]))
     _tidy(ax, tr("chart_length_title_both" if len(series) > 1 else "chart_length_title"), tr("chart_length_x"),
           tr("chart_length_y"))
     _save(plt, fig, out)
@@ -283,7 +272,8 @@ def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_
     rows), one line per run; `per_type` adds a panel per answer type."""
     types = type_order({t for _, points in curves for p in points for t in p.get("per_answer_type") or {}})
     panels = [None, *(types if per_type else [])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 + 3.2 * (len(panels) - 1), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 + 3.2 * (len(panels) - 1), 3.6), squeeze=False,
+                             layout="tight")
     for ax, t in zip(axes[0], panels):
         for i, (who, points) in enumerate(curves):
             xy = [(p["step"], p["accuracy"] if t is None else (p.get("per_answer_type") or {}).get(t)) for p in points]
@@ -296,7 +286,7 @@ def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_
     _save(plt, fig, out)
 
 
-def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> None:
+def demo_chart(plt, demo_rows: list[dict], cache: Callable, out: Path, tr) -> None:
     """demo_images.png: the demo pictures with captions and answers before -> after."""
     n = len(demo_rows)
     height = 1.25 * n + 0.5
@@ -306,7 +296,7 @@ def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> 
     h = top / n
     for i, row in enumerate(demo_rows):
         y0 = top - (i + 1) * h
-        draw_picture(fig.add_axes([0.01, y0 + 0.06 * h, 0.11, 0.88 * h]), cache.small(row["image_path"]),
+        draw_picture(fig.add_axes([0.01, y0 + 0.06 * h, 0.11, 0.88 * h]), cache(row["image_path"]),
                      row["image_path"], tr)
         lines = [(tr("chart_caption"), row["baseline_caption"], row["finetuned_caption"]),
                  (tr("case_question", question=row["question"]), row["baseline_answer"], row["finetuned_answer"])]
@@ -317,4 +307,4 @@ def demo_chart(plt, demo_rows: list[dict], cache: ImageCache, out: Path, tr) -> 
                      color="#455a64")
             fig.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
                      fontsize=8, va="center", color="#0d47a1")
-    _save(plt, fig, out, tight=False)
+    _save(plt, fig, out)

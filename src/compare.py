@@ -150,13 +150,11 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
         return {**result, "clusters": bootstrap_clusters(pairs)[1]}
     change = _bootstrap_changes(pairs, n_resamples, seed)
     outcomes = _counts(pairs)
-    by_type: dict = {}
-    for p in pairs:
-        if p["answer_type"] is not None:
-            by_type.setdefault(p["answer_type"], []).append(p)
+    types = sorted({p["answer_type"] for p in pairs} - {None})
+    by_type = {t: [p for p in pairs if p["answer_type"] == t] for t in types}
     change["per_answer_type"] = {t: {"n": len(ps), **_bootstrap_changes(ps, n_resamples, seed)}
-                                 for t, ps in sorted(by_type.items())}
-    outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in sorted(by_type.items())}
+                                 for t, ps in by_type.items()}
+    outcomes["per_answer_type"] = {t: _counts(ps) for t, ps in by_type.items()}
     result.update(finetuned=_metrics(score_rows(ft_list)), change=change, outcomes=outcomes,
                   clusters=change["clusters"])
     return result
@@ -196,9 +194,8 @@ def length_stats(answers: Sequence[str | None]) -> dict:
     """Words per answer: mean, median and a histogram 0..9 and "10+"."""
     lengths = [len(a.split()) if a else 0 for a in answers]
     hist = Counter(min(n, _LENGTH_BINS) for n in lengths)
-    labels = [str(i) for i in range(_LENGTH_BINS)] + [f"{_LENGTH_BINS}+"]
     return {"mean_words": round(statistics.fmean(lengths), 2), "median_words": statistics.median(lengths),
-            "histogram": {labels[i]: hist.get(i, 0) for i in range(_LENGTH_BINS + 1)}}
+            "histogram": {str(i) if i < _LENGTH_BINS else f"{i}+": hist[i] for i in range(_LENGTH_BINS + 1)}}
 
 
 def group_members(pairs: Sequence[dict]) -> dict[str, list[dict]]:

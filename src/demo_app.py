@@ -21,6 +21,7 @@ from .images import MAX_IMAGE_PIXELS, list_images, load_image
 from .prompts import DEFAULT_CAPTION_DECODING, DEFAULT_VQA_DECODING, DEFAULT_VQA_PROMPT
 
 COMPARE_COMMAND = "python compare_baseline_finetuned.py"
+DEMO_CSS = Path(__file__).resolve().parent / "templates" / "demo.css"  # Gradio 6 takes it in launch(), not Blocks()
 MAX_QUESTION_CHARS = 500  # VQAv2 questions are ~6 words; this keeps the prompt far below OPT's 2048 positions
 # the pictures the compare script may write, in the order the tab shows them, with their i18n title keys
 _CHARTS = [("accuracy.png", "charts_accuracy"), ("answer_length.png", "charts_length"),
@@ -61,7 +62,6 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
     import torch
 
     from .inference import caption_and_answer
-    from .prompts import check_question
 
     tr = texts(lang)
     lock = threading.Lock()  # even past the queue: disable_adapter() switches the shared model while it is held
@@ -74,13 +74,13 @@ def make_answer_fn(model, processor, *, adapter_available: bool, vqa_prompt: str
             image = open_upload(payload_path(payload), max_upload_mb, max_pixels, lang)
         except UserError as e:
             problems.append(str(e))
-        if not (question or "").strip():
+        question = (question or "").strip()
+        if not question:
             problems.append(tr("question_empty"))
-        elif len(question.strip()) > MAX_QUESTION_CHARS:
-            problems.append(tr("question_too_long", n=len(question.strip()), limit=MAX_QUESTION_CHARS))
+        elif len(question) > MAX_QUESTION_CHARS:
+            problems.append(tr("question_too_long", n=len(question), limit=MAX_QUESTION_CHARS))
         if problems:
             return "", "", "", "", tr("cannot_answer", problems=" ".join(problems))
-        question = check_question(question)
         started = time.perf_counter()
         with lock:
             try:
@@ -248,7 +248,7 @@ def _comparison_tab(gr, tr, opts: DemoOptions) -> dict:
 
 def build_demo(model, processor, *, adapter_available: bool, options: DemoOptions | None = None):
     """The Blocks app, tabs "Ask" and "Comparison": model calls one at a time behind a queue of `max_queue`, file
-    reads beside them. Call `.launch(css=demo_css(), ...)` on it."""
+    reads beside them. Call `.launch(css_paths=DEMO_CSS, ...)` on it."""
     import gradio as gr
 
     opts = options or DemoOptions()
@@ -302,7 +302,3 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
     demo.queue(max_size=opts.max_queue, default_concurrency_limit=1)
     return demo
 
-
-def demo_css() -> str:
-    """Gradio 6 takes css in launch(), not in Blocks()."""
-    return (Path(__file__).resolve().parent / "templates" / "demo.css").read_text(encoding="utf-8")

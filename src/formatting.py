@@ -224,6 +224,6 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
 def console_comparison(cmp: dict, tr: Callable[..., str]) -> str:
     """What evaluate_vqav2_finetuned.py prints after its run: the headline table of compare_rows' result."""
     out = [f"===== {tr('console_heading', n=cmp['n'])} =====", *text_table(*score_table(cmp, tr)),
-           tr("console_interval", unit=bootstrap_unit(cmp.get("clusters"), cmp["n"], tr)), outcome_line(cmp, tr)]
-    line = processing_line(cmp, tr)
-    return "\n".join(out + ([line] if line else []))
+           tr("console_interval", unit=bootstrap_unit(cmp.get("clusters"), cmp["n"], tr)), outcome_line(cmp, tr),
+           processing_line(cmp, tr)]
+    return "\n".join(line for line in out if line is not None)

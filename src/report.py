@@ -7,8 +7,8 @@ import base64
 import io
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
-from .charts import ImageCache
 from .compare import group_members
 from .formatting import (clip, detail_lines, file_lines, group_title, gt_summary, interval_line, is_multirun,
                          length_line, processing_line, reference_lines, runs_of, score_table)
@@ -37,7 +37,7 @@ def _case_groups(pairs: list[dict], case_files: dict[str, list[Path]], cases_sho
 
 
 def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: dict[str, Path],
-                case_files: dict[str, list[Path]], cache: ImageCache, *, thumb_size: int, max_thumbnails: int,
+                case_files: dict[str, list[Path]], cache: Callable, *, thumb_size: int, max_thumbnails: int,
                 cases_shown: int, lang: str) -> str:
     """The whole page as one string."""
     import jinja2
@@ -51,7 +51,7 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         """Each distinct picture embedded once, as a CSS class the cells refer to; past `max_thumbnails`, the path."""
         if path not in uris:
             embedded = sum(v is not None for v in uris.values())
-            small = cache.small(path) if embedded < max_thumbnails else None
+            small = cache(path) if embedded < max_thumbnails else None
             if small is not None:
                 small = small.copy()
                 small.thumbnail((thumb_size, thumb_size))

@@ -69,7 +69,7 @@ def test_a_case_picture_with_a_chinese_question(tmp_path):
     pair = {"question_id": 7, "image_path": "baseline_images/pic_02.jpg", "question": "杯子里是什么？",
             "gt_answers": ["咖啡"] * 10, "answer_type": "other", "baseline_answer": "tea", "finetuned_answer": "咖啡",
             "baseline_raw_answer": "Tea.", "finetuned_raw_answer": "咖啡", "baseline_vqa": 0.0, "finetuned_vqa": 1.0}
-    cache = charts.ImageCache(lambda p: charts.Path(__file__).resolve().parent.parent / p if p else None)
+    cache = charts.image_cache(lambda p: charts.Path(__file__).resolve().parent.parent / p if p else None)
     from src.i18n import texts
 
     out = tmp_path / "case.png"

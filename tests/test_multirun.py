@@ -225,11 +225,11 @@ def test_the_demos_comparison_tab_shows_the_three_runs_in_a_browser(three_runs):
         pytest.skip(f"{chromium} missing (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
 
-    from src.demo_app import DemoOptions, build_demo, demo_css
+    from src.demo_app import DEMO_CSS, DemoOptions, build_demo
 
     demo = build_demo(None, None, adapter_available=False,
                       options=DemoOptions(comparisons_dir=str(three_runs["reports"]["zh"]), examples_dir="none"))
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, css=demo_css(), quiet=True)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, css_paths=DEMO_CSS, quiet=True)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"])
