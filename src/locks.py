@@ -65,8 +65,13 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False,
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         locked = _try_lock(fd)
+        # the holder before us may have deleted the file between our open and our lock:
+        # then we locked an orphaned inode and must start again on the new file
+        with contextlib.suppress(FileNotFoundError):
+            if locked and os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        os.close(fd)
         if locked is None:
-            os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
             print(f"warning: cannot lock {path.parent} (No locks available); make sure no other run uses "
@@ -74,14 +79,7 @@ def exclusive_lock(path: str | Path, what: str, wait: bool = False,
             yield None
             return
         if locked:
-            # the holder before us may have deleted the file between our open and our lock:
-            # then we locked an orphaned inode and must start again on the new file
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.fstat(fd), os.stat(path)):
-                    break
-            os.close(fd)
             continue
-        os.close(fd)
         holder = _holder(path)
         if not wait:
             raise UserError(busy.format(what=what, pid=holder, path=path))

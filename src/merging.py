@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from string import Template
 
 from .errors import UserError, again
 from .files import read_json
@@ -106,30 +105,23 @@ def cast_for_saving(model, dtype) -> dict[str, int]:
     return kept
 
 
-CARD = Path(__file__).resolve().parent / "templates" / "model_card.md"  # README.md of a merged folder (string.Template)
+CARD = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"  # README.md of a merged folder (Jinja2)
+# the training config's settings a model card names
+CARD_SETTINGS = ("model_id", "dataset", "train_steps", "step", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+                 "lora_scope", "lr", "use_4bit", "vqa_prompt")
 
 
-def model_card(*, model_id: str, adapter: str, folder: str, training_file, training: dict | None, dequantized: bool,
-               dtype: str, kept_fp32: dict[str, int]) -> str:
-    """README.md of a merged folder: what it was made from, in which precision, and how to load it."""
-    if training is None:
-        facts = "not recorded (no training config next to the adapter)"
-    else:
-        keys = ("model_id", "dataset", "train_steps", "step", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
-                "lora_scope", "lr", "use_4bit", "vqa_prompt")
-        facts = ", ".join(f"{k}={training[k]!r}" for k in keys if k in training) + f" (from `{training_file}`)"
-    onto = ("the 4-bit NF4 base it was trained on (QLoRA), dequantised back with bitsandbytes' `dequantize_4bit`: "
-            "the weights the adapter was trained against" if dequantized else
-            "the unquantised base weights, as the adapter was trained")
-    prompt_name = (training or {}).get("vqa_prompt")
-    known = isinstance(prompt_name, str) and prompt_name in PROMPTS
-    prompt = f"`{prompt_name}`: `{get_prompt(prompt_name)}`" if known else "not recorded"
-    kept = ", ".join(f"`{name}` {size / 2**20:,.2f} MiB" for name, size in sorted(kept_fp32.items()))
-    precision = (f"merged in float32, saved in {dtype}" + (f"; kept in float32, as transformers loads them in {dtype}: "
-                                                           f"{kept}" if kept else ": every tensor"))
-    return Template(CARD.read_text(encoding="utf-8")).substitute(
-        model_id=model_id, adapter=adapter, folder=folder, training=facts, merged_onto=onto, precision=precision,
-        dtype=dtype, prompt=prompt)
+def model_card(*, training: dict | None, kept_fp32: dict[str, int], **card) -> str:
+    """README.md of a merged folder: what it was made from, in which precision, and how to load it (`card`: the
+    template's model_id, adapter, folder, training_file, dequantized and dtype)."""
+    import jinja2
+
+    settings = None if training is None else ", ".join(f"{k}={training[k]!r}" for k in CARD_SETTINGS if k in training)
+    name = (training or {}).get("vqa_prompt")
+    prompt = f"`{name}`: `{get_prompt(name)}`" if isinstance(name, str) and name in PROMPTS else None
+    kept = ", ".join(f"`{module}` {size / 2**20:,.2f} MiB" for module, size in sorted(kept_fp32.items()))
+    template = jinja2.Template(CARD.read_text(encoding="utf-8"), keep_trailing_newline=True)
+    return template.render(training=settings, prompt=prompt, kept=kept, **card)
 
 
 # what a merge writes into its folder, for a merged model made before merge_config.json listed its files

@@ -9,7 +9,7 @@ import os
 import random
 import shutil
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -213,32 +213,19 @@ def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_g
 
 
 def lora_summary(model) -> tuple[int, int, list[str]]:
-    """(trainable parameters, all parameters, wrapped module names)."""
-    from peft.tuners.lora import LoraLayer
-
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    wrapped = [name for name, m in model.named_modules() if isinstance(m, LoraLayer)]
-    return trainable, total, wrapped
+    """(trainable parameters, all parameters (4-bit weights unpacked), wrapped module names), as peft counts them."""
+    return (*model.get_nb_trainable_parameters(), model.base_model.targeted_module_names)
 
 
 def describe_wrapped(wrapped: list[str]) -> str:
     """'q_proj x32, v_proj x32 (language_model.model.decoder.layers.*)'"""
     counts = Counter(name.rsplit(".", 1)[-1] for name in wrapped)
-    common = os.path.commonprefix([name.removeprefix("base_model.model.") for name in wrapped])
+    common = os.path.commonprefix(wrapped)
     common = common.rsplit(".", 1)[0] if "." in common else ""  # "language_" of language_model and _projection: none
     return ", ".join(f"{k} x{v}" for k, v in counts.items()) + (f" (under {common}.*)" if common else "")
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
-
-MANIFEST = "manifest.json"  # written last: every file of the checkpoint with its size
-
-
-def save_adapter_weights(model, folder: Path) -> None:
-    """The LoRA adapter, without peft's hub lookup for embedding layers BLIP-2 never trains (offline it times out)."""
-    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
-
 
 def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a temporary or half-written one is never listed)."""
@@ -247,20 +234,16 @@ def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
 
 
 def checkpoint_problem(d: Path) -> str | None:
-    """Why checkpoint `d` cannot be trusted, or None: manifest sizes, safetensors header, JSON, training state."""
-    for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json", MANIFEST):
+    """Why checkpoint `d` cannot be resumed from, or None: a file missing, or one that does not read back whole
+    (safetensors checks its header covers the file, a zip its end: a cut-short file never reads)."""
+    for name in ("adapter_model.safetensors", "adapter_config.json", TRAINING_STATE, "config.json"):
         if not (d / name).exists():
             return f"{name} missing"
-    try:
-        for name, size in json.loads((d / MANIFEST).read_text(encoding="utf-8")).items():
-            if not (d / name).exists():
-                return f"{name} missing"
-            if (d / name).stat().st_size != size:
-                return f"{name} has {(d / name).stat().st_size:,} bytes, not the {size:,} it was saved with"
-        for name in ("adapter_config.json", "config.json"):
+    for name in ("adapter_config.json", "config.json"):
+        try:
             json.loads((d / name).read_text(encoding="utf-8"))
-    except (ValueError, AttributeError, OSError) as e:
-        return f"{getattr(e, 'filename', None) or 'a JSON file'} unreadable ({type(e).__name__})"
+        except (ValueError, OSError) as e:
+            return f"{name} unreadable ({type(e).__name__})"
     problem = safetensors_problem(d / "adapter_model.safetensors")
     if problem:
         return f"adapter_model.safetensors {problem}"
@@ -279,36 +262,33 @@ def rng_state() -> dict:
 
 
 @contextmanager
-def _adapter_folder(tmp: Path, what: str, model, config_name: str, config: dict):
-    """A new folder `tmp` with the adapter and `config`; the block adds to it."""
+def _adapter_folder(final: Path, what: str, model, config_name: str, config: dict):
+    """A new hidden folder beside `final` with the adapter and `config`; the block adds to it, then it replaces
+    `final` (an earlier adapter, or the same step saved again after a resume fell back past it)."""
+    tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     with saving_into(tmp, what):
         tmp.mkdir(parents=True)
-        save_adapter_weights(model, tmp)
+        # no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         write_json(tmp / config_name, config)
-        yield
+        yield tmp
         give_default_permissions(tmp)
+    replace_folder(tmp, final)
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int, *,
                     rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
-    folder with a manifest and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
+    folder and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = ckpt_root / f".tmp-{final.name}"
-    with _adapter_folder(tmp, f"checkpoint step {step}", model, "config.json", {**config, "step": step}):
+    with _adapter_folder(final, f"checkpoint step {step}", model, "config.json", {**config, "step": step}) as tmp:
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states or [rng_state()], "scaler": scaler.state_dict() if scaler else None},
                    tmp / TRAINING_STATE)
-        write_json(tmp / MANIFEST, {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
     for old in checkpoint_dirs(ckpt_root)[:-keep]:  # keep >= 1 (src.preflight)
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-_LOW_SPACE = 2**20  # bytes left after a failed save that mean it failed for lack of space
 
 
 @contextmanager
@@ -319,11 +299,9 @@ def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intac
     try:
         yield
     except Exception as e:
-        try:
-            full = shutil.disk_usage(tmp.parent).free < _LOW_SPACE  # measured before tmp's files are removed
-        except OSError:
-            full = False
-        full = full or getattr(e, "errno", None) in DISK_FULL or "No space" in str(e)
+        full = getattr(e, "errno", None) in DISK_FULL or "No space" in str(e)
+        with suppress(OSError):  # under 1 MiB left (measured before tmp's files go): it failed for lack of space
+            full = full or shutil.disk_usage(tmp.parent).free < 2**20
         shutil.rmtree(tmp, ignore_errors=True)
         if not full:
             raise
@@ -367,11 +345,9 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
                        draw_loss: Callable[[list[dict], Path], None] | None = None) -> None:
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
-    tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
-    with _adapter_folder(tmp, "the final adapter", model, "training_config.json", config):
+    with _adapter_folder(adapter_dir, "the final adapter", model, "training_config.json", config) as tmp:
         processor.save_pretrained(tmp)
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
         rows = read_jsonl(log_path)
         if rows and draw_loss:
             draw_loss(rows, tmp / "loss_curve.png")
-    replace_folder(tmp, adapter_dir)

@@ -253,7 +253,7 @@ def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_pr
     import torch
     from transformers import Blip2ForConditionalGeneration
 
-    from src.training import LoraSettings, add_lora, save_adapter_weights
+    from src.training import LoraSettings, add_lora
 
     model = Blip2ForConditionalGeneration.from_pretrained(model_dir)
     model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=tuple(target_modules),
@@ -263,7 +263,7 @@ def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_pr
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.normal_(0, 2.0)
-    save_adapter_weights(model, folder)
+    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)  # as src.training saves
     return folder
 
 
