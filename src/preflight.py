@@ -478,8 +478,6 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
 
 def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
     """Create the output folder and make sure we can write there, before any long work; `setting` names the flag."""
-    if not str(output_dir).strip():
-        raise UserError(f"{setting}= is empty; pass a folder, e.g. {setting}=outputs")
     out = Path(output_dir).expanduser()  # "~/runs" as a constant means the home folder, not ./~
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} is a file, not a folder; choose another with {setting}=")
