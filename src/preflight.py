@@ -241,11 +241,9 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
     if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
-        from transformers import Blip2Config
-
         try:  # the model built from its config on the meta device: shapes only, about a second
-            skeleton = build_meta_model(Blip2Config.from_pretrained(model_id))
-        except (OSError, ValueError):  # a hub id not downloaded yet: the load reports that
+            skeleton = build_meta_model(model_id)
+        except UserError:  # a hub id neither downloaded nor of a shipped architecture: the load reports that
             skeleton = None
         if skeleton is not None and (problem := adapter_mismatch(skeleton, adapter)):
             raise mismatch_error(adapter, model_id, problem)
