@@ -393,12 +393,6 @@ def _answers(value, where: str) -> list[str]:
     return [_text(a, where, f"answers[{k}]", allow_empty=True) for k, a in enumerate(answers)]
 
 
-def _entry(value, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: expected an object, got {type(value).__name__} {_short(value)}")
-    return value
-
-
 def _entry_list(obj, key: str, path: Path, kind: str) -> list:
     if not isinstance(obj, dict) or key not in obj:
         raise UserError(f"{path}: missing key {key!r} (is this an official VQA {kind} file?)")
@@ -409,18 +403,20 @@ def _entry_list(obj, key: str, path: Path, kind: str) -> list:
     return obj[key]
 
 
-def _unique(ids: dict, qid: int, where: str, first: str) -> None:
-    if qid in ids:
-        raise UserError(f"{where}: duplicate question_id {qid} (also {ids[qid]}); question ids must be unique")
-    ids[qid] = first
-
-
-def _warn_answer_counts(counts: dict[int, int], source: str) -> None:
-    odd = [(qid, n) for qid, n in counts.items() if n != 10]
-    if odd:
-        print(f"warning: {source}: {len(odd)} question(s) have other than 10 answers (first: question_id {odd[0][0]} "
-              f"with {odd[0][1]}); their VQA accuracy still averages over every leave-one-out subset of their answers",
-              file=sys.stderr, flush=True)
+def _question_id(entry, where: str, keys: tuple[str, ...], seen: dict, name_id: bool = False) -> int:
+    """The question_id of `entry`, an object with `keys`, unique among `seen` ({question_id: where}, which it joins);
+    `name_id` adds the id to the entry's name in messages (an annotation is found by it)."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected an object, got {type(entry).__name__} {_short(entry)}")
+    named = f"{where} (question_id {entry.get('question_id')})" if name_id else where
+    for key in keys:
+        if key not in entry:
+            raise UserError(f"{named}: no key {key!r}")
+    qid = _int_id(entry["question_id"], where, "question_id")
+    if qid in seen:
+        raise UserError(f"{named}: duplicate question_id {qid} (also {seen[qid]}); question ids must be unique")
+    seen[qid] = where
+    return qid
 
 
 def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
@@ -430,37 +426,25 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
     by_id, seen = {}, {}
     for i, q in enumerate(questions):
         where = question_entry(i)
-        q = _entry(q, where)
-        for key in ("question_id", "image_id", "question"):
-            if key not in q:
-                raise UserError(f"{where}: no key {key!r}")
-        qid = _int_id(q["question_id"], where, "question_id")
-        _unique(seen, qid, where, where)
+        qid = _question_id(q, where, ("question_id", "image_id", "question"), seen)
         by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"), i)
     if annotations is None:
-        return sorted((VQASample(question_id=qid, image_id=image_id, image_path=image_path(i, questions[i]),
-                                 question=question, answers=[], multiple_choice_answer=None, answer_type=None,
-                                 question_type=None) for qid, (image_id, question, i) in by_id.items()),
-                      key=lambda s: s.question_id)
-    samples, annotated, counts = [], {}, {}
+        samples = [VQASample(qid, image_id, image_path(i, questions[i]), question, [], None, None, None)
+                   for qid, (image_id, question, i) in by_id.items()]
+        return sorted(samples, key=lambda s: s.question_id)
+    samples, annotated = [], {}
     for i, ann in enumerate(annotations):
-        where = annotation_entry(i)
-        ann = _entry(ann, where)
-        for key in ("question_id", "image_id", "answers", "multiple_choice_answer", "answer_type", "question_type"):
-            if key not in ann:
-                raise UserError(f"{where} (question_id {ann.get('question_id')}): no key {key!r}")
-        qid = _int_id(ann["question_id"], where, "question_id")
-        _unique(annotated, qid, f"{where} (question_id {qid})", where)
-        where = f"{where} (question_id {qid})"
+        qid = _question_id(ann, annotation_entry(i), ("question_id", "image_id", "answers", "multiple_choice_answer",
+                                                      "answer_type", "question_type"), annotated, name_id=True)
+        where = f"{annotation_entry(i)} (question_id {qid})"
         if qid not in by_id:
             raise UserError(f"{where}: has no question in {questions_source}")
         image_id, question, _ = by_id[qid]
         if _int_id(ann["image_id"], where, "image_id") != image_id:
             raise UserError(f"{where}: image_id {ann['image_id']} differs from its question's image_id {image_id}")
-        answers = _answers(ann["answers"], where)
-        counts[qid] = len(answers)
         samples.append(VQASample(
-            question_id=qid, image_id=image_id, image_path=image_path(i, ann), question=question, answers=answers,
+            question_id=qid, image_id=image_id, question=question, answers=_answers(ann["answers"], where),
+            image_path=image_path(i, ann),
             multiple_choice_answer=_text(ann["multiple_choice_answer"], where, "multiple_choice_answer", True),
             answer_type=_text(ann["answer_type"], where, "answer_type"),
             question_type=_text(ann["question_type"], where, "question_type")))
@@ -468,7 +452,11 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
     if unanswered:
         raise UserError(f"{questions_source}: question_id {unanswered[0]} has no annotation in {annotations_source} "
                         f"({len(unanswered)} such questions); use matching files")
-    _warn_answer_counts(counts, annotations_source)
+    odd = [s for s in samples if len(s.answers) != 10]
+    if odd:
+        print(f"warning: {annotations_source}: {len(odd)} question(s) have other than 10 answers (first: question_id "
+              f"{odd[0].question_id} with {len(odd[0].answers)}); their VQA accuracy still averages over every "
+              "leave-one-out subset of their answers", file=sys.stderr, flush=True)
     return sorted(samples, key=lambda s: s.question_id)
 
 
