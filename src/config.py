@@ -140,16 +140,6 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
     return {k.lower(): namespace[k] for k in types}
 
 
-# control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
-UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
-def is_path_setting(name: str) -> bool:
-    """Settings holding a file or folder (or, for model_id and hf_dataset, possibly one): `~` is expanded."""
-    name = name.lower()
-    return name.endswith(("_dir", "_file")) or name in ("image", "model_id", "hf_dataset")
-
-
 def looks_like_path(value: str) -> bool:
     """A file or folder rather than a hub id ("org/name"): absolute, ./ ../ ~, a Windows drive, or several "/"."""
     return (value.startswith(("/", "./", "../", "~", "\\")) or value.count("/") > 1

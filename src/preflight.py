@@ -12,13 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import UNSAFE_TEXT, is_path_setting
 from .samples import VQASample
 from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
 from .memory_plan import build_meta_model
 from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES, read_training_config
 from .family import FAMILIES, OPT, T5, family_of
+from .prompts import DECODING, PROMPTS
 from .modeling import DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, default_device, fetch_error, is_local
 
 # --- settings: one rule per setting name, so every script (and a setting added later) is covered ----------
@@ -43,6 +43,8 @@ EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_d
                "output_file": "the default name", "hf_dataset_revision": "the newest"}
 _FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
 _DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
+# control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
+UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def check_value(key: str, value: Any, default: Any = None) -> Any:
@@ -53,8 +55,8 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     def bad(why: str):
         raise UserError(f"--{name}={value}: {why}")
 
-    if isinstance(value, bool) or value is None:
-        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, str)):
+        return value  # True / False, None, a dict: nothing to check
     if isinstance(value, int) and name not in _FLOATS:  # an int-valued _FLOATS setting (lora_alpha): below
         low, high = _RANGES.get(name, (1 if name in _COUNTS_FROM_1 else 0, INT_MAX))
         if not low <= value <= high:
@@ -79,8 +81,6 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
         for item in value:
             if isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)):
                 bad("every entry must be a non-empty name without control characters")
-        return value
-    if not isinstance(value, str):
         return value
     if UNSAFE_TEXT.search(value):
         bad("holds a control character or an unpaired surrogate; type the value again")
@@ -107,17 +107,16 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
         bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
     if name.endswith(("_prompt", "_decoding")) and (value != "auto" or name == "caption_prompt"):  # auto: per family
-        from . import prompts
-
-        prompt = name.endswith("_prompt")
-        registry = prompts.PROMPTS if prompt else prompts.DECODING
+        registry = PROMPTS if name.endswith("_prompt") else DECODING
         if value not in registry:
-            raise UserError(f"unknown {'prompt' if prompt else 'decoding preset'} {value!r} (--{name}); "
+            raise UserError(f"unknown {'prompt' if registry is PROMPTS else 'decoding preset'} {value!r} (--{name}); "
                             f"known: {', '.join(registry)}")
         if name == "vqa_prompt" and "{}" not in registry[value]:
             bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
-                + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
-    return os.path.expanduser(value) if is_path_setting(name) else value
+                + ", ".join(k for k, v in PROMPTS.items() if "{}" in v))
+    # a file or folder (model_id and hf_dataset: or a hub id) gets `~` expanded
+    path = name.endswith(("_dir", "_file")) or name in ("image", "model_id", "hf_dataset")
+    return os.path.expanduser(value) if path else value
 
 
 # --- the model, its download and its adapter ---------------------------------------------------------------
