@@ -101,9 +101,8 @@ def _check_in_file(key: str, value: Any, types: tuple[type, ...], script: str) -
     except TypeError:
         hint = ""
         if isinstance(value, str):
-            parsed = _parse(value) if value.lower() not in ("true", "false") else value.lower() == "true"
-            with contextlib.suppress(TypeError):
-                hint = f"; write {key} = {_declared(parsed, types)!r}, without quotes"
+            with contextlib.suppress(UserError):
+                hint = f"; write {key} = {_coerce(key, value, types, None)!r}, without quotes"
         raise UserError(f"{key} = {value!r} at the top of {script}: {key} takes {_type_names(types)}, not "
                         f"{type(value).__name__}{hint} (or pass --{key.lower()}=... on the command line)") from None
 
