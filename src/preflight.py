@@ -126,6 +126,7 @@ OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onn
 # the language-model layers a tensor name adapts, by family (a Q-Former adapter's names are the same in both)
 _LM_LAYERS = {".language_model.model.decoder.layers.": OPT, ".language_model.encoder.block.": T5,
               ".language_model.decoder.block.": T5}
+_LORA_WEIGHT = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")  # peft's names: the layer, then A or B
 
 
 def check_model(model_id: str, quantization: str, device: str | None = None, adapter: str | None = None) -> None:
@@ -319,7 +320,6 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
 
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    prefix = "base_model.model."
     config = _adapter_config(adapter)
     theirs = next((family for key in shapes for part, family in _LM_LAYERS.items() if part in key), None)
     if theirs is None:  # a Q-Former adapter: the family its training config records, if any
@@ -330,26 +330,25 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
                 "(an adapter works only on the model family it was trained on)")
     landed = 0
     for key, shape in sorted(shapes.items()):
-        if key.endswith(".lora_A.weight") and len(shape) == 2 and shape[0] != config["r"] \
-                and not config.get("rank_pattern"):
+        lora = _LORA_WEIGHT.fullmatch(key)
+        if not lora or len(shape) != 2:
+            continue
+        name, a = lora[1], lora[2] == "A"
+        if a and shape[0] != config["r"] and not config.get("rank_pattern"):
             return (f"its adapter_config.json says rank r={config['r']}, but its weights have rank {shape[0]} "
                     f"({key}): a rank mismatch")
-        for part, dim, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
-            if not (key.startswith(prefix) and key.endswith(part)) or len(shape) != 2:
-                continue
-            name = key[len(prefix):-len(part)]
-            try:
-                layer = model.get_submodule(name)
-            except AttributeError:
-                return f"the model has no layer {name}"
-            want = getattr(layer, attr, None)
-            if want is not None and want != shape[dim]:
-                return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {shape[dim]}"
-            landed += 1
-    if not landed:
-        return (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / …lora_B.weight) of a layer of "
-                "the model, so it would change nothing (an empty or renamed weights file)")
-    return None
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            return f"the model has no layer {name}"
+        attr, size = ("in_features", shape[1]) if a else ("out_features", shape[0])
+        want = getattr(layer, attr, None)
+        if want not in (None, size):
+            return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {size}"
+        landed += 1
+    return None if landed else (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / "
+                                "…lora_B.weight) of a layer of the model, so it would change nothing (an empty or "
+                                "renamed weights file)")
 
 
 # --- data entries: every entry checked, one line naming the file and the first bad entry ----------------
