@@ -55,13 +55,6 @@ def script_settings(path: str | Path) -> dict[str, Any]:
     return {name: ast.literal_eval(node.value) for node in _settings_block(path) for name in _assigned(node)}
 
 
-def _parse(raw: str) -> Any:
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw  # a bare string such as --model_id=Salesforce/blip2-opt-2.7b
-
-
 def _declared(value: Any, types: tuple[type, ...]) -> Any:
     """`value` as one of `types` (int -> float, list <-> tuple); TypeError when it is none of them (True is no int)."""
     if type(value) in types:
@@ -80,7 +73,10 @@ def _type_names(types: tuple[type, ...]) -> str:
 
 def _coerce(name: str, raw: str, types: tuple[type, ...], default: Any) -> Any:
     """The command line's text for setting `name` as a value of its declared types."""
-    value = _parse(raw)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as --model_id=Salesforce/blip2-opt-2.7b
     if bool in types and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         value = value.lower() in ("true", "yes")
     elif type(value) not in types and str in types:
