@@ -23,36 +23,32 @@ _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "t
           "None": type(None)}
 
 
-def _settings_block(path: str | Path) -> list[ast.stmt]:
-    """The statements between the first two `# -----` fence lines of the script at `path`."""
+def _settings_block(path: str | Path) -> dict[str, ast.stmt]:
+    """{name: the statement assigning it} between the first two `# -----` fence lines of the script at `path`."""
     source = Path(path).read_text(encoding="utf-8")
     fences = [i for i, line in enumerate(source.splitlines(), 1) if _FENCE.fullmatch(line)]
     if len(fences) < 2:
         raise ValueError(f"{path}: no settings block (constants between two '# -----' lines)")
-    return [node for node in ast.parse(source, filename=str(path)).body if fences[0] < node.lineno < fences[1]]
-
-
-def _assigned(node: ast.stmt) -> list[str]:
-    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-    return [t.id for t in targets if isinstance(t, ast.Name)]
+    block = [node for node in ast.parse(source, filename=str(path)).body if fences[0] < node.lineno < fences[1]]
+    targets = [(t, node) for node in block for t in getattr(node, "targets", [getattr(node, "target", None)])]
+    return {t.id: node for t, node in targets if isinstance(t, ast.Name)}
 
 
 def declared_types(path: str | Path) -> dict[str, tuple[type, ...]]:
     """{setting: the types its annotation allows}, in file order (`TARGET_MODULES: str | list = "auto"`)."""
     types = {}
-    for node in _settings_block(path):
-        for name in _assigned(node):
-            names = ast.unparse(node.annotation).split("|") if isinstance(node, ast.AnnAssign) else []
-            if not name.isupper() or not names or any(n.strip() not in _TYPES for n in names):
-                raise ValueError(f"{path}: settings are UPPERCASE constants annotated with plain types "
-                                 f"({' | '.join(_TYPES)}), e.g. `MAX_SAMPLES: int = 1000`: {name}")
-            types[name] = tuple(_TYPES[n.strip()] for n in names)
+    for name, node in _settings_block(path).items():
+        names = ast.unparse(node.annotation).split("|") if isinstance(node, ast.AnnAssign) else []
+        if not name.isupper() or not names or any(n.strip() not in _TYPES for n in names):
+            raise ValueError(f"{path}: settings are UPPERCASE constants annotated with plain types "
+                             f"({' | '.join(_TYPES)}), e.g. `MAX_SAMPLES: int = 1000`: {name}")
+        types[name] = tuple(_TYPES[n.strip()] for n in names)
     return types
 
 
 def script_settings(path: str | Path) -> dict[str, Any]:
     """The settings of the script at `path` as its file states them, read without running it."""
-    return {name: ast.literal_eval(node.value) for node in _settings_block(path) for name in _assigned(node)}
+    return {name: ast.literal_eval(node.value) for name, node in _settings_block(path).items()}
 
 
 def _declared(value: Any, types: tuple[type, ...]) -> Any:
