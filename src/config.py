@@ -23,43 +23,32 @@ _TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "t
           "None": type(None)}
 
 
-def _settings_block(path: str | Path) -> list[ast.stmt]:
-    """The statements between the first two `# -----` fence lines of the script at `path`."""
+def _settings_block(path: str | Path) -> dict[str, ast.stmt]:
+    """{name: the statement assigning it} between the first two `# -----` fence lines of the script at `path`."""
     source = Path(path).read_text(encoding="utf-8")
     fences = [i for i, line in enumerate(source.splitlines(), 1) if _FENCE.fullmatch(line)]
     if len(fences) < 2:
         raise ValueError(f"{path}: no settings block (constants between two '# -----' lines)")
-    return [node for node in ast.parse(source, filename=str(path)).body if fences[0] < node.lineno < fences[1]]
-
-
-def _assigned(node: ast.stmt) -> list[str]:
-    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-    return [t.id for t in targets if isinstance(t, ast.Name)]
+    block = [node for node in ast.parse(source, filename=str(path)).body if fences[0] < node.lineno < fences[1]]
+    targets = [(t, node) for node in block for t in getattr(node, "targets", [getattr(node, "target", None)])]
+    return {t.id: node for t, node in targets if isinstance(t, ast.Name)}
 
 
 def declared_types(path: str | Path) -> dict[str, tuple[type, ...]]:
     """{setting: the types its annotation allows}, in file order (`TARGET_MODULES: str | list = "auto"`)."""
     types = {}
-    for node in _settings_block(path):
-        for name in _assigned(node):
-            names = ast.unparse(node.annotation).split("|") if isinstance(node, ast.AnnAssign) else []
-            if not name.isupper() or not names or any(n.strip() not in _TYPES for n in names):
-                raise ValueError(f"{path}: settings are UPPERCASE constants annotated with plain types "
-                                 f"({' | '.join(_TYPES)}), e.g. `MAX_SAMPLES: int = 1000`: {name}")
-            types[name] = tuple(_TYPES[n.strip()] for n in names)
+    for name, node in _settings_block(path).items():
+        names = ast.unparse(node.annotation).split("|") if isinstance(node, ast.AnnAssign) else []
+        if not name.isupper() or not names or any(n.strip() not in _TYPES for n in names):
+            raise ValueError(f"{path}: settings are UPPERCASE constants annotated with plain types "
+                             f"({' | '.join(_TYPES)}), e.g. `MAX_SAMPLES: int = 1000`: {name}")
+        types[name] = tuple(_TYPES[n.strip()] for n in names)
     return types
 
 
 def script_settings(path: str | Path) -> dict[str, Any]:
     """The settings of the script at `path` as its file states them, read without running it."""
-    return {name: ast.literal_eval(node.value) for node in _settings_block(path) for name in _assigned(node)}
-
-
-def _parse(raw: str) -> Any:
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw  # a bare string such as --model_id=Salesforce/blip2-opt-2.7b
+    return {name: ast.literal_eval(node.value) for name, node in _settings_block(path).items()}
 
 
 def _declared(value: Any, types: tuple[type, ...]) -> Any:
@@ -80,7 +69,10 @@ def _type_names(types: tuple[type, ...]) -> str:
 
 def _coerce(name: str, raw: str, types: tuple[type, ...], default: Any) -> Any:
     """The command line's text for setting `name` as a value of its declared types."""
-    value = _parse(raw)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as --model_id=Salesforce/blip2-opt-2.7b
     if bool in types and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         value = value.lower() in ("true", "yes")
     elif type(value) not in types and str in types:
@@ -101,9 +93,8 @@ def _check_in_file(key: str, value: Any, types: tuple[type, ...], script: str) -
     except TypeError:
         hint = ""
         if isinstance(value, str):
-            parsed = _parse(value) if value.lower() not in ("true", "false") else value.lower() == "true"
-            with contextlib.suppress(TypeError):
-                hint = f"; write {key} = {_declared(parsed, types)!r}, without quotes"
+            with contextlib.suppress(UserError):
+                hint = f"; write {key} = {_coerce(key, value, types, None)!r}, without quotes"
         raise UserError(f"{key} = {value!r} at the top of {script}: {key} takes {_type_names(types)}, not "
                         f"{type(value).__name__}{hint} (or pass --{key.lower()}=... on the command line)") from None
 
@@ -138,16 +129,6 @@ def apply_overrides(namespace: dict, argv: list[str] | None = None,
             value = str(REPO_ROOT / value)
         namespace[key] = value
     return {k.lower(): namespace[k] for k in types}
-
-
-# control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
-UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
-def is_path_setting(name: str) -> bool:
-    """Settings holding a file or folder (or, for model_id and hf_dataset, possibly one): `~` is expanded."""
-    name = name.lower()
-    return name.endswith(("_dir", "_file")) or name in ("image", "model_id", "hf_dataset")
 
 
 def looks_like_path(value: str) -> bool:

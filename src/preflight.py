@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import UNSAFE_TEXT, is_path_setting
 from .samples import VQASample
 from .errors import UserError, again
 from .files import read_json, resolved_if_local, safetensors_problem
 from .merging import DEQUANTIZE_CHOICES, MERGE_CONFIG, MERGE_DTYPES, read_training_config
 from .family import FAMILIES, OPT, T5, family_of
+from .prompts import DECODING, PROMPTS
 from .modeling import (DEFAULT_MODEL_ID, QUANTIZATIONS, base_fingerprint, blip2_core, build_meta_model, default_device,
                        fetch_error, is_local)
 
@@ -43,6 +43,8 @@ EMPTY_MEANS = {"adapter_dir": "the base model only", "device": "auto", "report_d
                "output_file": "the default name", "hf_dataset_revision": "the newest"}
 _FILE_NAMES = {"run_name", "baseline_run", "output_file"}  # written inside the output folder: a plain file name
 _DEVICE = re.compile(r"(cpu|cuda|cuda:\d+|mps)")
+# control characters (tabs and newlines are white space) and unpaired surrogates: no tokenizer or font takes them
+UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def check_value(key: str, value: Any, default: Any = None) -> Any:
@@ -53,8 +55,8 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     def bad(why: str):
         raise UserError(f"--{name}={value}: {why}")
 
-    if isinstance(value, bool) or value is None:
-        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, str)):
+        return value  # True / False, None, a dict: nothing to check
     if isinstance(value, int) and name not in _FLOATS:  # an int-valued _FLOATS setting (lora_alpha): below
         low, high = _RANGES.get(name, (1 if name in _COUNTS_FROM_1 else 0, INT_MAX))
         if not low <= value <= high:
@@ -79,8 +81,6 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
         for item in value:
             if isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)):
                 bad("every entry must be a non-empty name without control characters")
-        return value
-    if not isinstance(value, str):
         return value
     if UNSAFE_TEXT.search(value):
         bad("holds a control character or an unpaired surrogate; type the value again")
@@ -107,17 +107,16 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
         bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
     if name.endswith(("_prompt", "_decoding")) and (value != "auto" or name == "caption_prompt"):  # auto: per family
-        from . import prompts
-
-        prompt = name.endswith("_prompt")
-        registry = prompts.PROMPTS if prompt else prompts.DECODING
+        registry = PROMPTS if name.endswith("_prompt") else DECODING
         if value not in registry:
-            raise UserError(f"unknown {'prompt' if prompt else 'decoding preset'} {value!r} (--{name}); "
+            raise UserError(f"unknown {'prompt' if registry is PROMPTS else 'decoding preset'} {value!r} (--{name}); "
                             f"known: {', '.join(registry)}")
         if name == "vqa_prompt" and "{}" not in registry[value]:
             bad("this prompt has no slot for the question ({}), so the model would never see it; use one of "
-                + ", ".join(k for k, v in prompts.PROMPTS.items() if "{}" in v))
-    return os.path.expanduser(value) if is_path_setting(name) else value
+                + ", ".join(k for k, v in PROMPTS.items() if "{}" in v))
+    # a file or folder (model_id and hf_dataset: or a hub id) gets `~` expanded
+    path = name.endswith(("_dir", "_file")) or name in ("image", "model_id", "hf_dataset")
+    return os.path.expanduser(value) if path else value
 
 
 # --- the model, its download and its adapter ---------------------------------------------------------------
@@ -127,6 +126,7 @@ OTHER_WEIGHT_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onn
 # the language-model layers a tensor name adapts, by family (a Q-Former adapter's names are the same in both)
 _LM_LAYERS = {".language_model.model.decoder.layers.": OPT, ".language_model.encoder.block.": T5,
               ".language_model.decoder.block.": T5}
+_LORA_WEIGHT = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")  # peft's names: the layer, then A or B
 
 
 def check_model(model_id: str, quantization: str, device: str | None = None, adapter: str | None = None) -> None:
@@ -241,11 +241,9 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
     if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
-        from transformers import Blip2Config
-
         try:  # the model built from its config on the meta device: shapes only, about a second
-            skeleton = build_meta_model(Blip2Config.from_pretrained(model_id))
-        except (OSError, ValueError):  # a hub id not downloaded yet: the load reports that
+            skeleton = build_meta_model(model_id)
+        except UserError:  # a hub id neither downloaded nor of a shipped architecture: the load reports that
             skeleton = None
         if skeleton is not None and (problem := adapter_mismatch(skeleton, adapter)):
             raise mismatch_error(adapter, model_id, problem)
@@ -322,7 +320,6 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
 
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    prefix = "base_model.model."
     config = _adapter_config(adapter)
     theirs = next((family for key in shapes for part, family in _LM_LAYERS.items() if part in key), None)
     if theirs is None:  # a Q-Former adapter: the family its training config records, if any
@@ -333,26 +330,25 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
                 "(an adapter works only on the model family it was trained on)")
     landed = 0
     for key, shape in sorted(shapes.items()):
-        if key.endswith(".lora_A.weight") and len(shape) == 2 and shape[0] != config["r"] \
-                and not config.get("rank_pattern"):
+        lora = _LORA_WEIGHT.fullmatch(key)
+        if not lora or len(shape) != 2:
+            continue
+        name, a = lora[1], lora[2] == "A"
+        if a and shape[0] != config["r"] and not config.get("rank_pattern"):
             return (f"its adapter_config.json says rank r={config['r']}, but its weights have rank {shape[0]} "
                     f"({key}): a rank mismatch")
-        for part, dim, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
-            if not (key.startswith(prefix) and key.endswith(part)) or len(shape) != 2:
-                continue
-            name = key[len(prefix):-len(part)]
-            try:
-                layer = model.get_submodule(name)
-            except AttributeError:
-                return f"the model has no layer {name}"
-            want = getattr(layer, attr, None)
-            if want is not None and want != shape[dim]:
-                return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {shape[dim]}"
-            landed += 1
-    if not landed:
-        return (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / …lora_B.weight) of a layer of "
-                "the model, so it would change nothing (an empty or renamed weights file)")
-    return None
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            return f"the model has no layer {name}"
+        attr, size = ("in_features", shape[1]) if a else ("out_features", shape[0])
+        want = getattr(layer, attr, None)
+        if want not in (None, size):
+            return f"layer {name} has {want} {attr.replace('_', ' ')}, the adapter's has {size}"
+        landed += 1
+    return None if landed else (f"none of its {len(shapes)} tensors is a LoRA weight (…lora_A.weight / "
+                                "…lora_B.weight) of a layer of the model, so it would change nothing (an empty or "
+                                "renamed weights file)")
 
 
 # --- data entries: every entry checked, one line naming the file and the first bad entry ----------------
@@ -395,12 +391,6 @@ def _answers(value, where: str) -> list[str]:
     return [_text(a, where, f"answers[{k}]", allow_empty=True) for k, a in enumerate(answers)]
 
 
-def _entry(value, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: expected an object, got {type(value).__name__} {_short(value)}")
-    return value
-
-
 def _entry_list(obj, key: str, path: Path, kind: str) -> list:
     if not isinstance(obj, dict) or key not in obj:
         raise UserError(f"{path}: missing key {key!r} (is this an official VQA {kind} file?)")
@@ -411,18 +401,20 @@ def _entry_list(obj, key: str, path: Path, kind: str) -> list:
     return obj[key]
 
 
-def _unique(ids: dict, qid: int, where: str, first: str) -> None:
-    if qid in ids:
-        raise UserError(f"{where}: duplicate question_id {qid} (also {ids[qid]}); question ids must be unique")
-    ids[qid] = first
-
-
-def _warn_answer_counts(counts: dict[int, int], source: str) -> None:
-    odd = [(qid, n) for qid, n in counts.items() if n != 10]
-    if odd:
-        print(f"warning: {source}: {len(odd)} question(s) have other than 10 answers (first: question_id {odd[0][0]} "
-              f"with {odd[0][1]}); their VQA accuracy still averages over every leave-one-out subset of their answers",
-              file=sys.stderr, flush=True)
+def _question_id(entry, where: str, keys: tuple[str, ...], seen: dict, name_id: bool = False) -> int:
+    """The question_id of `entry`, an object with `keys`, unique among `seen` ({question_id: where}, which it joins);
+    `name_id` adds the id to the entry's name in messages (an annotation is found by it)."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected an object, got {type(entry).__name__} {_short(entry)}")
+    named = f"{where} (question_id {entry.get('question_id')})" if name_id else where
+    for key in keys:
+        if key not in entry:
+            raise UserError(f"{named}: no key {key!r}")
+    qid = _int_id(entry["question_id"], where, "question_id")
+    if qid in seen:
+        raise UserError(f"{named}: duplicate question_id {qid} (also {seen[qid]}); question ids must be unique")
+    seen[qid] = where
+    return qid
 
 
 def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
@@ -432,37 +424,25 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
     by_id, seen = {}, {}
     for i, q in enumerate(questions):
         where = question_entry(i)
-        q = _entry(q, where)
-        for key in ("question_id", "image_id", "question"):
-            if key not in q:
-                raise UserError(f"{where}: no key {key!r}")
-        qid = _int_id(q["question_id"], where, "question_id")
-        _unique(seen, qid, where, where)
+        qid = _question_id(q, where, ("question_id", "image_id", "question"), seen)
         by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"), i)
     if annotations is None:
-        return sorted((VQASample(question_id=qid, image_id=image_id, image_path=image_path(i, questions[i]),
-                                 question=question, answers=[], multiple_choice_answer=None, answer_type=None,
-                                 question_type=None) for qid, (image_id, question, i) in by_id.items()),
-                      key=lambda s: s.question_id)
-    samples, annotated, counts = [], {}, {}
+        samples = [VQASample(qid, image_id, image_path(i, questions[i]), question, [], None, None, None)
+                   for qid, (image_id, question, i) in by_id.items()]
+        return sorted(samples, key=lambda s: s.question_id)
+    samples, annotated = [], {}
     for i, ann in enumerate(annotations):
-        where = annotation_entry(i)
-        ann = _entry(ann, where)
-        for key in ("question_id", "image_id", "answers", "multiple_choice_answer", "answer_type", "question_type"):
-            if key not in ann:
-                raise UserError(f"{where} (question_id {ann.get('question_id')}): no key {key!r}")
-        qid = _int_id(ann["question_id"], where, "question_id")
-        _unique(annotated, qid, f"{where} (question_id {qid})", where)
-        where = f"{where} (question_id {qid})"
+        qid = _question_id(ann, annotation_entry(i), ("question_id", "image_id", "answers", "multiple_choice_answer",
+                                                      "answer_type", "question_type"), annotated, name_id=True)
+        where = f"{annotation_entry(i)} (question_id {qid})"
         if qid not in by_id:
             raise UserError(f"{where}: has no question in {questions_source}")
         image_id, question, _ = by_id[qid]
         if _int_id(ann["image_id"], where, "image_id") != image_id:
             raise UserError(f"{where}: image_id {ann['image_id']} differs from its question's image_id {image_id}")
-        answers = _answers(ann["answers"], where)
-        counts[qid] = len(answers)
         samples.append(VQASample(
-            question_id=qid, image_id=image_id, image_path=image_path(i, ann), question=question, answers=answers,
+            question_id=qid, image_id=image_id, question=question, answers=_answers(ann["answers"], where),
+            image_path=image_path(i, ann),
             multiple_choice_answer=_text(ann["multiple_choice_answer"], where, "multiple_choice_answer", True),
             answer_type=_text(ann["answer_type"], where, "answer_type"),
             question_type=_text(ann["question_type"], where, "question_type")))
@@ -470,7 +450,11 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
     if unanswered:
         raise UserError(f"{questions_source}: question_id {unanswered[0]} has no annotation in {annotations_source} "
                         f"({len(unanswered)} such questions); use matching files")
-    _warn_answer_counts(counts, annotations_source)
+    odd = [s for s in samples if len(s.answers) != 10]
+    if odd:
+        print(f"warning: {annotations_source}: {len(odd)} question(s) have other than 10 answers (first: question_id "
+              f"{odd[0].question_id} with {len(odd[0].answers)}); their VQA accuracy still averages over every "
+              "leave-one-out subset of their answers", file=sys.stderr, flush=True)
     return sorted(samples, key=lambda s: s.question_id)
 
 
@@ -478,8 +462,6 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
 
 def check_output_dir(output_dir: str | Path, setting: str = "--output_dir") -> Path:
     """Create the output folder and make sure we can write there, before any long work; `setting` names the flag."""
-    if not str(output_dir).strip():
-        raise UserError(f"{setting}= is empty; pass a folder, e.g. {setting}=outputs")
     out = Path(output_dir).expanduser()  # "~/runs" as a constant means the home folder, not ./~
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} is a file, not a folder; choose another with {setting}=")
