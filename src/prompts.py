@@ -41,12 +41,6 @@ def get_decoding(name: str) -> dict:
     return dict(DECODING[name])  # preset names are checked before any work (src/preflight.py)
 
 
-def generate_kwargs(decoding: dict) -> tuple[dict, int | None]:
-    """(the generate() arguments of a preset, its prompt-token cap or None)."""
-    kwargs = dict(decoding)
-    return kwargs, kwargs.pop("max_prompt_tokens", None)
-
-
 def format_prompt(name: str, question: str | None = None) -> str:
     """Prompt `name` with `question` put in, processed as QUESTION_PROCESSING says ("lavis": LAVIS's
     BlipQuestionProcessor.pre_question, exactly)."""
