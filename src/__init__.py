@@ -5,10 +5,8 @@ import os
 import warnings
 
 # Hub calls that are no part of our work, off through the libraries' documented switches (a value the user set
-# wins; docs/details.md): huggingface_hub's telemetry, which from 2.4 also fetches an "agent harness" registry
-# once a day, transformers' hub kernels (compiled kernels fetched at load time), and the optional CPU kernel that
-# bitsandbytes 0.50 fetches at import on AVX512-BF16 CPUs through the `kernels` package (0.19): its documented
-# LOCAL_KERNELS override points that one repository at an empty path, so bitsandbytes takes its built-in CPU path.
+# wins; what each fetches: docs/details.md): huggingface_hub's telemetry, transformers' hub kernels, and the
+# optional CPU kernel bitsandbytes 0.50 fetches at import (`kernels`' LOCAL_KERNELS points it at an empty path).
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 os.environ.setdefault("LOCAL_KERNELS", "kernels-community/quantization-bitsandbytes=" + os.devnull)

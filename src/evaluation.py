@@ -48,9 +48,9 @@ def batch_images(image_processor, batch: list[VQASample]) -> dict:
     return {"paths": list(images), "pixel_values": pixel_values, "errors": errors}
 
 
-def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
+def read_rows(out_path: Path, record: dict | None = None) -> dict[int, dict]:
     """Rows written so far (main file and parts) by question_id, an answered row winning over an error row;
-    `where`, when given, receives each row's "file, line"."""
+    with `record` (a resumed run's), a row made with other settings (RESUME_KEYS) is refused, never counted."""
     rows: dict[int, dict] = {}
     for path in [out_path, *sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))]:
         if path.exists():
@@ -63,10 +63,13 @@ def read_rows(out_path: Path, where: dict | None = None) -> dict[int, dict]:
                 except (TypeError, ValueError):
                     raise UserError(f"{path}, line {line}: question_id {row['question_id']!r} is not a number; "
                                     "delete the file to start over") from None
+                for key in RESUME_KEYS if record is not None else ():
+                    if row.get(key) != record.get(key):
+                        raise UserError(f"{path}, line {line} (question {qid}) was made with {key}={row.get(key)!r}, "
+                                        f"but this run uses {key}={record.get(key)!r}; delete that file to start over, "
+                                        "or use another --output_dir")
                 if qid not in rows or (rows[qid].get("error") and not row.get("error")):
                     rows[qid] = row
-                    if where is not None:
-                        where[qid] = f"{path}, line {line}"
     return rows
 
 
@@ -92,16 +95,8 @@ def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, a
 
     from .inference import fit_prompts, generate_batch
 
-    # rows already written must come from this run's settings (RESUME_KEYS); one that doesn't is never counted
-    where: dict[int, str] = {}
-    done = read_rows(out_path, where)
+    done = read_rows(out_path, record)  # rows already written must come from this run's settings
     accelerator.wait_for_everyone()  # every process must see the same rows before any writes more
-    for qid, row in done.items():
-        for key in RESUME_KEYS:
-            if row.get(key) != record.get(key):
-                raise UserError(f"{where[qid]} (question {qid}) was made with {key}={row.get(key)!r}, but this run "
-                                f"uses {key}={record.get(key)!r}; delete that file to start over, or use another "
-                                "--output_dir")
     retried = {q for q, row in done.items() if row.get("error")}  # e.g. an image missing then: asked again
     done = {q: row for q, row in done.items() if q not in retried}
     # questions on the same image sit in the same batch, so the image is encoded once
@@ -118,14 +113,13 @@ def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, a
     cut = dict.fromkeys(s.question_id for s, c in zip(questions, was_cut) if c)
     for qid in cut:
         print(f"warning: question {qid} is longer than the model reads; cut to {budget} tokens")
-    rank = accelerator.process_index
-    writer_path = out_path if accelerator.num_processes == 1 else out_path.with_name(f"{out_path.name}.rank{rank}.part")
+    rank_part = out_path.with_name(f"{out_path.name}.rank{accelerator.process_index}.part")  # one per process
     # batch_size=None: each item is a batch already; the loader yields them in order
     loader = DataLoader(mine, batch_size=None, num_workers=num_workers,
                         collate_fn=functools.partial(batch_images, processor.image_processor))
     bar = tqdm(total=len(questions), desc=desc, unit="q", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    n_answered, n_errors = 0, 0  # the bar shows the rate itself
-    writer = JsonlAppender(writer_path)
+    n_errors = 0  # the bar shows the rate itself
+    writer = JsonlAppender(out_path if accelerator.num_processes == 1 else rank_part)
     for batch, images in zip(mine, loader):
         answerable = [s for s in batch if s.image_path not in images["errors"]]
         answers = generate_batch(model, processor, images["pixel_values"],
@@ -136,7 +130,6 @@ def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, a
         rows = [result_row(s, record, answer_of.get(s.question_id), images["errors"].get(s.image_path),
                            s.question_id in cut) for s in batch]
         writer.write(rows)
-        n_answered += len(rows)
         n_errors += sum(row["error"] is not None for row in rows)
         bar.update(len(rows))
         bar.set_postfix(errors=n_errors)
@@ -144,7 +137,7 @@ def run_vqa(samples: Sequence[VQASample], out_path: Path, *, model, processor, a
     if accelerator.num_processes > 1:  # the main process reports each one's share and merges the part files
         from accelerate.utils import gather_object
 
-        counts = [n for _, n in sorted(gather_object([(accelerator.process_index, n_answered)]))]
+        counts = gather_object([len(questions)])  # in process order; each process writes a row per question
         if accelerator.is_main_process:
             print(f"questions answered per process: {counts}")
             write_jsonl(out_path, read_rows(out_path).values())  # an answered row wins over an error row
@@ -200,7 +193,7 @@ def zero_shot_reference(record: dict, metrics: dict) -> dict | None:
     run = {"decoding": (record.get("decoding") or {}).get("preset"), "quantization": record.get("quantization"),
            "dataset": record.get("dataset"), "questions": metrics["n"]}
     differs = {key: {"run": run[key], "published": entry[key]} for key in run
-               if run[key] not in (entry[key] if isinstance(entry[key], tuple) else (entry[key],))}
+               if run[key] not in (entry[key] if isinstance(entry[key], (list, tuple)) else (entry[key],))}
     warn_below = min(e["accuracy"] for (model, _), e in PUBLISHED.items() if model == record["model_id"]) \
         - FAR_BELOW_POINTS
     return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],

@@ -11,7 +11,7 @@ import torch
 from .family import family_of
 from .images import shown_path
 from .modeling import blip2_core
-from .prompts import first_line, format_prompt, generate_kwargs, generation_record, get_decoding
+from .prompts import first_line, format_prompt, generation_record, get_decoding
 
 
 def preprocess_images(processor, images: Sequence) -> torch.Tensor:
@@ -30,7 +30,8 @@ def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequen
                                        return_dict=True).pooler_output  # vision + Q-Former + projection
     if image_index is not None:
         features = features[torch.as_tensor(list(image_index), dtype=torch.long, device=features.device)]
-    decoding, cap = generate_kwargs(decoding)
+    decoding = dict(decoding)
+    cap = decoding.pop("max_prompt_tokens", None)  # the rest are generate()'s arguments
     # the processor's layout: image tokens, left padding, prompt
     enc = tokenizer(list(prompts), padding=True, return_tensors="pt",
                     **({"truncation": True, "max_length": cap} if cap else {}))
@@ -42,13 +43,12 @@ def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequen
     image_mask = (input_ids == core.config.image_token_id).unsqueeze(-1)
     embeds = embeds.masked_scatter(image_mask, features.to(embeds.device, embeds.dtype))
     kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, pad_token_id=tokenizer.pad_token_id, **decoding)
-    if not family_of(core.config).decoder_only:
-        # Flan-T5: the encoder reads image and prompt; generate returns the decoder's tokens (its start
+    if family_of(core.config).decoder_only:  # OPT continues the prompt: the answer is what follows it
+        out = core.language_model.generate(input_ids=input_ids, **kwargs)[:, input_ids.shape[1]:]
+    else:  # Flan-T5: the encoder reads image and prompt; generate returns the decoder's tokens (its start
         # token, the answer, </s>), as Blip2ForConditionalGeneration.generate does for it
         out = core.language_model.generate(**kwargs)
-        return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    out = core.language_model.generate(input_ids=input_ids, **kwargs)
-    return [first_line(t) for t in tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
+    return [first_line(t) for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
 def fit_prompts(model, processor, prompt_name: str, decoding: dict,
@@ -116,7 +116,6 @@ def caption_rows(model, processor, paths: Sequence, images: dict, question: str 
     for p in paths:
         out = outs.get(p, {"caption": None, "answer": None})
         qa = {} if question is None else {"question": question, "answer": out["answer"]}
-        rows.append({"image_path": shown_path(p), "caption": out["caption"], **qa, **record})
-        if errors is not None:
-            rows[-1]["error"] = shown_path(errors[p]) if p in errors else None
+        error = {} if errors is None else {"error": shown_path(errors[p]) if p in errors else None}
+        rows.append({"image_path": shown_path(p), "caption": out["caption"], **qa, **record, **error})
     return rows

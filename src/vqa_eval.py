@@ -141,11 +141,6 @@ def score_rows(rows: Sequence[dict]) -> dict:
 
 # --- rows and bootstrap intervals ----------------------------------------------------------------
 
-# one bootstrap chunk holds at most this many drawn indices (~80 MB of int64), so a full
-# VQAv2 val2014 run (214k questions x 1000 resamples) never needs gigabytes at once
-_BOOTSTRAP_CHUNK = 10_000_000
-
-
 def is_scorable(row: dict) -> bool:
     """A row that holds a prediction: no error recorded and a string answer."""
     return not row.get("error") and isinstance(row.get("answer"), str)
@@ -169,24 +164,18 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
     if base.size == 0:
         raise ValueError("paired_bootstrap needs at least one question")
     diff = ft - base
-    if clusters is None:
-        sums, counts = diff, None  # every draw holds exactly n questions
-    else:
-        if len(clusters) != diff.size:  # np.fromiter below would drop the surplus silently
-            raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
-        number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
-        ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
-        sums, counts = np.bincount(ids, weights=diff), np.bincount(ids).astype(np.float64)
-    n = sums.size
+    clusters = range(diff.size) if clusters is None else clusters  # None: each question its own cluster
+    if len(clusters) != diff.size:  # np.fromiter below would drop the surplus silently
+        raise ValueError(f"paired_bootstrap needs one cluster per question, got {len(clusters)} for {diff.size}")
+    number = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
+    ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
+    sums, counts = np.bincount(ids, weights=diff), np.bincount(ids)
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples, dtype=np.float64)
-    per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
-    # drawing row blocks one after another yields exactly the stream of a single (n_resamples, n) draw
-    for start in range(0, n_resamples, per_chunk):
-        stop = min(n_resamples, start + per_chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        drawn = n if counts is None else counts[idx].sum(axis=1)
-        means[start:stop] = sums[idx].sum(axis=1) / drawn
+    # one resample at a time: the draws of a single (n_resamples, n) array, in memory for one (VQAv2 val: 214k)
+    for k in range(n_resamples):
+        idx = rng.integers(0, sums.size, size=sums.size)
+        means[k] = sums[idx].sum() / counts[idx].sum()
     low, high = np.percentile(means, [2.5, 97.5])
     return float(100 * diff.mean()), float(100 * low), float(100 * high)
 

@@ -203,9 +203,9 @@ import json, sys
 sys.modules["peft"] = None  # import peft fails from here on
 from src.modeling import load_blip2
 from src.images import load_image
-from src.prompts import first_line, format_prompt, generate_kwargs, get_decoding
+from src.prompts import first_line, format_prompt, get_decoding
 model, processor = load_blip2(sys.argv[1], "none", device="cpu")
-kwargs, _ = generate_kwargs(get_decoding(sys.argv[2]))
+kwargs = {k: v for k, v in get_decoding(sys.argv[2]).items() if k != "max_prompt_tokens"}  # generate()'s
 answers = []
 for path, question in json.loads(sys.argv[3]):
     inputs = processor(images=load_image(path), text=format_prompt("vqa_opt", question), return_tensors="pt")
