@@ -193,7 +193,7 @@ def zero_shot_reference(record: dict, metrics: dict) -> dict | None:
     run = {"decoding": (record.get("decoding") or {}).get("preset"), "quantization": record.get("quantization"),
            "dataset": record.get("dataset"), "questions": metrics["n"]}
     differs = {key: {"run": run[key], "published": entry[key]} for key in run
-               if run[key] not in (entry[key] if isinstance(entry[key], (list, tuple)) else (entry[key],))}
+               if run[key] not in (entry[key] if isinstance(entry[key], tuple) else (entry[key],))}
     warn_below = min(e["accuracy"] for (model, _), e in PUBLISHED.items() if model == record["model_id"]) \
         - FAR_BELOW_POINTS
     return {"model_id": record["model_id"], "prompt": record["prompt"], "decoding": entry["decoding"],
