@@ -111,17 +111,19 @@ CARD_SETTINGS = ("model_id", "dataset", "train_steps", "step", "lora_r", "lora_a
                  "lora_scope", "lr", "use_4bit", "vqa_prompt")
 
 
-def model_card(*, training: dict | None, kept_fp32: dict[str, int], **card) -> str:
-    """README.md of a merged folder: what it was made from, in which precision, and how to load it (`card`: the
-    template's model_id, adapter, folder, training_file, dequantized and dtype)."""
+def model_card(*, model_id: str, adapter: str, folder: str, training_file, training: dict | None, dequantized: bool,
+               dtype: str, kept_fp32: dict[str, int]) -> str:
+    """README.md of a merged folder: what it was made from, in which precision, and how to load it."""
     import jinja2
 
     settings = None if training is None else ", ".join(f"{k}={training[k]!r}" for k in CARD_SETTINGS if k in training)
     name = (training or {}).get("vqa_prompt")
     prompt = f"`{name}`: `{get_prompt(name)}`" if isinstance(name, str) and name in PROMPTS else None
     kept = ", ".join(f"`{module}` {size / 2**20:,.2f} MiB" for module, size in sorted(kept_fp32.items()))
-    template = jinja2.Template(CARD.read_text(encoding="utf-8"), keep_trailing_newline=True)
-    return template.render(training=settings, prompt=prompt, kept=kept, **card)
+    template = jinja2.Template(CARD.read_text(encoding="utf-8"), keep_trailing_newline=True,
+                               undefined=jinja2.StrictUndefined)  # a name the template misses fails, as in the report
+    return template.render(model_id=model_id, adapter=adapter, folder=folder, training_file=training_file,
+                           training=settings, dequantized=dequantized, dtype=dtype, prompt=prompt, kept=kept)
 
 
 # what a merge writes into its folder, for a merged model made before merge_config.json listed its files
