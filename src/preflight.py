@@ -245,8 +245,8 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
             skeleton = build_meta_model(model_id)
         except UserError:  # a hub id neither downloaded nor of a shipped architecture: the load reports that
             skeleton = None
-        if skeleton is not None and (problem := adapter_mismatch(skeleton, adapter)):
-            raise mismatch_error(adapter, model_id, problem)
+        if skeleton is not None:
+            check_adapter_fits(skeleton, adapter, model_id)
         if recorded_fingerprint(adapter) is None:  # with it, the load compares the base's weights with the record
             # without that record: a copy of the base, or another checkpoint whose answers would be wrong
             print(f"warning: the LoRA adapter in {adapter} was trained on {base}, not on {model_id}; that is right only "
@@ -272,12 +272,24 @@ def _adapter_config(adapter: str | Path) -> dict:
     return config
 
 
-def check_adapter_fits(model, adapter: str | Path) -> None:
-    """After the load, before apply_adapter: the adapter's layers fit `model` and it was trained on this very base
-    (its recorded fingerprint, allowing another precision's rounding), or one line says what to pass instead."""
-    loaded = getattr(model.config, "_name_or_path", "") or "the loaded model"
+def check_adapter_fits(model, adapter: str | Path, model_id: str | None = None) -> None:
+    """The adapter's layers fit `model` and it was trained on this very base (its recorded fingerprint, allowing
+    another precision's rounding), or one line says what to pass instead. Called after the load, before
+    apply_adapter; check_adapter_dir calls it before the load with the meta skeleton of `model_id` (layers only)."""
+    loaded = model_id or getattr(model.config, "_name_or_path", "") or "the loaded model"
+    base = _adapter_config(adapter).get("base_model_name_or_path")
     if problem := adapter_mismatch(model, adapter):
-        raise mismatch_error(adapter, loaded, problem)
+        if base and os.path.normpath(str(base)) == os.path.normpath(str(loaded)):
+            raise UserError(f"the LoRA adapter in {adapter} does not fit its own base model {loaded}: {problem}; its "
+                            "adapter_config.json and adapter_model.safetensors disagree (edited or mixed up): "
+                            f"{again('adapter folder', download=False, retrain=True)}")
+        if not base:
+            raise UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
+                            f"({loaded}): {problem}; pass an adapter trained on {loaded}")
+        raise UserError(f"the LoRA adapter in {adapter} was trained on {base}, which is not the model loaded "
+                        f"({loaded}): {problem}; pass --model_id={base}, or an adapter trained on {loaded}")
+    if model_id:
+        return  # the meta skeleton: no weights to compare with the record
     now = base_fingerprint(model)
     for name, values in (recorded_fingerprint(adapter) or {}).items():
         ours = now.get(name, [])
@@ -287,7 +299,6 @@ def check_adapter_fits(model, adapter: str | Path) -> None:
         if not fits or off > len(values) // 10:
             differs = f"{off} of {len(values)} sampled values of {name} differ" if fits else \
                 f"its record of {name} does not fit this model"
-            base = _adapter_config(adapter).get("base_model_name_or_path")
             flag = f" (--model_id={base})" if base else ""
             raise UserError(f"{loaded} is not the base the LoRA adapter in {adapter} was trained on ({differs}): "
                             f"another checkpoint of the same shapes (e.g. a fine-tuned or merged one); pass the model "
@@ -300,19 +311,6 @@ def recorded_fingerprint(adapter: str | Path) -> dict | None:
     return found if isinstance(found, dict) and found else None
 
 
-def mismatch_error(adapter, model_id: str, problem: str) -> UserError:
-    base = _adapter_config(adapter).get("base_model_name_or_path")
-    if base and os.path.normpath(str(base)) == os.path.normpath(str(model_id)):
-        return UserError(f"the LoRA adapter in {adapter} does not fit its own base model {model_id}: {problem}; its "
-                         "adapter_config.json and adapter_model.safetensors disagree (edited or mixed up): "
-                         f"{again('adapter folder', download=False, retrain=True)}")
-    if not base:
-        return UserError(f"the LoRA adapter in {adapter} was trained on another model than the one loaded "
-                         f"({model_id}): {problem}; pass an adapter trained on {model_id}")
-    return UserError(f"the LoRA adapter in {adapter} was trained on {base}, which is not the model loaded "
-                     f"({model_id}): {problem}; pass --model_id={base}, or an adapter trained on {model_id}")
-
-
 def adapter_mismatch(model, adapter: str | Path) -> str | None:
     """Why the adapter's LoRA weights don't fit `model`'s layers (first misfit), or None.
     Reads only the adapter's safetensors header; `model` may be on the meta device."""
@@ -321,9 +319,8 @@ def adapter_mismatch(model, adapter: str | Path) -> str | None:
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     config = _adapter_config(adapter)
-    theirs = next((family for key in shapes for part, family in _LM_LAYERS.items() if part in key), None)
-    if theirs is None:  # a Q-Former adapter: the family its training config records, if any
-        theirs = FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))
+    theirs = next((family for key in shapes for part, family in _LM_LAYERS.items() if part in key), None) \
+        or FAMILIES.get((read_training_config(adapter)[1] or {}).get("family"))  # a Q-Former adapter: as recorded
     ours = family_of(blip2_core(model).config)
     if theirs is not None and theirs != ours:
         return (f"it adapts BLIP-2 on {theirs.title}, the model is BLIP-2 on {ours.title} "
