@@ -398,9 +398,9 @@ def _entry_list(obj, key: str, path: Path, kind: str) -> list:
     return obj[key]
 
 
-def _question_id(entry, where: str, keys: tuple[str, ...], seen: dict, name_id: bool = False) -> int:
-    """The question_id of `entry`, an object with `keys`, unique among `seen` ({question_id: where}, which it joins);
-    `name_id` adds the id to the entry's name in messages (an annotation is found by it)."""
+def _question_id(entry, where: str, keys: tuple[str, ...], seen: dict, name_id: bool = False) -> tuple[int, str]:
+    """The question_id of `entry`, an object with `keys`, unique among `seen` ({question_id: where}, which it joins),
+    and the entry's name for messages: `where`, with the id when `name_id` (an annotation is found by it)."""
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected an object, got {type(entry).__name__} {_short(entry)}")
     named = f"{where} (question_id {entry.get('question_id')})" if name_id else where
@@ -411,7 +411,7 @@ def _question_id(entry, where: str, keys: tuple[str, ...], seen: dict, name_id: 
     if qid in seen:
         raise UserError(f"{named}: duplicate question_id {qid} (also {seen[qid]}); question ids must be unique")
     seen[qid] = where
-    return qid
+    return qid, named
 
 
 def build_samples(questions: list, annotations: list | None, *, question_entry, annotation_entry, image_path,
@@ -420,29 +420,25 @@ def build_samples(questions: list, annotations: list | None, *, question_entry, 
     `annotation_entry(i)` name entry i in messages. annotations=None (test-dev / test): no answers."""
     by_id, seen = {}, {}
     for i, q in enumerate(questions):
-        where = question_entry(i)
-        qid = _question_id(q, where, ("question_id", "image_id", "question"), seen)
+        qid, where = _question_id(q, question_entry(i), ("question_id", "image_id", "question"), seen)
         by_id[qid] = (_int_id(q["image_id"], where, "image_id"), _text(q["question"], where, "question"), i)
     if annotations is None:
-        samples = [VQASample(qid, image_id, image_path(i, questions[i]), question, [], None, None, None)
-                   for qid, (image_id, question, i) in by_id.items()]
-        return sorted(samples, key=lambda s: s.question_id)
+        return [VQASample(qid, image_id, image_path(i, questions[i]), question, [], None, None, None)
+                for qid, (image_id, question, i) in sorted(by_id.items())]
     samples, annotated = [], {}
     for i, ann in enumerate(annotations):
-        qid = _question_id(ann, annotation_entry(i), ("question_id", "image_id", "answers", "multiple_choice_answer",
-                                                      "answer_type", "question_type"), annotated, name_id=True)
-        where = f"{annotation_entry(i)} (question_id {qid})"
+        qid, where = _question_id(ann, annotation_entry(i), ("question_id", "image_id", "answers",
+                                                             "multiple_choice_answer", "answer_type", "question_type"),
+                                  annotated, name_id=True)
         if qid not in by_id:
             raise UserError(f"{where}: has no question in {questions_source}")
         image_id, question, _ = by_id[qid]
         if _int_id(ann["image_id"], where, "image_id") != image_id:
             raise UserError(f"{where}: image_id {ann['image_id']} differs from its question's image_id {image_id}")
-        samples.append(VQASample(
-            question_id=qid, image_id=image_id, question=question, answers=_answers(ann["answers"], where),
-            image_path=image_path(i, ann),
-            multiple_choice_answer=_text(ann["multiple_choice_answer"], where, "multiple_choice_answer", True),
-            answer_type=_text(ann["answer_type"], where, "answer_type"),
-            question_type=_text(ann["question_type"], where, "question_type")))
+        samples.append(VQASample(qid, image_id, image_path(i, ann), question, _answers(ann["answers"], where),
+                                 _text(ann["multiple_choice_answer"], where, "multiple_choice_answer", True),
+                                 _text(ann["answer_type"], where, "answer_type"),
+                                 _text(ann["question_type"], where, "question_type")))
     unanswered = [qid for qid in by_id if qid not in annotated]
     if unanswered:
         raise UserError(f"{questions_source}: question_id {unanswered[0]} has no annotation in {annotations_source} "
