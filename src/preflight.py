@@ -78,9 +78,8 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
     if isinstance(value, (list, tuple)):
         if not value and default:
             raise UserError(f"--{name}= is empty; pass a value, e.g. --{name}={','.join(map(str, default))}")
-        for item in value:
-            if isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)):
-                bad("every entry must be a non-empty name without control characters")
+        if any(isinstance(item, str) and (not item.strip() or UNSAFE_TEXT.search(item)) for item in value):
+            bad("every entry must be a non-empty name without control characters")
         return value
     if UNSAFE_TEXT.search(value):
         bad("holds a control character or an unpaired surrogate; type the value again")
@@ -104,7 +103,7 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
             bad("this machine has no CUDA GPU that torch can use; use --device=cpu (or leave it empty)")
         if ":" in value and int(value.split(":")[1]) >= torch.cuda.device_count():
             bad(f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    if name in _FILE_NAMES and (value in (".", "..") or "/" in value or "\\" in value or value.startswith(".")):
+    if name in _FILE_NAMES and (value.startswith(".") or "/" in value or "\\" in value):
         bad("must be a plain file name (no folder, no leading dot); the file goes into --output_dir")
     if name.endswith(("_prompt", "_decoding")) and (value != "auto" or name == "caption_prompt"):  # auto: per family
         registry = PROMPTS if name.endswith("_prompt") else DECODING
