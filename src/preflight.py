@@ -272,9 +272,8 @@ def _adapter_config(adapter: str | Path) -> dict:
 
 
 def check_adapter_fits(model, adapter: str | Path, model_id: str | None = None) -> None:
-    """The adapter's layers fit `model` and it was trained on this very base (its recorded fingerprint, allowing
-    another precision's rounding), or one line says what to pass instead. Called after the load, before
-    apply_adapter; check_adapter_dir calls it before the load with the meta skeleton of `model_id` (layers only)."""
+    """Between the load and apply_adapter: the adapter's layers fit `model` and it was trained on this very base (its
+    recorded fingerprint, allowing another precision's rounding). With `model_id`, `model` is its meta skeleton."""
     loaded = model_id or getattr(model.config, "_name_or_path", "") or "the loaded model"
     base = _adapter_config(adapter).get("base_model_name_or_path")
     if problem := adapter_mismatch(model, adapter):
