@@ -216,9 +216,9 @@ def check_download_room(model_id: str) -> None:
         raise UserError(f"downloading {model_id} needs {need / 1e9:.1f} GB, but {where}")
 
 
-def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
-    """A LoRA adapter folder with a readable config and whole safetensors weights. With `model_id`, also that it
-    is not merged into that model already and that its layers fit it (when trained on a model of another name)."""
+def check_adapter_dir(adapter: str | Path, model_id: str) -> None:
+    """A LoRA adapter folder with a readable config and whole safetensors weights, not merged into `model_id`
+    already, whose layers fit it (when trained on a model of another name)."""
     adapter = Path(adapter)
     if adapter.is_file():
         raise UserError(f"{adapter} is a file; pass the adapter's folder, the one that holds adapter_config.json "
@@ -233,13 +233,13 @@ def check_adapter_dir(adapter: str | Path, model_id: str | None = None) -> None:
     if problem := safetensors_problem(weights):
         raise UserError(f"{weights} {problem}; {again('adapter', download=False)}, or rerun "
                         "`python finetune_vqav2_lora.py`, which resumes from its last checkpoint")
-    if model_id and (merged := Path(model_id) / MERGE_CONFIG).is_file():  # merge_lora_adapter.py's: holds an adapter
+    if (merged := Path(model_id) / MERGE_CONFIG).is_file():  # merge_lora_adapter.py's: holds an adapter
         record = read_json(merged, "merged model's record", fix=again("merged model folder", download=False))
         holds = record.get("adapter_dir") if isinstance(record, dict) else None
         if isinstance(holds, str) and Path(holds).resolve() == adapter.resolve():
             raise UserError(f"{model_id} is a merged model that already holds the LoRA adapter in {adapter}; applying it "
                             "again would add its update twice: pass --adapter_dir= (empty) to use the merged model alone")
-    if model_id and base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
+    if base and resolved_if_local(os.path.normpath(str(base))) != resolved_if_local(os.path.normpath(model_id)):
         try:  # the model built from its config on the meta device: shapes only, about a second
             skeleton = build_meta_model(model_id)
         except UserError:  # a hub id neither downloaded nor of a shipped architecture: the load reports that
