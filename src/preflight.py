@@ -28,14 +28,14 @@ _COUNTS_FROM_1 = {"batch_size", "eval_batch", "per_device_batch", "grad_accum", 
                   "keep_checkpoints", "lora_r", "eval_samples", "bootstrap_resamples", "max_queue", "cases_per_group",
                   "cases_shown"}
 _RANGES = {"seed": (0, 2**32 - 1), "port": (1, 65535), "thumb_size": (16, 1024), "num_workers": (0, 256)}
-_FLOATS = {  # name: (lowest, lowest allowed?, highest or None, what it means)
-    "lr": (0.0, False, None, "the learning rate"),
-    "weight_decay": (0.0, True, None, "AdamW's weight decay (0 = none)"),
-    "lora_dropout": (0.0, True, 1.0, "a dropout probability"),
-    "max_grad_norm": (0.0, False, None, "the gradient-clipping norm"),
-    "max_upload_mb": (0.0, False, 100_000.0, "the upload limit in MB"),
-    "hub_stall_s": (0.0, False, None, "seconds a hub read may go without progress"),
-    "lora_alpha": (0.0, False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
+_FLOATS = {  # name: (0 allowed?, highest or None, what it means); none may be negative
+    "lr": (False, None, "the learning rate"),
+    "weight_decay": (True, None, "AdamW's weight decay (0 = none)"),
+    "lora_dropout": (True, 1.0, "a dropout probability"),
+    "max_grad_norm": (False, None, "the gradient-clipping norm"),
+    "max_upload_mb": (False, 100_000.0, "the upload limit in MB"),
+    "hub_stall_s": (False, None, "seconds a hub read may go without progress"),
+    "lora_alpha": (False, None, "LoRA's scale (alpha / r; 0 would make the adapter change nothing)"),
 }
 _CHOICES = {"lang": ("zh", "en"), "quantization": QUANTIZATIONS, "split": ("val", "train", "testdev", "test"),
             "merge_dtype": MERGE_DTYPES, "dequantize": DEQUANTIZE_CHOICES}
@@ -69,9 +69,9 @@ def check_value(key: str, value: Any, default: Any = None) -> Any:
             bad("must be a finite number")
         if isinstance(value, int) and value > INT_MAX:
             bad(f"is absurdly large (at most {INT_MAX:,})")
-        low, low_ok, high, what = _FLOATS.get(name, (0.0, True, None, "this setting"))
-        if value < low or (value == low and not low_ok):
-            bad(f"must be {'0 or more' if low_ok else 'a positive number'} ({what})")
+        zero_ok, high, what = _FLOATS.get(name, (True, None, "this setting"))
+        if value < 0 or (value == 0 and not zero_ok):
+            bad(f"must be {'0 or more' if zero_ok else 'a positive number'} ({what})")
         if high is not None and (value >= high if name == "lora_dropout" else value > high):
             bad(f"{what} must be {'below' if name == 'lora_dropout' else 'at most'} {high:g}")
         return value
