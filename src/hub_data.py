@@ -8,7 +8,6 @@ import dataclasses
 import os
 import re
 import time
-from collections import defaultdict
 from io import BytesIO
 from fnmatch import fnmatch
 from pathlib import Path
@@ -415,10 +414,10 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
             raise UserError(f"{path} is damaged (not an object of image records); {fix}")
         # only what sources.json records (a picture cut off by a kill is not): one file per image_id
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
-        todo = defaultdict(dict)  # parquet file -> {row: image_id}
+        todo = {}  # parquet file -> {row: image_id}
         for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in samples
                                       if ROW_MARK in s.image_path and s.image_id not in have}.items():
-            todo[file][int(row)] = image_id
+            todo.setdefault(file, {})[int(row)] = image_id
 
         def write_images(pf, file: str, rows: dict) -> None:
             end = 0
