@@ -8,11 +8,12 @@ import dataclasses
 import os
 import re
 import time
-from collections import defaultdict
 from io import BytesIO
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import quote
+
+from huggingface_hub import constants  # light; ENDPOINT read at call time: as the process started, or a test points it
 
 from .config import looks_like_path
 from .errors import UserError
@@ -72,12 +73,6 @@ class HubReads:
             print(f"note: {text}", flush=True)
 
 
-def endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT  # at call time: HF_ENDPOINT as the process started, or as a test points it
-
-
 def retrying(what: str, call, reads: HubReads):
     """call() tried again after a 429/5xx answer or a broken-off connection, TRIES times in all, with one note.
     Not http_backoff: it sleeps out any Retry-After (a day too), only logs, and has no stall deadline."""
@@ -90,7 +85,7 @@ def retrying(what: str, call, reads: HubReads):
         try:
             return call()
         except HfHubHTTPError as e:
-            if e.response is None or e.response.status_code not in RETRY_STATUSES:
+            if e.response.status_code not in RETRY_STATUSES:
                 raise
             failure = f"HTTP {e.response.status_code} ({e.response.reason_phrase})"
             after = (e.response.headers.get("Retry-After") or "").strip()  # a date: absent, as huggingface_hub reads it
@@ -106,15 +101,15 @@ def retrying(what: str, call, reads: HubReads):
                              "and rerun") from None
         if tries == TRIES:
             raise HubTrouble(f"still answered {failure} to {what} after {TRIES} tries") from None
-        reads.note("retry", f"{endpoint()} answered {failure} to {what}; waiting {wait:g} s and trying again (up to "
-                            f"{TRIES} tries per request)")
+        reads.note("retry", f"{constants.ENDPOINT} answered {failure} to {what}; waiting {wait:g} s and trying again "
+                            f"(up to {TRIES} tries per request)")
         time.sleep(wait)
 
 
 def _fetch(url: str, what: str, reads: HubReads, size: int, start: int = 0, end: int | None = None, into=None):
     """GET url into a file at `into`, or bytes [start, end) checked to come as asked, returned; counted on reads.bar.
     HubTrouble once PROGRESS_BYTES take over reads.stall_s (a mirror dripping bytes, each within the read timeout)."""
-    from huggingface_hub import constants, get_session
+    from huggingface_hub import get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
     asked = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}
@@ -174,19 +169,19 @@ def _with_parquet(file: str, reads: HubReads, action):
     """action(pyarrow ParquetFile of `file`): a local path, a hub file read by checked range requests of exactly the
     bytes asked for (size from a HEAD), or its whole copy once ranges fail (why not HfFileSystem: docs/data.md)."""
     from fsspec.spec import AbstractBufferedFile
-    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub import get_hf_file_metadata
     from huggingface_hub.errors import HfHubHTTPError
 
     m = HUB_URL.fullmatch(file)
     local = Path(file) if m is None else reads.whole_dir / m[1].replace("/", "--") / m[2] / m[3]
     if m is None or local.exists():
         return _read(local.as_posix(), local, action)
-    url, name = f"{endpoint()}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3]
+    url, name = f"{constants.ENDPOINT}/datasets/{m[1]}/resolve/{m[2]}/{quote(m[3])}", m[3]
     try:
         size = retrying(f"the size of {name} (HEAD)", lambda: get_hf_file_metadata(
             url, timeout=constants.HF_HUB_ETAG_TIMEOUT), reads).size
     except HfHubHTTPError as e:
-        if e.response is None or e.response.status_code != 404:
+        if e.response.status_code != 404:
             raise
         raise HubTrouble(f"lists {name} but answers HTTP 404 for it (a mirror not in step with the hub)",
                          "rerun later") from None
@@ -203,7 +198,7 @@ def _with_parquet(file: str, reads: HubReads, action):
             return _read(file, RangedFile(None, url, size=size, cache_type="none"), action)
         except RangesUnusable as e:
             reads.ranges_ok = False
-            reads.note("ranges", f"{endpoint()} {e} for {name}; those bytes are not used: the files are "
+            reads.note("ranges", f"{constants.ENDPOINT} {e} for {name}; those bytes are not used: the files are "
                                  f"downloaded whole once to {reads.whole_dir} and read there")
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp, what = local.with_name(f".{local.name}.{os.getpid()}.tmp"), f"downloading {name}"
@@ -217,7 +212,7 @@ def _with_parquet(file: str, reads: HubReads, action):
 
 def download_advice(hf_dataset: str, include: str = SPLIT_FILES["val"]) -> str:
     """How to get the files another way (the end of every can't-read-the-hub line)."""
-    other = ("unset HF_ENDPOINT to try huggingface.co itself" if endpoint().rstrip("/") == MIRROR
+    other = ("unset HF_ENDPOINT to try huggingface.co itself" if constants.ENDPOINT.rstrip("/") == MIRROR
              else f"set HF_ENDPOINT={MIRROR} (a mirror reachable from China)")
     return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{include}\" "
             f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub")
@@ -240,15 +235,15 @@ def _hub_errors(hf_dataset: str, cache: Path):
         yield
     except HubTrouble as e:
         reason, retry = (*e.args, "wait a few minutes and rerun")[:2]
-        raise UserError(f"the Hugging Face hub at {endpoint()} {reason}, reading {hf_dataset}; {retry} (what is in "
-                        f"{cache} is kept), or {download_advice(hf_dataset)}") from None
+        raise UserError(f"the Hugging Face hub at {constants.ENDPOINT} {reason}, reading {hf_dataset}; {retry} (what "
+                        f"is in {cache} is kept), or {download_advice(hf_dataset)}") from None
     except HfHubHTTPError as e:  # reached: it answered an error (huggingface_hub's message spans several lines)
-        raise UserError(f"the Hugging Face hub at {endpoint()} answered HTTP {e.response.status_code} reading "
+        raise UserError(f"the Hugging Face hub at {constants.ENDPOINT} answered HTTP {e.response.status_code} reading "
                         f"{hf_dataset} ({' '.join(str(e).split())[:200]}); what is in {cache} is kept; "
                         f"{download_advice(hf_dataset)}") from None
     except (httpx2.HTTPError, OSError) as e:
         reason = ("HF_HUB_OFFLINE is set; unset it to download" if isinstance(e, OfflineModeIsEnabled)
-                  else f"{endpoint()}: {type(e).__name__}: {' '.join(str(e).split())[:100]}")
+                  else f"{constants.ENDPOINT}: {type(e).__name__}: {' '.join(str(e).split())[:100]}")
         raise UserError(f"cannot reach the Hugging Face hub for {hf_dataset} ({reason}) and "
                         f"{cache} holds no copy yet; {download_advice(hf_dataset)}") from None
 
@@ -256,16 +251,16 @@ def _hub_errors(hf_dataset: str, cache: Path):
 def _hub_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -> tuple[str | None, list[str], str]:
     """(why the hub dataset cannot be read, or None; hf:// URLs of its `pattern` files; commit) at `revision`
     ("" = newest); a plain 404 (a mirror without the hub's X-Error-Code) means not found too."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        info = retrying(f"the dataset info of {hf_dataset}", lambda: HfApi(endpoint=endpoint()).dataset_info(
+        info = retrying(f"the dataset info of {hf_dataset}", lambda: HfApi(endpoint=constants.ENDPOINT).dataset_info(
             hf_dataset, revision=revision or None, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT), reads)
     except RevisionNotFoundError:
         return f"has no revision {revision}", [], ""
     except HfHubHTTPError as e:
-        if isinstance(e, RepositoryNotFoundError) or (e.response is not None and e.response.status_code == 404):
+        if isinstance(e, RepositoryNotFoundError) or e.response.status_code == 404:
             return "is not found", [], ""
         raise
     except ValueError as e:  # JSONDecodeError: a cut-off answer
@@ -301,11 +296,11 @@ def _list_files(hf_dataset: str, revision: str, pattern: str, reads: HubReads) -
         fix = ("check --hf_dataset (e.g. lmms-lab/VQAv2)" if why == "is not found"
                else "is it a VQAv2 parquet dataset like lmms-lab/VQAv2?" if why.startswith("has no data/")
                else "use a commit hash, branch or tag of that dataset, or \"\" for the newest")
-        raise UserError(f"dataset {hf_dataset} {why.removeprefix('is ')} on the hub at {endpoint()} (nor a local "
-                        f"folder of that name); {fix}")
+        raise UserError(f"dataset {hf_dataset} {why.removeprefix('is ')} on the hub at {constants.ENDPOINT} (nor a "
+                        f"local folder of that name); {fix}")
     moved_why, files, sha = _hub_files(MOVED_DATASET, revision, pattern, reads)
     if moved_why is not None:
-        raise UserError(f"dataset {hf_dataset} {why} on the hub at {endpoint()}, and {MOVED_DATASET} (where "
+        raise UserError(f"dataset {hf_dataset} {why} on the hub at {constants.ENDPOINT}, and {MOVED_DATASET} (where "
                         f"lmms-eval moved it) {moved_why}; check --hf_dataset{' and --hf_dataset_revision' * bool(revision)}"
                         f", or {download_advice(hf_dataset)}")
     reads.note("moved", f"{hf_dataset} {why.removeprefix('is ')}; using {MOVED_DATASET}")
@@ -419,10 +414,10 @@ def cache_hub_images(samples: list[VQASample], cache_dir: str | Path, stall_s: f
             raise UserError(f"{path} is damaged (not an object of image records); {fix}")
         # only what sources.json records (a picture cut off by a kill is not): one file per image_id
         have = {int(k): v["file"] for k, v in sources.items() if (images / v["file"]).exists()}
-        todo = defaultdict(dict)  # parquet file -> {row: image_id}
+        todo = {}  # parquet file -> {row: image_id}
         for image_id, (file, row) in {s.image_id: s.image_path.rsplit(ROW_MARK, 1) for s in samples
                                       if ROW_MARK in s.image_path and s.image_id not in have}.items():
-            todo[file][int(row)] = image_id
+            todo.setdefault(file, {})[int(row)] = image_id
 
         def write_images(pf, file: str, rows: dict) -> None:
             end = 0
