@@ -138,7 +138,9 @@ def image_cache(resolve: Callable[[str | None], Path | None]) -> Callable:
     return small
 
 
-def draw_picture(ax, img, path: str | None, tr) -> None:
+def draw_picture(canvas, bounds: list[float], cache: Callable, path: str | None, tr) -> None:
+    """The picture at `path`, or a grey box naming it, at `bounds` (x, y, width, height) in `canvas`'s data units."""
+    img, ax = cache(path), canvas.inset_axes(bounds, transform=canvas.transData)
     if img is None:
         ax.set(facecolor="#bdbdbd", xticks=[], yticks=[])
         ax.text(0.5, 0.5, tr("image_not_found") + "\n" + wrap(path or tr("no_path"), 28, 4), ha="center",
@@ -156,28 +158,27 @@ def draw_case(plt, pair: dict, group: str, cache: Callable, out: Path, tr) -> No
                for who, row, key in (("baseline", pair, "baseline"), *((w, r, "finetuned") for w, r in runs))
                if row[f"{key}_answer"] is not None]
     height = 2.6 + 0.52 * max(0, len(answers) - 2)
-    top = lambda y: 1 - (1 - y) * 2.6 / height  # noqa: E731  a height laid out for 2.6 inches, from the top
-    fig = plt.figure(figsize=(7.2, height))
-    draw_picture(fig.add_axes([0.01, top(0.04), 0.33, 0.92 * 2.6 / height]),
-                 cache(pair["image_path"]), pair["image_path"], tr)
-    fig.text(0.37, top(0.9), tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
-                                answer_type=pair["answer_type"]),
-             fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"))
-    fig.text(0.37, top(0.8), tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top")
-    fig.text(0.37, top(0.56), clip(tr("case_gt", answers=gt_summary(pair["gt_answers"])), 70), fontsize=9,
-             color="#37474f", va="top")
-    inch = 2.6 / height  # 0.2 of the 2.6-inch picture per answer
+    # one frameless axes over the figure places everything; y: the 2.6-inch picture is 0 to 1, answers go below
+    ax = plt.figure(figsize=(7.2, height)).add_axes((0, 0, 1, 1), xlim=(0, 1), ylim=(1 - height / 2.6, 1),
+                                                    frame_on=False, xticks=[], yticks=[])
+    draw_picture(ax, [0.01, 0.04, 0.33, 0.92], cache, pair["image_path"], tr)
+    ax.text(0.37, 0.9, tr("case_header", group=group_title(group, tr).upper(), qid=pair["question_id"],
+                          answer_type=pair["answer_type"]),
+            fontsize=10, fontweight="bold", color=_GROUP_COLOURS.get(group, "#546e7a"))
+    ax.text(0.37, 0.8, tr("case_question", question=wrap(pair["question"], 52, 2)), fontsize=10, va="top")
+    ax.text(0.37, 0.56, clip(tr("case_gt", answers=gt_summary(pair["gt_answers"])), 70), fontsize=9, color="#37474f",
+            va="top")
     for i, (who, answer, score, raw) in enumerate(answers):
         raw = raw if raw != answer else None
-        y = top(0.36) - 0.2 * inch * i
-        fig.text(0.37, y, f"{clip(who, 16)}:", fontsize=9, fontweight="bold", va="center")
-        fig.text(0.52, y + (0.03 * inch if raw else 0), clip(answer, 40), fontsize=10, va="center")
+        y = 0.36 - 0.2 * i
+        ax.text(0.37, y, f"{clip(who, 16)}:", fontsize=9, fontweight="bold", va="center")
+        ax.text(0.52, y + (0.03 if raw else 0), clip(answer, 40), fontsize=10, va="center")
         if raw:
-            fig.text(0.52, y - 0.06 * inch, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center", color="#607d8b")
-        fig.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white", fontweight="bold",
-                 bbox={"boxstyle": "round,pad=0.3", "edgecolor": "none",
-                       "facecolor": "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"})
-    _save(plt, fig, out)
+            ax.text(0.52, y - 0.06, clip(tr("case_raw", raw=raw), 48), fontsize=7, va="center", color="#607d8b")
+        ax.text(0.985, y, f"VQA {score:.2f}", fontsize=9, va="center", ha="right", color="white", fontweight="bold",
+                bbox={"boxstyle": "round,pad=0.3", "edgecolor": "none",
+                      "facecolor": "#2e7d32" if score >= 1.0 else "#c62828" if score <= 0.0 else "#ef6c00"})
+    _save(plt, ax.figure, out)
 
 
 def contact_sheet(case_files: dict[str, list[Path]], out: Path, width: int = 1800) -> None:
@@ -289,22 +290,17 @@ def heldout_chart(plt, curves: list[tuple[str, list[dict]]], out: Path, tr, per_
 def demo_chart(plt, demo_rows: list[dict], cache: Callable, out: Path, tr) -> None:
     """demo_images.png: the demo pictures with captions and answers before -> after."""
     n = len(demo_rows)
-    height = 1.25 * n + 0.5
-    fig = plt.figure(figsize=(10, height))
-    fig.text(0.01, 1 - 0.25 / height, tr("chart_demo_title"), fontsize=11, fontweight="bold", va="center")
-    top = 1 - 0.5 / height
-    h = top / n
-    for i, row in enumerate(demo_rows):
-        y0 = top - (i + 1) * h
-        draw_picture(fig.add_axes([0.01, y0 + 0.06 * h, 0.11, 0.88 * h]), cache(row["image_path"]),
-                     row["image_path"], tr)
+    ax = plt.figure(figsize=(10, 1.25 * n + 0.5)).add_axes((0, 0, 1, 1), xlim=(0, 1), ylim=(0, n + 0.4),
+                                                          frame_on=False, xticks=[], yticks=[])  # y: 1.25-inch rows
+    ax.text(0.01, n + 0.2, tr("chart_demo_title"), fontsize=11, fontweight="bold", va="center")
+    for y0, row in zip(range(n - 1, -1, -1), demo_rows):
+        draw_picture(ax, [0.01, y0 + 0.06, 0.11, 0.88], cache, row["image_path"], tr)
         lines = [(tr("chart_caption"), row["baseline_caption"], row["finetuned_caption"]),
                  (tr("case_question", question=row["question"]), row["baseline_answer"], row["finetuned_answer"])]
-        for li, (what, before, after) in enumerate(lines):
-            y = y0 + h * (0.68 - 0.4 * li)
-            fig.text(0.14, y, wrap(what, 30, 2), fontsize=8, fontweight="bold", va="center")
-            fig.text(0.35, y, wrap(before if before is not None else "—", 55, 2), fontsize=8, va="center",
-                     color="#455a64")
-            fig.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
-                     fontsize=8, va="center", color="#0d47a1")
-    _save(plt, fig, out)
+        for y, (what, before, after) in zip((y0 + 0.68, y0 + 0.28), lines):
+            ax.text(0.14, y, wrap(what, 30, 2), fontsize=8, fontweight="bold", va="center")
+            ax.text(0.35, y, wrap(before if before is not None else "—", 55, 2), fontsize=8, va="center",
+                    color="#455a64")
+            ax.text(0.67, y, "→ " + wrap(after if after is not None else tr("chart_no_ft_row"), 55, 2),
+                    fontsize=8, va="center", color="#0d47a1")
+    _save(plt, ax.figure, out)

@@ -197,53 +197,78 @@ def payload_path(payload) -> str | None:
     return payload.get("path") if isinstance(payload, dict) else payload
 
 
-def _ask_tab(gr, tr, opts: DemoOptions, adapter_available: bool) -> dict:
-    """The components of tab "Ask", by name."""
-    c = {}
+def _ask_tab(gr, tr, opts: DemoOptions, answer, adapter_available: bool) -> None:
+    """Tab "Ask": picture and question in, both models' caption and answer out."""
+    def on_upload(payload):  # a bad file is reported right after its upload, before asking
+        path = payload_path(payload)
+        if not path:  # cleared (by the user, or below after a refusal): keep the message
+            return gr.skip(), gr.skip()
+        try:
+            image = open_upload(path, opts.max_upload_mb, lang=opts.lang)
+        except UserError as e:
+            return None, tr("cannot_use", problem=e)  # a refused file is taken off the page
+        return gr.skip(), tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
+
     with gr.Row():
         with gr.Column(scale=1):
-            c["image"] = gr.Image(label=tr("image_label", mb=f"{opts.max_upload_mb:g}"), type="filepath",
-                                  sources=["upload", "clipboard", "webcam"], elem_id="image", height=320,
-                                  buttons=["fullscreen"])
+            image = gr.Image(label=tr("image_label", mb=f"{opts.max_upload_mb:g}"), type="filepath",
+                             sources=["upload", "clipboard", "webcam"], elem_id="image", height=320,
+                             buttons=["fullscreen"])
         with gr.Column(scale=1):
-            c["question"] = gr.Textbox(label=tr("question_label"), value=opts.default_question, lines=1, max_lines=3,
-                                       max_length=MAX_QUESTION_CHARS, elem_id="question",
-                                       placeholder=tr("question_placeholder"))
-            c["ask"] = gr.Button(tr("ask"), variant="primary", elem_id="ask")
-            c["status"] = gr.Markdown(tr("ready"), elem_id="status")
+            question = gr.Textbox(label=tr("question_label"), value=opts.default_question, lines=1, max_lines=3,
+                                  max_length=MAX_QUESTION_CHARS, elem_id="question",
+                                  placeholder=tr("question_placeholder"))
+            ask = gr.Button(tr("ask"), variant="primary", elem_id="ask")
+            status = gr.Markdown(tr("ready"), elem_id="status")
     with gr.Row(equal_height=True):
         with gr.Column(variant="panel", elem_id="base_column"):
             gr.Markdown(tr("base_heading"))
-            c["caption"] = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption")
-            c["answer_base"] = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_base")
+            caption = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption")
+            answer_base = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_base")
         with gr.Column(variant="panel", visible=adapter_available, elem_id="finetuned_column"):
             gr.Markdown(tr("ft_heading"))
-            c["caption_ft"] = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption_finetuned")
-            c["answer_ft"] = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_finetuned")
+            caption_ft = gr.Textbox(label=tr("caption_label"), interactive=False, elem_id="caption_finetuned")
+            answer_ft = gr.Textbox(label=tr("answer_label"), interactive=False, elem_id="answer_finetuned")
     with suppress(UserError):  # no examples folder (or an empty one): the demo works without examples
         if pictures := list_images(opts.examples_dir)[:opts.max_examples]:  # one input: a grid of thumbnails
-            gr.Examples(examples=[[str(p)] for p in pictures], inputs=[c["image"]], examples_per_page=12,
+            gr.Examples(examples=[[str(p)] for p in pictures], inputs=[image], examples_per_page=12,
                         label=tr("examples_label", folder=opts.examples_dir), elem_id="examples")
     if opts.config:
         with gr.Accordion(tr("settings_label"), open=False):
             gr.Code(json.dumps(opts.config, indent=2, ensure_ascii=False, default=str), language="json")
-    return c
+    outputs = [caption, answer_base, caption_ft, answer_ft, status]
+    ask.click(answer, [image, question], outputs, api_name="ask", concurrency_limit=1, concurrency_id="model",
+              preprocess=False)
+    question.submit(answer, [image, question], outputs, api_visibility="private", concurrency_limit=1,
+                    concurrency_id="model", preprocess=False)
+    # decoding a picture of up to max_pixels takes memory: two at a time, apart from the model queue
+    image.change(on_upload, image, [image, status], api_visibility="private", concurrency_limit=2,
+                 concurrency_id="preview", show_progress="hidden", preprocess=False)
 
 
-def _comparison_tab(gr, tr, opts: DemoOptions) -> dict:
-    c = {}
+def _comparison_tab(gr, tr, opts: DemoOptions, demo) -> None:
+    """Tab "Comparison": what compare_baseline_finetuned.py wrote, read when the page loads and on Reload."""
+    def load_comparison():
+        text, table, chart_files, case_files, report_file = comparison_view(opts.comparisons_dir, opts.lang)
+        found = {Path(path).name: path for path, _ in chart_files}
+        frame = (gr.Dataframe(value=table[1], headers=table[0], visible=True) if table
+                 else gr.Dataframe(value=None, visible=False))
+        return (text, frame, *(gr.Image(value=found.get(name), visible=name in found) for name, _ in _CHARTS),
+                gr.Gallery(value=case_files, visible=bool(case_files)),
+                gr.File(value=report_file, visible=report_file is not None))
+
     with gr.Row():
-        c["reload"] = gr.Button(tr("reload"), elem_id="comparison_reload", size="sm", scale=0, min_width=120)
+        reload = gr.Button(tr("reload"), elem_id="comparison_reload", size="sm", scale=0, min_width=120)
         gr.Markdown(tr("comparison_intro", command=COMPARE_COMMAND, folder=md_text(opts.comparisons_dir)))
-    c["summary"] = gr.Markdown(elem_id="comparison_summary")
-    c["table"] = gr.Dataframe(interactive=False, visible=False, wrap=True, elem_id="comparison_table")
-    c["charts"] = {name: gr.Image(label=tr(title), interactive=False, visible=False, buttons=["fullscreen", "download"],
-                                  elem_id="chart_" + name.removesuffix(".png"), elem_classes="chart")
-                   for name, title in _CHARTS}
-    c["cases"] = gr.Gallery(label=tr("cases_label"), columns=2, height="auto", object_fit="contain", visible=False,
-                            elem_id="comparison_cases")
-    c["report"] = gr.File(label=tr("report_label"), interactive=False, visible=False, elem_id="comparison_report")
-    return c
+    outputs = [gr.Markdown(elem_id="comparison_summary"),
+               gr.Dataframe(interactive=False, visible=False, wrap=True, elem_id="comparison_table"),
+               *(gr.Image(label=tr(title), interactive=False, visible=False, buttons=["fullscreen", "download"],
+                          elem_id="chart_" + name.removesuffix(".png"), elem_classes="chart")
+                 for name, title in _CHARTS),
+               gr.Gallery(label=tr("cases_label"), columns=2, height="auto", object_fit="contain", visible=False,
+                          elem_id="comparison_cases"),
+               gr.File(label=tr("report_label"), interactive=False, visible=False, elem_id="comparison_report")]
+    gr.on([demo.load, reload.click], load_comparison, None, outputs, api_name="comparison", concurrency_limit=None)
 
 
 def build_demo(model, processor, *, adapter_available: bool, options: DemoOptions | None = None):
@@ -256,26 +281,6 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
     answer = make_answer_fn(model, processor, adapter_available=adapter_available, vqa_prompt=opts.vqa_prompt,
                             vqa_decoding=opts.vqa_decoding, caption_prompt=opts.caption_prompt,
                             caption_decoding=opts.caption_decoding, max_upload_mb=opts.max_upload_mb, lang=opts.lang)
-
-    def on_upload(payload):  # a bad file is reported right after its upload, before asking
-        path = payload_path(payload)
-        if not path:  # cleared (by the user, or below after a refusal): keep the message
-            return gr.skip(), gr.skip()
-        try:
-            image = open_upload(path, opts.max_upload_mb, lang=opts.lang)
-        except UserError as e:
-            return None, tr("cannot_use", problem=e)  # a refused file is taken off the page
-        return gr.skip(), tr("image_ok", name=Path(path).name, w=image.width, h=image.height)
-
-    def load_comparison():
-        text, table, chart_files, case_files, report_file = comparison_view(opts.comparisons_dir, opts.lang)
-        found = {Path(path).name: path for path, _ in chart_files}
-        frame = (gr.Dataframe(value=table[1], headers=table[0], visible=True) if table
-                 else gr.Dataframe(value=None, visible=False))
-        return (text, frame, *(gr.Image(value=found.get(name), visible=name in found) for name, _ in _CHARTS),
-                gr.Gallery(value=case_files, visible=bool(case_files)),
-                gr.File(value=report_file, visible=report_file is not None))
-
     where = tr("demo_mode_where", path=md_text(opts.adapter_label)) if opts.adapter_label else ""
     mode = tr("demo_mode_adapter", adapter=md_text(opts.adapter_label)) if adapter_available else \
         tr("demo_mode_base", where=where)
@@ -284,21 +289,9 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
         gr.Markdown(tr("demo_heading", who=who, mode=mode), elem_id="header")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab(tr("tab_ask"), id="ask_tab", elem_id="ask_tab"):
-                ask = _ask_tab(gr, tr, opts, adapter_available)
+                _ask_tab(gr, tr, opts, answer, adapter_available)
             with gr.Tab(tr("tab_comparison"), id="comparison_tab", elem_id="comparison_tab"):
-                cmp = _comparison_tab(gr, tr, opts)
-        inputs = [ask["image"], ask["question"]]
-        outputs = [ask[k] for k in ("caption", "answer_base", "caption_ft", "answer_ft", "status")]
-        ask["ask"].click(answer, inputs, outputs, api_name="ask", concurrency_limit=1, concurrency_id="model",
-                         preprocess=False)
-        ask["question"].submit(answer, inputs, outputs, api_visibility="private", concurrency_limit=1,
-                               concurrency_id="model", preprocess=False)
-        # decoding a picture of up to max_pixels takes memory: two at a time, apart from the model queue
-        ask["image"].change(on_upload, ask["image"], [ask["image"], ask["status"]], api_visibility="private",
-                            concurrency_limit=2, concurrency_id="preview", show_progress="hidden", preprocess=False)
-        comparison_outputs = [cmp["summary"], cmp["table"], *cmp["charts"].values(), cmp["cases"], cmp["report"]]
-        demo.load(load_comparison, None, comparison_outputs, api_name="comparison", concurrency_limit=None)
-        cmp["reload"].click(load_comparison, None, comparison_outputs, api_visibility="private", concurrency_limit=None)
+                _comparison_tab(gr, tr, opts, demo)
     demo.queue(max_size=opts.max_queue, default_concurrency_limit=1)
     return demo
 
