@@ -31,9 +31,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired surrogates: valid JSON, n
 
 
 def check_result_rows(numbered_rows, path) -> list[dict]:
-    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of its type, or one line
-    naming the file, the line and the field; unpaired surrogates become "\ufffd", so reports can hold them."""
-    rows = []
+    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of its type and each
+    question once, or one line naming the file and the line; unpaired surrogates become "\ufffd" for the reports."""
+    rows, seen = [], set()
     for line, row in numbered_rows:
         for field, spec in RESULT_FIELDS.items():
             if field not in row and not spec.endswith("?"):
@@ -52,22 +52,12 @@ def check_result_rows(numbered_rows, path) -> list[dict]:
                 row[field] = _SURROGATE.sub("\ufffd", value)
             elif isinstance(value, list):
                 row[field] = [_SURROGATE.sub("\ufffd", a) for a in value]
+        if row["question_id"] in seen:  # rows are joined on question_id
+            raise UserError(f"{path}, line {line}: question_id {row['question_id']} occurs twice; each question must "
+                            "have one row (delete the duplicate or rerun the script that wrote it)")
+        seen.add(row["question_id"])
         rows.append(row)
     return rows
-
-
-def index_by_question_id(rows: Sequence[dict], source: str) -> dict:
-    """{question_id: row}; a row without question_id or an id seen twice is an error naming `source`."""
-    by_id: dict = {}
-    for i, row in enumerate(rows):
-        qid = row.get("question_id")
-        if qid is None:
-            raise UserError(f"{source}, row {i + 1}: no question_id (rows are joined on question_id)")
-        if qid in by_id:
-            raise UserError(f"{source}: question_id {qid} occurs twice; each question must have one row "
-                            f"(delete the duplicate or rerun the script that wrote it)")
-        by_id[qid] = row
-    return by_id
 
 
 def coverage(base_rows: Sequence[dict], ft_rows: Sequence[dict]) -> dict:
@@ -103,11 +93,10 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
                  n_resamples: int = 1000, seed: int = 0) -> dict:
     """Two result files compared on the questions both answered (or the baseline alone: `ft_rows` None), scored
     again with src.vqa_eval; error rows and mismatched questions are left out and counted. Keys: docs/notes.md."""
-    base_by_id = index_by_question_id(base_rows, "baseline rows")
-    ft_by_id = base_by_id if ft_rows is None else index_by_question_id(ft_rows, "fine-tuned rows")
-    common = sorted(set(base_by_id) & set(ft_by_id), key=lambda q: (str(type(q)), q))
+    base_by_id = {r["question_id"]: r for r in base_rows}
+    ft_by_id = base_by_id if ft_rows is None else {r["question_id"]: r for r in ft_rows}
     kept, excluded, mismatched = [], 0, []
-    for qid in common:
+    for qid in sorted(base_by_id.keys() & ft_by_id.keys()):
         b, f = base_by_id[qid], None if ft_rows is None else ft_by_id[qid]
         if not (is_scorable(b) and (f is None or is_scorable(f))):
             excluded += 1
@@ -183,8 +172,9 @@ def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
         warnings_out.append("the fine-tuned rows record no adapter; are they really from the fine-tuned model?")
 
 
-def count_stored_mismatches(pairs: Sequence[dict], rows_by_id: dict, who: str) -> int:
+def count_stored_mismatches(pairs: Sequence[dict], rows: Sequence[dict], who: str) -> int:
     """Rows carry the scores their writer computed; ours are recomputed. Count the rows that disagree."""
+    rows_by_id = {r["question_id"]: r for r in rows}
     return sum(any(isinstance(stored := rows_by_id[p["question_id"]].get(key), (int, float))
                    and abs(float(stored) - p[f"{who}_{short}"]) > 1e-6
                    for key, short in (("vqa_accuracy", "vqa"), ("exact_match", "em"))) for p in pairs)
