@@ -15,7 +15,6 @@ GROUP_KEYS = ("improved", "worsened", "unchanged", "correct", "wrong", "disagree
 
 
 def type_order(types) -> list[str]:
-    types = list(types)
     return [t for t in ANSWER_TYPE_ORDER if t in types] + sorted(t for t in types if t not in ANSWER_TYPE_ORDER)
 
 
