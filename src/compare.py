@@ -110,7 +110,8 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
                          "excluded": excluded},
               "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]}, "baseline": None,
               "finetuned": None, "change": None, "outcomes": None, "clusters": None, "answer_processing": None,
-              "pairs": []}
+              "partial": ft_rows is not None and base_by_id.keys() != ft_by_id.keys(),
+              "stored_score_mismatches": None, "pairs": []}
     if not kept:
         return result
     base_list = [b for b, _ in kept]
@@ -120,7 +121,7 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
     gts = [b["gt_answers"] for b in base_list]
     scores = {"baseline": score_batch([b["answer"] for b in base_list], gts)}
     scores["finetuned"] = score_batch([f["answer"] for f in ft_list], gts) if ft_list else ([None] * len(kept),) * 2
-    pairs = []
+    pairs, stored = [], {"baseline": 0, "finetuned": 0}
     for i, (b, f) in enumerate(kept):
         pair = {key: b.get(key) for key in ("question_id", "image_id", "image_path", "question", "gt_answers",
                                             "answer_type", "question_type")}
@@ -128,13 +129,17 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
             vqa, em = (None if s[i] is None else float(s[i]) for s in scores[who])
             pair.update({f"{who}_answer": row.get("answer"), f"{who}_raw_answer": row.get("raw_answer"),
                          f"{who}_vqa": vqa, f"{who}_em": em})
+            # rows carry the scores their writer computed; ours are recomputed: count the rows that disagree
+            stored[who] += any(isinstance(row.get(key), (int, float)) and abs(row[key] - ours) > 1e-6
+                               for key, ours in (("vqa_accuracy", vqa), ("exact_match", em)))
         delta = f and pair["finetuned_vqa"] - pair["baseline_vqa"]
         pair["outcome"] = f and ("better" if delta > _SAME_TOLERANCE else
                                  "worse" if delta < -_SAME_TOLERANCE else "same")
         pairs.append(pair)
     result.update(baseline=_metrics(score_rows(base_list)), pairs=pairs,
                   answer_processing={"baseline": processing_changes(base_list),
-                                     "finetuned": processing_changes(ft_list) if ft_list else None})
+                                     "finetuned": processing_changes(ft_list) if ft_list else None},
+                  stored_score_mismatches={**stored, "finetuned": stored["finetuned"] if ft_list else None})
     if not ft_list:  # the baseline alone: its interval's resampling unit (with runs: the change's, below)
         return {**result, "clusters": bootstrap_clusters(pairs)[1]}
     change = _bootstrap_changes(pairs, n_resamples, seed)
@@ -170,14 +175,6 @@ def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
         warnings_out.append(f"the baseline rows were produced with an adapter ({base['adapter']})")
     if not ft.get("adapter"):
         warnings_out.append("the fine-tuned rows record no adapter; are they really from the fine-tuned model?")
-
-
-def count_stored_mismatches(pairs: Sequence[dict], rows: Sequence[dict], who: str) -> int:
-    """Rows carry the scores their writer computed; ours are recomputed. Count the rows that disagree."""
-    rows_by_id = {r["question_id"]: r for r in rows}
-    return sum(any(isinstance(stored := rows_by_id[p["question_id"]].get(key), (int, float))
-                   and abs(float(stored) - p[f"{who}_{short}"]) > 1e-6
-                   for key, short in (("vqa_accuracy", "vqa"), ("exact_match", "em"))) for p in pairs)
 
 
 def length_stats(answers: Sequence[str | None]) -> dict:
