@@ -36,8 +36,7 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
     import jinja2
 
     tr = texts(lang)
-    multi, runs = is_multirun(result), runs_of(result, tr)
-    comparing = bool(runs)
+    runs = runs_of(result, tr)
     uris: dict = {}  # image path -> (class name, data URI) or None
 
     def thumb(path: str | None) -> dict:
@@ -57,16 +56,11 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              finalize=lambda v: "" if v is None else v)
     context = dict(
-        tr=tr, gt_summary=gt_summary, lang=lang, result=result, runs=runs, comparing=comparing, multi=multi,
-        thumb_size=thumb_size, table_header=header, table_rows=rows,
-        # answers the processing changed, baseline / fine-tuned, when the rows record the raw answers
-        processing=processing_line(result, tr) and " / ".join(
-            str(counts["changed"]) for counts in result["answer_processing"].values() if counts),
+        tr=tr, lang=lang, result=result, runs=runs, comparing=bool(runs), multi=is_multirun(result),
+        thumb_size=thumb_size, table_header=header, table_rows=rows, gt_summary=gt_summary, detail_lines=detail_lines,
+        interval_line=interval_line, length_line=length_line, processing_line=processing_line,
         file_lines=file_lines(result, tr, "report_baseline_file", "report_run_file") + (
             reference_lines(result["published"], tr, with_interval=True) if result.get("published") else []),
-        # the interval line sits under the table whose brackets it explains
-        notes=detail_lines(result, tr) if multi else
-        [line for line in (interval_line(result, tr) if comparing else None, length_line(result, tr)) if line],
         charts=charts, data_uri=data_uri, cases_shown=cases_shown, case_groups=[  # JPEG: smaller
             {"key": key, "title": group_title(key, tr), "total": totals.get(key, 0),
              "uris": [data_uri(f, quality=85) for f in files]} for key, files in case_files.items()
