@@ -196,22 +196,17 @@ def file_lines(result: dict, tr: Callable[..., str], baseline_key: str, run_key:
 
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
     """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
-    runs = runs_of(result, tr)
-    out = [tr("title"), "", *file_lines(result, tr, "file_line", "file_line")]
-    if not runs:
-        out.append(tr("missing_ft", path=result["files"]["finetuned"]))
-    out += [tr("decoding", decoding=json.dumps(result["settings"]["baseline"]["decoding"])), ""]
-    cov, err = result["coverage"], result["errors"]
-    if result["partial"]:
-        out.append(tr("partial", common=cov["common"], only_base=cov["only_baseline"], only_ft=cov["only_finetuned"]))
-    out.append(tr("questions_compared" if runs else "questions_scored", n=result["n"])
-               + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"],
-                    ft_errors=tr("excluded_ft", n=err["finetuned"]) if runs else ""))
-    out += ["", *text_table(*score_table(result, tr)), "", *detail_lines(result, tr)]
-    if result.get("published"):
-        out += reference_lines(result["published"], tr, with_interval=True)
-    out += [tr("warning", text=w) for w in result["warnings"]]
-    return "\n".join(out) + "\n"
+    runs, err = runs_of(result, tr), result["errors"]
+    out = [tr("title"), "", *file_lines(result, tr, "file_line", "file_line"),
+           None if runs else tr("missing_ft", path=result["files"]["finetuned"]),
+           tr("decoding", decoding=json.dumps(result["settings"]["baseline"]["decoding"])), "",
+           tr("partial", **result["coverage"]) if result["partial"] else None,
+           tr("questions_compared" if runs else "questions_scored", n=result["n"])
+           + tr("excluded", **err, ft_errors=tr("excluded_ft", n=err["finetuned"]) if runs else ""),
+           "", *text_table(*score_table(result, tr)), "", *detail_lines(result, tr),
+           *(reference_lines(result["published"], tr, with_interval=True) if result.get("published") else []),
+           *(tr("warning", text=w) for w in result["warnings"])]
+    return "\n".join(line for line in out if line is not None) + "\n"
 
 
 def console_comparison(cmp: dict, tr: Callable[..., str]) -> str:
