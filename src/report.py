@@ -9,12 +9,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
+import jinja2
+
 from .compare import group_members
 from .formatting import (clip, detail_lines, file_lines, group_title, gt_summary, interval_line, is_multirun,
                          length_line, processing_line, reference_lines, runs_of, score_table)
 from .i18n import texts
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                               lstrip_blocks=True, finalize=lambda v: "" if v is None else v)
 
 
 def data_uri(picture, quality: int = 0) -> str:
@@ -33,8 +37,6 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
                 case_files: dict[str, list[Path]], cache: Callable, *, thumb_size: int, max_thumbnails: int,
                 cases_shown: int, lang: str) -> str:
     """The whole page as one string."""
-    import jinja2
-
     tr = texts(lang)
     runs = runs_of(result, tr)
     uris: dict = {}  # image path -> (class name, data URI) or None
@@ -52,9 +54,6 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
 
     header, rows = score_table(result, tr)
     totals = {g: len(ps) for g, ps in group_members(pairs).items()}
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             finalize=lambda v: "" if v is None else v)
     context = dict(
         tr=tr, lang=lang, result=result, runs=runs, comparing=bool(runs), multi=is_multirun(result),
         thumb_size=thumb_size, table_header=header, table_rows=rows, gt_summary=gt_summary, detail_lines=detail_lines,
@@ -68,4 +67,4 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         demo_rows=[{**row, "thumb": thumb(row["image_path"])} for row in demo_rows],
         questions=[{**p, "thumb": thumb(p["image_path"])} for p in pairs])
     context["thumb_rules"] = [entry for entry in uris.values() if entry]  # after every cell has its picture
-    return env.get_template("report.html.j2").render(**context)
+    return TEMPLATES.get_template("report.html.j2").render(**context)
