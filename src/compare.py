@@ -211,11 +211,10 @@ def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n
     """The console comparison of evaluate_vqav2_finetuned.py: the headline table, then `n_cases` random
     questions side by side."""
     cmp = compare_rows(base_rows, rows, n_resamples=n_resamples, seed=seed)
-    cov = cmp["coverage"]
-    if cov["only_baseline"] or cov["only_finetuned"]:
-        print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
-              f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
-              "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
+    if cmp["partial"]:
+        print("note: the baseline file has {only_baseline} question(s) this run lacks and this run {only_finetuned} "
+              "the baseline lacks; only the {n} common questions are compared. Finish the baseline with "
+              "`python create_vqav2_baseline.py` (same settings).".format(**cmp["coverage"], n=cmp["n"]))
     print("\n" + console_comparison(cmp, texts("en")))
     pairs = cmp["pairs"]
     if pairs and n_cases > 0:
