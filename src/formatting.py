@@ -167,9 +167,8 @@ def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = Fal
     def shown(value):
         return " or ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
-    i = ref["interval"]
-    lines = [tr("zero_shot_interval", **i, accuracy=ref["run_accuracy"], unit=bootstrap_unit(i["resampled"], 0, tr))
-             ] if with_interval else []
+    i, unit = ref["interval"], bootstrap_unit(ref["interval"]["resampled"], 0, tr)
+    lines = [tr("zero_shot_interval", **i, accuracy=ref["run_accuracy"], unit=unit)] if with_interval else []
     lines.append(tr("published_line", **ref))
     if ref["differs"]:
         differs = "; ".join(tr("published_vs", setting=key, run=shown(v["run"]), published=shown(v["published"]))
