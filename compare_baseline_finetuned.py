@@ -42,9 +42,8 @@ from pathlib import Path
 
 from src.charts import (accuracy_chart, contact_sheet, demo_chart, draw_case, heldout_chart, image_cache, length_chart,
                         setup_matplotlib)
-from src.compare import (check_result_rows, check_same_setup, compare_rows,
-                         count_stored_mismatches, coverage, index_by_question_id, is_scorable, length_stats,
-                         select_cases, settings_of)
+from src.compare import (check_result_rows, check_same_setup, compare_rows, coverage, is_scorable,
+                         length_stats, select_cases, settings_of)
 from src.config import apply_overrides, write_config
 from src.data import TEST_SPLITS, image_set
 from src.evaluation import evalai_file_name, no_answers_line, zero_shot_reference
@@ -165,11 +164,6 @@ def compare_files(base_rows: list[dict], ft_rows: list[dict] | None, base_path: 
                         f"in one of the files")
     pairs = cmp.pop("pairs")
     del cmp["mismatched"]
-    cmp["partial"] = bool(cov["only_baseline"] or cov["only_finetuned"])
-    cmp["stored_score_mismatches"] = {
-        "baseline": count_stored_mismatches(pairs, index_by_question_id(base_rows, str(base_path)), "baseline"),
-        "finetuned": ft_rows and count_stored_mismatches(pairs, index_by_question_id(ft_rows, str(ft_path)),
-                                                         "finetuned")}
     return cmp, pairs
 
 

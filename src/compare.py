@@ -31,9 +31,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired surrogates: valid JSON, n
 
 
 def check_result_rows(numbered_rows, path) -> list[dict]:
-    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of its type, or one line
-    naming the file, the line and the field; unpaired surrogates become "\ufffd", so reports can hold them."""
-    rows = []
+    """The rows of a result file (`(line, row)` pairs from read_jsonl_lines), each field of its type and each
+    question once, or one line naming the file and the line; unpaired surrogates become "\ufffd" for the reports."""
+    rows, seen = [], set()
     for line, row in numbered_rows:
         for field, spec in RESULT_FIELDS.items():
             if field not in row and not spec.endswith("?"):
@@ -52,22 +52,12 @@ def check_result_rows(numbered_rows, path) -> list[dict]:
                 row[field] = _SURROGATE.sub("\ufffd", value)
             elif isinstance(value, list):
                 row[field] = [_SURROGATE.sub("\ufffd", a) for a in value]
+        if row["question_id"] in seen:  # rows are joined on question_id
+            raise UserError(f"{path}, line {line}: question_id {row['question_id']} occurs twice; each question must "
+                            "have one row (delete the duplicate or rerun the script that wrote it)")
+        seen.add(row["question_id"])
         rows.append(row)
     return rows
-
-
-def index_by_question_id(rows: Sequence[dict], source: str) -> dict:
-    """{question_id: row}; a row without question_id or an id seen twice is an error naming `source`."""
-    by_id: dict = {}
-    for i, row in enumerate(rows):
-        qid = row.get("question_id")
-        if qid is None:
-            raise UserError(f"{source}, row {i + 1}: no question_id (rows are joined on question_id)")
-        if qid in by_id:
-            raise UserError(f"{source}: question_id {qid} occurs twice; each question must have one row "
-                            f"(delete the duplicate or rerun the script that wrote it)")
-        by_id[qid] = row
-    return by_id
 
 
 def coverage(base_rows: Sequence[dict], ft_rows: Sequence[dict]) -> dict:
@@ -103,11 +93,10 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
                  n_resamples: int = 1000, seed: int = 0) -> dict:
     """Two result files compared on the questions both answered (or the baseline alone: `ft_rows` None), scored
     again with src.vqa_eval; error rows and mismatched questions are left out and counted. Keys: docs/notes.md."""
-    base_by_id = index_by_question_id(base_rows, "baseline rows")
-    ft_by_id = base_by_id if ft_rows is None else index_by_question_id(ft_rows, "fine-tuned rows")
-    common = sorted(set(base_by_id) & set(ft_by_id), key=lambda q: (str(type(q)), q))
+    base_by_id = {r["question_id"]: r for r in base_rows}
+    ft_by_id = base_by_id if ft_rows is None else {r["question_id"]: r for r in ft_rows}
     kept, excluded, mismatched = [], 0, []
-    for qid in common:
+    for qid in sorted(base_by_id.keys() & ft_by_id.keys()):
         b, f = base_by_id[qid], None if ft_rows is None else ft_by_id[qid]
         if not (is_scorable(b) and (f is None or is_scorable(f))):
             excluded += 1
@@ -121,7 +110,8 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
                          "excluded": excluded},
               "mismatched": {"n": len(mismatched), "question_ids": mismatched[:20]}, "baseline": None,
               "finetuned": None, "change": None, "outcomes": None, "clusters": None, "answer_processing": None,
-              "pairs": []}
+              "partial": ft_rows is not None and base_by_id.keys() != ft_by_id.keys(),
+              "stored_score_mismatches": None, "pairs": []}
     if not kept:
         return result
     base_list = [b for b, _ in kept]
@@ -131,7 +121,7 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
     gts = [b["gt_answers"] for b in base_list]
     scores = {"baseline": score_batch([b["answer"] for b in base_list], gts)}
     scores["finetuned"] = score_batch([f["answer"] for f in ft_list], gts) if ft_list else ([None] * len(kept),) * 2
-    pairs = []
+    pairs, stored = [], {"baseline": 0, "finetuned": 0}
     for i, (b, f) in enumerate(kept):
         pair = {key: b.get(key) for key in ("question_id", "image_id", "image_path", "question", "gt_answers",
                                             "answer_type", "question_type")}
@@ -139,13 +129,17 @@ def compare_rows(base_rows: Sequence[dict], ft_rows: Sequence[dict] | None,
             vqa, em = (None if s[i] is None else float(s[i]) for s in scores[who])
             pair.update({f"{who}_answer": row.get("answer"), f"{who}_raw_answer": row.get("raw_answer"),
                          f"{who}_vqa": vqa, f"{who}_em": em})
+            # rows carry the scores their writer computed; ours are recomputed: count the rows that disagree
+            stored[who] += any(isinstance(row.get(key), (int, float)) and abs(row[key] - ours) > 1e-6
+                               for key, ours in (("vqa_accuracy", vqa), ("exact_match", em)))
         delta = f and pair["finetuned_vqa"] - pair["baseline_vqa"]
         pair["outcome"] = f and ("better" if delta > _SAME_TOLERANCE else
                                  "worse" if delta < -_SAME_TOLERANCE else "same")
         pairs.append(pair)
     result.update(baseline=_metrics(score_rows(base_list)), pairs=pairs,
                   answer_processing={"baseline": processing_changes(base_list),
-                                     "finetuned": processing_changes(ft_list) if ft_list else None})
+                                     "finetuned": processing_changes(ft_list) if ft_list else None},
+                  stored_score_mismatches={**stored, "finetuned": stored["finetuned"] if ft_list else None})
     if not ft_list:  # the baseline alone: its interval's resampling unit (with runs: the change's, below)
         return {**result, "clusters": bootstrap_clusters(pairs)[1]}
     change = _bootstrap_changes(pairs, n_resamples, seed)
@@ -183,13 +177,6 @@ def check_same_setup(base: dict, ft: dict, warnings_out: list[str]) -> None:
         warnings_out.append("the fine-tuned rows record no adapter; are they really from the fine-tuned model?")
 
 
-def count_stored_mismatches(pairs: Sequence[dict], rows_by_id: dict, who: str) -> int:
-    """Rows carry the scores their writer computed; ours are recomputed. Count the rows that disagree."""
-    return sum(any(isinstance(stored := rows_by_id[p["question_id"]].get(key), (int, float))
-                   and abs(float(stored) - p[f"{who}_{short}"]) > 1e-6
-                   for key, short in (("vqa_accuracy", "vqa"), ("exact_match", "em"))) for p in pairs)
-
-
 def length_stats(answers: Sequence[str | None]) -> dict:
     """Words per answer: mean, median and a histogram 0..9 and "10+"."""
     lengths = [len(a.split()) if a else 0 for a in answers]
@@ -224,11 +211,10 @@ def print_comparison(base_rows: list[dict], rows: list[dict], *, n_cases: int, n
     """The console comparison of evaluate_vqav2_finetuned.py: the headline table, then `n_cases` random
     questions side by side."""
     cmp = compare_rows(base_rows, rows, n_resamples=n_resamples, seed=seed)
-    cov = cmp["coverage"]
-    if cov["only_baseline"] or cov["only_finetuned"]:
-        print(f"note: the baseline file has {cov['only_baseline']} question(s) this run lacks and this run "
-              f"{cov['only_finetuned']} the baseline lacks; only the {cmp['n']} common questions are compared. "
-              "Finish the baseline with `python create_vqav2_baseline.py` (same settings).")
+    if cmp["partial"]:
+        print("note: the baseline file has {only_baseline} question(s) this run lacks and this run {only_finetuned} "
+              "the baseline lacks; only the {n} common questions are compared. Finish the baseline with "
+              "`python create_vqav2_baseline.py` (same settings).".format(**cmp["coverage"], n=cmp["n"]))
     print("\n" + console_comparison(cmp, texts("en")))
     pairs = cmp["pairs"]
     if pairs and n_cases > 0:

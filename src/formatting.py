@@ -15,7 +15,6 @@ GROUP_KEYS = ("improved", "worsened", "unchanged", "correct", "wrong", "disagree
 
 
 def type_order(types) -> list[str]:
-    types = list(types)
     return [t for t in ANSWER_TYPE_ORDER if t in types] + sorted(t for t in types if t not in ANSWER_TYPE_ORDER)
 
 
@@ -117,11 +116,6 @@ def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), *(line(r) for r in rows)]
 
 
-def outcome_line(result: dict, tr: Callable[..., str]) -> str:
-    oc = result["outcomes"]
-    return tr("outcomes", better=oc["better"], worse=oc["worse"], same=oc["same"], changed=oc["answer_changed"])
-
-
 def processing_line(result: dict, tr: Callable[..., str]) -> str | None:
     """How many answers the answer processing changed, or None when no compared row records a raw answer."""
     proc = result.get("answer_processing") or {}
@@ -144,26 +138,26 @@ def length_line(result: dict, tr: Callable[..., str]) -> str | None:
 def bootstrap_unit(clusters: dict | None, n: int, tr: Callable[..., str]) -> str:
     """What the interval's bootstrap resamples; an older comparison.json without clusters resampled questions."""
     clusters = clusters or {"unit": "question", "n": n}
-    return tr(f"unit_{clusters['unit']}", n=f"{clusters['n']:,}")
+    return tr(f"unit_{clusters['unit']}", **clusters)
 
 
 def interval_line(result: dict, tr: Callable[..., str]) -> str:
     b = result["bootstrap"]
-    return tr("interval", confidence=f"{b['confidence']:.0%}", resamples=b["n_resamples"], seed=b["seed"],
-              unit=bootstrap_unit(b.get("clusters"), result["n"], tr))
+    return tr("interval", **b, unit=bootstrap_unit(b.get("clusters"), result["n"], tr))
 
 
 def detail_lines(result: dict, tr: Callable[..., str]) -> list[str]:
     """The lines under the headline table in summary.txt and the demo: outcomes, processing, length, interval."""
     if is_multirun(result):
-        outcomes = [tr("run_outcomes", label=r["label"], line=outcome_line(r, tr)) for r in result["runs"]]
+        outcomes = [tr("run_outcomes", label=r["label"], line=tr("outcomes", **r["outcomes"]))
+                    for r in result["runs"]]
         no_curve = [tr("heldout_missing", label=r["label"], log=r["heldout"]["log"]) if r["heldout"]["log"] else
                     tr("heldout_no_adapter", label=r["label"]) for r in result["runs"] if not r["heldout"]["points"]]
         return [tr("disagreements", n=result["disagreements"]["n"], total=result["n"]), *outcomes,
                 tr("accuracy_interval"), interval_line(result, tr), *no_curve]  # a run without a held-out curve
     comparing = result.get("finetuned") is not None and result.get("outcomes")
-    lines = [outcome_line(result, tr) if comparing else None, processing_line(result, tr), length_line(result, tr),
-             interval_line(result, tr) if comparing and result.get("bootstrap") else None]
+    lines = [tr("outcomes", **result["outcomes"]) if comparing else None, processing_line(result, tr),
+             length_line(result, tr), interval_line(result, tr) if comparing and result.get("bootstrap") else None]
     return [line for line in lines if line]
 
 
@@ -173,11 +167,9 @@ def reference_lines(ref: dict, tr: Callable[..., str], with_interval: bool = Fal
     def shown(value):
         return " or ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
-    i = ref["interval"]
-    lines = [tr("zero_shot_interval", accuracy=f"{ref['run_accuracy']:.2f}", low=f"{i['low']:.2f}",
-                high=f"{i['high']:.2f}", unit=bootstrap_unit(i["resampled"], 0, tr))] if with_interval else []
-    lines.append(tr("published_line", model=ref["model_id"], prompt=ref["prompt"], accuracy=ref["accuracy"],
-                    source=ref["source"]))
+    i, unit = ref["interval"], bootstrap_unit(ref["interval"]["resampled"], 0, tr)
+    lines = [tr("zero_shot_interval", **i, accuracy=ref["run_accuracy"], unit=unit)] if with_interval else []
+    lines.append(tr("published_line", **ref))
     if ref["differs"]:
         differs = "; ".join(tr("published_vs", setting=key, run=shown(v["run"]), published=shown(v["published"]))
                             for key, v in ref["differs"].items())
@@ -203,27 +195,22 @@ def file_lines(result: dict, tr: Callable[..., str], baseline_key: str, run_key:
 
 def summary_text(result: dict, tr: Callable[..., str]) -> str:
     """summary.txt: the files and settings, the headline table, outcomes, processing, warnings."""
-    runs = runs_of(result, tr)
-    out = [tr("title"), "", *file_lines(result, tr, "file_line", "file_line")]
-    if not runs:
-        out.append(tr("missing_ft", path=result["files"]["finetuned"]))
-    out += [tr("decoding", decoding=json.dumps(result["settings"]["baseline"]["decoding"])), ""]
-    cov, err = result["coverage"], result["errors"]
-    if result["partial"]:
-        out.append(tr("partial", common=cov["common"], only_base=cov["only_baseline"], only_ft=cov["only_finetuned"]))
-    out.append(tr("questions_compared" if runs else "questions_scored", n=result["n"])
-               + tr("excluded", excluded=err["excluded"], base_errors=err["baseline"],
-                    ft_errors=tr("excluded_ft", n=err["finetuned"]) if runs else ""))
-    out += ["", *text_table(*score_table(result, tr)), "", *detail_lines(result, tr)]
-    if result.get("published"):
-        out += reference_lines(result["published"], tr, with_interval=True)
-    out += [tr("warning", text=w) for w in result["warnings"]]
-    return "\n".join(out) + "\n"
+    runs, err = runs_of(result, tr), result["errors"]
+    out = [tr("title"), "", *file_lines(result, tr, "file_line", "file_line"),
+           None if runs else tr("missing_ft", path=result["files"]["finetuned"]),
+           tr("decoding", decoding=json.dumps(result["settings"]["baseline"]["decoding"])), "",
+           tr("partial", **result["coverage"]) if result["partial"] else None,
+           tr("questions_compared" if runs else "questions_scored", n=result["n"])
+           + tr("excluded", **err, ft_errors=tr("excluded_ft", n=err["finetuned"]) if runs else ""),
+           "", *text_table(*score_table(result, tr)), "", *detail_lines(result, tr),
+           *(reference_lines(result["published"], tr, with_interval=True) if result.get("published") else []),
+           *(tr("warning", text=w) for w in result["warnings"])]
+    return "\n".join(line for line in out if line is not None) + "\n"
 
 
 def console_comparison(cmp: dict, tr: Callable[..., str]) -> str:
     """What evaluate_vqav2_finetuned.py prints after its run: the headline table of compare_rows' result."""
     out = [f"===== {tr('console_heading', n=cmp['n'])} =====", *text_table(*score_table(cmp, tr)),
-           tr("console_interval", unit=bootstrap_unit(cmp.get("clusters"), cmp["n"], tr)), outcome_line(cmp, tr),
-           processing_line(cmp, tr)]
+           tr("console_interval", unit=bootstrap_unit(cmp.get("clusters"), cmp["n"], tr)),
+           tr("outcomes", **cmp["outcomes"]), processing_line(cmp, tr)]
     return "\n".join(line for line in out if line is not None)

@@ -21,12 +21,9 @@ def check_lang(lang: str) -> str:
 
 
 @cache
-def _table(lang: str) -> dict[str, str]:
-    # an edit that breaks the JSON is one line naming the file, not a traceback
-    return read_json(LOCALES / f"{lang}.json", "locale file", fix="mend the last edit (git diff src/locales)")
-
-
 def texts(lang: str) -> Callable[..., str]:
     """tr(key, **values) for `lang`; values fill the {placeholders} of the string."""
-    table = _table(check_lang(lang))
+    # an edit that breaks the JSON is one line naming the file, not a traceback
+    table = read_json(LOCALES / f"{check_lang(lang)}.json", "locale file",
+                      fix="mend the last edit (git diff src/locales)")
     return lambda key, **values: table[key].format(**values) if values else table[key]

@@ -9,12 +9,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
+import jinja2
+
 from .compare import group_members
 from .formatting import (clip, detail_lines, file_lines, group_title, gt_summary, interval_line, is_multirun,
                          length_line, processing_line, reference_lines, runs_of, score_table)
 from .i18n import texts
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                               lstrip_blocks=True, finalize=lambda v: "" if v is None else v)
 
 
 def data_uri(picture, quality: int = 0) -> str:
@@ -29,22 +33,12 @@ def data_uri(picture, quality: int = 0) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _case_groups(pairs: list[dict], case_files: dict[str, list[Path]], cases_shown: int, tr) -> list:
-    totals = {g: len(ps) for g, ps in group_members(pairs).items()}
-    uris = {key: [data_uri(f, quality=85) for f in files] for key, files in case_files.items()}  # JPEG: smaller
-    return [{"key": key, "title": group_title(key, tr), "drawn": len(files), "total": totals.get(key, 0),
-             "shown": uris[key][:cases_shown], "more": uris[key][cases_shown:]} for key, files in case_files.items()]
-
-
 def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: dict[str, Path],
                 case_files: dict[str, list[Path]], cache: Callable, *, thumb_size: int, max_thumbnails: int,
                 cases_shown: int, lang: str) -> str:
     """The whole page as one string."""
-    import jinja2
-
     tr = texts(lang)
-    multi, runs = is_multirun(result), runs_of(result, tr)
-    comparing = bool(runs)
+    runs = runs_of(result, tr)
     uris: dict = {}  # image path -> (class name, data URI) or None
 
     def thumb(path: str | None) -> dict:
@@ -59,25 +53,18 @@ def report_html(result: dict, pairs: list[dict], demo_rows: list[dict], charts: 
         return {"cls": uris[path] and uris[path][0], "path": path, "label": clip(path, 80)}
 
     header, rows = score_table(result, tr)
-    chart_alts = {"accuracy": tr("charts_accuracy"), "answer_length": tr("charts_length"),
-                  "heldout_curve": tr("charts_heldout")}
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             finalize=lambda v: "" if v is None else v)
+    totals = {g: len(ps) for g, ps in group_members(pairs).items()}
     context = dict(
-        tr=tr, gt_summary=gt_summary, lang=lang, result=result, runs=runs, comparing=comparing, multi=multi,
-        thumb_size=thumb_size, table_header=header, table_rows=rows,
-        # answers the processing changed, baseline / fine-tuned, when the rows record the raw answers
-        processing=processing_line(result, tr) and " / ".join(
-            str(counts["changed"]) for counts in result["answer_processing"].values() if counts),
+        tr=tr, lang=lang, result=result, runs=runs, comparing=bool(runs), multi=is_multirun(result),
+        thumb_size=thumb_size, table_header=header, table_rows=rows, gt_summary=gt_summary, detail_lines=detail_lines,
+        interval_line=interval_line, length_line=length_line, processing_line=processing_line,
         file_lines=file_lines(result, tr, "report_baseline_file", "report_run_file") + (
             reference_lines(result["published"], tr, with_interval=True) if result.get("published") else []),
-        # the interval line sits under the table whose brackets it explains
-        notes=detail_lines(result, tr) if multi else
-        [line for line in (interval_line(result, tr) if comparing else None, length_line(result, tr)) if line],
-        charts=[(data_uri(charts[name]), alt) for name, alt in chart_alts.items() if name in charts],
-        case_groups=_case_groups(pairs, case_files, cases_shown, tr) if any(case_files.values()) else [],
+        charts=charts, data_uri=data_uri, cases_shown=cases_shown, case_groups=[  # JPEG: smaller
+            {"key": key, "title": group_title(key, tr), "total": totals.get(key, 0),
+             "uris": [data_uri(f, quality=85) for f in files]} for key, files in case_files.items()
+        ] if any(case_files.values()) else [],
         demo_rows=[{**row, "thumb": thumb(row["image_path"])} for row in demo_rows],
         questions=[{**p, "thumb": thumb(p["image_path"])} for p in pairs])
     context["thumb_rules"] = [entry for entry in uris.values() if entry]  # after every cell has its picture
-    return env.get_template("report.html.j2").render(**context)
+    return TEMPLATES.get_template("report.html.j2").render(**context)
