@@ -139,7 +139,8 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     model_config, end_id = model.config, end_token_id(model)
     model = T.set_train_mode(T.add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
     optimizer, scheduler = T.make_optimizer(model, LR, WEIGHT_DECAY, WARMUP_STEPS, TRAIN_STEPS)
-    trainable, total, wrapped = T.lora_summary(model)
+    trainable, total = model.get_nb_trainable_parameters()  # peft's count: 4-bit weights unpacked
+    wrapped = model.base_model.targeted_module_names
 
     # not the scheduler: accelerate's wrapper would step it once per process at every optimizer step
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -73,7 +73,7 @@ def main():
                       training_config=str(training_file) if training_file else None)
         import torch  # (bad input is told before these imports)
 
-        from src.training import describe_wrapped, lora_summary, saving_into
+        from src.training import describe_wrapped, saving_into
 
         # 2. the base in float32 as the adapter saw it: NF4 as in training and back (QLoRA), or unquantised
         model, processor = load_blip2(MODEL_ID, "none", device=device, dtype=torch.float32)
@@ -85,7 +85,7 @@ def main():
         # 3. the adapter, merged into the float32 weights
         check_adapter_fits(model, adapter)
         model = apply_adapter(model, adapter)
-        wrapped = lora_summary(model)[2]
+        wrapped = model.base_model.targeted_module_names
         print("***** Merging the LoRA adapter *****")
         nf4 = f"4-bit NF4 from {nf4_from}, dequantised"
         trained = {True: "trained on a 4-bit base", False: "trained on an unquantised base"}.get(

@@ -423,14 +423,15 @@ def qlora_training(model, processor, family, device: str) -> tuple[list[dict], d
     from bench import finetune_lora
     from src.family import lora_targets
     from src.modeling import end_token_id, make_accelerator, mixed_precision
-    from src.training import add_lora, describe_wrapped, lora_summary, make_optimizer, set_train_mode, training_step
+    from src.training import add_lora, describe_wrapped, make_optimizer, set_train_mode, training_step
 
     image_token_id = model.config.image_token_id
     end_id = end_token_id(model)  # what the fine-tuning target ends with: OPT's newline, Flan-T5's </s>
     lora = finetune_lora()
     lora = dataclasses.replace(lora, target_modules=lora_targets(lora.target_modules, family, lora.scope))
     model = set_train_mode(add_lora(model, lora, gradient_checkpointing=GRADIENT_CHECKPOINTING))
-    trainable, total, wrapped = lora_summary(model)
+    trainable, total = model.get_nb_trainable_parameters()
+    wrapped = model.base_model.targeted_module_names
     steps = len(TRAIN_PATHS) * len(TRAIN_BATCHES) * (TRAIN_WARMUP_STEPS + TRAIN_TIMED_STEPS)
     optimizer, scheduler = make_optimizer(model, LR, 0.0, 0, steps)
     accelerator = make_accelerator(mixed_precision=mixed_precision(device, family))

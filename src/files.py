@@ -44,17 +44,14 @@ def give_default_permissions(folder: str | Path) -> None:
             os.chmod(p, FILE_MODE)
 
 
-def safetensors_problem(path: str | Path) -> str | None:
-    """What is wrong with a .safetensors file (safe_open's reason as the fix a user needs: a Git LFS pointer,
-    text, an interrupted copy), as a phrase to follow its name, or None."""
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with an existing .safetensors file (safe_open's reason as the fix a user needs: a Git LFS
+    pointer, text, an interrupted copy), as a phrase to follow its name, or None."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     try:
         with safe_open(path, "pt"):
             return None
-    except FileNotFoundError:
-        return "is missing"
     except PermissionError:
         return "cannot be read (permission denied)"
     except SafetensorError as e:

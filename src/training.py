@@ -212,11 +212,6 @@ def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_g
     return StepResult(mean_loss, None if skipped else float(grad_norm), skipped)
 
 
-def lora_summary(model) -> tuple[int, int, list[str]]:
-    """(trainable parameters, all parameters (4-bit weights unpacked), wrapped module names), as peft counts them."""
-    return (*model.get_nb_trainable_parameters(), model.base_model.targeted_module_names)
-
-
 def describe_wrapped(wrapped: list[str]) -> str:
     """'q_proj x32, v_proj x32 (language_model.model.decoder.layers.*)'"""
     counts = Counter(name.rsplit(".", 1)[-1] for name in wrapped)
