@@ -1,8 +1,6 @@
 """The data sources, all read as `VQASample`s: VQAv2 (official JSON + COCO images, or a hub dataset's
 parquet: "vqav2_hub"), easy-VQA and data/tiny.jsonl; splits train, val, testdev and test (no answers)."""
 
-from __future__ import annotations
-
 import json
 import os
 import random

@@ -1,8 +1,6 @@
 """Zero-shot or fine-tuned VQA over a frozen sample (README steps 3 and 5): answer, score, write; resumable
 (a rerun skips the ids written) and data-parallel (each process appends a part file, the main one merges)."""
 
-from __future__ import annotations
-
 import functools
 from pathlib import Path
 from typing import Callable, Sequence

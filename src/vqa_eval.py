@@ -1,8 +1,6 @@
 """VQA accuracy exactly as the official VQAv2 evaluation computes it (the project's one scorer; rules 1-6 below:
 docs/notes.md), and the bootstrap intervals of an accuracy and of a paired change."""
 
-from __future__ import annotations
-
 import functools
 import re
 from pathlib import Path
