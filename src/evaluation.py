@@ -1,15 +1,13 @@
 """Zero-shot or fine-tuned VQA over a frozen sample (README steps 3 and 5): answer, score, write; resumable
 (a rerun skips the ids written) and data-parallel (each process appends a part file, the main one merges)."""
 
-from __future__ import annotations
-
 import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import write_config
 from .errors import UserError
-from .files import JsonlAppender, iter_chunks, read_jsonl, resolved_if_local, write_json, write_jsonl
+from .files import JsonlAppender, iter_chunks, read_jsonl_lines, resolved_if_local, write_json, write_jsonl
 from .images import load_images
 from .modeling import IMAGE_BACKEND
 from .prompts import PUBLISHED, generation_record, get_decoding
@@ -54,8 +52,8 @@ def read_rows(out_path: Path, record: dict | None = None) -> dict[int, dict]:
     rows: dict[int, dict] = {}
     for path in [out_path, *sorted(out_path.parent.glob(f"{out_path.name}.rank*.part"))]:
         if path.exists():
-            for line, row in enumerate(read_jsonl(path, allow_torn_tail=True), 1):
-                if not isinstance(row, dict) or "question_id" not in row:
+            for line, row in read_jsonl_lines(path, allow_torn_tail=True):
+                if "question_id" not in row:
                     raise UserError(f"{path}, line {line}: a result row without question_id; this file was not "
                                     "written by these scripts (or was edited): delete it to start over")
                 try:

@@ -1,7 +1,5 @@
 """Opening user images safely: one clear message for anything that is not a usable picture."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError

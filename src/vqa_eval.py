@@ -1,8 +1,6 @@
 """VQA accuracy exactly as the official VQAv2 evaluation computes it (the project's one scorer; rules 1-6 below:
 docs/notes.md), and the bootstrap intervals of an accuracy and of a paired change."""
 
-from __future__ import annotations
-
 import functools
 import re
 from pathlib import Path
@@ -16,10 +14,8 @@ from .files import read_json
 PRECISION = 2  # decimals of every reported percentage, as the official VQAEval(n=2)
 
 _TABLES = read_json(Path(__file__).with_name("vqa_normalization.json"), "VQA normalisation tables")
-_PUNCTUATION = tuple(_TABLES["punctuation"])
-_NUMBER_WORDS = dict(_TABLES["number_words"])
+_PUNCTUATION, _NUMBER_WORDS, _CONTRACTIONS = _TABLES["punctuation"], _TABLES["number_words"], _TABLES["contractions"]
 _ARTICLES = frozenset(_TABLES["articles"])
-_CONTRACTIONS = dict(_TABLES["contractions"])
 # The official patterns, verbatim. In periodStrip '(?!<=\d)' is a (vacuous) negative lookahead, not a
 # lookbehind, so it only means "a period not followed by a digit".
 _COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
@@ -171,12 +167,9 @@ def paired_bootstrap(base_scores: Sequence[float], ft_scores: Sequence[float], n
     ids = np.fromiter((number[c] for c in clusters), dtype=np.int64, count=diff.size)
     sums, counts = np.bincount(ids, weights=diff), np.bincount(ids)
     rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples, dtype=np.float64)
     # one resample at a time: the draws of a single (n_resamples, n) array, in memory for one (VQAv2 val: 214k)
-    for k in range(n_resamples):
-        idx = rng.integers(0, sums.size, size=sums.size)
-        means[k] = sums[idx].sum() / counts[idx].sum()
-    low, high = np.percentile(means, [2.5, 97.5])
+    draws = (rng.integers(0, sums.size, size=sums.size) for _ in range(n_resamples))
+    low, high = np.percentile([sums[idx].sum() / counts[idx].sum() for idx in draws], [2.5, 97.5])
     return float(100 * diff.mean()), float(100 * low), float(100 * high)
 
 
