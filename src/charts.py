@@ -1,8 +1,6 @@
 """Every picture the project draws: the training loss curve, the comparison charts and the example cases,
 labelled through src.i18n and drawn with a CJK fallback font for Chinese (docs/details.md)."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import importlib.util

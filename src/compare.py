@@ -1,8 +1,6 @@
 """Baseline against fine-tuned on the same questions, joined on question_id: per-question outcomes, the paired
 bootstrap of the change, the report's statistics and cases, and the console comparison."""
 
-from __future__ import annotations
-
 import json
 import random
 import re

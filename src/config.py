@@ -1,8 +1,6 @@
 """A script's settings: its annotated UPPERCASE constants between two `# -----` fence lines, overridden by
 `--name=value` (after nanoGPT's configurator) and held to their declared types; docs/checks.md has the rules."""
 
-from __future__ import annotations
-
 import ast
 import contextlib
 import json

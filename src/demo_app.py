@@ -1,8 +1,6 @@
 """The Gradio demo of inference_demo.py: ask BLIP-2 about a picture, and browse the comparison report. With a
 LoRA adapter loaded, one model in memory answers twice, adapter off (zero-shot) and on (fine-tuned)."""
 
-from __future__ import annotations
-
 import json
 import os
 import re

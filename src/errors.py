@@ -1,8 +1,6 @@
 """One way for every script to fail: `run_main` turns a UserError (anything the user can fix) or a full disk
 into one line on stderr saying what, where and how to fix, exit code 2; DEBUG = True adds the traceback."""
 
-from __future__ import annotations
-
 import errno
 import sys
 import traceback

@@ -1,7 +1,5 @@
 """Files the scripts hand to each other: atomic JSON writes and append-only, resumable JSONL."""
 
-from __future__ import annotations
-
 import errno
 import json
 import os

@@ -1,8 +1,6 @@
 """The one set of formatters behind summary.txt, report.html, the demo's comparison tab and the console, so a
 number reads the same in each; they read a comparison result (src.compare.compare_rows, comparison.json)."""
 
-from __future__ import annotations
-
 import json
 import re
 import textwrap

@@ -1,8 +1,6 @@
 """VQAv2 splits from a parquet dataset on the hub (default lmms-lab/VQAv2) or a local copy: question columns by range
 requests, then only the sample's images, through huggingface_hub's client plus what it lacks (docs/data.md)."""
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import os

@@ -1,8 +1,6 @@
 """Every user-facing string of the demo, the report, summary.txt and the charts, by language, from
 src/locales/<lang>.json (docs/details.md); answers, questions, file names and numbers are never translated."""
 
-from __future__ import annotations
-
 from functools import cache
 from pathlib import Path
 from typing import Callable

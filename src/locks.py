@@ -1,8 +1,6 @@
 """One writer at a time: an OS file lock (flock / msvcrt) holding the owner's PID, released by the kernel
 when its holder dies (why not the `filelock` package: docs/checks.md); a run's output folder is held so."""
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import os

@@ -1,8 +1,6 @@
 """Every check a script runs before its slow work: setting values, model and adapter folders, disk room,
 output folders. Scripts call these at the top of `main`; the modules doing the work never import this one."""
 
-from __future__ import annotations
-
 import errno
 import os
 import re

@@ -1,8 +1,6 @@
 """report.html of compare_baseline_finetuned.py, rendered from templates/report.html.j2 (Jinja2 escapes every
 value), every picture inline, so the one file can be mailed or opened offline."""
 
-from __future__ import annotations
-
 import base64
 import io
 from contextlib import nullcontext

@@ -1,8 +1,6 @@
 """What one VQA question is (`VQASample`), whichever reader made it (src.preflight.build_samples checks
 every entry on the way in), and the answer it is fine-tuned on."""
 
-from __future__ import annotations
-
 from collections import Counter
 from dataclasses import dataclass
 

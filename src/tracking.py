@@ -1,8 +1,6 @@
 """The fine-tuning's optional curves in accelerate's experiment trackers (TensorBoard), apart from the
 training itself: a tracker that fails never stops training (train_log.jsonl holds every step)."""
 
-from __future__ import annotations
-
 import hashlib
 import threading
 from pathlib import Path

@@ -1,8 +1,6 @@
 """QLoRA fine-tuning (README step 4): examples, a resumable data order, LoRA, the optimizer step and
 self-describing checkpoints, shared by finetune_vqav2_lora.py and bench/gpu_check.py so both run one step."""
 
-from __future__ import annotations
-
 import json
 import math
 import os
