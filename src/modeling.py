@@ -1,10 +1,10 @@
-"""The one place that loads BLIP-2, `load_blip2`: the real model and the tiny twin go through the same
-`from_pretrained` calls; `build_meta_model` builds its shapes without weights (for the checks and the merge).
-Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
+"""The one place that loads BLIP-2, `load_blip2` (the real model and the tiny twin alike), and `build_meta_model`,
+its shapes without weights. Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,9 @@ from .files import read_json
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
 _HERE = Path(__file__).parent
-ARCHITECTURE_JSON = _HERE / "blip2_opt_2.7b_architecture.json"  # DEFAULT_MODEL_ID's
 # Hub ids whose architecture ships with the repo, so their shapes never need the network (sources: docs/checkpoints.md)
 KNOWN_ARCHITECTURES = {
-    DEFAULT_MODEL_ID: ARCHITECTURE_JSON,
+    DEFAULT_MODEL_ID: _HERE / "blip2_opt_2.7b_architecture.json",
     "Salesforce/blip2-opt-6.7b": _HERE / "blip2_opt_6.7b_architecture.json",
     "Salesforce/blip2-flan-t5-xl": _HERE / "blip2_flan_t5_xl_architecture.json",
     "Salesforce/blip2-flan-t5-xxl": _HERE / "blip2_flan_t5_xxl_architecture.json",
@@ -72,9 +71,9 @@ def load_blip2_config(config: Any = None):
 
     if isinstance(config, Blip2Config):
         return config
-    source = ARCHITECTURE_JSON if config is None else config
-    if not Path(str(source)).exists():  # a known Hub id: the architecture shipped here, no network
-        source = KNOWN_ARCHITECTURES.get(str(config), config)
+    source = DEFAULT_MODEL_ID if config is None else str(config)
+    if not Path(source).exists():  # a known Hub id: the architecture shipped here, no network
+        source = KNOWN_ARCHITECTURES.get(source, source)
     try:
         return Blip2Config.from_pretrained(str(source))
     except (OSError, ValueError) as e:
@@ -93,8 +92,7 @@ def build_meta_model(config: Any = None):
     head = model.get_output_embeddings()
     if head.weight is not model.get_input_embeddings().weight:
         return model
-    # tied when built, but loading keeps a checkpoint's own output embedding: read off a model folder's safetensors
-    # tensor names, else off the config's `tie_word_embeddings: false` (Flan-T5's)
+    # tied when built, untied by loading a checkpoint that holds both (a folder's tensor names), else by the config
     folder = Path(config) if isinstance(config, (str, Path)) else None  # a model folder, or a Hub id
     both = {LM_HEAD, model.all_tied_weights_keys.get(LM_HEAD)}  # the head and the embedding it is tied to
     if folder and (folder / "model.safetensors.index.json").is_file():
@@ -155,9 +153,8 @@ def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = 
     family = family_of(blip2_core(model).config) if model is not None else known_family(model_id)
     if family is None:
         return vqa_prompt, vqa_decoding
-    prompt = resolve("prompt", vqa_prompt, family, model_id)
-    decoding = None if vqa_decoding is None else resolve("decoding", vqa_decoding, family, model_id)
-    return prompt, decoding
+    return (resolve("prompt", vqa_prompt, family, model_id),
+            None if vqa_decoding is None else resolve("decoding", vqa_decoding, family, model_id))
 
 
 def is_local(model_id: str) -> bool:
@@ -179,8 +176,6 @@ def fetch_error(model_id: str, err: Exception) -> UserError:
 def load_blip2(model_id: str = DEFAULT_MODEL_ID, quantization: str = "4bit", device: str | None = None, dtype=None):
     """(model, processor) in eval mode, quantised "4bit" (NF4), "8bit" (GPU) or "none" (a LoRA adapter goes on
     with apply_adapter); `dtype` overrides the device's compute dtype (the merge loads float32)."""
-    import logging
-
     import torch
     from transformers import AutoProcessor, BitsAndBytesConfig, Blip2ForConditionalGeneration
 
@@ -244,8 +239,7 @@ def check_tokenizer(model, processor, model_id: str) -> None:
     # the processor's count, when an old processor_config.json lacks it, comes from the model
     processor.num_query_tokens = config.num_query_tokens
     bos, ids = getattr(config.text_config, "bos_token_id", None), processor.tokenizer("a")["input_ids"]
-    # T5 has no BOS (its decoder starts from pad)
-    if bos is not None and family_of(config).decoder_only and (not ids or ids[0] != bos):
+    if bos is not None and family_of(config).decoder_only and (not ids or ids[0] != bos):  # T5: no BOS, starts at pad
         folder = Path(model_id) if Path(model_id).is_dir() else None
         where = (f"{folder / 'tokenizer.json'} and {folder / 'tokenizer_config.json'}" if folder else
                  f"the cached tokenizer.json and tokenizer_config.json of {model_id} (under ~/.cache/huggingface/hub)")
