@@ -88,7 +88,7 @@ def main():
 
     from src.locks import hold_output_lock
     from src.family import OPT, T5, family_of
-    from src.modeling import known_family, make_accelerator, mixed_precision, model_config
+    from src.modeling import known_family, load_blip2_config, make_accelerator, mixed_precision
     from src.tracking import check_report_to
 
     tracker = check_report_to(REPORT_TO)  # an unknown name or a missing package: one line, before any work
@@ -98,7 +98,7 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     family = known_family(MODEL_ID)  # no download (a hub id seen the first time: known once it loads)
     if family is None and mixed_precision(device, OPT) != mixed_precision(device, T5):
-        family = family_of(model_config(MODEL_ID))  # a GPU without bf16: the precision depends on it
+        family = family_of(load_blip2_config(MODEL_ID))  # a GPU without bf16: the precision depends on it
     if family is not None:
         resolve_family_settings(config, family)
     # bf16 on GPUs with native bf16, fp16 with loss scaling on older ones (T4, V100; fp32 for Flan-T5), fp32 on CPU

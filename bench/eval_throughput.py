@@ -129,13 +129,13 @@ def through_run_vqa(model, processor, samples, prompt: str, decoding_name: str, 
 def batched_loop(model, processor, batches: list[list], prompt: str, decoding: dict, share_images: bool) -> dict[int, str]:
     """generate_batch over given batches; share_images=False gives every question its own image copy."""
     from src.images import load_image
-    from src.inference import generate_batch, preprocess_images
+    from src.inference import generate_batch
     from src.prompts import format_prompt
 
     answers = {}
     for batch in batches:
         paths = list(dict.fromkeys(s.image_path for s in batch))
-        pixel_values = preprocess_images(processor, [load_image(p) for p in paths])
+        pixel_values = processor.image_processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
         index = [paths.index(s.image_path) for s in batch]
         prompts = [format_prompt(prompt, s.question) for s in batch]
         if share_images:

@@ -44,8 +44,7 @@ def _get(config, key, default=None):
 
 def family_of(config) -> Family:
     """The family of a BLIP-2 config (a Blip2Config or its config.json as a dict)."""
-    text = _get(config, "text_config") or {}
-    model_type = _get(text, "model_type")
+    model_type = _get(_get(config, "text_config") or {}, "model_type")
     decoder_only = _get(config, "use_decoder_only_language_model")
     if decoder_only is None:  # an old config without the flag: transformers decides by the text model's type
         decoder_only = model_type not in ("t5", "mt5", "umt5")

@@ -14,11 +14,6 @@ from .modeling import blip2_core
 from .prompts import first_line, format_prompt, generation_record, get_decoding
 
 
-def preprocess_images(processor, images: Sequence) -> torch.Tensor:
-    """The pixel values of PIL images."""
-    return processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-
-
 @torch.no_grad()
 def generate_batch(model, processor, pixel_values: torch.Tensor, prompts: Sequence[str], decoding: dict,
                    image_index: Sequence[int] | None = None) -> list[str]:
@@ -78,8 +73,8 @@ def generate_for_images(model, processor, images: Sequence, prompts: Sequence[st
         imgs, texts = images[start:start + batch_size], prompts[start:start + batch_size]
         distinct = list({id(img): img for img in imgs}.values())  # each image object once, first seen first
         position = {id(img): j for j, img in enumerate(distinct)}
-        answers += generate_batch(model, processor, preprocess_images(processor, distinct), texts, decoding,
-                                  [position[id(img)] for img in imgs])
+        pixel_values = processor.image_processor(distinct, return_tensors="pt")["pixel_values"]
+        answers += generate_batch(model, processor, pixel_values, texts, decoding, [position[id(img)] for img in imgs])
     return answers
 
 

@@ -1,10 +1,10 @@
-"""The one place that loads BLIP-2, `load_blip2`: the real model and the tiny twin go through the same
-`from_pretrained` calls; `build_meta_model` builds its shapes without weights (for the checks and the merge).
-Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
+"""The one place that loads BLIP-2, `load_blip2` (the real model and the tiny twin alike), and `build_meta_model`,
+its shapes without weights. Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,16 @@ from .files import read_json
 QUANTIZATIONS = ("4bit", "8bit", "none")
 DEFAULT_MODEL_ID = "Salesforce/blip2-opt-2.7b"
 _HERE = Path(__file__).parent
-ARCHITECTURE_JSON = _HERE / "blip2_opt_2.7b_architecture.json"  # DEFAULT_MODEL_ID's
 # Hub ids whose architecture ships with the repo, so their shapes never need the network (sources: docs/checkpoints.md)
 KNOWN_ARCHITECTURES = {
-    DEFAULT_MODEL_ID: ARCHITECTURE_JSON,
+    DEFAULT_MODEL_ID: _HERE / "blip2_opt_2.7b_architecture.json",
     "Salesforce/blip2-opt-6.7b": _HERE / "blip2_opt_6.7b_architecture.json",
     "Salesforce/blip2-flan-t5-xl": _HERE / "blip2_flan_t5_xl_architecture.json",
     "Salesforce/blip2-flan-t5-xxl": _HERE / "blip2_flan_t5_xxl_architecture.json",
 }
 NF4_BLOCKSIZE = 64  # weights per absmax in bitsandbytes' 4-bit storage (Linear4bit's default)
 GIB = 1024**3
+IMAGE_BACKEND = "pil"  # what LAVIS used (PIL bicubic), on every machine; transformers 5 picks torchvision when it can
 LM_HEAD = "language_model.lm_head.weight"  # BLIP-2's output embedding, OPT's and T5's
 
 
@@ -64,67 +64,50 @@ def mixed_precision(device: str, family: Family = OPT) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(device, family), "no")
 
 
-def model_config(model_id: str):
-    """The Blip2Config of a local folder or hub id (a small download for a hub id seen the first time)."""
-    from transformers import Blip2Config
-
-    try:
-        return Blip2Config.from_pretrained(model_id)
-    except (OSError, ValueError) as e:
-        raise fetch_error(model_id, e) from None
-
-
 def load_blip2_config(config: Any = None):
     """A Blip2Config from a Blip2Config, a model folder (src.preflight.check_model_dir checked it), a Hub id
-    (known ids: the shipped architecture, no network) or None (the default model)."""
+    (known ids: the shipped architecture, no network; others: a small download) or None (the default model)."""
     from transformers import Blip2Config
 
     if isinstance(config, Blip2Config):
         return config
-    source = ARCHITECTURE_JSON if config is None else config
-    if not Path(str(source)).exists():  # a known Hub id: the architecture shipped here, no network
-        source = KNOWN_ARCHITECTURES.get(str(config), config)
+    source = DEFAULT_MODEL_ID if config is None else str(config)
+    if not Path(source).exists():  # a known Hub id: the architecture shipped here, no network
+        source = KNOWN_ARCHITECTURES.get(source, source)
     try:
         return Blip2Config.from_pretrained(str(source))
     except (OSError, ValueError) as e:
-        raise UserError(f"no BLIP-2 config at {config!r} ({type(e).__name__}); pass a model folder "
-                        f"or one of {', '.join(KNOWN_ARCHITECTURES)}") from None
+        raise fetch_error(str(config), e) from None
 
 
 def build_meta_model(config: Any = None):
     """Blip2ForConditionalGeneration of `config` (as load_blip2_config takes it) on the meta device: shapes, no
-    memory; its output embedding untied where loading unties it (`_loading_unties`)."""
+    memory; its output embedding untied where loading unties it (docs/details.md)."""
     import torch
+    from safetensors import safe_open
     from transformers import Blip2ForConditionalGeneration
 
     with torch.device("meta"):
         model = Blip2ForConditionalGeneration(load_blip2_config(config))
-        if _loading_unties(model, config):
-            head = model.get_output_embeddings()
-            head.weight = torch.nn.Parameter(torch.empty_like(head.weight), requires_grad=False)
-            model.all_tied_weights_keys.pop(LM_HEAD, None)  # as tie_weights leaves it after loading
-            model.language_model.all_tied_weights_keys.pop(LM_HEAD.removeprefix("language_model."), None)
-    return model
-
-
-def _loading_unties(model, config: Any) -> bool:
-    """Whether loading leaves the output embedding a tensor of its own although the model ties it when built: read
-    off a model folder's safetensors tensor names, else off `tie_word_embeddings: false` (Flan-T5; docs/details.md)."""
-    from safetensors import safe_open
-
-    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
-        return False
+    head = model.get_output_embeddings()
+    if head.weight is not model.get_input_embeddings().weight:
+        return model
+    # tied when built, untied by loading a checkpoint that holds both (a folder's tensor names), else by the config
     folder = Path(config) if isinstance(config, (str, Path)) else None  # a model folder, or a Hub id
+    both = {LM_HEAD, model.all_tied_weights_keys.get(LM_HEAD)}  # the head and the embedding it is tied to
     if folder and (folder / "model.safetensors.index.json").is_file():
-        names = set(read_json(folder / "model.safetensors.index.json", "checkpoint index")["weight_map"])
+        unties = both <= set(read_json(folder / "model.safetensors.index.json", "checkpoint index")["weight_map"])
     elif folder and (folder / "model.safetensors").is_file():
         with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            names = set(f.keys())
+            unties = both <= set(f.keys())
     else:
         text = model.config.text_config
-        return text.tie_word_embeddings is False or getattr(text, "scale_decoder_outputs", True) is False
-    source = model.all_tied_weights_keys.get(LM_HEAD)
-    return source is not None and {LM_HEAD, source} <= names
+        unties = text.tie_word_embeddings is False or getattr(text, "scale_decoder_outputs", True) is False
+    if unties:
+        head.weight = torch.nn.Parameter(torch.empty_like(head.weight), requires_grad=False)
+        model.all_tied_weights_keys.pop(LM_HEAD, None)  # as tie_weights leaves it after loading
+        model.language_model.all_tied_weights_keys.pop(LM_HEAD.removeprefix("language_model."), None)
+    return model
 
 
 def bnb_modules_to_not_convert(model) -> list[str]:
@@ -170,18 +153,8 @@ def generation_names(model_id: str, vqa_prompt: str, vqa_decoding: str | None = 
     family = family_of(blip2_core(model).config) if model is not None else known_family(model_id)
     if family is None:
         return vqa_prompt, vqa_decoding
-    prompt = resolve("prompt", vqa_prompt, family, model_id)
-    decoding = None if vqa_decoding is None else resolve("decoding", vqa_decoding, family, model_id)
-    return prompt, decoding
-
-
-def _disable_cpu_repacking(model) -> None:
-    """Keep CPU 4-bit weights trainable: bitsandbytes' inference repacking breaks a later backward."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    return (resolve("prompt", vqa_prompt, family, model_id),
+            None if vqa_decoding is None else resolve("decoding", vqa_decoding, family, model_id))
 
 
 def is_local(model_id: str) -> bool:
@@ -200,51 +173,27 @@ def fetch_error(model_id: str, err: Exception) -> UserError:
     )
 
 
-IMAGE_BACKEND = "pil"  # what LAVIS used (PIL bicubic); see load_processor
-
-
-def load_processor(model_id: str, family: Family = OPT):
-    """The model's processor, resizing with PIL on every machine (what LAVIS used, docs/checks.md), padding on
-    the family's side."""
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(model_id, backend=IMAGE_BACKEND)
-    except (OSError, ValueError) as e:
-        raise fetch_error(model_id, e) from None
-    # OPT: image tokens, then left padding, then the prompt, so batched generation continues every row
-    # from its last real token; Flan-T5's encoder reads image tokens, prompt, then right padding
-    processor.tokenizer.padding_side = family.padding_side
-    return processor
-
-
 def load_blip2(model_id: str = DEFAULT_MODEL_ID, quantization: str = "4bit", device: str | None = None, dtype=None):
     """(model, processor) in eval mode, quantised "4bit" (NF4), "8bit" (GPU) or "none" (a LoRA adapter goes on
     with apply_adapter); `dtype` overrides the device's compute dtype (the merge loads float32)."""
-    import logging
-
     import torch
-    from transformers import BitsAndBytesConfig, Blip2ForConditionalGeneration
+    from transformers import AutoProcessor, BitsAndBytesConfig, Blip2ForConditionalGeneration
 
     device = device or default_device()
-    family = family_of(model_config(model_id))
+    family = family_of(load_blip2_config(model_id))
     dtype = dtype or compute_dtype(device, family)
-    skip = list(family.quantization_skip)
-    kwargs = {"dtype": dtype, "use_safetensors": True}  # never unpickle downloaded weights
-    if quantization == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=skip)
-    elif quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     # every weight straight onto this process's device (also unquantised: no full copy in host RAM first,
-    # which is 7.7 GB per process, 62 GB on 8 GPUs)
-    kwargs["device_map"] = {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}
-
-    processor = load_processor(model_id, family)
+    # which is 7.7 GB per process, 62 GB on 8 GPUs); safetensors only: never unpickle downloaded weights
+    kwargs = {"dtype": dtype, "use_safetensors": True,
+              "device_map": {"": torch.device(device).index or 0} if str(device).startswith("cuda") else {"": "cpu"}}
+    bits = {"4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                    "bnb_4bit_compute_dtype": dtype}, "8bit": {"load_in_8bit": True}}.get(quantization)
+    if bits:
+        kwargs["quantization_config"] = BitsAndBytesConfig(llm_int8_skip_modules=list(family.quantization_skip), **bits)
     logger = logging.getLogger("transformers.modeling_utils")
     logger.addFilter(_untied_t5_lm_head)
-    try:
+    try:  # the processor resizes with PIL on every machine, as LAVIS did (docs/checks.md)
+        processor = AutoProcessor.from_pretrained(model_id, backend=IMAGE_BACKEND)
         model, loaded = Blip2ForConditionalGeneration.from_pretrained(model_id, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise fetch_error(model_id, e) from None
@@ -262,18 +211,21 @@ def load_blip2(model_id: str = DEFAULT_MODEL_ID, quantization: str = "4bit", dev
     if odd:
         raise UserError(f"{model_id}: the weights do not fit config.json: {'; '.join(odd)} tensors; the files are "
                         f"incomplete or the config comes from another model: {again('model folder')}")
-    check_image_tokens(model, processor, model_id)
-    check_bos(model, processor, model_id)
-    if processor.tokenizer.pad_token_id is None:
-        raise UserError(f"{model_id}: the tokenizer has no pad token (pad_token in tokenizer_config.json); batches "
-                        "cannot be padded: " + again("model's tokenizer files"))
-    if quantization == "4bit" and not str(device).startswith("cuda"):
-        _disable_cpu_repacking(model)
+    check_tokenizer(model, processor, model_id)
+    # OPT pads on the left, so batched generation continues every row from its last real token; Flan-T5 on the right
+    processor.tokenizer.padding_side = family.padding_side
+    if quantization == "4bit" and not str(device).startswith("cuda"):  # keep CPU 4-bit weights trainable:
+        import bitsandbytes as bnb  # bitsandbytes' inference repacking breaks a later backward
+
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
     return model.eval(), processor
 
 
-def check_image_tokens(model, processor, model_id: str) -> None:
-    """The image token a BLIP-2 checkpoint needs (files from before the Nov 2024 processor update lack it)."""
+def check_tokenizer(model, processor, model_id: str) -> None:
+    """The tokenizer files fit the model: its image token (files from before the Nov 2024 processor update lack it),
+    the language model's BOS first, as it was trained (a stale tokenizer.json shifts every prompt), a pad token."""
     config = model.config
     token = getattr(config, "image_token_index", None)
     if token is None or token >= len(processor.tokenizer):
@@ -286,6 +238,18 @@ def check_image_tokens(model, processor, model_id: str) -> None:
             f"Nov 2024 BLIP-2 processor update; {fix}")
     # the processor's count, when an old processor_config.json lacks it, comes from the model
     processor.num_query_tokens = config.num_query_tokens
+    bos, ids = getattr(config.text_config, "bos_token_id", None), processor.tokenizer("a")["input_ids"]
+    if bos is not None and family_of(config).decoder_only and (not ids or ids[0] != bos):  # T5: no BOS, starts at pad
+        folder = Path(model_id) if Path(model_id).is_dir() else None
+        where = (f"{folder / 'tokenizer.json'} and {folder / 'tokenizer_config.json'}" if folder else
+                 f"the cached tokenizer.json and tokenizer_config.json of {model_id} (under ~/.cache/huggingface/hub)")
+        fix = (again("model folder", download=False) if folder else
+               f"refresh them: `hf download {model_id} tokenizer.json tokenizer_config.json --force-download`")
+        raise UserError(f"{model_id}: the tokenizer does not start a text with the model's BOS token (id {bos}; it "
+                        f"starts 'a' with {ids[:3]}): {where} are damaged or stale; {fix}")
+    if processor.tokenizer.pad_token_id is None:
+        raise UserError(f"{model_id}: the tokenizer has no pad token (pad_token in tokenizer_config.json); batches "
+                        "cannot be padded: " + again("model's tokenizer files"))
 
 
 def _untied_t5_lm_head(record) -> bool:
@@ -294,23 +258,6 @@ def _untied_t5_lm_head(record) -> bool:
     text = record.getMessage()
     return not ("present in the checkpoints with different values, so we will NOT tie them" in text
                 and "lm_head" in text and "shared" in text)
-
-
-def check_bos(model, processor, model_id: str) -> None:
-    """The tokenizer starts every text with the language model's BOS, as the model was trained; a stale
-    tokenizer.json would shift every prompt silently (docs/checks.md)."""
-    bos = getattr(model.config.text_config, "bos_token_id", None)
-    if bos is None or not family_of(model.config).decoder_only:  # T5 has no BOS (its decoder starts from pad)
-        return
-    ids = processor.tokenizer("a")["input_ids"]
-    if not ids or ids[0] != bos:
-        folder = Path(model_id) if Path(model_id).is_dir() else None
-        where = (f"{folder / 'tokenizer.json'} and {folder / 'tokenizer_config.json'}" if folder else
-                 f"the cached tokenizer.json and tokenizer_config.json of {model_id} (under ~/.cache/huggingface/hub)")
-        fix = (again("model folder", download=False) if folder else
-               f"refresh them: `hf download {model_id} tokenizer.json tokenizer_config.json --force-download`")
-        raise UserError(f"{model_id}: the tokenizer does not start a text with the model's BOS token (id {bos}; it "
-                        f"starts 'a' with {ids[:3]}): {where} are damaged or stale; {fix}")
 
 
 def end_token_id(model) -> int:

@@ -171,7 +171,7 @@ def test_each_scope_merges_into_a_model_that_answers_as_base_plus_adapter(scopes
     """The float32 merge of an unquantised adapter answers the frozen sample exactly as the evaluation of
     base + adapter did, and loads without peft's wrappers."""
     from src.images import load_image
-    from src.inference import generate_batch, preprocess_images
+    from src.inference import generate_batch
     from src.modeling import load_blip2
     from src.prompts import format_prompt, get_decoding
 
@@ -179,7 +179,8 @@ def test_each_scope_merges_into_a_model_that_answers_as_base_plus_adapter(scopes
     for scope, run in scopes["runs"].items():
         model, processor = load_blip2(str(run["merged"]), "none", device="cpu")
         assert not any("lora" in name for name, _ in model.named_parameters())
-        pixels = preprocess_images(processor, [load_image(REPO / r["image_path"]) for r in rows])
+        images = [load_image(REPO / r["image_path"]) for r in rows]
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
         got = generate_batch(model, processor, pixels, [format_prompt(r["prompt"], r["question"]) for r in rows],
                              get_decoding(rows[0]["decoding"]["preset"]))
         expected = {r["question_id"]: r["raw_answer"] for r in run["rows"]}

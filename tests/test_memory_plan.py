@@ -11,7 +11,7 @@ import torch
 from bench.memory_plan import bnb_details, format_plan, held_bytes, nf4_weight_bytes, plan_memory
 from helpers import REPO, assert_one_line_error, module_fixture, run_script, script_lora
 from src.family import OPT, T5, family_of
-from src.modeling import ARCHITECTURE_JSON, KNOWN_ARCHITECTURES, load_blip2_config
+from src.modeling import DEFAULT_MODEL_ID, KNOWN_ARCHITECTURES, load_blip2_config
 
 FULL_PARAMS = 3_744_761_856  # Salesforce/blip2-opt-2.7b with its 50,304-token vocabulary
 LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$"
@@ -143,7 +143,7 @@ def test_full_parts_add_up_to_the_stated_total():
 
 
 def test_shipped_json_is_a_blip2_config():
-    raw = json.loads(ARCHITECTURE_JSON.read_text())
+    raw = json.loads(KNOWN_ARCHITECTURES[DEFAULT_MODEL_ID].read_text())
     config = load_blip2_config("Salesforce/blip2-opt-2.7b")  # known id: the shipped file, no network
     assert config.text_config.vocab_size == raw["text_config"]["vocab_size"] == 50_304
     assert config.vision_config.num_hidden_layers == 39 and config.qformer_config.cross_attention_frequency == 2

@@ -31,13 +31,14 @@ def rows_of(path: Path) -> list[dict]:
 def answers(model, processor, samples) -> list[str]:
     """The project's answers (src.inference, the evaluation's prompt and decoding), 32 questions a batch."""
     from src.images import load_image
-    from src.inference import generate_batch, preprocess_images
+    from src.inference import generate_batch
     from src.prompts import format_prompt, get_decoding
 
     out = []
     for start in range(0, len(samples), 32):
         batch = samples[start:start + 32]
-        pixels = preprocess_images(processor, [load_image(s.image_path) for s in batch])
+        images = [load_image(s.image_path) for s in batch]
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
         out += generate_batch(model, processor, pixels, [format_prompt("vqa_opt", s.question) for s in batch],
                               get_decoding(DECODING))
     return out

@@ -17,13 +17,11 @@ def lora_step_after_generation(model_dir, disable_repacking=True):
 
     from src.training import freeze_base
 
-    original = modeling._disable_cpu_repacking
-    if not disable_repacking:
-        modeling._disable_cpu_repacking = lambda m: 0
-    try:
-        model, processor = modeling.load_blip2(model_dir, quantization="4bit", device="cpu")
-    finally:
-        modeling._disable_cpu_repacking = original
+    model, processor = modeling.load_blip2(model_dir, quantization="4bit", device="cpu")
+    if not disable_repacking:  # undo what load_blip2 switched off: bitsandbytes' default for this CPU
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = bnb.functional.has_avx512bf16()
     n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     answer = generate_for_images(model, processor, [image], [format_prompt("vqa_opt", "what color?")],

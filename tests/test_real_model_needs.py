@@ -454,12 +454,12 @@ def test_the_image_backend_is_pinned_to_pil_and_recorded(tiny_model_dir, monkeyp
     import transformers.models.auto.image_processing_auto as auto
 
     from src.evaluation import RESUME_KEYS, eval_record
-    from src.modeling import load_processor
+    from src.modeling import load_blip2
 
     asked = []
     resolve = auto._resolve_backend
     monkeypatch.setattr(auto, "_resolve_backend", lambda backend, *a: asked.append(backend) or resolve(backend, *a))
-    processor = load_processor(tiny_model_dir)
+    processor = load_blip2(tiny_model_dir, "none", device="cpu")[1]
     assert asked == ["pil"] and type(processor.image_processor).__name__ == "BlipImageProcessorPil"
     record = eval_record(model_id="m", adapter=None, quantization="none", dataset="tiny", vqa_prompt="vqa_opt",
                          vqa_decoding="vqa_beam5")
@@ -472,7 +472,7 @@ def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upr
     from src.demo_app import open_upload
     from src.evaluation import batch_images
     from src.images import load_image
-    from src.modeling import load_processor
+    from src.modeling import load_blip2
 
     path = tmp_path / "rot.jpg"
     exif = Image.Exif()
@@ -481,7 +481,7 @@ def test_dataset_images_keep_their_stored_orientation_and_uploads_are_turned_upr
     assert load_image(path).size == (120, 80)  # datasets: as stored
     assert load_image(path, exif_orientation=True).size == (80, 120)
     assert open_upload(str(path), max_upload_mb=10).size == (80, 120)
-    processor = load_processor(tiny_model_dir)
+    processor = load_blip2(tiny_model_dir, "none", device="cpu")[1]
     sample = VQASample(1, 1, str(path), "what?", ["a"] * 10, "a", "other", "what")
     item = batch_images(processor.image_processor, [sample])
     expected = processor.image_processor([Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]

@@ -229,7 +229,6 @@ def test_t5_padded_training_batch_has_the_loss_of_each_example_alone(t5_model):
     import torch
 
     from src.images import load_image
-    from src.inference import preprocess_images
     from src.prompts import format_prompt
     from src.training import collate_examples, encode_example
 
@@ -237,7 +236,8 @@ def test_t5_padded_training_batch_has_the_loss_of_each_example_alone(t5_model):
     tok, cfg = processor.tokenizer, model.config
     pairs = [("What is in the image?", "a red circle"), ("what?", "no"), ("What color is the shape on the left?", "teal")]
     encoded = [encode_example(tok, format_prompt("vqa_t5", q), a, tok.eos_token_id, T5) for q, a in pairs]
-    pixels = preprocess_images(processor, [load_image(REPO / f"baseline_images/pic_{i:02d}.jpg") for i in (1, 2, 3)])
+    images = [load_image(REPO / f"baseline_images/pic_{i:02d}.jpg") for i in (1, 2, 3)]
+    pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     def summed_loss(idx):
         ids, mask, labels = collate_examples(tok, cfg.num_query_tokens, cfg.image_token_id, [encoded[i] for i in idx], T5)
