@@ -1,8 +1,6 @@
 """The one model-family switch: what differs between BLIP-2 on OPT (decoder-only) and on Flan-T5
 (encoder-decoder), read from the model's config, never its name. The differences in a table: docs/notes.md."""
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 from typing import Sequence

@@ -1,8 +1,6 @@
 """Batched caption and VQA generation from the model's public pieces, so an image shared by several
 questions of a batch is encoded once; answers equal `generate` run one input at a time (docs/notes.md)."""
 
-from __future__ import annotations
-
 import sys
 from typing import Sequence
 

@@ -1,8 +1,6 @@
 """A LoRA adapter merged into its base model: one plain BLIP-2 folder that loads without peft. A QLoRA
 adapter merges onto the NF4 round trip of the base, the weights it was trained against (docs/checks.md)."""
 
-from __future__ import annotations
-
 import json
 import re
 from pathlib import Path

@@ -1,8 +1,6 @@
 """The one place that loads BLIP-2, `load_blip2` (the real model and the tiny twin alike), and `build_meta_model`,
 its shapes without weights. Checks before the load live in src.preflight; the reasons are in docs/checks.md."""
 
-from __future__ import annotations
-
 import json
 import logging
 import os

@@ -1,8 +1,6 @@
 """The one prompt registry and the decoding presets every script uses, each declaring the model families it
 suits ("auto" = the family's own), and the published zero-shot numbers. Sources: docs/notes.md."""
 
-from __future__ import annotations
-
 import re
 
 from .errors import UserError
