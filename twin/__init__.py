@@ -428,7 +428,7 @@ def _build(outdir: Path, pretrain_steps: int, wanted: dict, start: float, family
         model.generation_config.bos_token_id = text.bos_token_id
     model.generation_config.eos_token_id = text.eos_token_id
     model.generation_config.pad_token_id = text.pad_token_id
-    image_processor = BlipImageProcessorPil(  # PIL, as src.modeling.load_processor pins it: with or without torchvision
+    image_processor = BlipImageProcessorPil(  # PIL, as src.modeling.load_blip2 pins it: with or without torchvision
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
