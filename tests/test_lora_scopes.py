@@ -1,10 +1,11 @@
 """Where the LoRA goes (LORA_SCOPE): the language model, the Q-Former with its projection, or both, on the OPT and
 the Flan-T5 twin. Per scope the trainable parameters are exactly those of the expected layers (found here from the
 model's own module names), the memory plan counts what training reports, an adapter fits its own family and the
-other family refuses it in one line; in the full tier each scope fine-tunes on the OPT twin, and "both" on the
-Flan-T5 twin (gradients reach every adapted layer), changes the answers, evaluates, and merges into a model that
-answers as base + adapter, and a 4-bit "both" adapter merges onto the NF4-dequantised language model and the plain
-Q-Former."""
+other family refuses it in one line; in the full tier the two scopes beyond the default fine-tune on the OPT
+twin, and "both" on the Flan-T5 twin (gradients reach every adapted layer), change the answers, evaluate, and merge
+into a model that answers as base + adapter (the default scope, language_model, is what every other fine-tuning
+test trains, test_merge.py's merges included), and a 4-bit "both" adapter merges onto the NF4-dequantised language
+model and the plain Q-Former."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_a_scope_adapter_fits_its_family_and_the_other_family_refuses_it_in_one_
         assert "MODEL LOAD STARTED" not in proc.stderr  # refused before the model loads
 
 
-# --- full tier: each scope fine-tunes, evaluates and merges on both twins ------------------------
+# --- full tier: the scopes beyond the default fine-tune, evaluate and merge on both twins ------------------------
 
 def rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -92,7 +93,8 @@ def rows_of(path: Path) -> list[dict]:
 
 @module_fixture
 def opt_scopes(tiny_model_dir, tmp_path_factory):
-    return scope_runs(tiny_model_dir, tmp_path_factory.mktemp("opt-scopes"), "opt", SCOPES)
+    """The scopes beyond the default: language_model is trained, evaluated and merged by the other tests."""
+    return scope_runs(tiny_model_dir, tmp_path_factory.mktemp("opt-scopes"), "opt", ("qformer", "both"))
 
 
 @module_fixture
