@@ -224,8 +224,7 @@ def _change_panel(ax, groups, labels, points, tr) -> None:
                             color=colour, capsize=3, markersize=5, label=label if xi == 0 else None)
     ax.axhline(0, color="#616161", linewidth=0.8)
     ax.set_xticks(x, labels, fontsize=8)
-    unit = (points[0][1].get("clusters") or {"unit": "question"})["unit"]  # older changes resampled questions
-    _tidy(ax, tr("chart_change_title", unit=tr(f"chart_unit_{unit}")))
+    _tidy(ax, tr("chart_change_title", unit=tr(f"chart_unit_{points[0][1]['clusters']['unit']}")))
 
 
 def accuracy_chart(plt, base: dict, runs: list[dict], out: Path, tr) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import UserError
 from .evaluation import EVALAI_SUBTYPES
 from .files import atomic_write_text, read_json, read_jsonl, replace_folder, write_json
-from .hub_data import STALL_S, cache_hub_images, hub_source, hub_test_files_advice, load_hub_samples
+from .hub_data import DEFAULT_DATASET, STALL_S, cache_hub_images, download_advice, hub_source, load_hub_samples
 from .locks import exclusive_lock
 from .preflight import _answers, _entry_list, _short, _text, build_samples
 from .samples import VQASample
@@ -83,7 +83,7 @@ def hub_record(cache_dir: str | Path, split: str) -> dict | None:
                                         "revision": source.get("revision")}
 
 
-def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_dataset: str = "lmms-lab/VQAv2",
+def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_dataset: str = DEFAULT_DATASET,
                  hf_revision: str = "", cache_dir: str | Path | None = None,
                  hub_stall_s: float = STALL_S) -> list[VQASample]:
     """All samples of a split by question_id, every entry checked before any model loads (testdev / test: no
@@ -103,22 +103,21 @@ def load_samples(dataset: str, split: str, data_dir: str | Path = "data", *, hf_
     return _load_official(dataset, split, data_dir)
 
 
-def submission_question_ids(samples: list[VQASample], dataset: str, split: str, data_dir: str | Path = "data", *,
-                            hf_dataset: str = "lmms-lab/VQAv2", hf_revision: str = "",
-                            cache_dir: str | Path | None = None, hub_stall_s: float = STALL_S) -> list[int]:
+def submission_question_ids(samples: list[VQASample], dataset: str, split: str, data_dir: str | Path = "data",
+                            **source) -> list[int]:
     """Every question id an EvalAI results file of `split` (testdev or test) must answer: all of test2015, in the
-    test-dev phase too (docs/notes.md); for testdev the test2015 questions are read as well."""
+    test-dev phase too (docs/notes.md); testdev reads the test questions too, with load_samples' `source` settings."""
     if split == "test":
         return [s.question_id for s in samples]
-    everything = [s.question_id for s in load_samples(dataset, "test", data_dir, hf_dataset=hf_dataset,
-                                                      hf_revision=hf_revision, cache_dir=cache_dir,
-                                                      hub_stall_s=hub_stall_s)]
+    everything = [s.question_id for s in load_samples(dataset, "test", data_dir, **source)]
     stray = sorted({s.question_id for s in samples} - set(everything))
     if stray:
+        fix = (f"use both question files of one download ({LAYOUTS['vqav2']['test_how']})" if dataset == "vqav2"
+               else "read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset "
+               "(--hf_dataset_revision=<commit>, another --output_dir), or "
+               f"{download_advice(source.get('hf_dataset', DEFAULT_DATASET), 'data/test*.parquet')}")
         raise UserError(f"{len(stray)} test-dev question ids are not among the test2015 questions (e.g. {stray[:5]}); "
-                        "test-dev is a subset of test2015: " + (
-                            hub_test_files_advice(hf_dataset) if dataset == "vqav2_hub"
-                            else f"use both question files of one download ({LAYOUTS['vqav2']['test_how']})"))
+                        f"test-dev is a subset of test2015: {fix}")
     return everything
 
 

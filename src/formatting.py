@@ -207,8 +207,7 @@ def summary_text(result: dict, tr: Callable[..., str]) -> str:
 
 
 def console_comparison(cmp: dict, tr: Callable[..., str]) -> str:
-    """What evaluate_vqav2_finetuned.py prints after its run: the headline table of compare_rows' result."""
-    out = [f"===== {tr('console_heading', n=cmp['n'])} =====", *text_table(*score_table(cmp, tr)),
-           tr("console_interval", unit=bootstrap_unit(cmp.get("clusters"), cmp["n"], tr)),
-           tr("outcomes", **cmp["outcomes"]), processing_line(cmp, tr)]
-    return "\n".join(line for line in out if line is not None)
+    """What evaluate_vqav2_finetuned.py prints after its run: compare_rows' headline table and the lines under it."""
+    return "\n".join([f"===== {tr('console_heading', n=cmp['n'])} =====", *text_table(*score_table(cmp, tr)),
+                      tr("console_interval", unit=bootstrap_unit(cmp["clusters"], cmp["n"], tr)),
+                      *detail_lines(cmp, tr)])

@@ -209,18 +209,12 @@ def _with_parquet(file: str, reads: HubReads, action):
 
 
 def download_advice(hf_dataset: str, include: str = SPLIT_FILES["val"]) -> str:
-    """How to get the files another way (the end of every can't-read-the-hub line)."""
+    """How to get the files another way (the end of every can't-read-the-hub line; a local folder: from the hub)."""
+    hf_dataset = DEFAULT_DATASET if Path(hf_dataset).is_dir() else hf_dataset
     other = ("unset HF_ENDPOINT to try huggingface.co itself" if constants.ENDPOINT.rstrip("/") == MIRROR
              else f"set HF_ENDPOINT={MIRROR} (a mirror reachable from China)")
     return (f"{other}, or download first: hf download {hf_dataset} --repo-type dataset --include \"{include}\" "
             f"--local-dir data/vqav2_hub, then --hf_dataset=data/vqav2_hub")
-
-
-def hub_test_files_advice(hf_dataset: str) -> str:
-    """The fix for test-dev questions missing from the test files of a hub dataset or local folder."""
-    hub_id = DEFAULT_DATASET if Path(hf_dataset).is_dir() else hf_dataset
-    return ("read data/testdev-*.parquet and data/test-*.parquet from one revision of one dataset "
-            f"(--hf_dataset_revision=<commit>, another --output_dir), or {download_advice(hub_id, 'data/test*.parquet')}")
 
 
 @contextlib.contextmanager
