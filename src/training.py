@@ -254,28 +254,15 @@ def rng_state() -> dict:
             "python": list(random.getstate()[1])}
 
 
-@contextmanager
-def _adapter_folder(final: Path, what: str, model, config_name: str, config: dict):
-    """A new hidden folder beside `final` with the adapter and `config`; the block adds to it, then it replaces
-    `final` (an earlier adapter, or the same step saved again after a resume fell back past it)."""
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with saving_into(tmp, what):
-        tmp.mkdir(parents=True)
-        # no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)
-        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
-        write_json(tmp / config_name, config)
-        yield tmp
-        give_default_permissions(tmp)
-    replace_folder(tmp, final)
-
-
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int, *,
                     rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
     folder and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
-    with _adapter_folder(final, f"checkpoint step {step}", model, "config.json", {**config, "step": step}) as tmp:
+    with saving_folder(final, f"checkpoint step {step}") as tmp:
+        # no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        write_json(tmp / "config.json", {**config, "step": step})
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states or [rng_state()], "scaler": scaler.state_dict() if scaler else None},
                    tmp / TRAINING_STATE)
@@ -285,12 +272,16 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, con
 
 
 @contextmanager
-def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intact: free some space and rerun the "
-                "same command, it resumes from the last complete checkpoint"):
-    """A save into `tmp` that fails for lack of space becomes one line ending with `kept`; `tmp` is removed,
-    so what was saved before stays as it was."""
+def saving_folder(final: Path, what: str, kept: str = "earlier checkpoints are intact: free some space and rerun the "
+                  "same command, it resumes from the last complete checkpoint", keep=lambda entry: False):
+    """A new hidden folder for the block to fill, then put in place of `final` (src.files.replace_folder keeps the old
+    entries `keep` names); a save that fails for lack of space is one line ending with `kept`, `final` untouched."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     try:
-        yield
+        tmp.mkdir(parents=True)
+        yield tmp
+        give_default_permissions(tmp)  # safetensors writes 0600
     except Exception as e:
         full = getattr(e, "errno", None) in DISK_FULL or "No space" in str(e)
         with suppress(OSError):  # under 1 MiB left (measured before tmp's files go): it failed for lack of space
@@ -299,6 +290,7 @@ def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intac
         if not full:
             raise
         raise UserError(f"the disk is full: saving {what} into {tmp.parent} failed ({type(e).__name__}); {kept}") from None
+    replace_folder(tmp, final, keep)
 
 
 def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
@@ -338,7 +330,9 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
                        draw_loss: Callable[[list[dict], Path], None] | None = None) -> None:
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
-    with _adapter_folder(adapter_dir, "the final adapter", model, "training_config.json", config) as tmp:
+    with saving_folder(adapter_dir, "the final adapter") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)  # as save_checkpoint
+        write_json(tmp / "training_config.json", config)
         processor.save_pretrained(tmp)
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
         rows = read_jsonl(log_path)
