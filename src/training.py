@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
 from .samples import VQASample, training_answer
 from .errors import UserError
@@ -73,35 +72,21 @@ def micro_batch_indices(n_samples: int, seed: int, micro_batch: int, index: int,
     return perm[start:start + micro_batch].tolist()
 
 
-class TrainBatches(Dataset):
-    """Micro-batch `first + k` of this process, read in DataLoader workers; a resumed run starts there by
-    index arithmetic, reading no earlier batch (docs/notes.md). An unreadable image comes back as {"error"}."""
-
-    def __init__(self, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
-                 micro_batch: int, first: int, count: int, world_size: int, rank: int):
-        self.samples, self.processor, self.prompt, self.seed = samples, processor, prompt, seed
-        self.image_token_id, self.num_query_tokens = model_config.image_token_id, model_config.num_query_tokens
-        self.end_id, self.family = end_id, family_of(model_config)
-        self.micro_batch, self.first, self.count = micro_batch, first, count
-        self.world_size, self.rank = world_size, rank
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, k):
-        idx = micro_batch_indices(len(self.samples), self.seed, self.micro_batch, self.first + k, self.world_size, self.rank)
-        batch = [self.samples[i] for i in idx]
-        try:
-            images = [load_image(s.image_path) for s in batch]
-        except UserError as e:  # handed back as data: raised in a worker it would arrive wrapped in a traceback
-            return {"error": str(e)}
-        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        tok = self.processor.tokenizer
-        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s), self.end_id, self.family)
-                   for s in batch]
-        input_ids, attention_mask, labels = collate_examples(tok, self.num_query_tokens, self.image_token_id, encoded,
-                                                             self.family)
-        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def train_batch(index: int, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
+                micro_batch: int, world_size: int, rank: int) -> dict:
+    """Micro-batch `index` of this process, the DataLoader's collate_fn over the indices still to read: a resumed
+    run starts by index arithmetic, reading no earlier batch (docs/notes.md). An unreadable image gives {"error"}."""
+    batch = [samples[i] for i in micro_batch_indices(len(samples), seed, micro_batch, index, world_size, rank)]
+    try:
+        images = [load_image(s.image_path) for s in batch]
+    except UserError as e:  # handed back as data: raised in a worker it would arrive wrapped in a traceback
+        return {"error": str(e)}
+    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    tok, family = processor.tokenizer, family_of(model_config)
+    encoded = [encode_example(tok, format_prompt(prompt, s.question), training_answer(s), end_id, family) for s in batch]
+    input_ids, attention_mask, labels = collate_examples(tok, model_config.num_query_tokens, model_config.image_token_id,
+                                                         encoded, family)
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
@@ -185,7 +170,7 @@ def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_g
     raises NonFiniteLoss before anything steps; fp16 overflow skips the update (docs/notes.md)."""
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in micro_batches:
-        if "error" in batch:  # TrainBatches could not read an image
+        if "error" in batch:  # train_batch could not read an image
             raise UserError(f"{batch['error']} (a training image; fix or remove it, then rerun to resume "
                             "from the last checkpoint)")
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
