@@ -117,6 +117,8 @@ def main():
 
 def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = None):
     """Load the data and the model, resume from the newest good checkpoint, train, save the adapter."""
+    import functools
+
     from accelerate.utils import set_seed
 
     from src.family import family_of
@@ -146,9 +148,9 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     model, optimizer = accelerator.prepare(model, optimizer)
     ckpt, start_step = resume(config, ckpt_root, accelerator, model, optimizer, scheduler)
     world = accelerator.num_processes
-    data = T.TrainBatches(samples, processor, model_config, end_id, VQA_PROMPT, SEED, PER_DEVICE_BATCH,
-                          first=start_step * GRAD_ACCUM, count=(TRAIN_STEPS - start_step) * GRAD_ACCUM,
-                          world_size=world, rank=accelerator.process_index)
+    read_batch = functools.partial(T.train_batch, samples=samples, processor=processor, model_config=model_config,
+                                   end_id=end_id, prompt=VQA_PROMPT, seed=SEED, micro_batch=PER_DEVICE_BATCH,
+                                   world_size=world, rank=accelerator.process_index)
     if accelerator.is_main_process:
         print("***** Running QLoRA fine-tuning *****")
         split = config["training_data"]["split"]
@@ -167,7 +169,7 @@ def train(config: dict, accelerator, out_dir, mixed: str, tracker: str | None = 
     curve = HeldoutCurve(heldout, config, accelerator, model, processor, out_dir, curves)
     if curve.due(start_step):  # a run killed during the held-out evaluation of the step it resumes from
         curve.point(start_step)
-    run_steps(config, accelerator, model, optimizer, scheduler, data, start_step, ckpt_root, curves, curve)
+    run_steps(config, accelerator, model, optimizer, scheduler, read_batch, start_step, ckpt_root, curves, curve)
     check_replicas_agree(accelerator, model)
     if accelerator.is_main_process:
         save_adapter(accelerator.unwrap_model(model), processor, config, out_dir, ckpt_root / "train_log.jsonl", curve)
@@ -494,7 +496,7 @@ def resume(config: dict, ckpt_root, accelerator, model, optimizer, scheduler):
     return ckpt, start_step
 
 
-def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, start_step: int, ckpt_root, curves,
+def run_steps(config: dict, accelerator, model, optimizer, scheduler, read_batch, start_step: int, ckpt_root, curves,
               curve) -> None:
     """Optimizer steps start_step+1 .. TRAIN_STEPS (`src.training.training_step`), one log row each (and a
     point of each curve), a checkpoint every SAVE_EVERY steps and after the last; at a held-out step the
@@ -515,8 +517,10 @@ def run_steps(config: dict, accelerator, model, optimizer, scheduler, data, star
     log_path = ckpt_root / "train_log.jsonl"
     # the tracker's count of skipped steps goes on from the steps the resumed checkpoint holds
     skipped_so_far = sum(bool(r.get("skipped")) for r in read_jsonl(log_path)) if main_proc and log_path.exists() else 0
-    # own generator: creating the loader must not consume the global RNG (resume == uninterrupted)
-    batches = iter(DataLoader(data, batch_size=None, shuffle=False, num_workers=NUM_WORKERS,
+    # the micro-batches still to read, each by read_batch in a worker; own generator: creating the loader must not
+    # consume the global RNG (resume == uninterrupted)
+    batches = iter(DataLoader(range(start_step * GRAD_ACCUM, TRAIN_STEPS * GRAD_ACCUM), batch_size=None, shuffle=False,
+                              collate_fn=read_batch, num_workers=NUM_WORKERS,
                               generator=torch.Generator().manual_seed(SEED)))
     bar = tqdm(total=TRAIN_STEPS, initial=start_step, desc="train", unit="step", disable=not main_proc,
                dynamic_ncols=True)

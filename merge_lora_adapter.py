@@ -39,14 +39,13 @@ def main():
                                check_output_dir, check_quantization, check_value)
 
     config = apply_overrides(globals(), check=check_value)
-    import shutil
     from importlib.metadata import version
     from pathlib import Path
 
     from src import merging as M
     from src.config import write_config
     from src.errors import UserError
-    from src.files import give_default_permissions, recover_replace, replace_folder
+    from src.files import recover_replace
     from src.family import family_of
     from src.modeling import apply_adapter, compute_dtype, default_device, load_blip2, resolve_adapter_dir
     from src.locks import hold_output_lock
@@ -73,7 +72,7 @@ def main():
                       training_config=str(training_file) if training_file else None)
         import torch  # (bad input is told before these imports)
 
-        from src.training import describe_wrapped, saving_into
+        from src.training import describe_wrapped, saving_folder
 
         # 2. the base in float32 as the adapter saw it: NF4 as in training and back (QLoRA), or unquantised
         model, processor = load_blip2(MODEL_ID, "none", device=device, dtype=torch.float32)
@@ -100,19 +99,16 @@ def main():
         config.update(merged_in="float32", kept_float32=kept, nf4_from=nf4_from,
                       versions={p: version(p) for p in ("torch", "transformers", "peft")})
         total = sum(p.numel() for p in model.parameters())
-        # 4. written into a hidden folder beside, renamed into place when complete
-        tmp = merged.with_name(f".tmp-{merged.name}")
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
-        with saving_into(tmp, "the merged model", f"{merged} is as it was: free some space and run the merge again"):
+        # 4. written into a hidden folder beside, renamed into place when complete; the user's files in it stay
+        with saving_folder(merged, "the merged model", f"{merged} is as it was: free some space and run the merge "
+                           "again", keep=M.not_the_merges) as tmp:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
             card = M.model_card(model_id=MODEL_ID, adapter=adapter, folder=str(merged), training_file=training_file,
                                 training=training, dequantized=dequantize, dtype=MERGE_DTYPE, kept_fp32=kept)
             (tmp / "README.md").write_text(card, encoding="utf-8")
-            give_default_permissions(tmp)  # safetensors writes 0600
             config["files"] = sorted([p.name for p in tmp.iterdir()] + [M.MERGE_CONFIG])  # what a later merge replaces
             write_config(config, tmp / M.MERGE_CONFIG)  # last: marks the folder as a merged model
-        replace_folder(tmp, merged, keep=M.not_the_merges)  # the user's files in it (notes, eval/) stay
     print(f"merged model saved to {merged} ({total:,} parameters, {MERGE_DTYPE}); it loads without peft: "
           f"load_blip2({str(merged)!r}, \"none\")")
     print(next_command("create_vqav2_baseline.py", model_id=merged, quantization="none", run_name="vqav2_merged",

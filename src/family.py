@@ -36,14 +36,11 @@ FAMILIES = {f.name: f for f in (OPT, T5)}
 AUTO = "auto"
 
 
-def _get(config, key, default=None):
-    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
-
-
 def family_of(config) -> Family:
     """The family of a BLIP-2 config (a Blip2Config or its config.json as a dict)."""
-    model_type = _get(_get(config, "text_config") or {}, "model_type")
-    decoder_only = _get(config, "use_decoder_only_language_model")
+    config = config if isinstance(config, dict) else config.to_dict()
+    model_type = (config.get("text_config") or {}).get("model_type")
+    decoder_only = config.get("use_decoder_only_language_model")
     if decoder_only is None:  # an old config without the flag: transformers decides by the text model's type
         decoder_only = model_type not in ("t5", "mt5", "umt5")
     if decoder_only and model_type in ("opt", None):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
 from .samples import VQASample, training_answer
 from .errors import UserError
@@ -73,35 +72,21 @@ def micro_batch_indices(n_samples: int, seed: int, micro_batch: int, index: int,
     return perm[start:start + micro_batch].tolist()
 
 
-class TrainBatches(Dataset):
-    """Micro-batch `first + k` of this process, read in DataLoader workers; a resumed run starts there by
-    index arithmetic, reading no earlier batch (docs/notes.md). An unreadable image comes back as {"error"}."""
-
-    def __init__(self, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
-                 micro_batch: int, first: int, count: int, world_size: int, rank: int):
-        self.samples, self.processor, self.prompt, self.seed = samples, processor, prompt, seed
-        self.image_token_id, self.num_query_tokens = model_config.image_token_id, model_config.num_query_tokens
-        self.end_id, self.family = end_id, family_of(model_config)
-        self.micro_batch, self.first, self.count = micro_batch, first, count
-        self.world_size, self.rank = world_size, rank
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, k):
-        idx = micro_batch_indices(len(self.samples), self.seed, self.micro_batch, self.first + k, self.world_size, self.rank)
-        batch = [self.samples[i] for i in idx]
-        try:
-            images = [load_image(s.image_path) for s in batch]
-        except UserError as e:  # handed back as data: raised in a worker it would arrive wrapped in a traceback
-            return {"error": str(e)}
-        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        tok = self.processor.tokenizer
-        encoded = [encode_example(tok, format_prompt(self.prompt, s.question), training_answer(s), self.end_id, self.family)
-                   for s in batch]
-        input_ids, attention_mask, labels = collate_examples(tok, self.num_query_tokens, self.image_token_id, encoded,
-                                                             self.family)
-        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def train_batch(index: int, samples: list[VQASample], processor, model_config, end_id: int, prompt: str, seed: int,
+                micro_batch: int, world_size: int, rank: int) -> dict:
+    """Micro-batch `index` of this process, the DataLoader's collate_fn over the indices still to read: a resumed
+    run starts by index arithmetic, reading no earlier batch (docs/notes.md). An unreadable image gives {"error"}."""
+    batch = [samples[i] for i in micro_batch_indices(len(samples), seed, micro_batch, index, world_size, rank)]
+    try:
+        images = [load_image(s.image_path) for s in batch]
+    except UserError as e:  # handed back as data: raised in a worker it would arrive wrapped in a traceback
+        return {"error": str(e)}
+    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    tok, family = processor.tokenizer, family_of(model_config)
+    encoded = [encode_example(tok, format_prompt(prompt, s.question), training_answer(s), end_id, family) for s in batch]
+    input_ids, attention_mask, labels = collate_examples(tok, model_config.num_query_tokens, model_config.image_token_id,
+                                                         encoded, family)
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 # --- LoRA ----------------------------------------------------------------------------------------
@@ -185,7 +170,7 @@ def training_step(model, micro_batches, accelerator, optimizer, scheduler, max_g
     raises NonFiniteLoss before anything steps; fp16 overflow skips the update (docs/notes.md)."""
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in micro_batches:
-        if "error" in batch:  # TrainBatches could not read an image
+        if "error" in batch:  # train_batch could not read an image
             raise UserError(f"{batch['error']} (a training image; fix or remove it, then rerun to resume "
                             "from the last checkpoint)")
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -254,28 +239,15 @@ def rng_state() -> dict:
             "python": list(random.getstate()[1])}
 
 
-@contextmanager
-def _adapter_folder(final: Path, what: str, model, config_name: str, config: dict):
-    """A new hidden folder beside `final` with the adapter and `config`; the block adds to it, then it replaces
-    `final` (an earlier adapter, or the same step saved again after a resume fell back past it)."""
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with saving_into(tmp, what):
-        tmp.mkdir(parents=True)
-        # no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)
-        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
-        write_json(tmp / config_name, config)
-        yield tmp
-        give_default_permissions(tmp)
-    replace_folder(tmp, final)
-
-
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int, *,
                     rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
     folder and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
-    with _adapter_folder(final, f"checkpoint step {step}", model, "config.json", {**config, "step": step}) as tmp:
+    with saving_folder(final, f"checkpoint step {step}") as tmp:
+        # no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        write_json(tmp / "config.json", {**config, "step": step})
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states or [rng_state()], "scaler": scaler.state_dict() if scaler else None},
                    tmp / TRAINING_STATE)
@@ -285,12 +257,16 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, con
 
 
 @contextmanager
-def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intact: free some space and rerun the "
-                "same command, it resumes from the last complete checkpoint"):
-    """A save into `tmp` that fails for lack of space becomes one line ending with `kept`; `tmp` is removed,
-    so what was saved before stays as it was."""
+def saving_folder(final: Path, what: str, kept: str = "earlier checkpoints are intact: free some space and rerun the "
+                  "same command, it resumes from the last complete checkpoint", keep=lambda entry: False):
+    """A new hidden folder for the block to fill, then put in place of `final` (src.files.replace_folder keeps the old
+    entries `keep` names); a save that fails for lack of space is one line ending with `kept`, `final` untouched."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     try:
-        yield
+        tmp.mkdir(parents=True)
+        yield tmp
+        give_default_permissions(tmp)  # safetensors writes 0600
     except Exception as e:
         full = getattr(e, "errno", None) in DISK_FULL or "No space" in str(e)
         with suppress(OSError):  # under 1 MiB left (measured before tmp's files go): it failed for lack of space
@@ -299,6 +275,7 @@ def saving_into(tmp: Path, what: str, kept: str = "earlier checkpoints are intac
         if not full:
             raise
         raise UserError(f"the disk is full: saving {what} into {tmp.parent} failed ({type(e).__name__}); {kept}") from None
+    replace_folder(tmp, final, keep)
 
 
 def latest_checkpoint(ckpt_root: Path) -> tuple[Path | None, list[str]]:
@@ -338,7 +315,9 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
                        draw_loss: Callable[[list[dict], Path], None] | None = None) -> None:
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
-    with _adapter_folder(adapter_dir, "the final adapter", model, "training_config.json", config) as tmp:
+    with saving_folder(adapter_dir, "the final adapter") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)  # as save_checkpoint
+        write_json(tmp / "training_config.json", config)
         processor.save_pretrained(tmp)
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
         rows = read_jsonl(log_path)

@@ -309,12 +309,11 @@ def _lora_twin(tiny_model_dir, quantization: str, checkpointing: bool):
 def _train_batch(processor, model):
     from src.data import load_samples
     from src.modeling import end_token_id
-    from src.training import TrainBatches
+    from src.training import train_batch
 
     samples = load_samples("tiny", "train", str(REPO / "data"))
-    data = TrainBatches(samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
-                        first=0, count=1, world_size=1, rank=0)
-    return data[0]
+    return train_batch(0, samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
+                       world_size=1, rank=0)
 
 
 def _lora_grads(model) -> dict:

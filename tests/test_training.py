@@ -17,13 +17,12 @@ def test_accumulated_step_equals_one_backward_of_the_mean_loss(tiny_model_dir):
     from src.data import load_samples
     from src.modeling import end_token_id, load_blip2
     from src.modeling import make_accelerator
-    from src.training import LoraSettings, TrainBatches, add_lora, make_optimizer, training_loss, training_step
+    from src.training import LoraSettings, add_lora, make_optimizer, train_batch, training_loss, training_step
 
     model, processor = load_blip2(tiny_model_dir, quantization="none", device="cpu")
     samples = load_samples("tiny", "train", str(REPO / "data"))
-    data = TrainBatches(samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
-                        first=0, count=2, world_size=1, rank=0)
-    batches = [data[0], data[1]]
+    batches = [train_batch(k, samples, processor, model.config, end_token_id(model), "vqa_opt", seed=0, micro_batch=4,
+                           world_size=1, rank=0) for k in (0, 1)]
     torch.manual_seed(0)
     ours = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"),
                                              scope="language_model"), gradient_checkpointing=False).eval()  # no dropout
