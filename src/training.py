@@ -239,15 +239,20 @@ def rng_state() -> dict:
             "python": list(random.getstate()[1])}
 
 
+def _write_adapter(model, folder: Path, config_name: str, config: dict) -> None:
+    """The LoRA weights and the resolved config beside them, as a checkpoint and the final adapter both hold them;
+    no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)."""
+    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+    write_json(folder / config_name, config)
+
+
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, config: dict, keep: int, *,
                     rng_states: list[dict] | None = None, scaler=None) -> Path:
     """adapter, optimizer, scheduler, step, every rank's RNG, fp16 scaler and config, written to a temporary
     folder and renamed into place, so a kill leaves earlier checkpoints intact (docs/notes.md)."""
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:06d}"
     with saving_folder(final, f"checkpoint step {step}") as tmp:
-        # no peft hub lookup for embedding layers BLIP-2 never trains (offline it times out)
-        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
-        write_json(tmp / "config.json", {**config, "step": step})
+        _write_adapter(model, tmp, "config.json", {**config, "step": step})
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states or [rng_state()], "scaler": scaler.state_dict() if scaler else None},
                    tmp / TRAINING_STATE)
@@ -316,8 +321,7 @@ def save_final_adapter(adapter_dir: Path, model, processor, config: dict, log_pa
     """adapter + processor + resolved config + train_log.jsonl (+ loss_curve.png by `draw_loss(rows, path)`),
     built in a temporary folder and swapped in, so <adapter_dir> is always the old or the new adapter."""
     with saving_folder(adapter_dir, "the final adapter") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)  # as save_checkpoint
-        write_json(tmp / "training_config.json", config)
+        _write_adapter(model, tmp, "training_config.json", config)
         processor.save_pretrained(tmp)
         shutil.copyfile(log_path, tmp / "train_log.jsonl")
         rows = read_jsonl(log_path)
