@@ -54,7 +54,7 @@ from src.i18n import check_lang, texts
 from src.files import atomic_write_text, read_jsonl_lines, write_json
 from src.report import report_html
 from src.locks import LOCK_FILE, hold_output_lock
-from src.preflight import check_output_dir, check_train_overlap, check_value
+from src.preflight import check_output_dir, check_train_overlap, check_value, trained_folder
 
 # -----------------------------------------------------------------------------
 OUTPUT_DIR: str = "outputs"  # folder holding the result files below
@@ -251,7 +251,7 @@ def run_labels(ft_paths: list[Path]) -> list[str]:
 def training_data_of(ft_rows: list[dict], tr, warns: list[str]) -> dict | None:
     """The fine-tuned rows' adapter's training record with its line for the report; questions about its training
     pictures are refused in one line (src.preflight.check_train_overlap) unless ALLOW_TRAIN_OVERLAP, then warned."""
-    adapter = next((r["adapter"] for r in ft_rows if r.get("adapter")), None)
+    adapter = next((trained for r in ft_rows if (trained := trained_folder(r.get("adapter"), r.get("model_id")))), None)
     pictures = [(image_set(r.get("dataset") or "vqav2", r.get("split") or "val"), r["image_id"]) for r in ft_rows]
     record = check_train_overlap(adapter, pictures, ALLOW_TRAIN_OVERLAP, what="the compared questions")
     if record is None:

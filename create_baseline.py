@@ -35,7 +35,7 @@ DEBUG: bool = False
 
 def main():
     from src.preflight import (check_adapter_fits, check_model, check_output_dir, check_output_files,
-                               check_train_overlap, check_value, training_data_note)
+                               check_train_overlap, check_value, trained_folder, training_data_note)
 
     config = apply_overrides(globals(), check=check_value)
     from src.data import picture_ids
@@ -55,10 +55,11 @@ def main():
     check_output_files(out_dir, [out_path.name], "--output_file")
     images, errors = load_images(paths, exif_orientation=True)  # photos: upright as their cameras meant
     check_model(MODEL_ID, QUANTIZATION, DEVICE, adapter)
-    if adapter:  # the leakage guard: pictures the adapter trained on (known by their file names) are refused
-        config["training_data"] = check_train_overlap(adapter, picture_ids(paths), ALLOW_TRAIN_OVERLAP,
+    if trained := trained_folder(adapter, MODEL_ID):  # the leakage guard: pictures the adapter (or the one merged
+        # into the model) trained on, known by their file names, are refused
+        config["training_data"] = check_train_overlap(trained, picture_ids(paths), ALLOW_TRAIN_OVERLAP,
                                                       what=f"the pictures in {IMAGES_DIR}")
-        print(training_data_note(config["training_data"], adapter))
+        print(training_data_note(config["training_data"], trained))
     vqa_prompt, vqa_decoding = generation_names(MODEL_ID, VQA_PROMPT, VQA_DECODING)  # "auto": the model family's own
     config.update(vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding)
 

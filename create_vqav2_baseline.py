@@ -49,18 +49,20 @@ VQA_PROMPT: str = "auto"  # the model family's paper prompt: vqa_opt "Question: 
 VQA_DECODING: str = "auto"  # vqa_beam5: beam 5, length penalty -1, 1-10 new tokens (src/prompts.py)
 OUTPUT_DIR: str = "outputs"
 RUN_NAME: str = "vqav2_baseline"  # file prefix: <run_name>.jsonl, _metrics.json, _results.json
+ALLOW_TRAIN_OVERLAP: bool = False  # a merged model: True answers even questions about pictures it trained on
 DEBUG: bool = False
 # -----------------------------------------------------------------------------
 
 
 def main():
-    from src.preflight import check_model, check_output_dir, check_output_files, check_value
+    from src.preflight import (check_model, check_output_dir, check_output_files, check_train_overlap, check_value,
+                               trained_folder, training_data_note)
 
     config = apply_overrides(globals(), check=check_value)
     if SPLIT in ("testdev", "test") and any(a.lower().startswith(("--max_samples=", "--max-samples=")) for a in sys.argv[1:]):
         raise UserError(f"--max_samples={MAX_SAMPLES} draws the val sample; --split={SPLIT} answers every question, "
                         f"as EvalAI needs (for a smoke run: --max_test_samples={MAX_SAMPLES})")
-    from src.data import (TEST_SPLITS, freeze_sample, hub_record, load_samples, read_frozen_sample,
+    from src.data import (TEST_SPLITS, freeze_sample, hub_record, image_set, load_samples, read_frozen_sample,
                           submission_question_ids)
     from src.evaluation import SAMPLE_IDS_FILE, eval_record, evalai_file_name, run_vqa, score_and_write
     from src.formatting import reference_lines
@@ -96,6 +98,11 @@ def main():
                   f"{len(samples):,} {SPLIT} questions; this run answers {len(chosen):,} and the EvalAI file gives the "
                   "rest \"\" (scored as wrong): a smoke run, not a submission (--max_test_samples=0 and another "
                   "--output_dir for that)", flush=True)
+        if trained := trained_folder(None, MODEL_ID):  # a merged model: the leakage guard on its adapter's record
+            config["training_data"] = check_train_overlap(trained, [(image_set(DATASET, SPLIT), s.image_id)
+                                                                    for s in chosen], ALLOW_TRAIN_OVERLAP)
+            if accelerator.is_main_process:
+                print(training_data_note(config["training_data"], trained), flush=True)
         # 2. the base model answers (resumable: rows already written are kept)
         model, processor = load_blip2(MODEL_ID, QUANTIZATION, device=str(accelerator.device))
         vqa_prompt, vqa_decoding = generation_names(MODEL_ID, vqa_prompt, vqa_decoding, model)  # a hub id seen the first time

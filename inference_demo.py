@@ -100,7 +100,7 @@ def run_comparison(output_dir: str, report_dir: str) -> bool:
 
 def main():
     from src.preflight import (check_adapter_dir, check_adapter_fits, check_model, check_train_overlap, check_value,
-                               training_data_note)
+                               trained_folder, training_data_note)
 
     config = apply_overrides(globals(), check=check_value)  # prompts, decodings, upload limit, queue: checked
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -133,7 +133,8 @@ def main():
     if EXAMPLES_DIR and not Path(EXAMPLES_DIR).is_dir():
         print(f"no example pictures: {EXAMPLES_DIR} is not a folder (easy-VQA's pictures appear in "
               f"data/easy_vqa/images/ after the first run with --dataset=easy_vqa)", flush=True)
-    elif adapter and EXAMPLES_DIR:  # the leakage guard: example pictures the adapter trained on are refused
+    elif (trained := trained_folder(adapter, MODEL_ID)) and EXAMPLES_DIR:  # the leakage guard: example pictures
+        # the adapter (or the one merged into the model) trained on are refused
         from src.data import picture_ids
         from src.images import list_images
 
@@ -141,9 +142,9 @@ def main():
             examples = list_images(EXAMPLES_DIR)[:MAX_EXAMPLES]
         except UserError:  # no pictures there: the page goes on without examples
             examples = []
-        config["training_data"] = check_train_overlap(adapter, picture_ids(examples), ALLOW_TRAIN_OVERLAP,
+        config["training_data"] = check_train_overlap(trained, picture_ids(examples), ALLOW_TRAIN_OVERLAP,
                                                       what=f"the example pictures in {EXAMPLES_DIR}")
-        print(training_data_note(config["training_data"], adapter), flush=True)
+        print(training_data_note(config["training_data"], trained), flush=True)
 
     from src.demo_app import DEMO_CSS, DemoOptions, build_demo
 
@@ -160,7 +161,7 @@ def main():
                           default_question=QUESTION, vqa_prompt=vqa_prompt, vqa_decoding=vqa_decoding,
                           caption_prompt=CAPTION_PROMPT, caption_decoding=CAPTION_DECODING, max_upload_mb=MAX_UPLOAD_MB,
                           max_queue=MAX_QUEUE, model_label=MODEL_ID, adapter_label=adapter_dir or "", lang=LANG,
-                          config=config)
+                          config=config, overlap_images=(config.get("training_data") or {}).get("overlap_images", 0))
     demo = build_demo(model, processor, adapter_available=adapter is not None, options=options)
     allowed = [p for p in (COMPARISONS_DIR, EXAMPLES_DIR) if p]
     demo.launch(server_name=HOST, server_port=PORT, share=SHARE, max_file_size=int(MAX_UPLOAD_MB * 2**20),

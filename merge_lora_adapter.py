@@ -70,6 +70,8 @@ def main():
         check_quantization("4bit" if dequantize else "none", device)
         config.update(adapter_dir=adapter, merged_dir=str(merged), device=device, dequantized=dequantize,
                       training_config=str(training_file) if training_file else None)
+        # what the adapter trained on goes with it: the evaluations' leakage guard reads it from merge_config.json
+        config.update({k: training[k] for k in ("training_data", "training_image_ids") if k in (training or {})})
         import torch  # (bad input is told before these imports)
 
         from src.training import describe_wrapped, saving_folder

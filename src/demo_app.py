@@ -186,6 +186,7 @@ class DemoOptions:
     max_queue: int = 20  # requests waiting for the model; more are refused
     model_label: str = ""  # shown in the header
     adapter_label: str = ""
+    overlap_images: int = 0  # example pictures the adapter trained on (--allow_train_overlap=True): said in the header
     lang: str = "zh"  # "zh" or "en": every label and message of the page
     config: dict | None = None  # shown under "Settings of this demo"
 
@@ -284,7 +285,8 @@ def build_demo(model, processor, *, adapter_available: bool, options: DemoOption
         tr("demo_mode_base", where=where)
     with gr.Blocks(title=tr("demo_title"), analytics_enabled=False) as demo:
         who = md_text(opts.model_label) if opts.model_label else "BLIP-2"
-        gr.Markdown(tr("demo_heading", who=who, mode=mode), elem_id="header")
+        overlap = tr("demo_overlap", images=opts.overlap_images) if opts.overlap_images else ""
+        gr.Markdown(tr("demo_heading", who=who, mode=mode) + overlap, elem_id="header")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab(tr("tab_ask"), id="ask_tab", elem_id="ask_tab"):
                 _ask_tab(gr, tr, opts, answer, adapter_available)

@@ -502,16 +502,22 @@ def describe_training_data(record: dict) -> str:
             f"{record['split']} ({record['images_from']}; excluded: {record.get('excluded', 'nothing')})")
 
 
+def trained_folder(adapter: str | None, model_id: str | None) -> str | None:
+    """What holds the training record the leakage guard reads: the adapter, else a merged model, else nothing."""
+    return adapter or (model_id if model_id and (Path(model_id) / MERGE_CONFIG).is_file() else None)
+
+
 def check_train_overlap(adapter: str | Path | None, pictures: list[tuple[str, int]], allow: bool,
                         what: str = "the evaluated questions") -> dict | None:
-    """The adapter's training record with how many of `pictures` ((picture set, image id) per question) it trained
-    on, such an overlap refused in one line unless `allow`; None for an adapter without the record."""
-    path = Path(adapter or "") / "training_config.json"
-    config = read_json(path, "adapter training config", fix=again("adapter folder", download=False)) \
-        if adapter and path.is_file() else {}
-    record = config.get("training_data") if isinstance(config, dict) else None
-    if not isinstance(record, dict):
+    """The training record of `adapter` (a final adapter, a checkpoint or a merged model: trained_folder) with how
+    many of `pictures` ((picture set, image id) per question) it trained on, such an overlap refused in one line
+    unless `allow`; None for a folder without the record."""
+    paths = [Path(adapter) / name for name in ("training_config.json", "config.json", MERGE_CONFIG)] if adapter else []
+    configs = (read_json(p, "training record", fix=again("adapter folder", download=False)) for p in paths if p.is_file())
+    config = next((c for c in configs if isinstance(c, dict) and isinstance(c.get("training_data"), dict)), None)
+    if config is None:
         return None
+    record = config["training_data"]
     trained = set(config.get("training_image_ids") or [])
     hits = [i for where, i in pictures if where == record["images_from"] and i in trained]
     shared = sorted(set(hits))

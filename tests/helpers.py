@@ -4,6 +4,7 @@ stay in conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -265,6 +266,24 @@ def random_adapter(model_dir: str, folder: Path, target_modules=("q_proj", "v_pr
                 p.normal_(0, 2.0)
     model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)  # as src.training saves
     return folder
+
+
+def adapter_trained_on_examples(tmp_path: Path) -> tuple[str, Path, Path]:
+    """(random twin, a random adapter whose record says it trained on easy-VQA val pictures 0 and 5, a folder of
+    easy-VQA val pictures 0, 1 and 5 known by their easy-VQA names): what the leakage guard must catch."""
+    from src.data import prepare_easy_vqa
+
+    model = random_twin()
+    adapter = random_adapter(model, tmp_path / "adapter")
+    record = {"dataset": "easy_vqa", "split": "val", "images_from": "easy_vqa val", "questions": 20, "images": 2,
+              "excluded": "nothing"}
+    (adapter / "training_config.json").write_text(json.dumps({"training_data": record, "training_image_ids": [0, 5]}))
+    pictures = tmp_path / "easy_vqa" / "images" / "val"
+    pictures.mkdir(parents=True)
+    prepare_easy_vqa(REPO / "data")
+    for k in (0, 1, 5):
+        shutil.copyfile(REPO / "data" / "easy_vqa" / "images" / "val" / f"{k}.png", pictures / f"{k}.png")
+    return model, adapter, pictures
 
 
 # a private mount namespace (no root needed) where a tiny tmpfs fills up for real

@@ -665,3 +665,40 @@ def test_comparison_markdown_escapes_result_text():
               "finetuned": None, "warnings": [text]}
     md = comparison_markdown(result, "<dir>")
     assert "<img" not in md and "<b>" not in md and "<dir>" not in md and "](http" not in md
+
+
+# --- example pictures the adapter trained on ---------------------------------------------------------------
+
+def header_text(demo) -> str:
+    return next(c["props"]["value"] for c in demo.config["components"] if c["props"].get("elem_id") == "header")
+
+
+def test_the_header_says_how_many_example_pictures_the_adapter_trained_on():
+    from src.demo_app import build_demo
+    from src.i18n import texts
+
+    for lang in ("zh", "en"):
+        options = DemoOptions(comparisons_dir="none", examples_dir="none", lang=lang, overlap_images=3)
+        header = header_text(build_demo(None, None, adapter_available=False, options=options))
+        assert texts(lang)("demo_overlap", images=3).strip() in header, header
+    clean = header_text(build_demo(None, None, adapter_available=False,
+                                   options=DemoOptions(comparisons_dir="none", examples_dir="none")))
+    assert "--allow_train_overlap" not in clean
+
+
+def test_allowed_training_pictures_among_the_examples_are_named_on_the_page(tmp_path):
+    """inference_demo.py --allow_train_overlap=True offers them, and the page it serves (not only its console)
+    says how many the adapter trained on."""
+    from helpers import adapter_trained_on_examples
+
+    from src.i18n import texts
+
+    model, adapter, pictures = adapter_trained_on_examples(tmp_path)
+    with serving(tmp_path, model, f"--adapter_dir={adapter}", f"--examples_dir={pictures}",
+                 f"--comparisons_dir={tmp_path}", "--allow_train_overlap=True") as demo:
+        wait_until_served(demo)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        config = json.loads(opener.open(demo["url"] + "config", timeout=30).read())
+        header = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "header")
+        assert texts("zh")("demo_overlap", images=2).strip() in header, header
+        assert "warning: 2 of these questions ask about 2 pictures" in demo["log"].read_text()

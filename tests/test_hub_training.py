@@ -15,10 +15,9 @@ from helpers import REPO, assert_one_line_error, killed_at_marker, load_tuned, m
 from hub_server import HubServer, hub_env, lmms_features
 
 from src.data import freeze_sample, load_samples
-from src.data import prepare_easy_vqa
 from src.errors import UserError
 from src.data import picture_ids
-from src.preflight import check_train_overlap, training_data_note
+from src.preflight import check_train_overlap, trained_folder, training_data_note
 
 TRAIN_IDS = 100_000  # easy-VQA train pictures and questions join its val ones under ids of their own
 QUICK_START = ["--train_steps=300", "--per_device_batch=16", "--grad_accum=1", "--lr=3e-3", "--warmup_steps=20"]
@@ -188,6 +187,19 @@ def test_the_guard_on_records_pictures_and_splits(tmp_path):
     (adapter / "training_config.json").write_text("{}")
     assert check_train_overlap(adapter, [("COCO val2014", 3)], False) is None
     assert "records no training data" in training_data_note(None, adapter)
+    # a checkpoint (config.json) and a merged model (merge_config.json; its config.json is the model's) carry it too
+    checkpoint, merged = tmp_path / "step-000010", tmp_path / "merged"
+    for folder, name in ((checkpoint, "config.json"), (merged, "merge_config.json")):
+        folder.mkdir()
+        (folder / name).write_text(json.dumps({"training_data": val, "training_image_ids": [3]}))
+        with pytest.raises(UserError, match=r"share 1 pictures \(1 questions, image ids 3\)"):
+            check_train_overlap(folder, [("COCO val2014", 3)], False)
+    (merged / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
+    assert check_train_overlap(merged, [("COCO val2014", 3)], True)["overlap_images"] == 1
+    # which folder holds the record: the adapter; else the model when it is a merged one; else none
+    assert trained_folder(str(adapter), str(merged)) == str(adapter)
+    assert trained_folder(None, str(merged)) == str(merged)
+    assert trained_folder(None, str(checkpoint)) is None and trained_folder(None, "Salesforce/blip2-opt-2.7b") is None
     # pictures recognised by their names: COCO files, easy-VQA's folders, the hub image cache
     cache = tmp_path / "vqav2_hub" / "images"
     cache.mkdir(parents=True)
@@ -242,18 +254,9 @@ def test_a_killed_hub_fine_tuning_resumes_to_the_uninterrupted_adapter(easy_hub,
 def test_the_demo_and_the_demo_captions_refuse_pictures_the_adapter_trained_on(tmp_path):
     """create_baseline.py and inference_demo.py know easy-VQA's pictures by their folder: one line, before
     the model loads; create_baseline.py with --allow_train_overlap=True answers them and its config says so."""
-    from helpers import random_adapter, run_in_process
+    from helpers import adapter_trained_on_examples, run_in_process
 
-    model = random_twin()
-    adapter = random_adapter(model, tmp_path / "adapter")
-    record = {"dataset": "easy_vqa", "split": "val", "images_from": "easy_vqa val", "questions": 20, "images": 2,
-              "excluded": "nothing"}
-    (adapter / "training_config.json").write_text(json.dumps({"training_data": record, "training_image_ids": [0, 5]}))
-    pictures = tmp_path / "easy_vqa" / "images" / "val"
-    pictures.mkdir(parents=True)
-    prepare_easy_vqa(REPO / "data")
-    for k in (0, 1, 5):
-        (pictures / f"{k}.png").write_bytes((REPO / "data" / "easy_vqa" / "images" / "val" / f"{k}.png").read_bytes())
+    model, adapter, pictures = adapter_trained_on_examples(tmp_path)
     common = [f"--model_id={model}", "--quantization=none", f"--adapter_dir={adapter}"]
     demo = run_in_process("inference_demo.py", *common, f"--examples_dir={pictures}", "--port=7961")
     assert_one_line_error(demo, "the example pictures in", "share 2 pictures (2 questions, image ids 0, 5)",

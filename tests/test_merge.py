@@ -277,6 +277,39 @@ def test_the_card_of_an_unquantised_merge(plain_merged):
     assert not plain_merged["stale"].exists()  # what a killed run left is cleared, not mistaken for the result
 
 
+def test_a_merged_model_is_held_to_its_adapters_training_pictures(qlora_merged, tmp_path):
+    """merge_config.json carries the adapter's training record, so the leakage guard holds for the merged model: its
+    evaluation, and the comparison of it with the base, on questions about pictures the record holds are each one
+    line (the evaluation's before the model loads), or go on with --allow_train_overlap=True and say so."""
+    config = json.loads((qlora_merged["folder"] / "merge_config.json").read_text())
+    trained = json.loads((qlora_merged["adapter"] / "training_config.json").read_text())
+    assert config["training_data"] == trained["training_data"] and config["training_data"]["split"] == "train"
+    # the same model as merged from an adapter trained on every easy-VQA val picture (only the record differs)
+    folder = tmp_path / "merged-val"
+    shutil.copytree(qlora_merged["folder"], folder)
+    record = {**config["training_data"], "split": "val", "images_from": "easy_vqa val"}
+    (folder / "merge_config.json").write_text(json.dumps({**config, "training_data": record,
+                                                          "training_image_ids": list(range(1000))}))
+    out = tmp_path / "out"
+    common = ["create_vqav2_baseline.py", "--quantization=none", "--dataset=easy_vqa", "--max_samples=5",
+              "--eval_batch=5", "--num_workers=0", f"--output_dir={out}"]
+    run_script(*common, f"--model_id={qlora_merged['model']}", check=True)  # the base: no record, no check
+    merged = [*common, f"--model_id={folder}", "--run_name=vqav2_merged"]
+    refused = run_in_process(*merged)
+    assert_one_line_error(refused, "the evaluated questions share 5 pictures (5 questions", str(folder),
+                          "--allow_train_overlap=True")
+    assert "MODEL LOAD STARTED" not in refused.stderr
+    run_script(*merged, "--allow_train_overlap=True", check=True)
+    answered = json.loads((out / "vqav2_merged_config.json").read_text())
+    assert answered["training_data"]["overlap_questions"] == 5 and answered["training_data"]["split"] == "val"
+    compare = ["compare_baseline_finetuned.py", f"--output_dir={out}", "--finetuned_file=vqav2_merged.jsonl",
+               "--lang=en"]
+    assert_one_line_error(run_in_process(*compare), "the compared questions share 5 pictures", str(folder))
+    run_script(*compare, "--allow_train_overlap=True", check=True)
+    assert "5 questions ask about 5 pictures the adapter trained on" in \
+        (out / "comparisons" / "summary.txt").read_text(encoding="utf-8")
+
+
 # --- exact to the saved dtype's rounding, for both families ----------------------------------------------------
 
 # the layers 4-bit quantises (T5's `wo`, the vision tower, the projection and lm_head stay unquantised)
