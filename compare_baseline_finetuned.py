@@ -251,7 +251,8 @@ def run_labels(ft_paths: list[Path]) -> list[str]:
 def training_data_of(ft_rows: list[dict], tr, warns: list[str]) -> dict | None:
     """The fine-tuned rows' adapter's training record with its line for the report; questions about its training
     pictures are refused in one line (src.preflight.check_train_overlap) unless ALLOW_TRAIN_OVERLAP, then warned."""
-    adapter = next((trained for r in ft_rows if (trained := trained_folder(r.get("adapter"), r.get("model_id")))), None)
+    runs = dict.fromkeys((r.get("adapter"), r.get("model_id")) for r in ft_rows)  # one model per file: one look each
+    adapter = next(filter(None, (trained_folder(*run) for run in runs)), None)
     pictures = [(image_set(r.get("dataset") or "vqav2", r.get("split") or "val"), r["image_id"]) for r in ft_rows]
     record = check_train_overlap(adapter, pictures, ALLOW_TRAIN_OVERLAP, what="the compared questions")
     if record is None:
